@@ -1,0 +1,112 @@
+//! `latchkey`: run every function in one local process (`serve`), mint dev tokens (`token`).
+
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use latchkey::config::{App, Config, DEV_ORG};
+use latchkey::http::auth::{Claims, Verifier, sign_hs256};
+use secrecy::SecretString;
+
+#[derive(Parser)]
+#[command(name = "latchkey", version, about = "Latchkey: credentials for your customers' integrations")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the whole API locally (embedded backend by default). Configured by LATCHKEY_* variables.
+    Serve,
+    /// Print a signed HS256 development token (LATCHKEY_JWT_SECRET, or the data directory's secret).
+    Token {
+        /// The organization (`org` claim).
+        #[arg(long)]
+        org: String,
+        /// Make it a customer user's token (`customer` claim).
+        #[arg(long)]
+        customer: Option<String>,
+        /// A role to grant (`runtime` allows token lookup); repeatable.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 12 * 3600)]
+        ttl: u64,
+    },
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+fn token(
+    secret: &SecretString,
+    org: String,
+    customer: Option<String>,
+    roles: Vec<String>,
+    ttl: u64,
+) -> Result<String, String> {
+    let claims = Claims { org, customer, roles, exp: unix_now() + ttl };
+    // Refuse what the server would refuse, instead of printing a token that never works.
+    let signed = sign_hs256(secret, &claims).map_err(|e| format!("signing failed: {e}"))?;
+    Verifier::hs256(secret).verify(&signed).map_err(|p| p.detail)?;
+    Ok(signed)
+}
+
+async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let (secret, generated) = config.jwt_secret_or_generate()?;
+    let app = App::build(&config)?;
+    let state = app.http_state(Verifier::hs256(&secret));
+    let listener = tokio::net::TcpListener::bind(config.addr).await?;
+    let bound = listener.local_addr()?;
+    // Stdout is for people and the test harness; logs go to stderr.
+    println!("latchkey listening on http://{bound}");
+    println!("OAuth redirect URI: {}/v1/oauth/callback", config.public_url(bound));
+    if generated {
+        let t = token(&secret, DEV_ORG.to_owned(), None, Vec::new(), 12 * 3600)?;
+        println!("LATCHKEY_JWT_SECRET is not set: using the secret in {}", config.data_dir.display());
+        println!("organization token (org \"{DEV_ORG}\", 12 h): {t}");
+    }
+    tracing::info!(addr = %bound, "latchkey serve ready");
+    axum::serve(listener, latchkey::http::router(state)).with_graceful_shutdown(shutdown()).await?;
+    tracing::info!("latchkey serve stopped");
+    Ok(())
+}
+
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    latchkey::telemetry::init();
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("latchkey: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Serve => serve(config).await,
+        Command::Token { org, customer, roles, ttl } => config
+            .jwt_secret_or_generate()
+            .map_err(Into::into)
+            .and_then(|(secret, _)| token(&secret, org, customer, roles, ttl).map_err(Into::into))
+            .map(|t| println!("{t}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("latchkey: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The local master key: 256 random bits in a file created with mode 0600. It plays KMS's part
+//! for the embedded backend: data keys are wrapped with AES-256-GCM under the master key with
+//! the encryption context as associated data, so unwrapping under another context fails just
+//! as KMS `Decrypt` does.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+
+use crate::crypto::{CryptoError, DataKey, EncryptionContext, PlainKey, aead_open, aead_seal};
+use crate::ports::KeyProvider;
+
+pub const MASTER_KEY_FILE: &str = "master.key";
+
+pub struct LocalKeyProvider {
+    master: PlainKey,
+    key_id: String,
+}
+
+impl LocalKeyProvider {
+    /// Loads `dir/master.key`, creating it (mode 0600) if missing. Creation is atomic (written
+    /// aside, then hard-linked into place), so processes starting together agree on one key.
+    pub fn open_or_create(dir: &Path) -> std::io::Result<Self> {
+        let path = dir.join(MASTER_KEY_FILE);
+        if !path.exists() {
+            let tmp = dir.join(format!(".{MASTER_KEY_FILE}.{}", std::process::id()));
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+            f.write_all(PlainKey::generate().expose())?;
+            f.sync_all()?;
+            let linked = std::fs::hard_link(&tmp, &path);
+            std::fs::remove_file(&tmp)?;
+            match linked {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Self::load(&path)
+    }
+
+    fn load(path: &PathBuf) -> std::io::Result<Self> {
+        let mode = std::fs::metadata(path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{} must not be readable by group or others (chmod 600 it)", path.display()),
+            ));
+        }
+        let bytes = zeroize::Zeroizing::new(std::fs::read(path)?);
+        let master = PlainKey::try_from_slice(&bytes).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} must hold 32 bytes", path.display()))
+        })?;
+        let digest = Sha256::digest(master.expose());
+        let key_id = format!("local:{}", digest[..8].iter().map(|b| format!("{b:02x}")).collect::<String>());
+        Ok(Self { master, key_id })
+    }
+
+    /// The master key's public fingerprint, stored beside each record.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+}
+
+#[async_trait]
+impl KeyProvider for LocalKeyProvider {
+    async fn generate_data_key(&self, ctx: &EncryptionContext) -> Result<DataKey, CryptoError> {
+        let plaintext = PlainKey::generate();
+        let wrapped = aead_seal(&self.master, plaintext.expose(), &ctx.aad());
+        Ok(DataKey { plaintext, wrapped, key_id: self.key_id.clone() })
+    }
+
+    async fn decrypt_data_key(
+        &self,
+        key_id: &str,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<PlainKey, CryptoError> {
+        if key_id != self.key_id {
+            return Err(CryptoError::Decrypt);
+        }
+        let bytes = aead_open(&self.master, wrapped, &ctx.aad())?;
+        PlainKey::try_from_slice(&bytes).ok_or(CryptoError::Decrypt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn master_key_is_created_once_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = LocalKeyProvider::open_or_create(dir.path()).unwrap();
+        let b = LocalKeyProvider::open_or_create(dir.path()).unwrap();
+        assert_eq!(a.key_id(), b.key_id());
+        let mode = std::fs::metadata(dir.path().join(MASTER_KEY_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_master_key_readable_by_others_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        LocalKeyProvider::open_or_create(dir.path()).unwrap();
+        let path = dir.path().join(MASTER_KEY_FILE);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(LocalKeyProvider::open_or_create(dir.path()).is_err());
+    }
+}

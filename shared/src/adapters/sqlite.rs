@@ -1,0 +1,320 @@
+//! The embedded store: one SQLite file in WAL mode. SQLite's file locking makes it safe for
+//! several `latchkey serve` processes sharing one data directory; every write that can race
+//! runs in an IMMEDIATE transaction and checks its condition inside it.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+
+use crate::domain::{Connection, ConnectionId, Definition, DefinitionKey, LogEntry, OrgId};
+use crate::ports::{ConnectionFilter, Expect, Page, Store, StoreError};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS definitions (
+    org TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL, doc TEXT NOT NULL,
+    PRIMARY KEY (org, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS connections (
+    org TEXT NOT NULL, id TEXT NOT NULL, customer TEXT, definition TEXT NOT NULL,
+    status TEXT NOT NULL, version INTEGER NOT NULL, doc TEXT NOT NULL,
+    PRIMARY KEY (org, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS connections_by_definition ON connections (org, definition, id);
+CREATE INDEX IF NOT EXISTS connections_by_customer ON connections (org, customer, id);
+CREATE TABLE IF NOT EXISTS logs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    org TEXT NOT NULL, connection_id TEXT NOT NULL, doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS logs_by_connection ON logs (org, connection_id, seq);
+";
+
+/// The SQLite store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    db: Arc<Mutex<rusqlite::Connection>>,
+}
+
+fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Backend(Box::new(e))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(backend)
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(backend)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and its schema.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = rusqlite::Connection::open(path).map_err(backend)?;
+        db.busy_timeout(Duration::from_secs(10)).map_err(backend)?;
+        db.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
+        db.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
+        db.execute_batch(SCHEMA).map_err(backend)?;
+        Ok(Self { db: Arc::new(Mutex::new(db)) })
+    }
+
+    /// Runs blocking SQLite work off the async runtime.
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = db.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(backend)?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn get_definition(&self, org: &OrgId, key: &DefinitionKey) -> Result<Option<Definition>, StoreError> {
+        let (org, key) = (org.to_string(), key.to_string());
+        self.run(move |db| {
+            let doc: Option<String> = db
+                .query_row("SELECT doc FROM definitions WHERE org = ?1 AND key = ?2", params![org, key], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            doc.as_deref().map(from_json).transpose()
+        })
+        .await
+    }
+
+    async fn list_definitions(&self, org: &OrgId) -> Result<Vec<Definition>, StoreError> {
+        let org = org.to_string();
+        self.run(move |db| {
+            let mut stmt = db.prepare("SELECT doc FROM definitions WHERE org = ?1 ORDER BY key").map_err(backend)?;
+            let docs = stmt
+                .query_map(params![org], |r| r.get::<_, String>(0))
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            docs.iter().map(|d| from_json(d)).collect()
+        })
+        .await
+    }
+
+    async fn put_definition(&self, def: &Definition, expect: Expect) -> Result<(), StoreError> {
+        let (org, key, version, doc) = (def.org.to_string(), def.key.to_string(), def.version as i64, to_json(def)?);
+        self.run(move |db| {
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let current: Option<i64> = tx
+                .query_row("SELECT version FROM definitions WHERE org = ?1 AND key = ?2", params![org, key], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(backend)?;
+            let ok = match (expect, current) {
+                (Expect::Absent, None) => true,
+                (Expect::Version(v), Some(c)) => v as i64 == c,
+                _ => false,
+            };
+            if !ok {
+                return Err(StoreError::Conflict);
+            }
+            tx.execute(
+                "INSERT INTO definitions (org, key, version, doc) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (org, key) DO UPDATE SET version = excluded.version, doc = excluded.doc",
+                params![org, key, version, doc],
+            )
+            .map_err(backend)?;
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn delete_definition(&self, org: &OrgId, key: &DefinitionKey) -> Result<bool, StoreError> {
+        let (org, key) = (org.to_string(), key.to_string());
+        self.run(move |db| {
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let used: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM connections WHERE org = ?1 AND definition = ?2)",
+                    params![org, key],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            if used {
+                return Err(StoreError::InUse);
+            }
+            let n = tx
+                .execute("DELETE FROM definitions WHERE org = ?1 AND key = ?2", params![org, key])
+                .map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn insert_connection(&self, conn: &Connection) -> Result<(), StoreError> {
+        let row = ConnectionRow::from(conn)?;
+        self.run(move |db| {
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let def_exists: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM definitions WHERE org = ?1 AND key = ?2)",
+                    params![row.org, row.definition],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            if !def_exists {
+                return Err(StoreError::DefinitionMissing);
+            }
+            let inserted = tx
+                .execute(
+                    "INSERT INTO connections (org, id, customer, definition, status, version, doc)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                    params![row.org, row.id, row.customer, row.definition, row.status, row.version, row.doc],
+                )
+                .map_err(backend)?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict);
+            }
+            tx.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn get_connection(&self, org: &OrgId, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
+        let (org, id) = (org.to_string(), id.to_string());
+        self.run(move |db| {
+            let doc: Option<String> = db
+                .query_row("SELECT doc FROM connections WHERE org = ?1 AND id = ?2", params![org, id], |r| r.get(0))
+                .optional()
+                .map_err(backend)?;
+            doc.as_deref().map(from_json).transpose()
+        })
+        .await
+    }
+
+    async fn update_connection(&self, conn: &Connection, expected_version: u64) -> Result<(), StoreError> {
+        let row = ConnectionRow::from(conn)?;
+        let expected = expected_version as i64;
+        self.run(move |db| {
+            let n = db
+                .execute(
+                    "UPDATE connections SET customer = ?3, definition = ?4, status = ?5, version = ?6, doc = ?7
+                     WHERE org = ?1 AND id = ?2 AND version = ?8",
+                    params![row.org, row.id, row.customer, row.definition, row.status, row.version, row.doc, expected],
+                )
+                .map_err(backend)?;
+            if n == 1 { Ok(()) } else { Err(StoreError::Conflict) }
+        })
+        .await
+    }
+
+    async fn delete_connection(&self, org: &OrgId, id: &ConnectionId) -> Result<bool, StoreError> {
+        let (org, id) = (org.to_string(), id.to_string());
+        self.run(move |db| {
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let n =
+                tx.execute("DELETE FROM connections WHERE org = ?1 AND id = ?2", params![org, id]).map_err(backend)?;
+            tx.execute("DELETE FROM logs WHERE org = ?1 AND connection_id = ?2", params![org, id]).map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn list_connections(
+        &self,
+        org: &OrgId,
+        filter: &ConnectionFilter,
+        limit: usize,
+        cursor: Option<&ConnectionId>,
+    ) -> Result<Page<Connection>, StoreError> {
+        let org = org.to_string();
+        let customer = filter.customer.as_ref().map(ToString::to_string);
+        let definition = filter.definition.as_ref().map(ToString::to_string);
+        let status = filter.status.map(|s| s.as_str());
+        let cursor = cursor.map(ToString::to_string);
+        let limit = limit.max(1);
+        self.run(move |db| {
+            let mut stmt = db
+                .prepare(
+                    "SELECT doc FROM connections WHERE org = ?1
+                       AND (?2 IS NULL OR customer = ?2) AND (?3 IS NULL OR definition = ?3)
+                       AND (?4 IS NULL OR status = ?4) AND (?5 IS NULL OR id < ?5)
+                     ORDER BY id DESC LIMIT ?6",
+                )
+                .map_err(backend)?;
+            let docs = stmt
+                .query_map(params![org, customer, definition, status, cursor, (limit + 1) as i64], |r| {
+                    r.get::<_, String>(0)
+                })
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            let mut items: Vec<Connection> = docs.iter().map(|d| from_json(d)).collect::<Result<_, _>>()?;
+            let next = if items.len() > limit {
+                items.truncate(limit);
+                items.last().map(|c| c.id.clone())
+            } else {
+                None
+            };
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
+    async fn append_log(&self, org: &OrgId, id: &ConnectionId, entry: &LogEntry) -> Result<(), StoreError> {
+        let (org, id, doc) = (org.to_string(), id.to_string(), to_json(entry)?);
+        self.run(move |db| {
+            db.execute("INSERT INTO logs (org, connection_id, doc) VALUES (?1, ?2, ?3)", params![org, id, doc])
+                .map_err(backend)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_logs(&self, org: &OrgId, id: &ConnectionId, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
+        let (org, id) = (org.to_string(), id.to_string());
+        self.run(move |db| {
+            let mut stmt = db
+                .prepare("SELECT doc FROM logs WHERE org = ?1 AND connection_id = ?2 ORDER BY seq DESC LIMIT ?3")
+                .map_err(backend)?;
+            let docs = stmt
+                .query_map(params![org, id, limit as i64], |r| r.get::<_, String>(0))
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            docs.iter().map(|d| from_json(d)).collect()
+        })
+        .await
+    }
+}
+
+/// The indexed columns of a connection beside its JSON document.
+struct ConnectionRow {
+    org: String,
+    id: String,
+    customer: Option<String>,
+    definition: String,
+    status: &'static str,
+    version: i64,
+    doc: String,
+}
+
+impl ConnectionRow {
+    fn from(c: &Connection) -> Result<Self, StoreError> {
+        Ok(Self {
+            org: c.org.to_string(),
+            id: c.id.to_string(),
+            customer: c.customer.as_ref().map(ToString::to_string),
+            definition: c.definition.to_string(),
+            status: c.status.as_str(),
+            version: c.version as i64,
+            doc: to_json(c)?,
+        })
+    }
+}

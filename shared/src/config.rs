@@ -1,0 +1,199 @@
+//! Configuration from the environment, and the wiring of a backend into a [`Service`].
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngCore;
+use secrecy::SecretString;
+
+use crate::adapters::{LocalKeyProvider, LogEventSink, SqliteStore};
+use crate::crypto::Envelope;
+use crate::http::AppState;
+use crate::http::auth::Verifier;
+use crate::ports::{Clock, EventSink, KeyProvider, Store, SystemClock};
+use crate::service::Service;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} is invalid: {why}")]
+    Invalid { name: &'static str, why: String },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("the data directory {path} cannot be used: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("the embedded store cannot be opened: {0}")]
+    Store(#[from] crate::ports::StoreError),
+}
+
+/// Which adapters back the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite + local master key + log events, under `LATCHKEY_DATA_DIR`.
+    Embedded,
+    /// DynamoDB + KMS + EventBridge.
+    Aws,
+}
+
+/// Settings read from `LATCHKEY_*` variables; see the README's configuration table.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub backend: Backend,
+    pub addr: SocketAddr,
+    pub public_url: Option<String>,
+    pub data_dir: PathBuf,
+    pub jwt_secret: Option<SecretString>,
+    pub refresh_interval: Duration,
+}
+
+/// The file of the generated HS256 secret when `LATCHKEY_JWT_SECRET` is unset.
+pub const JWT_SECRET_FILE: &str = "jwt.secret";
+/// The organization of the token `latchkey serve` prints when it generated the secret.
+pub const DEV_ORG: &str = "local";
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let backend = match var("LATCHKEY_BACKEND").as_deref() {
+            None | Some("embedded") => Backend::Embedded,
+            Some("aws") => Backend::Aws,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "LATCHKEY_BACKEND",
+                    why: format!("{other:?} is not one of embedded, aws"),
+                });
+            }
+        };
+        let addr = match var("LATCHKEY_ADDR") {
+            Some(a) => a
+                .parse()
+                .map_err(|_| ConfigError::Invalid { name: "LATCHKEY_ADDR", why: format!("{a:?} is not host:port") })?,
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        };
+        let public_url = match var("LATCHKEY_PUBLIC_URL") {
+            Some(u) => {
+                crate::domain::validate::check_secure_url(&u)
+                    .map_err(|why| ConfigError::Invalid { name: "LATCHKEY_PUBLIC_URL", why: why.to_owned() })?;
+                Some(u.trim_end_matches('/').to_owned())
+            }
+            None => None,
+        };
+        let refresh_interval = match var("LATCHKEY_REFRESH_INTERVAL_SECS") {
+            Some(s) => {
+                Duration::from_secs(s.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| ConfigError::Invalid {
+                    name: "LATCHKEY_REFRESH_INTERVAL_SECS",
+                    why: "must be a positive integer".into(),
+                })?)
+            }
+            None => Duration::from_secs(60),
+        };
+        Ok(Self {
+            backend,
+            addr,
+            public_url,
+            data_dir: var("LATCHKEY_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("./.latchkey")),
+            jwt_secret: var("LATCHKEY_JWT_SECRET").map(SecretString::from),
+            refresh_interval,
+        })
+    }
+
+    /// `{LATCHKEY_PUBLIC_URL}` or `http://<addr>`: the base of the OAuth redirect URI.
+    pub fn public_url(&self, bound: SocketAddr) -> String {
+        self.public_url.clone().unwrap_or_else(|| format!("http://{bound}"))
+    }
+
+    /// Creates the data directory (mode 0700) if needed.
+    pub fn ensure_data_dir(&self) -> Result<&Path, ConfigError> {
+        let dir = &self.data_dir;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| ConfigError::DataDir { path: dir.clone(), source })?;
+        Ok(dir)
+    }
+
+    /// The HS256 secret: `LATCHKEY_JWT_SECRET`, else the one stored in the data directory,
+    /// generated (256 bits, mode 0600) on first use. `true` when it came from the data directory.
+    pub fn jwt_secret_or_generate(&self) -> Result<(SecretString, bool), ConfigError> {
+        if let Some(s) = &self.jwt_secret {
+            return Ok((s.clone(), false));
+        }
+        let dir = self.ensure_data_dir()?;
+        let path = dir.join(JWT_SECRET_FILE);
+        let io = |source| ConfigError::DataDir { path: path.clone(), source };
+        if !path.exists() {
+            let mut bytes = [0u8; 32];
+            rand::rng().fill_bytes(&mut bytes);
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let tmp = dir.join(format!(".{JWT_SECRET_FILE}.{}", std::process::id()));
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, hex.as_bytes()))
+                .map_err(io)?;
+            let linked = std::fs::hard_link(&tmp, &path);
+            std::fs::remove_file(&tmp).map_err(io)?;
+            if let Err(e) = linked
+                && e.kind() != std::io::ErrorKind::AlreadyExists
+            {
+                return Err(io(e));
+            }
+        }
+        let mode = std::fs::metadata(&path).map_err(io)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(ConfigError::Invalid {
+                name: "LATCHKEY_JWT_SECRET",
+                why: format!("{} must not be readable by group or others", path.display()),
+            });
+        }
+        let s = std::fs::read_to_string(&path).map_err(io)?;
+        Ok((SecretString::from(s.trim().to_owned()), true))
+    }
+}
+
+/// A built backend: the service, and for the embedded one its event sink to subscribe to.
+pub struct App {
+    pub service: Arc<Service>,
+    pub events: Option<Arc<LogEventSink>>,
+}
+
+impl App {
+    /// The embedded backend under `dir`.
+    pub fn embedded(dir: &Path) -> Result<Self, ConfigError> {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("latchkey.db"))?);
+        let keys: Arc<dyn KeyProvider> = Arc::new(
+            LocalKeyProvider::open_or_create(dir)
+                .map_err(|source| ConfigError::DataDir { path: dir.to_owned(), source })?,
+        );
+        let events = Arc::new(LogEventSink::default());
+        let sink: Arc<dyn EventSink> = events.clone();
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let service = Service::new(store, Arc::new(Envelope::new(keys)), sink, clock);
+        Ok(Self { service: Arc::new(service), events: Some(events) })
+    }
+
+    /// Builds the backend `config` names.
+    pub fn build(config: &Config) -> Result<Self, ConfigError> {
+        match config.backend {
+            Backend::Embedded => Self::embedded(config.ensure_data_dir()?),
+            Backend::Aws => Err(ConfigError::Unsupported(
+                "LATCHKEY_BACKEND=aws is not available in this build: the DynamoDB/KMS/EventBridge adapters are not \
+                 implemented yet (use the embedded backend)"
+                    .to_owned(),
+            )),
+        }
+    }
+
+    /// The HTTP state with `verifier`.
+    pub fn http_state(&self, verifier: Verifier) -> AppState {
+        AppState { service: self.service.clone(), verifier: Arc::new(verifier) }
+    }
+}

@@ -1,0 +1,335 @@
+//! Conformance suites for the ports. Every adapter of a port runs the same cases: the embedded
+//! ones here, the AWS ones against an emulator. Each case uses fresh organizations, so a shared
+//! backend needs no reset between cases.
+//!
+//! ```ignore
+//! latchkey::store_conformance_tests!(make_store());     // async fn make_store() -> (Arc<dyn Store>, Guard)
+//! latchkey::keys_conformance_tests!(make_keys());       // async fn make_keys() -> (Arc<dyn KeyProvider>, Guard)
+//! ```
+
+use std::collections::BTreeMap;
+
+use time::OffsetDateTime;
+
+use crate::domain::{
+    AuthKind, Connection, ConnectionId, CustomerId, Definition, DefinitionKey, LogEntry, LogType, OrgId, Scope, Status,
+};
+
+/// A fresh organization id for one case.
+pub fn fresh_org() -> OrgId {
+    OrgId::parse(&format!("org-{}", ulid::Ulid::new().to_string().to_ascii_lowercase())).expect("valid org id")
+}
+
+fn now() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.millisecond() as u32 * 1_000_000).unwrap_or(now)
+}
+
+/// A minimal definition.
+pub fn definition(org: &OrgId, key: &str) -> Definition {
+    Definition {
+        org: org.clone(),
+        key: DefinitionKey::parse(key).expect("valid key"),
+        label: key.to_owned(),
+        description: None,
+        auth: AuthKind::ApiKey,
+        provider: None,
+        inputs: Default::default(),
+        redirects: None,
+        secret_default_names: Default::default(),
+        secret_defaults: None,
+        version: 1,
+        created_at: now(),
+        updated_at: now(),
+    }
+}
+
+/// A minimal connection of `def` for `customer`.
+pub fn connection(def: &Definition, customer: &str) -> Connection {
+    Connection {
+        id: ConnectionId::generate(),
+        org: def.org.clone(),
+        customer: Some(CustomerId::parse(customer).expect("valid customer")),
+        scope: Scope::Customer,
+        instance_id: None,
+        definition: def.key.clone(),
+        label: None,
+        status: Status::Configured,
+        error: None,
+        values: BTreeMap::from([("endpoint".to_owned(), serde_json::json!("https://api.example.com"))]),
+        secret_names: Default::default(),
+        secrets: None,
+        version: 1,
+        created_at: now(),
+        updated_at: now(),
+    }
+}
+
+/// The store port's cases.
+pub mod store {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::ports::{ConnectionFilter, Expect, Store, StoreError};
+
+    pub async fn definitions_round_trip_with_conditional_puts(store: Arc<dyn Store>) {
+        let org = fresh_org();
+        let mut def = definition(&org, "acme");
+        store.put_definition(&def, Expect::Absent).await.expect("first put");
+        assert!(matches!(store.put_definition(&def, Expect::Absent).await, Err(StoreError::Conflict)));
+        def.version = 2;
+        def.label = "Acme v2".into();
+        assert!(matches!(store.put_definition(&def, Expect::Version(7)).await, Err(StoreError::Conflict)));
+        store.put_definition(&def, Expect::Version(1)).await.expect("conditional replace");
+        let got = store.get_definition(&org, &def.key).await.unwrap().expect("stored");
+        assert_eq!((got.label.as_str(), got.version), ("Acme v2", 2));
+        assert!(store.get_definition(&fresh_org(), &def.key).await.unwrap().is_none(), "another org sees nothing");
+        store.put_definition(&definition(&org, "beta"), Expect::Absent).await.unwrap();
+        let keys: Vec<_> = store.list_definitions(&org).await.unwrap().into_iter().map(|d| d.key.to_string()).collect();
+        assert_eq!(keys, ["acme", "beta"]);
+    }
+
+    pub async fn definitions_in_use_cannot_be_deleted(store: Arc<dyn Store>) {
+        let org = fresh_org();
+        let def = definition(&org, "acme");
+        store.put_definition(&def, Expect::Absent).await.unwrap();
+        let conn = connection(&def, "c-1");
+        store.insert_connection(&conn).await.unwrap();
+        assert!(matches!(store.delete_definition(&org, &def.key).await, Err(StoreError::InUse)));
+        assert!(store.delete_connection(&org, &conn.id).await.unwrap());
+        assert!(store.delete_definition(&org, &def.key).await.unwrap());
+        assert!(!store.delete_definition(&org, &def.key).await.unwrap(), "second delete finds nothing");
+    }
+
+    pub async fn connections_need_their_definition(store: Arc<dyn Store>) {
+        let org = fresh_org();
+        let def = definition(&org, "ghost");
+        let conn = connection(&def, "c-1");
+        assert!(matches!(store.insert_connection(&conn).await, Err(StoreError::DefinitionMissing)));
+        store.put_definition(&def, Expect::Absent).await.unwrap();
+        store.insert_connection(&conn).await.unwrap();
+        assert!(matches!(store.insert_connection(&conn).await, Err(StoreError::Conflict)), "ids are unique");
+    }
+
+    pub async fn connections_are_scoped_to_their_org(store: Arc<dyn Store>) {
+        let org = fresh_org();
+        let def = definition(&org, "acme");
+        store.put_definition(&def, Expect::Absent).await.unwrap();
+        let conn = connection(&def, "c-1");
+        store.insert_connection(&conn).await.unwrap();
+        let other = fresh_org();
+        assert!(store.get_connection(&other, &conn.id).await.unwrap().is_none());
+        assert!(!store.delete_connection(&other, &conn.id).await.unwrap());
+        let mut moved = conn.clone();
+        moved.org = other.clone();
+        moved.version = 2;
+        assert!(matches!(store.update_connection(&moved, 1).await, Err(StoreError::Conflict)));
+        assert!(store.list_connections(&other, &ConnectionFilter::default(), 10, None).await.unwrap().items.is_empty());
+        let got = store.get_connection(&org, &conn.id).await.unwrap().expect("still there");
+        assert_eq!(got.version, 1);
+    }
+
+    pub async fn updates_are_conditional_on_the_version(store: Arc<dyn Store>) {
+        let org = fresh_org();
+        let def = definition(&org, "acme");
+        store.put_definition(&def, Expect::Absent).await.unwrap();
+        let conn = connection(&def, "c-1");
+        store.insert_connection(&conn).await.unwrap();
+        // Many writers read version 1; exactly one may win.
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let (store, mut next) = (store.clone(), conn.clone());
+            next.version = 2;
+            next.label = Some(format!("writer {i}"));
+            tasks.push(tokio::spawn(async move { store.update_connection(&next, 1).await }));
+        }
+        let mut wins = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(()) => wins += 1,
+                Err(StoreError::Conflict) => {}
+                Err(e) => panic!("unexpected error: {e}"),
+            }
+        }
+        assert_eq!(wins, 1);
+        let got = store.get_connection(&org, &conn.id).await.unwrap().unwrap();
+        assert_eq!(got.version, 2);
+        store.delete_connection(&org, &conn.id).await.unwrap();
+        let mut late = got.clone();
+        late.version = 3;
+        assert!(matches!(store.update_connection(&late, 2).await, Err(StoreError::Conflict)), "deleted stays deleted");
+    }
+
+    pub async fn listings_filter_and_page_newest_first(store: Arc<dyn Store>) {
+        let org = fresh_org();
+        let (a, b) = (definition(&org, "alpha"), definition(&org, "beta"));
+        store.put_definition(&a, Expect::Absent).await.unwrap();
+        store.put_definition(&b, Expect::Absent).await.unwrap();
+        let mut ids = Vec::new();
+        for i in 0..7 {
+            let mut c = connection(if i % 2 == 0 { &a } else { &b }, if i < 4 { "c-1" } else { "c-2" });
+            if i == 6 {
+                c.status = Status::Error;
+            }
+            store.insert_connection(&c).await.unwrap();
+            ids.push(c.id);
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        ids.reverse();
+        let all = ConnectionFilter::default();
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store.list_connections(&org, &all, 3, cursor.as_ref()).await.unwrap();
+            assert!(page.items.len() <= 3);
+            seen.extend(page.items.into_iter().map(|c| c.id));
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ids, "every connection once, newest first");
+        let by = |customer: Option<&str>, def: Option<&Definition>, status: Option<Status>| ConnectionFilter {
+            customer: customer.map(|c| CustomerId::parse(c).unwrap()),
+            definition: def.map(|d| d.key.clone()),
+            status,
+        };
+        let count = |f: ConnectionFilter| {
+            let store = store.clone();
+            let org = org.clone();
+            async move { store.list_connections(&org, &f, 100, None).await.unwrap().items.len() }
+        };
+        assert_eq!(count(by(Some("c-1"), None, None)).await, 4);
+        assert_eq!(count(by(Some("c-2"), Some(&a), None)).await, 2);
+        assert_eq!(count(by(None, Some(&b), None)).await, 3);
+        assert_eq!(count(by(None, None, Some(Status::Error))).await, 1);
+        assert_eq!(count(by(Some("c-9"), None, None)).await, 0);
+    }
+
+    pub async fn logs_are_newest_first_and_go_with_the_connection(store: Arc<dyn Store>) {
+        let org = fresh_org();
+        let def = definition(&org, "acme");
+        store.put_definition(&def, Expect::Absent).await.unwrap();
+        let conn = connection(&def, "c-1");
+        store.insert_connection(&conn).await.unwrap();
+        for (i, kind) in [LogType::Created, LogType::Updated, LogType::Used].into_iter().enumerate() {
+            store.append_log(&org, &conn.id, &LogEntry::new(now(), kind, format!("line {i}"))).await.unwrap();
+        }
+        let logs = store.list_logs(&org, &conn.id, 10).await.unwrap();
+        let kinds: Vec<_> = logs.iter().map(|l| l.kind).collect();
+        assert_eq!(kinds, [LogType::Used, LogType::Updated, LogType::Created]);
+        assert_eq!(store.list_logs(&org, &conn.id, 2).await.unwrap().len(), 2);
+        assert!(store.list_logs(&fresh_org(), &conn.id, 10).await.unwrap().is_empty());
+        store.delete_connection(&org, &conn.id).await.unwrap();
+        assert!(store.list_logs(&org, &conn.id, 10).await.unwrap().is_empty());
+    }
+}
+
+/// The key-provider and envelope cases.
+pub mod keys {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::crypto::{CryptoError, EncryptionContext, Envelope};
+    use crate::ports::KeyProvider;
+
+    fn ctx(org: &OrgId) -> (EncryptionContext, ConnectionId) {
+        let id = ConnectionId::generate();
+        (EncryptionContext::connection(org, &id), id)
+    }
+
+    pub async fn sealed_values_open_only_under_their_context(keys: Arc<dyn KeyProvider>) {
+        let env = Envelope::with_cache(keys, 0, Duration::ZERO);
+        let org = fresh_org();
+        let (a, _) = ctx(&org);
+        let (b, _) = ctx(&org);
+        let sealed = env.seal(&a, b"sk_live_secret").await.unwrap();
+        assert_eq!(env.open(&a, &sealed).await.unwrap().as_slice(), b"sk_live_secret");
+        assert!(!sealed.ciphertext.windows(14).any(|w| w == b"sk_live_secret"));
+        assert!(matches!(env.open(&b, &sealed).await, Err(CryptoError::Decrypt)), "another record's context");
+        let other_org = EncryptionContext::connection(&fresh_org(), &ConnectionId::generate());
+        assert!(matches!(env.open(&other_org, &sealed).await, Err(CryptoError::Decrypt)));
+    }
+
+    pub async fn data_keys_unwrap_only_under_their_context(keys: Arc<dyn KeyProvider>) {
+        let org = fresh_org();
+        let (a, _) = ctx(&org);
+        let (b, _) = ctx(&org);
+        let dk = keys.generate_data_key(&a).await.unwrap();
+        let back = keys.decrypt_data_key(&dk.key_id, &dk.wrapped, &a).await.unwrap();
+        assert_eq!(back.expose(), dk.plaintext.expose());
+        assert!(keys.decrypt_data_key(&dk.key_id, &dk.wrapped, &b).await.is_err());
+        let dk2 = keys.generate_data_key(&a).await.unwrap();
+        assert_ne!(dk.plaintext.expose(), dk2.plaintext.expose(), "a fresh data key per record");
+        assert!(!dk.wrapped.windows(32).any(|w| w == dk.plaintext.expose()), "the wrapped key hides the key");
+    }
+
+    pub async fn tampering_is_detected(keys: Arc<dyn KeyProvider>) {
+        let env = Envelope::with_cache(keys, 0, Duration::ZERO);
+        let (a, _) = ctx(&fresh_org());
+        let sealed = env.seal(&a, b"value").await.unwrap();
+        let mut flipped = sealed.clone();
+        let last = flipped.ciphertext.len() - 1;
+        flipped.ciphertext[last] ^= 1;
+        assert!(env.open(&a, &flipped).await.is_err());
+        let mut wrapped = sealed.clone();
+        wrapped.wrapped_key[20] ^= 1;
+        assert!(env.open(&a, &wrapped).await.is_err());
+    }
+
+    pub async fn the_key_cache_never_skips_the_context_check(keys: Arc<dyn KeyProvider>) {
+        let env = Envelope::new(keys);
+        let org = fresh_org();
+        let (a, _) = ctx(&org);
+        let (b, _) = ctx(&org);
+        let sealed = env.seal(&a, b"value").await.unwrap();
+        assert!(env.open(&a, &sealed).await.is_ok());
+        assert!(env.open(&b, &sealed).await.is_err(), "a cached data key is not used for another context");
+    }
+}
+
+/// Generates one `#[tokio::test]` per store case; `$make` is an expression evaluating to a
+/// future of `(Arc<dyn Store>, guard)`, the guard kept alive for the case.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        $crate::__conformance_cases!($make, store;
+            definitions_round_trip_with_conditional_puts,
+            definitions_in_use_cannot_be_deleted,
+            connections_need_their_definition,
+            connections_are_scoped_to_their_org,
+            updates_are_conditional_on_the_version,
+            listings_filter_and_page_newest_first,
+            logs_are_newest_first_and_go_with_the_connection,
+        );
+    };
+}
+
+/// Generates one `#[tokio::test]` per key-provider case; `$make` evaluates to a future of
+/// `(Arc<dyn KeyProvider>, guard)`.
+#[macro_export]
+macro_rules! keys_conformance_tests {
+    ($make:expr) => {
+        $crate::__conformance_cases!($make, keys;
+            sealed_values_open_only_under_their_context,
+            data_keys_unwrap_only_under_their_context,
+            tampering_is_detected,
+            the_key_cache_never_skips_the_context_check,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    ($make:expr, $suite:ident; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (port, _guard) = $make.await;
+                $crate::conformance::$suite::$case(port).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,249 @@
+//! Envelope encryption: every sealed record has its own data key from a [`KeyProvider`]
+//! (KMS `GenerateDataKey`, or the local master key), and is encrypted with AES-256-GCM whose
+//! associated data is the record's encryption context (`org`, `connection_id`). A ciphertext
+//! copied onto another record fails twice over: the data key does not unwrap under the other
+//! context, and the AEAD tag does not verify.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::domain::{ConnectionId, DefinitionKey, OrgId};
+use crate::ports::{BackendError, KeyProvider};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    /// Wrong key, wrong context, or tampered data. Deliberately says nothing more.
+    #[error("decryption failed")]
+    Decrypt,
+    #[error("the key provider failed")]
+    Provider(#[source] BackendError),
+}
+
+/// The non-secret values a sealed record is bound to. KMS logs it to CloudTrail, so it holds
+/// identifiers only.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EncryptionContext(BTreeMap<String, String>);
+
+impl EncryptionContext {
+    /// The context of a connection's secrets.
+    pub fn connection(org: &OrgId, id: &ConnectionId) -> Self {
+        Self(BTreeMap::from([("org".to_owned(), org.to_string()), ("connection_id".to_owned(), id.to_string())]))
+    }
+
+    /// The context of a definition's secret defaults.
+    pub fn definition(org: &OrgId, key: &DefinitionKey) -> Self {
+        Self(BTreeMap::from([("org".to_owned(), org.to_string()), ("definition".to_owned(), key.to_string())]))
+    }
+
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Canonical bytes (sorted-key JSON), the AEAD associated data.
+    pub fn aad(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.0).unwrap_or_default()
+    }
+}
+
+/// A plaintext 256-bit data key, wiped on drop, never printed.
+#[derive(Clone)]
+pub struct PlainKey(Zeroizing<[u8; 32]>);
+
+impl PlainKey {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+
+    /// A new random key.
+    pub fn generate() -> Self {
+        let key = Aes256Gcm::generate_key(OsRng);
+        Self::from_bytes(key.into())
+    }
+
+    /// Builds a key from a slice, which must be 32 bytes.
+    pub fn try_from_slice(bytes: &[u8]) -> Option<Self> {
+        <[u8; 32]>::try_from(bytes).ok().map(Self::from_bytes)
+    }
+
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    fn cipher(&self) -> Aes256Gcm {
+        Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(self.0.as_slice()))
+    }
+}
+
+impl fmt::Debug for PlainKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PlainKey([REDACTED])")
+    }
+}
+
+/// What [`KeyProvider::generate_data_key`] returns.
+pub struct DataKey {
+    pub plaintext: PlainKey,
+    /// The data key wrapped under the master key: safe to store.
+    pub wrapped: Vec<u8>,
+    /// The master key that wrapped it, kept for rotation.
+    pub key_id: String,
+}
+
+/// AES-256-GCM encryption of `msg` with associated data; returns `nonce || ciphertext`.
+pub fn aead_seal(key: &PlainKey, msg: &[u8], aad: &[u8]) -> Vec<u8> {
+    let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+    let ct = key
+        .cipher()
+        .encrypt(&nonce, Payload { msg, aad })
+        .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&ct);
+    out
+}
+
+/// The inverse of [`aead_seal`].
+pub fn aead_open(key: &PlainKey, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    if sealed.len() < 12 + 16 {
+        return Err(CryptoError::Decrypt);
+    }
+    let (nonce, ct) = sealed.split_at(12);
+    key.cipher()
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
+        .map(Zeroizing::new)
+        .map_err(|_| CryptoError::Decrypt)
+}
+
+mod b64 {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        STANDARD.decode(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A sealed value as stored: the wrapped data key beside the AEAD output.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    pub key_id: String,
+    #[serde(with = "b64")]
+    pub wrapped_key: Vec<u8>,
+    /// `nonce || ciphertext || tag`.
+    #[serde(with = "b64")]
+    pub ciphertext: Vec<u8>,
+}
+
+impl fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealed").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}
+
+type CacheKey = (Vec<u8>, EncryptionContext);
+
+/// A bounded, TTL'd cache of unwrapped data keys. The context is part of the key, so a hit
+/// never skips the context check the provider would have made.
+struct KeyCache {
+    entries: HashMap<CacheKey, (PlainKey, Instant)>,
+    capacity: usize,
+    ttl: Duration,
+}
+
+impl KeyCache {
+    fn get(&mut self, key: &CacheKey) -> Option<PlainKey> {
+        match self.entries.get(key) {
+            Some((k, at)) if at.elapsed() < self.ttl => Some(k.clone()),
+            Some(_) => {
+                self.entries.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&mut self, key: CacheKey, value: PlainKey) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.entries.len() >= self.capacity {
+            let ttl = self.ttl;
+            self.entries.retain(|_, (_, at)| at.elapsed() < ttl);
+        }
+        if self.entries.len() >= self.capacity
+            && let Some(oldest) = self.entries.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| k.clone())
+        {
+            self.entries.remove(&oldest);
+        }
+        self.entries.insert(key, (value, Instant::now()));
+    }
+}
+
+/// Seals and opens records with a fresh data key each, caching unwrapped data keys.
+pub struct Envelope {
+    keys: Arc<dyn KeyProvider>,
+    cache: Mutex<KeyCache>,
+}
+
+/// Default bound and lifetime of the data-key cache.
+pub const KEY_CACHE_CAPACITY: usize = 1_024;
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(300);
+
+impl Envelope {
+    pub fn new(keys: Arc<dyn KeyProvider>) -> Self {
+        Self::with_cache(keys, KEY_CACHE_CAPACITY, KEY_CACHE_TTL)
+    }
+
+    pub fn with_cache(keys: Arc<dyn KeyProvider>, capacity: usize, ttl: Duration) -> Self {
+        Self { keys, cache: Mutex::new(KeyCache { entries: HashMap::new(), capacity, ttl }) }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, KeyCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Seals `plaintext` under a new data key bound to `ctx`.
+    pub async fn seal(&self, ctx: &EncryptionContext, plaintext: &[u8]) -> Result<Sealed, CryptoError> {
+        let dk = self.keys.generate_data_key(ctx).await?;
+        let ciphertext = aead_seal(&dk.plaintext, plaintext, &ctx.aad());
+        self.cache().put((dk.wrapped.clone(), ctx.clone()), dk.plaintext);
+        Ok(Sealed { key_id: dk.key_id, wrapped_key: dk.wrapped, ciphertext })
+    }
+
+    /// Opens a sealed record; fails if it was sealed for another context or tampered with.
+    pub async fn open(&self, ctx: &EncryptionContext, sealed: &Sealed) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let cache_key = (sealed.wrapped_key.clone(), ctx.clone());
+        let cached = self.cache().get(&cache_key);
+        let key = match cached {
+            Some(k) => k,
+            None => {
+                let k = self.keys.decrypt_data_key(&sealed.key_id, &sealed.wrapped_key, ctx).await?;
+                self.cache().put(cache_key, k.clone());
+                k
+            }
+        };
+        aead_open(&key, &sealed.ciphertext, &ctx.aad())
+    }
+
+    pub async fn seal_str(&self, ctx: &EncryptionContext, plaintext: &SecretString) -> Result<Sealed, CryptoError> {
+        self.seal(ctx, plaintext.expose_secret().as_bytes()).await
+    }
+
+    pub async fn open_str(&self, ctx: &EncryptionContext, sealed: &Sealed) -> Result<SecretString, CryptoError> {
+        let bytes = self.open(ctx, sealed).await?;
+        let s = std::str::from_utf8(&bytes).map_err(|_| CryptoError::Decrypt)?;
+        Ok(SecretString::from(s.to_owned()))
+    }
+}

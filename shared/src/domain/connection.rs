@@ -1,0 +1,91 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::{ConnectionId, CustomerId, DefinitionKey, InstanceId, OrgId};
+use crate::crypto::Sealed;
+
+/// Whose connection it is and who manages it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Belongs to one integration instance (`instance_id`).
+    Instance,
+    /// Reusable across a customer's integrations, activated by the customer.
+    Customer,
+    /// Reusable, activated and managed by the organization on a customer's behalf.
+    Organization,
+}
+
+impl Scope {
+    pub fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
+}
+
+/// The lifecycle of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// OAuth not yet authorized.
+    Pending,
+    /// Has credentials, never used (yellow).
+    Configured,
+    /// Used successfully (green).
+    Active,
+    /// Broken (red); see [`Connection::error`].
+    Error,
+    Disconnected,
+}
+
+impl Status {
+    pub fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Configured => "configured",
+            Self::Active => "active",
+            Self::Error => "error",
+            Self::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// Why a connection is red.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusError {
+    pub code: String,
+    pub message: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// A customer's (or the organization's) credentials for one definition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Connection {
+    pub id: ConnectionId,
+    pub org: OrgId,
+    pub customer: Option<CustomerId>,
+    pub scope: Scope,
+    pub instance_id: Option<InstanceId>,
+    pub definition: DefinitionKey,
+    pub label: Option<String>,
+    pub status: Status,
+    pub error: Option<StatusError>,
+    /// Values of the non-secret inputs.
+    pub values: BTreeMap<String, serde_json::Value>,
+    /// Names of the secret (`password`) inputs that are set.
+    pub secret_names: BTreeSet<String>,
+    /// The sealed JSON object of secret values; `None` when no secret is set.
+    pub secrets: Option<Sealed>,
+    /// Incremented by every write; the store's optimistic-concurrency check.
+    pub version: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}

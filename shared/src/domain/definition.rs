@@ -1,0 +1,131 @@
+use std::collections::BTreeSet;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::{DefinitionKey, OrgId};
+use crate::crypto::Sealed;
+
+/// How a connection authenticates against the third-party app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthKind {
+    ApiKey,
+    Basic,
+    Oauth2AuthorizationCode,
+    Oauth2ClientCredentials,
+    Custom,
+}
+
+impl AuthKind {
+    pub const ALL: [&'static str; 5] =
+        ["api_key", "basic", "oauth2_authorization_code", "oauth2_client_credentials", "custom"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
+
+    pub fn is_oauth(self) -> bool {
+        matches!(self, Self::Oauth2AuthorizationCode | Self::Oauth2ClientCredentials)
+    }
+}
+
+/// The type of an input value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputType {
+    String,
+    /// A secret: sealed at rest, never returned by a read.
+    Password,
+    Number,
+    Boolean,
+    Url,
+    Text,
+}
+
+impl InputType {
+    pub const ALL: [&'static str; 6] = ["string", "password", "number", "boolean", "url", "text"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
+
+    pub fn is_secret(self) -> bool {
+        self == Self::Password
+    }
+}
+
+/// Who may see and set an input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Visibility {
+    /// Customers see and set it.
+    #[default]
+    Customer,
+    /// Customers may set it programmatically, but it is never shown to them.
+    Embedded,
+    /// Customers neither see nor set it.
+    Organization,
+}
+
+impl Visibility {
+    pub const ALL: [&'static str; 3] = ["customer", "embedded", "organization"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
+
+    pub fn customer_can_set(self) -> bool {
+        self != Self::Organization
+    }
+
+    pub fn customer_can_see(self) -> bool {
+        self == Self::Customer
+    }
+}
+
+/// One input of a definition. A `password` input's default is never here: it is sealed in
+/// [`Definition::secret_defaults`] and only its name is listed in `secret_default_names`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Input {
+    pub label: String,
+    #[serde(rename = "type")]
+    pub kind: InputType,
+    pub required: bool,
+    pub default: Option<serde_json::Value>,
+    pub visibility: Visibility,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// Where the OAuth callback sends the user's browser afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redirects {
+    pub success_url: Option<String>,
+    pub failure_url: Option<String>,
+}
+
+/// What a connection needs: a stored connection definition of one organization.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Definition {
+    pub org: OrgId,
+    pub key: DefinitionKey,
+    pub label: String,
+    pub description: Option<String>,
+    pub auth: AuthKind,
+    pub provider: Option<String>,
+    pub inputs: IndexMap<String, Input>,
+    pub redirects: Option<Redirects>,
+    /// Names of the `password` inputs that have a (sealed) default.
+    #[serde(default)]
+    pub secret_default_names: BTreeSet<String>,
+    /// The sealed JSON object of `password` defaults, if any.
+    #[serde(default)]
+    pub secret_defaults: Option<Sealed>,
+    pub version: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}

@@ -1,0 +1,65 @@
+use serde::Serialize;
+
+use super::{Connection, ConnectionId, CustomerId, DefinitionKey, OrgId, Status};
+
+/// Lifecycle events (EventBridge `detail-type`, source `latchkey`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum EventType {
+    #[serde(rename = "Connection Created")]
+    ConnectionCreated,
+    #[serde(rename = "Connection Updated")]
+    ConnectionUpdated,
+    #[serde(rename = "Connection Authorized")]
+    ConnectionAuthorized,
+    #[serde(rename = "Token Refreshed")]
+    TokenRefreshed,
+    #[serde(rename = "Token Refresh Failed")]
+    TokenRefreshFailed,
+    #[serde(rename = "Connection Error")]
+    ConnectionError,
+    #[serde(rename = "Connection Disconnected")]
+    ConnectionDisconnected,
+    #[serde(rename = "Connection Deleted")]
+    ConnectionDeleted,
+}
+
+impl EventType {
+    /// The EventBridge `detail-type`.
+    pub fn detail_type(self) -> &'static str {
+        match self {
+            Self::ConnectionCreated => "Connection Created",
+            Self::ConnectionUpdated => "Connection Updated",
+            Self::ConnectionAuthorized => "Connection Authorized",
+            Self::TokenRefreshed => "Token Refreshed",
+            Self::TokenRefreshFailed => "Token Refresh Failed",
+            Self::ConnectionError => "Connection Error",
+            Self::ConnectionDisconnected => "Connection Disconnected",
+            Self::ConnectionDeleted => "Connection Deleted",
+        }
+    }
+}
+
+/// An event: identifiers and status only, by construction never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    #[serde(skip)]
+    pub kind: EventType,
+    pub org: OrgId,
+    pub customer: Option<CustomerId>,
+    pub connection_id: ConnectionId,
+    pub definition: DefinitionKey,
+    pub status: Status,
+}
+
+impl Event {
+    pub fn about(kind: EventType, c: &Connection) -> Self {
+        Self {
+            kind,
+            org: c.org.clone(),
+            customer: c.customer.clone(),
+            connection_id: c.id.clone(),
+            definition: c.definition.clone(),
+            status: c.status,
+        }
+    }
+}

@@ -1,0 +1,36 @@
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// What happened to a connection. Messages never contain a secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogType {
+    Created,
+    Updated,
+    AuthorizeStarted,
+    Authorized,
+    AuthorizeFailed,
+    Refreshed,
+    RefreshFailed,
+    Used,
+    ErrorReported,
+    Disconnected,
+    Revoked,
+    RevokeFailed,
+}
+
+/// One line of a connection's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    #[serde(rename = "type")]
+    pub kind: LogType,
+    pub message: String,
+}
+
+impl LogEntry {
+    pub fn new(at: OffsetDateTime, kind: LogType, message: impl Into<String>) -> Self {
+        Self { at, kind, message: message.into() }
+    }
+}

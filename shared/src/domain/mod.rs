@@ -1,0 +1,17 @@
+//! The domain: identifiers, definitions, connections, logs and events. Pure data and rules.
+
+mod connection;
+mod definition;
+mod event;
+mod ids;
+mod log;
+mod principal;
+pub mod validate;
+
+pub use connection::{Connection, Scope, Status, StatusError};
+pub use definition::{AuthKind, Definition, Input, InputType, Redirects, Visibility};
+pub use event::{Event, EventType};
+pub use ids::{ConnectionId, CustomerId, DefinitionKey, IdError, InstanceId, OrgId};
+pub use log::{LogEntry, LogType};
+pub use principal::Principal;
+pub use validate::FieldError;

@@ -1,0 +1,608 @@
+//! Validation of definition drafts and connection values, with an error per bad field.
+//!
+//! Bodies are checked from `serde_json::Value` by hand rather than by serde derive so that every
+//! problem is reported at once, each naming its field (`inputs.apiKey.type`, `values.endpoint`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use indexmap::IndexMap;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::{AuthKind, Input, InputType, Redirects, Visibility};
+
+/// One invalid field of a request, named by its JSON path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+const MAX_LABEL: usize = 200;
+const MAX_DESCRIPTION: usize = 2_000;
+const MAX_STRING: usize = 8_192;
+const MAX_TEXT: usize = 32_768;
+const MAX_INPUTS: usize = 100;
+
+/// Inputs whose values are provider endpoints Latchkey itself calls: https only, except loopback.
+pub const ENDPOINT_INPUTS: [&str; 3] = ["authorizeUrl", "tokenUrl", "revokeUrl"];
+/// Accepted values of the `clientAuth` input.
+pub const CLIENT_AUTH_METHODS: [&str; 2] = ["client_secret_basic", "client_secret_post"];
+
+/// True for `127.0.0.1` (any of 127/8), `::1` and `localhost`.
+pub fn is_loopback_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// An absolute `http(s)` URL.
+fn parse_web_url(s: &str) -> Result<url::Url, &'static str> {
+    let url = url::Url::parse(s).map_err(|_| "must be an absolute URL")?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("must be an http or https URL");
+    }
+    Ok(url)
+}
+
+/// A URL Latchkey sends a browser or a request to: https, or plain http on a loopback host.
+pub fn check_secure_url(s: &str) -> Result<url::Url, &'static str> {
+    let url = parse_web_url(s)?;
+    if url.scheme() == "https" || is_loopback_host(&url) {
+        Ok(url)
+    } else {
+        Err("must be https (plain http is accepted only for 127.0.0.1, ::1 and localhost)")
+    }
+}
+
+/// A definition as the organization described it, validated, before its secret defaults are
+/// sealed.
+pub struct DefinitionSpec {
+    pub label: String,
+    pub description: Option<String>,
+    pub auth: AuthKind,
+    pub provider: Option<String>,
+    pub inputs: IndexMap<String, Input>,
+    pub redirects: Option<Redirects>,
+    pub secret_defaults: BTreeMap<String, SecretString>,
+    /// `password` inputs whose default was sent back as `{"set": true}` (as a read shows it):
+    /// the stored secret default is kept.
+    pub keep_secret_defaults: BTreeSet<String>,
+}
+
+fn valid_input_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_alphabetic()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+fn reject_unknown(obj: &Map<String, Value>, allowed: &[&str], prefix: &str, errors: &mut Vec<FieldError>) {
+    for k in obj.keys().filter(|k| !allowed.contains(&k.as_str())) {
+        errors.push(FieldError::new(format!("{prefix}{k}"), "unknown field"));
+    }
+}
+
+fn optional_string(
+    obj: &Map<String, Value>,
+    key: &str,
+    max: usize,
+    field: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
+    match obj.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.chars().count() <= max => Some(s.clone()),
+        Some(Value::String(_)) => {
+            errors.push(FieldError::new(field, format!("must be at most {max} characters")));
+            None
+        }
+        Some(_) => {
+            errors.push(FieldError::new(field, "must be a string"));
+            None
+        }
+    }
+}
+
+/// The well-known inputs of OAuth 2.0 definitions: (name, type, required, default, label).
+fn oauth_inputs(auth: AuthKind) -> Vec<(&'static str, InputType, bool, Option<Value>, &'static str)> {
+    let mut v = Vec::new();
+    if auth == AuthKind::Oauth2AuthorizationCode {
+        v.push(("authorizeUrl", InputType::Url, true, None, "Authorization URL"));
+    }
+    v.extend([
+        ("tokenUrl", InputType::Url, true, None, "Token URL"),
+        ("revokeUrl", InputType::Url, false, None, "Revocation URL"),
+        ("scopes", InputType::String, false, None, "Scopes"),
+        ("clientId", InputType::String, true, None, "Client ID"),
+        ("clientSecret", InputType::Password, false, None, "Client secret"),
+        ("clientAuth", InputType::String, false, Some(Value::from("client_secret_basic")), "Client authentication"),
+    ]);
+    if auth == AuthKind::Oauth2AuthorizationCode {
+        v.push(("pkce", InputType::Boolean, false, Some(Value::Bool(true)), "Use PKCE"));
+    }
+    v
+}
+
+/// Validates a `PUT /v1/definitions/{key}` body.
+pub fn definition_from_json(key: &str, body: &Value) -> Result<DefinitionSpec, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let Some(obj) = body.as_object() else {
+        return Err(vec![FieldError::new("", "must be a JSON object")]);
+    };
+    reject_unknown(obj, &["label", "description", "auth", "provider", "inputs", "redirects"], "", &mut errors);
+
+    let label = optional_string(obj, "label", MAX_LABEL, "label", &mut errors).unwrap_or_else(|| key.to_owned());
+    if label.trim().is_empty() {
+        errors.push(FieldError::new("label", "must not be empty"));
+    }
+    let description = optional_string(obj, "description", MAX_DESCRIPTION, "description", &mut errors);
+    let auth = match obj.get("auth") {
+        Some(Value::String(s)) => AuthKind::parse(s).or_else(|| {
+            errors.push(FieldError::new("auth", format!("must be one of {}", AuthKind::ALL.join(", "))));
+            None
+        }),
+        None | Some(Value::Null) => {
+            errors.push(FieldError::new("auth", "is required"));
+            None
+        }
+        Some(_) => {
+            errors.push(FieldError::new("auth", "must be a string"));
+            None
+        }
+    };
+    let provider = optional_string(obj, "provider", 64, "provider", &mut errors);
+    if provider.is_some() {
+        // No provider catalog is built in yet: naming one must fail rather than be ignored.
+        errors.push(FieldError::new("provider", "unknown provider"));
+    }
+
+    let mut inputs = IndexMap::new();
+    let mut secret_defaults = BTreeMap::new();
+    let mut keep_secret_defaults = BTreeSet::new();
+    match obj.get("inputs") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) if map.len() > MAX_INPUTS => {
+            errors.push(FieldError::new("inputs", format!("at most {MAX_INPUTS} inputs")));
+        }
+        Some(Value::Object(map)) => {
+            for (name, spec) in map {
+                let field = format!("inputs.{name}");
+                if !valid_input_name(name) {
+                    errors.push(FieldError::new(
+                        &field,
+                        "input names are 1-64 letters, digits or _ starting with a letter",
+                    ));
+                    continue;
+                }
+                if let Some((input, secret)) = input_from_json(name, spec, &field, &mut errors) {
+                    match secret {
+                        Some(SecretDefault::New(s)) => {
+                            secret_defaults.insert(name.clone(), s);
+                        }
+                        Some(SecretDefault::Keep) => {
+                            keep_secret_defaults.insert(name.clone());
+                        }
+                        None => {}
+                    }
+                    inputs.insert(name.clone(), input);
+                }
+            }
+        }
+        Some(_) => errors.push(FieldError::new("inputs", "must be an object of inputs")),
+    }
+
+    if let Some(auth) = auth.filter(|a| a.is_oauth()) {
+        for (name, kind, required, default, label) in oauth_inputs(auth) {
+            match inputs.get(name) {
+                Some(existing) if existing.kind != kind => {
+                    errors.push(FieldError::new(
+                        format!("inputs.{name}.type"),
+                        format!(
+                            "the OAuth input {name} must have type {}",
+                            serde_json::to_value(kind).unwrap_or_default()
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    inputs.insert(
+                        name.to_owned(),
+                        Input {
+                            label: label.to_owned(),
+                            kind,
+                            required,
+                            default,
+                            visibility: Visibility::Organization,
+                            description: None,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    for (name, input) in &inputs {
+        if let Some(default) = &input.default
+            && let Err(msg) = check_special_input(name, default)
+        {
+            errors.push(FieldError::new(format!("inputs.{name}.default"), msg));
+        }
+    }
+
+    let redirects = match obj.get("redirects") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(r)) => {
+            reject_unknown(r, &["success_url", "failure_url"], "redirects.", &mut errors);
+            let mut url_field = |k: &str| {
+                let field = format!("redirects.{k}");
+                let s = optional_string(r, k, 2_048, &field, &mut errors)?;
+                match check_secure_url(&s) {
+                    Ok(_) => Some(s),
+                    Err(msg) => {
+                        errors.push(FieldError::new(field, msg));
+                        None
+                    }
+                }
+            };
+            Some(Redirects { success_url: url_field("success_url"), failure_url: url_field("failure_url") })
+        }
+        Some(_) => {
+            errors.push(FieldError::new("redirects", "must be an object"));
+            None
+        }
+    };
+
+    match auth {
+        Some(auth) if errors.is_empty() => Ok(DefinitionSpec {
+            label,
+            description,
+            auth,
+            provider,
+            inputs,
+            redirects,
+            secret_defaults,
+            keep_secret_defaults,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// The default of a `password` input, kept apart from the plain definition.
+enum SecretDefault {
+    New(SecretString),
+    Keep,
+}
+
+/// Parses one input; a `password` default comes back separately, as a secret.
+fn input_from_json(
+    name: &str,
+    spec: &Value,
+    field: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<(Input, Option<SecretDefault>)> {
+    let Some(obj) = spec.as_object() else {
+        errors.push(FieldError::new(field, "must be an object"));
+        return None;
+    };
+    let before = errors.len();
+    let prefix = format!("{field}.");
+    reject_unknown(obj, &["label", "type", "required", "default", "visibility", "description"], &prefix, errors);
+    let label =
+        optional_string(obj, "label", MAX_LABEL, &format!("{field}.label"), errors).unwrap_or_else(|| name.to_owned());
+    let description = optional_string(obj, "description", MAX_DESCRIPTION, &format!("{field}.description"), errors);
+    let kind = match obj.get("type") {
+        Some(Value::String(s)) => InputType::parse(s),
+        _ => None,
+    };
+    if kind.is_none() {
+        errors.push(FieldError::new(format!("{field}.type"), format!("must be one of {}", InputType::ALL.join(", "))));
+    }
+    let required = match obj.get("required") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            errors.push(FieldError::new(format!("{field}.required"), "must be a boolean"));
+            false
+        }
+    };
+    let visibility = match obj.get("visibility") {
+        None | Some(Value::Null) => Some(Visibility::default()),
+        Some(Value::String(s)) => Visibility::parse(s),
+        Some(_) => None,
+    };
+    if visibility.is_none() {
+        errors.push(FieldError::new(
+            format!("{field}.visibility"),
+            format!("must be one of {}", Visibility::ALL.join(", ")),
+        ));
+    }
+    let (kind, visibility) = (kind?, visibility?);
+    let mut default = obj.get("default").filter(|v| !v.is_null()).cloned();
+    let mut secret = None;
+    if let Some(v) = &default {
+        if kind.is_secret() && *v == serde_json::json!({"set": true}) {
+            secret = Some(SecretDefault::Keep);
+            default = None;
+        } else {
+            match check_type(kind, v) {
+                Err(msg) => errors.push(FieldError::new(format!("{field}.default"), msg)),
+                Ok(()) if kind.is_secret() => {
+                    secret = v.as_str().map(|s| SecretDefault::New(SecretString::from(s.to_owned())));
+                    default = None;
+                }
+                Ok(()) => {}
+            }
+        }
+    }
+    (errors.len() == before).then_some((Input { label, kind, required, default, visibility, description }, secret))
+}
+
+/// Checks a value against an input type.
+pub fn check_type(kind: InputType, v: &Value) -> Result<(), String> {
+    match kind {
+        InputType::String | InputType::Password => match v.as_str() {
+            Some(s) if s.len() <= MAX_STRING => Ok(()),
+            Some(_) => Err(format!("must be at most {MAX_STRING} bytes")),
+            None => Err("must be a string".into()),
+        },
+        InputType::Text => match v.as_str() {
+            Some(s) if s.len() <= MAX_TEXT => Ok(()),
+            Some(_) => Err(format!("must be at most {MAX_TEXT} bytes")),
+            None => Err("must be a string".into()),
+        },
+        InputType::Number => v.is_number().then_some(()).ok_or_else(|| "must be a number".into()),
+        InputType::Boolean => v.is_boolean().then_some(()).ok_or_else(|| "must be a boolean".into()),
+        InputType::Url => match v.as_str() {
+            Some(s) if s.len() <= 2_048 => parse_web_url(s).map(|_| ()).map_err(Into::into),
+            Some(_) => Err("must be at most 2048 bytes".into()),
+            None => Err("must be a URL string".into()),
+        },
+    }
+}
+
+/// Rules of the well-known OAuth inputs on top of their type.
+fn check_special_input(name: &str, v: &Value) -> Result<(), String> {
+    match (name, v.as_str()) {
+        (n, Some(s)) if ENDPOINT_INPUTS.contains(&n) => check_secure_url(s).map(|_| ()).map_err(Into::into),
+        ("clientAuth", Some(s)) if !CLIENT_AUTH_METHODS.contains(&s) => {
+            Err(format!("must be one of {}", CLIENT_AUTH_METHODS.join(", ")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A connection's values split into the plain ones and the secrets.
+#[derive(Default, Clone)]
+pub struct Values {
+    pub plain: BTreeMap<String, Value>,
+    pub secret: BTreeMap<String, SecretString>,
+}
+
+impl Values {
+    fn has(&self, name: &str) -> bool {
+        self.plain.contains_key(name) || self.secret.contains_key(name)
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.plain.remove(name);
+        self.secret.remove(name);
+    }
+
+    pub fn secret_names(&self) -> BTreeSet<String> {
+        self.secret.keys().cloned().collect()
+    }
+}
+
+/// Who is setting values: a customer may only set `customer` and `embedded` inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setter {
+    Organization,
+    Customer,
+}
+
+/// Applies `changes` (a JSON object; `null` resets an input to its default) on top of `base`,
+/// and checks the result against the definition's inputs: types, unknown keys, visibility,
+/// required. `defaults` are the definition's defaults (plain and unsealed secret ones).
+pub fn apply_values(
+    inputs: &IndexMap<String, Input>,
+    defaults: &Values,
+    mut base: Values,
+    changes: &Value,
+    setter: Setter,
+) -> Result<Values, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let changes = match changes {
+        Value::Null => &Map::new(),
+        Value::Object(m) => m,
+        _ => return Err(vec![FieldError::new("values", "must be an object")]),
+    };
+    // Values of inputs the definition no longer has are dropped.
+    base.plain.retain(|k, _| inputs.contains_key(k));
+    base.secret.retain(|k, _| inputs.contains_key(k));
+
+    for (name, v) in changes {
+        let field = format!("values.{name}");
+        let Some(input) =
+            inputs.get(name).filter(|i| setter == Setter::Organization || i.visibility.customer_can_set())
+        else {
+            // A customer learns nothing of organization inputs: they are simply unknown.
+            errors.push(FieldError::new(field, "unknown input"));
+            continue;
+        };
+        base.remove(name);
+        if v.is_null() {
+            if let Some(d) = defaults.plain.get(name) {
+                base.plain.insert(name.clone(), d.clone());
+            }
+            if let Some(d) = defaults.secret.get(name) {
+                base.secret.insert(name.clone(), d.clone());
+            }
+            continue;
+        }
+        if let Err(msg) = check_type(input.kind, v).and_then(|()| check_special_input(name, v)) {
+            errors.push(FieldError::new(field, msg));
+            continue;
+        }
+        if input.kind.is_secret() {
+            let s = v.as_str().unwrap_or_default();
+            if !s.is_empty() {
+                base.secret.insert(name.clone(), SecretString::from(s.to_owned()));
+            }
+        } else if v.as_str() != Some("") {
+            base.plain.insert(name.clone(), v.clone());
+        }
+    }
+    for (name, input) in inputs {
+        if input.required && !base.has(name) && !errors.iter().any(|e| e.field == format!("values.{name}")) {
+            errors.push(FieldError::new(format!("values.{name}"), "is required"));
+        }
+    }
+    if errors.is_empty() { Ok(base) } else { Err(errors) }
+}
+
+/// Serializes secret values for sealing.
+pub fn secrets_to_json(secret: &BTreeMap<String, SecretString>) -> SecretString {
+    let map: BTreeMap<&str, &str> = secret.iter().map(|(k, v)| (k.as_str(), v.expose_secret())).collect();
+    SecretString::from(serde_json::to_string(&map).unwrap_or_default())
+}
+
+/// Parses unsealed secret values.
+pub fn secrets_from_json(json: &str) -> Option<BTreeMap<String, SecretString>> {
+    let map: BTreeMap<String, String> = serde_json::from_str(json).ok()?;
+    Some(map.into_iter().map(|(k, v)| (k, SecretString::from(v))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn inputs() -> IndexMap<String, Input> {
+        let spec = definition_from_json(
+            "acme",
+            &json!({
+                "auth": "api_key",
+                "inputs": {
+                    "apiKey": {"type": "password", "required": true},
+                    "endpoint": {"type": "url", "default": "https://api.acme.com"},
+                    "retries": {"type": "number"},
+                    "sandbox": {"type": "boolean", "visibility": "embedded"},
+                    "plan": {"type": "string", "visibility": "organization", "default": "gold"}
+                }
+            }),
+        )
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+        spec.inputs
+    }
+
+    fn defaults(inputs: &IndexMap<String, Input>) -> Values {
+        Values {
+            plain: inputs.iter().filter_map(|(k, i)| Some((k.clone(), i.default.clone()?))).collect(),
+            secret: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn every_bad_value_is_named() {
+        let inputs = inputs();
+        let errs = apply_values(
+            &inputs,
+            &defaults(&inputs),
+            defaults(&inputs),
+            &json!({"endpoint": "not a url", "retries": "3", "sandbox": "yes", "nope": 1}),
+            Setter::Organization,
+        )
+        .err()
+        .unwrap();
+        let fields: BTreeSet<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            BTreeSet::from(["values.endpoint", "values.retries", "values.sandbox", "values.nope", "values.apiKey"])
+        );
+    }
+
+    #[test]
+    fn customers_cannot_set_organization_inputs_and_defaults_apply() {
+        let inputs = inputs();
+        let errs = apply_values(
+            &inputs,
+            &defaults(&inputs),
+            defaults(&inputs),
+            &json!({"apiKey": "k", "plan": "free"}),
+            Setter::Customer,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(errs, vec![FieldError::new("values.plan", "unknown input")]);
+        let ok = apply_values(
+            &inputs,
+            &defaults(&inputs),
+            defaults(&inputs),
+            &json!({"apiKey": "k", "sandbox": true}),
+            Setter::Customer,
+        )
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+        assert_eq!(ok.plain["plan"], json!("gold"));
+        assert_eq!(ok.plain["endpoint"], json!("https://api.acme.com"));
+        assert_eq!(ok.secret_names(), BTreeSet::from(["apiKey".to_owned()]));
+    }
+
+    #[test]
+    fn oauth_definitions_get_well_known_inputs_and_secure_endpoints() {
+        let errs = definition_from_json(
+            "x",
+            &json!({"auth": "oauth2_authorization_code", "inputs": {"tokenUrl": {"type": "url", "default": "http://example.com/token"}}}),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(errs[0].field, "inputs.tokenUrl.default");
+        let spec = definition_from_json(
+            "x",
+            &json!({"auth": "oauth2_authorization_code", "inputs": {"tokenUrl": {"type": "url", "default": "http://127.0.0.1:9/token"}}}),
+        )
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+        assert_eq!(spec.inputs["pkce"].default, Some(json!(true)));
+        assert_eq!(spec.inputs["clientSecret"].kind, InputType::Password);
+    }
+
+    #[test]
+    fn redirect_urls_must_be_https_or_loopback() {
+        for (url, ok) in [
+            ("https://app.example.com/done", true),
+            ("http://localhost:3000/done", true),
+            ("http://[::1]/done", true),
+            ("http://app.example.com/done", false),
+            ("javascript:alert(1)", false),
+        ] {
+            let r = definition_from_json("x", &json!({"auth": "custom", "redirects": {"success_url": url}}));
+            assert_eq!(r.is_ok(), ok, "{url}");
+        }
+    }
+
+    #[test]
+    fn password_defaults_are_split_out_as_secrets() {
+        let spec = definition_from_json(
+            "x",
+            &json!({"auth": "api_key", "inputs": {"k": {"type": "password", "default": "s3cret"}}}),
+        )
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+        assert_eq!(spec.inputs["k"].default, None);
+        assert_eq!(spec.secret_defaults["k"].expose_secret(), "s3cret");
+    }
+}

@@ -1,0 +1,277 @@
+//! The HTTP API: one axum router, mounted by `latchkey serve` and by the `connections-api`
+//! Lambda alike. Handlers translate HTTP to service calls and back; no business logic here.
+
+pub mod auth;
+pub mod problem;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use self::auth::Verifier;
+use self::problem::{Problem, types};
+use crate::domain::{FieldError, Principal};
+use crate::service::{ConnectionView, ListQuery, LookupRequest, Service};
+
+/// Request bodies larger than this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The OpenAPI 3 document of this API, served at `GET /openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<Service>,
+    pub verifier: Arc<Verifier>,
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/definitions", get(list_definitions))
+        .route("/v1/definitions/{key}", get(get_definition).put(put_definition).delete(delete_definition))
+        .route("/v1/connections", get(list_connections).post(create_connection))
+        .route("/v1/connections/{id}", get(get_connection).patch(update_connection).delete(delete_connection))
+        .route("/v1/connections/{id}/logs", get(connection_logs))
+        .route("/v1/connections/{id}/token", post(token_lookup))
+        .fallback(|| async { Problem::not_found() })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                types::METHOD,
+                "Method Not Allowed",
+                "this route does not accept that method",
+            )
+        })
+        .layer(middleware::from_fn(access_log))
+        .with_state(state)
+}
+
+/// One line per request: method, route template, status, latency. Never a body, header or
+/// query string.
+async fn access_log(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let res = next.run(req).await;
+    tracing::info!(
+        method = %method,
+        route = route.as_deref().unwrap_or("-"),
+        status = res.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    res
+}
+
+/// A JSON body of at most [`MAX_BODY_BYTES`], parsed into a `Value` so that the service can
+/// name every bad field. Oversized is 413, malformed is 400, both as problem+json.
+pub struct JsonBody(pub Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, Problem> {
+        let too_large = || {
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                types::TOO_LARGE,
+                "Payload Too Large",
+                format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+            )
+        };
+        let declared =
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            return Err(too_large());
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES).await.map_err(|_| too_large())?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(Problem::malformed("a JSON body is required"));
+        }
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            Problem::malformed(format!("the body is not valid JSON (line {}, column {})", e.line(), e.column()))
+        })
+    }
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
+}
+
+async fn put_definition(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(key): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, Problem> {
+    let (view, created) = s.service.put_definition(&p, &key, &body).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, axum::Json(view)).into_response())
+}
+
+async fn get_definition(State(s): State<AppState>, p: Principal, Path(key): Path<String>) -> Result<Response, Problem> {
+    Ok(axum::Json(s.service.get_definition(&p, &key).await?).into_response())
+}
+
+async fn list_definitions(State(s): State<AppState>, p: Principal) -> Result<Response, Problem> {
+    Ok(axum::Json(json!({"items": s.service.list_definitions(&p).await?})).into_response())
+}
+
+async fn delete_definition(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(key): Path<String>,
+) -> Result<StatusCode, Problem> {
+    s.service.delete_definition(&p, &key).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A connection with its version as a strong ETag, for `If-Match`.
+fn with_etag(status: StatusCode, view: ConnectionView) -> Response {
+    let etag = HeaderValue::from_str(&format!("\"{}\"", view.version)).ok();
+    let location = HeaderValue::from_str(&format!("/v1/connections/{}", view.id)).ok();
+    let mut res = (status, axum::Json(view)).into_response();
+    if let Some(etag) = etag {
+        res.headers_mut().insert(header::ETAG, etag);
+    }
+    if status == StatusCode::CREATED
+        && let Some(location) = location
+    {
+        res.headers_mut().insert(header::LOCATION, location);
+    }
+    res
+}
+
+async fn create_connection(
+    State(s): State<AppState>,
+    p: Principal,
+    JsonBody(body): JsonBody,
+) -> Result<Response, Problem> {
+    Ok(with_etag(StatusCode::CREATED, s.service.create_connection(&p, &body).await?))
+}
+
+async fn get_connection(State(s): State<AppState>, p: Principal, Path(id): Path<String>) -> Result<Response, Problem> {
+    Ok(with_etag(StatusCode::OK, s.service.get_connection(&p, &id).await?))
+}
+
+async fn list_connections(
+    State(s): State<AppState>,
+    p: Principal,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(q) = q.map_err(|_| Problem::malformed("the query string is malformed"))?;
+    Ok(axum::Json(s.service.list_connections(&p, &q).await?).into_response())
+}
+
+/// `If-Match: "3"` (or `W/"3"`, or `3`); `*` means any version.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let raw = v.to_str().unwrap_or_default().trim();
+    if raw == "*" {
+        return Ok(None);
+    }
+    raw.trim_start_matches("W/").trim_matches('"').parse::<u64>().map(Some).map_err(|_| {
+        Problem::new(
+            StatusCode::PRECONDITION_FAILED,
+            types::PRECONDITION,
+            "Precondition Failed",
+            "If-Match must be an ETag returned by this API",
+        )
+    })
+}
+
+async fn update_connection(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<Response, Problem> {
+    let expected = if_match(&headers)?;
+    Ok(with_etag(StatusCode::OK, s.service.update_connection(&p, &id, &body, expected).await?))
+}
+
+async fn delete_connection(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    s.service.delete_connection(&p, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    limit: Option<usize>,
+}
+
+async fn connection_logs(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    q: Result<Query<LogsQuery>, QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(q) = q.map_err(|_| Problem::validation(vec![FieldError::new("limit", "must be an integer")]))?;
+    Ok(axum::Json(s.service.connection_logs(&p, &id, q.limit.unwrap_or(100)).await?).into_response())
+}
+
+/// Token lookup over HTTP, for principals with the `runtime` role. The body is the Lambda
+/// payload without `org` (the token says which organization); it may be empty.
+async fn token_lookup(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    body: Result<JsonBody, Problem>,
+) -> Result<Response, Problem> {
+    if !p.is_runtime() {
+        return Err(Problem::forbidden("token lookup needs the runtime role"));
+    }
+    let body = match body {
+        Ok(JsonBody(v)) => v,
+        Err(e) if e.detail == "a JSON body is required" => json!({}),
+        Err(e) => return Err(e),
+    };
+    let mut req: LookupRequest = serde_json::from_value(body)
+        // serde's message could quote a value of the body: keep it out of the response.
+        .map_err(|_| {
+            Problem::validation(vec![FieldError::new(
+                "",
+                "expected {connection_id?, min_valid_seconds?, action?, message?} with the right types",
+            )])
+        })?;
+    if req.org.is_some() {
+        return Err(Problem::validation(vec![FieldError::new("org", "comes from the bearer token, not the body")]));
+    }
+    if req.connection_id.as_deref().is_some_and(|c| c != id) {
+        return Err(Problem::validation(vec![FieldError::new("connection_id", "must match the path")]));
+    }
+    req.connection_id = Some(id);
+    match req.action.as_deref() {
+        None | Some("lookup") => {
+            Ok(axum::Json(s.service.lookup(&p.org, p.customer.as_ref(), &req).await?).into_response())
+        }
+        Some("report_error") => {
+            Ok(axum::Json(s.service.report_error(&p.org, p.customer.as_ref(), &req).await?).into_response())
+        }
+        Some(_) => Err(Problem::validation(vec![FieldError::new("action", "must be lookup or report_error")])),
+    }
+}

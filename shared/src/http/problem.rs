@@ -1,0 +1,152 @@
+//! RFC 9457 problem details. Every error response of the API is one of these, and its text is
+//! chosen here: never an inner error's message, which could carry a provider's or backend's
+//! words.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::domain::FieldError;
+use crate::service::{ServiceError, Unusable};
+
+/// The `type` URIs, stable for clients to branch on.
+pub mod types {
+    pub const VALIDATION: &str = "urn:latchkey:problem:validation";
+    pub const MALFORMED: &str = "urn:latchkey:problem:malformed-request";
+    pub const TOO_LARGE: &str = "urn:latchkey:problem:payload-too-large";
+    pub const UNAUTHORIZED: &str = "urn:latchkey:problem:unauthorized";
+    pub const FORBIDDEN: &str = "urn:latchkey:problem:forbidden";
+    pub const NOT_FOUND: &str = "urn:latchkey:problem:not-found";
+    pub const METHOD: &str = "urn:latchkey:problem:method-not-allowed";
+    pub const CONFLICT: &str = "urn:latchkey:problem:conflict";
+    pub const PRECONDITION: &str = "urn:latchkey:problem:precondition-failed";
+    pub const PENDING: &str = "urn:latchkey:problem:connection-pending";
+    pub const DISCONNECTED: &str = "urn:latchkey:problem:connection-disconnected";
+    pub const ERRORED: &str = "urn:latchkey:problem:connection-error";
+    pub const INTERNAL: &str = "urn:latchkey:problem:internal";
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+        Self { kind, title, status: status.as_u16(), detail: detail.into(), errors: None }
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, types::NOT_FOUND, "Not Found", "no such resource")
+    }
+
+    pub fn validation(errors: Vec<FieldError>) -> Self {
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).filter(|f| !f.is_empty()).collect();
+        let detail = if fields.is_empty() {
+            "the request is invalid".to_owned()
+        } else {
+            format!("invalid fields: {}", fields.join(", "))
+        };
+        Self {
+            errors: Some(errors),
+            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, types::VALIDATION, "Validation Failed", detail)
+        }
+    }
+
+    pub fn malformed(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, types::MALFORMED, "Bad Request", detail)
+    }
+
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, types::UNAUTHORIZED, "Unauthorized", detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, types::FORBIDDEN, "Forbidden", detail)
+    }
+
+    /// A stable, machine-friendly name of the problem, the Lambda `errorType`.
+    pub fn error_type(&self) -> &'static str {
+        match self.kind {
+            types::VALIDATION | types::MALFORMED | types::TOO_LARGE => "InvalidRequest",
+            types::UNAUTHORIZED => "Unauthorized",
+            types::FORBIDDEN => "Forbidden",
+            types::NOT_FOUND => "ConnectionNotFound",
+            types::CONFLICT => "Conflict",
+            types::PRECONDITION => "PreconditionFailed",
+            types::PENDING => "ConnectionPending",
+            types::DISCONNECTED => "ConnectionDisconnected",
+            types::ERRORED => "ConnectionError",
+            _ => "InternalError",
+        }
+    }
+}
+
+impl From<ServiceError> for Problem {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::NotFound => Self::not_found(),
+            ServiceError::Forbidden(why) => Self::forbidden(why),
+            ServiceError::Invalid(errors) => Self::validation(errors),
+            ServiceError::Conflict(why) => Self::new(StatusCode::CONFLICT, types::CONFLICT, "Conflict", why),
+            ServiceError::PreconditionFailed => Self::new(
+                StatusCode::PRECONDITION_FAILED,
+                types::PRECONDITION,
+                "Precondition Failed",
+                "the connection's version does not match If-Match; read it again",
+            ),
+            ServiceError::Unusable(Unusable::Pending) => Self::new(
+                StatusCode::CONFLICT,
+                types::PENDING,
+                "Connection Pending",
+                "the connection is not authorized yet",
+            ),
+            ServiceError::Unusable(Unusable::Disconnected) => Self::new(
+                StatusCode::CONFLICT,
+                types::DISCONNECTED,
+                "Connection Disconnected",
+                "the connection was disconnected; authorize it again",
+            ),
+            ServiceError::Unusable(Unusable::Error) => Self::new(
+                StatusCode::CONFLICT,
+                types::ERRORED,
+                "Connection Error",
+                "the connection is in error; reconfigure or re-authorize it",
+            ),
+            e @ (ServiceError::Store(_) | ServiceError::Crypto(_)) => {
+                tracing::error!(error = %e, source = ?std::error::Error::source(&e).map(ToString::to_string), "request failed");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    types::INTERNAL,
+                    "Internal Server Error",
+                    "an internal error occurred",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut res = (status, body).into_response();
+        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}
+
+impl IntoResponse for ServiceError {
+    fn into_response(self) -> Response {
+        Problem::from(self).into_response()
+    }
+}

@@ -1,0 +1,76 @@
+//! Lambda entry points over the same service and router as `latchkey serve`.
+
+use std::sync::Arc;
+
+use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
+use serde_json::Value;
+
+use crate::config::{App, Config};
+use crate::domain::OrgId;
+use crate::http::auth::Verifier;
+use crate::http::problem::Problem;
+use crate::service::{LookupRequest, Service};
+
+pub type Error = lambda_runtime::Error;
+
+/// The `connections-api` function: the HTTP router behind API Gateway (HTTP API, payload 2.0).
+pub async fn serve_http(app: App, config: &Config) -> Result<(), Error> {
+    let secret = config
+        .jwt_secret
+        .clone()
+        .ok_or("LATCHKEY_JWT_SECRET must be set: it verifies the callers' HS256 bearer tokens")?;
+    let router = crate::http::router(app.http_state(Verifier::hs256(&secret)));
+    lambda_http::run(router).await
+}
+
+fn diagnostic(p: Problem) -> Diagnostic {
+    let message = match &p.errors {
+        Some(errors) => {
+            let fields: Vec<String> = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
+            format!("{} ({})", p.detail, fields.join("; "))
+        }
+        None => p.detail.clone(),
+    };
+    Diagnostic { error_type: p.error_type().to_owned(), error_message: message }
+}
+
+fn invalid(message: &str) -> Diagnostic {
+    Diagnostic { error_type: "InvalidRequest".to_owned(), error_message: message.to_owned() }
+}
+
+/// The `token-lookup` function's handler: `{"org", "connection_id", "min_valid_seconds"}`, or
+/// `{"action": "report_error", "org", "connection_id", "message"}`. Failures are `Diagnostic`s
+/// whose `errorType` callers branch on: `ConnectionNotFound`, `ConnectionPending`,
+/// `ConnectionDisconnected`, `ConnectionError`, `InvalidRequest`, `InternalError`.
+pub async fn handle_lookup(service: &Service, payload: Value) -> Result<Value, Diagnostic> {
+    // serde's message could quote a value of the payload: keep it out of the error.
+    let req: LookupRequest = serde_json::from_value(payload).map_err(|_| {
+        invalid(
+            "expected {org, connection_id, min_valid_seconds?} or {action: report_error, org, connection_id, message}",
+        )
+    })?;
+    let org = req.org.as_deref().ok_or_else(|| invalid("org is required"))?;
+    let org = OrgId::parse(org).map_err(|_| invalid("org is not a valid organization id"))?;
+    let result = match req.action.as_deref() {
+        None | Some("lookup") => service.lookup(&org, None, &req).await.map(|r| serde_json::to_value(r)),
+        Some("report_error") => service.report_error(&org, None, &req).await.map(|r| serde_json::to_value(r)),
+        Some(_) => return Err(invalid("action must be lookup or report_error")),
+    };
+    match result {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(_)) => {
+            Err(Diagnostic { error_type: "InternalError".into(), error_message: "serialization failed".into() })
+        }
+        Err(e) => Err(diagnostic(Problem::from(e))),
+    }
+}
+
+/// The `token-lookup` function: invoked directly (`lambda:InvokeFunction`, IAM-authorized).
+pub async fn serve_lookup(app: App) -> Result<(), Error> {
+    let service: Arc<Service> = app.service;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        let service = service.clone();
+        async move { handle_lookup(&service, event.payload).await }
+    }))
+    .await
+}

@@ -1,0 +1,22 @@
+//! Latchkey: a connection platform that keeps third-party credentials for a SaaS organization's
+//! customers. This crate is shared by every deployed function and by the `latchkey` command.
+//!
+//! - [`domain`]: newtypes, definitions, connections and their pure rules; no I/O.
+//! - [`ports`]: the traits the service needs (store, key provider, event sink, clock).
+//! - [`crypto`]: envelope encryption over a [`ports::KeyProvider`].
+//! - [`service`]: the use cases.
+//! - [`adapters`]: the embedded backend (SQLite, local master key, log event sink).
+//! - [`http`]: one axum router with problem+json errors and bearer-token auth.
+//! - [`lambda`]: the Lambda entry points built on the same service.
+
+pub mod adapters;
+pub mod config;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod crypto;
+pub mod domain;
+pub mod http;
+pub mod lambda;
+pub mod ports;
+pub mod service;
+pub mod telemetry;

@@ -1,0 +1,125 @@
+//! The ports: the few traits the service needs from the outside world. The embedded backend
+//! implements them for `latchkey serve`; the AWS adapters implement the very same traits, and
+//! both run the suites in [`crate::conformance`].
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::crypto::{CryptoError, DataKey, EncryptionContext, PlainKey};
+use crate::domain::{Connection, ConnectionId, CustomerId, Definition, DefinitionKey, Event, LogEntry, OrgId, Status};
+
+/// A boxed error from an adapter's backend (SQLite, an AWS SDK...). Never carries secret values:
+/// adapters pass secrets only as bound parameters or sealed blobs.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A conditional write lost: the record exists, is gone, or has another version.
+    #[error("the record was changed concurrently")]
+    Conflict,
+    /// The definition still has connections.
+    #[error("the definition is used by connections")]
+    InUse,
+    /// A connection names a definition that does not exist (any more).
+    #[error("the definition does not exist")]
+    DefinitionMissing,
+    #[error("the store failed")]
+    Backend(#[source] BackendError),
+}
+
+/// The condition of a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The record must not exist yet.
+    Absent,
+    /// The record must exist with exactly this version.
+    Version(u64),
+}
+
+/// Filters of a connection listing; all optional, combined with AND.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionFilter {
+    pub customer: Option<CustomerId>,
+    pub definition: Option<DefinitionKey>,
+    pub status: Option<Status>,
+}
+
+/// One page of a listing, newest first; `next` is the cursor of the following page.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<ConnectionId>,
+}
+
+/// Durable state. Every write that can race is conditional.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get_definition(&self, org: &OrgId, key: &DefinitionKey) -> Result<Option<Definition>, StoreError>;
+    async fn list_definitions(&self, org: &OrgId) -> Result<Vec<Definition>, StoreError>;
+    /// Writes `def` (whose `version` the caller has set) if `expect` holds.
+    async fn put_definition(&self, def: &Definition, expect: Expect) -> Result<(), StoreError>;
+    /// Deletes a definition; `Ok(false)` when there was none, `InUse` while connections use it.
+    async fn delete_definition(&self, org: &OrgId, key: &DefinitionKey) -> Result<bool, StoreError>;
+
+    /// Inserts a new connection; `DefinitionMissing` if its definition is gone, atomically.
+    async fn insert_connection(&self, conn: &Connection) -> Result<(), StoreError>;
+    async fn get_connection(&self, org: &OrgId, id: &ConnectionId) -> Result<Option<Connection>, StoreError>;
+    /// Replaces a connection (whose `version` the caller has incremented) if it is still at
+    /// `expected_version`; `Conflict` otherwise, including when it was deleted.
+    async fn update_connection(&self, conn: &Connection, expected_version: u64) -> Result<(), StoreError>;
+    /// Deletes a connection and its logs; `Ok(false)` when there was none.
+    async fn delete_connection(&self, org: &OrgId, id: &ConnectionId) -> Result<bool, StoreError>;
+    /// Lists an organization's connections, newest first, starting after `cursor`.
+    async fn list_connections(
+        &self,
+        org: &OrgId,
+        filter: &ConnectionFilter,
+        limit: usize,
+        cursor: Option<&ConnectionId>,
+    ) -> Result<Page<Connection>, StoreError>;
+
+    async fn append_log(&self, org: &OrgId, id: &ConnectionId, entry: &LogEntry) -> Result<(), StoreError>;
+    /// The newest `limit` log entries of a connection, newest first.
+    async fn list_logs(&self, org: &OrgId, id: &ConnectionId, limit: usize) -> Result<Vec<LogEntry>, StoreError>;
+}
+
+/// The key-management seam, shaped like KMS `GenerateDataKey` / `Decrypt`: a data key is
+/// returned in plaintext and wrapped under a master key, bound to an encryption context.
+#[async_trait]
+pub trait KeyProvider: Send + Sync + 'static {
+    /// A fresh 256-bit data key, plus its wrapped form to store beside the ciphertext.
+    async fn generate_data_key(&self, ctx: &EncryptionContext) -> Result<DataKey, CryptoError>;
+    /// Unwraps a data key; fails unless `ctx` is exactly the one it was generated with.
+    async fn decrypt_data_key(
+        &self,
+        key_id: &str,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<PlainKey, CryptoError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("publishing the event failed")]
+pub struct EventError(#[source] pub BackendError);
+
+/// Where lifecycle events go (EventBridge, or the log and in-process subscribers).
+#[async_trait]
+pub trait EventSink: Send + Sync + 'static {
+    async fn publish(&self, event: &Event) -> Result<(), EventError>;
+}
+
+/// The time, as a port so tests can move it.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The wall clock, truncated to milliseconds so stored and returned times compare equal.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        let now = OffsetDateTime::now_utc();
+        now.replace_nanosecond(now.millisecond() as u32 * 1_000_000).unwrap_or(now)
+    }
+}

@@ -1,0 +1,201 @@
+//! Token lookup: fresh, decrypted credentials for integration executions (SPEC section 5).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
+
+use super::{Result, Service, ServiceError, Unusable};
+use crate::domain::{
+    Connection, ConnectionId, CustomerId, DefinitionKey, Event, EventType, LogType, OrgId, Status, StatusError,
+};
+use crate::ports::StoreError;
+
+/// A lookup or an error report, as the Lambda payload or the HTTP body carries it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupRequest {
+    /// Only in the Lambda payload: HTTP takes it from the bearer token.
+    #[serde(default)]
+    pub org: Option<String>,
+    #[serde(default)]
+    pub connection_id: Option<String>,
+    /// Refresh first if the access token expires within this many seconds.
+    #[serde(default)]
+    pub min_valid_seconds: Option<u64>,
+    /// `report_error` marks the connection red instead of looking it up.
+    #[serde(default)]
+    pub action: Option<String>,
+    /// The error message of `report_error`.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// The decrypted values: serialized in clear for the caller, redacted in `Debug`.
+pub struct Fields {
+    plain: BTreeMap<String, serde_json::Value>,
+    secret: BTreeMap<String, SecretString>,
+}
+
+impl fmt::Debug for Fields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fields")
+            .field("names", &self.plain.keys().chain(self.secret.keys()).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Serialize for Fields {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.plain.len() + self.secret.len()))?;
+        for (k, v) in &self.plain {
+            m.serialize_entry(k, v)?;
+        }
+        for (k, v) in &self.secret {
+            m.serialize_entry(k, v.expose_secret())?;
+        }
+        m.end()
+    }
+}
+
+impl Fields {
+    /// The value of one field as a string, for tests and callers that know it is a string.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.secret.get(name).map(|s| s.expose_secret()).or_else(|| self.plain.get(name)?.as_str())
+    }
+}
+
+/// An OAuth access token as a lookup hands it out.
+#[derive(Serialize)]
+pub struct TokenView {
+    #[serde(serialize_with = "expose")]
+    pub access_token: SecretString,
+    pub token_type: String,
+    pub expires_at: Option<String>,
+    pub scopes: Vec<String>,
+}
+
+fn expose<S: Serializer>(v: &SecretString, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(v.expose_secret())
+}
+
+impl fmt::Debug for TokenView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenView").field("token_type", &self.token_type).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct LookupResponse {
+    pub connection_id: ConnectionId,
+    pub definition: DefinitionKey,
+    pub status: Status,
+    pub fields: Fields,
+    pub token: Option<TokenView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReportedError {
+    pub connection_id: ConnectionId,
+    pub status: Status,
+    pub error: StatusError,
+}
+
+const MAX_REPORT: usize = 1_000;
+
+impl Service {
+    async fn lookup_target(&self, org: &OrgId, customer: Option<&CustomerId>, id: Option<&str>) -> Result<Connection> {
+        let id = id.ok_or_else(|| ServiceError::invalid("connection_id", "is required"))?;
+        let id = ConnectionId::parse(id).map_err(|_| ServiceError::NotFound)?;
+        let c = self.store.get_connection(org, &id).await?.ok_or(ServiceError::NotFound)?;
+        // A runtime principal bound to a customer sees only that customer's connections.
+        if customer.is_some_and(|cu| c.customer.as_ref() != Some(cu)) {
+            return Err(ServiceError::NotFound);
+        }
+        Ok(c)
+    }
+
+    /// Looks a connection up: every value decrypted. A warm lookup of an active connection is
+    /// one store read and no key-provider call (the data key is cached).
+    pub async fn lookup(
+        &self,
+        org: &OrgId,
+        customer: Option<&CustomerId>,
+        req: &LookupRequest,
+    ) -> Result<LookupResponse> {
+        let c = self.lookup_target(org, customer, req.connection_id.as_deref()).await?;
+        match c.status {
+            Status::Pending => return Err(ServiceError::Unusable(Unusable::Pending)),
+            Status::Disconnected => return Err(ServiceError::Unusable(Unusable::Disconnected)),
+            Status::Error => return Err(ServiceError::Unusable(Unusable::Error)),
+            Status::Configured | Status::Active => {}
+        }
+        let secret = self.open_secrets(&c).await?;
+        let mut status = c.status;
+        if c.status == Status::Configured {
+            let mut used = c.clone();
+            used.status = Status::Active;
+            used.version += 1;
+            used.updated_at = self.clock.now();
+            match self.store.update_connection(&used, c.version).await {
+                Ok(()) => {
+                    status = Status::Active;
+                    self.log(&used, LogType::Used, "first successful lookup: connection active").await;
+                }
+                // Someone else changed it meanwhile; the credentials read are still the latest
+                // this caller could have seen, and the next lookup will try again.
+                Err(StoreError::Conflict) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(LookupResponse {
+            connection_id: c.id,
+            definition: c.definition,
+            status,
+            fields: Fields { plain: c.values, secret },
+            token: None,
+        })
+    }
+
+    /// `report_error`: the integration tells Latchkey the credentials failed; the connection
+    /// turns red until it is reconfigured.
+    pub async fn report_error(
+        &self,
+        org: &OrgId,
+        customer: Option<&CustomerId>,
+        req: &LookupRequest,
+    ) -> Result<ReportedError> {
+        let message = match req.message.as_deref().map(str::trim) {
+            Some(m) if !m.is_empty() && m.chars().count() <= MAX_REPORT => m.to_owned(),
+            Some(m) if !m.is_empty() => {
+                return Err(ServiceError::invalid("message", &format!("must be at most {MAX_REPORT} characters")));
+            }
+            _ => return Err(ServiceError::invalid("message", "is required")),
+        };
+        for _ in 0..5 {
+            let c = self.lookup_target(org, customer, req.connection_id.as_deref()).await?;
+            if c.status == Status::Disconnected {
+                return Err(ServiceError::Unusable(Unusable::Disconnected));
+            }
+            let now = self.clock.now();
+            let error = StatusError { code: "reported".to_owned(), message: message.clone(), at: now };
+            let mut red = c.clone();
+            red.status = Status::Error;
+            red.error = Some(error.clone());
+            red.version += 1;
+            red.updated_at = now;
+            match self.store.update_connection(&red, c.version).await {
+                Ok(()) => {
+                    self.log(&red, LogType::ErrorReported, format!("error reported: {message}")).await;
+                    self.emit(Event::about(EventType::ConnectionError, &red)).await;
+                    return Ok(ReportedError { connection_id: red.id, status: red.status, error });
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Conflict("the connection is being changed concurrently; retry"))
+    }
+}

@@ -1,0 +1,95 @@
+//! The use cases, over the ports. Handlers (HTTP, Lambda) only translate to and from these.
+
+mod connections;
+mod definitions;
+mod lookup;
+mod views;
+
+use std::sync::Arc;
+
+pub use connections::{ListQuery, MAX_PAGE};
+pub use lookup::{LookupRequest, LookupResponse, ReportedError};
+pub use views::{ConnectionPage, ConnectionView, DefinitionView};
+
+use crate::crypto::{CryptoError, Envelope};
+use crate::domain::{Connection, Event, FieldError, LogEntry, LogType};
+use crate::ports::{Clock, EventSink, Store, StoreError};
+
+/// Why a connection cannot hand out credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unusable {
+    /// OAuth not authorized yet.
+    Pending,
+    Disconnected,
+    /// Red: see the connection's `error`.
+    Error,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("the request is invalid")]
+    Invalid(Vec<FieldError>),
+    #[error("{0}")]
+    Conflict(&'static str),
+    #[error("the connection's version does not match If-Match")]
+    PreconditionFailed,
+    #[error("the connection has no usable credentials")]
+    Unusable(Unusable),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+impl ServiceError {
+    pub(crate) fn invalid(field: &str, message: &str) -> Self {
+        Self::Invalid(vec![FieldError::new(field, message)])
+    }
+}
+
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// Latchkey's use cases. Built once per process (or Lambda container) and shared.
+pub struct Service {
+    store: Arc<dyn Store>,
+    envelope: Arc<Envelope>,
+    events: Arc<dyn EventSink>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Service {
+    pub fn new(
+        store: Arc<dyn Store>,
+        envelope: Arc<Envelope>,
+        events: Arc<dyn EventSink>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self { store, envelope, events, clock }
+    }
+
+    /// Appends a connection log line. A failure is logged, not returned: the change it
+    /// describes has already happened.
+    async fn log(&self, c: &Connection, kind: LogType, message: impl Into<String>) {
+        let entry = LogEntry::new(self.clock.now(), kind, message);
+        if let Err(e) = self.store.append_log(&c.org, &c.id, &entry).await {
+            tracing::warn!(org = %c.org, connection_id = %c.id, error = %e, "appending a connection log failed");
+        }
+    }
+
+    /// Publishes an event. Delivery failures are logged, never turned into request failures.
+    async fn emit(&self, event: Event) {
+        if let Err(e) = self.events.publish(&event).await {
+            tracing::warn!(
+                org = %event.org,
+                connection_id = %event.connection_id,
+                event = event.kind.detail_type(),
+                error = %e,
+                "publishing an event failed"
+            );
+        }
+    }
+}
