@@ -52,8 +52,8 @@ pub async fn handle_lookup(service: &Service, payload: Value) -> Result<Value, D
     let org = req.org.as_deref().ok_or_else(|| invalid("org is required"))?;
     let org = OrgId::parse(org).map_err(|_| invalid("org is not a valid organization id"))?;
     let result = match req.action.as_deref() {
-        None | Some("lookup") => service.lookup(&org, None, &req).await.map(|r| serde_json::to_value(r)),
-        Some("report_error") => service.report_error(&org, None, &req).await.map(|r| serde_json::to_value(r)),
+        None | Some("lookup") => service.lookup(&org, None, &req).await.map(serde_json::to_value),
+        Some("report_error") => service.report_error(&org, None, &req).await.map(serde_json::to_value),
         Some(_) => return Err(invalid("action must be lookup or report_error")),
     };
     match result {
