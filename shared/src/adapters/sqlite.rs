@@ -56,6 +56,8 @@ impl SqliteStore {
         db.busy_timeout(Duration::from_secs(10)).map_err(backend)?;
         db.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
         db.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
+        // Overwrite deleted content, so replaced records do not linger in free pages.
+        db.pragma_update(None, "secure_delete", "ON").map_err(backend)?;
         db.execute_batch(SCHEMA).map_err(backend)?;
         Ok(Self { db: Arc::new(Mutex::new(db)) })
     }

@@ -402,6 +402,20 @@ impl Values {
     pub fn secret_names(&self) -> BTreeSet<String> {
         self.secret.keys().cloned().collect()
     }
+
+    /// Moves plain values of inputs that are `password` now (the definition changed since they
+    /// were stored) into the secrets. Returns whether anything moved.
+    pub fn seal_secret_inputs(&mut self, inputs: &IndexMap<String, Input>) -> bool {
+        let moved: Vec<String> =
+            self.plain.keys().filter(|k| inputs.get(*k).is_some_and(|i| i.kind.is_secret())).cloned().collect();
+        for name in &moved {
+            if let Some(v) = self.plain.remove(name) {
+                let s = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+                self.secret.insert(name.clone(), SecretString::from(s));
+            }
+        }
+        !moved.is_empty()
+    }
 }
 
 /// Who is setting values: a customer may only set `customer` and `embedded` inputs.
@@ -430,6 +444,7 @@ pub fn apply_values(
     // Values of inputs the definition no longer has are dropped.
     base.plain.retain(|k, _| inputs.contains_key(k));
     base.secret.retain(|k, _| inputs.contains_key(k));
+    base.seal_secret_inputs(inputs);
 
     for (name, v) in changes {
         let field = format!("values.{name}");

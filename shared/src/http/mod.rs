@@ -84,8 +84,9 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = Problem;
 
     async fn from_request(req: Request, _: &S) -> Result<Self, Problem> {
-        let too_large = || {
-            Problem::new(
+        let too_large = || Problem {
+            close_connection: true,
+            ..Problem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 types::TOO_LARGE,
                 "Payload Too Large",

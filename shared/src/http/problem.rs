@@ -35,11 +35,15 @@ pub struct Problem {
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<FieldError>>,
+    /// Answer with `Connection: close`: the request body was not read to its end, so the
+    /// connection cannot carry another request.
+    #[serde(skip)]
+    pub close_connection: bool,
 }
 
 impl Problem {
     pub fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
-        Self { kind, title, status: status.as_u16(), detail: detail.into(), errors: None }
+        Self { kind, title, status: status.as_u16(), detail: detail.into(), errors: None, close_connection: false }
     }
 
     pub fn not_found() -> Self {
@@ -138,6 +142,9 @@ impl IntoResponse for Problem {
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut res = (status, body).into_response();
         res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if self.close_connection {
+            res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

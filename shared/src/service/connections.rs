@@ -79,11 +79,8 @@ impl Service {
         self.store.get_definition(&c.org, &c.definition).await?.ok_or(ServiceError::NotFound)
     }
 
-    /// The view of `c` for `p`, reading the definition only when the caller is a customer.
+    /// The view of `c` for `p`, judged by its definition (read unless given).
     async fn view(&self, p: &Principal, c: &Connection, def: Option<&Definition>) -> Result<ConnectionView> {
-        if p.is_organization() {
-            return Ok(ConnectionView::of(c, p, None));
-        }
         let loaded;
         let def = match def {
             Some(d) => d,
@@ -92,7 +89,7 @@ impl Service {
                 &loaded
             }
         };
-        Ok(ConnectionView::of(c, p, Some(&def.inputs)))
+        Ok(ConnectionView::of(c, p, &def.inputs))
     }
 
     pub(crate) async fn seal_secrets(
@@ -302,7 +299,7 @@ impl Service {
         let mut items = Vec::with_capacity(page.items.len());
         let mut defs: BTreeMap<DefinitionKey, Definition> = BTreeMap::new();
         for c in &page.items {
-            if !p.is_organization() && !defs.contains_key(&c.definition) {
+            if !defs.contains_key(&c.definition) {
                 defs.insert(c.definition.clone(), self.definition_of(c).await?);
             }
             items.push(self.view(p, c, defs.get(&c.definition)).await?);

@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
@@ -6,8 +6,9 @@ use serde_json::Value;
 use super::{DefinitionView, Result, Service, ServiceError};
 use crate::crypto::EncryptionContext;
 use crate::domain::validate::{self, Values};
-use crate::domain::{Definition, DefinitionKey, Principal};
-use crate::ports::{Expect, StoreError};
+use crate::domain::{Connection, Definition, DefinitionKey, LogType, Principal};
+use crate::ports::{ConnectionFilter, Expect, StoreError};
+use crate::service::MAX_PAGE;
 
 fn require_organization(p: &Principal) -> Result<()> {
     if p.is_organization() {
@@ -64,7 +65,12 @@ impl Service {
             updated_at: now,
         };
         match self.store.put_definition(&def, expect).await {
-            Ok(()) => Ok((DefinitionView::from(&def), existing.is_none())),
+            Ok(()) => {
+                if let Some(old) = &existing {
+                    self.seal_new_password_inputs(old, &def).await;
+                }
+                Ok((DefinitionView::from(&def), existing.is_none()))
+            }
             Err(StoreError::Conflict) => Err(ServiceError::Conflict("the definition was changed concurrently; retry")),
             Err(e) => Err(e.into()),
         }
@@ -93,6 +99,69 @@ impl Service {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// After a definition change turned inputs into `password` ones, seals the plain values
+    /// connections stored under those names. Reads already hide such values (they judge by the
+    /// current definition) and a PATCH seals them too; this keeps them off the disk in clear.
+    /// A failure is logged: the definition change itself has succeeded.
+    async fn seal_new_password_inputs(&self, old: &Definition, new: &Definition) {
+        let names: BTreeSet<&String> = new
+            .inputs
+            .iter()
+            .filter(|(k, i)| i.kind.is_secret() && !old.inputs.get(*k).is_some_and(|o| o.kind.is_secret()))
+            .map(|(k, _)| k)
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        let filter = ConnectionFilter { definition: Some(new.key.clone()), ..Default::default() };
+        let mut cursor = None;
+        loop {
+            let page = match self.store.list_connections(&new.org, &filter, MAX_PAGE, cursor.as_ref()).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(org = %new.org, definition = %new.key, error = %e, "sealing new password inputs failed");
+                    return;
+                }
+            };
+            for c in page.items.iter().filter(|c| c.values.keys().any(|k| names.contains(k))) {
+                if let Err(e) = self.seal_plain_secrets(c.clone(), new).await {
+                    tracing::warn!(org = %c.org, connection_id = %c.id, error = %e, "sealing new password inputs failed");
+                }
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return,
+            }
+        }
+    }
+
+    async fn seal_plain_secrets(&self, mut current: Connection, def: &Definition) -> Result<()> {
+        for _ in 0..5 {
+            let mut values = Values { plain: current.values.clone(), secret: self.open_secrets(&current).await? };
+            if !values.seal_secret_inputs(&def.inputs) {
+                return Ok(());
+            }
+            let mut next = current.clone();
+            next.secret_names = values.secret_names();
+            next.values = values.plain;
+            next.secrets = self.seal_secrets(&next, &values.secret).await?;
+            next.version = current.version + 1;
+            next.updated_at = self.clock.now();
+            match self.store.update_connection(&next, current.version).await {
+                Ok(()) => {
+                    self.log(&next, LogType::Updated, "values of inputs that became passwords were sealed").await;
+                    return Ok(());
+                }
+                Err(StoreError::Conflict) => match self.store.get_connection(&current.org, &current.id).await? {
+                    Some(c) => current = c,
+                    None => return Ok(()),
+                },
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Conflict("the connection is being changed concurrently; retry"))
     }
 
     /// The definition's unsealed `password` defaults.

@@ -72,17 +72,20 @@ pub struct ConnectionView {
 }
 
 impl ConnectionView {
-    /// The view for `p`. A customer sees only `customer`-visible inputs, so `inputs` (the
-    /// definition's) is needed for customers; organization users see every value.
-    pub fn of(c: &Connection, p: &Principal, inputs: Option<&IndexMap<String, Input>>) -> Self {
-        let shown = |name: &str| {
-            p.is_organization() || inputs.and_then(|i| i.get(name)).is_some_and(|i| i.visibility.customer_can_see())
-        };
+    /// The view of `c` for `p`, judged by the definition's current `inputs`: a customer sees
+    /// only `customer`-visible inputs, and an input that is a `password` now shows as set even
+    /// if its value was stored before the input became one.
+    pub fn of(c: &Connection, p: &Principal, inputs: &IndexMap<String, Input>) -> Self {
+        let input = |name: &str| inputs.get(name).filter(|i| p.is_organization() || i.visibility.customer_can_see());
         let mut values = Map::new();
-        for (k, v) in c.values.iter().filter(|(k, _)| shown(k)) {
-            values.insert(k.clone(), v.clone());
+        for (k, v) in &c.values {
+            match input(k) {
+                Some(i) if i.kind.is_secret() => values.insert(k.clone(), set_marker()),
+                Some(_) => values.insert(k.clone(), v.clone()),
+                None => None,
+            };
         }
-        for k in c.secret_names.iter().filter(|k| shown(k)) {
+        for k in c.secret_names.iter().filter(|k| input(k).is_some()) {
             values.insert(k.clone(), set_marker());
         }
         Self {
