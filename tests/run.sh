@@ -15,3 +15,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "==> cargo test"
 cargo test --workspace --locked
+
+echo "==> the black-box suite again, against the router served in-process"
+LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test serve_api

@@ -96,6 +96,10 @@ async fn openapi_document_describes_the_api_routes() {
 
 #[tokio::test]
 async fn serve_listens_on_loopback_and_stops_cleanly_on_sigterm() {
+    if common::in_process() {
+        // About the binary's signal handling; the in-process run has no process to signal.
+        return;
+    }
     let mut app = TestApp::spawn().await;
     assert!(app.address.starts_with("http://127.0.0.1:"));
     let status = app.stop().await.expect("the server exited");

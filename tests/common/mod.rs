@@ -1,7 +1,9 @@
-//! The black-box harness: runs the real `latchkey serve` binary on a free loopback port with a
-//! fresh data directory, talks to it over HTTP, and mints tokens with `latchkey token`.
+//! The harness: runs the real `latchkey serve` binary on a free loopback port with a fresh data
+//! directory, talks to it over HTTP, and mints tokens with `latchkey token`.
 //!
-//! Nothing here links the library: what the tests see is what a user of the binary sees.
+//! With `LATCHKEY_TEST_TRANSPORT=in-process` the same tests run against the library's router
+//! served inside the test process (embedded backend, same data directory layout) instead of the
+//! binary: `tests/run.sh` runs the suite both ways.
 
 // Each test file uses a different subset of the helpers.
 #![allow(dead_code)]
@@ -23,6 +25,46 @@ use tokio::task::JoinHandle;
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_latchkey");
+
+/// Whether this run serves the router in-process rather than spawning the binary.
+pub fn in_process() -> bool {
+    std::env::var("LATCHKEY_TEST_TRANSPORT").is_ok_and(|v| v == "in-process")
+}
+
+/// In-process mode: everything the library logs (at trace level) in this test process.
+fn in_process_logs() -> Arc<Mutex<String>> {
+    static LOGS: std::sync::OnceLock<Arc<Mutex<String>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(String::new()));
+        let sink = logs.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(RUST_LOG))
+            .with_ansi(false)
+            .with_writer(move || LogWriter(sink.clone()))
+            .try_init();
+        logs
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<String>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push_str(&String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The router served in this process, and how to stop it.
+struct InProcess {
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: JoinHandle<std::io::Result<()>>,
+}
 
 /// How long the server may take to start or to stop.
 const STARTUP: Duration = Duration::from_secs(20);
@@ -226,6 +268,8 @@ pub struct TestApp {
     pub data_dir: PathBuf,
     secret: String,
     child: Option<Child>,
+    /// In-process mode: the server task instead of a child process.
+    local: Option<InProcess>,
     /// Everything the server wrote to stderr so far (its logs), filled by a background task.
     logs: Arc<Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
@@ -265,6 +309,9 @@ impl TestApp {
 
     /// A server on `data_dir` with `secret`: what a restart needs.
     pub async fn spawn_with(data_dir: &Path, secret: &str) -> Self {
+        if in_process() {
+            return Self::serve_in_process(data_dir, secret).await;
+        }
         let mut child = Command::new(BIN)
             .arg("serve")
             .env_clear()
@@ -314,8 +361,45 @@ impl TestApp {
             data_dir: data_dir.to_owned(),
             secret: secret.to_owned(),
             child: Some(child),
+            local: None,
             logs,
             readers: vec![stderr_reader, stdout_reader],
+            _owned_dir: None,
+        };
+        app.wait_until_healthy().await;
+        app
+    }
+
+    /// The library's router over the embedded backend, served on a free loopback port by this
+    /// process: the in-process transport.
+    async fn serve_in_process(data_dir: &Path, secret: &str) -> Self {
+        use latchkey::config::App;
+        use latchkey::http::auth::Verifier;
+
+        let logs = in_process_logs();
+        let app = App::embedded(data_dir).expect("open the embedded backend");
+        let router = latchkey::http::router(app.http_state(Verifier::hs256(&secret.to_owned().into())));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        let port = listener.local_addr().expect("bound address").port();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await
+        });
+        let client =
+            reqwest::Client::builder().no_proxy().timeout(REQUEST_TIMEOUT).build().expect("build the HTTP client");
+        let app = Self {
+            api: Api { address: format!("http://127.0.0.1:{port}"), client },
+            port,
+            data_dir: data_dir.to_owned(),
+            secret: secret.to_owned(),
+            child: None,
+            local: Some(InProcess { shutdown: Some(tx), server }),
+            logs,
+            readers: Vec::new(),
             _owned_dir: None,
         };
         app.wait_until_healthy().await;
@@ -354,6 +438,13 @@ impl TestApp {
     /// Stops the server as an operator would (SIGTERM), falling back to SIGKILL, and waits for
     /// it and for the last of its output.
     pub async fn stop(&mut self) -> Option<ExitStatus> {
+        if let Some(mut local) = self.local.take() {
+            // In-process: a graceful shutdown; "exit status" 0 when the server task ended cleanly.
+            use std::os::unix::process::ExitStatusExt;
+            let _ = local.shutdown.take().map(|tx| tx.send(()));
+            let ended = tokio::time::timeout(STARTUP, &mut local.server).await;
+            return Some(ExitStatus::from_raw(if matches!(ended, Ok(Ok(Ok(())))) { 0 } else { 1 << 8 }));
+        }
         let child = self.child.as_mut()?;
         if let Some(pid) = child.id() {
             let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
@@ -371,6 +462,10 @@ impl TestApp {
 
     /// Kills the server (SIGKILL, as a crash would) and waits for it.
     pub async fn kill(&mut self) {
+        if let Some(local) = self.local.take() {
+            local.server.abort();
+            let _ = local.server.await;
+        }
         if let Some(child) = self.child.as_mut() {
             let _ = child.kill().await;
         }
@@ -387,6 +482,9 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
+        if let Some(local) = self.local.as_ref() {
+            local.server.abort();
+        }
         if let Some(child) = self.child.as_mut() {
             let _ = child.start_kill();
         }
