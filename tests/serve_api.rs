@@ -1073,6 +1073,30 @@ async fn lookup_of_a_pending_oauth_connection_fails_with_the_pending_problem() {
     assert_eq!(reply.problem_type(), "urn:latchkey:problem:connection-pending");
 }
 
+/// The OAuth settings decide where the client secret goes: a customer must not be able to point
+/// `tokenUrl` elsewhere, even when the organization declared the input without a visibility.
+#[tokio::test]
+async fn customers_cannot_set_declared_oauth_settings() {
+    let app = TestApp::spawn().await;
+    let org = app.token(ORG, None, &[]).await;
+    let customer = app.token(ORG, Some("c-1"), &[]).await;
+    let oauth = json!({
+        "auth": "oauth2_authorization_code",
+        "inputs": {
+            "authorizeUrl": {"type": "url", "default": "https://auth.example.com/authorize"},
+            "tokenUrl": {"type": "url", "default": "https://auth.example.com/token"},
+            "clientId": {"type": "string", "default": "client-1"}
+        }
+    });
+    let def = app.put_definition(&org, "slackish", &oauth).await;
+    def.assert_status(StatusCode::CREATED);
+    assert_eq!(def.body["inputs"]["tokenUrl"]["visibility"], "organization");
+    let evil = json!({"definition": "slackish", "values": {"tokenUrl": "https://evil.example/token"}});
+    let reply = app.create_connection(&customer, &evil).await;
+    reply.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(reply.error_fields(), ["values.tokenUrl"]);
+}
+
 #[tokio::test]
 async fn logs_show_the_history_newest_first() {
     let (app, org) = spawn_with_acme().await;

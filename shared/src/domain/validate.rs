@@ -186,7 +186,15 @@ pub fn definition_from_json(key: &str, body: &Value) -> Result<DefinitionSpec, V
                     ));
                     continue;
                 }
-                if let Some((input, secret)) = input_from_json(name, spec, &field, &mut errors) {
+                // The OAuth settings steer where Latchkey sends the client secret: unless the
+                // organization says otherwise, customers neither see nor set them.
+                let default_visibility = match auth {
+                    Some(a) if a.is_oauth() && oauth_inputs(a).iter().any(|(n, ..)| n == name) => {
+                        Visibility::Organization
+                    }
+                    _ => Visibility::Customer,
+                };
+                if let Some((input, secret)) = input_from_json(name, spec, &field, default_visibility, &mut errors) {
                     match secret {
                         Some(SecretDefault::New(s)) => {
                             secret_defaults.insert(name.clone(), s);
@@ -289,6 +297,7 @@ fn input_from_json(
     name: &str,
     spec: &Value,
     field: &str,
+    default_visibility: Visibility,
     errors: &mut Vec<FieldError>,
 ) -> Option<(Input, Option<SecretDefault>)> {
     let Some(obj) = spec.as_object() else {
@@ -317,7 +326,7 @@ fn input_from_json(
         }
     };
     let visibility = match obj.get("visibility") {
-        None | Some(Value::Null) => Some(Visibility::default()),
+        None | Some(Value::Null) => Some(default_visibility),
         Some(Value::String(s)) => Visibility::parse(s),
         Some(_) => None,
     };
@@ -593,6 +602,23 @@ mod tests {
         .unwrap();
         assert_eq!(spec.inputs["pkce"].default, Some(json!(true)));
         assert_eq!(spec.inputs["clientSecret"].kind, InputType::Password);
+    }
+
+    #[test]
+    fn declared_oauth_settings_default_to_organization_visibility() {
+        let spec = definition_from_json(
+            "x",
+            &json!({"auth": "oauth2_client_credentials", "inputs": {
+                "tokenUrl": {"type": "url", "default": "https://idp.example.com/token"},
+                "clientId": {"type": "string", "visibility": "embedded"},
+                "tenant": {"type": "string"}
+            }}),
+        )
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+        assert_eq!(spec.inputs["tokenUrl"].visibility, Visibility::Organization);
+        assert_eq!(spec.inputs["clientId"].visibility, Visibility::Embedded, "an explicit choice stands");
+        assert_eq!(spec.inputs["tenant"].visibility, Visibility::Customer);
     }
 
     #[test]
