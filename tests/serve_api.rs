@@ -1071,6 +1071,11 @@ async fn lookup_of_a_pending_oauth_connection_fails_with_the_pending_problem() {
     let reply = app.lookup(&runtime, id, &json!({})).await;
     reply.assert_problem(StatusCode::CONFLICT);
     assert_eq!(reply.problem_type(), "urn:latchkey:problem:connection-pending");
+
+    // Credentials never handed out cannot have failed: a report is refused and changes nothing.
+    let report = app.lookup(&runtime, id, &json!({"action": "report_error", "message": "401"})).await;
+    assert_eq!(report.problem_type(), "urn:latchkey:problem:connection-pending");
+    assert_eq!(app.get_connection(&org, id).await.body["status"], "pending");
 }
 
 /// The OAuth settings decide where the client secret goes: a customer must not be able to point

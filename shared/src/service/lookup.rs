@@ -176,8 +176,11 @@ impl Service {
         };
         for _ in 0..5 {
             let c = self.lookup_target(org, customer, req.connection_id.as_deref()).await?;
-            if c.status == Status::Disconnected {
-                return Err(ServiceError::Unusable(Unusable::Disconnected));
+            // Only credentials that were handed out can have failed.
+            match c.status {
+                Status::Pending => return Err(ServiceError::Unusable(Unusable::Pending)),
+                Status::Disconnected => return Err(ServiceError::Unusable(Unusable::Disconnected)),
+                Status::Configured | Status::Active | Status::Error => {}
             }
             let now = self.clock.now();
             let error = StatusError { code: "reported".to_owned(), message: message.clone(), at: now };
