@@ -19,6 +19,9 @@ struct Cli {
 enum Command {
     /// Serve the whole API locally (embedded backend by default). Configured by LATCHKEY_* variables.
     Serve,
+    /// Create the DynamoDB table LATCHKEY_TABLE (indexes, TTL) if it is missing: for development
+    /// and tests against an emulator; production uses infra/.
+    Bootstrap,
     /// Print a signed HS256 development token (LATCHKEY_JWT_SECRET, or the data directory's secret).
     Token {
         /// The organization (`org` claim).
@@ -56,7 +59,7 @@ fn token(
 
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let (secret, generated) = config.jwt_secret_or_generate()?;
-    let app = App::build(&config)?;
+    let app = App::build(&config).await?;
     let state = app.http_state(Verifier::hs256(&secret));
     let listener = tokio::net::TcpListener::bind(config.addr).await?;
     let bound = listener.local_addr()?;
@@ -71,6 +74,18 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!(addr = %bound, "latchkey serve ready");
     axum::serve(listener, latchkey::http::router(state)).with_graceful_shutdown(shutdown()).await?;
     tracing::info!("latchkey serve stopped");
+    Ok(())
+}
+
+async fn bootstrap(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
+    use latchkey::adapters::aws::schema::{self, Bootstrap};
+    let table = config.require_table()?;
+    let sdk = latchkey::adapters::aws::sdk_config().await;
+    let client = aws_sdk_dynamodb::Client::new(&sdk);
+    match schema::bootstrap(&client, table).await.map_err(|e| format!("bootstrap of table {table} failed: {e}"))? {
+        Bootstrap::Created => println!("table {table} created"),
+        Bootstrap::AlreadyExisted => println!("table {table} already exists"),
+    }
     Ok(())
 }
 
@@ -96,6 +111,7 @@ async fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve => serve(config).await,
+        Command::Bootstrap => bootstrap(&config).await,
         Command::Token { org, customer, roles, ttl } => config
             .jwt_secret_or_generate()
             .map_err(Into::into)

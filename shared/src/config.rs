@@ -9,6 +9,7 @@ use std::time::Duration;
 use rand::RngCore;
 use secrecy::SecretString;
 
+use crate::adapters::aws::{DynamoStore, EventBridgeSink, KmsKeyProvider};
 use crate::adapters::{LocalKeyProvider, LogEventSink, SqliteStore};
 use crate::crypto::Envelope;
 use crate::http::AppState;
@@ -20,8 +21,8 @@ use crate::service::Service;
 pub enum ConfigError {
     #[error("{name} is invalid: {why}")]
     Invalid { name: &'static str, why: String },
-    #[error("{0}")]
-    Unsupported(String),
+    #[error("{0} must be set for the aws backend")]
+    Missing(&'static str),
     #[error("the data directory {path} cannot be used: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("the embedded store cannot be opened: {0}")]
@@ -46,6 +47,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub jwt_secret: Option<SecretString>,
     pub refresh_interval: Duration,
+    /// aws backend: the DynamoDB table (`LATCHKEY_TABLE`).
+    pub table: Option<String>,
+    /// aws backend: the KMS key id, ARN or alias (`LATCHKEY_KMS_KEY_ID`).
+    pub kms_key_id: Option<String>,
+    /// aws backend: the EventBridge bus (`LATCHKEY_EVENT_BUS`, default `default`).
+    pub event_bus: String,
 }
 
 /// The file of the generated HS256 secret when `LATCHKEY_JWT_SECRET` is unset.
@@ -58,9 +65,18 @@ fn var(name: &str) -> Option<String> {
 }
 
 impl Config {
+    /// The configuration of `latchkey serve`: the embedded backend unless `LATCHKEY_BACKEND`
+    /// says otherwise.
     pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_env_or(Backend::Embedded)
+    }
+
+    /// The configuration with `default` as the backend when `LATCHKEY_BACKEND` is unset (the
+    /// Lambda functions default to `aws`).
+    pub fn from_env_or(default: Backend) -> Result<Self, ConfigError> {
         let backend = match var("LATCHKEY_BACKEND").as_deref() {
-            None | Some("embedded") => Backend::Embedded,
+            None => default,
+            Some("embedded") => Backend::Embedded,
             Some("aws") => Backend::Aws,
             Some(other) => {
                 return Err(ConfigError::Invalid {
@@ -99,7 +115,15 @@ impl Config {
             data_dir: var("LATCHKEY_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("./.latchkey")),
             jwt_secret: var("LATCHKEY_JWT_SECRET").map(SecretString::from),
             refresh_interval,
+            table: var("LATCHKEY_TABLE"),
+            kms_key_id: var("LATCHKEY_KMS_KEY_ID"),
+            event_bus: var("LATCHKEY_EVENT_BUS").unwrap_or_else(|| "default".to_owned()),
         })
+    }
+
+    /// `LATCHKEY_TABLE`, required by the aws backend and `latchkey bootstrap`.
+    pub fn require_table(&self) -> Result<&str, ConfigError> {
+        self.table.as_deref().ok_or(ConfigError::Missing("LATCHKEY_TABLE"))
     }
 
     /// `{LATCHKEY_PUBLIC_URL}` or `http://<addr>`: the base of the OAuth redirect URI.
@@ -180,15 +204,41 @@ impl App {
         Ok(Self { service: Arc::new(service), events: Some(events) })
     }
 
-    /// Builds the backend `config` names.
-    pub fn build(config: &Config) -> Result<Self, ConfigError> {
+    /// The aws backend over the given clients (built once per process or container).
+    pub fn aws(
+        dynamodb: aws_sdk_dynamodb::Client,
+        kms: aws_sdk_kms::Client,
+        eventbridge: aws_sdk_eventbridge::Client,
+        table: &str,
+        kms_key_id: &str,
+        event_bus: &str,
+    ) -> Self {
+        let store: Arc<dyn Store> = Arc::new(DynamoStore::new(dynamodb, table));
+        let keys: Arc<dyn KeyProvider> = Arc::new(KmsKeyProvider::new(kms, kms_key_id));
+        let sink: Arc<dyn EventSink> = Arc::new(EventBridgeSink::new(eventbridge, event_bus));
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let service = Service::new(store, Arc::new(Envelope::new(keys)), sink, clock);
+        Self { service: Arc::new(service), events: None }
+    }
+
+    /// Builds the backend `config` names. For aws, the standard AWS configuration applies
+    /// (`AWS_REGION`, credentials, `AWS_ENDPOINT_URL`).
+    pub async fn build(config: &Config) -> Result<Self, ConfigError> {
         match config.backend {
             Backend::Embedded => Self::embedded(config.ensure_data_dir()?),
-            Backend::Aws => Err(ConfigError::Unsupported(
-                "LATCHKEY_BACKEND=aws is not available in this build: the DynamoDB/KMS/EventBridge adapters are not \
-                 implemented yet (use the embedded backend)"
-                    .to_owned(),
-            )),
+            Backend::Aws => {
+                let table = config.require_table()?;
+                let key = config.kms_key_id.as_deref().ok_or(ConfigError::Missing("LATCHKEY_KMS_KEY_ID"))?;
+                let sdk = crate::adapters::aws::sdk_config().await;
+                Ok(Self::aws(
+                    aws_sdk_dynamodb::Client::new(&sdk),
+                    aws_sdk_kms::Client::new(&sdk),
+                    aws_sdk_eventbridge::Client::new(&sdk),
+                    table,
+                    key,
+                    &config.event_bus,
+                ))
+            }
         }
     }
 

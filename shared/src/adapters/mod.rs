@@ -1,6 +1,7 @@
 //! Adapters of the ports. The embedded ones run `latchkey serve`; they are product code, not
 //! test doubles.
 
+pub mod aws;
 pub mod local_key;
 pub mod log_sink;
 pub mod sqlite;

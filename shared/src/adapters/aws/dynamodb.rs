@@ -1,0 +1,486 @@
+//! The DynamoDB store: one table, designed in docs/dynamodb.md. Every write that can race is
+//! conditional; listings are Queries on the table or an index, never a Scan.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, CancellationReason, Delete, DeleteRequest, Put, ReturnValuesOnConditionCheckFailure,
+    TransactWriteItem, Update, WriteRequest,
+};
+use time::OffsetDateTime;
+
+use crate::domain::{Connection, ConnectionId, Definition, DefinitionKey, LogEntry, OrgId};
+use crate::ports::{BackendError, ConnectionFilter, Expect, Page, Store, StoreError};
+
+pub const BY_CUSTOMER: &str = "by-customer";
+pub const BY_DEFINITION: &str = "by-definition";
+pub const TTL_ATTRIBUTE: &str = "expires_at";
+/// How long connection logs are kept (DynamoDB TTL deletes them afterwards).
+pub const LOG_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+
+type Item = HashMap<String, AttributeValue>;
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn backend(e: impl Into<BackendError>) -> StoreError {
+    StoreError::Backend(e.into())
+}
+
+fn org_pk(org: &OrgId) -> String {
+    format!("ORG#{org}")
+}
+
+fn def_sk(key: &DefinitionKey) -> String {
+    format!("DEF#{key}")
+}
+
+fn con_sk(id: &ConnectionId) -> String {
+    format!("CON#{id}")
+}
+
+fn log_pk(org: &OrgId, id: &ConnectionId) -> String {
+    format!("LOG#{org}#{id}")
+}
+
+fn customer_pk(org: &OrgId, customer: &str) -> String {
+    format!("ORG#{org}#CUS#{customer}")
+}
+
+fn definition_pk(org: &OrgId, key: &str) -> String {
+    format!("ORG#{org}#DEF#{key}")
+}
+
+fn key(pk: String, sk: String) -> Item {
+    HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
+}
+
+fn doc_of<T: serde::de::DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
+    match item.get("doc") {
+        Some(AttributeValue::S(doc)) => serde_json::from_str(doc).map_err(backend),
+        _ => Err(backend("an item has no doc attribute")),
+    }
+}
+
+/// The item of a connection: its document plus the key and index attributes derived from it.
+fn connection_item(c: &Connection) -> Result<Item, StoreError> {
+    let mut item = key(org_pk(&c.org), con_sk(&c.id));
+    item.insert("kind".into(), s("connection"));
+    item.insert("version".into(), n(c.version));
+    item.insert("doc".into(), s(serde_json::to_string(c).map_err(backend)?));
+    item.insert("definition".into(), s(c.definition.as_str()));
+    item.insert("status".into(), s(c.status.as_str()));
+    if let Some(customer) = &c.customer {
+        item.insert("customer".into(), s(customer.as_str()));
+        item.insert("gsi1pk".into(), s(customer_pk(&c.org, customer.as_str())));
+        item.insert("gsi1sk".into(), s(con_sk(&c.id)));
+    }
+    item.insert("gsi2pk".into(), s(definition_pk(&c.org, c.definition.as_str())));
+    item.insert("gsi2sk".into(), s(con_sk(&c.id)));
+    Ok(item)
+}
+
+/// Which reasons of a cancelled transaction were failed conditions.
+fn failed_conditions(reasons: &[CancellationReason]) -> Vec<bool> {
+    reasons.iter().map(|r| r.code() == Some("ConditionalCheckFailed")).collect()
+}
+
+/// The DynamoDB adapter of the store port.
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+    /// Monotonic ULIDs order log entries written by this process within one millisecond.
+    log_ids: Mutex<ulid::Generator>,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into(), log_ids: Mutex::new(ulid::Generator::new()) }
+    }
+
+    async fn get(&self, k: Item) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(k))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(out.item)
+    }
+
+    /// Runs a query to its end or until `want` items matched, returning items and whether more
+    /// may follow.
+    async fn query_until(
+        &self,
+        build: impl Fn() -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+        want: usize,
+    ) -> Result<(Vec<Item>, bool), StoreError> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = build()
+                .set_exclusive_start_key(start.take())
+                .limit((want - items.len()).clamp(1, 1_000) as i32)
+                .send()
+                .await
+                .map_err(backend)?;
+            items.extend(out.items.unwrap_or_default());
+            match out.last_evaluated_key {
+                Some(k) if items.len() < want => start = Some(k),
+                Some(_) => return Ok((items, true)),
+                None => return Ok((items, false)),
+            }
+        }
+    }
+
+    async fn delete_logs(&self, org: &OrgId, id: &ConnectionId) -> Result<(), StoreError> {
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(log_pk(org, id)))
+                .projection_expression("pk, sk")
+                .limit(100)
+                .send()
+                .await
+                .map_err(backend)?;
+            let keys = out.items.unwrap_or_default();
+            if keys.is_empty() {
+                return Ok(());
+            }
+            for chunk in keys.chunks(25) {
+                let mut pending: Vec<WriteRequest> = chunk
+                    .iter()
+                    .map(|k| {
+                        let req = DeleteRequest::builder().set_key(Some(k.clone())).build().map_err(backend)?;
+                        Ok(WriteRequest::builder().delete_request(req).build())
+                    })
+                    .collect::<Result<_, StoreError>>()?;
+                for attempt in 0..8 {
+                    if pending.is_empty() {
+                        break;
+                    }
+                    let out = self
+                        .client
+                        .batch_write_item()
+                        .request_items(&self.table, std::mem::take(&mut pending))
+                        .send()
+                        .await
+                        .map_err(backend)?;
+                    pending = out.unprocessed_items.and_then(|mut m| m.remove(&self.table)).unwrap_or_default();
+                    if !pending.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(25 << attempt)).await;
+                    }
+                }
+                if !pending.is_empty() {
+                    return Err(backend("deleting connection logs was throttled; they expire by TTL"));
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn get_definition(&self, org: &OrgId, key_: &DefinitionKey) -> Result<Option<Definition>, StoreError> {
+        self.get(key(org_pk(org), def_sk(key_))).await?.as_ref().map(doc_of).transpose()
+    }
+
+    async fn list_definitions(&self, org: &OrgId) -> Result<Vec<Definition>, StoreError> {
+        let (items, _) = self
+            .query_until(
+                || {
+                    self.client
+                        .query()
+                        .table_name(&self.table)
+                        .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+                        .expression_attribute_values(":pk", s(org_pk(org)))
+                        .expression_attribute_values(":p", s("DEF#"))
+                        .consistent_read(true)
+                },
+                usize::MAX,
+            )
+            .await?;
+        items.iter().map(doc_of).collect()
+    }
+
+    async fn put_definition(&self, def: &Definition, expect: Expect) -> Result<(), StoreError> {
+        // UpdateItem, not PutItem: the item also carries `conn_count`, which a replace must keep.
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(org_pk(&def.org), def_sk(&def.key))))
+            .update_expression("SET #doc = :doc, #version = :nv, kind = :kind")
+            .expression_attribute_names("#doc", "doc")
+            .expression_attribute_names("#version", "version")
+            .expression_attribute_values(":doc", s(serde_json::to_string(def).map_err(backend)?))
+            .expression_attribute_values(":nv", n(def.version))
+            .expression_attribute_values(":kind", s("definition"));
+        req = match expect {
+            Expect::Absent => req.condition_expression("attribute_not_exists(pk)"),
+            Expect::Version(v) => req.condition_expression("#version = :v").expression_attribute_values(":v", n(v)),
+        };
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+                Err(StoreError::Conflict)
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn delete_definition(&self, org: &OrgId, key_: &DefinitionKey) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(org_pk(org), def_sk(key_))))
+            .condition_expression("attribute_exists(pk) AND (attribute_not_exists(conn_count) OR conn_count = :zero)")
+            .expression_attribute_values(":zero", n(0))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) => match e.into_service_error() {
+                aws_sdk_dynamodb::operation::delete_item::DeleteItemError::ConditionalCheckFailedException(c) => {
+                    // The old item comes back only if it existed: then it is in use.
+                    if c.item.is_some_and(|i| !i.is_empty()) { Err(StoreError::InUse) } else { Ok(false) }
+                }
+                other => Err(backend(other)),
+            },
+        }
+    }
+
+    async fn insert_connection(&self, conn: &Connection) -> Result<(), StoreError> {
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(connection_item(conn)?))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(backend)?;
+        let count = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(org_pk(&conn.org), def_sk(&conn.definition))))
+            .update_expression("ADD conn_count :one")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":one", n(1))
+            .build()
+            .map_err(backend)?;
+        let res = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .transact_items(TransactWriteItem::builder().update(count).build())
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) => match e.into_service_error() {
+                aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(
+                    t,
+                ) => match failed_conditions(t.cancellation_reasons()).as_slice() {
+                    [true, ..] => Err(StoreError::Conflict),
+                    [_, true] => Err(StoreError::DefinitionMissing),
+                    _ => Err(backend(t)),
+                },
+                other => Err(backend(other)),
+            },
+        }
+    }
+
+    async fn get_connection(&self, org: &OrgId, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
+        self.get(key(org_pk(org), con_sk(id))).await?.as_ref().map(doc_of).transpose()
+    }
+
+    async fn update_connection(&self, conn: &Connection, expected_version: u64) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(connection_item(conn)?))
+            .condition_expression("#version = :v")
+            .expression_attribute_names("#version", "version")
+            .expression_attribute_values(":v", n(expected_version))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+                Err(StoreError::Conflict)
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn delete_connection(&self, org: &OrgId, id: &ConnectionId) -> Result<bool, StoreError> {
+        let Some(item) = self.get(key(org_pk(org), con_sk(id))).await? else {
+            return Ok(false);
+        };
+        let conn: Connection = doc_of(&item)?;
+        let delete = Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(org_pk(org), con_sk(id))))
+            .condition_expression("attribute_exists(pk)")
+            .build()
+            .map_err(backend)?;
+        let count = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(org_pk(org), def_sk(&conn.definition))))
+            .update_expression("ADD conn_count :minus")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":minus", n(-1))
+            .build()
+            .map_err(backend)?;
+        let res = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().delete(delete).build())
+            .transact_items(TransactWriteItem::builder().update(count).build())
+            .send()
+            .await;
+        match res {
+            Ok(_) => {}
+            Err(e) => match e.into_service_error() {
+                aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(
+                    t,
+                ) => match failed_conditions(t.cancellation_reasons()).as_slice() {
+                    [true, ..] => return Ok(false),
+                    _ => return Err(backend(t)),
+                },
+                other => return Err(backend(other)),
+            },
+        }
+        self.delete_logs(org, id).await?;
+        Ok(true)
+    }
+
+    async fn list_connections(
+        &self,
+        org: &OrgId,
+        filter: &ConnectionFilter,
+        limit: usize,
+        cursor: Option<&ConnectionId>,
+    ) -> Result<Page<Connection>, StoreError> {
+        let limit = limit.max(1);
+        // The narrowest key first: the customer's index, the definition's, or the org partition.
+        let (index, pk_name, sk_name, pk) = match (&filter.customer, &filter.definition) {
+            (Some(c), _) => (Some(BY_CUSTOMER), "gsi1pk", "gsi1sk", customer_pk(org, c.as_str())),
+            (None, Some(d)) => (Some(BY_DEFINITION), "gsi2pk", "gsi2sk", definition_pk(org, d.as_str())),
+            (None, None) => (None, "pk", "sk", org_pk(org)),
+        };
+        let mut conditions = Vec::new();
+        let mut values: Item = HashMap::from([(":pk".to_owned(), s(pk))]);
+        let mut names: HashMap<String, String> = HashMap::new();
+        if filter.customer.is_some()
+            && let Some(d) = &filter.definition
+        {
+            conditions.push("#definition = :definition");
+            values.insert(":definition".into(), s(d.as_str()));
+            names.insert("#definition".into(), "definition".into());
+        }
+        if let Some(st) = filter.status {
+            conditions.push("#status = :status");
+            values.insert(":status".into(), s(st.as_str()));
+            names.insert("#status".into(), "status".into());
+        }
+        // Ids sort by creation; newest first, strictly before the cursor. On the table the sort
+        // key range must also stay inside the connections (`CON#`), so BETWEEN is used and the
+        // cursor item itself skipped.
+        let key_condition = match cursor {
+            Some(c) => {
+                values.insert(":lo".into(), s("CON#"));
+                values.insert(":hi".into(), s(con_sk(c)));
+                format!("{pk_name} = :pk AND {sk_name} BETWEEN :lo AND :hi")
+            }
+            None => {
+                values.insert(":lo".into(), s("CON#"));
+                format!("{pk_name} = :pk AND begins_with({sk_name}, :lo)")
+            }
+        };
+        let filter_expr = (!conditions.is_empty()).then(|| conditions.join(" AND "));
+        let names = (!names.is_empty()).then_some(names);
+        let cursor_sk = cursor.map(con_sk);
+        let build = || {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .set_index_name(index.map(str::to_owned))
+                .key_condition_expression(&key_condition)
+                .set_expression_attribute_values(Some(values.clone()))
+                .set_filter_expression(filter_expr.clone())
+                .set_expression_attribute_names(names.clone())
+                .scan_index_forward(false);
+            if index.is_none() {
+                q = q.consistent_read(true);
+            }
+            q
+        };
+        // One more than asked, to know whether a next page exists; one more again for the
+        // cursor item that BETWEEN includes.
+        let want = limit + 1 + usize::from(cursor.is_some());
+        let (items, _) = self.query_until(build, want).await?;
+        let mut conns = Vec::with_capacity(items.len());
+        for item in &items {
+            let is_cursor = matches!(item.get("sk"), Some(AttributeValue::S(sk)) if Some(sk) == cursor_sk.as_ref());
+            if !is_cursor {
+                conns.push(doc_of::<Connection>(item)?);
+            }
+        }
+        let next = if conns.len() > limit {
+            conns.truncate(limit);
+            conns.last().map(|c| c.id.clone())
+        } else {
+            None
+        };
+        Ok(Page { items: conns, next })
+    }
+
+    async fn append_log(&self, org: &OrgId, id: &ConnectionId, entry: &LogEntry) -> Result<(), StoreError> {
+        let sk = {
+            let mut g = self.log_ids.lock().unwrap_or_else(|p| p.into_inner());
+            g.generate().map_err(backend)?.to_string()
+        };
+        let expires = OffsetDateTime::now_utc().unix_timestamp() + LOG_RETENTION.as_secs() as i64;
+        let mut item = key(log_pk(org, id), sk);
+        item.insert("kind".into(), s("log"));
+        item.insert("doc".into(), s(serde_json::to_string(entry).map_err(backend)?));
+        item.insert(TTL_ATTRIBUTE.into(), n(expires));
+        self.client.put_item().table_name(&self.table).set_item(Some(item)).send().await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn list_logs(&self, org: &OrgId, id: &ConnectionId, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
+        let (items, _) = self
+            .query_until(
+                || {
+                    self.client
+                        .query()
+                        .table_name(&self.table)
+                        .key_condition_expression("pk = :pk")
+                        .expression_attribute_values(":pk", s(log_pk(org, id)))
+                        .scan_index_forward(false)
+                        .consistent_read(true)
+                },
+                limit.max(1),
+            )
+            .await?;
+        items.iter().take(limit).map(doc_of).collect()
+    }
+}
