@@ -7,6 +7,19 @@ cd "$(dirname "$0")/.."
 echo "==> toolchain: $(cargo --version)"
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 
+echo "==> moto (AWS emulator) in .venv/ from tests/requirements.txt"
+if [ ! -x .venv/bin/python ]; then
+    # A stock Debian Python needs python3-venv for `-m venv`; install it if we may.
+    python3 -m venv .venv 2>/dev/null || {
+        rm -rf .venv
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            apt-get install -y -q python3-venv >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q python3-venv >/dev/null; }
+        fi
+        python3 -m venv .venv
+    }
+fi
+.venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 

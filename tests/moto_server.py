@@ -1,0 +1,68 @@
+"""Runs moto (the AWS API emulator) on a free loopback port for the Rust integration tests.
+
+Prints exactly one line to stdout, `moto listening on http://127.0.0.1:PORT`, once the server
+answers requests; then blocks on stdin and stops when stdin reaches EOF. The test process holds
+the other end of that pipe, so moto goes away with it, even when the tests crash or are killed.
+
+Usage: .venv/bin/python tests/moto_server.py   (see tests/support/moto.rs)
+"""
+
+import logging
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from moto.server import ThreadedMotoServer
+
+READY_TIMEOUT_SECONDS = 30
+
+
+def wait_until_answering(url: str) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return  # any HTTP answer, even an error status, means the server is up
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def main() -> None:
+    # werkzeug logs every request at INFO; keep stderr for real problems.
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+    # Port 0: the OS picks a free port and the server reports the one it bound, so there is no
+    # window in which another process can take it.
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    # Some moto backends build URLs that point back at the server from this variable.
+    os.environ["MOTO_PORT"] = str(port)
+    url = f"http://{host}:{port}"
+    wait_until_answering(f"{url}/moto-api/config")  # a read-only page
+
+    sys.stdout.write(f"moto listening on {url}\n")
+    sys.stdout.flush()
+    # Nothing else may reach the pipe the test reads (it stops reading after that line, and a
+    # full pipe would block moto): anything printed from now on goes to stderr.
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+
+    try:
+        sys.stdin.buffer.read()  # returns at EOF: the test process closed the pipe or exited
+    except KeyboardInterrupt:
+        pass
+    # Not server.stop() nor a normal return: those wait for werkzeug's 0.5 s poll loop and the
+    # interpreter's teardown, and moto holds nothing worth flushing. Exiting at once means no
+    # moto is still around when the test run has finished.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+//! The AWS API emulator harness: one moto server per test binary, started on first use from
+//! `.venv/` (which `tests/run.sh` creates from `tests/requirements.txt`), plus helpers that build
+//! SDK clients against it and provision the few resources the AWS adapters need.
+//!
+//! Include it with `#[path = "support/moto.rs"] mod moto;`. Tests share the one server and never
+//! reset it: every resource a test creates is named with [`unique`], so tests cannot collide.
+//! moto's stdin is a pipe held open by this process, so moto exits when the test binary does,
+//! however it ends.
+
+// Each test file uses a different subset of the helpers.
+#![allow(dead_code)]
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_dynamodb::config::Credentials;
+use aws_sdk_eventbridge::types::Target;
+use aws_sdk_sqs::types::QueueAttributeName;
+use serde_json::Value;
+
+/// The region every test resource lives in.
+pub const REGION: &str = "us-east-1";
+
+/// How long moto may take to start (it answers in about a second; CI may be busy compiling).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long [`receive_all`] polls before it gives up and returns what it has.
+const RECEIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+const READY_PREFIX: &str = "moto listening on ";
+
+struct Moto {
+    endpoint: String,
+    // Never written to: holding the write end open keeps moto alive until this process exits.
+    _stdin: ChildStdin,
+    _child: Child,
+}
+
+static MOTO: OnceLock<Moto> = OnceLock::new();
+
+/// The URL of this test binary's moto server (`http://127.0.0.1:PORT`), starting it on first use.
+///
+/// Blocks the calling thread for about a second the first time.
+pub fn endpoint() -> &'static str {
+    &MOTO.get_or_init(start).endpoint
+}
+
+fn start() -> Moto {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = repo.join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: moto is not installed. Run `bash tests/run.sh`, or create the venv with \
+         `python3 -m venv .venv && .venv/bin/pip install -r tests/requirements.txt`",
+        python.display()
+    );
+    let mut child = Command::new(&python)
+        .arg(repo.join("tests/moto_server.py"))
+        .current_dir(repo)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", python.display()));
+    let stdin = child.stdin.take().expect("stdin is piped");
+    let stdout = child.stdout.take().expect("stdout is piped");
+
+    // Read on a thread so a hung start is a timeout instead of a test that never ends.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(url) = line.strip_prefix(READY_PREFIX) {
+                let _ = tx.send(Ok(url.trim().to_owned()));
+                return;
+            }
+            seen.push(line);
+        }
+        let _ = tx.send(Err(seen));
+    });
+    match rx.recv_timeout(START_TIMEOUT) {
+        Ok(Ok(endpoint)) => Moto { endpoint, _stdin: stdin, _child: child },
+        Ok(Err(stdout)) => {
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            panic!(
+                "moto exited ({status}) before it was ready; its stderr is above, its stdout was {stdout:?}. \
+                 Is .venv up to date? Run `bash tests/run.sh`"
+            )
+        }
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("moto did not report `{READY_PREFIX}URL` within {START_TIMEOUT:?}")
+        }
+    }
+}
+
+/// SDK configuration for the moto server: its endpoint, [`REGION`], static test credentials.
+///
+/// Build clients from it in the test (runtime) that uses them: the SDK's HTTP connection pool
+/// belongs to the tokio runtime it first ran on, and every `#[tokio::test]` has its own.
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint())
+        .region(Region::new(REGION))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+        .load()
+        .await
+}
+
+/// Environment for a child process (`latchkey serve`, `latchkey bootstrap`) that should talk to
+/// moto at `endpoint` and never reach real AWS or the instance metadata service.
+pub fn aws_env(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", endpoint.to_owned()),
+        ("AWS_REGION", REGION.to_owned()),
+        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+    ]
+}
+
+/// A resource name no other test in this process uses: `prefix-` and 16 random hex digits
+/// (valid for DynamoDB tables, SQS queues, EventBridge buses and rules).
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    // RandomState is seeded from the OS once per thread; the counter separates calls.
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u32(std::process::id());
+    format!("{prefix}-{:016x}", hasher.finish())
+}
+
+/// Creates a symmetric KMS key (the default kind) and returns its key id.
+pub async fn create_kms_key(config: &SdkConfig) -> String {
+    let out = aws_sdk_kms::Client::new(config)
+        .create_key()
+        .description(unique("latchkey-test"))
+        .send()
+        .await
+        .expect("kms CreateKey");
+    out.key_metadata().expect("CreateKey returns KeyMetadata").key_id().to_owned()
+}
+
+/// Routes every event with source `latchkey` on `bus` to a new SQS queue, and returns
+/// `(queue_url, rule_name)`; read the events with [`receive_all`].
+///
+/// Creates `bus` first unless it is `default` or already exists. moto delivers to SQS targets
+/// synchronously within PutEvents, and does not require a queue policy as AWS does.
+pub async fn sqs_queue_for_latchkey_events(config: &SdkConfig, bus: &str) -> (String, String) {
+    let sqs = aws_sdk_sqs::Client::new(config);
+    let events = aws_sdk_eventbridge::Client::new(config);
+
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(unique("latchkey-events"))
+        .send()
+        .await
+        .expect("sqs CreateQueue")
+        .queue_url()
+        .expect("CreateQueue returns QueueUrl")
+        .to_owned();
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("sqs GetQueueAttributes");
+    let queue_arn = attributes
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+        .expect("GetQueueAttributes returns QueueArn")
+        .clone();
+
+    if bus != "default"
+        && let Err(e) = events.create_event_bus().name(bus).send().await
+    {
+        let exists = e.as_service_error().is_some_and(|e| e.is_resource_already_exists_exception());
+        assert!(exists, "eventbridge CreateEventBus {bus}: {e:?}");
+    }
+    let rule_name = unique("latchkey-events");
+    events
+        .put_rule()
+        .name(&rule_name)
+        .event_bus_name(bus)
+        .event_pattern(r#"{"source": ["latchkey"]}"#)
+        .send()
+        .await
+        .expect("eventbridge PutRule");
+    let target = Target::builder().id("sqs").arn(queue_arn).build().expect("target has id and arn");
+    let out = events
+        .put_targets()
+        .rule(&rule_name)
+        .event_bus_name(bus)
+        .targets(target)
+        .send()
+        .await
+        .expect("eventbridge PutTargets");
+    assert_eq!(out.failed_entry_count(), 0, "PutTargets failed: {:?}", out.failed_entries());
+    (queue_url, rule_name)
+}
+
+/// Receives (and deletes) messages from `queue_url` until at least `expect_at_least` have arrived
+/// or about ten seconds have passed, and returns their bodies parsed as JSON: for an EventBridge
+/// target, envelopes with `source`, `detail-type` and `detail`. Always polls at least once, so
+/// `expect_at_least = 0` collects whatever is already there.
+pub async fn receive_all(config: &SdkConfig, queue_url: &str, expect_at_least: usize) -> Vec<Value> {
+    let sqs = aws_sdk_sqs::Client::new(config);
+    let deadline = Instant::now() + RECEIVE_TIMEOUT;
+    let mut bodies = Vec::new();
+    loop {
+        let out = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("sqs ReceiveMessage");
+        for message in out.messages() {
+            let body = message.body().expect("SQS message has a body");
+            bodies
+                .push(serde_json::from_str(body).unwrap_or_else(|e| panic!("message body is not JSON ({e}): {body}")));
+            if let Some(handle) = message.receipt_handle() {
+                sqs.delete_message()
+                    .queue_url(queue_url)
+                    .receipt_handle(handle)
+                    .send()
+                    .await
+                    .expect("sqs DeleteMessage");
+            }
+        }
+        if bodies.len() >= expect_at_least || Instant::now() >= deadline {
+            return bodies;
+        }
+    }
+}
