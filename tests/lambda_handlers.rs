@@ -68,6 +68,22 @@ async fn connections_api_serves_the_sample_events() {
     assert!(!page.to_string().contains("sk_test_sample_value"), "reads never return a password value");
 }
 
+#[tokio::test]
+async fn connections_api_trusts_api_gateway_authorizer_claims_when_no_secret_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::embedded(dir.path()).unwrap();
+    let deployed = latchkey::http::router(app.http_state(Verifier::ApiGatewayClaims));
+    let send = |name: &str| {
+        let router = deployed.clone();
+        let req = lambda_http::request::from_str(&event(name)).expect("a valid API Gateway event");
+        async move { router.oneshot(req).await.unwrap().status().as_u16() }
+    };
+    assert_eq!(send("connections-api/list-connections-jwt-authorizer.json").await, 200);
+    // No authorizer claims: refused, and a bearer token alone is not trusted in this mode.
+    assert_eq!(send("connections-api/unauthenticated.json").await, 401);
+    assert_eq!(send("connections-api/list-connections.json").await, 401);
+}
+
 /// The sample lookup payload, pointed at a connection that exists.
 fn lookup_payload(name: &str, id: &str) -> Value {
     let mut v: Value = serde_json::from_str(&event(name)).unwrap();

@@ -13,13 +13,16 @@ use crate::service::{LookupRequest, Service};
 
 pub type Error = lambda_runtime::Error;
 
-/// The `connections-api` function: the HTTP router behind API Gateway (HTTP API, payload 2.0).
+/// The HTTP functions (`connections-api`, `oauth-callback`): the router behind API Gateway
+/// (HTTP API, payload 2.0). Callers are authenticated by HS256 bearer tokens when
+/// `LATCHKEY_JWT_SECRET` is set (as under `cargo lambda watch`), otherwise by the claims of API
+/// Gateway's JWT authorizer.
 pub async fn serve_http(app: App, config: &Config) -> Result<(), Error> {
-    let secret = config
-        .jwt_secret
-        .clone()
-        .ok_or("LATCHKEY_JWT_SECRET must be set: it verifies the callers' HS256 bearer tokens")?;
-    let router = crate::http::router(app.http_state(Verifier::hs256(&secret)));
+    let verifier = match &config.jwt_secret {
+        Some(secret) => Verifier::hs256(secret),
+        None => Verifier::ApiGatewayClaims,
+    };
+    let router = crate::http::router(app.http_state(verifier));
     lambda_http::run(router).await
 }
 
