@@ -18,6 +18,7 @@ use tower::ServiceExt;
 const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/openapi.json"),
+    ("GET", "/v1/providers"),
     ("GET", "/v1/definitions"),
     ("GET", "/v1/definitions/{key}"),
     ("PUT", "/v1/definitions/{key}"),

@@ -10,6 +10,7 @@
 //! - [`lambda`]: the Lambda entry points built on the same service.
 
 pub mod adapters;
+pub mod catalog;
 pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;

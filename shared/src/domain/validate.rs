@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{AuthKind, Input, InputType, Redirects, Visibility};
+use crate::catalog;
 
 /// One invalid field of a request, named by its JSON path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -115,22 +116,39 @@ fn optional_string(
     }
 }
 
-/// The well-known inputs of OAuth 2.0 definitions: (name, type, required, default, label).
-fn oauth_inputs(auth: AuthKind) -> Vec<(&'static str, InputType, bool, Option<Value>, &'static str)> {
+/// The well-known inputs of OAuth 2.0 definitions: (name, type, required, default, label),
+/// with the defaults of a catalog provider when the definition names one.
+fn oauth_inputs(
+    auth: AuthKind,
+    provider: Option<&catalog::Provider>,
+) -> Vec<(&'static str, InputType, bool, Option<Value>, &'static str)> {
+    // URLs with `{param}` placeholders are resolved per connection, not stored as defaults.
+    let templated = provider.is_some_and(|p| !p.url_params.is_empty());
+    let url = |u: Option<&str>| u.filter(|_| !templated).map(Value::from);
     let mut v = Vec::new();
     if auth == AuthKind::Oauth2AuthorizationCode {
-        v.push(("authorizeUrl", InputType::Url, true, None, "Authorization URL"));
+        let default = url(provider.and_then(|p| p.authorize_url.as_deref()));
+        v.push(("authorizeUrl", InputType::Url, !templated, default, "Authorization URL"));
     }
+    let scopes = provider
+        .filter(|p| !p.default_scopes.is_empty())
+        .map(|p| Value::from(p.default_scopes.join(&p.scope_separator)));
     v.extend([
-        ("tokenUrl", InputType::Url, true, None, "Token URL"),
-        ("revokeUrl", InputType::Url, false, None, "Revocation URL"),
-        ("scopes", InputType::String, false, None, "Scopes"),
+        ("tokenUrl", InputType::Url, !templated, url(provider.map(|p| p.token_url.as_str())), "Token URL"),
+        ("revokeUrl", InputType::Url, false, url(provider.and_then(|p| p.revoke_url.as_deref())), "Revocation URL"),
+        ("scopes", InputType::String, false, scopes, "Scopes"),
         ("clientId", InputType::String, true, None, "Client ID"),
         ("clientSecret", InputType::Password, false, None, "Client secret"),
-        ("clientAuth", InputType::String, false, Some(Value::from("client_secret_basic")), "Client authentication"),
+        (
+            "clientAuth",
+            InputType::String,
+            false,
+            Some(Value::from(provider.map_or("client_secret_basic", |p| p.client_auth.as_str()))),
+            "Client authentication",
+        ),
     ]);
     if auth == AuthKind::Oauth2AuthorizationCode {
-        v.push(("pkce", InputType::Boolean, false, Some(Value::Bool(true)), "Use PKCE"));
+        v.push(("pkce", InputType::Boolean, false, Some(Value::Bool(provider.is_none_or(|p| p.pkce))), "Use PKCE"));
     }
     v
 }
@@ -148,11 +166,22 @@ pub fn definition_from_json(key: &str, body: &Value) -> Result<DefinitionSpec, V
         errors.push(FieldError::new("label", "must not be empty"));
     }
     let description = optional_string(obj, "description", MAX_DESCRIPTION, "description", &mut errors);
+    let provider = optional_string(obj, "provider", 64, "provider", &mut errors);
+    let entry = provider.as_deref().and_then(|k| {
+        let found = catalog::provider(k);
+        if found.is_none() {
+            errors.push(FieldError::new("provider", "unknown provider (GET /v1/providers lists the catalog)"));
+        }
+        found
+    });
     let auth = match obj.get("auth") {
         Some(Value::String(s)) => AuthKind::parse(s).or_else(|| {
             errors.push(FieldError::new("auth", format!("must be one of {}", AuthKind::ALL.join(", "))));
             None
         }),
+        // A provider says how it authenticates.
+        // A provider says how it authenticates (an unknown one is reported already).
+        None | Some(Value::Null) if provider.is_some() => entry.map(|p| p.auth),
         None | Some(Value::Null) => {
             errors.push(FieldError::new("auth", "is required"));
             None
@@ -162,10 +191,13 @@ pub fn definition_from_json(key: &str, body: &Value) -> Result<DefinitionSpec, V
             None
         }
     };
-    let provider = optional_string(obj, "provider", 64, "provider", &mut errors);
-    if provider.is_some() {
-        // No provider catalog is built in yet: naming one must fail rather than be ignored.
-        errors.push(FieldError::new("provider", "unknown provider"));
+    if let (Some(a), Some(p)) = (auth, entry)
+        && a != p.auth
+    {
+        errors.push(FieldError::new(
+            "auth",
+            format!("the provider {} uses {}", p.key, serde_json::to_value(p.auth).unwrap_or_default()),
+        ));
     }
 
     let mut inputs = IndexMap::new();
@@ -189,7 +221,7 @@ pub fn definition_from_json(key: &str, body: &Value) -> Result<DefinitionSpec, V
                 // The OAuth settings steer where Latchkey sends the client secret: unless the
                 // organization says otherwise, customers neither see nor set them.
                 let default_visibility = match auth {
-                    Some(a) if a.is_oauth() && oauth_inputs(a).iter().any(|(n, ..)| n == name) => {
+                    Some(a) if a.is_oauth() && oauth_inputs(a, None).iter().any(|(n, ..)| n == name) => {
                         Visibility::Organization
                     }
                     _ => Visibility::Customer,
@@ -212,8 +244,8 @@ pub fn definition_from_json(key: &str, body: &Value) -> Result<DefinitionSpec, V
     }
 
     if let Some(auth) = auth.filter(|a| a.is_oauth()) {
-        for (name, kind, required, default, label) in oauth_inputs(auth) {
-            match inputs.get(name) {
+        for (name, kind, required, default, label) in oauth_inputs(auth, entry) {
+            match inputs.get_mut(name) {
                 Some(existing) if existing.kind != kind => {
                     errors.push(FieldError::new(
                         format!("inputs.{name}.type"),
@@ -223,7 +255,12 @@ pub fn definition_from_json(key: &str, body: &Value) -> Result<DefinitionSpec, V
                         ),
                     ));
                 }
-                Some(_) => {}
+                // The organization's own default wins over the catalog's.
+                Some(existing) => {
+                    if existing.default.is_none() {
+                        existing.default = default;
+                    }
+                }
                 None => {
                     inputs.insert(
                         name.to_owned(),
@@ -238,6 +275,17 @@ pub fn definition_from_json(key: &str, body: &Value) -> Result<DefinitionSpec, V
                     );
                 }
             }
+        }
+        // Per-tenant providers (Shopify's shop, Zendesk's subdomain) need the customer's value.
+        for param in entry.map(|p| p.url_params.as_slice()).unwrap_or_default() {
+            inputs.entry(param.clone()).or_insert_with(|| Input {
+                label: param.clone(),
+                kind: InputType::String,
+                required: true,
+                default: None,
+                visibility: Visibility::Customer,
+                description: Some(format!("Your {param}, as in the provider's URLs")),
+            });
         }
     }
     for (name, input) in &inputs {

@@ -25,7 +25,7 @@ pub struct Claims {
 pub enum Verifier {
     /// `Authorization: Bearer` HS256 JWTs signed with `LATCHKEY_JWT_SECRET` (`latchkey serve`,
     /// and the HTTP functions when the secret is set, e.g. under `cargo lambda watch`).
-    Hs256 { key: DecodingKey, validation: Validation },
+    Hs256 { key: Box<DecodingKey>, validation: Box<Validation> },
     /// The claims of API Gateway's JWT authorizer (RS256/ES256 against the issuer's JWKS),
     /// which API Gateway verified (signature, `exp`, issuer, audience) before invoking the
     /// function. A request without authorizer claims is refused.
@@ -60,7 +60,10 @@ impl Verifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 30;
         validation.set_required_spec_claims(&["exp"]);
-        Self::Hs256 { key: DecodingKey::from_secret(secret.expose_secret().as_bytes()), validation }
+        Self::Hs256 {
+            key: Box::new(DecodingKey::from_secret(secret.expose_secret().as_bytes())),
+            validation: Box::new(validation),
+        }
     }
 
     /// The principal of a valid bearer token. The reason of a failure is generic on purpose.

@@ -40,6 +40,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
+        .route("/v1/providers", get(list_providers))
         .route("/v1/definitions", get(list_definitions))
         .route("/v1/definitions/{key}", get(get_definition).put(put_definition).delete(delete_definition))
         .route("/v1/connections", get(list_connections).post(create_connection))
@@ -114,6 +115,11 @@ async fn healthz() -> impl IntoResponse {
 
 async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
+}
+
+/// The built-in provider catalog; any authenticated caller may read it.
+async fn list_providers(_: Principal) -> impl IntoResponse {
+    axum::Json(json!({"items": crate::catalog::providers()}))
 }
 
 async fn put_definition(

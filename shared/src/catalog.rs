@@ -1,0 +1,166 @@
+//! The built-in provider catalog (`shared/providers.json`): OAuth 2.0 endpoints and quirks of
+//! common apps, so that a definition can say `"provider": "slack"` instead of spelling them out.
+//! Facts come from each provider's public documentation (`docs_url`).
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::AuthKind;
+
+/// The catalog file, embedded at build time.
+pub const PROVIDERS_JSON: &str = include_str!("../providers.json");
+
+/// Where a token-response field is, and how `expires_in` is spelled.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenResponse {
+    /// Dotted path of the access token when it is not the top-level `access_token`
+    /// (Slack user tokens: `authed_user.access_token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token_path: Option<String>,
+    /// `number` (RFC 6749), `string` (a number sent as a string), or `absent` (never sent: the
+    /// token does not expire by itself, or the provider does not say).
+    pub expires_in: ExpiresIn,
+    /// Whether the provider issues refresh tokens (with the default scopes/params).
+    pub refresh_token: bool,
+    /// Whether a refresh returns a new refresh token that replaces the old one.
+    #[serde(default)]
+    pub rotates_refresh_token: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpiresIn {
+    #[default]
+    Number,
+    String,
+    Absent,
+}
+
+/// A value captured when a connection is authorized, returned by lookups as a field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Captured {
+    /// The field name lookups return (`instance_url`, `realmId`).
+    pub name: String,
+    /// `token_response` (a dotted path in the token response) or `callback` (a query
+    /// parameter of the redirect back from the provider).
+    pub from: CaptureSource,
+    /// The dotted path or query parameter name.
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureSource {
+    TokenResponse,
+    Callback,
+}
+
+/// One provider of the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    /// The catalog key (`slack`), used as a definition's `provider`.
+    pub key: String,
+    pub name: String,
+    /// `oauth2_authorization_code` or `oauth2_client_credentials`.
+    pub auth: AuthKind,
+    /// https URLs. `{name}` placeholders (e.g. Shopify's `{shop}`) are filled from the
+    /// connection's inputs of that name, listed in `url_params`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorize_url: Option<String>,
+    pub token_url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_url: Option<String>,
+    /// Inputs the URLs need (customer-settable strings), e.g. `["shop"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub url_params: Vec<String>,
+    pub default_scopes: Vec<String>,
+    /// How scopes are joined in the authorize URL (`" "` per RFC 6749; `","` for some).
+    pub scope_separator: String,
+    /// Whether the provider supports PKCE (S256).
+    pub pkce: bool,
+    /// `client_secret_basic` or `client_secret_post`.
+    pub client_auth: String,
+    /// Extra query parameters of the authorize URL (Google's `access_type=offline`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub authorize_params: BTreeMap<String, String>,
+    pub token_response: TokenResponse,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub captured: Vec<Captured>,
+    /// Seconds to refresh before the stated expiry, on top of the lookup's `min_valid_seconds`.
+    #[serde(default)]
+    pub expiry_buffer_secs: u64,
+    /// The public documentation these facts come from.
+    pub docs_url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    providers: Vec<Provider>,
+}
+
+/// Every provider, in file order. The file is part of the build; the tests below check it.
+pub fn providers() -> &'static [Provider] {
+    static CATALOG: OnceLock<Vec<Provider>> = OnceLock::new();
+    CATALOG.get_or_init(|| {
+        serde_json::from_str::<CatalogFile>(PROVIDERS_JSON).expect("shared/providers.json is a valid catalog").providers
+    })
+}
+
+/// The provider of that key.
+pub fn provider(key: &str) -> Option<&'static Provider> {
+    providers().iter().find(|p| p.key == key)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::domain::validate::{CLIENT_AUTH_METHODS, check_secure_url};
+
+    /// A URL with its `{param}` placeholders filled by a harmless sample.
+    fn filled(url: &str, params: &[String]) -> String {
+        params.iter().fold(url.to_owned(), |u, p| u.replace(&format!("{{{p}}}"), "example"))
+    }
+
+    #[test]
+    fn the_catalog_is_well_formed() {
+        let all = providers();
+        assert!(all.len() >= 20, "at least 20 providers, found {}", all.len());
+        let keys: BTreeSet<_> = all.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys.len(), all.len(), "keys are unique");
+        for p in all {
+            assert!(crate::domain::DefinitionKey::parse(&p.key).is_ok(), "{}: key", p.key);
+            assert!(p.auth.is_oauth(), "{}: auth", p.key);
+            assert_eq!(
+                p.auth == AuthKind::Oauth2AuthorizationCode,
+                p.authorize_url.is_some(),
+                "{}: authorize_url",
+                p.key
+            );
+            for url in
+                [p.authorize_url.as_deref(), Some(p.token_url.as_str()), p.revoke_url.as_deref()].into_iter().flatten()
+            {
+                let u = filled(url, &p.url_params);
+                assert!(!u.contains('{'), "{}: every placeholder is in url_params: {url}", p.key);
+                let parsed = check_secure_url(&u).unwrap_or_else(|e| panic!("{}: {url}: {e}", p.key));
+                assert_eq!(parsed.scheme(), "https", "{}: {url}", p.key);
+            }
+            assert!(CLIENT_AUTH_METHODS.contains(&p.client_auth.as_str()), "{}: client_auth", p.key);
+            assert!(!p.scope_separator.is_empty(), "{}: scope_separator", p.key);
+            assert!(p.docs_url.starts_with("https://"), "{}: docs_url", p.key);
+            for c in &p.captured {
+                assert!(!c.name.is_empty() && !c.key.is_empty(), "{}: captured", p.key);
+            }
+        }
+        for needed in ["slack", "google", "microsoft", "salesforce", "hubspot", "github", "quickbooks", "xero"] {
+            assert!(provider(needed).is_some(), "{needed} is in the catalog");
+        }
+    }
+}
