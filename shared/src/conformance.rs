@@ -59,6 +59,8 @@ pub fn connection(def: &Definition, customer: &str) -> Connection {
         values: BTreeMap::from([("endpoint".to_owned(), serde_json::json!("https://api.example.com"))]),
         secret_names: Default::default(),
         secrets: None,
+        oauth: None,
+        captured: Default::default(),
         version: 1,
         created_at: now(),
         updated_at: now(),
@@ -206,6 +208,41 @@ pub mod store {
         assert_eq!(count(by(Some("c-9"), None, None)).await, 0);
     }
 
+    pub async fn oauth_states_are_single_use_and_expire(store: Arc<dyn Store>) {
+        use crate::domain::OAuthState;
+        let org = fresh_org();
+        let state = |hash: &str, ttl: i64| OAuthState {
+            hash: hash.to_owned(),
+            org: org.clone(),
+            connection_id: ConnectionId::generate(),
+            verifier: None,
+            redirect_uri: "http://127.0.0.1:8080/v1/oauth/callback".into(),
+            issuer: None,
+            expires_at: now() + time::Duration::seconds(ttl),
+        };
+        let live = state(&format!("h-{}", ulid::Ulid::new()), 600);
+        store.put_oauth_state(&live).await.unwrap();
+        assert!(matches!(store.put_oauth_state(&live).await, Err(StoreError::Conflict)));
+        // Concurrent callbacks with one state: exactly one wins.
+        let takes: Vec<_> = (0..6)
+            .map(|_| {
+                let (store, hash) = (store.clone(), live.hash.clone());
+                tokio::spawn(async move { store.take_oauth_state(&hash, now()).await.unwrap() })
+            })
+            .collect();
+        let mut won = Vec::new();
+        for t in takes {
+            won.extend(t.await.unwrap());
+        }
+        assert_eq!(won, vec![live.clone()], "exactly one take returns the state");
+        assert!(store.take_oauth_state(&live.hash, now()).await.unwrap().is_none(), "a replay finds nothing");
+        let expired = state(&format!("h-{}", ulid::Ulid::new()), 1);
+        store.put_oauth_state(&expired).await.unwrap();
+        let later = now() + time::Duration::seconds(5);
+        assert!(store.take_oauth_state(&expired.hash, later).await.unwrap().is_none(), "an expired state is refused");
+        assert!(store.take_oauth_state("never-stored", now()).await.unwrap().is_none());
+    }
+
     pub async fn logs_are_newest_first_and_go_with_the_connection(store: Arc<dyn Store>) {
         let org = fresh_org();
         let def = definition(&org, "acme");
@@ -302,6 +339,7 @@ macro_rules! store_conformance_tests {
             updates_are_conditional_on_the_version,
             listings_filter_and_page_newest_first,
             logs_are_newest_first_and_go_with_the_connection,
+            oauth_states_are_single_use_and_expire,
         );
     };
 }

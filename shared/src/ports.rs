@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::crypto::{CryptoError, DataKey, EncryptionContext, PlainKey};
-use crate::domain::{Connection, ConnectionId, CustomerId, Definition, DefinitionKey, Event, LogEntry, OrgId, Status};
+use crate::domain::{
+    Connection, ConnectionId, CustomerId, Definition, DefinitionKey, Event, LogEntry, OAuthState, OrgId, Status,
+};
 
 /// A boxed error from an adapter's backend (SQLite, an AWS SDK...). Never carries secret values:
 /// adapters pass secrets only as bound parameters or sealed blobs.
@@ -77,6 +79,12 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         cursor: Option<&ConnectionId>,
     ) -> Result<Page<Connection>, StoreError>;
+
+    /// Stores a pending authorization; `Conflict` if its hash exists.
+    async fn put_oauth_state(&self, state: &OAuthState) -> Result<(), StoreError>;
+    /// Atomically removes and returns the pending authorization of `hash`: a second take finds
+    /// nothing. An expired one (`expires_at <= now`) is removed and not returned.
+    async fn take_oauth_state(&self, hash: &str, now: OffsetDateTime) -> Result<Option<OAuthState>, StoreError>;
 
     async fn append_log(&self, org: &OrgId, id: &ConnectionId, entry: &LogEntry) -> Result<(), StoreError>;
     /// The newest `limit` log entries of a connection, newest first.

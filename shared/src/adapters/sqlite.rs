@@ -9,7 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
-use crate::domain::{Connection, ConnectionId, Definition, DefinitionKey, LogEntry, OrgId};
+use time::OffsetDateTime;
+
+use crate::domain::{Connection, ConnectionId, Definition, DefinitionKey, LogEntry, OAuthState, OrgId};
 use crate::ports::{ConnectionFilter, Expect, Page, Store, StoreError};
 
 const SCHEMA: &str = "
@@ -29,6 +31,9 @@ CREATE TABLE IF NOT EXISTS logs (
     org TEXT NOT NULL, connection_id TEXT NOT NULL, doc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS logs_by_connection ON logs (org, connection_id, seq);
+CREATE TABLE IF NOT EXISTS oauth_states (
+    hash TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, doc TEXT NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// The SQLite store.
@@ -267,6 +272,39 @@ impl Store for SqliteStore {
             Ok(Page { items, next })
         })
         .await
+    }
+
+    async fn put_oauth_state(&self, state: &OAuthState) -> Result<(), StoreError> {
+        let (hash, expires, doc) = (state.hash.clone(), state.expires_at.unix_timestamp(), to_json(state)?);
+        self.run(move |db| {
+            // Expired states are swept here: there is no TTL in SQLite.
+            db.execute("DELETE FROM oauth_states WHERE expires_at <= unixepoch()", []).map_err(backend)?;
+            let n = db
+                .execute(
+                    "INSERT INTO oauth_states (hash, expires_at, doc) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                    params![hash, expires, doc],
+                )
+                .map_err(backend)?;
+            if n == 1 { Ok(()) } else { Err(StoreError::Conflict) }
+        })
+        .await
+    }
+
+    async fn take_oauth_state(&self, hash: &str, now: OffsetDateTime) -> Result<Option<OAuthState>, StoreError> {
+        let hash = hash.to_owned();
+        let taken: Option<(String, i64)> = self
+            .run(move |db| {
+                db.query_row("DELETE FROM oauth_states WHERE hash = ?1 RETURNING doc, expires_at", params![hash], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+                .map_err(backend)
+            })
+            .await?;
+        match taken {
+            Some((doc, expires)) if expires > now.unix_timestamp() => Ok(Some(from_json(&doc)?)),
+            _ => Ok(None),
+        }
     }
 
     async fn append_log(&self, org: &OrgId, id: &ConnectionId, entry: &LogEntry) -> Result<(), StoreError> {

@@ -64,6 +64,37 @@ pub struct StatusError {
     pub at: OffsetDateTime,
 }
 
+/// A connection's OAuth tokens: the tokens themselves sealed as one JSON object
+/// (`{"access_token", "refresh_token"?}`), their metadata in clear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuthTokens {
+    pub sealed: Sealed,
+    pub token_type: String,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    pub scopes: Vec<String>,
+    pub has_refresh_token: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub obtained_at: OffsetDateTime,
+}
+
+/// A pending authorization: what the callback needs, stored under the SHA-256 of the `state`
+/// (the state itself is never stored), single use, expiring after 10 minutes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuthState {
+    /// Hex SHA-256 of the state parameter.
+    pub hash: String,
+    pub org: OrgId,
+    pub connection_id: ConnectionId,
+    /// The PKCE verifier, sealed under the connection's context.
+    pub verifier: Option<Sealed>,
+    pub redirect_uri: String,
+    /// The issuer expected in an RFC 9207 `iss` parameter, when known.
+    pub issuer: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
 /// A customer's (or the organization's) credentials for one definition.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Connection {
@@ -82,6 +113,13 @@ pub struct Connection {
     pub secret_names: BTreeSet<String>,
     /// The sealed JSON object of secret values; `None` when no secret is set.
     pub secrets: Option<Sealed>,
+    /// OAuth 2.0 tokens, once authorized (or fetched, for client credentials).
+    #[serde(default)]
+    pub oauth: Option<OAuthTokens>,
+    /// Non-secret values captured when authorized (Salesforce `instance_url`, QuickBooks
+    /// `realmId`), returned by lookups as fields.
+    #[serde(default)]
+    pub captured: BTreeMap<String, serde_json::Value>,
     /// Incremented by every write; the store's optimistic-concurrency check.
     pub version: u64,
     #[serde(with = "time::serde::rfc3339")]

@@ -218,6 +218,8 @@ impl Service {
             secret_names: values.secret_names(),
             values: values.plain,
             secrets: None,
+            oauth: None,
+            captured: Default::default(),
             version: 1,
             created_at: now,
             updated_at: now,

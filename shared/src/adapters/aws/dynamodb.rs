@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::{
 };
 use time::OffsetDateTime;
 
-use crate::domain::{Connection, ConnectionId, Definition, DefinitionKey, LogEntry, OrgId};
+use crate::domain::{Connection, ConnectionId, Definition, DefinitionKey, LogEntry, OAuthState, OrgId};
 use crate::ports::{BackendError, ConnectionFilter, Expect, Page, Store, StoreError};
 
 pub const BY_CUSTOMER: &str = "by-customer";
@@ -450,6 +450,47 @@ impl Store for DynamoStore {
             None
         };
         Ok(Page { items: conns, next })
+    }
+
+    async fn put_oauth_state(&self, state: &OAuthState) -> Result<(), StoreError> {
+        let mut item = key(format!("STATE#{}", state.hash), "STATE".to_owned());
+        item.insert("kind".into(), s("oauth_state"));
+        item.insert("doc".into(), s(serde_json::to_string(state).map_err(backend)?));
+        // TTL removes it eventually; `take` checks the expiry itself, as TTL lags.
+        item.insert(TTL_ATTRIBUTE.into(), n(state.expires_at.unix_timestamp()));
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+                Err(StoreError::Conflict)
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn take_oauth_state(&self, hash: &str, now: OffsetDateTime) -> Result<Option<OAuthState>, StoreError> {
+        // DeleteItem returning the old item: of concurrent takes, exactly one gets it.
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(format!("STATE#{hash}"), "STATE".to_owned())))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(backend)?;
+        let Some(item) = out.attributes.filter(|i| !i.is_empty()) else {
+            return Ok(None);
+        };
+        let state: OAuthState = doc_of(&item)?;
+        Ok((state.expires_at > now).then_some(state))
     }
 
     async fn append_log(&self, org: &OrgId, id: &ConnectionId, entry: &LogEntry) -> Result<(), StoreError> {
