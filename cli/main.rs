@@ -63,6 +63,7 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let state = app.http_state(Verifier::hs256(&secret));
     let listener = tokio::net::TcpListener::bind(config.addr).await?;
     let bound = listener.local_addr()?;
+    app.service.set_public_url(&config.public_url(bound));
     // Stdout is for people and the test harness; logs go to stderr.
     println!("latchkey listening on http://{bound}");
     println!("OAuth redirect URI: {}/v1/oauth/callback", config.public_url(bound));

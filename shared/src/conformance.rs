@@ -59,6 +59,7 @@ pub fn connection(def: &Definition, customer: &str) -> Connection {
         values: BTreeMap::from([("endpoint".to_owned(), serde_json::json!("https://api.example.com"))]),
         secret_names: Default::default(),
         secrets: None,
+        auth: Some(AuthKind::ApiKey),
         oauth: None,
         captured: Default::default(),
         version: 1,

@@ -22,6 +22,9 @@ pub async fn serve_http(app: App, config: &Config) -> Result<(), Error> {
         Some(secret) => Verifier::hs256(secret),
         None => Verifier::ApiGatewayClaims,
     };
+    if let Some(url) = &config.public_url {
+        app.service.set_public_url(url);
+    }
     let router = crate::http::router(app.http_state(verifier));
     lambda_http::run(router).await
 }

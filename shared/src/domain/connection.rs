@@ -3,7 +3,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{ConnectionId, CustomerId, DefinitionKey, InstanceId, OrgId};
+use super::{AuthKind, ConnectionId, CustomerId, DefinitionKey, InstanceId, OrgId};
 use crate::crypto::Sealed;
 
 /// Whose connection it is and who manages it.
@@ -113,6 +113,10 @@ pub struct Connection {
     pub secret_names: BTreeSet<String>,
     /// The sealed JSON object of secret values; `None` when no secret is set.
     pub secrets: Option<Sealed>,
+    /// The definition's auth kind when the connection was created: lets a lookup know it
+    /// needs no definition read (records from before it was kept have `None`).
+    #[serde(default)]
+    pub auth: Option<AuthKind>,
     /// OAuth 2.0 tokens, once authorized (or fetched, for client credentials).
     #[serde(default)]
     pub oauth: Option<OAuthTokens>,

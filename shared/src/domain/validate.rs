@@ -149,6 +149,8 @@ fn oauth_inputs(
     ]);
     if auth == AuthKind::Oauth2AuthorizationCode {
         v.push(("pkce", InputType::Boolean, false, Some(Value::Bool(provider.is_none_or(|p| p.pkce))), "Use PKCE"));
+        // RFC 9207: the `iss` a callback must carry when the provider sends one.
+        v.push(("issuer", InputType::Url, false, None, "Issuer"));
     }
     v
 }

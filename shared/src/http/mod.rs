@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use self::auth::Verifier;
 use self::problem::{Problem, types};
 use crate::domain::{FieldError, Principal};
-use crate::service::{ConnectionView, ListQuery, LookupRequest, Service};
+use crate::service::{CallbackOutcome, ConnectionView, ListQuery, LookupRequest, Service};
 
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -47,6 +47,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/connections/{id}", get(get_connection).patch(update_connection).delete(delete_connection))
         .route("/v1/connections/{id}/logs", get(connection_logs))
         .route("/v1/connections/{id}/token", post(token_lookup))
+        .route("/v1/connections/{id}/authorize", post(authorize))
+        .route("/v1/oauth/callback", get(oauth_callback))
         .fallback(|| async { Problem::not_found() })
         .method_not_allowed_fallback(|| async {
             Problem::new(
@@ -239,6 +241,60 @@ async fn connection_logs(
 ) -> Result<Response, Problem> {
     let Query(q) = q.map_err(|_| Problem::validation(vec![FieldError::new("limit", "must be an integer")]))?;
     Ok(axum::Json(s.service.connection_logs(&p, &id, q.limit.unwrap_or(100)).await?).into_response())
+}
+
+/// `POST /v1/connections/{id}/authorize`: the URL to send the user's browser to.
+async fn authorize(State(s): State<AppState>, p: Principal, Path(id): Path<String>) -> Result<Response, Problem> {
+    Ok(axum::Json(s.service.authorize(&p, &id).await?).into_response())
+}
+
+fn escape_html(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '<' => "&lt;".to_owned(),
+            '>' => "&gt;".to_owned(),
+            '&' => "&amp;".to_owned(),
+            '"' => "&quot;".to_owned(),
+            '\'' => "&#39;".to_owned(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+/// `GET /v1/oauth/callback` (public: the provider sends the user's browser here). Never cached,
+/// never leaks its URL (code, state) through a Referer.
+async fn oauth_callback(
+    State(s): State<AppState>,
+    Query(params): Query<std::collections::BTreeMap<String, String>>,
+) -> Response {
+    let mut res = match s.service.callback(&params).await {
+        CallbackOutcome::Redirect(to) => {
+            let mut res = StatusCode::FOUND.into_response();
+            if let Ok(v) = HeaderValue::from_str(&to) {
+                res.headers_mut().insert(header::LOCATION, v);
+            }
+            res
+        }
+        CallbackOutcome::Page { status, title, message } => {
+            let html = format!(
+                "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
+                 <meta name=\"viewport\" content=\"width=device-width\"></head>\
+                 <body style=\"font-family:sans-serif;max-width:32rem;margin:4rem auto\"><h1>{t}</h1><p>{m}</p></body></html>",
+                t = escape_html(title),
+                m = escape_html(&message)
+            );
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            (code, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+        }
+    };
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
+    );
+    res
 }
 
 /// Token lookup over HTTP, for principals with the `runtime` role. The body is the Lambda

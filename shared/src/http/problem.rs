@@ -24,6 +24,7 @@ pub mod types {
     pub const DISCONNECTED: &str = "urn:latchkey:problem:connection-disconnected";
     pub const ERRORED: &str = "urn:latchkey:problem:connection-error";
     pub const INTERNAL: &str = "urn:latchkey:problem:internal";
+    pub const PROVIDER: &str = "urn:latchkey:problem:provider-error";
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,6 +88,7 @@ impl Problem {
             types::PENDING => "ConnectionPending",
             types::DISCONNECTED => "ConnectionDisconnected",
             types::ERRORED => "ConnectionError",
+            types::PROVIDER => "ProviderError",
             _ => "InternalError",
         }
     }
@@ -122,6 +124,12 @@ impl From<ServiceError> for Problem {
                 types::ERRORED,
                 "Connection Error",
                 "the connection is in error; reconfigure or re-authorize it",
+            ),
+            ServiceError::Provider(code) => Self::new(
+                StatusCode::BAD_GATEWAY,
+                types::PROVIDER,
+                "Provider Error",
+                format!("the provider's token endpoint failed ({code})"),
             ),
             e @ (ServiceError::Store(_) | ServiceError::Crypto(_)) => {
                 tracing::error!(error = %e, source = ?std::error::Error::source(&e).map(ToString::to_string), "request failed");

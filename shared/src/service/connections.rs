@@ -38,7 +38,7 @@ fn visible(p: &Principal, c: &Connection) -> bool {
 }
 
 /// Whether `p` may change `c`: customers never edit organization-scoped connections.
-fn require_manage(p: &Principal, c: &Connection) -> Result<()> {
+pub(crate) fn require_manage(p: &Principal, c: &Connection) -> Result<()> {
     if p.is_organization() || c.scope != Scope::Organization {
         Ok(())
     } else {
@@ -73,7 +73,7 @@ impl Service {
         if visible(p, &c) { Ok(c) } else { Err(ServiceError::NotFound) }
     }
 
-    async fn definition_of(&self, c: &Connection) -> Result<Definition> {
+    pub(crate) async fn definition_of(&self, c: &Connection) -> Result<Definition> {
         // Definitions cannot be deleted while connections use them, so this only fails on a
         // store error or a corrupted record.
         self.store.get_definition(&c.org, &c.definition).await?.ok_or(ServiceError::NotFound)
@@ -201,9 +201,12 @@ impl Service {
         };
 
         let now = self.clock.now();
+        // Client credentials need no user: the token is fetched at the first lookup.
         let status = match def.auth {
-            AuthKind::Oauth2AuthorizationCode | AuthKind::Oauth2ClientCredentials => Status::Pending,
-            AuthKind::ApiKey | AuthKind::Basic | AuthKind::Custom => Status::Configured,
+            AuthKind::Oauth2AuthorizationCode => Status::Pending,
+            AuthKind::Oauth2ClientCredentials | AuthKind::ApiKey | AuthKind::Basic | AuthKind::Custom => {
+                Status::Configured
+            }
         };
         let mut conn = Connection {
             id: ConnectionId::generate(),
@@ -218,6 +221,7 @@ impl Service {
             secret_names: values.secret_names(),
             values: values.plain,
             secrets: None,
+            auth: Some(def.auth),
             oauth: None,
             captured: Default::default(),
             version: 1,

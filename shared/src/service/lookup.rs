@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Result, Service, ServiceError, Unusable};
 use crate::domain::{
-    Connection, ConnectionId, CustomerId, DefinitionKey, Event, EventType, LogType, OrgId, Status, StatusError,
+    AuthKind, Connection, ConnectionId, CustomerId, DefinitionKey, Event, EventType, LogType, OrgId, Status,
+    StatusError,
 };
 use crate::ports::StoreError;
 
@@ -132,7 +133,34 @@ impl Service {
             Status::Error => return Err(ServiceError::Unusable(Unusable::Error)),
             Status::Configured | Status::Active => {}
         }
-        let secret = self.open_secrets(&c).await?;
+        let mut c = c;
+        let mut token = None;
+        if let Some(kind) = c.auth.filter(|a| a.is_oauth()) {
+            let now = self.clock.now();
+            let min_valid = time::Duration::seconds(req.min_valid_seconds.unwrap_or(0).min(86_400) as i64);
+            let fresh = c.oauth.as_ref().is_some_and(|t| t.expires_at.is_none_or(|e| e > now + min_valid));
+            if kind == AuthKind::Oauth2ClientCredentials && !fresh {
+                let def = self.definition_of(&c).await?;
+                c = self.fetch_client_credentials(&c, &def).await?;
+            }
+            let tokens = c.oauth.clone().ok_or(ServiceError::Unusable(Unusable::Pending))?;
+            let access = self.open_access_token(&c).await?.ok_or(ServiceError::Unusable(Unusable::Pending))?;
+            token = Some(TokenView {
+                access_token: access,
+                token_type: tokens.token_type,
+                expires_at: tokens
+                    .expires_at
+                    .and_then(|e| e.format(&time::format_description::well_known::Rfc3339).ok()),
+                scopes: tokens.scopes,
+            });
+        }
+        let mut secret = self.open_secrets(&c).await?;
+        if token.is_some() {
+            // The integration gets the access token, never the app's client secret.
+            secret.remove("clientSecret");
+        }
+        let mut plain = c.values.clone();
+        plain.extend(c.captured.clone());
         let mut status = c.status;
         if c.status == Status::Configured {
             let mut used = c.clone();
@@ -154,8 +182,8 @@ impl Service {
             connection_id: c.id,
             definition: c.definition,
             status,
-            fields: Fields { plain: c.values, secret },
-            token: None,
+            fields: Fields { plain, secret },
+            token,
         })
     }
 

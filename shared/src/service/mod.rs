@@ -3,12 +3,14 @@
 mod connections;
 mod definitions;
 mod lookup;
+pub mod oauth;
 mod views;
 
 use std::sync::Arc;
 
 pub use connections::{ListQuery, MAX_PAGE};
 pub use lookup::{LookupRequest, LookupResponse, ReportedError};
+pub use oauth::{AuthorizeResponse, CallbackOutcome};
 pub use views::{ConnectionPage, ConnectionView, DefinitionView};
 
 use crate::crypto::{CryptoError, Envelope};
@@ -39,6 +41,9 @@ pub enum ServiceError {
     PreconditionFailed,
     #[error("the connection has no usable credentials")]
     Unusable(Unusable),
+    /// The provider's token endpoint refused or failed; the OAuth error code.
+    #[error("the provider's token endpoint failed: {0}")]
+    Provider(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -59,6 +64,10 @@ pub struct Service {
     envelope: Arc<Envelope>,
     events: Arc<dyn EventSink>,
     clock: Arc<dyn Clock>,
+    /// The one HTTP client for provider calls.
+    http: reqwest::Client,
+    /// `LATCHKEY_PUBLIC_URL`, set once at start.
+    public_url: std::sync::OnceLock<String>,
 }
 
 impl Service {
@@ -68,7 +77,7 @@ impl Service {
         events: Arc<dyn EventSink>,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Self { store, envelope, events, clock }
+        Self { store, envelope, events, clock, http: oauth::provider_http_client(), public_url: Default::default() }
     }
 
     /// Appends a connection log line. A failure is logged, not returned: the change it
