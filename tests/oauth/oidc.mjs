@@ -1,0 +1,277 @@
+// A strict OAuth 2.0 / OpenID Connect provider (oidc-provider v9) on loopback for Latchkey's tests.
+//
+//   node tests/oauth/oidc.mjs '{"redirect_uris": ["http://127.0.0.1:9/cb"]}'
+//
+// Configuration: one JSON object, from the first argument or else from the OIDC_CONFIG environment
+// variable. Every key is optional except `redirect_uris`:
+//   client_id                   "latchkey-test"
+//   client_secret               "latchkey-test-secret"
+//   redirect_uris               [string]  the client's registered redirect URIs (exact match)
+//   token_endpoint_auth_method  "client_secret_basic" | "client_secret_post"
+//   strict_client_auth          true      reject (401 invalid_client) a token, revocation or
+//                                         introspection request that authenticates the client with
+//                                         the other of the two methods; oidc-provider itself
+//                                         accepts either whichever is registered
+//   access_token_ttl            3600      seconds, for access tokens and client_credentials tokens
+//   refresh_token_ttl           1209600   seconds (14 days)
+//   issue_refresh_token         true      issue a refresh token on every code exchange and refresh,
+//                                         whether or not offline_access was granted
+//   rotate_refresh_token        true      every refresh consumes the presented refresh token and
+//                                         issues a new one; presenting a consumed one again is
+//                                         `invalid_grant` and revokes the whole grant
+//   pkce_required               true      PKCE (S256 only) on every authorization request
+//   events_file                 null      a path: every event below is appended there as one JSON line
+//
+// The client is confidential, with grant types authorization_code, refresh_token and
+// client_credentials. Scopes offered: openid offline_access profile api:read. `api:read` is
+// registered as a plain scope (not a resource-server scope): without a `resource` parameter
+// oidc-provider keeps only registered scopes (and silently drops unknown ones), so
+// `client_credentials` with `scope=api:read` yields an opaque token with that scope, and code-flow
+// access tokens are opaque too and carry the granted scopes. A request with `resource=ISSUER/api`
+// gets an opaque token for that resource server (scope api:read) instead. Revocation (RFC 7009)
+// and introspection (RFC 7662) are on; authorization responses carry `iss` (RFC 9207).
+//
+// The devInteractions pages do login and consent: GET /auth -> 303 /interaction/UID (login form),
+// POST /interaction/UID `prompt=login&login=NAME&password=x` -> 303 /auth/UID -> 303
+// /interaction/UID2 (consent form), POST /interaction/UID2 `prompt=consent` -> 303 /auth/UID2 -> 303
+// to the redirect URI. GET /interaction/UID/abort denies (redirect with error=access_denied).
+// Note: without `prompt=consent` in the authorization request, OpenID Connect drops
+// `offline_access` from the requested scopes; refresh tokens are still issued (issue_refresh_token)
+// and do not expire with the login session.
+//
+// Test-only routes: GET /__stats returns
+//   {"token_requests": {"authorization_code": n, "refresh_token": n, "client_credentials": n, ...},
+//    "token_errors": {"invalid_grant": n, ...}, "reused_refresh_tokens": n, "revocations": n,
+//    "introspections": n, "events": [event, ...]}
+// where an event is
+//   {"type": "token", "grant_type": "...", "client_auth": "client_secret_basic", "status": 200,
+//    "error": null | "invalid_grant", "error_detail": null | "refresh token already used",
+//    "refresh_token_reused": bool}
+//   {"type": "revocation" | "introspection", "client_auth": "...", "status": 200, "error": null | "..."}
+// `client_auth` is how the request authenticated the client: "client_secret_basic" (Authorization
+// header), "client_secret_post" (client_secret in the form) or "none".
+// Token requests are counted whether they succeed or not; `refresh_token_reused` is true when the
+// presented refresh token had already been consumed by an earlier refresh (a replay).
+//
+// Prints exactly one line to stdout, `oidc listening on http://127.0.0.1:PORT`, once it accepts
+// connections, and nothing else there (oidc-provider's development warnings go to stderr). Exits
+// when its stdin reaches EOF (so it dies with the process that started it) or on SIGTERM/SIGINT.
+
+import { appendFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+
+import Provider, { errors } from 'oidc-provider';
+
+// oidc-provider prints its development-only warnings with console.info/console.warn: keep stdout
+// for the one ready line.
+console.info = console.error;
+console.warn = console.error;
+console.log = console.error;
+
+const raw = process.argv[2] ?? process.env.OIDC_CONFIG ?? '{}';
+let config;
+try {
+  config = JSON.parse(raw);
+} catch (err) {
+  console.error(`oidc.mjs: the configuration is not JSON: ${err.message}`);
+  process.exit(2);
+}
+const {
+  client_id: clientId = 'latchkey-test',
+  client_secret: clientSecret = 'latchkey-test-secret',
+  redirect_uris: redirectUris,
+  token_endpoint_auth_method: tokenEndpointAuthMethod = 'client_secret_basic',
+  access_token_ttl: accessTokenTtl = 3600,
+  refresh_token_ttl: refreshTokenTtl = 14 * 24 * 3600,
+  issue_refresh_token: issueRefreshToken = true,
+  rotate_refresh_token: rotateRefreshToken = true,
+  pkce_required: pkceRequired = true,
+  strict_client_auth: strictClientAuth = true,
+  events_file: eventsFile = null,
+} = config;
+if (!Array.isArray(redirectUris) || redirectUris.length === 0) {
+  console.error('oidc.mjs: `redirect_uris` (a non-empty array of URLs) is required');
+  process.exit(2);
+}
+
+const events = [];
+function record(event) {
+  events.push(event);
+  if (eventsFile) appendFileSync(eventsFile, `${JSON.stringify(event)}\n`);
+}
+
+function stats() {
+  const tokenRequests = { authorization_code: 0, refresh_token: 0, client_credentials: 0 };
+  const tokenErrors = {};
+  let reused = 0;
+  let revocations = 0;
+  let introspections = 0;
+  for (const e of events) {
+    if (e.type === 'token') {
+      tokenRequests[e.grant_type] = (tokenRequests[e.grant_type] ?? 0) + 1;
+      if (e.error) tokenErrors[e.error] = (tokenErrors[e.error] ?? 0) + 1;
+      if (e.refresh_token_reused) reused += 1;
+    } else if (e.type === 'revocation') {
+      revocations += 1;
+    } else if (e.type === 'introspection') {
+      introspections += 1;
+    }
+  }
+  return {
+    token_requests: tokenRequests,
+    token_errors: tokenErrors,
+    reused_refresh_tokens: reused,
+    revocations,
+    introspections,
+    events,
+  };
+}
+
+// The issuer needs the port, so bind first and build the provider afterwards.
+const server = createServer();
+await new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(0, '127.0.0.1', resolve);
+});
+const issuer = `http://127.0.0.1:${server.address().port}`;
+
+const SCOPES = ['openid', 'offline_access', 'profile', 'api:read'];
+
+const provider = new Provider(issuer, {
+  clients: [
+    {
+      client_id: clientId,
+      client_secret: clientSecret,
+      redirect_uris: redirectUris,
+      response_types: ['code'],
+      grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
+      token_endpoint_auth_method: tokenEndpointAuthMethod,
+      scope: SCOPES.join(' '),
+    },
+  ],
+  scopes: SCOPES,
+  claims: { openid: ['sub'], profile: ['name'] },
+  // Signed cookies, so oidc-provider does not warn about unsigned ones.
+  cookies: { keys: ['latchkey-test-cookie-key'] },
+  features: {
+    devInteractions: { enabled: true },
+    clientCredentials: { enabled: true },
+    introspection: { enabled: true },
+    revocation: { enabled: true },
+    // On by default in v9. No default resource: tokens are opaque and carry the static scopes. A
+    // client that asks for `resource=<issuer>/api` gets an opaque token for that resource server.
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: async () => undefined,
+      useGrantedResource: async () => false,
+      getResourceServerInfo: async (_ctx, resourceIndicator) => {
+        if (resourceIndicator === `${issuer}/api`) {
+          return { scope: 'api:read', accessTokenFormat: 'opaque', accessTokenTTL: accessTokenTtl };
+        }
+        throw new errors.InvalidTarget();
+      },
+    },
+  },
+  pkce: { required: () => pkceRequired },
+  issueRefreshToken: async (_ctx, client) => issueRefreshToken && client.grantTypeAllowed('refresh_token'),
+  rotateRefreshToken,
+  // Refresh tokens outlive the devInteractions login session (the test's cookie jar).
+  expiresWithSession: async () => false,
+  ttl: {
+    AccessToken: () => accessTokenTtl,
+    ClientCredentials: () => accessTokenTtl,
+    RefreshToken: () => refreshTokenTtl,
+    AuthorizationCode: () => 60,
+    IdToken: () => 3600,
+    Interaction: () => 600,
+    Session: () => 3600,
+    Grant: () => refreshTokenTtl,
+  },
+  findAccount: async (_ctx, sub) => ({
+    accountId: sub,
+    claims: async () => ({ sub, name: `Test user ${sub}` }),
+  }),
+  // Errors as JSON with the detail, so a failing test shows why (HTML pages are unreadable there).
+  renderError: async (ctx, out, error) => {
+    ctx.type = 'json';
+    ctx.body = { ...out, error_detail: error.error_detail };
+  },
+});
+
+// Remember why a grant failed: the response body only says `invalid_grant`.
+provider.on('grant.error', (ctx, err) => {
+  ctx.state.latchkeyGrantError = err;
+});
+
+// The endpoints where the client authenticates (oidc-provider's default routes).
+const CLIENT_AUTH_ROUTES = { '/token': 'token', '/token/revocation': 'revocation', '/token/introspection': 'introspection' };
+
+async function readForm(req) {
+  const chunks = [];
+  for await (const chunk of req) chunks.push(chunk);
+  return new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
+}
+
+provider.use(async (ctx, next) => {
+  if (ctx.method === 'GET' && ctx.path === '/__stats') {
+    ctx.type = 'json';
+    ctx.body = stats();
+    return;
+  }
+  const type = ctx.method === 'POST' ? CLIENT_AUTH_ROUTES[ctx.path] : undefined;
+  if (type === undefined) {
+    await next();
+    return;
+  }
+  const basic = /^basic /i.test(ctx.get('authorization'));
+  if (strictClientAuth && basic !== (tokenEndpointAuthMethod === 'client_secret_basic')) {
+    const form = await readForm(ctx.req);
+    const clientAuth = basic ? 'client_secret_basic' : form.has('client_secret') ? 'client_secret_post' : 'none';
+    ctx.status = 401;
+    ctx.body = {
+      error: 'invalid_client',
+      error_description: `the client must authenticate with ${tokenEndpointAuthMethod}, not ${clientAuth}`,
+    };
+    record({
+      type,
+      ...(type === 'token' ? { grant_type: form.get('grant_type') } : {}),
+      client_auth: clientAuth,
+      status: 401,
+      error: 'invalid_client',
+      ...(type === 'token' ? { error_detail: null, refresh_token_reused: false } : {}),
+    });
+    return;
+  }
+  await next();
+  const clientAuth = basic ? 'client_secret_basic' : ctx.oidc?.params?.client_secret ? 'client_secret_post' : 'none';
+  const error = ctx.status >= 400 ? (ctx.body?.error ?? `http_${ctx.status}`) : null;
+  if (type === 'token') {
+    const detail = ctx.state.latchkeyGrantError?.error_detail ?? null;
+    record({
+      type,
+      grant_type: ctx.oidc?.params?.grant_type ?? null,
+      client_auth: clientAuth,
+      status: ctx.status,
+      error,
+      error_detail: detail,
+      refresh_token_reused: detail === 'refresh token already used',
+    });
+  } else {
+    record({ type, client_auth: clientAuth, status: ctx.status, error });
+  }
+});
+
+server.on('request', provider.callback());
+
+function shutdown() {
+  server.close();
+  server.closeAllConnections();
+  process.exit(0);
+}
+process.stdin.on('end', shutdown);
+process.stdin.on('error', shutdown);
+process.stdin.resume();
+process.on('SIGTERM', shutdown);
+process.on('SIGINT', shutdown);
+
+process.stdout.write(`oidc listening on ${issuer}\n`);
