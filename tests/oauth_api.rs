@@ -75,8 +75,7 @@ async fn create(app: &TestApp, org: &str, definition: &str) -> String {
 }
 
 async fn authorize(app: &TestApp, token: &str, id: &str) -> String {
-    let reply =
-        app.request(reqwest::Method::POST, &format!("/v1/connections/{id}/authorize"), Some(token), None).await;
+    let reply = app.request(reqwest::Method::POST, &format!("/v1/connections/{id}/authorize"), Some(token), None).await;
     reply.assert_status(StatusCode::OK);
     reply.body["authorize_url"].as_str().expect("authorize_url").to_owned()
 }
@@ -102,7 +101,9 @@ async fn the_authorization_code_flow_connects_against_a_strict_provider() {
     assert_eq!(done.status, StatusCode::FOUND, "{}", done.body);
     let location = done.location.expect("a redirect");
     assert!(location.starts_with(SUCCESS), "{location}");
-    for (k, v) in [("connection_id", id.as_str()), ("definition", "idp"), ("customer", "c-1"), ("instance_id", "inst-9")] {
+    for (k, v) in
+        [("connection_id", id.as_str()), ("definition", "idp"), ("customer", "c-1"), ("instance_id", "inst-9")]
+    {
         assert_eq!(query_param(&location, k).as_deref(), Some(v), "{k} in {location}");
     }
     assert_eq!(done.cache_control.as_deref(), Some("no-store"));
@@ -312,4 +313,45 @@ async fn only_authorization_code_connections_are_authorized() {
     let reply =
         app.request(reqwest::Method::POST, &format!("/v1/connections/{id}/authorize"), Some(&other), None).await;
     reply.assert_problem(StatusCode::NOT_FOUND);
+}
+
+/// QuickBooks sends the company id as a callback parameter: captured and returned as a field.
+#[tokio::test]
+async fn values_captured_from_the_callback_are_returned_by_lookups() {
+    let app = TestApp::spawn().await;
+    let mock = MockServer::start(json!({})).await;
+    let org = app.token(ORG, None, &[]).await;
+    let def = json!({"provider": "quickbooks", "inputs": {
+        "authorizeUrl": {"type": "url", "default": mock.authorize_endpoint()},
+        "tokenUrl": {"type": "url", "default": mock.token_endpoint()},
+        "clientId": {"type": "string", "default": "cid"}}});
+    app.put_definition(&org, "qbo", &def).await.assert_status(StatusCode::CREATED);
+    let id = create(&app, &org, "qbo").await;
+    let back = mock.authorize(&authorize(&app, &org, &id).await).await;
+    assert_eq!(visit(&format!("{back}&realmId=9130350000000000")).await.status, StatusCode::OK);
+    let runtime = app.token(ORG, None, &["runtime"]).await;
+    let found = app.lookup(&runtime, &id, &json!({})).await;
+    assert_eq!(found.body["fields"]["realmId"], "9130350000000000", "{}", found.text);
+}
+
+#[tokio::test]
+async fn redirect_urls_must_be_https_except_on_loopback() {
+    let app = TestApp::spawn().await;
+    let org = app.token(ORG, None, &[]).await;
+    for (url, ok) in [
+        ("https://app.example.com/done", true),
+        ("http://localhost:3000/done", true),
+        ("http://127.0.0.1/done", true),
+        ("http://app.example.com/done", false),
+        ("ftp://app.example.com/done", false),
+    ] {
+        let def = json!({"auth": "oauth2_authorization_code", "redirects": {"success_url": url, "failure_url": url}});
+        let reply = app.put_definition(&org, "r", &def).await;
+        if ok {
+            assert!(reply.status.is_success(), "{url}: {}", reply.text);
+        } else {
+            reply.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
+            assert_eq!(reply.error_fields(), ["redirects.failure_url", "redirects.success_url"], "{url}");
+        }
+    }
 }
