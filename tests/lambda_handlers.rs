@@ -84,6 +84,25 @@ async fn connections_api_trusts_api_gateway_authorizer_claims_when_no_secret_is_
     assert_eq!(send("connections-api/list-connections.json").await, 401);
 }
 
+#[tokio::test]
+async fn oauth_callback_refuses_a_state_it_never_issued() {
+    // The samples' state was never issued by this deployment: a 400 page, nothing cached.
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::embedded(dir.path()).unwrap();
+    let deployed = latchkey::http::router(app.http_state(Verifier::ApiGatewayClaims));
+    for name in ["oauth-callback/callback.json", "oauth-callback/denied.json"] {
+        let req = lambda_http::request::from_str(&event(name)).expect("a valid API Gateway event");
+        let res = deployed.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status().as_u16(), 400, "{name}");
+        assert_eq!(res.headers()["cache-control"], "no-store");
+        assert_eq!(res.headers()["referrer-policy"], "no-referrer");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let page = String::from_utf8_lossy(&body);
+        assert!(page.contains("invalid, expired or was already used"), "{page}");
+        assert!(!page.contains("SplxlOBeZQQYbYS6WxSbIA"), "the code is not echoed");
+    }
+}
+
 /// The sample lookup payload, pointed at a connection that exists.
 fn lookup_payload(name: &str, id: &str) -> Value {
     let mut v: Value = serde_json::from_str(&event(name)).unwrap();
