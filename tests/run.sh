@@ -20,6 +20,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
 
+echo "==> OAuth test servers (oidc-provider, oauth2-mock-server) in tests/oauth/node_modules"
+npm ci --prefix tests/oauth --no-audit --no-fund --loglevel=error
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -31,3 +34,6 @@ cargo test --workspace --locked
 
 echo "==> the black-box suite again, against the router served in-process"
 LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test serve_api
+echo "==> the black-box suite on the aws backend (moto), through the binary, then in-process"
+LATCHKEY_TEST_BACKEND=aws cargo test --locked --test serve_api
+LATCHKEY_TEST_BACKEND=aws LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test serve_api

@@ -62,6 +62,7 @@ pub fn connection(def: &Definition, customer: &str) -> Connection {
         auth: Some(AuthKind::ApiKey),
         oauth: None,
         captured: Default::default(),
+        refresh: Default::default(),
         version: 1,
         created_at: now(),
         updated_at: now(),
@@ -209,6 +210,51 @@ pub mod store {
         assert_eq!(count(by(Some("c-9"), None, None)).await, 0);
     }
 
+    pub async fn the_due_index_finds_what_is_due_and_nothing_else(store: Arc<dyn Store>) {
+        let org = fresh_org();
+        let def = definition(&org, "acme");
+        store.put_definition(&def, Expect::Absent).await.unwrap();
+        let t0 = now();
+        let mut due = connection(&def, "c-1");
+        due.refresh.due_at = Some(t0 - time::Duration::seconds(30));
+        let mut later = connection(&def, "c-2");
+        later.refresh.due_at = Some(t0 + time::Duration::hours(1));
+        let never = connection(&def, "c-3");
+        for c in [&due, &later, &never] {
+            store.insert_connection(c).await.unwrap();
+        }
+        let find = |until| {
+            let store = store.clone();
+            let org = org.clone();
+            async move {
+                let mut found = Vec::new();
+                for shard in 0..store.due_shards() {
+                    found.extend(
+                        store
+                            .due_connections(shard, until, 10_000)
+                            .await
+                            .unwrap()
+                            .into_iter()
+                            .filter(|(o, _)| *o == org),
+                    );
+                }
+                found.into_iter().map(|(_, id)| id).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(find(t0).await, vec![due.id.clone()]);
+        let mut both = find(t0 + time::Duration::hours(2)).await;
+        both.sort();
+        let mut expected = vec![due.id.clone(), later.id.clone()];
+        expected.sort();
+        assert_eq!(both, expected);
+        // Taking a connection out of the index (red, refreshed...) is an ordinary update.
+        let mut done = due.clone();
+        done.refresh.due_at = None;
+        done.version = 2;
+        store.update_connection(&done, 1).await.unwrap();
+        assert!(find(t0).await.is_empty());
+    }
+
     pub async fn oauth_states_are_single_use_and_expire(store: Arc<dyn Store>) {
         use crate::domain::OAuthState;
         let org = fresh_org();
@@ -341,6 +387,7 @@ macro_rules! store_conformance_tests {
             listings_filter_and_page_newest_first,
             logs_are_newest_first_and_go_with_the_connection,
             oauth_states_are_single_use_and_expire,
+            the_due_index_finds_what_is_due_and_nothing_else,
         );
     };
 }

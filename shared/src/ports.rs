@@ -80,6 +80,20 @@ pub trait Store: Send + Sync + 'static {
         cursor: Option<&ConnectionId>,
     ) -> Result<Page<Connection>, StoreError>;
 
+    /// How many shards the due index has; [`Store::due_connections`] takes `0..due_shards()`.
+    fn due_shards(&self) -> u32 {
+        1
+    }
+
+    /// Connections of every organization whose `refresh.due_at` is at or before `until`, from
+    /// one shard of the due index, earliest first: a key query, never a scan.
+    async fn due_connections(
+        &self,
+        shard: u32,
+        until: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<(OrgId, ConnectionId)>, StoreError>;
+
     /// Stores a pending authorization; `Conflict` if its hash exists.
     async fn put_oauth_state(&self, state: &OAuthState) -> Result<(), StoreError>;
     /// Atomically removes and returns the pending authorization of `hash`: a second take finds

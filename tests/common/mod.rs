@@ -1,12 +1,18 @@
 //! The harness: runs the real `latchkey serve` binary on a free loopback port with a fresh data
 //! directory, talks to it over HTTP, and mints tokens with `latchkey token`.
 //!
-//! With `LATCHKEY_TEST_TRANSPORT=in-process` the same tests run against the library's router
-//! served inside the test process (embedded backend, same data directory layout) instead of the
-//! binary: `tests/run.sh` runs the suite both ways.
+//! Two switches, so that `tests/run.sh` runs the suite in all four combinations:
+//! - `LATCHKEY_TEST_TRANSPORT=in-process`: the same tests run against the library's router served
+//!   inside the test process instead of the binary.
+//! - `LATCHKEY_TEST_BACKEND=aws` (default `embedded`): every server gets a fresh DynamoDB table
+//!   (made by `latchkey bootstrap`) and KMS key in this test binary's moto server
+//!   (`tests/support/moto.rs`), and events go to moto's `default` EventBridge bus.
 
 // Each test file uses a different subset of the helpers.
 #![allow(dead_code)]
+
+#[path = "../support/moto.rs"]
+mod moto;
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -29,6 +35,175 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_latchkey");
 /// Whether this run serves the router in-process rather than spawning the binary.
 pub fn in_process() -> bool {
     std::env::var("LATCHKEY_TEST_TRANSPORT").is_ok_and(|v| v == "in-process")
+}
+
+/// Whether this run uses the aws backend (DynamoDB + KMS + EventBridge in moto) rather than the
+/// embedded one: `LATCHKEY_TEST_BACKEND=aws`.
+pub fn aws_backend() -> bool {
+    match std::env::var("LATCHKEY_TEST_BACKEND").as_deref() {
+        Ok("aws") => true,
+        Ok("embedded") | Err(_) => false,
+        Ok(other) => panic!("LATCHKEY_TEST_BACKEND={other:?} is not one of embedded, aws"),
+    }
+}
+
+/// The AWS resources of one aws-backend server (and of its restarts).
+#[derive(Debug, Clone)]
+pub struct AwsResources {
+    pub table: String,
+    pub kms_key_id: String,
+}
+
+/// Where a server keeps its data: pass the same value to [`TestApp::spawn_with`] again to restart
+/// it on the same data. Cheap to clone; the data directory is removed when the last clone goes.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// `LATCHKEY_DATA_DIR`: all the embedded backend's data. The aws backend would keep only a
+    /// generated JWT secret there (the harness always sets `LATCHKEY_JWT_SECRET`).
+    dir: Arc<TempDir>,
+    /// `Some` for the aws backend.
+    aws: Option<AwsResources>,
+}
+
+impl Backend {
+    /// A fresh backend of the kind `LATCHKEY_TEST_BACKEND` names: an empty data directory, and
+    /// for aws a new table (made by `latchkey bootstrap`, or in-process by the library's
+    /// bootstrap) and a new KMS key.
+    pub async fn fresh() -> Self {
+        let dir = Arc::new(tempfile::tempdir().expect("create a temp dir"));
+        if !aws_backend() {
+            return Self { dir, aws: None };
+        }
+        // Starting moto blocks for about a second, the first time.
+        let endpoint = tokio::task::spawn_blocking(moto::endpoint).await.expect("start moto");
+        let config = moto::sdk_config().await;
+        let table = moto::unique("latchkey-serve");
+        if in_process() {
+            let client = aws_sdk_dynamodb::Client::new(&config);
+            let outcome = latchkey::adapters::aws::schema::bootstrap(&client, &table).await.expect("bootstrap");
+            assert_eq!(outcome, latchkey::adapters::aws::schema::Bootstrap::Created);
+        } else {
+            let out = Command::new(BIN)
+                .arg("bootstrap")
+                .env_clear()
+                .envs(moto::aws_env(endpoint))
+                .env("LATCHKEY_TABLE", &table)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .expect("run latchkey bootstrap");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "latchkey bootstrap failed ({}): {stdout}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(stdout.trim(), format!("table {table} created"), "what latchkey bootstrap printed");
+        }
+        let kms_key_id = moto::create_kms_key(&config).await;
+        Self { dir, aws: Some(AwsResources { table, kms_key_id }) }
+    }
+
+    /// `LATCHKEY_DATA_DIR`.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The table and key, for the aws backend.
+    pub fn aws(&self) -> Option<&AwsResources> {
+        self.aws.as_ref()
+    }
+
+    /// The settings of `latchkey serve` for this backend, but for the address and secret.
+    fn serve_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("LATCHKEY_DATA_DIR", self.data_dir().to_string_lossy().into_owned())];
+        if let Some(aws) = &self.aws {
+            env.extend(moto::aws_env(moto::endpoint()));
+            env.push(("LATCHKEY_BACKEND", "aws".to_owned()));
+            env.push(("LATCHKEY_TABLE", aws.table.clone()));
+            env.push(("LATCHKEY_KMS_KEY_ID", aws.kms_key_id.clone()));
+        }
+        env
+    }
+
+    /// What the backend has stored, as `(where, bytes)`: for embedded every file of the data
+    /// directory (database, WAL, master key...), for aws every item of the table, read with a
+    /// Scan, each attribute's raw content (strings as UTF-8, binaries as their bytes) in turn.
+    /// For "no secret is stored in clear" checks, with a positive control.
+    pub async fn stored_data(&self) -> Vec<(String, Vec<u8>)> {
+        let Some(aws) = &self.aws else {
+            return files_under(self.data_dir())
+                .into_iter()
+                .map(|f| {
+                    let bytes = std::fs::read(&f).expect("read a data file");
+                    (f.display().to_string(), bytes)
+                })
+                .collect();
+        };
+        let client = aws_sdk_dynamodb::Client::new(&moto::sdk_config().await);
+        let mut stored = Vec::new();
+        let mut start = None;
+        loop {
+            let out = client
+                .scan()
+                .table_name(&aws.table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .expect("dynamodb Scan");
+            for item in out.items() {
+                let mut names: Vec<&String> = item.keys().collect();
+                names.sort();
+                let mut bytes = Vec::new();
+                for name in names {
+                    bytes.extend_from_slice(name.as_bytes());
+                    bytes.push(b'=');
+                    attribute_bytes(&item[name], &mut bytes);
+                    bytes.push(b'\n');
+                }
+                let key = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).map_or("?", String::as_str);
+                stored.push((format!("item {} / {} of {}", key("pk"), key("sk"), aws.table), bytes));
+            }
+            match out.last_evaluated_key {
+                Some(k) => start = Some(k),
+                None => return stored,
+            }
+        }
+    }
+}
+
+/// Appends the raw content of `value` to `out`: what a reader of the table would see.
+fn attribute_bytes(value: &aws_sdk_dynamodb::types::AttributeValue, out: &mut Vec<u8>) {
+    use aws_sdk_dynamodb::types::AttributeValue as V;
+    match value {
+        V::S(s) | V::N(s) => out.extend_from_slice(s.as_bytes()),
+        V::B(b) => out.extend_from_slice(b.as_ref()),
+        V::Ss(list) | V::Ns(list) => list.iter().for_each(|s| {
+            out.extend_from_slice(s.as_bytes());
+            out.push(b' ');
+        }),
+        V::Bs(list) => list.iter().for_each(|b| {
+            out.extend_from_slice(b.as_ref());
+            out.push(b' ');
+        }),
+        V::L(list) => list.iter().for_each(|v| {
+            attribute_bytes(v, out);
+            out.push(b' ');
+        }),
+        V::M(map) => map.iter().for_each(|(k, v)| {
+            out.extend_from_slice(k.as_bytes());
+            out.push(b'=');
+            attribute_bytes(v, out);
+            out.push(b' ');
+        }),
+        V::Bool(b) => out.extend_from_slice(b.to_string().as_bytes()),
+        V::Null(_) => out.extend_from_slice(b"null"),
+        // A kind of value this SDK version does not know: its Debug text is all there is.
+        other => out.extend_from_slice(format!("{other:?}").as_bytes()),
+    }
 }
 
 /// In-process mode: everything the library logs (at trace level) in this test process.
@@ -266,6 +441,8 @@ pub struct TestApp {
     pub api: Api,
     pub port: u16,
     pub data_dir: PathBuf,
+    /// Where the data is: what a restart passes to [`TestApp::spawn_with`].
+    pub backend: Backend,
     secret: String,
     child: Option<Child>,
     /// In-process mode: the server task instead of a child process.
@@ -273,8 +450,6 @@ pub struct TestApp {
     /// Everything the server wrote to stderr so far (its logs), filled by a background task.
     logs: Arc<Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
-    /// The data directory, when this app created it (removed on drop).
-    _owned_dir: Option<TempDir>,
 }
 
 /// `app.get_connection(..)` rather than `app.api.get_connection(..)`.
@@ -299,24 +474,21 @@ fn capture(stream: impl AsyncRead + Unpin + Send + 'static, sink: Arc<Mutex<Stri
 }
 
 impl TestApp {
-    /// A server with a fresh data directory and a fresh JWT secret.
+    /// A server on a fresh backend ([`Backend::fresh`]) with a fresh JWT secret.
     pub async fn spawn() -> Self {
-        let dir = tempfile::tempdir().expect("create a temp dir");
-        let mut app = Self::spawn_with(dir.path(), &random_secret()).await;
-        app._owned_dir = Some(dir);
-        app
+        Self::spawn_with(&Backend::fresh().await, &random_secret()).await
     }
 
-    /// A server on `data_dir` with `secret`: what a restart needs.
-    pub async fn spawn_with(data_dir: &Path, secret: &str) -> Self {
+    /// A server on `backend` with `secret`: what a restart needs.
+    pub async fn spawn_with(backend: &Backend, secret: &str) -> Self {
         if in_process() {
-            return Self::serve_in_process(data_dir, secret).await;
+            return Self::serve_in_process(backend, secret).await;
         }
         let mut child = Command::new(BIN)
             .arg("serve")
             .env_clear()
+            .envs(backend.serve_env())
             .env("LATCHKEY_ADDR", "127.0.0.1:0")
-            .env("LATCHKEY_DATA_DIR", data_dir)
             .env("LATCHKEY_JWT_SECRET", secret)
             .env("RUST_LOG", RUST_LOG)
             .stdin(Stdio::null())
@@ -358,26 +530,41 @@ impl TestApp {
         let app = Self {
             api: Api { address, client },
             port,
-            data_dir: data_dir.to_owned(),
+            data_dir: backend.data_dir().to_owned(),
+            backend: backend.clone(),
             secret: secret.to_owned(),
             child: Some(child),
             local: None,
             logs,
             readers: vec![stderr_reader, stdout_reader],
-            _owned_dir: None,
         };
         app.wait_until_healthy().await;
         app
     }
 
-    /// The library's router over the embedded backend, served on a free loopback port by this
-    /// process: the in-process transport.
-    async fn serve_in_process(data_dir: &Path, secret: &str) -> Self {
+    /// The library's router over `backend`, served on a free loopback port by this process: the
+    /// in-process transport.
+    async fn serve_in_process(backend: &Backend, secret: &str) -> Self {
         use latchkey::config::App;
         use latchkey::http::auth::Verifier;
 
         let logs = in_process_logs();
-        let app = App::embedded(data_dir).expect("open the embedded backend");
+        let app = match backend.aws() {
+            None => App::embedded(backend.data_dir()).expect("open the embedded backend"),
+            Some(aws) => {
+                // Clients of this test's runtime (see moto::sdk_config), as `latchkey serve`
+                // builds them from the AWS environment.
+                let config = moto::sdk_config().await;
+                App::aws(
+                    aws_sdk_dynamodb::Client::new(&config),
+                    aws_sdk_kms::Client::new(&config),
+                    aws_sdk_eventbridge::Client::new(&config),
+                    &aws.table,
+                    &aws.kms_key_id,
+                    "default",
+                )
+            }
+        };
         let router = latchkey::http::router(app.http_state(Verifier::hs256(&secret.to_owned().into())));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
         let port = listener.local_addr().expect("bound address").port();
@@ -394,13 +581,13 @@ impl TestApp {
         let app = Self {
             api: Api { address: format!("http://127.0.0.1:{port}"), client },
             port,
-            data_dir: data_dir.to_owned(),
+            data_dir: backend.data_dir().to_owned(),
+            backend: backend.clone(),
             secret: secret.to_owned(),
             child: None,
             local: Some(InProcess { shutdown: Some(tx), server }),
             logs,
             readers: Vec::new(),
-            _owned_dir: None,
         };
         app.wait_until_healthy().await;
         app
@@ -418,6 +605,11 @@ impl TestApp {
         })
         .await;
         assert!(ready.is_ok(), "/healthz never answered 200; logs:\n{}", self.logs());
+    }
+
+    /// What the server's backend has stored: see [`Backend::stored_data`].
+    pub async fn stored_data(&self) -> Vec<(String, Vec<u8>)> {
+        self.backend.stored_data().await
     }
 
     /// The HS256 secret the server verifies tokens with.

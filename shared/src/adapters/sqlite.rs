@@ -21,7 +21,7 @@ CREATE TABLE IF NOT EXISTS definitions (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS connections (
     org TEXT NOT NULL, id TEXT NOT NULL, customer TEXT, definition TEXT NOT NULL,
-    status TEXT NOT NULL, version INTEGER NOT NULL, doc TEXT NOT NULL,
+    status TEXT NOT NULL, version INTEGER NOT NULL, doc TEXT NOT NULL, due_at INTEGER,
     PRIMARY KEY (org, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS connections_by_definition ON connections (org, definition, id);
@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS logs (
     org TEXT NOT NULL, connection_id TEXT NOT NULL, doc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS logs_by_connection ON logs (org, connection_id, seq);
+CREATE INDEX IF NOT EXISTS connections_due ON connections (due_at) WHERE due_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS oauth_states (
     hash TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, doc TEXT NOT NULL
 ) WITHOUT ROWID;
@@ -63,6 +64,8 @@ impl SqliteStore {
         db.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
         // Overwrite deleted content, so replaced records do not linger in free pages.
         db.pragma_update(None, "secure_delete", "ON").map_err(backend)?;
+        // Databases from before the due index get its column (the error says it exists already).
+        let _ = db.execute("ALTER TABLE connections ADD COLUMN due_at INTEGER", []);
         db.execute_batch(SCHEMA).map_err(backend)?;
         Ok(Self { db: Arc::new(Mutex::new(db)) })
     }
@@ -179,9 +182,18 @@ impl Store for SqliteStore {
             }
             let inserted = tx
                 .execute(
-                    "INSERT INTO connections (org, id, customer, definition, status, version, doc)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
-                    params![row.org, row.id, row.customer, row.definition, row.status, row.version, row.doc],
+                    "INSERT INTO connections (org, id, customer, definition, status, version, doc, due_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+                    params![
+                        row.org,
+                        row.id,
+                        row.customer,
+                        row.definition,
+                        row.status,
+                        row.version,
+                        row.doc,
+                        row.due_at
+                    ],
                 )
                 .map_err(backend)?;
             if inserted == 0 {
@@ -210,9 +222,19 @@ impl Store for SqliteStore {
         self.run(move |db| {
             let n = db
                 .execute(
-                    "UPDATE connections SET customer = ?3, definition = ?4, status = ?5, version = ?6, doc = ?7
+                    "UPDATE connections SET customer = ?3, definition = ?4, status = ?5, version = ?6, doc = ?7, due_at = ?9
                      WHERE org = ?1 AND id = ?2 AND version = ?8",
-                    params![row.org, row.id, row.customer, row.definition, row.status, row.version, row.doc, expected],
+                    params![
+                        row.org,
+                        row.id,
+                        row.customer,
+                        row.definition,
+                        row.status,
+                        row.version,
+                        row.doc,
+                        expected,
+                        row.due_at
+                    ],
                 )
                 .map_err(backend)?;
             if n == 1 { Ok(()) } else { Err(StoreError::Conflict) }
@@ -270,6 +292,31 @@ impl Store for SqliteStore {
                 None
             };
             Ok(Page { items, next })
+        })
+        .await
+    }
+
+    async fn due_connections(
+        &self,
+        _shard: u32,
+        until: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<(OrgId, ConnectionId)>, StoreError> {
+        let until = until.unix_timestamp();
+        self.run(move |db| {
+            let mut stmt = db
+                .prepare(
+                    "SELECT org, id FROM connections WHERE due_at IS NOT NULL AND due_at <= ?1 ORDER BY due_at LIMIT ?2",
+                )
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(params![until, limit as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            rows.iter()
+                .map(|(o, i)| Ok((OrgId::parse(o).map_err(backend)?, ConnectionId::parse(i).map_err(backend)?)))
+                .collect()
         })
         .await
     }
@@ -343,6 +390,7 @@ struct ConnectionRow {
     status: &'static str,
     version: i64,
     doc: String,
+    due_at: Option<i64>,
 }
 
 impl ConnectionRow {
@@ -355,6 +403,7 @@ impl ConnectionRow {
             status: c.status.as_str(),
             version: c.version as i64,
             doc: to_json(c)?,
+            due_at: c.refresh.due_at.map(OffsetDateTime::unix_timestamp),
         })
     }
 }

@@ -78,6 +78,34 @@ pub struct OAuthTokens {
     pub obtained_at: OffsetDateTime,
 }
 
+/// A worker's claim to refresh a connection: whoever holds an unexpired lease is the only one
+/// calling the provider. Written with the connection's version check, so two cannot both take it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub owner: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub until: OffsetDateTime,
+}
+
+/// Refresh bookkeeping of an OAuth connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshState {
+    /// When the sweep should refresh next; `None` keeps the connection out of the due index
+    /// (no refresh token, red, disconnected).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub due_at: Option<OffsetDateTime>,
+    /// Transient failures since the last success (drives the backoff).
+    #[serde(default)]
+    pub failures: u32,
+    /// Attempts on `day` (days since the Unix epoch), to cap retries per day.
+    #[serde(default)]
+    pub attempts_today: u32,
+    #[serde(default)]
+    pub day: i64,
+    #[serde(default)]
+    pub lease: Option<Lease>,
+}
+
 /// A pending authorization: what the callback needs, stored under the SHA-256 of the `state`
 /// (the state itself is never stored), single use, expiring after 10 minutes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +152,8 @@ pub struct Connection {
     /// `realmId`), returned by lookups as fields.
     #[serde(default)]
     pub captured: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub refresh: RefreshState,
     /// Incremented by every write; the store's optimistic-concurrency check.
     pub version: u64,
     #[serde(with = "time::serde::rfc3339")]

@@ -224,6 +224,7 @@ impl Service {
             auth: Some(def.auth),
             oauth: None,
             captured: Default::default(),
+            refresh: Default::default(),
             version: 1,
             created_at: now,
             updated_at: now,

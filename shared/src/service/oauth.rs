@@ -112,12 +112,8 @@ impl<'de> Deserialize<'de> for FlexTokenResponse {
             .unwrap_or(BasicTokenType::Bearer);
         let expires_in = holder.get("expires_in").or_else(|| raw.get("expires_in")).and_then(lenient_u64);
         let refresh_token = text("refresh_token").filter(|r| !r.is_empty()).map(|r| RefreshToken::new(r.to_owned()));
-        let scopes = text("scope").map(|s| {
-            s.split([' ', ','])
-                .filter(|s| !s.is_empty())
-                .map(|s| Scope::new(s.to_owned()))
-                .collect()
-        });
+        let scopes = text("scope")
+            .map(|s| s.split([' ', ',']).filter(|s| !s.is_empty()).map(|s| Scope::new(s.to_owned())).collect());
         let raw = raw.clone();
         Ok(Self { access_token, token_type, expires_in, refresh_token, scopes, raw })
     }

@@ -19,6 +19,16 @@ use crate::ports::{BackendError, ConnectionFilter, Expect, Page, Store, StoreErr
 pub const BY_CUSTOMER: &str = "by-customer";
 pub const BY_DEFINITION: &str = "by-definition";
 pub const TTL_ATTRIBUTE: &str = "expires_at";
+pub const REFRESH_DUE: &str = "refresh-due";
+/// Shards of the due index: a sweep over millions of due connections spreads over this many
+/// partitions instead of one hot key.
+pub const DUE_SHARDS: u32 = 8;
+
+/// The due-index shard of a connection: a stable hash (FNV-1a) of its id.
+pub fn due_shard(id: &ConnectionId) -> u32 {
+    let h = id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    (h % u64::from(DUE_SHARDS)) as u32
+}
 /// How long connection logs are kept (DynamoDB TTL deletes them afterwards).
 pub const LOG_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 
@@ -86,6 +96,11 @@ fn connection_item(c: &Connection) -> Result<Item, StoreError> {
     }
     item.insert("gsi2pk".into(), s(definition_pk(&c.org, c.definition.as_str())));
     item.insert("gsi2sk".into(), s(con_sk(&c.id)));
+    // Sparse: only connections with a due time are in the refresh index.
+    if let Some(due) = c.refresh.due_at {
+        item.insert("gsi3pk".into(), s(format!("DUE#{}", due_shard(&c.id))));
+        item.insert("gsi3sk".into(), s(format!("{:012}#{}#{}", due.unix_timestamp().max(0), c.org, c.id)));
+    }
     Ok(item)
 }
 
@@ -450,6 +465,48 @@ impl Store for DynamoStore {
             None
         };
         Ok(Page { items: conns, next })
+    }
+
+    fn due_shards(&self) -> u32 {
+        DUE_SHARDS
+    }
+
+    async fn due_connections(
+        &self,
+        shard: u32,
+        until: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<(OrgId, ConnectionId)>, StoreError> {
+        // `~` sorts after every id character: every entry due at or before `until`.
+        let upper = format!("{:012}#~", until.unix_timestamp().max(0));
+        let (items, _) = self
+            .query_until(
+                || {
+                    self.client
+                        .query()
+                        .table_name(&self.table)
+                        .index_name(REFRESH_DUE)
+                        .key_condition_expression("gsi3pk = :p AND gsi3sk <= :u")
+                        .expression_attribute_values(":p", s(format!("DUE#{shard}")))
+                        .expression_attribute_values(":u", s(upper.clone()))
+                },
+                limit.max(1),
+            )
+            .await?;
+        items
+            .iter()
+            .take(limit)
+            .map(|item| {
+                let text = |k: &str| match item.get(k) {
+                    Some(AttributeValue::S(v)) => Ok(v.clone()),
+                    _ => Err(backend("a due-index entry lacks its keys")),
+                };
+                let (pk, sk) = (text("pk")?, text("sk")?);
+                let org = OrgId::parse(pk.trim_start_matches("ORG#")).map_err(backend)?;
+                let id = ConnectionId::parse(sk.trim_start_matches("CON#")).map_err(backend)?;
+                Ok((org, id))
+            })
+            .collect()
     }
 
     async fn put_oauth_state(&self, state: &OAuthState) -> Result<(), StoreError> {
