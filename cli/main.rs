@@ -72,6 +72,19 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         println!("LATCHKEY_JWT_SECRET is not set: using the secret in {}", config.data_dir.display());
         println!("organization token (org \"{DEV_ORG}\", 12 h): {t}");
     }
+    // The refresh sweep, as the EventBridge schedule runs it in AWS.
+    let sweeper = app.service.clone();
+    let every = config.refresh_interval;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = sweeper.refresh_sweep(std::time::Instant::now() + every).await {
+                tracing::warn!(error = %e, "refresh sweep failed");
+            }
+        }
+    });
     tracing::info!(addr = %bound, "latchkey serve ready");
     axum::serve(listener, latchkey::http::router(state)).with_graceful_shutdown(shutdown()).await?;
     tracing::info!("latchkey serve stopped");

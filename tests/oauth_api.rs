@@ -270,8 +270,9 @@ async fn refused_client_credentials_turn_the_connection_red() {
     let id = created.body["id"].as_str().unwrap().to_owned();
     let runtime = app.token(ORG, None, &["runtime"]).await;
     let refused = app.lookup(&runtime, &id, &json!({})).await;
-    refused.assert_problem(StatusCode::BAD_GATEWAY);
-    assert_eq!(refused.problem_type(), "urn:latchkey:problem:provider-error");
+    // Refused for good: the connection is red, and the lookup says so.
+    refused.assert_problem(StatusCode::CONFLICT);
+    assert_eq!(refused.problem_type(), "urn:latchkey:problem:connection-error");
     let read = app.get_connection(&org, &id).await;
     assert_eq!(read.body["status"], "error");
     assert_eq!(read.body["error"]["code"], "invalid_client");

@@ -31,6 +31,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/connections/{id}/logs"),
     ("POST", "/v1/connections/{id}/token"),
     ("POST", "/v1/connections/{id}/authorize"),
+    ("POST", "/v1/connections/{id}/refresh"),
     ("GET", "/v1/oauth/callback"),
 ];
 

@@ -47,6 +47,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub jwt_secret: Option<SecretString>,
     pub refresh_interval: Duration,
+    /// `LATCHKEY_REFRESH_LOOKAHEAD_SECS` (default 600).
+    pub refresh_lookahead: Duration,
+    /// `LATCHKEY_ALLOW_LOOPBACK_PROVIDERS`: whether customer-supplied provider URLs may name
+    /// loopback (default: yes on the embedded backend, no on aws).
+    pub allow_loopback_providers: bool,
     /// aws backend: the DynamoDB table (`LATCHKEY_TABLE`).
     pub table: Option<String>,
     /// aws backend: the KMS key id, ARN or alias (`LATCHKEY_KMS_KEY_ID`).
@@ -108,8 +113,28 @@ impl Config {
             }
             None => Duration::from_secs(60),
         };
+        let refresh_lookahead = match var("LATCHKEY_REFRESH_LOOKAHEAD_SECS") {
+            Some(s) => Duration::from_secs(s.parse::<u64>().map_err(|_| ConfigError::Invalid {
+                name: "LATCHKEY_REFRESH_LOOKAHEAD_SECS",
+                why: "must be a non-negative integer".into(),
+            })?),
+            None => Duration::from_secs(600),
+        };
+        let allow_loopback_providers = match var("LATCHKEY_ALLOW_LOOPBACK_PROVIDERS").as_deref() {
+            None => backend == Backend::Embedded,
+            Some("true" | "1") => true,
+            Some("false" | "0") => false,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "LATCHKEY_ALLOW_LOOPBACK_PROVIDERS",
+                    why: format!("{other:?} is not true or false"),
+                });
+            }
+        };
         Ok(Self {
             backend,
+            refresh_lookahead,
+            allow_loopback_providers,
             addr,
             public_url,
             data_dir: var("LATCHKEY_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("./.latchkey")),
@@ -224,6 +249,19 @@ impl App {
     /// Builds the backend `config` names. For aws, the standard AWS configuration applies
     /// (`AWS_REGION`, credentials, `AWS_ENDPOINT_URL`).
     pub async fn build(config: &Config) -> Result<Self, ConfigError> {
+        let app = Self::build_backend(config).await?;
+        app.service.set_refresh_policy(crate::service::RefreshPolicy {
+            lookahead: config.refresh_lookahead,
+            ..Default::default()
+        });
+        if let Some(url) = &config.public_url {
+            app.service.set_public_url(url);
+        }
+        app.service.set_allow_loopback_providers(config.allow_loopback_providers);
+        Ok(app)
+    }
+
+    async fn build_backend(config: &Config) -> Result<Self, ConfigError> {
         match config.backend {
             Backend::Embedded => Self::embedded(config.ensure_data_dir()?),
             Backend::Aws => {

@@ -22,9 +22,6 @@ pub async fn serve_http(app: App, config: &Config) -> Result<(), Error> {
         Some(secret) => Verifier::hs256(secret),
         None => Verifier::ApiGatewayClaims,
     };
-    if let Some(url) = &config.public_url {
-        app.service.set_public_url(url);
-    }
     let router = crate::http::router(app.http_state(verifier));
     lambda_http::run(router).await
 }
@@ -69,6 +66,26 @@ pub async fn handle_lookup(service: &Service, payload: Value) -> Result<Value, D
         }
         Err(e) => Err(diagnostic(Problem::from(e))),
     }
+}
+
+/// The `token-refresh` function: the EventBridge schedule (`rate(5 minutes)`) runs one sweep,
+/// stopping 10 seconds before the invocation's deadline; returns the summary.
+pub async fn serve_refresh(app: App) -> Result<(), Error> {
+    let service: Arc<Service> = app.service;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        let service = service.clone();
+        async move {
+            let remaining = std::time::Duration::from_millis(event.context.deadline)
+                .checked_sub(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default())
+                .unwrap_or_default();
+            let deadline = std::time::Instant::now() + remaining.saturating_sub(std::time::Duration::from_secs(10));
+            match service.refresh_sweep(deadline).await {
+                Ok(summary) => Ok(serde_json::to_value(summary).unwrap_or_default()),
+                Err(e) => Err(diagnostic(Problem::from(e))),
+            }
+        }
+    }))
+    .await
 }
 
 /// The `token-lookup` function: invoked directly (`lambda:InvokeFunction`, IAM-authorized).

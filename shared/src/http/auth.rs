@@ -81,7 +81,9 @@ impl Verifier {
     pub fn from_authorizer_claims(claims: &std::collections::HashMap<String, String>) -> Result<Principal, Problem> {
         let org = claims.get("org").ok_or_else(|| Problem::unauthorized("the token has no org claim"))?;
         let roles = claims.get("roles").map(|r| roles_claim(r)).unwrap_or_default();
-        principal(org, claims.get("customer").map(String::as_str).filter(|c| !c.is_empty()), roles)
+        // A present but empty or invalid customer is refused, as the HS256 path does: never
+        // read as "no customer", which would make the caller an organization user.
+        principal(org, claims.get("customer").map(String::as_str), roles)
     }
 }
 
@@ -140,5 +142,7 @@ mod tests {
         assert!(p.is_runtime());
         assert_eq!(roles_claim(r#"["runtime"]"#), ["runtime"]);
         assert!(Verifier::from_authorizer_claims(&HashMap::new()).is_err(), "org is required");
+        let empty = HashMap::from([("org".to_owned(), "acme".to_owned()), ("customer".to_owned(), String::new())]);
+        assert!(Verifier::from_authorizer_claims(&empty).is_err(), "an empty customer is not an organization user");
     }
 }

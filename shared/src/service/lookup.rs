@@ -9,8 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Result, Service, ServiceError, Unusable};
 use crate::domain::{
-    AuthKind, Connection, ConnectionId, CustomerId, DefinitionKey, Event, EventType, LogType, OrgId, Status,
-    StatusError,
+    Connection, ConnectionId, CustomerId, DefinitionKey, Event, EventType, LogType, OrgId, Status, StatusError,
 };
 use crate::ports::StoreError;
 
@@ -135,13 +134,12 @@ impl Service {
         }
         let mut c = c;
         let mut token = None;
-        if let Some(kind) = c.auth.filter(|a| a.is_oauth()) {
+        if c.auth.is_some_and(|a| a.is_oauth()) {
             let now = self.clock.now();
             let min_valid = time::Duration::seconds(req.min_valid_seconds.unwrap_or(0).min(86_400) as i64);
             let fresh = c.oauth.as_ref().is_some_and(|t| t.expires_at.is_none_or(|e| e > now + min_valid));
-            if kind == AuthKind::Oauth2ClientCredentials && !fresh {
-                let def = self.definition_of(&c).await?;
-                c = self.fetch_client_credentials(&c, &def).await?;
+            if !fresh {
+                c = self.fresh_for_lookup(c, min_valid).await?;
             }
             let tokens = c.oauth.clone().ok_or(ServiceError::Unusable(Unusable::Pending))?;
             let access = self.open_access_token(&c).await?.ok_or(ServiceError::Unusable(Unusable::Pending))?;

@@ -4,6 +4,7 @@ mod connections;
 mod definitions;
 mod lookup;
 pub mod oauth;
+mod refresh;
 mod views;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 pub use connections::{ListQuery, MAX_PAGE};
 pub use lookup::{LookupRequest, LookupResponse, ReportedError};
 pub use oauth::{AuthorizeResponse, CallbackOutcome};
+pub use refresh::{RefreshPolicy, SweepSummary};
 pub use views::{ConnectionPage, ConnectionView, DefinitionView};
 
 use crate::crypto::{CryptoError, Envelope};
@@ -64,10 +66,14 @@ pub struct Service {
     envelope: Arc<Envelope>,
     events: Arc<dyn EventSink>,
     clock: Arc<dyn Clock>,
-    /// The one HTTP client for provider calls.
+    /// The one HTTP client for provider calls, and its twin for customer-supplied endpoints.
     http: reqwest::Client,
+    http_public: reqwest::Client,
+    allow_loopback: std::sync::atomic::AtomicBool,
     /// `LATCHKEY_PUBLIC_URL`, set once at start.
     public_url: std::sync::OnceLock<String>,
+    /// Refresh scheduling, set once at start (defaults otherwise).
+    policy: std::sync::OnceLock<RefreshPolicy>,
 }
 
 impl Service {
@@ -77,7 +83,17 @@ impl Service {
         events: Arc<dyn EventSink>,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Self { store, envelope, events, clock, http: oauth::provider_http_client(), public_url: Default::default() }
+        Self {
+            store,
+            envelope,
+            events,
+            clock,
+            http: oauth::provider_http_client(),
+            http_public: oauth::public_only_http_client(),
+            allow_loopback: std::sync::atomic::AtomicBool::new(true),
+            public_url: Default::default(),
+            policy: Default::default(),
+        }
     }
 
     /// Appends a connection log line. A failure is logged, not returned: the change it

@@ -33,6 +33,8 @@ use crate::ports::StoreError;
 
 /// How long an authorize URL (its state) stays valid.
 pub const STATE_TTL: Duration = Duration::from_secs(600);
+/// The largest `expires_in` taken at its word (ten years).
+pub const MAX_EXPIRES_IN_SECS: u64 = 10 * 365 * 86_400;
 /// The callback path under `LATCHKEY_PUBLIC_URL`.
 pub const CALLBACK_PATH: &str = "/v1/oauth/callback";
 /// The input naming the expected RFC 9207 issuer of OAuth definitions.
@@ -110,7 +112,12 @@ impl<'de> Deserialize<'de> for FlexTokenResponse {
         let token_type = text("token_type")
             .and_then(|t| serde_json::from_value(Value::String(t.to_ascii_lowercase())).ok())
             .unwrap_or(BasicTokenType::Bearer);
-        let expires_in = holder.get("expires_in").or_else(|| raw.get("expires_in")).and_then(lenient_u64);
+        // Beyond ten years is no expiry worth scheduling (and must not overflow a date).
+        let expires_in = holder
+            .get("expires_in")
+            .or_else(|| raw.get("expires_in"))
+            .and_then(lenient_u64)
+            .filter(|s| *s <= MAX_EXPIRES_IN_SECS);
         let refresh_token = text("refresh_token").filter(|r| !r.is_empty()).map(|r| RefreshToken::new(r.to_owned()));
         let scopes = text("scope")
             .map(|s| s.split([' ', ',']).filter(|s| !s.is_empty()).map(|s| Scope::new(s.to_owned())).collect());
@@ -169,10 +176,17 @@ pub(crate) struct Settings {
     params: BTreeMap<String, String>,
     issuer: Option<String>,
     provider: Option<&'static Provider>,
+    /// The token URL came from a customer: call it through the public-only resolver.
+    customer_token_url: bool,
 }
 
 impl Settings {
-    fn client(&self) -> OAuthClient<EndpointNotSet> {
+    /// The `scope` parameter: the scopes joined with the provider's separator.
+    pub(crate) fn scope_param(&self) -> Option<String> {
+        (!self.scopes.is_empty()).then(|| self.scopes.join(&self.separator))
+    }
+
+    pub(crate) fn client(&self) -> OAuthClient<EndpointNotSet> {
         let mut client = oauth2::Client::new(ClientId::new(self.client_id.clone()))
             .set_token_uri(TokenUrl::from_url(self.token_url.clone()))
             .set_auth_type(if self.post_auth { AuthType::RequestBody } else { AuthType::BasicAuth });
@@ -195,7 +209,7 @@ fn valid_label(s: &str) -> bool {
 fn ip_is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             !(v4.is_private()
                 || v4.is_loopback()
                 || v4.is_link_local()
@@ -203,28 +217,84 @@ fn ip_is_public(ip: IpAddr) -> bool {
                 || v4.is_broadcast()
                 || v4.is_multicast()
                 || a == 0
-                || (a == 100 && (64..128).contains(&b)))
+                || a >= 240
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (b == 18 || b == 19))
+                || (a == 192 && b == 0 && c == 0))
         }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => ip_is_public(IpAddr::V4(v4)),
-            None => {
-                let seg = v6.segments()[0];
-                !(v6.is_loopback()
-                    || v6.is_unspecified()
-                    || v6.is_multicast()
-                    || (seg & 0xfe00) == 0xfc00
-                    || (seg & 0xffc0) == 0xfe80)
+        IpAddr::V6(v6) => {
+            let seg = v6.segments();
+            // Addresses that embed an IPv4 one are judged by it: mapped, compatible (::a.b.c.d),
+            // NAT64 (64:ff9b::/96) and 6to4 (2002::/16).
+            let embedded = v6
+                .to_ipv4_mapped()
+                .or_else(|| {
+                    (seg[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified())
+                        .then(|| v6.to_ipv4().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED))
+                })
+                .or_else(|| {
+                    (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6] == [0; 4]).then(|| {
+                        let o = v6.octets();
+                        std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15])
+                    })
+                })
+                .or_else(|| {
+                    (seg[0] == 0x2002).then(|| {
+                        let o = v6.octets();
+                        std::net::Ipv4Addr::new(o[2], o[3], o[4], o[5])
+                    })
+                });
+            match embedded {
+                Some(v4) => ip_is_public(IpAddr::V4(v4)),
+                None => {
+                    !(v6.is_loopback()
+                        || v6.is_unspecified()
+                        || v6.is_multicast()
+                        || (seg[0] & 0xfe00) == 0xfc00
+                        || (seg[0] & 0xffc0) == 0xfe80)
+                }
             }
-        },
+        }
     }
+}
+
+/// DNS for provider URLs that came from a customer: only public addresses are ever connected
+/// to, so the address checked is the address used (no DNS rebinding between check and call).
+struct PublicOnlyResolver;
+
+impl reqwest::dns::Resolve for PublicOnlyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.filter(|a| ip_is_public(a.ip())).collect();
+            if addrs.is_empty() {
+                return Err("the host has no public address".into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The provider client for URLs that came from a customer: [`provider_http_client`] that only
+/// resolves hosts to public addresses.
+pub fn public_only_http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(15))
+        .user_agent(concat!("latchkey/", env!("CARGO_PKG_VERSION")))
+        .dns_resolver(std::sync::Arc::new(PublicOnlyResolver))
+        .build()
+        .expect("the provider HTTP client builds with static settings")
 }
 
 /// A URL built from a customer's input must not reach into private networks (SSRF): every
 /// address its host resolves to must be public. Loopback written literally is the one
-/// exception (local development and tests).
-pub async fn check_public_destination(url: &url::Url) -> std::result::Result<(), &'static str> {
+/// exception, where allowed (local development and tests; off by default on AWS).
+pub async fn check_public_destination(url: &url::Url, allow_loopback: bool) -> std::result::Result<(), &'static str> {
     if is_loopback_host(url) {
-        return Ok(());
+        return if allow_loopback { Ok(()) } else { Err("is a loopback address") };
     }
     let host = url.host_str().ok_or("has no host")?;
     let port = url.port_or_known_default().unwrap_or(443);
@@ -266,6 +336,61 @@ pub fn state_hash(state: &str) -> String {
     Sha256::digest(state.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What a provider's HTTP answer said besides its body.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Answer {
+    pub status: Option<u16>,
+    /// `Retry-After` in seconds (the HTTP-date form is not honoured: the backoff applies).
+    pub retry_after: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the request to the provider failed")]
+pub struct ProviderHttpError(#[source] Option<reqwest::Error>);
+
+/// The provider HTTP client as the `oauth2` crate calls it, recording the status and
+/// `Retry-After` of the answer (the crate's errors do not carry them).
+pub(crate) struct ProviderHttp {
+    client: reqwest::Client,
+    answer: std::sync::Arc<std::sync::Mutex<Answer>>,
+}
+
+impl ProviderHttp {
+    /// What the last answer said.
+    pub(crate) fn answer(&self) -> Answer {
+        *self.answer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<'c> oauth2::AsyncHttpClient<'c> for ProviderHttp {
+    type Error = ProviderHttpError;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = std::result::Result<oauth2::HttpResponse, ProviderHttpError>> + Send + 'c>,
+    >;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let request = reqwest::Request::try_from(request).map_err(|e| ProviderHttpError(Some(e)))?;
+            let response = self.client.execute(request).await.map_err(|e| ProviderHttpError(Some(e)))?;
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            *self.answer.lock().unwrap_or_else(|p| p.into_inner()) =
+                Answer { status: Some(status.as_u16()), retry_after };
+            let mut builder = oauth2::http::Response::builder().status(status.as_u16());
+            for (k, v) in response.headers() {
+                builder = builder.header(k.as_str(), v.as_bytes());
+            }
+            let body = response.bytes().await.map_err(|e| ProviderHttpError(Some(e)))?;
+            builder.body(body.to_vec()).map_err(|_| ProviderHttpError(None))
+        })
+    }
+}
+
 /// Why a token request failed, for logs, redirects and status.
 #[derive(Debug, Clone)]
 pub(crate) struct TokenFailure {
@@ -273,22 +398,30 @@ pub(crate) struct TokenFailure {
     pub code: String,
     /// True for refusals that will not go away by retrying (`invalid_grant`, `invalid_client`...).
     pub permanent: bool,
+    pub retry_after: Option<Duration>,
 }
 
-fn classify<RE: std::error::Error + 'static>(
+/// Classifies a failed token request: 429, 5xx, timeouts and unreadable answers are transient
+/// whatever their body says; an OAuth error from a 4xx is a refusal.
+pub(crate) fn classify<RE: std::error::Error + 'static>(
     e: &RequestTokenError<RE, oauth2::StandardErrorResponse<oauth2::basic::BasicErrorResponseType>>,
+    answer: Answer,
 ) -> TokenFailure {
-    match e {
-        RequestTokenError::ServerResponse(r) => {
+    let busy = answer.status.is_some_and(|s| s == 429 || s >= 500);
+    let (code, permanent) = match e {
+        RequestTokenError::ServerResponse(r) if !busy => {
             let code = oauth_error_code(r.error().as_ref());
-            TokenFailure { permanent: code != "temporarily_unavailable" && code != "server_error", code }
+            let permanent = code != "temporarily_unavailable" && code != "server_error";
+            (code, permanent)
         }
-        RequestTokenError::Request(_) => TokenFailure { code: "temporarily_unavailable".into(), permanent: false },
+        RequestTokenError::ServerResponse(_) | RequestTokenError::Request(_) => {
+            ("temporarily_unavailable".into(), false)
+        }
         // The body is never logged: it could hold a token.
-        RequestTokenError::Parse(..) | RequestTokenError::Other(_) => {
-            TokenFailure { code: "server_error".into(), permanent: false }
-        }
-    }
+        RequestTokenError::Parse(..) | RequestTokenError::Other(_) if busy => ("temporarily_unavailable".into(), false),
+        RequestTokenError::Parse(..) | RequestTokenError::Other(_) => ("server_error".into(), false),
+    };
+    TokenFailure { code, permanent, retry_after: answer.retry_after }
 }
 
 /// What authorize answers.
@@ -319,6 +452,22 @@ struct TokenSecrets {
 }
 
 impl Service {
+    /// The provider client for one call to `settings`' token endpoint (it records the answer's
+    /// status and Retry-After); customer-supplied endpoints go through the public-only resolver.
+    pub(crate) fn provider_http(&self, settings: &Settings) -> ProviderHttp {
+        let client = if settings.customer_token_url { &self.http_public } else { &self.http };
+        ProviderHttp { client: client.clone(), answer: Default::default() }
+    }
+
+    /// Whether customer-supplied provider URLs may name loopback (local development, tests).
+    pub fn allow_loopback_providers(&self) -> bool {
+        self.allow_loopback.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_allow_loopback_providers(&self, allow: bool) {
+        self.allow_loopback.store(allow, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The OAuth redirect URI, `{LATCHKEY_PUBLIC_URL}/v1/oauth/callback`.
     pub fn redirect_uri(&self) -> Option<String> {
         self.public_url.get().map(|u| format!("{}{CALLBACK_PATH}", u.trim_end_matches('/')))
@@ -375,11 +524,12 @@ impl Service {
         let token = endpoint("tokenUrl", provider.map(|p| p.token_url.as_str()), &mut errors);
         for (name, found) in [("authorizeUrl", &authorize), ("tokenUrl", &token)] {
             if let Some((url, true)) = found
-                && let Err(msg) = check_public_destination(url).await
+                && let Err(msg) = check_public_destination(url, self.allow_loopback_providers()).await
             {
                 errors.push(FieldError::new(format!("values.{name}"), msg));
             }
         }
+        let customer_token_url = token.as_ref().is_some_and(|(u, customer)| *customer && !is_loopback_host(u));
         if token.is_none() && !errors.iter().any(|e| e.field == "values.tokenUrl") {
             errors.push(FieldError::new("values.tokenUrl", "is required for OAuth"));
         }
@@ -412,6 +562,7 @@ impl Service {
             params: provider.map(|p| p.authorize_params.clone()).unwrap_or_default(),
             issuer: text(ISSUER_INPUT).map(str::to_owned),
             provider,
+            customer_token_url,
         })
     }
 
@@ -546,8 +697,10 @@ impl Service {
             let description = params.get("error_description").map_or_else(String::new, |d| safe_description(d));
             return Err((oauth_error_code(error), description));
         }
-        if let (Some(expected), Some(got)) = (&st.issuer, params.get("iss"))
-            && expected.trim_end_matches('/') != got.trim_end_matches('/')
+        // RFC 9207: with a known issuer, the response must name it (a missing `iss` could be a
+        // mix-up attack stripping it).
+        if let Some(expected) = &st.issuer
+            && params.get("iss").is_none_or(|got| expected.trim_end_matches('/') != got.trim_end_matches('/'))
         {
             return Err(("invalid_request".into(), "the authorization response came from an unexpected issuer".into()));
         }
@@ -571,8 +724,9 @@ impl Service {
         if let Some(v) = &verifier {
             exchange = exchange.set_pkce_verifier(PkceCodeVerifier::new(v.expose_secret().to_owned()));
         }
-        let response = exchange.request_async(&self.http).await.map_err(|e| {
-            let f = classify(&e);
+        let http = self.provider_http(&settings);
+        let response = exchange.request_async(&http).await.map_err(|e| {
+            let f = classify(&e, http.answer());
             (f.code, "the provider refused the authorization code".to_owned())
         })?;
         let callback_values: BTreeMap<String, Value> = settings
@@ -594,15 +748,66 @@ impl Service {
     }
 
     /// Seals a token response onto the connection with its metadata and captured values, and
-    /// sets `status`: a conditional write, redone on the latest version if another write won.
+    /// sets `status`: a conditional write, redone on the latest version if another write won
+    /// (a new authorization or client-credentials token supersedes whatever was there).
     pub(crate) async fn store_tokens(
         &self,
         c: &Connection,
         settings: &Settings,
         response: &FlexTokenResponse,
-        mut captured: BTreeMap<String, Value>,
+        captured: BTreeMap<String, Value>,
         status: Status,
     ) -> Result<Connection> {
+        let (tokens, captured) = self.seal_token_response(c, settings, response, captured, None).await?;
+        let mut current = c.clone();
+        for _ in 0..5 {
+            let next = self.with_tokens(&current, tokens.clone(), &captured, status);
+            match self.store.update_connection(&next, current.version).await {
+                Ok(()) => return Ok(next),
+                Err(StoreError::Conflict) => {
+                    current = self.store.get_connection(&c.org, &c.id).await?.ok_or(ServiceError::NotFound)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Conflict("the connection is being changed concurrently; retry"))
+    }
+
+    /// `c` with new tokens: status set, error and lease cleared, due time recomputed.
+    pub(crate) fn with_tokens(
+        &self,
+        c: &Connection,
+        tokens: OAuthTokens,
+        captured: &BTreeMap<String, Value>,
+        status: Status,
+    ) -> Connection {
+        let mut next = c.clone();
+        next.refresh = crate::domain::RefreshState {
+            due_at: self.due_at(&tokens),
+            day: c.refresh.day,
+            attempts_today: c.refresh.attempts_today,
+            ..Default::default()
+        };
+        next.oauth = Some(tokens);
+        next.captured.extend(captured.clone());
+        next.status = status;
+        next.error = None;
+        next.version = c.version + 1;
+        next.updated_at = self.clock.now();
+        next
+    }
+
+    /// Seals a token response: the access token (at the provider's path), the refresh token (or
+    /// `keep` = the previous one, when the response has none and `keep` is given), and the
+    /// metadata; returns it with the values captured from the response added to `captured`.
+    pub(crate) async fn seal_token_response(
+        &self,
+        c: &Connection,
+        settings: &Settings,
+        response: &FlexTokenResponse,
+        mut captured: BTreeMap<String, Value>,
+        keep: Option<(&OAuthTokens, Option<String>)>,
+    ) -> Result<(OAuthTokens, BTreeMap<String, Value>)> {
         let provider = settings.provider;
         let access = provider
             .and_then(|p| p.token_response.access_token_path.as_deref())
@@ -619,17 +824,24 @@ impl Service {
         }
         let now = self.clock.now();
         let buffer = Duration::from_secs(provider.map_or(0, |p| p.expiry_buffer_secs));
-        let expires_at = response.expires_in().map(|d| now + d.saturating_sub(buffer.min(d / 2)));
-        let scopes = response
-            .scopes()
-            .map(|s| s.iter().map(|s| s.to_string()).collect())
-            .unwrap_or_else(|| settings.scopes.clone());
+        let expires_at = response
+            .expires_in()
+            .and_then(|d| time::Duration::try_from(d.saturating_sub(buffer.min(d / 2))).ok())
+            .and_then(|d| now.checked_add(d));
+        // A response without `scope` keeps what was granted before (RFC 6749 section 5.1).
+        let scopes = response.scopes().map(|s| s.iter().map(|s| s.to_string()).collect()).unwrap_or_else(|| {
+            keep.as_ref().map_or_else(|| settings.scopes.clone(), |(previous, _)| previous.scopes.clone())
+        });
         let token_type = match response.token_type() {
             BasicTokenType::Bearer => "Bearer".to_owned(),
             BasicTokenType::Mac => "MAC".to_owned(),
             BasicTokenType::Extension(e) => e.clone(),
         };
-        let refresh = response.refresh_token().map(|r| r.secret().clone());
+        // A new refresh token replaces the old one; none keeps the old one.
+        let refresh = response
+            .refresh_token()
+            .map(|r| r.secret().clone())
+            .or_else(|| keep.as_ref().and_then(|(_, old)| old.clone()));
         let secrets = TokenSecrets { access_token: access, refresh_token: refresh.clone() };
         let json = SecretString::from(serde_json::to_string(&secrets).map_err(|_| ServiceError::Conflict("token"))?);
         let ctx = EncryptionContext::connection(&c.org, &c.id);
@@ -642,86 +854,23 @@ impl Service {
             has_refresh_token: refresh.is_some(),
             obtained_at: now,
         };
-        let mut current = c.clone();
-        for _ in 0..5 {
-            let mut next = current.clone();
-            next.oauth = Some(tokens.clone());
-            next.captured.extend(captured.clone());
-            next.status = status;
-            next.error = None;
-            next.version = current.version + 1;
-            next.updated_at = now;
-            match self.store.update_connection(&next, current.version).await {
-                Ok(()) => return Ok(next),
-                Err(StoreError::Conflict) => {
-                    current = self.store.get_connection(&c.org, &c.id).await?.ok_or(ServiceError::NotFound)?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ServiceError::Conflict("the connection is being changed concurrently; retry"))
-    }
-
-    /// A client-credentials token for `c`, fetched from the token endpoint and stored sealed.
-    pub(crate) async fn fetch_client_credentials(&self, c: &Connection, def: &Definition) -> Result<Connection> {
-        let secrets = self.open_secrets(c).await?;
-        let settings = self.oauth_settings(def, c, &secrets).await?;
-        let client = settings.client();
-        let mut request = client.exchange_client_credentials();
-        if !settings.scopes.is_empty() {
-            request = request.add_extra_param("scope", settings.scopes.join(&settings.separator));
-        }
-        let response = match request.request_async(&self.http).await {
-            Ok(r) => r,
-            Err(e) => {
-                let f = classify(&e);
-                self.log(c, LogType::RefreshFailed, format!("client-credentials token request failed: {}", f.code))
-                    .await;
-                if f.permanent {
-                    // Wrong or revoked client credentials do not heal by retrying: red until fixed.
-                    self.mark_error(c, &f.code, "the token endpoint refused the client credentials").await?;
-                }
-                return Err(ServiceError::Provider(f.code));
-            }
-        };
-        let status = if c.status == Status::Active { Status::Active } else { Status::Configured };
-        self.store_tokens(c, &settings, &response, BTreeMap::new(), status).await
-    }
-
-    /// Turns a connection red with `{code, message, at}`, logs and announces it.
-    pub(crate) async fn mark_error(&self, c: &Connection, code: &str, message: &str) -> Result<()> {
-        let mut current = c.clone();
-        for _ in 0..5 {
-            let now = self.clock.now();
-            let mut red = current.clone();
-            red.status = Status::Error;
-            red.error =
-                Some(crate::domain::StatusError { code: code.to_owned(), message: message.to_owned(), at: now });
-            red.version = current.version + 1;
-            red.updated_at = now;
-            match self.store.update_connection(&red, current.version).await {
-                Ok(()) => {
-                    self.emit(Event::about(EventType::ConnectionError, &red)).await;
-                    return Ok(());
-                }
-                Err(StoreError::Conflict) => {
-                    current = self.store.get_connection(&c.org, &c.id).await?.ok_or(ServiceError::NotFound)?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ServiceError::Conflict("the connection is being changed concurrently; retry"))
+        Ok((tokens, captured))
     }
 
     /// The unsealed access token of `c`.
     pub(crate) async fn open_access_token(&self, c: &Connection) -> Result<Option<SecretString>> {
+        Ok(self.open_tokens(c).await?.map(|(access, _)| access))
+    }
+
+    /// The unsealed access and refresh tokens of `c`.
+    pub(crate) async fn open_tokens(&self, c: &Connection) -> Result<Option<(SecretString, Option<String>)>> {
         let Some(tokens) = &c.oauth else {
             return Ok(None);
         };
         let json = self.envelope.open_str(&EncryptionContext::connection(&c.org, &c.id), &tokens.sealed).await?;
         let secrets: TokenSecrets = serde_json::from_str(json.expose_secret())
             .map_err(|_| ServiceError::Crypto(crate::crypto::CryptoError::Decrypt))?;
-        Ok(Some(SecretString::from(secrets.access_token)))
+        Ok(Some((SecretString::from(secrets.access_token), secrets.refresh_token)))
     }
 }
 

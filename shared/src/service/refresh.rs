@@ -1,0 +1,386 @@
+//! Keeping OAuth tokens fresh: single-flight refresh (a lease on the connection record, the
+//! token write fenced by the version the lease was taken at), the scheduled sweep over the due
+//! index, and the failure classes (refusals turn the connection red and stop; transient failures
+//! keep the tokens and back off).
+
+use std::time::{Duration, Instant};
+
+use oauth2::RefreshToken;
+use rand::Rng;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use super::oauth::classify;
+use super::{Result, Service, ServiceError, Unusable};
+use crate::domain::{AuthKind, Connection, ConnectionId, Event, EventType, Lease, LogType, OAuthTokens, OrgId, Status};
+use crate::ports::StoreError;
+
+/// How refreshes are scheduled and bounded.
+#[derive(Debug, Clone)]
+pub struct RefreshPolicy {
+    /// Refresh this long before expiry (`LATCHKEY_REFRESH_LOOKAHEAD_SECS`), capped at half the
+    /// token's lifetime so short-lived tokens are not refreshed on every sweep.
+    pub lookahead: Duration,
+    /// How long a lease is held: longer than the provider call's timeout (15 s).
+    pub lease: Duration,
+    /// Tokens without `expires_in` are refreshed this often (if there is a refresh token).
+    pub keepalive: Duration,
+    /// Attempts per connection and UTC day before waiting for the next day.
+    pub max_attempts_per_day: u32,
+    /// First backoff after a transient failure; doubles per failure up to `max_backoff`.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Connections refreshed at once by a sweep.
+    pub concurrency: usize,
+}
+
+impl Default for RefreshPolicy {
+    fn default() -> Self {
+        Self {
+            lookahead: Duration::from_secs(600),
+            lease: Duration::from_secs(30),
+            keepalive: Duration::from_secs(24 * 3600),
+            max_attempts_per_day: 24,
+            base_backoff: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(3600),
+            concurrency: 8,
+        }
+    }
+}
+
+/// What a sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SweepSummary {
+    pub due: usize,
+    pub refreshed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+}
+
+/// The outcome of [`Service::refresh_connection`].
+enum Refreshed {
+    /// This call refreshed it.
+    Now(Connection),
+    /// Nothing to do: fresh enough, or refreshed by someone else meanwhile.
+    Already(Connection),
+    /// Another worker holds the lease (only when not waiting).
+    Busy,
+}
+
+/// Whether `c` needs a new token to be valid for `min_valid` from `now` (capped at half the
+/// token's lifetime). A connection without a token needs one.
+fn needs_token(c: &Connection, now: OffsetDateTime, min_valid: time::Duration) -> bool {
+    let Some(tokens) = &c.oauth else {
+        return true;
+    };
+    let Some(expires) = tokens.expires_at else {
+        return false;
+    };
+    let lifetime = expires - tokens.obtained_at;
+    expires <= now + min_valid.min(lifetime / 2)
+}
+
+fn days(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp().div_euclid(86_400)
+}
+
+impl Service {
+    pub fn set_refresh_policy(&self, policy: RefreshPolicy) {
+        let _ = self.policy.set(policy);
+    }
+
+    pub(crate) fn policy(&self) -> &RefreshPolicy {
+        self.policy.get_or_init(RefreshPolicy::default)
+    }
+
+    /// When the sweep should refresh these tokens; `None` without a refresh token.
+    pub(crate) fn due_at(&self, tokens: &OAuthTokens) -> Option<OffsetDateTime> {
+        if !tokens.has_refresh_token {
+            return None;
+        }
+        let p = self.policy();
+        Some(match tokens.expires_at {
+            Some(expires) => {
+                let lifetime: Duration = (expires - tokens.obtained_at).try_into().unwrap_or_default();
+                expires - p.lookahead.min(lifetime / 2)
+            }
+            None => tokens.obtained_at + p.keepalive,
+        })
+    }
+
+    /// Refreshes one connection if `needed` says so, so that across every process only one
+    /// caller talks to the provider: the others wait (when `wait`) and read its result.
+    async fn refresh_connection(
+        &self,
+        org: &OrgId,
+        id: &ConnectionId,
+        needed: impl Fn(&Connection, OffsetDateTime) -> bool,
+        wait: bool,
+    ) -> Result<Refreshed> {
+        let owner = ulid::Ulid::new().to_string();
+        let started = self.clock.now();
+        let give_up = Instant::now() + self.policy().lease + Duration::from_secs(5);
+        loop {
+            let c = self.store.get_connection(org, id).await?.ok_or(ServiceError::NotFound)?;
+            let client_credentials = c.auth == Some(AuthKind::Oauth2ClientCredentials);
+            match c.status {
+                Status::Error => return Err(ServiceError::Unusable(Unusable::Error)),
+                Status::Disconnected => return Err(ServiceError::Unusable(Unusable::Disconnected)),
+                _ if c.oauth.is_none() && !client_credentials => return Err(ServiceError::Unusable(Unusable::Pending)),
+                _ => {}
+            }
+            let now = self.clock.now();
+            // Obtained by anyone since this call began: that result is ours too.
+            if c.oauth.as_ref().is_some_and(|t| t.obtained_at >= started) || !needed(&c, now) {
+                return Ok(Refreshed::Already(c));
+            }
+            if let Some(lease) = c.refresh.lease.as_ref().filter(|l| l.until > now && l.owner != owner) {
+                if !wait {
+                    return Ok(Refreshed::Busy);
+                }
+                if Instant::now() > give_up {
+                    tracing::warn!(org = %org, connection_id = %id, holder = %lease.owner, "gave up waiting for a refresh lease");
+                    return Ok(Refreshed::Already(c));
+                }
+                let pause = rand::rng().random_range(40..120);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                continue;
+            }
+            // Take the lease: a conditional write, so of many contenders exactly one wins.
+            let mut leased = c.clone();
+            leased.refresh.lease = Some(Lease { owner: owner.clone(), until: now + self.policy().lease });
+            leased.version = c.version + 1;
+            match self.store.update_connection(&leased, c.version).await {
+                Ok(()) => {}
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            match self.refresh_leased(&leased).await? {
+                Some(done) => return Ok(Refreshed::Now(done)),
+                // The fenced write lost (the lease expired and another worker took over): re-read.
+                None => continue,
+            }
+        }
+    }
+
+    /// Calls the provider for a connection whose lease this call holds, and writes the outcome
+    /// conditionally on the leased version. `None` when that write lost.
+    async fn refresh_leased(&self, leased: &Connection) -> Result<Option<Connection>> {
+        let (org, id) = (&leased.org, &leased.id);
+        let def = self.definition_of(leased).await?;
+        let secrets = self.open_secrets(leased).await?;
+        let settings = self.oauth_settings(&def, leased, &secrets).await?;
+        let client_credentials = def.auth == AuthKind::Oauth2ClientCredentials;
+        let previous = leased.oauth.clone();
+        let refresh_token = match &previous {
+            Some(_) if !client_credentials => self.open_tokens(leased).await?.and_then(|(_, r)| r),
+            _ => None,
+        };
+        if !client_credentials && refresh_token.is_none() {
+            // Nothing to refresh with: leave the index, keep the token until it expires.
+            let mut next = leased.clone();
+            next.refresh.lease = None;
+            next.refresh.due_at = None;
+            next.version += 1;
+            return self.fenced(leased, next).await;
+        }
+        let now = self.clock.now();
+        let day = days(now);
+        let attempts = if leased.refresh.day == day { leased.refresh.attempts_today + 1 } else { 1 };
+
+        let client = settings.client();
+        let http = self.provider_http(&settings);
+        let result = match &refresh_token {
+            Some(token) => client.exchange_refresh_token(&RefreshToken::new(token.clone())).request_async(&http).await,
+            None => {
+                let mut request = client.exchange_client_credentials();
+                if let Some(scope) = settings.scope_param() {
+                    request = request.add_extra_param("scope", scope);
+                }
+                request.request_async(&http).await
+            }
+        };
+        match result {
+            Ok(response) => {
+                let keep = previous.as_ref().map(|p| (p, refresh_token.clone()));
+                let (tokens, captured) =
+                    self.seal_token_response(leased, &settings, &response, Default::default(), keep).await?;
+                let status = leased.status;
+                let mut next = self.with_tokens(leased, tokens, &captured, status);
+                next.refresh.day = day;
+                next.refresh.attempts_today = attempts;
+                let Some(done) = self.fenced(leased, next).await? else {
+                    return Ok(None);
+                };
+                let expires = done.oauth.as_ref().and_then(|t| t.expires_at).map(|e| e.to_string());
+                self.log(
+                    &done,
+                    LogType::Refreshed,
+                    format!("token refreshed (expires {})", expires.as_deref().unwrap_or("never")),
+                )
+                .await;
+                self.emit(Event::about(EventType::TokenRefreshed, &done)).await;
+                Ok(Some(done))
+            }
+            Err(e) => {
+                let failure = classify(&e, http.answer());
+                if failure.permanent {
+                    // Another worker may have rotated the token meanwhile (and this one was the
+                    // old one): only a refusal of the current token turns the connection red.
+                    let current = self.store.get_connection(org, id).await?.ok_or(ServiceError::NotFound)?;
+                    if current.version != leased.version {
+                        return Ok(None);
+                    }
+                    let mut red = leased.clone();
+                    red.status = Status::Error;
+                    let message = if client_credentials {
+                        "the token endpoint refused the client credentials; fix them"
+                    } else {
+                        "the provider refused the refresh token; authorize the connection again"
+                    };
+                    red.error = Some(crate::domain::StatusError {
+                        code: failure.code.clone(),
+                        message: message.into(),
+                        at: now,
+                    });
+                    red.refresh = crate::domain::RefreshState { day, attempts_today: attempts, ..Default::default() };
+                    red.version += 1;
+                    red.updated_at = now;
+                    let Some(done) = self.fenced(leased, red).await? else {
+                        return Ok(None);
+                    };
+                    self.log(
+                        &done,
+                        LogType::RefreshFailed,
+                        format!("refresh refused ({}): connection in error", failure.code),
+                    )
+                    .await;
+                    self.emit(Event::about(EventType::TokenRefreshFailed, &done)).await;
+                    self.emit(Event::about(EventType::ConnectionError, &done)).await;
+                    Err(ServiceError::Unusable(Unusable::Error))
+                } else {
+                    let failures = leased.refresh.failures + 1;
+                    let p = self.policy();
+                    let exp = p.base_backoff.saturating_mul(1 << failures.min(16).saturating_sub(1)).min(p.max_backoff);
+                    // Full jitter on the upper half, so a provider outage does not end in a stampede.
+                    let jittered = exp / 2 + exp.mul_f64(rand::rng().random_range(0.0..0.5));
+                    let wait =
+                        failure.retry_after.map_or(jittered, |r| r.max(jittered)).min(Duration::from_secs(86_400));
+                    let mut next_at = now + wait;
+                    if attempts >= p.max_attempts_per_day {
+                        next_at =
+                            next_at.max(OffsetDateTime::from_unix_timestamp((day + 1) * 86_400).unwrap_or(next_at));
+                    }
+                    let mut next = leased.clone();
+                    next.refresh.lease = None;
+                    next.refresh.failures = failures;
+                    next.refresh.day = day;
+                    next.refresh.attempts_today = attempts;
+                    // Client-credentials tokens are fetched by lookups, not by the sweep.
+                    next.refresh.due_at = (!client_credentials).then_some(next_at);
+                    next.version += 1;
+                    next.updated_at = now;
+                    let Some(done) = self.fenced(leased, next).await? else {
+                        return Ok(None);
+                    };
+                    self.log(
+                        &done,
+                        LogType::RefreshFailed,
+                        format!("refresh failed ({}); tokens kept, next attempt in {} s", failure.code, wait.as_secs()),
+                    )
+                    .await;
+                    self.emit(Event::about(EventType::TokenRefreshFailed, &done)).await;
+                    Err(ServiceError::Provider(failure.code))
+                }
+            }
+        }
+    }
+
+    /// Writes `next` only if the connection is still at the leased version: a worker whose lease
+    /// expired cannot overwrite newer tokens.
+    async fn fenced(&self, leased: &Connection, next: Connection) -> Result<Option<Connection>> {
+        match self.store.update_connection(&next, leased.version).await {
+            Ok(()) => Ok(Some(next)),
+            Err(StoreError::Conflict) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// For a lookup: a token that expires within `min_valid` (capped at half its lifetime, so
+    /// that an unreachable wish does not call the provider on every lookup) is refreshed, or for
+    /// client credentials fetched, first: once, whoever asks, in every process. A transient
+    /// failure returns the old token while it is still valid.
+    pub(crate) async fn fresh_for_lookup(&self, c: Connection, min_valid: time::Duration) -> Result<Connection> {
+        let client_credentials = c.auth == Some(AuthKind::Oauth2ClientCredentials);
+        let usable = c.oauth.as_ref().is_some_and(|t| t.has_refresh_token) || client_credentials;
+        if !usable || !needs_token(&c, self.clock.now(), min_valid) {
+            return Ok(c);
+        }
+        let needed = move |c: &Connection, now: OffsetDateTime| needs_token(c, now, min_valid);
+        match self.refresh_connection(&c.org, &c.id, needed, true).await {
+            Ok(Refreshed::Now(done) | Refreshed::Already(done)) => Ok(done),
+            Ok(Refreshed::Busy) => Ok(c),
+            Err(ServiceError::Provider(code)) => {
+                let still_valid = c.oauth.as_ref().and_then(|t| t.expires_at).is_some_and(|e| e > self.clock.now());
+                if still_valid { Ok(c) } else { Err(ServiceError::Provider(code)) }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `POST /v1/connections/{id}/refresh`: refresh now (organization users).
+    pub async fn force_refresh(&self, p: &crate::domain::Principal, id: &str) -> Result<super::ConnectionView> {
+        if !p.is_organization() {
+            return Err(ServiceError::Forbidden("only organization users force a refresh"));
+        }
+        let c = self.visible_connection(p, id).await?;
+        if c.auth != Some(AuthKind::Oauth2AuthorizationCode) {
+            return Err(ServiceError::Conflict("only oauth2_authorization_code connections are refreshed"));
+        }
+        let done = match self.refresh_connection(&c.org, &c.id, |_, _| true, true).await? {
+            Refreshed::Now(done) | Refreshed::Already(done) => done,
+            Refreshed::Busy => c,
+        };
+        self.get_connection(p, done.id.as_str()).await
+    }
+
+    /// The scheduled sweep: refreshes every connection due now, shard by shard, a bounded number
+    /// at a time, stopping before `deadline` (what is left is counted as skipped and stays due).
+    pub async fn refresh_sweep(&self, deadline: Instant) -> Result<SweepSummary> {
+        use futures_util::StreamExt;
+
+        let mut summary = SweepSummary::default();
+        let now = self.clock.now();
+        for shard in 0..self.store.due_shards() {
+            let due = self.store.due_connections(shard, now, 1_000).await?;
+            summary.due += due.len();
+            let outcomes: Vec<_> = futures_util::stream::iter(due)
+                .map(|(org, id)| async move {
+                    if Instant::now() >= deadline {
+                        return None;
+                    }
+                    let needed = |c: &Connection, now: OffsetDateTime| c.refresh.due_at.is_some_and(|d| d <= now);
+                    Some(self.refresh_connection(&org, &id, needed, false).await)
+                })
+                .buffer_unordered(self.policy().concurrency.max(1))
+                .collect()
+                .await;
+            for outcome in outcomes {
+                match outcome {
+                    Some(Ok(Refreshed::Now(_))) => summary.refreshed += 1,
+                    Some(Ok(Refreshed::Already(_) | Refreshed::Busy)) | None => summary.skipped += 1,
+                    Some(Err(ServiceError::NotFound)) => summary.skipped += 1,
+                    Some(Err(_)) => summary.failed += 1,
+                }
+            }
+        }
+        tracing::info!(
+            due = summary.due,
+            refreshed = summary.refreshed,
+            failed = summary.failed,
+            skipped = summary.skipped,
+            "refresh sweep"
+        );
+        Ok(summary)
+    }
+}
