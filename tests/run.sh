@@ -37,3 +37,6 @@ LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test serve_api
 echo "==> the black-box suite on the aws backend (moto), through the binary, then in-process"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test serve_api
 LATCHKEY_TEST_BACKEND=aws LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test serve_api
+
+echo "==> refresh across processes and restarts on the aws backend (moto)"
+LATCHKEY_TEST_BACKEND=aws cargo test --locked --test refresh_api -- concurrent_lookups two_processes tokens_survive

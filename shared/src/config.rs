@@ -208,9 +208,11 @@ impl Config {
     }
 }
 
-/// A built backend: the service, and for the embedded one its event sink to subscribe to.
+/// A built backend: the service, its store (for operational tools and tests), and for the
+/// embedded one its event sink to subscribe to.
 pub struct App {
     pub service: Arc<Service>,
+    pub store: Arc<dyn Store>,
     pub events: Option<Arc<LogEventSink>>,
 }
 
@@ -225,8 +227,8 @@ impl App {
         let events = Arc::new(LogEventSink::default());
         let sink: Arc<dyn EventSink> = events.clone();
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let service = Service::new(store, Arc::new(Envelope::new(keys)), sink, clock);
-        Ok(Self { service: Arc::new(service), events: Some(events) })
+        let service = Service::new(store.clone(), Arc::new(Envelope::new(keys)), sink, clock);
+        Ok(Self { service: Arc::new(service), store, events: Some(events) })
     }
 
     /// The aws backend over the given clients (built once per process or container).
@@ -242,8 +244,8 @@ impl App {
         let keys: Arc<dyn KeyProvider> = Arc::new(KmsKeyProvider::new(kms, kms_key_id));
         let sink: Arc<dyn EventSink> = Arc::new(EventBridgeSink::new(eventbridge, event_bus));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let service = Service::new(store, Arc::new(Envelope::new(keys)), sink, clock);
-        Self { service: Arc::new(service), events: None }
+        let service = Service::new(store.clone(), Arc::new(Envelope::new(keys)), sink, clock);
+        Self { service: Arc::new(service), store, events: None }
     }
 
     /// Builds the backend `config` names. For aws, the standard AWS configuration applies

@@ -481,6 +481,12 @@ impl TestApp {
 
     /// A server on `backend` with `secret`: what a restart needs.
     pub async fn spawn_with(backend: &Backend, secret: &str) -> Self {
+        Self::spawn_with_env(backend, secret, &[]).await
+    }
+
+    /// [`TestApp::spawn_with`] with extra `LATCHKEY_*` settings for the binary (the in-process
+    /// transport ignores them).
+    pub async fn spawn_with_env(backend: &Backend, secret: &str, env: &[(&str, &str)]) -> Self {
         if in_process() {
             return Self::serve_in_process(backend, secret).await;
         }
@@ -488,6 +494,7 @@ impl TestApp {
             .arg("serve")
             .env_clear()
             .envs(backend.serve_env())
+            .envs(env.iter().copied())
             .env("LATCHKEY_ADDR", "127.0.0.1:0")
             .env("LATCHKEY_JWT_SECRET", secret)
             .env("RUST_LOG", RUST_LOG)

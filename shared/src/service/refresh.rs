@@ -67,8 +67,12 @@ enum Refreshed {
     Busy,
 }
 
-/// Whether `c` needs a new token to be valid for `min_valid` from `now` (capped at half the
-/// token's lifetime). A connection without a token needs one.
+/// Whether `c` needs a new token to be valid for `min_valid` from `now`: it expires within
+/// `min_valid` (SPEC section 5), and a new one would actually last longer. A token issued a
+/// moment ago is as fresh as a refresh can make it, so it is not refreshed again even when the
+/// caller asks for more validity than tokens have: that would call the provider on every
+/// lookup. "A moment" is the smaller of 10 s and half the token's lifetime. A connection without
+/// a token needs one.
 fn needs_token(c: &Connection, now: OffsetDateTime, min_valid: time::Duration) -> bool {
     let Some(tokens) = &c.oauth else {
         return true;
@@ -76,8 +80,9 @@ fn needs_token(c: &Connection, now: OffsetDateTime, min_valid: time::Duration) -
     let Some(expires) = tokens.expires_at else {
         return false;
     };
-    let lifetime = expires - tokens.obtained_at;
-    expires <= now + min_valid.min(lifetime / 2)
+    let lifetime: time::Duration = expires - tokens.obtained_at;
+    let just_issued = now - tokens.obtained_at < (lifetime / 2_i32).min(time::Duration::seconds(10));
+    expires <= now + min_valid && !just_issued
 }
 
 fn days(t: OffsetDateTime) -> i64 {
@@ -110,15 +115,18 @@ impl Service {
 
     /// Refreshes one connection if `needed` says so, so that across every process only one
     /// caller talks to the provider: the others wait (when `wait`) and read its result.
+    ///
+    /// `seen` is when the token the caller judged insufficient was obtained (`None`: it saw no
+    /// token): any token obtained after it is the shared result of a refresh that raced this one.
     async fn refresh_connection(
         &self,
         org: &OrgId,
         id: &ConnectionId,
+        seen: Option<OffsetDateTime>,
         needed: impl Fn(&Connection, OffsetDateTime) -> bool,
         wait: bool,
     ) -> Result<Refreshed> {
         let owner = ulid::Ulid::new().to_string();
-        let started = self.clock.now();
         let give_up = Instant::now() + self.policy().lease + Duration::from_secs(5);
         loop {
             let c = self.store.get_connection(org, id).await?.ok_or(ServiceError::NotFound)?;
@@ -130,8 +138,9 @@ impl Service {
                 _ => {}
             }
             let now = self.clock.now();
-            // Obtained by anyone since this call began: that result is ours too.
-            if c.oauth.as_ref().is_some_and(|t| t.obtained_at >= started) || !needed(&c, now) {
+            // Obtained by anyone since the caller looked: that result is the caller's too.
+            let newer = c.oauth.as_ref().is_some_and(|t| seen.is_none_or(|s| t.obtained_at > s));
+            if newer || !needed(&c, now) {
                 return Ok(Refreshed::Already(c));
             }
             if let Some(lease) = c.refresh.lease.as_ref().filter(|l| l.until > now && l.owner != owner) {
@@ -306,10 +315,10 @@ impl Service {
         }
     }
 
-    /// For a lookup: a token that expires within `min_valid` (capped at half its lifetime, so
-    /// that an unreachable wish does not call the provider on every lookup) is refreshed, or for
-    /// client credentials fetched, first: once, whoever asks, in every process. A transient
-    /// failure returns the old token while it is still valid.
+    /// For a lookup: a token that expires within `min_valid` is refreshed, or for client
+    /// credentials fetched, first: once for all concurrent callers, in every process (callers
+    /// that waited take the token obtained meanwhile even if it is shorter-lived than they
+    /// asked). A transient failure returns the old token while it is still valid.
     pub(crate) async fn fresh_for_lookup(&self, c: Connection, min_valid: time::Duration) -> Result<Connection> {
         let client_credentials = c.auth == Some(AuthKind::Oauth2ClientCredentials);
         let usable = c.oauth.as_ref().is_some_and(|t| t.has_refresh_token) || client_credentials;
@@ -317,7 +326,8 @@ impl Service {
             return Ok(c);
         }
         let needed = move |c: &Connection, now: OffsetDateTime| needs_token(c, now, min_valid);
-        match self.refresh_connection(&c.org, &c.id, needed, true).await {
+        let seen = c.oauth.as_ref().map(|t| t.obtained_at);
+        match self.refresh_connection(&c.org, &c.id, seen, needed, true).await {
             Ok(Refreshed::Now(done) | Refreshed::Already(done)) => Ok(done),
             Ok(Refreshed::Busy) => Ok(c),
             Err(ServiceError::Provider(code)) => {
@@ -337,7 +347,8 @@ impl Service {
         if c.auth != Some(AuthKind::Oauth2AuthorizationCode) {
             return Err(ServiceError::Conflict("only oauth2_authorization_code connections are refreshed"));
         }
-        let done = match self.refresh_connection(&c.org, &c.id, |_, _| true, true).await? {
+        let seen = c.oauth.as_ref().map(|t| t.obtained_at);
+        let done = match self.refresh_connection(&c.org, &c.id, seen, |_, _| true, true).await? {
             Refreshed::Now(done) | Refreshed::Already(done) => done,
             Refreshed::Busy => c,
         };
@@ -360,7 +371,12 @@ impl Service {
                         return None;
                     }
                     let needed = |c: &Connection, now: OffsetDateTime| c.refresh.due_at.is_some_and(|d| d <= now);
-                    Some(self.refresh_connection(&org, &id, needed, false).await)
+                    let seen = match self.store.get_connection(&org, &id).await {
+                        Ok(Some(c)) => c.oauth.map(|t| t.obtained_at),
+                        Ok(None) => return Some(Err(ServiceError::NotFound)),
+                        Err(e) => return Some(Err(e.into())),
+                    };
+                    Some(self.refresh_connection(&org, &id, seen, needed, false).await)
                 })
                 .buffer_unordered(self.policy().concurrency.max(1))
                 .collect()

@@ -1,0 +1,355 @@
+//! Keeping tokens fresh, through `latchkey serve`, against real OAuth servers: single-flight
+//! refresh under concurrency (in one process and across two), the scheduled sweep, refusals and
+//! outages, a dead worker's lease, and restarts.
+
+mod common;
+#[path = "support/oauth.rs"]
+mod oauth;
+
+use std::time::{Duration, Instant};
+
+use common::{Backend, TestApp, random_secret};
+use oauth::{MockServer, OidcServer};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const ORG: &str = "acme";
+
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().build().unwrap()
+}
+
+/// Defines an authorization-code connection against `token`/`authorize` endpoints and runs the
+/// authorization (through `drive`, which plays the user's browser at the provider).
+async fn authorized<F, Fut>(
+    app: &TestApp,
+    authorize_endpoint: String,
+    token_endpoint: String,
+    client: (&str, &str),
+    drive: F,
+) -> String
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    let org = app.token(ORG, None, &[]).await;
+    let def = json!({"auth": "oauth2_authorization_code", "inputs": {
+        "authorizeUrl": {"type": "url", "default": authorize_endpoint},
+        "tokenUrl": {"type": "url", "default": token_endpoint},
+        "clientId": {"type": "string", "default": client.0},
+        "clientSecret": {"type": "password", "default": client.1},
+        "scopes": {"type": "string", "default": "openid offline_access api:read"}}});
+    let put = app.put_definition(&org, "idp", &def).await;
+    assert!(put.status.is_success(), "{}", put.text);
+    let created = app.create_connection(&org, &json!({"definition": "idp", "customer": "c-1"})).await;
+    created.assert_status(StatusCode::CREATED);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let reply = app.request(Method::POST, &format!("/v1/connections/{id}/authorize"), Some(&org), None).await;
+    reply.assert_status(StatusCode::OK);
+    let back = drive(reply.body["authorize_url"].as_str().unwrap().to_owned()).await;
+    let done = browser().get(&back).send().await.unwrap();
+    assert!(done.status().is_success() || done.status().is_redirection(), "callback: {}", done.status());
+    assert_eq!(app.get_connection(&org, &id).await.body["status"], "configured");
+    id
+}
+
+async fn with_oidc(app: &TestApp, access_ttl: u64) -> (OidcServer, String) {
+    let oidc = OidcServer::start(json!({"redirect_uris": [format!("{}/v1/oauth/callback", app.address)],
+        "access_token_ttl": access_ttl, "rotate_refresh_token": true}))
+    .await;
+    let server = &oidc;
+    let id = authorized(
+        app,
+        oidc.authorize_endpoint(),
+        oidc.token_endpoint(),
+        (&oidc.client.client_id, &oidc.client.client_secret),
+        |url| async move { server.login_and_consent(&url).await },
+    )
+    .await;
+    (oidc, id)
+}
+
+async fn lookup(app: &TestApp, id: &str, min_valid: u64) -> common::Reply {
+    let runtime = app.token(ORG, None, &["runtime"]).await;
+    app.lookup(&runtime, id, &json!({"min_valid_seconds": min_valid})).await
+}
+
+/// `n` lookups fired together (tokens minted first, so they really overlap), spread over `apps`.
+async fn burst(apps: &[&TestApp], id: &str, n: usize, min_valid: u64) -> Vec<common::Reply> {
+    let mut runtimes = Vec::new();
+    for app in apps {
+        runtimes.push(app.token(ORG, None, &["runtime"]).await);
+    }
+    let body = json!({"min_valid_seconds": min_valid});
+    let calls = (0..n).map(|i| {
+        let k = i % apps.len();
+        apps[k].lookup(&runtimes[k], id, &body)
+    });
+    futures_join_all(calls).await
+}
+
+fn refreshes(stats: &Value) -> u64 {
+    stats["token_requests"]["refresh_token"].as_u64().unwrap_or(0)
+}
+
+/// Polls `check` every 100 ms until it holds, for at most `limit`.
+async fn eventually<F, Fut>(limit: Duration, what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < until, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_lookups_refresh_once_and_share_the_token() {
+    let app = TestApp::spawn().await;
+    let (oidc, id) = with_oidc(&app, 10).await;
+    // Once the 10 s token is past its first moments (5 s), every lookup wanting 60 s needs a
+    // refresh: exactly one, whoever asks.
+    tokio::time::sleep(Duration::from_millis(5200)).await;
+    let replies = burst(&[&app], &id, 20, 60).await;
+    let tokens: std::collections::BTreeSet<String> = replies
+        .iter()
+        .map(|r| {
+            r.assert_status(StatusCode::OK);
+            r.body["token"]["access_token"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(tokens.len(), 1, "every caller gets the same fresh token");
+    let stats = oidc.stats().await;
+    assert_eq!(refreshes(&stats), 1, "exactly one refresh at the provider: {stats}");
+    assert_eq!(stats["reused_refresh_tokens"], 0);
+    let token = tokens.into_iter().next().unwrap();
+    assert_eq!(oidc.introspect(&token).await["active"], true);
+
+    // The rotated refresh token was stored: the next refresh works and reuses nothing.
+    let org = app.token(ORG, None, &[]).await;
+    let forced = app.request(Method::POST, &format!("/v1/connections/{id}/refresh"), Some(&org), None).await;
+    forced.assert_status(StatusCode::OK);
+    let stats = oidc.stats().await;
+    assert_eq!((refreshes(&stats), stats["reused_refresh_tokens"].as_u64()), (2, Some(0)), "{stats}");
+    let after = lookup(&app, &id, 0).await;
+    assert_ne!(after.body["token"]["access_token"].as_str(), Some(token.as_str()));
+    assert!(app.connection_logs(&org, &id).await.text.contains("refreshed"));
+}
+
+async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let handles: Vec<_> = futures.collect();
+    let mut out = Vec::with_capacity(handles.len());
+    // Poll them together: a local JoinSet-free join keeps the test free of extra dependencies.
+    let mut pinned: Vec<_> = handles.into_iter().map(Box::pin).collect();
+    let mut done: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if done[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => done[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    out.extend(done.into_iter().map(|v| v.expect("every future completed")));
+    out
+}
+
+#[tokio::test]
+async fn two_processes_on_one_backend_refresh_once() {
+    if common::in_process() {
+        return; // about two server processes sharing one backend
+    }
+    let backend = Backend::fresh().await;
+    let secret = random_secret();
+    let first = TestApp::spawn_with(&backend, &secret).await;
+    let second = TestApp::spawn_with(&backend, &secret).await;
+    let (oidc, id) = with_oidc(&first, 10).await;
+    tokio::time::sleep(Duration::from_millis(5200)).await;
+    let replies = burst(&[&first, &second], &id, 16, 60).await;
+    let tokens: std::collections::BTreeSet<_> =
+        replies.iter().map(|r| r.body["token"]["access_token"].as_str().map(str::to_owned)).collect();
+    let stats = oidc.stats().await;
+    assert_eq!(refreshes(&stats), 1, "one refresh across both processes: {stats}");
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    assert_eq!(stats["reused_refresh_tokens"], 0);
+}
+
+#[tokio::test]
+async fn the_sweep_refreshes_due_tokens_without_lookups_but_not_on_every_sweep() {
+    if common::in_process() {
+        return; // the sweep runs in `latchkey serve`
+    }
+    let app =
+        TestApp::spawn_with_env(&Backend::fresh().await, &random_secret(), &[("LATCHKEY_REFRESH_INTERVAL_SECS", "1")])
+            .await;
+    // A 6 s token is due 3 s after it was issued (half its lifetime, not the 10 min lookahead).
+    let (oidc, id) = with_oidc(&app, 6).await;
+    eventually(Duration::from_secs(20), "a refresh by the sweep", || async { refreshes(&oidc.stats().await) >= 1 })
+        .await;
+    let after_first = refreshes(&oidc.stats().await);
+    // The fresh token is due 3 s later: the next sweeps (every second) leave it alone.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(refreshes(&oidc.stats().await), after_first, "a fresh token is not refreshed on every sweep");
+    assert_eq!(oidc.stats().await["reused_refresh_tokens"], 0);
+    let found = lookup(&app, &id, 0).await;
+    assert_eq!(oidc.introspect(found.body["token"]["access_token"].as_str().unwrap()).await["active"], true);
+}
+
+async fn with_mock(app: &TestApp, config: Value) -> (MockServer, String) {
+    let mock = MockServer::start(config).await;
+    let server = &mock;
+    let id = authorized(app, mock.authorize_endpoint(), mock.token_endpoint(), ("cid", "cs"), |url| async move {
+        server.authorize(&url).await
+    })
+    .await;
+    (mock, id)
+}
+
+#[tokio::test]
+async fn a_provider_that_forgets_the_grant_turns_the_connection_red_and_sees_no_more_attempts() {
+    if common::in_process() {
+        return;
+    }
+    let app =
+        TestApp::spawn_with_env(&Backend::fresh().await, &random_secret(), &[("LATCHKEY_REFRESH_INTERVAL_SECS", "1")])
+            .await;
+    let (mock, id) = with_mock(
+        &app,
+        json!({
+        "rewrites": [{"grant_type": "authorization_code", "set": {"expires_in": 4}}],
+        "faults": [{"grant_type": "refresh_token", "status": 400, "body": {"error": "invalid_grant"}}]}),
+    )
+    .await;
+    let org = app.token(ORG, None, &[]).await;
+    eventually(Duration::from_secs(15), "the connection turns red", || async {
+        app.get_connection(&org, &id).await.body["status"] == "error"
+    })
+    .await;
+    let read = app.get_connection(&org, &id).await;
+    assert_eq!(read.body["error"]["code"], "invalid_grant");
+    let attempts = refreshes(&mock.stats().await);
+    assert_eq!(attempts, 1);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(refreshes(&mock.stats().await), attempts, "no further attempts until re-authorized");
+    let logs = app.connection_logs(&org, &id).await.text;
+    assert!(logs.contains("refresh_failed"), "{logs}");
+    assert_eq!(lookup(&app, &id, 0).await.problem_type(), "urn:latchkey:problem:connection-error");
+}
+
+#[tokio::test]
+async fn a_provider_outage_keeps_the_tokens_and_backs_off() {
+    if common::in_process() {
+        return;
+    }
+    let app =
+        TestApp::spawn_with_env(&Backend::fresh().await, &random_secret(), &[("LATCHKEY_REFRESH_INTERVAL_SECS", "1")])
+            .await;
+    let (mock, id) = with_mock(
+        &app,
+        json!({
+        "rewrites": [{"grant_type": "authorization_code", "set": {"expires_in": 8}}],
+        "faults": [{"grant_type": "refresh_token", "status": 503, "body": {"error": "temporarily_unavailable"},
+                    "headers": {"Retry-After": "3600"}}]}),
+    )
+    .await;
+    let org = app.token(ORG, None, &[]).await;
+    eventually(Duration::from_secs(15), "a failed refresh", || async { refreshes(&mock.stats().await) >= 1 }).await;
+    // The old token is kept and still served while valid; the connection is not red.
+    let found = lookup(&app, &id, 0).await;
+    found.assert_status(StatusCode::OK);
+    assert!(found.body["token"]["access_token"].is_string());
+    assert_ne!(app.get_connection(&org, &id).await.body["status"], "error");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(refreshes(&mock.stats().await), 1, "retried later (Retry-After), not in a storm");
+    let logs = app.connection_logs(&org, &id).await.text;
+    assert!(logs.contains("refresh_failed") && logs.contains("tokens kept"), "{logs}");
+}
+
+/// A worker that died holding the lease: once the lease expires, another takes over.
+#[tokio::test]
+async fn a_dead_workers_lease_is_taken_over_after_it_expires() {
+    use latchkey::domain::{ConnectionId, Lease, OrgId};
+
+    let dir = tempfile::tempdir().unwrap();
+    let app = latchkey::config::App::embedded(dir.path()).unwrap();
+    app.service.set_public_url("http://127.0.0.1:9");
+    app.service
+        .set_refresh_policy(latchkey::service::RefreshPolicy { lease: Duration::from_secs(2), ..Default::default() });
+    let mock =
+        MockServer::start(json!({"rewrites": [{"grant_type": "authorization_code", "set": {"expires_in": 4}}]})).await;
+    let org_id = OrgId::parse(ORG).unwrap();
+    let p = latchkey::domain::Principal::organization(org_id.clone());
+    let def = json!({"auth": "oauth2_authorization_code", "inputs": {
+        "authorizeUrl": {"type": "url", "default": mock.authorize_endpoint()},
+        "tokenUrl": {"type": "url", "default": mock.token_endpoint()},
+        "clientId": {"type": "string", "default": "cid"}}});
+    app.service.put_definition(&p, "idp", &def).await.unwrap();
+    let conn = app.service.create_connection(&p, &json!({"definition": "idp", "customer": "c-1"})).await.unwrap();
+    let started = app.service.authorize(&p, conn.id.as_str()).await.unwrap();
+    let back = mock.authorize(&started.authorize_url).await;
+    let params = url_params(&back);
+    assert!(matches!(
+        app.service.callback(&params).await,
+        latchkey::service::CallbackOutcome::Page { status: 200, .. }
+    ));
+
+    // Past half its life, the 4 s token needs a refresh; a worker that will never come back
+    // holds the lease.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let id = ConnectionId::parse(conn.id.as_str()).unwrap();
+    let mut held = app.store.get_connection(&org_id, &id).await.unwrap().unwrap();
+    held.refresh.lease =
+        Some(Lease { owner: "dead-worker".into(), until: time::OffsetDateTime::now_utc() + Duration::from_secs(2) });
+    held.version += 1;
+    app.store.update_connection(&held, held.version - 1).await.unwrap();
+
+    let before = Instant::now();
+    let req = latchkey::service::LookupRequest {
+        connection_id: Some(conn.id.to_string()),
+        min_valid_seconds: Some(86_400),
+        ..Default::default()
+    };
+    let found = app.service.lookup(&org_id, None, &req).await.unwrap();
+    assert!(before.elapsed() >= Duration::from_millis(1500), "it waited for the lease: {:?}", before.elapsed());
+    assert!(found.token.is_some());
+    assert_eq!(refreshes(&mock.stats().await), 1, "taken over: one refresh");
+    let after = app.store.get_connection(&org_id, &id).await.unwrap().unwrap();
+    assert!(after.refresh.lease.is_none(), "the taker released it");
+}
+
+fn url_params(url: &str) -> std::collections::BTreeMap<String, String> {
+    reqwest::Url::parse(url).unwrap().query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+}
+
+#[tokio::test]
+async fn tokens_survive_restarts_between_authorize_refresh_and_lookup() {
+    if common::in_process() {
+        return;
+    }
+    let backend = Backend::fresh().await;
+    let secret = random_secret();
+    let mut app = TestApp::spawn_with(&backend, &secret).await;
+    let address = app.address.clone();
+    let (oidc, id) = with_oidc(&app, 3600).await;
+    app.stop().await;
+    // The redirect URI is tied to the address: the restarted server gets another port, which
+    // does not matter for refresh and lookup.
+    let mut app = TestApp::spawn_with(&backend, &secret).await;
+    let org = app.token(ORG, None, &[]).await;
+    let forced = app.request(Method::POST, &format!("/v1/connections/{id}/refresh"), Some(&org), None).await;
+    forced.assert_status(StatusCode::OK);
+    app.stop().await;
+    let app = TestApp::spawn_with(&backend, &secret).await;
+    let found = lookup(&app, &id, 0).await;
+    found.assert_status(StatusCode::OK);
+    assert_eq!(oidc.introspect(found.body["token"]["access_token"].as_str().unwrap()).await["active"], true);
+    assert_eq!(refreshes(&oidc.stats().await), 1);
+    let _ = address;
+}
