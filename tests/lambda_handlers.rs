@@ -103,6 +103,16 @@ async fn oauth_callback_refuses_a_state_it_never_issued() {
     }
 }
 
+#[tokio::test]
+async fn token_refresh_sweeps_on_the_scheduled_event() {
+    let api = Api::new();
+    let _scheduled: Value = serde_json::from_str(&event("token-refresh/scheduled.json")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let summary = latchkey::lambda::handle_refresh(&api.app.service, deadline).await.unwrap();
+    // Nothing is due on a fresh backend: a real, empty sweep.
+    assert_eq!(summary, json!({"due": 0, "refreshed": 0, "failed": 0, "skipped": 0}));
+}
+
 /// The sample lookup payload, pointed at a connection that exists.
 fn lookup_payload(name: &str, id: &str) -> Value {
     let mut v: Value = serde_json::from_str(&event(name)).unwrap();

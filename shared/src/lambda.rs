@@ -68,8 +68,17 @@ pub async fn handle_lookup(service: &Service, payload: Value) -> Result<Value, D
     }
 }
 
+/// The `token-refresh` handler: one sweep per scheduled event, until `deadline`; the summary
+/// `{due, refreshed, failed, skipped}`. The event's content does not matter (any schedule).
+pub async fn handle_refresh(service: &Service, deadline: std::time::Instant) -> Result<Value, Diagnostic> {
+    match service.refresh_sweep(deadline).await {
+        Ok(summary) => Ok(serde_json::to_value(summary).unwrap_or_default()),
+        Err(e) => Err(diagnostic(Problem::from(e))),
+    }
+}
+
 /// The `token-refresh` function: the EventBridge schedule (`rate(5 minutes)`) runs one sweep,
-/// stopping 10 seconds before the invocation's deadline; returns the summary.
+/// stopping 10 seconds before the invocation's deadline.
 pub async fn serve_refresh(app: App) -> Result<(), Error> {
     let service: Arc<Service> = app.service;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
@@ -79,10 +88,7 @@ pub async fn serve_refresh(app: App) -> Result<(), Error> {
                 .checked_sub(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default())
                 .unwrap_or_default();
             let deadline = std::time::Instant::now() + remaining.saturating_sub(std::time::Duration::from_secs(10));
-            match service.refresh_sweep(deadline).await {
-                Ok(summary) => Ok(serde_json::to_value(summary).unwrap_or_default()),
-                Err(e) => Err(diagnostic(Problem::from(e))),
-            }
+            handle_refresh(&service, deadline).await
         }
     }))
     .await
