@@ -72,6 +72,29 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         println!("LATCHKEY_JWT_SECRET is not set: using the secret in {}", config.data_dir.display());
         println!("organization token (org \"{DEV_ORG}\", 12 h): {t}");
     }
+    // The revoker, as the EventBridge rule runs token-revoke in AWS: on our own disconnect and
+    // delete events (in-process, embedded backend), and by the sweep for retries.
+    if let Some(events) = &app.events {
+        let mut rx = events.subscribe();
+        let revoker = app.service.clone();
+        tokio::spawn(async move {
+            use latchkey::domain::EventType;
+            loop {
+                match rx.recv().await {
+                    Ok(e) if matches!(e.kind, EventType::ConnectionDisconnected | EventType::ConnectionDeleted) => {
+                        if let Err(err) = revoker.revoke_pending(&e.org, &e.connection_id).await {
+                            tracing::warn!(connection_id = %e.connection_id, error = %err, "revocation failed");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "the revoker fell behind; the sweep picks up what it missed");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
     // The refresh sweep, as the EventBridge schedule runs it in AWS.
     let sweeper = app.service.clone();
     let every = config.refresh_interval;

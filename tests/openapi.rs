@@ -32,6 +32,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/connections/{id}/token"),
     ("POST", "/v1/connections/{id}/authorize"),
     ("POST", "/v1/connections/{id}/refresh"),
+    ("POST", "/v1/connections/{id}/disconnect"),
     ("GET", "/v1/oauth/callback"),
 ];
 

@@ -255,6 +255,44 @@ pub mod store {
         assert!(find(t0).await.is_empty());
     }
 
+    pub async fn revocation_jobs_are_claimed_once_and_deleted(store: Arc<dyn Store>) {
+        use crate::crypto::Sealed;
+        use crate::domain::RevocationJob;
+        let org = fresh_org();
+        let sealed = Sealed { key_id: "k".into(), wrapped_key: vec![1; 40], ciphertext: vec![2; 40] };
+        let t0 = now();
+        let job = |conn: &ConnectionId, at: OffsetDateTime| RevocationJob {
+            id: ulid::Ulid::new().to_string(),
+            org: org.clone(),
+            connection_id: conn.clone(),
+            definition: DefinitionKey::parse("acme").unwrap(),
+            tokens: sealed.clone(),
+            settings: sealed.clone(),
+            attempts: 0,
+            next_attempt_at: at,
+            expires_at: t0 + time::Duration::days(7),
+        };
+        let conn = ConnectionId::generate();
+        let now_job = job(&conn, t0 - time::Duration::seconds(1));
+        let later_job = job(&conn, t0 + time::Duration::hours(1));
+        store.put_revocation(&now_job).await.unwrap();
+        store.put_revocation(&later_job).await.unwrap();
+        assert!(matches!(store.put_revocation(&now_job).await, Err(StoreError::Conflict)));
+        assert_eq!(store.revocations_of(&org, &conn).await.unwrap().len(), 2);
+        let due: Vec<_> =
+            store.due_revocations(t0, 10_000).await.unwrap().into_iter().filter(|j| j.org == org).collect();
+        assert_eq!(due, vec![now_job.clone()]);
+        // Two workers claim the same attempt: one wins.
+        let mut claim = now_job.clone();
+        claim.attempts = 1;
+        claim.next_attempt_at = t0 + time::Duration::minutes(1);
+        store.update_revocation(&claim, 0).await.unwrap();
+        assert!(matches!(store.update_revocation(&claim, 0).await, Err(StoreError::Conflict)));
+        assert!(store.delete_revocation(&claim).await.unwrap());
+        assert!(!store.delete_revocation(&claim).await.unwrap(), "deleting twice is harmless");
+        assert_eq!(store.revocations_of(&org, &conn).await.unwrap(), vec![later_job]);
+    }
+
     pub async fn oauth_states_are_single_use_and_expire(store: Arc<dyn Store>) {
         use crate::domain::OAuthState;
         let org = fresh_org();
@@ -388,6 +426,7 @@ macro_rules! store_conformance_tests {
             logs_are_newest_first_and_go_with_the_connection,
             oauth_states_are_single_use_and_expire,
             the_due_index_finds_what_is_due_and_nothing_else,
+            revocation_jobs_are_claimed_once_and_deleted,
         );
     };
 }

@@ -94,6 +94,35 @@ pub async fn serve_refresh(app: App) -> Result<(), Error> {
     .await
 }
 
+/// The `token-revoke` handler: an EventBridge event `Connection Disconnected` / `Connection
+/// Deleted` (detail `{org, connection_id, ...}`) runs that connection's revocation jobs. A
+/// duplicate or replayed event finds no job and does nothing.
+pub async fn handle_revoke(service: &Service, event: Value) -> Result<Value, Diagnostic> {
+    let detail = event.get("detail").unwrap_or(&event);
+    let field = |k: &str| detail.get(k).and_then(Value::as_str);
+    let org = field("org").and_then(|o| OrgId::parse(o).ok()).ok_or_else(|| invalid("detail.org is required"))?;
+    let id = field("connection_id")
+        .and_then(|i| crate::domain::ConnectionId::parse(i).ok())
+        .ok_or_else(|| invalid("detail.connection_id is required"))?;
+    let outcomes = service.revoke_pending(&org, &id).await.map_err(|e| diagnostic(Problem::from(e)))?;
+    let count = |o: crate::service::RevokeOutcome| outcomes.iter().filter(|x| **x == o).count();
+    use crate::service::RevokeOutcome::{GaveUp, Retrying, Revoked, Skipped};
+    Ok(serde_json::json!({
+        "jobs": outcomes.len(), "revoked": count(Revoked), "retrying": count(Retrying),
+        "gave_up": count(GaveUp), "skipped": count(Skipped)
+    }))
+}
+
+/// The `token-revoke` function: the EventBridge rule on Latchkey's own disconnect/delete events.
+pub async fn serve_revoke(app: App) -> Result<(), Error> {
+    let service: Arc<Service> = app.service;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        let service = service.clone();
+        async move { handle_revoke(&service, event.payload).await }
+    }))
+    .await
+}
+
 /// The `token-lookup` function: invoked directly (`lambda:InvokeFunction`, IAM-authorized).
 pub async fn serve_lookup(app: App) -> Result<(), Error> {
     let service: Arc<Service> = app.service;

@@ -7,7 +7,8 @@ use time::OffsetDateTime;
 
 use crate::crypto::{CryptoError, DataKey, EncryptionContext, PlainKey};
 use crate::domain::{
-    Connection, ConnectionId, CustomerId, Definition, DefinitionKey, Event, LogEntry, OAuthState, OrgId, Status,
+    Connection, ConnectionId, CustomerId, Definition, DefinitionKey, Event, LogEntry, OAuthState, OrgId, RevocationJob,
+    Status,
 };
 
 /// A boxed error from an adapter's backend (SQLite, an AWS SDK...). Never carries secret values:
@@ -93,6 +94,18 @@ pub trait Store: Send + Sync + 'static {
         until: OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<(OrgId, ConnectionId)>, StoreError>;
+
+    /// Stores a revocation job; `Conflict` if its id exists.
+    async fn put_revocation(&self, job: &RevocationJob) -> Result<(), StoreError>;
+    /// The revocation jobs of a connection.
+    async fn revocations_of(&self, org: &OrgId, id: &ConnectionId) -> Result<Vec<RevocationJob>, StoreError>;
+    /// Revocation jobs whose next attempt is at or before `until` (every organization).
+    async fn due_revocations(&self, until: OffsetDateTime, limit: usize) -> Result<Vec<RevocationJob>, StoreError>;
+    /// Replaces a job if it still has `expected_attempts` (claiming an attempt); `Conflict` if
+    /// another worker claimed it or it is gone.
+    async fn update_revocation(&self, job: &RevocationJob, expected_attempts: u32) -> Result<(), StoreError>;
+    /// Deletes a job; `Ok(false)` when it was gone already.
+    async fn delete_revocation(&self, job: &RevocationJob) -> Result<bool, StoreError>;
 
     /// Stores a pending authorization; `Conflict` if its hash exists.
     async fn put_oauth_state(&self, state: &OAuthState) -> Result<(), StoreError>;

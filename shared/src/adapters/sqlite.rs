@@ -11,7 +11,7 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use time::OffsetDateTime;
 
-use crate::domain::{Connection, ConnectionId, Definition, DefinitionKey, LogEntry, OAuthState, OrgId};
+use crate::domain::{Connection, ConnectionId, Definition, DefinitionKey, LogEntry, OAuthState, OrgId, RevocationJob};
 use crate::ports::{ConnectionFilter, Expect, Page, Store, StoreError};
 
 const SCHEMA: &str = "
@@ -32,6 +32,12 @@ CREATE TABLE IF NOT EXISTS logs (
 );
 CREATE INDEX IF NOT EXISTS logs_by_connection ON logs (org, connection_id, seq);
 CREATE INDEX IF NOT EXISTS connections_due ON connections (due_at) WHERE due_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS revocations (
+    id TEXT PRIMARY KEY, org TEXT NOT NULL, connection_id TEXT NOT NULL,
+    attempts INTEGER NOT NULL, next_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, doc TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS revocations_by_connection ON revocations (org, connection_id);
+CREATE INDEX IF NOT EXISTS revocations_due ON revocations (next_at);
 CREATE TABLE IF NOT EXISTS oauth_states (
     hash TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, doc TEXT NOT NULL
 ) WITHOUT ROWID;
@@ -317,6 +323,87 @@ impl Store for SqliteStore {
             rows.iter()
                 .map(|(o, i)| Ok((OrgId::parse(o).map_err(backend)?, ConnectionId::parse(i).map_err(backend)?)))
                 .collect()
+        })
+        .await
+    }
+
+    async fn put_revocation(&self, job: &RevocationJob) -> Result<(), StoreError> {
+        let row = (
+            job.id.clone(),
+            job.org.to_string(),
+            job.connection_id.to_string(),
+            job.attempts,
+            job.next_attempt_at.unix_timestamp(),
+            job.expires_at.unix_timestamp(),
+            to_json(job)?,
+        );
+        self.run(move |db| {
+            // Jobs past their lifetime are swept here: there is no TTL in SQLite.
+            db.execute("DELETE FROM revocations WHERE expires_at <= unixepoch()", []).map_err(backend)?;
+            let n = db
+                .execute(
+                    "INSERT INTO revocations (id, org, connection_id, attempts, next_at, expires_at, doc)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                    params![row.0, row.1, row.2, row.3, row.4, row.5, row.6],
+                )
+                .map_err(backend)?;
+            if n == 1 { Ok(()) } else { Err(StoreError::Conflict) }
+        })
+        .await
+    }
+
+    async fn revocations_of(&self, org: &OrgId, id: &ConnectionId) -> Result<Vec<RevocationJob>, StoreError> {
+        let (org, id) = (org.to_string(), id.to_string());
+        self.run(move |db| {
+            let mut stmt = db
+                .prepare("SELECT doc FROM revocations WHERE org = ?1 AND connection_id = ?2 ORDER BY id")
+                .map_err(backend)?;
+            let docs = stmt
+                .query_map(params![org, id], |r| r.get::<_, String>(0))
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            docs.iter().map(|d| from_json(d)).collect()
+        })
+        .await
+    }
+
+    async fn due_revocations(&self, until: OffsetDateTime, limit: usize) -> Result<Vec<RevocationJob>, StoreError> {
+        let until = until.unix_timestamp();
+        self.run(move |db| {
+            let mut stmt = db
+                .prepare("SELECT doc FROM revocations WHERE next_at <= ?1 ORDER BY next_at LIMIT ?2")
+                .map_err(backend)?;
+            let docs = stmt
+                .query_map(params![until, limit as i64], |r| r.get::<_, String>(0))
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            docs.iter().map(|d| from_json(d)).collect()
+        })
+        .await
+    }
+
+    async fn update_revocation(&self, job: &RevocationJob, expected_attempts: u32) -> Result<(), StoreError> {
+        let (id, attempts, next, doc) =
+            (job.id.clone(), job.attempts, job.next_attempt_at.unix_timestamp(), to_json(job)?);
+        self.run(move |db| {
+            let n = db
+                .execute(
+                    "UPDATE revocations SET attempts = ?2, next_at = ?3, doc = ?4 WHERE id = ?1 AND attempts = ?5",
+                    params![id, attempts, next, doc, expected_attempts],
+                )
+                .map_err(backend)?;
+            if n == 1 { Ok(()) } else { Err(StoreError::Conflict) }
+        })
+        .await
+    }
+
+    async fn delete_revocation(&self, job: &RevocationJob) -> Result<bool, StoreError> {
+        let id = job.id.clone();
+        self.run(move |db| {
+            let n = db.execute("DELETE FROM revocations WHERE id = ?1", params![id]).map_err(backend)?;
+            Ok(n > 0)
         })
         .await
     }

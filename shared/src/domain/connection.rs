@@ -106,6 +106,27 @@ pub struct RefreshState {
     pub lease: Option<Lease>,
 }
 
+/// Tokens to revoke at the provider after a disconnect or delete (RFC 7009). It holds the
+/// sealed tokens and the sealed client settings it needs, so it outlives the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationJob {
+    /// Unique per job (a ULID): a connection authorized and disconnected twice has two.
+    pub id: String,
+    pub org: OrgId,
+    pub connection_id: ConnectionId,
+    pub definition: DefinitionKey,
+    /// The connection's sealed tokens, as they were (sealed under the connection's context).
+    pub tokens: Sealed,
+    /// Sealed `{revoke_url, client_id, client_secret?, client_auth}` (same context).
+    pub settings: Sealed,
+    pub attempts: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub next_attempt_at: OffsetDateTime,
+    /// Dropped after this (store TTL), whatever happened.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
 /// A pending authorization: what the callback needs, stored under the SHA-256 of the `state`
 /// (the state itself is never stored), single use, expiring after 10 minutes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

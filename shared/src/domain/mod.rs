@@ -8,7 +8,9 @@ mod log;
 mod principal;
 pub mod validate;
 
-pub use connection::{Connection, Lease, OAuthState, OAuthTokens, RefreshState, Scope, Status, StatusError};
+pub use connection::{
+    Connection, Lease, OAuthState, OAuthTokens, RefreshState, RevocationJob, Scope, Status, StatusError,
+};
 pub use definition::{AuthKind, Definition, Input, InputType, Redirects, Visibility};
 pub use event::{Event, EventType};
 pub use ids::{ConnectionId, CustomerId, DefinitionKey, IdError, InstanceId, OrgId};

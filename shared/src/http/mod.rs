@@ -49,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/connections/{id}/token", post(token_lookup))
         .route("/v1/connections/{id}/authorize", post(authorize))
         .route("/v1/connections/{id}/refresh", post(force_refresh))
+        .route("/v1/connections/{id}/disconnect", post(disconnect))
         .route("/v1/oauth/callback", get(oauth_callback))
         .fallback(|| async { Problem::not_found() })
         .method_not_allowed_fallback(|| async {
@@ -252,6 +253,11 @@ async fn authorize(State(s): State<AppState>, p: Principal, Path(id): Path<Strin
 /// `POST /v1/connections/{id}/refresh`: refresh now (organization users).
 async fn force_refresh(State(s): State<AppState>, p: Principal, Path(id): Path<String>) -> Result<Response, Problem> {
     Ok(with_etag(StatusCode::OK, s.service.force_refresh(&p, &id).await?))
+}
+
+/// `POST /v1/connections/{id}/disconnect`.
+async fn disconnect(State(s): State<AppState>, p: Principal, Path(id): Path<String>) -> Result<Response, Problem> {
+    Ok(with_etag(StatusCode::OK, s.service.disconnect(&p, &id).await?))
 }
 
 fn escape_html(s: &str) -> String {

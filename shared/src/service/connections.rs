@@ -356,8 +356,9 @@ impl Service {
                 next.secret_names = values.secret_names();
                 next.values = values.plain;
                 next.secrets = self.seal_secrets(&next, &values.secret).await?;
-                // New credentials get a new chance: a red connection turns yellow again.
-                if next.status == Status::Error {
+                // New credentials get a new chance: a red connection turns yellow again, and so
+                // does a disconnected one that needs no authorization.
+                if next.status == Status::Error || (next.status == Status::Disconnected && next.reconfigurable()) {
                     next.status = Status::Configured;
                     next.error = None;
                 }
@@ -387,13 +388,16 @@ impl Service {
         unreachable!("the loop returns on its last attempt")
     }
 
-    /// `DELETE /v1/connections/{id}`.
+    /// `DELETE /v1/connections/{id}`: like disconnect (tokens revoked at the provider,
+    /// asynchronously), and the connection is gone.
     pub async fn delete_connection(&self, p: &Principal, id: &str) -> Result<()> {
         let c = self.visible_connection(p, id).await?;
         require_manage(p, &c)?;
+        let job = self.revocation_for_delete(&c).await?;
         if !self.store.delete_connection(&c.org, &c.id).await? {
             return Err(ServiceError::NotFound);
         }
+        self.queue_revocation(&c, job).await;
         self.emit(Event::about(EventType::ConnectionDeleted, &c)).await;
         Ok(())
     }

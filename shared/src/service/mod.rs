@@ -5,6 +5,7 @@ mod definitions;
 mod lookup;
 pub mod oauth;
 mod refresh;
+mod revoke;
 mod views;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ pub use connections::{ListQuery, MAX_PAGE};
 pub use lookup::{LookupRequest, LookupResponse, ReportedError};
 pub use oauth::{AuthorizeResponse, CallbackOutcome};
 pub use refresh::{RefreshPolicy, SweepSummary};
+pub use revoke::{MAX_REVOKE_ATTEMPTS, RevokeOutcome};
 pub use views::{ConnectionPage, ConnectionView, DefinitionView};
 
 use crate::crypto::{CryptoError, Envelope};

@@ -178,9 +178,23 @@ pub(crate) struct Settings {
     provider: Option<&'static Provider>,
     /// The token URL came from a customer: call it through the public-only resolver.
     customer_token_url: bool,
+    /// The RFC 7009 endpoint, and whether it came from a customer.
+    pub(crate) revoke_url: Option<(url::Url, bool)>,
 }
 
 impl Settings {
+    pub(crate) fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub(crate) fn client_secret(&self) -> Option<&SecretString> {
+        self.client_secret.as_ref()
+    }
+
+    pub(crate) fn post_auth(&self) -> bool {
+        self.post_auth
+    }
+
     /// The `scope` parameter: the scopes joined with the provider's separator.
     pub(crate) fn scope_param(&self) -> Option<String> {
         (!self.scopes.is_empty()).then(|| self.scopes.join(&self.separator))
@@ -522,7 +536,8 @@ impl Service {
             };
         let authorize = endpoint("authorizeUrl", provider.and_then(|p| p.authorize_url.as_deref()), &mut errors);
         let token = endpoint("tokenUrl", provider.map(|p| p.token_url.as_str()), &mut errors);
-        for (name, found) in [("authorizeUrl", &authorize), ("tokenUrl", &token)] {
+        let revoke = endpoint("revokeUrl", provider.and_then(|p| p.revoke_url.as_deref()), &mut errors);
+        for (name, found) in [("authorizeUrl", &authorize), ("tokenUrl", &token), ("revokeUrl", &revoke)] {
             if let Some((url, true)) = found
                 && let Err(msg) = check_public_destination(url, self.allow_loopback_providers()).await
             {
@@ -563,6 +578,10 @@ impl Service {
             issuer: text(ISSUER_INPUT).map(str::to_owned),
             provider,
             customer_token_url,
+            revoke_url: revoke.map(|(u, customer)| {
+                let public_only = customer && !is_loopback_host(&u);
+                (u, public_only)
+            }),
         })
     }
 

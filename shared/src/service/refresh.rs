@@ -55,6 +55,8 @@ pub struct SweepSummary {
     pub refreshed: usize,
     pub failed: usize,
     pub skipped: usize,
+    /// Revocation jobs whose retry time had come, attempted by this sweep.
+    pub revocations: usize,
 }
 
 /// The outcome of [`Service::refresh_connection`].
@@ -390,7 +392,12 @@ impl Service {
                 }
             }
         }
+        // Revocations that failed transiently are retried here, when their time has come.
+        if Instant::now() < deadline {
+            summary.revocations = self.revoke_due().await?.len();
+        }
         tracing::info!(
+            revocations = summary.revocations,
             due = summary.due,
             refreshed = summary.refreshed,
             failed = summary.failed,

@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::{
 };
 use time::OffsetDateTime;
 
-use crate::domain::{Connection, ConnectionId, Definition, DefinitionKey, LogEntry, OAuthState, OrgId};
+use crate::domain::{Connection, ConnectionId, Definition, DefinitionKey, LogEntry, OAuthState, OrgId, RevocationJob};
 use crate::ports::{BackendError, ConnectionFilter, Expect, Page, Store, StoreError};
 
 pub const BY_CUSTOMER: &str = "by-customer";
@@ -101,6 +101,25 @@ fn connection_item(c: &Connection) -> Result<Item, StoreError> {
         item.insert("gsi3pk".into(), s(format!("DUE#{}", due_shard(&c.id))));
         item.insert("gsi3sk".into(), s(format!("{:012}#{}#{}", due.unix_timestamp().max(0), c.org, c.id)));
     }
+    Ok(item)
+}
+
+fn revocation_pk(org: &OrgId, id: &ConnectionId) -> String {
+    format!("REVOKE#{org}#{id}")
+}
+
+/// A revocation job's item: in the due index under its own `RDUE#` partitions.
+fn revocation_item(job: &RevocationJob) -> Result<Item, StoreError> {
+    let mut item = key(revocation_pk(&job.org, &job.connection_id), job.id.clone());
+    item.insert("kind".into(), s("revocation"));
+    item.insert("attempts".into(), n(job.attempts));
+    item.insert("doc".into(), s(serde_json::to_string(job).map_err(backend)?));
+    item.insert(TTL_ATTRIBUTE.into(), n(job.expires_at.unix_timestamp()));
+    item.insert("gsi3pk".into(), s(format!("RDUE#{}", due_shard(&job.connection_id))));
+    item.insert(
+        "gsi3sk".into(),
+        s(format!("{:012}#{}#{}#{}", job.next_attempt_at.unix_timestamp().max(0), job.org, job.connection_id, job.id)),
+    );
     Ok(item)
 }
 
@@ -507,6 +526,108 @@ impl Store for DynamoStore {
                 Ok((org, id))
             })
             .collect()
+    }
+
+    async fn put_revocation(&self, job: &RevocationJob) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(revocation_item(job)?))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+                Err(StoreError::Conflict)
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn revocations_of(&self, org: &OrgId, id: &ConnectionId) -> Result<Vec<RevocationJob>, StoreError> {
+        let (items, _) = self
+            .query_until(
+                || {
+                    self.client
+                        .query()
+                        .table_name(&self.table)
+                        .key_condition_expression("pk = :pk")
+                        .expression_attribute_values(":pk", s(revocation_pk(org, id)))
+                        .consistent_read(true)
+                },
+                usize::MAX,
+            )
+            .await?;
+        items.iter().map(doc_of).collect()
+    }
+
+    async fn due_revocations(&self, until: OffsetDateTime, limit: usize) -> Result<Vec<RevocationJob>, StoreError> {
+        let upper = format!("{:012}#~", until.unix_timestamp().max(0));
+        let mut jobs = Vec::new();
+        for shard in 0..DUE_SHARDS {
+            let (keys, _) = self
+                .query_until(
+                    || {
+                        self.client
+                            .query()
+                            .table_name(&self.table)
+                            .index_name(REFRESH_DUE)
+                            .key_condition_expression("gsi3pk = :p AND gsi3sk <= :u")
+                            .expression_attribute_values(":p", s(format!("RDUE#{shard}")))
+                            .expression_attribute_values(":u", s(upper.clone()))
+                    },
+                    limit.saturating_sub(jobs.len()).max(1),
+                )
+                .await?;
+            // The index projects keys only: read each job.
+            for k in keys {
+                let (Some(pk), Some(sk)) = (k.get("pk"), k.get("sk")) else { continue };
+                let item =
+                    self.get(HashMap::from([("pk".to_owned(), pk.clone()), ("sk".to_owned(), sk.clone())])).await?;
+                if let Some(item) = item {
+                    jobs.push(doc_of(&item)?);
+                }
+            }
+            if jobs.len() >= limit {
+                break;
+            }
+        }
+        jobs.truncate(limit);
+        Ok(jobs)
+    }
+
+    async fn update_revocation(&self, job: &RevocationJob, expected_attempts: u32) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(revocation_item(job)?))
+            .condition_expression("attempts = :a")
+            .expression_attribute_values(":a", n(expected_attempts))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+                Err(StoreError::Conflict)
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn delete_revocation(&self, job: &RevocationJob) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(revocation_pk(&job.org, &job.connection_id), job.id.clone())))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(out.attributes.is_some_and(|a| !a.is_empty()))
     }
 
     async fn put_oauth_state(&self, state: &OAuthState) -> Result<(), StoreError> {

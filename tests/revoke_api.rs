@@ -1,0 +1,231 @@
+//! Disconnect, delete and revocation (RFC 7009) through `latchkey serve`, against oidc-provider
+//! (whose introspection tells whether a token still works).
+
+mod common;
+#[path = "support/oauth.rs"]
+mod oauth;
+
+use std::time::{Duration, Instant};
+
+use common::{TestApp, contains_bytes, files_under};
+use oauth::OidcServer;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const ORG: &str = "acme";
+
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().build().unwrap()
+}
+
+async fn eventually<F, Fut>(limit: Duration, what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < until, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Defines a connection against `oidc` (with `revoke_url`), authorizes it, and returns its id and
+/// the access token a lookup hands out.
+async fn connected(app: &TestApp, oidc: &OidcServer, revoke_url: &str) -> (String, String) {
+    let org = app.token(ORG, None, &[]).await;
+    let def = json!({"auth": "oauth2_authorization_code", "inputs": {
+        "authorizeUrl": {"type": "url", "default": oidc.authorize_endpoint()},
+        "tokenUrl": {"type": "url", "default": oidc.token_endpoint()},
+        "revokeUrl": {"type": "url", "default": revoke_url},
+        "clientId": {"type": "string", "default": oidc.client.client_id},
+        "clientSecret": {"type": "password", "default": oidc.client.client_secret},
+        "scopes": {"type": "string", "default": "openid offline_access api:read"}}});
+    let put = app.put_definition(&org, "idp", &def).await;
+    assert!(put.status.is_success(), "{}", put.text);
+    let created = app.create_connection(&org, &json!({"definition": "idp", "customer": "c-1"})).await;
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let token = authorize(app, oidc, &id).await;
+    (id, token)
+}
+
+async fn authorize(app: &TestApp, oidc: &OidcServer, id: &str) -> String {
+    let org = app.token(ORG, None, &[]).await;
+    let reply = app.request(Method::POST, &format!("/v1/connections/{id}/authorize"), Some(&org), None).await;
+    reply.assert_status(StatusCode::OK);
+    let back = oidc.login_and_consent(reply.body["authorize_url"].as_str().unwrap()).await;
+    let done = browser().get(&back).send().await.unwrap();
+    assert!(done.status().is_success(), "callback: {}", done.status());
+    let found = lookup(app, id).await;
+    found.assert_status(StatusCode::OK);
+    found.body["token"]["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn lookup(app: &TestApp, id: &str) -> common::Reply {
+    let runtime = app.token(ORG, None, &["runtime"]).await;
+    app.lookup(&runtime, id, &json!({})).await
+}
+
+async fn start_oidc(app: &TestApp) -> OidcServer {
+    OidcServer::start(json!({"redirect_uris": [format!("{}/v1/oauth/callback", app.address)]})).await
+}
+
+#[tokio::test]
+async fn disconnect_cuts_access_at_once_revokes_at_the_provider_and_can_be_undone() {
+    if common::in_process() {
+        return; // the revoker runs in `latchkey serve`
+    }
+    let app = TestApp::spawn().await;
+    let oidc = start_oidc(&app).await;
+    let (id, token) = connected(&app, &oidc, &oidc.revocation_endpoint()).await;
+    assert_eq!(oidc.introspect(&token).await["active"], true);
+
+    let org = app.token(ORG, None, &[]).await;
+    let cut = app.request(Method::POST, &format!("/v1/connections/{id}/disconnect"), Some(&org), None).await;
+    cut.assert_status(StatusCode::OK);
+    assert_eq!(cut.body["status"], "disconnected");
+    // At once: the lookup fails with a clear problem.
+    let refused = lookup(&app, &id).await;
+    refused.assert_problem(StatusCode::CONFLICT);
+    assert_eq!(refused.problem_type(), "urn:latchkey:problem:connection-disconnected");
+    // Within seconds: the provider calls the token dead.
+    eventually(Duration::from_secs(10), "the provider revoked the token", || async {
+        oidc.introspect(&token).await["active"] == false
+    })
+    .await;
+    assert!(oidc.stats().await["revocations"].as_u64().unwrap_or(0) >= 1);
+    eventually(Duration::from_secs(5), "the revoked log line", || async {
+        app.connection_logs(&org, &id).await.text.contains("\"revoked\"")
+    })
+    .await;
+    let logs = app.connection_logs(&org, &id).await.text;
+    assert!(logs.contains("disconnected"), "{logs}");
+    assert!(!app.logs().contains(&token) && !logs.contains(&token), "no token in the logs");
+
+    // Disconnecting again is harmless; authorizing again works like the first time.
+    app.request(Method::POST, &format!("/v1/connections/{id}/disconnect"), Some(&org), None)
+        .await
+        .assert_status(StatusCode::OK);
+    let again = authorize(&app, &oidc, &id).await;
+    assert_ne!(again, token);
+    assert_eq!(oidc.introspect(&again).await["active"], true);
+}
+
+#[tokio::test]
+async fn delete_revokes_too_and_the_connection_is_gone() {
+    if common::in_process() {
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let oidc = start_oidc(&app).await;
+    let (id, token) = connected(&app, &oidc, &oidc.revocation_endpoint()).await;
+    let org = app.token(ORG, None, &[]).await;
+    app.delete_connection(&org, &id).await.assert_status(StatusCode::NO_CONTENT);
+    lookup(&app, &id).await.assert_problem(StatusCode::NOT_FOUND);
+    eventually(Duration::from_secs(10), "the provider revoked the token", || async {
+        oidc.introspect(&token).await["active"] == false
+    })
+    .await;
+}
+
+/// With the provider unreachable, access is still cut at once, the failure is logged, the job
+/// waits (sealed) for a retry, and nothing secret is stored in clear meanwhile.
+#[tokio::test]
+async fn with_the_provider_down_access_is_cut_and_revocation_retried_later() {
+    if common::in_process() {
+        return;
+    }
+    // A port nobody listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let app = TestApp::spawn().await;
+    let oidc = start_oidc(&app).await;
+    let (id, token) = connected(&app, &oidc, &format!("http://127.0.0.1:{closed}/revoke")).await;
+    let org = app.token(ORG, None, &[]).await;
+    app.request(Method::POST, &format!("/v1/connections/{id}/disconnect"), Some(&org), None)
+        .await
+        .assert_status(StatusCode::OK);
+    assert_eq!(lookup(&app, &id).await.problem_type(), "urn:latchkey:problem:connection-disconnected");
+    eventually(Duration::from_secs(10), "revoke_failed", || async {
+        app.connection_logs(&org, &id).await.text.contains("revoke_failed")
+    })
+    .await;
+    let logs = app.connection_logs(&org, &id).await.text;
+    assert!(logs.contains("retrying in"), "{logs}");
+    // The token was not revoked (the provider was never reached) and sits sealed in the job.
+    assert_eq!(oidc.introspect(&token).await["active"], true);
+    for f in files_under(&app.data_dir) {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(!contains_bytes(&bytes, token.as_bytes()), "{} holds the token in clear", f.display());
+    }
+}
+
+/// A duplicate or replayed revoke event does no harm: the job runs once.
+#[tokio::test]
+async fn a_replayed_revoke_event_does_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = latchkey::config::App::embedded(dir.path()).unwrap();
+    let service = &app.service;
+    service.set_public_url("http://127.0.0.1:9");
+    let oidc = OidcServer::start(json!({"redirect_uris": ["http://127.0.0.1:9/v1/oauth/callback"]})).await;
+    let p = latchkey::domain::Principal::organization(latchkey::domain::OrgId::parse(ORG).unwrap());
+    let def = json!({"auth": "oauth2_authorization_code", "inputs": {
+        "authorizeUrl": {"type": "url", "default": oidc.authorize_endpoint()},
+        "tokenUrl": {"type": "url", "default": oidc.token_endpoint()},
+        "revokeUrl": {"type": "url", "default": oidc.revocation_endpoint()},
+        "clientId": {"type": "string", "default": oidc.client.client_id},
+        "clientSecret": {"type": "password", "default": oidc.client.client_secret},
+        "scopes": {"type": "string", "default": "openid offline_access api:read"}}});
+    service.put_definition(&p, "idp", &def).await.unwrap();
+    let conn = service.create_connection(&p, &json!({"definition": "idp", "customer": "c-1"})).await.unwrap();
+    let started = service.authorize(&p, conn.id.as_str()).await.unwrap();
+    let back = oidc.login_and_consent(&started.authorize_url).await;
+    let params: std::collections::BTreeMap<String, String> =
+        reqwest::Url::parse(&back).unwrap().query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    service.callback(&params).await;
+    service.disconnect(&p, conn.id.as_str()).await.unwrap();
+
+    let event = json!({"source": "latchkey", "detail-type": "Connection Disconnected",
+        "detail": {"org": ORG, "connection_id": conn.id.as_str(), "definition": "idp", "status": "disconnected"}});
+    let first = latchkey::lambda::handle_revoke(service, event.clone()).await.unwrap();
+    assert_eq!((first["jobs"].as_u64(), first["revoked"].as_u64()), (Some(1), Some(1)), "{first}");
+    let replay = latchkey::lambda::handle_revoke(service, event).await.unwrap();
+    assert_eq!(replay["jobs"], 0, "{replay}");
+    assert_eq!(
+        oidc.stats().await["revocations"].as_u64(),
+        Some(2),
+        "refresh then access token, once: {}",
+        oidc.stats().await
+    );
+    let bad = latchkey::lambda::handle_revoke(service, json!({"detail": {}})).await.unwrap_err();
+    assert_eq!(bad.error_type, "InvalidRequest");
+    let _: Value = first;
+}
+
+/// An API-key connection: disconnect removes the key (reads no longer show it set, lookups fail);
+/// a new key brings it back.
+#[tokio::test]
+async fn an_api_key_connection_is_disconnected_and_reconfigured() {
+    let app = TestApp::spawn().await;
+    let org = app.token(ORG, None, &[]).await;
+    let def = json!({"auth": "api_key", "inputs": {"apiKey": {"type": "password", "required": true}}});
+    app.put_definition(&org, "k", &def).await.assert_status(StatusCode::CREATED);
+    let created =
+        app.create_connection(&org, &json!({"definition": "k", "customer": "c-1", "values": {"apiKey": "sk_1"}})).await;
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    lookup(&app, &id).await.assert_status(StatusCode::OK);
+    let cut = app.request(Method::POST, &format!("/v1/connections/{id}/disconnect"), Some(&org), None).await;
+    cut.assert_status(StatusCode::OK);
+    assert_eq!(cut.body["values"].get("apiKey"), None, "the key is gone");
+    assert_eq!(lookup(&app, &id).await.problem_type(), "urn:latchkey:problem:connection-disconnected");
+    let back = app.patch_connection(&org, &id, &json!({"values": {"apiKey": "sk_2"}}), None).await;
+    back.assert_status(StatusCode::OK);
+    assert_eq!(back.body["status"], "configured");
+    assert_eq!(lookup(&app, &id).await.body["fields"]["apiKey"], "sk_2");
+    // Customers may disconnect their own; others learn nothing.
+    let other = app.token("umbrella", None, &[]).await;
+    let hidden = app.request(Method::POST, &format!("/v1/connections/{id}/disconnect"), Some(&other), None).await;
+    hidden.assert_problem(StatusCode::NOT_FOUND);
+}
