@@ -229,3 +229,48 @@ async fn an_api_key_connection_is_disconnected_and_reconfigured() {
     let hidden = app.request(Method::POST, &format!("/v1/connections/{id}/disconnect"), Some(&other), None).await;
     hidden.assert_problem(StatusCode::NOT_FOUND);
 }
+
+/// The provider is down at first (503), then back: the job is retried by the sweep and succeeds
+/// within its attempts.
+#[tokio::test]
+async fn a_revocation_that_failed_succeeds_once_the_provider_is_back() {
+    if common::in_process() {
+        return;
+    }
+    let app = TestApp::spawn_with_env(
+        &common::Backend::fresh().await,
+        &common::random_secret(),
+        &[("LATCHKEY_REFRESH_INTERVAL_SECS", "1")],
+    )
+    .await;
+    let mock = oauth::MockServer::start(json!({"revoke_faults": [{"times": 2, "status": 503}]})).await;
+    let org = app.token(ORG, None, &[]).await;
+    let def = json!({"auth": "oauth2_authorization_code", "inputs": {
+        "authorizeUrl": {"type": "url", "default": mock.authorize_endpoint()},
+        "tokenUrl": {"type": "url", "default": mock.token_endpoint()},
+        "revokeUrl": {"type": "url", "default": mock.revocation_endpoint()},
+        "clientId": {"type": "string", "default": "cid"}}});
+    app.put_definition(&org, "m", &def).await.assert_status(StatusCode::CREATED);
+    let created = app.create_connection(&org, &json!({"definition": "m", "customer": "c-1"})).await;
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let reply = app.request(Method::POST, &format!("/v1/connections/{id}/authorize"), Some(&org), None).await;
+    let back = mock.authorize(reply.body["authorize_url"].as_str().unwrap()).await;
+    assert!(browser().get(&back).send().await.unwrap().status().is_success());
+    app.request(Method::POST, &format!("/v1/connections/{id}/disconnect"), Some(&org), None)
+        .await
+        .assert_status(StatusCode::OK);
+    assert_eq!(lookup(&app, &id).await.problem_type(), "urn:latchkey:problem:connection-disconnected");
+    // First attempt (the event) and its retry fail; a later sweep succeeds.
+    eventually(Duration::from_secs(30), "a successful revocation", || async {
+        mock.stats().await["revocations"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
+    let stats = mock.stats().await;
+    assert_eq!(stats["revoke_faults_served"], 2, "{stats}");
+    eventually(Duration::from_secs(5), "the revoked log line", || async {
+        app.connection_logs(&org, &id).await.text.contains("\"revoked\"")
+    })
+    .await;
+    let logs = app.connection_logs(&org, &id).await.text;
+    assert!(logs.contains("revoke_failed"), "{logs}");
+}

@@ -20,6 +20,9 @@
 //     body        any      JSON body (default {"error": "invalid_request"})
 //     raw_body    string   sent as is instead of `body`, with `content_type` (default text/html)
 //     headers     object   extra response headers, e.g. {"Retry-After": "2"}
+//   revoke_faults [{times?, status?, headers?}]  the first with `times` left answers a revocation
+//                        request with that status (default 503) instead of 200; counted in
+//                        `revoke_faults_served`, while `revocations` counts the ones that succeeded
 //   rewrites  [rewrite]  every rewrite that matches a successful token response and has `times` left
 //                        is applied, in order:
 //     grant_type  string   only for this grant type (default: any)
@@ -49,13 +52,14 @@ function parseConfig(text) {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) {
     throw new Error('the configuration must be a JSON object');
   }
-  for (const key of ['faults', 'rewrites']) {
+  for (const key of ['faults', 'rewrites', 'revoke_faults']) {
     if (value[key] !== undefined && !Array.isArray(value[key])) throw new Error(`\`${key}\` must be an array`);
   }
   // Copies, so `times` can count down without touching the caller's object.
   return {
     faults: (value.faults ?? []).map((f) => ({ ...f })),
     rewrites: (value.rewrites ?? []).map((r) => ({ ...r })),
+    revoke_faults: (value.revoke_faults ?? []).map((f) => ({ ...f })),
   };
 }
 
@@ -70,6 +74,7 @@ try {
 const events = [];
 let authorizeRequests = 0;
 let revocations = 0;
+let revokeFaults = 0;
 let introspections = 0;
 
 function stats() {
@@ -84,6 +89,7 @@ function stats() {
     faults_served: faultsServed,
     authorize_requests: authorizeRequests,
     revocations,
+    revoke_faults_served: revokeFaults,
     introspections,
     events,
   };
@@ -104,7 +110,16 @@ const service = new OAuth2Service(issuer);
 service.on('beforeAuthorizeRedirect', () => {
   authorizeRequests += 1;
 });
-service.on('beforeRevoke', () => {
+service.on('beforeRevoke', (revokeResponse, req) => {
+  // revoke_faults: [{times?, status=503, headers?}]: the first with uses left answers instead.
+  const [fault] = config.revoke_faults.filter((f) => (f.times ?? 1) > 0);
+  if (fault) {
+    use(fault);
+    revokeResponse.statusCode = fault.status ?? 503;
+    for (const [name, value] of Object.entries(fault.headers ?? {})) req.res.set(name, String(value));
+    revokeFaults += 1;
+    return;
+  }
   revocations += 1;
 });
 service.on('beforeIntrospect', () => {

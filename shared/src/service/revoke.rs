@@ -15,7 +15,7 @@ use crate::ports::StoreError;
 
 /// How long a revocation job may live, and how often it is tried.
 const JOB_LIFETIME: time::Duration = time::Duration::days(3);
-pub const MAX_REVOKE_ATTEMPTS: u32 = 8;
+pub const MAX_REVOKE_ATTEMPTS: u32 = 12;
 /// A claimed attempt is retried by others after this if its worker died.
 const CLAIM: time::Duration = time::Duration::seconds(60);
 
@@ -242,7 +242,8 @@ impl Service {
                 Ok(RevokeOutcome::GaveUp)
             }
             Some((code, retry_after)) => {
-                let backoff = Duration::from_secs(5u64 << claimed.attempts.min(10)).min(Duration::from_secs(3600));
+                // 4 s, 8 s, ... up to an hour: 12 attempts span about two and a half hours.
+                let backoff = Duration::from_secs(2u64 << claimed.attempts.min(12)).min(Duration::from_secs(3600));
                 let wait = retry_after.map_or(backoff, |r| r.max(backoff).min(Duration::from_secs(86_400)));
                 let mut retry = claimed.clone();
                 retry.next_attempt_at = now + wait;
