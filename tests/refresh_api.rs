@@ -353,3 +353,23 @@ async fn tokens_survive_restarts_between_authorize_refresh_and_lookup() {
     assert_eq!(refreshes(&oidc.stats().await), 1);
     let _ = address;
 }
+
+/// During an outage, lookups wait for the backoff like the sweep: one provider call, not one per
+/// lookup, and the old token is served while it is valid.
+#[tokio::test]
+async fn lookups_during_an_outage_do_not_storm_the_provider() {
+    let app = TestApp::spawn().await;
+    let (mock, id) = with_mock(
+        &app,
+        json!({
+        "rewrites": [{"grant_type": "authorization_code", "set": {"expires_in": 8}}],
+        "faults": [{"grant_type": "refresh_token", "status": 503, "body": {"error": "temporarily_unavailable"}}]}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(4200)).await;
+    for _ in 0..5 {
+        let found = lookup(&app, &id, 60).await;
+        found.assert_status(StatusCode::OK);
+    }
+    assert_eq!(refreshes(&mock.stats().await), 1, "one attempt, then the backoff");
+}

@@ -274,3 +274,22 @@ async fn a_revocation_that_failed_succeeds_once_the_provider_is_back() {
     let logs = app.connection_logs(&org, &id).await.text;
     assert!(logs.contains("revoke_failed"), "{logs}");
 }
+
+/// An authorization that began before a disconnect cannot put tokens back afterwards.
+#[tokio::test]
+async fn an_authorization_begun_before_a_disconnect_cannot_reconnect() {
+    let app = TestApp::spawn().await;
+    let oidc = start_oidc(&app).await;
+    let (id, _) = connected(&app, &oidc, &oidc.revocation_endpoint()).await;
+    let org = app.token(ORG, None, &[]).await;
+    let reply = app.request(Method::POST, &format!("/v1/connections/{id}/authorize"), Some(&org), None).await;
+    let url = reply.body["authorize_url"].as_str().unwrap().to_owned();
+    app.request(Method::POST, &format!("/v1/connections/{id}/disconnect"), Some(&org), None)
+        .await
+        .assert_status(StatusCode::OK);
+    let back = oidc.login_and_consent(&url).await;
+    let late = browser().get(&back).send().await.unwrap();
+    assert_eq!(late.status(), StatusCode::BAD_REQUEST, "refused (no failure redirect configured)");
+    assert_eq!(app.get_connection(&org, &id).await.body["status"], "disconnected");
+    assert_eq!(lookup(&app, &id).await.problem_type(), "urn:latchkey:problem:connection-disconnected");
+}

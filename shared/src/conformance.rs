@@ -63,6 +63,7 @@ pub fn connection(def: &Definition, customer: &str) -> Connection {
         oauth: None,
         captured: Default::default(),
         refresh: Default::default(),
+        generation: 0,
         version: 1,
         created_at: now(),
         updated_at: now(),
@@ -303,6 +304,7 @@ pub mod store {
             verifier: None,
             redirect_uri: "http://127.0.0.1:8080/v1/oauth/callback".into(),
             issuer: None,
+            generation: 0,
             expires_at: now() + time::Duration::seconds(ttl),
         };
         let live = state(&format!("h-{}", ulid::Ulid::new()), 600);

@@ -372,7 +372,9 @@ impl Store for SqliteStore {
         let until = until.unix_timestamp();
         self.run(move |db| {
             let mut stmt = db
-                .prepare("SELECT doc FROM revocations WHERE next_at <= ?1 ORDER BY next_at LIMIT ?2")
+                .prepare(
+                    "SELECT doc FROM revocations WHERE next_at <= ?1 AND expires_at > ?1 ORDER BY next_at LIMIT ?2",
+                )
                 .map_err(backend)?;
             let docs = stmt
                 .query_map(params![until, limit as i64], |r| r.get::<_, String>(0))

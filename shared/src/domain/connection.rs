@@ -140,6 +140,9 @@ pub struct OAuthState {
     pub redirect_uri: String,
     /// The issuer expected in an RFC 9207 `iss` parameter, when known.
     pub issuer: Option<String>,
+    /// The connection's generation when the authorization began.
+    #[serde(default)]
+    pub generation: u32,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
 }
@@ -175,6 +178,10 @@ pub struct Connection {
     pub captured: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     pub refresh: RefreshState,
+    /// Incremented by each disconnect: authorizations and refreshes that began before one must
+    /// not put tokens back.
+    #[serde(default)]
+    pub generation: u32,
     /// Incremented by every write; the store's optimistic-concurrency check.
     pub version: u64,
     #[serde(with = "time::serde::rfc3339")]

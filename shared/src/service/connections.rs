@@ -225,6 +225,7 @@ impl Service {
             oauth: None,
             captured: Default::default(),
             refresh: Default::default(),
+            generation: 0,
             version: 1,
             created_at: now,
             updated_at: now,
@@ -393,12 +394,14 @@ impl Service {
     pub async fn delete_connection(&self, p: &Principal, id: &str) -> Result<()> {
         let c = self.visible_connection(p, id).await?;
         require_manage(p, &c)?;
-        let job = self.revocation_for_delete(&c).await?;
+        // First as a disconnect (fencing refreshes in flight, queueing the revocation), then gone.
+        let stripped = if c.status == Status::Disconnected { c.clone() } else { self.strip_credentials(p, id).await? };
         if !self.store.delete_connection(&c.org, &c.id).await? {
             return Err(ServiceError::NotFound);
         }
-        self.queue_revocation(&c, job).await;
-        self.emit(Event::about(EventType::ConnectionDeleted, &c)).await;
+        let mut gone = c.clone();
+        gone.status = stripped.status;
+        self.emit(Event::about(EventType::ConnectionDeleted, &gone)).await;
         Ok(())
     }
 

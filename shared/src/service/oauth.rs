@@ -631,6 +631,7 @@ impl Service {
             redirect_uri,
             issuer: settings.issuer,
             expires_at,
+            generation: c.generation,
         };
         self.store.put_oauth_state(&record).await?;
         self.log(&c, LogType::AuthorizeStarted, "authorization started").await;
@@ -712,6 +713,12 @@ impl Service {
         params: &BTreeMap<String, String>,
     ) -> std::result::Result<Connection, (String, String)> {
         let internal = || ("server_error".to_owned(), "Latchkey could not complete the authorization".to_owned());
+        if c.generation != st.generation {
+            return Err((
+                "access_denied".into(),
+                "the connection was disconnected after this authorization began".into(),
+            ));
+        }
         if let Some(error) = params.get("error") {
             let description = params.get("error_description").map_or_else(String::new, |d| safe_description(d));
             return Err((oauth_error_code(error), description));
@@ -780,12 +787,21 @@ impl Service {
         let (tokens, captured) = self.seal_token_response(c, settings, response, captured, None).await?;
         let mut current = c.clone();
         for _ in 0..5 {
+            if current.generation != c.generation {
+                // Disconnected while the code was being exchanged: the new tokens are revoked.
+                self.revoke_orphaned(&current, tokens).await;
+                return Err(ServiceError::Unusable(super::Unusable::Disconnected));
+            }
             let next = self.with_tokens(&current, tokens.clone(), &captured, status);
             match self.store.update_connection(&next, current.version).await {
                 Ok(()) => return Ok(next),
-                Err(StoreError::Conflict) => {
-                    current = self.store.get_connection(&c.org, &c.id).await?.ok_or(ServiceError::NotFound)?;
-                }
+                Err(StoreError::Conflict) => match self.store.get_connection(&c.org, &c.id).await? {
+                    Some(latest) => current = latest,
+                    None => {
+                        self.revoke_orphaned(c, tokens).await;
+                        return Err(ServiceError::NotFound);
+                    }
+                },
                 Err(e) => return Err(e.into()),
             }
         }

@@ -87,6 +87,11 @@ fn needs_token(c: &Connection, now: OffsetDateTime, min_valid: time::Duration) -
     expires <= now + min_valid && !just_issued
 }
 
+/// A transient failure was recorded and its retry time has not come.
+fn backing_off(c: &Connection, now: OffsetDateTime) -> bool {
+    c.refresh.failures > 0 && c.refresh.due_at.is_some_and(|d| d > now)
+}
+
 fn days(t: OffsetDateTime) -> i64 {
     t.unix_timestamp().div_euclid(86_400)
 }
@@ -166,10 +171,15 @@ impl Service {
                 Err(StoreError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }
-            match self.refresh_leased(&leased).await? {
-                Some(done) => return Ok(Refreshed::Now(done)),
-                // The fenced write lost (the lease expired and another worker took over): re-read.
-                None => continue,
+            match self.refresh_leased(&leased).await {
+                Ok(Some(done)) => return Ok(Refreshed::Now(done)),
+                // The lease is gone (expired and taken over, or a disconnect): re-read.
+                Ok(None) => continue,
+                Err(e) => {
+                    // Whatever failed, the lease must not outlive this call.
+                    self.release_lease(&leased).await;
+                    return Err(e);
+                }
             }
         }
     }
@@ -189,11 +199,15 @@ impl Service {
         };
         if !client_credentials && refresh_token.is_none() {
             // Nothing to refresh with: leave the index, keep the token until it expires.
-            let mut next = leased.clone();
-            next.refresh.lease = None;
-            next.refresh.due_at = None;
-            next.version += 1;
-            return self.fenced(leased, next).await;
+            return self
+                .commit_leased(leased, |base| {
+                    let mut next = base.clone();
+                    next.refresh.lease = None;
+                    next.refresh.due_at = None;
+                    next.version = base.version + 1;
+                    next
+                })
+                .await;
         }
         let now = self.clock.now();
         let day = days(now);
@@ -216,11 +230,20 @@ impl Service {
                 let keep = previous.as_ref().map(|p| (p, refresh_token.clone()));
                 let (tokens, captured) =
                     self.seal_token_response(leased, &settings, &response, Default::default(), keep).await?;
-                let status = leased.status;
-                let mut next = self.with_tokens(leased, tokens, &captured, status);
-                next.refresh.day = day;
-                next.refresh.attempts_today = attempts;
-                let Some(done) = self.fenced(leased, next).await? else {
+                let written = self
+                    .commit_leased(leased, |base| {
+                        let mut next = self.with_tokens(base, tokens.clone(), &captured, base.status);
+                        next.refresh.day = day;
+                        next.refresh.attempts_today = attempts;
+                        next
+                    })
+                    .await?;
+                let Some(done) = written else {
+                    // Disconnected or deleted meanwhile: the new tokens must not stay alive.
+                    let current = self.store.get_connection(org, id).await?;
+                    if current.is_none_or(|c| c.generation != leased.generation || c.status == Status::Disconnected) {
+                        self.revoke_orphaned(leased, tokens).await;
+                    }
                     return Ok(None);
                 };
                 let expires = done.oauth.as_ref().and_then(|t| t.expires_at).map(|e| e.to_string());
@@ -242,22 +265,26 @@ impl Service {
                     if current.version != leased.version {
                         return Ok(None);
                     }
-                    let mut red = leased.clone();
-                    red.status = Status::Error;
-                    let message = if client_credentials {
-                        "the token endpoint refused the client credentials; fix them"
-                    } else {
-                        "the provider refused the refresh token; authorize the connection again"
+                    let red_of = |base: &Connection| {
+                        let mut red = base.clone();
+                        red.status = Status::Error;
+                        let message = if client_credentials {
+                            "the token endpoint refused the client credentials; fix them"
+                        } else {
+                            "the provider refused the refresh token; authorize the connection again"
+                        };
+                        red.error = Some(crate::domain::StatusError {
+                            code: failure.code.clone(),
+                            message: message.into(),
+                            at: now,
+                        });
+                        red.refresh =
+                            crate::domain::RefreshState { day, attempts_today: attempts, ..Default::default() };
+                        red.version = base.version + 1;
+                        red.updated_at = now;
+                        red
                     };
-                    red.error = Some(crate::domain::StatusError {
-                        code: failure.code.clone(),
-                        message: message.into(),
-                        at: now,
-                    });
-                    red.refresh = crate::domain::RefreshState { day, attempts_today: attempts, ..Default::default() };
-                    red.version += 1;
-                    red.updated_at = now;
-                    let Some(done) = self.fenced(leased, red).await? else {
+                    let Some(done) = self.commit_leased(leased, red_of).await? else {
                         return Ok(None);
                     };
                     self.log(
@@ -282,16 +309,19 @@ impl Service {
                         next_at =
                             next_at.max(OffsetDateTime::from_unix_timestamp((day + 1) * 86_400).unwrap_or(next_at));
                     }
-                    let mut next = leased.clone();
-                    next.refresh.lease = None;
-                    next.refresh.failures = failures;
-                    next.refresh.day = day;
-                    next.refresh.attempts_today = attempts;
-                    // Client-credentials tokens are fetched by lookups, not by the sweep.
-                    next.refresh.due_at = (!client_credentials).then_some(next_at);
-                    next.version += 1;
-                    next.updated_at = now;
-                    let Some(done) = self.fenced(leased, next).await? else {
+                    let backed_off = |base: &Connection| {
+                        let mut next = base.clone();
+                        next.refresh.lease = None;
+                        next.refresh.failures = failures;
+                        next.refresh.day = day;
+                        next.refresh.attempts_today = attempts;
+                        // The next try, by the sweep (lookups wait for it too).
+                        next.refresh.due_at = Some(next_at);
+                        next.version = base.version + 1;
+                        next.updated_at = now;
+                        next
+                    };
+                    let Some(done) = self.commit_leased(leased, backed_off).await? else {
                         return Ok(None);
                     };
                     self.log(
@@ -307,13 +337,53 @@ impl Service {
         }
     }
 
-    /// Writes `next` only if the connection is still at the leased version: a worker whose lease
-    /// expired cannot overwrite newer tokens.
-    async fn fenced(&self, leased: &Connection, next: Connection) -> Result<Option<Connection>> {
-        match self.store.update_connection(&next, leased.version).await {
-            Ok(()) => Ok(Some(next)),
-            Err(StoreError::Conflict) => Ok(None),
-            Err(e) => Err(e.into()),
+    /// Writes the outcome of a leased refresh, built by `apply` from the record. The write is
+    /// conditional on the version read; if another write won meanwhile (a label PATCH, a status
+    /// change) while this call still holds the lease in the same generation, the outcome is
+    /// applied again to the latest record, so rotated tokens are never dropped. `None` when the
+    /// lease is no longer ours (expired and taken over) or the connection was disconnected or
+    /// deleted: a stale worker cannot overwrite newer tokens.
+    async fn commit_leased(
+        &self,
+        leased: &Connection,
+        apply: impl Fn(&Connection) -> Connection,
+    ) -> Result<Option<Connection>> {
+        let owner = leased.refresh.lease.as_ref().map(|l| l.owner.clone());
+        let mut base = leased.clone();
+        for _ in 0..5 {
+            let next = apply(&base);
+            match self.store.update_connection(&next, base.version).await {
+                Ok(()) => return Ok(Some(next)),
+                Err(StoreError::Conflict) => {
+                    let Some(current) = self.store.get_connection(&leased.org, &leased.id).await? else {
+                        return Ok(None);
+                    };
+                    let ours = current.refresh.lease.as_ref().map(|l| &l.owner) == owner.as_ref()
+                        && current.generation == leased.generation
+                        && current.status != Status::Disconnected;
+                    if !ours {
+                        return Ok(None);
+                    }
+                    base = current;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Best effort: clears this call's lease after a failure, so others need not wait it out.
+    async fn release_lease(&self, leased: &Connection) {
+        let released = self
+            .commit_leased(leased, |base| {
+                let mut next = base.clone();
+                next.refresh.lease = None;
+                next.version = base.version + 1;
+                next
+            })
+            .await;
+        if let Err(e) = released {
+            tracing::warn!(connection_id = %leased.id, error = %e, "releasing a refresh lease failed; it expires by itself");
         }
     }
 
@@ -324,19 +394,39 @@ impl Service {
     pub(crate) async fn fresh_for_lookup(&self, c: Connection, min_valid: time::Duration) -> Result<Connection> {
         let client_credentials = c.auth == Some(AuthKind::Oauth2ClientCredentials);
         let usable = c.oauth.as_ref().is_some_and(|t| t.has_refresh_token) || client_credentials;
-        if !usable || !needs_token(&c, self.clock.now(), min_valid) {
+        let now = self.clock.now();
+        if !usable || !needs_token(&c, now, min_valid) {
             return Ok(c);
         }
-        let needed = move |c: &Connection, now: OffsetDateTime| needs_token(c, now, min_valid);
+        let valid = |c: &Connection, now: OffsetDateTime| {
+            c.oauth.as_ref().is_some_and(|t| t.expires_at.is_none_or(|e| e > now))
+        };
+        let unavailable = || ServiceError::Provider("temporarily_unavailable".into());
+        // After a transient failure, lookups wait for the backoff like the sweep does: an outage
+        // must not turn every lookup into a provider call.
+        if backing_off(&c, now) {
+            return if valid(&c, now) { Ok(c) } else { Err(unavailable()) };
+        }
+        let needed = move |c: &Connection, now: OffsetDateTime| needs_token(c, now, min_valid) && !backing_off(c, now);
         let seen = c.oauth.as_ref().map(|t| t.obtained_at);
         match self.refresh_connection(&c.org, &c.id, seen, needed, true).await {
-            Ok(Refreshed::Now(done) | Refreshed::Already(done)) => Ok(done),
-            Ok(Refreshed::Busy) => Ok(c),
-            Err(ServiceError::Provider(code)) => {
-                let still_valid = c.oauth.as_ref().and_then(|t| t.expires_at).is_some_and(|e| e > self.clock.now());
-                if still_valid { Ok(c) } else { Err(ServiceError::Provider(code)) }
+            Ok(Refreshed::Now(done) | Refreshed::Already(done)) => {
+                if valid(&done, self.clock.now()) {
+                    Ok(done)
+                } else {
+                    Err(unavailable())
+                }
             }
-            Err(e) => Err(e),
+            Ok(Refreshed::Busy) => Ok(c),
+            Err(e @ ServiceError::Unusable(_)) => Err(e),
+            // Any other failure: the old token while it is valid.
+            Err(e) => {
+                if valid(&c, self.clock.now()) {
+                    Ok(c)
+                } else {
+                    Err(e)
+                }
+            }
         }
     }
 

@@ -104,18 +104,30 @@ impl Service {
     /// `POST /v1/connections/{id}/disconnect`: credentials gone at once (lookups fail), refresh
     /// stopped, the connection kept (`disconnected`) to be authorized or configured again.
     pub async fn disconnect(&self, p: &Principal, id: &str) -> Result<ConnectionView> {
+        let c = self.visible_connection(p, id).await?;
+        super::connections::require_manage(p, &c)?;
+        if c.status != Status::Disconnected {
+            let done = self.strip_credentials(p, id).await?;
+            self.log(&done, LogType::Disconnected, "disconnected: credentials removed").await;
+            self.emit(Event::about(EventType::ConnectionDisconnected, &done)).await;
+        }
+        self.get_connection(p, id).await
+    }
+
+    /// Removes the credentials with a version-conditional write and queues the revocation of the
+    /// tokens it removed. The write fences concurrent refreshes: one that finished before it is
+    /// seen (its tokens are the ones revoked), one that finishes after it finds a new generation
+    /// and revokes its own tokens.
+    pub(crate) async fn strip_credentials(&self, p: &Principal, id: &str) -> Result<Connection> {
         for _ in 0..5 {
             let c = self.visible_connection(p, id).await?;
-            super::connections::require_manage(p, &c)?;
-            if c.status == Status::Disconnected {
-                return self.get_connection(p, id).await;
-            }
             let job = self.revocation_job(&c).await?;
             let mut next = c.clone();
             next.status = Status::Disconnected;
             next.error = None;
             next.oauth = None;
             next.refresh = Default::default();
+            next.generation = c.generation + 1;
             // Without OAuth, the stored passwords are the credentials (an API key): they leave
             // too. OAuth connections keep their client settings, to be authorized again.
             if !c.auth.is_some_and(|a| a.is_oauth()) {
@@ -125,14 +137,13 @@ impl Service {
             next.version = c.version + 1;
             next.updated_at = self.clock.now();
             match self.store.update_connection(&next, c.version).await {
-                Ok(()) => {}
+                Ok(()) => {
+                    self.queue_revocation(&next, job).await;
+                    return Ok(next);
+                }
                 Err(StoreError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }
-            self.queue_revocation(&next, job).await;
-            self.log(&next, LogType::Disconnected, "disconnected: credentials removed").await;
-            self.emit(Event::about(EventType::ConnectionDisconnected, &next)).await;
-            return self.get_connection(p, id).await;
         }
         Err(ServiceError::Conflict("the connection is being changed concurrently; retry"))
     }
@@ -147,35 +158,43 @@ impl Service {
         }
     }
 
-    /// The revocation job to queue before `c` is deleted.
-    pub(crate) async fn revocation_for_delete(&self, c: &Connection) -> Result<Option<RevocationJob>> {
-        self.revocation_job(c).await
-    }
-
     /// Runs the pending revocation jobs of one connection now (the `token-revoke` function and
     /// `latchkey serve` call it on `Connection Disconnected` / `Connection Deleted`). A replayed
     /// event finds no job and does nothing.
     pub async fn revoke_pending(&self, org: &OrgId, id: &ConnectionId) -> Result<Vec<RevokeOutcome>> {
-        let mut outcomes = Vec::new();
-        for job in self.store.revocations_of(org, id).await? {
-            outcomes.push(self.attempt_revocation(job).await?);
-        }
-        Ok(outcomes)
+        let jobs = self.store.revocations_of(org, id).await?;
+        Ok(self.run_jobs(jobs).await)
     }
 
     /// Runs the revocation jobs whose retry time has come (part of the sweep).
     pub async fn revoke_due(&self) -> Result<Vec<RevokeOutcome>> {
+        let jobs = self.store.due_revocations(self.clock.now(), 100).await?;
+        Ok(self.run_jobs(jobs).await)
+    }
+
+    /// One job's failure (a store or key error) does not keep the others from running.
+    async fn run_jobs(&self, jobs: Vec<RevocationJob>) -> Vec<RevokeOutcome> {
         let mut outcomes = Vec::new();
-        for job in self.store.due_revocations(self.clock.now(), 100).await? {
-            outcomes.push(self.attempt_revocation(job).await?);
+        for job in jobs {
+            match self.attempt_revocation(job).await {
+                Ok(o) => outcomes.push(o),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a revocation attempt failed");
+                    outcomes.push(RevokeOutcome::Retrying);
+                }
+            }
         }
-        Ok(outcomes)
+        outcomes
     }
 
     async fn attempt_revocation(&self, job: RevocationJob) -> Result<RevokeOutcome> {
         let now = self.clock.now();
         if job.next_attempt_at > now {
             return Ok(RevokeOutcome::Skipped);
+        }
+        if job.expires_at <= now {
+            self.store.delete_revocation(&job).await?;
+            return Ok(RevokeOutcome::GaveUp);
         }
         // Claim this attempt: of concurrent workers (event and sweep), one proceeds.
         let mut claimed = job.clone();
@@ -186,13 +205,18 @@ impl Service {
             Err(StoreError::Conflict) => return Ok(RevokeOutcome::Skipped),
             Err(e) => return Err(e.into()),
         }
-        let ctx = EncryptionContext::connection(&job.org, &job.connection_id);
-        let tokens: SealedTokens =
-            serde_json::from_str(self.envelope.open_str(&ctx, &job.tokens).await?.expose_secret())
-                .map_err(|_| ServiceError::Crypto(crate::crypto::CryptoError::Decrypt))?;
-        let settings: RevokeSettings =
-            serde_json::from_str(self.envelope.open_str(&ctx, &job.settings).await?.expose_secret())
-                .map_err(|_| ServiceError::Crypto(crate::crypto::CryptoError::Decrypt))?;
+        let (tokens, settings) = match self.open_job(&job).await {
+            Ok(opened) => opened,
+            // Counted as a failed attempt: retried later, dropped after the last one.
+            Err(e) => {
+                tracing::warn!(org = %job.org, connection_id = %job.connection_id, error = %e, "a revocation job cannot be opened");
+                if claimed.attempts >= MAX_REVOKE_ATTEMPTS {
+                    self.store.delete_revocation(&claimed).await?;
+                    return Ok(RevokeOutcome::GaveUp);
+                }
+                return Ok(RevokeOutcome::Retrying);
+            }
+        };
 
         // The refresh token first (revoking it usually ends the whole grant), then the access
         // token, in case the provider keeps them apart.
@@ -261,6 +285,29 @@ impl Service {
                     .await;
                 }
                 Ok(RevokeOutcome::Retrying)
+            }
+        }
+    }
+
+    async fn open_job(&self, job: &RevocationJob) -> Result<(SealedTokens, RevokeSettings)> {
+        let ctx = EncryptionContext::connection(&job.org, &job.connection_id);
+        let bad = || ServiceError::Crypto(crate::crypto::CryptoError::Decrypt);
+        let tokens = serde_json::from_str(self.envelope.open_str(&ctx, &job.tokens).await?.expose_secret())
+            .map_err(|_| bad())?;
+        let settings = serde_json::from_str(self.envelope.open_str(&ctx, &job.settings).await?.expose_secret())
+            .map_err(|_| bad())?;
+        Ok((tokens, settings))
+    }
+
+    /// Tokens obtained by an authorization or refresh that raced a disconnect or delete: they
+    /// never reach the connection, and are revoked like the ones disconnect removed.
+    pub(crate) async fn revoke_orphaned(&self, c: &Connection, tokens: crate::domain::OAuthTokens) {
+        let mut ghost = c.clone();
+        ghost.oauth = Some(tokens);
+        match self.revocation_job(&ghost).await {
+            Ok(job) => self.queue_revocation(c, job).await,
+            Err(e) => {
+                tracing::error!(connection_id = %c.id, error = %e, "queueing the revocation of orphaned tokens failed")
             }
         }
     }
