@@ -8,7 +8,7 @@ mod oauth;
 
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestApp, random_secret};
+use common::{Backend, TestApp, eventually, random_secret};
 use oauth::{MockServer, OidcServer};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -90,19 +90,6 @@ async fn burst(apps: &[&TestApp], id: &str, n: usize, min_valid: u64) -> Vec<com
 
 fn refreshes(stats: &Value) -> u64 {
     stats["token_requests"]["refresh_token"].as_u64().unwrap_or(0)
-}
-
-/// Polls `check` every 100 ms until it holds, for at most `limit`.
-async fn eventually<F, Fut>(limit: Duration, what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < until, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]

@@ -5,9 +5,9 @@ mod common;
 #[path = "support/oauth.rs"]
 mod oauth;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{TestApp, contains_bytes, files_under};
+use common::{TestApp, contains_bytes, eventually, files_under};
 use oauth::OidcServer;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -16,18 +16,6 @@ const ORG: &str = "acme";
 
 fn browser() -> reqwest::Client {
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().build().unwrap()
-}
-
-async fn eventually<F, Fut>(limit: Duration, what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < until, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Defines a connection against `oidc` (with `revoke_url`), authorizes it, and returns its id and

@@ -739,3 +739,17 @@ pub async fn raw_exchange(socket: &mut TcpStream, request: &[u8]) -> Option<Stri
         }
     }
 }
+
+/// Polls `check` every 100 ms until it holds, for at most `limit`: for what the tests cannot
+/// await directly (a sweep, a background revocation).
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = std::time::Instant::now() + limit;
+    while !check().await {
+        assert!(std::time::Instant::now() < until, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -141,6 +141,26 @@ impl DynamoStore {
         Self { client, table: table.into(), log_ids: Mutex::new(ulid::Generator::new()) }
     }
 
+    /// PutItem under `condition` (with `values` for its placeholders, and `#version` naming
+    /// `version`); a failed condition is `Conflict`.
+    async fn put_if(&self, item: Item, condition: &str, values: &[(&str, AttributeValue)]) -> Result<(), StoreError> {
+        let mut req =
+            self.client.put_item().table_name(&self.table).set_item(Some(item)).condition_expression(condition);
+        if condition.contains("#version") {
+            req = req.expression_attribute_names("#version", "version");
+        }
+        for (k, v) in values {
+            req = req.expression_attribute_values(*k, v.clone());
+        }
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
+                Err(StoreError::Conflict)
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
     async fn get(&self, k: Item) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
@@ -343,23 +363,7 @@ impl Store for DynamoStore {
     }
 
     async fn update_connection(&self, conn: &Connection, expected_version: u64) -> Result<(), StoreError> {
-        let res = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(connection_item(conn)?))
-            .condition_expression("#version = :v")
-            .expression_attribute_names("#version", "version")
-            .expression_attribute_values(":v", n(expected_version))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
-                Err(StoreError::Conflict)
-            }
-            Err(e) => Err(backend(e)),
-        }
+        self.put_if(connection_item(conn)?, "#version = :v", &[(":v", n(expected_version))]).await
     }
 
     async fn delete_connection(&self, org: &OrgId, id: &ConnectionId) -> Result<bool, StoreError> {
@@ -529,21 +533,7 @@ impl Store for DynamoStore {
     }
 
     async fn put_revocation(&self, job: &RevocationJob) -> Result<(), StoreError> {
-        let res = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(revocation_item(job)?))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
-                Err(StoreError::Conflict)
-            }
-            Err(e) => Err(backend(e)),
-        }
+        self.put_if(revocation_item(job)?, "attribute_not_exists(pk)", &[]).await
     }
 
     async fn revocations_of(&self, org: &OrgId, id: &ConnectionId) -> Result<Vec<RevocationJob>, StoreError> {
@@ -599,22 +589,7 @@ impl Store for DynamoStore {
     }
 
     async fn update_revocation(&self, job: &RevocationJob, expected_attempts: u32) -> Result<(), StoreError> {
-        let res = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(revocation_item(job)?))
-            .condition_expression("attempts = :a")
-            .expression_attribute_values(":a", n(expected_attempts))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
-                Err(StoreError::Conflict)
-            }
-            Err(e) => Err(backend(e)),
-        }
+        self.put_if(revocation_item(job)?, "attempts = :a", &[(":a", n(expected_attempts))]).await
     }
 
     async fn delete_revocation(&self, job: &RevocationJob) -> Result<bool, StoreError> {
@@ -636,21 +611,7 @@ impl Store for DynamoStore {
         item.insert("doc".into(), s(serde_json::to_string(state).map_err(backend)?));
         // TTL removes it eventually; `take` checks the expiry itself, as TTL lags.
         item.insert(TTL_ATTRIBUTE.into(), n(state.expires_at.unix_timestamp()));
-        let res = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
-                Err(StoreError::Conflict)
-            }
-            Err(e) => Err(backend(e)),
-        }
+        self.put_if(item, "attribute_not_exists(pk)", &[]).await
     }
 
     async fn take_oauth_state(&self, hash: &str, now: OffsetDateTime) -> Result<Option<OAuthState>, StoreError> {
