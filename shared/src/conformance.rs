@@ -21,8 +21,7 @@ pub fn fresh_org() -> OrgId {
 }
 
 fn now() -> OffsetDateTime {
-    let now = OffsetDateTime::now_utc();
-    now.replace_nanosecond(now.millisecond() as u32 * 1_000_000).unwrap_or(now)
+    crate::ports::Clock::now(&crate::ports::SystemClock)
 }
 
 /// A minimal definition.

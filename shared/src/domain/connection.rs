@@ -189,3 +189,11 @@ pub struct Connection {
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
 }
+
+impl Connection {
+    /// Whether a `PATCH` of its values brings a disconnected connection back: credentials that
+    /// need no authorization.
+    pub fn reconfigurable(&self) -> bool {
+        !matches!(self.auth, Some(AuthKind::Oauth2AuthorizationCode))
+    }
+}

@@ -85,31 +85,47 @@ async fn access_log(req: Request, next: Next) -> Response {
 /// name every bad field. Oversized is 413, malformed is 400, both as problem+json.
 pub struct JsonBody(pub Value);
 
+/// Reads a JSON body of at most [`MAX_BODY_BYTES`]; `None` when it is empty.
+async fn read_json(req: Request) -> Result<Option<Value>, Problem> {
+    let too_large = || Problem {
+        close_connection: true,
+        ..Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            types::TOO_LARGE,
+            "Payload Too Large",
+            format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES).await.map_err(|_| too_large())?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        Problem::malformed(format!("the body is not valid JSON (line {}, column {})", e.line(), e.column()))
+    })
+}
+
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = Problem;
 
     async fn from_request(req: Request, _: &S) -> Result<Self, Problem> {
-        let too_large = || Problem {
-            close_connection: true,
-            ..Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                types::TOO_LARGE,
-                "Payload Too Large",
-                format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
-            )
-        };
-        let declared =
-            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-            return Err(too_large());
-        }
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES).await.map_err(|_| too_large())?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(Problem::malformed("a JSON body is required"));
-        }
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
-            Problem::malformed(format!("the body is not valid JSON (line {}, column {})", e.line(), e.column()))
-        })
+        read_json(req).await?.map(JsonBody).ok_or_else(|| Problem::malformed("a JSON body is required"))
+    }
+}
+
+/// [`JsonBody`] where an empty body is allowed.
+pub struct OptionalJsonBody(pub Option<Value>);
+
+impl<S: Send + Sync> FromRequest<S> for OptionalJsonBody {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, Problem> {
+        read_json(req).await.map(OptionalJsonBody)
     }
 }
 
@@ -315,16 +331,12 @@ async fn token_lookup(
     State(s): State<AppState>,
     p: Principal,
     Path(id): Path<String>,
-    body: Result<JsonBody, Problem>,
+    OptionalJsonBody(body): OptionalJsonBody,
 ) -> Result<Response, Problem> {
     if !p.is_runtime() {
         return Err(Problem::forbidden("token lookup needs the runtime role"));
     }
-    let body = match body {
-        Ok(JsonBody(v)) => v,
-        Err(e) if e.detail == "a JSON body is required" => json!({}),
-        Err(e) => return Err(e),
-    };
+    let body = body.unwrap_or_else(|| json!({}));
     let mut req: LookupRequest = serde_json::from_value(body)
         // serde's message could quote a value of the body: keep it out of the response.
         .map_err(|_| {

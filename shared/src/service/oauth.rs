@@ -43,13 +43,24 @@ pub const ISSUER_INPUT: &str = "issuer";
 /// The HTTP client of every provider call: built once, redirects never followed (a token
 /// endpoint that redirects is refused rather than followed with credentials), bounded time.
 pub fn provider_http_client() -> reqwest::Client {
+    provider_client_builder().build().expect("the provider HTTP client builds with static settings")
+}
+
+fn provider_client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(15))
         .user_agent(concat!("latchkey/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("the provider HTTP client builds with static settings")
+}
+
+/// `Retry-After` in its seconds form (the HTTP-date form is not honoured: the backoff applies).
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
 }
 
 /// A token response read leniently: `expires_in` as a number or a string, the access token at
@@ -293,11 +304,7 @@ impl reqwest::dns::Resolve for PublicOnlyResolver {
 /// The provider client for URLs that came from a customer: [`provider_http_client`] that only
 /// resolves hosts to public addresses.
 pub fn public_only_http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(15))
-        .user_agent(concat!("latchkey/", env!("CARGO_PKG_VERSION")))
+    provider_client_builder()
         .dns_resolver(std::sync::Arc::new(PublicOnlyResolver))
         .build()
         .expect("the provider HTTP client builds with static settings")
@@ -387,12 +394,7 @@ impl<'c> oauth2::AsyncHttpClient<'c> for ProviderHttp {
             let request = reqwest::Request::try_from(request).map_err(|e| ProviderHttpError(Some(e)))?;
             let response = self.client.execute(request).await.map_err(|e| ProviderHttpError(Some(e)))?;
             let status = response.status();
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = retry_after(response.headers());
             *self.answer.lock().unwrap_or_else(|p| p.into_inner()) =
                 Answer { status: Some(status.as_u16()), retry_after };
             let mut builder = oauth2::http::Response::builder().status(status.as_u16());

@@ -8,9 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ConnectionView, Result, Service, ServiceError};
 use crate::crypto::EncryptionContext;
-use crate::domain::{
-    AuthKind, Connection, ConnectionId, Event, EventType, LogType, OrgId, Principal, RevocationJob, Status,
-};
+use crate::domain::{Connection, ConnectionId, Event, EventType, LogType, OrgId, Principal, RevocationJob, Status};
 use crate::ports::StoreError;
 
 /// How long a revocation job may live, and how often it is tried.
@@ -47,7 +45,7 @@ pub enum RevokeOutcome {
     Skipped,
 }
 
-enum Answer {
+enum RevokeAnswer {
     Done,
     Final(String),
     Transient(String, Option<Duration>),
@@ -229,9 +227,9 @@ impl Service {
         let mut refused = None;
         for (token, hint) in pending {
             match self.revoke_one(&settings, token, hint).await {
-                Answer::Done => {}
-                Answer::Final(code) => refused = Some(code),
-                Answer::Transient(code, retry_after) => {
+                RevokeAnswer::Done => {}
+                RevokeAnswer::Final(code) => refused = Some(code),
+                RevokeAnswer::Transient(code, retry_after) => {
                     failure = Some((code, retry_after));
                     break;
                 }
@@ -314,7 +312,7 @@ impl Service {
 
     /// One RFC 7009 request: 200 is success whatever the body; `unsupported_token_type` (and any
     /// other 4xx refusal) is final; 429, 5xx and network failures are transient.
-    async fn revoke_one(&self, settings: &RevokeSettings, token: &str, hint: &str) -> Answer {
+    async fn revoke_one(&self, settings: &RevokeSettings, token: &str, hint: &str) -> RevokeAnswer {
         let client = if settings.public_only { &self.http_public } else { &self.http };
         let mut form: Vec<(&str, &str)> = vec![("token", token), ("token_type_hint", hint)];
         let mut request = client.post(&settings.revoke_url);
@@ -329,18 +327,13 @@ impl Service {
         }
         let response = match request.form(&form).send().await {
             Ok(r) => r,
-            Err(_) => return Answer::Transient("temporarily_unavailable".into(), None),
+            Err(_) => return RevokeAnswer::Transient("temporarily_unavailable".into(), None),
         };
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = super::oauth::retry_after(response.headers());
         match status {
-            200..=299 => Answer::Done,
-            429 | 500..=599 => Answer::Transient(format!("http_{status}"), retry_after),
+            200..=299 => RevokeAnswer::Done,
+            429 | 500..=599 => RevokeAnswer::Transient(format!("http_{status}"), retry_after),
             _ => {
                 // The body is read only for its `error` code, never logged as a whole.
                 let code = response
@@ -350,7 +343,7 @@ impl Service {
                     .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
                     .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
                     .unwrap_or_else(|| format!("http_{status}"));
-                Answer::Final(code)
+                RevokeAnswer::Final(code)
             }
         }
     }
@@ -359,12 +352,4 @@ impl Service {
 /// RFC 6749 section 2.3.1: client credentials in a Basic header are form-encoded first.
 fn form_encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
-impl Connection {
-    /// Whether a `PATCH` of its values brings a disconnected connection back (credentials that
-    /// need no authorization).
-    pub(crate) fn reconfigurable(&self) -> bool {
-        !matches!(self.auth, Some(AuthKind::Oauth2AuthorizationCode))
-    }
 }

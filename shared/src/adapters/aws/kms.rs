@@ -46,6 +46,15 @@ fn failure(code: Option<&str>, e: impl Into<BackendError>) -> CryptoError {
     }
 }
 
+/// An SDK error of any KMS operation, classified by its error code.
+fn sdk_failure<E>(e: aws_sdk_kms::error::SdkError<E>) -> CryptoError
+where
+    E: aws_sdk_kms::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let code = aws_sdk_kms::error::ProvideErrorMetadata::code(&e).map(str::to_owned);
+    failure(code.as_deref(), e)
+}
+
 fn context_map(ctx: &EncryptionContext) -> std::collections::HashMap<String, String> {
     ctx.pairs().map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
 }
@@ -73,10 +82,7 @@ impl KeyProvider for KmsKeyProvider {
             .set_encryption_context(Some(context_map(ctx)))
             .send()
             .await
-            .map_err(|e| {
-                let code = aws_sdk_kms::error::ProvideErrorMetadata::code(&e).map(str::to_owned);
-                failure(code.as_deref(), e)
-            })?;
+            .map_err(sdk_failure)?;
         let plaintext = out
             .plaintext
             .as_ref()
@@ -105,10 +111,7 @@ impl KeyProvider for KmsKeyProvider {
             .set_encryption_context(Some(context_map(ctx)))
             .send()
             .await
-            .map_err(|e| {
-                let code = aws_sdk_kms::error::ProvideErrorMetadata::code(&e).map(str::to_owned);
-                failure(code.as_deref(), e)
-            })?;
+            .map_err(sdk_failure)?;
         out.plaintext.as_ref().and_then(|b| PlainKey::try_from_slice(b.as_ref())).ok_or(CryptoError::Decrypt)
     }
 }
