@@ -2,11 +2,15 @@
 //! the port conformance suites, what a table scan and a copied ciphertext reveal, events
 //! delivered to SQS, and how many AWS calls each operation makes.
 
+#[path = "support/calls.rs"]
+mod calls;
 #[path = "support/moto.rs"]
 mod moto;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use calls::Calls;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use latchkey::adapters::aws::schema;
@@ -64,35 +68,6 @@ async fn bootstrap_is_idempotent() {
     assert_eq!(ttl.time_to_live_description().and_then(|d| d.attribute_name()), Some("expires_at"));
 }
 
-/// Records `Service.Operation` of every AWS call made through the clients it is attached to.
-#[derive(Debug, Clone, Default)]
-struct Calls(Arc<Mutex<Vec<String>>>);
-
-impl aws_sdk_dynamodb::config::Intercept for Calls {
-    fn name(&self) -> &'static str {
-        "CallRecorder"
-    }
-
-    fn read_before_transmit(
-        &self,
-        _: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
-        _: &aws_sdk_dynamodb::config::RuntimeComponents,
-        cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
-    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
-        // Once per attempt that reaches the wire; retries would count as calls, as they cost.
-        let m = cfg.load::<aws_smithy_runtime_api::client::orchestrator::Metadata>();
-        let name = m.map_or_else(|| "unknown".to_owned(), |m| format!("{}.{}", m.service(), m.name()));
-        self.0.lock().unwrap().push(name);
-        Ok(())
-    }
-}
-
-impl Calls {
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
-
 struct AwsApp {
     app: App,
     config: aws_config::SdkConfig,
@@ -109,14 +84,7 @@ async fn aws_app() -> AwsApp {
     let bus = moto::unique("bus");
     aws_sdk_eventbridge::Client::new(&config).create_event_bus().name(&bus).send().await.expect("create the bus");
     let calls = Calls::default();
-    let ddb = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&config).interceptor(calls.clone()).build(),
-    );
-    let kms =
-        aws_sdk_kms::Client::from_conf(aws_sdk_kms::config::Builder::from(&config).interceptor(calls.clone()).build());
-    let eb = aws_sdk_eventbridge::Client::from_conf(
-        aws_sdk_eventbridge::config::Builder::from(&config).interceptor(calls.clone()).build(),
-    );
+    let (ddb, kms, eb) = calls.clients(&config);
     let app = App::aws(ddb, kms, eb, &table, &key, &bus);
     AwsApp { app, config, table, bus, calls }
 }

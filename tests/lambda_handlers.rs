@@ -3,8 +3,11 @@
 
 use std::path::Path;
 
+use std::collections::BTreeSet;
+
 use http_body_util::BodyExt;
 use latchkey::config::App;
+use latchkey::http::Surface;
 use latchkey::http::auth::Verifier;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -28,8 +31,21 @@ impl Api {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let app = App::embedded(dir.path()).unwrap();
-        let router = latchkey::http::router(app.http_state(Verifier::hs256(&SecretString::from(EVENTS_SECRET))));
+        let router = latchkey::http::router_for(
+            Surface::ConnectionsApi,
+            app.http_state(Verifier::hs256(&SecretString::from(EVENTS_SECRET))),
+        );
         Self { router, app, _dir: dir }
+    }
+
+    /// Sends a sample with the placeholder connection id replaced by `id`.
+    async fn send_for(&self, name: &str, id: &str) -> (u16, Value) {
+        let raw = event(name).replace(SAMPLE_ID, id);
+        let req = lambda_http::request::from_str(&raw).expect("a valid API Gateway event");
+        let res = self.router.clone().oneshot(req).await.unwrap();
+        let status = res.status().as_u16();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
     /// Sends an API Gateway HTTP API (payload 2.0) event through the router, as lambda_http does.
@@ -41,6 +57,118 @@ impl Api {
         let bytes = res.into_body().collect().await.unwrap().to_bytes();
         (status, ct, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
+}
+
+/// The connection id in the samples of routes with `{id}`; the tests put a real one in its place.
+const SAMPLE_ID: &str = "con_01kahzz7v4m3n2q0000000000a";
+
+/// The samples of a function's folder, by file name, with their `routeKey`.
+fn samples(function: &str) -> Vec<(String, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("events").join(function);
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let path = format!("{function}/{name}");
+        let raw = event(&path);
+        // The input type of the HTTP functions: an API Gateway HTTP API (payload 2.0) request.
+        let req = lambda_http::request::from_str(&raw).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(
+            matches!(
+                req.extensions().get::<lambda_http::request::RequestContext>(),
+                Some(lambda_http::request::RequestContext::ApiGatewayV2(_))
+            ),
+            "{path}: an HTTP API payload 2.0 event"
+        );
+        let v: Value = serde_json::from_str(&raw).unwrap();
+        assert_eq!(v["routeKey"], v["requestContext"]["routeKey"], "{path}");
+        out.push((path, v["routeKey"].as_str().unwrap().to_owned()));
+    }
+    out.sort();
+    out
+}
+
+/// Every operation of the OpenAPI document has a sample event in the folder of the function API
+/// Gateway routes it to (infra/template.yaml), and that function's router serves it while the
+/// other's does not.
+#[tokio::test]
+async fn every_http_route_has_a_sample_for_the_function_that_serves_it() {
+    let openapi: Value = serde_json::from_str(latchkey::http::OPENAPI_JSON).unwrap();
+    let mut documented = BTreeSet::new();
+    for (path, item) in openapi["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if ["get", "put", "post", "patch", "delete"].contains(&method.as_str()) {
+                documented.insert(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+    }
+    let api = samples("connections-api");
+    let callback = samples("oauth-callback");
+    let covered: BTreeSet<String> = api.iter().chain(&callback).map(|(_, r)| r.clone()).collect();
+    assert_eq!(covered, documented, "one sample or more per route, and no sample of an unknown route");
+    assert!(callback.iter().all(|(_, r)| r == "GET /v1/oauth/callback"));
+    assert!(api.iter().all(|(_, r)| r != "GET /v1/oauth/callback"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::embedded(dir.path()).unwrap();
+    let state = || app.http_state(Verifier::hs256(&SecretString::from(EVENTS_SECRET)));
+    let status = |router: axum::Router, path: &str| {
+        let req = lambda_http::request::from_str(&event(path)).unwrap();
+        async move { router.oneshot(req).await.unwrap().status().as_u16() }
+    };
+    let connections_api = latchkey::http::router_for(Surface::ConnectionsApi, state());
+    let oauth_callback = latchkey::http::router_for(Surface::OauthCallback, state());
+    for (path, _) in &callback {
+        assert_eq!(status(connections_api.clone(), path).await, 404, "{path}: not served by connections-api");
+        assert_eq!(status(oauth_callback.clone(), path).await, 400, "{path}: an unknown state");
+    }
+    for (path, route) in &api {
+        if route != "GET /healthz" {
+            assert_eq!(status(oauth_callback.clone(), path).await, 404, "{path}: not served by oauth-callback");
+        }
+    }
+}
+
+/// The connections-api samples of every route, in the order a user would send them.
+#[tokio::test]
+async fn connections_api_serves_a_sample_of_every_route() {
+    let api = Api::new();
+    api.app.service.set_public_url("https://abc123.execute-api.eu-west-1.amazonaws.com");
+    let ok = |(status, body): (u16, Value), expected: u16, what: &str| {
+        assert_eq!(status, expected, "{what}: {body}");
+        body
+    };
+    let none = SAMPLE_ID;
+    ok(api.send_for("connections-api/healthz.json", none).await, 200, "healthz");
+    ok(api.send_for("connections-api/get-openapi.json", none).await, 200, "openapi");
+    ok(api.send_for("connections-api/list-providers.json", none).await, 200, "providers");
+    ok(api.send_for("connections-api/put-definition.json", none).await, 201, "PUT definition");
+    ok(api.send_for("connections-api/list-definitions.json", none).await, 200, "definitions");
+    ok(api.send_for("connections-api/get-definition.json", none).await, 200, "definition");
+    let conn = ok(api.send_for("connections-api/create-connection.json", none).await, 201, "POST connection");
+    let id = conn["id"].as_str().unwrap();
+    ok(api.send_for("connections-api/get-connection.json", id).await, 200, "GET connection");
+    ok(api.send_for("connections-api/list-connections.json", id).await, 200, "GET connections");
+    let patched = ok(api.send_for("connections-api/update-connection.json", id).await, 200, "PATCH");
+    assert_eq!(patched["label"], "Acme production");
+    let token = ok(api.send_for("connections-api/connection-token.json", id).await, 200, "token");
+    assert_eq!(token["fields"]["apiKey"], "sk_test_sample_value");
+    ok(api.send_for("connections-api/connection-logs.json", id).await, 200, "logs");
+    // An API-key connection has no tokens to refresh.
+    ok(api.send_for("connections-api/refresh-connection.json", id).await, 409, "refresh");
+
+    ok(api.send_for("connections-api/put-oauth-definition.json", none).await, 201, "PUT OAuth definition");
+    let oauth = ok(api.send_for("connections-api/create-oauth-connection.json", none).await, 201, "POST connection");
+    let started = ok(
+        api.send_for("connections-api/authorize-connection.json", oauth["id"].as_str().unwrap()).await,
+        200,
+        "authorize",
+    );
+    assert!(started["authorize_url"].as_str().unwrap().starts_with("https://auth.acme.example/oauth/authorize?"));
+
+    let cut = ok(api.send_for("connections-api/disconnect-connection.json", id).await, 200, "disconnect");
+    assert_eq!(cut["status"], "disconnected");
+    ok(api.send_for("connections-api/delete-connection.json", id).await, 204, "DELETE connection");
+    ok(api.send_for("connections-api/delete-definition.json", none).await, 204, "DELETE definition");
 }
 
 #[tokio::test]
@@ -72,7 +200,7 @@ async fn connections_api_serves_the_sample_events() {
 async fn connections_api_trusts_api_gateway_authorizer_claims_when_no_secret_is_set() {
     let dir = tempfile::tempdir().unwrap();
     let app = App::embedded(dir.path()).unwrap();
-    let deployed = latchkey::http::router(app.http_state(Verifier::ApiGatewayClaims));
+    let deployed = latchkey::http::router_for(Surface::ConnectionsApi, app.http_state(Verifier::ApiGatewayClaims));
     let send = |name: &str| {
         let router = deployed.clone();
         let req = lambda_http::request::from_str(&event(name)).expect("a valid API Gateway event");
@@ -89,7 +217,7 @@ async fn oauth_callback_refuses_a_state_it_never_issued() {
     // The samples' state was never issued by this deployment: a 400 page, nothing cached.
     let dir = tempfile::tempdir().unwrap();
     let app = App::embedded(dir.path()).unwrap();
-    let deployed = latchkey::http::router(app.http_state(Verifier::ApiGatewayClaims));
+    let deployed = latchkey::http::router_for(Surface::OauthCallback, app.http_state(Verifier::ApiGatewayClaims));
     for name in ["oauth-callback/callback.json", "oauth-callback/denied.json"] {
         let req = lambda_http::request::from_str(&event(name)).expect("a valid API Gateway event");
         let res = deployed.clone().oneshot(req).await.unwrap();

@@ -7,18 +7,9 @@ cd "$(dirname "$0")/.."
 echo "==> toolchain: $(cargo --version)"
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 
+source tests/venv.sh
 echo "==> moto (AWS emulator) in .venv/ from tests/requirements.txt"
-if [ ! -x .venv/bin/python ]; then
-    # A stock Debian Python needs python3-venv for `-m venv`; install it if we may.
-    python3 -m venv .venv 2>/dev/null || {
-        rm -rf .venv
-        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-            apt-get install -y -q python3-venv >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q python3-venv >/dev/null; }
-        fi
-        python3 -m venv .venv
-    }
-fi
-.venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+venv .venv tests/requirements.txt
 
 echo "==> OAuth test servers (oidc-provider, oauth2-mock-server) in tests/oauth/node_modules"
 npm ci --prefix tests/oauth --no-audit --no-fund --loglevel=error
@@ -40,3 +31,6 @@ LATCHKEY_TEST_BACKEND=aws LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked
 
 echo "==> refresh across processes and restarts on the aws backend (moto)"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test refresh_api -- concurrent_lookups two_processes tokens_survive
+
+echo "==> the deploy path: template checks (cfn-lint, checkov) and the arm64 Lambda builds"
+bash tests/infra.sh

@@ -7,22 +7,23 @@ use serde_json::Value;
 
 use crate::config::{App, Config};
 use crate::domain::OrgId;
+use crate::http::Surface;
 use crate::http::auth::Verifier;
 use crate::http::problem::Problem;
 use crate::service::{LookupRequest, Service};
 
 pub type Error = lambda_runtime::Error;
 
-/// The HTTP functions (`connections-api`, `oauth-callback`): the router behind API Gateway
-/// (HTTP API, payload 2.0). Callers are authenticated by HS256 bearer tokens when
+/// The HTTP functions (`connections-api`, `oauth-callback`): the routes of `surface` behind API
+/// Gateway (HTTP API, payload 2.0). Callers are authenticated by HS256 bearer tokens when
 /// `LATCHKEY_JWT_SECRET` is set (as under `cargo lambda watch`), otherwise by the claims of API
 /// Gateway's JWT authorizer.
-pub async fn serve_http(app: App, config: &Config) -> Result<(), Error> {
+pub async fn serve_http(app: App, config: &Config, surface: Surface) -> Result<(), Error> {
     let verifier = match &config.jwt_secret {
         Some(secret) => Verifier::hs256(secret),
         None => Verifier::ApiGatewayClaims,
     };
-    let router = crate::http::router(app.http_state(verifier));
+    let router = crate::http::router_for(surface, app.http_state(verifier));
     lambda_http::run(router).await
 }
 

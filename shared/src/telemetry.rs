@@ -2,17 +2,77 @@
 //! filtered by `RUST_LOG` (default `info`).
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+fn filter() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+}
 
 pub fn init() {
     let json = std::env::var("LATCHKEY_LOG_FORMAT").map(|v| v == "json").unwrap_or(false)
         || std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = if json {
-        builder.json().flatten_event(true).with_current_span(false).try_init()
+        tracing::subscriber::set_global_default(json_subscriber(filter(), std::io::stderr)).map_err(|_| ())
     } else {
-        builder.with_ansi(false).try_init()
+        tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .try_init()
+            .map_err(|_| ())
     };
     // A second init (tests) keeps the first subscriber.
     let _ = result;
+}
+
+/// The JSON log lines of the Lambda functions: one object per line, the event's fields at the
+/// top level beside `message`. The deployed stack's metric filters read those fields
+/// (infra/template.yaml: `$.message` and `$.failed` of the sweep summary, `$.kms_throttled`).
+pub fn json_subscriber<W>(filter: EnvFilter, writer: W) -> impl tracing::Subscriber + Send + Sync + 'static
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .finish()
+}
+
+/// Log lines written to memory, for tests of what the code logs (secrets never, the fields the
+/// metric filters read always).
+#[cfg(any(test, feature = "conformance"))]
+#[derive(Clone, Default)]
+pub struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(any(test, feature = "conformance"))]
+impl Captured {
+    /// The JSON lines written so far.
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+}
+
+#[cfg(any(test, feature = "conformance"))]
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(any(test, feature = "conformance"))]
+impl<'a> MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
 }

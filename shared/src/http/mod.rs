@@ -35,22 +35,44 @@ pub struct AppState {
     pub verifier: Arc<Verifier>,
 }
 
+/// Which routes a router mounts. `latchkey serve` mounts them all; each HTTP Lambda mounts only
+/// the routes API Gateway sends it, so a function's role needs only what those routes use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Every route.
+    All,
+    /// The `connections-api` function: every route but the OAuth callback.
+    ConnectionsApi,
+    /// The `oauth-callback` function: the public `GET /v1/oauth/callback` (and `/healthz`).
+    OauthCallback,
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/openapi.json", get(openapi))
-        .route("/v1/providers", get(list_providers))
-        .route("/v1/definitions", get(list_definitions))
-        .route("/v1/definitions/{key}", get(get_definition).put(put_definition).delete(delete_definition))
-        .route("/v1/connections", get(list_connections).post(create_connection))
-        .route("/v1/connections/{id}", get(get_connection).patch(update_connection).delete(delete_connection))
-        .route("/v1/connections/{id}/logs", get(connection_logs))
-        .route("/v1/connections/{id}/token", post(token_lookup))
-        .route("/v1/connections/{id}/authorize", post(authorize))
-        .route("/v1/connections/{id}/refresh", post(force_refresh))
-        .route("/v1/connections/{id}/disconnect", post(disconnect))
-        .route("/v1/oauth/callback", get(oauth_callback))
+    router_for(Surface::All, state)
+}
+
+/// The routes of `surface`; any other path is a 404 problem.
+pub fn router_for(surface: Surface, state: AppState) -> Router {
+    let mut routes = Router::new().route("/healthz", get(healthz));
+    if surface != Surface::OauthCallback {
+        routes = routes
+            .route("/openapi.json", get(openapi))
+            .route("/v1/providers", get(list_providers))
+            .route("/v1/definitions", get(list_definitions))
+            .route("/v1/definitions/{key}", get(get_definition).put(put_definition).delete(delete_definition))
+            .route("/v1/connections", get(list_connections).post(create_connection))
+            .route("/v1/connections/{id}", get(get_connection).patch(update_connection).delete(delete_connection))
+            .route("/v1/connections/{id}/logs", get(connection_logs))
+            .route("/v1/connections/{id}/token", post(token_lookup))
+            .route("/v1/connections/{id}/authorize", post(authorize))
+            .route("/v1/connections/{id}/refresh", post(force_refresh))
+            .route("/v1/connections/{id}/disconnect", post(disconnect));
+    }
+    if surface != Surface::ConnectionsApi {
+        routes = routes.route("/v1/oauth/callback", get(oauth_callback));
+    }
+    routes
         .fallback(|| async { Problem::not_found() })
         .method_not_allowed_fallback(|| async {
             Problem::new(

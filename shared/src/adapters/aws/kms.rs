@@ -16,7 +16,9 @@ pub enum KmsFailure {
     Decrypt,
     /// The key exists but cannot be used: disabled, pending deletion or import, or gone.
     KeyUnusable,
-    /// Anything else: throttling, network, permissions.
+    /// The request rate exceeded the account's KMS quota, after the SDK's retries.
+    Throttled,
+    /// Anything else: network, permissions.
     Other,
 }
 
@@ -28,6 +30,7 @@ pub fn classify(code: Option<&str>) -> KmsFailure {
         Some("DisabledException" | "KMSInvalidStateException" | "KeyUnavailableException" | "NotFoundException") => {
             KmsFailure::KeyUnusable
         }
+        Some("ThrottlingException" | "LimitExceededException") => KmsFailure::Throttled,
         _ => KmsFailure::Other,
     }
 }
@@ -42,6 +45,12 @@ fn failure(code: Option<&str>, e: impl Into<BackendError>) -> CryptoError {
             )
             .into(),
         ),
+        KmsFailure::Throttled => {
+            // The `kms_throttled` field is what the deployed stack's metric filter and alarm
+            // count (infra/template.yaml, KmsThrottledAlarm).
+            tracing::warn!(kms_throttled = true, "KMS throttled a request after the SDK's retries");
+            CryptoError::Provider(e.into())
+        }
         KmsFailure::Other => CryptoError::Provider(e.into()),
     }
 }
@@ -127,8 +136,21 @@ mod tests {
         // moto keeps using disabled keys; real KMS refuses them with these codes.
         assert_eq!(classify(Some("DisabledException")), KmsFailure::KeyUnusable);
         assert_eq!(classify(Some("KMSInvalidStateException")), KmsFailure::KeyUnusable);
-        assert_eq!(classify(Some("ThrottlingException")), KmsFailure::Other);
+        assert_eq!(classify(Some("ThrottlingException")), KmsFailure::Throttled);
+        assert_eq!(classify(Some("AccessDeniedException")), KmsFailure::Other);
         assert_eq!(classify(None), KmsFailure::Other);
+    }
+
+    #[test]
+    fn throttling_is_logged_with_the_field_the_stacks_alarm_counts() {
+        let logs = crate::telemetry::Captured::default();
+        let subscriber = crate::telemetry::json_subscriber("warn".parse().unwrap(), logs.clone());
+        let e = tracing::subscriber::with_default(subscriber, || failure(Some("ThrottlingException"), "slow down"));
+        assert!(matches!(e, CryptoError::Provider(_)));
+        let lines = logs.lines();
+        // infra/template.yaml: `{ $.kms_throttled IS TRUE }` on every function's log group.
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["kms_throttled"], true, "{lines:?}");
     }
 
     #[test]

@@ -1,0 +1,577 @@
+//! `infra/template.yaml` against the code it deploys: every function package of the workspace
+//! is a function built by cargo-lambda for arm64; the table is exactly the one `latchkey
+//! bootstrap` creates; the HTTP routes are the OpenAPI document's operations; no statement
+//! grants a wildcard action; and each function's role is granted exactly the AWS actions its
+//! code calls, recorded by running that function's handlers over moto and an OAuth server.
+//! (cfn-lint and checkov run in tests/infra.sh.)
+
+#[path = "support/calls.rs"]
+mod calls;
+#[path = "support/moto.rs"]
+mod moto;
+#[path = "support/oauth.rs"]
+mod oauth;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use latchkey::config::App;
+use latchkey::domain::EventType;
+use latchkey::http::Surface;
+use latchkey::http::auth::{Claims, Verifier, sign_hs256};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const TEMPLATE: &str = include_str!("../infra/template.yaml");
+const TABLE: &str = include_str!("../infra/dynamodb-table.json");
+const OPENAPI: &str = include_str!("../shared/openapi.json");
+const WORKSPACE: &str = include_str!("../Cargo.toml");
+
+// --- The template as JSON ------------------------------------------------------------------
+
+/// The template as JSON, YAML short-form intrinsics (`!Ref X`) in their long form
+/// (`{"Ref": "X"}`), anchors resolved.
+fn template() -> Value {
+    to_json(serde_yaml::from_str(TEMPLATE).expect("infra/template.yaml is YAML"))
+}
+
+fn to_json(v: serde_yaml::Value) -> Value {
+    use serde_yaml::Value as Y;
+    match v {
+        Y::Null => Value::Null,
+        Y::Bool(b) => json!(b),
+        Y::Number(n) => serde_json::to_value(n).expect("a number"),
+        Y::String(s) => json!(s),
+        Y::Sequence(items) => Value::Array(items.into_iter().map(to_json).collect()),
+        Y::Mapping(m) => Value::Object(
+            m.into_iter().map(|(k, v)| (k.as_str().expect("string keys").to_owned(), to_json(v))).collect(),
+        ),
+        Y::Tagged(t) => {
+            let name = t.tag.to_string().trim_start_matches('!').to_owned();
+            let inner = to_json(t.value);
+            match name.as_str() {
+                "Ref" | "Condition" => json!({ name: inner }),
+                "GetAtt" => {
+                    let s = inner.as_str().expect("!GetAtt Resource.Attribute");
+                    let (resource, attribute) = s.split_once('.').expect("!GetAtt Resource.Attribute");
+                    json!({"Fn::GetAtt": [resource, attribute]})
+                }
+                _ => json!({ format!("Fn::{name}"): inner }),
+            }
+        }
+    }
+}
+
+fn resources(t: &Value) -> &serde_json::Map<String, Value> {
+    t["Resources"].as_object().expect("Resources")
+}
+
+fn of_type<'a>(t: &'a Value, kind: &str) -> Vec<(&'a String, &'a Value)> {
+    resources(t).iter().filter(|(_, r)| r["Type"] == kind).collect()
+}
+
+/// `connections-api` -> `ConnectionsApi`, the prefix of that function's logical ids.
+fn logical(package: &str) -> String {
+    package
+        .split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+        })
+        .collect()
+}
+
+fn get_att(resource: &str, attribute: &str) -> Value {
+    json!({"Fn::GetAtt": [resource, attribute]})
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The function packages of the workspace (`members` under `functions/`).
+fn function_packages() -> Vec<String> {
+    let line = WORKSPACE.lines().find(|l| l.starts_with("members")).expect("workspace members");
+    let packages: Vec<String> =
+        line.split('"').filter_map(|m| m.strip_prefix("functions/")).map(str::to_owned).collect();
+    assert_eq!(packages.len(), 5, "{packages:?}");
+    packages
+}
+
+// --- Static checks ---------------------------------------------------------------------------
+
+#[test]
+fn every_function_package_is_deployed_as_cargo_lambda_builds_it() {
+    let t = template();
+    let globals = &t["Globals"]["Function"];
+    assert_eq!(globals["Runtime"], "provided.al2023");
+    assert_eq!(globals["Architectures"], json!(["arm64"]));
+    assert_eq!(globals["Handler"], "bootstrap");
+    let env = &globals["Environment"]["Variables"];
+    assert_eq!(env["LATCHKEY_BACKEND"], "aws");
+    assert_eq!(env["LATCHKEY_TABLE"], json!({"Ref": "Table"}));
+    assert_eq!(env["LATCHKEY_KMS_KEY_ID"], get_att("Key", "Arn"));
+    assert_eq!(env["LATCHKEY_EVENT_BUS"], json!({"Ref": "EventBus"}));
+    assert!(env.get("LATCHKEY_JWT_SECRET").is_none(), "deployed, API Gateway's JWT authorizer authenticates");
+
+    let packages = function_packages();
+    let deployed: BTreeSet<String> =
+        of_type(&t, "AWS::Serverless::Function").iter().map(|(n, _)| (*n).clone()).collect();
+    let expected: BTreeSet<String> = packages.iter().map(|p| format!("{}Function", logical(p))).collect();
+    assert_eq!(deployed, expected, "one function per package under functions/");
+    for package in &packages {
+        let name = logical(package);
+        let f = &resources(&t)[&format!("{name}Function")];
+        assert_eq!(f["Properties"]["CodeUri"], format!("../functions/{package}"), "{package}");
+        assert_eq!(f["Metadata"]["BuildMethod"], "rust-cargolambda", "{package}");
+        assert_eq!(f["Metadata"]["BuildProperties"]["Binary"], package.as_str(), "{package}");
+        assert_eq!(f["Properties"]["Role"], get_att(&format!("{name}Role"), "Arn"), "{package}: its own role");
+        assert_eq!(f["DependsOn"], format!("{name}Policy"), "{package}: permissions before the first run");
+        assert_eq!(f["Properties"]["LoggingConfig"]["LogGroup"], json!({"Ref": format!("{name}Logs")}));
+        let manifest =
+            std::fs::read_to_string(format!("{}/functions/{package}/Cargo.toml", env!("CARGO_MANIFEST_DIR")))
+                .expect("the package's Cargo.toml");
+        assert!(manifest.contains(&format!("name = \"{package}\"")), "{package}: the package builds that binary");
+    }
+}
+
+#[test]
+fn the_table_is_the_one_bootstrap_creates_with_production_settings() {
+    let t = template();
+    let table = &resources(&t)["Table"];
+    let p = &table["Properties"];
+    let schema: Value = serde_json::from_str(TABLE).unwrap();
+    for field in ["AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes", "BillingMode"] {
+        assert_eq!(p[field], schema[field], "{field} differs from infra/dynamodb-table.json");
+    }
+    assert_eq!(p["TimeToLiveSpecification"], json!({"AttributeName": schema["TimeToLiveAttribute"], "Enabled": true}));
+    assert_eq!(p["PointInTimeRecoverySpecification"], json!({"PointInTimeRecoveryEnabled": true}));
+    assert_eq!(p["DeletionProtectionEnabled"], true);
+    assert_eq!(p["SSESpecification"], json!({"SSEEnabled": true, "SSEType": "KMS", "KMSMasterKeyId": {"Ref": "Key"}}));
+    let known: BTreeSet<&str> = [
+        "AttributeDefinitions",
+        "KeySchema",
+        "GlobalSecondaryIndexes",
+        "BillingMode",
+        "TimeToLiveSpecification",
+        "PointInTimeRecoverySpecification",
+        "DeletionProtectionEnabled",
+        "SSESpecification",
+    ]
+    .into();
+    let present: BTreeSet<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(present, known, "nothing else shapes the table");
+    assert_eq!(table["DeletionPolicy"], "Retain");
+    let key = &resources(&t)["Key"];
+    assert_eq!(key["Properties"]["EnableKeyRotation"], true);
+    assert_eq!(key["DeletionPolicy"], "Retain");
+}
+
+#[test]
+fn the_http_routes_are_the_openapi_operations() {
+    let openapi: Value = serde_json::from_str(OPENAPI).unwrap();
+    let mut documented = BTreeMap::new();
+    for (path, item) in openapi["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if ["get", "put", "post", "patch", "delete"].contains(&method.as_str()) {
+                let public = op.get("security") == Some(&json!([]));
+                documented.insert(format!("{} {path}", method.to_uppercase()), public);
+            }
+        }
+    }
+    let t = template();
+    let mut deployed = BTreeMap::new();
+    for (name, route) in of_type(&t, "AWS::ApiGatewayV2::Route") {
+        let p = &route["Properties"];
+        let key = p["RouteKey"].as_str().unwrap().to_owned();
+        let public = p["AuthorizationType"] == "NONE";
+        if !public {
+            assert_eq!(p["AuthorizationType"], "JWT", "{name}");
+            assert_eq!(p["AuthorizerId"], json!({"Ref": "JwtAuthorizer"}), "{name}");
+        }
+        let integration =
+            if key == "GET /v1/oauth/callback" { "OauthCallbackIntegration" } else { "ConnectionsApiIntegration" };
+        assert_eq!(p["Target"], json!({"Fn::Sub": format!("integrations/${{{integration}}}")}), "{name}");
+        assert!(deployed.insert(key, public).is_none(), "{name}: a route key twice");
+    }
+    assert_eq!(deployed, documented, "routes (and which are public) match shared/openapi.json");
+    let authorizer = &resources(&t)["JwtAuthorizer"]["Properties"];
+    assert_eq!(authorizer["AuthorizerType"], "JWT");
+    assert_eq!(authorizer["JwtConfiguration"]["Issuer"], json!({"Ref": "JwtIssuer"}));
+    let stage = &resources(&t)["ApiStage"]["Properties"];
+    assert!(stage["AccessLogSettings"]["DestinationArn"].is_object(), "access logs");
+    assert!(!stage["AccessLogSettings"]["Format"].as_str().unwrap().contains("$context.path"), "no paths or queries");
+    assert!(stage["DefaultRouteSettings"]["ThrottlingRateLimit"].is_object(), "throttling");
+}
+
+/// Every `Statement` in the template, with the logical id of the resource holding it.
+fn statements(t: &Value) -> Vec<(String, Value)> {
+    fn walk(owner: &str, v: &Value, out: &mut Vec<(String, Value)>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    if k == "Statement" {
+                        out.extend(v.as_array().into_iter().flatten().map(|s| (owner.to_owned(), s.clone())));
+                    } else {
+                        walk(owner, v, out);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| walk(owner, i, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for (name, r) in resources(t) {
+        walk(name, r, &mut out);
+    }
+    out
+}
+
+#[test]
+fn no_statement_grants_a_wildcard_action_and_role_policies_name_their_resources() {
+    let t = template();
+    let all = statements(&t);
+    assert!(all.len() > 15, "{}", all.len());
+    for (owner, s) in &all {
+        for action in strings(&s["Action"]) {
+            assert!(!action.contains('*'), "{owner}: wildcard action {action}");
+        }
+        assert!(s.get("NotAction").is_none() && s.get("NotResource").is_none(), "{owner}: Not* statement");
+        if resources(&t)[owner]["Type"] == "AWS::IAM::Policy" {
+            assert_ne!(s["Resource"], "*", "{owner}: every role statement names its resources");
+        }
+    }
+    for (name, role) in of_type(&t, "AWS::IAM::Role") {
+        let p = &role["Properties"];
+        assert!(p.get("ManagedPolicyArns").is_none() && p.get("Policies").is_none(), "{name}: one policy, elsewhere");
+    }
+}
+
+#[test]
+fn the_schedule_and_the_revoke_rule_reach_their_functions() {
+    let t = template();
+    assert_eq!(t["Parameters"]["RefreshSchedule"]["Default"], "rate(5 minutes)");
+    let schedule = &resources(&t)["RefreshScheduleRule"]["Properties"];
+    assert_eq!(schedule["ScheduleExpression"], json!({"Ref": "RefreshSchedule"}));
+    assert_eq!(schedule["Targets"][0]["Arn"], get_att("TokenRefreshFunction", "Arn"));
+    let rule = &resources(&t)["RevokeRule"]["Properties"];
+    assert_eq!(rule["EventBusName"], json!({"Ref": "EventBus"}));
+    assert_eq!(rule["EventPattern"]["source"], json!([latchkey::adapters::aws::eventbridge::SOURCE]));
+    assert_eq!(
+        rule["EventPattern"]["detail-type"],
+        json!([EventType::ConnectionDisconnected.detail_type(), EventType::ConnectionDeleted.detail_type()]),
+        "the events handle_revoke acts on"
+    );
+    assert_eq!(rule["Targets"][0]["Arn"], get_att("TokenRevokeFunction", "Arn"));
+    for (rule, function) in [("RefreshScheduleRule", "TokenRefreshFunction"), ("RevokeRule", "TokenRevokeFunction")] {
+        let target = &resources(&t)[rule]["Properties"]["Targets"][0];
+        assert!(target["DeadLetterConfig"]["Arn"].is_object(), "{rule}: undeliverable events are kept");
+        let f = &resources(&t)[function]["Properties"];
+        assert!(f["DeadLetterQueue"]["TargetArn"].is_object(), "{function}: failed invocations are kept");
+        assert!(f.get("ReservedConcurrentExecutions").is_some(), "{function}: protects providers");
+    }
+    assert_eq!(resources(&t)["TokenRefreshFunction"]["Properties"]["ReservedConcurrentExecutions"], 1);
+}
+
+/// The metric filters read fields of the functions' JSON log lines: the sweep's summary line as
+/// the code writes it must match the refresh-failures filter, and every function's log group
+/// counts `kms_throttled` (whose line the KMS adapter's unit test checks).
+#[tokio::test(flavor = "current_thread")]
+async fn the_metric_filters_read_fields_the_code_logs() {
+    let t = template();
+    let filter = &resources(&t)["RefreshFailuresMetric"]["Properties"];
+    assert_eq!(filter["FilterPattern"], r#"{ $.message = "refresh sweep" && $.failed > 0 }"#);
+    assert_eq!(filter["MetricTransformations"][0]["MetricValue"], "$.failed");
+    assert_eq!(filter["LogGroupName"], json!({"Ref": "TokenRefreshLogs"}));
+    let throttled: BTreeSet<String> = of_type(&t, "AWS::Logs::MetricFilter")
+        .iter()
+        .filter(|(_, f)| f["Properties"]["FilterPattern"] == "{ $.kms_throttled IS TRUE }")
+        .map(|(_, f)| f["Properties"]["LogGroupName"]["Ref"].as_str().unwrap().to_owned())
+        .collect();
+    let every: BTreeSet<String> = function_packages().iter().map(|p| format!("{}Logs", logical(p))).collect();
+    assert_eq!(throttled, every, "KMS throttling is counted in every function's logs");
+
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::embedded(dir.path()).unwrap();
+    let logs = latchkey::telemetry::Captured::default();
+    let _scope =
+        tracing::subscriber::set_default(latchkey::telemetry::json_subscriber("info".parse().unwrap(), logs.clone()));
+    latchkey::lambda::handle_refresh(&app.service, Instant::now() + Duration::from_secs(5)).await.unwrap();
+    let lines = logs.lines();
+    let summary = lines.iter().find(|l| l["message"] == "refresh sweep").unwrap_or_else(|| panic!("{lines:?}"));
+    assert!(summary["failed"].is_u64(), "a number the filter can compare: {summary}");
+}
+
+// --- Least privilege, measured ----------------------------------------------------------------
+
+/// What the template grants `package`'s role: its policy's actions, plus the KMS actions of the
+/// key-policy statements that name the role directly (not the ones DynamoDB uses on its behalf
+/// for the table's encryption at rest). `dynamodb:Query (index)` stands for the index ARN.
+fn granted(t: &Value, package: &str) -> BTreeSet<String> {
+    let name = logical(package);
+    let role = get_att(&format!("{name}Role"), "Arn");
+    let mut out = BTreeSet::new();
+    let policies: Vec<_> = of_type(t, "AWS::IAM::Policy")
+        .into_iter()
+        .filter(|(_, p)| p["Properties"]["Roles"].as_array().unwrap().contains(&json!({"Ref": format!("{name}Role")})))
+        .collect();
+    assert_eq!(policies.len(), 1, "{package}: one policy");
+    for s in policies[0].1["Properties"]["PolicyDocument"]["Statement"].as_array().unwrap() {
+        assert_eq!(s["Effect"], "Allow");
+        out.extend(strings(&s["Action"]));
+        let resources = match &s["Resource"] {
+            Value::Array(items) => items.clone(),
+            other => vec![other.clone()],
+        };
+        if resources.contains(&json!({"Fn::Sub": "${Table.Arn}/index/*"})) {
+            out.insert("dynamodb:Query (index)".to_owned());
+        }
+    }
+    let key_policy = &resources(t)["Key"]["Properties"]["KeyPolicy"]["Statement"];
+    let mut through_dynamodb = false;
+    for s in key_policy.as_array().unwrap() {
+        let principals = match &s["Principal"]["AWS"] {
+            Value::Array(items) => items.clone(),
+            other => vec![other.clone()],
+        };
+        if !principals.contains(&role) {
+            continue;
+        }
+        if s["Condition"]["StringEquals"].get("kms:ViaService").is_some() {
+            through_dynamodb = true;
+        } else {
+            let ctx = &s["Condition"]["ForAllValues:StringEquals"]["kms:EncryptionContextKeys"];
+            assert_eq!(ctx, &json!(["org", "connection_id", "definition"]), "{package}: only Latchkey's context");
+            assert_eq!(
+                s["Condition"]["Null"]["kms:EncryptionContext:org"], "false",
+                "{package}: a context is required"
+            );
+            out.extend(strings(&s["Action"]));
+        }
+    }
+    assert!(through_dynamodb, "{package}: may use the table's key through DynamoDB");
+    out
+}
+
+/// The permissions the Lambda platform uses for the function, not its code: writing its logs,
+/// and sending failed asynchronous invocations to its dead-letter queue.
+fn platform(t: &Value, package: &str) -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = ["logs:CreateLogStream", "logs:PutLogEvents"].map(str::to_owned).into();
+    if resources(t)[&format!("{}Function", logical(package))]["Properties"].get("DeadLetterQueue").is_some() {
+        out.insert("sqs:SendMessage".to_owned());
+    }
+    out
+}
+
+const ORG: &str = "acme";
+const SECRET: &str = "infra-template-test-secret";
+
+/// One deployed function: its own clients (recording), its own cold caches.
+struct Function {
+    app: App,
+    calls: calls::Calls,
+}
+
+async fn function(config: &aws_config::SdkConfig, table: &str, key: &str, bus: &str) -> Function {
+    let calls = calls::Calls::default();
+    let (ddb, kms, eb) = calls.clients(config);
+    let app = App::aws(ddb, kms, eb, table, key, bus);
+    app.service.set_public_url("https://latchkey.example.test");
+    app.service.set_allow_loopback_providers(true);
+    Function { app, calls }
+}
+
+fn bearer(customer: Option<&str>, roles: &[&str]) -> String {
+    let claims = Claims {
+        org: ORG.into(),
+        customer: customer.map(str::to_owned),
+        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        exp: 4_102_444_800,
+    };
+    sign_hs256(&SecretString::from(SECRET), &claims).unwrap()
+}
+
+/// One request to `surface`'s router of `f`, as API Gateway would pass it on.
+async fn call(f: &Function, surface: Surface, method: &str, uri: &str, body: Option<Value>) -> (u16, Value) {
+    let router = latchkey::http::router_for(surface, f.app.http_state(Verifier::hs256(&SecretString::from(SECRET))));
+    let mut req = http::Request::builder().method(method).uri(uri);
+    if surface == Surface::ConnectionsApi {
+        req = req.header("authorization", format!("Bearer {}", bearer(None, &["admin", "runtime"])));
+    }
+    let req = match body {
+        Some(b) => req.header("content-type", "application/json").body(axum::body::Body::from(b.to_string())),
+        None => req.body(axum::body::Body::empty()),
+    }
+    .unwrap();
+    let res = router.oneshot(req).await.unwrap();
+    let status = res.status().as_u16();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+fn path_and_query(url: &str) -> String {
+    let u = reqwest::Url::parse(url).unwrap();
+    format!("{}?{}", u.path(), u.query().unwrap_or_default())
+}
+
+/// Each function runs what it runs when deployed (its HTTP surface, or its Lambda handler) over
+/// moto and oauth2-mock-server; what it calls must be exactly what the template grants it.
+#[tokio::test]
+async fn each_function_is_granted_exactly_the_aws_actions_its_code_calls() {
+    let config = moto::sdk_config().await;
+    let table = moto::unique("latchkey");
+    latchkey::adapters::aws::schema::bootstrap(&aws_sdk_dynamodb::Client::new(&config), &table).await.unwrap();
+    let key = moto::create_kms_key(&config).await;
+    let bus = moto::unique("bus");
+    aws_sdk_eventbridge::Client::new(&config).create_event_bus().name(&bus).send().await.unwrap();
+    let api = function(&config, &table, &key, &bus).await;
+    let callback = function(&config, &table, &key, &bus).await;
+    let lookup = function(&config, &table, &key, &bus).await;
+    let refresh = function(&config, &table, &key, &bus).await;
+    let revoke = function(&config, &table, &key, &bus).await;
+    // Tokens that live 4 s: due for the sweep after 2 s, and for a lookup that wants more.
+    let short = json!({"expires_in": 4});
+    let provider = oauth::MockServer::start(json!({"rewrites": [{"set": short}]})).await;
+    let ok = |(status, body): (u16, Value), what: &str| {
+        assert!((200..300).contains(&status), "{what}: {status} {body}");
+        body
+    };
+
+    // connections-api: every route it serves.
+    use Surface::ConnectionsApi as Api;
+    ok(call(&api, Api, "GET", "/healthz", None).await, "healthz");
+    ok(call(&api, Api, "GET", "/openapi.json", None).await, "openapi");
+    ok(call(&api, Api, "GET", "/v1/providers", None).await, "providers");
+    let keyed = json!({"auth": "api_key", "inputs": {
+        "apiKey": {"type": "password", "required": true},
+        "clientSecret": {"type": "password", "visibility": "organization", "default": "org-secret"}}});
+    ok(call(&api, Api, "PUT", "/v1/definitions/keyed", Some(keyed)).await, "PUT keyed");
+    let idp = json!({"auth": "oauth2_authorization_code", "inputs": {
+        "authorizeUrl": {"type": "url", "default": provider.authorize_endpoint()},
+        "tokenUrl": {"type": "url", "default": provider.token_endpoint()},
+        "revokeUrl": {"type": "url", "default": provider.revocation_endpoint()},
+        "clientId": {"type": "string", "default": "client"},
+        "clientSecret": {"type": "password", "default": "client-secret"}}});
+    ok(call(&api, Api, "PUT", "/v1/definitions/idp", Some(idp)).await, "PUT idp");
+    ok(call(&api, Api, "GET", "/v1/definitions", None).await, "list definitions");
+    ok(call(&api, Api, "GET", "/v1/definitions/keyed", None).await, "GET definition");
+    let created = ok(
+        call(
+            &api,
+            Api,
+            "POST",
+            "/v1/connections",
+            Some(json!({"definition": "keyed", "customer": "c-1",
+            "values": {"apiKey": "k-1"}})),
+        )
+        .await,
+        "POST keyed connection",
+    );
+    let keyed_id = created["id"].as_str().unwrap().to_owned();
+    ok(call(&api, Api, "GET", &format!("/v1/connections/{keyed_id}"), None).await, "GET connection");
+    ok(call(&api, Api, "GET", "/v1/connections?customer=c-1", None).await, "list connections");
+    let patch = json!({"label": "renamed", "values": {"apiKey": "k-2"}});
+    ok(call(&api, Api, "PATCH", &format!("/v1/connections/{keyed_id}"), Some(patch)).await, "PATCH");
+    ok(call(&api, Api, "POST", &format!("/v1/connections/{keyed_id}/token"), Some(json!({}))).await, "token");
+    ok(call(&api, Api, "GET", &format!("/v1/connections/{keyed_id}/logs"), None).await, "logs");
+
+    let created = ok(
+        call(&api, Api, "POST", "/v1/connections", Some(json!({"definition": "idp", "customer": "c-1"}))).await,
+        "POST oauth connection",
+    );
+    let oauth_id = created["id"].as_str().unwrap().to_owned();
+    let started =
+        ok(call(&api, Api, "POST", &format!("/v1/connections/{oauth_id}/authorize"), None).await, "authorize");
+    let redirected = provider.authorize(started["authorize_url"].as_str().unwrap()).await;
+
+    // oauth-callback: the provider's redirect (twice), then a denied one.
+    let (status, _) = call(&callback, Surface::OauthCallback, "GET", &path_and_query(&redirected), None).await;
+    assert_eq!(status, 200, "callback");
+    let mut more = Vec::new();
+    for customer in ["c-2", "c-3"] {
+        let created = ok(
+            call(&api, Api, "POST", "/v1/connections", Some(json!({"definition": "idp", "customer": customer}))).await,
+            "POST another",
+        );
+        let id = created["id"].as_str().unwrap().to_owned();
+        let started = ok(call(&api, Api, "POST", &format!("/v1/connections/{id}/authorize"), None).await, "authorize");
+        more.push((id, started["authorize_url"].as_str().unwrap().to_owned()));
+    }
+    let [(second_id, second_url), (denied_id, denied_url)] = <[_; 2]>::try_from(more).unwrap();
+    let redirected = provider.authorize(&second_url).await;
+    let (status, _) = call(&callback, Surface::OauthCallback, "GET", &path_and_query(&redirected), None).await;
+    assert_eq!(status, 200, "second callback");
+    let state = oauth::query_param(&denied_url, "state").unwrap();
+    let denied = format!("/v1/oauth/callback?error=access_denied&state={state}");
+    let (status, _) = call(&callback, Surface::OauthCallback, "GET", &denied, None).await;
+    assert!((200..500).contains(&status), "denied callback: {status}");
+
+    // token-refresh: one sweep once the token is due; it also revokes the tokens of a
+    // connection disconnected since (as it does when the revoke event was lost).
+    ok(call(&api, Api, "POST", &format!("/v1/connections/{second_id}/disconnect"), None).await, "disconnect");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let summary =
+        latchkey::lambda::handle_refresh(&refresh.app.service, Instant::now() + Duration::from_secs(20)).await.unwrap();
+    assert_eq!((summary["refreshed"].as_u64(), summary["revocations"].as_u64()), (Some(1), Some(1)), "{summary}");
+
+    // token-lookup: a cold lookup that refreshes on demand, then report_error.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let found = latchkey::lambda::handle_lookup(
+        &lookup.app.service,
+        json!({"org": ORG, "connection_id": oauth_id, "min_valid_seconds": 60}),
+    )
+    .await
+    .unwrap();
+    assert!(found["token"]["access_token"].is_string(), "{found}");
+    let reported =
+        json!({"action": "report_error", "org": ORG, "connection_id": keyed_id, "message": "401 from the API"});
+    latchkey::lambda::handle_lookup(&lookup.app.service, reported).await.unwrap();
+
+    // connections-api again: forced refresh, disconnect, delete.
+    ok(call(&api, Api, "POST", &format!("/v1/connections/{oauth_id}/refresh"), None).await, "refresh");
+    ok(call(&api, Api, "POST", &format!("/v1/connections/{oauth_id}/disconnect"), None).await, "disconnect");
+    let (status, _) = call(&api, Api, "DELETE", &format!("/v1/connections/{keyed_id}"), None).await;
+    assert_eq!(status, 204, "DELETE connection");
+    for id in [&second_id, &denied_id] {
+        let (status, _) = call(&api, Api, "DELETE", &format!("/v1/connections/{id}"), None).await;
+        assert_eq!(status, 204, "DELETE connection");
+    }
+
+    // token-revoke: the disconnect event.
+    let event = json!({"detail-type": "Connection Disconnected", "source": "latchkey",
+        "detail": {"org": ORG, "connection_id": oauth_id}});
+    let revoked = latchkey::lambda::handle_revoke(&revoke.app.service, event).await.unwrap();
+    assert_eq!(revoked["revoked"], 1, "{revoked}");
+
+    let (status, _) = call(&api, Api, "DELETE", &format!("/v1/connections/{oauth_id}"), None).await;
+    assert_eq!(status, 204, "DELETE connection");
+    let (status, _) = call(&api, Api, "DELETE", "/v1/definitions/keyed", None).await;
+    assert_eq!(status, 204, "DELETE definition");
+
+    let t = template();
+    let mut report = Vec::new();
+    for (package, f) in [
+        ("connections-api", &api),
+        ("oauth-callback", &callback),
+        ("token-lookup", &lookup),
+        ("token-refresh", &refresh),
+        ("token-revoke", &revoke),
+    ] {
+        let mut used = f.calls.actions();
+        used.extend(platform(&t, package));
+        let granted = granted(&t, package);
+        let missing: Vec<_> = used.difference(&granted).collect();
+        let unused: Vec<_> = granted.difference(&used).collect();
+        if !missing.is_empty() || !unused.is_empty() {
+            report.push(format!("{package}: missing {missing:?}, granted but unused {unused:?}"));
+        }
+    }
+    assert!(report.is_empty(), "infra/template.yaml is not least privilege:\n{}", report.join("\n"));
+}
