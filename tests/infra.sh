@@ -2,14 +2,16 @@
 # The deploy path, checked offline (tests/run.sh runs this; it also runs alone):
 #   - infra/template.yaml's parameter patterns, its SAM expansion (tests/infra_check.py);
 #   - cfn-lint on the template and on the expansion; checkov on both;
-#   - `cargo lambda build --release --arm64` of the five functions, zipped as Lambda takes them,
-#     with their sizes written to target/lambda/sizes.md (recorded in docs/function-sizes.md).
+#   - `cargo lambda build --release --arm64` of the five functions, their zipped sizes written to
+#     target/lambda/sizes.md (recorded in docs/function-sizes.md), then `sam build` of the
+#     template, which must package those very binaries;
+#   - the five binaries under `cargo lambda watch`, invoked with the samples in events/.
 # The template's contents against the code are tested by tests/infra_template.rs (cargo test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/venv.sh
 
-echo "==> cfn-lint, aws-sam-translator, checkov, cargo-lambda, zig in .venv-infra/ from tests/infra-requirements.txt"
+echo "==> cfn-lint, aws-sam-translator, checkov in .venv-infra/ from tests/infra-requirements.txt"
 venv .venv-infra tests/infra-requirements.txt
 bin=.venv-infra/bin
 
@@ -25,19 +27,43 @@ echo "==> checkov (skips are justified in the template)"
 "$bin/checkov" -f infra/template.yaml --framework cloudformation --skip-download --compact --quiet
 "$bin/checkov" -f target/infra/expanded.json --framework cloudformation --skip-download --compact --quiet
 
-echo "==> cargo lambda build --release --arm64 (the five functions, zip packages)"
+echo "==> aws-sam-cli, cargo-lambda, zig in .venv-sam/ from tests/sam-requirements.txt"
+venv .venv-sam tests/sam-requirements.txt
+export PATH="$PWD/.venv-sam/bin:$PATH" SAM_CLI_TELEMETRY=0
+
+echo "==> cargo lambda build --release --arm64, each function as sam build builds it"
 rustup target list --installed | grep -q '^aarch64-unknown-linux-gnu$' || rustup target add aarch64-unknown-linux-gnu
 functions=(connections-api oauth-callback token-lookup token-refresh token-revoke)
-PATH="$PWD/$bin:$PATH" cargo lambda build --release --arm64 --locked --output-format zip \
-    $(printf -- '-p %s ' "${functions[@]}")
+for f in "${functions[@]}"; do
+    (cd "functions/$f" && cargo lambda build --release --arm64 --locked --bin "$f")
+done
 {
     echo "| function | zip (KiB) | bootstrap (KiB) |"
     echo "|---|---:|---:|"
     for f in "${functions[@]}"; do
-        zip=target/lambda/$f/bootstrap.zip
-        [ -s "$zip" ] || { echo "missing $zip" >&2; exit 1; }
-        unzipped=$("$bin/python" -c 'import sys, zipfile; print(sum(i.file_size for i in zipfile.ZipFile(sys.argv[1]).infolist()))' "$zip")
-        echo "| $f | $(( $(stat -c %s "$zip") / 1024 )) | $(( unzipped / 1024 )) |"
+        "$bin/python" - "$f" <<'PY'
+import io, os, sys, zipfile
+f = sys.argv[1]
+path = f"target/lambda/{f}/bootstrap"
+data = open(path, "rb").read()
+# An arm64 Linux executable: ELF, e_machine 183 (AArch64).
+assert data[:4] == b"\x7fELF" and int.from_bytes(data[18:20], "little") == 183, f"{path}: not an arm64 ELF"
+buf = io.BytesIO()
+with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+    z.write(path, "bootstrap")
+print(f"| {f} | {len(buf.getvalue()) // 1024} | {len(data) // 1024} |")
+PY
     done
 } > target/lambda/sizes.md
 cat target/lambda/sizes.md
+
+echo "==> sam build (the README's deploy build: rust-cargolambda for every function)"
+sam build --beta-features --template-file infra/template.yaml --build-dir target/sam-build
+for f in "${functions[@]}"; do
+    logical=$(echo "$f" | sed -E 's/(^|-)([a-z])/\U\2/g')Function
+    cmp -s "target/sam-build/$logical/bootstrap" "target/lambda/$f/bootstrap" \
+        || { echo "sam build did not package $f's arm64 binary as $logical" >&2; exit 1; }
+done
+
+echo "==> the five binaries under cargo lambda watch, fed the samples in events/ with cargo lambda invoke"
+python3 tests/lambda_invoke.py

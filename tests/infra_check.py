@@ -66,8 +66,10 @@ def patterns():
         ["rate(5 minute)", "rate(1 minutes)", "rate(0 minutes)", "rate(5 min)", "rate(05 minutes)",
          "every 5 minutes", "rate(5 minutes) ", "", "cron()", "rate(-1 minutes)"],
     )
-    check("PublicUrl", ["", "https://auth.example.com", "https://example.com/latchkey"],
-          ["http://auth.example.com", "auth.example.com", "https://", "https://a b.com"])
+    # An origin only: the API is mapped at the domain's root, so a path would break every route.
+    check("PublicUrl", ["", "https://auth.example.com", "https://auth.example.com:8443"],
+          ["http://auth.example.com", "auth.example.com", "https://", "https://a b.com",
+           "https://example.com/latchkey", "https://auth.example.com/"])
     check("JwtIssuer", ["https://issuer.example.com/", "https://example.auth0.com/"],
           ["", "http://issuer.example.com", "issuer"])
     check("AlarmTopicArn", ["", "arn:aws:sns:eu-west-1:123456789012:alerts"],

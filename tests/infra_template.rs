@@ -307,13 +307,37 @@ async fn the_metric_filters_read_fields_the_code_logs() {
     let lines = logs.lines();
     let summary = lines.iter().find(|l| l["message"] == "refresh sweep").unwrap_or_else(|| panic!("{lines:?}"));
     assert!(summary["failed"].is_u64(), "a number the filter can compare: {summary}");
+    // Kept whatever LogLevel says: RUST_LOG names the targets of both lines.
+    assert_eq!(summary["target"], "latchkey::service::refresh");
+    let rust_log = t["Globals"]["Function"]["Environment"]["Variables"]["RUST_LOG"]["Fn::Sub"].as_str().unwrap();
+    assert!(rust_log.contains("latchkey::service::refresh=info"), "{rust_log}");
+    assert!(rust_log.contains("latchkey::adapters::aws::kms=warn"), "{rust_log}");
+}
+
+/// A function may outlive its caller's patience, never the work it started: lookups may wait
+/// for another worker's refresh (lease + 5 s) and then call the provider (15 s); the sweep stops
+/// starting work `SWEEP_MARGIN` before its end.
+#[test]
+fn function_timeouts_leave_room_for_a_refresh_in_flight() {
+    let t = template();
+    let default = t["Globals"]["Function"]["Timeout"].as_u64().unwrap();
+    let lease = latchkey::service::RefreshPolicy::default().lease.as_secs();
+    for package in function_packages() {
+        let f = &resources(&t)[&format!("{}Function", logical(&package))]["Properties"];
+        let timeout = f["Timeout"].as_u64().unwrap_or(default);
+        assert!(timeout >= lease + 5 + 15 + 5, "{package}: {timeout} s");
+    }
+    let sweep = resources(&t)["TokenRefreshFunction"]["Properties"]["Timeout"].as_u64().unwrap();
+    assert!(sweep > 2 * latchkey::lambda::SWEEP_MARGIN.as_secs(), "{sweep} s");
 }
 
 // --- Least privilege, measured ----------------------------------------------------------------
 
-/// What the template grants `package`'s role: its policy's actions, plus the KMS actions of the
-/// key-policy statements that name the role directly (not the ones DynamoDB uses on its behalf
-/// for the table's encryption at rest). `dynamodb:Query (index)` stands for the index ARN.
+/// What the template grants `package`'s role, from its one policy: every action, KMS included,
+/// except the KMS actions DynamoDB uses on its behalf for the table's encryption at rest
+/// (`kms:ViaService`). Every KMS action the role uses directly must also be allowed to it by a
+/// key-policy statement that names the role (`aws:PrincipalArn`) under the same encryption
+/// context conditions. `dynamodb:Query (index)` stands for the index ARN.
 fn granted(t: &Value, package: &str) -> BTreeSet<String> {
     let name = logical(package);
     let role = get_att(&format!("{name}Role"), "Arn");
@@ -323,40 +347,52 @@ fn granted(t: &Value, package: &str) -> BTreeSet<String> {
         .filter(|(_, p)| p["Properties"]["Roles"].as_array().unwrap().contains(&json!({"Ref": format!("{name}Role")})))
         .collect();
     assert_eq!(policies.len(), 1, "{package}: one policy");
+    let key_policy = resources(t)["Key"]["Properties"]["KeyPolicy"]["Statement"].as_array().unwrap().clone();
+    let mut through_dynamodb = false;
     for s in policies[0].1["Properties"]["PolicyDocument"]["Statement"].as_array().unwrap() {
         assert_eq!(s["Effect"], "Allow");
-        out.extend(strings(&s["Action"]));
+        let actions = strings(&s["Action"]);
         let resources = match &s["Resource"] {
             Value::Array(items) => items.clone(),
             other => vec![other.clone()],
         };
-        if resources.contains(&json!({"Fn::Sub": "${Table.Arn}/index/*"})) {
-            out.insert("dynamodb:Query (index)".to_owned());
-        }
-    }
-    let key_policy = &resources(t)["Key"]["Properties"]["KeyPolicy"]["Statement"];
-    let mut through_dynamodb = false;
-    for s in key_policy.as_array().unwrap() {
-        let principals = match &s["Principal"]["AWS"] {
-            Value::Array(items) => items.clone(),
-            other => vec![other.clone()],
-        };
-        if !principals.contains(&role) {
+        if !actions.iter().any(|a| a.starts_with("kms:")) {
+            if resources.contains(&json!({"Fn::Sub": "${Table.Arn}/index/*"})) {
+                out.insert("dynamodb:Query (index)".to_owned());
+            }
+            out.extend(actions);
             continue;
         }
+        assert_eq!(resources, [get_att("Key", "Arn")], "{package}: KMS on the stack's key only");
         if s["Condition"]["StringEquals"].get("kms:ViaService").is_some() {
             through_dynamodb = true;
-        } else {
-            let ctx = &s["Condition"]["ForAllValues:StringEquals"]["kms:EncryptionContextKeys"];
-            assert_eq!(ctx, &json!(["org", "connection_id", "definition"]), "{package}: only Latchkey's context");
-            assert_eq!(
-                s["Condition"]["Null"]["kms:EncryptionContext:org"], "false",
-                "{package}: a context is required"
-            );
-            out.extend(strings(&s["Action"]));
+            continue;
+        }
+        let ctx = &s["Condition"]["ForAllValues:StringEquals"]["kms:EncryptionContextKeys"];
+        assert_eq!(ctx, &json!(["org", "connection_id", "definition"]), "{package}: only Latchkey's context");
+        assert_eq!(s["Condition"]["Null"]["kms:EncryptionContext:org"], "false", "{package}: a context is required");
+        for action in actions {
+            let allowed = key_policy.iter().any(|k| {
+                strings(&k["Action"]).contains(&action)
+                    && k["Condition"]["ArnEquals"]["aws:PrincipalArn"].as_array().is_some_and(|r| r.contains(&role))
+                    && k["Condition"]["ForAllValues:StringEquals"] == s["Condition"]["ForAllValues:StringEquals"]
+                    && k["Condition"]["Null"] == s["Condition"]["Null"]
+            });
+            assert!(allowed, "{package}: the key policy does not allow it {action} under the same conditions");
+            out.insert(action);
         }
     }
     assert!(through_dynamodb, "{package}: may use the table's key through DynamoDB");
+    // And the key policy allows no role anything its own policy does not.
+    for k in &key_policy {
+        if let Some(roles) = k["Condition"]["ArnEquals"]["aws:PrincipalArn"].as_array()
+            && roles.contains(&role)
+        {
+            for action in strings(&k["Action"]) {
+                assert!(out.contains(&action), "{package}: the key policy allows {action}, unused");
+            }
+        }
+    }
     out
 }
 

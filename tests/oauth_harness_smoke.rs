@@ -33,6 +33,14 @@ fn field<'a>(body: &'a Value, name: &str) -> &'a str {
     body[name].as_str().unwrap_or_else(|| panic!("no {name} in {body}"))
 }
 
+/// A verifier may start with `-` (the unreserved set has it): one did, and node took it for an
+/// option.
+#[test]
+fn pkce_s256_takes_a_verifier_that_starts_with_a_dash() {
+    let verifier = "-wUWJ5hIl~Cr5OI1CR01v4qHL-iWRBlkRWrmVtzsCESMHH-P2FRvAr9_qWtN2nN2";
+    assert_eq!(oauth::pkce_s256(verifier), "haVamXBUv3zV6bsHe8aZ04awX5oUzpLHC55tm_83Cgc");
+}
+
 #[tokio::test]
 async fn oidc_code_flow_rotates_refresh_tokens_detects_reuse_and_revokes() {
     let oidc = oidc().await;

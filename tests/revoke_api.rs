@@ -281,3 +281,42 @@ async fn an_authorization_begun_before_a_disconnect_cannot_reconnect() {
     assert_eq!(app.get_connection(&org, &id).await.body["status"], "disconnected");
     assert_eq!(lookup(&app, &id).await.problem_type(), "urn:latchkey:problem:connection-disconnected");
 }
+
+/// The sweep starts no revocation after its deadline (the Lambda's end is near): the job stays
+/// due, and the next sweep runs it.
+#[tokio::test]
+async fn the_sweep_starts_no_revocation_after_its_deadline() {
+    use latchkey::domain::{ConnectionId, OrgId, Principal};
+    use std::time::Instant;
+
+    let dir = tempfile::tempdir().unwrap();
+    let app = latchkey::config::App::embedded(dir.path()).unwrap();
+    app.service.set_public_url("http://127.0.0.1:9");
+    let mock = oauth::MockServer::start(json!({})).await;
+    let org = OrgId::parse(ORG).unwrap();
+    let p = Principal::organization(org.clone());
+    let def = json!({"auth": "oauth2_authorization_code", "inputs": {
+        "authorizeUrl": {"type": "url", "default": mock.authorize_endpoint()},
+        "tokenUrl": {"type": "url", "default": mock.token_endpoint()},
+        "revokeUrl": {"type": "url", "default": mock.revocation_endpoint()},
+        "clientId": {"type": "string", "default": "cid"}}});
+    app.service.put_definition(&p, "idp", &def).await.unwrap();
+    let conn = app.service.create_connection(&p, &json!({"definition": "idp", "customer": "c-1"})).await.unwrap();
+    let started = app.service.authorize(&p, conn.id.as_str()).await.unwrap();
+    let back = reqwest::Url::parse(&mock.authorize(&started.authorize_url).await).unwrap();
+    let params = back.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    app.service.callback(&params).await;
+    app.service.disconnect(&p, conn.id.as_str()).await.unwrap();
+    let id = ConnectionId::parse(conn.id.as_str()).unwrap();
+    assert_eq!(app.store.revocations_of(&org, &id).await.unwrap().len(), 1, "a job, due now");
+
+    let late = app.service.revoke_due(Instant::now()).await.unwrap();
+    assert!(late.is_empty(), "{late:?}");
+    assert_eq!(app.store.revocations_of(&org, &id).await.unwrap().len(), 1, "still due");
+    assert_eq!(mock.stats().await["revocations"], 0);
+
+    let next = app.service.revoke_due(Instant::now() + Duration::from_secs(10)).await.unwrap();
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert!(app.store.revocations_of(&org, &id).await.unwrap().is_empty(), "done");
+    assert!(mock.stats().await["revocations"].as_u64() >= Some(1), "revoked at the provider");
+}

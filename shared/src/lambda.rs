@@ -78,8 +78,13 @@ pub async fn handle_refresh(service: &Service, deadline: std::time::Instant) -> 
     }
 }
 
+/// What a sweep leaves of its invocation for the work in flight to finish.
+pub const SWEEP_MARGIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The `token-refresh` function: the EventBridge schedule (`rate(5 minutes)`) runs one sweep,
-/// stopping 10 seconds before the invocation's deadline.
+/// starting no work in the last [`SWEEP_MARGIN`] of the invocation, so that a refresh in flight
+/// (its provider call times out after 15 s) is stored before Lambda ends the invocation: a
+/// rotated refresh token cut off there would be lost.
 pub async fn serve_refresh(app: App) -> Result<(), Error> {
     let service: Arc<Service> = app.service;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
@@ -88,7 +93,7 @@ pub async fn serve_refresh(app: App) -> Result<(), Error> {
             let remaining = std::time::Duration::from_millis(event.context.deadline)
                 .checked_sub(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default())
                 .unwrap_or_default();
-            let deadline = std::time::Instant::now() + remaining.saturating_sub(std::time::Duration::from_secs(10));
+            let deadline = std::time::Instant::now() + remaining.saturating_sub(SWEEP_MARGIN);
             handle_refresh(&service, deadline).await
         }
     }))

@@ -423,9 +423,13 @@ pub fn pkce_verifier() -> String {
 /// Computed by node's crypto module, which the harness needs anyway, because the root package has
 /// no SHA-256 among its dev-dependencies.
 pub fn pkce_s256(verifier: &str) -> String {
-    let script =
-        "process.stdout.write(require('node:crypto').createHash('sha256').update(process.argv[1]).digest('base64url'))";
-    let output = Command::new("node").args(["-e", script, verifier]).output().expect("run node for SHA-256");
+    // Through the environment: a verifier may start with `-`, which node would read as an option.
+    let script = "process.stdout.write(require('node:crypto').createHash('sha256').update(process.env.PKCE_VERIFIER).digest('base64url'))";
+    let output = Command::new("node")
+        .args(["-e", script])
+        .env("PKCE_VERIFIER", verifier)
+        .output()
+        .expect("run node for SHA-256");
     assert!(output.status.success(), "node: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).expect("base64url is ASCII")
 }

@@ -484,7 +484,7 @@ impl Service {
         }
         // Revocations that failed transiently are retried here, when their time has come.
         if Instant::now() < deadline {
-            summary.revocations = self.revoke_due().await?.len();
+            summary.revocations = self.revoke_due(deadline).await?.len();
         }
         tracing::info!(
             revocations = summary.revocations,

@@ -161,19 +161,24 @@ impl Service {
     /// event finds no job and does nothing.
     pub async fn revoke_pending(&self, org: &OrgId, id: &ConnectionId) -> Result<Vec<RevokeOutcome>> {
         let jobs = self.store.revocations_of(org, id).await?;
-        Ok(self.run_jobs(jobs).await)
+        Ok(self.run_jobs(jobs, None).await)
     }
 
-    /// Runs the revocation jobs whose retry time has come (part of the sweep).
-    pub async fn revoke_due(&self) -> Result<Vec<RevokeOutcome>> {
+    /// Runs the revocation jobs whose retry time has come (part of the sweep), starting none
+    /// after `deadline`: the rest stay due for the next sweep, and an attempt never runs into the
+    /// end of a Lambda invocation.
+    pub async fn revoke_due(&self, deadline: std::time::Instant) -> Result<Vec<RevokeOutcome>> {
         let jobs = self.store.due_revocations(self.clock.now(), 100).await?;
-        Ok(self.run_jobs(jobs).await)
+        Ok(self.run_jobs(jobs, Some(deadline)).await)
     }
 
     /// One job's failure (a store or key error) does not keep the others from running.
-    async fn run_jobs(&self, jobs: Vec<RevocationJob>) -> Vec<RevokeOutcome> {
+    async fn run_jobs(&self, jobs: Vec<RevocationJob>, deadline: Option<std::time::Instant>) -> Vec<RevokeOutcome> {
         let mut outcomes = Vec::new();
         for job in jobs {
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                break;
+            }
             match self.attempt_revocation(job).await {
                 Ok(o) => outcomes.push(o),
                 Err(e) => {

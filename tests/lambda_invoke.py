@@ -1,0 +1,123 @@
+"""The five Lambda binaries under `cargo lambda watch` (the Lambda Runtime API emulator), fed the
+samples in events/ with `cargo lambda invoke`, over the embedded backend: what events/README.md
+tells a developer to run. Run by tests/infra.sh with cargo-lambda on PATH.
+
+Usage: python3 tests/lambda_invoke.py
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+SECRET = "latchkey-events-dev-secret-not-for-production"
+SAMPLE_ID = "con_01kahzz7v4m3n2q0000000000a"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main():
+    port = free_port()
+    data = tempfile.mkdtemp(prefix="latchkey-watch-")
+    env = dict(os.environ, LATCHKEY_BACKEND="embedded", LATCHKEY_JWT_SECRET=SECRET, LATCHKEY_DATA_DIR=data,
+               LATCHKEY_PUBLIC_URL="https://abc123.execute-api.eu-west-1.amazonaws.com")
+    log = open(os.path.join(data, "watch.log"), "w")
+    watch = subprocess.Popen(
+        ["cargo", "lambda", "watch", "--invoke-address", "127.0.0.1", "--invoke-port", str(port), "--ignore-changes"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if watch.poll() is not None or time.monotonic() > deadline:
+                    sys.exit(f"cargo lambda watch did not start: {open(log.name).read()}")
+                time.sleep(0.3)
+        run(port, data)
+    except BaseException:
+        log.flush()
+        print(open(log.name).read()[-4000:], file=sys.stderr)
+        raise
+    finally:
+        os.killpg(watch.pid, signal.SIGTERM)
+        watch.wait(timeout=30)
+
+
+def invoke(port, function, sample, connection_id=SAMPLE_ID):
+    """Invokes `function` with events/`sample`: (ok, payload); a function error gives ok False
+    and the error payload."""
+    with open(os.path.join(ROOT, "events", sample)) as f:
+        payload = f.read().replace(SAMPLE_ID, connection_id)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        f.write(payload)
+    out = subprocess.run(
+        ["cargo", "lambda", "invoke", function, "--data-file", f.name, "--invoke-address", "127.0.0.1",
+         "--invoke-port", str(port), "--output-format", "json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    os.unlink(f.name)
+    text = out.stdout.strip() or out.stderr.strip()
+    start = text.find("{")
+    body = json.loads(text[start:text.rfind("}") + 1]) if start >= 0 else text
+    return out.returncode == 0, body
+
+
+def http(port, function, sample, connection_id=SAMPLE_ID):
+    ok, response = invoke(port, function, sample, connection_id)
+    assert ok, f"{function} {sample}: {response}"
+    body = response.get("body") or ""
+    try:
+        body = json.loads(body)
+    except ValueError:
+        pass
+    return response["statusCode"], body
+
+
+def check(what, got, expected):
+    assert got == expected, f"{what}: expected {expected!r}, got {got!r}"
+    print(f"ok  {what}")
+
+
+def run(port, data):
+    check("connections-api GET /healthz", http(port, "connections-api", "connections-api/healthz.json")[0], 200)
+    check("connections-api PUT definition",
+          http(port, "connections-api", "connections-api/put-definition.json")[0], 201)
+    status, conn = http(port, "connections-api", "connections-api/create-connection.json")
+    check("connections-api POST connection", status, 201)
+    cid = conn["id"]
+    check("connections-api GET connection",
+          http(port, "connections-api", "connections-api/get-connection.json", cid)[0], 200)
+    # The oauth-callback binary mounts the callback only.
+    check("oauth-callback refuses a connections route",
+          http(port, "oauth-callback", "connections-api/list-connections.json")[0], 404)
+    check("oauth-callback GET /v1/oauth/callback (a state it never issued)",
+          http(port, "oauth-callback", "oauth-callback/callback.json")[0], 400)
+
+    ok, found = invoke(port, "token-lookup", "token-lookup/lookup.json", cid)
+    check("token-lookup fields", (ok, found.get("fields", {}).get("apiKey")), (True, "sk_test_sample_value"))
+    ok, error = invoke(port, "token-lookup", "token-lookup/unknown-connection.json")
+    check("token-lookup unknown connection", (ok, "ConnectionNotFound" in json.dumps(error)), (False, True))
+    ok, summary = invoke(port, "token-refresh", "token-refresh/scheduled.json")
+    check("token-refresh sweep", (ok, sorted(summary)), (True, ["due", "failed", "refreshed", "revocations", "skipped"]))
+
+    check("connections-api disconnect",
+          http(port, "connections-api", "connections-api/disconnect-connection.json", cid)[0], 200)
+    ok, done = invoke(port, "token-revoke", "token-revoke/connection-disconnected.json", cid)
+    # An API-key connection leaves no revocation job: nothing to revoke, however often it comes.
+    check("token-revoke", (ok, done.get("jobs")), (True, 0))
+    check("connections-api DELETE connection",
+          http(port, "connections-api", "connections-api/delete-connection.json", cid)[0], 204)
+
+
+if __name__ == "__main__":
+    main()
