@@ -66,4 +66,5 @@ for f in "${functions[@]}"; do
 done
 
 echo "==> the five binaries under cargo lambda watch, fed the samples in events/ with cargo lambda invoke"
-python3 tests/lambda_invoke.py
+python3 tests/lambda_invoke.py embedded
+python3 tests/lambda_invoke.py aws

@@ -1,8 +1,13 @@
 """The five Lambda binaries under `cargo lambda watch` (the Lambda Runtime API emulator), fed the
-samples in events/ with `cargo lambda invoke`, over the embedded backend: what events/README.md
-tells a developer to run. Run by tests/infra.sh with cargo-lambda on PATH.
+samples in events/ with `cargo lambda invoke`: what events/README.md tells a developer to run.
+Run by tests/infra.sh with cargo-lambda on PATH, once per backend:
 
-Usage: python3 tests/lambda_invoke.py
+  embedded  the functions over a local data directory;
+  aws       the functions as deployed, over DynamoDB, KMS and EventBridge: moto (from .venv/,
+            started by tests/moto_server.py), a table made by `latchkey bootstrap`, a KMS key
+            and an event bus.
+
+Usage: python3 tests/lambda_invoke.py embedded|aws
 """
 
 import json
@@ -25,11 +30,47 @@ def free_port():
         return s.getsockname()[1]
 
 
+AWS_SETUP = """
+import sys, boto3
+kms = boto3.client("kms", endpoint_url=sys.argv[1], region_name="us-east-1")
+events = boto3.client("events", endpoint_url=sys.argv[1], region_name="us-east-1")
+print(kms.create_key(Description="latchkey-lambda-invoke")["KeyMetadata"]["Arn"])
+events.create_event_bus(Name="latchkey-lambda-invoke")
+"""
+
+
+def start_moto():
+    """moto on a free port, and the environment that points the AWS SDK at it."""
+    python = os.path.join(ROOT, ".venv", "bin", "python")
+    moto = subprocess.Popen([python, os.path.join(ROOT, "tests", "moto_server.py")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    line = moto.stdout.readline().strip()
+    assert line.startswith("moto listening on "), line
+    url = line.rsplit(" ", 1)[1]
+    env = dict(AWS_ENDPOINT_URL=url, AWS_REGION="us-east-1", AWS_ACCESS_KEY_ID="testing",
+               AWS_SECRET_ACCESS_KEY="testing", AWS_EC2_METADATA_DISABLED="true")
+    key = subprocess.run([python, "-c", AWS_SETUP, url], check=True, capture_output=True, text=True,
+                         env=dict(os.environ, **env)).stdout.strip()
+    env.update(LATCHKEY_BACKEND="aws", LATCHKEY_TABLE="latchkey-lambda-invoke", LATCHKEY_KMS_KEY_ID=key,
+               LATCHKEY_EVENT_BUS="latchkey-lambda-invoke")
+    subprocess.run(["cargo", "run", "--locked", "-q", "--bin", "latchkey", "--", "bootstrap"], cwd=ROOT, check=True,
+                   env=dict(os.environ, **env))
+    return moto, env
+
+
 def main():
+    backend = sys.argv[1] if len(sys.argv) > 1 else ""
+    if backend not in ("embedded", "aws"):
+        sys.exit(__doc__)
     port = free_port()
     data = tempfile.mkdtemp(prefix="latchkey-watch-")
     env = dict(os.environ, LATCHKEY_BACKEND="embedded", LATCHKEY_JWT_SECRET=SECRET, LATCHKEY_DATA_DIR=data,
                LATCHKEY_PUBLIC_URL="https://abc123.execute-api.eu-west-1.amazonaws.com")
+    moto = None
+    if backend == "aws":
+        moto, aws = start_moto()
+        env.update(aws)
+    print(f"== {backend} backend")
     log = open(os.path.join(data, "watch.log"), "w")
     watch = subprocess.Popen(
         ["cargo", "lambda", "watch", "--invoke-address", "127.0.0.1", "--invoke-port", str(port), "--ignore-changes"],
@@ -44,7 +85,7 @@ def main():
                 if watch.poll() is not None or time.monotonic() > deadline:
                     sys.exit(f"cargo lambda watch did not start: {open(log.name).read()}")
                 time.sleep(0.3)
-        run(port, data)
+        run(port, lambda cid: stored_in_moto(aws, cid) if moto else None)
     except BaseException:
         log.flush()
         print(open(log.name).read()[-4000:], file=sys.stderr)
@@ -52,6 +93,21 @@ def main():
     finally:
         os.killpg(watch.pid, signal.SIGTERM)
         watch.wait(timeout=30)
+        if moto:
+            moto.stdin.close()  # moto_server.py exits at EOF
+            moto.wait(timeout=30)
+
+
+def stored_in_moto(env, connection_id):
+    """Whether moto's table holds the connection: the functions did use the aws backend."""
+    script = ("import os, sys, boto3; d = boto3.client('dynamodb', endpoint_url=os.environ['AWS_ENDPOINT_URL'], region_name=os.environ['AWS_REGION']); "
+              "items = d.scan(TableName=os.environ['LATCHKEY_TABLE'])['Items']; "
+              "print(sum(sys.argv[1] in str(i) for i in items))")
+    python = os.path.join(ROOT, ".venv", "bin", "python")
+    out = subprocess.run([python, "-c", script, connection_id], check=True, capture_output=True, text=True,
+                         env=dict(os.environ, **env)).stdout
+    assert int(out) > 0, f"{connection_id} is not in moto's table"
+    print("ok  the connection is in DynamoDB (moto)")
 
 
 def invoke(port, function, sample, connection_id=SAMPLE_ID):
@@ -88,13 +144,14 @@ def check(what, got, expected):
     print(f"ok  {what}")
 
 
-def run(port, data):
+def run(port, verify_stored):
     check("connections-api GET /healthz", http(port, "connections-api", "connections-api/healthz.json")[0], 200)
     check("connections-api PUT definition",
           http(port, "connections-api", "connections-api/put-definition.json")[0], 201)
     status, conn = http(port, "connections-api", "connections-api/create-connection.json")
     check("connections-api POST connection", status, 201)
     cid = conn["id"]
+    verify_stored(cid)
     check("connections-api GET connection",
           http(port, "connections-api", "connections-api/get-connection.json", cid)[0], 200)
     # The oauth-callback binary mounts the callback only.
