@@ -42,7 +42,7 @@ done
     echo "|---|---:|---:|"
     for f in "${functions[@]}"; do
         "$bin/python" - "$f" <<'PY'
-import io, os, sys, zipfile
+import io, sys, zipfile
 f = sys.argv[1]
 path = f"target/lambda/{f}/bootstrap"
 data = open(path, "rb").read()

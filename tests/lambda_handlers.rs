@@ -40,17 +40,17 @@ impl Api {
 
     /// Sends a sample with the placeholder connection id replaced by `id`.
     async fn send_for(&self, name: &str, id: &str) -> (u16, Value) {
-        let raw = event(name).replace(SAMPLE_ID, id);
-        let req = lambda_http::request::from_str(&raw).expect("a valid API Gateway event");
-        let res = self.router.clone().oneshot(req).await.unwrap();
-        let status = res.status().as_u16();
-        let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        let (status, _, body) = self.exchange(&event(name).replace(SAMPLE_ID, id)).await;
+        (status, body)
     }
 
     /// Sends an API Gateway HTTP API (payload 2.0) event through the router, as lambda_http does.
     async fn send(&self, name: &str) -> (u16, Option<String>, Value) {
-        let req = lambda_http::request::from_str(&event(name)).expect("a valid API Gateway event");
+        self.exchange(&event(name)).await
+    }
+
+    async fn exchange(&self, raw: &str) -> (u16, Option<String>, Value) {
+        let req = lambda_http::request::from_str(raw).expect("a valid API Gateway event");
         let res = self.router.clone().oneshot(req).await.unwrap();
         let status = res.status().as_u16();
         let ct = res.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());

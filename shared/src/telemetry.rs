@@ -11,18 +11,16 @@ fn filter() -> EnvFilter {
 pub fn init() {
     let json = std::env::var("LATCHKEY_LOG_FORMAT").map(|v| v == "json").unwrap_or(false)
         || std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
-    let result = if json {
-        tracing::subscriber::set_global_default(json_subscriber(filter(), std::io::stderr)).map_err(|_| ())
+    // A second init (tests) keeps the first subscriber: the error says only that.
+    if json {
+        let _ = tracing::subscriber::set_global_default(json_subscriber(filter(), std::io::stderr));
     } else {
-        tracing_subscriber::fmt()
+        let _ = tracing_subscriber::fmt()
             .with_env_filter(filter())
             .with_writer(std::io::stderr)
             .with_ansi(false)
-            .try_init()
-            .map_err(|_| ())
-    };
-    // A second init (tests) keeps the first subscriber.
-    let _ = result;
+            .try_init();
+    }
 }
 
 /// The JSON log lines of the Lambda functions: one object per line, the event's fields at the

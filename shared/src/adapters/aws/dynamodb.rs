@@ -124,8 +124,23 @@ fn revocation_item(job: &RevocationJob) -> Result<Item, StoreError> {
 }
 
 /// Which reasons of a cancelled transaction were failed conditions.
-fn failed_conditions(reasons: &[CancellationReason]) -> Vec<bool> {
-    reasons.iter().map(|r| r.code() == Some("ConditionalCheckFailed")).collect()
+/// A transaction DynamoDB cancelled: the code of each item's reason, in order (`None` for items
+/// that did not fail).
+struct Cancelled(Vec<String>);
+
+impl Cancelled {
+    fn new(reasons: &[CancellationReason]) -> Self {
+        Self(reasons.iter().map(|r| r.code().unwrap_or("None").to_owned()).collect())
+    }
+
+    /// Whether item `i`'s condition failed.
+    fn condition_failed(&self, i: usize) -> bool {
+        self.0.get(i).is_some_and(|c| c == "ConditionalCheckFailed")
+    }
+
+    fn into_error(self) -> StoreError {
+        backend(format!("transaction cancelled: {}", self.0.join(", ")))
+    }
 }
 
 /// The DynamoDB adapter of the store port.
@@ -143,6 +158,42 @@ impl DynamoStore {
 
     /// PutItem under `condition` (with `values` for its placeholders, and `#version` naming
     /// `version`); a failed condition is `Conflict`.
+    /// Writes `write` and adds `delta` to the connection count of its definition, in one
+    /// transaction. `Some` when DynamoDB cancelled it: item 0 is `write`, item 1 the count (its
+    /// condition: the definition exists).
+    async fn write_counting(
+        &self,
+        write: TransactWriteItem,
+        org: &OrgId,
+        definition: &DefinitionKey,
+        delta: i64,
+    ) -> Result<Option<Cancelled>, StoreError> {
+        let count = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key(org_pk(org), def_sk(definition))))
+            .update_expression("ADD conn_count :delta")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":delta", n(delta))
+            .build()
+            .map_err(backend)?;
+        let res = self
+            .client
+            .transact_write_items()
+            .transact_items(write)
+            .transact_items(TransactWriteItem::builder().update(count).build())
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(None),
+            Err(e) => match e.into_service_error() {
+                aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(
+                    t,
+                ) => Ok(Some(Cancelled::new(t.cancellation_reasons()))),
+                other => Err(backend(other)),
+            },
+        }
+    }
+
     async fn put_if(&self, item: Item, condition: &str, values: &[(&str, AttributeValue)]) -> Result<(), StoreError> {
         let mut req =
             self.client.put_item().table_name(&self.table).set_item(Some(item)).condition_expression(condition);
@@ -328,33 +379,12 @@ impl Store for DynamoStore {
             .condition_expression("attribute_not_exists(pk)")
             .build()
             .map_err(backend)?;
-        let count = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(key(org_pk(&conn.org), def_sk(&conn.definition))))
-            .update_expression("ADD conn_count :one")
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":one", n(1))
-            .build()
-            .map_err(backend)?;
-        let res = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(put).build())
-            .transact_items(TransactWriteItem::builder().update(count).build())
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) => match e.into_service_error() {
-                aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(
-                    t,
-                ) => match failed_conditions(t.cancellation_reasons()).as_slice() {
-                    [true, ..] => Err(StoreError::Conflict),
-                    [_, true] => Err(StoreError::DefinitionMissing),
-                    _ => Err(backend(t)),
-                },
-                other => Err(backend(other)),
-            },
+        let write = TransactWriteItem::builder().put(put).build();
+        match self.write_counting(write, &conn.org, &conn.definition, 1).await? {
+            None => Ok(()),
+            Some(c) if c.condition_failed(0) => Err(StoreError::Conflict),
+            Some(c) if c.condition_failed(1) => Err(StoreError::DefinitionMissing),
+            Some(c) => Err(c.into_error()),
         }
     }
 
@@ -377,32 +407,11 @@ impl Store for DynamoStore {
             .condition_expression("attribute_exists(pk)")
             .build()
             .map_err(backend)?;
-        let count = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(key(org_pk(org), def_sk(&conn.definition))))
-            .update_expression("ADD conn_count :minus")
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":minus", n(-1))
-            .build()
-            .map_err(backend)?;
-        let res = self
-            .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().delete(delete).build())
-            .transact_items(TransactWriteItem::builder().update(count).build())
-            .send()
-            .await;
-        match res {
-            Ok(_) => {}
-            Err(e) => match e.into_service_error() {
-                aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(
-                    t,
-                ) => match failed_conditions(t.cancellation_reasons()).as_slice() {
-                    [true, ..] => return Ok(false),
-                    _ => return Err(backend(t)),
-                },
-                other => return Err(backend(other)),
-            },
+        let write = TransactWriteItem::builder().delete(delete).build();
+        match self.write_counting(write, org, &conn.definition, -1).await? {
+            None => {}
+            Some(c) if c.condition_failed(0) => return Ok(false),
+            Some(c) => return Err(c.into_error()),
         }
         self.delete_logs(org, id).await?;
         Ok(true)
