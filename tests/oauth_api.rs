@@ -206,17 +206,18 @@ async fn without_redirects_the_callback_answers_with_a_small_page() {
     assert!(!page.body.contains("<script") && !page.body.contains("http"), "no third-party resources");
 }
 
-/// Token-response quirks of real providers: the token one object down (Slack), `expires_in` as a
-/// string, and values captured from the response (Salesforce's `instance_url`).
+/// Token-response quirks of real providers: the token one object down (Slack's shape, named by
+/// the definition's `token_path` over the catalog entry), `expires_in` as a string, and values
+/// captured from the response (Salesforce's `instance_url`, from the catalog).
 #[tokio::test]
 async fn provider_quirks_are_read_and_captured_values_returned() {
     let app = TestApp::spawn().await;
-    let mock = MockServer::start(json!({"rewrites": [{
-        "nest": {"under": "authed_user", "fields": ["access_token"]},
-        "set": {"expires_in": "7200", "instance_url": "https://acme.my.salesforce.com"}}]}))
+    let mock = MockServer::start(json!({"rewrites": [
+        {"set": {"expires_in": "7200", "instance_url": "https://acme.my.salesforce.com"}},
+        {"nest": {"under": "authed_user", "fields": ["access_token", "expires_in"]}}]}))
     .await;
     let org = app.token(ORG, None, &[]).await;
-    let def = json!({"provider": "salesforce", "inputs": {
+    let def = json!({"provider": "salesforce", "oauth": {"token_path": "authed_user"}, "inputs": {
         "authorizeUrl": {"type": "url", "default": mock.authorize_endpoint()},
         "tokenUrl": {"type": "url", "default": mock.token_endpoint()},
         "clientId": {"type": "string", "default": "cid"}}});
@@ -275,7 +276,8 @@ async fn refused_client_credentials_turn_the_connection_red() {
     assert_eq!(refused.problem_type(), "urn:latchkey:problem:connection-error");
     let read = app.get_connection(&org, &id).await;
     assert_eq!(read.body["status"], "error");
-    assert_eq!(read.body["error"]["code"], "invalid_client");
+    assert_eq!(read.body["error"]["code"], "client_rejected", "the organization's to fix");
+    assert_eq!(read.body["error"]["provider_code"], "invalid_client");
 }
 
 #[tokio::test]

@@ -220,7 +220,8 @@ async fn a_provider_that_forgets_the_grant_turns_the_connection_red_and_sees_no_
     })
     .await;
     let read = app.get_connection(&org, &id).await;
-    assert_eq!(read.body["error"]["code"], "invalid_grant");
+    assert_eq!(read.body["error"]["code"], "grant_refused");
+    assert_eq!(read.body["error"]["provider_code"], "invalid_grant");
     let attempts = refreshes(&mock.stats().await);
     assert_eq!(attempts, 1);
     tokio::time::sleep(Duration::from_millis(2500)).await;

@@ -31,6 +31,8 @@ LATCHKEY_TEST_BACKEND=aws LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked
 
 echo "==> refresh across processes and restarts on the aws backend (moto)"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test refresh_api -- concurrent_lookups two_processes tokens_survive
+echo "==> the real-provider quirk table (tests/oauth/quirks.mjs) on the aws backend (moto)"
+LATCHKEY_TEST_BACKEND=aws cargo test --locked --test quirks_api
 
 echo "==> the deploy path: template checks (cfn-lint, checkov) and the arm64 Lambda builds"
 bash tests/infra.sh

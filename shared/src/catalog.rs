@@ -2,24 +2,20 @@
 //! common apps, so that a definition can say `"provider": "slack"` instead of spelling them out.
 //! Facts come from each provider's public documentation (`docs_url`).
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::AuthKind;
+use crate::domain::{AuthKind, OAuthQuirks};
 
 /// The catalog file, embedded at build time.
 pub const PROVIDERS_JSON: &str = include_str!("../providers.json");
 
-/// Where a token-response field is, and how `expires_in` is spelled.
+/// What the provider's token answers are like (documentation of the entry; the reader takes any
+/// answer as it comes).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenResponse {
-    /// Dotted path of the access token when it is not the top-level `access_token`
-    /// (Slack user tokens: `authed_user.access_token`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access_token_path: Option<String>,
     /// `number` (RFC 6749), `string` (a number sent as a string), or `absent` (never sent: the
     /// token does not expire by itself, or the provider does not say).
     pub expires_in: ExpiresIn,
@@ -37,26 +33,6 @@ pub enum ExpiresIn {
     Number,
     String,
     Absent,
-}
-
-/// A value captured when a connection is authorized, returned by lookups as a field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Captured {
-    /// The field name lookups return (`instance_url`, `realmId`).
-    pub name: String,
-    /// `token_response` (a dotted path in the token response) or `callback` (a query
-    /// parameter of the redirect back from the provider).
-    pub from: CaptureSource,
-    /// The dotted path or query parameter name.
-    pub key: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CaptureSource {
-    TokenResponse,
-    Callback,
 }
 
 /// One provider of the catalog.
@@ -79,18 +55,16 @@ pub struct Provider {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub url_params: Vec<String>,
     pub default_scopes: Vec<String>,
-    /// How scopes are joined in the authorize URL (`" "` per RFC 6749; `","` for some).
-    pub scope_separator: String,
     /// Whether the provider supports PKCE (S256).
     pub pkce: bool,
     /// `client_secret_basic` or `client_secret_post`.
     pub client_auth: String,
-    /// Extra query parameters of the authorize URL (Google's `access_type=offline`).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub authorize_params: BTreeMap<String, String>,
+    /// The provider's quirks, in the very form of a definition's `oauth` block (which may
+    /// override any of it): scope separator and parameter, extra parameters, token path,
+    /// captured values.
+    #[serde(default)]
+    pub oauth: OAuthQuirks,
     pub token_response: TokenResponse,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub captured: Vec<Captured>,
     /// Seconds to refresh before the stated expiry, on top of the lookup's `min_valid_seconds`.
     #[serde(default)]
     pub expiry_buffer_secs: u64,
@@ -153,13 +127,27 @@ mod tests {
                 assert_eq!(parsed.scheme(), "https", "{}: {url}", p.key);
             }
             assert!(CLIENT_AUTH_METHODS.contains(&p.client_auth.as_str()), "{}: client_auth", p.key);
-            assert!(!p.scope_separator.is_empty(), "{}: scope_separator", p.key);
             assert!(p.docs_url.starts_with("https://"), "{}: docs_url", p.key);
-            for c in &p.captured {
-                assert!(!c.name.is_empty() && !c.key.is_empty(), "{}: captured", p.key);
+            let block = serde_json::json!({"auth": p.auth, "provider": p.key, "oauth": p.oauth});
+            if let Err(e) = crate::domain::validate::definition_from_json("x", &block) {
+                panic!("{}: the oauth block is one a definition could carry: {e:?}", p.key);
             }
         }
-        for needed in ["slack", "google", "microsoft", "salesforce", "hubspot", "github", "quickbooks", "xero"] {
+        for needed in [
+            "slack",
+            "slack-user",
+            "google",
+            "microsoft",
+            "salesforce",
+            "hubspot",
+            "github",
+            "quickbooks",
+            "xero",
+            "strava",
+            "zoho",
+            "zendesk",
+            "twitch",
+        ] {
             assert!(provider(needed).is_some(), "{needed} is in the catalog");
         }
     }

@@ -35,6 +35,7 @@ pub fn definition(org: &OrgId, key: &str) -> Definition {
         provider: None,
         inputs: Default::default(),
         redirects: None,
+        oauth: Default::default(),
         secret_default_names: Default::default(),
         secret_defaults: None,
         version: 1,

@@ -25,6 +25,9 @@ pub enum CryptoError {
     Decrypt,
     #[error("the key provider failed")]
     Provider(#[source] BackendError),
+    /// Opened fine, but not the JSON shape that was sealed (a bug or a foreign record).
+    #[error("the opened secret is not in the expected form")]
+    Format,
 }
 
 /// The non-secret values a sealed record is bound to. KMS logs it to CloudTrail, so it holds
@@ -245,5 +248,21 @@ impl Envelope {
         let bytes = self.open(ctx, sealed).await?;
         let s = std::str::from_utf8(&bytes).map_err(|_| CryptoError::Decrypt)?;
         Ok(SecretString::from(s.to_owned()))
+    }
+
+    /// Seals a value as JSON (the tokens of a connection, a revocation job's settings).
+    pub async fn seal_json<T: Serialize>(&self, ctx: &EncryptionContext, value: &T) -> Result<Sealed, CryptoError> {
+        let json = Zeroizing::new(serde_json::to_vec(value).map_err(|_| CryptoError::Format)?);
+        self.seal(ctx, &json).await
+    }
+
+    /// Opens what [`Envelope::seal_json`] sealed.
+    pub async fn open_json<T: serde::de::DeserializeOwned>(
+        &self,
+        ctx: &EncryptionContext,
+        sealed: &Sealed,
+    ) -> Result<T, CryptoError> {
+        let bytes = self.open(ctx, sealed).await?;
+        serde_json::from_slice(&bytes).map_err(|_| CryptoError::Format)
     }
 }

@@ -45,7 +45,7 @@ fn invalid(message: &str) -> Diagnostic {
 /// The `token-lookup` function's handler: `{"org", "connection_id", "min_valid_seconds"}`, or
 /// `{"action": "report_error", "org", "connection_id", "message"}`. Failures are `Diagnostic`s
 /// whose `errorType` callers branch on: `ConnectionNotFound`, `ConnectionPending`,
-/// `ConnectionDisconnected`, `ConnectionError`, `InvalidRequest`, `InternalError`.
+/// `ConnectionDisconnected`, `ConnectionError`, `TokenExpired`, `InvalidRequest`, `InternalError`.
 pub async fn handle_lookup(service: &Service, payload: Value) -> Result<Value, Diagnostic> {
     // serde's message could quote a value of the payload: keep it out of the error.
     let req: LookupRequest = serde_json::from_value(payload).map_err(|_| {

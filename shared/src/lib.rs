@@ -5,6 +5,8 @@
 //! - [`ports`]: the traits the service needs (store, key provider, event sink, clock).
 //! - [`crypto`]: envelope encryption over a [`ports::KeyProvider`].
 //! - [`service`]: the use cases.
+//! - [`provider`]: the provider-client port and its adapter: token and revocation requests to
+//!   OAuth providers, the SSRF guard, and the one reader of what providers answer.
 //! - [`adapters`]: the embedded backend (SQLite, local master key, log event sink).
 //! - [`http`]: one axum router with problem+json errors and bearer-token auth.
 //! - [`lambda`]: the Lambda entry points built on the same service.
@@ -19,5 +21,6 @@ pub mod domain;
 pub mod http;
 pub mod lambda;
 pub mod ports;
+pub mod provider;
 pub mod service;
 pub mod telemetry;

@@ -41,9 +41,9 @@ pub const DEFAULT_CLIENT_ID: &str = "latchkey-test";
 pub const DEFAULT_CLIENT_SECRET: &str = "latchkey-test-secret";
 
 /// A node server started from `tests/oauth/`, killed and reaped on drop.
-struct NodeProcess {
+pub(crate) struct NodeProcess {
     /// `http://127.0.0.1:PORT`, from the script's ready line.
-    url: String,
+    pub(crate) url: String,
     /// `/.well-known/openid-configuration`.
     discovery: Value,
     // Never written to: holding the write end open keeps the server alive.
@@ -52,7 +52,7 @@ struct NodeProcess {
 }
 
 impl NodeProcess {
-    async fn start(name: &str, config: &Value) -> Self {
+    pub(crate) async fn start(name: &str, config: &Value) -> Self {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oauth");
         assert!(
             dir.join("node_modules/oidc-provider").is_dir() && dir.join("node_modules/oauth2-mock-server").is_dir(),
@@ -118,7 +118,7 @@ impl NodeProcess {
         process
     }
 
-    fn endpoint(&self, key: &str) -> String {
+    pub(crate) fn endpoint(&self, key: &str) -> String {
         self.discovery[key]
             .as_str()
             .unwrap_or_else(|| panic!("{} has no {key} in its discovery document: {}", self.url, self.discovery))
@@ -135,11 +135,11 @@ impl Drop for NodeProcess {
 }
 
 /// A client that never follows redirects: the tests look at every hop.
-fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder().redirect(redirect::Policy::none()).build().expect("reqwest client")
 }
 
-async fn get_json(url: &str) -> Value {
+pub(crate) async fn get_json(url: &str) -> Value {
     let response = http().get(url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
     let status = response.status();
     let body = response.text().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
@@ -148,7 +148,7 @@ async fn get_json(url: &str) -> Value {
 }
 
 /// Status and JSON body (`Value::Null` when empty or not JSON) of a response.
-async fn status_and_json(response: reqwest::Response) -> (StatusCode, Value) {
+pub(crate) async fn status_and_json(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
     let body = response.text().await.expect("read the response body");
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))

@@ -58,7 +58,12 @@ impl Status {
 /// Why a connection is red.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusError {
+    /// Latchkey's class (`grant_refused`, `client_rejected`, `reported`...).
     pub code: String,
+    /// The provider's own code (`invalid_grant`, `bad_refresh_token`), reduced to
+    /// `[A-Za-z0-9_.-]{1,64}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_code: Option<String>,
     pub message: String,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
@@ -76,6 +81,13 @@ pub struct OAuthTokens {
     pub has_refresh_token: bool,
     #[serde(with = "time::serde::rfc3339")]
     pub obtained_at: OffsetDateTime,
+    /// The origin (`https://host:port`) of the token endpoint the grant was obtained from:
+    /// refreshes go there and nowhere else (SPEC section 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_origin: Option<String>,
+    /// The origin of the revocation endpoint when the grant was obtained, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_origin: Option<String>,
 }
 
 /// A worker's claim to refresh a connection: whoever holds an unexpired lease is the only one
@@ -195,5 +207,25 @@ impl Connection {
     /// need no authorization.
     pub fn reconfigurable(&self) -> bool {
         !matches!(self.auth, Some(AuthKind::Oauth2AuthorizationCode))
+    }
+}
+
+impl Connection {
+    /// `self` turned red with `error`: out of the refresh index (a red connection is never
+    /// refreshed until someone acts), version bumped. A lease stays with its holder, whose
+    /// refresh then stores its tokens (a rotated refresh token is never lost) and keeps the red.
+    pub fn turned_red(&self, error: StatusError) -> Connection {
+        let mut red = self.clone();
+        red.status = Status::Error;
+        red.updated_at = error.at;
+        red.error = Some(error);
+        red.refresh = RefreshState {
+            day: self.refresh.day,
+            attempts_today: self.refresh.attempts_today,
+            lease: self.refresh.lease.clone(),
+            ..Default::default()
+        };
+        red.version = self.version + 1;
+        red
     }
 }

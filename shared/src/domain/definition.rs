@@ -4,7 +4,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{DefinitionKey, OrgId};
+use super::{DefinitionKey, OAuthQuirks, OrgId};
 use crate::crypto::Sealed;
 
 /// How a connection authenticates against the third-party app.
@@ -117,6 +117,9 @@ pub struct Definition {
     pub provider: Option<String>,
     pub inputs: IndexMap<String, Input>,
     pub redirects: Option<Redirects>,
+    /// The provider quirks the organization stated (SPEC section 8), over the catalog entry's.
+    #[serde(default)]
+    pub oauth: OAuthQuirks,
     /// Names of the `password` inputs that have a (sealed) default.
     #[serde(default)]
     pub secret_default_names: BTreeSet<String>,
@@ -128,4 +131,21 @@ pub struct Definition {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+}
+
+/// The OAuth app settings: the well-known inputs of OAuth definitions that configure the
+/// organization's OAuth app rather than a customer's account.
+pub const OAUTH_APP_SETTINGS: [&str; 9] =
+    ["authorizeUrl", "tokenUrl", "revokeUrl", "scopes", "clientId", "clientSecret", "clientAuth", "pkce", "issuer"];
+
+impl Definition {
+    /// Whether connections read input `name` from this definition at each use rather than from
+    /// a copy made when they were created (SPEC section 8, app settings by reference): the
+    /// OAuth app settings of `organization` visibility. A connection that sets one itself
+    /// keeps its own value.
+    pub fn by_reference(&self, name: &str) -> bool {
+        self.auth.is_oauth()
+            && OAUTH_APP_SETTINGS.contains(&name)
+            && self.inputs.get(name).is_some_and(|i| i.visibility == Visibility::Organization)
+    }
 }

@@ -10,7 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{AuthKind, Input, InputType, Redirects, Visibility};
+use super::{AuthKind, Capture, Input, InputType, OAuthQuirks, RESERVED_TOKEN_PARAMS, Redirects, Visibility};
 use crate::catalog;
 
 /// One invalid field of a request, named by its JSON path.
@@ -75,6 +75,7 @@ pub struct DefinitionSpec {
     pub provider: Option<String>,
     pub inputs: IndexMap<String, Input>,
     pub redirects: Option<Redirects>,
+    pub oauth: OAuthQuirks,
     pub secret_defaults: BTreeMap<String, SecretString>,
     /// `password` inputs whose default was sent back as `{"set": true}` (as a read shows it):
     /// the stored secret default is kept.
@@ -132,7 +133,7 @@ fn oauth_inputs(
     }
     let scopes = provider
         .filter(|p| !p.default_scopes.is_empty())
-        .map(|p| Value::from(p.default_scopes.join(&p.scope_separator)));
+        .map(|p| Value::from(p.default_scopes.join(p.oauth.separator())));
     v.extend([
         ("tokenUrl", InputType::Url, !templated, url(provider.map(|p| p.token_url.as_str())), "Token URL"),
         ("revokeUrl", InputType::Url, false, url(provider.and_then(|p| p.revoke_url.as_deref())), "Revocation URL"),
@@ -161,7 +162,7 @@ pub fn definition_from_json(key: &str, body: &Value) -> Result<DefinitionSpec, V
     let Some(obj) = body.as_object() else {
         return Err(vec![FieldError::new("", "must be a JSON object")]);
     };
-    reject_unknown(obj, &["label", "description", "auth", "provider", "inputs", "redirects"], "", &mut errors);
+    reject_unknown(obj, &["label", "description", "auth", "provider", "inputs", "redirects", "oauth"], "", &mut errors);
 
     let label = optional_string(obj, "label", MAX_LABEL, "label", &mut errors).unwrap_or_else(|| key.to_owned());
     if label.trim().is_empty() {
@@ -321,6 +322,15 @@ pub fn definition_from_json(key: &str, body: &Value) -> Result<DefinitionSpec, V
         }
     };
 
+    let oauth = match obj.get("oauth") {
+        None | Some(Value::Null) => OAuthQuirks::default(),
+        Some(_) if auth.is_some_and(|a| !a.is_oauth()) => {
+            errors.push(FieldError::new("oauth", "is only for OAuth 2.0 definitions"));
+            OAuthQuirks::default()
+        }
+        Some(v) => oauth_quirks_from_json(v, &mut errors),
+    };
+
     match auth {
         Some(auth) if errors.is_empty() => Ok(DefinitionSpec {
             label,
@@ -329,10 +339,149 @@ pub fn definition_from_json(key: &str, body: &Value) -> Result<DefinitionSpec, V
             provider,
             inputs,
             redirects,
+            oauth,
             secret_defaults,
             keep_secret_defaults,
         }),
         _ => Err(errors),
+    }
+}
+
+/// A parameter name a definition may add to a provider request.
+fn valid_param_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Authorize URL parameters Latchkey sets itself (RFC 6749 section 4.1.1, RFC 7636).
+const RESERVED_AUTHORIZATION_PARAMS: [&str; 6] =
+    ["response_type", "client_id", "redirect_uri", "state", "code_challenge", "code_challenge_method"];
+const MAX_QUIRK_ITEMS: usize = 20;
+const MAX_QUIRK_VALUE: usize = 1_024;
+
+/// A list of short strings (`capture.token`, `required_scopes`).
+fn string_list(v: Option<&Value>, field: &str, errors: &mut Vec<FieldError>) -> Vec<String> {
+    match v {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) if items.len() > MAX_QUIRK_ITEMS => {
+            errors.push(FieldError::new(field, format!("at most {MAX_QUIRK_ITEMS} entries")));
+            Vec::new()
+        }
+        Some(Value::Array(items)) => {
+            let mut out = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                match item.as_str() {
+                    Some(s) if !s.is_empty() && s.len() <= 256 && !s.chars().any(char::is_whitespace) => {
+                        out.push(s.to_owned())
+                    }
+                    _ => errors
+                        .push(FieldError::new(format!("{field}[{i}]"), "must be a non-empty string without spaces")),
+                }
+            }
+            out
+        }
+        Some(_) => {
+            errors.push(FieldError::new(field, "must be an array of strings"));
+            Vec::new()
+        }
+    }
+}
+
+/// An object of extra request parameters: names `[A-Za-z0-9_.-]{1,64}`, string values.
+fn param_map(
+    v: Option<&Value>,
+    field: &str,
+    reserved: &[&str],
+    errors: &mut Vec<FieldError>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    match v {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) if m.len() > MAX_QUIRK_ITEMS => {
+            errors.push(FieldError::new(field, format!("at most {MAX_QUIRK_ITEMS} parameters")));
+        }
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                let f = format!("{field}.{k}");
+                if !valid_param_name(k) {
+                    errors.push(FieldError::new(f, "parameter names are 1-64 of A-Z a-z 0-9 _ . -"));
+                } else if reserved.contains(&k.as_str()) {
+                    errors.push(FieldError::new(f, "is set by Latchkey itself"));
+                } else {
+                    match v.as_str() {
+                        Some(s) if s.len() <= MAX_QUIRK_VALUE => {
+                            out.insert(k.clone(), s.to_owned());
+                        }
+                        _ => errors
+                            .push(FieldError::new(f, format!("must be a string of at most {MAX_QUIRK_VALUE} bytes"))),
+                    }
+                }
+            }
+        }
+        Some(_) => errors.push(FieldError::new(field, "must be an object of string parameters")),
+    }
+    out
+}
+
+/// Validates a definition's `oauth` block (SPEC section 8), naming each bad field.
+fn oauth_quirks_from_json(v: &Value, errors: &mut Vec<FieldError>) -> OAuthQuirks {
+    let Some(obj) = v.as_object() else {
+        errors.push(FieldError::new("oauth", "must be an object"));
+        return OAuthQuirks::default();
+    };
+    reject_unknown(
+        obj,
+        &[
+            "scope_separator",
+            "scope_param",
+            "authorization_params",
+            "token_params",
+            "token_path",
+            "capture",
+            "required_scopes",
+        ],
+        "oauth.",
+        errors,
+    );
+    let scope_separator = optional_string(obj, "scope_separator", 8, "oauth.scope_separator", errors);
+    if scope_separator.as_deref() == Some("") {
+        errors.push(FieldError::new("oauth.scope_separator", "must not be empty"));
+    }
+    let scope_param = optional_string(obj, "scope_param", 64, "oauth.scope_param", errors);
+    if let Some(p) = &scope_param
+        && (!valid_param_name(p) || RESERVED_AUTHORIZATION_PARAMS.contains(&p.as_str()))
+    {
+        errors.push(FieldError::new("oauth.scope_param", "must be a parameter name Latchkey does not set itself"));
+    }
+    let mut reserved_authorize: Vec<&str> = RESERVED_AUTHORIZATION_PARAMS.to_vec();
+    reserved_authorize.push(scope_param.as_deref().unwrap_or(OAuthQuirks::DEFAULT_SCOPE_PARAM));
+    let authorization_params =
+        param_map(obj.get("authorization_params"), "oauth.authorization_params", &reserved_authorize, errors);
+    let token_params = param_map(obj.get("token_params"), "oauth.token_params", &RESERVED_TOKEN_PARAMS, errors);
+    let token_path = optional_string(obj, "token_path", 128, "oauth.token_path", errors);
+    if let Some(p) = token_path.as_deref().filter(|p| !p.is_empty())
+        && !p.split('.').all(valid_param_name)
+    {
+        errors.push(FieldError::new("oauth.token_path", "must be a dotted path of member names (authed_user)"));
+    }
+    let mut capture = Capture::default();
+    match obj.get("capture") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(c)) => {
+            reject_unknown(c, &["token", "callback"], "oauth.capture.", errors);
+            capture.token = string_list(c.get("token"), "oauth.capture.token", errors);
+            capture.callback = string_list(c.get("callback"), "oauth.capture.callback", errors);
+        }
+        Some(_) => errors.push(FieldError::new("oauth.capture", "must be an object {token, callback}")),
+    }
+    let required_scopes = string_list(obj.get("required_scopes"), "oauth.required_scopes", errors);
+    OAuthQuirks {
+        scope_separator,
+        scope_param,
+        authorization_params,
+        token_params,
+        token_path,
+        capture,
+        required_scopes,
     }
 }
 
@@ -486,10 +635,14 @@ pub enum Setter {
 
 /// Applies `changes` (a JSON object; `null` resets an input to its default) on top of `base`,
 /// and checks the result against the definition's inputs: types, unknown keys, visibility,
-/// required. `defaults` are the definition's defaults (plain and unsealed secret ones).
+/// required. `defaults` are the definition's defaults (plain and unsealed secret ones);
+/// `inherited` names the inputs read from the definition at each use rather than copied
+/// ([`super::Definition::by_reference`]): `null` removes the connection's own value, and the
+/// definition's default satisfies `required`.
 pub fn apply_values(
     inputs: &IndexMap<String, Input>,
     defaults: &Values,
+    inherited: &BTreeSet<String>,
     mut base: Values,
     changes: &Value,
     setter: Setter,
@@ -515,6 +668,9 @@ pub fn apply_values(
             continue;
         };
         base.remove(name);
+        if v.is_null() && inherited.contains(name) {
+            continue;
+        }
         if v.is_null() {
             if let Some(d) = defaults.plain.get(name) {
                 base.plain.insert(name.clone(), d.clone());
@@ -538,7 +694,12 @@ pub fn apply_values(
         }
     }
     for (name, input) in inputs {
-        if input.required && !base.has(name) && !errors.iter().any(|e| e.field == format!("values.{name}")) {
+        let from_definition = inherited.contains(name) && defaults.has(name);
+        if input.required
+            && !base.has(name)
+            && !from_definition
+            && !errors.iter().any(|e| e.field == format!("values.{name}"))
+        {
             errors.push(FieldError::new(format!("values.{name}"), "is required"));
         }
     }
@@ -595,6 +756,7 @@ mod tests {
         let errs = apply_values(
             &inputs,
             &defaults(&inputs),
+            &BTreeSet::new(),
             defaults(&inputs),
             &json!({"endpoint": "not a url", "retries": "3", "sandbox": "yes", "nope": 1}),
             Setter::Organization,
@@ -614,6 +776,7 @@ mod tests {
         let errs = apply_values(
             &inputs,
             &defaults(&inputs),
+            &BTreeSet::new(),
             defaults(&inputs),
             &json!({"apiKey": "k", "plan": "free"}),
             Setter::Customer,
@@ -624,6 +787,7 @@ mod tests {
         let ok = apply_values(
             &inputs,
             &defaults(&inputs),
+            &BTreeSet::new(),
             defaults(&inputs),
             &json!({"apiKey": "k", "sandbox": true}),
             Setter::Customer,

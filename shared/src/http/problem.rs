@@ -23,6 +23,7 @@ pub mod types {
     pub const PENDING: &str = "urn:latchkey:problem:connection-pending";
     pub const DISCONNECTED: &str = "urn:latchkey:problem:connection-disconnected";
     pub const ERRORED: &str = "urn:latchkey:problem:connection-error";
+    pub const TOKEN_EXPIRED: &str = "urn:latchkey:problem:token-expired";
     pub const INTERNAL: &str = "urn:latchkey:problem:internal";
     pub const PROVIDER: &str = "urn:latchkey:problem:provider-error";
 }
@@ -88,6 +89,7 @@ impl Problem {
             types::PENDING => "ConnectionPending",
             types::DISCONNECTED => "ConnectionDisconnected",
             types::ERRORED => "ConnectionError",
+            types::TOKEN_EXPIRED => "TokenExpired",
             types::PROVIDER => "ProviderError",
             _ => "InternalError",
         }
@@ -124,6 +126,12 @@ impl From<ServiceError> for Problem {
                 types::ERRORED,
                 "Connection Error",
                 "the connection is in error; reconfigure or re-authorize it",
+            ),
+            ServiceError::Unusable(Unusable::TokenExpired) => Self::new(
+                StatusCode::CONFLICT,
+                types::TOKEN_EXPIRED,
+                "Token Expired",
+                "the access token expired and cannot be renewed; the customer must authorize the connection again",
             ),
             ServiceError::Provider(code) => Self::new(
                 StatusCode::BAD_GATEWAY,

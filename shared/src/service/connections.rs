@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
@@ -26,6 +26,11 @@ pub struct ListQuery {
     pub status: Option<String>,
     pub limit: Option<String>,
     pub cursor: Option<String>,
+}
+
+/// The inputs connections of `def` read from it at each use (SPEC section 8).
+fn inherited_inputs(def: &Definition) -> BTreeSet<String> {
+    def.inputs.keys().filter(|k| def.by_reference(k)).cloned().collect()
 }
 
 fn setter(p: &Principal) -> Setter {
@@ -89,7 +94,7 @@ impl Service {
                 &loaded
             }
         };
-        Ok(ConnectionView::of(c, p, &def.inputs))
+        Ok(ConnectionView::of(c, p, def))
     }
 
     pub(crate) async fn seal_secrets(
@@ -189,8 +194,15 @@ impl Service {
         let values = match &def {
             Some(def) => {
                 let defaults = self.definition_defaults(def).await?;
+                let inherited = inherited_inputs(def);
+                // App settings are read from the definition when used, never copied.
+                let mut base = defaults.clone();
+                for name in &inherited {
+                    base.plain.remove(name);
+                    base.secret.remove(name);
+                }
                 let changes = obj.get("values").unwrap_or(&Value::Null);
-                validate::apply_values(&def.inputs, &defaults, defaults.clone(), changes, setter(p))
+                validate::apply_values(&def.inputs, &defaults, &inherited, base, changes, setter(p))
                     .map_err(|e| errors.extend(e))
                     .ok()
             }
@@ -352,8 +364,9 @@ impl Service {
             if values_changed {
                 let defaults = self.definition_defaults(&def).await?;
                 let base = Values { plain: current.values.clone(), secret: self.open_secrets(&current).await? };
-                let values = validate::apply_values(&def.inputs, &defaults, base, changes, setter(p))
-                    .map_err(ServiceError::Invalid)?;
+                let values =
+                    validate::apply_values(&def.inputs, &defaults, &inherited_inputs(&def), base, changes, setter(p))
+                        .map_err(ServiceError::Invalid)?;
                 next.secret_names = values.secret_names();
                 next.values = values.plain;
                 next.secrets = self.seal_secrets(&next, &values.secret).await?;

@@ -6,7 +6,7 @@ use serde_json::Value;
 use super::{DefinitionView, Result, Service, ServiceError};
 use crate::crypto::EncryptionContext;
 use crate::domain::validate::{self, Values};
-use crate::domain::{Connection, Definition, DefinitionKey, LogType, Principal};
+use crate::domain::{Connection, Definition, DefinitionKey, LogType, Principal, Refusal};
 use crate::ports::{ConnectionFilter, Expect, StoreError};
 use crate::service::MAX_PAGE;
 
@@ -58,6 +58,7 @@ impl Service {
             provider: spec.provider,
             inputs: spec.inputs,
             redirects: spec.redirects,
+            oauth: spec.oauth,
             secret_default_names: secrets.keys().cloned().collect(),
             secret_defaults: sealed,
             version,
@@ -68,6 +69,9 @@ impl Service {
             Ok(()) => {
                 if let Some(old) = &existing {
                     self.seal_new_password_inputs(old, &def).await;
+                    if self.client_settings_changed(old, &def).await {
+                        self.rearm_client_rejected(&def).await;
+                    }
                 }
                 Ok((DefinitionView::from(&def), existing.is_none()))
             }
@@ -128,6 +132,75 @@ impl Service {
             for c in page.items.iter().filter(|c| c.values.keys().any(|k| names.contains(k))) {
                 if let Err(e) = self.seal_plain_secrets(c.clone(), new).await {
                     tracing::warn!(org = %c.org, connection_id = %c.id, error = %e, "sealing new password inputs failed");
+                }
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => return,
+            }
+        }
+    }
+
+    /// Whether a definition change touched the OAuth app's client settings (client id or
+    /// secret, token endpoint, client authentication).
+    async fn client_settings_changed(&self, old: &Definition, new: &Definition) -> bool {
+        let plain = |d: &Definition, n: &str| d.inputs.get(n).and_then(|i| i.default.clone());
+        if ["clientId", "tokenUrl", "clientAuth"].iter().any(|n| plain(old, n) != plain(new, n)) {
+            return true;
+        }
+        match (self.definition_secrets(old).await, self.definition_secrets(new).await) {
+            (Ok(o), Ok(n)) => {
+                o.get("clientSecret").map(|s| s.expose_secret().to_owned())
+                    != n.get("clientSecret").map(|s| s.expose_secret().to_owned())
+            }
+            _ => true,
+        }
+    }
+
+    /// After the organization fixed its client settings, connections red `client_rejected`
+    /// (SPEC section 8: the organization's to fix, not the customer's) get their refreshes
+    /// back: yellow again, due now. Best effort, like sealing new password inputs.
+    async fn rearm_client_rejected(&self, def: &Definition) {
+        let filter = ConnectionFilter {
+            definition: Some(def.key.clone()),
+            status: Some(crate::domain::Status::Error),
+            ..Default::default()
+        };
+        let mut cursor = None;
+        loop {
+            let page = match self.store.list_connections(&def.org, &filter, MAX_PAGE, cursor.as_ref()).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(org = %def.org, definition = %def.key, error = %e, "re-arming connections failed");
+                    return;
+                }
+            };
+            let rejected = |c: &Connection| {
+                c.status == crate::domain::Status::Error
+                    && c.error.as_ref().is_some_and(|e| e.code == Refusal::ClientRejected.code())
+            };
+            for c in page.items.iter().filter(|c| rejected(c)) {
+                let mut next = c.clone();
+                next.status = crate::domain::Status::Configured;
+                next.error = None;
+                next.refresh.failures = 0;
+                next.refresh.due_at = c.oauth.as_ref().filter(|t| t.has_refresh_token).map(|_| self.clock.now());
+                next.version = c.version + 1;
+                next.updated_at = self.clock.now();
+                match self.store.update_connection(&next, c.version).await {
+                    Ok(()) => {
+                        self.log(
+                            &next,
+                            LogType::Updated,
+                            "the organization updated the client settings: refreshes resume",
+                        )
+                        .await;
+                    }
+                    // Changed meanwhile: whatever happened to it is newer than this.
+                    Err(StoreError::Conflict) => {}
+                    Err(e) => {
+                        tracing::warn!(org = %c.org, connection_id = %c.id, error = %e, "re-arming a connection failed")
+                    }
                 }
             }
             match page.next {

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Result, Service, ServiceError, Unusable};
 use crate::domain::{
-    Connection, ConnectionId, CustomerId, DefinitionKey, Event, EventType, LogType, OrgId, Status, StatusError,
+    AuthKind, Connection, ConnectionId, CustomerId, DefinitionKey, Event, EventType, LogType, OrgId, Refusal, Status,
+    StatusError,
 };
 use crate::ports::StoreError;
 
@@ -134,6 +135,7 @@ impl Service {
         }
         let mut c = c;
         let mut token = None;
+        let mut captured = BTreeMap::new();
         if c.auth.is_some_and(|a| a.is_oauth()) {
             let now = self.clock.now();
             let min_valid = time::Duration::seconds(req.min_valid_seconds.unwrap_or(0).min(86_400) as i64);
@@ -142,9 +144,15 @@ impl Service {
                 c = self.fresh_for_lookup(c, min_valid).await?;
             }
             let tokens = c.oauth.clone().ok_or(ServiceError::Unusable(Unusable::Pending))?;
-            let access = self.open_access_token(&c).await?.ok_or(ServiceError::Unusable(Unusable::Pending))?;
+            // Never hand out a token known to be dead (SPEC section 8): one that expired and
+            // that nothing can renew turns the connection red.
+            if tokens.expires_at.is_some_and(|e| e <= self.clock.now()) && !self.renewable(&c) {
+                return Err(self.token_expired(c).await);
+            }
+            let opened = self.open_tokens(&c).await?.ok_or(ServiceError::Unusable(Unusable::Pending))?;
+            captured = opened.captured;
             token = Some(TokenView {
-                access_token: access,
+                access_token: SecretString::from(opened.access_token),
                 token_type: tokens.token_type,
                 expires_at: tokens
                     .expires_at
@@ -159,6 +167,7 @@ impl Service {
         }
         let mut plain = c.values.clone();
         plain.extend(c.captured.clone());
+        plain.extend(captured);
         let mut status = c.status;
         if c.status == Status::Configured {
             let mut used = c.clone();
@@ -209,12 +218,10 @@ impl Service {
                 Status::Configured | Status::Active | Status::Error => {}
             }
             let now = self.clock.now();
-            let error = StatusError { code: "reported".to_owned(), message: message.clone(), at: now };
-            let mut red = c.clone();
-            red.status = Status::Error;
-            red.error = Some(error.clone());
-            red.version += 1;
-            red.updated_at = now;
+            let error =
+                StatusError { code: "reported".to_owned(), provider_code: None, message: message.clone(), at: now };
+            // Out of the due index too: the sweep never spends its page on it.
+            let red = c.turned_red(error.clone());
             match self.store.update_connection(&red, c.version).await {
                 Ok(()) => {
                     self.log(&red, LogType::ErrorReported, format!("error reported: {message}")).await;
@@ -226,5 +233,35 @@ impl Service {
             }
         }
         Err(ServiceError::Conflict("the connection is being changed concurrently; retry"))
+    }
+
+    /// Whether `c`'s access token can be renewed: by a refresh token, or by client credentials.
+    fn renewable(&self, c: &Connection) -> bool {
+        c.auth == Some(AuthKind::Oauth2ClientCredentials) || c.oauth.as_ref().is_some_and(|t| t.has_refresh_token)
+    }
+
+    /// Turns `c` red `token_expired` (its token expired and nothing renews it) and returns the
+    /// lookup's error.
+    async fn token_expired(&self, c: Connection) -> ServiceError {
+        let error = self.refusal_error(Refusal::TokenExpired, None, "");
+        let mut current = c;
+        for _ in 0..5 {
+            let red = current.turned_red(error.clone());
+            match self.store.update_connection(&red, current.version).await {
+                Ok(()) => {
+                    self.log(&red, LogType::RefreshFailed, format!("{}: {}", error.code, error.message)).await;
+                    self.emit(Event::about(EventType::ConnectionError, &red)).await;
+                    break;
+                }
+                Err(StoreError::Conflict) => match self.store.get_connection(&current.org, &current.id).await {
+                    Ok(Some(latest)) if latest.status != Status::Error && latest.oauth == current.oauth => {
+                        current = latest
+                    }
+                    _ => break,
+                },
+                Err(e) => return e.into(),
+            }
+        }
+        ServiceError::Unusable(Unusable::TokenExpired)
     }
 }

@@ -20,6 +20,7 @@ pub use views::{ConnectionPage, ConnectionView, DefinitionView};
 use crate::crypto::{CryptoError, Envelope};
 use crate::domain::{Connection, Event, FieldError, LogEntry, LogType};
 use crate::ports::{Clock, EventSink, Store, StoreError};
+use crate::provider::{HttpProviderClient, ProviderClient};
 
 /// Why a connection cannot hand out credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,9 @@ pub enum Unusable {
     Disconnected,
     /// Red: see the connection's `error`.
     Error,
+    /// The access token expired and cannot be renewed (the connection has just turned red
+    /// `token_expired`).
+    TokenExpired,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,9 +72,8 @@ pub struct Service {
     envelope: Arc<Envelope>,
     events: Arc<dyn EventSink>,
     clock: Arc<dyn Clock>,
-    /// The one HTTP client for provider calls, and its twin for customer-supplied endpoints.
-    http: reqwest::Client,
-    http_public: reqwest::Client,
+    /// Every request to a provider's token and revocation endpoints.
+    provider: Arc<dyn ProviderClient>,
     allow_loopback: std::sync::atomic::AtomicBool,
     /// `LATCHKEY_PUBLIC_URL`, set once at start.
     public_url: std::sync::OnceLock<String>,
@@ -90,8 +93,7 @@ impl Service {
             envelope,
             events,
             clock,
-            http: oauth::provider_http_client(),
-            http_public: oauth::public_only_http_client(),
+            provider: Arc::new(HttpProviderClient::new()),
             allow_loopback: std::sync::atomic::AtomicBool::new(true),
             public_url: Default::default(),
             policy: Default::default(),

@@ -5,15 +5,17 @@
 
 use std::time::{Duration, Instant};
 
-use oauth2::RefreshToken;
 use rand::Rng;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::oauth::classify;
 use super::{Result, Service, ServiceError, Unusable};
-use crate::domain::{AuthKind, Connection, ConnectionId, Event, EventType, Lease, LogType, OAuthTokens, OrgId, Status};
+use crate::domain::{
+    AuthKind, Connection, ConnectionId, Event, EventType, Lease, LogType, OAuthTokens, OrgId, Refusal, Status,
+};
 use crate::ports::StoreError;
+use crate::provider::TokenFailure;
+use crate::provider::request::GrantRequest;
 
 /// How refreshes are scheduled and bounded.
 #[derive(Debug, Clone)]
@@ -187,16 +189,14 @@ impl Service {
     /// Calls the provider for a connection whose lease this call holds, and writes the outcome
     /// conditionally on the leased version. `None` when that write lost.
     async fn refresh_leased(&self, leased: &Connection) -> Result<Option<Connection>> {
-        let (org, id) = (&leased.org, &leased.id);
         let def = self.definition_of(leased).await?;
-        let secrets = self.open_secrets(leased).await?;
-        let settings = self.oauth_settings(&def, leased, &secrets).await?;
+        let settings = self.oauth_settings(&def, leased).await?;
         let client_credentials = def.auth == AuthKind::Oauth2ClientCredentials;
-        let previous = leased.oauth.clone();
-        let refresh_token = match &previous {
-            Some(_) if !client_credentials => self.open_tokens(leased).await?.and_then(|(_, r)| r),
+        let previous = match &leased.oauth {
+            Some(tokens) if !client_credentials => self.open_tokens(leased).await?.map(|s| (tokens.clone(), s)),
             _ => None,
         };
+        let refresh_token = previous.as_ref().and_then(|(_, s)| s.refresh_token());
         if !client_credentials && refresh_token.is_none() {
             // Nothing to refresh with: leave the index, keep the token until it expires.
             return self
@@ -209,30 +209,33 @@ impl Service {
                 })
                 .await;
         }
+        // A grant is bound to the origin that issued it (SPEC section 8): a refresh token is
+        // never sent to another token endpoint, whoever changed the setting.
+        if let Some((tokens, _)) = &previous
+            && let Some(bound) = tokens.token_origin.as_deref()
+            && bound != settings.token.origin()
+        {
+            let detail = format!("granted by {bound}, now {}", settings.token.origin());
+            let error = self.refusal_error(Refusal::ReauthorizationRequired, None, &detail);
+            return self.refused(leased, error, "not refreshed").await;
+        }
         let now = self.clock.now();
         let day = days(now);
         let attempts = if leased.refresh.day == day { leased.refresh.attempts_today + 1 } else { 1 };
 
-        let client = settings.client();
-        let http = self.provider_http(&settings);
-        let result = match &refresh_token {
-            Some(token) => client.exchange_refresh_token(&RefreshToken::new(token.clone())).request_async(&http).await,
-            None => {
-                let mut request = client.exchange_client_credentials();
-                if let Some(scope) = settings.scope_param() {
-                    request = request.add_extra_param("scope", scope);
-                }
-                request.request_async(&http).await
-            }
+        let grant = match &refresh_token {
+            Some(token) => GrantRequest::RefreshToken { refresh_token: token },
+            None => GrantRequest::ClientCredentials { scope: settings.scope_param() },
         };
-        match result {
-            Ok(response) => {
-                let keep = previous.as_ref().map(|p| (p, refresh_token.clone()));
-                let (tokens, captured) =
-                    self.seal_token_response(leased, &settings, &response, Default::default(), keep).await?;
+        match self.request_token(&settings, grant).await {
+            Ok(answer) => {
+                let kept = previous.as_ref().map(|(t, s)| (t, s));
+                let tokens = self.seal_token_answer(leased, &settings, &answer, kept).await?;
+                let error = self.scopes_error(&settings, &tokens);
                 let written = self
                     .commit_leased(leased, |base| {
-                        let mut next = self.with_tokens(base, tokens.clone(), &captured, base.status);
+                        let mut next =
+                            self.with_tokens(base, tokens.clone(), &Default::default(), base.status, error.clone());
                         next.refresh.day = day;
                         next.refresh.attempts_today = attempts;
                         next
@@ -240,7 +243,7 @@ impl Service {
                     .await?;
                 let Some(done) = written else {
                     // Disconnected or deleted meanwhile: the new tokens must not stay alive.
-                    let current = self.store.get_connection(org, id).await?;
+                    let current = self.store.get_connection(&leased.org, &leased.id).await?;
                     if current.is_none_or(|c| c.generation != leased.generation || c.status == Status::Disconnected) {
                         self.revoke_orphaned(leased, tokens).await;
                     }
@@ -254,87 +257,104 @@ impl Service {
                 )
                 .await;
                 self.emit(Event::about(EventType::TokenRefreshed, &done)).await;
+                if let Some(error) = &error {
+                    self.log(&done, LogType::RefreshFailed, format!("{}: {}", error.code, error.message)).await;
+                    self.emit(Event::about(EventType::ConnectionError, &done)).await;
+                    return Err(ServiceError::Unusable(Unusable::Error));
+                }
                 Ok(Some(done))
             }
-            Err(e) => {
-                let failure = classify(&e, http.answer());
-                if failure.permanent {
-                    // Another worker may have rotated the token meanwhile (and this one was the
-                    // old one): only a refusal of the current token turns the connection red.
-                    let current = self.store.get_connection(org, id).await?.ok_or(ServiceError::NotFound)?;
-                    if current.version != leased.version {
-                        return Ok(None);
-                    }
-                    let red_of = |base: &Connection| {
-                        let mut red = base.clone();
-                        red.status = Status::Error;
-                        let message = if client_credentials {
-                            "the token endpoint refused the client credentials; fix them"
-                        } else {
-                            "the provider refused the refresh token; authorize the connection again"
-                        };
-                        red.error = Some(crate::domain::StatusError {
-                            code: failure.code.clone(),
-                            message: message.into(),
-                            at: now,
-                        });
-                        red.refresh =
-                            crate::domain::RefreshState { day, attempts_today: attempts, ..Default::default() };
-                        red.version = base.version + 1;
-                        red.updated_at = now;
-                        red
-                    };
-                    let Some(done) = self.commit_leased(leased, red_of).await? else {
-                        return Ok(None);
-                    };
-                    self.log(
-                        &done,
-                        LogType::RefreshFailed,
-                        format!("refresh refused ({}): connection in error", failure.code),
-                    )
-                    .await;
-                    self.emit(Event::about(EventType::TokenRefreshFailed, &done)).await;
-                    self.emit(Event::about(EventType::ConnectionError, &done)).await;
-                    Err(ServiceError::Unusable(Unusable::Error))
-                } else {
-                    let failures = leased.refresh.failures + 1;
-                    let p = self.policy();
-                    let exp = p.base_backoff.saturating_mul(1 << failures.min(16).saturating_sub(1)).min(p.max_backoff);
-                    // Full jitter on the upper half, so a provider outage does not end in a stampede.
-                    let jittered = exp / 2 + exp.mul_f64(rand::rng().random_range(0.0..0.5));
-                    let wait =
-                        failure.retry_after.map_or(jittered, |r| r.max(jittered)).min(Duration::from_secs(86_400));
-                    let mut next_at = now + wait;
-                    if attempts >= p.max_attempts_per_day {
-                        next_at =
-                            next_at.max(OffsetDateTime::from_unix_timestamp((day + 1) * 86_400).unwrap_or(next_at));
-                    }
-                    let backed_off = |base: &Connection| {
-                        let mut next = base.clone();
-                        next.refresh.lease = None;
-                        next.refresh.failures = failures;
-                        next.refresh.day = day;
-                        next.refresh.attempts_today = attempts;
-                        // The next try, by the sweep (lookups wait for it too).
-                        next.refresh.due_at = Some(next_at);
-                        next.version = base.version + 1;
-                        next.updated_at = now;
-                        next
-                    };
-                    let Some(done) = self.commit_leased(leased, backed_off).await? else {
-                        return Ok(None);
-                    };
-                    self.log(
-                        &done,
-                        LogType::RefreshFailed,
-                        format!("refresh failed ({}); tokens kept, next attempt in {} s", failure.code, wait.as_secs()),
-                    )
-                    .await;
-                    self.emit(Event::about(EventType::TokenRefreshFailed, &done)).await;
-                    Err(ServiceError::Provider(failure.code))
+            Err(TokenFailure::Refused { class, provider_code, status, .. }) => {
+                // Another worker may have rotated the token meanwhile (and this one was the
+                // old one): only a refusal of the current token turns the connection red.
+                let current =
+                    self.store.get_connection(&leased.org, &leased.id).await?.ok_or(ServiceError::NotFound)?;
+                if current.version != leased.version {
+                    return Ok(None);
                 }
+                // The message names the HTTP status, never the provider's text (it could echo
+                // what was sent); the provider's code is kept beside the class.
+                let detail = format!("HTTP {status}");
+                let class =
+                    if client_credentials && class == Refusal::GrantRefused { Refusal::ClientRejected } else { class };
+                let error = self.refusal_error(class, provider_code.as_deref(), &detail);
+                self.refused(leased, error, "refresh refused").await
+            }
+            Err(failure) => {
+                let failures = leased.refresh.failures + 1;
+                let p = self.policy();
+                let exp = p.base_backoff.saturating_mul(1 << failures.min(16).saturating_sub(1)).min(p.max_backoff);
+                // Full jitter on the upper half, so a provider outage does not end in a stampede.
+                let jittered = exp / 2 + exp.mul_f64(rand::rng().random_range(0.0..0.5));
+                let retry_after = match &failure {
+                    TokenFailure::Transient { retry_after, .. } => *retry_after,
+                    _ => None,
+                };
+                let wait = retry_after.map_or(jittered, |r| r.max(jittered)).min(Duration::from_secs(86_400));
+                let mut next_at = now + wait;
+                if attempts >= p.max_attempts_per_day {
+                    next_at = next_at.max(OffsetDateTime::from_unix_timestamp((day + 1) * 86_400).unwrap_or(next_at));
+                }
+                let backed_off = |base: &Connection| {
+                    let mut next = base.clone();
+                    next.refresh.lease = None;
+                    next.refresh.failures = failures;
+                    next.refresh.day = day;
+                    next.refresh.attempts_today = attempts;
+                    // The next try, by the sweep (lookups wait for it too).
+                    next.refresh.due_at = Some(next_at);
+                    next.version = base.version + 1;
+                    next.updated_at = now;
+                    next
+                };
+                let Some(done) = self.commit_leased(leased, backed_off).await? else {
+                    return Ok(None);
+                };
+                let why = match &failure {
+                    TokenFailure::Unreadable { status, .. } => {
+                        format!("could not read the provider's answer (HTTP {status})")
+                    }
+                    other => format!("the provider is unavailable ({})", other.code()),
+                };
+                self.log(
+                    &done,
+                    LogType::RefreshFailed,
+                    format!(
+                        "refresh failed: {why}; tokens kept, nobody needs to act: next attempt in {} s",
+                        wait.as_secs()
+                    ),
+                )
+                .await;
+                self.emit(Event::about(EventType::TokenRefreshFailed, &done)).await;
+                Err(ServiceError::Provider(failure.code()))
             }
         }
+    }
+
+    /// Turns a leased connection red with `error` (a refusal: no further tries until someone
+    /// acts), logs it and emits `Token Refresh Failed` and `Connection Error`.
+    async fn refused(
+        &self,
+        leased: &Connection,
+        error: crate::domain::StatusError,
+        what: &str,
+    ) -> Result<Option<Connection>> {
+        let message = match &error.provider_code {
+            Some(code) => format!("{what}: {} ({code}): {}", error.code, error.message),
+            None => format!("{what}: {}: {}", error.code, error.message),
+        };
+        let red = |base: &Connection| {
+            let mut red = base.turned_red(error.clone());
+            red.refresh.lease = None;
+            red
+        };
+        let Some(done) = self.commit_leased(leased, red).await? else {
+            return Ok(None);
+        };
+        self.log(&done, LogType::RefreshFailed, message).await;
+        self.emit(Event::about(EventType::TokenRefreshFailed, &done)).await;
+        self.emit(Event::about(EventType::ConnectionError, &done)).await;
+        Err(ServiceError::Unusable(Unusable::Error))
     }
 
     /// Writes the outcome of a leased refresh, built by `apply` from the record. The write is

@@ -6,10 +6,12 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use super::oauth::TokenSecrets;
 use super::{ConnectionView, Result, Service, ServiceError};
 use crate::crypto::EncryptionContext;
 use crate::domain::{Connection, ConnectionId, Event, EventType, LogType, OrgId, Principal, RevocationJob, Status};
 use crate::ports::StoreError;
+use crate::provider::{ClientAuth, ClientAuthMethod, Reach, RevokeAnswer, read_revoke_answer};
 
 /// How long a revocation job may live, and how often it is tried.
 const JOB_LIFETIME: time::Duration = time::Duration::days(3);
@@ -17,6 +19,7 @@ pub const MAX_REVOKE_ATTEMPTS: u32 = 12;
 /// A claimed attempt is retried by others after this if its worker died.
 const CLAIM: time::Duration = time::Duration::seconds(60);
 
+/// What a revocation job needs besides the tokens, sealed beside them.
 #[derive(Serialize, Deserialize)]
 struct RevokeSettings {
     revoke_url: String,
@@ -26,11 +29,14 @@ struct RevokeSettings {
     post_auth: bool,
 }
 
-#[derive(Deserialize)]
-struct SealedTokens {
-    access_token: String,
-    #[serde(default)]
-    refresh_token: Option<String>,
+impl RevokeSettings {
+    fn client(&self) -> ClientAuth {
+        ClientAuth {
+            client_id: self.client_id.clone(),
+            client_secret: self.client_secret.clone().map(SecretString::from),
+            method: if self.post_auth { ClientAuthMethod::Post } else { ClientAuthMethod::Basic },
+        }
+    }
 }
 
 /// What one attempt at a job did.
@@ -45,12 +51,6 @@ pub enum RevokeOutcome {
     Skipped,
 }
 
-enum RevokeAnswer {
-    Done,
-    Final(String),
-    Transient(String, Option<Duration>),
-}
-
 impl Service {
     /// A revocation job for `c`'s tokens, or `None` when there is nothing to revoke (no tokens,
     /// or the definition has no revocation endpoint: the tokens are just dropped, and logged).
@@ -59,8 +59,7 @@ impl Service {
             return Ok(None);
         };
         let def = self.definition_of(c).await?;
-        let secrets = self.open_secrets(c).await?;
-        let settings = match self.oauth_settings(&def, c, &secrets).await {
+        let settings = match self.oauth_settings(&def, c).await {
             Ok(s) => s,
             Err(_) => {
                 self.log(
@@ -72,18 +71,32 @@ impl Service {
                 return Ok(None);
             }
         };
-        let Some((revoke_url, public_only)) = settings.revoke_url.clone() else {
+        let Some(revoke) = settings.revoke.clone() else {
             self.log(c, LogType::Revoked, "tokens dropped: the definition has no revokeUrl").await;
             return Ok(None);
         };
+        // Tokens go only to the origins the grant was obtained with (SPEC section 8).
+        let bound: Vec<&str> =
+            [tokens.token_origin.as_deref(), tokens.revoke_origin.as_deref()].into_iter().flatten().collect();
+        if !bound.is_empty() && !bound.contains(&revoke.origin().as_str()) {
+            self.log(
+                c,
+                LogType::RevokeFailed,
+                format!(
+                    "tokens dropped, not revoked: the revocation endpoint {} is not an origin the grant was obtained with",
+                    revoke.origin()
+                ),
+            )
+            .await;
+            return Ok(None);
+        }
         let plain = RevokeSettings {
-            revoke_url: revoke_url.to_string(),
-            public_only,
-            client_id: settings.client_id().to_owned(),
-            client_secret: settings.client_secret().map(|s| s.expose_secret().to_owned()),
-            post_auth: settings.post_auth(),
+            revoke_url: revoke.url.to_string(),
+            public_only: revoke.reach == Reach::PublicOnly,
+            client_id: settings.client.client_id.clone(),
+            client_secret: settings.client.client_secret.as_ref().map(|s| s.expose_secret().to_owned()),
+            post_auth: settings.client.method == ClientAuthMethod::Post,
         };
-        let json = SecretString::from(serde_json::to_string(&plain).map_err(|_| ServiceError::Conflict("settings"))?);
         let ctx = EncryptionContext::connection(&c.org, &c.id);
         let now = self.clock.now();
         Ok(Some(RevocationJob {
@@ -92,7 +105,7 @@ impl Service {
             connection_id: c.id.clone(),
             definition: c.definition.clone(),
             tokens: tokens.sealed.clone(),
-            settings: self.envelope.seal_str(&ctx, &json).await?,
+            settings: self.envelope.seal_json(&ctx, &plain).await?,
             attempts: 0,
             next_attempt_at: now,
             expires_at: now + JOB_LIFETIME,
@@ -223,18 +236,18 @@ impl Service {
 
         // The refresh token first (revoking it usually ends the whole grant), then the access
         // token, in case the provider keeps them apart.
-        let mut pending: Vec<(&str, &str)> = Vec::new();
-        if let Some(r) = &tokens.refresh_token {
-            pending.push((r.as_str(), "refresh_token"));
+        let mut pending: Vec<(SecretString, &str)> = Vec::new();
+        if let Some(r) = tokens.refresh_token() {
+            pending.push((r, "refresh_token"));
         }
-        pending.push((tokens.access_token.as_str(), "access_token"));
+        pending.push((SecretString::from(tokens.access_token.clone()), "access_token"));
         let mut failure = None;
         let mut refused = None;
         for (token, hint) in pending {
-            match self.revoke_one(&settings, token, hint).await {
-                RevokeAnswer::Done => {}
-                RevokeAnswer::Final(code) => refused = Some(code),
-                RevokeAnswer::Transient(code, retry_after) => {
+            match self.revoke_one(&settings, &token, hint).await {
+                RevokeAnswer::Revoked => {}
+                RevokeAnswer::Refused(code) => refused = Some(code),
+                RevokeAnswer::Transient { code, retry_after } => {
                     failure = Some((code, retry_after));
                     break;
                 }
@@ -255,7 +268,7 @@ impl Service {
                 tracing::info!(org = %job.org, connection_id = %job.connection_id, refused = refused.is_some(), "revocation done");
                 Ok(if refused.is_none() { RevokeOutcome::Revoked } else { RevokeOutcome::GaveUp })
             }
-            Some((code, retry_after)) if claimed.attempts >= MAX_REVOKE_ATTEMPTS => {
+            Some((code, _)) if claimed.attempts >= MAX_REVOKE_ATTEMPTS => {
                 self.store.delete_revocation(&claimed).await?;
                 if let Some(c) = &connection {
                     self.log(
@@ -265,7 +278,6 @@ impl Service {
                     )
                     .await;
                 }
-                let _ = retry_after;
                 Ok(RevokeOutcome::GaveUp)
             }
             Some((code, retry_after)) => {
@@ -292,14 +304,9 @@ impl Service {
         }
     }
 
-    async fn open_job(&self, job: &RevocationJob) -> Result<(SealedTokens, RevokeSettings)> {
+    async fn open_job(&self, job: &RevocationJob) -> Result<(TokenSecrets, RevokeSettings)> {
         let ctx = EncryptionContext::connection(&job.org, &job.connection_id);
-        let bad = || ServiceError::Crypto(crate::crypto::CryptoError::Decrypt);
-        let tokens = serde_json::from_str(self.envelope.open_str(&ctx, &job.tokens).await?.expose_secret())
-            .map_err(|_| bad())?;
-        let settings = serde_json::from_str(self.envelope.open_str(&ctx, &job.settings).await?.expose_secret())
-            .map_err(|_| bad())?;
-        Ok((tokens, settings))
+        Ok((self.envelope.open_json(&ctx, &job.tokens).await?, self.envelope.open_json(&ctx, &job.settings).await?))
     }
 
     /// Tokens obtained by an authorization or refresh that raced a disconnect or delete: they
@@ -315,46 +322,17 @@ impl Service {
         }
     }
 
-    /// One RFC 7009 request: 200 is success whatever the body; `unsupported_token_type` (and any
-    /// other 4xx refusal) is final; 429, 5xx and network failures are transient.
-    async fn revoke_one(&self, settings: &RevokeSettings, token: &str, hint: &str) -> RevokeAnswer {
-        let client = if settings.public_only { &self.http_public } else { &self.http };
-        let mut form: Vec<(&str, &str)> = vec![("token", token), ("token_type_hint", hint)];
-        let mut request = client.post(&settings.revoke_url);
-        if settings.post_auth {
-            form.push(("client_id", &settings.client_id));
-            if let Some(secret) = &settings.client_secret {
-                form.push(("client_secret", secret));
-            }
-        } else {
-            request = request
-                .basic_auth(form_encode(&settings.client_id), settings.client_secret.as_deref().map(form_encode));
-        }
-        let response = match request.form(&form).send().await {
-            Ok(r) => r,
-            Err(_) => return RevokeAnswer::Transient("temporarily_unavailable".into(), None),
+    /// One RFC 7009 request, read by [`read_revoke_answer`]; a request that got no answer is
+    /// transient.
+    async fn revoke_one(&self, settings: &RevokeSettings, token: &SecretString, hint: &str) -> RevokeAnswer {
+        let Ok(url) = url::Url::parse(&settings.revoke_url) else {
+            return RevokeAnswer::Refused("invalid_revoke_url".into());
         };
-        let status = response.status().as_u16();
-        let retry_after = super::oauth::retry_after(response.headers());
-        match status {
-            200..=299 => RevokeAnswer::Done,
-            429 | 500..=599 => RevokeAnswer::Transient(format!("http_{status}"), retry_after),
-            _ => {
-                // The body is read only for its `error` code, never logged as a whole.
-                let code = response
-                    .json::<serde_json::Value>()
-                    .await
-                    .ok()
-                    .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-                    .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
-                    .unwrap_or_else(|| format!("http_{status}"));
-                RevokeAnswer::Final(code)
-            }
+        let reach = if settings.public_only { Reach::PublicOnly } else { Reach::Any };
+        let post = settings.client().revocation_request(url, reach, token, hint);
+        match self.provider.post_form(&post).await {
+            Ok(raw) => read_revoke_answer(&raw),
+            Err(e) => RevokeAnswer::Transient { code: e.code().to_owned(), retry_after: None },
         }
     }
-}
-
-/// RFC 6749 section 2.3.1: client credentials in a Basic header are form-encoded first.
-fn form_encode(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

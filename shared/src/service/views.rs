@@ -6,9 +6,13 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
 use crate::domain::{
-    AuthKind, Connection, ConnectionId, CustomerId, Definition, DefinitionKey, Input, InstanceId, Principal, Redirects,
-    Scope, Status, StatusError,
+    AuthKind, Connection, ConnectionId, CustomerId, Definition, DefinitionKey, Input, InstanceId, OAuthQuirks,
+    Principal, Redirects, Scope, Status, StatusError,
 };
+
+fn is_default_quirks(q: &OAuthQuirks) -> bool {
+    *q == OAuthQuirks::default()
+}
 
 fn set_marker() -> Value {
     json!({"set": true})
@@ -23,6 +27,9 @@ pub struct DefinitionView {
     pub provider: Option<String>,
     pub inputs: IndexMap<String, Input>,
     pub redirects: Option<Redirects>,
+    /// The definition's own quirks block, as the organization sent it.
+    #[serde(skip_serializing_if = "is_default_quirks")]
+    pub oauth: OAuthQuirks,
     pub version: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -46,6 +53,7 @@ impl From<&Definition> for DefinitionView {
             provider: d.provider.clone(),
             inputs,
             redirects: d.redirects.clone(),
+            oauth: d.oauth.clone(),
             version: d.version,
             created_at: d.created_at,
             updated_at: d.updated_at,
@@ -74,8 +82,10 @@ pub struct ConnectionView {
 impl ConnectionView {
     /// The view of `c` for `p`, judged by the definition's current `inputs`: a customer sees
     /// only `customer`-visible inputs, and an input that is a `password` now shows as set even
-    /// if its value was stored before the input became one.
-    pub fn of(c: &Connection, p: &Principal, inputs: &IndexMap<String, Input>) -> Self {
+    /// if its value was stored before the input became one. App settings the connection reads
+    /// from the definition show the definition's current value.
+    pub fn of(c: &Connection, p: &Principal, def: &Definition) -> Self {
+        let inputs = &def.inputs;
         let input = |name: &str| inputs.get(name).filter(|i| p.is_organization() || i.visibility.customer_can_see());
         let mut values = Map::new();
         for (k, v) in &c.values {
@@ -87,6 +97,16 @@ impl ConnectionView {
         }
         for k in c.secret_names.iter().filter(|k| input(k).is_some()) {
             values.insert(k.clone(), set_marker());
+        }
+        for (k, i) in inputs.iter().filter(|(k, _)| def.by_reference(k) && input(k).is_some()) {
+            if values.contains_key(k) {
+                continue;
+            }
+            if def.secret_default_names.contains(k) {
+                values.insert(k.clone(), set_marker());
+            } else if let Some(d) = &i.default {
+                values.insert(k.clone(), d.clone());
+            }
         }
         Self {
             id: c.id.clone(),

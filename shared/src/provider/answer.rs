@@ -1,0 +1,605 @@
+//! The one reader of provider answers (SPEC section 8): what a token endpoint's or revocation
+//! endpoint's answer means, whatever the provider's dialect.
+//!
+//! - Any 2xx whose body is a token answer is a success: JSON whatever the `Content-Type`
+//!   (`text/plain`, `text/javascript`, `text/html`...), or a form-encoded body (GitHub's
+//!   default).
+//! - A body with an `error` member is a refusal whatever the status (GitHub answers 200), and
+//!   so is Slack's `{"ok": false, "error": ...}`. Its class comes from the code.
+//! - 429, 5xx, `temporarily_unavailable` and its kin, and 4xx answers carrying `Retry-After`
+//!   are transient. A 400/401 to a refresh whose body says nothing readable is a refused grant.
+//! - Anything else is an answer Latchkey could not read: reported as such, never as a refusal.
+
+use std::fmt;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde_json::{Map, Value};
+
+use super::RawAnswer;
+use crate::domain::{Refusal, provider_code};
+
+/// The largest `expires_in` taken at its word (ten years); beyond it the lifetime is unknown.
+pub const MAX_EXPIRES_IN_SECS: u64 = 10 * 365 * 86_400;
+
+/// Which grant an answer is for: it decides what an unexplained refusal means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    AuthorizationCode,
+    RefreshToken,
+    ClientCredentials,
+}
+
+/// A successful token answer (RFC 6749 section 5.1), read leniently. `Debug` never prints a
+/// token.
+pub struct TokenAnswer {
+    pub access_token: SecretString,
+    /// As the provider spelled it, `Bearer` when absent (`bearer` is normalised).
+    pub token_type: String,
+    /// Seconds; `None` when the lifetime is unknown (absent, null, zero, negative, unreadable).
+    pub expires_in: Option<u64>,
+    pub refresh_token: Option<SecretString>,
+    /// The granted scopes as the answer states them; `None` when it says nothing.
+    pub scopes: Option<Vec<String>>,
+    /// The whole answer, for captured values. Never logged.
+    raw: Map<String, Value>,
+}
+
+impl fmt::Debug for TokenAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenAnswer")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("refresh_token", &self.refresh_token.is_some())
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenAnswer {
+    /// The value at a dotted path of the whole answer (`instance_url`, `team.id`), if it is a
+    /// string, number or boolean.
+    pub fn captured(&self, path: &str) -> Option<&Value> {
+        at_path(&self.raw, path).filter(|v| v.is_string() || v.is_number() || v.is_boolean())
+    }
+}
+
+/// Why a token request did not give tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenFailure {
+    /// The provider said no, and saying it again will not help.
+    Refused {
+        class: Refusal,
+        /// The provider's code (`invalid_grant`, `bad_refresh_token`), `None` when its answer
+        /// named none.
+        provider_code: Option<String>,
+        status: u16,
+        /// The provider's `error_description`, printable ASCII, at most 200 characters.
+        description: Option<String>,
+    },
+    /// Worth retrying later: an outage, a rate limit, a timeout.
+    Transient { code: String, retry_after: Option<Duration> },
+    /// An answer Latchkey could not read (`unreadable_answer`), or a token answer without a
+    /// token where the definition says it is (`invalid_token_response`).
+    Unreadable { code: &'static str, status: u16 },
+}
+
+impl TokenFailure {
+    /// The code logs and redirects show: the provider's, `http_<status>` for a refusal that
+    /// named none, or Latchkey's for the others.
+    pub fn code(&self) -> String {
+        match self {
+            Self::Refused { provider_code: Some(code), .. } => code.clone(),
+            Self::Refused { status, .. } => format!("http_{status}"),
+            Self::Transient { code, .. } => code.clone(),
+            Self::Unreadable { code, .. } => (*code).to_owned(),
+        }
+    }
+}
+
+/// What a revocation request came to (RFC 7009 section 2.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeAnswer {
+    Revoked,
+    /// Refused for good (`unsupported_token_type`, an unknown client...): not retried.
+    Refused(String),
+    Transient {
+        code: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// Codes that mean "not now" whatever grant they answer.
+const TRANSIENT_CODES: [&str; 12] = [
+    "temporarily_unavailable",
+    "server_error",
+    "slow_down",
+    "ratelimited",
+    "rate_limited",
+    "rate_limit_exceeded",
+    "too_many_requests",
+    "internal_error",
+    "service_unavailable",
+    "timeout",
+    "request_timeout",
+    "fatal_error",
+];
+
+/// Codes that blame the OAuth app's settings, not the grant.
+const CLIENT_CODES: [&str; 5] = [
+    "unsupported_grant_type",
+    "redirect_uri_mismatch",
+    "bad_redirect_uri",
+    "invalid_redirect_uri",
+    "unsupported_response_type",
+];
+
+/// The class of a refusal code, or `None` when it is transient.
+fn class_of(code: &str, grant: Grant) -> Option<Refusal> {
+    let lower = code.to_ascii_lowercase();
+    if TRANSIENT_CODES.contains(&lower.as_str()) {
+        return None;
+    }
+    Some(if lower.contains("client") || CLIENT_CODES.contains(&lower.as_str()) {
+        Refusal::ClientRejected
+    } else if lower == "invalid_scope" || lower == "insufficient_scope" {
+        Refusal::ScopesMissing
+    } else if grant == Grant::ClientCredentials {
+        // There is no user grant to refuse: the client's own credentials were turned down.
+        Refusal::ClientRejected
+    } else {
+        Refusal::GrantRefused
+    })
+}
+
+fn description(obj: &Map<String, Value>) -> Option<String> {
+    let text = obj.get("error_description").or_else(|| obj.get("message")).and_then(Value::as_str)?;
+    let kept: String = text.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(200).collect();
+    (!kept.trim().is_empty()).then_some(kept)
+}
+
+/// The refusal code of a body: `error` as a string, or the `code`/`type` of an `error` object;
+/// `{"ok": false}` without one is `ok_false`.
+fn error_code(obj: &Map<String, Value>) -> Option<String> {
+    let raw = match obj.get("error") {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::Object(e)) => {
+            e.get("code").or_else(|| e.get("type")).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+        }
+        _ => None,
+    };
+    match raw {
+        Some(r) => Some(provider_code(&r).unwrap_or_else(|| "unreadable_error_code".to_owned())),
+        None if obj.get("ok") == Some(&Value::Bool(false)) => Some("ok_false".to_owned()),
+        None => None,
+    }
+}
+
+/// The body as an object: JSON whatever the content type says, else a form-encoded body that
+/// has `access_token` or `error`.
+fn parse_body(raw: &RawAnswer) -> Option<Map<String, Value>> {
+    let text = std::str::from_utf8(&raw.body).ok()?.trim();
+    if text.starts_with('{') {
+        return serde_json::from_str::<Map<String, Value>>(text).ok();
+    }
+    if text.is_empty() || text.contains(['<', '\n', ' ']) {
+        return None;
+    }
+    let form: Map<String, Value> = url::form_urlencoded::parse(text.as_bytes())
+        .map(|(k, v)| (k.into_owned(), Value::from(v.into_owned())))
+        .collect();
+    (form.contains_key("access_token") || form.contains_key("error")).then_some(form)
+}
+
+/// The value at a dotted path (`authed_user.access_token`).
+fn at_path<'a>(obj: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    let mut parts = path.split('.');
+    let mut cur = obj.get(parts.next()?)?;
+    for p in parts {
+        cur = cur.get(p)?;
+    }
+    Some(cur)
+}
+
+/// `expires_in` as a number or a numeric string; a lifetime that is not positive and sane is
+/// unknown.
+fn lifetime(v: Option<&Value>) -> Option<u64> {
+    let secs = match v? {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64))?,
+        Value::String(s) => s.trim().parse::<f64>().ok().map(|f| f as i64)?,
+        _ => return None,
+    };
+    u64::try_from(secs).ok().filter(|s| (1..=MAX_EXPIRES_IN_SECS).contains(s))
+}
+
+fn scopes(v: Option<&Value>, split: &dyn Fn(&str) -> Vec<String>) -> Option<Vec<String>> {
+    match v? {
+        Value::String(s) => Some(split(s)),
+        Value::Array(items) => Some(items.iter().filter_map(Value::as_str).flat_map(split).collect()),
+        _ => None,
+    }
+}
+
+fn secret_text(obj: &Map<String, Value>, key: &str) -> Option<SecretString> {
+    obj.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()).map(|s| SecretString::from(s.to_owned()))
+}
+
+/// Reads a token endpoint's answer to `grant`.
+///
+/// `token_path` is the definition's (SPEC section 8): for a code exchange the token must be in
+/// that object; a refresh answer is read from it when present, else from the top level (a
+/// refresh answers for exactly the token it renewed). `split` splits a scope string.
+pub fn read_token_answer(
+    raw: &RawAnswer,
+    grant: Grant,
+    token_path: Option<&str>,
+    split: &dyn Fn(&str) -> Vec<String>,
+) -> Result<TokenAnswer, TokenFailure> {
+    let status = raw.status;
+    let body = parse_body(raw);
+    let busy = status == 429 || status >= 500;
+    let code = body.as_ref().and_then(error_code);
+    if busy {
+        return Err(TokenFailure::Transient {
+            code: code.unwrap_or_else(|| format!("http_{status}")),
+            retry_after: raw.retry_after,
+        });
+    }
+    if let (Some(code), Some(obj)) = (code, &body) {
+        return Err(match class_of(&code, grant) {
+            Some(class) => {
+                TokenFailure::Refused { class, provider_code: Some(code), status, description: description(obj) }
+            }
+            None => TokenFailure::Transient { code, retry_after: raw.retry_after },
+        });
+    }
+    if (200..300).contains(&status) {
+        let Some(obj) = body else {
+            return Err(TokenFailure::Unreadable { code: "unreadable_answer", status });
+        };
+        let holder = match token_path {
+            None => Some(&obj),
+            Some(path) => match at_path(&obj, path).and_then(Value::as_object) {
+                Some(inner) => Some(inner),
+                None if grant == Grant::RefreshToken => Some(&obj),
+                None => None,
+            },
+        };
+        let Some(holder) = holder else {
+            return Err(TokenFailure::Unreadable { code: "invalid_token_response", status });
+        };
+        let Some(access_token) = secret_text(holder, "access_token") else {
+            let code = if token_path.is_some() { "invalid_token_response" } else { "unreadable_answer" };
+            return Err(TokenFailure::Unreadable { code, status });
+        };
+        let token_type = match holder.get("token_type").and_then(Value::as_str) {
+            None | Some("") => "Bearer".to_owned(),
+            Some(t) if t.eq_ignore_ascii_case("bearer") => "Bearer".to_owned(),
+            Some(t) => t.chars().filter(|c| c.is_ascii_graphic()).take(64).collect(),
+        };
+        return Ok(TokenAnswer {
+            access_token,
+            token_type,
+            expires_in: lifetime(holder.get("expires_in")),
+            refresh_token: secret_text(holder, "refresh_token"),
+            scopes: scopes(holder.get("scope"), split),
+            raw: obj.clone(),
+        });
+    }
+    if raw.retry_after.is_some() || matches!(status, 408 | 425) {
+        return Err(TokenFailure::Transient { code: format!("http_{status}"), retry_after: raw.retry_after });
+    }
+    let provider_code = None;
+    match (grant, status) {
+        // SPEC section 8: a 400/401 to a refresh that says nothing readable is a dead grant.
+        (Grant::RefreshToken | Grant::AuthorizationCode, 400 | 401) => {
+            Err(TokenFailure::Refused { class: Refusal::GrantRefused, provider_code, status, description: None })
+        }
+        // The endpoint itself is wrong (moved, mistyped) or refuses the client.
+        (_, 400 | 401 | 404 | 405 | 410) => {
+            Err(TokenFailure::Refused { class: Refusal::ClientRejected, provider_code, status, description: None })
+        }
+        _ => Err(TokenFailure::Unreadable { code: "unreadable_answer", status }),
+    }
+}
+
+/// Reads a revocation endpoint's answer (RFC 7009 section 2.2): 2xx revoked (unless the body
+/// carries an `error`), 429 and 5xx transient, other 4xx refused for good.
+pub fn read_revoke_answer(raw: &RawAnswer) -> RevokeAnswer {
+    let status = raw.status;
+    let code = parse_body(raw).as_ref().and_then(error_code);
+    let transient = |code: String| RevokeAnswer::Transient { code, retry_after: raw.retry_after };
+    if status == 429 || status >= 500 {
+        return transient(code.unwrap_or_else(|| format!("http_{status}")));
+    }
+    match code {
+        Some(c) if TRANSIENT_CODES.contains(&c.to_ascii_lowercase().as_str()) => transient(c),
+        Some(c) => RevokeAnswer::Refused(c),
+        None if (200..300).contains(&status) => RevokeAnswer::Revoked,
+        None => RevokeAnswer::Refused(format!("http_{status}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+    use serde_json::json;
+
+    use super::*;
+
+    fn answer(status: u16, content_type: &str, body: &str) -> RawAnswer {
+        RawAnswer { status, content_type: Some(content_type.into()), retry_after: None, body: body.as_bytes().to_vec() }
+    }
+
+    fn split(s: &str) -> Vec<String> {
+        s.split([' ', ',']).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    }
+
+    fn read(raw: &RawAnswer, grant: Grant, path: Option<&str>) -> Result<TokenAnswer, TokenFailure> {
+        read_token_answer(raw, grant, path, &split)
+    }
+
+    fn refused(class: Refusal, code: &str) -> (Refusal, String) {
+        (class, code.to_owned())
+    }
+
+    /// A refusal's class and code, whatever its description.
+    fn refusal(f: Option<TokenFailure>) -> Option<(Refusal, String)> {
+        match f {
+            Some(f @ TokenFailure::Refused { class, .. }) => Some((class, f.code())),
+            _ => None,
+        }
+    }
+
+    const TOKEN: &str =
+        r#"{"access_token":"at","token_type":"bearer","expires_in":3600,"refresh_token":"rt","scope":"a b"}"#;
+
+    #[test]
+    fn any_2xx_token_answer_is_a_success_whatever_its_content_type() {
+        for ct in ["application/json", "text/plain; charset=utf-8", "text/javascript", "text/html", ""] {
+            for status in [200, 201, 203] {
+                let a = read(&answer(status, ct, TOKEN), Grant::AuthorizationCode, None)
+                    .unwrap_or_else(|e| panic!("{status} {ct}: {e:?}"));
+                assert_eq!(a.access_token.expose_secret(), "at");
+                assert_eq!(a.token_type, "Bearer");
+                assert_eq!(a.expires_in, Some(3600));
+                assert_eq!(a.refresh_token.as_ref().map(|r| r.expose_secret().to_owned()), Some("rt".into()));
+                assert_eq!(a.scopes, Some(vec!["a".into(), "b".into()]));
+            }
+        }
+    }
+
+    #[test]
+    fn form_encoded_answers_are_token_answers() {
+        let a = read(
+            &answer(200, "application/x-www-form-urlencoded", "access_token=gho_x&scope=repo%2Cgist&token_type=bearer"),
+            Grant::AuthorizationCode,
+            None,
+        )
+        .unwrap();
+        assert_eq!(a.access_token.expose_secret(), "gho_x");
+        assert_eq!(a.scopes, Some(vec!["repo".into(), "gist".into()]));
+        assert_eq!(a.expires_in, None);
+        let e = read(
+            &answer(200, "application/x-www-form-urlencoded", "error=bad_verification_code"),
+            Grant::AuthorizationCode,
+            None,
+        );
+        assert_eq!(refusal(e.err()), Some(refused(Refusal::GrantRefused, "bad_verification_code")));
+    }
+
+    #[test]
+    fn an_error_member_is_a_refusal_whatever_the_status() {
+        let cases = [
+            (
+                200,
+                r#"{"error":"bad_refresh_token","error_description":"The refresh token passed is incorrect"}"#,
+                Grant::RefreshToken,
+                Refusal::GrantRefused,
+                "bad_refresh_token",
+            ),
+            (
+                200,
+                r#"{"ok":false,"error":"invalid_refresh_token"}"#,
+                Grant::RefreshToken,
+                Refusal::GrantRefused,
+                "invalid_refresh_token",
+            ),
+            (
+                200,
+                r#"{"ok":false,"error":"invalid_code"}"#,
+                Grant::AuthorizationCode,
+                Refusal::GrantRefused,
+                "invalid_code",
+            ),
+            (200, r#"{"ok":false}"#, Grant::RefreshToken, Refusal::GrantRefused, "ok_false"),
+            (400, r#"{"error":"invalid_grant"}"#, Grant::RefreshToken, Refusal::GrantRefused, "invalid_grant"),
+            (400, r#"{"error":"invalid_request"}"#, Grant::RefreshToken, Refusal::GrantRefused, "invalid_request"),
+            (401, r#"{"error":"invalid_client"}"#, Grant::RefreshToken, Refusal::ClientRejected, "invalid_client"),
+            (
+                400,
+                r#"{"error":"unauthorized_client"}"#,
+                Grant::RefreshToken,
+                Refusal::ClientRejected,
+                "unauthorized_client",
+            ),
+            (
+                200,
+                r#"{"error":"incorrect_client_credentials"}"#,
+                Grant::AuthorizationCode,
+                Refusal::ClientRejected,
+                "incorrect_client_credentials",
+            ),
+            (
+                200,
+                r#"{"ok":false,"error":"invalid_client_id"}"#,
+                Grant::AuthorizationCode,
+                Refusal::ClientRejected,
+                "invalid_client_id",
+            ),
+            (400, r#"{"error":"invalid_scope"}"#, Grant::ClientCredentials, Refusal::ScopesMissing, "invalid_scope"),
+            (400, r#"{"error":"invalid_grant"}"#, Grant::ClientCredentials, Refusal::ClientRejected, "invalid_grant"),
+            (
+                400,
+                r#"{"error":{"code":"InvalidAuthenticationToken","message":"x"}}"#,
+                Grant::RefreshToken,
+                Refusal::GrantRefused,
+                "InvalidAuthenticationToken",
+            ),
+        ];
+        for (status, body, grant, class, code) in cases {
+            let got = read(&answer(status, "application/json", body), grant, None).err();
+            match got {
+                Some(f @ TokenFailure::Refused { class: c, .. }) => {
+                    assert_eq!((c, f.code().as_str()), (class, code), "{status} {body}");
+                }
+                other => panic!("{status} {body}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn outages_and_rate_limits_are_transient() {
+        let mut limited = answer(429, "application/json", r#"{"error":"invalid_grant"}"#);
+        limited.retry_after = Some(Duration::from_secs(7));
+        assert_eq!(
+            read(&limited, Grant::RefreshToken, None).err(),
+            Some(TokenFailure::Transient { code: "invalid_grant".into(), retry_after: Some(Duration::from_secs(7)) })
+        );
+        for (status, body, code) in [
+            (503, "<html>down</html>", "http_503"),
+            (500, "", "http_500"),
+            (200, r#"{"error":"temporarily_unavailable"}"#, "temporarily_unavailable"),
+            (200, r#"{"ok":false,"error":"ratelimited"}"#, "ratelimited"),
+            (400, r#"{"error":"slow_down"}"#, "slow_down"),
+            (408, "", "http_408"),
+        ] {
+            match read(&answer(status, "text/html", body), Grant::RefreshToken, None) {
+                Err(TokenFailure::Transient { code: c, .. }) => assert_eq!(c, code, "{status} {body}"),
+                other => panic!("{status} {body}: {other:?}"),
+            }
+        }
+        let mut waf = answer(403, "text/html", "<html>slow down</html>");
+        waf.retry_after = Some(Duration::from_secs(60));
+        assert!(matches!(read(&waf, Grant::RefreshToken, None), Err(TokenFailure::Transient { .. })));
+    }
+
+    #[test]
+    fn unexplained_refusals_of_a_refresh_are_dead_grants_and_unreadable_answers_are_not_refusals() {
+        for status in [400, 401] {
+            assert_eq!(
+                refusal(read(&answer(status, "text/html", "<html>no</html>"), Grant::RefreshToken, None).err()),
+                Some(refused(Refusal::GrantRefused, &format!("http_{status}")))
+            );
+            assert_eq!(
+                refusal(read(&answer(status, "text/html", ""), Grant::ClientCredentials, None).err()),
+                Some(refused(Refusal::ClientRejected, &format!("http_{status}")))
+            );
+        }
+        assert_eq!(
+            refusal(read(&answer(404, "text/html", "not found"), Grant::RefreshToken, None).err()),
+            Some(refused(Refusal::ClientRejected, "http_404"))
+        );
+        for (status, body) in
+            [(200, "<html>oops</html>"), (200, "{not json"), (200, r#"{"token":"x"}"#), (302, ""), (403, "")]
+        {
+            assert_eq!(
+                read(&answer(status, "text/html", body), Grant::AuthorizationCode, None).err(),
+                Some(TokenFailure::Unreadable { code: "unreadable_answer", status }),
+                "{status} {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_token_path_names_the_object_read_and_is_never_replaced_by_another_token() {
+        let bot_only = answer(
+            200,
+            "application/json",
+            r#"{"ok":true,"access_token":"xoxb","token_type":"bot","scope":"chat:write"}"#,
+        );
+        assert_eq!(
+            read(&bot_only, Grant::AuthorizationCode, Some("authed_user")).err(),
+            Some(TokenFailure::Unreadable { code: "invalid_token_response", status: 200 })
+        );
+        let both = answer(
+            200,
+            "application/json",
+            r#"{"ok":true,"access_token":"xoxb","token_type":"bot","scope":"chat:write","authed_user":{"id":"U1","access_token":"xoxp","token_type":"user","scope":"search:read,users:read","refresh_token":"xoxe","expires_in":43200}}"#,
+        );
+        let a = read(&both, Grant::AuthorizationCode, Some("authed_user")).unwrap();
+        assert_eq!(a.access_token.expose_secret(), "xoxp");
+        assert_eq!(a.token_type, "user");
+        assert_eq!(a.scopes, Some(vec!["search:read".into(), "users:read".into()]));
+        assert_eq!(a.expires_in, Some(43200));
+        assert_eq!(a.captured("authed_user.id"), Some(&json!("U1")));
+        // A refresh answers for the token it renewed, at the top level.
+        let refreshed = answer(200, "application/json", r#"{"ok":true,"access_token":"xoxp2","token_type":"user"}"#);
+        assert_eq!(
+            read(&refreshed, Grant::RefreshToken, Some("authed_user")).unwrap().access_token.expose_secret(),
+            "xoxp2"
+        );
+    }
+
+    #[test]
+    fn lifetimes_that_are_not_positive_are_unknown() {
+        for (v, expected) in [
+            (json!(3600), Some(3600)),
+            (json!("7200"), Some(7200)),
+            (json!(3599.9), Some(3599)),
+            (json!(0), None),
+            (json!(-5), None),
+            (json!(null), None),
+            (json!("soon"), None),
+            (json!(u64::MAX), None),
+        ] {
+            let body = json!({"access_token": "a", "expires_in": v}).to_string();
+            assert_eq!(
+                read(&answer(200, "application/json", &body), Grant::RefreshToken, None).unwrap().expires_in,
+                expected,
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn scopes_are_read_as_strings_or_arrays() {
+        for (scope, expected) in [
+            (json!(["a", "b"]), Some(vec!["a", "b"])),
+            (json!("a,b"), Some(vec!["a", "b"])),
+            (json!("a b"), Some(vec!["a", "b"])),
+            (json!(null), None),
+        ] {
+            let body = json!({"access_token": "a", "scope": scope}).to_string();
+            let got = read(&answer(200, "application/json", &body), Grant::AuthorizationCode, None).unwrap().scopes;
+            assert_eq!(got, expected.map(|v| v.into_iter().map(str::to_owned).collect()), "{scope}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_a_token() {
+        let a = read(&answer(200, "application/json", TOKEN), Grant::RefreshToken, None).unwrap();
+        let shown = format!("{a:?}");
+        assert!(!shown.contains("\"at\"") && !shown.contains("rt"), "{shown}");
+    }
+
+    #[test]
+    fn revocation_answers() {
+        assert_eq!(read_revoke_answer(&answer(200, "text/html", "")), RevokeAnswer::Revoked);
+        assert_eq!(read_revoke_answer(&answer(204, "", "")), RevokeAnswer::Revoked);
+        assert_eq!(
+            read_revoke_answer(&answer(400, "application/json", r#"{"error":"unsupported_token_type"}"#)),
+            RevokeAnswer::Refused("unsupported_token_type".into())
+        );
+        assert_eq!(
+            read_revoke_answer(&answer(200, "application/json", r#"{"ok":false,"error":"invalid_auth"}"#)),
+            RevokeAnswer::Refused("invalid_auth".into())
+        );
+        assert!(matches!(read_revoke_answer(&answer(503, "", "")), RevokeAnswer::Transient { .. }));
+        assert!(matches!(
+            read_revoke_answer(&answer(200, "application/json", r#"{"ok":false,"error":"ratelimited"}"#)),
+            RevokeAnswer::Transient { .. }
+        ));
+        assert_eq!(read_revoke_answer(&answer(403, "text/html", "no")), RevokeAnswer::Refused("http_403".into()));
+    }
+}

@@ -1,0 +1,221 @@
+//! The callback (RFC 6749 section 4.1.2): the state taken once, the RFC 9207 issuer checked,
+//! the code exchanged (section 4.1.3), the answer read by [`crate::provider::answer`], the
+//! tokens stored, and the browser sent on.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::super::{Service, ServiceError};
+use crate::crypto::EncryptionContext;
+use crate::domain::{Connection, Definition, Event, EventType, LogType, OAuthState, Refusal, Status, provider_code};
+use crate::provider::TokenFailure;
+use crate::provider::request::GrantRequest;
+
+/// Where the callback sends the browser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallbackOutcome {
+    Redirect(String),
+    /// No redirect configured (or nothing to redirect for): a small page.
+    Page {
+        status: u16,
+        title: &'static str,
+        message: String,
+    },
+}
+
+/// Why an authorization did not complete, as the failure redirect reports it (RFC 6749
+/// section 4.1.2.1): `error` is the provider's code (reduced) or Latchkey's, never free text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AuthorizationFailure {
+    error: String,
+    description: String,
+}
+
+impl AuthorizationFailure {
+    fn new(error: impl Into<String>, description: impl Into<String>) -> Self {
+        Self { error: error.into(), description: description.into() }
+    }
+
+    fn internal() -> Self {
+        Self::new("server_error", "Latchkey could not complete the authorization")
+    }
+
+    /// A failed code exchange: the provider's refusal code, or what went wrong.
+    fn exchange(f: &TokenFailure) -> Self {
+        match f {
+            TokenFailure::Refused { description, .. } => Self::new(
+                f.code(),
+                description.clone().unwrap_or_else(|| "the provider refused the authorization code".to_owned()),
+            ),
+            TokenFailure::Transient { code, .. } => {
+                Self::new("temporarily_unavailable", format!("the provider is unavailable ({code}); try again"))
+            }
+            TokenFailure::Unreadable { code: "invalid_token_response", .. } => Self::new(
+                "invalid_token_response",
+                "the provider's answer has no access token where the definition says it is",
+            ),
+            TokenFailure::Unreadable { status, .. } => {
+                Self::new("server_error", format!("could not read the provider's answer (HTTP {status})"))
+            }
+        }
+    }
+}
+
+/// A provider's `error_description`, kept printable and short before it is echoed.
+fn safe_description(raw: &str) -> String {
+    raw.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(200).collect()
+}
+
+fn page(status: u16, title: &'static str, message: &str) -> CallbackOutcome {
+    CallbackOutcome::Page { status, title, message: message.to_owned() }
+}
+
+impl Service {
+    /// `GET /v1/oauth/callback`: never fails; every outcome is a redirect or a page.
+    pub async fn callback(&self, params: &BTreeMap<String, String>) -> CallbackOutcome {
+        let Some(state) = params.get("state").filter(|s| !s.is_empty()) else {
+            return page(400, "Authorization failed", "The authorization response has no state.");
+        };
+        let taken = match self.store.take_oauth_state(&super::state_hash(state), self.clock.now()).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "reading an OAuth state failed");
+                return page(500, "Authorization failed", "Something went wrong; please try again.");
+            }
+        };
+        let Some(st) = taken else {
+            tracing::warn!("OAuth callback with an unknown, expired or already used state");
+            return page(
+                400,
+                "Authorization failed",
+                "This authorization link is invalid, expired or was already used.",
+            );
+        };
+        let loaded = async {
+            let c = self.store.get_connection(&st.org, &st.connection_id).await?.ok_or(ServiceError::NotFound)?;
+            let def = self.definition_of(&c).await?;
+            Ok::<_, ServiceError>((c, def))
+        };
+        let (c, def) = match loaded.await {
+            Ok(found) => found,
+            Err(_) => return page(400, "Authorization failed", "The connection no longer exists."),
+        };
+        match self.complete_authorization(&st, &c, &def, params).await {
+            Ok(done) => {
+                let target = def.redirects.as_ref().and_then(|r| r.success_url.as_deref());
+                match target.and_then(|u| url::Url::parse(u).ok()) {
+                    Some(mut u) => {
+                        {
+                            let mut q = u.query_pairs_mut();
+                            q.append_pair("connection_id", done.id.as_str());
+                            q.append_pair("definition", done.definition.as_str());
+                            q.append_pair("customer", done.customer.as_ref().map_or("", |c| c.as_str()));
+                            q.append_pair("instance_id", done.instance_id.as_ref().map_or("", |i| i.as_str()));
+                        }
+                        CallbackOutcome::Redirect(u.to_string())
+                    }
+                    None => page(200, "Connected", "The connection is authorized. You can close this window."),
+                }
+            }
+            Err(f) => {
+                self.log(&c, LogType::AuthorizeFailed, format!("authorization failed: {}: {}", f.error, f.description))
+                    .await;
+                let target = def.redirects.as_ref().and_then(|r| r.failure_url.as_deref());
+                match target.and_then(|u| url::Url::parse(u).ok()) {
+                    Some(mut u) => {
+                        u.query_pairs_mut()
+                            .append_pair("error", &f.error)
+                            .append_pair("error_description", &f.description);
+                        CallbackOutcome::Redirect(u.to_string())
+                    }
+                    None => page(400, "Authorization failed", &format!("{}: {}", f.error, f.description)),
+                }
+            }
+        }
+    }
+
+    /// Checks the response, exchanges the code and stores the tokens.
+    async fn complete_authorization(
+        &self,
+        st: &OAuthState,
+        c: &Connection,
+        def: &Definition,
+        params: &BTreeMap<String, String>,
+    ) -> std::result::Result<Connection, AuthorizationFailure> {
+        if c.generation != st.generation {
+            return Err(AuthorizationFailure::new(
+                "access_denied",
+                "the connection was disconnected after this authorization began",
+            ));
+        }
+        if let Some(error) = params.get("error") {
+            let description = params.get("error_description").map_or_else(String::new, |d| safe_description(d));
+            return Err(AuthorizationFailure::new(
+                provider_code(error).unwrap_or_else(|| "server_error".to_owned()),
+                description,
+            ));
+        }
+        // RFC 9207: with a known issuer, the response must name it (a missing `iss` could be a
+        // mix-up attack stripping it).
+        if let Some(expected) = &st.issuer
+            && params.get("iss").is_none_or(|got| expected.trim_end_matches('/') != got.trim_end_matches('/'))
+        {
+            return Err(AuthorizationFailure::new(
+                "invalid_request",
+                "the authorization response came from an unexpected issuer",
+            ));
+        }
+        let code = params
+            .get("code")
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| AuthorizationFailure::new("invalid_request", "the authorization response has no code"))?;
+        let ctx = EncryptionContext::connection(&c.org, &c.id);
+        let verifier = match &st.verifier {
+            Some(sealed) => {
+                Some(self.envelope.open_str(&ctx, sealed).await.map_err(|_| AuthorizationFailure::internal())?)
+            }
+            None => None,
+        };
+        let settings = self.oauth_settings(def, c).await.map_err(|e| match e {
+            ServiceError::Invalid(_) => {
+                AuthorizationFailure::new("invalid_request", "the connection's OAuth settings are incomplete")
+            }
+            _ => AuthorizationFailure::internal(),
+        })?;
+        let grant =
+            GrantRequest::AuthorizationCode { code, redirect_uri: &st.redirect_uri, verifier: verifier.as_ref() };
+        let answer = self.request_token(&settings, grant).await.map_err(|f| AuthorizationFailure::exchange(&f))?;
+        let callback_values: BTreeMap<String, Value> = settings
+            .quirks
+            .capture
+            .callback
+            .iter()
+            .filter_map(|name| Some((name.clone(), Value::from(params.get(name)?.clone()))))
+            .collect();
+        let done = self
+            .store_tokens(c, &settings, &answer, callback_values, Status::Configured)
+            .await
+            .map_err(|_| AuthorizationFailure::internal())?;
+        let scopes = done.oauth.as_ref().map(|o| o.scopes.join(" ")).unwrap_or_default();
+        self.log(&done, LogType::Authorized, format!("authorized (scopes: {scopes})")).await;
+        self.emit(Event::about(EventType::ConnectionAuthorized, &done)).await;
+        if let Some(error) = done.error.as_ref().filter(|e| e.code == Refusal::ScopesMissing.code()) {
+            self.log(&done, LogType::AuthorizeFailed, error.message.clone()).await;
+            self.emit(Event::about(EventType::ConnectionError, &done)).await;
+            return Err(AuthorizationFailure::new(Refusal::ScopesMissing.code(), error.message.clone()));
+        }
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_are_printable_and_short() {
+        assert_eq!(safe_description("bad\nthing<>"), "badthing<>");
+        assert_eq!(safe_description(&"x".repeat(500)).len(), 200);
+    }
+}

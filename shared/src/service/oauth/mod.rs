@@ -1,0 +1,235 @@
+//! OAuth 2.0 in the service: a connection's effective settings ([`OAuthSettings`]), the
+//! authorize step ([`authorize`]), the callback ([`callback`]) and the storage of token answers
+//! ([`tokens`]). Requests to providers and the reading of their answers live in
+//! [`crate::provider`].
+
+mod authorize;
+mod callback;
+mod tokens;
+
+use std::collections::BTreeMap;
+
+use secrecy::SecretString;
+use serde_json::Value;
+
+pub use authorize::{AuthorizeResponse, STATE_TTL, state_hash};
+pub use callback::CallbackOutcome;
+pub(crate) use tokens::TokenSecrets;
+
+use super::{Result, Service, ServiceError};
+use crate::catalog::{self, Provider};
+use crate::domain::validate::{check_secure_url, is_loopback_host};
+use crate::domain::{AuthKind, Connection, Definition, FieldError, OAuthQuirks, origin_of};
+use crate::provider::destination::check_public_destination;
+use crate::provider::request::GrantRequest;
+use crate::provider::{ClientAuth, ClientAuthMethod, FormPost, Grant, Reach, TokenAnswer, TokenFailure};
+
+/// The callback path under `LATCHKEY_PUBLIC_URL`.
+pub const CALLBACK_PATH: &str = "/v1/oauth/callback";
+/// The input naming the expected RFC 9207 issuer of OAuth definitions.
+pub const ISSUER_INPUT: &str = "issuer";
+
+/// A provider endpoint and where its address may be.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    pub url: url::Url,
+    pub reach: Reach,
+}
+
+impl Endpoint {
+    pub fn origin(&self) -> String {
+        origin_of(&self.url)
+    }
+}
+
+/// A connection's effective OAuth settings: its own values, over the definition's app settings
+/// (read when used: SPEC section 8), over the catalog provider's.
+pub(crate) struct OAuthSettings {
+    pub authorize_url: Option<url::Url>,
+    pub token: Endpoint,
+    pub revoke: Option<Endpoint>,
+    pub client: ClientAuth,
+    pub pkce: bool,
+    /// The scopes requested.
+    pub scopes: Vec<String>,
+    /// The definition's quirks over its catalog provider's.
+    pub quirks: OAuthQuirks,
+    pub issuer: Option<String>,
+    pub provider: Option<&'static Provider>,
+}
+
+impl OAuthSettings {
+    /// The requested scopes joined with the provider's separator.
+    pub fn scope_param(&self) -> Option<String> {
+        (!self.scopes.is_empty()).then(|| self.scopes.join(self.quirks.separator()))
+    }
+
+    /// The token request of `grant` at this token endpoint, with the definition's `token_params`.
+    pub fn token_request(&self, grant: GrantRequest<'_>) -> FormPost {
+        self.client.token_request(self.token.url.clone(), self.token.reach, grant, &self.quirks.token_params)
+    }
+
+    /// Required scopes the granted ones lack.
+    pub fn missing_scopes(&self, granted: &[String]) -> Vec<String> {
+        self.quirks.required_scopes.iter().filter(|s| !granted.contains(s)).cloned().collect()
+    }
+}
+
+/// A host label a customer may put into a provider URL (`{shop}`): letters, digits, hyphens.
+fn valid_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+}
+
+impl Service {
+    /// Sends a token request and reads the answer with the definition's quirks.
+    pub(crate) async fn request_token(
+        &self,
+        settings: &OAuthSettings,
+        grant: GrantRequest<'_>,
+    ) -> std::result::Result<TokenAnswer, TokenFailure> {
+        let kind = match grant {
+            GrantRequest::AuthorizationCode { .. } => Grant::AuthorizationCode,
+            GrantRequest::RefreshToken { .. } => Grant::RefreshToken,
+            GrantRequest::ClientCredentials { .. } => Grant::ClientCredentials,
+        };
+        let post = settings.token_request(grant);
+        match self.provider.post_form(&post).await {
+            Ok(raw) => crate::provider::read_token_answer(&raw, kind, settings.quirks.token_path(), &|s| {
+                settings.quirks.split_scopes(s)
+            }),
+            Err(e) => Err(TokenFailure::Transient { code: e.code().to_owned(), retry_after: None }),
+        }
+    }
+
+    /// Resolves the OAuth settings of a connection. App settings (client id and secret,
+    /// endpoints, scopes) that the connection does not set itself come from the definition as it
+    /// is now, so a rotated client secret reaches every connection at its next use.
+    pub(crate) async fn oauth_settings(&self, def: &Definition, c: &Connection) -> Result<OAuthSettings> {
+        let own_secrets = self.open_secrets(c).await?;
+        let def_secrets = if def.by_reference("clientSecret") && !own_secrets.contains_key("clientSecret") {
+            self.definition_secrets(def).await?
+        } else {
+            BTreeMap::new()
+        };
+        let provider = def.provider.as_deref().and_then(catalog::provider);
+        let own = |name: &str| c.values.get(name).filter(|v| v.as_str() != Some(""));
+        let inherited = |name: &str| def.by_reference(name).then(|| def.inputs.get(name)?.default.as_ref()).flatten();
+        let value = |name: &str| own(name).or_else(|| inherited(name));
+        let text = |name: &str| value(name).and_then(Value::as_str).filter(|s| !s.is_empty());
+        // A URL a customer could have set (or filled in) is only called at public addresses.
+        let customer_set =
+            |name: &str| own(name).is_some() && def.inputs.get(name).is_some_and(|i| i.visibility.customer_can_set());
+        let mut errors = Vec::new();
+
+        // Placeholders of per-tenant provider URLs, filled from the connection's inputs.
+        let fill = |template: &str, errors: &mut Vec<FieldError>| -> Option<String> {
+            let mut url = template.to_owned();
+            for p in provider.map(|p| p.url_params.as_slice()).unwrap_or_default() {
+                match text(p) {
+                    Some(v) if valid_label(v) => url = url.replace(&format!("{{{p}}}"), v),
+                    _ => {
+                        errors
+                            .push(FieldError::new(format!("values.{p}"), "must be a host label (letters, digits, -)"));
+                        return None;
+                    }
+                }
+            }
+            Some(url)
+        };
+        let endpoint = |name: &str, from_provider: Option<&str>, errors: &mut Vec<FieldError>| -> Option<Endpoint> {
+            let (raw, customer) = match (text(name), from_provider) {
+                (Some(v), _) => (v.to_owned(), customer_set(name)),
+                (None, Some(t)) => (fill(t, errors)?, provider.is_some_and(|p| !p.url_params.is_empty())),
+                (None, None) => return None,
+            };
+            match check_secure_url(&raw) {
+                Ok(url) => {
+                    let reach = if customer && !is_loopback_host(&url) { Reach::PublicOnly } else { Reach::Any };
+                    Some(Endpoint { url, reach })
+                }
+                Err(msg) => {
+                    errors.push(FieldError::new(format!("values.{name}"), msg));
+                    None
+                }
+            }
+        };
+        let authorize = endpoint("authorizeUrl", provider.and_then(|p| p.authorize_url.as_deref()), &mut errors);
+        let token = endpoint("tokenUrl", provider.map(|p| p.token_url.as_str()), &mut errors);
+        let revoke = endpoint("revokeUrl", provider.and_then(|p| p.revoke_url.as_deref()), &mut errors);
+        for (name, found) in [("authorizeUrl", &authorize), ("tokenUrl", &token), ("revokeUrl", &revoke)] {
+            if let Some(e) = found
+                && customer_set(name)
+                && let Err(msg) = check_public_destination(&e.url, self.allow_loopback_providers()).await
+            {
+                errors.push(FieldError::new(format!("values.{name}"), msg));
+            }
+        }
+        if token.is_none() && !errors.iter().any(|e| e.field == "values.tokenUrl") {
+            errors.push(FieldError::new("values.tokenUrl", "is required for OAuth"));
+        }
+        if def.auth == AuthKind::Oauth2AuthorizationCode
+            && authorize.is_none()
+            && !errors.iter().any(|e| e.field == "values.authorizeUrl")
+        {
+            errors.push(FieldError::new("values.authorizeUrl", "is required for OAuth"));
+        }
+        let client_id = text("clientId").map(str::to_owned);
+        if client_id.is_none() {
+            errors.push(FieldError::new("values.clientId", "is required for OAuth"));
+        }
+        let (Some(token), Some(client_id), true) = (token, client_id, errors.is_empty()) else {
+            return Err(ServiceError::Invalid(errors));
+        };
+        let quirks = match provider {
+            Some(p) => def.oauth.over(&p.oauth),
+            None => def.oauth.clone(),
+        };
+        let scopes = text("scopes").map(|s| quirks.split_scopes(s)).unwrap_or_default();
+        let client_secret: Option<SecretString> =
+            own_secrets.get("clientSecret").or_else(|| def_secrets.get("clientSecret")).cloned();
+        Ok(OAuthSettings {
+            authorize_url: authorize.map(|e| e.url),
+            token,
+            revoke,
+            client: ClientAuth { client_id, client_secret, method: ClientAuthMethod::parse(text("clientAuth")) },
+            pkce: value("pkce").and_then(Value::as_bool).unwrap_or(true),
+            scopes,
+            quirks,
+            issuer: text(ISSUER_INPUT).map(str::to_owned),
+            provider,
+        })
+    }
+
+    /// Whether customer-supplied provider URLs may name loopback (local development, tests).
+    pub fn allow_loopback_providers(&self) -> bool {
+        self.allow_loopback.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_allow_loopback_providers(&self, allow: bool) {
+        self.allow_loopback.store(allow, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The OAuth redirect URI, `{LATCHKEY_PUBLIC_URL}/v1/oauth/callback`.
+    pub fn redirect_uri(&self) -> Option<String> {
+        self.public_url.get().map(|u| format!("{}{CALLBACK_PATH}", u.trim_end_matches('/')))
+    }
+
+    /// Sets the public base URL once (at start, when the listening address is known).
+    pub fn set_public_url(&self, url: &str) {
+        let _ = self.public_url.set(url.trim_end_matches('/').to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_labels_are_host_labels() {
+        assert!(valid_label("my-shop") && !valid_label("evil.com/x") && !valid_label("-x"));
+    }
+}
