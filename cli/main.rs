@@ -43,7 +43,7 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
-fn token(
+async fn token(
     secret: &SecretString,
     org: String,
     customer: Option<String>,
@@ -52,15 +52,18 @@ fn token(
 ) -> Result<String, String> {
     let claims = Claims { org, customer, roles, exp: unix_now() + ttl };
     // Refuse what the server would refuse, instead of printing a token that never works.
+    let verifier = Verifier::hs256(secret).map_err(|e| e.to_string())?;
     let signed = sign_hs256(secret, &claims).map_err(|e| format!("signing failed: {e}"))?;
-    Verifier::hs256(secret).verify(&signed).map_err(|p| p.detail)?;
+    verifier.verify(&signed).await.map_err(|p| p.detail)?;
     Ok(signed)
 }
 
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let (secret, generated) = config.jwt_secret_or_generate()?;
+    // HS256 tokens of the local secret, and RS256/ES256 tokens of LATCHKEY_JWT_ISSUER if set.
+    let verifier = config.verifier(Some(&secret))?;
     let app = App::build(&config).await?;
-    let state = app.http_state(Verifier::hs256(&secret));
+    let state = app.http_state(verifier);
     let listener = tokio::net::TcpListener::bind(config.addr).await?;
     let bound = listener.local_addr()?;
     app.service.set_public_url(&config.public_url(bound));
@@ -68,7 +71,7 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     println!("latchkey listening on http://{bound}");
     println!("OAuth redirect URI: {}/v1/oauth/callback", config.public_url(bound));
     if generated {
-        let t = token(&secret, DEV_ORG.to_owned(), None, Vec::new(), 12 * 3600)?;
+        let t = token(&secret, DEV_ORG.to_owned(), None, Vec::new(), 12 * 3600).await?;
         println!("LATCHKEY_JWT_SECRET is not set: using the secret in {}", config.data_dir.display());
         println!("organization token (org \"{DEV_ORG}\", 12 h): {t}");
     }
@@ -149,11 +152,12 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve => serve(config).await,
         Command::Bootstrap => bootstrap(&config).await,
-        Command::Token { org, customer, roles, ttl } => config
-            .jwt_secret_or_generate()
-            .map_err(Into::into)
-            .and_then(|(secret, _)| token(&secret, org, customer, roles, ttl).map_err(Into::into))
-            .map(|t| println!("{t}")),
+        Command::Token { org, customer, roles, ttl } => match config.jwt_secret_or_generate() {
+            Ok((secret, _)) => {
+                token(&secret, org, customer, roles, ttl).await.map(|t| println!("{t}")).map_err(Into::into)
+            }
+            Err(e) => Err(e.into()),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

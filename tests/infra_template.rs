@@ -407,7 +407,7 @@ fn platform(t: &Value, package: &str) -> BTreeSet<String> {
 }
 
 const ORG: &str = "acme";
-const SECRET: &str = "infra-template-test-secret";
+const SECRET: &str = "infra-template-test-secret-of-32-bytes-or-more";
 
 /// One deployed function: its own clients (recording), its own cold caches.
 struct Function {
@@ -436,7 +436,8 @@ fn bearer(customer: Option<&str>, roles: &[&str]) -> String {
 
 /// One request to `surface`'s router of `f`, as API Gateway would pass it on.
 async fn call(f: &Function, surface: Surface, method: &str, uri: &str, body: Option<Value>) -> (u16, Value) {
-    let router = latchkey::http::router_for(surface, f.app.http_state(Verifier::hs256(&SecretString::from(SECRET))));
+    let router =
+        latchkey::http::router_for(surface, f.app.http_state(Verifier::hs256(&SecretString::from(SECRET)).unwrap()));
     let mut req = http::Request::builder().method(method).uri(uri);
     if surface == Surface::ConnectionsApi {
         req = req.header("authorization", format!("Bearer {}", bearer(None, &["admin", "runtime"])));

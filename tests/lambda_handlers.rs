@@ -33,7 +33,7 @@ impl Api {
         let app = App::embedded(dir.path()).unwrap();
         let router = latchkey::http::router_for(
             Surface::ConnectionsApi,
-            app.http_state(Verifier::hs256(&SecretString::from(EVENTS_SECRET))),
+            app.http_state(Verifier::hs256(&SecretString::from(EVENTS_SECRET)).unwrap()),
         );
         Self { router, app, _dir: dir }
     }
@@ -110,7 +110,7 @@ async fn every_http_route_has_a_sample_for_the_function_that_serves_it() {
 
     let dir = tempfile::tempdir().unwrap();
     let app = App::embedded(dir.path()).unwrap();
-    let state = || app.http_state(Verifier::hs256(&SecretString::from(EVENTS_SECRET)));
+    let state = || app.http_state(Verifier::hs256(&SecretString::from(EVENTS_SECRET)).unwrap());
     let status = |router: axum::Router, path: &str| {
         let req = lambda_http::request::from_str(&event(path)).unwrap();
         async move { router.oneshot(req).await.unwrap().status().as_u16() }
@@ -196,20 +196,40 @@ async fn connections_api_serves_the_sample_events() {
     assert!(!page.to_string().contains("sk_test_sample_value"), "reads never return a password value");
 }
 
+/// The claims of API Gateway's JWT authorizer never authenticate on their own: whoever may invoke
+/// the function directly can write them (`forged-authorizer-claims.json`: a victim's org, the
+/// runtime role, no bearer token). A deployment with nothing to verify tokens with refuses
+/// everything; one with a verifier accepts the authorizer sample for its bearer token.
 #[tokio::test]
-async fn connections_api_trusts_api_gateway_authorizer_claims_when_no_secret_is_set() {
+async fn connections_api_never_trusts_authorizer_claims_alone() {
     let dir = tempfile::tempdir().unwrap();
     let app = App::embedded(dir.path()).unwrap();
-    let deployed = latchkey::http::router_for(Surface::ConnectionsApi, app.http_state(Verifier::ApiGatewayClaims));
-    let send = |name: &str| {
-        let router = deployed.clone();
+    let send = |router: &axum::Router, name: &str| {
+        let router = router.clone();
         let req = lambda_http::request::from_str(&event(name)).expect("a valid API Gateway event");
         async move { router.oneshot(req).await.unwrap().status().as_u16() }
     };
-    assert_eq!(send("connections-api/list-connections-jwt-authorizer.json").await, 200);
-    // No authorizer claims: refused, and a bearer token alone is not trusted in this mode.
-    assert_eq!(send("connections-api/unauthenticated.json").await, 401);
-    assert_eq!(send("connections-api/list-connections.json").await, 401);
+    // What `connections-api` builds from a configuration with no issuer and no secret.
+    let config = latchkey::config::Config::from_vars(latchkey::config::Backend::Aws, |_| None).unwrap();
+    let unconfigured = latchkey::lambda::http_router(&app, &config, Surface::ConnectionsApi).unwrap();
+    for name in [
+        "connections-api/forged-authorizer-claims.json",
+        "connections-api/list-connections-jwt-authorizer.json",
+        "connections-api/list-connections.json",
+        "connections-api/unauthenticated.json",
+    ] {
+        assert_eq!(send(&unconfigured, name).await, 401, "{name}");
+    }
+    assert_eq!(send(&unconfigured, "connections-api/healthz.json").await, 200);
+
+    let api = Api::new();
+    assert_eq!(send(&api.router, "connections-api/forged-authorizer-claims.json").await, 401);
+    assert_eq!(send(&api.router, "connections-api/list-connections-jwt-authorizer.json").await, 200);
+    // The same bearer token with claims of another organization: refused.
+    let other = event("connections-api/list-connections-jwt-authorizer.json")
+        .replace("\"org\": \"acme\"", "\"org\": \"umbrella\"");
+    let req = lambda_http::request::from_str(&other).unwrap();
+    assert_eq!(api.router.clone().oneshot(req).await.unwrap().status().as_u16(), 401);
 }
 
 #[tokio::test]
@@ -217,7 +237,7 @@ async fn oauth_callback_refuses_a_state_it_never_issued() {
     // The samples' state was never issued by this deployment: a 400 page, nothing cached.
     let dir = tempfile::tempdir().unwrap();
     let app = App::embedded(dir.path()).unwrap();
-    let deployed = latchkey::http::router_for(Surface::OauthCallback, app.http_state(Verifier::ApiGatewayClaims));
+    let deployed = latchkey::http::router_for(Surface::OauthCallback, app.http_state(Verifier::refuse_all()));
     for name in ["oauth-callback/callback.json", "oauth-callback/denied.json"] {
         let req = lambda_http::request::from_str(&event(name)).expect("a valid API Gateway event");
         let res = deployed.clone().oneshot(req).await.unwrap();
@@ -238,7 +258,7 @@ async fn token_refresh_sweeps_on_the_scheduled_event() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let summary = latchkey::lambda::handle_refresh(&api.app.service, deadline).await.unwrap();
     // Nothing is due on a fresh backend: a real, empty sweep.
-    assert_eq!(summary, json!({"due": 0, "refreshed": 0, "failed": 0, "skipped": 0, "revocations": 0}));
+    assert_eq!(summary, json!({"due": 0, "refreshed": 0, "failed": 0, "skipped": 0, "dropped": 0, "revocations": 0}));
 }
 
 #[tokio::test]

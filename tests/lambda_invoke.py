@@ -154,6 +154,9 @@ def run(port, verify_stored):
     verify_stored(cid)
     check("connections-api GET connection",
           http(port, "connections-api", "connections-api/get-connection.json", cid)[0], 200)
+    # Hand-written authorizer claims of the runtime role, no bearer token: never trusted.
+    check("connections-api refuses forged authorizer claims",
+          http(port, "connections-api", "connections-api/forged-authorizer-claims.json", cid)[0], 401)
     # The oauth-callback binary mounts the callback only.
     check("oauth-callback refuses a connections route",
           http(port, "oauth-callback", "connections-api/list-connections.json")[0], 404)

@@ -287,20 +287,27 @@ async fn customer_supplied_provider_urls_may_not_reach_private_networks() {
     let def = json!({"auth": "oauth2_authorization_code", "inputs": {
         "authorizeUrl": {"type": "url", "visibility": "customer", "default": "https://auth.example.com/authorize"},
         "tokenUrl": {"type": "url", "visibility": "customer", "default": "https://auth.example.com/token"},
+        "revokeUrl": {"type": "url", "visibility": "customer"},
         "clientId": {"type": "string", "default": "cid"}}});
     app.put_definition(&org, "byo", &def).await.assert_status(StatusCode::CREATED);
     let customer = app.token(ORG, Some("c-1"), &[]).await;
+    // Literal private addresses of endpoints Latchkey calls are refused as soon as they are set;
+    // the authorize URL is only ever opened by the user's browser.
     let body = json!({"definition": "byo", "values": {"tokenUrl": "https://10.1.2.3/token",
+        "revokeUrl": "https://[::ffff:169.254.169.254]/revoke",
         "authorizeUrl": "https://169.254.169.254/authorize"}});
     let created = app.create_connection(&customer, &body).await;
+    created.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
+    let mut fields = created.error_fields();
+    fields.sort();
+    assert_eq!(fields, ["values.revokeUrl", "values.tokenUrl"]);
+    let created = app.create_connection(&customer, &json!({"definition": "byo"})).await;
     created.assert_status(StatusCode::CREATED);
     let id = created.body["id"].as_str().unwrap();
-    let reply =
-        app.request(reqwest::Method::POST, &format!("/v1/connections/{id}/authorize"), Some(&customer), None).await;
-    reply.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
-    let mut fields = reply.error_fields();
-    fields.sort();
-    assert_eq!(fields, ["values.authorizeUrl", "values.tokenUrl"]);
+    let patch =
+        app.patch_connection(&customer, id, &json!({"values": {"tokenUrl": "https://192.168.0.1/token"}}), None).await;
+    patch.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(patch.error_fields(), ["values.tokenUrl"]);
 }
 
 #[tokio::test]

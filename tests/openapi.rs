@@ -119,7 +119,8 @@ fn every_ref_resolves_to_a_component() {
 async fn the_router_serves_exactly_the_documented_operations() {
     let dir = tempfile::tempdir().expect("temp dir");
     let app = App::embedded(dir.path()).expect("embedded backend");
-    let verifier = Verifier::hs256(&SecretString::from("openapi-test-secret".to_owned()));
+    let verifier = Verifier::hs256(&SecretString::from("openapi-test-secret-of-at-least-32-bytes".to_owned()))
+        .expect("a secret of 32 bytes or more");
     let api = router(app.http_state(verifier));
     let doc = document();
     let routes = routes();

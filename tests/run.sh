@@ -17,6 +17,13 @@ npm ci --prefix tests/oauth --no-audit --no-fund --loglevel=error
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
+echo "==> cargo deny (advisories from the snapshot in ../shared, licenses, bans, sources)"
+if [ ! -x .tools/bin/cargo-deny ]; then
+  cargo install --locked --root .tools cargo-deny --version 0.20.2
+fi
+bash ../shared/tools/advisory-db.sh .tools/advisory-db > /dev/null
+.tools/bin/cargo-deny --offline check
+
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

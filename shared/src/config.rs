@@ -13,7 +13,7 @@ use crate::adapters::aws::{DynamoStore, EventBridgeSink, KmsKeyProvider};
 use crate::adapters::{LocalKeyProvider, LogEventSink, SqliteStore};
 use crate::crypto::Envelope;
 use crate::http::AppState;
-use crate::http::auth::Verifier;
+use crate::http::auth::{JwtIssuer, MIN_HS256_SECRET_BYTES, Verifier};
 use crate::ports::{Clock, EventSink, KeyProvider, Store, SystemClock};
 use crate::service::Service;
 
@@ -27,6 +27,17 @@ pub enum ConfigError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("the embedded store cannot be opened: {0}")]
     Store(#[from] crate::ports::StoreError),
+}
+
+/// How the `token-lookup` function authorizes a payload (`LATCHKEY_LOOKUP_AUTH`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupAuth {
+    /// `iam` (default): whoever may invoke the function (IAM `lambda:InvokeFunction`) may look
+    /// up any organization's connections; a payload's `token` is ignored.
+    Iam,
+    /// `token`: every payload carries a runtime JWT (`"token"`), verified like HTTP bearer
+    /// tokens; its `org` must be the payload's and its `customer`, if any, restricts the lookup.
+    Token,
 }
 
 /// Which adapters back the service.
@@ -45,7 +56,16 @@ pub struct Config {
     pub addr: SocketAddr,
     pub public_url: Option<String>,
     pub data_dir: PathBuf,
+    /// `LATCHKEY_JWT_SECRET`: the HS256 secret, at least [`MIN_HS256_SECRET_BYTES`] bytes.
     pub jwt_secret: Option<SecretString>,
+    /// `LATCHKEY_JWT_ISSUER`: the issuer (`iss`) of RS256/ES256 tokens, whose keys come from
+    /// `<issuer>/.well-known/openid-configuration` (https, or http on loopback).
+    pub jwt_issuer: Option<String>,
+    /// `LATCHKEY_JWT_AUDIENCE`: the accepted `aud` values, comma-separated; required with
+    /// `LATCHKEY_JWT_ISSUER`.
+    pub jwt_audience: Vec<String>,
+    /// `LATCHKEY_LOOKUP_AUTH` (`iam` by default, or `token`).
+    pub lookup_auth: LookupAuth,
     pub refresh_interval: Duration,
     /// `LATCHKEY_REFRESH_LOOKAHEAD_SECS` (default 600).
     pub refresh_lookahead: Duration,
@@ -65,8 +85,8 @@ pub const JWT_SECRET_FILE: &str = "jwt.secret";
 /// The organization of the token `latchkey serve` prints when it generated the secret.
 pub const DEV_ORG: &str = "local";
 
-fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
 }
 
 impl Config {
@@ -79,6 +99,13 @@ impl Config {
     /// The configuration with `default` as the backend when `LATCHKEY_BACKEND` is unset (the
     /// Lambda functions default to `aws`).
     pub fn from_env_or(default: Backend) -> Result<Self, ConfigError> {
+        Self::from_vars(default, env_var)
+    }
+
+    /// The configuration from `vars` (a variable's value by name, `None` when unset) rather
+    /// than the process environment; empty values count as unset.
+    pub fn from_vars(default: Backend, vars: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let var = |name: &str| vars(name).filter(|v| !v.trim().is_empty());
         let backend = match var("LATCHKEY_BACKEND").as_deref() {
             None => default,
             Some("embedded") => Backend::Embedded,
@@ -131,19 +158,84 @@ impl Config {
                 });
             }
         };
+        let jwt_secret = match var("LATCHKEY_JWT_SECRET") {
+            Some(s) if s.len() < MIN_HS256_SECRET_BYTES => {
+                return Err(ConfigError::Invalid {
+                    name: "LATCHKEY_JWT_SECRET",
+                    why: format!(
+                        "an HS256 secret needs at least {MIN_HS256_SECRET_BYTES} bytes (256 bits), this one has {}; \
+                         generate one with `openssl rand -hex 32`",
+                        s.len()
+                    ),
+                });
+            }
+            s => s.map(SecretString::from),
+        };
+        let jwt_issuer = var("LATCHKEY_JWT_ISSUER").map(|s| s.trim().to_owned());
+        let jwt_audience: Vec<String> = var("LATCHKEY_JWT_AUDIENCE")
+            .map(|a| a.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default();
+        match (&jwt_issuer, jwt_audience.is_empty()) {
+            (Some(issuer), _) => {
+                JwtIssuer::check(issuer, &jwt_audience)
+                    .map_err(|e| ConfigError::Invalid { name: "LATCHKEY_JWT_ISSUER", why: e.to_string() })?;
+            }
+            (None, false) => {
+                return Err(ConfigError::Invalid {
+                    name: "LATCHKEY_JWT_AUDIENCE",
+                    why: "is set without LATCHKEY_JWT_ISSUER".into(),
+                });
+            }
+            (None, true) => {}
+        }
+        let lookup_auth = match var("LATCHKEY_LOOKUP_AUTH").as_deref() {
+            None | Some("iam") => LookupAuth::Iam,
+            Some("token") => LookupAuth::Token,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "LATCHKEY_LOOKUP_AUTH",
+                    why: format!("{other:?} is not one of iam, token"),
+                });
+            }
+        };
         Ok(Self {
             backend,
+            jwt_issuer,
+            jwt_audience,
+            lookup_auth,
             refresh_lookahead,
             allow_loopback_providers,
             addr,
             public_url,
             data_dir: var("LATCHKEY_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("./.latchkey")),
-            jwt_secret: var("LATCHKEY_JWT_SECRET").map(SecretString::from),
+            jwt_secret,
             refresh_interval,
             table: var("LATCHKEY_TABLE"),
             kms_key_id: var("LATCHKEY_KMS_KEY_ID"),
             event_bus: var("LATCHKEY_EVENT_BUS").unwrap_or_else(|| "default".to_owned()),
         })
+    }
+
+    /// The bearer-token verifier: RS256/ES256 tokens of `LATCHKEY_JWT_ISSUER` if set, and HS256
+    /// tokens signed with `hs256_secret` if given (`LATCHKEY_JWT_SECRET`, or the secret
+    /// `latchkey serve` generated). With neither it refuses every token. Fetches nothing yet.
+    ///
+    /// # Errors
+    /// An HS256 secret shorter than [`MIN_HS256_SECRET_BYTES`], an invalid issuer or no
+    /// audience.
+    pub fn verifier(&self, hs256_secret: Option<&SecretString>) -> Result<Verifier, ConfigError> {
+        let mut verifier = Verifier::refuse_all();
+        if let Some(issuer) = &self.jwt_issuer {
+            let issuer = JwtIssuer::new(issuer, self.jwt_audience.clone())
+                .map_err(|e| ConfigError::Invalid { name: "LATCHKEY_JWT_ISSUER", why: e.to_string() })?;
+            verifier = verifier.with_issuer(issuer);
+        }
+        if let Some(secret) = hs256_secret {
+            verifier = verifier
+                .with_hs256(secret)
+                .map_err(|e| ConfigError::Invalid { name: "LATCHKEY_JWT_SECRET", why: e.to_string() })?;
+        }
+        Ok(verifier)
     }
 
     /// `LATCHKEY_TABLE`, required by the aws backend and `latchkey bootstrap`.
@@ -156,13 +248,16 @@ impl Config {
         self.public_url.clone().unwrap_or_else(|| format!("http://{bound}"))
     }
 
-    /// Creates the data directory (mode 0700) if needed.
+    /// Creates the data directory if needed and sets its mode to 0700.
     pub fn ensure_data_dir(&self) -> Result<&Path, ConfigError> {
         let dir = &self.data_dir;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
+            .map_err(|source| ConfigError::DataDir { path: dir.clone(), source })?;
+        // Whatever the umask, and for a directory that existed already: only this user.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|source| ConfigError::DataDir { path: dir.clone(), source })?;
         Ok(dir)
     }
@@ -285,5 +380,43 @@ impl App {
     /// The HTTP state with `verifier`.
     pub fn http_state(&self, verifier: Verifier) -> AppState {
         AppState { service: self.service.clone(), verifier: Arc::new(verifier) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_vars(Backend::Aws, |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned()))
+    }
+
+    fn refused(vars: &[(&str, &str)]) -> String {
+        match config(vars) {
+            Ok(_) => panic!("{vars:?} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn bearer_token_settings_are_checked_at_start() {
+        let why = refused(&[("LATCHKEY_JWT_SECRET", "0123456789abcdef0123456789abcde")]);
+        assert!(why.contains("LATCHKEY_JWT_SECRET") && why.contains("at least 32 bytes"), "{why}");
+        assert!(!why.contains("0123456789abcdef"), "the secret is not quoted: {why}");
+        assert!(config(&[("LATCHKEY_JWT_SECRET", "0123456789abcdef0123456789abcdef")]).is_ok());
+
+        assert!(refused(&[("LATCHKEY_JWT_ISSUER", "https://idp.example.com/")]).contains("audience"));
+        assert!(refused(&[("LATCHKEY_JWT_AUDIENCE", "api")]).contains("LATCHKEY_JWT_ISSUER"));
+        let plain = [("LATCHKEY_JWT_ISSUER", "http://idp.example.com"), ("LATCHKEY_JWT_AUDIENCE", "api")];
+        assert!(refused(&plain).contains("LATCHKEY_JWT_ISSUER"));
+        let ok = config(&[("LATCHKEY_JWT_ISSUER", "https://idp.example.com/"), ("LATCHKEY_JWT_AUDIENCE", "a, b,")]);
+        let ok = ok.unwrap();
+        assert_eq!(ok.jwt_audience, ["a", "b"]);
+        assert!(ok.verifier(None).unwrap().accepts_any());
+        assert!(!config(&[]).unwrap().verifier(None).unwrap().accepts_any(), "nothing configured: refuse all");
+
+        assert_eq!(config(&[]).unwrap().lookup_auth, LookupAuth::Iam);
+        assert_eq!(config(&[("LATCHKEY_LOOKUP_AUTH", "token")]).unwrap().lookup_auth, LookupAuth::Token);
+        assert!(refused(&[("LATCHKEY_LOOKUP_AUTH", "none")]).contains("LATCHKEY_LOOKUP_AUTH"));
     }
 }

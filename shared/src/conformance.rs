@@ -75,7 +75,7 @@ pub mod store {
     use std::sync::Arc;
 
     use super::*;
-    use crate::ports::{ConnectionFilter, Expect, Store, StoreError};
+    use crate::ports::{ConnectionFilter, DueEntry, Expect, Store, StoreError};
 
     pub async fn definitions_round_trip_with_conditional_puts(store: Arc<dyn Store>) {
         let org = fresh_org();
@@ -232,14 +232,14 @@ pub mod store {
                 for shard in 0..store.due_shards() {
                     found.extend(
                         store
-                            .due_connections(shard, until, 10_000)
+                            .due_connections(shard, until, None, 10_000)
                             .await
                             .unwrap()
                             .into_iter()
-                            .filter(|(o, _)| *o == org),
+                            .filter(|e| e.org == org),
                     );
                 }
-                found.into_iter().map(|(_, id)| id).collect::<Vec<_>>()
+                found.into_iter().map(|e| e.id).collect::<Vec<_>>()
             }
         };
         assert_eq!(find(t0).await, vec![due.id.clone()]);
@@ -254,6 +254,109 @@ pub mod store {
         done.version = 2;
         store.update_connection(&done, 1).await.unwrap();
         assert!(find(t0).await.is_empty());
+    }
+
+    /// Every entry of one organization in the due index, shard by shard, paging with the cursor
+    /// `page` entries at a time; asserts index order and that no entry comes twice.
+    async fn all_due(store: &Arc<dyn Store>, org: &OrgId, until: OffsetDateTime, page: usize) -> Vec<DueEntry> {
+        let mut all = Vec::new();
+        for shard in 0..store.due_shards() {
+            let mut after: Option<DueEntry> = None;
+            let mut shard_entries: Vec<DueEntry> = Vec::new();
+            loop {
+                let got = store.due_connections(shard, until, after.as_ref(), page).await.unwrap();
+                assert!(got.len() <= page, "a page holds at most {page} entries");
+                let full = got.len() == page;
+                after = got.last().cloned();
+                shard_entries.extend(got);
+                if !full {
+                    break;
+                }
+            }
+            let keys: Vec<_> = shard_entries.iter().map(|e| (e.due, e.org.to_string(), e.id.to_string())).collect();
+            assert!(keys.windows(2).all(|w| w[0] < w[1]), "strictly in index order, each entry once");
+            all.extend(shard_entries.into_iter().filter(|e| e.org == *org));
+        }
+        all
+    }
+
+    /// The issue of a sweep starved by entries it cannot refresh, at the store: entries due
+    /// before a healthy one fill whole pages, and the cursor pages past them all, never reading
+    /// one twice; clearing their due time (what turning red does) takes each out of the index,
+    /// and a changed due time moves an entry instead of leaving a stale copy behind. (The sweep
+    /// over 1,000 such entries runs on both backends in `tests/sweep_starvation.rs`; here 250
+    /// keep the emulator's slow transactions short.)
+    pub async fn the_due_index_pages_past_stuck_entries_and_forgets_cleared_ones(store: Arc<dyn Store>) {
+        use futures_util::StreamExt;
+
+        const STUCK: usize = 250;
+        let org = fresh_org();
+        let def = definition(&org, "acme");
+        store.put_definition(&def, Expect::Absent).await.unwrap();
+        let t0 = now();
+        let stuck: Vec<Connection> = (0..STUCK)
+            .map(|i| {
+                let mut c = connection(&def, "c-1");
+                c.status = Status::Error;
+                c.refresh.due_at = Some(t0 - time::Duration::seconds(3_600 - (i % 100) as i64));
+                c
+            })
+            .collect();
+        let mut healthy = connection(&def, "c-2");
+        healthy.refresh.due_at = Some(t0 - time::Duration::seconds(5));
+        // One at a time: the emulator's transactions (an insert is one) are not thread-safe.
+        for c in stuck.iter().chain([&healthy]) {
+            store.insert_connection(c).await.unwrap();
+        }
+
+        // In its shard the healthy entry is due last: a first page that holds every stuck entry
+        // of the shard does not reach it, the next page does.
+        for shard in 0..store.due_shards() {
+            let whole = store.due_connections(shard, t0, None, 10_000).await.unwrap();
+            let Some(at) = whole.iter().position(|e| e.id == healthy.id) else { continue };
+            assert_eq!(at + 1, whole.len(), "the healthy entry is due last in its shard");
+            assert!(at > 0, "stuck entries share its shard");
+            let first = store.due_connections(shard, t0, None, at).await.unwrap();
+            assert!(first.iter().all(|e| e.id != healthy.id), "a full page of stuck entries");
+            let next = store.due_connections(shard, t0, first.last(), at).await.unwrap();
+            assert_eq!(next.iter().map(|e| &e.id).collect::<Vec<_>>(), vec![&healthy.id], "the next page");
+        }
+        let all = all_due(&store, &org, t0, 7).await;
+        assert_eq!(all.len(), STUCK + 1);
+        assert!(all.iter().any(|e| e.id == healthy.id), "paging reaches the healthy entry");
+        assert_eq!(all_due(&store, &org, t0, 100).await.len(), STUCK + 1, "the same with pages of 100");
+        assert_eq!(all_due(&store, &org, t0, 1_000).await.len(), STUCK + 1, "the same in one page");
+        assert!(all_due(&store, &org, t0 - time::Duration::hours(2), 1_000).await.is_empty(), "nothing due yet");
+
+        // Turning them red clears the due time: an ordinary update takes each one out.
+        let cleared: Vec<_> = futures_util::stream::iter(stuck.iter())
+            .map(|c| {
+                let store = store.clone();
+                let mut red = c.clone();
+                red.refresh.due_at = None;
+                red.version = c.version + 1;
+                async move { store.update_connection(&red, c.version).await }
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let failed: Vec<_> = cleared.iter().filter_map(|r| r.as_ref().err()).map(|e| format!("{e:?}")).collect();
+        assert!(failed.is_empty(), "every update succeeds: {} failed, e.g. {:?}", failed.len(), failed.first());
+        let left: Vec<_> = all_due(&store, &org, t0, 1_000).await.into_iter().map(|e| e.id).collect();
+        assert_eq!(left, vec![healthy.id.clone()], "only the healthy entry is left");
+
+        // A new due time moves the entry: no stale copy stays at the old time.
+        let mut later = healthy.clone();
+        later.refresh.due_at = Some(t0 + time::Duration::minutes(10));
+        later.version = healthy.version + 1;
+        store.update_connection(&later, healthy.version).await.unwrap();
+        assert!(all_due(&store, &org, t0, 1_000).await.is_empty(), "not due at the old time any more");
+        let moved = all_due(&store, &org, t0 + time::Duration::hours(1), 1_000).await;
+        assert_eq!(moved.iter().map(|e| &e.id).collect::<Vec<_>>(), vec![&healthy.id]);
+        assert_eq!(moved[0].due, (t0 + time::Duration::minutes(10)).unix_timestamp());
+        // A deleted connection leaves the index with it.
+        assert!(store.delete_connection(&org, &healthy.id).await.unwrap());
+        assert!(all_due(&store, &org, t0 + time::Duration::hours(1), 1_000).await.is_empty());
     }
 
     pub async fn revocation_jobs_are_claimed_once_and_deleted(store: Arc<dyn Store>) {
@@ -428,6 +531,7 @@ macro_rules! store_conformance_tests {
             logs_are_newest_first_and_go_with_the_connection,
             oauth_states_are_single_use_and_expire,
             the_due_index_finds_what_is_due_and_nothing_else,
+            the_due_index_pages_past_stuck_entries_and_forgets_cleared_ones,
             revocation_jobs_are_claimed_once_and_deleted,
         );
     };

@@ -25,6 +25,10 @@ pub enum CryptoError {
     Decrypt,
     #[error("the key provider failed")]
     Provider(#[source] BackendError),
+    /// The key provider did not answer in time, could not be reached, or throttled past the
+    /// retries: the same request may succeed shortly.
+    #[error("the key provider is unavailable")]
+    Unavailable(#[source] BackendError),
     /// Opened fine, but not the JSON shape that was sealed (a bug or a foreign record).
     #[error("the opened secret is not in the expected form")]
     Format,

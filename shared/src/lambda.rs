@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
+use secrecy::ExposeSecret;
 use serde_json::Value;
 
-use crate::config::{App, Config};
+use crate::config::{App, Config, ConfigError, LookupAuth};
 use crate::domain::OrgId;
 use crate::http::Surface;
 use crate::http::auth::Verifier;
@@ -14,16 +15,31 @@ use crate::service::{LookupRequest, Service};
 
 pub type Error = lambda_runtime::Error;
 
+/// The verifier of the deployed functions: RS256/ES256 tokens of `LATCHKEY_JWT_ISSUER` (what the
+/// template configures, the issuer API Gateway's JWT authorizer also checks), HS256 tokens when
+/// `LATCHKEY_JWT_SECRET` is set (as under `cargo lambda watch`). With neither it refuses every
+/// token (and says so at start): the claims of API Gateway's authorizer are never trusted on
+/// their own, since whoever may invoke the function directly can write them.
+pub fn function_verifier(config: &Config) -> Result<Verifier, ConfigError> {
+    let verifier = config.verifier(config.jwt_secret.as_ref())?;
+    if !verifier.accepts_any() {
+        tracing::warn!(
+            "neither LATCHKEY_JWT_ISSUER nor LATCHKEY_JWT_SECRET is set: every authenticated request is refused (401)"
+        );
+    }
+    Ok(verifier)
+}
+
+/// The router of an HTTP function: the routes of `surface`, callers verified by
+/// [`function_verifier`].
+pub fn http_router(app: &App, config: &Config, surface: Surface) -> Result<axum::Router, ConfigError> {
+    Ok(crate::http::router_for(surface, app.http_state(function_verifier(config)?)))
+}
+
 /// The HTTP functions (`connections-api`, `oauth-callback`): the routes of `surface` behind API
-/// Gateway (HTTP API, payload 2.0). Callers are authenticated by HS256 bearer tokens when
-/// `LATCHKEY_JWT_SECRET` is set (as under `cargo lambda watch`), otherwise by the claims of API
-/// Gateway's JWT authorizer.
+/// Gateway (HTTP API, payload 2.0), every bearer token verified by the function itself.
 pub async fn serve_http(app: App, config: &Config, surface: Surface) -> Result<(), Error> {
-    let verifier = match &config.jwt_secret {
-        Some(secret) => Verifier::hs256(secret),
-        None => Verifier::ApiGatewayClaims,
-    };
-    let router = crate::http::router_for(surface, app.http_state(verifier));
+    let router = http_router(&app, config, surface)?;
     lambda_http::run(router).await
 }
 
@@ -42,22 +58,62 @@ fn invalid(message: &str) -> Diagnostic {
     Diagnostic { error_type: "InvalidRequest".to_owned(), error_message: message.to_owned() }
 }
 
-/// The `token-lookup` function's handler: `{"org", "connection_id", "min_valid_seconds"}`, or
-/// `{"action": "report_error", "org", "connection_id", "message"}`. Failures are `Diagnostic`s
-/// whose `errorType` callers branch on: `ConnectionNotFound`, `ConnectionPending`,
-/// `ConnectionDisconnected`, `ConnectionError`, `TokenExpired`, `InvalidRequest`, `InternalError`.
+/// The `token-lookup` function's handler as `LATCHKEY_LOOKUP_AUTH=iam` runs it (the caller's IAM
+/// permission to invoke is the authorization): see [`handle_lookup_with`].
 pub async fn handle_lookup(service: &Service, payload: Value) -> Result<Value, Diagnostic> {
+    handle_lookup_with(service, None, payload).await
+}
+
+/// The `token-lookup` function's handler: `{"org", "connection_id", "min_valid_seconds",
+/// "token"?}`, or `{"action": "report_error", "org", "connection_id", "message", "token"?}`.
+///
+/// With `verifier` (`LATCHKEY_LOOKUP_AUTH=token`) `token` is required: a JWT verified exactly
+/// like an HTTP bearer token, with the `runtime` role, whose `org` must be the payload's (which
+/// may then be left out) and whose `customer`, if any, restricts the lookup to that customer's
+/// connections. Without (`iam`) a `token` is ignored.
+///
+/// Failures are `Diagnostic`s whose `errorType` callers branch on: `ConnectionNotFound`,
+/// `ConnectionPending`, `ConnectionDisconnected`, `ConnectionError`, `TokenExpired`,
+/// `ProviderError`, `Unavailable` (DynamoDB, KMS or the token issuer did not answer in time:
+/// retry), `InvalidRequest`, `InternalError`; in token mode also `Unauthorized` (no token, or
+/// one that is invalid or expired) and `Forbidden` (no `runtime` role, or another
+/// organization's token).
+pub async fn handle_lookup_with(
+    service: &Service,
+    verifier: Option<&Verifier>,
+    payload: Value,
+) -> Result<Value, Diagnostic> {
     // serde's message could quote a value of the payload: keep it out of the error.
     let req: LookupRequest = serde_json::from_value(payload).map_err(|_| {
         invalid(
-            "expected {org, connection_id, min_valid_seconds?} or {action: report_error, org, connection_id, message}",
+            "expected {org, connection_id, min_valid_seconds?, token?} or \
+             {action: report_error, org, connection_id, message, token?}",
         )
     })?;
-    let org = req.org.as_deref().ok_or_else(|| invalid("org is required"))?;
-    let org = OrgId::parse(org).map_err(|_| invalid("org is not a valid organization id"))?;
+    let (org, customer) = match verifier {
+        None => {
+            let org = req.org.as_deref().ok_or_else(|| invalid("org is required"))?;
+            (OrgId::parse(org).map_err(|_| invalid("org is not a valid organization id"))?, None)
+        }
+        Some(verifier) => {
+            let token = req.token.as_ref().ok_or_else(|| {
+                diagnostic(Problem::unauthorized(
+                    "a runtime token is required (\"token\": a JWT with the runtime role)",
+                ))
+            })?;
+            let principal = verifier.verify(token.expose_secret()).await.map_err(diagnostic)?;
+            if !principal.is_runtime() {
+                return Err(diagnostic(Problem::forbidden("token lookup needs the runtime role")));
+            }
+            if req.org.as_deref().is_some_and(|o| o != principal.org.as_str()) {
+                return Err(diagnostic(Problem::forbidden("the token is another organization's")));
+            }
+            (principal.org, principal.customer)
+        }
+    };
     let result = match req.action.as_deref() {
-        None | Some("lookup") => service.lookup(&org, None, &req).await.map(serde_json::to_value),
-        Some("report_error") => service.report_error(&org, None, &req).await.map(serde_json::to_value),
+        None | Some("lookup") => service.lookup(&org, customer.as_ref(), &req).await.map(serde_json::to_value),
+        Some("report_error") => service.report_error(&org, customer.as_ref(), &req).await.map(serde_json::to_value),
         Some(_) => return Err(invalid("action must be lookup or report_error")),
     };
     match result {
@@ -129,12 +185,37 @@ pub async fn serve_revoke(app: App) -> Result<(), Error> {
     .await
 }
 
-/// The `token-lookup` function: invoked directly (`lambda:InvokeFunction`, IAM-authorized).
-pub async fn serve_lookup(app: App) -> Result<(), Error> {
+/// The verifier of the `token-lookup` function: `None` for `LATCHKEY_LOOKUP_AUTH=iam`; for
+/// `token`, [`function_verifier`]'s, which must accept something.
+///
+/// # Errors
+/// `token` mode with neither `LATCHKEY_JWT_ISSUER` nor `LATCHKEY_JWT_SECRET` set, or their
+/// errors.
+pub fn lookup_verifier(config: &Config) -> Result<Option<Verifier>, ConfigError> {
+    match config.lookup_auth {
+        LookupAuth::Iam => Ok(None),
+        LookupAuth::Token => {
+            let verifier = config.verifier(config.jwt_secret.as_ref())?;
+            if !verifier.accepts_any() {
+                return Err(ConfigError::Invalid {
+                    name: "LATCHKEY_LOOKUP_AUTH",
+                    why: "token needs LATCHKEY_JWT_ISSUER (with LATCHKEY_JWT_AUDIENCE) or LATCHKEY_JWT_SECRET".into(),
+                });
+            }
+            Ok(Some(verifier))
+        }
+    }
+}
+
+/// The `token-lookup` function: invoked directly (`lambda:InvokeFunction`, IAM-authorized), and
+/// with `LATCHKEY_LOOKUP_AUTH=token` each payload authorized by its runtime token too.
+pub async fn serve_lookup(app: App, config: &Config) -> Result<(), Error> {
     let service: Arc<Service> = app.service;
+    let verifier = lookup_verifier(config)?.map(Arc::new);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let service = service.clone();
-        async move { handle_lookup(&service, event.payload).await }
+        let verifier = verifier.clone();
+        async move { handle_lookup_with(&service, verifier.as_deref(), event.payload).await }
     }))
     .await
 }

@@ -26,8 +26,20 @@ pub enum StoreError {
     /// A connection names a definition that does not exist (any more).
     #[error("the definition does not exist")]
     DefinitionMissing,
+    /// The store did not answer in time, could not be reached, or throttled past the retries:
+    /// nothing is known to have failed for good, and the same request may succeed shortly
+    /// (HTTP 503 with `Retry-After`, Lambda `errorType` `Unavailable`).
+    #[error("the store is unavailable")]
+    Unavailable(#[source] BackendError),
     #[error("the store failed")]
     Backend(#[source] BackendError),
+}
+
+impl StoreError {
+    /// Whether this is [`StoreError::Unavailable`]: retrying later may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
 }
 
 /// The condition of a write.
@@ -52,6 +64,16 @@ pub struct ConnectionFilter {
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next: Option<ConnectionId>,
+}
+
+/// One entry of the refresh-due index: a connection and the due time the index holds for it
+/// (whole seconds). Also the cursor of [`Store::due_connections`]: the next page starts after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueEntry {
+    pub org: OrgId,
+    pub id: ConnectionId,
+    /// `refresh.due_at` as the index orders it: Unix seconds.
+    pub due: i64,
 }
 
 /// Durable state. Every write that can race is conditional.
@@ -87,13 +109,20 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Connections of every organization whose `refresh.due_at` is at or before `until`, from
-    /// one shard of the due index, earliest first: a key query, never a scan.
+    /// one shard of the due index, in index order (due time, then organization, then id),
+    /// strictly after `after` when given: a key query, never a scan. Passing the last entry of a
+    /// page as `after` reads the next page, so a sweep can move past entries it had to leave in
+    /// the index (a refresh lease held elsewhere) instead of meeting them again.
+    ///
+    /// The index holds exactly the connections whose `refresh.due_at` is set: every write
+    /// derives it from the record (a write that clears `due_at` takes the connection out).
     async fn due_connections(
         &self,
         shard: u32,
         until: OffsetDateTime,
+        after: Option<&DueEntry>,
         limit: usize,
-    ) -> Result<Vec<(OrgId, ConnectionId)>, StoreError>;
+    ) -> Result<Vec<DueEntry>, StoreError>;
 
     /// Stores a revocation job; `Conflict` if its id exists.
     async fn put_revocation(&self, job: &RevocationJob) -> Result<(), StoreError>;

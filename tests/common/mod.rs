@@ -12,7 +12,7 @@
 #![allow(dead_code)]
 
 #[path = "../support/moto.rs"]
-mod moto;
+pub mod moto;
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -70,8 +70,17 @@ impl Backend {
     /// for aws a new table (made by `latchkey bootstrap`, or in-process by the library's
     /// bootstrap) and a new KMS key.
     pub async fn fresh() -> Self {
+        Self::fresh_of(aws_backend()).await
+    }
+
+    /// A fresh aws backend, whatever `LATCHKEY_TEST_BACKEND` says.
+    pub async fn fresh_aws() -> Self {
+        Self::fresh_of(true).await
+    }
+
+    async fn fresh_of(aws: bool) -> Self {
         let dir = Arc::new(tempfile::tempdir().expect("create a temp dir"));
-        if !aws_backend() {
+        if !aws {
             return Self { dir, aws: None };
         }
         // Starting moto blocks for about a second, the first time.
@@ -124,6 +133,8 @@ impl Backend {
             env.push(("LATCHKEY_BACKEND", "aws".to_owned()));
             env.push(("LATCHKEY_TABLE", aws.table.clone()));
             env.push(("LATCHKEY_KMS_KEY_ID", aws.kms_key_id.clone()));
+            // The OAuth test servers listen on loopback, which the aws backend refuses by default.
+            env.push(("LATCHKEY_ALLOW_LOOPBACK_PROVIDERS", "true".to_owned()));
         }
         env
     }
@@ -560,8 +571,12 @@ impl TestApp {
             None => App::embedded(backend.data_dir()).expect("open the embedded backend"),
             Some(aws) => {
                 // Clients of this test's runtime (see moto::sdk_config), as `latchkey serve`
-                // builds them from the AWS environment.
-                let config = moto::sdk_config().await;
+                // builds them from the AWS environment (with its timeouts).
+                let config = moto::sdk_config()
+                    .await
+                    .to_builder()
+                    .timeout_config(latchkey::adapters::aws::timeout_config())
+                    .build();
                 App::aws(
                     aws_sdk_dynamodb::Client::new(&config),
                     aws_sdk_kms::Client::new(&config),
@@ -572,7 +587,9 @@ impl TestApp {
                 )
             }
         };
-        let router = latchkey::http::router(app.http_state(Verifier::hs256(&secret.to_owned().into())));
+        let router = latchkey::http::router(
+            app.http_state(Verifier::hs256(&secret.to_owned().into()).expect("a secret of 32 bytes or more")),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
         let port = listener.local_addr().expect("bound address").port();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -37,11 +37,40 @@ const RECEIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 const READY_PREFIX: &str = "moto listening on ";
 
-struct Moto {
+/// A moto server process: this test binary's shared one ([`endpoint`]), or one of a test's own
+/// ([`Moto::start`]), killed when dropped.
+pub struct Moto {
     endpoint: String,
     // Never written to: holding the write end open keeps moto alive until this process exits.
     _stdin: ChildStdin,
-    _child: Child,
+    child: Child,
+}
+
+impl Moto {
+    /// A moto server of the caller's own, separate from the shared one (its own state), for a
+    /// test that makes one AWS service misbehave while the others go on (point that service's
+    /// `AWS_ENDPOINT_URL_<SERVICE>` at it). Blocks for about a second.
+    pub fn start() -> Self {
+        start()
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The process id, to [`freeze`] it.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        // Also ends a stopped process (SIGKILL needs no SIGCONT).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 static MOTO: OnceLock<Moto> = OnceLock::new();
@@ -51,6 +80,39 @@ static MOTO: OnceLock<Moto> = OnceLock::new();
 /// Blocks the calling thread for about a second the first time.
 pub fn endpoint() -> &'static str {
     &MOTO.get_or_init(start).endpoint
+}
+
+/// The process id of this test binary's moto server, starting it on first use.
+pub fn pid() -> u32 {
+    MOTO.get_or_init(start).pid()
+}
+
+/// A process stopped with SIGSTOP (its sockets still accept connections, nothing answers: a
+/// hung dependency), continued with SIGCONT when dropped, so that a failing test does not
+/// leave it stopped.
+pub struct Frozen(u32);
+
+/// Stops process `pid` until the returned guard is dropped (or [`Frozen::thaw`]ed).
+pub fn freeze(pid: u32) -> Frozen {
+    assert!(signal("-STOP", pid), "kill -STOP {pid} failed");
+    Frozen(pid)
+}
+
+impl Frozen {
+    pub fn thaw(self) {}
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // Never panics: this also runs while a failed test unwinds.
+        if !signal("-CONT", self.0) {
+            eprintln!("kill -CONT {} failed: the process stays stopped", self.0);
+        }
+    }
+}
+
+fn signal(which: &str, pid: u32) -> bool {
+    Command::new("kill").args([which, &pid.to_string()]).status().is_ok_and(|s| s.success())
 }
 
 fn start() -> Moto {
@@ -88,7 +150,7 @@ fn start() -> Moto {
         let _ = tx.send(Err(seen));
     });
     match rx.recv_timeout(START_TIMEOUT) {
-        Ok(Ok(endpoint)) => Moto { endpoint, _stdin: stdin, _child: child },
+        Ok(Ok(endpoint)) => Moto { endpoint, _stdin: stdin, child },
         Ok(Err(stdout)) => {
             let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
             panic!(
@@ -109,8 +171,13 @@ fn start() -> Moto {
 /// Build clients from it in the test (runtime) that uses them: the SDK's HTTP connection pool
 /// belongs to the tokio runtime it first ran on, and every `#[tokio::test]` has its own.
 pub async fn sdk_config() -> SdkConfig {
+    sdk_config_for(endpoint()).await
+}
+
+/// [`sdk_config`] for the moto server at `endpoint` (one from [`Moto::start`]).
+pub async fn sdk_config_for(endpoint: &str) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
-        .endpoint_url(endpoint())
+        .endpoint_url(endpoint)
         .region(Region::new(REGION))
         .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
         .load()

@@ -7,5 +7,5 @@ async fn main() -> Result<(), latchkey::lambda::Error> {
     latchkey::telemetry::init();
     let config = Config::from_env_or(Backend::Aws)?;
     let app = App::build(&config).await?;
-    latchkey::lambda::serve_lookup(app).await
+    latchkey::lambda::serve_lookup(app, &config).await
 }

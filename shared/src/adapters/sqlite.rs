@@ -12,7 +12,7 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use time::OffsetDateTime;
 
 use crate::domain::{Connection, ConnectionId, Definition, DefinitionKey, LogEntry, OAuthState, OrgId, RevocationJob};
-use crate::ports::{ConnectionFilter, Expect, Page, Store, StoreError};
+use crate::ports::{ConnectionFilter, DueEntry, Expect, Page, Store, StoreError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS definitions (
@@ -61,9 +61,33 @@ fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
     serde_json::from_str(s).map_err(backend)
 }
 
+/// Creates the database file with mode 0600 if missing, and narrows the modes of the database
+/// and its `-wal`/`-shm` files to 0600.
+fn restrict_files(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
+    std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        match std::fs::metadata(&file) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and its schema.
+    /// Opens (creating if needed) the database file and its schema. The file, and the WAL and
+    /// shared-memory files beside it, are mode 0600 whatever the umask (SQLite gives its side
+    /// files the database file's mode); existing ones with wider modes are narrowed.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        restrict_files(path).map_err(backend)?;
         let db = rusqlite::Connection::open(path).map_err(backend)?;
         db.busy_timeout(Duration::from_secs(10)).map_err(backend)?;
         db.pragma_update(None, "journal_mode", "WAL").map_err(backend)?;
@@ -306,22 +330,35 @@ impl Store for SqliteStore {
         &self,
         _shard: u32,
         until: OffsetDateTime,
+        after: Option<&DueEntry>,
         limit: usize,
-    ) -> Result<Vec<(OrgId, ConnectionId)>, StoreError> {
+    ) -> Result<Vec<DueEntry>, StoreError> {
         let until = until.unix_timestamp();
+        let after = after.map(|a| (a.due, a.org.to_string(), a.id.to_string()));
         self.run(move |db| {
+            // Index order, strictly after the cursor (a row value comparison) when there is one.
             let mut stmt = db
                 .prepare(
-                    "SELECT org, id FROM connections WHERE due_at IS NOT NULL AND due_at <= ?1 ORDER BY due_at LIMIT ?2",
+                    "SELECT org, id, due_at FROM connections WHERE due_at IS NOT NULL AND due_at <= ?1
+                     AND (?2 IS NULL OR (due_at, org, id) > (?2, ?3, ?4)) ORDER BY due_at, org, id LIMIT ?5",
                 )
                 .map_err(backend)?;
+            let (due, org, id) = after.map_or((None, None, None), |(d, o, i)| (Some(d), Some(o), Some(i)));
             let rows = stmt
-                .query_map(params![until, limit as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .query_map(params![until, due, org, id, limit as i64], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                })
                 .map_err(backend)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(backend)?;
-            rows.iter()
-                .map(|(o, i)| Ok((OrgId::parse(o).map_err(backend)?, ConnectionId::parse(i).map_err(backend)?)))
+            rows.into_iter()
+                .map(|(o, i, due)| {
+                    Ok(DueEntry {
+                        org: OrgId::parse(&o).map_err(backend)?,
+                        id: ConnectionId::parse(&i).map_err(backend)?,
+                        due,
+                    })
+                })
                 .collect()
         })
         .await
@@ -494,5 +531,58 @@ impl ConnectionRow {
             doc: to_json(c)?,
             due_at: c.refresh.due_at.map(OffsetDateTime::unix_timestamp),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::ports::Store;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn database_files_are_mode_0600_even_when_they_existed_wider() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latchkey.db");
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        // A write creates the WAL and shared-memory files beside it.
+        let org = crate::domain::OrgId::parse("acme").unwrap();
+        store.list_definitions(&org).await.unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let def = crate::domain::Definition {
+            org: org.clone(),
+            key: crate::domain::DefinitionKey::parse("acme-api").unwrap(),
+            label: "Acme".into(),
+            description: None,
+            auth: crate::domain::AuthKind::ApiKey,
+            provider: None,
+            inputs: Default::default(),
+            redirects: None,
+            oauth: Default::default(),
+            secret_default_names: Default::default(),
+            secret_defaults: None,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        store.put_definition(&def, crate::ports::Expect::Absent).await.unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            let file = std::path::PathBuf::from(file);
+            assert!(file.exists(), "{}", file.display());
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        drop(store);
+        let fresh = dir.path().join("new.db");
+        SqliteStore::open(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o600);
     }
 }

@@ -119,8 +119,8 @@ impl OAuthQuirks {
     /// Splits a scope list as written in an input or an answer: on the separator, commas and
     /// white space (a provider that joins with `,` may still answer with spaces).
     pub fn split_scopes(&self, s: &str) -> Vec<String> {
-        let sep = self.separator();
-        s.split(|c: char| c.is_whitespace() || c == ',' || sep.starts_with(c) && sep.len() == c.len_utf8())
+        s.split(self.separator())
+            .flat_map(|part| part.split(|c: char| c.is_whitespace() || c == ','))
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
             .collect()
@@ -235,6 +235,8 @@ mod tests {
     fn scopes_split_on_the_separator_commas_and_spaces() {
         let plus = OAuthQuirks { scope_separator: Some("+".into()), ..Default::default() };
         assert_eq!(plus.split_scopes("a+b c,d"), vec!["a", "b", "c", "d"]);
+        let pipes = OAuthQuirks { scope_separator: Some("||".into()), ..Default::default() };
+        assert_eq!(pipes.split_scopes(":||a"), vec![":", "a"]);
         assert_eq!(OAuthQuirks::default().split_scopes(" read,activity:read_all "), vec!["read", "activity:read_all"]);
     }
 

@@ -31,6 +31,9 @@ const MAX_DESCRIPTION: usize = 2_000;
 const MAX_STRING: usize = 8_192;
 const MAX_TEXT: usize = 32_768;
 const MAX_INPUTS: usize = 100;
+/// The most a connection's values may total (names and values, plain and secret, as JSON), so a
+/// record stays far below DynamoDB's 400 KB item limit whatever PATCHes accumulate.
+pub const MAX_VALUES_BYTES: usize = 64 * 1024;
 
 /// Inputs whose values are provider endpoints Latchkey itself calls: https only, except loopback.
 pub const ENDPOINT_INPUTS: [&str; 3] = ["authorizeUrl", "tokenUrl", "revokeUrl"];
@@ -693,6 +696,7 @@ pub fn apply_values(
             base.plain.insert(name.clone(), v.clone());
         }
     }
+    let mut incomplete = false;
     for (name, input) in inputs {
         let from_definition = inherited.contains(name) && defaults.has(name);
         if input.required
@@ -700,8 +704,27 @@ pub fn apply_values(
             && !from_definition
             && !errors.iter().any(|e| e.field == format!("values.{name}"))
         {
-            errors.push(FieldError::new(format!("values.{name}"), "is required"));
+            if setter == Setter::Customer && !input.visibility.customer_can_set() {
+                // A customer can neither set nor learn of organization inputs.
+                incomplete = true;
+            } else {
+                errors.push(FieldError::new(format!("values.{name}"), "is required"));
+            }
         }
+    }
+    if incomplete {
+        errors.push(FieldError::new(
+            "values",
+            "the definition lacks values only the organization can set; ask the organization to complete it",
+        ));
+    }
+    let total = base.plain.iter().map(|(k, v)| k.len() + v.to_string().len()).sum::<usize>()
+        + base.secret.iter().map(|(k, v)| k.len() + v.expose_secret().len()).sum::<usize>();
+    if total > MAX_VALUES_BYTES {
+        errors.push(FieldError::new(
+            "values",
+            format!("the connection's values total {total} bytes; at most {MAX_VALUES_BYTES} are kept"),
+        ));
     }
     if errors.is_empty() { Ok(base) } else { Err(errors) }
 }
@@ -797,6 +820,60 @@ mod tests {
         assert_eq!(ok.plain["plan"], json!("gold"));
         assert_eq!(ok.plain["endpoint"], json!("https://api.acme.com"));
         assert_eq!(ok.secret_names(), BTreeSet::from(["apiKey".to_owned()]));
+    }
+
+    #[test]
+    fn customers_do_not_learn_the_names_of_organization_inputs_from_errors() {
+        let spec = definition_from_json(
+            "acme",
+            &json!({"auth": "api_key", "inputs": {
+                "apiKey": {"type": "password", "required": true},
+                "tenantSecret": {"type": "password", "required": true, "visibility": "organization"}}}),
+        )
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+        let none = Values::default();
+        let errs = apply_values(&spec.inputs, &none, &BTreeSet::new(), none.clone(), &json!({}), Setter::Customer)
+            .err()
+            .unwrap();
+        assert!(errs.iter().any(|e| e.field == "values.apiKey"));
+        assert!(
+            errs.iter().all(|e| !e.field.contains("tenantSecret") && !e.message.contains("tenantSecret")),
+            "{errs:?}"
+        );
+        assert!(errs.iter().any(|e| e.field == "values"));
+        let errs = apply_values(&spec.inputs, &none, &BTreeSet::new(), none.clone(), &json!({}), Setter::Organization)
+            .err()
+            .unwrap();
+        assert!(errs.iter().any(|e| e.field == "values.tenantSecret"), "the organization is told");
+    }
+
+    #[test]
+    fn the_values_of_a_connection_are_bounded_in_total() {
+        let spec = definition_from_json(
+            "acme",
+            &json!({"auth": "custom", "inputs": {"a": {"type": "text"}, "b": {"type": "text"}, "c": {"type": "text"}}}),
+        )
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+        let none = Values::default();
+        let big = "x".repeat(30_000);
+        let two = apply_values(
+            &spec.inputs,
+            &none,
+            &BTreeSet::new(),
+            none.clone(),
+            &json!({"a": big, "b": big}),
+            Setter::Organization,
+        )
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+        // Each PATCH is small enough; what they accumulate is not.
+        let errs = apply_values(&spec.inputs, &none, &BTreeSet::new(), two, &json!({"c": big}), Setter::Organization)
+            .err()
+            .unwrap();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].field, "values");
     }
 
     #[test]

@@ -1,16 +1,50 @@
-//! Bearer-token authentication: HS256 JWTs with `org`, optional `customer` and `roles`, `exp`.
+//! Bearer-token authentication (RFC 6750): every caller's JWT (RFC 7519) is verified here, in
+//! `latchkey serve` and in the deployed functions alike.
+//!
+//! Two kinds of tokens, chosen by the header's `alg` and accepted only where configured:
+//! - **RS256 / ES256** from a [`JwtIssuer`] (`LATCHKEY_JWT_ISSUER`, `LATCHKEY_JWT_AUDIENCE`):
+//!   signed with a key of the issuer's JWK Set (RFC 7517, found through OpenID Connect
+//!   Discovery / RFC 8414 metadata), `iss` equal to the issuer, `aud` naming an accepted
+//!   audience.
+//! - **HS256** signed with a local secret of at least [`MIN_HS256_SECRET_BYTES`] bytes
+//!   (`LATCHKEY_JWT_SECRET`, or the secret `latchkey serve` generates).
+//!
+//! Any other `alg` (`none` included), a token of a kind that is not configured (an HS256 token
+//! where only an issuer is: algorithm confusion), a bad signature, `exp` passed or `nbf` to come
+//! (both with [`CLOCK_SKEW`] of leeway), a wrong `iss` or `aud`, and claims of the wrong shape are
+//! 401. A verifier with neither kind refuses every token. The claims of API Gateway's JWT
+//! authorizer never authenticate anyone: when present they must agree with the verified token.
+
+mod jwks;
+
+use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 
+pub use self::jwks::{
+    CONNECT_TIMEOUT, FAILURE_BACKOFF, FETCH_TIMEOUT, IssuerError, JwtIssuer, KEYS_MAX_AGE, MAX_DOCUMENT_BYTES,
+    MAX_KEYS, UNKNOWN_KID_REFETCH_INTERVAL,
+};
 use super::AppState;
 use super::problem::Problem;
 use crate::domain::{CustomerId, OrgId, Principal};
 
-/// The claims Latchkey reads.
+/// The shortest HS256 secret accepted, in bytes (RFC 7518 §3.2: a key of at least the hash's
+/// size, 256 bits).
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+/// Leeway on `exp` and `nbf` for clocks that disagree.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// Longer bearer tokens are refused unread.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// The claims `latchkey token` signs (HS256 development tokens).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     pub org: String,
@@ -18,18 +52,96 @@ pub struct Claims {
     pub customer: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
+    /// Expiry, seconds since the Unix epoch (RFC 7519 §4.1.4).
     pub exp: u64,
 }
 
+/// The claims Latchkey reads from a verified token. `customer` and `roles` keep what the token
+/// said, `null` included, so that a present-but-null claim is refused rather than read as absent.
+#[derive(Deserialize)]
+struct TokenClaims {
+    org: String,
+    #[serde(default, deserialize_with = "present")]
+    customer: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    roles: Option<Value>,
+}
+
+/// `Some` for any value a claim has, `null` included (serde reads `null` as `None` otherwise).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// Why the configuration of a verifier is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifierError {
+    #[error(
+        "an HS256 secret needs at least {MIN_HS256_SECRET_BYTES} bytes (256 bits), this one has {0}; \
+         generate one with `openssl rand -hex 32`"
+    )]
+    SecretTooShort(usize),
+}
+
+struct Hs256 {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+struct Issuer {
+    keys: JwtIssuer,
+    /// One per algorithm: jsonwebtoken wants the algorithms of a validation in one family.
+    rs256: Validation,
+    es256: Validation,
+}
+
 /// How callers are authenticated. Built once per process or container.
-pub enum Verifier {
-    /// `Authorization: Bearer` HS256 JWTs signed with `LATCHKEY_JWT_SECRET` (`latchkey serve`,
-    /// and the HTTP functions when the secret is set, e.g. under `cargo lambda watch`).
-    Hs256 { key: Box<DecodingKey>, validation: Box<Validation> },
-    /// The claims of API Gateway's JWT authorizer (RS256/ES256 against the issuer's JWKS),
-    /// which API Gateway verified (signature, `exp`, issuer, audience) before invoking the
-    /// function. A request without authorizer claims is refused.
-    ApiGatewayClaims,
+pub struct Verifier {
+    hs256: Option<Hs256>,
+    issuer: Option<Issuer>,
+}
+
+/// Why a token is refused; the reason is logged (debug) and phrased for the caller here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Malformed,
+    Algorithm,
+    Expired,
+    NotYetValid,
+    /// Signature, issuer, audience or required claim.
+    Invalid,
+    UnknownKey,
+    Claims,
+    IssuerUnavailable,
+}
+
+impl From<Refusal> for Problem {
+    fn from(r: Refusal) -> Self {
+        tracing::debug!(reason = ?r, "bearer token refused");
+        match r {
+            Refusal::Malformed => Problem::unauthorized("the bearer token is not a well-formed JWT"),
+            Refusal::Algorithm => Problem::unauthorized("the bearer token's algorithm is not accepted here"),
+            Refusal::Expired | Refusal::NotYetValid => {
+                Problem::unauthorized("the bearer token is expired or not valid yet")
+            }
+            Refusal::Invalid | Refusal::UnknownKey => Problem::unauthorized("the bearer token is invalid"),
+            Refusal::Claims => Problem::unauthorized("the bearer token's claims are invalid"),
+            Refusal::IssuerUnavailable => Problem {
+                detail: "the token issuer's signing keys cannot be fetched; try again shortly".into(),
+                ..Problem::unavailable()
+            },
+        }
+    }
+}
+
+fn refusal(e: &jsonwebtoken::errors::Error) -> Refusal {
+    match e.kind() {
+        ErrorKind::ExpiredSignature => Refusal::Expired,
+        ErrorKind::ImmatureSignature => Refusal::NotYetValid,
+        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => Refusal::Algorithm,
+        ErrorKind::Json(_) => Refusal::Claims,
+        ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => Refusal::Malformed,
+        _ => Refusal::Invalid,
+    }
 }
 
 fn principal(org: &str, customer: Option<&str>, roles: Vec<String>) -> Result<Principal, Problem> {
@@ -41,49 +153,140 @@ fn principal(org: &str, customer: Option<&str>, roles: Vec<String>) -> Result<Pr
     Ok(Principal { org, customer, roles })
 }
 
-/// API Gateway flattens claims to strings: a list arrives as `[a b]` (or as JSON).
-fn roles_claim(raw: &str) -> Vec<String> {
-    if let Ok(list) = serde_json::from_str::<Vec<String>>(raw) {
-        return list;
+impl TokenClaims {
+    fn into_principal(self) -> Result<Principal, Problem> {
+        // A customer claim that is present must be a customer: `null`, `""` or a number never
+        // make the caller an organization user.
+        let customer = match &self.customer {
+            None => None,
+            Some(Value::String(c)) => Some(c.as_str()),
+            Some(_) => return Err(Problem::unauthorized("the token's customer claim must be a string")),
+        };
+        let roles = match self.roles {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .map(|r| match r {
+                    Value::String(r) => Ok(r),
+                    _ => Err(Problem::unauthorized("the token's roles claim must be a list of strings")),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(Problem::unauthorized("the token's roles claim must be a list of strings")),
+        };
+        principal(&self.org, customer, roles)
     }
-    raw.trim_start_matches('[')
-        .trim_end_matches(']')
-        .split(|c: char| c == ',' || c.is_whitespace())
-        .map(|r| r.trim_matches('"'))
-        .filter(|r| !r.is_empty())
-        .map(str::to_owned)
-        .collect()
+}
+
+fn validation(algorithms: Vec<Algorithm>) -> Validation {
+    let mut v = Validation::new(Algorithm::HS256);
+    v.algorithms = algorithms;
+    v.leeway = CLOCK_SKEW.as_secs();
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v
 }
 
 impl Verifier {
-    pub fn hs256(secret: &SecretString) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 30;
-        validation.set_required_spec_claims(&["exp"]);
-        Self::Hs256 {
-            key: Box::new(DecodingKey::from_secret(secret.expose_secret().as_bytes())),
-            validation: Box::new(validation),
+    /// A verifier that refuses every token: what runs when nothing is configured, rather than
+    /// trusting claims nobody verified.
+    pub fn refuse_all() -> Self {
+        Self { hs256: None, issuer: None }
+    }
+
+    /// HS256 tokens signed with `secret` (its bytes as given).
+    ///
+    /// # Errors
+    /// [`VerifierError::SecretTooShort`] under [`MIN_HS256_SECRET_BYTES`].
+    pub fn hs256(secret: &SecretString) -> Result<Self, VerifierError> {
+        Self::refuse_all().with_hs256(secret)
+    }
+
+    /// RS256/ES256 tokens of `issuer`.
+    pub fn jwks(issuer: JwtIssuer) -> Self {
+        Self::refuse_all().with_issuer(issuer)
+    }
+
+    /// This verifier, accepting HS256 tokens signed with `secret` too.
+    ///
+    /// # Errors
+    /// [`VerifierError::SecretTooShort`] under [`MIN_HS256_SECRET_BYTES`].
+    pub fn with_hs256(mut self, secret: &SecretString) -> Result<Self, VerifierError> {
+        let bytes = secret.expose_secret().as_bytes();
+        if bytes.len() < MIN_HS256_SECRET_BYTES {
+            return Err(VerifierError::SecretTooShort(bytes.len()));
         }
+        let mut validation = validation(vec![Algorithm::HS256]);
+        validation.set_required_spec_claims(&["exp"]);
+        // Tokens of the local secret are this deployment's own; they carry no audience.
+        validation.validate_aud = false;
+        self.hs256 = Some(Hs256 { key: DecodingKey::from_secret(bytes), validation });
+        Ok(self)
     }
 
-    /// The principal of a valid bearer token. The reason of a failure is generic on purpose.
-    pub fn verify(&self, token: &str) -> Result<Principal, Problem> {
-        let Self::Hs256 { key, validation } = self else {
-            return Err(Problem::unauthorized("bearer tokens are verified by API Gateway here"));
+    /// This verifier, accepting RS256/ES256 tokens of `issuer` too.
+    pub fn with_issuer(mut self, issuer: JwtIssuer) -> Self {
+        let of = |alg| {
+            let mut v = validation(vec![alg]);
+            v.set_required_spec_claims(&["exp", "iss", "aud"]);
+            v.set_issuer(&[issuer.issuer()]);
+            v.set_audience(issuer.audiences());
+            v
         };
-        let data = jsonwebtoken::decode::<Claims>(token, key, validation)
-            .map_err(|_| Problem::unauthorized("the bearer token is invalid or expired"))?;
-        let c = data.claims;
-        principal(&c.org, c.customer.as_deref(), c.roles)
+        let (rs256, es256) = (of(Algorithm::RS256), of(Algorithm::ES256));
+        self.issuer = Some(Issuer { keys: issuer, rs256, es256 });
+        self
     }
 
-    /// The principal of API Gateway JWT-authorizer claims.
-    pub fn from_authorizer_claims(claims: &std::collections::HashMap<String, String>) -> Result<Principal, Problem> {
-        let org = claims.get("org").ok_or_else(|| Problem::unauthorized("the token has no org claim"))?;
-        let roles = claims.get("roles").map(|r| roles_claim(r)).unwrap_or_default();
-        // A present but empty or invalid customer is refused, as the HS256 path does: never
-        // read as "no customer", which would make the caller an organization user.
-        principal(org, claims.get("customer").map(String::as_str), roles)
+    /// Whether any token can pass (an HS256 secret or an issuer is configured).
+    pub fn accepts_any(&self) -> bool {
+        self.hs256.is_some() || self.issuer.is_some()
+    }
+
+    /// The principal of a valid bearer token: 401 problems for refused tokens, 503 when the
+    /// issuer's keys cannot be fetched. The problem's detail never quotes the token.
+    pub async fn verify(&self, token: &str) -> Result<Principal, Problem> {
+        let claims = self.verify_claims(token).await?;
+        claims.into_principal()
+    }
+
+    async fn verify_claims(&self, token: &str) -> Result<TokenClaims, Refusal> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Refusal::Malformed);
+        }
+        // An unknown `alg` (`none` included) fails here: jsonwebtoken's `Algorithm` has no
+        // `none`.
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            ErrorKind::Json(_) => Refusal::Algorithm,
+            _ => Refusal::Malformed,
+        })?;
+        match header.alg {
+            Algorithm::HS256 => {
+                let hs = self.hs256.as_ref().ok_or(Refusal::Algorithm)?;
+                jsonwebtoken::decode::<TokenClaims>(token, &hs.key, &hs.validation)
+                    .map(|d| d.claims)
+                    .map_err(|e| refusal(&e))
+            }
+            alg @ (Algorithm::RS256 | Algorithm::ES256) => {
+                let issuer = self.issuer.as_ref().ok_or(Refusal::Algorithm)?;
+                let kid = header.kid.as_deref();
+                let set = issuer.keys.keys(alg, kid).await.map_err(|e| match e {
+                    jwks::KeyError::Unknown => Refusal::UnknownKey,
+                    jwks::KeyError::Unavailable => Refusal::IssuerUnavailable,
+                })?;
+                let validation = if alg == Algorithm::RS256 { &issuer.rs256 } else { &issuer.es256 };
+                let mut last = Refusal::UnknownKey;
+                for key in set.matching(alg, kid) {
+                    match jsonwebtoken::decode::<TokenClaims>(token, key, validation) {
+                        Ok(d) => return Ok(d.claims),
+                        // Without a `kid`, another key of the set may have signed it.
+                        Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => last = Refusal::Invalid,
+                        Err(e) => return Err(refusal(&e)),
+                    }
+                }
+                Err(last)
+            }
+            _ => Err(Refusal::Algorithm),
+        }
     }
 }
 
@@ -96,53 +299,130 @@ pub fn sign_hs256(secret: &SecretString, claims: &Claims) -> Result<String, json
     )
 }
 
+/// The token of `Authorization: Bearer <token>` (RFC 6750 §2.1; the scheme is case-insensitive).
+fn bearer_token(parts: &Parts) -> Result<&str, Problem> {
+    let missing = || Problem::unauthorized("an Authorization: Bearer token is required");
+    let header =
+        parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(missing)?;
+    let (scheme, token) = header.trim().split_once(' ').ok_or_else(missing)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(missing());
+    }
+    Ok(token)
+}
+
+/// The claims API Gateway's JWT authorizer put in the request context, if any. Anyone who may
+/// invoke the function directly can write these: they are never trusted on their own.
+fn authorizer_claims(parts: &Parts) -> Option<&HashMap<String, String>> {
+    match parts.extensions.get::<lambda_http::request::RequestContext>() {
+        Some(lambda_http::request::RequestContext::ApiGatewayV2(ctx)) => {
+            ctx.authorizer.as_ref().and_then(|a| a.jwt.as_ref()).map(|jwt| &jwt.claims)
+        }
+        _ => None,
+    }
+}
+
+/// Authorizer claims must name the verified token's organization and customer (API Gateway
+/// flattens claims to strings: an absent customer is an absent key).
+fn check_authorizer_claims(claims: &HashMap<String, String>, verified: &Principal) -> Result<(), Problem> {
+    let org = claims.get("org").map(String::as_str);
+    let customer = claims.get("customer").map(String::as_str);
+    if org == Some(verified.org.as_str()) && customer == verified.customer.as_ref().map(|c| c.as_str()) {
+        Ok(())
+    } else {
+        tracing::warn!("API Gateway authorizer claims disagree with the verified bearer token");
+        Err(Problem::unauthorized("the authorizer's claims do not match the bearer token"))
+    }
+}
+
 impl FromRequestParts<AppState> for Principal {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        if let Verifier::ApiGatewayClaims = *state.verifier {
-            let claims = match parts.extensions.get::<lambda_http::request::RequestContext>() {
-                Some(lambda_http::request::RequestContext::ApiGatewayV2(ctx)) => {
-                    ctx.authorizer.as_ref().and_then(|a| a.jwt.as_ref()).map(|jwt| &jwt.claims)
-                }
-                _ => None,
-            };
-            let claims =
-                claims.ok_or_else(|| Problem::unauthorized("no verified token (API Gateway JWT authorizer)"))?;
-            return Verifier::from_authorizer_claims(claims);
+        let token = bearer_token(parts)?;
+        let principal = state.verifier.verify(token).await?;
+        if let Some(claims) = authorizer_claims(parts) {
+            check_authorizer_claims(claims, &principal)?;
         }
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Problem::unauthorized("an Authorization: Bearer token is required"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| Problem::unauthorized("an Authorization: Bearer token is required"))?;
-        state.verifier.verify(token.trim())
+        Ok(principal)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
+    use serde_json::json;
 
     use super::*;
 
-    #[test]
-    fn api_gateway_claims_become_a_principal() {
-        let claims = HashMap::from([
-            ("org".to_owned(), "acme".to_owned()),
-            ("customer".to_owned(), "c-1".to_owned()),
-            ("roles".to_owned(), "[runtime admin]".to_owned()),
-        ]);
-        let p = Verifier::from_authorizer_claims(&claims).map_err(|p| p.detail).unwrap();
+    const SECRET: &str = "unit-test-secret-unit-test-secret-0123";
+
+    fn sign(claims: &Value) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(SECRET.as_bytes()))
+            .unwrap()
+    }
+
+    fn verifier() -> Verifier {
+        Verifier::hs256(&SecretString::from(SECRET)).unwrap()
+    }
+
+    fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
+    #[tokio::test]
+    async fn hs256_claims_become_a_principal_and_null_is_not_absent() {
+        let v = verifier();
+        let exp = now() + 600;
+        let p = v.verify(&sign(&json!({"org": "acme", "customer": "c-1", "roles": ["runtime"], "exp": exp}))).await;
+        let p = p.map_err(|p| p.detail).unwrap();
         assert_eq!((p.org.as_str(), p.customer.as_ref().map(|c| c.as_str())), ("acme", Some("c-1")));
         assert!(p.is_runtime());
-        assert_eq!(roles_claim(r#"["runtime"]"#), ["runtime"]);
-        assert!(Verifier::from_authorizer_claims(&HashMap::new()).is_err(), "org is required");
-        let empty = HashMap::from([("org".to_owned(), "acme".to_owned()), ("customer".to_owned(), String::new())]);
-        assert!(Verifier::from_authorizer_claims(&empty).is_err(), "an empty customer is not an organization user");
+        assert!(v.verify(&sign(&json!({"org": "acme", "exp": exp}))).await.unwrap().is_organization());
+        for bad in [
+            json!({"org": "acme", "customer": null, "exp": exp}),
+            json!({"org": "acme", "customer": "", "exp": exp}),
+            json!({"org": "acme", "customer": 7, "exp": exp}),
+            json!({"org": "acme", "roles": null, "exp": exp}),
+            json!({"org": "acme", "roles": "runtime", "exp": exp}),
+            json!({"org": null, "exp": exp}),
+            json!({"customer": "c-1", "exp": exp}),
+            json!({"org": "acme"}),
+            json!({"org": "acme", "exp": now() - 120}),
+            json!({"org": "acme", "exp": exp, "nbf": now() + 120}),
+        ] {
+            let refused = v.verify(&sign(&bad)).await.unwrap_err();
+            assert_eq!(refused.status, 401, "{bad}: {}", refused.detail);
+        }
+        // Within the clock skew.
+        assert!(v.verify(&sign(&json!({"org": "acme", "exp": now() - 5, "nbf": now() + 5}))).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn nothing_configured_refuses_everything() {
+        let token = sign(&json!({"org": "acme", "exp": now() + 600}));
+        assert!(!Verifier::refuse_all().accepts_any());
+        assert_eq!(Verifier::refuse_all().verify(&token).await.unwrap_err().status, 401);
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        let short = SecretString::from("x".repeat(MIN_HS256_SECRET_BYTES - 1));
+        assert!(matches!(Verifier::hs256(&short), Err(VerifierError::SecretTooShort(31))));
+        assert!(Verifier::hs256(&SecretString::from("x".repeat(MIN_HS256_SECRET_BYTES))).is_ok());
+    }
+
+    #[test]
+    fn authorizer_claims_must_match_the_verified_token() {
+        let p = principal("acme", Some("c-1"), vec!["runtime".into()]).unwrap();
+        let claims = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        assert!(check_authorizer_claims(&claims(&[("org", "acme"), ("customer", "c-1")]), &p).is_ok());
+        assert!(check_authorizer_claims(&claims(&[("org", "umbrella"), ("customer", "c-1")]), &p).is_err());
+        assert!(check_authorizer_claims(&claims(&[("org", "acme")]), &p).is_err(), "an organization user's claims");
+        let org_user = principal("acme", None, Vec::new()).unwrap();
+        assert!(check_authorizer_claims(&claims(&[("org", "acme"), ("customer", "c-1")]), &org_user).is_err());
+        assert!(check_authorizer_claims(&claims(&[("org", "acme")]), &org_user).is_ok());
     }
 }

@@ -82,8 +82,21 @@ pub fn router_for(surface: Surface, state: AppState) -> Router {
                 "this route does not accept that method",
             )
         })
+        .layer(middleware::from_fn(no_store))
         .layer(middleware::from_fn(access_log))
         .with_state(state)
+}
+
+/// `Cache-Control: no-store` on every API answer (`/v1/...`) that does not set its own: they
+/// carry credentials (lookups), authorize URLs with their state, or one principal's data, and no
+/// cache between Latchkey and its caller may keep them.
+async fn no_store(req: Request, next: Next) -> Response {
+    let api = req.uri().path().starts_with("/v1/");
+    let mut res = next.run(req).await;
+    if api && !res.headers().contains_key(header::CACHE_CONTROL) {
+        res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    res
 }
 
 /// One line per request: method, route template, status, latency. Never a body, header or
@@ -315,8 +328,15 @@ fn escape_html(s: &str) -> String {
 /// never leaks its URL (code, state) through a Referer.
 async fn oauth_callback(
     State(s): State<AppState>,
+    method: axum::http::Method,
     Query(params): Query<std::collections::BTreeMap<String, String>>,
 ) -> Response {
+    // axum answers HEAD with the GET handler; a link prefetcher's HEAD must not spend the state.
+    if method == axum::http::Method::HEAD {
+        let mut res = StatusCode::METHOD_NOT_ALLOWED.into_response();
+        res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
+        return res;
+    }
     let mut res = match s.service.callback(&params).await {
         CallbackOutcome::Redirect(to) => {
             let mut res = StatusCode::FOUND.into_response();
@@ -369,6 +389,12 @@ async fn token_lookup(
         })?;
     if req.org.is_some() {
         return Err(Problem::validation(vec![FieldError::new("org", "comes from the bearer token, not the body")]));
+    }
+    if req.token.is_some() {
+        return Err(Problem::validation(vec![FieldError::new(
+            "token",
+            "goes in the Authorization header, not the body",
+        )]));
     }
     if req.connection_id.as_deref().is_some_and(|c| c != id) {
         return Err(Problem::validation(vec![FieldError::new("connection_id", "must match the path")]));

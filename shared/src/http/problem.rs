@@ -6,7 +6,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::crypto::CryptoError;
 use crate::domain::FieldError;
+use crate::ports::StoreError;
 use crate::service::{ServiceError, Unusable};
 
 /// The `type` URIs, stable for clients to branch on.
@@ -26,7 +28,14 @@ pub mod types {
     pub const TOKEN_EXPIRED: &str = "urn:latchkey:problem:token-expired";
     pub const INTERNAL: &str = "urn:latchkey:problem:internal";
     pub const PROVIDER: &str = "urn:latchkey:problem:provider-error";
+    /// A dependency (DynamoDB, KMS) did not answer in time or could not be reached: retry
+    /// after `Retry-After` seconds.
+    pub const UNAVAILABLE: &str = "urn:latchkey:problem:unavailable";
 }
+
+/// The `Retry-After` (seconds) of an `unavailable` problem: a dependency that timed out is
+/// retried soon, since service resumes with the dependency's first answer.
+pub const RETRY_AFTER_SECS: u32 = 2;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
@@ -41,11 +50,36 @@ pub struct Problem {
     /// connection cannot carry another request.
     #[serde(skip)]
     pub close_connection: bool,
+    /// `Retry-After` in seconds, for problems worth retrying as they are.
+    #[serde(skip)]
+    pub retry_after: Option<u32>,
 }
 
 impl Problem {
     pub fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
-        Self { kind, title, status: status.as_u16(), detail: detail.into(), errors: None, close_connection: false }
+        Self {
+            kind,
+            title,
+            status: status.as_u16(),
+            detail: detail.into(),
+            errors: None,
+            close_connection: false,
+            retry_after: None,
+        }
+    }
+
+    /// 503: a dependency did not answer in time (or throttled past the retries); the same request
+    /// may succeed after `Retry-After`.
+    pub fn unavailable() -> Self {
+        Self {
+            retry_after: Some(RETRY_AFTER_SECS),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                types::UNAVAILABLE,
+                "Service Unavailable",
+                "a storage or key service did not answer in time; retry shortly",
+            )
+        }
     }
 
     pub fn not_found() -> Self {
@@ -91,6 +125,7 @@ impl Problem {
             types::ERRORED => "ConnectionError",
             types::TOKEN_EXPIRED => "TokenExpired",
             types::PROVIDER => "ProviderError",
+            types::UNAVAILABLE => "Unavailable",
             _ => "InternalError",
         }
     }
@@ -139,6 +174,11 @@ impl From<ServiceError> for Problem {
                 "Provider Error",
                 format!("the provider's token endpoint failed ({code})"),
             ),
+            e @ (ServiceError::Store(StoreError::Unavailable(_))
+            | ServiceError::Crypto(CryptoError::Unavailable(_))) => {
+                tracing::warn!(error = %e, source = ?std::error::Error::source(&e).map(ToString::to_string), "a dependency is unavailable");
+                Self::unavailable()
+            }
             e @ (ServiceError::Store(_) | ServiceError::Crypto(_)) => {
                 tracing::error!(error = %e, source = ?std::error::Error::source(&e).map(ToString::to_string), "request failed");
                 Self::new(
@@ -161,6 +201,9 @@ impl IntoResponse for Problem {
         if self.close_connection {
             res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        if let Some(secs) = self.retry_after {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -171,5 +214,29 @@ impl IntoResponse for Problem {
 impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
         Problem::from(self).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dependency_that_did_not_answer_is_a_503_with_retry_after_and_type_unavailable() {
+        for e in [
+            ServiceError::Store(StoreError::Unavailable("timed out".into())),
+            ServiceError::Crypto(CryptoError::Unavailable("timed out".into())),
+        ] {
+            let p = Problem::from(e);
+            assert_eq!((p.status, p.kind, p.error_type()), (503, types::UNAVAILABLE, "Unavailable"));
+            assert!(!p.detail.contains("timed out"), "no inner error text: {}", p.detail);
+            let res = p.into_response();
+            assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(res.headers()[header::RETRY_AFTER], RETRY_AFTER_SECS.to_string().as_str());
+        }
+        // Any other backend failure stays a 500 without Retry-After.
+        let res = Problem::from(ServiceError::Store(StoreError::Backend("broken".into()))).into_response();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(res.headers().get(header::RETRY_AFTER).is_none());
     }
 }

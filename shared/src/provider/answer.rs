@@ -74,14 +74,15 @@ pub enum TokenFailure {
         /// named none.
         provider_code: Option<String>,
         status: u16,
-        /// The provider's `error_description`, printable ASCII, at most 200 characters.
-        description: Option<String>,
     },
     /// Worth retrying later: an outage, a rate limit, a timeout.
     Transient { code: String, retry_after: Option<Duration> },
     /// An answer Latchkey could not read (`unreadable_answer`), or a token answer without a
     /// token where the definition says it is (`invalid_token_response`).
     Unreadable { code: &'static str, status: u16 },
+    /// Not sent: the endpoint's address is refused by the outbound policy (a private,
+    /// link-local or, where not allowed, loopback address).
+    Forbidden { why: &'static str },
 }
 
 impl TokenFailure {
@@ -93,6 +94,7 @@ impl TokenFailure {
             Self::Refused { status, .. } => format!("http_{status}"),
             Self::Transient { code, .. } => code.clone(),
             Self::Unreadable { code, .. } => (*code).to_owned(),
+            Self::Forbidden { .. } => "destination_refused".to_owned(),
         }
     }
 }
@@ -152,21 +154,21 @@ fn class_of(code: &str, grant: Grant) -> Option<Refusal> {
     })
 }
 
-fn description(obj: &Map<String, Value>) -> Option<String> {
-    let text = obj.get("error_description").or_else(|| obj.get("message")).and_then(Value::as_str)?;
-    let kept: String = text.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(200).collect();
-    (!kept.trim().is_empty()).then_some(kept)
-}
 
 /// The refusal code of a body: `error` as a string, or the `code`/`type` of an `error` object;
+/// any other `error` member but `null`, `false` and `""` is a refusal too (code `error`);
 /// `{"ok": false}` without one is `ok_false`.
 fn error_code(obj: &Map<String, Value>) -> Option<String> {
     let raw = match obj.get("error") {
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-        Some(Value::Object(e)) => {
-            e.get("code").or_else(|| e.get("type")).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
-        }
-        _ => None,
+        None | Some(Value::Null | Value::Bool(false)) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Object(e)) => Some(
+            e.get("code")
+                .or_else(|| e.get("type"))
+                .map_or_else(|| "error".to_owned(), |v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)),
+        ),
+        Some(_) => Some("error".to_owned()),
     };
     match raw {
         Some(r) => Some(provider_code(&r).unwrap_or_else(|| "unreadable_error_code".to_owned())),
@@ -178,7 +180,8 @@ fn error_code(obj: &Map<String, Value>) -> Option<String> {
 /// The body as an object: JSON whatever the content type says, else a form-encoded body that
 /// has `access_token` or `error`.
 fn parse_body(raw: &RawAnswer) -> Option<Map<String, Value>> {
-    let text = std::str::from_utf8(&raw.body).ok()?.trim();
+    // A byte order mark may open a JSON text (RFC 8259 section 8.1): it is not part of it.
+    let text = std::str::from_utf8(&raw.body).ok()?.trim_start_matches('\u{feff}').trim();
     if text.starts_with('{') {
         return serde_json::from_str::<Map<String, Value>>(text).ok();
     }
@@ -245,10 +248,10 @@ pub fn read_token_answer(
             retry_after: raw.retry_after,
         });
     }
-    if let (Some(code), Some(obj)) = (code, &body) {
+    if let Some(code) = code {
         return Err(match class_of(&code, grant) {
             Some(class) => {
-                TokenFailure::Refused { class, provider_code: Some(code), status, description: description(obj) }
+                TokenFailure::Refused { class, provider_code: Some(code), status }
             }
             None => TokenFailure::Transient { code, retry_after: raw.retry_after },
         });
@@ -272,10 +275,13 @@ pub fn read_token_answer(
             let code = if token_path.is_some() { "invalid_token_response" } else { "unreadable_answer" };
             return Err(TokenFailure::Unreadable { code, status });
         };
-        let token_type = match holder.get("token_type").and_then(Value::as_str) {
-            None | Some("") => "Bearer".to_owned(),
-            Some(t) if t.eq_ignore_ascii_case("bearer") => "Bearer".to_owned(),
-            Some(t) => t.chars().filter(|c| c.is_ascii_graphic()).take(64).collect(),
+        // Printable ASCII, at most 64 characters; `Bearer` when absent or nothing printable is left.
+        let stated = holder.get("token_type").and_then(Value::as_str).unwrap_or_default();
+        let token_type: String = stated.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
+        let token_type = if token_type.is_empty() || token_type.eq_ignore_ascii_case("bearer") {
+            "Bearer".to_owned()
+        } else {
+            token_type
         };
         return Ok(TokenAnswer {
             access_token,
@@ -293,11 +299,11 @@ pub fn read_token_answer(
     match (grant, status) {
         // SPEC section 8: a 400/401 to a refresh that says nothing readable is a dead grant.
         (Grant::RefreshToken | Grant::AuthorizationCode, 400 | 401) => {
-            Err(TokenFailure::Refused { class: Refusal::GrantRefused, provider_code, status, description: None })
+            Err(TokenFailure::Refused { class: Refusal::GrantRefused, provider_code, status })
         }
         // The endpoint itself is wrong (moved, mistyped) or refuses the client.
         (_, 400 | 401 | 404 | 405 | 410) => {
-            Err(TokenFailure::Refused { class: Refusal::ClientRejected, provider_code, status, description: None })
+            Err(TokenFailure::Refused { class: Refusal::ClientRejected, provider_code, status })
         }
         _ => Err(TokenFailure::Unreadable { code: "unreadable_answer", status }),
     }
@@ -343,7 +349,7 @@ mod tests {
         (class, code.to_owned())
     }
 
-    /// A refusal's class and code, whatever its description.
+    /// A refusal's class and code.
     fn refusal(f: Option<TokenFailure>) -> Option<(Refusal, String)> {
         match f {
             Some(f @ TokenFailure::Refused { class, .. }) => Some((class, f.code())),
@@ -413,6 +419,8 @@ mod tests {
                 "invalid_code",
             ),
             (200, r#"{"ok":false}"#, Grant::RefreshToken, Refusal::GrantRefused, "ok_false"),
+            (200, r#"{"access_token":"a","error":{}}"#, Grant::RefreshToken, Refusal::GrantRefused, "error"),
+            (200, r#"{"access_token":"a","error":5}"#, Grant::RefreshToken, Refusal::GrantRefused, "error"),
             (400, r#"{"error":"invalid_grant"}"#, Grant::RefreshToken, Refusal::GrantRefused, "invalid_grant"),
             (400, r#"{"error":"invalid_request"}"#, Grant::RefreshToken, Refusal::GrantRefused, "invalid_request"),
             (401, r#"{"error":"invalid_client"}"#, Grant::RefreshToken, Refusal::ClientRejected, "invalid_client"),

@@ -26,8 +26,11 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
         .map(Duration::from_secs)
 }
 
+/// No proxy (`HTTP(S)_PROXY` would resolve names where the SSRF guard cannot see them), no
+/// redirects.
 fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT)
@@ -35,6 +38,9 @@ fn builder() -> reqwest::ClientBuilder {
 }
 
 /// Sends provider requests over HTTPS (or http to loopback, where the URL allows it).
+/// [`Reach::PublicOnly`] requests resolve names only to public addresses; literal addresses
+/// are not resolved at all, so callers check them first with
+/// [`super::destination::check_public_destination`].
 #[derive(Clone)]
 pub struct HttpProviderClient {
     any: reqwest::Client,

@@ -211,6 +211,7 @@ impl Service {
         let (Some(def), Some(scope), Some(values), true) = (def, scope, values, errors.is_empty()) else {
             return Err(ServiceError::Invalid(errors));
         };
+        self.check_endpoints(values.plain.iter().map(|(k, v)| (k, Some(v))), "values", "")?;
 
         let now = self.clock.now();
         // Client credentials need no user: the token is fetched at the first lookup.
@@ -367,6 +368,7 @@ impl Service {
                 let values =
                     validate::apply_values(&def.inputs, &defaults, &inherited_inputs(&def), base, changes, setter(p))
                         .map_err(ServiceError::Invalid)?;
+                self.check_endpoints(values.plain.iter().map(|(k, v)| (k, Some(v))), "values", "")?;
                 next.secret_names = values.secret_names();
                 next.values = values.plain;
                 next.secrets = self.seal_secrets(&next, &values.secret).await?;

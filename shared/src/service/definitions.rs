@@ -6,8 +6,9 @@ use serde_json::Value;
 use super::{DefinitionView, Result, Service, ServiceError};
 use crate::crypto::EncryptionContext;
 use crate::domain::validate::{self, Values};
-use crate::domain::{Connection, Definition, DefinitionKey, LogType, Principal, Refusal};
+use crate::domain::{Connection, Definition, DefinitionKey, FieldError, LogType, Principal, Refusal};
 use crate::ports::{ConnectionFilter, Expect, StoreError};
+use crate::provider::destination::check_literal_destination;
 use crate::service::MAX_PAGE;
 
 fn require_organization(p: &Principal) -> Result<()> {
@@ -24,6 +25,7 @@ impl Service {
         require_organization(p)?;
         let key = DefinitionKey::parse(key).map_err(|e| ServiceError::invalid("key", &e.to_string()))?;
         let spec = validate::definition_from_json(key.as_str(), body).map_err(ServiceError::Invalid)?;
+        self.check_endpoints(spec.inputs.iter().map(|(k, i)| (k, i.default.as_ref())), "inputs", ".default")?;
         let existing = self.store.get_definition(&p.org, &key).await?;
 
         let mut secrets = spec.secret_defaults;
@@ -78,6 +80,28 @@ impl Service {
             Err(StoreError::Conflict) => Err(ServiceError::Conflict("the definition was changed concurrently; retry")),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Provider endpoints Latchkey will call must pass the outbound policy (public addresses;
+    /// loopback only where allowed) whoever set them: literal addresses are checked when they
+    /// are written, as early as possible, and every address again at each call. `values` are
+    /// (input name, value) pairs; errors name `{prefix}.{name}{suffix}`.
+    pub(crate) fn check_endpoints<'a>(
+        &self,
+        values: impl Iterator<Item = (&'a String, Option<&'a Value>)>,
+        prefix: &str,
+        suffix: &str,
+    ) -> Result<()> {
+        let mut errors = Vec::new();
+        for (name, value) in values.filter(|(n, _)| ["tokenUrl", "revokeUrl"].contains(&n.as_str())) {
+            let Some(url) = value.and_then(Value::as_str).and_then(|u| url::Url::parse(u).ok()) else {
+                continue;
+            };
+            if let Err(msg) = check_literal_destination(&url, self.allow_loopback_providers()) {
+                errors.push(FieldError::new(format!("{prefix}.{name}{suffix}"), msg));
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(ServiceError::Invalid(errors)) }
     }
 
     pub async fn get_definition(&self, p: &Principal, key: &str) -> Result<DefinitionView> {

@@ -32,6 +32,10 @@ pub struct LookupRequest {
     /// The error message of `report_error`.
     #[serde(default)]
     pub message: Option<String>,
+    /// Only in the Lambda payload: the caller's runtime JWT, verified when the function runs
+    /// with `LATCHKEY_LOOKUP_AUTH=token`, ignored otherwise (HTTP takes the bearer token).
+    #[serde(default)]
+    pub token: Option<SecretString>,
 }
 
 /// The decrypted values: serialized in clear for the caller, redacted in `Debug`.
@@ -142,6 +146,11 @@ impl Service {
             let fresh = c.oauth.as_ref().is_some_and(|t| t.expires_at.is_none_or(|e| e > now + min_valid));
             if !fresh {
                 c = self.fresh_for_lookup(c, min_valid).await?;
+                // Reported red while the refresh ran: the refresh stored its tokens (a rotated
+                // refresh token is never lost) but the connection stays red and unusable.
+                if c.status == Status::Error {
+                    return Err(ServiceError::Unusable(Unusable::Error));
+                }
             }
             let tokens = c.oauth.clone().ok_or(ServiceError::Unusable(Unusable::Pending))?;
             // Never hand out a token known to be dead (SPEC section 8): one that expired and

@@ -2,6 +2,27 @@
 //! token write fenced by the version the lease was taken at), the scheduled sweep over the due
 //! index, and the failure classes (refusals turn the connection red and stop; transient failures
 //! keep the tokens and back off).
+//!
+//! # The due index cannot be starved
+//!
+//! The sweep reads the due index oldest first, a page at a time. One organization must not be
+//! able to fill those pages with entries the sweep cannot refresh (reported-red connections,
+//! for instance), which would keep every other organization's tokens from being refreshed. Three
+//! rules together make sure of it:
+//!
+//! - **By construction**, only refreshable connections are in the index: every write that makes
+//!   a connection unusable clears `refresh.due_at` (red: [`Connection::turned_red`];
+//!   disconnected and deleted: `strip_credentials`; no refresh token: the refresh that finds
+//!   none), and both stores derive the index from `due_at` on every write.
+//! - **When the sweep meets an entry it cannot refresh** anyway (one written before these
+//!   rules, or a race), it takes it out of the index ([`unrefreshable`]), and when a refresh
+//!   fails before reaching the provider (a store, key or configuration error) the connection is
+//!   due again only after the base backoff: an entry does not come first in every sweep for the
+//!   same reason.
+//! - **Entries it must leave in place** (a refresh lease held by another worker) do not block
+//!   it: the sweep pages on after the last entry it read (a cursor, never the same page again)
+//!   while entries are due and its deadline allows, so a healthy connection behind any number of
+//!   them is still reached in the same sweep.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +34,7 @@ use super::{Result, Service, ServiceError, Unusable};
 use crate::domain::{
     AuthKind, Connection, ConnectionId, Event, EventType, Lease, LogType, OAuthTokens, OrgId, Refusal, Status,
 };
-use crate::ports::StoreError;
+use crate::ports::{DueEntry, StoreError};
 use crate::provider::TokenFailure;
 use crate::provider::request::GrantRequest;
 
@@ -34,6 +55,9 @@ pub struct RefreshPolicy {
     pub max_backoff: Duration,
     /// Connections refreshed at once by a sweep.
     pub concurrency: usize,
+    /// Due entries a sweep reads per index query (and shard); it reads the next page after the
+    /// last entry while time is left.
+    pub page: usize,
 }
 
 impl Default for RefreshPolicy {
@@ -46,6 +70,7 @@ impl Default for RefreshPolicy {
             base_backoff: Duration::from_secs(30),
             max_backoff: Duration::from_secs(3600),
             concurrency: 8,
+            page: 1_000,
         }
     }
 }
@@ -53,10 +78,17 @@ impl Default for RefreshPolicy {
 /// What a sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SweepSummary {
+    /// Entries of the due index the sweep read.
     pub due: usize,
     pub refreshed: usize,
     pub failed: usize,
+    /// Left for later: refreshed or leased by someone else meanwhile, or not reached before the
+    /// deadline.
     pub skipped: usize,
+    /// Taken out of the due index because they cannot be refreshed (red, disconnected, not
+    /// authorized, no refresh token): entries written before every such write cleared the due
+    /// time, or lost in a race.
+    pub dropped: usize,
     /// Revocation jobs whose retry time had come, attempted by this sweep.
     pub revocations: usize,
 }
@@ -96,6 +128,33 @@ fn backing_off(c: &Connection, now: OffsetDateTime) -> bool {
 
 fn days(t: OffsetDateTime) -> i64 {
     t.unix_timestamp().div_euclid(86_400)
+}
+
+/// Why the sweep cannot refresh `c`, if it cannot: such a connection does not belong in the due
+/// index (SPEC section 6: a red connection sees no further tries until someone acts).
+pub(crate) fn unrefreshable(c: &Connection) -> Option<&'static str> {
+    match c.status {
+        Status::Error => return Some("red"),
+        Status::Disconnected => return Some("disconnected"),
+        Status::Pending => return Some("not authorized"),
+        Status::Configured | Status::Active => {}
+    }
+    match (c.auth, &c.oauth) {
+        // Client credentials are fetched again, refresh token or not.
+        (Some(AuthKind::Oauth2ClientCredentials), _) => None,
+        (Some(AuthKind::Oauth2AuthorizationCode) | None, None) => Some("not authorized"),
+        (Some(AuthKind::Oauth2AuthorizationCode) | None, Some(t)) if !t.has_refresh_token => Some("no refresh token"),
+        (Some(AuthKind::Oauth2AuthorizationCode) | None, Some(_)) => None,
+        (Some(_), _) => Some("not an OAuth connection"),
+    }
+}
+
+/// What the sweep did with one due entry.
+enum Swept {
+    Refreshed,
+    Failed,
+    Skipped,
+    Dropped,
 }
 
 impl Service {
@@ -177,9 +236,12 @@ impl Service {
                 Ok(Some(done)) => return Ok(Refreshed::Now(done)),
                 // The lease is gone (expired and taken over, or a disconnect): re-read.
                 Ok(None) => continue,
+                // The outcome is written (red, or backed off after a provider failure).
+                Err(e @ (ServiceError::Unusable(_) | ServiceError::Provider(_))) => return Err(e),
                 Err(e) => {
-                    // Whatever failed, the lease must not outlive this call.
-                    self.release_lease(&leased).await;
+                    // Nothing was written: the lease must not outlive this call, and a sweep
+                    // (which does not wait) must not meet this connection first again next time.
+                    self.release_lease(&leased, !wait).await;
                     return Err(e);
                 }
             }
@@ -190,7 +252,17 @@ impl Service {
     /// conditionally on the leased version. `None` when that write lost.
     async fn refresh_leased(&self, leased: &Connection) -> Result<Option<Connection>> {
         let def = self.definition_of(leased).await?;
-        let settings = self.oauth_settings(&def, leased).await?;
+        let settings = match self.oauth_settings(&def, leased).await {
+            Ok(settings) => settings,
+            // Settings that are incomplete (no client id, an endpoint that is not a URL):
+            // the organization's to fix; red, so the sweep does not meet it again.
+            Err(ServiceError::Invalid(errors)) => {
+                let detail: Vec<String> = errors.iter().map(|e| format!("{} {}", e.field, e.message)).collect();
+                let error = self.refusal_error(Refusal::ClientRejected, None, &detail.join("; "));
+                return self.refused(leased, error, "not refreshed").await;
+            }
+            Err(e) => return Err(e),
+        };
         let client_credentials = def.auth == AuthKind::Oauth2ClientCredentials;
         let previous = match &leased.oauth {
             Some(tokens) if !client_credentials => self.open_tokens(leased).await?.map(|s| (tokens.clone(), s)),
@@ -264,6 +336,11 @@ impl Service {
                 }
                 Ok(Some(done))
             }
+            Err(TokenFailure::Forbidden { why }) => {
+                let detail = format!("the token endpoint {why}");
+                let error = self.refusal_error(Refusal::ClientRejected, None, &detail);
+                self.refused(leased, error, "not refreshed").await
+            }
             Err(TokenFailure::Refused { class, provider_code, status, .. }) => {
                 // Another worker may have rotated the token meanwhile (and this one was the
                 // old one): only a refusal of the current token turns the connection red.
@@ -283,9 +360,7 @@ impl Service {
             Err(failure) => {
                 let failures = leased.refresh.failures + 1;
                 let p = self.policy();
-                let exp = p.base_backoff.saturating_mul(1 << failures.min(16).saturating_sub(1)).min(p.max_backoff);
-                // Full jitter on the upper half, so a provider outage does not end in a stampede.
-                let jittered = exp / 2 + exp.mul_f64(rand::rng().random_range(0.0..0.5));
+                let jittered = self.backoff(failures);
                 let retry_after = match &failure {
                     TokenFailure::Transient { retry_after, .. } => *retry_after,
                     _ => None,
@@ -301,8 +376,9 @@ impl Service {
                     next.refresh.failures = failures;
                     next.refresh.day = day;
                     next.refresh.attempts_today = attempts;
-                    // The next try, by the sweep (lookups wait for it too).
-                    next.refresh.due_at = Some(next_at);
+                    // The next try, by the sweep (lookups wait for it too); none for a connection
+                    // reported red meanwhile, which stays out of the index.
+                    next.refresh.due_at = (base.status != Status::Error).then_some(next_at);
                     next.version = base.version + 1;
                     next.updated_at = now;
                     next
@@ -331,8 +407,18 @@ impl Service {
         }
     }
 
+    /// The wait before the next attempt after `failures` failures in a row: exponential from
+    /// the policy's base to its maximum, with jitter on the upper half so that an outage does
+    /// not end in a stampede.
+    fn backoff(&self, failures: u32) -> Duration {
+        let p = self.policy();
+        let exp = p.base_backoff.saturating_mul(1 << failures.min(16).saturating_sub(1)).min(p.max_backoff);
+        exp / 2 + exp.mul_f64(rand::rng().random_range(0.0..0.5))
+    }
+
     /// Turns a leased connection red with `error` (a refusal: no further tries until someone
-    /// acts), logs it and emits `Token Refresh Failed` and `Connection Error`.
+    /// acts), logs it and emits `Token Refresh Failed` and `Connection Error`. A connection
+    /// reported red meanwhile keeps the reason it was reported with.
     async fn refused(
         &self,
         leased: &Connection,
@@ -345,6 +431,9 @@ impl Service {
         };
         let red = |base: &Connection| {
             let mut red = base.turned_red(error.clone());
+            if base.status == Status::Error {
+                red.error = base.error.clone();
+            }
             red.refresh.lease = None;
             red
         };
@@ -393,11 +482,20 @@ impl Service {
     }
 
     /// Best effort: clears this call's lease after a failure, so others need not wait it out.
-    async fn release_lease(&self, leased: &Connection) {
+    /// With `retry_later` (the sweep), a connection still in the due index is due again only
+    /// after the policy's base backoff: a store, key or configuration failure must not put it
+    /// first in every sweep. Its failure count (which makes lookups wait too, for provider
+    /// outages) is left alone: lookups keep refreshing on demand, so service resumes as soon as
+    /// the dependency does.
+    async fn release_lease(&self, leased: &Connection, retry_later: bool) {
+        let retry_at = self.clock.now() + self.backoff(1);
         let released = self
             .commit_leased(leased, |base| {
                 let mut next = base.clone();
                 next.refresh.lease = None;
+                if retry_later && base.refresh.due_at.is_some() {
+                    next.refresh.due_at = Some(retry_at);
+                }
                 next.version = base.version + 1;
                 next
             })
@@ -467,44 +565,76 @@ impl Service {
         self.get_connection(p, done.id.as_str()).await
     }
 
-    /// The scheduled sweep: refreshes every connection due now, shard by shard, a bounded number
-    /// at a time, stopping before `deadline` (what is left is counted as skipped and stays due).
+    /// The scheduled sweep: refreshes every connection due now, shard by shard, a page of the
+    /// due index at a time and a bounded number at once, starting nothing after `deadline` (what
+    /// is left is counted as skipped and stays due). Entries it cannot refresh leave the index;
+    /// entries it must leave (leased elsewhere) are paged past (see the module documentation).
+    ///
+    /// Each AWS call is bounded ([`crate::adapters::aws::OPERATION_TIMEOUT`]): a dependency that
+    /// does not answer fails that connection's refresh and the sweep moves on. When the index
+    /// itself cannot be read the sweep stops there, logs its summary and returns the error (the
+    /// deployed stack alarms on failed sweeps).
     pub async fn refresh_sweep(&self, deadline: Instant) -> Result<SweepSummary> {
         use futures_util::StreamExt;
 
         let mut summary = SweepSummary::default();
+        let mut failure: Option<ServiceError> = None;
         let now = self.clock.now();
-        for shard in 0..self.store.due_shards() {
-            let due = self.store.due_connections(shard, now, 1_000).await?;
-            summary.due += due.len();
-            let outcomes: Vec<_> = futures_util::stream::iter(due)
-                .map(|(org, id)| async move {
-                    if Instant::now() >= deadline {
-                        return None;
+        let page = self.policy().page.max(1);
+        'shards: for shard in 0..self.store.due_shards() {
+            let mut after: Option<DueEntry> = None;
+            loop {
+                if Instant::now() >= deadline {
+                    break 'shards;
+                }
+                let due = match self.store.due_connections(shard, now, after.as_ref(), page).await {
+                    Ok(due) => due,
+                    Err(e) => {
+                        tracing::warn!(shard, error = %e, "reading the refresh index failed");
+                        let unavailable = e.is_unavailable();
+                        failure.get_or_insert(e.into());
+                        // An unavailable store would keep the other shards waiting as long.
+                        if unavailable {
+                            break 'shards;
+                        }
+                        continue 'shards;
                     }
-                    let needed = |c: &Connection, now: OffsetDateTime| c.refresh.due_at.is_some_and(|d| d <= now);
-                    let seen = match self.store.get_connection(&org, &id).await {
-                        Ok(Some(c)) => c.oauth.map(|t| t.obtained_at),
-                        Ok(None) => return Some(Err(ServiceError::NotFound)),
-                        Err(e) => return Some(Err(e.into())),
-                    };
-                    Some(self.refresh_connection(&org, &id, seen, needed, false).await)
-                })
-                .buffer_unordered(self.policy().concurrency.max(1))
-                .collect()
-                .await;
-            for outcome in outcomes {
-                match outcome {
-                    Some(Ok(Refreshed::Now(_))) => summary.refreshed += 1,
-                    Some(Ok(Refreshed::Already(_) | Refreshed::Busy)) | None => summary.skipped += 1,
-                    Some(Err(ServiceError::NotFound)) => summary.skipped += 1,
-                    Some(Err(_)) => summary.failed += 1,
+                };
+                summary.due += due.len();
+                let more = due.len() >= page;
+                after = due.last().cloned();
+                let outcomes: Vec<Swept> = futures_util::stream::iter(due)
+                    .map(|entry| async move {
+                        if Instant::now() >= deadline {
+                            return Swept::Skipped;
+                        }
+                        self.sweep_one(&entry.org, &entry.id).await
+                    })
+                    .buffer_unordered(self.policy().concurrency.max(1))
+                    .collect()
+                    .await;
+                for outcome in outcomes {
+                    match outcome {
+                        Swept::Refreshed => summary.refreshed += 1,
+                        Swept::Failed => summary.failed += 1,
+                        Swept::Skipped => summary.skipped += 1,
+                        Swept::Dropped => summary.dropped += 1,
+                    }
+                }
+                if !more {
+                    break;
                 }
             }
         }
         // Revocations that failed transiently are retried here, when their time has come.
-        if Instant::now() < deadline {
-            summary.revocations = self.revoke_due(deadline).await?.len();
+        if failure.is_none() && Instant::now() < deadline {
+            match self.revoke_due(deadline).await {
+                Ok(done) => summary.revocations = done.len(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the due revocations failed");
+                    failure = Some(e);
+                }
+            }
         }
         tracing::info!(
             revocations = summary.revocations,
@@ -512,8 +642,55 @@ impl Service {
             refreshed = summary.refreshed,
             failed = summary.failed,
             skipped = summary.skipped,
+            dropped = summary.dropped,
             "refresh sweep"
         );
-        Ok(summary)
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(summary),
+        }
+    }
+
+    /// One due entry of a sweep: refreshed if it can be, taken out of the index if it cannot.
+    async fn sweep_one(&self, org: &OrgId, id: &ConnectionId) -> Swept {
+        let c = match self.store.get_connection(org, id).await {
+            Ok(Some(c)) => c,
+            // Deleted meanwhile: its index entry went with it.
+            Ok(None) => return Swept::Skipped,
+            Err(e) => {
+                tracing::warn!(org = %org, connection_id = %id, error = %e, "reading a due connection failed");
+                return Swept::Failed;
+            }
+        };
+        if let Some(why) = unrefreshable(&c) {
+            return self.drop_from_index(&c, why).await;
+        }
+        let needed = |c: &Connection, now: OffsetDateTime| c.refresh.due_at.is_some_and(|d| d <= now);
+        let seen = c.oauth.as_ref().map(|t| t.obtained_at);
+        match self.refresh_connection(org, id, seen, needed, false).await {
+            Ok(Refreshed::Now(_)) => Swept::Refreshed,
+            Ok(Refreshed::Already(_) | Refreshed::Busy) | Err(ServiceError::NotFound) => Swept::Skipped,
+            Err(_) => Swept::Failed,
+        }
+    }
+
+    /// Takes `c` out of the due index: a version-conditional write of the same record without a
+    /// due time (a lease, if any, stays with its holder). A lost race leaves it to the write that
+    /// won, which derived the index anew.
+    async fn drop_from_index(&self, c: &Connection, why: &str) -> Swept {
+        let mut next = c.clone();
+        next.refresh.due_at = None;
+        next.version = c.version + 1;
+        match self.store.update_connection(&next, c.version).await {
+            Ok(()) => {
+                tracing::debug!(org = %c.org, connection_id = %c.id, why, "left the refresh index: it cannot be refreshed");
+                Swept::Dropped
+            }
+            Err(StoreError::Conflict) => Swept::Skipped,
+            Err(e) => {
+                tracing::warn!(org = %c.org, connection_id = %c.id, error = %e, "taking a connection out of the refresh index failed");
+                Swept::Failed
+            }
+        }
     }
 }

@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 use super::oauth::TokenSecrets;
 use super::{ConnectionView, Result, Service, ServiceError};
 use crate::crypto::EncryptionContext;
+use crate::domain::validate::is_loopback_host;
 use crate::domain::{Connection, ConnectionId, Event, EventType, LogType, OrgId, Principal, RevocationJob, Status};
 use crate::ports::StoreError;
+use crate::provider::destination::{DestinationError, check_public_destination};
 use crate::provider::{ClientAuth, ClientAuthMethod, Reach, RevokeAnswer, read_revoke_answer};
 
 /// How long a revocation job may live, and how often it is tried.
@@ -23,7 +25,6 @@ const CLAIM: time::Duration = time::Duration::seconds(60);
 #[derive(Serialize, Deserialize)]
 struct RevokeSettings {
     revoke_url: String,
-    public_only: bool,
     client_id: String,
     client_secret: Option<String>,
     post_auth: bool,
@@ -92,7 +93,6 @@ impl Service {
         }
         let plain = RevokeSettings {
             revoke_url: revoke.url.to_string(),
-            public_only: revoke.reach == Reach::PublicOnly,
             client_id: settings.client.client_id.clone(),
             client_secret: settings.client.client_secret.as_ref().map(|s| s.expose_secret().to_owned()),
             post_auth: settings.client.method == ClientAuthMethod::Post,
@@ -328,7 +328,15 @@ impl Service {
         let Ok(url) = url::Url::parse(&settings.revoke_url) else {
             return RevokeAnswer::Refused("invalid_revoke_url".into());
         };
-        let reach = if settings.public_only { Reach::PublicOnly } else { Reach::Any };
+        // The outbound policy, at each call, whoever set the URL.
+        match check_public_destination(&url, self.allow_loopback_providers()).await {
+            Ok(()) => {}
+            Err(DestinationError::Refused(_)) => return RevokeAnswer::Refused("destination_refused".into()),
+            Err(DestinationError::Unresolved) => {
+                return RevokeAnswer::Transient { code: "unresolved".into(), retry_after: None };
+            }
+        }
+        let reach = if is_loopback_host(&url) { Reach::Any } else { Reach::PublicOnly };
         let post = settings.client().revocation_request(url, reach, token, hint);
         match self.provider.post_form(&post).await {
             Ok(raw) => read_revoke_answer(&raw),

@@ -7,14 +7,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeValue, CancellationReason, Delete, DeleteRequest, Put, ReturnValuesOnConditionCheckFailure,
     TransactWriteItem, Update, WriteRequest,
 };
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use time::OffsetDateTime;
 
 use crate::domain::{Connection, ConnectionId, Definition, DefinitionKey, LogEntry, OAuthState, OrgId, RevocationJob};
-use crate::ports::{BackendError, ConnectionFilter, Expect, Page, Store, StoreError};
+use crate::ports::{BackendError, ConnectionFilter, DueEntry, Expect, Page, Store, StoreError};
 
 pub const BY_CUSTOMER: &str = "by-customer";
 pub const BY_DEFINITION: &str = "by-definition";
@@ -44,6 +46,15 @@ fn n(v: impl ToString) -> AttributeValue {
 
 fn backend(e: impl Into<BackendError>) -> StoreError {
     StoreError::Backend(e.into())
+}
+
+/// A failed DynamoDB call: [`StoreError::Unavailable`] when it timed out, could not reach
+/// DynamoDB or was throttled (the caller may retry shortly), [`StoreError::Backend`] otherwise.
+fn sdk<E>(e: SdkError<E, HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    if super::is_unavailable(&e) { StoreError::Unavailable(e.into()) } else { backend(e) }
 }
 
 fn org_pk(org: &OrgId) -> String {
@@ -96,12 +107,21 @@ fn connection_item(c: &Connection) -> Result<Item, StoreError> {
     }
     item.insert("gsi2pk".into(), s(definition_pk(&c.org, c.definition.as_str())));
     item.insert("gsi2sk".into(), s(con_sk(&c.id)));
-    // Sparse: only connections with a due time are in the refresh index.
+    // Sparse: only connections with a due time are in the refresh index. Every write of a
+    // connection replaces its whole item (PutItem), so one whose due time was cleared (red,
+    // disconnected, refreshed without a refresh token) has no `gsi3*` attributes any more and
+    // leaves the index: no stale entry can survive an update.
     if let Some(due) = c.refresh.due_at {
         item.insert("gsi3pk".into(), s(format!("DUE#{}", due_shard(&c.id))));
-        item.insert("gsi3sk".into(), s(format!("{:012}#{}#{}", due.unix_timestamp().max(0), c.org, c.id)));
+        item.insert("gsi3sk".into(), s(due_sk(due.unix_timestamp(), &c.org, &c.id)));
     }
     Ok(item)
+}
+
+/// A connection's sort key in the due index: due time (zero-padded Unix seconds, so that text
+/// order is time order), then organization and id.
+fn due_sk(due: i64, org: &OrgId, id: &ConnectionId) -> String {
+    format!("{:012}#{org}#{id}", due.max(0))
 }
 
 fn revocation_pk(org: &OrgId, id: &ConnectionId) -> String {
@@ -139,7 +159,14 @@ impl Cancelled {
     }
 
     fn into_error(self) -> StoreError {
-        backend(format!("transaction cancelled: {}", self.0.join(", ")))
+        let message = format!("transaction cancelled: {}", self.0.join(", "));
+        // Throttled or in conflict with another transaction: worth retrying shortly.
+        let transient = ["ThrottlingError", "ProvisionedThroughputExceeded", "TransactionConflict"];
+        if self.0.iter().any(|c| transient.contains(&c.as_str())) {
+            StoreError::Unavailable(message.into())
+        } else {
+            backend(message)
+        }
     }
 }
 
@@ -185,6 +212,7 @@ impl DynamoStore {
             .await;
         match res {
             Ok(_) => Ok(None),
+            Err(e) if super::is_unavailable(&e) => Err(sdk(e)),
             Err(e) => match e.into_service_error() {
                 aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(
                     t,
@@ -208,7 +236,7 @@ impl DynamoStore {
             Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
                 Err(StoreError::Conflict)
             }
-            Err(e) => Err(backend(e)),
+            Err(e) => Err(sdk(e)),
         }
     }
 
@@ -221,7 +249,7 @@ impl DynamoStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(backend)?;
+            .map_err(sdk)?;
         Ok(out.item)
     }
 
@@ -240,7 +268,7 @@ impl DynamoStore {
                 .limit((want - items.len()).clamp(1, 1_000) as i32)
                 .send()
                 .await
-                .map_err(backend)?;
+                .map_err(sdk)?;
             items.extend(out.items.unwrap_or_default());
             match out.last_evaluated_key {
                 Some(k) if items.len() < want => start = Some(k),
@@ -262,7 +290,7 @@ impl DynamoStore {
                 .limit(100)
                 .send()
                 .await
-                .map_err(backend)?;
+                .map_err(sdk)?;
             let keys = out.items.unwrap_or_default();
             if keys.is_empty() {
                 return Ok(());
@@ -285,7 +313,7 @@ impl DynamoStore {
                         .request_items(&self.table, std::mem::take(&mut pending))
                         .send()
                         .await
-                        .map_err(backend)?;
+                        .map_err(sdk)?;
                     pending = out.unprocessed_items.and_then(|mut m| m.remove(&self.table)).unwrap_or_default();
                     if !pending.is_empty() {
                         tokio::time::sleep(Duration::from_millis(25 << attempt)).await;
@@ -345,7 +373,7 @@ impl Store for DynamoStore {
             Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
                 Err(StoreError::Conflict)
             }
-            Err(e) => Err(backend(e)),
+            Err(e) => Err(sdk(e)),
         }
     }
 
@@ -362,6 +390,7 @@ impl Store for DynamoStore {
             .await;
         match res {
             Ok(_) => Ok(true),
+            Err(e) if super::is_unavailable(&e) => Err(sdk(e)),
             Err(e) => match e.into_service_error() {
                 aws_sdk_dynamodb::operation::delete_item::DeleteItemError::ConditionalCheckFailedException(c) => {
                     // The old item comes back only if it existed: then it is in use.
@@ -507,38 +536,50 @@ impl Store for DynamoStore {
         &self,
         shard: u32,
         until: OffsetDateTime,
+        after: Option<&DueEntry>,
         limit: usize,
-    ) -> Result<Vec<(OrgId, ConnectionId)>, StoreError> {
+    ) -> Result<Vec<DueEntry>, StoreError> {
         // `~` sorts after every id character: every entry due at or before `until`.
         let upper = format!("{:012}#~", until.unix_timestamp().max(0));
+        // After a cursor: from its own index key (BETWEEN is inclusive, so the cursor entry, if
+        // still there, is read and skipped, as listings do with theirs).
+        let cursor = after.map(|a| due_sk(a.due, &a.org, &a.id));
+        let lower = cursor.clone().unwrap_or_default();
         let (items, _) = self
             .query_until(
                 || {
-                    self.client
-                        .query()
-                        .table_name(&self.table)
-                        .index_name(REFRESH_DUE)
-                        .key_condition_expression("gsi3pk = :p AND gsi3sk <= :u")
+                    let q = self.client.query().table_name(&self.table).index_name(REFRESH_DUE);
+                    let q = q
                         .expression_attribute_values(":p", s(format!("DUE#{shard}")))
-                        .expression_attribute_values(":u", s(upper.clone()))
+                        .expression_attribute_values(":u", s(upper.clone()));
+                    if cursor.is_some() {
+                        q.key_condition_expression("gsi3pk = :p AND gsi3sk BETWEEN :l AND :u")
+                            .expression_attribute_values(":l", s(lower.clone()))
+                    } else {
+                        q.key_condition_expression("gsi3pk = :p AND gsi3sk <= :u")
+                    }
                 },
-                limit.max(1),
+                limit.max(1) + usize::from(cursor.is_some()),
             )
             .await?;
-        items
-            .iter()
-            .take(limit)
-            .map(|item| {
-                let text = |k: &str| match item.get(k) {
-                    Some(AttributeValue::S(v)) => Ok(v.clone()),
-                    _ => Err(backend("a due-index entry lacks its keys")),
-                };
-                let (pk, sk) = (text("pk")?, text("sk")?);
-                let org = OrgId::parse(pk.trim_start_matches("ORG#")).map_err(backend)?;
-                let id = ConnectionId::parse(sk.trim_start_matches("CON#")).map_err(backend)?;
-                Ok((org, id))
-            })
-            .collect()
+        let mut entries = Vec::with_capacity(items.len());
+        for item in &items {
+            let text = |k: &str| match item.get(k) {
+                Some(AttributeValue::S(v)) => Ok(v.as_str()),
+                _ => Err(backend("a due-index entry lacks its keys")),
+            };
+            let sk3 = text("gsi3sk")?;
+            if Some(sk3) == cursor.as_deref() {
+                continue;
+            }
+            let org = OrgId::parse(text("pk")?.trim_start_matches("ORG#")).map_err(backend)?;
+            let id = ConnectionId::parse(text("sk")?.trim_start_matches("CON#")).map_err(backend)?;
+            let due =
+                sk3.split('#').next().and_then(|d| d.parse().ok()).ok_or_else(|| backend("a malformed due key"))?;
+            entries.push(DueEntry { org, id, due });
+        }
+        entries.truncate(limit);
+        Ok(entries)
     }
 
     async fn put_revocation(&self, job: &RevocationJob) -> Result<(), StoreError> {
@@ -610,7 +651,7 @@ impl Store for DynamoStore {
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
             .send()
             .await
-            .map_err(backend)?;
+            .map_err(sdk)?;
         Ok(out.attributes.is_some_and(|a| !a.is_empty()))
     }
 
@@ -633,7 +674,7 @@ impl Store for DynamoStore {
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
             .send()
             .await
-            .map_err(backend)?;
+            .map_err(sdk)?;
         let Some(item) = out.attributes.filter(|i| !i.is_empty()) else {
             return Ok(None);
         };
@@ -651,7 +692,7 @@ impl Store for DynamoStore {
         item.insert("kind".into(), s("log"));
         item.insert("doc".into(), s(serde_json::to_string(entry).map_err(backend)?));
         item.insert(TTL_ATTRIBUTE.into(), n(expires));
-        self.client.put_item().table_name(&self.table).set_item(Some(item)).send().await.map_err(backend)?;
+        self.client.put_item().table_name(&self.table).set_item(Some(item)).send().await.map_err(sdk)?;
         Ok(())
     }
 

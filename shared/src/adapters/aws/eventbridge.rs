@@ -1,5 +1,8 @@
 //! The EventBridge event sink: `PutEvents` with source `latchkey`, retrying the entries that
-//! failed (PutEvents can fail per entry while the call succeeds).
+//! failed (PutEvents can fail per entry while the call succeeds). Events are best effort and
+//! published inline by the request that caused them, so a publish is bounded more tightly than
+//! the other AWS calls: an EventBridge that does not answer costs a request at most
+//! [`PUBLISH_BUDGET`], and the event is logged as lost.
 
 use std::time::Duration;
 
@@ -13,6 +16,13 @@ use crate::ports::{EventError, EventSink};
 /// The `source` of every Latchkey event.
 pub const SOURCE: &str = "latchkey";
 const ATTEMPTS: u32 = 4;
+/// One `PutEvents` attempt (EventBridge answers in tens of milliseconds).
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// One `PutEvents` call, the SDK's retries included.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
+/// All of one publish, the retries of failed entries included: the most an event adds to the
+/// request that emits it.
+pub const PUBLISH_BUDGET: Duration = Duration::from_secs(3);
 
 pub struct EventBridgeSink {
     client: Client,
@@ -41,13 +51,25 @@ pub fn retryable(error_code: Option<&str>) -> bool {
     matches!(error_code, Some("ThrottlingException" | "InternalFailure" | "InternalException") | None)
 }
 
-#[async_trait]
-impl EventSink for EventBridgeSink {
-    async fn publish(&self, event: &Event) -> Result<(), EventError> {
+impl EventBridgeSink {
+    async fn put(&self, event: &Event) -> Result<(), EventError> {
         let entry = self.entry(event)?;
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(super::CONNECT_TIMEOUT.min(ATTEMPT_TIMEOUT))
+            .read_timeout(ATTEMPT_TIMEOUT)
+            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+            .operation_timeout(OPERATION_TIMEOUT)
+            .build();
         for attempt in 0..ATTEMPTS {
-            let out =
-                self.client.put_events().entries(entry.clone()).send().await.map_err(|e| EventError(Box::new(e)))?;
+            let out = self
+                .client
+                .put_events()
+                .entries(entry.clone())
+                .customize()
+                .config_override(aws_sdk_eventbridge::config::Builder::default().timeout_config(timeouts.clone()))
+                .send()
+                .await
+                .map_err(|e| EventError(Box::new(e)))?;
             if out.failed_entry_count() == 0 {
                 return Ok(());
             }
@@ -60,6 +82,16 @@ impl EventSink for EventBridgeSink {
             tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
         }
         unreachable!("the last attempt returns")
+    }
+}
+
+#[async_trait]
+impl EventSink for EventBridgeSink {
+    async fn publish(&self, event: &Event) -> Result<(), EventError> {
+        match tokio::time::timeout(PUBLISH_BUDGET, self.put(event)).await {
+            Ok(published) => published,
+            Err(_) => Err(EventError(format!("EventBridge did not answer within {PUBLISH_BUDGET:?}").into())),
+        }
     }
 }
 

@@ -49,18 +49,22 @@ fn failure(code: Option<&str>, e: impl Into<BackendError>) -> CryptoError {
             // The `kms_throttled` field is what the deployed stack's metric filter and alarm
             // count (infra/template.yaml, KmsThrottledAlarm).
             tracing::warn!(kms_throttled = true, "KMS throttled a request after the SDK's retries");
-            CryptoError::Provider(e.into())
+            CryptoError::Unavailable(e.into())
         }
         KmsFailure::Other => CryptoError::Provider(e.into()),
     }
 }
 
-/// An SDK error of any KMS operation, classified by its error code.
+/// An SDK error of any KMS operation, classified by its error code; a call that timed out or
+/// could not reach KMS is [`CryptoError::Unavailable`] (the caller may retry shortly).
 fn sdk_failure<E>(e: aws_sdk_kms::error::SdkError<E>) -> CryptoError
 where
     E: aws_sdk_kms::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let code = aws_sdk_kms::error::ProvideErrorMetadata::code(&e).map(str::to_owned);
+    if super::is_unavailable(&e) && classify(code.as_deref()) != KmsFailure::Throttled {
+        return CryptoError::Unavailable(e.into());
+    }
     failure(code.as_deref(), e)
 }
 
@@ -146,7 +150,7 @@ mod tests {
         let logs = crate::telemetry::Captured::default();
         let subscriber = crate::telemetry::json_subscriber("warn".parse().unwrap(), logs.clone());
         let e = tracing::subscriber::with_default(subscriber, || failure(Some("ThrottlingException"), "slow down"));
-        assert!(matches!(e, CryptoError::Provider(_)));
+        assert!(matches!(e, CryptoError::Unavailable(_)), "retry later: {e:?}");
         let lines = logs.lines();
         // infra/template.yaml: `{ $.kms_throttled IS TRUE }` on every function's log group.
         assert_eq!(lines.len(), 1, "{lines:?}");

@@ -1,5 +1,19 @@
 //! The AWS adapters: DynamoDB store, KMS key provider, EventBridge event sink. SDK types never
 //! leave this module.
+//!
+//! Every AWS call is bounded in time ([`timeout_config`]): a dependency that accepts
+//! connections but never answers (an overloaded endpoint, a network black hole, an emulator
+//! stopped with SIGSTOP) costs a caller a few seconds, never its whole Lambda timeout. Such a
+//! failure is [`StoreError::Unavailable`](crate::ports::StoreError::Unavailable) or
+//! [`CryptoError::Unavailable`](crate::crypto::CryptoError::Unavailable), which callers see as
+//! HTTP 503 with `Retry-After` (Lambda `errorType` `Unavailable`); the next call tries again,
+//! so service resumes as soon as the dependency answers.
+
+use std::time::Duration;
+
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
 pub mod dynamodb;
 pub mod eventbridge;
@@ -10,7 +24,101 @@ pub use dynamodb::DynamoStore;
 pub use eventbridge::EventBridgeSink;
 pub use kms::KmsKeyProvider;
 
-/// The standard AWS configuration: `AWS_REGION`, credentials, `AWS_ENDPOINT_URL`...
+/// Opening a connection (TCP and TLS) to an AWS endpoint; in-region this takes milliseconds.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// One attempt of a call, until its whole response is read. DynamoDB and KMS answer in tens of
+/// milliseconds; an attempt that takes longer is stuck, and a retry on a fresh connection is
+/// the better bet.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A whole call, retries and their backoff included: what a token lookup waits at most for one
+/// DynamoDB or KMS call before it answers 503. Sized for the lookup, the critical caller (its
+/// integration waits on it); the sweep, which runs under a deadline, gives up on that
+/// connection after the same time and moves on.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The timeouts of every client built from [`sdk_config`] (DynamoDB, KMS, EventBridge, and any
+/// other service a function may use): connect, read (time to the response), per attempt and
+/// per operation. The SDK's default has only a connect timeout, so a dependency that accepts
+/// the connection and never answers would hold the caller until its own timeout.
+pub fn timeout_config() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(ATTEMPT_TIMEOUT)
+        .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+        .operation_timeout(OPERATION_TIMEOUT)
+        .build()
+}
+
+/// The standard AWS configuration (`AWS_REGION`, credentials, `AWS_ENDPOINT_URL` and the
+/// per-service `AWS_ENDPOINT_URL_<SERVICE>`...) with Latchkey's [`timeout_config`].
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeout_config()).load().await
+}
+
+/// Error codes that mean "not now" rather than "no": throttling past the SDK's retries, and
+/// the services' own transient failures.
+const TRANSIENT_CODES: &[&str] = &[
+    "ThrottlingException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "KMSInternalException",
+    "DependencyTimeoutException",
+];
+
+/// Whether a service's answer (its error code and HTTP status) means "not now" rather than "no".
+fn transient(code: Option<&str>, status: u16) -> bool {
+    (500..600).contains(&status) || code.is_some_and(|c| TRANSIENT_CODES.contains(&c))
+}
+
+/// Whether an SDK error means the service is unavailable for now: a call that timed out, a
+/// connection that could not be made or broke, an answer that could not be read, throttling
+/// or a 5xx. Such failures may succeed when retried shortly; anything else is a real failure.
+pub(crate) fn is_unavailable<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
+    match e {
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
+        SdkError::DispatchFailure(d) => d.is_timeout() || d.is_io(),
+        SdkError::ServiceError(s) => transient(s.err().code(), s.raw().status().as_u16()),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_call_has_a_connect_read_attempt_and_operation_timeout() {
+        let t = timeout_config();
+        assert_eq!(t.connect_timeout(), Some(CONNECT_TIMEOUT));
+        assert_eq!(t.read_timeout(), Some(ATTEMPT_TIMEOUT));
+        assert_eq!(t.operation_attempt_timeout(), Some(ATTEMPT_TIMEOUT));
+        assert_eq!(t.operation_timeout(), Some(OPERATION_TIMEOUT));
+        // Two attempts fit in one operation: a stuck connection is retried once on a fresh one.
+        assert!(ATTEMPT_TIMEOUT * 2 < OPERATION_TIMEOUT);
+    }
+
+    #[test]
+    fn timeouts_broken_connections_and_throttling_are_unavailable_but_refusals_are_not() {
+        use aws_sdk_dynamodb::error::ConnectorError;
+        use aws_sdk_dynamodb::operation::get_item::GetItemError;
+
+        let timeout: SdkError<GetItemError, HttpResponse> = SdkError::timeout_error("attempt timed out");
+        assert!(is_unavailable(&timeout));
+        let refused: SdkError<GetItemError, HttpResponse> =
+            SdkError::dispatch_failure(ConnectorError::io("connection refused".into()));
+        assert!(is_unavailable(&refused));
+        let unbuilt: SdkError<GetItemError, HttpResponse> = SdkError::construction_failure("no region");
+        assert!(!is_unavailable(&unbuilt));
+
+        assert!(transient(Some("ProvisionedThroughputExceededException"), 400));
+        assert!(transient(Some("ThrottlingException"), 400));
+        assert!(transient(Some("KMSInternalException"), 500));
+        assert!(transient(None, 503));
+        assert!(!transient(Some("ResourceNotFoundException"), 400));
+        assert!(!transient(Some("AccessDeniedException"), 400));
+        assert!(!transient(Some("ConditionalCheckFailedException"), 400));
+        assert!(!transient(Some("InvalidCiphertextException"), 400));
+    }
 }

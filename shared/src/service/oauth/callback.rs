@@ -44,16 +44,19 @@ impl AuthorizationFailure {
     /// A failed code exchange: the provider's refusal code, or what went wrong.
     fn exchange(f: &TokenFailure) -> Self {
         match f {
-            TokenFailure::Refused { description, .. } => Self::new(
-                f.code(),
-                description.clone().unwrap_or_else(|| "the provider refused the authorization code".to_owned()),
-            ),
+            // Never the token endpoint's own text: it could echo what it was sent (the code,
+            // the verifier, the client secret).
+            TokenFailure::Refused { .. } => Self::new(f.code(), "the provider refused the authorization code"),
             TokenFailure::Transient { code, .. } => {
                 Self::new("temporarily_unavailable", format!("the provider is unavailable ({code}); try again"))
             }
             TokenFailure::Unreadable { code: "invalid_token_response", .. } => Self::new(
                 "invalid_token_response",
                 "the provider's answer has no access token where the definition says it is",
+            ),
+            TokenFailure::Forbidden { why } => Self::new(
+                "server_error",
+                format!("the token endpoint is not allowed: it {why}; the organization must fix the definition"),
             ),
             TokenFailure::Unreadable { status, .. } => {
                 Self::new("server_error", format!("could not read the provider's answer (HTTP {status})"))
@@ -62,9 +65,19 @@ impl AuthorizationFailure {
     }
 }
 
-/// A provider's `error_description`, kept printable and short before it is echoed.
+/// The longest `error_description` passed on to the failure redirect.
+const MAX_DESCRIPTION: usize = 120;
+
+/// A provider's `error_description`, reduced before it is echoed to the organization's failure
+/// URL: letters, digits, spaces and `.,:;'()_-` only (no markup, no URL), white space folded,
+/// at most [`MAX_DESCRIPTION`] characters. Whoever sent the browser here controls it.
 fn safe_description(raw: &str) -> String {
-    raw.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(200).collect()
+    let kept: String = raw
+        .chars()
+        .map(|c| if c.is_whitespace() { ' ' } else { c })
+        .filter(|c| c.is_ascii_alphanumeric() || " .,:;'()_-".contains(*c))
+        .collect();
+    kept.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(MAX_DESCRIPTION).collect()
 }
 
 fn page(status: u16, title: &'static str, message: &str) -> CallbackOutcome {
@@ -214,8 +227,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn descriptions_are_printable_and_short() {
-        assert_eq!(safe_description("bad\nthing<>"), "badthing<>");
-        assert_eq!(safe_description(&"x".repeat(500)).len(), 200);
+    fn descriptions_are_reduced_before_they_are_passed_on() {
+        assert_eq!(safe_description("bad\nthing<>"), "bad thing");
+        assert_eq!(safe_description("Visit https://evil.example/?a=1 now"), "Visit https:evil.examplea1 now");
+        assert_eq!(safe_description("<script>alert(1)</script>"), "scriptalert(1)script");
+        assert_eq!(safe_description(&"x".repeat(500)).len(), MAX_DESCRIPTION);
+        assert_eq!(safe_description("  The user   denied\taccess.  "), "The user denied access.");
     }
 }

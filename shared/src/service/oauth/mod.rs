@@ -20,7 +20,7 @@ use super::{Result, Service, ServiceError};
 use crate::catalog::{self, Provider};
 use crate::domain::validate::{check_secure_url, is_loopback_host};
 use crate::domain::{AuthKind, Connection, Definition, FieldError, OAuthQuirks, origin_of};
-use crate::provider::destination::check_public_destination;
+use crate::provider::destination::{DestinationError, check_public_destination};
 use crate::provider::request::GrantRequest;
 use crate::provider::{ClientAuth, ClientAuthMethod, FormPost, Grant, Reach, TokenAnswer, TokenFailure};
 
@@ -96,6 +96,14 @@ impl Service {
             GrantRequest::RefreshToken { .. } => Grant::RefreshToken,
             GrantRequest::ClientCredentials { .. } => Grant::ClientCredentials,
         };
+        // The outbound policy, at each call: the address called is the address checked.
+        match check_public_destination(&settings.token.url, self.allow_loopback_providers()).await {
+            Ok(()) => {}
+            Err(DestinationError::Refused(why)) => return Err(TokenFailure::Forbidden { why }),
+            Err(DestinationError::Unresolved) => {
+                return Err(TokenFailure::Transient { code: "unresolved".to_owned(), retry_after: None });
+            }
+        }
         let post = settings.token_request(grant);
         match self.provider.post_form(&post).await {
             Ok(raw) => crate::provider::read_token_answer(&raw, kind, settings.quirks.token_path(), &|s| {
@@ -120,9 +128,6 @@ impl Service {
         let inherited = |name: &str| def.by_reference(name).then(|| def.inputs.get(name)?.default.as_ref()).flatten();
         let value = |name: &str| own(name).or_else(|| inherited(name));
         let text = |name: &str| value(name).and_then(Value::as_str).filter(|s| !s.is_empty());
-        // A URL a customer could have set (or filled in) is only called at public addresses.
-        let customer_set =
-            |name: &str| own(name).is_some() && def.inputs.get(name).is_some_and(|i| i.visibility.customer_can_set());
         let mut errors = Vec::new();
 
         // Placeholders of per-tenant provider URLs, filled from the connection's inputs.
@@ -141,14 +146,16 @@ impl Service {
             Some(url)
         };
         let endpoint = |name: &str, from_provider: Option<&str>, errors: &mut Vec<FieldError>| -> Option<Endpoint> {
-            let (raw, customer) = match (text(name), from_provider) {
-                (Some(v), _) => (v.to_owned(), customer_set(name)),
-                (None, Some(t)) => (fill(t, errors)?, provider.is_some_and(|p| !p.url_params.is_empty())),
+            let raw = match (text(name), from_provider) {
+                (Some(v), _) => v.to_owned(),
+                (None, Some(t)) => fill(t, errors)?,
                 (None, None) => return None,
             };
             match check_secure_url(&raw) {
                 Ok(url) => {
-                    let reach = if customer && !is_loopback_host(&url) { Reach::PublicOnly } else { Reach::Any };
+                    // One outbound policy, whoever set the URL: public addresses only, checked
+                    // again at connection time; loopback only where the deployment allows it.
+                    let reach = if is_loopback_host(&url) { Reach::Any } else { Reach::PublicOnly };
                     Some(Endpoint { url, reach })
                 }
                 Err(msg) => {
@@ -160,14 +167,6 @@ impl Service {
         let authorize = endpoint("authorizeUrl", provider.and_then(|p| p.authorize_url.as_deref()), &mut errors);
         let token = endpoint("tokenUrl", provider.map(|p| p.token_url.as_str()), &mut errors);
         let revoke = endpoint("revokeUrl", provider.and_then(|p| p.revoke_url.as_deref()), &mut errors);
-        for (name, found) in [("authorizeUrl", &authorize), ("tokenUrl", &token), ("revokeUrl", &revoke)] {
-            if let Some(e) = found
-                && customer_set(name)
-                && let Err(msg) = check_public_destination(&e.url, self.allow_loopback_providers()).await
-            {
-                errors.push(FieldError::new(format!("values.{name}"), msg));
-            }
-        }
         if token.is_none() && !errors.iter().any(|e| e.field == "values.tokenUrl") {
             errors.push(FieldError::new("values.tokenUrl", "is required for OAuth"));
         }

@@ -1,0 +1,508 @@
+//! The refresh sweep cannot be starved (issue 12, item 1), on both backends: the embedded one
+//! (SQLite, local key) and the aws one (DynamoDB, KMS, EventBridge in moto), through the
+//! library's service with a real OAuth server on loopback.
+//!
+//! - Every write that makes a connection unusable (a reported error, a disconnect, a delete)
+//!   takes it out of the due index.
+//! - 1,000 due entries the sweep cannot refresh (red, disconnected, not authorized, without a
+//!   refresh token, or leased by another worker), all due before a healthy connection and in
+//!   its shard, do not keep one sweep from refreshing the healthy one; the unrefreshable ones
+//!   leave the index, the leased ones are paged past.
+//! - `report_error` racing a refresh (from the sweep, or from a lookup) keeps the reported
+//!   reason and leaves the connection out of the index, while the refresh's rotated tokens are
+//!   still stored.
+
+#[path = "support/moto.rs"]
+mod moto;
+#[path = "support/oauth.rs"]
+mod oauth;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use latchkey::config::App;
+use latchkey::crypto::Sealed;
+use latchkey::domain::{Connection, ConnectionId, Lease, OrgId, Principal, Status};
+use latchkey::ports::{DueEntry, Store};
+use latchkey::service::{LookupRequest, Service, ServiceError, SweepSummary};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+/// How many stuck entries the starvation case plants.
+const STUCK: usize = 1_000;
+
+/// One backend under test, and what keeps it alive.
+struct Backend {
+    app: App,
+    /// The aws backend's table and a client of it, to plant and inspect raw items.
+    aws: Option<(aws_sdk_dynamodb::Client, String)>,
+    _dir: TempDir,
+}
+
+impl Backend {
+    async fn embedded() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let app = App::embedded(dir.path()).expect("open the embedded backend");
+        Self::configured(app, None, dir)
+    }
+
+    async fn aws() -> Self {
+        tokio::task::spawn_blocking(moto::endpoint).await.expect("start moto");
+        // As `latchkey serve` and the functions build them: with Latchkey's timeouts.
+        let config =
+            moto::sdk_config().await.to_builder().timeout_config(latchkey::adapters::aws::timeout_config()).build();
+        let ddb = aws_sdk_dynamodb::Client::new(&config);
+        let table = moto::unique("latchkey-sweep");
+        latchkey::adapters::aws::schema::bootstrap(&ddb, &table).await.expect("bootstrap the table");
+        let key = moto::create_kms_key(&config).await;
+        let app = App::aws(
+            ddb.clone(),
+            aws_sdk_kms::Client::new(&config),
+            aws_sdk_eventbridge::Client::new(&config),
+            &table,
+            &key,
+            "default",
+        );
+        Self::configured(app, Some((ddb, table)), tempfile::tempdir().expect("temp dir"))
+    }
+
+    fn configured(app: App, aws: Option<(aws_sdk_dynamodb::Client, String)>, dir: TempDir) -> Self {
+        app.service.set_public_url("http://127.0.0.1:9");
+        app.service.set_allow_loopback_providers(true);
+        Self { app, aws, _dir: dir }
+    }
+
+    fn service(&self) -> &Arc<Service> {
+        &self.app.service
+    }
+
+    fn store(&self) -> &Arc<dyn Store> {
+        &self.app.store
+    }
+
+    async fn connection(&self, org: &OrgId, id: &ConnectionId) -> Connection {
+        self.store().get_connection(org, id).await.unwrap().expect("the connection exists")
+    }
+
+    /// Every entry of the due index up to `until`, all shards, paging with the cursor.
+    async fn due(&self, until: time::OffsetDateTime) -> Vec<DueEntry> {
+        let mut all = Vec::new();
+        for shard in 0..self.store().due_shards() {
+            let mut after: Option<DueEntry> = None;
+            loop {
+                let page = self.store().due_connections(shard, until, after.as_ref(), 500).await.unwrap();
+                let full = page.len() == 500;
+                after = page.last().cloned();
+                all.extend(page);
+                if !full {
+                    break;
+                }
+            }
+        }
+        all
+    }
+
+    async fn due_ids(&self, until: time::OffsetDateTime) -> Vec<ConnectionId> {
+        self.due(until).await.into_iter().map(|e| e.id).collect()
+    }
+
+    /// Stores `count` connections like `template` (with new ids in `template`'s due-index
+    /// shard), as a version of Latchkey that left such entries in the index wrote them. On
+    /// DynamoDB the template goes through the store and the others are copies of its item (one
+    /// BatchWriteItem per 25; the emulator's transactions take tens of milliseconds each on a
+    /// table this size).
+    async fn plant(&self, template: &Connection, count: usize) -> Vec<ConnectionId> {
+        let shard = latchkey::adapters::aws::dynamodb::due_shard(&template.id);
+        let ids: Vec<ConnectionId> = std::iter::repeat_with(ConnectionId::generate)
+            .filter(|id| self.aws.is_none() || latchkey::adapters::aws::dynamodb::due_shard(id) == shard)
+            .take(count)
+            .collect();
+        let Some((client, table)) = &self.aws else {
+            for id in &ids {
+                let mut c = template.clone();
+                c.id = id.clone();
+                self.store().insert_connection(&c).await.expect("plant a connection");
+            }
+            return ids;
+        };
+        let mut template = template.clone();
+        template.id = ids[0].clone();
+        self.store().insert_connection(&template).await.expect("plant the template");
+        let item = client
+            .get_item()
+            .table_name(table)
+            .key("pk", AttributeValue::S(format!("ORG#{}", template.org)))
+            .key("sk", AttributeValue::S(format!("CON#{}", template.id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("read the template item")
+            .item
+            .expect("the template item exists");
+        let copies: Vec<WriteRequest> = ids[1..]
+            .iter()
+            .map(|id| {
+                let mut copy = item.clone();
+                for value in copy.values_mut() {
+                    if let AttributeValue::S(s) = value {
+                        *s = s.replace(template.id.as_str(), id.as_str());
+                    }
+                }
+                let put = PutRequest::builder().set_item(Some(copy)).build().expect("an item");
+                WriteRequest::builder().put_request(put).build()
+            })
+            .collect();
+        for chunk in copies.chunks(25) {
+            let mut pending = chunk.to_vec();
+            while !pending.is_empty() {
+                let out = client
+                    .batch_write_item()
+                    .request_items(table, pending)
+                    .send()
+                    .await
+                    .expect("dynamodb BatchWriteItem");
+                pending = out.unprocessed_items.and_then(|mut m| m.remove(table)).unwrap_or_default();
+            }
+        }
+        ids
+    }
+
+    /// DynamoDB: the connection items that carry due-index attributes (`gsi3pk`) though they
+    /// have no due time: stale index entries. Always empty on the embedded backend, whose
+    /// index column is written from the record on every write.
+    async fn stale_index_items(&self) -> Vec<String> {
+        let Some((client, table)) = &self.aws else {
+            return Vec::new();
+        };
+        let mut stale = Vec::new();
+        let mut start = None;
+        loop {
+            let out = client
+                .scan()
+                .table_name(table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .expect("dynamodb Scan");
+            for item in out.items() {
+                let is_connection = item.get("kind").and_then(|k| k.as_s().ok()).is_some_and(|k| k == "connection");
+                if !is_connection || !item.contains_key("gsi3pk") {
+                    continue;
+                }
+                let doc: Value = serde_json::from_str(item["doc"].as_s().unwrap()).unwrap();
+                if doc["refresh"]["due_at"].is_null() {
+                    stale.push(item["sk"].as_s().unwrap().clone());
+                }
+            }
+            match out.last_evaluated_key {
+                Some(k) => start = Some(k),
+                None => return stale,
+            }
+        }
+    }
+}
+
+fn now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+/// Defines `idp` (authorization code) against `authorize`/`token` for a fresh organization.
+async fn define(service: &Service, authorize: &str, token: &str) -> (OrgId, Principal) {
+    let org = latchkey::conformance::fresh_org();
+    let p = Principal::organization(org.clone());
+    let def = json!({"auth": "oauth2_authorization_code", "inputs": {
+        "authorizeUrl": {"type": "url", "default": authorize},
+        "tokenUrl": {"type": "url", "default": token},
+        "clientId": {"type": "string", "default": "client"},
+        "clientSecret": {"type": "password", "default": "client-secret"}}});
+    service.put_definition(&p, "idp", &def).await.expect("define idp");
+    (org, p)
+}
+
+/// Creates an `idp` connection and starts its authorization; the authorize URL.
+async fn start_authorization(service: &Service, p: &Principal, customer: &str) -> (ConnectionId, String) {
+    let created = service
+        .create_connection(p, &json!({"definition": "idp", "customer": customer}))
+        .await
+        .expect("create a connection");
+    let started = service.authorize(p, created.id.as_str()).await.expect("start the authorization");
+    (created.id, started.authorize_url)
+}
+
+fn query(url: &str) -> BTreeMap<String, String> {
+    reqwest::Url::parse(url).unwrap().query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+}
+
+/// An `idp` connection authorized at the mock provider.
+async fn authorized(backend: &Backend, mock: &oauth::MockServer, p: &Principal, customer: &str) -> ConnectionId {
+    let (id, url) = start_authorization(backend.service(), p, customer).await;
+    let back = mock.authorize(&url).await;
+    backend.service().callback(&query(&back)).await;
+    let c = backend.connection(&p.org, &id).await;
+    assert!(c.oauth.as_ref().is_some_and(|t| t.has_refresh_token), "authorized with a refresh token");
+    id
+}
+
+fn report(id: &ConnectionId, message: &str) -> LookupRequest {
+    LookupRequest {
+        connection_id: Some(id.to_string()),
+        action: Some("report_error".into()),
+        message: Some(message.into()),
+        ..Default::default()
+    }
+}
+
+/// Waits (polling the store) until `id`'s refresh is due.
+async fn until_due(backend: &Backend, org: &OrgId, id: &ConnectionId) {
+    let limit = Instant::now() + Duration::from_secs(20);
+    loop {
+        let c = backend.connection(org, id).await;
+        if c.refresh.due_at.is_some_and(|d| d <= now()) {
+            return;
+        }
+        assert!(Instant::now() < limit, "{id} never became due: {:?}", c.refresh);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn a_thousand_stuck_entries_do_not_keep_one_sweep_from_a_healthy_connection(backend: Backend) {
+    // Tokens from the authorization live 2 s (due after 1 s); refreshed ones an hour.
+    let mock = oauth::MockServer::start(json!({"rewrites": [
+        {"grant_type": "authorization_code", "set": {"expires_in": 2}}]}))
+    .await;
+    let service = backend.service().clone();
+    let (org, p) = define(&service, &mock.authorize_endpoint(), &mock.token_endpoint()).await;
+    let healthy = authorized(&backend, &mock, &p, "c-healthy").await;
+
+    // What the API can do to a connection takes it out of the index: a reported error (the
+    // issue's reproduction), a disconnect, a delete.
+    let mut gone = Vec::new();
+    for i in 0..10 {
+        let id = authorized(&backend, &mock, &p, &format!("c-red-{i}")).await;
+        let red = service.report_error(&org, None, &report(&id, "Acme answered 401")).await.expect("report");
+        assert_eq!(red.status, Status::Error);
+        gone.push(id);
+    }
+    let disconnected = authorized(&backend, &mock, &p, "c-disconnected").await;
+    service.disconnect(&p, disconnected.as_str()).await.expect("disconnect");
+    let deleted = authorized(&backend, &mock, &p, "c-deleted").await;
+    service.delete_connection(&p, deleted.as_str()).await.expect("delete");
+    gone.extend([disconnected, deleted]);
+    let indexed = backend.due_ids(now() + time::Duration::days(2)).await;
+    for id in &gone {
+        assert!(!indexed.contains(id), "{id} left the due index");
+    }
+    assert!(indexed.contains(&healthy), "the healthy connection is in the index");
+
+    // 1,000 entries an older version left in the index, all due an hour before the healthy one
+    // and in its shard: the first page of the sweep holds nothing else.
+    let base = backend.connection(&org, &healthy).await;
+    let stale = |status: Status, edit: &dyn Fn(&mut Connection)| {
+        let mut c = base.clone();
+        c.status = status;
+        c.customer = Some(latchkey::domain::CustomerId::parse("c-stuck").unwrap());
+        c.refresh.due_at = Some(now() - time::Duration::hours(1));
+        c.oauth.as_mut().unwrap().sealed =
+            Sealed { key_id: "stale".into(), wrapped_key: vec![7; 40], ciphertext: vec![7; 40] };
+        c.version = 1;
+        edit(&mut c);
+        c
+    };
+    let reported = stale(Status::Error, &|c| {
+        c.error = Some(latchkey::domain::StatusError {
+            code: "reported".into(),
+            provider_code: None,
+            message: "Acme answered 401".into(),
+            at: now(),
+        })
+    });
+    let disconnected = stale(Status::Disconnected, &|c| c.oauth = None);
+    let pending = stale(Status::Pending, &|c| c.oauth = None);
+    let no_refresh_token = stale(Status::Active, &|c| c.oauth.as_mut().unwrap().has_refresh_token = false);
+    let leased = stale(Status::Active, &|c| {
+        c.refresh.lease = Some(Lease { owner: "another-worker".into(), until: now() + time::Duration::minutes(10) })
+    });
+    let started = Instant::now();
+    let mut leased_ids = Vec::new();
+    for (template, count) in
+        [(&reported, 600), (&disconnected, 100), (&pending, 100), (&no_refresh_token, 100), (&leased, 100)]
+    {
+        let ids = backend.plant(template, count).await;
+        if template.refresh.lease.is_some() {
+            leased_ids = ids;
+        }
+    }
+    eprintln!("planted {STUCK} stuck entries in {:?}", started.elapsed());
+    until_due(&backend, &org, &healthy).await;
+    let due_now = backend.due(now()).await;
+    assert_eq!(due_now.len(), STUCK + 1, "the stuck entries and the healthy one are due");
+    assert_eq!(due_now.last().map(|e| &e.id), Some(&healthy), "the healthy one is due last");
+
+    // One sweep reaches it.
+    let before = backend.connection(&org, &healthy).await.oauth.unwrap().obtained_at;
+    let summary: SweepSummary =
+        service.refresh_sweep(Instant::now() + Duration::from_secs(120)).await.expect("the sweep runs");
+    eprintln!("first sweep: {summary:?}");
+    assert_eq!(summary.refreshed, 1, "the healthy connection is refreshed: {summary:?}");
+    assert_eq!(summary.dropped, STUCK - 100, "every unrefreshable entry leaves the index: {summary:?}");
+    assert_eq!((summary.due, summary.failed, summary.skipped), (STUCK + 1, 0, 100), "{summary:?}");
+    let refreshes = mock.stats().await["token_requests"]["refresh_token"].as_u64();
+    assert_eq!(refreshes, Some(1), "one refresh at the provider");
+    let after = backend.connection(&org, &healthy).await;
+    assert!(after.oauth.as_ref().unwrap().obtained_at > before, "new tokens stored");
+    assert!(after.refresh.due_at.is_some_and(|d| d > now() + time::Duration::minutes(30)), "{:?}", after.refresh);
+
+    // What is left in the index: the leased entries, until their lease runs out.
+    let mut left = backend.due_ids(now()).await;
+    left.sort();
+    leased_ids.sort();
+    assert_eq!(left, leased_ids);
+    assert_eq!(backend.stale_index_items().await, Vec::<String>::new(), "no item keeps a stale index entry");
+    let again = service.refresh_sweep(Instant::now() + Duration::from_secs(60)).await.expect("the next sweep runs");
+    assert_eq!(
+        (again.due, again.refreshed, again.failed, again.dropped, again.skipped),
+        (100, 0, 0, 0, 100),
+        "{again:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_stuck_entries_do_not_keep_one_sweep_from_a_healthy_connection_embedded() {
+    a_thousand_stuck_entries_do_not_keep_one_sweep_from_a_healthy_connection(Backend::embedded().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_stuck_entries_do_not_keep_one_sweep_from_a_healthy_connection_aws() {
+    a_thousand_stuck_entries_do_not_keep_one_sweep_from_a_healthy_connection(Backend::aws().await).await;
+}
+
+/// A token endpoint that holds each refresh until the test lets it go: the window in which
+/// `report_error` races the refresh. Authorization codes get a 2 s token, refreshes a rotated
+/// refresh token and an hour.
+struct GatedProvider {
+    url: String,
+    /// One message per refresh request that arrived and is now held.
+    arrived: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<()>>,
+    /// One permit lets one held refresh answer.
+    release: Arc<tokio::sync::Semaphore>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl GatedProvider {
+    async fn start() -> Self {
+        use axum::extract::State;
+        use axum::routing::post;
+
+        #[derive(Clone)]
+        struct Gate {
+            arrived: tokio::sync::mpsc::UnboundedSender<()>,
+            release: Arc<tokio::sync::Semaphore>,
+        }
+        async fn token(State(gate): State<Gate>, body: String) -> axum::Json<Value> {
+            let form: BTreeMap<String, String> = reqwest::Url::parse(&format!("http://x/?{body}"))
+                .unwrap()
+                .query_pairs()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            if form.get("grant_type").map(String::as_str) == Some("refresh_token") {
+                let _ = gate.arrived.send(());
+                gate.release.acquire().await.expect("the gate is open").forget();
+                return axum::Json(json!({"access_token": "access-2", "token_type": "Bearer",
+                    "refresh_token": "refresh-2", "expires_in": 3600}));
+            }
+            axum::Json(json!({"access_token": "access-1", "token_type": "Bearer",
+                "refresh_token": "refresh-1", "expires_in": 2}))
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let gate = Gate { arrived: tx, release: release.clone() };
+        let router = axum::Router::new().route("/token", post(token)).with_state(gate);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Self { url, arrived: tokio::sync::Mutex::new(rx), release, _server: server }
+    }
+
+    /// Waits until a refresh request is held.
+    async fn held(&self) {
+        let waited = tokio::time::timeout(Duration::from_secs(20), self.arrived.lock().await.recv()).await;
+        assert!(matches!(waited, Ok(Some(()))), "a refresh reached the provider");
+    }
+}
+
+/// Authorizes an `idp` connection at `provider` (the code is exchanged at its token endpoint).
+async fn authorized_at(backend: &Backend, p: &Principal, customer: &str) -> ConnectionId {
+    let (id, url) = start_authorization(backend.service(), p, customer).await;
+    let state = query(&url).remove("state").expect("a state");
+    let params = BTreeMap::from([("code".to_owned(), "any-code".to_owned()), ("state".to_owned(), state)]);
+    backend.service().callback(&params).await;
+    assert!(backend.connection(&p.org, &id).await.oauth.is_some(), "authorized");
+    id
+}
+
+/// After the race: red with the reported reason, out of the index, no lease, and the tokens the
+/// raced refresh obtained are stored (newer than `before`).
+async fn assert_reported_and_kept(backend: &Backend, org: &OrgId, id: &ConnectionId, before: time::OffsetDateTime) {
+    let c = backend.connection(org, id).await;
+    assert_eq!(c.status, Status::Error);
+    let error = c.error.as_ref().expect("a red connection says why (never `error: null`)");
+    assert_eq!((error.code.as_str(), error.message.as_str()), ("reported", "the app refused the token"));
+    assert_eq!(c.refresh.due_at, None, "a red connection is not due");
+    assert_eq!(c.refresh.lease, None, "the refresh let its lease go");
+    let tokens = c.oauth.as_ref().expect("tokens kept");
+    assert!(tokens.obtained_at > before && tokens.has_refresh_token, "the rotated tokens were stored");
+    assert!(!backend.due_ids(now() + time::Duration::days(2)).await.contains(id), "out of the due index");
+}
+
+async fn a_report_racing_a_refresh_keeps_its_reason_and_stays_out_of_the_index(backend: Backend) {
+    let provider = GatedProvider::start().await;
+    let service = backend.service().clone();
+    let (org, p) = define(&service, &format!("{}/authorize", provider.url), &format!("{}/token", provider.url)).await;
+
+    // The sweep's refresh is in flight (lease held) when the integration reports the error.
+    let swept = authorized_at(&backend, &p, "c-sweep").await;
+    let before = backend.connection(&org, &swept).await.oauth.unwrap().obtained_at;
+    until_due(&backend, &org, &swept).await;
+    let sweeper = service.clone();
+    let sweep = tokio::spawn(async move { sweeper.refresh_sweep(Instant::now() + Duration::from_secs(60)).await });
+    provider.held().await;
+    let leased = backend.connection(&org, &swept).await;
+    assert!(leased.refresh.lease.is_some(), "the sweep holds the lease");
+    service.report_error(&org, None, &report(&swept, "the app refused the token")).await.expect("report");
+    provider.release.add_permits(1);
+    sweep.await.unwrap().expect("the sweep ends");
+    assert_reported_and_kept(&backend, &org, &swept, before).await;
+
+    // The same with a lookup's refresh: the lookup that raced the report fails, red.
+    let looked = authorized_at(&backend, &p, "c-lookup").await;
+    let before = backend.connection(&org, &looked).await.oauth.unwrap().obtained_at;
+    until_due(&backend, &org, &looked).await;
+    let (looker, owner) = (service.clone(), org.clone());
+    let req =
+        LookupRequest { connection_id: Some(looked.to_string()), min_valid_seconds: Some(60), ..Default::default() };
+    let lookup = tokio::spawn(async move { looker.lookup(&owner, None, &req).await.map(|_| ()) });
+    provider.held().await;
+    service.report_error(&org, None, &report(&looked, "the app refused the token")).await.expect("report");
+    provider.release.add_permits(1);
+    let outcome = lookup.await.unwrap();
+    assert!(
+        matches!(outcome, Err(ServiceError::Unusable(latchkey::service::Unusable::Error))),
+        "the raced lookup hands out nothing: {outcome:?}"
+    );
+    assert_reported_and_kept(&backend, &org, &looked, before).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_report_racing_a_refresh_keeps_its_reason_and_stays_out_of_the_index_embedded() {
+    a_report_racing_a_refresh_keeps_its_reason_and_stays_out_of_the_index(Backend::embedded().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_report_racing_a_refresh_keeps_its_reason_and_stays_out_of_the_index_aws() {
+    a_report_racing_a_refresh_keeps_its_reason_and_stays_out_of_the_index(Backend::aws().await).await;
+}
