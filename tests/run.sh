@@ -40,6 +40,11 @@ echo "==> refresh across processes and restarts on the aws backend (moto)"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test refresh_api -- concurrent_lookups two_processes tokens_survive
 echo "==> the real-provider quirk table (tests/oauth/quirks.mjs) on the aws backend (moto)"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test quirks_api
+echo "==> isolation walk and canaries on the aws backend (moto): the AWS SDK's trace output too"
+LATCHKEY_TEST_BACKEND=aws cargo test --locked --test isolation_api
+
+echo "==> schemathesis against latchkey serve (tests/schemathesis.sh, pinned in tests/schemathesis-requirements.txt)"
+bash tests/schemathesis.sh
 
 echo "==> the deploy path: template checks (cfn-lint, checkov) and the arm64 Lambda builds"
 bash tests/infra.sh

@@ -2,10 +2,21 @@
 //! filtered by `RUST_LOG` (default `info`).
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
+/// Dependencies whose trace events print what they send or receive (the AWS SDK dumps every
+/// DynamoDB and EventBridge response body, whole items included): capped at `debug` whatever
+/// `RUST_LOG` asks, so that no log level writes stored records to the log. Their debug output
+/// names phases only.
+const CAPPED: [&str; 3] = ["aws_smithy_runtime=debug", "aws_smithy_runtime_api=debug", "aws_sigv4=debug"];
+
 fn filter() -> EnvFilter {
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if filter.max_level_hint().is_some_and(|max| max <= LevelFilter::DEBUG) {
+        return filter;
+    }
+    CAPPED.iter().fold(filter, |f, cap| f.add_directive(cap.parse().expect("a valid directive")))
 }
 
 pub fn init() {

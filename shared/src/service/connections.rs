@@ -377,6 +377,11 @@ impl Service {
                 if next.status == Status::Error || (next.status == Status::Disconnected && next.reconfigurable()) {
                     next.status = Status::Configured;
                     next.error = None;
+                    // Back in the refresh index: the sweep tries the new settings soon.
+                    if next.oauth.as_ref().is_some_and(|t| t.has_refresh_token) {
+                        next.refresh.failures = 0;
+                        next.refresh.due_at = Some(self.clock.now());
+                    }
                 }
             }
             next.version = current.version + 1;
