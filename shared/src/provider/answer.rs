@@ -154,7 +154,6 @@ fn class_of(code: &str, grant: Grant) -> Option<Refusal> {
     })
 }
 
-
 /// The refusal code of a body: `error` as a string, or the `code`/`type` of an `error` object;
 /// any other `error` member but `null`, `false` and `""` is a refusal too (code `error`);
 /// `{"ok": false}` without one is `ok_false`.
@@ -250,9 +249,7 @@ pub fn read_token_answer(
     }
     if let Some(code) = code {
         return Err(match class_of(&code, grant) {
-            Some(class) => {
-                TokenFailure::Refused { class, provider_code: Some(code), status }
-            }
+            Some(class) => TokenFailure::Refused { class, provider_code: Some(code), status },
             None => TokenFailure::Transient { code, retry_after: raw.retry_after },
         });
     }
