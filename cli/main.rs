@@ -152,10 +152,9 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve => serve(config).await,
         Command::Bootstrap => bootstrap(&config).await,
-        Command::Token { org, customer, roles, ttl } => match config.jwt_secret_or_generate() {
-            Ok((secret, _)) => {
-                token(&secret, org, customer, roles, ttl).await.map(|t| println!("{t}")).map_err(Into::into)
-            }
+        // Never a new secret: a token signed with one no server knows would only get a bare 401.
+        Command::Token { org, customer, roles, ttl } => match config.jwt_secret_existing() {
+            Ok(secret) => token(&secret, org, customer, roles, ttl).await.map(|t| println!("{t}")).map_err(Into::into),
             Err(e) => Err(e.into()),
         },
     };

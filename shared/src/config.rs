@@ -264,6 +264,28 @@ impl Config {
 
     /// The HS256 secret: `LATCHKEY_JWT_SECRET`, else the one stored in the data directory,
     /// generated (256 bits, mode 0600) on first use. `true` when it came from the data directory.
+    /// The HS256 secret without creating one (what `latchkey token` signs with, which must be
+    /// what a running `latchkey serve` verifies with): `LATCHKEY_JWT_SECRET`, else the one in the
+    /// data directory; an error naming where it looked when there is none.
+    pub fn jwt_secret_existing(&self) -> Result<SecretString, ConfigError> {
+        if let Some(s) = &self.jwt_secret {
+            return Ok(s.clone());
+        }
+        let path = self.data_dir.join(JWT_SECRET_FILE);
+        if !path.exists() {
+            let shown = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+            return Err(ConfigError::Invalid {
+                name: "LATCHKEY_JWT_SECRET",
+                why: format!(
+                    "is unset and {} does not exist: run this where `latchkey serve` runs, or set \
+                     LATCHKEY_DATA_DIR to its data directory (or LATCHKEY_JWT_SECRET to its secret)",
+                    shown.display()
+                ),
+            });
+        }
+        self.jwt_secret_or_generate().map(|(s, _)| s)
+    }
+
     pub fn jwt_secret_or_generate(&self) -> Result<(SecretString, bool), ConfigError> {
         if let Some(s) = &self.jwt_secret {
             return Ok((s.clone(), false));

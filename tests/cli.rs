@@ -1,0 +1,47 @@
+//! The `latchkey` command's own behaviour, outside `serve`: `latchkey token` signs with the
+//! secret a server uses, and never invents one.
+
+use std::process::Command;
+
+fn latchkey() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_latchkey"));
+    cmd.env_clear().env("RUST_LOG", "warn");
+    cmd
+}
+
+#[test]
+fn token_without_a_secret_says_where_it_looked_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("elsewhere");
+    let out = latchkey().env("LATCHKEY_DATA_DIR", &data).args(["token", "--org", "acme"]).output().unwrap();
+    assert!(!out.status.success(), "a token no server can verify is not printed");
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("jwt.secret") && err.contains("elsewhere"), "names the file it looked for: {err}");
+    assert!(err.contains("LATCHKEY_DATA_DIR"), "{err}");
+    assert!(!data.exists(), "nothing was created");
+}
+
+#[test]
+fn token_signs_with_the_secret_of_the_data_directory_a_server_made() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    let secret = "4f9c2a7e1b3d5f6a8c0e2b4d6f8a1c3e5b7d9f0a2c4e6b8d0f1a3c5e7b9d1f3a";
+    let path = dir.path().join("data").join("jwt.secret");
+    std::fs::write(&path, secret).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let from_file =
+        latchkey().env("LATCHKEY_DATA_DIR", dir.path().join("data")).args(["token", "--org", "acme"]).output().unwrap();
+    assert!(from_file.status.success(), "{}", String::from_utf8_lossy(&from_file.stderr));
+    let from_env = latchkey().env("LATCHKEY_JWT_SECRET", secret).args(["token", "--org", "acme"]).output().unwrap();
+    assert!(from_env.status.success(), "{}", String::from_utf8_lossy(&from_env.stderr));
+    let verify = |out: &std::process::Output| {
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let key = jsonwebtoken::DecodingKey::from_secret(secret.as_bytes());
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.required_spec_claims = ["exp".to_owned()].into();
+        jsonwebtoken::decode::<serde_json::Value>(&token, &key, &validation).map(|d| d.claims["org"].clone())
+    };
+    assert_eq!(verify(&from_file).unwrap(), "acme", "signed with the data directory's secret");
+    assert_eq!(verify(&from_env).unwrap(), "acme");
+}
