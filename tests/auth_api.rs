@@ -283,8 +283,13 @@ async fn latchkey_serve_refuses_a_short_secret_and_generates_a_long_one() {
     let out = run(&["serve"], &[("LATCHKEY_JWT_ISSUER", "https://idp.example.com/")]).await;
     assert!(!out.status.success(), "an issuer without an audience is refused");
 
-    let out = run(&["token", "--org", ORG], &[]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The secret `latchkey serve` generates when none is set (`latchkey token` never generates).
+    let data = dir.path().to_string_lossy().into_owned();
+    let config = latchkey::config::Config::from_vars(latchkey::config::Backend::Embedded, |name| {
+        (name == "LATCHKEY_DATA_DIR").then(|| data.clone())
+    })
+    .unwrap();
+    config.jwt_secret_or_generate().unwrap();
     let generated = std::fs::read_to_string(dir.path().join(latchkey::config::JWT_SECRET_FILE)).unwrap();
     assert!(generated.trim().len() >= 32, "the generated secret has {} bytes", generated.trim().len());
 }

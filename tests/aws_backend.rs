@@ -16,8 +16,9 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use latchkey::adapters::aws::schema;
 use latchkey::adapters::aws::{DynamoStore, KmsKeyProvider};
 use latchkey::config::App;
+use latchkey::crypto::KeyProvider;
 use latchkey::domain::{OrgId, Principal};
-use latchkey::ports::{KeyProvider, Store};
+use latchkey::ports::Store;
 use latchkey::service::LookupRequest;
 use serde_json::{Value, json};
 

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use latchkey::adapters::{LocalKeyProvider, SqliteStore};
-use latchkey::ports::{KeyProvider, Store};
+use latchkey::crypto::KeyProvider;
+use latchkey::ports::Store;
 use tempfile::TempDir;
 
 async fn sqlite_store() -> (Arc<dyn Store>, TempDir) {

@@ -469,7 +469,7 @@ fn view_body(key: &str, spec: &DefinitionSpec) -> Value {
 
 fn check_round_trip(key: &str, first: &DefinitionSpec) -> Result<(), TestCaseError> {
     let body = view_body(key, first);
-    let again = match definition_from_json(key, &body) {
+    let again = match definition_from_json(key, &body, latchkey::catalog::provider) {
         Ok(spec) => spec,
         Err(errors) => return Err(TestCaseError::fail(format!("the view {body} is refused: {errors:?}"))),
     };
@@ -752,7 +752,7 @@ proptest! {
     /// field of the body (or a top-level field, or an input's missing `type`).
     #[test]
     fn definitions_from_any_json_are_answered_field_by_field(key in text(), body in arb_json()) {
-        if let Err(errors) = definition_from_json(&key, &body) {
+        if let Err(errors) = definition_from_json(&key, &body, latchkey::catalog::provider) {
             check_errors(&body, &errors)?;
         }
     }
@@ -761,7 +761,7 @@ proptest! {
     /// accepted, shown as `GET` shows it and sent back, is accepted again unchanged.
     #[test]
     fn accepted_definitions_round_trip_through_their_view(key in definition_key(), body in definition_body()) {
-        match definition_from_json(&key, &body) {
+        match definition_from_json(&key, &body, latchkey::catalog::provider) {
             Err(errors) => check_errors(&body, &errors)?,
             Ok(spec) => check_round_trip(&key, &spec)?,
         }
@@ -796,7 +796,7 @@ proptest! {
         customer in any::<bool>(),
     ) {
         let definition = json!({"auth": auth, "inputs": Value::Object(inputs.into_iter().collect())});
-        let spec = match definition_from_json("acme", &definition) {
+        let spec = match definition_from_json("acme", &definition, latchkey::catalog::provider) {
             Ok(spec) => spec,
             Err(errors) => return Err(TestCaseError::fail(format!("valid inputs refused: {errors:?} {definition}"))),
         };
@@ -1147,7 +1147,7 @@ fn the_definition_generator_reaches_accepted_definitions() {
     let mut oauth = 0;
     for _ in 0..400 {
         let (key, body) = strategy.new_tree(&mut runner).expect("a body").current();
-        if let Ok(spec) = definition_from_json(&key, &body) {
+        if let Ok(spec) = definition_from_json(&key, &body, latchkey::catalog::provider) {
             accepted += 1;
             oauth += usize::from(spec.auth.is_oauth() && spec.oauth != OAuthQuirks::default());
         }

@@ -4,73 +4,12 @@
 
 use std::sync::OnceLock;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::domain::{AuthKind, OAuthQuirks};
+pub use crate::domain::{ExpiresIn, Provider, TokenResponse};
 
 /// The catalog file, embedded at build time.
 pub const PROVIDERS_JSON: &str = include_str!("../providers.json");
-
-/// What the provider's token answers are like (documentation of the entry; the reader takes any
-/// answer as it comes).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenResponse {
-    /// `number` (RFC 6749), `string` (a number sent as a string), or `absent` (never sent: the
-    /// token does not expire by itself, or the provider does not say).
-    pub expires_in: ExpiresIn,
-    /// Whether the provider issues refresh tokens (with the default scopes/params).
-    pub refresh_token: bool,
-    /// Whether a refresh returns a new refresh token that replaces the old one.
-    #[serde(default)]
-    pub rotates_refresh_token: bool,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExpiresIn {
-    #[default]
-    Number,
-    String,
-    Absent,
-}
-
-/// One provider of the catalog.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Provider {
-    /// The catalog key (`slack`), used as a definition's `provider`.
-    pub key: String,
-    pub name: String,
-    /// `oauth2_authorization_code` or `oauth2_client_credentials`.
-    pub auth: AuthKind,
-    /// https URLs. `{name}` placeholders (e.g. Shopify's `{shop}`) are filled from the
-    /// connection's inputs of that name, listed in `url_params`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authorize_url: Option<String>,
-    pub token_url: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revoke_url: Option<String>,
-    /// Inputs the URLs need (customer-settable strings), e.g. `["shop"]`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub url_params: Vec<String>,
-    pub default_scopes: Vec<String>,
-    /// Whether the provider supports PKCE (S256).
-    pub pkce: bool,
-    /// `client_secret_basic` or `client_secret_post`.
-    pub client_auth: String,
-    /// The provider's quirks, in the very form of a definition's `oauth` block (which may
-    /// override any of it): scope separator and parameter, extra parameters, token path,
-    /// captured values.
-    #[serde(default)]
-    pub oauth: OAuthQuirks,
-    pub token_response: TokenResponse,
-    /// Seconds to refresh before the stated expiry, on top of the lookup's `min_valid_seconds`.
-    #[serde(default)]
-    pub expiry_buffer_secs: u64,
-    /// The public documentation these facts come from.
-    pub docs_url: String,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +35,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+    use crate::domain::AuthKind;
     use crate::domain::validate::{CLIENT_AUTH_METHODS, check_secure_url};
 
     /// A URL with its `{param}` placeholders filled by a harmless sample.
@@ -129,7 +69,7 @@ mod tests {
             assert!(CLIENT_AUTH_METHODS.contains(&p.client_auth.as_str()), "{}: client_auth", p.key);
             assert!(p.docs_url.starts_with("https://"), "{}: docs_url", p.key);
             let block = serde_json::json!({"auth": p.auth, "provider": p.key, "oauth": p.oauth});
-            if let Err(e) = crate::domain::validate::definition_from_json("x", &block) {
+            if let Err(e) = crate::domain::validate::definition_from_json("x", &block, provider) {
                 panic!("{}: the oauth block is one a definition could carry: {e:?}", p.key);
             }
         }

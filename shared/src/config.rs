@@ -12,9 +12,10 @@ use secrecy::SecretString;
 use crate::adapters::aws::{DynamoStore, EventBridgeSink, KmsKeyProvider};
 use crate::adapters::{LocalKeyProvider, LogEventSink, SqliteStore};
 use crate::crypto::Envelope;
+use crate::crypto::KeyProvider;
 use crate::http::AppState;
 use crate::http::auth::{JwtIssuer, MIN_HS256_SECRET_BYTES, Verifier};
-use crate::ports::{Clock, EventSink, KeyProvider, Store, SystemClock};
+use crate::ports::{Clock, EventSink, Store, SystemClock};
 use crate::service::Service;
 
 #[derive(Debug, thiserror::Error)]

@@ -458,8 +458,8 @@ pub mod keys {
     use std::time::Duration;
 
     use super::*;
+    use crate::crypto::KeyProvider;
     use crate::crypto::{CryptoError, EncryptionContext, Envelope};
-    use crate::ports::KeyProvider;
 
     fn ctx(org: &OrgId) -> (EncryptionContext, ConnectionId) {
         let id = ConnectionId::generate();

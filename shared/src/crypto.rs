@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
+use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use zeroize::Zeroizing;
 
+pub use crate::domain::Sealed;
 use crate::domain::{ConnectionId, DefinitionKey, OrgId};
-use crate::ports::{BackendError, KeyProvider};
+use crate::ports::BackendError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
@@ -32,6 +34,21 @@ pub enum CryptoError {
     /// Opened fine, but not the JSON shape that was sealed (a bug or a foreign record).
     #[error("the opened secret is not in the expected form")]
     Format,
+}
+
+/// The key-management seam, shaped like KMS `GenerateDataKey` / `Decrypt`: a data key is
+/// returned in plaintext and wrapped under a master key, bound to an encryption context.
+#[async_trait]
+pub trait KeyProvider: Send + Sync + 'static {
+    /// A fresh 256-bit data key, plus its wrapped form to store beside the ciphertext.
+    async fn generate_data_key(&self, ctx: &EncryptionContext) -> Result<DataKey, CryptoError>;
+    /// Unwraps a data key; fails unless `ctx` is exactly the one it was generated with.
+    async fn decrypt_data_key(
+        &self,
+        key_id: &str,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<PlainKey, CryptoError>;
 }
 
 /// The non-secret values a sealed record is bound to. KMS logs it to CloudTrail, so it holds
@@ -126,37 +143,6 @@ pub fn aead_open(key: &PlainKey, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<
         .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
         .map(Zeroizing::new)
         .map_err(|_| CryptoError::Decrypt)
-}
-
-mod b64 {
-    use base64::Engine;
-    use base64::engine::general_purpose::STANDARD;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&STANDARD.encode(v))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        STANDARD.decode(String::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
-}
-
-/// A sealed value as stored: the wrapped data key beside the AEAD output.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sealed {
-    pub key_id: String,
-    #[serde(with = "b64")]
-    pub wrapped_key: Vec<u8>,
-    /// `nonce || ciphertext || tag`.
-    #[serde(with = "b64")]
-    pub ciphertext: Vec<u8>,
-}
-
-impl fmt::Debug for Sealed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sealed").field("key_id", &self.key_id).finish_non_exhaustive()
-    }
 }
 
 type CacheKey = (Vec<u8>, EncryptionContext);

@@ -3,7 +3,8 @@
 //!
 //! - [`domain`]: newtypes, definitions, connections and their pure rules; no I/O.
 //! - [`ports`]: the traits the service needs (store, key provider, event sink, clock).
-//! - [`crypto`]: envelope encryption over a [`ports::KeyProvider`].
+//! - [`crypto`]: envelope encryption over a [`crypto::KeyProvider`] (the key-management port,
+//!   beside the envelope that uses it).
 //! - [`service`]: the use cases.
 //! - [`provider`]: the provider-client port and its adapter: token and revocation requests to
 //!   OAuth providers, the SSRF guard, and the one reader of what providers answer.

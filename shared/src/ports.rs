@@ -1,11 +1,11 @@
-//! The ports: the few traits the service needs from the outside world. The embedded backend
+//! The ports: the few traits the service needs from the outside world (the key provider's sits
+//! beside the envelope that uses it, in [`crate::crypto`]). The embedded backend
 //! implements them for `latchkey serve`; the AWS adapters implement the very same traits, and
 //! both run the suites in [`crate::conformance`].
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use crate::crypto::{CryptoError, DataKey, EncryptionContext, PlainKey};
 use crate::domain::{
     Connection, ConnectionId, CustomerId, Definition, DefinitionKey, Event, LogEntry, OAuthState, OrgId, RevocationJob,
     Status,
@@ -145,21 +145,6 @@ pub trait Store: Send + Sync + 'static {
     async fn append_log(&self, org: &OrgId, id: &ConnectionId, entry: &LogEntry) -> Result<(), StoreError>;
     /// The newest `limit` log entries of a connection, newest first.
     async fn list_logs(&self, org: &OrgId, id: &ConnectionId, limit: usize) -> Result<Vec<LogEntry>, StoreError>;
-}
-
-/// The key-management seam, shaped like KMS `GenerateDataKey` / `Decrypt`: a data key is
-/// returned in plaintext and wrapped under a master key, bound to an encryption context.
-#[async_trait]
-pub trait KeyProvider: Send + Sync + 'static {
-    /// A fresh 256-bit data key, plus its wrapped form to store beside the ciphertext.
-    async fn generate_data_key(&self, ctx: &EncryptionContext) -> Result<DataKey, CryptoError>;
-    /// Unwraps a data key; fails unless `ctx` is exactly the one it was generated with.
-    async fn decrypt_data_key(
-        &self,
-        key_id: &str,
-        wrapped: &[u8],
-        ctx: &EncryptionContext,
-    ) -> Result<PlainKey, CryptoError>;
 }
 
 #[derive(Debug, thiserror::Error)]

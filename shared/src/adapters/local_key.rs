@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
+use crate::crypto::KeyProvider;
 use crate::crypto::{CryptoError, DataKey, EncryptionContext, PlainKey, aead_open, aead_seal};
-use crate::ports::KeyProvider;
 
 pub const MASTER_KEY_FILE: &str = "master.key";
 

@@ -3,8 +3,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{AuthKind, ConnectionId, CustomerId, DefinitionKey, InstanceId, OrgId};
-use crate::crypto::Sealed;
+use super::{AuthKind, ConnectionId, CustomerId, DefinitionKey, InstanceId, OrgId, Sealed};
 
 /// Whose connection it is and who manages it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,8 +4,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{DefinitionKey, OAuthQuirks, OrgId};
-use crate::crypto::Sealed;
+use super::{DefinitionKey, OAuthQuirks, OrgId, Sealed};
 
 /// How a connection authenticates against the third-party app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,6 +7,8 @@ mod ids;
 mod log;
 mod oauth;
 mod principal;
+mod provider;
+mod sealed;
 pub mod validate;
 
 pub use connection::{
@@ -18,4 +20,6 @@ pub use ids::{ConnectionId, CustomerId, DefinitionKey, IdError, InstanceId, OrgI
 pub use log::{LogEntry, LogType};
 pub use oauth::{Capture, OAuthQuirks, RESERVED_TOKEN_PARAMS, Refusal, origin_of, provider_code};
 pub use principal::Principal;
+pub use provider::{ExpiresIn, Provider, TokenResponse};
+pub use sealed::Sealed;
 pub use validate::FieldError;

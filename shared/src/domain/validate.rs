@@ -10,8 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{AuthKind, Capture, Input, InputType, OAuthQuirks, RESERVED_TOKEN_PARAMS, Redirects, Visibility};
-use crate::catalog;
+use super::{AuthKind, Capture, Input, InputType, OAuthQuirks, Provider, RESERVED_TOKEN_PARAMS, Redirects, Visibility};
 
 /// One invalid field of a request, named by its JSON path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -124,7 +123,7 @@ fn optional_string(
 /// with the defaults of a catalog provider when the definition names one.
 fn oauth_inputs(
     auth: AuthKind,
-    provider: Option<&catalog::Provider>,
+    provider: Option<&Provider>,
 ) -> Vec<(&'static str, InputType, bool, Option<Value>, &'static str)> {
     // URLs with `{param}` placeholders are resolved per connection, not stored as defaults.
     let templated = provider.is_some_and(|p| !p.url_params.is_empty());
@@ -159,8 +158,13 @@ fn oauth_inputs(
     v
 }
 
-/// Validates a `PUT /v1/definitions/{key}` body.
-pub fn definition_from_json(key: &str, body: &Value) -> Result<DefinitionSpec, Vec<FieldError>> {
+/// Validates a `PUT /v1/definitions/{key}` body. `catalog` finds the provider a definition
+/// names (`crate::catalog::provider`; the domain reads no global catalog of its own).
+pub fn definition_from_json<'c>(
+    key: &str,
+    body: &Value,
+    catalog: impl Fn(&str) -> Option<&'c Provider>,
+) -> Result<DefinitionSpec, Vec<FieldError>> {
     let mut errors = Vec::new();
     let Some(obj) = body.as_object() else {
         return Err(vec![FieldError::new("", "must be a JSON object")]);
@@ -174,7 +178,7 @@ pub fn definition_from_json(key: &str, body: &Value) -> Result<DefinitionSpec, V
     let description = optional_string(obj, "description", MAX_DESCRIPTION, "description", &mut errors);
     let provider = optional_string(obj, "provider", 64, "provider", &mut errors);
     let entry = provider.as_deref().and_then(|k| {
-        let found = catalog::provider(k);
+        let found = catalog(k);
         if found.is_none() {
             errors.push(FieldError::new("provider", "unknown provider (GET /v1/providers lists the catalog)"));
         }
@@ -747,6 +751,10 @@ mod tests {
 
     use super::*;
 
+    fn no_catalog(_: &str) -> Option<&'static Provider> {
+        None
+    }
+
     fn inputs() -> IndexMap<String, Input> {
         let spec = definition_from_json(
             "acme",
@@ -760,6 +768,7 @@ mod tests {
                     "plan": {"type": "string", "visibility": "organization", "default": "gold"}
                 }
             }),
+            no_catalog,
         )
         .map_err(|e| format!("{e:?}"))
         .unwrap();
@@ -829,6 +838,7 @@ mod tests {
             &json!({"auth": "api_key", "inputs": {
                 "apiKey": {"type": "password", "required": true},
                 "tenantSecret": {"type": "password", "required": true, "visibility": "organization"}}}),
+            no_catalog,
         )
         .map_err(|e| format!("{e:?}"))
         .unwrap();
@@ -853,6 +863,7 @@ mod tests {
         let spec = definition_from_json(
             "acme",
             &json!({"auth": "custom", "inputs": {"a": {"type": "text"}, "b": {"type": "text"}, "c": {"type": "text"}}}),
+            no_catalog,
         )
         .map_err(|e| format!("{e:?}"))
         .unwrap();
@@ -880,15 +891,13 @@ mod tests {
     fn oauth_definitions_get_well_known_inputs_and_secure_endpoints() {
         let errs = definition_from_json(
             "x",
-            &json!({"auth": "oauth2_authorization_code", "inputs": {"tokenUrl": {"type": "url", "default": "http://example.com/token"}}}),
-        )
+            &json!({"auth": "oauth2_authorization_code", "inputs": {"tokenUrl": {"type": "url", "default": "http://example.com/token"}}}), no_catalog)
         .err()
         .unwrap();
         assert_eq!(errs[0].field, "inputs.tokenUrl.default");
         let spec = definition_from_json(
             "x",
-            &json!({"auth": "oauth2_authorization_code", "inputs": {"tokenUrl": {"type": "url", "default": "http://127.0.0.1:9/token"}}}),
-        )
+            &json!({"auth": "oauth2_authorization_code", "inputs": {"tokenUrl": {"type": "url", "default": "http://127.0.0.1:9/token"}}}), no_catalog)
         .map_err(|e| format!("{e:?}"))
         .unwrap();
         assert_eq!(spec.inputs["pkce"].default, Some(json!(true)));
@@ -904,6 +913,7 @@ mod tests {
                 "clientId": {"type": "string", "visibility": "embedded"},
                 "tenant": {"type": "string"}
             }}),
+            no_catalog,
         )
         .map_err(|e| format!("{e:?}"))
         .unwrap();
@@ -921,7 +931,8 @@ mod tests {
             ("http://app.example.com/done", false),
             ("javascript:alert(1)", false),
         ] {
-            let r = definition_from_json("x", &json!({"auth": "custom", "redirects": {"success_url": url}}));
+            let r =
+                definition_from_json("x", &json!({"auth": "custom", "redirects": {"success_url": url}}), no_catalog);
             assert_eq!(r.is_ok(), ok, "{url}");
         }
     }
@@ -931,6 +942,7 @@ mod tests {
         let spec = definition_from_json(
             "x",
             &json!({"auth": "api_key", "inputs": {"k": {"type": "password", "default": "s3cret"}}}),
+            no_catalog,
         )
         .map_err(|e| format!("{e:?}"))
         .unwrap();

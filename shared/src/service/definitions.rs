@@ -24,7 +24,8 @@ impl Service {
     pub async fn put_definition(&self, p: &Principal, key: &str, body: &Value) -> Result<(DefinitionView, bool)> {
         require_organization(p)?;
         let key = DefinitionKey::parse(key).map_err(|e| ServiceError::invalid("key", &e.to_string()))?;
-        let spec = validate::definition_from_json(key.as_str(), body).map_err(ServiceError::Invalid)?;
+        let spec = validate::definition_from_json(key.as_str(), body, crate::catalog::provider)
+            .map_err(ServiceError::Invalid)?;
         self.check_endpoints(spec.inputs.iter().map(|(k, i)| (k, i.default.as_ref())), "inputs", ".default")?;
         let existing = self.store.get_definition(&p.org, &key).await?;
 

@@ -6,8 +6,9 @@ use aws_sdk_kms::Client;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 
+use crate::crypto::KeyProvider;
 use crate::crypto::{CryptoError, DataKey, EncryptionContext, PlainKey};
-use crate::ports::{BackendError, KeyProvider};
+use crate::ports::BackendError;
 
 /// What a KMS error means for Latchkey, by its error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
