@@ -255,4 +255,25 @@ impl Envelope {
         let bytes = self.open(ctx, sealed).await?;
         serde_json::from_slice(&bytes).map_err(|_| CryptoError::Format)
     }
+
+    /// Seals named secret values as one JSON object (a connection's `password` values, a
+    /// definition's `password` defaults).
+    pub async fn seal_secrets(
+        &self,
+        ctx: &EncryptionContext,
+        secrets: &BTreeMap<String, SecretString>,
+    ) -> Result<Sealed, CryptoError> {
+        let map: BTreeMap<&str, &str> = secrets.iter().map(|(k, v)| (k.as_str(), v.expose_secret())).collect();
+        self.seal_json(ctx, &map).await
+    }
+
+    /// Opens what [`Envelope::seal_secrets`] sealed.
+    pub async fn open_secrets(
+        &self,
+        ctx: &EncryptionContext,
+        sealed: &Sealed,
+    ) -> Result<BTreeMap<String, SecretString>, CryptoError> {
+        let map: BTreeMap<String, String> = self.open_json(ctx, sealed).await?;
+        Ok(map.into_iter().map(|(k, v)| (k, SecretString::from(v))).collect())
+    }
 }

@@ -733,18 +733,6 @@ pub fn apply_values(
     if errors.is_empty() { Ok(base) } else { Err(errors) }
 }
 
-/// Serializes secret values for sealing.
-pub fn secrets_to_json(secret: &BTreeMap<String, SecretString>) -> SecretString {
-    let map: BTreeMap<&str, &str> = secret.iter().map(|(k, v)| (k.as_str(), v.expose_secret())).collect();
-    SecretString::from(serde_json::to_string(&map).unwrap_or_default())
-}
-
-/// Parses unsealed secret values.
-pub fn secrets_from_json(json: &str) -> Option<BTreeMap<String, SecretString>> {
-    let map: BTreeMap<String, String> = serde_json::from_str(json).ok()?;
-    Some(map.into_iter().map(|(k, v)| (k, SecretString::from(v))).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -1,6 +1,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde_json::{Map, Value};
 
 use super::{ConnectionPage, ConnectionView, Result, Service, ServiceError};
@@ -106,16 +106,14 @@ impl Service {
             return Ok(None);
         }
         let ctx = EncryptionContext::connection(&c.org, &c.id);
-        Ok(Some(self.envelope.seal_str(&ctx, &validate::secrets_to_json(secret)).await?))
+        Ok(Some(self.envelope.seal_secrets(&ctx, secret).await?))
     }
 
     pub(crate) async fn open_secrets(&self, c: &Connection) -> Result<BTreeMap<String, SecretString>> {
         let Some(sealed) = &c.secrets else {
             return Ok(BTreeMap::new());
         };
-        let json = self.envelope.open_str(&EncryptionContext::connection(&c.org, &c.id), sealed).await?;
-        validate::secrets_from_json(json.expose_secret())
-            .ok_or(ServiceError::Crypto(crate::crypto::CryptoError::Decrypt))
+        Ok(self.envelope.open_secrets(&EncryptionContext::connection(&c.org, &c.id), sealed).await?)
     }
 
     /// `POST /v1/connections`.

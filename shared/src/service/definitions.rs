@@ -41,11 +41,7 @@ impl Service {
             }
         }
         let ctx = EncryptionContext::definition(&p.org, &key);
-        let sealed = if secrets.is_empty() {
-            None
-        } else {
-            Some(self.envelope.seal_str(&ctx, &validate::secrets_to_json(&secrets)).await?)
-        };
+        let sealed = if secrets.is_empty() { None } else { Some(self.envelope.seal_secrets(&ctx, &secrets).await?) };
 
         let now = self.clock.now();
         let (expect, version, created_at) = match &existing {
@@ -267,9 +263,7 @@ impl Service {
         let Some(sealed) = &def.secret_defaults else {
             return Ok(BTreeMap::new());
         };
-        let json = self.envelope.open_str(&EncryptionContext::definition(&def.org, &def.key), sealed).await?;
-        validate::secrets_from_json(json.expose_secret())
-            .ok_or(ServiceError::Crypto(crate::crypto::CryptoError::Decrypt))
+        Ok(self.envelope.open_secrets(&EncryptionContext::definition(&def.org, &def.key), sealed).await?)
     }
 
     /// A definition's defaults, plain and secret, as connection values start from.

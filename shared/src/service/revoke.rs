@@ -312,9 +312,9 @@ impl Service {
     /// Tokens obtained by an authorization or refresh that raced a disconnect or delete: they
     /// never reach the connection, and are revoked like the ones disconnect removed.
     pub(crate) async fn revoke_orphaned(&self, c: &Connection, tokens: crate::domain::OAuthTokens) {
-        let mut ghost = c.clone();
-        ghost.oauth = Some(tokens);
-        match self.revocation_job(&ghost).await {
+        let mut holding = c.clone();
+        holding.oauth = Some(tokens);
+        match self.revocation_job(&holding).await {
             Ok(job) => self.queue_revocation(c, job).await,
             Err(e) => {
                 tracing::error!(connection_id = %c.id, error = %e, "queueing the revocation of orphaned tokens failed")
