@@ -726,7 +726,9 @@ async fn canary_secrets_never_leak_but_the_lookup_returns_them() {
     app.stop().await;
     assert_no_canary_stored(&app.backend, &canaries, &marker, "after stopping").await;
     let logs = app.logs();
-    assert!(logs.contains(&id), "the logs were captured:\n{logs}");
+    // Latchkey's own request lines prove the capture (the AWS SDK's trace output, which printed
+    // whole items, is capped: see telemetry.rs).
+    assert!(logs.contains("/v1/connections/{id}"), "the logs were captured:\n{logs}");
     for canary in canaries {
         assert!(!logs.contains(canary.as_str()), "the logs leaked a secret:\n{logs}");
     }

@@ -99,6 +99,9 @@ impl reqwest::dns::Resolve for PublicOnlyResolver {
     }
 }
 
+/// How long a name may take to resolve before the call is given up as transient.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// No URL Latchkey calls may reach into private networks (SSRF), whoever set it: every
 /// address its host resolves to must be public. Loopback written literally is the one
 /// exception, where allowed (local development and tests; off by default on AWS).
@@ -109,8 +112,11 @@ pub async fn check_public_destination(url: &url::Url, allow_loopback: bool) -> R
     check_literal_destination(url, allow_loopback).map_err(DestinationError::Refused)?;
     let host = url.host_str().ok_or(DestinationError::Refused("has no host"))?;
     let port = url.port_or_known_default().unwrap_or(443);
-    let addrs = tokio::net::lookup_host((host.trim_start_matches('[').trim_end_matches(']'), port))
+    // Bounded: a resolver that hangs must not hold a refresh past its lease.
+    let lookup = tokio::net::lookup_host((host.trim_start_matches('[').trim_end_matches(']'), port));
+    let addrs = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
         .await
+        .map_err(|_| DestinationError::Unresolved)?
         .map_err(|_| DestinationError::Unresolved)?;
     let mut any = false;
     for a in addrs {

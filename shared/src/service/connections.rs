@@ -372,7 +372,14 @@ impl Service {
                 next.secrets = self.seal_secrets(&next, &values.secret).await?;
                 // New credentials get a new chance: a red connection turns yellow again, and so
                 // does a disconnected one that needs no authorization.
-                if next.status == Status::Error || (next.status == Status::Disconnected && next.reconfigurable()) {
+                // An OAuth connection whose grant is dead (refused, expired, lacking scopes, bound
+                // elsewhere) needs a new authorization, not new values.
+                let fixable_red = next.status == Status::Error
+                    && (!next.auth.is_some_and(|a| a.is_oauth())
+                        || next.error.as_ref().is_none_or(|e| {
+                            e.code == "reported" || e.code == crate::domain::Refusal::ClientRejected.code()
+                        }));
+                if fixable_red || (next.status == Status::Disconnected && next.reconfigurable()) {
                     next.status = Status::Configured;
                     next.error = None;
                     // Back in the refresh index: the sweep tries the new settings soon.
@@ -413,7 +420,8 @@ impl Service {
         let c = self.visible_connection(p, id).await?;
         require_manage(p, &c)?;
         // First as a disconnect (fencing refreshes in flight, queueing the revocation), then gone.
-        let stripped = if c.status == Status::Disconnected { c.clone() } else { self.strip_credentials(p, id).await? };
+        // Even a disconnected one: the new generation fences an authorization racing the delete.
+        let stripped = self.strip_credentials(p, id).await?;
         if !self.store.delete_connection(&c.org, &c.id).await? {
             return Err(ServiceError::NotFound);
         }

@@ -226,6 +226,15 @@ impl Service {
                 Status::Disconnected => return Err(ServiceError::Unusable(Unusable::Disconnected)),
                 Status::Configured | Status::Active | Status::Error => {}
             }
+            // A connection Latchkey already knows to be red for a provider's reason keeps that
+            // reason (and who must act); the report is logged beside it.
+            if c.status == Status::Error
+                && let Some(known) = c.error.clone().filter(|e| e.code != "reported")
+            {
+                self.log(&c, LogType::ErrorReported, format!("error reported: {message} (already {})", known.code))
+                    .await;
+                return Ok(ReportedError { connection_id: c.id, status: c.status, error: known });
+            }
             let now = self.clock.now();
             let error =
                 StatusError { code: "reported".to_owned(), provider_code: None, message: message.clone(), at: now };

@@ -282,9 +282,14 @@ impl Service {
                 .await;
         }
         // A grant is bound to the origin that issued it (SPEC section 8): a refresh token is
-        // never sent to another token endpoint, whoever changed the setting.
-        if let Some((tokens, _)) = &previous
-            && let Some(bound) = tokens.token_origin.as_deref()
+        // never sent to another token endpoint, whoever changed the setting. A grant stored
+        // before origins were recorded is held to the origin its definition gives.
+        let bound = match &previous {
+            Some((tokens, _)) if tokens.token_origin.is_some() => tokens.token_origin.clone(),
+            Some(_) => self.definition_origins(&def, leased).await.0,
+            None => None,
+        };
+        if let Some(bound) = bound.as_deref()
             && bound != settings.token.origin()
         {
             let detail = format!("granted by {bound}, now {}", settings.token.origin());
@@ -346,7 +351,8 @@ impl Service {
                 // old one): only a refusal of the current token turns the connection red.
                 let current =
                     self.store.get_connection(&leased.org, &leased.id).await?.ok_or(ServiceError::NotFound)?;
-                if current.version != leased.version {
+                if current.oauth != leased.oauth || current.generation != leased.generation {
+                    self.release_lease(leased, false).await;
                     return Ok(None);
                 }
                 // The message names the HTTP status, never the provider's text (it could echo

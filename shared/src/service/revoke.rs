@@ -76,10 +76,16 @@ impl Service {
             self.log(c, LogType::Revoked, "tokens dropped: the definition has no revokeUrl").await;
             return Ok(None);
         };
-        // Tokens go only to the origins the grant was obtained with (SPEC section 8).
-        let bound: Vec<&str> =
-            [tokens.token_origin.as_deref(), tokens.revoke_origin.as_deref()].into_iter().flatten().collect();
-        if !bound.is_empty() && !bound.contains(&revoke.origin().as_str()) {
+        // Tokens go only to the origins the grant was obtained with (SPEC section 8); a grant
+        // stored before origins were recorded, to the origins its definition gives.
+        let bound: Vec<String> = match &tokens.token_origin {
+            Some(token) => [Some(token.clone()), tokens.revoke_origin.clone()].into_iter().flatten().collect(),
+            None => {
+                let (token, revoke) = self.definition_origins(&def, c).await;
+                [token, revoke].into_iter().flatten().collect()
+            }
+        };
+        if !bound.contains(&revoke.origin()) {
             self.log(
                 c,
                 LogType::RevokeFailed,
