@@ -75,6 +75,9 @@ impl Default for RefreshPolicy {
     }
 }
 
+/// How often a leased refresh's outcome is written again after losing to other writers.
+const COMMIT_ATTEMPTS: usize = 25;
+
 /// What a sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SweepSummary {
@@ -465,10 +468,19 @@ impl Service {
     ) -> Result<Option<Connection>> {
         let owner = leased.refresh.lease.as_ref().map(|l| l.owner.clone());
         let mut base = leased.clone();
-        for _ in 0..5 {
+        // While the lease is ours the outcome must land (it may hold a rotated refresh token the
+        // provider will not accept twice): other writers' conflicts are re-read and re-applied,
+        // a store that does not answer is tried again, each a bounded number of times.
+        let mut unavailable = 0;
+        for _ in 0..COMMIT_ATTEMPTS {
             let next = apply(&base);
             match self.store.update_connection(&next, base.version).await {
                 Ok(()) => return Ok(Some(next)),
+                Err(StoreError::Unavailable(e)) if unavailable < 3 => {
+                    unavailable += 1;
+                    tracing::warn!(connection_id = %leased.id, error = %e, "the store did not take a refresh outcome; trying again");
+                    tokio::time::sleep(Duration::from_millis(250 * unavailable)).await;
+                }
                 Err(StoreError::Conflict) => {
                     let Some(current) = self.store.get_connection(&leased.org, &leased.id).await? else {
                         return Ok(None);

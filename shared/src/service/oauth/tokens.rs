@@ -169,7 +169,20 @@ impl Service {
             refresh_token: refresh.clone(),
             captured,
         };
-        let sealed = self.envelope.seal_json(&EncryptionContext::connection(&c.org, &c.id), &secrets).await?;
+        // The provider has answered: a key service that does not answer now is tried again
+        // (a rotated refresh token cannot be asked for twice).
+        let ctx = EncryptionContext::connection(&c.org, &c.id);
+        let mut attempt = 0;
+        let sealed = loop {
+            match self.envelope.seal_json(&ctx, &secrets).await {
+                Err(crate::crypto::CryptoError::Unavailable(e)) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::warn!(connection_id = %c.id, error = %e, "sealing new tokens failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(250 * attempt)).await;
+                }
+                other => break other?,
+            }
+        };
         // A refresh keeps the origins the grant was first bound to.
         let (token_origin, revoke_origin) = match previous {
             Some((tokens, _)) if tokens.token_origin.is_some() => {
