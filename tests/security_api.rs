@@ -181,15 +181,24 @@ async fn proxies_from_the_environment_are_not_used_for_provider_calls() {
     assert!(proxy.accept().is_err(), "nothing reached the proxy");
 }
 
-#[tokio::test]
-async fn the_callback_passes_on_only_reduced_provider_text() {
+/// A server, its organization token, a quirk provider, a connection of a definition against it,
+/// and the authorize URL of an authorization just started.
+async fn started_authorization() -> (TestApp, String, QuirkServer, String, String) {
     let app = TestApp::spawn().await;
     let org = org_token(&app).await;
     let q = QuirkServer::start(json!({})).await;
     app.put_definition(&org, "idp", &quirk_def(&q)).await.assert_status(StatusCode::CREATED);
     let id = create(&app, &org, "idp").await;
     let reply = app.request(Method::POST, &format!("/v1/connections/{id}/authorize"), Some(&org), None).await;
-    let state = query_param(reply.body["authorize_url"].as_str().unwrap(), "state").unwrap();
+    reply.assert_status(StatusCode::OK);
+    let url = reply.body["authorize_url"].as_str().expect("authorize_url").to_owned();
+    (app, org, q, id, url)
+}
+
+#[tokio::test]
+async fn the_callback_passes_on_only_reduced_provider_text() {
+    let (app, _org, _provider, _id, authorize_url) = started_authorization().await;
+    let state = query_param(&authorize_url, "state").unwrap();
     let attack = format!(
         "<script>alert(1)</script> Visit https://evil.example/login?x=1 {}",
         "and a very long story ".repeat(40)
@@ -215,13 +224,8 @@ async fn the_callback_passes_on_only_reduced_provider_text() {
 
 #[tokio::test]
 async fn a_head_request_does_not_spend_the_state() {
-    let app = TestApp::spawn().await;
-    let org = org_token(&app).await;
-    let q = QuirkServer::start(json!({})).await;
-    app.put_definition(&org, "idp", &quirk_def(&q)).await.assert_status(StatusCode::CREATED);
-    let id = create(&app, &org, "idp").await;
-    let reply = app.request(Method::POST, &format!("/v1/connections/{id}/authorize"), Some(&org), None).await;
-    let back = q.authorize(reply.body["authorize_url"].as_str().unwrap()).await;
+    let (app, org, q, id, authorize_url) = started_authorization().await;
+    let back = q.authorize(&authorize_url).await;
     let head = browser().head(&back).send().await.unwrap();
     assert_eq!(head.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(q.token_calls("authorization_code").await, 0, "a prefetcher spent nothing");

@@ -15,7 +15,7 @@
 pub mod adapters;
 pub mod catalog;
 pub mod config;
-#[cfg(feature = "conformance")]
+#[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod crypto;
 pub mod domain;

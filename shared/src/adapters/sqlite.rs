@@ -555,23 +555,7 @@ mod tests {
         // A write creates the WAL and shared-memory files beside it.
         let org = crate::domain::OrgId::parse("acme").unwrap();
         store.list_definitions(&org).await.unwrap();
-        let now = time::OffsetDateTime::now_utc();
-        let def = crate::domain::Definition {
-            org: org.clone(),
-            key: crate::domain::DefinitionKey::parse("acme-api").unwrap(),
-            label: "Acme".into(),
-            description: None,
-            auth: crate::domain::AuthKind::ApiKey,
-            provider: None,
-            inputs: Default::default(),
-            redirects: None,
-            oauth: Default::default(),
-            secret_default_names: Default::default(),
-            secret_defaults: None,
-            version: 1,
-            created_at: now,
-            updated_at: now,
-        };
+        let def = crate::conformance::definition(&org, "acme-api");
         store.put_definition(&def, crate::ports::Expect::Absent).await.unwrap();
         for suffix in ["", "-wal", "-shm"] {
             let mut file = path.as_os_str().to_owned();
