@@ -3,27 +3,7 @@
 //! index, and the failure classes (refusals turn the connection red and stop; transient failures
 //! keep the tokens and back off).
 //!
-//! # The due index cannot be starved
-//!
-//! The sweep reads the due index oldest first, a page at a time. One organization must not be
-//! able to fill those pages with entries the sweep cannot refresh (reported-red connections,
-//! for instance), which would keep every other organization's tokens from being refreshed. Three
-//! rules together make sure of it:
-//!
-//! - **By construction**, only refreshable connections are in the index: every write that makes
-//!   a connection unusable clears `refresh.due_at` (red: [`Connection::turned_red`];
-//!   disconnected and deleted: `strip_credentials`; no refresh token: the refresh that finds
-//!   none), and both stores derive the index from `due_at` on every write.
-//! - **When the sweep meets an entry it cannot refresh** anyway (one written before these
-//!   rules, or a race), it takes it out of the index ([`unrefreshable`]), and when a refresh
-//!   fails before reaching the provider (a store, key or configuration error) the connection is
-//!   due again only after the base backoff: an entry does not come first in every sweep for the
-//!   same reason.
-//! - **Entries it must leave in place** (a refresh lease held by another worker) do not block
-//!   it: the sweep pages on after the last entry it read (a cursor, never the same page again)
-//!   while entries are due and its deadline allows, so a healthy connection behind any number of
-//!   them is still reached in the same sweep.
-
+//! The scheduled sweep over the due index, and why it cannot be starved, is in [`sweep`].
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -37,6 +17,10 @@ use crate::domain::{
 use crate::ports::{DueEntry, StoreError};
 use crate::provider::TokenFailure;
 use crate::provider::request::GrantRequest;
+
+mod sweep;
+
+pub use sweep::SweepSummary;
 
 /// How refreshes are scheduled and bounded.
 #[derive(Debug, Clone)]
@@ -78,24 +62,6 @@ impl Default for RefreshPolicy {
 /// How often a leased refresh's outcome is written again after losing to other writers.
 const COMMIT_ATTEMPTS: usize = 25;
 
-/// What a sweep did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct SweepSummary {
-    /// Entries of the due index the sweep read.
-    pub due: usize,
-    pub refreshed: usize,
-    pub failed: usize,
-    /// Left for later: refreshed or leased by someone else meanwhile, or not reached before the
-    /// deadline.
-    pub skipped: usize,
-    /// Taken out of the due index because they cannot be refreshed (red, disconnected, not
-    /// authorized, no refresh token): entries written before every such write cleared the due
-    /// time, or lost in a race.
-    pub dropped: usize,
-    /// Revocation jobs whose retry time had come, attempted by this sweep.
-    pub revocations: usize,
-}
-
 /// The outcome of [`Service::refresh_connection`].
 enum Refreshed {
     /// This call refreshed it.
@@ -131,33 +97,6 @@ fn backing_off(c: &Connection, now: OffsetDateTime) -> bool {
 
 fn days(t: OffsetDateTime) -> i64 {
     t.unix_timestamp().div_euclid(86_400)
-}
-
-/// Why the sweep cannot refresh `c`, if it cannot: such a connection does not belong in the due
-/// index (SPEC section 6: a red connection sees no further tries until someone acts).
-pub(crate) fn unrefreshable(c: &Connection) -> Option<&'static str> {
-    match c.status {
-        Status::Error => return Some("red"),
-        Status::Disconnected => return Some("disconnected"),
-        Status::Pending => return Some("not authorized"),
-        Status::Configured | Status::Active => {}
-    }
-    match (c.auth, &c.oauth) {
-        // Client credentials are fetched again, refresh token or not.
-        (Some(AuthKind::Oauth2ClientCredentials), _) => None,
-        (Some(AuthKind::Oauth2AuthorizationCode) | None, None) => Some("not authorized"),
-        (Some(AuthKind::Oauth2AuthorizationCode) | None, Some(t)) if !t.has_refresh_token => Some("no refresh token"),
-        (Some(AuthKind::Oauth2AuthorizationCode) | None, Some(_)) => None,
-        (Some(_), _) => Some("not an OAuth connection"),
-    }
-}
-
-/// What the sweep did with one due entry.
-enum Swept {
-    Refreshed,
-    Failed,
-    Skipped,
-    Dropped,
 }
 
 impl Service {
@@ -581,134 +520,5 @@ impl Service {
             Refreshed::Busy => c,
         };
         self.get_connection(p, done.id.as_str()).await
-    }
-
-    /// The scheduled sweep: refreshes every connection due now, shard by shard, a page of the
-    /// due index at a time and a bounded number at once, starting nothing after `deadline` (what
-    /// is left is counted as skipped and stays due). Entries it cannot refresh leave the index;
-    /// entries it must leave (leased elsewhere) are paged past (see the module documentation).
-    ///
-    /// Each AWS call is bounded ([`crate::adapters::aws::OPERATION_TIMEOUT`]): a dependency that
-    /// does not answer fails that connection's refresh and the sweep moves on. When the index
-    /// itself cannot be read the sweep stops there, logs its summary and returns the error (the
-    /// deployed stack alarms on failed sweeps).
-    pub async fn refresh_sweep(&self, deadline: Instant) -> Result<SweepSummary> {
-        use futures_util::StreamExt;
-
-        let mut summary = SweepSummary::default();
-        let mut failure: Option<ServiceError> = None;
-        let now = self.clock.now();
-        let page = self.policy().page.max(1);
-        'shards: for shard in 0..self.store.due_shards() {
-            let mut after: Option<DueEntry> = None;
-            loop {
-                if Instant::now() >= deadline {
-                    break 'shards;
-                }
-                let due = match self.store.due_connections(shard, now, after.as_ref(), page).await {
-                    Ok(due) => due,
-                    Err(e) => {
-                        tracing::warn!(shard, error = %e, "reading the refresh index failed");
-                        let unavailable = e.is_unavailable();
-                        failure.get_or_insert(e.into());
-                        // An unavailable store would keep the other shards waiting as long.
-                        if unavailable {
-                            break 'shards;
-                        }
-                        continue 'shards;
-                    }
-                };
-                summary.due += due.len();
-                let more = due.len() >= page;
-                after = due.last().cloned();
-                let outcomes: Vec<Swept> = futures_util::stream::iter(due)
-                    .map(|entry| async move {
-                        if Instant::now() >= deadline {
-                            return Swept::Skipped;
-                        }
-                        self.sweep_one(&entry.org, &entry.id).await
-                    })
-                    .buffer_unordered(self.policy().concurrency.max(1))
-                    .collect()
-                    .await;
-                for outcome in outcomes {
-                    match outcome {
-                        Swept::Refreshed => summary.refreshed += 1,
-                        Swept::Failed => summary.failed += 1,
-                        Swept::Skipped => summary.skipped += 1,
-                        Swept::Dropped => summary.dropped += 1,
-                    }
-                }
-                if !more {
-                    break;
-                }
-            }
-        }
-        // Revocations that failed transiently are retried here, when their time has come.
-        if failure.is_none() && Instant::now() < deadline {
-            match self.revoke_due(deadline).await {
-                Ok(done) => summary.revocations = done.len(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the due revocations failed");
-                    failure = Some(e);
-                }
-            }
-        }
-        tracing::info!(
-            revocations = summary.revocations,
-            due = summary.due,
-            refreshed = summary.refreshed,
-            failed = summary.failed,
-            skipped = summary.skipped,
-            dropped = summary.dropped,
-            "refresh sweep"
-        );
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(summary),
-        }
-    }
-
-    /// One due entry of a sweep: refreshed if it can be, taken out of the index if it cannot.
-    async fn sweep_one(&self, org: &OrgId, id: &ConnectionId) -> Swept {
-        let c = match self.store.get_connection(org, id).await {
-            Ok(Some(c)) => c,
-            // Deleted meanwhile: its index entry went with it.
-            Ok(None) => return Swept::Skipped,
-            Err(e) => {
-                tracing::warn!(org = %org, connection_id = %id, error = %e, "reading a due connection failed");
-                return Swept::Failed;
-            }
-        };
-        if let Some(why) = unrefreshable(&c) {
-            return self.drop_from_index(&c, why).await;
-        }
-        let needed = |c: &Connection, now: OffsetDateTime| c.refresh.due_at.is_some_and(|d| d <= now);
-        let seen = c.oauth.as_ref().map(|t| t.obtained_at);
-        match self.refresh_connection(org, id, seen, needed, false).await {
-            Ok(Refreshed::Now(_)) => Swept::Refreshed,
-            Ok(Refreshed::Already(_) | Refreshed::Busy) | Err(ServiceError::NotFound) => Swept::Skipped,
-            Err(_) => Swept::Failed,
-        }
-    }
-
-    /// Takes `c` out of the due index: a version-conditional write of the same record without a
-    /// due time (a lease, if any, stays with its holder). A lost race leaves it to the write that
-    /// won, which derived the index anew.
-    async fn drop_from_index(&self, c: &Connection, why: &str) -> Swept {
-        let mut next = c.clone();
-        next.refresh.due_at = None;
-        next.version = c.version + 1;
-        match self.store.update_connection(&next, c.version).await {
-            Ok(()) => {
-                tracing::debug!(org = %c.org, connection_id = %c.id, why, "left the refresh index: it cannot be refreshed");
-                Swept::Dropped
-            }
-            Err(StoreError::Conflict) => Swept::Skipped,
-            Err(e) => {
-                tracing::warn!(org = %c.org, connection_id = %c.id, error = %e, "taking a connection out of the refresh index failed");
-                Swept::Failed
-            }
-        }
     }
 }

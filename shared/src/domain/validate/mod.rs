@@ -1,0 +1,348 @@
+//! Validation of definition drafts and connection values, with an error per bad field.
+//!
+//! Bodies are checked from `serde_json::Value` by hand rather than by serde derive so that every
+//! problem is reported at once, each naming its field (`inputs.apiKey.type`, `values.endpoint`).
+//!
+//! - this module: field errors, limits, the URL rules, value types, shared helpers;
+//! - [`definition`]: `PUT /v1/definitions/{key}` bodies (inputs, redirects, OAuth inputs);
+//! - [`quirks`]: a definition's `oauth` block (SPEC section 8);
+//! - [`values`]: a connection's values against its definition (`POST`/`PATCH`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use indexmap::IndexMap;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::{AuthKind, Capture, Input, InputType, OAuthQuirks, Provider, RESERVED_TOKEN_PARAMS, Redirects, Visibility};
+
+mod definition;
+mod quirks;
+mod values;
+
+pub use definition::{DefinitionSpec, definition_from_json};
+pub use values::{Setter, Values, apply_values};
+
+/// One invalid field of a request, named by its JSON path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+const MAX_LABEL: usize = 200;
+const MAX_DESCRIPTION: usize = 2_000;
+const MAX_STRING: usize = 8_192;
+const MAX_TEXT: usize = 32_768;
+const MAX_INPUTS: usize = 100;
+/// The most a connection's values may total (names and values, plain and secret, as JSON), so a
+/// record stays far below DynamoDB's 400 KB item limit whatever PATCHes accumulate.
+pub const MAX_VALUES_BYTES: usize = 64 * 1024;
+
+/// Inputs whose values are provider endpoints Latchkey itself calls: https only, except loopback.
+pub const ENDPOINT_INPUTS: [&str; 3] = ["authorizeUrl", "tokenUrl", "revokeUrl"];
+/// Accepted values of the `clientAuth` input.
+pub const CLIENT_AUTH_METHODS: [&str; 2] = ["client_secret_basic", "client_secret_post"];
+
+/// True for `127.0.0.1` (any of 127/8), `::1` and `localhost`.
+pub fn is_loopback_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// An absolute `http(s)` URL.
+fn parse_web_url(s: &str) -> Result<url::Url, &'static str> {
+    let url = url::Url::parse(s).map_err(|_| "must be an absolute URL")?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("must be an http or https URL");
+    }
+    Ok(url)
+}
+
+/// A URL Latchkey sends a browser or a request to: https, or plain http on a loopback host.
+pub fn check_secure_url(s: &str) -> Result<url::Url, &'static str> {
+    let url = parse_web_url(s)?;
+    if url.scheme() == "https" || is_loopback_host(&url) {
+        Ok(url)
+    } else {
+        Err("must be https (plain http is accepted only for 127.0.0.1, ::1 and localhost)")
+    }
+}
+
+fn reject_unknown(obj: &Map<String, Value>, allowed: &[&str], prefix: &str, errors: &mut Vec<FieldError>) {
+    for k in obj.keys().filter(|k| !allowed.contains(&k.as_str())) {
+        errors.push(FieldError::new(format!("{prefix}{k}"), "unknown field"));
+    }
+}
+
+fn optional_string(
+    obj: &Map<String, Value>,
+    key: &str,
+    max: usize,
+    field: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
+    match obj.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.chars().count() <= max => Some(s.clone()),
+        Some(Value::String(_)) => {
+            errors.push(FieldError::new(field, format!("must be at most {max} characters")));
+            None
+        }
+        Some(_) => {
+            errors.push(FieldError::new(field, "must be a string"));
+            None
+        }
+    }
+}
+
+/// Checks a value against an input type.
+pub fn check_type(kind: InputType, v: &Value) -> Result<(), String> {
+    match kind {
+        InputType::String | InputType::Password => match v.as_str() {
+            Some(s) if s.len() <= MAX_STRING => Ok(()),
+            Some(_) => Err(format!("must be at most {MAX_STRING} bytes")),
+            None => Err("must be a string".into()),
+        },
+        InputType::Text => match v.as_str() {
+            Some(s) if s.len() <= MAX_TEXT => Ok(()),
+            Some(_) => Err(format!("must be at most {MAX_TEXT} bytes")),
+            None => Err("must be a string".into()),
+        },
+        InputType::Number => v.is_number().then_some(()).ok_or_else(|| "must be a number".into()),
+        InputType::Boolean => v.is_boolean().then_some(()).ok_or_else(|| "must be a boolean".into()),
+        InputType::Url => match v.as_str() {
+            Some(s) if s.len() <= 2_048 => parse_web_url(s).map(|_| ()).map_err(Into::into),
+            Some(_) => Err("must be at most 2048 bytes".into()),
+            None => Err("must be a URL string".into()),
+        },
+    }
+}
+
+/// Rules of the well-known OAuth inputs on top of their type.
+fn check_special_input(name: &str, v: &Value) -> Result<(), String> {
+    match (name, v.as_str()) {
+        (n, Some(s)) if ENDPOINT_INPUTS.contains(&n) => check_secure_url(s).map(|_| ()).map_err(Into::into),
+        ("clientAuth", Some(s)) if !CLIENT_AUTH_METHODS.contains(&s) => {
+            Err(format!("must be one of {}", CLIENT_AUTH_METHODS.join(", ")))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn no_catalog(_: &str) -> Option<&'static Provider> {
+        None
+    }
+
+    fn inputs() -> IndexMap<String, Input> {
+        let spec = definition_from_json(
+            "acme",
+            &json!({
+                "auth": "api_key",
+                "inputs": {
+                    "apiKey": {"type": "password", "required": true},
+                    "endpoint": {"type": "url", "default": "https://api.acme.com"},
+                    "retries": {"type": "number"},
+                    "sandbox": {"type": "boolean", "visibility": "embedded"},
+                    "plan": {"type": "string", "visibility": "organization", "default": "gold"}
+                }
+            }),
+            no_catalog,
+        )
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+        spec.inputs
+    }
+
+    fn defaults(inputs: &IndexMap<String, Input>) -> Values {
+        Values {
+            plain: inputs.iter().filter_map(|(k, i)| Some((k.clone(), i.default.clone()?))).collect(),
+            secret: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn every_bad_value_is_named() {
+        let inputs = inputs();
+        let errs = apply_values(
+            &inputs,
+            &defaults(&inputs),
+            &BTreeSet::new(),
+            defaults(&inputs),
+            &json!({"endpoint": "not a url", "retries": "3", "sandbox": "yes", "nope": 1}),
+            Setter::Organization,
+        )
+        .err()
+        .unwrap();
+        let fields: BTreeSet<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            BTreeSet::from(["values.endpoint", "values.retries", "values.sandbox", "values.nope", "values.apiKey"])
+        );
+    }
+
+    #[test]
+    fn customers_cannot_set_organization_inputs_and_defaults_apply() {
+        let inputs = inputs();
+        let errs = apply_values(
+            &inputs,
+            &defaults(&inputs),
+            &BTreeSet::new(),
+            defaults(&inputs),
+            &json!({"apiKey": "k", "plan": "free"}),
+            Setter::Customer,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(errs, vec![FieldError::new("values.plan", "unknown input")]);
+        let ok = apply_values(
+            &inputs,
+            &defaults(&inputs),
+            &BTreeSet::new(),
+            defaults(&inputs),
+            &json!({"apiKey": "k", "sandbox": true}),
+            Setter::Customer,
+        )
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+        assert_eq!(ok.plain["plan"], json!("gold"));
+        assert_eq!(ok.plain["endpoint"], json!("https://api.acme.com"));
+        assert_eq!(ok.secret_names(), BTreeSet::from(["apiKey".to_owned()]));
+    }
+
+    #[test]
+    fn customers_do_not_learn_the_names_of_organization_inputs_from_errors() {
+        let spec = definition_from_json(
+            "acme",
+            &json!({"auth": "api_key", "inputs": {
+                "apiKey": {"type": "password", "required": true},
+                "tenantSecret": {"type": "password", "required": true, "visibility": "organization"}}}),
+            no_catalog,
+        )
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+        let none = Values::default();
+        let errs = apply_values(&spec.inputs, &none, &BTreeSet::new(), none.clone(), &json!({}), Setter::Customer)
+            .err()
+            .unwrap();
+        assert!(errs.iter().any(|e| e.field == "values.apiKey"));
+        assert!(
+            errs.iter().all(|e| !e.field.contains("tenantSecret") && !e.message.contains("tenantSecret")),
+            "{errs:?}"
+        );
+        assert!(errs.iter().any(|e| e.field == "values"));
+        let errs = apply_values(&spec.inputs, &none, &BTreeSet::new(), none.clone(), &json!({}), Setter::Organization)
+            .err()
+            .unwrap();
+        assert!(errs.iter().any(|e| e.field == "values.tenantSecret"), "the organization is told");
+    }
+
+    #[test]
+    fn the_values_of_a_connection_are_bounded_in_total() {
+        let spec = definition_from_json(
+            "acme",
+            &json!({"auth": "custom", "inputs": {"a": {"type": "text"}, "b": {"type": "text"}, "c": {"type": "text"}}}),
+            no_catalog,
+        )
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+        let none = Values::default();
+        let big = "x".repeat(30_000);
+        let two = apply_values(
+            &spec.inputs,
+            &none,
+            &BTreeSet::new(),
+            none.clone(),
+            &json!({"a": big, "b": big}),
+            Setter::Organization,
+        )
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+        // Each PATCH is small enough; what they accumulate is not.
+        let errs = apply_values(&spec.inputs, &none, &BTreeSet::new(), two, &json!({"c": big}), Setter::Organization)
+            .err()
+            .unwrap();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].field, "values");
+    }
+
+    #[test]
+    fn oauth_definitions_get_well_known_inputs_and_secure_endpoints() {
+        let errs = definition_from_json(
+            "x",
+            &json!({"auth": "oauth2_authorization_code", "inputs": {"tokenUrl": {"type": "url", "default": "http://example.com/token"}}}), no_catalog)
+        .err()
+        .unwrap();
+        assert_eq!(errs[0].field, "inputs.tokenUrl.default");
+        let spec = definition_from_json(
+            "x",
+            &json!({"auth": "oauth2_authorization_code", "inputs": {"tokenUrl": {"type": "url", "default": "http://127.0.0.1:9/token"}}}), no_catalog)
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+        assert_eq!(spec.inputs["pkce"].default, Some(json!(true)));
+        assert_eq!(spec.inputs["clientSecret"].kind, InputType::Password);
+    }
+
+    #[test]
+    fn declared_oauth_settings_default_to_organization_visibility() {
+        let spec = definition_from_json(
+            "x",
+            &json!({"auth": "oauth2_client_credentials", "inputs": {
+                "tokenUrl": {"type": "url", "default": "https://idp.example.com/token"},
+                "clientId": {"type": "string", "visibility": "embedded"},
+                "tenant": {"type": "string"}
+            }}),
+            no_catalog,
+        )
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+        assert_eq!(spec.inputs["tokenUrl"].visibility, Visibility::Organization);
+        assert_eq!(spec.inputs["clientId"].visibility, Visibility::Embedded, "an explicit choice stands");
+        assert_eq!(spec.inputs["tenant"].visibility, Visibility::Customer);
+    }
+
+    #[test]
+    fn redirect_urls_must_be_https_or_loopback() {
+        for (url, ok) in [
+            ("https://app.example.com/done", true),
+            ("http://localhost:3000/done", true),
+            ("http://[::1]/done", true),
+            ("http://app.example.com/done", false),
+            ("javascript:alert(1)", false),
+        ] {
+            let r =
+                definition_from_json("x", &json!({"auth": "custom", "redirects": {"success_url": url}}), no_catalog);
+            assert_eq!(r.is_ok(), ok, "{url}");
+        }
+    }
+
+    #[test]
+    fn password_defaults_are_split_out_as_secrets() {
+        let spec = definition_from_json(
+            "x",
+            &json!({"auth": "api_key", "inputs": {"k": {"type": "password", "default": "s3cret"}}}),
+            no_catalog,
+        )
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+        assert_eq!(spec.inputs["k"].default, None);
+        assert_eq!(spec.secret_defaults["k"].expose_secret(), "s3cret");
+    }
+}
