@@ -142,7 +142,10 @@ impl Service {
                 }
             }
         }
+        // The deployed stack's refresh-failure alarm reads this line, and its RUST_LOG keeps
+        // this target at any LogLevel: the target is part of that contract.
         tracing::info!(
+            target: "latchkey::service::refresh",
             revocations = summary.revocations,
             due = summary.due,
             refreshed = summary.refreshed,
