@@ -6,7 +6,8 @@
 //! - this module: field errors, limits, the URL rules, value types, shared helpers;
 //! - [`definition`]: `PUT /v1/definitions/{key}` bodies (inputs, redirects, OAuth inputs);
 //! - [`quirks`]: a definition's `oauth` block (SPEC section 8);
-//! - [`values`]: a connection's values against its definition (`POST`/`PATCH`).
+//! - [`values`]: a connection's values against its definition (`POST`/`PATCH`);
+//! - [`tokens`]: tokens imported with a new connection (SPEC section 10, "Import").
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,9 +20,11 @@ use super::{AuthKind, Capture, Input, InputType, OAuthQuirks, Provider, RESERVED
 
 mod definition;
 mod quirks;
+mod tokens;
 mod values;
 
 pub use definition::{DefinitionSpec, definition_from_json};
+pub use tokens::{ImportedExpiry, ImportedTokens, MAX_IMPORT_LIFETIME_SECS, imported_tokens};
 pub use values::{Setter, Values, apply_values};
 
 /// One invalid field of a request, named by its JSON path.

@@ -56,7 +56,34 @@ impl fmt::Debug for TokenAnswer {
     }
 }
 
+/// A token type as Latchkey keeps it: printable ASCII, at most 64 characters; `Bearer` when
+/// absent or nothing printable is left (`bearer` is normalised).
+fn normal_token_type(stated: &str) -> String {
+    let kept: String = stated.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
+    if kept.is_empty() || kept.eq_ignore_ascii_case("bearer") { "Bearer".to_owned() } else { kept }
+}
+
 impl TokenAnswer {
+    /// Tokens Latchkey did not read from a provider's answer: imported from another platform
+    /// with a new connection (SPEC section 10), to be stored exactly as an answer's are. The
+    /// token type is normalised as an answer's; nothing is captured from it.
+    pub fn imported(
+        access_token: SecretString,
+        token_type: Option<&str>,
+        expires_in: Option<u64>,
+        refresh_token: Option<SecretString>,
+        scopes: Option<Vec<String>>,
+    ) -> Self {
+        TokenAnswer {
+            access_token,
+            token_type: normal_token_type(token_type.unwrap_or_default()),
+            expires_in,
+            refresh_token,
+            scopes,
+            raw: Map::new(),
+        }
+    }
+
     /// The value at a dotted path of the whole answer (`instance_url`, `team.id`), if it is a
     /// string, number or boolean.
     pub fn captured(&self, path: &str) -> Option<&Value> {
@@ -272,17 +299,9 @@ pub fn read_token_answer(
             let code = if token_path.is_some() { "invalid_token_response" } else { "unreadable_answer" };
             return Err(TokenFailure::Unreadable { code, status });
         };
-        // Printable ASCII, at most 64 characters; `Bearer` when absent or nothing printable is left.
-        let stated = holder.get("token_type").and_then(Value::as_str).unwrap_or_default();
-        let token_type: String = stated.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
-        let token_type = if token_type.is_empty() || token_type.eq_ignore_ascii_case("bearer") {
-            "Bearer".to_owned()
-        } else {
-            token_type
-        };
         return Ok(TokenAnswer {
             access_token,
-            token_type,
+            token_type: normal_token_type(holder.get("token_type").and_then(Value::as_str).unwrap_or_default()),
             expires_in: lifetime(holder.get("expires_in")),
             refresh_token: secret_text(holder, "refresh_token"),
             scopes: scopes(holder.get("scope"), split),
