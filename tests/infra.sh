@@ -64,6 +64,8 @@ for f in "${functions[@]}"; do
     cmp -s "target/sam-build/$logical/bootstrap" "target/lambda/$f/bootstrap" \
         || { echo "sam build did not package $f's arm64 binary as $logical" >&2; exit 1; }
 done
+echo "template sizes in bytes (CloudFormation's inline limit is 51,200; see infra/README.md):"
+wc -c infra/template.yaml target/sam-build/template.yaml
 
 echo "==> the five binaries under cargo lambda watch, fed the samples in events/ with cargo lambda invoke"
 python3 tests/lambda_invoke.py embedded

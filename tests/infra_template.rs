@@ -173,6 +173,15 @@ fn the_table_is_the_one_bootstrap_creates_with_production_settings() {
     assert_eq!(key["DeletionPolicy"], "Retain");
 }
 
+/// CloudFormation takes a template of at most 51,200 bytes inline (`TemplateBody`); a larger one
+/// must come from S3. This counts the file as written (comments and YAML aliases included);
+/// infra/README.md also gives the size of what `sam build` writes from it.
+#[test]
+fn the_template_stays_under_cloudformations_inline_limit() {
+    const INLINE_LIMIT: usize = 51_200;
+    assert!(TEMPLATE.len() < INLINE_LIMIT, "infra/template.yaml is {} bytes, the limit {INLINE_LIMIT}", TEMPLATE.len());
+}
+
 #[test]
 fn the_http_routes_are_the_openapi_operations() {
     let openapi: Value = serde_json::from_str(OPENAPI).unwrap();
