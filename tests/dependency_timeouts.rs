@@ -246,8 +246,9 @@ async fn the_sweep_gives_up_on_hung_refreshes_and_ends_by_its_deadline() {
     let frozen = moto::freeze(moto::pid());
     let (swept, took) = timed(app.service.refresh_sweep(Instant::now() + Duration::from_secs(60))).await;
     let e = swept.expect_err("the index cannot be read");
+    assert_eq!(e.error_type(), "Unavailable");
     let problem = latchkey::http::problem::Problem::from(e);
-    assert_eq!((problem.status, problem.error_type()), (503, "Unavailable"));
+    assert_eq!((problem.status, problem.kind), (503, latchkey::http::problem::types::UNAVAILABLE));
     assert!(took < BOUND, "the sweep took {took:?} to give up");
     let (looked, took) = timed(latchkey::lambda::handle_lookup(&app.service, payload.clone())).await;
     assert_eq!(looked.expect_err("no store").error_type, "Unavailable");

@@ -31,7 +31,8 @@ pub enum CryptoError {
     /// retries: the same request may succeed shortly.
     #[error("the key provider is unavailable")]
     Unavailable(#[source] BackendError),
-    /// Opened fine, but not the JSON shape that was sealed (a bug or a foreign record).
+    /// Opened fine, but not the form that was sealed (JSON of another shape, text that is not
+    /// UTF-8): a bug or a foreign record, never a wrong key.
     #[error("the opened secret is not in the expected form")]
     Format,
 }
@@ -236,7 +237,7 @@ impl Envelope {
 
     pub async fn open_str(&self, ctx: &EncryptionContext, sealed: &Sealed) -> Result<SecretString, CryptoError> {
         let bytes = self.open(ctx, sealed).await?;
-        let s = std::str::from_utf8(&bytes).map_err(|_| CryptoError::Decrypt)?;
+        let s = std::str::from_utf8(&bytes).map_err(|_| CryptoError::Format)?;
         Ok(SecretString::from(s.to_owned()))
     }
 

@@ -11,7 +11,7 @@ use crate::domain::OrgId;
 use crate::http::Surface;
 use crate::http::auth::Verifier;
 use crate::http::problem::Problem;
-use crate::service::{LookupRequest, Service};
+use crate::service::{LookupRequest, Service, ServiceError, error_types};
 
 pub type Error = lambda_runtime::Error;
 
@@ -43,19 +43,25 @@ pub async fn serve_http(app: App, config: &Config, surface: Surface) -> Result<(
     lambda_http::run(router).await
 }
 
-fn diagnostic(p: Problem) -> Diagnostic {
-    let message = match &p.errors {
-        Some(errors) => {
-            let fields: Vec<String> = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
-            format!("{} ({})", p.detail, fields.join("; "))
-        }
-        None => p.detail.clone(),
-    };
-    Diagnostic { error_type: p.error_type().to_owned(), error_message: message }
+fn diagnostic(error_type: &'static str, message: &str) -> Diagnostic {
+    Diagnostic { error_type: error_type.to_owned(), error_message: message.to_owned() }
 }
 
 fn invalid(message: &str) -> Diagnostic {
-    Diagnostic { error_type: "InvalidRequest".to_owned(), error_message: message.to_owned() }
+    diagnostic(error_types::INVALID, message)
+}
+
+/// The token check's refusal as a diagnostic: its problem's detail, under the `errorType` of
+/// its status (401 `Unauthorized`, 403 `Forbidden`, 503 `Unavailable`: the issuer's keys could
+/// not be fetched).
+fn refused(p: Problem) -> Diagnostic {
+    let error_type = match p.status {
+        401 => error_types::UNAUTHORIZED,
+        403 => error_types::FORBIDDEN,
+        503 => error_types::UNAVAILABLE,
+        _ => error_types::INTERNAL,
+    };
+    diagnostic(error_type, &p.detail)
 }
 
 /// The `token-lookup` function's handler as `LATCHKEY_LOOKUP_AUTH=iam` runs it (the caller's IAM
@@ -97,16 +103,17 @@ pub async fn handle_lookup_with(
         }
         Some(verifier) => {
             let token = req.token.as_ref().ok_or_else(|| {
-                diagnostic(Problem::unauthorized(
+                diagnostic(
+                    error_types::UNAUTHORIZED,
                     "a runtime token is required (\"token\": a JWT with the runtime role)",
-                ))
+                )
             })?;
-            let principal = verifier.verify(token.expose_secret()).await.map_err(diagnostic)?;
+            let principal = verifier.verify(token.expose_secret()).await.map_err(refused)?;
             if !principal.is_runtime() {
-                return Err(diagnostic(Problem::forbidden("token lookup needs the runtime role")));
+                return Err(diagnostic(error_types::FORBIDDEN, "token lookup needs the runtime role"));
             }
             if req.org.as_deref().is_some_and(|o| o != principal.org.as_str()) {
-                return Err(diagnostic(Problem::forbidden("the token is another organization's")));
+                return Err(diagnostic(error_types::FORBIDDEN, "the token is another organization's"));
             }
             (principal.org, principal.customer)
         }
@@ -118,10 +125,8 @@ pub async fn handle_lookup_with(
     };
     match result {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(_)) => {
-            Err(Diagnostic { error_type: "InternalError".into(), error_message: "serialization failed".into() })
-        }
-        Err(e) => Err(diagnostic(Problem::from(e))),
+        Ok(Err(e)) => Err(ServiceError::unexpected(e).into()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -130,7 +135,7 @@ pub async fn handle_lookup_with(
 pub async fn handle_refresh(service: &Service, deadline: std::time::Instant) -> Result<Value, Diagnostic> {
     match service.refresh_sweep(deadline).await {
         Ok(summary) => Ok(serde_json::to_value(summary).unwrap_or_default()),
-        Err(e) => Err(diagnostic(Problem::from(e))),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -166,7 +171,7 @@ pub async fn handle_revoke(service: &Service, event: Value) -> Result<Value, Dia
     let id = field("connection_id")
         .and_then(|i| crate::domain::ConnectionId::parse(i).ok())
         .ok_or_else(|| invalid("detail.connection_id is required"))?;
-    let outcomes = service.revoke_pending(&org, &id).await.map_err(|e| diagnostic(Problem::from(e)))?;
+    let outcomes = service.revoke_pending(&org, &id).await.map_err(Diagnostic::from)?;
     let count = |o: crate::service::RevokeOutcome| outcomes.iter().filter(|x| **x == o).count();
     use crate::service::RevokeOutcome::{GaveUp, Retrying, Revoked, Skipped};
     Ok(serde_json::json!({

@@ -1,13 +1,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+use strum::{EnumString, IntoStaticStr, VariantNames};
 use time::OffsetDateTime;
 
 use super::{AuthKind, ConnectionId, CustomerId, DefinitionKey, InstanceId, OrgId, Sealed};
 
 /// Whose connection it is and who manages it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, EnumString, IntoStaticStr, VariantNames)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Scope {
     /// Belongs to one integration instance (`instance_id`).
     Instance,
@@ -18,14 +20,16 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// The scope named `s` (`instance`, `customer`, `organization`).
     pub fn parse(s: &str) -> Option<Self> {
-        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+        s.parse().ok()
     }
 }
 
 /// The lifecycle of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, EnumString, IntoStaticStr, VariantNames)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Status {
     /// OAuth not yet authorized.
     Pending,
@@ -39,18 +43,14 @@ pub enum Status {
 }
 
 impl Status {
+    /// The status named `s` (`pending`, `configured`, `active`, `error`, `disconnected`).
     pub fn parse(s: &str) -> Option<Self> {
-        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+        s.parse().ok()
     }
 
+    /// Its name, as stored, filtered on and serialized.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Configured => "configured",
-            Self::Active => "active",
-            Self::Error => "error",
-            Self::Disconnected => "disconnected",
-        }
+        self.into()
     }
 }
 

@@ -2,13 +2,15 @@ use std::collections::BTreeSet;
 
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
+use strum::{EnumString, IntoStaticStr, VariantNames};
 use time::OffsetDateTime;
 
 use super::{DefinitionKey, OAuthQuirks, OrgId, Sealed};
 
 /// How a connection authenticates against the third-party app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, EnumString, IntoStaticStr, VariantNames)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum AuthKind {
     ApiKey,
     Basic,
@@ -18,11 +20,8 @@ pub enum AuthKind {
 }
 
 impl AuthKind {
-    pub const ALL: [&'static str; 5] =
-        ["api_key", "basic", "oauth2_authorization_code", "oauth2_client_credentials", "custom"];
-
     pub fn parse(s: &str) -> Option<Self> {
-        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+        s.parse().ok()
     }
 
     pub fn is_oauth(self) -> bool {
@@ -31,8 +30,9 @@ impl AuthKind {
 }
 
 /// The type of an input value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, EnumString, IntoStaticStr, VariantNames)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum InputType {
     String,
     /// A secret: sealed at rest, never returned by a read.
@@ -44,10 +44,8 @@ pub enum InputType {
 }
 
 impl InputType {
-    pub const ALL: [&'static str; 6] = ["string", "password", "number", "boolean", "url", "text"];
-
     pub fn parse(s: &str) -> Option<Self> {
-        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+        s.parse().ok()
     }
 
     pub fn is_secret(self) -> bool {
@@ -56,8 +54,11 @@ impl InputType {
 }
 
 /// Who may see and set an input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, EnumString, IntoStaticStr, VariantNames,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Visibility {
     /// Customers see and set it.
     #[default]
@@ -69,10 +70,8 @@ pub enum Visibility {
 }
 
 impl Visibility {
-    pub const ALL: [&'static str; 3] = ["customer", "embedded", "organization"];
-
     pub fn parse(s: &str) -> Option<Self> {
-        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+        s.parse().ok()
     }
 
     pub fn customer_can_set(self) -> bool {

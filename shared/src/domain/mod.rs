@@ -23,3 +23,38 @@ pub use principal::Principal;
 pub use provider::{ExpiresIn, Provider, TokenResponse};
 pub use sealed::Sealed;
 pub use validate::FieldError;
+
+#[cfg(test)]
+mod tests {
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+    use strum::VariantNames;
+
+    use super::*;
+
+    /// Every name strum parses and prints is the one serde reads and writes (stored records,
+    /// API bodies), and back.
+    fn same_names<T>()
+    where
+        T: VariantNames + std::str::FromStr + Into<&'static str> + Serialize + DeserializeOwned + Copy,
+    {
+        for name in T::VARIANTS {
+            let parsed: T = name.parse().ok().unwrap_or_else(|| panic!("{name} parses"));
+            assert_eq!(serde_json::to_value(parsed).unwrap(), *name);
+            let read: T = serde_json::from_value(serde_json::Value::from(*name)).unwrap();
+            assert_eq!(Into::<&'static str>::into(read), *name);
+        }
+    }
+
+    #[test]
+    fn string_tables_agree_with_serde() {
+        same_names::<Scope>();
+        same_names::<Status>();
+        same_names::<AuthKind>();
+        same_names::<InputType>();
+        same_names::<Visibility>();
+        assert_eq!(AuthKind::VARIANTS.len(), 5);
+        assert_eq!(Refusal::ReauthorizationRequired.code(), "reauthorization_required");
+        assert_eq!(Status::parse("nope"), None);
+    }
+}

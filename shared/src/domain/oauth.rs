@@ -129,7 +129,8 @@ impl OAuthQuirks {
 
 /// Why a provider will not give a connection tokens any more, each with who must act
 /// (SPEC section 8). Stored as the connection's `error.code`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Refusal {
     /// The grant is dead (`invalid_grant`, a revoked or expired refresh token): the customer
     /// authorizes again.
@@ -147,14 +148,10 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const fn code(self) -> &'static str {
-        match self {
-            Self::GrantRefused => "grant_refused",
-            Self::ClientRejected => "client_rejected",
-            Self::ScopesMissing => "scopes_missing",
-            Self::TokenExpired => "token_expired",
-            Self::ReauthorizationRequired => "reauthorization_required",
-        }
+    /// The class's `error.code`: `grant_refused`, `client_rejected`, `scopes_missing`,
+    /// `token_expired`, `reauthorization_required`.
+    pub fn code(self) -> &'static str {
+        self.into()
     }
 
     /// What happened and who must act, for the connection's `error.message` and its log.

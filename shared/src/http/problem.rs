@@ -6,10 +6,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::crypto::CryptoError;
 use crate::domain::FieldError;
-use crate::ports::StoreError;
-use crate::service::{ServiceError, Unusable};
+use crate::service::{ServiceError, Unusable, invalid_summary};
 
 /// The `type` URIs, stable for clients to branch on.
 pub mod types {
@@ -87,12 +85,7 @@ impl Problem {
     }
 
     pub fn validation(errors: Vec<FieldError>) -> Self {
-        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).filter(|f| !f.is_empty()).collect();
-        let detail = if fields.is_empty() {
-            "the request is invalid".to_owned()
-        } else {
-            format!("invalid fields: {}", fields.join(", "))
-        };
+        let detail = invalid_summary(&errors);
         Self {
             errors: Some(errors),
             ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, types::VALIDATION, "Validation Failed", detail)
@@ -110,85 +103,37 @@ impl Problem {
     pub fn forbidden(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, types::FORBIDDEN, "Forbidden", detail)
     }
-
-    /// A stable, machine-friendly name of the problem, the Lambda `errorType`.
-    pub fn error_type(&self) -> &'static str {
-        match self.kind {
-            types::VALIDATION | types::MALFORMED | types::TOO_LARGE => "InvalidRequest",
-            types::UNAUTHORIZED => "Unauthorized",
-            types::FORBIDDEN => "Forbidden",
-            types::NOT_FOUND => "ConnectionNotFound",
-            types::CONFLICT => "Conflict",
-            types::PRECONDITION => "PreconditionFailed",
-            types::PENDING => "ConnectionPending",
-            types::DISCONNECTED => "ConnectionDisconnected",
-            types::ERRORED => "ConnectionError",
-            types::TOKEN_EXPIRED => "TokenExpired",
-            types::PROVIDER => "ProviderError",
-            types::UNAVAILABLE => "Unavailable",
-            _ => "InternalError",
-        }
-    }
 }
 
 impl From<ServiceError> for Problem {
+    /// The problem of a service failure: its `type` and status here, its `detail` the service's
+    /// [`ServiceError::public_message`] (the same words the Lambda diagnostic carries).
     fn from(e: ServiceError) -> Self {
-        match e {
-            ServiceError::NotFound => Self::not_found(),
-            ServiceError::Forbidden(why) => Self::forbidden(why),
-            ServiceError::Invalid(errors) => Self::validation(errors),
-            ServiceError::Conflict(why) => Self::new(StatusCode::CONFLICT, types::CONFLICT, "Conflict", why),
-            ServiceError::PreconditionFailed => Self::new(
-                StatusCode::PRECONDITION_FAILED,
-                types::PRECONDITION,
-                "Precondition Failed",
-                "the connection's version does not match If-Match; read it again",
-            ),
-            ServiceError::Unusable(Unusable::Pending) => Self::new(
-                StatusCode::CONFLICT,
-                types::PENDING,
-                "Connection Pending",
-                "the connection is not authorized yet",
-            ),
-            ServiceError::Unusable(Unusable::Disconnected) => Self::new(
-                StatusCode::CONFLICT,
-                types::DISCONNECTED,
-                "Connection Disconnected",
-                "the connection was disconnected; authorize it again",
-            ),
-            ServiceError::Unusable(Unusable::Error) => Self::new(
-                StatusCode::CONFLICT,
-                types::ERRORED,
-                "Connection Error",
-                "the connection is in error; reconfigure or re-authorize it",
-            ),
-            ServiceError::Unusable(Unusable::TokenExpired) => Self::new(
-                StatusCode::CONFLICT,
-                types::TOKEN_EXPIRED,
-                "Token Expired",
-                "the access token expired and cannot be renewed; the customer must authorize the connection again",
-            ),
-            ServiceError::Provider(code) => Self::new(
-                StatusCode::BAD_GATEWAY,
-                types::PROVIDER,
-                "Provider Error",
-                format!("the provider's token endpoint failed ({code})"),
-            ),
-            e @ (ServiceError::Store(StoreError::Unavailable(_))
-            | ServiceError::Crypto(CryptoError::Unavailable(_))) => {
-                tracing::warn!(error = %e, source = ?std::error::Error::source(&e).map(ToString::to_string), "a dependency is unavailable");
-                Self::unavailable()
+        e.log_if_internal();
+        let detail = e.public_message();
+        let (status, kind, title) = match e {
+            ServiceError::Invalid(errors) => return Self::validation(errors),
+            e if e.is_unavailable() => return Self::unavailable(),
+            ServiceError::NotFound => (StatusCode::NOT_FOUND, types::NOT_FOUND, "Not Found"),
+            ServiceError::Forbidden(_) => (StatusCode::FORBIDDEN, types::FORBIDDEN, "Forbidden"),
+            ServiceError::Conflict(_) => (StatusCode::CONFLICT, types::CONFLICT, "Conflict"),
+            ServiceError::PreconditionFailed => {
+                (StatusCode::PRECONDITION_FAILED, types::PRECONDITION, "Precondition Failed")
             }
-            e @ (ServiceError::Store(_) | ServiceError::Crypto(_)) => {
-                tracing::error!(error = %e, source = ?std::error::Error::source(&e).map(ToString::to_string), "request failed");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    types::INTERNAL,
-                    "Internal Server Error",
-                    "an internal error occurred",
-                )
+            ServiceError::Unusable(Unusable::Pending) => (StatusCode::CONFLICT, types::PENDING, "Connection Pending"),
+            ServiceError::Unusable(Unusable::Disconnected) => {
+                (StatusCode::CONFLICT, types::DISCONNECTED, "Connection Disconnected")
             }
-        }
+            ServiceError::Unusable(Unusable::Error) => (StatusCode::CONFLICT, types::ERRORED, "Connection Error"),
+            ServiceError::Unusable(Unusable::TokenExpired) => {
+                (StatusCode::CONFLICT, types::TOKEN_EXPIRED, "Token Expired")
+            }
+            ServiceError::Provider(_) => (StatusCode::BAD_GATEWAY, types::PROVIDER, "Provider Error"),
+            ServiceError::Store(_) | ServiceError::Crypto(_) | ServiceError::Unexpected(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, types::INTERNAL, "Internal Server Error")
+            }
+        };
+        Self::new(status, kind, title, detail)
     }
 }
 
@@ -220,6 +165,8 @@ impl IntoResponse for ServiceError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::CryptoError;
+    use crate::ports::StoreError;
 
     #[test]
     fn a_dependency_that_did_not_answer_is_a_503_with_retry_after_and_type_unavailable() {
@@ -228,7 +175,7 @@ mod tests {
             ServiceError::Crypto(CryptoError::Unavailable("timed out".into())),
         ] {
             let p = Problem::from(e);
-            assert_eq!((p.status, p.kind, p.error_type()), (503, types::UNAVAILABLE, "Unavailable"));
+            assert_eq!((p.status, p.kind), (503, types::UNAVAILABLE));
             assert!(!p.detail.contains("timed out"), "no inner error text: {}", p.detail);
             let res = p.into_response();
             assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);

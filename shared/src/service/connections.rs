@@ -3,6 +3,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use secrecy::SecretString;
 use serde_json::{Map, Value};
 
+use super::retry::Races;
 use super::{ConnectionPage, ConnectionView, Result, Service, ServiceError};
 use crate::crypto::{EncryptionContext, Sealed};
 use crate::domain::validate::{self, FieldError, Setter, Values};
@@ -15,8 +16,6 @@ use crate::ports::{ConnectionFilter, StoreError};
 /// Largest page of a listing; the default is 50.
 pub const MAX_PAGE: usize = 200;
 const DEFAULT_PAGE: usize = 50;
-/// How often an update retries after losing a race (without If-Match).
-const UPDATE_ATTEMPTS: usize = 5;
 
 /// Query of `GET /v1/connections`.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -348,7 +347,8 @@ impl Service {
         }
         let changes = obj.get("values").unwrap_or(&Value::Null);
 
-        for attempt in 1..=UPDATE_ATTEMPTS {
+        let mut races = Races::default();
+        loop {
             let current = self.visible_connection(p, id).await?;
             require_manage(p, &current)?;
             if if_match.is_some_and(|v| v != current.version) {
@@ -403,15 +403,12 @@ impl Service {
                     self.emit(Event::about(EventType::ConnectionUpdated, &next)).await;
                     return self.view(p, &next, Some(&def)).await;
                 }
+                // With If-Match the caller asked for exactly the version it read.
                 Err(StoreError::Conflict) if if_match.is_some() => return Err(ServiceError::PreconditionFailed),
-                Err(StoreError::Conflict) if attempt < UPDATE_ATTEMPTS => continue,
-                Err(StoreError::Conflict) => {
-                    return Err(ServiceError::Conflict("the connection is being changed concurrently; retry"));
-                }
+                Err(StoreError::Conflict) => races.lost()?,
                 Err(e) => return Err(e.into()),
             }
         }
-        unreachable!("the loop returns on its last attempt")
     }
 
     /// `DELETE /v1/connections/{id}`: like disconnect (tokens revoked at the provider,

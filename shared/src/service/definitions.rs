@@ -3,6 +3,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
+use super::retry::Races;
 use super::{DefinitionView, Result, Service, ServiceError};
 use crate::crypto::EncryptionContext;
 use crate::domain::validate::{self, Values};
@@ -232,7 +233,8 @@ impl Service {
     }
 
     async fn seal_plain_secrets(&self, mut current: Connection, def: &Definition) -> Result<()> {
-        for _ in 0..5 {
+        let mut races = Races::default();
+        loop {
             let mut values = Values { plain: current.values.clone(), secret: self.open_secrets(&current).await? };
             if !values.seal_secret_inputs(&def.inputs) {
                 return Ok(());
@@ -248,14 +250,14 @@ impl Service {
                     self.log(&next, LogType::Updated, "values of inputs that became passwords were sealed").await;
                     return Ok(());
                 }
-                Err(StoreError::Conflict) => match self.store.get_connection(&current.org, &current.id).await? {
-                    Some(c) => current = c,
-                    None => return Ok(()),
-                },
+                Err(StoreError::Conflict) => races.lost()?,
                 Err(e) => return Err(e.into()),
             }
+            match self.store.get_connection(&current.org, &current.id).await? {
+                Some(c) => current = c,
+                None => return Ok(()),
+            }
         }
-        Err(ServiceError::Conflict("the connection is being changed concurrently; retry"))
     }
 
     /// The definition's unsealed `password` defaults.

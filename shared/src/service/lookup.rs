@@ -7,6 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
+use super::retry::Races;
 use super::{Result, Service, ServiceError, Unusable};
 use crate::domain::{
     AuthKind, Connection, ConnectionId, CustomerId, DefinitionKey, Event, EventType, LogType, OrgId, Refusal, Status,
@@ -131,11 +132,8 @@ impl Service {
         req: &LookupRequest,
     ) -> Result<LookupResponse> {
         let c = self.lookup_target(org, customer, req.connection_id.as_deref()).await?;
-        match c.status {
-            Status::Pending => return Err(ServiceError::Unusable(Unusable::Pending)),
-            Status::Disconnected => return Err(ServiceError::Unusable(Unusable::Disconnected)),
-            Status::Error => return Err(ServiceError::Unusable(Unusable::Error)),
-            Status::Configured | Status::Active => {}
+        if let Some(why) = Unusable::of(c.status) {
+            return Err(ServiceError::Unusable(why));
         }
         let mut c = c;
         let mut token = None;
@@ -218,13 +216,13 @@ impl Service {
             }
             _ => return Err(ServiceError::invalid("message", "is required")),
         };
-        for _ in 0..5 {
+        let mut races = Races::default();
+        loop {
             let c = self.lookup_target(org, customer, req.connection_id.as_deref()).await?;
-            // Only credentials that were handed out can have failed.
-            match c.status {
-                Status::Pending => return Err(ServiceError::Unusable(Unusable::Pending)),
-                Status::Disconnected => return Err(ServiceError::Unusable(Unusable::Disconnected)),
-                Status::Configured | Status::Active | Status::Error => {}
+            // Only credentials that were handed out can have failed (a red connection's too).
+            match Unusable::of(c.status) {
+                Some(why @ (Unusable::Pending | Unusable::Disconnected)) => return Err(ServiceError::Unusable(why)),
+                Some(Unusable::Error | Unusable::TokenExpired) | None => {}
             }
             // A connection Latchkey already knows to be red for a provider's reason keeps that
             // reason (and who must act); the report is logged beside it.
@@ -246,11 +244,10 @@ impl Service {
                     self.emit(Event::about(EventType::ConnectionError, &red)).await;
                     return Ok(ReportedError { connection_id: red.id, status: red.status, error });
                 }
-                Err(StoreError::Conflict) => continue,
+                Err(StoreError::Conflict) => races.lost()?,
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ServiceError::Conflict("the connection is being changed concurrently; retry"))
     }
 
     /// Whether `c`'s access token can be renewed: by a refresh token, or by client credentials.
@@ -263,7 +260,8 @@ impl Service {
     async fn token_expired(&self, c: Connection) -> ServiceError {
         let error = self.refusal_error(Refusal::TokenExpired, None, "");
         let mut current = c;
-        for _ in 0..5 {
+        let mut races = Races::default();
+        loop {
             let red = current.turned_red(error.clone());
             match self.store.update_connection(&red, current.version).await {
                 Ok(()) => {
@@ -271,13 +269,15 @@ impl Service {
                     self.emit(Event::about(EventType::ConnectionError, &red)).await;
                     break;
                 }
-                Err(StoreError::Conflict) => match self.store.get_connection(&current.org, &current.id).await {
-                    Ok(Some(latest)) if latest.status != Status::Error && latest.oauth == current.oauth => {
-                        current = latest
-                    }
-                    _ => break,
-                },
+                Err(StoreError::Conflict) if races.lost().is_ok() => {}
+                Err(StoreError::Conflict) => break,
                 Err(e) => return e.into(),
+            }
+            // Redone only on the same dead token: a connection renewed, reconfigured or already
+            // red meanwhile is left as the write that won made it.
+            match self.store.get_connection(&current.org, &current.id).await {
+                Ok(Some(latest)) if latest.status != Status::Error && latest.oauth == current.oauth => current = latest,
+                _ => break,
             }
         }
         ServiceError::Unusable(Unusable::TokenExpired)

@@ -2,67 +2,28 @@
 
 mod connections;
 mod definitions;
+mod error;
 mod lookup;
 pub mod oauth;
 mod refresh;
+mod retry;
 mod revoke;
 mod views;
 
 use std::sync::Arc;
 
 pub use connections::{ListQuery, MAX_PAGE};
+pub use error::{ServiceError, Unusable, error_types, invalid_summary};
 pub use lookup::{LookupRequest, LookupResponse, ReportedError};
 pub use oauth::{AuthorizeResponse, CallbackOutcome};
 pub use refresh::{RefreshPolicy, SweepSummary};
 pub use revoke::{MAX_REVOKE_ATTEMPTS, RevokeOutcome};
 pub use views::{ConnectionPage, ConnectionView, DefinitionView};
 
-use crate::crypto::{CryptoError, Envelope};
-use crate::domain::{Connection, Event, FieldError, LogEntry, LogType};
-use crate::ports::{Clock, EventSink, Store, StoreError};
+use crate::crypto::Envelope;
+use crate::domain::{Connection, Event, LogEntry, LogType};
+use crate::ports::{Clock, EventSink, Store};
 use crate::provider::{HttpProviderClient, ProviderClient};
-
-/// Why a connection cannot hand out credentials.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unusable {
-    /// OAuth not authorized yet.
-    Pending,
-    Disconnected,
-    /// Red: see the connection's `error`.
-    Error,
-    /// The access token expired and cannot be renewed (the connection has just turned red
-    /// `token_expired`).
-    TokenExpired,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    #[error("not found")]
-    NotFound,
-    #[error("{0}")]
-    Forbidden(&'static str),
-    #[error("the request is invalid")]
-    Invalid(Vec<FieldError>),
-    #[error("{0}")]
-    Conflict(&'static str),
-    #[error("the connection's version does not match If-Match")]
-    PreconditionFailed,
-    #[error("the connection has no usable credentials")]
-    Unusable(Unusable),
-    /// The provider's token endpoint refused or failed; the OAuth error code.
-    #[error("the provider's token endpoint failed: {0}")]
-    Provider(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Crypto(#[from] CryptoError),
-}
-
-impl ServiceError {
-    pub(crate) fn invalid(field: &str, message: &str) -> Self {
-        Self::Invalid(vec![FieldError::new(field, message)])
-    }
-}
 
 pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
 

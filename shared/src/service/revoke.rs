@@ -7,7 +7,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::oauth::TokenSecrets;
-use super::{ConnectionView, Result, Service, ServiceError};
+use super::retry::{Races, exponential};
+use super::{ConnectionView, Result, Service};
 use crate::crypto::EncryptionContext;
 use crate::domain::validate::is_loopback_host;
 use crate::domain::{Connection, ConnectionId, Event, EventType, LogType, OrgId, Principal, RevocationJob, Status};
@@ -136,7 +137,8 @@ impl Service {
     /// seen (its tokens are the ones revoked), one that finishes after it finds a new generation
     /// and revokes its own tokens.
     pub(crate) async fn strip_credentials(&self, p: &Principal, id: &str) -> Result<Connection> {
-        for _ in 0..5 {
+        let mut races = Races::default();
+        loop {
             let c = self.visible_connection(p, id).await?;
             let job = self.revocation_job(&c).await?;
             let mut next = c.clone();
@@ -158,11 +160,10 @@ impl Service {
                     self.queue_revocation(&next, job).await;
                     return Ok(next);
                 }
-                Err(StoreError::Conflict) => continue,
+                Err(StoreError::Conflict) => races.lost()?,
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ServiceError::Conflict("the connection is being changed concurrently; retry"))
     }
 
     /// Stores the job; a failure is logged (the credentials are gone from the connection
@@ -288,7 +289,7 @@ impl Service {
             }
             Some((code, retry_after)) => {
                 // 4 s, 8 s, ... up to an hour: 12 attempts span about two and a half hours.
-                let backoff = Duration::from_secs(2u64 << claimed.attempts.min(12)).min(Duration::from_secs(3600));
+                let backoff = exponential(Duration::from_secs(4), Duration::from_secs(3600), claimed.attempts);
                 let wait = retry_after.map_or(backoff, |r| r.max(backoff).min(Duration::from_secs(86_400)));
                 let mut retry = claimed.clone();
                 retry.next_attempt_at = now + wait;

@@ -126,7 +126,10 @@ impl KeyProvider for KmsKeyProvider {
             .send()
             .await
             .map_err(sdk_failure)?;
-        out.plaintext.as_ref().and_then(|b| PlainKey::try_from_slice(b.as_ref())).ok_or(CryptoError::Decrypt)
+        out.plaintext
+            .as_ref()
+            .and_then(|b| PlainKey::try_from_slice(b.as_ref()))
+            .ok_or_else(|| CryptoError::Provider("Decrypt returned no 256-bit plaintext key".into()))
     }
 }
 

@@ -1,6 +1,8 @@
 //! `PUT /v1/definitions/{key}` bodies: labels, inputs (with the well-known OAuth inputs and a
 //! catalog provider's defaults), redirects, the `oauth` block.
 
+use strum::VariantNames;
+
 use super::quirks::oauth_quirks_from_json;
 use super::*;
 
@@ -95,7 +97,7 @@ pub fn definition_from_json<'c>(
     });
     let auth = match obj.get("auth") {
         Some(Value::String(s)) => AuthKind::parse(s).or_else(|| {
-            errors.push(FieldError::new("auth", format!("must be one of {}", AuthKind::ALL.join(", "))));
+            errors.push(FieldError::new("auth", format!("must be one of {}", AuthKind::VARIANTS.join(", "))));
             None
         }),
         // A provider says how it authenticates.
@@ -292,7 +294,10 @@ fn input_from_json(
         _ => None,
     };
     if kind.is_none() {
-        errors.push(FieldError::new(format!("{field}.type"), format!("must be one of {}", InputType::ALL.join(", "))));
+        errors.push(FieldError::new(
+            format!("{field}.type"),
+            format!("must be one of {}", InputType::VARIANTS.join(", ")),
+        ));
     }
     let required = match obj.get("required") {
         None | Some(Value::Null) => false,
@@ -310,7 +315,7 @@ fn input_from_json(
     if visibility.is_none() {
         errors.push(FieldError::new(
             format!("{field}.visibility"),
-            format!("must be one of {}", Visibility::ALL.join(", ")),
+            format!("must be one of {}", Visibility::VARIANTS.join(", ")),
         ));
     }
     let (kind, visibility) = (kind?, visibility?);

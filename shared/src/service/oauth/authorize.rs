@@ -37,7 +37,7 @@ fn random_token() -> String {
 
 /// Hex SHA-256 of a state: what is stored, so a store dump reveals no usable state.
 pub fn state_hash(state: &str) -> String {
-    Sha256::digest(state.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(state.as_bytes()))
 }
 
 impl Service {
@@ -49,19 +49,23 @@ impl Service {
         if def.auth != AuthKind::Oauth2AuthorizationCode {
             return Err(ServiceError::Conflict("only oauth2_authorization_code connections are authorized"));
         }
+        // A deployment fault, not the caller's: every function that authorizes is configured
+        // with LATCHKEY_PUBLIC_URL.
         let redirect_uri = self
             .redirect_uri()
-            .ok_or(ServiceError::Conflict("LATCHKEY_PUBLIC_URL is not configured: no OAuth redirect URI"))?;
+            .ok_or_else(|| ServiceError::unexpected("LATCHKEY_PUBLIC_URL is not configured: no OAuth redirect URI"))?;
         let settings = self.oauth_settings(&def, &c).await?;
-        let auth_url = settings.authorize_url.clone().ok_or(ServiceError::Conflict("no authorize URL"))?;
+        // `oauth_settings` already requires it of authorization-code definitions.
+        let auth_url = settings
+            .authorize_url
+            .clone()
+            .ok_or_else(|| ServiceError::invalid("values.authorizeUrl", "is required for OAuth"))?;
 
         let state = random_token();
         let ctx = EncryptionContext::connection(&c.org, &c.id);
         let client = BasicClient::new(ClientId::new(settings.client.client_id.clone()))
             .set_auth_uri(AuthUrl::from_url(auth_url))
-            .set_redirect_uri(
-                RedirectUrl::new(redirect_uri.clone()).map_err(|_| ServiceError::Conflict("bad redirect URI"))?,
-            );
+            .set_redirect_uri(RedirectUrl::new(redirect_uri.clone()).map_err(ServiceError::unexpected)?);
         let mut request = client.authorize_url(|| CsrfToken::new(state.clone()));
         if let Some(scopes) = settings.scope_param() {
             request = request.add_extra_param(settings.quirks.scope_param().to_owned(), scopes);

@@ -5,13 +5,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use backon::Retryable;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::super::retry::{Races, unavailable_retries};
 use super::super::{Result, Service, ServiceError, Unusable};
 use super::OAuthSettings;
-use crate::crypto::EncryptionContext;
+use crate::crypto::{CryptoError, EncryptionContext};
 use crate::domain::{Connection, OAuthTokens, Refusal, Status, StatusError};
 use crate::ports::StoreError;
 use crate::provider::TokenAnswer;
@@ -76,7 +78,8 @@ impl Service {
         let tokens = self.seal_token_answer(c, settings, answer, None).await?;
         let error = self.scopes_error(settings, &tokens);
         let mut current = c.clone();
-        for _ in 0..5 {
+        let mut races = Races::default();
+        loop {
             if current.generation != c.generation {
                 self.revoke_orphaned(&current, tokens).await;
                 return Err(ServiceError::Unusable(Unusable::Disconnected));
@@ -84,17 +87,17 @@ impl Service {
             let next = self.with_tokens(&current, tokens.clone(), &callback_values, status, error.clone());
             match self.store.update_connection(&next, current.version).await {
                 Ok(()) => return Ok(next),
-                Err(StoreError::Conflict) => match self.store.get_connection(&c.org, &c.id).await? {
-                    Some(latest) => current = latest,
-                    None => {
-                        self.revoke_orphaned(c, tokens).await;
-                        return Err(ServiceError::NotFound);
-                    }
-                },
+                Err(StoreError::Conflict) => races.lost()?,
                 Err(e) => return Err(e.into()),
             }
+            match self.store.get_connection(&c.org, &c.id).await? {
+                Some(latest) => current = latest,
+                None => {
+                    self.revoke_orphaned(c, tokens).await;
+                    return Err(ServiceError::NotFound);
+                }
+            }
         }
-        Err(ServiceError::Conflict("the connection is being changed concurrently; retry"))
     }
 
     /// `c` with new tokens: status set (red with `error` if given), lease cleared, due time
@@ -172,17 +175,11 @@ impl Service {
         // The provider has answered: a key service that does not answer now is tried again
         // (a rotated refresh token cannot be asked for twice).
         let ctx = EncryptionContext::connection(&c.org, &c.id);
-        let mut attempt = 0;
-        let sealed = loop {
-            match self.envelope.seal_json(&ctx, &secrets).await {
-                Err(crate::crypto::CryptoError::Unavailable(e)) if attempt < 3 => {
-                    attempt += 1;
-                    tracing::warn!(connection_id = %c.id, error = %e, "sealing new tokens failed; trying again");
-                    tokio::time::sleep(Duration::from_millis(250 * attempt)).await;
-                }
-                other => break other?,
-            }
-        };
+        let sealed = (|| self.envelope.seal_json(&ctx, &secrets))
+            .retry(unavailable_retries())
+            .when(|e| matches!(e, CryptoError::Unavailable(_)))
+            .notify(|e, _| tracing::warn!(connection_id = %c.id, error = %e, "sealing new tokens failed; trying again"))
+            .await?;
         // A refresh keeps the origins the grant was first bound to.
         let (token_origin, revoke_origin) = match previous {
             Some((tokens, _)) if tokens.token_origin.is_some() => {

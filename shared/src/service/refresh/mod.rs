@@ -6,10 +6,12 @@
 //! The scheduled sweep over the due index, and why it cannot be starved, is in [`sweep`].
 use std::time::{Duration, Instant};
 
+use backon::Retryable;
 use rand::Rng;
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use super::retry::{exponential, jittered, unavailable_retries};
 use super::{Result, Service, ServiceError, Unusable};
 use crate::domain::{
     AuthKind, Connection, ConnectionId, Event, EventType, Lease, LogType, OAuthTokens, OrgId, Refusal, Status,
@@ -141,9 +143,9 @@ impl Service {
         loop {
             let c = self.store.get_connection(org, id).await?.ok_or(ServiceError::NotFound)?;
             let client_credentials = c.auth == Some(AuthKind::Oauth2ClientCredentials);
-            match c.status {
-                Status::Error => return Err(ServiceError::Unusable(Unusable::Error)),
-                Status::Disconnected => return Err(ServiceError::Unusable(Unusable::Disconnected)),
+            // A pending client-credentials connection is what this call is about to authorize.
+            match Unusable::of(c.status) {
+                Some(why @ (Unusable::Error | Unusable::Disconnected)) => return Err(ServiceError::Unusable(why)),
                 _ if c.oauth.is_none() && !client_credentials => return Err(ServiceError::Unusable(Unusable::Pending)),
                 _ => {}
             }
@@ -360,8 +362,7 @@ impl Service {
     /// not end in a stampede.
     fn backoff(&self, failures: u32) -> Duration {
         let p = self.policy();
-        let exp = p.base_backoff.saturating_mul(1 << failures.min(16).saturating_sub(1)).min(p.max_backoff);
-        exp / 2 + exp.mul_f64(rand::rng().random_range(0.0..0.5))
+        jittered(exponential(p.base_backoff, p.max_backoff, failures))
     }
 
     /// Turns a leased connection red with `error` (a refusal: no further tries until someone
@@ -410,16 +411,15 @@ impl Service {
         // While the lease is ours the outcome must land (it may hold a rotated refresh token the
         // provider will not accept twice): other writers' conflicts are re-read and re-applied,
         // a store that does not answer is tried again, each a bounded number of times.
-        let mut unavailable = 0;
         for _ in 0..COMMIT_ATTEMPTS {
             let next = apply(&base);
-            match self.store.update_connection(&next, base.version).await {
+            let written = (|| self.store.update_connection(&next, base.version))
+                .retry(unavailable_retries())
+                .when(StoreError::is_unavailable)
+                .notify(|e, _| tracing::warn!(connection_id = %leased.id, error = %e, "the store did not take a refresh outcome; trying again"))
+                .await;
+            match written {
                 Ok(()) => return Ok(Some(next)),
-                Err(StoreError::Unavailable(e)) if unavailable < 3 => {
-                    unavailable += 1;
-                    tracing::warn!(connection_id = %leased.id, error = %e, "the store did not take a refresh outcome; trying again");
-                    tokio::time::sleep(Duration::from_millis(250 * unavailable)).await;
-                }
                 Err(StoreError::Conflict) => {
                     let Some(current) = self.store.get_connection(&leased.org, &leased.id).await? else {
                         return Ok(None);

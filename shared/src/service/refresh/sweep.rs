@@ -43,22 +43,32 @@ pub struct SweepSummary {
     pub revocations: usize,
 }
 
+/// Why the sweep cannot refresh a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unrefreshable {
+    /// Pending, disconnected or red: it hands out no credentials, so it is not kept fresh.
+    Unusable(Unusable),
+    /// Configured without tokens (none were ever obtained).
+    NotAuthorized,
+    NoRefreshToken,
+    NotOAuth,
+}
+
 /// Why the sweep cannot refresh `c`, if it cannot: such a connection does not belong in the due
 /// index (SPEC section 6: a red connection sees no further tries until someone acts).
-pub(crate) fn unrefreshable(c: &Connection) -> Option<&'static str> {
-    match c.status {
-        Status::Error => return Some("red"),
-        Status::Disconnected => return Some("disconnected"),
-        Status::Pending => return Some("not authorized"),
-        Status::Configured | Status::Active => {}
+pub(crate) fn unrefreshable(c: &Connection) -> Option<Unrefreshable> {
+    if let Some(why) = Unusable::of(c.status) {
+        return Some(Unrefreshable::Unusable(why));
     }
     match (c.auth, &c.oauth) {
         // Client credentials are fetched again, refresh token or not.
         (Some(AuthKind::Oauth2ClientCredentials), _) => None,
-        (Some(AuthKind::Oauth2AuthorizationCode) | None, None) => Some("not authorized"),
-        (Some(AuthKind::Oauth2AuthorizationCode) | None, Some(t)) if !t.has_refresh_token => Some("no refresh token"),
+        (Some(AuthKind::Oauth2AuthorizationCode) | None, None) => Some(Unrefreshable::NotAuthorized),
+        (Some(AuthKind::Oauth2AuthorizationCode) | None, Some(t)) if !t.has_refresh_token => {
+            Some(Unrefreshable::NoRefreshToken)
+        }
         (Some(AuthKind::Oauth2AuthorizationCode) | None, Some(_)) => None,
-        (Some(_), _) => Some("not an OAuth connection"),
+        (Some(_), _) => Some(Unrefreshable::NotOAuth),
     }
 }
 
@@ -186,13 +196,13 @@ impl Service {
     /// Takes `c` out of the due index: a version-conditional write of the same record without a
     /// due time (a lease, if any, stays with its holder). A lost race leaves it to the write that
     /// won, which derived the index anew.
-    async fn drop_from_index(&self, c: &Connection, why: &str) -> Swept {
+    async fn drop_from_index(&self, c: &Connection, why: Unrefreshable) -> Swept {
         let mut next = c.clone();
         next.refresh.due_at = None;
         next.version = c.version + 1;
         match self.store.update_connection(&next, c.version).await {
             Ok(()) => {
-                tracing::debug!(org = %c.org, connection_id = %c.id, why, "left the refresh index: it cannot be refreshed");
+                tracing::debug!(org = %c.org, connection_id = %c.id, ?why, "left the refresh index: it cannot be refreshed");
                 Swept::Dropped
             }
             Err(StoreError::Conflict) => Swept::Skipped,
