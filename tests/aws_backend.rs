@@ -2,20 +2,17 @@
 //! the port conformance suites, what a table scan and a copied ciphertext reveal, events
 //! delivered to SQS, and how many AWS calls each operation makes.
 
-#[path = "support/calls.rs"]
-mod calls;
-#[path = "support/moto.rs"]
-mod moto;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use support::{calls, moto};
 
 use calls::Calls;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use latchkey::adapters::aws::schema;
 use latchkey::adapters::aws::{DynamoStore, KmsKeyProvider};
-use latchkey::config::App;
+use latchkey::config::Components;
+use latchkey::service::ServiceOptions;
 use latchkey::crypto::KeyProvider;
 use latchkey::domain::{OrgId, Principal};
 use latchkey::ports::Store;
@@ -70,7 +67,7 @@ async fn bootstrap_is_idempotent() {
 }
 
 struct AwsApp {
-    app: App,
+    app: Components,
     config: aws_config::SdkConfig,
     table: String,
     bus: String,
@@ -86,7 +83,7 @@ async fn aws_app() -> AwsApp {
     aws_sdk_eventbridge::Client::new(&config).create_event_bus().name(&bus).send().await.expect("create the bus");
     let calls = Calls::default();
     let (ddb, kms, eb) = calls.clients(&config);
-    let app = App::aws(ddb, kms, eb, &table, &key, &bus);
+    let app = Components::aws(ddb, kms, eb, &table, &key, &bus);
     AwsApp { app, config, table, bus, calls }
 }
 
@@ -184,7 +181,7 @@ async fn sealed_values_copied_onto_another_connection_never_open() {
     assert!(!format!("{err:?} {err}").contains("sk_victim_secret"));
 
     // A cold process (no cached data keys) is refused by KMS itself: the context differs.
-    let cold = App::aws(
+    let cold = Components::aws(
         ddb.clone(),
         aws_sdk_kms::Client::new(&aws.config),
         aws_sdk_eventbridge::Client::new(&aws.config),

@@ -5,15 +5,10 @@
 //! code calls, recorded by running that function's handlers over moto and an OAuth server.
 //! (cfn-lint and checkov run in tests/infra.sh.)
 
-#[path = "support/calls.rs"]
-mod calls;
-#[path = "support/moto.rs"]
-mod moto;
-#[path = "support/oauth.rs"]
-mod oauth;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
+
+use support::{calls, moto, oauth};
 
 use http_body_util::BodyExt;
 use latchkey::config::App;

@@ -1,15 +1,13 @@
 //! Proves the moto harness end to end with the real AWS SDK: the behaviours the AWS adapters
 //! rely on (conditional writes, GSIs, encryption context, event routing) work on the emulator.
 
-#[path = "support/moto.rs"]
-mod moto;
-
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
     ProjectionType, ScalarAttributeType,
 };
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use aws_sdk_kms::types::DataKeySpec;
+use support::moto;
 
 fn s(value: &str) -> AttributeValue {
     AttributeValue::S(value.to_owned())

@@ -12,17 +12,14 @@
 //!   reason and leaves the connection out of the index, while the refresh's rotated tokens are
 //!   still stored.
 
-#[path = "support/moto.rs"]
-mod moto;
-#[path = "support/oauth.rs"]
-mod oauth;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::{moto, oauth};
 
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
-use latchkey::config::App;
+use latchkey::config::Components;
+use latchkey::service::ServiceOptions;
 use latchkey::crypto::Sealed;
 use latchkey::domain::{Connection, ConnectionId, Lease, OrgId, Principal, Status};
 use latchkey::ports::{DueEntry, Store};
@@ -33,9 +30,19 @@ use tempfile::TempDir;
 /// How many stuck entries the starvation case plants.
 const STUCK: usize = 1_000;
 
+/// The service of every backend under test: OAuth callbacks to a closed port, providers on
+/// loopback allowed.
+fn options() -> ServiceOptions {
+    ServiceOptions {
+        public_url: Some("http://127.0.0.1:9".to_owned()),
+        allow_loopback_providers: true,
+        ..ServiceOptions::default()
+    }
+}
+
 /// One backend under test, and what keeps it alive.
 struct Backend {
-    app: App,
+    app: Components,
     /// The aws backend's table and a client of it, to plant and inspect raw items.
     aws: Option<(aws_sdk_dynamodb::Client, String)>,
     _dir: TempDir,
@@ -44,7 +51,7 @@ struct Backend {
 impl Backend {
     async fn embedded() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let app = App::embedded(dir.path()).expect("open the embedded backend");
+        let app = Components::embedded(dir.path(), options()).expect("open the embedded backend");
         Self::configured(app, None, dir)
     }
 
@@ -57,20 +64,19 @@ impl Backend {
         let table = moto::unique("latchkey-sweep");
         latchkey::adapters::aws::schema::bootstrap(&ddb, &table).await.expect("bootstrap the table");
         let key = moto::create_kms_key(&config).await;
-        let app = App::aws(
+        let app = Components::aws(
             ddb.clone(),
             aws_sdk_kms::Client::new(&config),
             aws_sdk_eventbridge::Client::new(&config),
             &table,
             &key,
             "default",
+            options(),
         );
         Self::configured(app, Some((ddb, table)), tempfile::tempdir().expect("temp dir"))
     }
 
-    fn configured(app: App, aws: Option<(aws_sdk_dynamodb::Client, String)>, dir: TempDir) -> Self {
-        app.service.set_public_url("http://127.0.0.1:9");
-        app.service.set_allow_loopback_providers(true);
+    fn configured(app: Components, aws: Option<(aws_sdk_dynamodb::Client, String)>, dir: TempDir) -> Self {
         Self { app, aws, _dir: dir }
     }
 

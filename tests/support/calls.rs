@@ -1,8 +1,6 @@
 //! Records every AWS call that reaches the wire through the clients it is attached to: as
 //! `Service.Operation` (for counting) and as the IAM actions the call needs (for least privilege).
 
-#![allow(dead_code)] // each test binary uses part of it
-
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 

@@ -2,18 +2,14 @@
 //! `.venv/` (which `tests/run.sh` creates from `tests/requirements.txt`), plus helpers that build
 //! SDK clients against it and provision the few resources the AWS adapters need.
 //!
-//! Include it with `#[path = "support/moto.rs"] mod moto;`. Tests share the one server and never
+//! Tests share the one server and never
 //! reset it: every resource a test creates is named with [`unique`], so tests cannot collide.
 //! moto's stdin is a pipe held open by this process, so moto exits when the test binary does,
 //! however it ends.
 
-// Each test file uses a different subset of the helpers.
-#![allow(dead_code)]
-
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -116,7 +112,7 @@ fn signal(which: &str, pid: u32) -> bool {
 }
 
 fn start() -> Moto {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let repo = &crate::repo_root();
     let python = repo.join(".venv/bin/python");
     assert!(
         python.exists(),

@@ -5,18 +5,14 @@
 //! Both scripts document their configuration JSON at the top; `tests/run.sh` installs them with
 //! `npm ci --prefix tests/oauth`.
 //!
-//! Include it with `#[path = "support/oauth.rs"] mod oauth;`. Every test starts its own server,
+//! Every test starts its own server,
 //! which lives until the value is dropped; the server's stdin is a pipe held by that value, so it
 //! also exits when the test binary does, however it ends. Its stderr goes to the test's captured
 //! output (shown when the test fails).
 
-// Each test file uses a different subset of the helpers.
-#![allow(dead_code)]
-
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -53,7 +49,7 @@ pub(crate) struct NodeProcess {
 
 impl NodeProcess {
     pub(crate) async fn start(name: &str, config: &Value) -> Self {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oauth");
+        let dir = crate::repo_root().join("tests/oauth");
         assert!(
             dir.join("node_modules/oidc-provider").is_dir() && dir.join("node_modules/oauth2-mock-server").is_dir(),
             "{} is missing: the OAuth test servers are not installed. Run bash tests/run.sh or npm ci --prefix tests/oauth",

@@ -4,21 +4,18 @@
 //! answers, 201s...) and records every request it gets. The script documents its configuration at
 //! the top.
 //!
-//! Include it with `#[path = "support/quirks.rs"] mod quirks;`. It starts the script with
-//! `tests/support/oauth.rs`'s node process handling (ready line, stderr into the test's output,
+//! It starts the script with
+//! [`crate::oauth`]'s node process handling (ready line, stderr into the test's output,
 //! stdin pipe, killed on drop), so a server lives until its value is dropped and dies with the
 //! test binary however it ends.
-
-#[path = "oauth.rs"]
-mod oauth;
 
 use reqwest::StatusCode;
 use reqwest::header::LOCATION;
 use serde_json::Value;
 
-use oauth::{NodeProcess, get_json, http, status_and_json};
+use crate::oauth::{NodeProcess, get_json, http, status_and_json};
 
-pub use oauth::query_param;
+pub use crate::oauth::query_param;
 
 /// A running `tests/oauth/quirks.mjs`.
 pub struct QuirkServer {

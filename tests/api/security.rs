@@ -4,16 +4,12 @@
 //! organization inputs that customers do not learn of, and a bound on a connection's values.
 //! Runs on the embedded backend through the binary (`tests/run.sh` runs it once, as it is).
 
-mod common;
-#[path = "support/quirks.rs"]
-mod quirks;
-
 use std::os::unix::fs::PermissionsExt;
 
-use common::{Backend, TestApp, files_under, random_secret};
-use quirks::{QuirkServer, query_param};
+use crate::harness::{Backend, TestApp, files_under, random_secret};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use support::quirks::{QuirkServer, query_param};
 
 const ORG: &str = "acme";
 const FAILURE: &str = "http://localhost:3000/failed";
@@ -63,7 +59,7 @@ async fn authorize(app: &TestApp, org: &str, q: &QuirkServer, id: &str) -> Strin
 async fn provider_urls_the_organization_sets_follow_the_outbound_policy_too() {
     // The aws default: no loopback providers.
     let env = [("LATCHKEY_ALLOW_LOOPBACK_PROVIDERS", "false")];
-    let app = TestApp::spawn_with_env(&Backend::fresh().await, &random_secret(), &env).await;
+    let app = TestApp::spawn_binary_with_env(&Backend::fresh().await, &random_secret(), &env).await;
     let org = org_token(&app).await;
     for (url, why) in [
         ("http://127.0.0.1:9/token", "loopback"),
@@ -170,7 +166,7 @@ async fn proxies_from_the_environment_are_not_used_for_provider_calls() {
         ("https_proxy", proxy_url.as_str()),
         ("NO_PROXY", ""),
     ];
-    let app = TestApp::spawn_with_env(&Backend::fresh().await, &random_secret(), &env).await;
+    let app = TestApp::spawn_binary_with_env(&Backend::fresh().await, &random_secret(), &env).await;
     let org = org_token(&app).await;
     let q = QuirkServer::start(json!({})).await;
     app.put_definition(&org, "idp", &quirk_def(&q)).await.assert_status(StatusCode::CREATED);

@@ -7,22 +7,21 @@
 //! Through the real `latchkey serve` binary (whatever `LATCHKEY_TEST_TRANSPORT` says: the
 //! in-process transport ignores the issuer settings), through the `connections-api` router as
 //! the function builds it from its configuration, fed API Gateway payload 2.0 events, and through
-//! the `token-lookup` handler. Keys are fixed test keys (`tests/support/jwt/`, never used
+//! the `token-lookup` handler. Keys are fixed test keys (`tests/api/jwt/`, never used
 //! elsewhere).
-
-mod common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::{Backend, TestApp, random_secret};
+use crate::harness::{Backend, TestApp, random_secret};
 use http_body_util::BodyExt;
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use latchkey::config::{App, Backend as BackendKind, Config};
+use latchkey::config::{BackendKind, Components, Settings};
 use latchkey::http::Surface;
 use latchkey::http::auth::Verifier;
+use latchkey::service::ServiceOptions;
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -53,17 +52,17 @@ impl TestKey {
 
     /// RS256, 2048 bits (PKCS#1 DER).
     fn rsa(kid: &str) -> Self {
-        Self::new(kid, Algorithm::RS256, EncodingKey::from_rsa_der(include_bytes!("support/jwt/rsa-a.der")))
+        Self::new(kid, Algorithm::RS256, EncodingKey::from_rsa_der(include_bytes!("jwt/rsa-a.der")))
     }
 
     /// Another RS256 key: the issuer's next key, or nobody's.
     fn rsa_b(kid: &str) -> Self {
-        Self::new(kid, Algorithm::RS256, EncodingKey::from_rsa_der(include_bytes!("support/jwt/rsa-b.der")))
+        Self::new(kid, Algorithm::RS256, EncodingKey::from_rsa_der(include_bytes!("jwt/rsa-b.der")))
     }
 
     /// ES256, P-256 (PKCS#8 DER).
     fn ec(kid: &str) -> Self {
-        Self::new(kid, Algorithm::ES256, EncodingKey::from_ec_der(include_bytes!("support/jwt/ec-a.der")))
+        Self::new(kid, Algorithm::ES256, EncodingKey::from_ec_der(include_bytes!("jwt/ec-a.der")))
     }
 
     fn sign(&self, claims: &Value) -> String {
@@ -208,11 +207,7 @@ async fn latchkey_serve_verifies_rs256_and_es256_tokens_of_the_issuer() {
     let ec = TestKey::ec("ec-1");
     let issuer = TestIssuer::start(&[&rsa, &ec]).await;
     let env = [("LATCHKEY_JWT_ISSUER", issuer.url.as_str()), ("LATCHKEY_JWT_AUDIENCE", "other-api, latchkey-api")];
-    let app = TestApp::spawn_with_env(&Backend::fresh().await, &random_secret(), &env).await;
-    if common::in_process() {
-        // The in-process transport builds an HS256-only router and ignores `env`.
-        return;
-    }
+    let app = TestApp::spawn_binary_with_env(&Backend::fresh().await, &random_secret(), &env).await;
 
     // The organization (RS256) defines, its customer (ES256) connects, the runtime looks up.
     let org = rsa.sign(&claims(&issuer.url, json!({})));
@@ -259,7 +254,7 @@ async fn latchkey_serve_verifies_rs256_and_es256_tokens_of_the_issuer() {
 async fn latchkey_serve_refuses_a_short_secret_and_generates_a_long_one() {
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str], env: &[(&str, &str)]| {
-        let mut cmd = tokio::process::Command::new(common::BIN);
+        let mut cmd = tokio::process::Command::new(crate::harness::BIN);
         cmd.args(args)
             .env_clear()
             .env("LATCHKEY_DATA_DIR", dir.path())
@@ -285,7 +280,7 @@ async fn latchkey_serve_refuses_a_short_secret_and_generates_a_long_one() {
 
     // The secret `latchkey serve` generates when none is set (`latchkey token` never generates).
     let data = dir.path().to_string_lossy().into_owned();
-    let config = latchkey::config::Config::from_vars(latchkey::config::Backend::Embedded, |name| {
+    let config = latchkey::config::Settings::from_vars(latchkey::config::BackendKind::Embedded, |name| {
         (name == "LATCHKEY_DATA_DIR").then(|| data.clone())
     })
     .unwrap();
@@ -321,9 +316,9 @@ fn list_event(token: Option<&str>, authorizer: &[(&str, &str)]) -> String {
 }
 
 /// What `connections-api` builds from its environment.
-fn function_config(vars: &[(&str, &str)]) -> Config {
+fn function_config(vars: &[(&str, &str)]) -> Settings {
     let vars: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-    Config::from_vars(BackendKind::Aws, |name| vars.get(name).cloned()).expect("a valid configuration")
+    Settings::from_vars(BackendKind::Aws, |name| vars.get(name).cloned()).expect("a valid configuration")
 }
 
 async fn status(router: &axum::Router, event: &str) -> u16 {
@@ -337,7 +332,7 @@ async fn connections_api_verifies_bearer_tokens_against_the_issuer() {
     let ec = TestKey::ec("ec-1");
     let issuer = TestIssuer::start(&[&rsa, &ec]).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = App::embedded(dir.path()).unwrap();
+    let app = Components::embedded(dir.path(), ServiceOptions::default()).unwrap();
     // As deployed: the issuer and audience of the template's JwtIssuer/JwtAudience, no secret.
     let config = function_config(&[("LATCHKEY_JWT_ISSUER", &issuer.url), ("LATCHKEY_JWT_AUDIENCE", AUDIENCE)]);
     let router = latchkey::lambda::http_router(&app, &config, Surface::ConnectionsApi).unwrap();
@@ -384,7 +379,7 @@ async fn a_function_without_an_issuer_or_secret_refuses_every_token() {
     let rsa = TestKey::rsa("rsa-1");
     let issuer = TestIssuer::start(&[&rsa]).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = App::embedded(dir.path()).unwrap();
+    let app = Components::embedded(dir.path(), ServiceOptions::default()).unwrap();
     let router = latchkey::lambda::http_router(&app, &function_config(&[]), Surface::ConnectionsApi).unwrap();
     let token = rsa.sign(&claims(&issuer.url, json!({})));
     let hs = hs256(EVENTS_SECRET.as_bytes(), &json!({"org": ORG, "exp": now() + 600}));
@@ -402,7 +397,7 @@ async fn an_unreachable_issuer_answers_503() {
     let url = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
     let dir = tempfile::tempdir().unwrap();
-    let app = App::embedded(dir.path()).unwrap();
+    let app = Components::embedded(dir.path(), ServiceOptions::default()).unwrap();
     let config = function_config(&[("LATCHKEY_JWT_ISSUER", &url), ("LATCHKEY_JWT_AUDIENCE", AUDIENCE)]);
     let router = latchkey::lambda::http_router(&app, &config, Surface::ConnectionsApi).unwrap();
     let token = TestKey::rsa("rsa-1").sign(&claims(&url, json!({})));
@@ -416,10 +411,10 @@ async fn an_unreachable_issuer_answers_503() {
 // --- The token-lookup function ----------------------------------------------------------------
 
 /// A connection of customer `c-1` of `acme`, made with the sample events.
-async fn planted_connection(app: &App) -> String {
+async fn planted_connection(app: &Components) -> String {
     let router = latchkey::http::router_for(
         Surface::ConnectionsApi,
-        app.http_state(Verifier::hs256(&SecretString::from(EVENTS_SECRET)).unwrap()),
+        app.router_state(Verifier::hs256(&SecretString::from(EVENTS_SECRET)).unwrap()),
     );
     for name in ["connections-api/put-definition.json", "connections-api/create-connection.json"] {
         let req = lambda_http::request::from_str(&sample(name)).unwrap();
@@ -439,7 +434,7 @@ async fn token_lookup_in_token_mode_requires_a_runtime_token_of_the_payloads_org
     let ec = TestKey::ec("ec-1");
     let issuer = TestIssuer::start(&[&rsa, &ec]).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = App::embedded(dir.path()).unwrap();
+    let app = Components::embedded(dir.path(), ServiceOptions::default()).unwrap();
     let id = planted_connection(&app).await;
     let config = function_config(&[
         ("LATCHKEY_LOOKUP_AUTH", "token"),
@@ -501,7 +496,7 @@ async fn token_lookup_in_token_mode_requires_a_runtime_token_of_the_payloads_org
 #[test]
 fn the_template_passes_the_issuer_audience_and_lookup_mode_to_the_functions() {
     let template: serde_yaml::Value =
-        serde_yaml::from_str(include_str!("../infra/template.yaml")).expect("infra/template.yaml is YAML");
+        serde_yaml::from_str(include_str!("../../infra/template.yaml")).expect("infra/template.yaml is YAML");
     let env = &template["Globals"]["Function"]["Environment"]["Variables"];
     let tagged = |v: &serde_yaml::Value| match v {
         serde_yaml::Value::Tagged(t) => format!("{} {}", t.tag, serde_yaml::to_string(&t.value).unwrap().trim()),

@@ -6,9 +6,10 @@ use std::collections::BTreeSet;
 use axum::body::Body;
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use latchkey::config::App;
+use latchkey::config::Components;
 use latchkey::http::auth::Verifier;
 use latchkey::http::{OPENAPI_JSON, router};
+use latchkey::service::ServiceOptions;
 use secrecy::SecretString;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -118,10 +119,10 @@ fn every_ref_resolves_to_a_component() {
 #[tokio::test]
 async fn the_router_serves_exactly_the_documented_operations() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let app = App::embedded(dir.path()).expect("embedded backend");
+    let app = Components::embedded(dir.path(), ServiceOptions::default()).expect("embedded backend");
     let verifier = Verifier::hs256(&SecretString::from("openapi-test-secret-of-at-least-32-bytes".to_owned()))
         .expect("a secret of 32 bytes or more");
-    let api = router(app.http_state(verifier));
+    let api = router(app.router_state(verifier));
     let doc = document();
     let routes = routes();
 

@@ -2,16 +2,13 @@
 //! refresh under concurrency (in one process and across two), the scheduled sweep, refusals and
 //! outages, a dead worker's lease, and restarts.
 
-mod common;
-#[path = "support/oauth.rs"]
-mod oauth;
-
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestApp, eventually, random_secret};
-use oauth::{MockServer, OidcServer};
+use crate::harness::{Backend, TestApp, eventually, random_secret};
+use latchkey::service::ServiceOptions;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use support::oauth::{MockServer, OidcServer};
 
 const ORG: &str = "acme";
 
@@ -69,13 +66,13 @@ async fn with_oidc(app: &TestApp, access_ttl: u64) -> (OidcServer, String) {
     (oidc, id)
 }
 
-async fn lookup(app: &TestApp, id: &str, min_valid: u64) -> common::Reply {
+async fn lookup(app: &TestApp, id: &str, min_valid: u64) -> crate::harness::Reply {
     let runtime = app.token(ORG, None, &["runtime"]).await;
     app.lookup(&runtime, id, &json!({"min_valid_seconds": min_valid})).await
 }
 
 /// `n` lookups fired together (tokens minted first, so they really overlap), spread over `apps`.
-async fn burst(apps: &[&TestApp], id: &str, n: usize, min_valid: u64) -> Vec<common::Reply> {
+async fn burst(apps: &[&TestApp], id: &str, n: usize, min_valid: u64) -> Vec<crate::harness::Reply> {
     let mut runtimes = Vec::new();
     for app in apps {
         runtimes.push(app.token(ORG, None, &["runtime"]).await);
@@ -150,7 +147,7 @@ async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = 
 
 #[tokio::test]
 async fn two_processes_on_one_backend_refresh_once() {
-    if common::in_process() {
+    if crate::harness::in_process() {
         return; // about two server processes sharing one backend
     }
     let backend = Backend::fresh().await;
@@ -170,12 +167,15 @@ async fn two_processes_on_one_backend_refresh_once() {
 
 #[tokio::test]
 async fn the_sweep_refreshes_due_tokens_without_lookups_but_not_on_every_sweep() {
-    if common::in_process() {
+    if crate::harness::in_process() {
         return; // the sweep runs in `latchkey serve`
     }
-    let app =
-        TestApp::spawn_with_env(&Backend::fresh().await, &random_secret(), &[("LATCHKEY_REFRESH_INTERVAL_SECS", "1")])
-            .await;
+    let app = TestApp::spawn_binary_with_env(
+        &Backend::fresh().await,
+        &random_secret(),
+        &[("LATCHKEY_REFRESH_INTERVAL_SECS", "1")],
+    )
+    .await;
     // A 6 s token is due 3 s after it was issued (half its lifetime, not the 10 min lookahead).
     let (oidc, id) = with_oidc(&app, 6).await;
     eventually(Duration::from_secs(20), "a refresh by the sweep", || async { refreshes(&oidc.stats().await) >= 1 })
@@ -201,12 +201,15 @@ async fn with_mock(app: &TestApp, config: Value) -> (MockServer, String) {
 
 #[tokio::test]
 async fn a_provider_that_forgets_the_grant_turns_the_connection_red_and_sees_no_more_attempts() {
-    if common::in_process() {
+    if crate::harness::in_process() {
         return;
     }
-    let app =
-        TestApp::spawn_with_env(&Backend::fresh().await, &random_secret(), &[("LATCHKEY_REFRESH_INTERVAL_SECS", "1")])
-            .await;
+    let app = TestApp::spawn_binary_with_env(
+        &Backend::fresh().await,
+        &random_secret(),
+        &[("LATCHKEY_REFRESH_INTERVAL_SECS", "1")],
+    )
+    .await;
     let (mock, id) = with_mock(
         &app,
         json!({
@@ -233,12 +236,15 @@ async fn a_provider_that_forgets_the_grant_turns_the_connection_red_and_sees_no_
 
 #[tokio::test]
 async fn a_provider_outage_keeps_the_tokens_and_backs_off() {
-    if common::in_process() {
+    if crate::harness::in_process() {
         return;
     }
-    let app =
-        TestApp::spawn_with_env(&Backend::fresh().await, &random_secret(), &[("LATCHKEY_REFRESH_INTERVAL_SECS", "1")])
-            .await;
+    let app = TestApp::spawn_binary_with_env(
+        &Backend::fresh().await,
+        &random_secret(),
+        &[("LATCHKEY_REFRESH_INTERVAL_SECS", "1")],
+    )
+    .await;
     let (mock, id) = with_mock(
         &app,
         json!({
@@ -266,10 +272,12 @@ async fn a_dead_workers_lease_is_taken_over_after_it_expires() {
     use latchkey::domain::{ConnectionId, Lease, OrgId};
 
     let dir = tempfile::tempdir().unwrap();
-    let app = latchkey::config::App::embedded(dir.path()).unwrap();
-    app.service.set_public_url("http://127.0.0.1:9");
-    app.service
-        .set_refresh_policy(latchkey::service::RefreshPolicy { lease: Duration::from_secs(2), ..Default::default() });
+    let options = ServiceOptions {
+        public_url: Some("http://127.0.0.1:9".to_owned()),
+        refresh: latchkey::service::RefreshPolicy { lease: Duration::from_secs(2), ..Default::default() },
+        ..ServiceOptions::default()
+    };
+    let app = latchkey::config::Components::embedded(dir.path(), options).unwrap();
     let mock =
         MockServer::start(json!({"rewrites": [{"grant_type": "authorization_code", "set": {"expires_in": 4}}]})).await;
     let org_id = OrgId::parse(ORG).unwrap();
@@ -318,7 +326,7 @@ fn url_params(url: &str) -> std::collections::BTreeMap<String, String> {
 
 #[tokio::test]
 async fn tokens_survive_restarts_between_authorize_refresh_and_lookup() {
-    if common::in_process() {
+    if crate::harness::in_process() {
         return;
     }
     let backend = Backend::fresh().await;

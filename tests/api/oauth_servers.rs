@@ -1,13 +1,10 @@
-//! The OAuth test servers themselves, without Latchkey: proves that `tests/support/oauth.rs` can
+//! The OAuth test servers themselves, without Latchkey: proves that the harness (`support::oauth`) can
 //! drive oidc-provider's login and consent pages and that both servers behave as the Latchkey
 //! tests assume (rotation, reuse detection, revocation, introspection, fault injection).
 
-#[path = "support/oauth.rs"]
-mod oauth;
-
-use oauth::{MockServer, OidcServer, query_param};
 use reqwest::{StatusCode, Url};
 use serde_json::{Value, json};
+use support::oauth::{MockServer, OidcServer, query_param};
 
 const REDIRECT_URI: &str = "http://127.0.0.1:9/cb";
 
@@ -38,14 +35,14 @@ fn field<'a>(body: &'a Value, name: &str) -> &'a str {
 #[test]
 fn pkce_s256_takes_a_verifier_that_starts_with_a_dash() {
     let verifier = "-wUWJ5hIl~Cr5OI1CR01v4qHL-iWRBlkRWrmVtzsCESMHH-P2FRvAr9_qWtN2nN2";
-    assert_eq!(oauth::pkce_s256(verifier), "haVamXBUv3zV6bsHe8aZ04awX5oUzpLHC55tm_83Cgc");
+    assert_eq!(support::oauth::pkce_s256(verifier), "haVamXBUv3zV6bsHe8aZ04awX5oUzpLHC55tm_83Cgc");
 }
 
 #[tokio::test]
 async fn oidc_code_flow_rotates_refresh_tokens_detects_reuse_and_revokes() {
     let oidc = oidc().await;
-    let verifier = oauth::pkce_verifier();
-    let url = authorize_url(&oidc, "state-1", &oauth::pkce_s256(&verifier));
+    let verifier = support::oauth::pkce_verifier();
+    let url = authorize_url(&oidc, "state-1", &support::oauth::pkce_s256(&verifier));
 
     let callback = oidc.login_and_consent(&url).await;
     assert!(callback.starts_with(&format!("{REDIRECT_URI}?")), "{callback}");
@@ -113,7 +110,7 @@ async fn oidc_revoked_access_token_is_inactive() {
 #[tokio::test]
 async fn oidc_denied_consent_redirects_with_access_denied() {
     let oidc = oidc().await;
-    let url = authorize_url(&oidc, "state-2", &oauth::pkce_s256(&oauth::pkce_verifier()));
+    let url = authorize_url(&oidc, "state-2", &support::oauth::pkce_s256(&support::oauth::pkce_verifier()));
     let callback = oidc.deny_consent(&url).await;
     assert_eq!(query_param(&callback, "error").as_deref(), Some("access_denied"), "{callback}");
     assert_eq!(query_param(&callback, "state").as_deref(), Some("state-2"));

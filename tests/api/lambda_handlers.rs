@@ -6,9 +6,10 @@ use std::path::Path;
 use std::collections::BTreeSet;
 
 use http_body_util::BodyExt;
-use latchkey::config::App;
+use latchkey::config::Components;
 use latchkey::http::Surface;
 use latchkey::http::auth::Verifier;
+use latchkey::service::ServiceOptions;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -23,17 +24,22 @@ fn event(name: &str) -> String {
 
 struct Api {
     router: axum::Router,
-    app: App,
+    app: Components,
     _dir: tempfile::TempDir,
 }
 
 impl Api {
+    /// The functions as deployed behind `https://abc123.execute-api.eu-west-1.amazonaws.com`.
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let app = App::embedded(dir.path()).unwrap();
+        let options = ServiceOptions {
+            public_url: Some("https://abc123.execute-api.eu-west-1.amazonaws.com".into()),
+            ..ServiceOptions::default()
+        };
+        let app = Components::embedded(dir.path(), options).unwrap();
         let router = latchkey::http::router_for(
             Surface::ConnectionsApi,
-            app.http_state(Verifier::hs256(&SecretString::from(EVENTS_SECRET)).unwrap()),
+            app.router_state(Verifier::hs256(&SecretString::from(EVENTS_SECRET)).unwrap()),
         );
         Self { router, app, _dir: dir }
     }
@@ -109,8 +115,8 @@ async fn every_http_route_has_a_sample_for_the_function_that_serves_it() {
     assert!(api.iter().all(|(_, r)| r != "GET /v1/oauth/callback"));
 
     let dir = tempfile::tempdir().unwrap();
-    let app = App::embedded(dir.path()).unwrap();
-    let state = || app.http_state(Verifier::hs256(&SecretString::from(EVENTS_SECRET)).unwrap());
+    let app = Components::embedded(dir.path(), ServiceOptions::default()).unwrap();
+    let state = || app.router_state(Verifier::hs256(&SecretString::from(EVENTS_SECRET)).unwrap());
     let status = |router: axum::Router, path: &str| {
         let req = lambda_http::request::from_str(&event(path)).unwrap();
         async move { router.oneshot(req).await.unwrap().status().as_u16() }
@@ -132,7 +138,6 @@ async fn every_http_route_has_a_sample_for_the_function_that_serves_it() {
 #[tokio::test]
 async fn connections_api_serves_a_sample_of_every_route() {
     let api = Api::new();
-    api.app.service.set_public_url("https://abc123.execute-api.eu-west-1.amazonaws.com");
     let ok = |(status, body): (u16, Value), expected: u16, what: &str| {
         assert_eq!(status, expected, "{what}: {body}");
         body
@@ -164,6 +169,12 @@ async fn connections_api_serves_a_sample_of_every_route() {
         "authorize",
     );
     assert!(started["authorize_url"].as_str().unwrap().starts_with("https://auth.acme.example/oauth/authorize?"));
+    // Tokens imported from another platform: the connection is usable at once.
+    let imported = ok(api.send_for("connections-api/import-connection.json", none).await, 201, "POST with tokens");
+    assert_eq!(imported["status"], "configured");
+    let imported_id = imported["id"].as_str().unwrap();
+    let token = ok(api.send_for("connections-api/connection-token.json", imported_id).await, 200, "imported token");
+    assert_eq!(token["token"]["access_token"], "sample-imported-access-token-not-real");
 
     let cut = ok(api.send_for("connections-api/disconnect-connection.json", id).await, 200, "disconnect");
     assert_eq!(cut["status"], "disconnected");
@@ -203,14 +214,14 @@ async fn connections_api_serves_the_sample_events() {
 #[tokio::test]
 async fn connections_api_never_trusts_authorizer_claims_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let app = App::embedded(dir.path()).unwrap();
+    let app = Components::embedded(dir.path(), ServiceOptions::default()).unwrap();
     let send = |router: &axum::Router, name: &str| {
         let router = router.clone();
         let req = lambda_http::request::from_str(&event(name)).expect("a valid API Gateway event");
         async move { router.oneshot(req).await.unwrap().status().as_u16() }
     };
     // What `connections-api` builds from a configuration with no issuer and no secret.
-    let config = latchkey::config::Config::from_vars(latchkey::config::Backend::Aws, |_| None).unwrap();
+    let config = latchkey::config::Settings::from_vars(latchkey::config::BackendKind::Aws, |_| None).unwrap();
     let unconfigured = latchkey::lambda::http_router(&app, &config, Surface::ConnectionsApi).unwrap();
     for name in [
         "connections-api/forged-authorizer-claims.json",
@@ -236,8 +247,8 @@ async fn connections_api_never_trusts_authorizer_claims_alone() {
 async fn oauth_callback_refuses_a_state_it_never_issued() {
     // The samples' state was never issued by this deployment: a 400 page, nothing cached.
     let dir = tempfile::tempdir().unwrap();
-    let app = App::embedded(dir.path()).unwrap();
-    let deployed = latchkey::http::router_for(Surface::OauthCallback, app.http_state(Verifier::refuse_all()));
+    let app = Components::embedded(dir.path(), ServiceOptions::default()).unwrap();
+    let deployed = latchkey::http::router_for(Surface::OauthCallback, app.router_state(Verifier::refuse_all()));
     for name in ["oauth-callback/callback.json", "oauth-callback/denied.json"] {
         let req = lambda_http::request::from_str(&event(name)).expect("a valid API Gateway event");
         let res = deployed.clone().oneshot(req).await.unwrap();
@@ -264,10 +275,11 @@ async fn token_refresh_sweeps_on_the_scheduled_event() {
 #[tokio::test]
 async fn token_revoke_handles_the_sample_event_and_its_replay() {
     let api = Api::new();
-    let sample: Value = serde_json::from_str(&event("token-revoke/connection-disconnected.json")).unwrap();
+    let sample: latchkey::lambda::ConnectionEvent =
+        serde_json::from_str(&event("token-revoke/connection-disconnected.json")).unwrap();
     // No job for that connection on a fresh backend: nothing to do, however often it arrives.
     for _ in 0..2 {
-        let done = latchkey::lambda::handle_revoke(&api.app.service, sample.clone()).await.unwrap();
+        let done = latchkey::lambda::handle_revoke(&api.app.service, &sample).await.unwrap();
         assert_eq!(done["jobs"], 0, "{done}");
     }
 }

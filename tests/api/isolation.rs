@@ -17,17 +17,13 @@
 //! in-process transport serves no OAuth redirect URI (the harness sets no public URL), so there
 //! they return at once.
 
-mod common;
-#[path = "support/quirks.rs"]
-mod quirks;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::{Backend, Reply, TestApp, eventually, in_process, random_hex, random_secret};
-use quirks::{QuirkServer, query_param};
+use crate::harness::{Backend, Reply, TestApp, eventually, in_process, random_hex, random_secret};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use support::quirks::{QuirkServer, query_param};
 
 const ORG: &str = "acme";
 /// The customer the planted connections belong to.
@@ -518,7 +514,7 @@ async fn canaries_in_every_kind_of_secret_never_reach_logs_errors_or_reads() {
     }
     // The sweep every second: on the aws backend it is what runs revocations.
     let env = [("LATCHKEY_REFRESH_INTERVAL_SECS", "1")];
-    let mut app = TestApp::spawn_with_env(&Backend::fresh().await, &random_secret(), &env).await;
+    let mut app = TestApp::spawn_binary_with_env(&Backend::fresh().await, &random_secret(), &env).await;
     let org = app.token(ORG, None, &[]).await;
     let customer = app.token(ORG, Some(OWNER), &[]).await;
     let runtime = app.token(ORG, None, &["runtime"]).await;

@@ -7,16 +7,12 @@
 //! sweep too (the in-process transport has no sweep: there it covers lookups and forced
 //! refreshes). `LATCHKEY_TEST_BACKEND=aws` runs the same table on the aws backend.
 
-mod common;
-#[path = "support/quirks.rs"]
-mod quirks;
-
 use std::time::Duration;
 
-use common::{Backend, Reply, TestApp, eventually, random_hex, random_secret};
-use quirks::{QuirkServer, query_param};
+use crate::harness::{Backend, Reply, TestApp, eventually, random_hex, random_secret};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use support::quirks::{QuirkServer, query_param};
 
 const ORG: &str = "acme";
 const SUCCESS: &str = "http://localhost:3000/connected";
@@ -114,7 +110,7 @@ struct Lab {
 
 async fn lab() -> Lab {
     let env = [("LATCHKEY_REFRESH_INTERVAL_SECS", "1")];
-    let app = TestApp::spawn_with_env(&Backend::fresh().await, &random_secret(), &env).await;
+    let app = TestApp::spawn_binary_with_env(&Backend::fresh().await, &random_secret(), &env).await;
     let org = app.token(ORG, None, &[]).await;
     let runtime = app.token(ORG, None, &["runtime"]).await;
     Lab { app, org, runtime }
@@ -876,7 +872,7 @@ async fn a_changed_token_endpoint_origin_gets_no_tokens_and_requires_reauthoriza
 
 #[tokio::test]
 async fn a_revoke_url_on_another_origin_gets_no_token() {
-    if common::in_process() {
+    if crate::harness::in_process() {
         return; // the revoker runs in `latchkey serve`
     }
     let lab = lab().await;

@@ -1,16 +1,13 @@
 //! Disconnect, delete and revocation (RFC 7009) through `latchkey serve`, against oidc-provider
 //! (whose introspection tells whether a token still works).
 
-mod common;
-#[path = "support/oauth.rs"]
-mod oauth;
-
 use std::time::Duration;
 
-use common::{TestApp, contains_bytes, eventually, files_under};
-use oauth::OidcServer;
+use crate::harness::{TestApp, contains_bytes, eventually, files_under};
+use latchkey::service::ServiceOptions;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use support::oauth::OidcServer;
 
 const ORG: &str = "acme";
 
@@ -49,7 +46,13 @@ async fn authorize(app: &TestApp, oidc: &OidcServer, id: &str) -> String {
     found.body["token"]["access_token"].as_str().unwrap().to_owned()
 }
 
-async fn lookup(app: &TestApp, id: &str) -> common::Reply {
+/// A service whose OAuth redirect URI is `http://127.0.0.1:9/v1/oauth/callback` (nothing listens
+/// there: the tests play the browser and hand the callback to the service themselves).
+fn callback_on_port_9() -> ServiceOptions {
+    ServiceOptions { public_url: Some("http://127.0.0.1:9".to_owned()), ..ServiceOptions::default() }
+}
+
+async fn lookup(app: &TestApp, id: &str) -> crate::harness::Reply {
     let runtime = app.token(ORG, None, &["runtime"]).await;
     app.lookup(&runtime, id, &json!({})).await
 }
@@ -60,7 +63,7 @@ async fn start_oidc(app: &TestApp) -> OidcServer {
 
 #[tokio::test]
 async fn disconnect_cuts_access_at_once_revokes_at_the_provider_and_can_be_undone() {
-    if common::in_process() {
+    if crate::harness::in_process() {
         return; // the revoker runs in `latchkey serve`
     }
     let app = TestApp::spawn().await;
@@ -101,7 +104,7 @@ async fn disconnect_cuts_access_at_once_revokes_at_the_provider_and_can_be_undon
 
 #[tokio::test]
 async fn delete_revokes_too_and_the_connection_is_gone() {
-    if common::in_process() {
+    if crate::harness::in_process() {
         return;
     }
     let app = TestApp::spawn().await;
@@ -120,7 +123,7 @@ async fn delete_revokes_too_and_the_connection_is_gone() {
 /// waits (sealed) for a retry, and nothing secret is stored in clear meanwhile.
 #[tokio::test]
 async fn with_the_provider_down_access_is_cut_and_revocation_retried_later() {
-    if common::in_process() {
+    if crate::harness::in_process() {
         return;
     }
     // A port nobody listens on.
@@ -154,9 +157,8 @@ async fn with_the_provider_down_access_is_cut_and_revocation_retried_later() {
 #[tokio::test]
 async fn a_replayed_revoke_event_does_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let app = latchkey::config::App::embedded(dir.path()).unwrap();
+    let app = latchkey::config::Components::embedded(dir.path(), callback_on_port_9()).unwrap();
     let service = &app.service;
-    service.set_public_url("http://127.0.0.1:9");
     let oidc = OidcServer::start(json!({"redirect_uris": ["http://127.0.0.1:9/v1/oauth/callback"]})).await;
     let p = latchkey::domain::Principal::organization(latchkey::domain::OrgId::parse(ORG).unwrap());
     let def = json!({"auth": "oauth2_authorization_code", "inputs": {
@@ -177,9 +179,10 @@ async fn a_replayed_revoke_event_does_nothing() {
 
     let event = json!({"source": "latchkey", "detail-type": "Connection Disconnected",
         "detail": {"org": ORG, "connection_id": conn.id.as_str(), "definition": "idp", "status": "disconnected"}});
-    let first = latchkey::lambda::handle_revoke(service, event.clone()).await.unwrap();
+    let event: latchkey::lambda::ConnectionEvent = serde_json::from_value(event).unwrap();
+    let first = latchkey::lambda::handle_revoke(service, &event).await.unwrap();
     assert_eq!((first["jobs"].as_u64(), first["revoked"].as_u64()), (Some(1), Some(1)), "{first}");
-    let replay = latchkey::lambda::handle_revoke(service, event).await.unwrap();
+    let replay = latchkey::lambda::handle_revoke(service, &event).await.unwrap();
     assert_eq!(replay["jobs"], 0, "{replay}");
     assert_eq!(
         oidc.stats().await["revocations"].as_u64(),
@@ -187,8 +190,12 @@ async fn a_replayed_revoke_event_does_nothing() {
         "refresh then access token, once: {}",
         oidc.stats().await
     );
-    let bad = latchkey::lambda::handle_revoke(service, json!({"detail": {}})).await.unwrap_err();
-    assert_eq!(bad.error_type, "InvalidRequest");
+    // An event without the connection never reaches the handler: the runtime refuses it.
+    let bad = serde_json::from_value::<latchkey::lambda::ConnectionEvent>(
+        json!({"source": "latchkey", "detail-type": "Connection Disconnected", "detail": {}}),
+    )
+    .unwrap_err();
+    assert!(bad.to_string().contains("missing field `org`"), "{bad}");
     let _: Value = first;
 }
 
@@ -222,16 +229,16 @@ async fn an_api_key_connection_is_disconnected_and_reconfigured() {
 /// within its attempts.
 #[tokio::test]
 async fn a_revocation_that_failed_succeeds_once_the_provider_is_back() {
-    if common::in_process() {
+    if crate::harness::in_process() {
         return;
     }
-    let app = TestApp::spawn_with_env(
-        &common::Backend::fresh().await,
-        &common::random_secret(),
+    let app = TestApp::spawn_binary_with_env(
+        &crate::harness::Backend::fresh().await,
+        &crate::harness::random_secret(),
         &[("LATCHKEY_REFRESH_INTERVAL_SECS", "1")],
     )
     .await;
-    let mock = oauth::MockServer::start(json!({"revoke_faults": [{"times": 2, "status": 503}]})).await;
+    let mock = support::oauth::MockServer::start(json!({"revoke_faults": [{"times": 2, "status": 503}]})).await;
     let org = app.token(ORG, None, &[]).await;
     let def = json!({"auth": "oauth2_authorization_code", "inputs": {
         "authorizeUrl": {"type": "url", "default": mock.authorize_endpoint()},
@@ -290,9 +297,8 @@ async fn the_sweep_starts_no_revocation_after_its_deadline() {
     use std::time::Instant;
 
     let dir = tempfile::tempdir().unwrap();
-    let app = latchkey::config::App::embedded(dir.path()).unwrap();
-    app.service.set_public_url("http://127.0.0.1:9");
-    let mock = oauth::MockServer::start(json!({})).await;
+    let app = latchkey::config::Components::embedded(dir.path(), callback_on_port_9()).unwrap();
+    let mock = support::oauth::MockServer::start(json!({})).await;
     let org = OrgId::parse(ORG).unwrap();
     let p = Principal::organization(org.clone());
     let def = json!({"auth": "oauth2_authorization_code", "inputs": {

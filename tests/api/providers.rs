@@ -1,9 +1,7 @@
 //! The built-in provider catalog through `latchkey serve`: `GET /v1/providers`, and definitions
 //! that name a provider instead of spelling out its OAuth endpoints.
 
-mod common;
-
-use common::TestApp;
+use crate::harness::TestApp;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 

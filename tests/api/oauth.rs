@@ -2,14 +2,10 @@
 //! oidc-provider (strict: PKCE, `iss`, introspection) driven through its login and consent pages,
 //! and oauth2-mock-server for client credentials, token-response quirks and fault injection.
 
-mod common;
-#[path = "support/oauth.rs"]
-mod oauth;
-
-use common::TestApp;
-use oauth::{MockServer, OidcServer, query_param};
+use crate::harness::TestApp;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use support::oauth::{MockServer, OidcServer, query_param};
 
 const ORG: &str = "acme";
 const SUCCESS: &str = "http://localhost:3000/connected";

@@ -1,0 +1,39 @@
+//! The outside processes of the test harness and helpers around them, shared by the root
+//! package's test binaries (`tests/api`, `tests/adapters`, `tests/infra_template.rs`):
+//! - [`moto`]: the AWS emulator (one per test binary, from `.venv/`), SDK configuration for it and
+//!   the few resources the AWS adapters need;
+//! - [`oauth`]: real OAuth 2.0 servers (`tests/oauth/oidc.mjs`, `tests/oauth/mock.mjs`);
+//! - [`quirks`]: the scripted provider of the real-provider quirk table (`tests/oauth/quirks.mjs`);
+//! - [`calls`]: records every AWS call (and the IAM action it needs) of the clients it is put on;
+//! - [`eventually`]: polls a condition with a deadline, instead of sleeping for it.
+//!
+//! A library rather than modules included into each binary, so that a binary that uses part of
+//! it compiles without dead code.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub mod calls;
+pub mod moto;
+pub mod oauth;
+pub mod quirks;
+
+/// The repository root (the root package's directory): `.venv/` and `tests/oauth/` are under it.
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Polls `check` every 100 ms until it holds, for at most `limit`: for what the tests cannot
+/// await directly (a sweep, a background revocation).
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let until = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < until, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
