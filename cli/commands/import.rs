@@ -1,0 +1,196 @@
+//! `latchkey import FILE`: connections with tokens obtained elsewhere (another platform, an
+//! earlier system), created in bulk with `POST /v1/connections` (SPEC section 10, "Import").
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+use futures_util::StreamExt;
+use latchkey_client::{Client, Error as ClientError, NewConnection};
+use serde_json::Value;
+
+use super::{Failure, Remote};
+
+/// `latchkey import`.
+#[derive(Debug, Args)]
+pub struct Import {
+    /// JSON lines, or one JSON array, of `{definition, customer, scope?, instance_id?, label?,
+    /// values?, tokens?: {access_token, refresh_token?, expires_at | expires_in, scopes?,
+    /// token_type?}}` (the body of POST /v1/connections). `-` reads stdin.
+    pub file: PathBuf,
+    /// How many records are sent at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+/// One record of the file: where it is, and what it says (or why it cannot be read).
+struct Record {
+    /// `line 7` (JSON lines) or `record 7` (an array), 1-based.
+    at: String,
+    parsed: Result<NewConnection, String>,
+}
+
+/// What became of one record.
+struct Outcome {
+    at: String,
+    result: Result<String, String>,
+}
+
+/// Imports every record, `concurrency` at a time, with a progress bar on a terminal. Prints
+/// `{"at", "connection_id"}` per imported record on stdout, then a summary of the failures
+/// (where, and the API's problem) on stderr.
+///
+/// # Errors
+/// An unreadable file, or any record not imported (after all were tried).
+pub async fn run(args: Import) -> Result<(), Failure> {
+    let text = if args.file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?
+    };
+    let records = parse(&text)?;
+    if records.is_empty() {
+        return Err("the file holds no record".into());
+    }
+    let client = Arc::new(args.remote.client()?);
+    let bar = indicatif::ProgressBar::new(records.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} imported, {msg} [{elapsed}, eta {eta}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message("0 failed");
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(records.len());
+    let mut failed = 0usize;
+    let mut results = futures_util::stream::iter(records)
+        .map(|r| {
+            let client = client.clone();
+            async move { import_one(&client, r).await }
+        })
+        .buffer_unordered(usize::from(args.concurrency));
+    while let Some(outcome) = results.next().await {
+        match &outcome.result {
+            Ok(id) => bar.suspend(|| println!("{}", serde_json::json!({"at": outcome.at, "connection_id": id}))),
+            Err(_) => {
+                failed += 1;
+                bar.set_message(format!("{failed} failed"));
+            }
+        }
+        bar.inc(1);
+        outcomes.push(outcome);
+    }
+    bar.finish_and_clear();
+
+    let total = outcomes.len();
+    eprintln!("imported {} of {total}", total - failed);
+    if failed == 0 {
+        return Ok(());
+    }
+    // In file order, whatever order they finished in.
+    outcomes.sort_by_key(|o| o.at.split(' ').nth(1).and_then(|n| n.parse::<usize>().ok()));
+    for o in &outcomes {
+        if let Err(why) = &o.result {
+            eprintln!("  {}: {why}", o.at);
+        }
+    }
+    Err(format!("{failed} of {total} records were not imported").into())
+}
+
+async fn import_one(client: &Client, record: Record) -> Outcome {
+    let result = match record.parsed {
+        Err(why) => Err(why),
+        Ok(body) => client.create_connection(&body).await.map(|c| c.id).map_err(|e| describe(&e)),
+    };
+    Outcome { at: record.at, result }
+}
+
+/// A failure in Latchkey's words (they never carry a secret), with each invalid field.
+fn describe(e: &ClientError) -> String {
+    match e {
+        ClientError::Api(api) if !api.errors.is_empty() => {
+            let fields: Vec<String> = api.errors.iter().map(|f| format!("{}: {}", f.field, f.message)).collect();
+            format!("{} ({})", api, fields.join("; "))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The records of `text`: one JSON array, or JSON lines (blank lines skipped). A record that
+/// cannot be read is kept as a failure at its place; the reason never quotes its content (it
+/// holds tokens).
+fn parse(text: &str) -> Result<Vec<Record>, Failure> {
+    let record = |at: String, value: Result<Value, serde_json::Error>| Record {
+        at,
+        parsed: value.map_err(|e| unreadable(&e)).and_then(|v| {
+            serde_json::from_value::<NewConnection>(v).map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => format!(
+                    "not a connection record ({}): expected {{definition, customer, values?, tokens?: \
+                     {{access_token, refresh_token?, expires_at | expires_in, scopes?, token_type?}}}}",
+                    data_error_shape(&e)
+                ),
+                _ => unreadable(&e),
+            })
+        }),
+    };
+    if text.trim_start().starts_with('[') {
+        let items: Vec<Value> =
+            serde_json::from_str(text).map_err(|e| format!("not a JSON array: {}", unreadable(&e)))?;
+        return Ok(items.into_iter().enumerate().map(|(i, v)| record(format!("record {}", i + 1), Ok(v))).collect());
+    }
+    Ok(text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| record(format!("line {}", i + 1), serde_json::from_str(l)))
+        .collect())
+}
+
+/// Where JSON could not be read, without its content.
+fn unreadable(e: &serde_json::Error) -> String {
+    format!("not JSON (column {})", e.column())
+}
+
+/// serde's data error without the value it quotes: "missing field `definition`" is kept,
+/// "invalid type: string \"...\"" is reduced to its kind.
+fn data_error_shape(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    if message.starts_with("missing field") || message.starts_with("unknown field") {
+        message.split(" at line").next().unwrap_or_default().to_owned()
+    } else {
+        "a member has the wrong type".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_keep_their_line_numbers_and_bad_lines_stay_failures() {
+        let text = "{\"definition\":\"a\",\"customer\":\"c\"}\n\n{not json\n{\"customer\":\"c\"}\n\
+                    {\"definition\":\"a\",\"tokens\":{\"access_token\":42}}\n";
+        let records = parse(text).unwrap();
+        let at: Vec<&str> = records.iter().map(|r| r.at.as_str()).collect();
+        assert_eq!(at, ["line 1", "line 3", "line 4", "line 5"]);
+        assert!(records[0].parsed.is_ok());
+        assert!(records[1].parsed.as_ref().err().unwrap().starts_with("not JSON"));
+        assert!(records[2].parsed.as_ref().err().unwrap().contains("missing field `definition`"));
+        let wrong_type = records[3].parsed.as_ref().err().unwrap();
+        assert!(wrong_type.contains("wrong type") && !wrong_type.contains("42"), "{wrong_type}");
+    }
+
+    #[test]
+    fn an_array_is_numbered_by_record() {
+        let records = parse("[{\"definition\":\"a\"}, {\"definition\":\"b\"}]").unwrap();
+        assert_eq!(records.iter().map(|r| r.at.as_str()).collect::<Vec<_>>(), ["record 1", "record 2"]);
+    }
+
+    #[test]
+    fn a_token_never_appears_in_a_reason() {
+        let records =
+            parse("{\"definition\":\"a\",\"tokens\":{\"access_token\":\"at_canary\",\"expires_in\":\"x\"}}").unwrap();
+        let why = records[0].parsed.as_ref().err().unwrap();
+        assert!(!why.contains("canary"), "{why}");
+    }
+}

@@ -1,0 +1,54 @@
+//! The commands that talk to a running Latchkey API (`definitions`, `connections`, `lookup`,
+//! `import`) through the `latchkey-client` crate, and `doctor`, which checks the local settings.
+//! Results go to stdout, progress and summaries to stderr.
+
+pub mod connections;
+pub mod definitions;
+pub mod doctor;
+pub mod import;
+pub mod lookup;
+
+use clap::Args;
+use latchkey_client::Client;
+use secrecy::SecretString;
+
+/// What a command's failure is: its message is printed after `latchkey: `.
+pub type Failure = Box<dyn std::error::Error>;
+
+/// Where the API is and who calls it: `--url`/`LATCHKEY_URL`, `--token`/`LATCHKEY_TOKEN`.
+#[derive(Debug, Clone, Args)]
+pub struct Remote {
+    /// Base URL of the Latchkey API (`latchkey serve`'s address, or the deployed API's URL).
+    #[arg(long, env = "LATCHKEY_URL", default_value = "http://127.0.0.1:8080", value_name = "URL")]
+    pub url: String,
+    /// Bearer token (a JWT): an organization user's for definitions, connections and import, one
+    /// with the `runtime` role for lookup. `latchkey token --org ORG [--role runtime]` mints one
+    /// locally.
+    #[arg(long, env = "LATCHKEY_TOKEN", hide_env_values = true, value_name = "JWT", value_parser = secret)]
+    pub token: Option<SecretString>,
+}
+
+impl Remote {
+    /// The API client.
+    ///
+    /// # Errors
+    /// No token, or a URL that is not http(s).
+    pub fn client(&self) -> Result<Client, Failure> {
+        use secrecy::ExposeSecret;
+        let token = self.token.clone().filter(|t| !t.expose_secret().trim().is_empty()).ok_or(
+            "no token: set LATCHKEY_TOKEN or --token (locally: `latchkey token --org ORG`, with \
+             `--role runtime` for lookup)",
+        )?;
+        Ok(Client::new(&self.url, token)?)
+    }
+}
+
+fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s.to_owned()))
+}
+
+/// Prints `value` as indented JSON on stdout.
+fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
