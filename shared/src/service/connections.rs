@@ -13,6 +13,8 @@ use crate::domain::{
 };
 use crate::ports::{ConnectionFilter, StoreError};
 
+mod import;
+
 /// Largest page of a listing; the default is 50.
 pub const MAX_PAGE: usize = 200;
 const DEFAULT_PAGE: usize = 50;
@@ -122,7 +124,7 @@ impl Service {
         };
         let mut errors = Vec::new();
         for k in obj.keys() {
-            if !["definition", "scope", "customer", "instance_id", "label", "values"].contains(&k.as_str()) {
+            if !["definition", "scope", "customer", "instance_id", "label", "values", "tokens"].contains(&k.as_str()) {
                 errors.push(FieldError::new(k, "unknown field"));
             }
         }
@@ -150,6 +152,7 @@ impl Service {
             CustomerId::parse(s).map_err(|e| errors.push(FieldError::new("customer", e.to_string()))).ok()
         });
         let label = label_ok(take_str(obj, "label", &mut errors), &mut errors);
+        let imported = self.import_request(p, obj, &mut errors)?;
 
         let customer = match &p.customer {
             Some(own) => {
@@ -205,6 +208,9 @@ impl Service {
             }
             None => None,
         };
+        if let Some(def) = &def {
+            import::check_importable(def, obj, &mut errors);
+        }
         let (Some(def), Some(scope), Some(values), true) = (def, scope, values, errors.is_empty()) else {
             return Err(ServiceError::Invalid(errors));
         };
@@ -241,12 +247,19 @@ impl Service {
             updated_at: now,
         };
         conn.secrets = self.seal_secrets(&conn, &values.secret).await?;
+        if let Some(tokens) = imported {
+            conn = self.with_imported_tokens(&def, conn, tokens).await?;
+        }
         match self.store.insert_connection(&conn).await {
             Ok(()) => {}
             Err(StoreError::DefinitionMissing) => {
                 return Err(ServiceError::invalid("definition", "no such definition"));
             }
             Err(e) => return Err(e.into()),
+        }
+        if conn.oauth.is_some() {
+            self.announce_import(&conn).await;
+            return self.view(p, &conn, Some(&def)).await;
         }
         let who = if p.is_organization() { "the organization" } else { "the customer" };
         self.log(&conn, LogType::Created, format!("connection created by {who}")).await;
