@@ -78,11 +78,6 @@ pub fn endpoint() -> &'static str {
     &MOTO.get_or_init(start).endpoint
 }
 
-/// The process id of this test binary's moto server, starting it on first use.
-pub fn pid() -> u32 {
-    MOTO.get_or_init(start).pid()
-}
-
 /// A process stopped with SIGSTOP (its sockets still accept connections, nothing answers: a
 /// hung dependency), continued with SIGCONT when dropped, so that a failing test does not
 /// leave it stopped.

@@ -206,11 +206,6 @@ impl OidcServer {
         OidcServer { issuer: process.url.clone(), client, redirect_uris, process }
     }
 
-    /// The discovery document (`/.well-known/openid-configuration`).
-    pub fn discovery(&self) -> &Value {
-        &self.process.discovery
-    }
-
     pub fn authorize_endpoint(&self) -> String {
         self.process.endpoint("authorization_endpoint")
     }
@@ -355,10 +350,6 @@ impl MockServer {
 
     pub fn revocation_endpoint(&self) -> String {
         self.process.endpoint("revocation_endpoint")
-    }
-
-    pub fn introspection_endpoint(&self) -> String {
-        self.process.endpoint("introspection_endpoint")
     }
 
     /// Replaces the whole configuration (`faults`, `rewrites`) of the running mock.

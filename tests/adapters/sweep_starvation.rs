@@ -19,10 +19,10 @@ use support::{moto, oauth};
 
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use latchkey::config::Components;
-use latchkey::service::ServiceOptions;
 use latchkey::crypto::Sealed;
 use latchkey::domain::{Connection, ConnectionId, Lease, OrgId, Principal, Status};
 use latchkey::ports::{DueEntry, Store};
+use latchkey::service::ServiceOptions;
 use latchkey::service::{LookupRequest, Service, ServiceError, SweepSummary};
 use serde_json::{Value, json};
 use tempfile::TempDir;

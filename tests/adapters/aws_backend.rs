@@ -1,4 +1,4 @@
-//! The AWS adapters through the real AWS SDK against moto (started by tests/support/moto.rs):
+//! The AWS adapters through the real AWS SDK against moto (started by `support::moto`):
 //! the port conformance suites, what a table scan and a copied ciphertext reveal, events
 //! delivered to SQS, and how many AWS calls each operation makes.
 
@@ -12,11 +12,11 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use latchkey::adapters::aws::schema;
 use latchkey::adapters::aws::{DynamoStore, KmsKeyProvider};
 use latchkey::config::Components;
-use latchkey::service::ServiceOptions;
 use latchkey::crypto::KeyProvider;
 use latchkey::domain::{OrgId, Principal};
 use latchkey::ports::Store;
 use latchkey::service::LookupRequest;
+use latchkey::service::ServiceOptions;
 use serde_json::{Value, json};
 
 async fn fresh_table(config: &aws_config::SdkConfig) -> String {
@@ -83,7 +83,7 @@ async fn aws_app() -> AwsApp {
     aws_sdk_eventbridge::Client::new(&config).create_event_bus().name(&bus).send().await.expect("create the bus");
     let calls = Calls::default();
     let (ddb, kms, eb) = calls.clients(&config);
-    let app = Components::aws(ddb, kms, eb, &table, &key, &bus);
+    let app = Components::aws(ddb, kms, eb, &table, &key, &bus, ServiceOptions::default());
     AwsApp { app, config, table, bus, calls }
 }
 
@@ -188,6 +188,7 @@ async fn sealed_values_copied_onto_another_connection_never_open() {
         &aws.table,
         "unused-for-decrypt",
         &aws.bus,
+        ServiceOptions::default(),
     );
     assert!(cold.service.lookup(&org, None, &lookup(attacker.id.as_str())).await.is_err());
     let own = cold.service.lookup(&org, None, &lookup(victim.id.as_str())).await.unwrap();
