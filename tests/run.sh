@@ -42,6 +42,8 @@ echo "==> the real-provider quirk table (tests/oauth/quirks.mjs) on the aws back
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test quirks_api
 echo "==> isolation walk and canaries on the aws backend (moto): the AWS SDK's trace output too"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test isolation_api
+echo "==> token import on the aws backend (moto): sealed, scheduled and refreshed like an authorized grant"
+LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api import::
 
 echo "==> schemathesis against latchkey serve (tests/schemathesis.sh, pinned in tests/schemathesis-requirements.txt)"
 bash tests/schemathesis.sh
