@@ -97,6 +97,18 @@ fn backing_off(c: &Connection, now: OffsetDateTime) -> bool {
     c.refresh.failures > 0 && c.refresh.due_at.is_some_and(|d| d > now)
 }
 
+/// The longest a token of unknown lifetime waits for its refresh (SPEC sections 6 and 8: at
+/// least daily).
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// When a token of unknown lifetime obtained at `obtained_at` is due: `keepalive` later (at most
+/// a day), less up to a tenth of it at random, so that grants obtained together (an import of
+/// many connections) do not all come due together, day after day.
+fn keepalive_due(obtained_at: OffsetDateTime, keepalive: Duration) -> OffsetDateTime {
+    let every = keepalive.min(DAY);
+    obtained_at + every - every.mul_f64(rand::rng().random_range(0.0..0.1))
+}
+
 fn days(t: OffsetDateTime) -> i64 {
     t.unix_timestamp().div_euclid(86_400)
 }
@@ -121,7 +133,7 @@ impl Service {
                 let lifetime: Duration = (expires - tokens.obtained_at).try_into().unwrap_or_default();
                 expires - p.lookahead.min(lifetime / 2)
             }
-            None => tokens.obtained_at + p.keepalive,
+            None => keepalive_due(tokens.obtained_at, p.keepalive),
         })
     }
 
@@ -520,5 +532,27 @@ impl Service {
             Refreshed::Busy => c,
         };
         self.get_connection(p, done.id.as_str()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_of_unknown_lifetime_are_due_within_a_day_spread_never_at_once() {
+        let obtained = OffsetDateTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut seen = std::collections::BTreeSet::new();
+        for keepalive in [DAY, 2 * DAY] {
+            for _ in 0..200 {
+                let due = keepalive_due(obtained, keepalive);
+                assert!(due <= obtained + DAY, "at least daily: {due}");
+                assert!(due >= obtained + DAY.mul_f64(0.9), "not at once: {due}");
+                seen.insert(due);
+            }
+        }
+        assert!(seen.len() > 100, "spread, not one instant: {}", seen.len());
+        let hourly = Duration::from_secs(3600);
+        assert!(keepalive_due(obtained, hourly) <= obtained + hourly);
     }
 }
