@@ -1,5 +1,12 @@
 //! The DynamoDB store: one table, designed in docs/dynamodb.md. Every write that can race is
 //! conditional; listings are Queries on the table or an index, never a Scan.
+//!
+//! - this module: the [`Store`] implementation and its reads (GetItem, paged Queries);
+//! - [`item`]: records as items and back (`TryFrom`), the key layout;
+//! - [`write`]: conditional writes, the counted transaction, batch deletes, and what SDK errors
+//!   mean as [`StoreError`]s.
+//!
+//! SDK types (`AttributeValue`, the builders) never leave this module.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -7,168 +14,40 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, CancellationReason, Delete, DeleteRequest, Put, ReturnValuesOnConditionCheckFailure,
-    TransactWriteItem, Update, WriteRequest,
+    AttributeValue, Delete, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
 };
-use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use time::OffsetDateTime;
 
 use crate::domain::{Connection, ConnectionId, Definition, DefinitionKey, LogEntry, OAuthState, OrgId, RevocationJob};
-use crate::ports::{BackendError, ConnectionFilter, DueEntry, Expect, Page, Store, StoreError};
+use crate::ports::{ConnectionFilter, DueEntry, Expect, Page, Store, StoreError};
 
+mod item;
+mod write;
+
+pub use item::due_shard;
+use item::{
+    Item, STATE_SK, con_sk, customer_pk, def_sk, definition_pk, doc_of, due_sk, due_upper, key, log_item, log_pk, n,
+    org_pk, revocation_pk, s, state_pk,
+};
+use write::{backend, conditional, sdk};
+
+/// The customer index (`gsi1pk` = `ORG#{org}#CUS#{customer}`, `gsi1sk` = `CON#{id}`).
 pub const BY_CUSTOMER: &str = "by-customer";
+/// The definition index (`gsi2pk` = `ORG#{org}#DEF#{key}`, `gsi2sk` = `CON#{id}`).
 pub const BY_DEFINITION: &str = "by-definition";
+/// The attribute DynamoDB's TTL deletes items by (Unix seconds): logs, pending authorizations,
+/// revocation jobs.
 pub const TTL_ATTRIBUTE: &str = "expires_at";
+/// The due index: refreshes (`DUE#{shard}`) and revocations (`RDUE#{shard}`) by due time.
 pub const REFRESH_DUE: &str = "refresh-due";
 /// Shards of the due index: a sweep over millions of due connections spreads over this many
 /// partitions instead of one hot key.
 pub const DUE_SHARDS: u32 = 8;
-
-/// The due-index shard of a connection: a stable hash (FNV-1a) of its id.
-pub fn due_shard(id: &ConnectionId) -> u32 {
-    let h = id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    (h % u64::from(DUE_SHARDS)) as u32
-}
 /// How long connection logs are kept (DynamoDB TTL deletes them afterwards).
 pub const LOG_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
-
-type Item = HashMap<String, AttributeValue>;
-
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
-}
-
-fn n(v: impl ToString) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
-
-fn backend(e: impl Into<BackendError>) -> StoreError {
-    StoreError::Backend(e.into())
-}
-
-/// A failed DynamoDB call: [`StoreError::Unavailable`] when it timed out, could not reach
-/// DynamoDB or was throttled (the caller may retry shortly), [`StoreError::Backend`] otherwise.
-fn sdk<E>(e: SdkError<E, HttpResponse>) -> StoreError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    if super::is_unavailable(&e) { StoreError::Unavailable(e.into()) } else { backend(e) }
-}
-
-fn org_pk(org: &OrgId) -> String {
-    format!("ORG#{org}")
-}
-
-fn def_sk(key: &DefinitionKey) -> String {
-    format!("DEF#{key}")
-}
-
-fn con_sk(id: &ConnectionId) -> String {
-    format!("CON#{id}")
-}
-
-fn log_pk(org: &OrgId, id: &ConnectionId) -> String {
-    format!("LOG#{org}#{id}")
-}
-
-fn customer_pk(org: &OrgId, customer: &str) -> String {
-    format!("ORG#{org}#CUS#{customer}")
-}
-
-fn definition_pk(org: &OrgId, key: &str) -> String {
-    format!("ORG#{org}#DEF#{key}")
-}
-
-fn key(pk: String, sk: String) -> Item {
-    HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
-}
-
-fn doc_of<T: serde::de::DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
-    match item.get("doc") {
-        Some(AttributeValue::S(doc)) => serde_json::from_str(doc).map_err(backend),
-        _ => Err(backend("an item has no doc attribute")),
-    }
-}
-
-/// The item of a connection: its document plus the key and index attributes derived from it.
-fn connection_item(c: &Connection) -> Result<Item, StoreError> {
-    let mut item = key(org_pk(&c.org), con_sk(&c.id));
-    item.insert("kind".into(), s("connection"));
-    item.insert("version".into(), n(c.version));
-    item.insert("doc".into(), s(serde_json::to_string(c).map_err(backend)?));
-    item.insert("definition".into(), s(c.definition.as_str()));
-    item.insert("status".into(), s(c.status.as_str()));
-    if let Some(customer) = &c.customer {
-        item.insert("customer".into(), s(customer.as_str()));
-        item.insert("gsi1pk".into(), s(customer_pk(&c.org, customer.as_str())));
-        item.insert("gsi1sk".into(), s(con_sk(&c.id)));
-    }
-    item.insert("gsi2pk".into(), s(definition_pk(&c.org, c.definition.as_str())));
-    item.insert("gsi2sk".into(), s(con_sk(&c.id)));
-    // Sparse: only connections with a due time are in the refresh index. Every write of a
-    // connection replaces its whole item (PutItem), so one whose due time was cleared (red,
-    // disconnected, refreshed without a refresh token) has no `gsi3*` attributes any more and
-    // leaves the index: no stale entry can survive an update.
-    if let Some(due) = c.refresh.due_at {
-        item.insert("gsi3pk".into(), s(format!("DUE#{}", due_shard(&c.id))));
-        item.insert("gsi3sk".into(), s(due_sk(due.unix_timestamp(), &c.org, &c.id)));
-    }
-    Ok(item)
-}
-
-/// A connection's sort key in the due index: due time (zero-padded Unix seconds, so that text
-/// order is time order), then organization and id.
-fn due_sk(due: i64, org: &OrgId, id: &ConnectionId) -> String {
-    format!("{:012}#{org}#{id}", due.max(0))
-}
-
-fn revocation_pk(org: &OrgId, id: &ConnectionId) -> String {
-    format!("REVOKE#{org}#{id}")
-}
-
-/// A revocation job's item: in the due index under its own `RDUE#` partitions.
-fn revocation_item(job: &RevocationJob) -> Result<Item, StoreError> {
-    let mut item = key(revocation_pk(&job.org, &job.connection_id), job.id.clone());
-    item.insert("kind".into(), s("revocation"));
-    item.insert("attempts".into(), n(job.attempts));
-    item.insert("doc".into(), s(serde_json::to_string(job).map_err(backend)?));
-    item.insert(TTL_ATTRIBUTE.into(), n(job.expires_at.unix_timestamp()));
-    item.insert("gsi3pk".into(), s(format!("RDUE#{}", due_shard(&job.connection_id))));
-    item.insert(
-        "gsi3sk".into(),
-        s(format!("{:012}#{}#{}#{}", job.next_attempt_at.unix_timestamp().max(0), job.org, job.connection_id, job.id)),
-    );
-    Ok(item)
-}
-
-/// Which reasons of a cancelled transaction were failed conditions.
-/// A transaction DynamoDB cancelled: the code of each item's reason, in order (`None` for items
-/// that did not fail).
-struct Cancelled(Vec<String>);
-
-impl Cancelled {
-    fn new(reasons: &[CancellationReason]) -> Self {
-        Self(reasons.iter().map(|r| r.code().unwrap_or("None").to_owned()).collect())
-    }
-
-    /// Whether item `i`'s condition failed.
-    fn condition_failed(&self, i: usize) -> bool {
-        self.0.get(i).is_some_and(|c| c == "ConditionalCheckFailed")
-    }
-
-    fn into_error(self) -> StoreError {
-        let message = format!("transaction cancelled: {}", self.0.join(", "));
-        // Throttled or in conflict with another transaction: worth retrying shortly.
-        let transient = ["ThrottlingError", "ProvisionedThroughputExceeded", "TransactionConflict"];
-        if self.0.iter().any(|c| transient.contains(&c.as_str())) {
-            StoreError::Unavailable(message.into())
-        } else {
-            backend(message)
-        }
-    }
-}
 
 /// The DynamoDB adapter of the store port.
 pub struct DynamoStore {
@@ -181,63 +60,6 @@ pub struct DynamoStore {
 impl DynamoStore {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self { client, table: table.into(), log_ids: Mutex::new(ulid::Generator::new()) }
-    }
-
-    /// PutItem under `condition` (with `values` for its placeholders, and `#version` naming
-    /// `version`); a failed condition is `Conflict`.
-    /// Writes `write` and adds `delta` to the connection count of its definition, in one
-    /// transaction. `Some` when DynamoDB cancelled it: item 0 is `write`, item 1 the count (its
-    /// condition: the definition exists).
-    async fn write_counting(
-        &self,
-        write: TransactWriteItem,
-        org: &OrgId,
-        definition: &DefinitionKey,
-        delta: i64,
-    ) -> Result<Option<Cancelled>, StoreError> {
-        let count = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(key(org_pk(org), def_sk(definition))))
-            .update_expression("ADD conn_count :delta")
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":delta", n(delta))
-            .build()
-            .map_err(backend)?;
-        let res = self
-            .client
-            .transact_write_items()
-            .transact_items(write)
-            .transact_items(TransactWriteItem::builder().update(count).build())
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(None),
-            Err(e) if super::is_unavailable(&e) => Err(sdk(e)),
-            Err(e) => match e.into_service_error() {
-                aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(
-                    t,
-                ) => Ok(Some(Cancelled::new(t.cancellation_reasons()))),
-                other => Err(backend(other)),
-            },
-        }
-    }
-
-    async fn put_if(&self, item: Item, condition: &str, values: &[(&str, AttributeValue)]) -> Result<(), StoreError> {
-        let mut req =
-            self.client.put_item().table_name(&self.table).set_item(Some(item)).condition_expression(condition);
-        if condition.contains("#version") {
-            req = req.expression_attribute_names("#version", "version");
-        }
-        for (k, v) in values {
-            req = req.expression_attribute_values(*k, v.clone());
-        }
-        match req.send().await {
-            Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
-                Err(StoreError::Conflict)
-            }
-            Err(e) => Err(sdk(e)),
-        }
     }
 
     async fn get(&self, k: Item) -> Result<Option<Item>, StoreError> {
@@ -253,13 +75,8 @@ impl DynamoStore {
         Ok(out.item)
     }
 
-    /// Runs a query to its end or until `want` items matched, returning items and whether more
-    /// may follow.
-    async fn query_until(
-        &self,
-        build: impl Fn() -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
-        want: usize,
-    ) -> Result<(Vec<Item>, bool), StoreError> {
+    /// Runs a query, page after page, to its end or until it has read at least `want` items.
+    async fn query_until(&self, build: impl Fn() -> QueryFluentBuilder, want: usize) -> Result<Vec<Item>, StoreError> {
         let mut items = Vec::new();
         let mut start: Option<Item> = None;
         loop {
@@ -272,12 +89,12 @@ impl DynamoStore {
             items.extend(out.items.unwrap_or_default());
             match out.last_evaluated_key {
                 Some(k) if items.len() < want => start = Some(k),
-                Some(_) => return Ok((items, true)),
-                None => return Ok((items, false)),
+                _ => return Ok(items),
             }
         }
     }
 
+    /// Deletes a connection's log lines, a page of keys at a time.
     async fn delete_logs(&self, org: &OrgId, id: &ConnectionId) -> Result<(), StoreError> {
         loop {
             let out = self
@@ -295,34 +112,7 @@ impl DynamoStore {
             if keys.is_empty() {
                 return Ok(());
             }
-            for chunk in keys.chunks(25) {
-                let mut pending: Vec<WriteRequest> = chunk
-                    .iter()
-                    .map(|k| {
-                        let req = DeleteRequest::builder().set_key(Some(k.clone())).build().map_err(backend)?;
-                        Ok(WriteRequest::builder().delete_request(req).build())
-                    })
-                    .collect::<Result<_, StoreError>>()?;
-                for attempt in 0..8 {
-                    if pending.is_empty() {
-                        break;
-                    }
-                    let out = self
-                        .client
-                        .batch_write_item()
-                        .request_items(&self.table, std::mem::take(&mut pending))
-                        .send()
-                        .await
-                        .map_err(sdk)?;
-                    pending = out.unprocessed_items.and_then(|mut m| m.remove(&self.table)).unwrap_or_default();
-                    if !pending.is_empty() {
-                        tokio::time::sleep(Duration::from_millis(25 << attempt)).await;
-                    }
-                }
-                if !pending.is_empty() {
-                    return Err(backend("deleting connection logs was throttled; they expire by TTL"));
-                }
-            }
+            self.delete_batch(&keys).await?;
         }
     }
 }
@@ -334,7 +124,7 @@ impl Store for DynamoStore {
     }
 
     async fn list_definitions(&self, org: &OrgId) -> Result<Vec<Definition>, StoreError> {
-        let (items, _) = self
+        let items = self
             .query_until(
                 || {
                     self.client
@@ -370,10 +160,7 @@ impl Store for DynamoStore {
         };
         match req.send().await {
             Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
-                Err(StoreError::Conflict)
-            }
-            Err(e) => Err(sdk(e)),
+            Err(e) => Err(conditional(e)),
         }
     }
 
@@ -392,7 +179,7 @@ impl Store for DynamoStore {
             Ok(_) => Ok(true),
             Err(e) if super::is_unavailable(&e) => Err(sdk(e)),
             Err(e) => match e.into_service_error() {
-                aws_sdk_dynamodb::operation::delete_item::DeleteItemError::ConditionalCheckFailedException(c) => {
+                DeleteItemError::ConditionalCheckFailedException(c) => {
                     // The old item comes back only if it existed: then it is in use.
                     if c.item.is_some_and(|i| !i.is_empty()) { Err(StoreError::InUse) } else { Ok(false) }
                 }
@@ -404,7 +191,7 @@ impl Store for DynamoStore {
     async fn insert_connection(&self, conn: &Connection) -> Result<(), StoreError> {
         let put = Put::builder()
             .table_name(&self.table)
-            .set_item(Some(connection_item(conn)?))
+            .set_item(Some(Item::try_from(conn)?))
             .condition_expression("attribute_not_exists(pk)")
             .build()
             .map_err(backend)?;
@@ -422,7 +209,7 @@ impl Store for DynamoStore {
     }
 
     async fn update_connection(&self, conn: &Connection, expected_version: u64) -> Result<(), StoreError> {
-        self.put_if(connection_item(conn)?, "#version = :v", &[(":v", n(expected_version))]).await
+        self.put_if(Item::try_from(conn)?, "#version = :v", &[(":v", n(expected_version))]).await
     }
 
     async fn delete_connection(&self, org: &OrgId, id: &ConnectionId) -> Result<bool, StoreError> {
@@ -511,7 +298,7 @@ impl Store for DynamoStore {
         // One more than asked, to know whether a next page exists; one more again for the
         // cursor item that BETWEEN includes.
         let want = limit + 1 + usize::from(cursor.is_some());
-        let (items, _) = self.query_until(build, want).await?;
+        let items = self.query_until(build, want).await?;
         let mut conns = Vec::with_capacity(items.len());
         for item in &items {
             let is_cursor = matches!(item.get("sk"), Some(AttributeValue::S(sk)) if Some(sk) == cursor_sk.as_ref());
@@ -539,13 +326,12 @@ impl Store for DynamoStore {
         after: Option<&DueEntry>,
         limit: usize,
     ) -> Result<Vec<DueEntry>, StoreError> {
-        // `~` sorts after every id character: every entry due at or before `until`.
-        let upper = format!("{:012}#~", until.unix_timestamp().max(0));
+        let upper = due_upper(until);
         // After a cursor: from its own index key (BETWEEN is inclusive, so the cursor entry, if
         // still there, is read and skipped, as listings do with theirs).
         let cursor = after.map(|a| due_sk(a.due, &a.org, &a.id));
         let lower = cursor.clone().unwrap_or_default();
-        let (items, _) = self
+        let items = self
             .query_until(
                 || {
                     let q = self.client.query().table_name(&self.table).index_name(REFRESH_DUE);
@@ -564,30 +350,21 @@ impl Store for DynamoStore {
             .await?;
         let mut entries = Vec::with_capacity(items.len());
         for item in &items {
-            let text = |k: &str| match item.get(k) {
-                Some(AttributeValue::S(v)) => Ok(v.as_str()),
-                _ => Err(backend("a due-index entry lacks its keys")),
-            };
-            let sk3 = text("gsi3sk")?;
-            if Some(sk3) == cursor.as_deref() {
-                continue;
+            let is_cursor = matches!(item.get("gsi3sk"), Some(AttributeValue::S(sk)) if Some(sk) == cursor.as_ref());
+            if !is_cursor {
+                entries.push(DueEntry::try_from(item)?);
             }
-            let org = OrgId::parse(text("pk")?.trim_start_matches("ORG#")).map_err(backend)?;
-            let id = ConnectionId::parse(text("sk")?.trim_start_matches("CON#")).map_err(backend)?;
-            let due =
-                sk3.split('#').next().and_then(|d| d.parse().ok()).ok_or_else(|| backend("a malformed due key"))?;
-            entries.push(DueEntry { org, id, due });
         }
         entries.truncate(limit);
         Ok(entries)
     }
 
     async fn put_revocation(&self, job: &RevocationJob) -> Result<(), StoreError> {
-        self.put_if(revocation_item(job)?, "attribute_not_exists(pk)", &[]).await
+        self.put_if(Item::try_from(job)?, "attribute_not_exists(pk)", &[]).await
     }
 
     async fn revocations_of(&self, org: &OrgId, id: &ConnectionId) -> Result<Vec<RevocationJob>, StoreError> {
-        let (items, _) = self
+        let items = self
             .query_until(
                 || {
                     self.client
@@ -604,10 +381,10 @@ impl Store for DynamoStore {
     }
 
     async fn due_revocations(&self, until: OffsetDateTime, limit: usize) -> Result<Vec<RevocationJob>, StoreError> {
-        let upper = format!("{:012}#~", until.unix_timestamp().max(0));
+        let upper = due_upper(until);
         let mut jobs = Vec::new();
         for shard in 0..DUE_SHARDS {
-            let (keys, _) = self
+            let keys = self
                 .query_until(
                     || {
                         self.client
@@ -639,7 +416,7 @@ impl Store for DynamoStore {
     }
 
     async fn update_revocation(&self, job: &RevocationJob, expected_attempts: u32) -> Result<(), StoreError> {
-        self.put_if(revocation_item(job)?, "attempts = :a", &[(":a", n(expected_attempts))]).await
+        self.put_if(Item::try_from(job)?, "attempts = :a", &[(":a", n(expected_attempts))]).await
     }
 
     async fn delete_revocation(&self, job: &RevocationJob) -> Result<bool, StoreError> {
@@ -648,7 +425,7 @@ impl Store for DynamoStore {
             .delete_item()
             .table_name(&self.table)
             .set_key(Some(key(revocation_pk(&job.org, &job.connection_id), job.id.clone())))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .return_values(ReturnValue::AllOld)
             .send()
             .await
             .map_err(sdk)?;
@@ -656,12 +433,7 @@ impl Store for DynamoStore {
     }
 
     async fn put_oauth_state(&self, state: &OAuthState) -> Result<(), StoreError> {
-        let mut item = key(format!("STATE#{}", state.hash), "STATE".to_owned());
-        item.insert("kind".into(), s("oauth_state"));
-        item.insert("doc".into(), s(serde_json::to_string(state).map_err(backend)?));
-        // TTL removes it eventually; `take` checks the expiry itself, as TTL lags.
-        item.insert(TTL_ATTRIBUTE.into(), n(state.expires_at.unix_timestamp()));
-        self.put_if(item, "attribute_not_exists(pk)", &[]).await
+        self.put_if(Item::try_from(state)?, "attribute_not_exists(pk)", &[]).await
     }
 
     async fn take_oauth_state(&self, hash: &str, now: OffsetDateTime) -> Result<Option<OAuthState>, StoreError> {
@@ -670,8 +442,8 @@ impl Store for DynamoStore {
             .client
             .delete_item()
             .table_name(&self.table)
-            .set_key(Some(key(format!("STATE#{hash}"), "STATE".to_owned())))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .set_key(Some(key(state_pk(hash), STATE_SK.to_owned())))
+            .return_values(ReturnValue::AllOld)
             .send()
             .await
             .map_err(sdk)?;
@@ -688,16 +460,13 @@ impl Store for DynamoStore {
             g.generate().map_err(backend)?.to_string()
         };
         let expires = OffsetDateTime::now_utc().unix_timestamp() + LOG_RETENTION.as_secs() as i64;
-        let mut item = key(log_pk(org, id), sk);
-        item.insert("kind".into(), s("log"));
-        item.insert("doc".into(), s(serde_json::to_string(entry).map_err(backend)?));
-        item.insert(TTL_ATTRIBUTE.into(), n(expires));
+        let item = log_item(org, id, sk, entry, expires)?;
         self.client.put_item().table_name(&self.table).set_item(Some(item)).send().await.map_err(sdk)?;
         Ok(())
     }
 
     async fn list_logs(&self, org: &OrgId, id: &ConnectionId, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
-        let (items, _) = self
+        let items = self
             .query_until(
                 || {
                     self.client
