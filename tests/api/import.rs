@@ -271,7 +271,7 @@ async fn an_expired_import_is_refreshed_by_the_next_sweep() {
     assert_eq!(created.body["status"], "configured");
     eventually(Duration::from_secs(30), "a refresh by the sweep", || async { refreshes(&oidc.stats().await) >= 1 })
         .await;
-    let found = lookup(&app, &created.body["id"].as_str().unwrap().to_owned(), 60).await;
+    let found = lookup(&app, created.body["id"].as_str().unwrap(), 60).await;
     assert_ne!(found.body["token"]["access_token"], grant["access_token"]);
     assert!(rfc3339(found.body["token"]["expires_at"].as_str().unwrap()) > OffsetDateTime::now_utc());
 }
