@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_eventbridge::Client;
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
+use backon::{BackoffBuilder, ExponentialBuilder};
 
 use crate::domain::Event;
 use crate::ports::{EventError, EventSink};
@@ -60,6 +61,12 @@ impl EventBridgeSink {
             .operation_attempt_timeout(ATTEMPT_TIMEOUT)
             .operation_timeout(OPERATION_TIMEOUT)
             .build();
+        // 50 ms, doubling, with jitter, between the tries of entries PutEvents failed.
+        let mut waits = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_times(ATTEMPTS as usize - 1)
+            .with_jitter()
+            .build();
         for attempt in 0..ATTEMPTS {
             let out = self
                 .client
@@ -79,7 +86,7 @@ impl EventBridgeSink {
                     format!("EventBridge refused the event ({})", code.as_deref().unwrap_or("unknown error")).into(),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            tokio::time::sleep(waits.next().unwrap_or_default()).await;
         }
         unreachable!("the last attempt returns")
     }
