@@ -426,3 +426,99 @@ async fn doctor_passes_a_data_directory_serve_made_and_fails_a_readable_key() {
     assert_eq!(run.code, Some(1), "{run:#?}");
     assert!(run.stdout.contains("fail  data directory"), "{run:#?}");
 }
+
+/// A moto server (the AWS emulator of `.venv/`, as `tests/run.sh` installs it) on a free port.
+/// Killed when dropped.
+struct Moto {
+    endpoint: String,
+    _child: Child,
+}
+
+impl Moto {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {} ({e}): run tests/run.sh once to install it", bin.display()));
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let ready = tokio::time::timeout(Duration::from_secs(20), async {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(ready.is_ok(), "moto listens within 20 s");
+        Self { endpoint, _child: child }
+    }
+
+    fn env(&self) -> [(&'static str, &str); 5] {
+        [
+            ("AWS_ENDPOINT_URL", &self.endpoint),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+            ("LATCHKEY_BACKEND", "aws"),
+        ]
+    }
+
+    async fn latchkey(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let out = Command::new(BIN)
+            .env_clear()
+            .envs(self.env())
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .args(args)
+            .output()
+            .await
+            .expect("run latchkey");
+        Run::of(out)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_checks_the_table_key_bus_and_clock_of_the_aws_backend() {
+    let moto = Moto::start().await;
+    moto.latchkey(&["bootstrap"], &[("LATCHKEY_TABLE", "doctor-table")]).await.ok();
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&moto.endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_kms::config::Credentials::new("test", "test", None, None, "static"))
+        .load()
+        .await;
+    let kms = aws_sdk_kms::Client::new(&sdk);
+    let key = kms.create_key().send().await.expect("CreateKey").key_metadata.expect("metadata").key_id;
+
+    let good = [("LATCHKEY_TABLE", "doctor-table"), ("LATCHKEY_KMS_KEY_ID", key.as_str())];
+    let run = moto.latchkey(&["doctor"], &good).await;
+    run.ok();
+    for line in [
+        "ok    dynamodb table   doctor-table: ACTIVE",
+        "ok    kms key",
+        "GenerateDataKey and Decrypt work",
+        "ok    eventbridge bus  arn:aws:events:",
+        "ok    clock",
+    ] {
+        assert!(run.stdout.contains(line), "{line:?} in {run:#?}");
+    }
+
+    let bad = [("LATCHKEY_TABLE", "absent"), ("LATCHKEY_KMS_KEY_ID", "alias/absent"), ("LATCHKEY_EVENT_BUS", "absent")];
+    let run = moto.latchkey(&["doctor"], &bad).await;
+    assert_eq!(run.code, Some(1), "{run:#?}");
+    assert!(run.stdout.contains("fail  dynamodb table   DescribeTable absent: ResourceNotFoundException"), "{run:#?}");
+    assert!(run.stdout.contains("fail  kms key") && run.stdout.contains("fail  eventbridge bus"), "{run:#?}");
+    assert!(run.stderr.contains("3 check(s) failed"), "{run:#?}");
+
+    kms.disable_key().key_id(&key).send().await.expect("DisableKey");
+    let run = moto.latchkey(&["doctor"], &good).await;
+    assert_eq!(run.code, Some(1), "{run:#?}");
+    assert!(
+        run.stdout.contains("is Disabled: enable it"),
+        "moto lets a disabled key work: doctor asks DescribeKey: {run:#?}"
+    );
+}

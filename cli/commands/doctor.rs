@@ -247,15 +247,30 @@ async fn aws(table: Option<&str>, kms_key_id: Option<&str>, event_bus: &str) -> 
     checks
 }
 
-fn sdk_error<E: std::error::Error + 'static>(e: E) -> String {
-    aws_sdk_dynamodb::error::DisplayErrorContext(e).to_string()
+/// An AWS call's failure in one line: the service's code and message, or the chain of causes
+/// of a failure to get an answer (timeout, connection, credentials).
+fn sdk_error<E, R>(e: &aws_sdk_dynamodb::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: fmt::Debug,
+{
+    if let Some(service) = e.as_service_error() {
+        return format!("{}: {}", service.code().unwrap_or("error"), service.message().unwrap_or("no message"));
+    }
+    let mut said = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        said = format!("{said}: {s}");
+        source = s.source();
+    }
+    said
 }
 
 async fn dynamodb_check(client: &aws_sdk_dynamodb::Client, table: &str) -> Check {
     let name = "dynamodb table";
     let out = match client.describe_table().table_name(table).send().await {
         Ok(out) => out,
-        Err(e) => return check(name, Verdict::Fail, format!("DescribeTable {table}: {}", sdk_error(e))),
+        Err(e) => return check(name, Verdict::Fail, format!("DescribeTable {table}: {}", sdk_error(&e))),
     };
     let Some(t) = out.table() else {
         return check(name, Verdict::Fail, format!("DescribeTable {table} answered without a table"));
@@ -306,7 +321,7 @@ async fn kms_check(client: &aws_sdk_kms::Client, key: &str) -> Check {
                 described = format!("{}, enabled; ", m.key_id());
             }
         }
-        Err(e) => described = format!("DescribeKey refused ({}); ", short(&sdk_error(e))),
+        Err(e) => described = format!("DescribeKey refused ({}); ", sdk_error(&e)),
     }
     let context = [("latchkey", "doctor")];
     let mut generate = client.generate_data_key().key_id(key).key_spec(DataKeySpec::Aes256);
@@ -316,7 +331,7 @@ async fn kms_check(client: &aws_sdk_kms::Client, key: &str) -> Check {
     let wrapped = match generate.send().await {
         Ok(out) => out.ciphertext_blob().cloned(),
         Err(e) => {
-            return check(name, Verdict::Fail, format!("{described}GenerateDataKey with {key}: {}", sdk_error(e)));
+            return check(name, Verdict::Fail, format!("{described}GenerateDataKey with {key}: {}", sdk_error(&e)));
         }
     };
     let Some(wrapped) = wrapped else {
@@ -331,7 +346,7 @@ async fn kms_check(client: &aws_sdk_kms::Client, key: &str) -> Check {
             check(name, Verdict::Ok, format!("{described}GenerateDataKey and Decrypt work"))
         }
         Ok(_) => check(name, Verdict::Fail, format!("{described}Decrypt answered without a 32-byte key")),
-        Err(e) => check(name, Verdict::Fail, format!("{described}Decrypt of a fresh data key: {}", sdk_error(e))),
+        Err(e) => check(name, Verdict::Fail, format!("{described}Decrypt of a fresh data key: {}", sdk_error(&e))),
     }
 }
 
@@ -339,7 +354,7 @@ async fn eventbridge_check(client: &aws_sdk_eventbridge::Client, bus: &str) -> C
     let name = "eventbridge bus";
     match client.describe_event_bus().name(bus).send().await {
         Ok(out) => check(name, Verdict::Ok, out.arn().unwrap_or(bus).to_owned()),
-        Err(e) => check(name, Verdict::Fail, format!("DescribeEventBus {bus}: {}", sdk_error(e))),
+        Err(e) => check(name, Verdict::Fail, format!("DescribeEventBus {bus}: {}", sdk_error(&e))),
     }
 }
 
@@ -381,11 +396,6 @@ async fn clock_check(sdk: &aws_config::SdkConfig) -> Check {
     } else {
         check(name, Verdict::Ok, format!("within {}s of {endpoint}", skew.as_secs().max(1)))
     }
-}
-
-/// The first line of an SDK error, for a check that goes on after it.
-fn short(s: &str) -> &str {
-    s.lines().next().unwrap_or(s)
 }
 
 #[cfg(test)]
