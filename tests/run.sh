@@ -30,18 +30,21 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo test"
 cargo test --workspace --locked
 
-echo "==> the black-box suite again, against the router served in-process"
-LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test serve_api
-echo "==> the black-box suite on the aws backend (moto), through the binary, then in-process"
-LATCHKEY_TEST_BACKEND=aws cargo test --locked --test serve_api
-LATCHKEY_TEST_BACKEND=aws LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test serve_api
+# The test binaries: tests/api (black-box, a module per suite), tests/adapters, and a few more;
+# the suites below are selected by module path within tests/api.
+echo "==> the black-box serve suite again, against the router served in-process"
+LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test api -- serve::
+echo "==> the black-box serve suite on the aws backend (moto), through the binary, then in-process"
+LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- serve::
+LATCHKEY_TEST_BACKEND=aws LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test api -- serve::
 
 echo "==> refresh across processes and restarts on the aws backend (moto)"
-LATCHKEY_TEST_BACKEND=aws cargo test --locked --test refresh_api -- concurrent_lookups two_processes tokens_survive
+LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- \
+  refresh::concurrent_lookups refresh::two_processes refresh::tokens_survive
 echo "==> the real-provider quirk table (tests/oauth/quirks.mjs) on the aws backend (moto)"
-LATCHKEY_TEST_BACKEND=aws cargo test --locked --test quirks_api
+LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- quirks::
 echo "==> isolation walk and canaries on the aws backend (moto): the AWS SDK's trace output too"
-LATCHKEY_TEST_BACKEND=aws cargo test --locked --test isolation_api
+LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- isolation::
 echo "==> token import on the aws backend (moto): sealed, scheduled and refreshed like an authorized grant"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api import::
 

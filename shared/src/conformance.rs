@@ -284,7 +284,7 @@ pub mod store {
     /// before a healthy one fill whole pages, and the cursor pages past them all, never reading
     /// one twice; clearing their due time (what turning red does) takes each out of the index,
     /// and a changed due time moves an entry instead of leaving a stale copy behind. (The sweep
-    /// over 1,000 such entries runs on both backends in `tests/sweep_starvation.rs`; here 250
+    /// over 1,000 such entries runs on both backends in `tests/adapters/sweep_starvation.rs`; here 250
     /// keep the emulator's slow transactions short.)
     pub async fn the_due_index_pages_past_stuck_entries_and_forgets_cleared_ones(store: Arc<dyn Store>) {
         use futures_util::StreamExt;

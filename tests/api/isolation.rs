@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::harness::{Backend, Reply, TestApp, eventually, in_process, random_hex, random_secret};
+use crate::harness::{Backend, Reply, TestApp, eventually, random_hex, random_secret};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::quirks::{QuirkServer, query_param};
@@ -322,10 +322,9 @@ async fn owner_lookups(app: &TestApp, runtime: &str, planted: &Planted) -> Vec<V
 
 #[tokio::test]
 async fn foreign_principals_reach_nothing_planted_on_any_documented_route() {
-    if in_process() {
-        return; // OAuth needs the binary's redirect URI
-    }
-    let app = TestApp::spawn().await;
+    // About what `latchkey serve` runs (its sweep, revoker, processes): the binary under
+    // either transport.
+    let app = TestApp::spawn_binary(&Backend::fresh().await, &random_secret()).await;
     let org = app.token(ORG, None, &[]).await;
     let runtime = app.token(ORG, None, &["runtime"]).await;
     let marker = format!("planted-{}", random_hex());
@@ -509,9 +508,8 @@ fn canary(what: &str) -> String {
 
 #[tokio::test]
 async fn canaries_in_every_kind_of_secret_never_reach_logs_errors_or_reads() {
-    if in_process() {
-        return; // OAuth needs the binary's redirect URI
-    }
+    // About what `latchkey serve` runs (its sweep, revoker, processes): the binary under
+    // either transport.
     // The sweep every second: on the aws backend it is what runs revocations.
     let env = [("LATCHKEY_REFRESH_INTERVAL_SECS", "1")];
     let mut app = TestApp::spawn_binary_with_env(&Backend::fresh().await, &random_secret(), &env).await;
@@ -777,10 +775,9 @@ async fn canaries_in_every_kind_of_secret_never_reach_logs_errors_or_reads() {
 /// connection's log (which customers read), not to its own log.
 #[tokio::test]
 async fn a_refused_code_exchange_passes_on_none_of_the_secrets_it_was_sent() {
-    if in_process() {
-        return; // OAuth needs the binary's redirect URI
-    }
-    let mut app = TestApp::spawn().await;
+    // About what `latchkey serve` runs (its sweep, revoker, processes): the binary under
+    // either transport.
+    let mut app = TestApp::spawn_binary(&Backend::fresh().await, &random_secret()).await;
     let org = app.token(ORG, None, &[]).await;
     let client_secret = canary("clientsecret");
     let echo = format!("invalid_client_secret {client_secret} for client isolation-client");

@@ -260,11 +260,6 @@ async fn issued(q: &QuirkServer, grant: &str, n: usize, name: &str) -> String {
         .to_owned()
 }
 
-/// Lets the sweep (every second) run at least once more.
-async fn let_the_sweep_run() {
-    tokio::time::sleep(Duration::from_millis(2200)).await;
-}
-
 /// One refusal row: a connection authorized with plain answers whose forced refresh gets
 /// `answer`: red with `class`, the log names the class and the provider's code, and no further
 /// forced refresh or lookup calls the provider. Returns the server and the error message.
@@ -318,7 +313,7 @@ async fn refresh_refused_inside_a_200_turns_the_connection_red_grant_refused() {
         assert!(message.contains(CUSTOMER_MUST_AUTHORIZE), "{row}: {message}");
         servers.push(q);
     }
-    let_the_sweep_run().await;
+    lab.app.sweeps_run(2).await;
     for q in &servers {
         assert_eq!(q.token_calls("refresh_token").await, 1, "the sweep leaves red connections alone");
     }
@@ -346,7 +341,7 @@ async fn refresh_refused_with_a_4xx_in_the_providers_own_shape_turns_the_connect
         assert!(message.contains(CUSTOMER_MUST_AUTHORIZE), "{row}: {message}");
         servers.push(q);
     }
-    let_the_sweep_run().await;
+    lab.app.sweeps_run(2).await;
     for q in &servers {
         assert_eq!(q.token_calls("refresh_token").await, 1, "the sweep leaves red connections alone");
     }
@@ -872,9 +867,8 @@ async fn a_changed_token_endpoint_origin_gets_no_tokens_and_requires_reauthoriza
 
 #[tokio::test]
 async fn a_revoke_url_on_another_origin_gets_no_token() {
-    if crate::harness::in_process() {
-        return; // the revoker runs in `latchkey serve`
-    }
+    // About what `latchkey serve` runs (its sweep, revoker, processes): the binary under
+    // either transport.
     let lab = lab().await;
     let q = lab.provider("rev", json!({}), |_| {}).await;
     let other = QuirkServer::start(json!({})).await;
@@ -949,7 +943,7 @@ async fn an_unknown_lifetime_never_makes_lookups_call_the_provider() {
         assert_eq!(q.token_calls("refresh_token").await, 0, "{row}: no refresh storm");
         servers.push((row, q));
     }
-    let_the_sweep_run().await;
+    lab.app.sweeps_run(2).await;
     for (row, q) in &servers {
         assert_eq!(q.token_calls("refresh_token").await, 0, "{row}: the sweep refreshes at most daily");
     }

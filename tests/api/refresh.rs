@@ -12,6 +12,10 @@ use support::oauth::{MockServer, OidcServer};
 
 const ORG: &str = "acme";
 
+/// Just past half the life of the 10 s tokens the tests get from oidc-provider: from then on a
+/// lookup that wants the token valid for 60 s needs a refresh.
+const TOKEN_PAST_HALF_LIFE: Duration = Duration::from_millis(5200);
+
 fn browser() -> reqwest::Client {
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().build().unwrap()
 }
@@ -94,8 +98,9 @@ async fn concurrent_lookups_refresh_once_and_share_the_token() {
     let app = TestApp::spawn().await;
     let (oidc, id) = with_oidc(&app, 10).await;
     // Once the 10 s token is past its first moments (5 s), every lookup wanting 60 s needs a
-    // refresh: exactly one, whoever asks.
-    tokio::time::sleep(Duration::from_millis(5200)).await;
+    // refresh: exactly one, whoever asks. Time passing is the behaviour: the token ages on the
+    // real clock the binary and the provider share (no clock to move across processes).
+    tokio::time::sleep(TOKEN_PAST_HALF_LIFE).await;
     let replies = burst(&[&app], &id, 20, 60).await;
     let tokens: std::collections::BTreeSet<String> = replies
         .iter()
@@ -147,15 +152,15 @@ async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = 
 
 #[tokio::test]
 async fn two_processes_on_one_backend_refresh_once() {
-    if crate::harness::in_process() {
-        return; // about two server processes sharing one backend
-    }
+    // About what `latchkey serve` runs (its sweep, revoker, processes): the binary under
+    // either transport.
     let backend = Backend::fresh().await;
     let secret = random_secret();
-    let first = TestApp::spawn_with(&backend, &secret).await;
-    let second = TestApp::spawn_with(&backend, &secret).await;
+    let first = TestApp::spawn_binary(&backend, &secret).await;
+    let second = TestApp::spawn_binary(&backend, &secret).await;
     let (oidc, id) = with_oidc(&first, 10).await;
-    tokio::time::sleep(Duration::from_millis(5200)).await;
+    // Time passing is the behaviour: past half its life the token needs a refresh.
+    tokio::time::sleep(TOKEN_PAST_HALF_LIFE).await;
     let replies = burst(&[&first, &second], &id, 16, 60).await;
     let tokens: std::collections::BTreeSet<_> =
         replies.iter().map(|r| r.body["token"]["access_token"].as_str().map(str::to_owned)).collect();
@@ -167,9 +172,8 @@ async fn two_processes_on_one_backend_refresh_once() {
 
 #[tokio::test]
 async fn the_sweep_refreshes_due_tokens_without_lookups_but_not_on_every_sweep() {
-    if crate::harness::in_process() {
-        return; // the sweep runs in `latchkey serve`
-    }
+    // About what `latchkey serve` runs (its sweep, revoker, processes): the binary under
+    // either transport.
     let app = TestApp::spawn_binary_with_env(
         &Backend::fresh().await,
         &random_secret(),
@@ -182,7 +186,7 @@ async fn the_sweep_refreshes_due_tokens_without_lookups_but_not_on_every_sweep()
         .await;
     let after_first = refreshes(&oidc.stats().await);
     // The fresh token is due 3 s later: the next sweeps (every second) leave it alone.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    app.sweeps_run(2).await;
     assert_eq!(refreshes(&oidc.stats().await), after_first, "a fresh token is not refreshed on every sweep");
     assert_eq!(oidc.stats().await["reused_refresh_tokens"], 0);
     let found = lookup(&app, &id, 0).await;
@@ -201,9 +205,8 @@ async fn with_mock(app: &TestApp, config: Value) -> (MockServer, String) {
 
 #[tokio::test]
 async fn a_provider_that_forgets_the_grant_turns_the_connection_red_and_sees_no_more_attempts() {
-    if crate::harness::in_process() {
-        return;
-    }
+    // About what `latchkey serve` runs (its sweep, revoker, processes): the binary under
+    // either transport.
     let app = TestApp::spawn_binary_with_env(
         &Backend::fresh().await,
         &random_secret(),
@@ -227,7 +230,7 @@ async fn a_provider_that_forgets_the_grant_turns_the_connection_red_and_sees_no_
     assert_eq!(read.body["error"]["provider_code"], "invalid_grant");
     let attempts = refreshes(&mock.stats().await);
     assert_eq!(attempts, 1);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    app.sweeps_run(2).await;
     assert_eq!(refreshes(&mock.stats().await), attempts, "no further attempts until re-authorized");
     let logs = app.connection_logs(&org, &id).await.text;
     assert!(logs.contains("refresh_failed"), "{logs}");
@@ -236,9 +239,8 @@ async fn a_provider_that_forgets_the_grant_turns_the_connection_red_and_sees_no_
 
 #[tokio::test]
 async fn a_provider_outage_keeps_the_tokens_and_backs_off() {
-    if crate::harness::in_process() {
-        return;
-    }
+    // About what `latchkey serve` runs (its sweep, revoker, processes): the binary under
+    // either transport.
     let app = TestApp::spawn_binary_with_env(
         &Backend::fresh().await,
         &random_secret(),
@@ -260,7 +262,7 @@ async fn a_provider_outage_keeps_the_tokens_and_backs_off() {
     found.assert_status(StatusCode::OK);
     assert!(found.body["token"]["access_token"].is_string());
     assert_ne!(app.get_connection(&org, &id).await.body["status"], "error");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    app.sweeps_run(2).await;
     assert_eq!(refreshes(&mock.stats().await), 1, "retried later (Retry-After), not in a storm");
     let logs = app.connection_logs(&org, &id).await.text;
     assert!(logs.contains("refresh_failed") && logs.contains("tokens kept"), "{logs}");
@@ -297,7 +299,8 @@ async fn a_dead_workers_lease_is_taken_over_after_it_expires() {
     ));
 
     // Past half its life, the 4 s token needs a refresh; a worker that will never come back
-    // holds the lease.
+    // holds the lease. Time passing is the behaviour: the token ages on the real clock the
+    // service and the provider share.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let id = ConnectionId::parse(conn.id.as_str()).unwrap();
     let mut held = app.store.get_connection(&org_id, &id).await.unwrap().unwrap();
@@ -326,23 +329,22 @@ fn url_params(url: &str) -> std::collections::BTreeMap<String, String> {
 
 #[tokio::test]
 async fn tokens_survive_restarts_between_authorize_refresh_and_lookup() {
-    if crate::harness::in_process() {
-        return;
-    }
+    // About what `latchkey serve` runs (its sweep, revoker, processes): the binary under
+    // either transport.
     let backend = Backend::fresh().await;
     let secret = random_secret();
-    let mut app = TestApp::spawn_with(&backend, &secret).await;
+    let mut app = TestApp::spawn_binary(&backend, &secret).await;
     let address = app.address.clone();
     let (oidc, id) = with_oidc(&app, 3600).await;
     app.stop().await;
     // The redirect URI is tied to the address: the restarted server gets another port, which
     // does not matter for refresh and lookup.
-    let mut app = TestApp::spawn_with(&backend, &secret).await;
+    let mut app = TestApp::spawn_binary(&backend, &secret).await;
     let org = app.token(ORG, None, &[]).await;
     let forced = app.request(Method::POST, &format!("/v1/connections/{id}/refresh"), Some(&org), None).await;
     forced.assert_status(StatusCode::OK);
     app.stop().await;
-    let app = TestApp::spawn_with(&backend, &secret).await;
+    let app = TestApp::spawn_binary(&backend, &secret).await;
     let found = lookup(&app, &id, 0).await;
     found.assert_status(StatusCode::OK);
     assert_eq!(oidc.introspect(found.body["token"]["access_token"].as_str().unwrap()).await["active"], true);
@@ -362,6 +364,7 @@ async fn lookups_during_an_outage_do_not_storm_the_provider() {
         "faults": [{"grant_type": "refresh_token", "status": 503, "body": {"error": "temporarily_unavailable"}}]}),
     )
     .await;
+    // Time passing is the behaviour: past half its life (4 s) the 8 s token needs a refresh.
     tokio::time::sleep(Duration::from_millis(4200)).await;
     for _ in 0..5 {
         let found = lookup(&app, &id, 60).await;

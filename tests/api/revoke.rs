@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{TestApp, contains_bytes, eventually, files_under};
+use crate::harness::{Backend, TestApp, contains_bytes, eventually, files_under, random_secret};
 use latchkey::service::ServiceOptions;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -63,10 +63,9 @@ async fn start_oidc(app: &TestApp) -> OidcServer {
 
 #[tokio::test]
 async fn disconnect_cuts_access_at_once_revokes_at_the_provider_and_can_be_undone() {
-    if crate::harness::in_process() {
-        return; // the revoker runs in `latchkey serve`
-    }
-    let app = TestApp::spawn().await;
+    // About what `latchkey serve` runs (its sweep, revoker, processes): the binary under
+    // either transport.
+    let app = TestApp::spawn_binary(&Backend::fresh().await, &random_secret()).await;
     let oidc = start_oidc(&app).await;
     let (id, token) = connected(&app, &oidc, &oidc.revocation_endpoint()).await;
     assert_eq!(oidc.introspect(&token).await["active"], true);
@@ -104,10 +103,9 @@ async fn disconnect_cuts_access_at_once_revokes_at_the_provider_and_can_be_undon
 
 #[tokio::test]
 async fn delete_revokes_too_and_the_connection_is_gone() {
-    if crate::harness::in_process() {
-        return;
-    }
-    let app = TestApp::spawn().await;
+    // About what `latchkey serve` runs (its sweep, revoker, processes): the binary under
+    // either transport.
+    let app = TestApp::spawn_binary(&Backend::fresh().await, &random_secret()).await;
     let oidc = start_oidc(&app).await;
     let (id, token) = connected(&app, &oidc, &oidc.revocation_endpoint()).await;
     let org = app.token(ORG, None, &[]).await;
@@ -123,15 +121,14 @@ async fn delete_revokes_too_and_the_connection_is_gone() {
 /// waits (sealed) for a retry, and nothing secret is stored in clear meanwhile.
 #[tokio::test]
 async fn with_the_provider_down_access_is_cut_and_revocation_retried_later() {
-    if crate::harness::in_process() {
-        return;
-    }
+    // About what `latchkey serve` runs (its sweep, revoker, processes): the binary under
+    // either transport.
     // A port nobody listens on.
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_binary(&Backend::fresh().await, &random_secret()).await;
     let oidc = start_oidc(&app).await;
     let (id, token) = connected(&app, &oidc, &format!("http://127.0.0.1:{closed}/revoke")).await;
     let org = app.token(ORG, None, &[]).await;
@@ -229,12 +226,11 @@ async fn an_api_key_connection_is_disconnected_and_reconfigured() {
 /// within its attempts.
 #[tokio::test]
 async fn a_revocation_that_failed_succeeds_once_the_provider_is_back() {
-    if crate::harness::in_process() {
-        return;
-    }
+    // About what `latchkey serve` runs (its sweep, revoker, processes): the binary under
+    // either transport.
     let app = TestApp::spawn_binary_with_env(
-        &crate::harness::Backend::fresh().await,
-        &crate::harness::random_secret(),
+        &Backend::fresh().await,
+        &random_secret(),
         &[("LATCHKEY_REFRESH_INTERVAL_SECS", "1")],
     )
     .await;

@@ -14,7 +14,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 use super::client::REQUEST_TIMEOUT;
-use super::{Api, Backend, in_process, random_secret};
+use super::{Api, Backend, eventually, in_process, random_secret};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_latchkey");
@@ -60,6 +60,9 @@ const STARTUP: Duration = Duration::from_secs(20);
 /// The `RUST_LOG` of every server: as verbose as it gets, so that the canary test sees every line
 /// the product could ever write.
 const RUST_LOG: &str = "trace";
+
+/// What the summary line of every refresh sweep says (`shared/src/service/refresh/sweep.rs`).
+const SWEEP_SUMMARY: &str = "refresh sweep revocations=";
 
 /// Mints a token with `latchkey token`, signed with `secret`.
 pub async fn mint_token(secret: &str, org: &str, customer: Option<&str>, roles: &[&str]) -> String {
@@ -287,6 +290,17 @@ impl TestApp {
     /// A token for `org`, a customer user's if `customer` is given, with `roles`.
     pub async fn token(&self, org: &str, customer: Option<&str>, roles: &[&str]) -> String {
         mint_token(&self.secret, org, customer, roles).await
+    }
+
+    /// Waits until the binary has finished `n` more refresh sweeps (its `refresh sweep` summary
+    /// lines) than it had when called, for at most 20 s: to assert that sweeps left something
+    /// alone without guessing how long they take. The server must sweep often
+    /// (`LATCHKEY_REFRESH_INTERVAL_SECS=1`).
+    pub async fn sweeps_run(&self, n: usize) {
+        let sweeps = || self.logs().matches(SWEEP_SUMMARY).count();
+        let target = sweeps() + n;
+        eventually(Duration::from_secs(20), &format!("{n} more refresh sweeps"), || async { sweeps() >= target })
+            .await;
     }
 
     /// The server's stderr so far. Complete once [`TestApp::stop`] or [`TestApp::kill`] returned.
