@@ -2,18 +2,61 @@
 
 use std::sync::Arc;
 
+use aws_lambda_events::eventbridge::EventBridgeEvent;
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::config::{App, Config, ConfigError, LookupAuth};
-use crate::domain::OrgId;
+use crate::domain::{ConnectionId, OrgId};
 use crate::http::Surface;
 use crate::http::auth::Verifier;
 use crate::http::problem::Problem;
 use crate::service::{LookupRequest, Service, ServiceError, error_types};
 
 pub type Error = lambda_runtime::Error;
+
+/// The `detail` of Latchkey's own `Connection Disconnected` and `Connection Deleted` events
+/// (`domain::Event`, source `latchkey`) as token-revoke reads it: which connection. Its other
+/// members (`customer`, `definition`, `status`) are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionEventDetail {
+    pub org: OrgId,
+    pub connection_id: ConnectionId,
+}
+
+/// token-revoke's input: the EventBridge event its rule delivers. One whose `detail` lacks a
+/// valid `org` or `connection_id` is refused by the runtime before the handler runs, with an
+/// error naming the member (`[detail.connection_id] missing field ...`).
+pub type ConnectionEvent = EventBridgeEvent<ConnectionEventDetail>;
+
+/// The `detail` of an EventBridge scheduled event: `{}`. Whatever it holds is ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleDetail {}
+
+/// token-refresh's input: the event of its EventBridge schedule rule (`detail-type` `Scheduled
+/// Event`, source `aws.events`).
+pub type ScheduledEvent = EventBridgeEvent<ScheduleDetail>;
+
+/// The span of one invocation: Lambda's `request_id` (`context.request_id`), then `org` and
+/// `connection_id` once the payload has named them ([`record_ids`]). Every line written while
+/// handling the invocation carries them (`telemetry::json_subscriber`).
+fn invocation_span(context: &lambda_runtime::Context) -> tracing::Span {
+    tracing::info_span!("invocation", request_id = %context.request_id, org = Empty, connection_id = Empty)
+}
+
+/// Names the organization and connection in the current span (an invocation's, or an HTTP
+/// request's). Ids only, already parsed: never a payload.
+fn record_ids(org: &OrgId, connection: Option<&ConnectionId>) {
+    let span = tracing::Span::current();
+    span.record("org", org.as_str());
+    if let Some(id) = connection {
+        span.record("connection_id", id.as_str());
+    }
+}
 
 /// The verifier of the deployed functions: RS256/ES256 tokens of `LATCHKEY_JWT_ISSUER` (what the
 /// template configures, the issuer API Gateway's JWT authorizer also checks), HS256 tokens when
@@ -118,6 +161,7 @@ pub async fn handle_lookup_with(
             (principal.org, principal.customer)
         }
     };
+    record_ids(&org, req.connection_id.as_deref().and_then(|id| ConnectionId::parse(id).ok()).as_ref());
     let result = match req.action.as_deref() {
         None | Some("lookup") => service.lookup(&org, customer.as_ref(), &req).await.map(serde_json::to_value),
         Some("report_error") => service.report_error(&org, customer.as_ref(), &req).await.map(serde_json::to_value),
@@ -148,46 +192,54 @@ pub const SWEEP_MARGIN: std::time::Duration = std::time::Duration::from_secs(30)
 /// rotated refresh token cut off there would be lost.
 pub async fn serve_refresh(app: App) -> Result<(), Error> {
     let service: Arc<Service> = app.service;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<ScheduledEvent>| {
         let service = service.clone();
-        async move {
-            let remaining = std::time::Duration::from_millis(event.context.deadline)
-                .checked_sub(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default())
-                .unwrap_or_default();
-            let deadline = std::time::Instant::now() + remaining.saturating_sub(SWEEP_MARGIN);
-            handle_refresh(&service, deadline).await
-        }
+        async move { refresh_invocation(&service, event).await }
     }))
     .await
 }
 
+/// One invocation of `token-refresh`: [`handle_refresh`] until [`SWEEP_MARGIN`] before the
+/// invocation's deadline (`context.deadline`, milliseconds since the Unix epoch), in the
+/// invocation's span.
+pub async fn refresh_invocation(service: &Service, event: LambdaEvent<ScheduledEvent>) -> Result<Value, Diagnostic> {
+    let remaining = std::time::Duration::from_millis(event.context.deadline)
+        .checked_sub(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default())
+        .unwrap_or_default();
+    let deadline = std::time::Instant::now() + remaining.saturating_sub(SWEEP_MARGIN);
+    handle_refresh(service, deadline).instrument(invocation_span(&event.context)).await
+}
+
 /// The `token-revoke` handler: an EventBridge event `Connection Disconnected` / `Connection
-/// Deleted` (detail `{org, connection_id, ...}`) runs that connection's revocation jobs. A
-/// duplicate or replayed event finds no job and does nothing.
-pub async fn handle_revoke(service: &Service, event: Value) -> Result<Value, Diagnostic> {
-    let detail = event.get("detail").unwrap_or(&event);
-    let field = |k: &str| detail.get(k).and_then(Value::as_str);
-    let org = field("org").and_then(|o| OrgId::parse(o).ok()).ok_or_else(|| invalid("detail.org is required"))?;
-    let id = field("connection_id")
-        .and_then(|i| crate::domain::ConnectionId::parse(i).ok())
-        .ok_or_else(|| invalid("detail.connection_id is required"))?;
-    let outcomes = service.revoke_pending(&org, &id).await.map_err(Diagnostic::from)?;
+/// Deleted` runs the revocation jobs of the connection its detail names; the summary `{jobs,
+/// revoked, retrying, gave_up, skipped}` (counts of jobs), also logged. A duplicate or replayed
+/// event finds no job and does nothing.
+pub async fn handle_revoke(service: &Service, event: &ConnectionEvent) -> Result<Value, Diagnostic> {
+    let ConnectionEventDetail { org, connection_id: id } = &event.detail;
+    record_ids(org, Some(id));
+    let outcomes = service.revoke_pending(org, id).await.map_err(Diagnostic::from)?;
     let count = |o: crate::service::RevokeOutcome| outcomes.iter().filter(|x| **x == o).count();
     use crate::service::RevokeOutcome::{GaveUp, Retrying, Revoked, Skipped};
+    let (revoked, retrying, gave_up, skipped) = (count(Revoked), count(Retrying), count(GaveUp), count(Skipped));
+    tracing::info!(jobs = outcomes.len(), revoked, retrying, gave_up, skipped, "revocation jobs run");
     Ok(serde_json::json!({
-        "jobs": outcomes.len(), "revoked": count(Revoked), "retrying": count(Retrying),
-        "gave_up": count(GaveUp), "skipped": count(Skipped)
+        "jobs": outcomes.len(), "revoked": revoked, "retrying": retrying, "gave_up": gave_up, "skipped": skipped
     }))
 }
 
 /// The `token-revoke` function: the EventBridge rule on Latchkey's own disconnect/delete events.
-pub async fn serve_revoke(app: App) -> Result<(), Error> {
+pub async fn serve_revoke(app: Components) -> Result<(), Error> {
     let service: Arc<Service> = app.service;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<ConnectionEvent>| {
         let service = service.clone();
-        async move { handle_revoke(&service, event.payload).await }
+        async move { revoke_invocation(&service, event).await }
     }))
     .await
+}
+
+/// One invocation of `token-revoke`: [`handle_revoke`] in the invocation's span.
+pub async fn revoke_invocation(service: &Service, event: LambdaEvent<ConnectionEvent>) -> Result<Value, Diagnostic> {
+    handle_revoke(service, &event.payload).instrument(invocation_span(&event.context)).await
 }
 
 /// The verifier of the `token-lookup` function: `None` for `LATCHKEY_LOOKUP_AUTH=iam`; for
@@ -220,7 +272,19 @@ pub async fn serve_lookup(app: App, config: &Config) -> Result<(), Error> {
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let service = service.clone();
         let verifier = verifier.clone();
-        async move { handle_lookup_with(&service, verifier.as_deref(), event.payload).await }
+        async move { lookup_invocation(&service, verifier.as_deref(), event).await }
     }))
     .await
+}
+
+/// One invocation of `token-lookup`: [`handle_lookup_with`] in the invocation's span. The
+/// payload stays JSON up to the handler, which reads it into a [`LookupRequest`] itself: a
+/// malformed one is then the stable `InvalidRequest`, and serde's message, which could quote a
+/// value of the payload (the token), reaches neither the caller nor the log.
+pub async fn lookup_invocation(
+    service: &Service,
+    verifier: Option<&Verifier>,
+    event: LambdaEvent<Value>,
+) -> Result<Value, Diagnostic> {
+    handle_lookup_with(service, verifier, event.payload).instrument(invocation_span(&event.context)).await
 }

@@ -37,6 +37,13 @@ pub fn init() {
 /// The JSON log lines of the Lambda functions: one object per line, the event's fields at the
 /// top level beside `message`. The deployed stack's metric filters read those fields
 /// (infra/template.yaml: `$.message` and `$.failed` of the sweep summary, `$.kms_throttled`).
+///
+/// A line written inside a span carries that span under `span`: its `name` and the ids it has
+/// recorded, `{"name": "request", "request_id": "...", "org": "acme", "connection_id":
+/// "con_..."}` for an HTTP request (see `http::trace_request`), `{"name": "invocation",
+/// "request_id": "...", ...}` for a Lambda invocation (see `lambda`). Only the innermost span is
+/// written: Latchkey opens one per request or invocation, and the dependencies' own spans (the
+/// AWS SDK's) are `debug`, so at the default level it is Latchkey's.
 pub fn json_subscriber<W>(filter: EnvFilter, writer: W) -> impl tracing::Subscriber + Send + Sync + 'static
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
@@ -46,7 +53,8 @@ where
         .with_writer(writer)
         .json()
         .flatten_event(true)
-        .with_current_span(false)
+        .with_current_span(true)
+        .with_span_list(false)
         .finish()
 }
 

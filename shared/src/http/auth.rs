@@ -345,6 +345,8 @@ impl FromRequestParts<AppState> for Principal {
         if let Some(claims) = authorizer_claims(parts) {
             check_authorizer_claims(claims, &principal)?;
         }
+        // The request's span (`http::trace_request`) names the organization from here on.
+        tracing::Span::current().record("org", principal.org.as_str());
         Ok(principal)
     }
 }

@@ -8,18 +8,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequest, MatchedPath, Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::rejection::{QueryRejection, RawPathParamsRejection};
+use axum::extract::{FromRequest, MatchedPath, Path, Query, RawPathParams, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use self::auth::Verifier;
 use self::problem::{Problem, types};
-use crate::domain::{FieldError, Principal};
+use crate::domain::{ConnectionId, FieldError, Principal};
 use crate::service::{CallbackOutcome, ConnectionView, ListQuery, LookupRequest, Service};
 
 /// Request bodies larger than this are refused with 413.
@@ -83,7 +85,7 @@ pub fn router_for(surface: Surface, state: AppState) -> Router {
             )
         })
         .layer(middleware::from_fn(no_store))
-        .layer(middleware::from_fn(access_log))
+        .layer(middleware::from_fn(trace_request))
         .with_state(state)
 }
 
@@ -99,21 +101,57 @@ async fn no_store(req: Request, next: Next) -> Response {
     res
 }
 
-/// One line per request: method, route template, status, latency. Never a body, header or
-/// query string.
-async fn access_log(req: Request, next: Next) -> Response {
+/// The response header that gives the caller the request's id, the one its log lines carry.
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The id of a request: API Gateway's (`requestContext.requestId`, also in its
+/// `apigw-requestid` header) when the function runs behind it, else a new ULID. API Gateway's is
+/// used only when it is 1-128 printable ASCII characters: whoever may invoke the function
+/// directly writes the context, and the id goes into a response header.
+fn request_id(req: &Request) -> String {
+    let gateway = match req.extensions().get::<lambda_http::request::RequestContext>() {
+        Some(lambda_http::request::RequestContext::ApiGatewayV2(ctx)) => ctx.request_id.as_deref(),
+        _ => None,
+    };
+    gateway
+        .filter(|id| (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| ulid::Ulid::new().to_string(), str::to_owned)
+}
+
+/// One span per request, so that every line written while handling it carries its ids:
+/// `request_id` (see [`request_id`], echoed as [`REQUEST_ID_HEADER`]), `method`, `route` (the
+/// matched template, `/v1/connections/{id}`, never the raw path or query), `connection_id` (the
+/// path's `{id}` when it is a valid connection id) and `org`, recorded by the [`Principal`]
+/// extractor once the bearer token is verified. Then one line when it is answered: status and
+/// latency. Never a body, header or query string.
+async fn trace_request(params: Result<RawPathParams, RawPathParamsRejection>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().clone();
+    let request_id = request_id(&req);
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
-    let res = next.run(req).await;
-    tracing::info!(
-        method = %method,
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %req.method(),
         route = route.as_deref().unwrap_or("-"),
-        status = res.status().as_u16(),
-        ms = started.elapsed().as_millis() as u64,
-        "request"
+        org = Empty,
+        connection_id = Empty,
     );
-    res
+    let connection = params.ok().and_then(|params| {
+        params.iter().find(|(name, _)| *name == "id").and_then(|(_, id)| ConnectionId::parse(id).ok())
+    });
+    if let Some(id) = connection {
+        span.record("connection_id", id.as_str());
+    }
+    async move {
+        let mut res = next.run(req).await;
+        tracing::info!(status = res.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
+        if let Ok(id) = HeaderValue::from_str(&request_id) {
+            res.headers_mut().insert(REQUEST_ID_HEADER, id);
+        }
+        res
+    }
+    .instrument(span)
+    .await
 }
 
 /// A JSON body of at most [`MAX_BODY_BYTES`], parsed into a `Value` so that the service can
@@ -207,6 +245,8 @@ async fn delete_definition(
 
 /// A connection with its version as a strong ETag, for `If-Match`.
 fn with_etag(status: StatusCode, view: ConnectionView) -> Response {
+    // A created connection's id is known only now: the request's span records it.
+    tracing::Span::current().record("connection_id", view.id.as_str());
     let etag = HeaderValue::from_str(&format!("\"{}\"", view.version)).ok();
     let location = HeaderValue::from_str(&format!("/v1/connections/{}", view.id)).ok();
     let mut res = (status, axum::Json(view)).into_response();
