@@ -1,10 +1,14 @@
-//! `latchkey`: run every function in one local process (`serve`), mint dev tokens (`token`).
+//! `latchkey`: run every function in one local process (`serve`), create the DynamoDB table
+//! (`bootstrap`), mint dev tokens (`token`). Every subcommand takes the settings of
+//! `latchkey::config::Settings`, as flags or `LATCHKEY_*` variables.
+
+mod serve;
 
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use clap::{Parser, Subcommand};
-use latchkey::config::{App, Config, DEV_ORG};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use latchkey::config::{LogFormat, Settings, ignore_blank_env};
 use latchkey::http::auth::{Claims, Verifier, sign_hs256};
 use secrecy::SecretString;
 
@@ -13,11 +17,14 @@ use secrecy::SecretString;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    settings: Settings,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the whole API locally (embedded backend by default). Configured by LATCHKEY_* variables.
+    /// Serve the whole API locally (embedded backend by default), configured by the settings
+    /// below.
     Serve,
     /// Create the DynamoDB table LATCHKEY_TABLE (indexes, TTL) if it is missing: for development
     /// and tests against an emulator; production uses infra/.
@@ -43,6 +50,7 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
+/// A signed HS256 token with these claims, checked as the server would check it.
 async fn token(
     secret: &SecretString,
     org: String,
@@ -58,68 +66,9 @@ async fn token(
     Ok(signed)
 }
 
-async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let (secret, generated) = config.jwt_secret_or_generate()?;
-    // HS256 tokens of the local secret, and RS256/ES256 tokens of LATCHKEY_JWT_ISSUER if set.
-    let verifier = config.verifier(Some(&secret))?;
-    let app = App::build(&config).await?;
-    let state = app.http_state(verifier);
-    let listener = tokio::net::TcpListener::bind(config.addr).await?;
-    let bound = listener.local_addr()?;
-    app.service.set_public_url(&config.public_url(bound));
-    // Stdout is for people and the test harness; logs go to stderr.
-    println!("latchkey listening on http://{bound}");
-    println!("OAuth redirect URI: {}/v1/oauth/callback", config.public_url(bound));
-    if generated {
-        let t = token(&secret, DEV_ORG.to_owned(), None, Vec::new(), 12 * 3600).await?;
-        println!("LATCHKEY_JWT_SECRET is not set: using the secret in {}", config.data_dir.display());
-        println!("organization token (org \"{DEV_ORG}\", 12 h): {t}");
-    }
-    // The revoker, as the EventBridge rule runs token-revoke in AWS: on our own disconnect and
-    // delete events (in-process, embedded backend), and by the sweep for retries.
-    if let Some(events) = &app.events {
-        let mut rx = events.subscribe();
-        let revoker = app.service.clone();
-        tokio::spawn(async move {
-            use latchkey::domain::EventType;
-            loop {
-                match rx.recv().await {
-                    Ok(e) if matches!(e.kind, EventType::ConnectionDisconnected | EventType::ConnectionDeleted) => {
-                        if let Err(err) = revoker.revoke_pending(&e.org, &e.connection_id).await {
-                            tracing::warn!(connection_id = %e.connection_id, error = %err, "revocation failed");
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "the revoker fell behind; the sweep picks up what it missed");
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
-    }
-    // The refresh sweep, as the EventBridge schedule runs it in AWS.
-    let sweeper = app.service.clone();
-    let every = config.refresh_interval;
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(e) = sweeper.refresh_sweep(std::time::Instant::now() + every).await {
-                tracing::warn!(error = %e, "refresh sweep failed");
-            }
-        }
-    });
-    tracing::info!(addr = %bound, "latchkey serve ready");
-    axum::serve(listener, latchkey::http::router(state)).with_graceful_shutdown(shutdown()).await?;
-    tracing::info!("latchkey serve stopped");
-    Ok(())
-}
-
-async fn bootstrap(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
+async fn bootstrap(settings: &Settings) -> Result<(), Box<dyn std::error::Error>> {
     use latchkey::adapters::aws::schema::{self, Bootstrap};
-    let table = config.require_table()?;
+    let table = settings.require_table()?;
     let sdk = latchkey::adapters::aws::sdk_config().await;
     let client = aws_sdk_dynamodb::Client::new(&sdk);
     match schema::bootstrap(&client, table).await.map_err(|e| format!("bootstrap of table {table} failed: {e}"))? {
@@ -129,31 +78,24 @@ async fn bootstrap(config: &Config) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn shutdown() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    latchkey::telemetry::init();
-    let config = match Config::from_env() {
-        Ok(c) => c,
+    // A blank LATCHKEY_* variable counts as unset, as it always has.
+    let cli = ignore_blank_env(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&cli).unwrap_or_else(|e| e.exit());
+    let settings = match cli.settings.check() {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("latchkey: {e}");
             return ExitCode::from(2);
         }
     };
+    latchkey::telemetry::init(settings.log_format == LogFormat::Json);
     let result = match cli.command {
-        Command::Serve => serve(config).await,
-        Command::Bootstrap => bootstrap(&config).await,
+        Command::Serve => serve::run(settings).await,
+        Command::Bootstrap => bootstrap(&settings).await,
         // Never a new secret: a token signed with one no server knows would only get a bare 401.
-        Command::Token { org, customer, roles, ttl } => match config.jwt_secret_existing() {
+        Command::Token { org, customer, roles, ttl } => match settings.jwt_secret_existing() {
             Ok(secret) => token(&secret, org, customer, roles, ttl).await.map(|t| println!("{t}")).map_err(Into::into),
             Err(e) => Err(e.into()),
         },

@@ -1,5 +1,6 @@
 //! The `latchkey` command's own behaviour, outside `serve`: `latchkey token` signs with the
-//! secret a server uses, and never invents one.
+//! secret a server uses, and never invents one; its settings (flags or `LATCHKEY_*` variables)
+//! are documented by `--help` as in the README, checked at start, and blank ones are unset.
 
 use std::process::Command;
 
@@ -44,4 +45,72 @@ fn token_signs_with_the_secret_of_the_data_directory_a_server_made() {
     };
     assert_eq!(verify(&from_file).unwrap(), "acme", "signed with the data directory's secret");
     assert_eq!(verify(&from_env).unwrap(), "acme");
+}
+
+/// The `LATCHKEY_*` variables of the README's configuration table.
+fn readme_variables() -> std::collections::BTreeSet<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = readme.split("## Configuration").nth(1).expect("a configuration section").split("\n## ").next();
+    let rows = table.unwrap().lines().filter_map(|l| l.strip_prefix("| `LATCHKEY_"));
+    rows.map(|rest| format!("LATCHKEY_{}", rest.split('`').next().unwrap())).collect()
+}
+
+#[test]
+fn serve_help_documents_every_variable_of_the_readme_and_no_other() {
+    let secret = "help-must-not-show-this-secret-0123456789";
+    let out = latchkey().env("LATCHKEY_JWT_SECRET", secret).args(["serve", "--help"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let help = String::from_utf8_lossy(&out.stdout);
+    let documented = readme_variables();
+    assert!(documented.len() >= 15, "the README's table was found: {documented:?}");
+    for variable in &documented {
+        assert!(help.contains(&format!("[env: {variable}")), "`latchkey serve --help` names {variable}:\n{help}");
+    }
+    let in_help: std::collections::BTreeSet<String> = help
+        .split("[env: ")
+        .skip(1)
+        .map(|rest| rest.split(['=', ']']).next().unwrap().to_owned())
+        .collect();
+    assert_eq!(in_help, documented, "every setting is in the README's table");
+    assert!(!help.contains(secret), "the secret's value is not shown");
+}
+
+#[test]
+fn empty_and_blank_variables_count_as_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "4f9c2a7e1b3d5f6a8c0e2b4d6f8a1c3e5b7d9f0a2c4e6b8d0f1a3c5e7b9d1f3a";
+    let path = dir.path().join("jwt.secret");
+    std::fs::write(&path, secret).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = latchkey()
+        .env("LATCHKEY_DATA_DIR", dir.path())
+        .env("LATCHKEY_JWT_SECRET", "")
+        .env("LATCHKEY_ADDR", "  ")
+        .env("LATCHKEY_BACKEND", "")
+        .env("LATCHKEY_REFRESH_INTERVAL_SECS", "")
+        .env("LATCHKEY_JWT_AUDIENCE", " ")
+        .args(["token", "--org", "acme"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let key = jsonwebtoken::DecodingKey::from_secret(secret.as_bytes());
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.required_spec_claims = ["exp".to_owned()].into();
+    assert!(
+        jsonwebtoken::decode::<serde_json::Value>(&token, &key, &validation).is_ok(),
+        "signed with the file's secret"
+    );
+}
+
+#[test]
+fn a_bad_value_stops_the_command_naming_its_variable_or_flag() {
+    let out = latchkey().env("LATCHKEY_REFRESH_INTERVAL_SECS", "0").arg("serve").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("LATCHKEY_REFRESH_INTERVAL_SECS is invalid: must be a positive integer"), "{err}");
+    let out = latchkey().args(["serve", "--addr", "nowhere"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("LATCHKEY_ADDR is invalid: \"nowhere\" is not host:port"), "{err}");
 }

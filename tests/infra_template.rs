@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use support::{calls, moto, oauth};
 
 use http_body_util::BodyExt;
-use latchkey::config::App;
+use latchkey::config::Components;
 use latchkey::domain::EventType;
 use latchkey::http::Surface;
 use latchkey::http::auth::{Claims, Verifier, sign_hs256};
+use latchkey::service::ServiceOptions;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -303,7 +304,7 @@ async fn the_metric_filters_read_fields_the_code_logs() {
     assert_eq!(throttled, every, "KMS throttling is counted in every function's logs");
 
     let dir = tempfile::tempdir().unwrap();
-    let app = App::embedded(dir.path()).unwrap();
+    let app = Components::embedded(dir.path(), ServiceOptions::default()).unwrap();
     let logs = latchkey::telemetry::Captured::default();
     let _scope =
         tracing::subscriber::set_default(latchkey::telemetry::json_subscriber("info".parse().unwrap(), logs.clone()));
@@ -415,16 +416,19 @@ const SECRET: &str = "infra-template-test-secret-of-32-bytes-or-more";
 
 /// One deployed function: its own clients (recording), its own cold caches.
 struct Function {
-    app: App,
+    app: Components,
     calls: calls::Calls,
 }
 
 async fn function(config: &aws_config::SdkConfig, table: &str, key: &str, bus: &str) -> Function {
     let calls = calls::Calls::default();
     let (ddb, kms, eb) = calls.clients(config);
-    let app = App::aws(ddb, kms, eb, table, key, bus);
-    app.service.set_public_url("https://latchkey.example.test");
-    app.service.set_allow_loopback_providers(true);
+    let options = ServiceOptions {
+        public_url: Some("https://latchkey.example.test".into()),
+        allow_loopback_providers: true,
+        ..ServiceOptions::default()
+    };
+    let app = Components::aws(ddb, kms, eb, table, key, bus, options);
     Function { app, calls }
 }
 
@@ -441,7 +445,7 @@ fn bearer(customer: Option<&str>, roles: &[&str]) -> String {
 /// One request to `surface`'s router of `f`, as API Gateway would pass it on.
 async fn call(f: &Function, surface: Surface, method: &str, uri: &str, body: Option<Value>) -> (u16, Value) {
     let router =
-        latchkey::http::router_for(surface, f.app.http_state(Verifier::hs256(&SecretString::from(SECRET)).unwrap()));
+        latchkey::http::router_for(surface, f.app.router_state(Verifier::hs256(&SecretString::from(SECRET)).unwrap()));
     let mut req = http::Request::builder().method(method).uri(uri);
     if surface == Surface::ConnectionsApi {
         req = req.header("authorization", format!("Bearer {}", bearer(None, &["admin", "runtime"])));

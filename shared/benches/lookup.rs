@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use latchkey::config::App;
+use latchkey::config::Components;
 use latchkey::crypto::{EncryptionContext, Envelope};
 use latchkey::domain::{ConnectionId, OrgId, Principal};
-use latchkey::service::LookupRequest;
+use latchkey::service::{LookupRequest, ServiceOptions};
 use serde_json::json;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -31,7 +31,7 @@ fn row(name: &str, mut samples: Vec<Duration>, wall: Duration) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let app = App::embedded(dir.path()).expect("embedded backend");
+    let app = Components::embedded(dir.path(), ServiceOptions::default()).expect("embedded backend");
     let service = app.service.clone();
     let org = OrgId::parse("bench").unwrap();
     let p = Principal::organization(org.clone());

@@ -10,7 +10,7 @@ use serde_json::Value;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use crate::config::{App, Config, ConfigError, LookupAuth};
+use crate::config::{Components, ConfigError, LookupAuth, Settings};
 use crate::domain::{ConnectionId, OrgId};
 use crate::http::Surface;
 use crate::http::auth::Verifier;
@@ -63,7 +63,7 @@ fn record_ids(org: &OrgId, connection: Option<&ConnectionId>) {
 /// `LATCHKEY_JWT_SECRET` is set (as under `cargo lambda watch`). With neither it refuses every
 /// token (and says so at start): the claims of API Gateway's authorizer are never trusted on
 /// their own, since whoever may invoke the function directly can write them.
-pub fn function_verifier(config: &Config) -> Result<Verifier, ConfigError> {
+pub fn function_verifier(config: &Settings) -> Result<Verifier, ConfigError> {
     let verifier = config.verifier(config.jwt_secret.as_ref())?;
     if !verifier.accepts_any() {
         tracing::warn!(
@@ -75,13 +75,13 @@ pub fn function_verifier(config: &Config) -> Result<Verifier, ConfigError> {
 
 /// The router of an HTTP function: the routes of `surface`, callers verified by
 /// [`function_verifier`].
-pub fn http_router(app: &App, config: &Config, surface: Surface) -> Result<axum::Router, ConfigError> {
-    Ok(crate::http::router_for(surface, app.http_state(function_verifier(config)?)))
+pub fn http_router(app: &Components, config: &Settings, surface: Surface) -> Result<axum::Router, ConfigError> {
+    Ok(crate::http::router_for(surface, app.router_state(function_verifier(config)?)))
 }
 
 /// The HTTP functions (`connections-api`, `oauth-callback`): the routes of `surface` behind API
 /// Gateway (HTTP API, payload 2.0), every bearer token verified by the function itself.
-pub async fn serve_http(app: App, config: &Config, surface: Surface) -> Result<(), Error> {
+pub async fn serve_http(app: Components, config: &Settings, surface: Surface) -> Result<(), Error> {
     let router = http_router(&app, config, surface)?;
     lambda_http::run(router).await
 }
@@ -190,7 +190,7 @@ pub const SWEEP_MARGIN: std::time::Duration = std::time::Duration::from_secs(30)
 /// starting no work in the last [`SWEEP_MARGIN`] of the invocation, so that a refresh in flight
 /// (its provider call times out after 15 s) is stored before Lambda ends the invocation: a
 /// rotated refresh token cut off there would be lost.
-pub async fn serve_refresh(app: App) -> Result<(), Error> {
+pub async fn serve_refresh(app: Components) -> Result<(), Error> {
     let service: Arc<Service> = app.service;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<ScheduledEvent>| {
         let service = service.clone();
@@ -248,7 +248,7 @@ pub async fn revoke_invocation(service: &Service, event: LambdaEvent<ConnectionE
 /// # Errors
 /// `token` mode with neither `LATCHKEY_JWT_ISSUER` nor `LATCHKEY_JWT_SECRET` set, or their
 /// errors.
-pub fn lookup_verifier(config: &Config) -> Result<Option<Verifier>, ConfigError> {
+pub fn lookup_verifier(config: &Settings) -> Result<Option<Verifier>, ConfigError> {
     match config.lookup_auth {
         LookupAuth::Iam => Ok(None),
         LookupAuth::Token => {
@@ -266,7 +266,7 @@ pub fn lookup_verifier(config: &Config) -> Result<Option<Verifier>, ConfigError>
 
 /// The `token-lookup` function: invoked directly (`lambda:InvokeFunction`, IAM-authorized), and
 /// with `LATCHKEY_LOOKUP_AUTH=token` each payload authorized by its runtime token too.
-pub async fn serve_lookup(app: App, config: &Config) -> Result<(), Error> {
+pub async fn serve_lookup(app: Components, config: &Settings) -> Result<(), Error> {
     let service: Arc<Service> = app.service;
     let verifier = lookup_verifier(config)?.map(Arc::new);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {

@@ -19,9 +19,10 @@ fn filter() -> EnvFilter {
     CAPPED.iter().fold(filter, |f, cap| f.add_directive(cap.parse().expect("a valid directive")))
 }
 
-pub fn init() {
-    let json = std::env::var("LATCHKEY_LOG_FORMAT").map(|v| v == "json").unwrap_or(false)
-        || std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
+/// Installs the process's subscriber: JSON lines when `json` (`LATCHKEY_LOG_FORMAT=json`, see
+/// `config::Settings`) or on Lambda, text lines otherwise.
+pub fn init(json: bool) {
+    let json = json || std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
     // A second init (tests) keeps the first subscriber: the error says only that.
     if json {
         let _ = tracing::subscriber::set_global_default(json_subscriber(filter(), std::io::stderr));

@@ -1,11 +1,11 @@
 //! The `connections-api` Lambda: the HTTP API behind API Gateway.
 
-use latchkey::config::{App, Backend, Config};
+use latchkey::config::{BackendKind, Components, LogFormat, Settings};
 
 #[tokio::main]
 async fn main() -> Result<(), latchkey::lambda::Error> {
-    latchkey::telemetry::init();
-    let config = Config::from_env_or(Backend::Aws)?;
-    let app = App::build(&config).await?;
-    latchkey::lambda::serve_http(app, &config, latchkey::http::Surface::ConnectionsApi).await
+    let settings = Settings::from_env(BackendKind::Aws)?;
+    latchkey::telemetry::init(settings.log_format == LogFormat::Json);
+    let components = Components::build(&settings).await?;
+    latchkey::lambda::serve_http(components, &settings, latchkey::http::Surface::ConnectionsApi).await
 }

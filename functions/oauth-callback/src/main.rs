@@ -1,12 +1,12 @@
 //! The `oauth-callback` Lambda: the public `GET /v1/oauth/callback` route behind API Gateway.
 //! It mounts only that route (and `/healthz`), so its role needs only what the callback uses.
 
-use latchkey::config::{App, Backend, Config};
+use latchkey::config::{BackendKind, Components, LogFormat, Settings};
 
 #[tokio::main]
 async fn main() -> Result<(), latchkey::lambda::Error> {
-    latchkey::telemetry::init();
-    let config = Config::from_env_or(Backend::Aws)?;
-    let app = App::build(&config).await?;
-    latchkey::lambda::serve_http(app, &config, latchkey::http::Surface::OauthCallback).await
+    let settings = Settings::from_env(BackendKind::Aws)?;
+    latchkey::telemetry::init(settings.log_format == LogFormat::Json);
+    let components = Components::build(&settings).await?;
+    latchkey::lambda::serve_http(components, &settings, latchkey::http::Surface::OauthCallback).await
 }

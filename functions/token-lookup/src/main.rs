@@ -1,11 +1,11 @@
 //! The `token-lookup` Lambda: fresh credentials for integration executions, invoked directly.
 
-use latchkey::config::{App, Backend, Config};
+use latchkey::config::{BackendKind, Components, LogFormat, Settings};
 
 #[tokio::main]
 async fn main() -> Result<(), latchkey::lambda::Error> {
-    latchkey::telemetry::init();
-    let config = Config::from_env_or(Backend::Aws)?;
-    let app = App::build(&config).await?;
-    latchkey::lambda::serve_lookup(app, &config).await
+    let settings = Settings::from_env(BackendKind::Aws)?;
+    latchkey::telemetry::init(settings.log_format == LogFormat::Json);
+    let components = Components::build(&settings).await?;
+    latchkey::lambda::serve_lookup(components, &settings).await
 }

@@ -3,16 +3,16 @@
 //! the encryption context as associated data, so unwrapping under another context fails just
 //! as KMS `Decrypt` does.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
+use super::secret_file;
 use crate::crypto::KeyProvider;
 use crate::crypto::{CryptoError, DataKey, EncryptionContext, PlainKey, aead_open, aead_seal};
 
+/// The master key's file in the data directory.
 pub const MASTER_KEY_FILE: &str = "master.key";
 
 pub struct LocalKeyProvider {
@@ -21,35 +21,17 @@ pub struct LocalKeyProvider {
 }
 
 impl LocalKeyProvider {
-    /// Loads `dir/master.key`, creating it (mode 0600) if missing. Creation is atomic (written
-    /// aside, then hard-linked into place), so processes starting together agree on one key.
+    /// Loads `dir/master.key`, creating it (32 random bytes, mode 0600, `dir` made 0700) if
+    /// missing. Processes starting together agree on one key ([`secret_file::read_or_create`]).
+    ///
+    /// # Errors
+    /// I/O errors; `PermissionDenied` for a key file group or others may read; `InvalidData`
+    /// for one that does not hold 32 bytes.
     pub fn open_or_create(dir: &Path) -> std::io::Result<Self> {
         let path = dir.join(MASTER_KEY_FILE);
-        if !path.exists() {
-            let tmp = dir.join(format!(".{MASTER_KEY_FILE}.{}", std::process::id()));
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-            f.write_all(PlainKey::generate().expose())?;
-            f.sync_all()?;
-            let linked = std::fs::hard_link(&tmp, &path);
-            std::fs::remove_file(&tmp)?;
-            match linked {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Self::load(&path)
-    }
-
-    fn load(path: &PathBuf) -> std::io::Result<Self> {
-        let mode = std::fs::metadata(path)?.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                format!("{} must not be readable by group or others (chmod 600 it)", path.display()),
-            ));
-        }
-        let bytes = zeroize::Zeroizing::new(std::fs::read(path)?);
+        let bytes = secret_file::read_or_create(dir, MASTER_KEY_FILE, || {
+            zeroize::Zeroizing::new(PlainKey::generate().expose().to_vec())
+        })?;
         let master = PlainKey::try_from_slice(&bytes).ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} must hold 32 bytes", path.display()))
         })?;
@@ -88,6 +70,8 @@ impl KeyProvider for LocalKeyProvider {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]

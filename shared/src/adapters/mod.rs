@@ -4,6 +4,7 @@
 pub mod aws;
 pub mod local_key;
 pub mod log_sink;
+pub mod secret_file;
 pub mod sqlite;
 
 pub use local_key::LocalKeyProvider;

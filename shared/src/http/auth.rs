@@ -32,7 +32,7 @@ pub use self::jwks::{
     CONNECT_TIMEOUT, FAILURE_BACKOFF, FETCH_TIMEOUT, IssuerError, JwtIssuer, KEYS_MAX_AGE, MAX_DOCUMENT_BYTES,
     MAX_KEYS, UNKNOWN_KID_REFETCH_INTERVAL,
 };
-use super::AppState;
+use super::RouterState;
 use super::problem::Problem;
 use crate::domain::{CustomerId, OrgId, Principal};
 
@@ -336,10 +336,10 @@ fn check_authorizer_claims(claims: &HashMap<String, String>, verified: &Principa
     }
 }
 
-impl FromRequestParts<AppState> for Principal {
+impl FromRequestParts<RouterState> for Principal {
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &RouterState) -> Result<Self, Self::Rejection> {
         let token = bearer_token(parts)?;
         let principal = state.verifier.verify(token).await?;
         if let Some(claims) = authorizer_claims(parts) {

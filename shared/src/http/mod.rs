@@ -32,7 +32,7 @@ pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
 
 /// What every handler can reach.
 #[derive(Clone)]
-pub struct AppState {
+pub struct RouterState {
     pub service: Arc<Service>,
     pub verifier: Arc<Verifier>,
 }
@@ -50,12 +50,12 @@ pub enum Surface {
 }
 
 /// The whole API.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: RouterState) -> Router {
     router_for(Surface::All, state)
 }
 
 /// The routes of `surface`; any other path is a 404 problem.
-pub fn router_for(surface: Surface, state: AppState) -> Router {
+pub fn router_for(surface: Surface, state: RouterState) -> Router {
     let mut routes = Router::new().route("/healthz", get(healthz));
     if surface != Surface::OauthCallback {
         routes = routes
@@ -216,7 +216,7 @@ async fn list_providers(_: Principal) -> impl IntoResponse {
 }
 
 async fn put_definition(
-    State(s): State<AppState>,
+    State(s): State<RouterState>,
     p: Principal,
     Path(key): Path<String>,
     JsonBody(body): JsonBody,
@@ -226,16 +226,16 @@ async fn put_definition(
     Ok((status, axum::Json(view)).into_response())
 }
 
-async fn get_definition(State(s): State<AppState>, p: Principal, Path(key): Path<String>) -> Result<Response, Problem> {
+async fn get_definition(State(s): State<RouterState>, p: Principal, Path(key): Path<String>) -> Result<Response, Problem> {
     Ok(axum::Json(s.service.get_definition(&p, &key).await?).into_response())
 }
 
-async fn list_definitions(State(s): State<AppState>, p: Principal) -> Result<Response, Problem> {
+async fn list_definitions(State(s): State<RouterState>, p: Principal) -> Result<Response, Problem> {
     Ok(axum::Json(json!({"items": s.service.list_definitions(&p).await?})).into_response())
 }
 
 async fn delete_definition(
-    State(s): State<AppState>,
+    State(s): State<RouterState>,
     p: Principal,
     Path(key): Path<String>,
 ) -> Result<StatusCode, Problem> {
@@ -262,19 +262,19 @@ fn with_etag(status: StatusCode, view: ConnectionView) -> Response {
 }
 
 async fn create_connection(
-    State(s): State<AppState>,
+    State(s): State<RouterState>,
     p: Principal,
     JsonBody(body): JsonBody,
 ) -> Result<Response, Problem> {
     Ok(with_etag(StatusCode::CREATED, s.service.create_connection(&p, &body).await?))
 }
 
-async fn get_connection(State(s): State<AppState>, p: Principal, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn get_connection(State(s): State<RouterState>, p: Principal, Path(id): Path<String>) -> Result<Response, Problem> {
     Ok(with_etag(StatusCode::OK, s.service.get_connection(&p, &id).await?))
 }
 
 async fn list_connections(
-    State(s): State<AppState>,
+    State(s): State<RouterState>,
     p: Principal,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
@@ -302,7 +302,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
 }
 
 async fn update_connection(
-    State(s): State<AppState>,
+    State(s): State<RouterState>,
     p: Principal,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -313,7 +313,7 @@ async fn update_connection(
 }
 
 async fn delete_connection(
-    State(s): State<AppState>,
+    State(s): State<RouterState>,
     p: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Problem> {
@@ -327,7 +327,7 @@ struct LogsQuery {
 }
 
 async fn connection_logs(
-    State(s): State<AppState>,
+    State(s): State<RouterState>,
     p: Principal,
     Path(id): Path<String>,
     q: Result<Query<LogsQuery>, QueryRejection>,
@@ -337,17 +337,17 @@ async fn connection_logs(
 }
 
 /// `POST /v1/connections/{id}/authorize`: the URL to send the user's browser to.
-async fn authorize(State(s): State<AppState>, p: Principal, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn authorize(State(s): State<RouterState>, p: Principal, Path(id): Path<String>) -> Result<Response, Problem> {
     Ok(axum::Json(s.service.authorize(&p, &id).await?).into_response())
 }
 
 /// `POST /v1/connections/{id}/refresh`: refresh now (organization users).
-async fn force_refresh(State(s): State<AppState>, p: Principal, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn force_refresh(State(s): State<RouterState>, p: Principal, Path(id): Path<String>) -> Result<Response, Problem> {
     Ok(with_etag(StatusCode::OK, s.service.force_refresh(&p, &id).await?))
 }
 
 /// `POST /v1/connections/{id}/disconnect`.
-async fn disconnect(State(s): State<AppState>, p: Principal, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn disconnect(State(s): State<RouterState>, p: Principal, Path(id): Path<String>) -> Result<Response, Problem> {
     Ok(with_etag(StatusCode::OK, s.service.disconnect(&p, &id).await?))
 }
 
@@ -367,7 +367,7 @@ fn escape_html(s: &str) -> String {
 /// `GET /v1/oauth/callback` (public: the provider sends the user's browser here). Never cached,
 /// never leaks its URL (code, state) through a Referer.
 async fn oauth_callback(
-    State(s): State<AppState>,
+    State(s): State<RouterState>,
     method: axum::http::Method,
     Query(params): Query<std::collections::BTreeMap<String, String>>,
 ) -> Response {
@@ -410,7 +410,7 @@ async fn oauth_callback(
 /// Token lookup over HTTP, for principals with the `runtime` role. The body is the Lambda
 /// payload without `org` (the token says which organization); it may be empty.
 async fn token_lookup(
-    State(s): State<AppState>,
+    State(s): State<RouterState>,
     p: Principal,
     Path(id): Path<String>,
     OptionalJsonBody(body): OptionalJsonBody,

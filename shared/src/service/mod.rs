@@ -35,11 +35,29 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     /// Every request to a provider's token and revocation endpoints.
     provider: Arc<dyn ProviderClient>,
-    allow_loopback: std::sync::atomic::AtomicBool,
-    /// `LATCHKEY_PUBLIC_URL`, set once at start.
-    public_url: std::sync::OnceLock<String>,
-    /// Refresh scheduling, set once at start (defaults otherwise).
-    policy: std::sync::OnceLock<RefreshPolicy>,
+    options: ServiceOptions,
+}
+
+/// What a [`Service`] is built with besides its ports, fixed for its life (from
+/// `config::Settings`, see `Settings::service_options`).
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    /// The public base URL, e.g. `https://latchkey.example.com` (no trailing slash needed): the
+    /// OAuth redirect URI is `{public_url}/v1/oauth/callback`. `None`: authorization is refused
+    /// (a function that never starts one, such as token-lookup).
+    pub public_url: Option<String>,
+    /// Whether provider URLs Latchkey calls may name loopback (`LATCHKEY_ALLOW_LOOPBACK_PROVIDERS`).
+    pub allow_loopback_providers: bool,
+    /// Refresh scheduling and bounds.
+    pub refresh: RefreshPolicy,
+}
+
+impl Default for ServiceOptions {
+    /// No public URL, loopback providers allowed (as on the embedded backend), the default
+    /// refresh policy.
+    fn default() -> Self {
+        Self { public_url: None, allow_loopback_providers: true, refresh: RefreshPolicy::default() }
+    }
 }
 
 impl Service {
@@ -48,17 +66,10 @@ impl Service {
         envelope: Arc<Envelope>,
         events: Arc<dyn EventSink>,
         clock: Arc<dyn Clock>,
+        mut options: ServiceOptions,
     ) -> Self {
-        Self {
-            store,
-            envelope,
-            events,
-            clock,
-            provider: Arc::new(HttpProviderClient::new()),
-            allow_loopback: std::sync::atomic::AtomicBool::new(true),
-            public_url: Default::default(),
-            policy: Default::default(),
-        }
+        options.public_url = options.public_url.map(|u| u.trim_end_matches('/').to_owned());
+        Self { store, envelope, events, clock, provider: Arc::new(HttpProviderClient::new()), options }
     }
 
     /// Appends a connection log line. A failure is logged, not returned: the change it

@@ -159,7 +159,7 @@ impl Service {
                     Some(Endpoint { url, reach })
                 }
                 Err(msg) => {
-                    errors.push(FieldError::new(format!("values.{name}"), msg));
+                    errors.push(FieldError::new(format!("values.{name}"), msg.to_string()));
                     None
                 }
             }
@@ -222,21 +222,12 @@ impl Service {
 
     /// Whether customer-supplied provider URLs may name loopback (local development, tests).
     pub fn allow_loopback_providers(&self) -> bool {
-        self.allow_loopback.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub fn set_allow_loopback_providers(&self, allow: bool) {
-        self.allow_loopback.store(allow, std::sync::atomic::Ordering::Relaxed);
+        self.options.allow_loopback_providers
     }
 
     /// The OAuth redirect URI, `{LATCHKEY_PUBLIC_URL}/v1/oauth/callback`.
     pub fn redirect_uri(&self) -> Option<String> {
-        self.public_url.get().map(|u| format!("{}{CALLBACK_PATH}", u.trim_end_matches('/')))
-    }
-
-    /// Sets the public base URL once (at start, when the listening address is known).
-    pub fn set_public_url(&self, url: &str) {
-        let _ = self.public_url.set(url.trim_end_matches('/').to_owned());
+        self.options.public_url.as_ref().map(|u| format!("{u}{CALLBACK_PATH}"))
     }
 }
 

@@ -114,12 +114,8 @@ fn days(t: OffsetDateTime) -> i64 {
 }
 
 impl Service {
-    pub fn set_refresh_policy(&self, policy: RefreshPolicy) {
-        let _ = self.policy.set(policy);
-    }
-
     pub(crate) fn policy(&self) -> &RefreshPolicy {
-        self.policy.get_or_init(RefreshPolicy::default)
+        &self.options.refresh
     }
 
     /// When the sweep should refresh these tokens; `None` without a refresh token.

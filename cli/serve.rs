@@ -1,0 +1,82 @@
+//! `latchkey serve`: every function in one process over the embedded backend (or aws), with the
+//! revoker and the refresh sweep that EventBridge runs in AWS as background tasks.
+
+use std::sync::Arc;
+
+use latchkey::config::{Components, DEV_ORG, Settings};
+use latchkey::service::Service;
+
+/// Binds `settings.addr`, builds the service with the final public URL (`LATCHKEY_PUBLIC_URL`,
+/// else `http://<bound address>`), and serves until Ctrl-C or SIGTERM.
+pub async fn run(mut settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
+    let (secret, generated) = settings.jwt_secret_or_generate()?;
+    // HS256 tokens of the local secret, and RS256/ES256 tokens of LATCHKEY_JWT_ISSUER if set.
+    let verifier = settings.verifier(Some(&secret))?;
+    let listener = tokio::net::TcpListener::bind(settings.addr).await?;
+    let bound = listener.local_addr()?;
+    let public_url = settings.public_url.get_or_insert_with(|| format!("http://{bound}")).clone();
+    let components = Components::build(&settings).await?;
+    // Stdout is for people and the test harness; logs go to stderr.
+    println!("latchkey listening on http://{bound}");
+    println!("OAuth redirect URI: {public_url}/v1/oauth/callback");
+    if generated {
+        let t = crate::token(&secret, DEV_ORG.to_owned(), None, Vec::new(), 12 * 3600).await?;
+        println!("LATCHKEY_JWT_SECRET is not set: using the secret in {}", settings.data_dir.display());
+        println!("organization token (org \"{DEV_ORG}\", 12 h): {t}");
+    }
+    if let Some(events) = &components.events {
+        spawn_revoker(events, components.service.clone());
+    }
+    spawn_sweeper(components.service.clone(), settings.refresh_interval);
+    tracing::info!(addr = %bound, "latchkey serve ready");
+    let router = latchkey::http::router(components.router_state(verifier));
+    axum::serve(listener, router).with_graceful_shutdown(shutdown()).await?;
+    tracing::info!("latchkey serve stopped");
+    Ok(())
+}
+
+/// The revoker, as the EventBridge rule runs token-revoke in AWS: on our own disconnect and
+/// delete events (in-process, embedded backend); the sweep retries what it misses.
+fn spawn_revoker(events: &latchkey::adapters::LogEventSink, revoker: Arc<Service>) {
+    let mut rx = events.subscribe();
+    tokio::spawn(async move {
+        use latchkey::domain::EventType;
+        loop {
+            match rx.recv().await {
+                Ok(e) if matches!(e.kind, EventType::ConnectionDisconnected | EventType::ConnectionDeleted) => {
+                    if let Err(err) = revoker.revoke_pending(&e.org, &e.connection_id).await {
+                        tracing::warn!(connection_id = %e.connection_id, error = %err, "revocation failed");
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "the revoker fell behind; the sweep picks up what it missed");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
+/// The refresh sweep every `every`, as the EventBridge schedule runs it in AWS.
+fn spawn_sweeper(sweeper: Arc<Service>, every: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = sweeper.refresh_sweep(std::time::Instant::now() + every).await {
+                tracing::warn!(error = %e, "refresh sweep failed");
+            }
+        }
+    });
+}
+
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}

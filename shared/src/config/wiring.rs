@@ -1,0 +1,100 @@
+//! The composition root: [`Components`], the adapters a [`Settings`] value names wired into one
+//! [`Service`]. Built once per process (or Lambda container); nothing is adjusted afterwards.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{BackendKind, ConfigError, Settings};
+use crate::adapters::aws::{DynamoStore, EventBridgeSink, KmsKeyProvider};
+use crate::adapters::{LocalKeyProvider, LogEventSink, SqliteStore, secret_file};
+use crate::crypto::{Envelope, KeyProvider};
+use crate::http::RouterState;
+use crate::http::auth::Verifier;
+use crate::ports::{Clock, EventSink, Store, SystemClock};
+use crate::service::{Service, ServiceOptions};
+
+/// A wired backend: the service, its store (for operational tools and tests), and for the
+/// embedded backend its event sink to subscribe to.
+pub struct Components {
+    pub service: Arc<Service>,
+    pub store: Arc<dyn Store>,
+    pub events: Option<Arc<LogEventSink>>,
+}
+
+impl Components {
+    /// The backend `settings` names, with the service options they give
+    /// ([`Settings::service_options`]). For aws, the standard AWS configuration applies
+    /// (`AWS_REGION`, credentials, `AWS_ENDPOINT_URL`).
+    ///
+    /// # Errors
+    /// aws: `LATCHKEY_TABLE` or `LATCHKEY_KMS_KEY_ID` unset; embedded: as [`Components::embedded`].
+    pub async fn build(settings: &Settings) -> Result<Self, ConfigError> {
+        let options = settings.service_options();
+        match settings.backend {
+            BackendKind::Embedded => Self::embedded(&settings.data_dir, options),
+            BackendKind::Aws => {
+                let table = settings.require_table()?;
+                let key = settings.require_kms_key_id()?;
+                let sdk = crate::adapters::aws::sdk_config().await;
+                Ok(Self::aws(
+                    aws_sdk_dynamodb::Client::new(&sdk),
+                    aws_sdk_kms::Client::new(&sdk),
+                    aws_sdk_eventbridge::Client::new(&sdk),
+                    table,
+                    key,
+                    &settings.event_bus,
+                    options,
+                ))
+            }
+        }
+    }
+
+    /// The embedded backend under `dir` (created if missing, mode 0700): `latchkey.db` and
+    /// `master.key`.
+    ///
+    /// # Errors
+    /// The directory or master key cannot be used ([`ConfigError::DataDir`]), or the store
+    /// cannot be opened.
+    pub fn embedded(dir: &Path, options: ServiceOptions) -> Result<Self, ConfigError> {
+        let unusable = |source| ConfigError::DataDir { path: dir.to_owned(), source };
+        secret_file::ensure_private_dir(dir).map_err(unusable)?;
+        let keys: Arc<dyn KeyProvider> = Arc::new(LocalKeyProvider::open_or_create(dir).map_err(unusable)?);
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("latchkey.db"))?);
+        let events = Arc::new(LogEventSink::default());
+        let sink: Arc<dyn EventSink> = events.clone();
+        let service = Self::service(store.clone(), keys, sink, options);
+        Ok(Self { service, store, events: Some(events) })
+    }
+
+    /// The aws backend over the given clients (built once per process or container).
+    pub fn aws(
+        dynamodb: aws_sdk_dynamodb::Client,
+        kms: aws_sdk_kms::Client,
+        eventbridge: aws_sdk_eventbridge::Client,
+        table: &str,
+        kms_key_id: &str,
+        event_bus: &str,
+        options: ServiceOptions,
+    ) -> Self {
+        let store: Arc<dyn Store> = Arc::new(DynamoStore::new(dynamodb, table));
+        let keys: Arc<dyn KeyProvider> = Arc::new(KmsKeyProvider::new(kms, kms_key_id));
+        let sink: Arc<dyn EventSink> = Arc::new(EventBridgeSink::new(eventbridge, event_bus));
+        let service = Self::service(store.clone(), keys, sink, options);
+        Self { service, store, events: None }
+    }
+
+    fn service(
+        store: Arc<dyn Store>,
+        keys: Arc<dyn KeyProvider>,
+        events: Arc<dyn EventSink>,
+        options: ServiceOptions,
+    ) -> Arc<Service> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        Arc::new(Service::new(store, Arc::new(Envelope::new(keys)), events, clock, options))
+    }
+
+    /// The HTTP router's state: this service, callers checked by `verifier`.
+    pub fn router_state(&self, verifier: Verifier) -> RouterState {
+        RouterState { service: self.service.clone(), verifier: Arc::new(verifier) }
+    }
+}
