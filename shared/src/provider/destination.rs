@@ -107,10 +107,10 @@ const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// exception, where allowed (local development and tests; off by default on AWS).
 pub async fn check_public_destination(url: &url::Url, allow_loopback: bool) -> Result<(), DestinationError> {
     if is_loopback_host(url) {
-        return if allow_loopback { Ok(()) } else { Err(DestinationError::Refused("is a loopback address")) };
+        return if allow_loopback { Ok(()) } else { Err(DestinationError::Refused(NotPublic::Loopback)) };
     }
-    check_literal_destination(url, allow_loopback).map_err(DestinationError::Refused)?;
-    let host = url.host_str().ok_or(DestinationError::Refused("has no host"))?;
+    check_literal_destination(url, allow_loopback)?;
+    let host = url.host_str().ok_or(DestinationError::Refused(NotPublic::NoHost))?;
     let port = url.port_or_known_default().unwrap_or(443);
     // Bounded: a resolver that hangs must not hold a refresh past its lease.
     let lookup = tokio::net::lookup_host((host.trim_start_matches('[').trim_end_matches(']'), port));
@@ -122,35 +122,57 @@ pub async fn check_public_destination(url: &url::Url, allow_loopback: bool) -> R
     for a in addrs {
         any = true;
         if !ip_is_public(a.ip()) {
-            return Err(DestinationError::Refused("resolves to a private, loopback or link-local address"));
+            return Err(DestinationError::Refused(NotPublic::ResolvesPrivate));
         }
     }
     if any { Ok(()) } else { Err(DestinationError::Unresolved) }
 }
 
 /// Why a destination may not be called now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DestinationError {
     /// Never: the address is not public (or is loopback where that is not allowed).
-    Refused(&'static str),
+    #[error(transparent)]
+    Refused(#[from] NotPublic),
     /// Not now: the name does not resolve (DNS may be down, or the name gone).
+    #[error("does not resolve")]
     Unresolved,
+}
+
+/// Why an address is refused by the outbound policy. `Display` completes a sentence about the
+/// URL ("the token endpoint {it}"), as field errors and redirect descriptions show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotPublic {
+    /// Loopback, where the deployment does not allow it.
+    #[error("is a loopback address")]
+    Loopback,
+    #[error("has no host")]
+    NoHost,
+    /// A literal private, loopback or link-local address.
+    #[error("is a private, loopback or link-local address")]
+    Private,
+    /// A name one of whose addresses is private, loopback or link-local.
+    #[error("resolves to a private, loopback or link-local address")]
+    ResolvesPrivate,
 }
 
 /// The part of [`check_public_destination`] that needs no DNS: a literal address must be
 /// public, `localhost` and loopback addresses only where allowed. For checks at write time
 /// (a name that does not resolve yet is not an error then; it is at each call).
-pub fn check_literal_destination(url: &url::Url, allow_loopback: bool) -> std::result::Result<(), &'static str> {
+///
+/// # Errors
+/// [`NotPublic`]: loopback where not allowed, no host, or a literal non-public address.
+pub fn check_literal_destination(url: &url::Url, allow_loopback: bool) -> Result<(), NotPublic> {
     if is_loopback_host(url) {
-        return if allow_loopback { Ok(()) } else { Err("is a loopback address") };
+        return if allow_loopback { Ok(()) } else { Err(NotPublic::Loopback) };
     }
     let ip = match url.host() {
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
         Some(url::Host::Domain(_)) => return Ok(()),
-        None => return Err("has no host"),
+        None => return Err(NotPublic::NoHost),
     };
-    if ip_is_public(ip) { Ok(()) } else { Err("is a private, loopback or link-local address") }
+    if ip_is_public(ip) { Ok(()) } else { Err(NotPublic::Private) }
 }
 
 #[cfg(test)]
@@ -210,5 +232,11 @@ mod tests {
         assert!(check("http://127.0.0.1:9/t", false).is_err());
         assert!(check("http://localhost:9/t", false).is_err());
         assert!(check("http://127.0.0.1:9/t", true).is_ok());
+        // The words complete "the token endpoint ..." in field errors and redirect descriptions.
+        assert_eq!(
+            check("https://10.0.0.1/t", true).unwrap_err().to_string(),
+            "is a private, loopback or link-local address"
+        );
+        assert_eq!(check("http://localhost:9/t", false).unwrap_err().to_string(), "is a loopback address");
     }
 }

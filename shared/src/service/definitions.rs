@@ -96,7 +96,7 @@ impl Service {
                 continue;
             };
             if let Err(msg) = check_literal_destination(&url, self.allow_loopback_providers()) {
-                errors.push(FieldError::new(format!("{prefix}.{name}{suffix}"), msg));
+                errors.push(FieldError::new(format!("{prefix}.{name}{suffix}"), msg.to_string()));
             }
         }
         if errors.is_empty() { Ok(()) } else { Err(ServiceError::Invalid(errors)) }

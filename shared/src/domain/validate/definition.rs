@@ -213,7 +213,7 @@ pub fn definition_from_json<'c>(
         if let Some(default) = &input.default
             && let Err(msg) = check_special_input(name, default)
         {
-            errors.push(FieldError::new(format!("inputs.{name}.default"), msg));
+            errors.push(FieldError::new(format!("inputs.{name}.default"), msg.to_string()));
         }
     }
 
@@ -227,7 +227,7 @@ pub fn definition_from_json<'c>(
                 match check_secure_url(&s) {
                     Ok(_) => Some(s),
                     Err(msg) => {
-                        errors.push(FieldError::new(field, msg));
+                        errors.push(FieldError::new(field, msg.to_string()));
                         None
                     }
                 }
@@ -327,7 +327,7 @@ fn input_from_json(
             default = None;
         } else {
             match check_type(kind, v) {
-                Err(msg) => errors.push(FieldError::new(format!("{field}.default"), msg)),
+                Err(msg) => errors.push(FieldError::new(format!("{field}.default"), msg.to_string())),
                 Ok(()) if kind.is_secret() => {
                     secret = v.as_str().map(|s| SecretDefault::New(SecretString::from(s.to_owned())));
                     default = None;

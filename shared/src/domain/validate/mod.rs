@@ -44,6 +44,8 @@ const MAX_LABEL: usize = 200;
 const MAX_DESCRIPTION: usize = 2_000;
 const MAX_STRING: usize = 8_192;
 const MAX_TEXT: usize = 32_768;
+/// The longest value of a `url` input, in bytes.
+const MAX_URL: usize = 2_048;
 const MAX_INPUTS: usize = 100;
 /// The most a connection's values may total (names and values, plain and secret, as JSON), so a
 /// record stays far below DynamoDB's 400 KB item limit whatever PATCHes accumulate.
@@ -64,23 +66,54 @@ pub fn is_loopback_host(url: &url::Url) -> bool {
     }
 }
 
+/// Why a URL is refused; `Display` is the message a field error shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("must be an absolute URL")]
+    NotAbsolute,
+    #[error("must be an http or https URL")]
+    NotWeb,
+    #[error("must be https (plain http is accepted only for 127.0.0.1, ::1 and localhost)")]
+    NotSecure,
+}
+
 /// An absolute `http(s)` URL.
-fn parse_web_url(s: &str) -> Result<url::Url, &'static str> {
-    let url = url::Url::parse(s).map_err(|_| "must be an absolute URL")?;
+fn parse_web_url(s: &str) -> Result<url::Url, UrlError> {
+    let url = url::Url::parse(s).map_err(|_| UrlError::NotAbsolute)?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err("must be an http or https URL");
+        return Err(UrlError::NotWeb);
     }
     Ok(url)
 }
 
 /// A URL Latchkey sends a browser or a request to: https, or plain http on a loopback host.
-pub fn check_secure_url(s: &str) -> Result<url::Url, &'static str> {
+///
+/// # Errors
+/// [`UrlError`] for a string that is not an absolute `http(s)` URL, or plain http elsewhere.
+pub fn check_secure_url(s: &str) -> Result<url::Url, UrlError> {
     let url = parse_web_url(s)?;
-    if url.scheme() == "https" || is_loopback_host(&url) {
-        Ok(url)
-    } else {
-        Err("must be https (plain http is accepted only for 127.0.0.1, ::1 and localhost)")
-    }
+    if url.scheme() == "https" || is_loopback_host(&url) { Ok(url) } else { Err(UrlError::NotSecure) }
+}
+
+/// Why a value does not fit its input; `Display` is the message a field error shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("must be a string")]
+    NotString,
+    /// Longer than the type allows, in bytes.
+    #[error("must be at most {0} bytes")]
+    TooLong(usize),
+    #[error("must be a number")]
+    NotNumber,
+    #[error("must be a boolean")]
+    NotBoolean,
+    #[error("must be a URL string")]
+    NotUrlString,
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// A `clientAuth` that is not one of [`CLIENT_AUTH_METHODS`].
+    #[error("must be one of {}", CLIENT_AUTH_METHODS.join(", "))]
+    ClientAuth,
 }
 
 fn reject_unknown(obj: &Map<String, Value>, allowed: &[&str], prefix: &str, errors: &mut Vec<FieldError>) {
@@ -111,35 +144,29 @@ fn optional_string(
 }
 
 /// Checks a value against an input type.
-pub fn check_type(kind: InputType, v: &Value) -> Result<(), String> {
+///
+/// # Errors
+/// [`ValueError`] naming what the value should have been.
+pub fn check_type(kind: InputType, v: &Value) -> Result<(), ValueError> {
+    let bounded = |max: usize, missing: ValueError| match v.as_str() {
+        Some(s) if s.len() <= max => Ok(s),
+        Some(_) => Err(ValueError::TooLong(max)),
+        None => Err(missing),
+    };
     match kind {
-        InputType::String | InputType::Password => match v.as_str() {
-            Some(s) if s.len() <= MAX_STRING => Ok(()),
-            Some(_) => Err(format!("must be at most {MAX_STRING} bytes")),
-            None => Err("must be a string".into()),
-        },
-        InputType::Text => match v.as_str() {
-            Some(s) if s.len() <= MAX_TEXT => Ok(()),
-            Some(_) => Err(format!("must be at most {MAX_TEXT} bytes")),
-            None => Err("must be a string".into()),
-        },
-        InputType::Number => v.is_number().then_some(()).ok_or_else(|| "must be a number".into()),
-        InputType::Boolean => v.is_boolean().then_some(()).ok_or_else(|| "must be a boolean".into()),
-        InputType::Url => match v.as_str() {
-            Some(s) if s.len() <= 2_048 => parse_web_url(s).map(|_| ()).map_err(Into::into),
-            Some(_) => Err("must be at most 2048 bytes".into()),
-            None => Err("must be a URL string".into()),
-        },
+        InputType::String | InputType::Password => bounded(MAX_STRING, ValueError::NotString).map(|_| ()),
+        InputType::Text => bounded(MAX_TEXT, ValueError::NotString).map(|_| ()),
+        InputType::Number => v.is_number().then_some(()).ok_or(ValueError::NotNumber),
+        InputType::Boolean => v.is_boolean().then_some(()).ok_or(ValueError::NotBoolean),
+        InputType::Url => Ok(parse_web_url(bounded(MAX_URL, ValueError::NotUrlString)?).map(|_| ())?),
     }
 }
 
 /// Rules of the well-known OAuth inputs on top of their type.
-fn check_special_input(name: &str, v: &Value) -> Result<(), String> {
+fn check_special_input(name: &str, v: &Value) -> Result<(), ValueError> {
     match (name, v.as_str()) {
-        (n, Some(s)) if ENDPOINT_INPUTS.contains(&n) => check_secure_url(s).map(|_| ()).map_err(Into::into),
-        ("clientAuth", Some(s)) if !CLIENT_AUTH_METHODS.contains(&s) => {
-            Err(format!("must be one of {}", CLIENT_AUTH_METHODS.join(", ")))
-        }
+        (n, Some(s)) if ENDPOINT_INPUTS.contains(&n) => Ok(check_secure_url(s).map(|_| ())?),
+        ("clientAuth", Some(s)) if !CLIENT_AUTH_METHODS.contains(&s) => Err(ValueError::ClientAuth),
         _ => Ok(()),
     }
 }
@@ -334,6 +361,27 @@ mod tests {
                 definition_from_json("x", &json!({"auth": "custom", "redirects": {"success_url": url}}), no_catalog);
             assert_eq!(r.is_ok(), ok, "{url}");
         }
+    }
+
+    #[test]
+    fn value_errors_read_as_the_field_messages_clients_see() {
+        let message = |kind, v: Value| check_type(kind, &v).err().map(|e| e.to_string());
+        assert_eq!(message(InputType::Number, json!("3")).as_deref(), Some("must be a number"));
+        assert_eq!(
+            message(InputType::Text, json!("x".repeat(MAX_TEXT + 1))).as_deref(),
+            Some("must be at most 32768 bytes")
+        );
+        assert_eq!(message(InputType::Url, json!("nope")).as_deref(), Some("must be an absolute URL"));
+        assert_eq!(message(InputType::Url, json!("ftp://a.example")).as_deref(), Some("must be an http or https URL"));
+        assert_eq!(message(InputType::Url, json!("https://a.example")), None);
+        assert_eq!(
+            check_special_input("tokenUrl", &json!("http://a.example/t")).map_err(|e| e.to_string()),
+            Err("must be https (plain http is accepted only for 127.0.0.1, ::1 and localhost)".to_owned())
+        );
+        assert_eq!(
+            check_special_input("clientAuth", &json!("private_key_jwt")).map_err(|e| e.to_string()),
+            Err("must be one of client_secret_basic, client_secret_post".to_owned())
+        );
     }
 
     #[test]

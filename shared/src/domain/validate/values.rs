@@ -94,7 +94,7 @@ pub fn apply_values(
             continue;
         }
         if let Err(msg) = check_type(input.kind, v).and_then(|()| check_special_input(name, v)) {
-            errors.push(FieldError::new(field, msg));
+            errors.push(FieldError::new(field, msg.to_string()));
             continue;
         }
         if input.kind.is_secret() {

@@ -27,6 +27,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use url::Url;
 
+use crate::domain::validate::UrlError;
+
 /// How long a fetched key set is used before the next token that needs it fetches it again.
 pub const KEYS_MAX_AGE: Duration = Duration::from_secs(3600);
 /// A token signed with a key the cached set lacks refetches the set at most this often.
@@ -46,7 +48,9 @@ pub const MAX_KEYS: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum IssuerError {
     #[error("the issuer {0}")]
-    Url(&'static str),
+    Url(#[from] UrlError),
+    #[error("the issuer must have no query or fragment (OpenID Connect Discovery 1.0 §2)")]
+    QueryOrFragment,
     #[error("at least one audience is required")]
     NoAudience,
     #[error("the HTTP client cannot be built: {0}")]
@@ -76,7 +80,9 @@ enum FetchError {
     #[error("the discovery document names the issuer {found:?}, not the configured one")]
     IssuerMismatch { found: String },
     #[error("the discovery document's jwks_uri {0}")]
-    JwksUri(&'static str),
+    JwksUri(UrlError),
+    #[error("the discovery document's jwks_uri must be https, as the issuer is")]
+    JwksUriDowngrade,
 }
 
 /// One verification key of the set.
@@ -148,8 +154,9 @@ impl JwtIssuer {
     /// Fetches nothing yet.
     ///
     /// # Errors
-    /// [`IssuerError::Url`] for a URL that is not https (or loopback http), has a query or
-    /// fragment; [`IssuerError::NoAudience`] for an empty list.
+    /// [`IssuerError::Url`] for a URL that is not https (or loopback http),
+    /// [`IssuerError::QueryOrFragment`] for one with a query or fragment;
+    /// [`IssuerError::NoAudience`] for an empty list.
     pub fn new(issuer: &str, audiences: Vec<String>) -> Result<Self, IssuerError> {
         let (discovery, audiences) = Self::settings(issuer, audiences)?;
         let client = reqwest::Client::builder()
@@ -180,9 +187,9 @@ impl JwtIssuer {
 
     /// The discovery URL and the audiences, trimmed.
     fn settings(issuer: &str, audiences: Vec<String>) -> Result<(Url, Vec<String>), IssuerError> {
-        let url = crate::domain::validate::check_secure_url(issuer).map_err(IssuerError::Url)?;
+        let url = crate::domain::validate::check_secure_url(issuer)?;
         if url.query().is_some() || url.fragment().is_some() {
-            return Err(IssuerError::Url("must have no query or fragment (OpenID Connect Discovery 1.0 §2)"));
+            return Err(IssuerError::QueryOrFragment);
         }
         let audiences: Vec<String> =
             audiences.into_iter().map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect();
@@ -192,7 +199,7 @@ impl JwtIssuer {
         // `<issuer>/.well-known/openid-configuration`, a trailing slash of the issuer removed
         // (OpenID Connect Discovery 1.0 §4).
         let discovery = Url::parse(&format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/')))
-            .map_err(|_| IssuerError::Url("is not a valid URL"))?;
+            .map_err(|_| IssuerError::Url(UrlError::NotAbsolute))?;
         Ok((discovery, audiences))
     }
 
@@ -301,7 +308,7 @@ impl JwtIssuer {
         }
         let uri = crate::domain::validate::check_secure_url(&meta.jwks_uri).map_err(FetchError::JwksUri)?;
         if uri.scheme() != "https" && self.discovery.scheme() == "https" {
-            return Err(FetchError::JwksUri("must be https, as the issuer is"));
+            return Err(FetchError::JwksUriDowngrade);
         }
         Ok(uri)
     }
@@ -390,7 +397,10 @@ mod tests {
         assert!(JwtIssuer::new("https://idp.example.com/", vec!["api".into()]).is_ok());
         assert!(JwtIssuer::new("http://127.0.0.1:9/", vec!["api".into()]).is_ok());
         assert!(matches!(JwtIssuer::new("http://idp.example.com", vec!["api".into()]), Err(IssuerError::Url(_))));
-        assert!(matches!(JwtIssuer::new("https://idp.example.com/?a=b", vec!["a".into()]), Err(IssuerError::Url(_))));
+        assert!(matches!(
+            JwtIssuer::new("https://idp.example.com/?a=b", vec!["a".into()]),
+            Err(IssuerError::QueryOrFragment)
+        ));
         assert!(matches!(JwtIssuer::new("https://idp.example.com", vec![" ".into()]), Err(IssuerError::NoAudience)));
         let issuer = JwtIssuer::new("https://idp.example.com/tenant/", vec!["api".into()]).unwrap();
         assert_eq!(issuer.discovery.as_str(), "https://idp.example.com/tenant/.well-known/openid-configuration");

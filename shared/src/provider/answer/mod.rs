@@ -17,6 +17,7 @@ use secrecy::SecretString;
 use serde_json::{Map, Value};
 
 use super::RawAnswer;
+use super::destination::NotPublic;
 use crate::domain::{Refusal, provider_code};
 
 /// The largest `expires_in` taken at its word (ten years); beyond it the lifetime is unknown.
@@ -109,7 +110,7 @@ pub enum TokenFailure {
     Unreadable { code: &'static str, status: u16 },
     /// Not sent: the endpoint's address is refused by the outbound policy (a private,
     /// link-local or, where not allowed, loopback address).
-    Forbidden { why: &'static str },
+    Forbidden { why: NotPublic },
 }
 
 impl TokenFailure {
