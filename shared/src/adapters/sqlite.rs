@@ -94,8 +94,6 @@ impl SqliteStore {
         db.pragma_update(None, "synchronous", "NORMAL").map_err(backend)?;
         // Overwrite deleted content, so replaced records do not linger in free pages.
         db.pragma_update(None, "secure_delete", "ON").map_err(backend)?;
-        // Databases from before the due index get its column (the error says it exists already).
-        let _ = db.execute("ALTER TABLE connections ADD COLUMN due_at INTEGER", []);
         db.execute_batch(SCHEMA).map_err(backend)?;
         Ok(Self { db: Arc::new(Mutex::new(db)) })
     }
@@ -568,5 +566,27 @@ mod tests {
         let fresh = dir.path().join("new.db");
         SqliteStore::open(&fresh).unwrap();
         assert_eq!(mode(&fresh), 0o600);
+    }
+
+    #[tokio::test]
+    async fn a_reopened_database_keeps_its_records_and_due_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latchkey.db");
+        let org = crate::conformance::fresh_org();
+        let def = crate::conformance::definition(&org, "acme-api");
+        let mut c = crate::conformance::connection(&def, "c-1");
+        let due = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        c.refresh.due_at = Some(due);
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            store.put_definition(&def, crate::ports::Expect::Absent).await.unwrap();
+            store.insert_connection(&c).await.unwrap();
+        }
+        // Opening runs the schema again: it creates what is missing and keeps what is there.
+        let store = SqliteStore::open(&path).unwrap();
+        let read = store.get_connection(&org, &c.id).await.unwrap().expect("the connection is kept");
+        assert_eq!(read.refresh.due_at, Some(due));
+        let entries = store.due_connections(0, due, None, 10).await.unwrap();
+        assert_eq!(entries.iter().map(|e| &e.id).collect::<Vec<_>>(), vec![&c.id], "the due index is kept");
     }
 }
