@@ -105,7 +105,7 @@ async fn the_sweep_gives_up_on_hung_refreshes_and_ends_by_its_deadline() {
     let summary = summary.expect("the index answers: the sweep itself succeeds");
     eprintln!("sweep while KMS hangs: {summary:?} in {took:?}");
     assert!(took < deadline + OPERATION_TIMEOUT + Duration::from_secs(4), "the sweep ran {took:?}");
-    assert_eq!((summary.refreshed, summary.dropped), (0, 0), "{summary:?}");
+    assert_eq!(summary.refreshed, 0, "{summary:?}");
     assert!(summary.failed >= 2, "gave up on a hung refresh and moved on to the next: {summary:?}");
     assert_eq!(summary.failed + summary.skipped, summary.due, "{summary:?}");
     let left = ids.len() - summary.due + summary.skipped;

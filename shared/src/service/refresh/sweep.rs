@@ -11,11 +11,9 @@
 //!   a connection unusable clears `refresh.due_at` (red: [`Connection::turned_red`];
 //!   disconnected and deleted: `strip_credentials`; no refresh token: the refresh that finds
 //!   none), and both stores derive the index from `due_at` on every write.
-//! - **When the sweep meets an entry it cannot refresh** anyway (one written before these
-//!   rules, or a race), it takes it out of the index ([`unrefreshable`]), and when a refresh
-//!   fails before reaching the provider (a store, key or configuration error) the connection is
-//!   due again only after the base backoff: an entry does not come first in every sweep for the
-//!   same reason.
+//! - **When a refresh fails before reaching the provider** (a store, key or configuration
+//!   error) the connection is due again only after the base backoff: an entry does not come
+//!   first in every sweep for the same reason.
 //! - **Entries it must leave in place** (a refresh lease held by another worker) do not block
 //!   it: the sweep pages on after the last entry it read (a cursor, never the same page again)
 //!   while entries are due and its deadline allows, so a healthy connection behind any number of
@@ -32,44 +30,11 @@ pub struct SweepSummary {
     pub due: usize,
     pub refreshed: usize,
     pub failed: usize,
-    /// Left for later: refreshed or leased by someone else meanwhile, or not reached before the
-    /// deadline.
+    /// Left for later: refreshed, leased or taken out of the index by someone else meanwhile
+    /// (the index read may lag the record), or not reached before the deadline.
     pub skipped: usize,
-    /// Taken out of the due index because they cannot be refreshed (red, disconnected, not
-    /// authorized, no refresh token): entries written before every such write cleared the due
-    /// time, or lost in a race.
-    pub dropped: usize,
     /// Revocation jobs whose retry time had come, attempted by this sweep.
     pub revocations: usize,
-}
-
-/// Why the sweep cannot refresh a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Unrefreshable {
-    /// Pending, disconnected or red: it hands out no credentials, so it is not kept fresh.
-    Unusable(Unusable),
-    /// Configured without tokens (none were ever obtained).
-    NotAuthorized,
-    NoRefreshToken,
-    NotOAuth,
-}
-
-/// Why the sweep cannot refresh `c`, if it cannot: such a connection does not belong in the due
-/// index (SPEC section 6: a red connection sees no further tries until someone acts).
-pub(crate) fn unrefreshable(c: &Connection) -> Option<Unrefreshable> {
-    if let Some(why) = Unusable::of(c.status) {
-        return Some(Unrefreshable::Unusable(why));
-    }
-    match (c.auth, &c.oauth) {
-        // Client credentials are fetched again, refresh token or not.
-        (Some(AuthKind::Oauth2ClientCredentials), _) => None,
-        (Some(AuthKind::Oauth2AuthorizationCode) | None, None) => Some(Unrefreshable::NotAuthorized),
-        (Some(AuthKind::Oauth2AuthorizationCode) | None, Some(t)) if !t.has_refresh_token => {
-            Some(Unrefreshable::NoRefreshToken)
-        }
-        (Some(AuthKind::Oauth2AuthorizationCode) | None, Some(_)) => None,
-        (Some(_), _) => Some(Unrefreshable::NotOAuth),
-    }
 }
 
 /// What the sweep did with one due entry.
@@ -77,14 +42,13 @@ enum Swept {
     Refreshed,
     Failed,
     Skipped,
-    Dropped,
 }
 
 impl Service {
     /// The scheduled sweep: refreshes every connection due now, shard by shard, a page of the
     /// due index at a time and a bounded number at once, starting nothing after `deadline` (what
-    /// is left is counted as skipped and stays due). Entries it cannot refresh leave the index;
-    /// entries it must leave (leased elsewhere) are paged past (see the module documentation).
+    /// is left is counted as skipped and stays due). Entries it must leave (leased elsewhere) are
+    /// paged past (see the module documentation).
     ///
     /// Each AWS call is bounded ([`crate::adapters::aws::OPERATION_TIMEOUT`]): a dependency that
     /// does not answer fails that connection's refresh and the sweep moves on. When the index
@@ -134,7 +98,6 @@ impl Service {
                         Swept::Refreshed => summary.refreshed += 1,
                         Swept::Failed => summary.failed += 1,
                         Swept::Skipped => summary.skipped += 1,
-                        Swept::Dropped => summary.dropped += 1,
                     }
                 }
                 if !more {
@@ -161,7 +124,6 @@ impl Service {
             refreshed = summary.refreshed,
             failed = summary.failed,
             skipped = summary.skipped,
-            dropped = summary.dropped,
             "refresh sweep"
         );
         match failure {
@@ -170,7 +132,7 @@ impl Service {
         }
     }
 
-    /// One due entry of a sweep: refreshed if it can be, taken out of the index if it cannot.
+    /// One due entry of a sweep: refreshed if its record is still due.
     async fn sweep_one(&self, org: &OrgId, id: &ConnectionId) -> Swept {
         let c = match self.store.get_connection(org, id).await {
             Ok(Some(c)) => c,
@@ -181,35 +143,17 @@ impl Service {
                 return Swept::Failed;
             }
         };
-        if let Some(why) = unrefreshable(&c) {
-            return self.drop_from_index(&c, why).await;
-        }
         let needed = |c: &Connection, now: OffsetDateTime| c.refresh.due_at.is_some_and(|d| d <= now);
+        // The index may lag the record (DynamoDB's is eventually consistent): a record that is
+        // no longer due (refreshed, turned red, disconnected meanwhile) is not this sweep's.
+        if !needed(&c, self.clock.now()) {
+            return Swept::Skipped;
+        }
         let seen = c.oauth.as_ref().map(|t| t.obtained_at);
         match self.refresh_connection(org, id, seen, needed, false).await {
             Ok(Refreshed::Now(_)) => Swept::Refreshed,
             Ok(Refreshed::Already(_) | Refreshed::Busy) | Err(ServiceError::NotFound) => Swept::Skipped,
             Err(_) => Swept::Failed,
-        }
-    }
-
-    /// Takes `c` out of the due index: a version-conditional write of the same record without a
-    /// due time (a lease, if any, stays with its holder). A lost race leaves it to the write that
-    /// won, which derived the index anew.
-    async fn drop_from_index(&self, c: &Connection, why: Unrefreshable) -> Swept {
-        let mut next = c.clone();
-        next.refresh.due_at = None;
-        next.version = c.version + 1;
-        match self.store.update_connection(&next, c.version).await {
-            Ok(()) => {
-                tracing::debug!(org = %c.org, connection_id = %c.id, ?why, "left the refresh index: it cannot be refreshed");
-                Swept::Dropped
-            }
-            Err(StoreError::Conflict) => Swept::Skipped,
-            Err(e) => {
-                tracing::warn!(org = %c.org, connection_id = %c.id, error = %e, "taking a connection out of the refresh index failed");
-                Swept::Failed
-            }
         }
     }
 }
