@@ -299,8 +299,7 @@ impl TestApp {
     pub async fn sweeps_run(&self, n: usize) {
         let sweeps = || self.logs().matches(SWEEP_SUMMARY).count();
         let target = sweeps() + n;
-        eventually(Duration::from_secs(20), &format!("{n} more refresh sweeps"), || async { sweeps() >= target })
-            .await;
+        eventually(Duration::from_secs(20), &format!("{n} more refresh sweeps"), || async { sweeps() >= target }).await;
     }
 
     /// The server's stderr so far. Complete once [`TestApp::stop`] or [`TestApp::kill`] returned.
