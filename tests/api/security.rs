@@ -333,45 +333,6 @@ async fn authorized_against(app: &TestApp, refresh: Value) -> (QuirkServer, Stri
 }
 
 #[tokio::test]
-async fn a_grant_stored_before_origins_were_recorded_is_held_to_its_definitions_origin() {
-    let backend = Backend::fresh().await;
-    let secret = random_secret();
-    let mut app = TestApp::spawn_with(&backend, &secret).await;
-    let (q, org, id) = authorized_against(
-        &app,
-        json!({"status": 200, "json": {"access_token": "{{access_token}}",
-        "refresh_token": "{{refresh_token}}", "expires_in": 3600}}),
-    )
-    .await;
-    let elsewhere = QuirkServer::start(json!({})).await;
-    app.stop().await;
-    // The record as an earlier release stored it: no recorded origins, and its own copy of the
-    // app settings, which an organization user then points at another host.
-    let store = latchkey::adapters::SqliteStore::open(&backend.data_dir().join("latchkey.db")).unwrap();
-    let (org_id, con_id) =
-        (latchkey::domain::OrgId::parse(ORG).unwrap(), latchkey::domain::ConnectionId::parse(&id).unwrap());
-    let mut legacy = latchkey::ports::Store::get_connection(&store, &org_id, &con_id).await.unwrap().unwrap();
-    let tokens = legacy.oauth.as_mut().unwrap();
-    tokens.token_origin = None;
-    tokens.revoke_origin = None;
-    legacy.values.insert("tokenUrl".into(), json!(elsewhere.token_endpoint()));
-    legacy.values.insert("revokeUrl".into(), json!(elsewhere.revoke_endpoint()));
-    legacy.version += 1;
-    latchkey::ports::Store::update_connection(&store, &legacy, legacy.version - 1).await.unwrap();
-    drop(store);
-    let app = TestApp::spawn_with(&backend, &secret).await;
-    let refreshed = app.request(Method::POST, &format!("/v1/connections/{id}/refresh"), Some(&org), None).await;
-    assert!(refreshed.status.is_client_error(), "{}", refreshed.text);
-    let read = app.get_connection(&org, &id).await.body;
-    assert_eq!(read["error"]["code"], "reauthorization_required", "{read}");
-    app.request(Method::POST, &format!("/v1/connections/{id}/disconnect"), Some(&org), None)
-        .await
-        .assert_status(StatusCode::OK);
-    assert_eq!(elsewhere.total_calls().await, 0, "neither the refresh nor the revocation went elsewhere");
-    assert_eq!(q.token_calls("refresh_token").await, 0);
-}
-
-#[tokio::test]
 async fn new_values_do_not_revive_a_dead_grant_and_a_report_keeps_the_providers_reason() {
     let app = TestApp::spawn().await;
     let (q, org, id) = authorized_against(&app, json!({"status": 400, "json": {"error": "invalid_grant"}})).await;

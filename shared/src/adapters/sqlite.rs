@@ -589,4 +589,39 @@ mod tests {
         let entries = store.due_connections(0, due, None, 10).await.unwrap();
         assert_eq!(entries.iter().map(|e| &e.id).collect::<Vec<_>>(), vec![&c.id], "the due index is kept");
     }
+
+    #[tokio::test]
+    async fn a_grant_stored_without_its_token_origin_does_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("latchkey.db")).unwrap();
+        let org = crate::conformance::fresh_org();
+        let def = crate::conformance::definition(&org, "acme-api");
+        let mut c = crate::conformance::connection(&def, "c-1");
+        c.oauth = Some(crate::domain::OAuthTokens {
+            sealed: crate::domain::Sealed { key_id: "k".into(), wrapped_key: vec![1; 8], ciphertext: vec![2; 8] },
+            token_type: "Bearer".into(),
+            expires_at: None,
+            scopes: Vec::new(),
+            has_refresh_token: true,
+            obtained_at: OffsetDateTime::now_utc(),
+            token_origin: "https://idp.example.com".into(),
+            revoke_origin: None,
+        });
+        store.put_definition(&def, crate::ports::Expect::Absent).await.unwrap();
+        store.insert_connection(&c).await.unwrap();
+        assert!(store.get_connection(&org, &c.id).await.unwrap().is_some(), "a grant with its origin reads");
+        // No grant is unbound: a record without the origin is an error, never a fallback.
+        let changed = store
+            .db
+            .lock()
+            .unwrap()
+            .execute(
+                "UPDATE connections SET doc = json_remove(doc, '$.oauth.token_origin') WHERE id = ?1",
+                [c.id.as_str()],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+        let read = store.get_connection(&org, &c.id).await;
+        assert!(matches!(read, Err(StoreError::Backend(_))), "{read:?}");
+    }
 }

@@ -81,9 +81,9 @@ pub struct OAuthTokens {
     #[serde(with = "time::serde::rfc3339")]
     pub obtained_at: OffsetDateTime,
     /// The origin (`https://host:port`) of the token endpoint the grant was obtained from:
-    /// refreshes go there and nowhere else (SPEC section 8).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_origin: Option<String>,
+    /// refreshes go there and nowhere else (SPEC section 8). Required: a stored record without
+    /// it does not read (the store's error), so no grant is ever unbound.
+    pub token_origin: String,
     /// The origin of the revocation endpoint when the grant was obtained, if it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoke_origin: Option<String>,

@@ -77,22 +77,14 @@ impl Service {
             self.log(c, LogType::Revoked, "tokens dropped: the definition has no revokeUrl").await;
             return Ok(None);
         };
-        // Tokens go only to the origins the grant was obtained with (SPEC section 8); a grant
-        // stored before origins were recorded, to the origins its definition gives.
-        let bound: Vec<String> = match &tokens.token_origin {
-            Some(token) => [Some(token.clone()), tokens.revoke_origin.clone()].into_iter().flatten().collect(),
-            None => {
-                let (token, revoke) = self.definition_origins(&def, c).await;
-                [token, revoke].into_iter().flatten().collect()
-            }
-        };
-        if !bound.contains(&revoke.origin()) {
+        // Tokens go only to the origins the grant was obtained with (SPEC section 8).
+        let origin = revoke.origin();
+        if origin != tokens.token_origin && tokens.revoke_origin.as_ref() != Some(&origin) {
             self.log(
                 c,
                 LogType::RevokeFailed,
                 format!(
-                    "tokens dropped, not revoked: the revocation endpoint {} is not an origin the grant was obtained with",
-                    revoke.origin()
+                    "tokens dropped, not revoked: the revocation endpoint {origin} is not an origin the grant was obtained with"
                 ),
             )
             .await;

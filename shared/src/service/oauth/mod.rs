@@ -203,23 +203,6 @@ impl Service {
         })
     }
 
-    /// The token and revocation endpoint origins the definition itself gives `c` (its defaults
-    /// or its catalog provider's, ignoring any the connection set itself): what a grant obtained
-    /// before origins were recorded is taken to be bound to.
-    pub(crate) async fn definition_origins(
-        &self,
-        def: &Definition,
-        c: &Connection,
-    ) -> (Option<String>, Option<String>) {
-        let mut bare = c.clone();
-        bare.values.remove("tokenUrl");
-        bare.values.remove("revokeUrl");
-        match self.oauth_settings(def, &bare).await {
-            Ok(s) => (Some(s.token.origin()), s.revoke.map(|r| r.origin())),
-            Err(_) => (None, None),
-        }
-    }
-
     /// Whether customer-supplied provider URLs may name loopback (local development, tests).
     pub fn allow_loopback_providers(&self) -> bool {
         self.options.allow_loopback_providers

@@ -182,10 +182,8 @@ impl Service {
             .await?;
         // A refresh keeps the origins the grant was first bound to.
         let (token_origin, revoke_origin) = match previous {
-            Some((tokens, _)) if tokens.token_origin.is_some() => {
-                (tokens.token_origin.clone(), tokens.revoke_origin.clone())
-            }
-            _ => (Some(settings.token.origin()), settings.revoke.as_ref().map(|r| r.origin())),
+            Some((tokens, _)) => (tokens.token_origin.clone(), tokens.revoke_origin.clone()),
+            None => (settings.token.origin(), settings.revoke.as_ref().map(|r| r.origin())),
         };
         Ok(OAuthTokens {
             sealed,

@@ -234,17 +234,11 @@ impl Service {
                 .await;
         }
         // A grant is bound to the origin that issued it (SPEC section 8): a refresh token is
-        // never sent to another token endpoint, whoever changed the setting. A grant stored
-        // before origins were recorded is held to the origin its definition gives.
-        let bound = match &previous {
-            Some((tokens, _)) if tokens.token_origin.is_some() => tokens.token_origin.clone(),
-            Some(_) => self.definition_origins(&def, leased).await.0,
-            None => None,
-        };
-        if let Some(bound) = bound.as_deref()
-            && bound != settings.token.origin()
+        // never sent to another token endpoint, whoever changed the setting.
+        if let Some((tokens, _)) = &previous
+            && tokens.token_origin != settings.token.origin()
         {
-            let detail = format!("granted by {bound}, now {}", settings.token.origin());
+            let detail = format!("granted by {}, now {}", tokens.token_origin, settings.token.origin());
             let error = self.refusal_error(Refusal::ReauthorizationRequired, None, &detail);
             return self.refused(leased, error, "not refreshed").await;
         }
