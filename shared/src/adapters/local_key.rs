@@ -36,7 +36,7 @@ impl LocalKeyProvider {
             std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} must hold 32 bytes", path.display()))
         })?;
         let digest = Sha256::digest(master.expose());
-        let key_id = format!("local:{}", digest[..8].iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let key_id = format!("local:{}", hex::encode(&digest[..8]));
         Ok(Self { master, key_id })
     }
 
@@ -82,6 +82,17 @@ mod tests {
         assert_eq!(a.key_id(), b.key_id());
         let mode = std::fs::metadata(dir.path().join(MASTER_KEY_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn the_key_id_is_the_start_of_the_keys_sha256_in_hex() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MASTER_KEY_FILE);
+        std::fs::write(&path, [7u8; 32]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let key = LocalKeyProvider::open_or_create(dir.path()).unwrap();
+        // sha256 of 32 bytes of 7, its first 8 bytes in lowercase hex: stored beside each record.
+        assert_eq!(key.key_id(), "local:4bb06f8e4e3a7715");
     }
 
     #[test]

@@ -58,7 +58,7 @@ impl Settings {
         let stored = secret_file::read_or_create(&self.data_dir, JWT_SECRET_FILE, || {
             let mut bytes = Zeroizing::new([0u8; 32]);
             rand::rng().fill_bytes(&mut bytes[..]);
-            Zeroizing::new(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>().into_bytes())
+            Zeroizing::new(hex::encode(&bytes[..]).into_bytes())
         });
         Ok((secret(&self.data_dir.join(JWT_SECRET_FILE), stored)?, true))
     }
@@ -101,6 +101,7 @@ mod tests {
         let (generated, from_dir) = s.jwt_secret_or_generate().unwrap();
         assert!(from_dir);
         assert_eq!(generated.expose_secret().len(), 64);
+        assert!(generated.expose_secret().bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert_eq!(s.jwt_secret_or_generate().unwrap().0.expose_secret(), generated.expose_secret());
         assert_eq!(s.jwt_secret_existing().unwrap().expose_secret(), generated.expose_secret());
         let mode = std::fs::metadata(data.join(JWT_SECRET_FILE)).unwrap().permissions().mode();
