@@ -2,6 +2,7 @@
 //! (`bootstrap`), mint dev tokens (`token`). Every subcommand takes the settings of
 //! `latchkey::config::Settings`, as flags or `LATCHKEY_*` variables.
 
+mod commands;
 mod serve;
 
 use std::process::ExitCode;
@@ -44,6 +45,21 @@ enum Command {
         #[arg(long, default_value_t = 12 * 3600)]
         ttl: u64,
     },
+    /// Apply definitions from YAML/JSON files (diff, then write only what changed), list or show
+    /// them, on the API at --url (LATCHKEY_URL).
+    #[command(subcommand)]
+    Definitions(commands::definitions::Definitions),
+    /// List or show connections on the API at --url (LATCHKEY_URL).
+    #[command(subcommand)]
+    Connections(commands::connections::Connections),
+    /// Look a connection's credentials up (token role `runtime`) and print them. PRINTS SECRETS
+    /// (values and the access token) in clear on stdout.
+    Lookup(commands::lookup::Lookup),
+    /// Import connections with existing tokens in bulk from JSON lines or a JSON array.
+    Import(commands::import::Import),
+    /// Check the backend the settings name (embedded: data directory and key files; aws: table,
+    /// KMS key, event bus, clock) and say ok/warn/fail for each; non-zero exit if one fails.
+    Doctor,
 }
 
 fn unix_now() -> u64 {
@@ -78,6 +94,21 @@ async fn bootstrap(settings: &Settings) -> Result<(), Box<dyn std::error::Error>
     Ok(())
 }
 
+/// What `latchkey doctor` checks, from the settings.
+fn doctor_target(settings: &Settings) -> commands::doctor::Target {
+    match settings.backend {
+        latchkey::config::BackendKind::Embedded => commands::doctor::Target::Embedded {
+            data_dir: settings.data_dir.clone(),
+            jwt_secret_set: settings.jwt_secret.is_some(),
+        },
+        latchkey::config::BackendKind::Aws => commands::doctor::Target::Aws {
+            table: settings.table.clone(),
+            kms_key_id: settings.kms_key_id.clone(),
+            event_bus: settings.event_bus.clone(),
+        },
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // A blank LATCHKEY_* variable counts as unset, as it always has.
@@ -99,6 +130,11 @@ async fn main() -> ExitCode {
             Ok(secret) => token(&secret, org, customer, roles, ttl).await.map(|t| println!("{t}")).map_err(Into::into),
             Err(e) => Err(e.into()),
         },
+        Command::Definitions(c) => commands::definitions::run(c).await,
+        Command::Connections(c) => commands::connections::run(c).await,
+        Command::Lookup(c) => commands::lookup::run(c).await,
+        Command::Import(c) => commands::import::run(c).await,
+        Command::Doctor => commands::doctor::run(doctor_target(&settings)).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
