@@ -12,6 +12,7 @@ use latchkey::http::auth::Verifier;
 use latchkey::service::ServiceOptions;
 use secrecy::SecretString;
 use serde_json::{Value, json};
+use support::oauth::OidcServer;
 use tower::ServiceExt;
 
 /// The secret the sample events' tokens are signed with (see events/README.md).
@@ -29,13 +30,12 @@ struct Api {
 }
 
 impl Api {
-    /// The functions as deployed behind `https://abc123.execute-api.eu-west-1.amazonaws.com`.
+    /// The functions as deployed with `PublicUrl` set to `https://latchkey.acme.example` (a custom
+    /// domain) in front of the samples' API Gateway domain.
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let options = ServiceOptions {
-            public_url: Some("https://abc123.execute-api.eu-west-1.amazonaws.com".into()),
-            ..ServiceOptions::default()
-        };
+        let options =
+            ServiceOptions { public_url: Some("https://latchkey.acme.example".into()), ..ServiceOptions::default() };
         let app = Components::embedded(dir.path(), options).unwrap();
         let router = latchkey::http::router_for(
             Surface::ConnectionsApi,
@@ -168,7 +168,13 @@ async fn connections_api_serves_a_sample_of_every_route() {
         200,
         "authorize",
     );
-    assert!(started["authorize_url"].as_str().unwrap().starts_with("https://auth.acme.example/oauth/authorize?"));
+    let authorize_url = started["authorize_url"].as_str().unwrap();
+    assert!(authorize_url.starts_with("https://auth.acme.example/oauth/authorize?"));
+    // The configured public URL, not the API Gateway domain the request came through.
+    assert_eq!(
+        support::oauth::query_param(authorize_url, "redirect_uri").as_deref(),
+        Some("https://latchkey.acme.example/v1/oauth/callback")
+    );
     // Tokens imported from another platform: the connection is usable at once.
     let imported = ok(api.send_for("connections-api/import-connection.json", none).await, 201, "POST with tokens");
     assert_eq!(imported["status"], "configured");
@@ -241,6 +247,86 @@ async fn connections_api_never_trusts_authorizer_claims_alone() {
         .replace("\"org\": \"acme\"", "\"org\": \"umbrella\"");
     let req = lambda_http::request::from_str(&other).unwrap();
     assert_eq!(api.router.clone().oneshot(req).await.unwrap().status().as_u16(), 401);
+}
+
+/// The API Gateway domain of the samples (`requestContext.domainName`).
+const SAMPLE_DOMAIN: &str = "abc123.execute-api.eu-west-1.amazonaws.com";
+
+/// A sample with its JSON `body` replaced by `body` (and the connection id placeholder by `id`).
+fn with_body(name: &str, id: &str, body: &Value) -> String {
+    let mut v: Value = serde_json::from_str(&event(name).replace(SAMPLE_ID, id)).unwrap();
+    v["body"] = json!(body.to_string());
+    v.to_string()
+}
+
+/// The callback sample carrying the query of `url`, the provider's redirect to the callback.
+fn callback_event(url: &str) -> String {
+    let url = reqwest::Url::parse(url).unwrap();
+    let mut v: Value = serde_json::from_str(&event("oauth-callback/callback.json")).unwrap();
+    v["rawQueryString"] = json!(url.query().unwrap_or_default());
+    v["queryStringParameters"] = url.query_pairs().map(|(k, v)| (k.into_owned(), json!(v))).collect();
+    v.to_string()
+}
+
+/// Deployed without `LATCHKEY_PUBLIC_URL` (the template's default), the functions take the
+/// public URL from API Gateway's `requestContext.domainName`: authorize redirects to
+/// `https://{domainName}/v1/oauth/callback`, and the callback function exchanges the code with
+/// that same redirect URI (oidc-provider refuses any other, RFC 6749 section 4.1.3).
+#[tokio::test]
+async fn without_a_public_url_the_redirect_uri_is_the_api_gateway_domain() {
+    let redirect_uri = format!("https://{SAMPLE_DOMAIN}/v1/oauth/callback");
+    let oidc = OidcServer::start(json!({"redirect_uris": [redirect_uri]})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app =
+        Components::embedded(dir.path(), ServiceOptions { public_url: None, ..ServiceOptions::default() }).unwrap();
+    let state = || app.router_state(Verifier::hs256(&SecretString::from(EVENTS_SECRET)).unwrap());
+    let connections_api = latchkey::http::router_for(Surface::ConnectionsApi, state());
+    let oauth_callback = latchkey::http::router_for(Surface::OauthCallback, state());
+    let send = |router: &axum::Router, raw: String| {
+        let req = lambda_http::request::from_str(&raw).expect("a valid API Gateway event");
+        let router = router.clone();
+        async move {
+            let res = router.oneshot(req).await.unwrap();
+            let status = res.status().as_u16();
+            let bytes = res.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&bytes).into_owned())
+        }
+    };
+
+    let definition = json!({"auth": "oauth2_authorization_code", "inputs": {
+        "authorizeUrl": {"type": "url", "default": oidc.authorize_endpoint()},
+        "tokenUrl": {"type": "url", "default": oidc.token_endpoint()},
+        "clientId": {"type": "string", "default": oidc.client.client_id},
+        "clientSecret": {"type": "password", "default": oidc.client.client_secret},
+        "scopes": {"type": "string", "default": "openid offline_access api:read"}}});
+    let (status, body) =
+        send(&connections_api, with_body("connections-api/put-oauth-definition.json", SAMPLE_ID, &definition)).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = send(&connections_api, event("connections-api/create-oauth-connection.json")).await;
+    assert_eq!(status, 201, "{body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"].as_str().unwrap().to_owned();
+
+    let (status, body) =
+        send(&connections_api, event("connections-api/authorize-connection.json").replace(SAMPLE_ID, &id)).await;
+    assert_eq!(status, 200, "{body}");
+    let authorize_url = serde_json::from_str::<Value>(&body).unwrap()["authorize_url"].as_str().unwrap().to_owned();
+    assert_eq!(support::oauth::query_param(&authorize_url, "redirect_uri").as_deref(), Some(redirect_uri.as_str()));
+
+    let back = oidc.login_and_consent(&authorize_url).await;
+    assert!(back.starts_with(&format!("{redirect_uri}?")), "{back}");
+    let (status, page) = send(&oauth_callback, callback_event(&back)).await;
+    assert_eq!(status, 200, "the code exchange with the same redirect URI succeeds: {page}");
+    assert!(page.contains("The connection is authorized"), "{page}");
+    assert_eq!(oidc.stats().await["token_requests"]["authorization_code"], 1);
+    let (status, body) =
+        send(&connections_api, event("connections-api/get-connection.json").replace(SAMPLE_ID, &id)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["status"], "configured", "{body}");
+
+    // Outside API Gateway (no request context) and with no configured URL: no redirect URI.
+    let p = latchkey::domain::Principal::organization(latchkey::domain::OrgId::parse("acme").unwrap());
+    let refused = app.service.authorize(&p, &id).await.unwrap_err();
+    assert!(matches!(refused, latchkey::service::ServiceError::Unexpected(_)), "{refused:?}");
 }
 
 #[tokio::test]

@@ -78,8 +78,8 @@ pub struct Settings {
     pub addr: SocketAddr,
 
     /// Base of the OAuth redirect URI `{public-url}/v1/oauth/callback` (https, or http on
-    /// loopback); `latchkey serve` defaults to `http://<the address it listens on>`. Stored
-    /// without a trailing `/`.
+    /// loopback); `latchkey serve` defaults to `http://<the address it listens on>`, the HTTP
+    /// functions to the request's API Gateway domain. Stored without a trailing `/`.
     #[arg(long, env = "LATCHKEY_PUBLIC_URL", global = true, value_name = "URL")]
     #[arg(value_parser = Checked(parse_public_url))]
     pub public_url: Option<String>,

@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::rejection::{QueryRejection, RawPathParamsRejection};
-use axum::extract::{FromRequest, MatchedPath, Path, Query, RawPathParams, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Path, Query, RawPathParams, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -154,6 +155,42 @@ async fn trace_request(params: Result<RawPathParams, RawPathParamsRejection>, re
     .await
 }
 
+/// The public origin of the API as this request reached it, the base of the OAuth redirect URI
+/// (`https://auth.example.com`, no trailing `/`): the configured `LATCHKEY_PUBLIC_URL` when
+/// set; else, only behind API Gateway (a Lambda function), `https://{requestContext.domainName}`,
+/// the domain API Gateway was called at (its execute-api domain or a custom domain; the
+/// template's stage is `$default`, so no stage prefix); else `None`. Never the `Host` header:
+/// a client writes that, while the request context is API Gateway's (or, for whoever may invoke
+/// the function directly, theirs, checked to be a DNS name).
+pub struct PublicUrl(pub Option<String>);
+
+impl FromRequestParts<RouterState> for PublicUrl {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &RouterState) -> Result<Self, Self::Rejection> {
+        let configured = state.service.public_url().map(str::to_owned);
+        Ok(PublicUrl(configured.or_else(|| gateway_origin(parts))))
+    }
+}
+
+/// `https://{requestContext.domainName}` of an API Gateway HTTP API request, when the domain is
+/// a DNS name (labels of letters, digits and `-`, at most 253 characters).
+fn gateway_origin(parts: &Parts) -> Option<String> {
+    let Some(lambda_http::request::RequestContext::ApiGatewayV2(ctx)) =
+        parts.extensions.get::<lambda_http::request::RequestContext>()
+    else {
+        return None;
+    };
+    let domain = ctx.domain_name.as_deref()?;
+    let label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    (domain.len() <= 253 && domain.split('.').all(label)).then(|| format!("https://{}", domain.to_ascii_lowercase()))
+}
+
 /// A JSON body of at most [`MAX_BODY_BYTES`], parsed into a `Value` so that the service can
 /// name every bad field. Oversized is 413, malformed is 400, both as problem+json.
 pub struct JsonBody(pub Value);
@@ -226,7 +263,11 @@ async fn put_definition(
     Ok((status, axum::Json(view)).into_response())
 }
 
-async fn get_definition(State(s): State<RouterState>, p: Principal, Path(key): Path<String>) -> Result<Response, Problem> {
+async fn get_definition(
+    State(s): State<RouterState>,
+    p: Principal,
+    Path(key): Path<String>,
+) -> Result<Response, Problem> {
     Ok(axum::Json(s.service.get_definition(&p, &key).await?).into_response())
 }
 
@@ -269,7 +310,11 @@ async fn create_connection(
     Ok(with_etag(StatusCode::CREATED, s.service.create_connection(&p, &body).await?))
 }
 
-async fn get_connection(State(s): State<RouterState>, p: Principal, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn get_connection(
+    State(s): State<RouterState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
     Ok(with_etag(StatusCode::OK, s.service.get_connection(&p, &id).await?))
 }
 
@@ -336,13 +381,23 @@ async fn connection_logs(
     Ok(axum::Json(s.service.connection_logs(&p, &id, q.limit.unwrap_or(100)).await?).into_response())
 }
 
-/// `POST /v1/connections/{id}/authorize`: the URL to send the user's browser to.
-async fn authorize(State(s): State<RouterState>, p: Principal, Path(id): Path<String>) -> Result<Response, Problem> {
-    Ok(axum::Json(s.service.authorize(&p, &id).await?).into_response())
+/// `POST /v1/connections/{id}/authorize`: the URL to send the user's browser to, redirecting
+/// back to the API's [`PublicUrl`].
+async fn authorize(
+    State(s): State<RouterState>,
+    p: Principal,
+    PublicUrl(public_url): PublicUrl,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    Ok(axum::Json(s.service.authorize_at(&p, &id, public_url.as_deref()).await?).into_response())
 }
 
 /// `POST /v1/connections/{id}/refresh`: refresh now (organization users).
-async fn force_refresh(State(s): State<RouterState>, p: Principal, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn force_refresh(
+    State(s): State<RouterState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
     Ok(with_etag(StatusCode::OK, s.service.force_refresh(&p, &id).await?))
 }
 
@@ -448,5 +503,34 @@ async fn token_lookup(
             Ok(axum::Json(s.service.report_error(&p.org, p.customer.as_ref(), &req).await?).into_response())
         }
         Some(_) => Err(Problem::validation(vec![FieldError::new("action", "must be lookup or report_error")])),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts_from(domain: Option<&str>) -> Parts {
+        let mut ctx = aws_lambda_events::apigw::ApiGatewayV2httpRequestContext::default();
+        ctx.domain_name = domain.map(str::to_owned);
+        let mut req = axum::http::Request::new(());
+        req.extensions_mut().insert(lambda_http::request::RequestContext::ApiGatewayV2(ctx));
+        req.headers_mut().insert(header::HOST, HeaderValue::from_static("evil.example"));
+        req.into_parts().0
+    }
+
+    #[test]
+    fn the_gateway_origin_is_the_request_contexts_dns_name_never_the_host_header() {
+        assert_eq!(
+            gateway_origin(&parts_from(Some("Abc123.execute-api.eu-west-1.amazonaws.com"))).as_deref(),
+            Some("https://abc123.execute-api.eu-west-1.amazonaws.com")
+        );
+        assert_eq!(gateway_origin(&parts_from(Some("auth.example.com"))).as_deref(), Some("https://auth.example.com"));
+        for bad in ["evil.example/x", "evil.example:8443", "user@evil.example", "", "a..b", "-a.example", "a b"] {
+            assert_eq!(gateway_origin(&parts_from(Some(bad))), None, "{bad}");
+        }
+        assert_eq!(gateway_origin(&parts_from(None)), None);
+        let outside = axum::http::Request::new(()).into_parts().0;
+        assert_eq!(gateway_origin(&outside), None, "no request context: not behind API Gateway");
     }
 }

@@ -43,8 +43,9 @@ pub struct Service {
 #[derive(Debug, Clone)]
 pub struct ServiceOptions {
     /// The public base URL, e.g. `https://latchkey.example.com` (no trailing slash needed): the
-    /// OAuth redirect URI is `{public_url}/v1/oauth/callback`. `None`: authorization is refused
-    /// (a function that never starts one, such as token-lookup).
+    /// OAuth redirect URI is `{public_url}/v1/oauth/callback`. `None`: behind API Gateway the
+    /// request's domain (`https://{requestContext.domainName}`, see `http::PublicUrl`), elsewhere
+    /// authorization is refused (`latchkey serve` always sets one).
     pub public_url: Option<String>,
     /// Whether provider URLs Latchkey calls may name loopback (`LATCHKEY_ALLOW_LOOPBACK_PROVIDERS`).
     pub allow_loopback_providers: bool,

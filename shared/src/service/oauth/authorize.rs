@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::super::{Result, Service, ServiceError};
+use super::CALLBACK_PATH;
 use crate::crypto::EncryptionContext;
 use crate::domain::{AuthKind, LogType, OAuthState, Principal};
 
@@ -41,19 +42,37 @@ pub fn state_hash(state: &str) -> String {
 }
 
 impl Service {
-    /// `POST /v1/connections/{id}/authorize`: a single-use authorize URL for the browser.
+    /// `POST /v1/connections/{id}/authorize` with the configured public URL
+    /// (`LATCHKEY_PUBLIC_URL`): see [`Service::authorize_at`].
     pub async fn authorize(&self, p: &Principal, id: &str) -> Result<AuthorizeResponse> {
+        self.authorize_at(p, id, self.public_url()).await
+    }
+
+    /// `POST /v1/connections/{id}/authorize`: a single-use authorize URL for the browser, whose
+    /// redirect URI is `{public_url}/v1/oauth/callback`. `public_url` is the origin the callback
+    /// is reached at (`https://auth.example.com`, no trailing `/`): the configured one, or on
+    /// Lambda the API Gateway domain of the request (`http::PublicUrl`). The redirect URI is
+    /// stored with the state, and the callback exchanges the code with that same URI.
+    ///
+    /// # Errors
+    /// Those of the connection's visibility and permissions, `Conflict` for a connection that is
+    /// not `oauth2_authorization_code`, `Invalid` for incomplete OAuth settings, and
+    /// `Unexpected` (a deployment fault) when `public_url` is `None`.
+    pub async fn authorize_at(&self, p: &Principal, id: &str, public_url: Option<&str>) -> Result<AuthorizeResponse> {
         let c = self.visible_connection(p, id).await?;
         super::super::connections::require_manage(p, &c)?;
         let def = self.definition_of(&c).await?;
         if def.auth != AuthKind::Oauth2AuthorizationCode {
             return Err(ServiceError::Conflict("only oauth2_authorization_code connections are authorized"));
         }
-        // A deployment fault, not the caller's: every function that authorizes is configured
-        // with LATCHKEY_PUBLIC_URL.
-        let redirect_uri = self
-            .redirect_uri()
-            .ok_or_else(|| ServiceError::unexpected("LATCHKEY_PUBLIC_URL is not configured: no OAuth redirect URI"))?;
+        // A deployment fault, not the caller's: a function that authorizes is configured with
+        // LATCHKEY_PUBLIC_URL or runs behind API Gateway, which names its domain.
+        let public_url = public_url.ok_or_else(|| {
+            ServiceError::unexpected(
+                "LATCHKEY_PUBLIC_URL is not configured and no API Gateway domain: no OAuth redirect URI",
+            )
+        })?;
+        let redirect_uri = format!("{}{CALLBACK_PATH}", public_url.trim_end_matches('/'));
         let settings = self.oauth_settings(&def, &c).await?;
         // `oauth_settings` already requires it of authorization-code definitions.
         let auth_url = settings

@@ -24,7 +24,8 @@ use crate::provider::destination::{DestinationError, check_public_destination};
 use crate::provider::request::GrantRequest;
 use crate::provider::{ClientAuth, ClientAuthMethod, FormPost, Grant, Reach, TokenAnswer, TokenFailure};
 
-/// The callback path under `LATCHKEY_PUBLIC_URL`.
+/// The callback path under the public URL (`LATCHKEY_PUBLIC_URL`, or on Lambda the API
+/// Gateway domain of the request).
 pub const CALLBACK_PATH: &str = "/v1/oauth/callback";
 /// The input naming the expected RFC 9207 issuer of OAuth definitions.
 pub const ISSUER_INPUT: &str = "issuer";
@@ -208,9 +209,10 @@ impl Service {
         self.options.allow_loopback_providers
     }
 
-    /// The OAuth redirect URI, `{LATCHKEY_PUBLIC_URL}/v1/oauth/callback`.
-    pub fn redirect_uri(&self) -> Option<String> {
-        self.options.public_url.as_ref().map(|u| format!("{u}{CALLBACK_PATH}"))
+    /// The configured public URL (`LATCHKEY_PUBLIC_URL`, no trailing `/`), if any: the base
+    /// of the OAuth redirect URI `{public_url}/v1/oauth/callback`.
+    pub fn public_url(&self) -> Option<&str> {
+        self.options.public_url.as_deref()
     }
 }
 
