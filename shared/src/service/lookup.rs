@@ -66,13 +66,6 @@ impl Serialize for Fields {
     }
 }
 
-impl Fields {
-    /// The value of one field as a string, for tests and callers that know it is a string.
-    pub fn get_str(&self, name: &str) -> Option<&str> {
-        self.secret.get(name).map(|s| s.expose_secret()).or_else(|| self.plain.get(name)?.as_str())
-    }
-}
-
 /// An OAuth access token as a lookup hands it out.
 #[derive(Serialize)]
 pub struct TokenView {
