@@ -22,7 +22,7 @@ pub type Error = lambda_runtime::Error;
 /// The `detail` of Latchkey's own `Connection Disconnected` and `Connection Deleted` events
 /// (`domain::Event`, source `latchkey`) as token-revoke reads it: which connection. Its other
 /// members (`customer`, `definition`, `status`) are ignored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ConnectionEventDetail {
     pub org: OrgId,
     pub connection_id: ConnectionId,
@@ -34,7 +34,7 @@ pub struct ConnectionEventDetail {
 pub type ConnectionEvent = EventBridgeEvent<ConnectionEventDetail>;
 
 /// The `detail` of an EventBridge scheduled event: `{}`. Whatever it holds is ignored.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ScheduleDetail {}
 
 /// token-refresh's input: the event of its EventBridge schedule rule (`detail-type` `Scheduled

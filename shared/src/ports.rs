@@ -43,7 +43,7 @@ impl StoreError {
 }
 
 /// The condition of a write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub enum Expect {
     /// The record must not exist yet.
     Absent,
@@ -52,7 +52,7 @@ pub enum Expect {
 }
 
 /// Filters of a connection listing; all optional, combined with AND.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct ConnectionFilter {
     pub customer: Option<CustomerId>,
     pub definition: Option<DefinitionKey>,
@@ -60,7 +60,7 @@ pub struct ConnectionFilter {
 }
 
 /// One page of a listing, newest first; `next` is the cursor of the following page.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next: Option<ConnectionId>,
@@ -163,7 +163,7 @@ pub trait Clock: Send + Sync + 'static {
 }
 
 /// The wall clock, truncated to milliseconds so stored and returned times compare equal.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {

@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS oauth_states (
 ";
 
 /// The SQLite store.
-#[derive(Clone)]
+#[derive()]
 pub struct SqliteStore {
     db: Arc<Mutex<rusqlite::Connection>>,
 }

@@ -63,7 +63,7 @@ pub enum LogFormat {
 ///
 /// Build it with [`Settings::from_env`] (the Lambda functions), [`Settings::from_vars`], or as
 /// part of a clap command followed by [`Settings::check`] (`latchkey`).
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Args)]
 #[command(next_help_heading = "Settings (each also read from its LATCHKEY_* variable)")]
 pub struct Settings {
     /// Which adapters back the service: `embedded` (SQLite, local key) or `aws` (DynamoDB, KMS,

@@ -27,7 +27,7 @@ impl Scope {
 }
 
 /// The lifecycle of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, EnumString, IntoStaticStr, VariantNames)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, EnumString, IntoStaticStr, VariantNames)]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum Status {
@@ -55,7 +55,7 @@ impl Status {
 }
 
 /// Why a connection is red.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusError {
     /// Latchkey's class (`grant_refused`, `client_rejected`, `reported`...).
     pub code: String,
@@ -99,7 +99,7 @@ pub struct Lease {
 }
 
 /// Refresh bookkeeping of an OAuth connection.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RefreshState {
     /// When the sweep should refresh next; `None` keeps the connection out of the due index
     /// (no refresh token, red, disconnected).

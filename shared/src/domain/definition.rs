@@ -105,7 +105,7 @@ pub struct Redirects {
 }
 
 /// What a connection needs: a stored connection definition of one organization.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Definition {
     pub org: OrgId,
     pub key: DefinitionKey,

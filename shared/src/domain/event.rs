@@ -3,7 +3,7 @@ use serde::Serialize;
 use super::{Connection, ConnectionId, CustomerId, DefinitionKey, OrgId, Status};
 
 /// Lifecycle events (EventBridge `detail-type`, source `latchkey`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize)]
 pub enum EventType {
     #[serde(rename = "Connection Created")]
     ConnectionCreated,
@@ -40,7 +40,7 @@ impl EventType {
 }
 
 /// An event: identifiers and status only, by construction never a secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Event {
     #[serde(skip)]
     pub kind: EventType,

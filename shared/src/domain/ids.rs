@@ -3,7 +3,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Why a string is not a valid identifier.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct IdError(&'static str);
 
@@ -18,7 +18,7 @@ fn tenant_id_ok(s: &str) -> bool {
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $check:expr, $msg:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
         #[serde(transparent)]
         pub struct $name(String);
 

@@ -20,7 +20,7 @@ pub enum LogType {
 }
 
 /// One line of a connection's log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct LogEntry {
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,

@@ -1,7 +1,7 @@
 use super::{CustomerId, OrgId};
 
 /// Who is calling, from a verified bearer token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Principal {
     pub org: OrgId,
     /// Present for a customer user; absent for an organization user.

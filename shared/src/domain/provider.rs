@@ -8,7 +8,7 @@ use super::{AuthKind, OAuthQuirks};
 
 /// What the provider's token answers are like (documentation of the entry; the reader takes any
 /// answer as it comes).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenResponse {
     /// `number` (RFC 6749), `string` (a number sent as a string), or `absent` (never sent: the
@@ -21,7 +21,7 @@ pub struct TokenResponse {
     pub rotates_refresh_token: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExpiresIn {
     #[default]
@@ -31,7 +31,7 @@ pub enum ExpiresIn {
 }
 
 /// One provider of the catalog.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Provider {
     /// The catalog key (`slack`), used as a definition's `provider`.

@@ -45,7 +45,7 @@ pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// The claims `latchkey token` signs (HS256 development tokens).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
     pub org: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -35,7 +35,7 @@ pub mod types {
 /// retried soon, since service resumes with the dependency's first answer.
 pub const RETRY_AFTER_SECS: u32 = 2;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: &'static str,

@@ -129,7 +129,7 @@ pub async fn check_public_destination(url: &url::Url, allow_loopback: bool) -> R
 }
 
 /// Why a destination may not be called now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, thiserror::Error)]
 pub enum DestinationError {
     /// Never: the address is not public (or is loopback where that is not allowed).
     #[error(transparent)]

@@ -41,7 +41,7 @@ fn builder() -> reqwest::ClientBuilder {
 /// [`Reach::PublicOnly`] requests resolve names only to public addresses; literal addresses
 /// are not resolved at all, so callers check them first with
 /// [`super::destination::check_public_destination`].
-#[derive(Clone)]
+#[derive()]
 pub struct HttpProviderClient {
     any: reqwest::Client,
     public_only: reqwest::Client,

@@ -26,7 +26,7 @@ pub use request::{ClientAuth, ClientAuthMethod};
 
 /// Where a request may go: any address (an endpoint the organization set), or public addresses
 /// only (an endpoint a customer could set: no reaching into private networks).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub enum Reach {
     Any,
     PublicOnly,
@@ -62,7 +62,7 @@ impl FormPost {
 
 /// A provider's answer as it came: any status, the body unread. `Debug` never shows the body
 /// (it may hold tokens).
-#[derive(Clone)]
+#[derive()]
 pub struct RawAnswer {
     pub status: u16,
     pub content_type: Option<String>,

@@ -24,7 +24,7 @@ impl ClientAuthMethod {
 }
 
 /// The OAuth client: its id, its secret (none for a public client) and how it sends them.
-#[derive(Clone)]
+#[derive()]
 pub struct ClientAuth {
     pub client_id: String,
     pub client_secret: Option<SecretString>,

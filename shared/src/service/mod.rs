@@ -40,7 +40,7 @@ pub struct Service {
 
 /// What a [`Service`] is built with besides its ports, fixed for its life (from
 /// `config::Settings`, see `Settings::service_options`).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ServiceOptions {
     /// The public base URL, e.g. `https://latchkey.example.com` (no trailing slash needed): the
     /// OAuth redirect URI is `{public_url}/v1/oauth/callback`. `None`: behind API Gateway the

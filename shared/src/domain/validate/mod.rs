@@ -28,7 +28,7 @@ pub use tokens::{ImportedExpiry, ImportedTokens, MAX_IMPORT_LIFETIME_SECS, impor
 pub use values::{Setter, Values, apply_values};
 
 /// One invalid field of a request, named by its JSON path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, PartialEq, Eq, Serialize)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -67,7 +67,7 @@ pub fn is_loopback_host(url: &url::Url) -> bool {
 }
 
 /// Why a URL is refused; `Display` is the message a field error shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, thiserror::Error)]
 pub enum UrlError {
     #[error("must be an absolute URL")]
     NotAbsolute,
@@ -96,7 +96,7 @@ pub fn check_secure_url(s: &str) -> Result<url::Url, UrlError> {
 }
 
 /// Why a value does not fit its input; `Display` is the message a field error shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, thiserror::Error)]
 pub enum ValueError {
     #[error("must be a string")]
     NotString,

@@ -58,7 +58,7 @@ pub enum IssuerError {
 }
 
 /// Why no key verifies a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub(super) enum KeyError {
     /// The issuer's set has no such key, even after a refetch (or a refetch was not allowed yet).
     Unknown,

@@ -93,7 +93,7 @@ impl TokenAnswer {
 }
 
 /// Why a token request did not give tokens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum TokenFailure {
     /// The provider said no, and saying it again will not help.
     Refused {
@@ -128,7 +128,7 @@ impl TokenFailure {
 }
 
 /// What a revocation request came to (RFC 7009 section 2.2).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum RevokeAnswer {
     Revoked,
     /// Refused for good (`unsupported_token_type`, an unknown client...): not retried.

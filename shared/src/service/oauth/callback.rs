@@ -13,7 +13,7 @@ use crate::provider::TokenFailure;
 use crate::provider::request::GrantRequest;
 
 /// Where the callback sends the browser.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum CallbackOutcome {
     Redirect(String),
     /// No redirect configured (or nothing to redirect for): a small page.
@@ -26,7 +26,7 @@ pub enum CallbackOutcome {
 
 /// Why an authorization did not complete, as the failure redirect reports it (RFC 6749
 /// section 4.1.2.1): `error` is the provider's code (reduced) or Latchkey's, never free text.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 struct AuthorizationFailure {
     error: String,
     description: String,

@@ -19,7 +19,7 @@ use crate::ports::StoreError;
 use crate::provider::TokenAnswer;
 
 /// The sealed part of a connection's tokens: one JSON object under the connection's context.
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Serialize, Deserialize)]
 pub(crate) struct TokenSecrets {
     pub access_token: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

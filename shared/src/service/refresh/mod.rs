@@ -25,7 +25,7 @@ mod sweep;
 pub use sweep::SweepSummary;
 
 /// How refreshes are scheduled and bounded.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RefreshPolicy {
     /// Refresh this long before expiry (`LATCHKEY_REFRESH_LOOKAHEAD_SECS`), capped at half the
     /// token's lifetime so short-lived tokens are not refreshed on every sweep.

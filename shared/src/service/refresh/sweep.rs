@@ -24,7 +24,7 @@ use std::time::Instant;
 use super::*;
 
 /// What a sweep did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct SweepSummary {
     /// Entries of the due index the sweep read.
     pub due: usize,
