@@ -18,6 +18,8 @@ bin=.venv-infra/bin
 echo "==> template parameters, SAM expansion"
 "$bin/python" tests/infra_check.py patterns
 "$bin/python" tests/infra_check.py expand target/infra/expanded.json
+echo "==> the expansion's HTTP routes (each admitted by an invoke permission of its function)"
+"$bin/python" tests/infra_check.py routes target/infra/expanded.json
 
 echo "==> cfn-lint (the template, then its expansion: cfn-lint does not look inside AWS::Serverless::*)"
 "$bin/cfn-lint" infra/template.yaml

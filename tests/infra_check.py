@@ -5,11 +5,16 @@ tests/infra-requirements.txt:
    CloudFormation (cfn-lint does not look inside SAM resources), written to
    target/infra/expanded.json for cfn-lint;
 2. the rules CloudFormation and EventBridge enforce but moto does not: the schedule parameter's
-   pattern accepts what EventBridge accepts and refuses what it refuses.
+   pattern accepts what EventBridge accepts and refuses what it refuses;
+3. the HTTP routes of an expansion, one JSON line each (route key, authorization, authorizer,
+   target function, payload version, timeout, and the invoke permission that admits it), from
+   AWS::ApiGatewayV2::Route resources or from the OpenAPI body SAM writes for HttpApi events:
+   two expansions route alike when these lines are equal.
 
-Usage: python tests/infra_check.py expand OUT.json | python tests/infra_check.py patterns
+Usage: python tests/infra_check.py expand OUT.json | patterns | routes EXPANDED.json
 """
 
+import fnmatch
 import json
 import os
 import re
@@ -77,10 +82,93 @@ def patterns():
     print("parameter patterns: ok")
 
 
+def _function_of(uri):
+    """The logical id of the function an integration URI names (`!GetAtt F.Arn`, or SAM's
+    `!Sub ...${F.Arn}/invocations`)."""
+    if "Fn::GetAtt" in uri:
+        return uri["Fn::GetAtt"][0]
+    match = re.search(r"\$\{(\w+)\.Arn\}", json.dumps(uri))
+    return match.group(1) if match else json.dumps(uri)
+
+
+def _jwt(identity_source, config):
+    """A JWT authorizer, its keys as CloudFormation and OpenAPI spell them alike."""
+    sources = identity_source if isinstance(identity_source, list) else [identity_source]
+    lower = {k.lower(): v for k, v in config.items()}
+    return {"identity": sources, "issuer": lower.get("issuer"), "audience": lower.get("audience")}
+
+
+def _permitted(resources, function, method, path):
+    """Whether an apigateway.amazonaws.com invoke permission of `function` admits `method path`
+    on the stack's API (its SourceArn's pattern after `${HttpApi}/STAGE/`)."""
+    for r in resources.values():
+        p = r.get("Properties", {})
+        if r["Type"] != "AWS::Lambda::Permission" or p.get("Principal") != "apigateway.amazonaws.com":
+            continue
+        if p.get("FunctionName") != {"Ref": function}:
+            continue
+        sub = p["SourceArn"]["Fn::Sub"]
+        arn = sub[0] if isinstance(sub, list) else sub
+        api = "${__ApiId__}" if isinstance(sub, list) else "${HttpApi}"
+        tail = arn.split(api + "/", 1)[1].split("/", 1)  # STAGE, then METHOD/PATH or *
+        pattern = tail[1] if len(tail) > 1 else "*"
+        if fnmatch.fnmatchcase(f"{method}{path}", pattern.replace("${__Stage__}", "*")):
+            return True
+    return False
+
+
+def routes(path):
+    with open(path) as f:
+        resources = json.load(f)["Resources"]
+    out = []
+    for r in resources.values():
+        p = r.get("Properties", {})
+        if r["Type"] == "AWS::ApiGatewayV2::Route":
+            target = re.search(r"integrations/\$\{(\w+)\}", p["Target"]["Fn::Sub"]).group(1)
+            integration = resources[target]["Properties"]
+            authorizer = None
+            if p["AuthorizationType"] == "JWT":
+                a = resources[p["AuthorizerId"]["Ref"]]["Properties"]
+                authorizer = _jwt(a["IdentitySource"], a["JwtConfiguration"])
+            method, route_path = p["RouteKey"].split(" ", 1)
+            out.append({"route": p["RouteKey"], "authorization": p["AuthorizationType"], "authorizer": authorizer,
+                        "function": _function_of(integration["IntegrationUri"]),
+                        "payload": integration["PayloadFormatVersion"], "timeout": integration.get("TimeoutInMillis")})
+        elif r["Type"] == "AWS::ApiGatewayV2::Api" and "Body" in p:
+            body = p["Body"]
+            schemes = body.get("components", {}).get("securitySchemes", {})
+            for route_path, item in body["paths"].items():
+                for method, op in item.items():
+                    if method == "parameters":
+                        continue
+                    integration = op["x-amazon-apigateway-integration"]
+                    (name,) = [k for s in op.get("security", [{"NONE": []}]) for k in s] or ["NONE"]
+                    authorizer = None
+                    if name != "NONE":
+                        a = schemes[name]["x-amazon-apigateway-authorizer"]
+                        assert a["type"] == "jwt", name
+                        authorizer = _jwt(a["identitySource"], a["jwtConfiguration"])
+                    out.append({"route": f"{method.upper()} {route_path}",
+                                "authorization": "NONE" if name == "NONE" else "JWT", "authorizer": authorizer,
+                                "function": _function_of(integration["uri"]),
+                                "payload": integration["payloadFormatVersion"],
+                                "timeout": integration.get("timeoutInMillis")})
+    for route in out:
+        method, route_path = route["route"].split(" ", 1)
+        route["permitted"] = _permitted(resources, route["function"], method, route_path)
+    for route in sorted(out, key=lambda r: r["route"]):
+        print(json.dumps(route, sort_keys=True))
+    refused = [r["route"] for r in out if not r["permitted"]]
+    if refused:
+        sys.exit(f"no invoke permission admits API Gateway to these routes' functions: {refused}")
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["expand"]:
         expand(sys.argv[2])
     elif sys.argv[1:2] == ["patterns"]:
         patterns()
+    elif sys.argv[1:2] == ["routes"]:
+        routes(sys.argv[2])
     else:
         sys.exit(__doc__)

@@ -178,6 +178,9 @@ fn the_template_stays_under_cloudformations_inline_limit() {
     assert!(TEMPLATE.len() < INLINE_LIMIT, "infra/template.yaml is {} bytes, the limit {INLINE_LIMIT}", TEMPLATE.len());
 }
 
+/// The routes are SAM `HttpApi` events on the HTTP functions: every OpenAPI operation has exactly
+/// one, on the function that serves it, behind the API's JWT authorizer unless the operation is
+/// public (`security: []`, `Auth: {Authorizer: NONE}`).
 #[test]
 fn the_http_routes_are_the_openapi_operations() {
     let openapi: Value = serde_json::from_str(OPENAPI).unwrap();
@@ -191,28 +194,58 @@ fn the_http_routes_are_the_openapi_operations() {
         }
     }
     let t = template();
+    let api = &resources(&t)["HttpApi"];
+    assert_eq!(api["Type"], "AWS::Serverless::HttpApi");
+    let auth = &api["Properties"]["Auth"];
+    let default = auth["DefaultAuthorizer"].as_str().expect("routes are JWT-authorized unless they say otherwise");
+    let jwt = &auth["Authorizers"][default];
+    assert_eq!(jwt["IdentitySource"], "$request.header.Authorization");
+    assert_eq!(jwt["JwtConfiguration"]["issuer"], json!({"Ref": "JwtIssuer"}));
+    assert_eq!(jwt["JwtConfiguration"]["audience"], json!({"Ref": "JwtAudience"}));
+    assert!(of_type(&t, "AWS::ApiGatewayV2::Route").is_empty(), "routes are events, not resources");
+
     let mut deployed = BTreeMap::new();
-    for (name, route) in of_type(&t, "AWS::ApiGatewayV2::Route") {
-        let p = &route["Properties"];
-        let key = p["RouteKey"].as_str().unwrap().to_owned();
-        let public = p["AuthorizationType"] == "NONE";
-        if !public {
-            assert_eq!(p["AuthorizationType"], "JWT", "{name}");
-            assert_eq!(p["AuthorizerId"], json!({"Ref": "JwtAuthorizer"}), "{name}");
+    for (name, function) in of_type(&t, "AWS::Serverless::Function") {
+        let events = function["Properties"]["Events"].as_object().into_iter().flatten();
+        for (event, e) in events.filter(|(_, e)| e["Type"] == "HttpApi") {
+            let p = &e["Properties"];
+            assert_eq!(p["ApiId"], json!({"Ref": "HttpApi"}), "{name}.{event}");
+            // API Gateway answers 503 after 29 s; the function may run on (see Timeout).
+            assert_eq!(p["TimeoutInMillis"], 29000, "{name}.{event}");
+            assert!(p.get("PayloadFormatVersion").is_none_or(|v| v == "2.0"), "{name}.{event}: payload 2.0");
+            let key = format!("{} {}", p["Method"].as_str().unwrap().to_uppercase(), p["Path"].as_str().unwrap());
+            let public = match p["Auth"]["Authorizer"].as_str() {
+                None => false,
+                Some("NONE") => true,
+                Some(other) => panic!("{name}.{event}: authorizer {other}, not the API's default {default}"),
+            };
+            let serves =
+                if key == "GET /v1/oauth/callback" { "OauthCallbackFunction" } else { "ConnectionsApiFunction" };
+            assert_eq!(name, serves, "{key}");
+            assert!(deployed.insert(key, public).is_none(), "{name}.{event}: a route key twice");
         }
-        let integration =
-            if key == "GET /v1/oauth/callback" { "OauthCallbackIntegration" } else { "ConnectionsApiIntegration" };
-        assert_eq!(p["Target"], json!({"Fn::Sub": format!("integrations/${{{integration}}}")}), "{name}");
-        assert!(deployed.insert(key, public).is_none(), "{name}: a route key twice");
     }
     assert_eq!(deployed, documented, "routes (and which are public) match shared/openapi.json");
-    let authorizer = &resources(&t)["JwtAuthorizer"]["Properties"];
-    assert_eq!(authorizer["AuthorizerType"], "JWT");
-    assert_eq!(authorizer["JwtConfiguration"]["Issuer"], json!({"Ref": "JwtIssuer"}));
-    let stage = &resources(&t)["ApiStage"]["Properties"];
-    assert!(stage["AccessLogSettings"]["DestinationArn"].is_object(), "access logs");
-    assert!(!stage["AccessLogSettings"]["Format"].as_str().unwrap().contains("$context.path"), "no paths or queries");
-    assert!(stage["DefaultRouteSettings"]["ThrottlingRateLimit"].is_object(), "throttling");
+
+    // Each event puts its function's ARN into the API: no function may name the API in turn.
+    let variables = &t["Globals"]["Function"]["Environment"]["Variables"];
+    assert_eq!(
+        variables["LATCHKEY_PUBLIC_URL"],
+        json!({"Fn::If": ["HasPublicUrl", {"Ref": "PublicUrl"}, {"Ref": "AWS::NoValue"}]}),
+        "without PublicUrl the functions read the API's domain from the request"
+    );
+    for (name, function) in of_type(&t, "AWS::Serverless::Function") {
+        let mut properties = function["Properties"].clone();
+        properties.as_object_mut().unwrap().remove("Events");
+        let text = format!("{properties} {variables}");
+        assert!(!text.contains("HttpApi"), "{name} names the API: a dependency cycle with its events");
+    }
+
+    let api = &api["Properties"];
+    assert!(api.get("StageName").is_none(), "the $default stage: no stage in the redirect URI's path");
+    assert!(api["AccessLogSettings"]["DestinationArn"].is_object(), "access logs");
+    assert!(!api["AccessLogSettings"]["Format"].as_str().unwrap().contains("$context.path"), "no paths or queries");
+    assert!(api["DefaultRouteSettings"]["ThrottlingRateLimit"].is_object(), "throttling");
 }
 
 /// Every `Statement` in the template, with the logical id of the resource holding it.
@@ -592,7 +625,8 @@ async fn each_function_is_granted_exactly_the_aws_actions_its_code_calls() {
     // token-revoke: the disconnect event.
     let event = json!({"detail-type": "Connection Disconnected", "source": "latchkey",
         "detail": {"org": ORG, "connection_id": oauth_id}});
-    let revoked = latchkey::lambda::handle_revoke(&revoke.app.service, event).await.unwrap();
+    let revoked =
+        latchkey::lambda::handle_revoke(&revoke.app.service, &serde_json::from_value(event).unwrap()).await.unwrap();
     assert_eq!(revoked["revoked"], 1, "{revoked}");
 
     let (status, _) = call(&api, Api, "DELETE", &format!("/v1/connections/{oauth_id}"), None).await;

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 SECRET = "latchkey-events-dev-secret-not-for-production"
@@ -64,8 +65,9 @@ def main():
         sys.exit(__doc__)
     port = free_port()
     data = tempfile.mkdtemp(prefix="latchkey-watch-")
-    env = dict(os.environ, LATCHKEY_BACKEND="embedded", LATCHKEY_JWT_SECRET=SECRET, LATCHKEY_DATA_DIR=data,
-               LATCHKEY_PUBLIC_URL="https://abc123.execute-api.eu-west-1.amazonaws.com")
+    # No LATCHKEY_PUBLIC_URL, as the template deploys the functions without PublicUrl.
+    env = dict(os.environ, LATCHKEY_BACKEND="embedded", LATCHKEY_JWT_SECRET=SECRET, LATCHKEY_DATA_DIR=data)
+    env.pop("LATCHKEY_PUBLIC_URL", None)
     moto = None
     if backend == "aws":
         moto, aws = start_moto()
@@ -169,6 +171,18 @@ def run(port, verify_stored):
     check("token-lookup unknown connection", (ok, "ConnectionNotFound" in json.dumps(error)), (False, True))
     ok, summary = invoke(port, "token-refresh", "token-refresh/scheduled.json")
     check("token-refresh sweep", (ok, sorted(summary)), (True, ["due", "failed", "refreshed", "revocations", "skipped"]))
+
+    # Without LATCHKEY_PUBLIC_URL the redirect URI is on the domain API Gateway was called at
+    # (the samples' requestContext.domainName).
+    check("connections-api PUT OAuth definition",
+          http(port, "connections-api", "connections-api/put-oauth-definition.json")[0], 201)
+    status, oauth = http(port, "connections-api", "connections-api/create-oauth-connection.json")
+    check("connections-api POST OAuth connection", status, 201)
+    status, started = http(port, "connections-api", "connections-api/authorize-connection.json", oauth["id"])
+    check("connections-api authorize", status, 200)
+    query = urllib.parse.parse_qs(urllib.parse.urlparse(started["authorize_url"]).query)
+    check("the redirect URI is on the API Gateway domain", query.get("redirect_uri"),
+          ["https://abc123.execute-api.eu-west-1.amazonaws.com/v1/oauth/callback"])
 
     check("connections-api disconnect",
           http(port, "connections-api", "connections-api/disconnect-connection.json", cid)[0], 200)
