@@ -14,7 +14,14 @@ use latchkey::http::auth::{Claims, Verifier, sign_hs256};
 use secrecy::SecretString;
 
 #[derive(Parser)]
-#[command(name = "latchkey", version, about = "Latchkey: credentials for your customers' integrations")]
+// `long_about = None`: without it clap shows the flattened `Settings` struct's rustdoc as the
+// command's long description.
+#[command(
+    name = "latchkey",
+    version,
+    about = "Latchkey: credentials for your customers' integrations",
+    long_about = None
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
