@@ -453,6 +453,7 @@ fn view_body(key: &str, spec: &DefinitionSpec) -> Value {
         inputs: spec.inputs.clone(),
         redirects: spec.redirects.clone(),
         oauth: spec.oauth.clone(),
+        verify: spec.verify.clone(),
         secret_default_names: spec.secret_defaults.keys().chain(&spec.keep_secret_defaults).cloned().collect(),
         secret_defaults: None,
         version: 1,

@@ -36,6 +36,7 @@ pub fn definition(org: &OrgId, key: &str) -> Definition {
         inputs: Default::default(),
         redirects: None,
         oauth: Default::default(),
+        verify: None,
         secret_default_names: Default::default(),
         secret_defaults: None,
         version: 1,

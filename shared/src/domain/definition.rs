@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use strum::{EnumString, IntoStaticStr, VariantNames};
 use time::OffsetDateTime;
 
-use super::{DefinitionKey, OAuthQuirks, OrgId, Sealed};
+use super::{DefinitionKey, OAuthQuirks, OrgId, Sealed, Verify};
 
 /// How a connection authenticates against the third-party app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, EnumString, IntoStaticStr, VariantNames)]
@@ -118,6 +118,9 @@ pub struct Definition {
     /// The provider quirks the organization stated (SPEC section 8), over the catalog entry's.
     #[serde(default)]
     pub oauth: OAuthQuirks,
+    /// The request that checks a connection's credentials (SPEC section 10), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<Verify>,
     /// Names of the `password` inputs that have a (sealed) default.
     #[serde(default)]
     pub secret_default_names: BTreeSet<String>,

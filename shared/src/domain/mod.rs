@@ -10,6 +10,7 @@ mod principal;
 mod provider;
 mod sealed;
 pub mod validate;
+mod verify;
 
 pub use connection::{
     Connection, Lease, OAuthState, OAuthTokens, RefreshState, RevocationJob, Scope, Status, StatusError,
@@ -23,6 +24,9 @@ pub use principal::Principal;
 pub use provider::{ExpiresIn, Provider, TokenResponse};
 pub use sealed::Sealed;
 pub use validate::FieldError;
+pub use verify::{
+    ACCESS_TOKEN, RenderError, TemplateError, Verdict, Verify, VerifyMethod, VerifyRequest, verify_from_json,
+};
 
 #[cfg(test)]
 mod tests {

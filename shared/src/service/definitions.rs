@@ -59,6 +59,7 @@ impl Service {
             inputs: spec.inputs,
             redirects: spec.redirects,
             oauth: spec.oauth,
+            verify: spec.verify,
             secret_default_names: secrets.keys().cloned().collect(),
             secret_defaults: sealed,
             version,

@@ -30,6 +30,9 @@ pub struct DefinitionView {
     /// The definition's own quirks block, as the organization sent it.
     #[serde(skip_serializing_if = "is_default_quirks")]
     pub oauth: OAuthQuirks,
+    /// The definition's `verify` request (SPEC section 10), templates unrendered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify: Option<crate::domain::Verify>,
     pub version: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -54,6 +57,7 @@ impl From<&Definition> for DefinitionView {
             inputs,
             redirects: d.redirects.clone(),
             oauth: d.oauth.clone(),
+            verify: d.verify.clone(),
             version: d.version,
             created_at: d.created_at,
             updated_at: d.updated_at,

@@ -16,6 +16,8 @@ pub struct DefinitionSpec {
     pub inputs: IndexMap<String, Input>,
     pub redirects: Option<Redirects>,
     pub oauth: OAuthQuirks,
+    /// The `verify` request, its templates checked against the inputs above.
+    pub verify: Option<Verify>,
     pub secret_defaults: BTreeMap<String, SecretString>,
     /// `password` inputs whose default was sent back as `{"set": true}` (as a read shows it):
     /// the stored secret default is kept.
@@ -80,7 +82,12 @@ pub fn definition_from_json<'c>(
     let Some(obj) = body.as_object() else {
         return Err(vec![FieldError::new("", "must be a JSON object")]);
     };
-    reject_unknown(obj, &["label", "description", "auth", "provider", "inputs", "redirects", "oauth"], "", &mut errors);
+    reject_unknown(
+        obj,
+        &["label", "description", "auth", "provider", "inputs", "redirects", "oauth", "verify"],
+        "",
+        &mut errors,
+    );
 
     let label = optional_string(obj, "label", MAX_LABEL, "label", &mut errors).unwrap_or_else(|| key.to_owned());
     if label.trim().is_empty() {
@@ -249,6 +256,16 @@ pub fn definition_from_json<'c>(
         Some(v) => oauth_quirks_from_json(v, &mut errors),
     };
 
+    // Templates name the inputs above, or the access token of OAuth connections.
+    let verify = match obj.get("verify") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let oauth = auth.is_some_and(AuthKind::is_oauth);
+            let known = |n: &str| inputs.contains_key(n) || (oauth && n == ACCESS_TOKEN);
+            verify_from_json(v, known).map_err(|e| errors.extend(e)).ok()
+        }
+    };
+
     match auth {
         Some(auth) if errors.is_empty() => Ok(DefinitionSpec {
             label,
@@ -258,6 +275,7 @@ pub fn definition_from_json<'c>(
             inputs,
             redirects,
             oauth,
+            verify,
             secret_defaults,
             keep_secret_defaults,
         }),

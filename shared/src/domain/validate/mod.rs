@@ -16,7 +16,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{AuthKind, Capture, Input, InputType, OAuthQuirks, Provider, RESERVED_TOKEN_PARAMS, Redirects, Visibility};
+use super::{
+    ACCESS_TOKEN, AuthKind, Capture, Input, InputType, OAuthQuirks, Provider, RESERVED_TOKEN_PARAMS, Redirects, Verify,
+    Visibility, verify_from_json,
+};
 
 mod definition;
 mod quirks;

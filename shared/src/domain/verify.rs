@@ -1,0 +1,660 @@
+//! A definition's `verify` request (SPEC section 10): one HTTP request to the provider that says
+//! whether a connection's credentials are accepted, for providers (API keys, basic) that cannot
+//! be checked any other way.
+//!
+//! ```json
+//! "verify": { "method": "GET", "url": "https://api.acme.com/v1/me?account={{accountId}}",
+//!             "headers": { "Authorization": "Bearer {{apiKey}}" },
+//!             "expect_status": [200] }
+//! ```
+//!
+//! Templates are `{{name}}` and nothing else (no filters, no conditions, no escapes): `name` is
+//! one of the definition's inputs, or `access_token` for OAuth definitions. Values go only
+//! where they cannot change where the request goes or how it is framed:
+//! - the URL's path and query, percent-encoded (every byte but `A-Z a-z 0-9 - . _ ~`), never
+//!   its scheme, host, port or user info (a template checked with two different samples must
+//!   keep one origin);
+//! - header values, raw, refused when a value holds a control character (no CR/LF injection);
+//! - string members of a JSON `body` (POST only), serialized by serde, so a value is always
+//!   one JSON string.
+//!
+//! A rendered request holds secrets: [`VerifyRequest`]'s `Debug` shows the origin and header
+//! names only.
+
+use std::fmt;
+
+use indexmap::IndexMap;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::validate::{FieldError, check_secure_url};
+
+/// The template name of an OAuth connection's access token.
+pub const ACCESS_TOKEN: &str = "access_token";
+/// The longest `url` template, in bytes.
+const MAX_URL: usize = 2_048;
+const MAX_HEADERS: usize = 20;
+const MAX_HEADER_NAME: usize = 64;
+/// The longest header value template, in bytes.
+const MAX_HEADER_VALUE: usize = 1_024;
+/// The largest `body`, serialized, in bytes.
+const MAX_BODY: usize = 8_192;
+const MAX_EXPECT: usize = 10;
+/// The most placeholders one verify request may hold.
+const MAX_PLACEHOLDERS: usize = 20;
+
+/// Headers a definition may not set: the HTTP client frames the request itself.
+const FORBIDDEN_HEADERS: [&str; 10] = [
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+    "expect",
+];
+
+/// The request method of a verify request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum VerifyMethod {
+    Get,
+    Head,
+    Post,
+}
+
+impl VerifyMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Head => "HEAD",
+            Self::Post => "POST",
+        }
+    }
+}
+
+/// A definition's (or a catalog entry's) verify request, as stored and as `PUT
+/// /v1/definitions/{key}` takes it. Checked by [`Verify::check`] (or [`verify_from_json`])
+/// before it is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verify {
+    pub method: VerifyMethod,
+    /// An absolute https URL (http on loopback hosts), with `{{name}}` only in path and query.
+    pub url: String,
+    /// Header name → value template.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub headers: IndexMap<String, String>,
+    /// A JSON body (POST only), sent as `application/json`; templates in its string values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+    /// The statuses that mean "accepted"; empty means any 2xx.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expect_status: Vec<u16>,
+}
+
+/// One piece of a template.
+#[derive(Debug, PartialEq, Eq)]
+enum Piece<'a> {
+    Text(&'a str),
+    Name(&'a str),
+}
+
+/// Why a template does not parse; `Display` is the field message.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("`{{{{` without a closing `}}}}`")]
+    Unclosed,
+    #[error("`}}}}` without an opening `{{{{`")]
+    StrayClose,
+    #[error("`{{{{{0}}}}}` is not a template name (1-64 letters, digits or _ starting with a letter)")]
+    BadName(String),
+}
+
+fn valid_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_alphabetic()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+/// Splits a template into text and `{{name}}` pieces. A lone `{` or `}` is text; `{{` must
+/// open a name and `}}` may only close one.
+fn pieces(template: &str) -> Result<Vec<Piece<'_>>, TemplateError> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        let text = &rest[..open];
+        if text.contains("}}") {
+            return Err(TemplateError::StrayClose);
+        }
+        if !text.is_empty() {
+            out.push(Piece::Text(text));
+        }
+        let after = &rest[open + 2..];
+        let close = after.find("}}").ok_or(TemplateError::Unclosed)?;
+        let name = &after[..close];
+        if !valid_name(name) {
+            return Err(TemplateError::BadName(name.chars().take(64).collect()));
+        }
+        out.push(Piece::Name(name));
+        rest = &after[close + 2..];
+    }
+    if rest.contains("}}") {
+        return Err(TemplateError::StrayClose);
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest));
+    }
+    Ok(out)
+}
+
+/// RFC 3986 unreserved bytes pass; every other byte is `%XX`. Safe in a path segment and in a
+/// query name or value alike: a value can neither add a segment nor a parameter.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Why a verify request could not be rendered from a connection's values. Names inputs,
+/// never values.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    /// The connection has no value for this input (or no access token).
+    #[error("the verification needs a value for {0}")]
+    Missing(String),
+    /// A value bound for a header holds a control character (CR, LF, NUL...).
+    #[error("the value of {0} holds a control character and cannot go into a header")]
+    ControlCharacter(String),
+    /// The rendered URL does not parse, or left the template's origin.
+    #[error("the verification URL could not be built")]
+    Url,
+    #[error("the verification template is invalid: {0}")]
+    Template(#[from] TemplateError),
+}
+
+/// A rendered verify request: what the provider client sends. Holds secrets (the URL's query
+/// may carry one): `Debug` shows the method, origin and header names only.
+pub struct VerifyRequest {
+    pub method: VerifyMethod,
+    pub url: url::Url,
+    pub headers: Vec<(String, SecretString)>,
+    /// Serialized JSON, sent as `application/json`.
+    pub body: Option<SecretString>,
+}
+
+impl fmt::Debug for VerifyRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyRequest")
+            .field("method", &self.method)
+            .field("origin", &self.url.origin().ascii_serialization())
+            .field("headers", &self.headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
+            .field("body", &self.body.is_some())
+            .finish()
+    }
+}
+
+/// What a provider's status says about the credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// One of `expect_status` (any 2xx when it is empty).
+    Accepted,
+    /// 401 or 403: the provider refused the credentials.
+    Rejected,
+    /// 408, 429 or 5xx: the provider could not answer now; try again later.
+    Unavailable,
+    /// Any other status: the credentials could not be confirmed (a wrong account id in the
+    /// URL, a moved endpoint). Refused at connect time; not a reason to turn a connection red.
+    Unexpected,
+}
+
+impl Verify {
+    /// Every template of the request (URL, header values, body strings), with the field each
+    /// comes from.
+    fn templates(&self) -> Vec<(String, &str)> {
+        let mut all = vec![("verify.url".to_owned(), self.url.as_str())];
+        for (name, value) in &self.headers {
+            all.push((format!("verify.headers.{name}"), value.as_str()));
+        }
+        if let Some(body) = &self.body {
+            body_strings(body, "verify.body", &mut all);
+        }
+        all
+    }
+
+    /// The names the templates use, each once, in order of appearance.
+    pub fn names(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for (_, t) in self.templates() {
+            for p in pieces(t).unwrap_or_default() {
+                if let Piece::Name(n) = p
+                    && !out.contains(&n)
+                {
+                    out.push(n);
+                }
+            }
+        }
+        out
+    }
+
+    /// Checks the request; `known` says whether a template name may be used (the definition's
+    /// inputs, and [`ACCESS_TOKEN`] for OAuth definitions). Errors name `verify.*` fields.
+    pub fn check(&self, known: impl Fn(&str) -> bool) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        let mut placeholders = 0;
+        for (field, template) in self.templates() {
+            match pieces(template) {
+                Err(e) => errors.push(FieldError::new(field, e.to_string())),
+                Ok(ps) => {
+                    for p in ps {
+                        if let Piece::Name(n) = p {
+                            placeholders += 1;
+                            if !known(n) {
+                                errors.push(FieldError::new(
+                                    &field,
+                                    format!("`{{{{{n}}}}}` names no input of the definition"),
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if placeholders > MAX_PLACEHOLDERS {
+            errors.push(FieldError::new("verify", format!("at most {MAX_PLACEHOLDERS} templates")));
+        }
+        if let Err(msg) = check_url_template(&self.url) {
+            errors.push(FieldError::new("verify.url", msg));
+        }
+        if self.headers.len() > MAX_HEADERS {
+            errors.push(FieldError::new("verify.headers", format!("at most {MAX_HEADERS} headers")));
+        }
+        for (name, value) in &self.headers {
+            let field = format!("verify.headers.{name}");
+            if !valid_header_name(name) {
+                errors.push(FieldError::new(&field, "is not a header name (1-64 token characters)"));
+            } else if FORBIDDEN_HEADERS.contains(&name.to_ascii_lowercase().as_str())
+                || name.to_ascii_lowercase().starts_with("proxy-")
+            {
+                errors.push(FieldError::new(&field, "is set by the HTTP client itself"));
+            }
+            if value.len() > MAX_HEADER_VALUE {
+                errors.push(FieldError::new(&field, format!("must be at most {MAX_HEADER_VALUE} bytes")));
+            } else if value.chars().any(|c| c.is_control()) {
+                errors.push(FieldError::new(&field, "must not hold control characters"));
+            }
+        }
+        if let Some(body) = &self.body {
+            if self.method != VerifyMethod::Post {
+                errors.push(FieldError::new("verify.body", "is only for POST"));
+            }
+            if serde_json::to_vec(body).map_or(true, |b| b.len() > MAX_BODY) {
+                errors.push(FieldError::new("verify.body", format!("must be at most {MAX_BODY} bytes of JSON")));
+            }
+        }
+        if self.expect_status.len() > MAX_EXPECT {
+            errors.push(FieldError::new("verify.expect_status", format!("at most {MAX_EXPECT} statuses")));
+        }
+        for s in &self.expect_status {
+            if !(200..=599).contains(s) || matches!(s, 401 | 403) {
+                errors.push(FieldError::new(
+                    "verify.expect_status",
+                    format!("{s}: expected statuses are 200-599 except 401 and 403 (always a refusal)"),
+                ));
+            }
+        }
+        errors
+    }
+
+    /// What a provider's answer status says.
+    pub fn verdict(&self, status: u16) -> Verdict {
+        let accepted = if self.expect_status.is_empty() {
+            (200..300).contains(&status)
+        } else {
+            self.expect_status.contains(&status)
+        };
+        match status {
+            _ if accepted => Verdict::Accepted,
+            401 | 403 => Verdict::Rejected,
+            408 | 429 | 500..=599 => Verdict::Unavailable,
+            _ => Verdict::Unexpected,
+        }
+    }
+
+    /// Renders the request with a connection's values. `value` gives an input's value (or the
+    /// access token) as text, `None` when the connection has none.
+    ///
+    /// # Errors
+    /// [`RenderError`] naming the input at fault, never its value.
+    pub fn render(&self, value: impl Fn(&str) -> Option<SecretString>) -> Result<VerifyRequest, RenderError> {
+        let lookup = |name: &str| value(name).ok_or_else(|| RenderError::Missing(name.to_owned()));
+        let template_origin = sample_url(&self.url, "x").map_err(|_| RenderError::Url)?;
+
+        let mut url = String::new();
+        for p in pieces(&self.url)? {
+            match p {
+                Piece::Text(t) => url.push_str(t),
+                Piece::Name(n) => url.push_str(&percent_encode(lookup(n)?.expose_secret())),
+            }
+        }
+        let url = url::Url::parse(&url).map_err(|_| RenderError::Url)?;
+        if !same_origin(&url, &template_origin) {
+            return Err(RenderError::Url);
+        }
+
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for (name, template) in &self.headers {
+            let mut rendered = String::new();
+            for p in pieces(template)? {
+                match p {
+                    Piece::Text(t) => rendered.push_str(t),
+                    Piece::Name(n) => {
+                        let v = lookup(n)?;
+                        if v.expose_secret().chars().any(|c| c.is_control()) {
+                            return Err(RenderError::ControlCharacter(n.to_owned()));
+                        }
+                        rendered.push_str(v.expose_secret());
+                    }
+                }
+            }
+            headers.push((name.clone(), SecretString::from(rendered)));
+        }
+
+        let body = match &self.body {
+            None => None,
+            Some(b) => {
+                let rendered = render_json(b, &lookup)?;
+                Some(SecretString::from(serde_json::to_string(&rendered).map_err(|_| RenderError::Url)?))
+            }
+        };
+        Ok(VerifyRequest { method: self.method, url, headers, body })
+    }
+}
+
+/// Collects the string values of a JSON body with their field paths (keys are literal).
+fn body_strings<'a>(v: &'a Value, field: &str, out: &mut Vec<(String, &'a str)>) {
+    match v {
+        Value::String(s) => out.push((field.to_owned(), s.as_str())),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                body_strings(item, &format!("{field}[{i}]"), out);
+            }
+        }
+        Value::Object(m) => {
+            for (k, item) in m {
+                body_strings(item, &format!("{field}.{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn render_json(v: &Value, lookup: &impl Fn(&str) -> Result<SecretString, RenderError>) -> Result<Value, RenderError> {
+    Ok(match v {
+        Value::String(s) => {
+            let mut rendered = String::new();
+            for p in pieces(s)? {
+                match p {
+                    Piece::Text(t) => rendered.push_str(t),
+                    Piece::Name(n) => rendered.push_str(lookup(n)?.expose_secret()),
+                }
+            }
+            Value::String(rendered)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(|i| render_json(i, lookup)).collect::<Result<_, _>>()?),
+        Value::Object(m) => Value::Object(
+            m.iter().map(|(k, i)| Ok((k.clone(), render_json(i, lookup)?))).collect::<Result<_, RenderError>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// A header name: RFC 9110 token characters, at most [`MAX_HEADER_NAME`].
+fn valid_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_HEADER_NAME
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// The template with every placeholder replaced by `sample`, parsed.
+fn sample_url(template: &str, sample: &str) -> Result<url::Url, String> {
+    let mut s = String::new();
+    for p in pieces(template).map_err(|e| e.to_string())? {
+        match p {
+            Piece::Text(t) => s.push_str(t),
+            Piece::Name(_) => s.push_str(sample),
+        }
+    }
+    check_secure_url(&s).map_err(|e| e.to_string())
+}
+
+fn same_origin(a: &url::Url, b: &url::Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host() == b.host()
+        && a.port_or_known_default() == b.port_or_known_default()
+        && a.username() == b.username()
+        && a.password() == b.password()
+}
+
+/// The URL policy of provider endpoints (https, or http on loopback), with templates only in
+/// path and query: two different samples must give one origin, no user info, no fragment.
+fn check_url_template(template: &str) -> Result<(), String> {
+    if template.len() > MAX_URL {
+        return Err(format!("must be at most {MAX_URL} bytes"));
+    }
+    let a = sample_url(template, "x")?;
+    let b = sample_url(template, "0")?;
+    if !same_origin(&a, &b) {
+        return Err("templates may appear only in the path and query".to_owned());
+    }
+    if !a.username().is_empty() || a.password().is_some() {
+        return Err("must not hold user info (send credentials in a header)".to_owned());
+    }
+    if template.contains('#') {
+        return Err("must not have a fragment".to_owned());
+    }
+    Ok(())
+}
+
+/// Parses and checks a definition's `verify` member; `known` as in [`Verify::check`].
+///
+/// # Errors
+/// Each bad field, named `verify.*`.
+pub fn verify_from_json(v: &Value, known: impl Fn(&str) -> bool) -> Result<Verify, Vec<FieldError>> {
+    let verify: Verify =
+        serde_json::from_value(v.clone()).map_err(|e| vec![FieldError::new("verify", e.to_string())])?;
+    let errors = verify.check(known);
+    if errors.is_empty() { Ok(verify) } else { Err(errors) }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn verify(v: Value) -> Result<Verify, Vec<FieldError>> {
+        verify_from_json(&v, |n| ["apiKey", "account", "access_token"].contains(&n))
+    }
+
+    fn values(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<SecretString> {
+        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        move |n| map.get(n).map(|v| SecretString::from(v.clone()))
+    }
+
+    fn fields(errors: &[FieldError]) -> Vec<&str> {
+        errors.iter().map(|e| e.field.as_str()).collect()
+    }
+
+    #[test]
+    fn templates_parse_into_text_and_names() {
+        assert_eq!(
+            pieces("Bearer {{apiKey}}!").unwrap(),
+            vec![Piece::Text("Bearer "), Piece::Name("apiKey"), Piece::Text("!")]
+        );
+        assert_eq!(pieces("{a}").unwrap(), vec![Piece::Text("{a}")], "single braces are text");
+        assert_eq!(pieces("{{a}}{{b}}").unwrap(), vec![Piece::Name("a"), Piece::Name("b")]);
+        assert_eq!(pieces("x {{apiKey"), Err(TemplateError::Unclosed));
+        assert_eq!(pieces("x }} y"), Err(TemplateError::StrayClose));
+        assert_eq!(pieces("{{ apiKey }}"), Err(TemplateError::BadName(" apiKey ".into())));
+        assert_eq!(pieces("{{a|upper}}"), Err(TemplateError::BadName("a|upper".into())), "no template logic");
+        assert_eq!(pieces("{{{{a}}}}"), Err(TemplateError::BadName("{{a".into())));
+    }
+
+    #[test]
+    fn a_well_formed_verify_block_reads_and_writes_the_same() {
+        let body = json!({"method": "GET", "url": "https://api.acme.com/v1/me",
+                          "headers": {"Authorization": "Bearer {{apiKey}}"}, "expect_status": [200]});
+        let v = verify(body.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&v).unwrap(), body);
+        assert_eq!(v.names(), vec!["apiKey"]);
+    }
+
+    #[test]
+    fn bad_blocks_name_each_field() {
+        let errs = verify(json!({"method": "GET", "url": "https://api.acme.com/{{nope}}",
+            "headers": {"Host": "x", "Bad Name": "y", "X-A": "a\r\nb", "X-B": "{{apiKey"},
+            "body": {"k": "v"}, "expect_status": [401, 200]}))
+        .unwrap_err();
+        let f = fields(&errs);
+        for expected in [
+            "verify.url",
+            "verify.headers.Host",
+            "verify.headers.Bad Name",
+            "verify.headers.X-A",
+            "verify.headers.X-B",
+            "verify.body",
+            "verify.expect_status",
+        ] {
+            assert!(f.contains(&expected), "{expected} in {errs:?}");
+        }
+        assert!(verify(json!({"method": "DELETE", "url": "https://a.example/"})).is_err());
+        assert!(verify(json!({"method": "GET", "url": "https://a.example/", "extra": 1})).is_err());
+    }
+
+    #[test]
+    fn the_url_follows_the_provider_url_policy_and_templates_stay_out_of_the_origin() {
+        for (url, ok) in [
+            ("https://api.acme.com/v1/me", true),
+            ("http://127.0.0.1:9/me", true),
+            ("http://localhost/me?key={{apiKey}}", true),
+            ("https://api.acme.com/accounts/{{account}}/me", true),
+            ("http://api.acme.com/me", false),
+            ("ftp://api.acme.com/me", false),
+            ("https://{{account}}.acme.com/me", false),
+            ("https://api.acme.com{{account}}/me", false),
+            ("https://api.acme.com:44{{account}}/me", false),
+            ("https://{{apiKey}}@api.acme.com/me", false),
+            ("https://user:pw@api.acme.com/me", false),
+            ("{{account}}/me", false),
+            ("https://api.acme.com/me#{{apiKey}}", false),
+        ] {
+            assert_eq!(verify(json!({"method": "GET", "url": url})).is_ok(), ok, "{url}");
+        }
+    }
+
+    #[test]
+    fn access_token_is_a_name_only_where_known_allows_it() {
+        let block = json!({"method": "GET", "url": "https://a.example/", "headers": {"Authorization": "Bearer {{access_token}}"}});
+        assert!(verify(block.clone()).is_ok());
+        assert!(verify_from_json(&block, |n| n == "apiKey").is_err());
+    }
+
+    #[test]
+    fn values_are_percent_encoded_in_the_url_and_cannot_add_parameters_or_segments() {
+        let v =
+            verify(json!({"method": "GET", "url": "https://api.acme.com/a/{{account}}?key={{apiKey}}&x=1"})).unwrap();
+        let r = v.render(values(&[("account", "../admin?x=1#f"), ("apiKey", "k&admin=true =+%")])).unwrap();
+        assert_eq!(
+            r.url.as_str(),
+            "https://api.acme.com/a/..%2Fadmin%3Fx%3D1%23f?key=k%26admin%3Dtrue%20%3D%2B%25&x=1"
+        );
+        assert_eq!(r.url.path_segments().unwrap().count(), 2);
+        let q: Vec<(String, String)> = r.url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        assert_eq!(q, vec![("key".into(), "k&admin=true =+%".into()), ("x".into(), "1".into())]);
+        assert_eq!(r.url.host_str(), Some("api.acme.com"));
+    }
+
+    #[test]
+    fn header_values_with_control_characters_are_refused() {
+        let v = verify(json!({"method": "GET", "url": "https://a.example/", "headers": {"X-Key": "k={{apiKey}}"}}))
+            .unwrap();
+        for bad in ["a\r\nX-Admin: 1", "a\nb", "a\0", "a\u{7f}", "a\u{85}"] {
+            assert_eq!(
+                v.render(values(&[("apiKey", bad)])).err(),
+                Some(RenderError::ControlCharacter("apiKey".into())),
+                "{bad:?}"
+            );
+        }
+        let ok = v.render(values(&[("apiKey", "sk_live_1 2")])).unwrap();
+        assert_eq!(ok.headers[0].0, "X-Key");
+        assert_eq!(ok.headers[0].1.expose_secret(), "k=sk_live_1 2");
+    }
+
+    #[test]
+    fn body_values_stay_json_strings() {
+        let v = verify(json!({"method": "POST", "url": "https://a.example/check",
+                              "body": {"key": "{{apiKey}}", "n": 1, "list": ["{{account}}"]}}))
+        .unwrap();
+        let r = v.render(values(&[("apiKey", "\",\"admin\":true,\"x\":\""), ("account", "a\nb")])).unwrap();
+        let sent: Value = serde_json::from_str(r.body.as_ref().unwrap().expose_secret()).unwrap();
+        assert_eq!(sent, json!({"key": "\",\"admin\":true,\"x\":\"", "n": 1, "list": ["a\nb"]}));
+    }
+
+    #[test]
+    fn a_missing_value_is_named_and_no_value_appears_in_errors_or_debug() {
+        let v = verify(json!({"method": "GET", "url": "https://a.example/?k={{apiKey}}",
+                              "headers": {"Authorization": "Bearer {{apiKey}}", "X-Account": "{{account}}"}}))
+        .unwrap();
+        assert_eq!(v.render(values(&[("apiKey", "k")])).err(), Some(RenderError::Missing("account".into())));
+        let r = v.render(values(&[("apiKey", "canary-secret-1"), ("account", "a")])).unwrap();
+        let debug = format!("{r:?}");
+        assert!(!debug.contains("canary-secret-1"), "{debug}");
+        assert!(debug.contains("Authorization"));
+        let e = v.render(values(&[("apiKey", "canary-secret-1\r\n"), ("account", "a")])).unwrap_err();
+        assert!(!e.to_string().contains("canary"));
+    }
+
+    #[test]
+    fn statuses_read_as_verdicts() {
+        let any_2xx = verify(json!({"method": "HEAD", "url": "https://a.example/"})).unwrap();
+        assert_eq!(any_2xx.verdict(204), Verdict::Accepted);
+        assert_eq!(any_2xx.verdict(401), Verdict::Rejected);
+        assert_eq!(any_2xx.verdict(403), Verdict::Rejected);
+        assert_eq!(any_2xx.verdict(429), Verdict::Unavailable);
+        assert_eq!(any_2xx.verdict(503), Verdict::Unavailable);
+        assert_eq!(any_2xx.verdict(404), Verdict::Unexpected);
+        assert_eq!(any_2xx.verdict(302), Verdict::Unexpected);
+        let only_200 =
+            verify(json!({"method": "GET", "url": "https://a.example/", "expect_status": [200, 404]})).unwrap();
+        assert_eq!(only_200.verdict(204), Verdict::Unexpected);
+        assert_eq!(only_200.verdict(404), Verdict::Accepted);
+    }
+
+    #[test]
+    fn sizes_are_bounded() {
+        let long = format!("https://a.example/{}", "a".repeat(MAX_URL));
+        assert!(verify(json!({"method": "GET", "url": long})).is_err());
+        let headers: serde_json::Map<String, Value> =
+            (0..=MAX_HEADERS).map(|i| (format!("X-{i}"), json!("v"))).collect();
+        assert!(verify(json!({"method": "GET", "url": "https://a.example/", "headers": headers})).is_err());
+        let big = json!({"k": "x".repeat(MAX_BODY)});
+        assert!(verify(json!({"method": "POST", "url": "https://a.example/", "body": big})).is_err());
+        let many: String = (0..=MAX_PLACEHOLDERS).map(|_| "{{apiKey}}").collect();
+        assert!(verify(json!({"method": "GET", "url": "https://a.example/", "headers": {"X": many}})).is_err());
+    }
+}
