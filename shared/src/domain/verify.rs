@@ -23,6 +23,7 @@
 
 use std::fmt;
 
+use base64::Engine;
 use indexmap::IndexMap;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -92,9 +93,24 @@ pub struct Verify {
     /// A JSON body (POST only), sent as `application/json`; templates in its string values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<Value>,
+    /// HTTP Basic credentials (RFC 7617) for providers whose keys travel that way (Twilio's
+    /// account SID and auth token, Mailgun's `api:KEY`): sent as `Authorization: Basic
+    /// base64(username:password)`, which `{{name}}` templates alone cannot spell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic: Option<BasicAuth>,
     /// The statuses that mean "accepted"; empty means any 2xx.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expect_status: Vec<u16>,
+}
+
+/// `verify.basic`: templates of the user-id and password of an HTTP Basic header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    pub username: String,
+    /// Empty for providers that take the key as the user-id alone (`{{apiKey}}:`).
+    #[serde(default)]
+    pub password: String,
 }
 
 /// One piece of a template.
@@ -185,6 +201,28 @@ pub enum RenderError {
     Template(#[from] TemplateError),
 }
 
+/// Verification bookkeeping of a connection (SPEC section 10): when the sweep verifies it
+/// next, and what the last verification found. Default: never verified, not scheduled.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyState {
+    /// When the sweep verifies next; `None` keeps it out of the due index (no verify request).
+    /// Counted by the index only while the connection is `configured` or `active`.
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<time::OffsetDateTime>,
+    /// Transient failures in a row (drives the backoff).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u32,
+    /// When it was last verified, and the provider's status then (none when it did not answer).
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub checked_at: Option<time::OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// A rendered verify request: what the provider client sends. Holds secrets (the URL's query
 /// may carry one): `Debug` shows the method, origin and header names only.
 pub struct VerifyRequest {
@@ -230,6 +268,10 @@ impl Verify {
         }
         if let Some(body) = &self.body {
             body_strings(body, "verify.body", &mut all);
+        }
+        if let Some(basic) = &self.basic {
+            all.push(("verify.basic.username".to_owned(), basic.username.as_str()));
+            all.push(("verify.basic.password".to_owned(), basic.password.as_str()));
         }
         all
     }
@@ -296,6 +338,9 @@ impl Verify {
                 errors.push(FieldError::new(&field, "must not hold control characters"));
             }
         }
+        if self.basic.is_some() && self.headers.keys().any(|h| h.eq_ignore_ascii_case("authorization")) {
+            errors.push(FieldError::new("verify.basic", "cannot go with an Authorization header"));
+        }
         if let Some(body) = &self.body {
             if self.method != VerifyMethod::Post {
                 errors.push(FieldError::new("verify.body", "is only for POST"));
@@ -316,6 +361,15 @@ impl Verify {
             }
         }
         errors
+    }
+
+    /// The URL's scheme, host and port (templates only ever fill its path and query), for
+    /// checks of where the request goes; `None` for a URL that does not parse.
+    pub fn origin_url(&self) -> Option<url::Url> {
+        let mut url = sample_url(&self.url, "x").ok()?;
+        url.set_path("/");
+        url.set_query(None);
+        Some(url)
     }
 
     /// What a provider's answer status says.
@@ -370,6 +424,21 @@ impl Verify {
                 }
             }
             headers.push((name.clone(), SecretString::from(rendered)));
+        }
+        if let Some(basic) = &self.basic {
+            let part = |template: &str| -> Result<String, RenderError> {
+                let mut out = String::new();
+                for p in pieces(template)? {
+                    match p {
+                        Piece::Text(t) => out.push_str(t),
+                        Piece::Name(n) => out.push_str(lookup(n)?.expose_secret()),
+                    }
+                }
+                Ok(out)
+            };
+            let pair = format!("{}:{}", part(&basic.username)?, part(&basic.password)?);
+            let value = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair));
+            headers.push(("Authorization".to_owned(), SecretString::from(value)));
         }
 
         let body = match &self.body {
@@ -627,6 +696,33 @@ mod tests {
         assert!(debug.contains("Authorization"));
         let e = v.render(values(&[("apiKey", "canary-secret-1\r\n"), ("account", "a")])).unwrap_err();
         assert!(!e.to_string().contains("canary"));
+    }
+
+    #[test]
+    fn basic_credentials_are_one_encoded_authorization_header() {
+        let v = verify(json!({"method": "GET", "url": "https://a.example/Accounts/{{account}}",
+                              "basic": {"username": "{{account}}", "password": "{{apiKey}}"}}))
+        .unwrap();
+        assert_eq!(v.names(), vec!["account", "apiKey"]);
+        let r = v.render(values(&[("account", "AC1"), ("apiKey", "s3cret:x")])).unwrap();
+        assert_eq!(r.headers.len(), 1);
+        assert_eq!(r.headers[0].0, "Authorization");
+        // base64("AC1:s3cret:x")
+        assert_eq!(r.headers[0].1.expose_secret(), "Basic QUMxOnMzY3JldDp4");
+        let key_only =
+            verify(json!({"method": "GET", "url": "https://a.example/", "basic": {"username": "{{apiKey}}"}})).unwrap();
+        let r = key_only.render(values(&[("apiKey", "sk_1")])).unwrap();
+        assert_eq!(r.headers[0].1.expose_secret(), "Basic c2tfMTo=", "base64(\"sk_1:\")");
+        assert_eq!(key_only.render(values(&[])).err(), Some(RenderError::Missing("apiKey".into())));
+
+        let errs = verify(json!({"method": "GET", "url": "https://a.example/",
+            "headers": {"authorization": "Bearer {{apiKey}}"}, "basic": {"username": "{{nope}}", "extra": 1}}))
+        .unwrap_err();
+        assert!(!errs.is_empty(), "an unknown member of basic");
+        let errs = verify(json!({"method": "GET", "url": "https://a.example/",
+            "headers": {"authorization": "Bearer {{apiKey}}"}, "basic": {"username": "{{nope}}"}}))
+        .unwrap_err();
+        assert_eq!(fields(&errs), vec!["verify.basic.username", "verify.basic"]);
     }
 
     #[test]
