@@ -1,12 +1,15 @@
 //! The built-in provider catalog (`shared/providers.json`): OAuth 2.0 endpoints and quirks of
-//! common apps, so that a definition can say `"provider": "slack"` instead of spelling them out.
-//! Facts come from each provider's public documentation (`docs_url`).
+//! common apps, and the inputs and `verify` request of API-key and basic-auth providers, so
+//! that a definition can say `"provider": "slack"` (or `"openai"`) instead of spelling them
+//! out. Facts come from each provider's public documentation (`docs_url`); the tests below
+//! check every entry.
 
 use std::sync::OnceLock;
 
 use serde::Deserialize;
 
-pub use crate::domain::{ExpiresIn, Provider, TokenResponse};
+use crate::domain::AuthKind;
+pub use crate::domain::{ExpiresIn, Provider, ProviderInput, TokenResponse};
 
 /// The catalog file, embedded at build time.
 pub const PROVIDERS_JSON: &str = include_str!("../providers.json");
@@ -17,7 +20,8 @@ struct CatalogFile {
     providers: Vec<Provider>,
 }
 
-/// Every provider, in file order. The file is part of the build; the tests below check it.
+/// Every provider, in file order (by key). The file is part of the build; the tests below
+/// check it.
 pub fn providers() -> &'static [Provider] {
     static CATALOG: OnceLock<Vec<Provider>> = OnceLock::new();
     CATALOG.get_or_init(|| {
@@ -30,49 +34,56 @@ pub fn provider(key: &str) -> Option<&'static Provider> {
     providers().iter().find(|p| p.key == key)
 }
 
+/// The providers that authenticate with `auth` (`GET /v1/providers?auth=`), in file order.
+pub fn providers_by_auth(auth: AuthKind) -> impl Iterator<Item = &'static Provider> {
+    providers().iter().filter(move |p| p.auth == auth)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
 
+    use serde_json::json;
+
     use super::*;
-    use crate::domain::AuthKind;
-    use crate::domain::validate::{CLIENT_AUTH_METHODS, check_secure_url};
+    use crate::domain::validate::{CLIENT_AUTH_METHODS, check_secure_url, definition_from_json};
+    use crate::domain::{ACCESS_TOKEN, InputType, OAuthQuirks};
 
     /// A URL with its `{param}` placeholders filled by a harmless sample.
     fn filled(url: &str, params: &[String]) -> String {
         params.iter().fold(url.to_owned(), |u, p| u.replace(&format!("{{{p}}}"), "example"))
     }
 
+    /// `url` parses as an https URL (loopback http, which the provider URL policy allows for
+    /// tests, is no catalog URL).
+    fn assert_https(key: &str, url: &str) {
+        let parsed = check_secure_url(url).unwrap_or_else(|e| panic!("{key}: {url}: {e}"));
+        assert_eq!(parsed.scheme(), "https", "{key}: {url}");
+    }
+
     #[test]
-    fn the_catalog_is_well_formed() {
+    fn keys_are_unique_definition_keys_in_order() {
         let all = providers();
-        assert!(all.len() >= 20, "at least 20 providers, found {}", all.len());
-        let keys: BTreeSet<_> = all.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(keys.len(), all.len(), "keys are unique");
+        assert!(all.len() >= 100, "at least 100 providers, found {}", all.len());
+        let keys: Vec<&str> = all.iter().map(|p| p.key.as_str()).collect();
+        let sorted: BTreeSet<&str> = keys.iter().copied().collect();
+        assert_eq!(sorted.len(), keys.len(), "keys are unique");
+        assert!(keys.is_sorted(), "the file is sorted by key, so that additions diff cleanly");
         for p in all {
             assert!(crate::domain::DefinitionKey::parse(&p.key).is_ok(), "{}: key", p.key);
-            assert!(p.auth.is_oauth(), "{}: auth", p.key);
-            assert_eq!(
-                p.auth == AuthKind::Oauth2AuthorizationCode,
-                p.authorize_url.is_some(),
-                "{}: authorize_url",
-                p.key
-            );
-            for url in
-                [p.authorize_url.as_deref(), Some(p.token_url.as_str()), p.revoke_url.as_deref()].into_iter().flatten()
-            {
-                let u = filled(url, &p.url_params);
-                assert!(!u.contains('{'), "{}: every placeholder is in url_params: {url}", p.key);
-                let parsed = check_secure_url(&u).unwrap_or_else(|e| panic!("{}: {url}: {e}", p.key));
-                assert_eq!(parsed.scheme(), "https", "{}: {url}", p.key);
-            }
-            assert!(CLIENT_AUTH_METHODS.contains(&p.client_auth.as_str()), "{}: client_auth", p.key);
-            assert!(p.docs_url.starts_with("https://"), "{}: docs_url", p.key);
-            let block = serde_json::json!({"auth": p.auth, "provider": p.key, "oauth": p.oauth});
-            if let Err(e) = crate::domain::validate::definition_from_json("x", &block, provider) {
-                panic!("{}: the oauth block is one a definition could carry: {e:?}", p.key);
-            }
+            assert!(!p.name.trim().is_empty(), "{}: name", p.key);
+            assert_https(&p.key, &p.docs_url);
         }
+    }
+
+    #[test]
+    fn every_kind_of_provider_is_there() {
+        let count = |a| providers_by_auth(a).count();
+        assert!(count(AuthKind::ApiKey) >= 30, "api_key: {}", count(AuthKind::ApiKey));
+        assert!(count(AuthKind::Basic) >= 5, "basic: {}", count(AuthKind::Basic));
+        assert!(count(AuthKind::Oauth2AuthorizationCode) >= 30);
+        assert!(count(AuthKind::Oauth2ClientCredentials) >= 1);
+        assert!(providers_by_auth(AuthKind::ApiKey).all(|p| p.auth == AuthKind::ApiKey));
         for needed in [
             "slack",
             "slack-user",
@@ -87,8 +98,105 @@ mod tests {
             "zoho",
             "zendesk",
             "twitch",
+            "openai",
+            "stripe-api-key",
+            "sendgrid",
+            "twilio",
         ] {
             assert!(provider(needed).is_some(), "{needed} is in the catalog");
         }
+    }
+
+    #[test]
+    fn oauth_entries_have_their_endpoints_and_nothing_of_api_keys() {
+        for p in providers().iter().filter(|p| p.auth.is_oauth()) {
+            assert_eq!(
+                p.auth == AuthKind::Oauth2AuthorizationCode,
+                p.authorize_url.is_some(),
+                "{}: authorize_url",
+                p.key
+            );
+            let token_url = p.token_url.as_deref().unwrap_or_else(|| panic!("{}: token_url", p.key));
+            for url in [p.authorize_url.as_deref(), Some(token_url), p.revoke_url.as_deref()].into_iter().flatten() {
+                let u = filled(url, &p.url_params);
+                assert!(!u.contains('{'), "{}: every placeholder is in url_params: {url}", p.key);
+                assert_https(&p.key, &u);
+            }
+            assert!(p.pkce.is_some(), "{}: pkce is stated", p.key);
+            let method = p.client_auth.as_deref().unwrap_or_else(|| panic!("{}: client_auth", p.key));
+            assert!(CLIENT_AUTH_METHODS.contains(&method), "{}: client_auth", p.key);
+            assert!(p.token_response.is_some(), "{}: token_response", p.key);
+            assert!(p.inputs.is_empty(), "{}: OAuth inputs are the well-known ones and url_params", p.key);
+        }
+    }
+
+    #[test]
+    fn api_key_and_basic_entries_have_inputs_and_a_verify_request() {
+        for p in providers().iter().filter(|p| !p.auth.is_oauth()) {
+            assert!(matches!(p.auth, AuthKind::ApiKey | AuthKind::Basic), "{}: auth", p.key);
+            assert!(
+                p.authorize_url.is_none()
+                    && p.token_url.is_none()
+                    && p.revoke_url.is_none()
+                    && p.url_params.is_empty()
+                    && p.default_scopes.is_empty()
+                    && p.pkce.is_none()
+                    && p.client_auth.is_none()
+                    && p.oauth == OAuthQuirks::default()
+                    && p.token_response.is_none()
+                    && p.expiry_buffer_secs == 0,
+                "{}: no OAuth member",
+                p.key
+            );
+            assert!(p.inputs.values().any(|i| i.kind == InputType::Password), "{}: a secret input", p.key);
+            let verify = p.verify.as_ref().unwrap_or_else(|| panic!("{}: verify", p.key));
+            assert_eq!(p.auth == AuthKind::Basic, verify.basic.is_some(), "{}: basic auth is verify.basic", p.key);
+            let used = verify.names();
+            for name in p.inputs.keys() {
+                assert!(used.contains(&name.as_str()), "{}: the input {name} is used by verify", p.key);
+            }
+        }
+    }
+
+    #[test]
+    fn verify_requests_are_https_and_name_only_declared_inputs() {
+        for p in providers() {
+            let Some(verify) = &p.verify else { continue };
+            let known = |n: &str| p.inputs.contains_key(n) || (p.auth.is_oauth() && n == ACCESS_TOKEN);
+            let errors = verify.check(known);
+            assert!(errors.is_empty(), "{}: {errors:?}", p.key);
+            let sample = verify.url.replace("{{", "").replace("}}", "");
+            assert_https(&p.key, &sample);
+            assert!(!verify.expect_status.is_empty(), "{}: expect_status is stated", p.key);
+        }
+    }
+
+    #[test]
+    fn every_entry_is_what_a_definition_naming_it_gets() {
+        for p in providers() {
+            let spec = definition_from_json("x", &json!({"provider": p.key}), provider)
+                .unwrap_or_else(|e| panic!("{}: a definition naming it is valid: {e:?}", p.key));
+            assert_eq!(spec.auth, p.auth, "{}", p.key);
+            assert_eq!(spec.verify, p.verify, "{}: the definition carries the catalog's verify", p.key);
+            for (name, input) in &p.inputs {
+                assert_eq!(spec.inputs.get(name), Some(&input.to_input()), "{}: input {name}", p.key);
+            }
+            // The oauth block is one a definition could carry itself.
+            if p.auth.is_oauth() {
+                let block = json!({"auth": p.auth, "provider": p.key, "oauth": p.oauth});
+                if let Err(e) = definition_from_json("x", &block, provider) {
+                    panic!("{}: the oauth block is one a definition could carry: {e:?}", p.key);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_entry_with_an_unknown_member_is_refused() {
+        let entry = json!({"key": "acme", "name": "Acme", "auth": "api_key", "docs_url": "https://acme.example/docs",
+                           "inputs": {"apiKey": {"label": "API key", "type": "password", "secret": true}}});
+        assert!(serde_json::from_value::<Provider>(entry).is_err(), "an unknown input member");
+        let entry = json!({"key": "acme", "name": "Acme", "auth": "api_key", "docs": "https://acme.example/docs"});
+        assert!(serde_json::from_value::<Provider>(entry).is_err(), "an unknown entry member");
     }
 }

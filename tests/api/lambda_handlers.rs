@@ -146,6 +146,9 @@ async fn connections_api_serves_a_sample_of_every_route() {
     ok(api.send_for("connections-api/healthz.json", none).await, 200, "healthz");
     ok(api.send_for("connections-api/get-openapi.json", none).await, 200, "openapi");
     ok(api.send_for("connections-api/list-providers.json", none).await, 200, "providers");
+    let api_keys = ok(api.send_for("connections-api/list-providers-by-auth.json", none).await, 200, "by auth");
+    let api_keys = api_keys["items"].as_array().unwrap();
+    assert!(!api_keys.is_empty() && api_keys.iter().all(|p| p["auth"] == "api_key"), "{api_keys:?}");
     ok(api.send_for("connections-api/put-definition.json", none).await, 201, "PUT definition");
     ok(api.send_for("connections-api/list-definitions.json", none).await, 200, "definitions");
     ok(api.send_for("connections-api/get-definition.json", none).await, 200, "definition");

@@ -9,6 +9,7 @@
 mod harness;
 
 mod auth;
+mod catalog;
 mod dependency_timeouts;
 mod import;
 mod isolation;

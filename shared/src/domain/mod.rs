@@ -21,7 +21,7 @@ pub use ids::{ConnectionId, CustomerId, DefinitionKey, IdError, InstanceId, OrgI
 pub use log::{LogEntry, LogType};
 pub use oauth::{Capture, OAuthQuirks, RESERVED_TOKEN_PARAMS, Refusal, origin_of, provider_code};
 pub use principal::Principal;
-pub use provider::{ExpiresIn, Provider, TokenResponse};
+pub use provider::{ExpiresIn, Provider, ProviderInput, TokenResponse};
 pub use sealed::Sealed;
 pub use validate::FieldError;
 pub use verify::{

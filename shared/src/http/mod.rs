@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod problem;
+mod providers;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,7 +62,7 @@ pub fn router_for(surface: Surface, state: RouterState) -> Router {
     if surface != Surface::OauthCallback {
         routes = routes
             .route("/openapi.json", get(openapi))
-            .route("/v1/providers", get(list_providers))
+            .route("/v1/providers", get(providers::list_providers))
             .route("/v1/definitions", get(list_definitions))
             .route("/v1/definitions/{key}", get(get_definition).put(put_definition).delete(delete_definition))
             .route("/v1/connections", get(list_connections).post(create_connection))
@@ -245,11 +246,6 @@ async fn healthz() -> impl IntoResponse {
 
 async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
-}
-
-/// The built-in provider catalog; any authenticated caller may read it.
-async fn list_providers(_: Principal) -> impl IntoResponse {
-    axum::Json(json!({"items": crate::catalog::providers()}))
 }
 
 async fn put_definition(

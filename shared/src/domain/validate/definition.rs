@@ -50,7 +50,7 @@ fn oauth_inputs(
         .filter(|p| !p.default_scopes.is_empty())
         .map(|p| Value::from(p.default_scopes.join(p.oauth.separator())));
     v.extend([
-        ("tokenUrl", InputType::Url, !templated, url(provider.map(|p| p.token_url.as_str())), "Token URL"),
+        ("tokenUrl", InputType::Url, !templated, url(provider.and_then(|p| p.token_url.as_deref())), "Token URL"),
         ("revokeUrl", InputType::Url, false, url(provider.and_then(|p| p.revoke_url.as_deref())), "Revocation URL"),
         ("scopes", InputType::String, false, scopes, "Scopes"),
         ("clientId", InputType::String, true, None, "Client ID"),
@@ -59,12 +59,18 @@ fn oauth_inputs(
             "clientAuth",
             InputType::String,
             false,
-            Some(Value::from(provider.map_or("client_secret_basic", |p| p.client_auth.as_str()))),
+            Some(Value::from(provider.map_or("client_secret_basic", Provider::client_auth_method))),
             "Client authentication",
         ),
     ]);
     if auth == AuthKind::Oauth2AuthorizationCode {
-        v.push(("pkce", InputType::Boolean, false, Some(Value::Bool(provider.is_none_or(|p| p.pkce))), "Use PKCE"));
+        v.push((
+            "pkce",
+            InputType::Boolean,
+            false,
+            Some(Value::Bool(provider.is_none_or(Provider::supports_pkce))),
+            "Use PKCE",
+        ));
         // RFC 9207: the `iss` a callback must carry when the provider sends one.
         v.push(("issuer", InputType::Url, false, None, "Issuer"));
     }
@@ -216,6 +222,11 @@ pub fn definition_from_json<'c>(
             });
         }
     }
+    // API-key and basic providers: the inputs their verify request names, unless the
+    // organization declared its own of that name.
+    for (name, input) in entry.into_iter().flat_map(|p| &p.inputs) {
+        inputs.entry(name.clone()).or_insert_with(|| input.to_input());
+    }
     for (name, input) in &inputs {
         if let Some(default) = &input.default
             && let Err(msg) = check_special_input(name, default)
@@ -257,13 +268,20 @@ pub fn definition_from_json<'c>(
     };
 
     // Templates name the inputs above, or the access token of OAuth connections.
+    let oauth_kind = auth.is_some_and(AuthKind::is_oauth);
+    let known = |n: &str| inputs.contains_key(n) || (oauth_kind && n == ACCESS_TOKEN);
     let verify = match obj.get("verify") {
-        None | Some(Value::Null) => None,
-        Some(v) => {
-            let oauth = auth.is_some_and(AuthKind::is_oauth);
-            let known = |n: &str| inputs.contains_key(n) || (oauth && n == ACCESS_TOKEN);
-            verify_from_json(v, known).map_err(|e| errors.extend(e)).ok()
-        }
+        // Absent: the catalog provider's, if any (and not contradicted: that is reported
+        // already), checked like the definition's own; `null`: none, even where the provider
+        // has one.
+        None => entry.filter(|p| Some(p.auth) == auth).and_then(|p| p.verify.clone()).filter(|v| {
+            let bad = v.check(known);
+            let ok = bad.is_empty();
+            errors.extend(bad);
+            ok
+        }),
+        Some(Value::Null) => None,
+        Some(v) => verify_from_json(v, known).map_err(|e| errors.extend(e)).ok(),
     };
 
     match auth {

@@ -166,7 +166,7 @@ impl Service {
             }
         };
         let authorize = endpoint("authorizeUrl", provider.and_then(|p| p.authorize_url.as_deref()), &mut errors);
-        let token = endpoint("tokenUrl", provider.map(|p| p.token_url.as_str()), &mut errors);
+        let token = endpoint("tokenUrl", provider.and_then(|p| p.token_url.as_deref()), &mut errors);
         let revoke = endpoint("revokeUrl", provider.and_then(|p| p.revoke_url.as_deref()), &mut errors);
         if token.is_none() && !errors.iter().any(|e| e.field == "values.tokenUrl") {
             errors.push(FieldError::new("values.tokenUrl", "is required for OAuth"));
