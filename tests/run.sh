@@ -47,6 +47,8 @@ echo "==> isolation walk and canaries on the aws backend (moto): the AWS SDK's t
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- isolation::
 echo "==> token import on the aws backend (moto): sealed, scheduled and refreshed like an authorized grant"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api import::
+echo "==> tags and Idempotency-Key on the aws backend (moto): the tag FilterExpression's paging, conditional key claims"
+LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- tags:: idempotency::
 
 echo "==> schemathesis against latchkey serve (tests/schemathesis.sh, pinned in tests/schemathesis-requirements.txt)"
 bash tests/schemathesis.sh

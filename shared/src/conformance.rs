@@ -62,6 +62,7 @@ pub fn connection(def: &Definition, customer: &str) -> Connection {
         secrets: None,
         auth: Some(AuthKind::ApiKey),
         oauth: None,
+        tags: Default::default(),
         captured: Default::default(),
         refresh: Default::default(),
         generation: 0,
@@ -71,9 +72,17 @@ pub fn connection(def: &Definition, customer: &str) -> Connection {
     }
 }
 
+mod idempotency;
+mod tags;
+
 /// The store port's cases.
 pub mod store {
     use std::sync::Arc;
+
+    pub use super::idempotency::{
+        idempotency_claims_are_released_or_lapse, idempotency_keys_are_claimed_once_and_answered_for_a_day,
+    };
+    pub use super::tags::listings_filter_by_tags_and_page_past_what_does_not_match;
 
     use super::*;
     use crate::ports::{ConnectionFilter, DueEntry, Expect, Store, StoreError};
@@ -199,6 +208,7 @@ pub mod store {
             customer: customer.map(|c| CustomerId::parse(c).unwrap()),
             definition: def.map(|d| d.key.clone()),
             status,
+            ..Default::default()
         };
         let count = |f: ConnectionFilter| {
             let store = store.clone();
@@ -529,6 +539,9 @@ macro_rules! store_conformance_tests {
             connections_are_scoped_to_their_org,
             updates_are_conditional_on_the_version,
             listings_filter_and_page_newest_first,
+            listings_filter_by_tags_and_page_past_what_does_not_match,
+            idempotency_keys_are_claimed_once_and_answered_for_a_day,
+            idempotency_claims_are_released_or_lapse,
             logs_are_newest_first_and_go_with_the_connection,
             oauth_states_are_single_use_and_expire,
             the_due_index_finds_what_is_due_and_nothing_else,

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::domain::{
-    Connection, ConnectionId, CustomerId, Definition, DefinitionKey, Event, LogEntry, OAuthState, OrgId, RevocationJob,
-    Status,
+    Connection, ConnectionId, CustomerId, Definition, DefinitionKey, Event, IdempotencyRecord, LogEntry, OAuthState,
+    OrgId, RevocationJob, Status,
 };
 
 /// A boxed error from an adapter's backend (SQLite, an AWS SDK...). Never carries secret values:
@@ -57,6 +57,8 @@ pub struct ConnectionFilter {
     pub customer: Option<CustomerId>,
     pub definition: Option<DefinitionKey>,
     pub status: Option<Status>,
+    /// `tag=key:value` conditions: the connection has every one of these tags.
+    pub tags: Vec<crate::domain::TagFilter>,
 }
 
 /// One page of a listing, newest first; `next` is the cursor of the following page.
@@ -141,6 +143,22 @@ pub trait Store: Send + Sync + 'static {
     /// Atomically removes and returns the pending authorization of `hash`: a second take finds
     /// nothing. An expired one (`expires_at <= now`) is removed and not returned.
     async fn take_oauth_state(&self, hash: &str, now: OffsetDateTime) -> Result<Option<OAuthState>, StoreError>;
+
+    /// Claims an idempotency key: stores `claim` (no response yet) unless a record with its id
+    /// still holds the key at `now` ([`IdempotencyRecord::holds_key`]), in which case nothing is
+    /// written and that record is returned. Of concurrent claims of one key, exactly one gets
+    /// `Ok(None)`. Records past `expires_at` are never returned (and are purged or expire).
+    async fn claim_idempotency(
+        &self,
+        claim: &IdempotencyRecord,
+        now: OffsetDateTime,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+    /// Stores `done` (a claim with its response) if the record still holds `done.claim`;
+    /// `Conflict` if another request has claimed the key since.
+    async fn complete_idempotency(&self, done: &IdempotencyRecord) -> Result<(), StoreError>;
+    /// Frees a key whose request failed: deletes the record if it still holds `claim.claim` and
+    /// has no response; otherwise does nothing.
+    async fn release_idempotency(&self, claim: &IdempotencyRecord) -> Result<(), StoreError>;
 
     async fn append_log(&self, org: &OrgId, id: &ConnectionId, entry: &LogEntry) -> Result<(), StoreError>;
     /// The newest `limit` log entries of a connection, newest first.

@@ -420,3 +420,33 @@ async fn token_lookup_failures_have_stable_error_types() {
     let other_org = json!({"org": "umbrella", "connection_id": "con_01kahzz7v4m3n2q0000000000a"});
     assert_eq!(latchkey::lambda::handle_lookup(service, other_org).await.unwrap_err().error_type, "ConnectionNotFound");
 }
+
+/// The `Idempotency-Key` sample sent twice, as a client retrying through API Gateway would: one
+/// connection, the second answer byte for byte the first; then the listing-by-tag sample finds
+/// it and not an untagged one.
+#[tokio::test]
+async fn connections_api_replays_the_idempotent_sample_and_lists_by_tag() {
+    let api = Api::new();
+    assert_eq!(api.send("connections-api/put-definition.json").await.0, 201);
+    let create = || async {
+        let raw = event("connections-api/create-connection-idempotent.json");
+        let res = api.router.clone().oneshot(lambda_http::request::from_str(&raw).unwrap()).await.unwrap();
+        let replayed = res.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap().to_owned());
+        let status = res.status().as_u16();
+        (status, replayed, res.into_body().collect().await.unwrap().to_bytes())
+    };
+    let (status, replayed, first) = create().await;
+    assert_eq!((status, replayed), (201, None), "{first:?}");
+    let (status, replayed, again) = create().await;
+    assert_eq!((status, replayed.as_deref()), (201, Some("true")));
+    assert_eq!(again, first);
+    let created: Value = serde_json::from_slice(&first).unwrap();
+    assert_eq!(created["tags"], json!({"env": "prod", "team": "billing"}));
+    assert_eq!(created["values"]["apiKey"], json!({"set": true}));
+
+    assert_eq!(api.send("connections-api/create-connection.json").await.0, 201, "an untagged one");
+    let (status, _, page) = api.send("connections-api/list-connections-by-tag.json").await;
+    assert_eq!(status, 200, "{page}");
+    let ids: Vec<&Value> = page["items"].as_array().unwrap().iter().map(|c| &c["id"]).collect();
+    assert_eq!(ids, [&created["id"]]);
+}

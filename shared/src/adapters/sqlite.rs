@@ -11,8 +11,11 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use time::OffsetDateTime;
 
+use crate::domain::IdempotencyRecord;
 use crate::domain::{Connection, ConnectionId, Definition, DefinitionKey, LogEntry, OAuthState, OrgId, RevocationJob};
 use crate::ports::{ConnectionFilter, DueEntry, Expect, Page, Store, StoreError};
+
+mod idempotency;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS definitions (
@@ -95,6 +98,7 @@ impl SqliteStore {
         // Overwrite deleted content, so replaced records do not linger in free pages.
         db.pragma_update(None, "secure_delete", "ON").map_err(backend)?;
         db.execute_batch(SCHEMA).map_err(backend)?;
+        db.execute_batch(idempotency::SCHEMA).map_err(backend)?;
         Ok(Self { db: Arc::new(Mutex::new(db)) })
     }
 
@@ -296,19 +300,35 @@ impl Store for SqliteStore {
         let status = filter.status.map(|s| s.as_str());
         let cursor = cursor.map(ToString::to_string);
         let limit = limit.max(1);
+        // Each tag condition is a JSON path into the document (keys are `[a-z0-9_.-]`, safe
+        // inside a quoted path label) and the value, both bound: ?7 and ?8, ?9 and ?10...
+        let tags: Vec<(String, String)> =
+            filter.tags.iter().map(|t| (format!("$.tags.\"{}\"", t.key), t.value.clone())).collect();
+        let tag_sql: String =
+            (0..tags.len()).map(|i| format!(" AND json_extract(doc, ?{}) = ?{}", 7 + 2 * i, 8 + 2 * i)).collect();
         self.run(move |db| {
             let mut stmt = db
-                .prepare(
+                .prepare(&format!(
                     "SELECT doc FROM connections WHERE org = ?1
                        AND (?2 IS NULL OR customer = ?2) AND (?3 IS NULL OR definition = ?3)
-                       AND (?4 IS NULL OR status = ?4) AND (?5 IS NULL OR id < ?5)
-                     ORDER BY id DESC LIMIT ?6",
-                )
+                       AND (?4 IS NULL OR status = ?4) AND (?5 IS NULL OR id < ?5){tag_sql}
+                     ORDER BY id DESC LIMIT ?6"
+                ))
                 .map_err(backend)?;
+            let mut bound: Vec<Box<dyn rusqlite::ToSql>> = vec![
+                Box::new(org),
+                Box::new(customer),
+                Box::new(definition),
+                Box::new(status),
+                Box::new(cursor),
+                Box::new((limit + 1) as i64),
+            ];
+            for (path, value) in tags {
+                bound.push(Box::new(path));
+                bound.push(Box::new(value));
+            }
             let docs = stmt
-                .query_map(params![org, customer, definition, status, cursor, (limit + 1) as i64], |r| {
-                    r.get::<_, String>(0)
-                })
+                .query_map(rusqlite::params_from_iter(bound), |r| r.get::<_, String>(0))
                 .map_err(backend)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(backend)?;
@@ -476,6 +496,25 @@ impl Store for SqliteStore {
             Some((doc, expires)) if expires > now.unix_timestamp() => Ok(Some(from_json(&doc)?)),
             _ => Ok(None),
         }
+    }
+
+    async fn claim_idempotency(
+        &self,
+        claim: &IdempotencyRecord,
+        now: OffsetDateTime,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let claim = claim.clone();
+        self.run(move |db| idempotency::claim(db, &claim, now)).await
+    }
+
+    async fn complete_idempotency(&self, done: &IdempotencyRecord) -> Result<(), StoreError> {
+        let done = done.clone();
+        self.run(move |db| idempotency::complete(db, &done)).await
+    }
+
+    async fn release_idempotency(&self, claim: &IdempotencyRecord) -> Result<(), StoreError> {
+        let claim = claim.clone();
+        self.run(move |db| idempotency::release(db, &claim)).await
     }
 
     async fn append_log(&self, org: &OrgId, id: &ConnectionId, entry: &LogEntry) -> Result<(), StoreError> {

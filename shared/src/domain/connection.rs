@@ -183,6 +183,10 @@ pub struct Connection {
     /// OAuth 2.0 tokens, once authorized (or fetched, for client credentials).
     #[serde(default)]
     pub oauth: Option<OAuthTokens>,
+    /// Labels set by whoever manages the connection ([`super::tags`]): at most 20, shown in
+    /// reads and events, filtered on by listings. Records from before tags have none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
     /// Non-secret values captured when authorized (Salesforce `instance_url`, QuickBooks
     /// `realmId`), returned by lookups as fields.
     #[serde(default)]

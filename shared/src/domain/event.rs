@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use super::{Connection, ConnectionId, CustomerId, DefinitionKey, OrgId, Status};
@@ -49,6 +51,9 @@ pub struct Event {
     pub connection_id: ConnectionId,
     pub definition: DefinitionKey,
     pub status: Status,
+    /// The connection's tags (`{}` when it has none): labels, never a secret, so that rules can
+    /// route events by them.
+    pub tags: BTreeMap<String, String>,
 }
 
 impl Event {
@@ -60,6 +65,7 @@ impl Event {
             connection_id: c.id.clone(),
             definition: c.definition.clone(),
             status: c.status,
+            tags: c.tags.clone(),
         }
     }
 }

@@ -3,12 +3,14 @@
 mod connection;
 mod definition;
 mod event;
+pub mod idempotency;
 mod ids;
 mod log;
 mod oauth;
 mod principal;
 mod provider;
 mod sealed;
+pub mod tags;
 pub mod validate;
 mod verify;
 
@@ -17,12 +19,14 @@ pub use connection::{
 };
 pub use definition::{AuthKind, Definition, Input, InputType, OAUTH_APP_SETTINGS, Redirects, Visibility};
 pub use event::{Event, EventType};
+pub use idempotency::{IdempotencyKey, IdempotencyRecord, StoredResponse};
 pub use ids::{ConnectionId, CustomerId, DefinitionKey, IdError, InstanceId, OrgId};
 pub use log::{LogEntry, LogType};
 pub use oauth::{Capture, OAuthQuirks, RESERVED_TOKEN_PARAMS, Refusal, origin_of, provider_code};
 pub use principal::Principal;
 pub use provider::{ExpiresIn, Provider, ProviderInput, TokenResponse};
 pub use sealed::Sealed;
+pub use tags::{TagFilter, Tags};
 pub use validate::FieldError;
 pub use verify::{
     ACCESS_TOKEN, RenderError, TemplateError, Verdict, Verify, VerifyMethod, VerifyRequest, verify_from_json,

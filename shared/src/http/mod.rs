@@ -2,6 +2,7 @@
 //! Lambda alike. Handlers translate HTTP to service calls and back; no business logic here.
 
 pub mod auth;
+pub mod idempotency;
 pub mod problem;
 mod providers;
 
@@ -10,7 +11,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::rejection::{QueryRejection, RawPathParamsRejection};
-use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Path, Query, RawPathParams, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Path, Query, RawPathParams, RawQuery, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -301,8 +302,12 @@ fn with_etag(status: StatusCode, view: ConnectionView) -> Response {
 async fn create_connection(
     State(s): State<RouterState>,
     p: Principal,
+    headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, Problem> {
+    if let Some(key) = idempotency::key(&headers)? {
+        return idempotency::create_connection(&s.service, &p, &key, &body).await;
+    }
     Ok(with_etag(StatusCode::CREATED, s.service.create_connection(&p, &body).await?))
 }
 
@@ -317,9 +322,15 @@ async fn get_connection(
 async fn list_connections(
     State(s): State<RouterState>,
     p: Principal,
+    RawQuery(raw): RawQuery,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
-    let Query(q) = q.map_err(|_| Problem::malformed("the query string is malformed"))?;
+    let Query(mut q) = q.map_err(|_| Problem::malformed("the query string is malformed"))?;
+    // `tag` repeats, which the struct cannot hold: every one, in order.
+    q.tag = url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k == "tag")
+        .map(|(_, v)| v.into_owned())
+        .collect();
     Ok(axum::Json(s.service.list_connections(&p, &q).await?).into_response())
 }
 

@@ -29,6 +29,11 @@ pub mod types {
     /// A dependency (DynamoDB, KMS) did not answer in time or could not be reached: retry
     /// after `Retry-After` seconds.
     pub const UNAVAILABLE: &str = "urn:latchkey:problem:unavailable";
+    /// An `Idempotency-Key` sent again with another body (422).
+    pub const IDEMPOTENCY_KEY_REUSED: &str = "urn:latchkey:problem:idempotency-key-reused";
+    /// An `Idempotency-Key` whose first request is still running (409; retry after
+    /// `Retry-After`).
+    pub const IDEMPOTENCY_IN_PROGRESS: &str = "urn:latchkey:problem:idempotency-in-progress";
 }
 
 /// The `Retry-After` (seconds) of an `unavailable` problem: a dependency that timed out is

@@ -9,7 +9,7 @@ use crate::crypto::{EncryptionContext, Sealed};
 use crate::domain::validate::{self, FieldError, Setter, Values};
 use crate::domain::{
     AuthKind, Connection, ConnectionId, CustomerId, Definition, DefinitionKey, Event, EventType, InstanceId, LogEntry,
-    LogType, Principal, Scope, Status,
+    LogType, Principal, Scope, Status, TagFilter, tags,
 };
 use crate::ports::{ConnectionFilter, StoreError};
 
@@ -27,6 +27,10 @@ pub struct ListQuery {
     pub status: Option<String>,
     pub limit: Option<String>,
     pub cursor: Option<String>,
+    /// Every `tag=key:value` parameter, in order (repeatable, so not read by serde: the HTTP
+    /// layer fills it from the raw query).
+    #[serde(skip)]
+    pub tag: Vec<String>,
 }
 
 /// The inputs connections of `def` read from it at each use (SPEC section 8).
@@ -124,7 +128,9 @@ impl Service {
         };
         let mut errors = Vec::new();
         for k in obj.keys() {
-            if !["definition", "scope", "customer", "instance_id", "label", "values", "tokens"].contains(&k.as_str()) {
+            if !["definition", "scope", "customer", "instance_id", "label", "values", "tokens", "tags"]
+                .contains(&k.as_str())
+            {
                 errors.push(FieldError::new(k, "unknown field"));
             }
         }
@@ -152,6 +158,7 @@ impl Service {
             CustomerId::parse(s).map_err(|e| errors.push(FieldError::new("customer", e.to_string()))).ok()
         });
         let label = label_ok(take_str(obj, "label", &mut errors), &mut errors);
+        let tags = tags::parse(obj.get("tags")).map_err(|e| errors.extend(e)).unwrap_or_default();
         let imported = self.import_request(p, obj, &mut errors)?;
 
         let customer = match &p.customer {
@@ -239,6 +246,7 @@ impl Service {
             secrets: None,
             auth: Some(def.auth),
             oauth: None,
+            tags,
             captured: Default::default(),
             refresh: Default::default(),
             generation: 0,
@@ -316,6 +324,12 @@ impl Service {
             },
             None => None,
         };
+        for s in &q.tag {
+            match TagFilter::parse(s) {
+                Ok(f) => filter.tags.push(f),
+                Err(e) => errors.push(FieldError::new("tag", e)),
+            }
+        }
         if !errors.is_empty() {
             return Err(ServiceError::Invalid(errors));
         }
@@ -338,7 +352,8 @@ impl Service {
         Ok(ConnectionPage { items, next_cursor: page.next.map(|c| c.to_string()) })
     }
 
-    /// `PATCH /v1/connections/{id}`: `label`, and `values` merged (`null` resets to the default).
+    /// `PATCH /v1/connections/{id}`: `label`, `values` merged (`null` resets to the default) and
+    /// `tags` merged (`null` removes a tag).
     pub async fn update_connection(
         &self,
         p: &Principal,
@@ -350,11 +365,13 @@ impl Service {
             return Err(ServiceError::invalid("", "must be a JSON object"));
         };
         let mut errors = Vec::new();
-        for k in obj.keys().filter(|k| !["label", "values"].contains(&k.as_str())) {
+        for k in obj.keys().filter(|k| !["label", "values", "tags"].contains(&k.as_str())) {
             errors.push(FieldError::new(k, "unknown field"));
         }
         let label = label_ok(take_str(obj, "label", &mut errors), &mut errors);
         let clear_label = obj.get("label").is_some_and(Value::is_null);
+        // The count of tags is checked against the current ones, below.
+        let tag_changes = tags::TagChanges::parse(obj.get("tags")).map_err(|e| errors.extend(e)).unwrap_or_default();
         if !errors.is_empty() {
             return Err(ServiceError::Invalid(errors));
         }
@@ -372,6 +389,7 @@ impl Service {
             if label.is_some() || clear_label {
                 next.label = label.clone();
             }
+            next.tags = tag_changes.apply(&current.tags).map_err(ServiceError::Invalid)?;
             let values_changed = !changes.is_null();
             if values_changed {
                 let defaults = self.definition_defaults(&def).await?;

@@ -3,6 +3,7 @@
 mod connections;
 mod definitions;
 mod error;
+pub mod idempotency;
 mod lookup;
 pub mod oauth;
 mod refresh;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 pub use connections::{ListQuery, MAX_PAGE};
 pub use error::{ServiceError, Unusable, error_types, invalid_summary};
+pub use idempotency::{IdempotencyError, Idempotent};
 pub use lookup::{LookupRequest, LookupResponse, ReportedError};
 pub use oauth::{AuthorizeResponse, CallbackOutcome};
 pub use refresh::{RefreshPolicy, SweepSummary};

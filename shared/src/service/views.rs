@@ -76,6 +76,8 @@ pub struct ConnectionView {
     pub status: Status,
     pub error: Option<StatusError>,
     pub values: Map<String, Value>,
+    /// The connection's tags (`{}` when none).
+    pub tags: std::collections::BTreeMap<String, String>,
     pub version: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -122,6 +124,7 @@ impl ConnectionView {
             status: c.status,
             error: c.error.clone(),
             values,
+            tags: c.tags.clone(),
             version: c.version,
             created_at: c.created_at,
             updated_at: c.updated_at,

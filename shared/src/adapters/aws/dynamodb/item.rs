@@ -108,6 +108,11 @@ impl TryFrom<&Connection> for Item {
             item.insert("gsi1pk".into(), s(customer_pk(&c.org, customer.as_str())));
             item.insert("gsi1sk".into(), s(con_sk(&c.id)));
         }
+        // The tags again as a map, so that a listing's FilterExpression can test `tags.#k = :v`.
+        if !c.tags.is_empty() {
+            let tags = c.tags.iter().map(|(k, v)| (k.clone(), s(v.as_str()))).collect();
+            item.insert("tags".into(), AttributeValue::M(tags));
+        }
         item.insert("gsi2pk".into(), s(definition_pk(&c.org, c.definition.as_str())));
         item.insert("gsi2sk".into(), s(con_sk(&c.id)));
         // Sparse: only connections with a due time are in the refresh index. Every write of a

@@ -21,9 +21,11 @@ use aws_sdk_dynamodb::types::{
 };
 use time::OffsetDateTime;
 
+use crate::domain::IdempotencyRecord;
 use crate::domain::{Connection, ConnectionId, Definition, DefinitionKey, LogEntry, OAuthState, OrgId, RevocationJob};
 use crate::ports::{ConnectionFilter, DueEntry, Expect, Page, Store, StoreError};
 
+mod idempotency;
 mod item;
 mod write;
 
@@ -262,6 +264,15 @@ impl Store for DynamoStore {
             values.insert(":status".into(), s(st.as_str()));
             names.insert("#status".into(), "status".into());
         }
+        // Tags: a FilterExpression on the item's `tags` map. `query_until` reads on until the
+        // page is full or the query ends, so a filter never makes a short page end the listing.
+        let tag_conditions: Vec<String> = (0..filter.tags.len()).map(|i| format!("#tags.#tk{i} = :tv{i}")).collect();
+        for (i, t) in filter.tags.iter().enumerate() {
+            names.insert("#tags".into(), "tags".into());
+            names.insert(format!("#tk{i}"), t.key.clone());
+            values.insert(format!(":tv{i}"), s(t.value.as_str()));
+        }
+        conditions.extend(tag_conditions.iter().map(String::as_str));
         // Ids sort by creation; newest first, strictly before the cursor. On the table the sort
         // key range must also stay inside the connections (`CON#`), so BETWEEN is used and the
         // cursor item itself skipped.
@@ -452,6 +463,22 @@ impl Store for DynamoStore {
         };
         let state: OAuthState = doc_of(&item)?;
         Ok((state.expires_at > now).then_some(state))
+    }
+
+    async fn claim_idempotency(
+        &self,
+        claim: &IdempotencyRecord,
+        now: OffsetDateTime,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.claim_idempotency_item(claim, now).await
+    }
+
+    async fn complete_idempotency(&self, done: &IdempotencyRecord) -> Result<(), StoreError> {
+        self.complete_idempotency_item(done).await
+    }
+
+    async fn release_idempotency(&self, claim: &IdempotencyRecord) -> Result<(), StoreError> {
+        self.release_idempotency_item(claim).await
     }
 
     async fn append_log(&self, org: &OrgId, id: &ConnectionId, entry: &LogEntry) -> Result<(), StoreError> {
