@@ -47,7 +47,10 @@ impl Error {
     /// answer in time (`Unavailable`), or the request got no answer at all.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Api(e) => e.kind == ErrorKind::Unavailable,
+            Self::Api(e) => matches!(
+                e.kind,
+                ErrorKind::Unavailable | ErrorKind::VerificationUnavailable | ErrorKind::IdempotencyInProgress
+            ),
             Self::Transport(e) => e.is_timeout() || e.is_connect(),
             _ => false,
         }
@@ -71,6 +74,12 @@ pub enum ErrorKind {
     TokenExpired,
     /// `ProviderError` (502): the provider's token endpoint refused or failed a refresh.
     ProviderError,
+    /// `CredentialsRejected` (422): the provider refused the credentials of a verify request
+    /// (at connect time or `POST /v1/connections/{id}/verify`); nothing was stored.
+    CredentialsRejected,
+    /// `VerificationUnavailable` (502): a verify request got no usable answer from the
+    /// provider (timeout, unreachable, throttled); worth retrying later.
+    VerificationUnavailable,
     /// `Unavailable` (503): DynamoDB, KMS or the token issuer did not answer in time: retry
     /// after [`ApiError::retry_after`].
     Unavailable,
@@ -88,6 +97,11 @@ pub enum ErrorKind {
     PreconditionFailed,
     /// `InternalError` (500): a fault in Latchkey.
     Internal,
+    /// HTTP only (422): an `Idempotency-Key` sent again with another body.
+    IdempotencyKeyReused,
+    /// HTTP only (409): the first request with this `Idempotency-Key` is still running; retry
+    /// after [`ApiError::retry_after`].
+    IdempotencyInProgress,
     /// A kind this client does not know, as the server named it (an `errorType` or a problem
     /// `type` URI).
     Other(String),
@@ -103,6 +117,8 @@ impl ErrorKind {
             "ConnectionError" => Self::ConnectionError,
             "TokenExpired" => Self::TokenExpired,
             "ProviderError" => Self::ProviderError,
+            "CredentialsRejected" => Self::CredentialsRejected,
+            "VerificationUnavailable" => Self::VerificationUnavailable,
             "Unavailable" => Self::Unavailable,
             "InvalidRequest" => Self::InvalidRequest,
             "Unauthorized" => Self::Unauthorized,
@@ -110,6 +126,8 @@ impl ErrorKind {
             "Conflict" => Self::Conflict,
             "PreconditionFailed" => Self::PreconditionFailed,
             "InternalError" => Self::Internal,
+            "IdempotencyKeyReused" => Self::IdempotencyKeyReused,
+            "IdempotencyInProgress" => Self::IdempotencyInProgress,
             other => Self::Other(other.to_owned()),
         }
     }
@@ -124,6 +142,8 @@ impl ErrorKind {
             Some("connection-error") => Self::ConnectionError,
             Some("token-expired") => Self::TokenExpired,
             Some("provider-error") => Self::ProviderError,
+            Some("credentials-rejected") => Self::CredentialsRejected,
+            Some("verification-unavailable") => Self::VerificationUnavailable,
             Some("unavailable") => Self::Unavailable,
             Some("validation" | "malformed-request" | "payload-too-large" | "method-not-allowed") => {
                 Self::InvalidRequest
@@ -133,6 +153,8 @@ impl ErrorKind {
             Some("conflict") => Self::Conflict,
             Some("precondition-failed") => Self::PreconditionFailed,
             Some("internal") => Self::Internal,
+            Some("idempotency-key-reused") => Self::IdempotencyKeyReused,
+            Some("idempotency-in-progress") => Self::IdempotencyInProgress,
             Some(_) => Self::Other(problem_type.unwrap_or_default().to_owned()),
             None => match status {
                 400 | 405 | 413 | 422 => Self::InvalidRequest,
@@ -157,6 +179,8 @@ impl ErrorKind {
             Self::ConnectionError => "ConnectionError",
             Self::TokenExpired => "TokenExpired",
             Self::ProviderError => "ProviderError",
+            Self::CredentialsRejected => "CredentialsRejected",
+            Self::VerificationUnavailable => "VerificationUnavailable",
             Self::Unavailable => "Unavailable",
             Self::InvalidRequest => "InvalidRequest",
             Self::Unauthorized => "Unauthorized",
@@ -164,6 +188,8 @@ impl ErrorKind {
             Self::Conflict => "Conflict",
             Self::PreconditionFailed => "PreconditionFailed",
             Self::Internal => "InternalError",
+            Self::IdempotencyKeyReused => "IdempotencyKeyReused",
+            Self::IdempotencyInProgress => "IdempotencyInProgress",
             Self::Other(name) => name,
         }
     }
@@ -292,6 +318,8 @@ mod tests {
             ("connection-error", "ConnectionError"),
             ("token-expired", "TokenExpired"),
             ("provider-error", "ProviderError"),
+            ("credentials-rejected", "CredentialsRejected"),
+            ("verification-unavailable", "VerificationUnavailable"),
             ("unavailable", "Unavailable"),
             ("validation", "InvalidRequest"),
             ("malformed-request", "InvalidRequest"),
@@ -309,9 +337,8 @@ mod tests {
 
     #[test]
     fn an_unknown_problem_type_is_kept_and_a_body_that_is_no_problem_is_not_quoted() {
-        let e =
-            ApiError::from_http(422, br#"{"type":"urn:latchkey:problem:credentials-rejected","detail":"no"}"#, None);
-        assert_eq!(e.kind, ErrorKind::Other("urn:latchkey:problem:credentials-rejected".into()));
+        let e = ApiError::from_http(422, br#"{"type":"urn:latchkey:problem:carrier-pigeon-lost","detail":"no"}"#, None);
+        assert_eq!(e.kind, ErrorKind::Other("urn:latchkey:problem:carrier-pigeon-lost".into()));
         let e = ApiError::from_http(503, b"<html>sk_live_canary</html>", Some(2));
         assert_eq!(e.kind, ErrorKind::Unavailable);
         assert_eq!(e.retry_after, Some(Duration::from_secs(2)));

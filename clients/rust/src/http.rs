@@ -13,9 +13,11 @@ use crate::types::{
     Connection, ConnectionFilter, ConnectionPage, Credentials, Definition, NewConnection, Put, ReportedError,
 };
 
-/// How long one request may take, unless [`Client::with_timeout`] says otherwise. A lookup that
-/// refreshes waits for the provider (Latchkey gives it 15 s).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one request may take, unless [`Client::with_timeout`] says otherwise: 60 s. A lookup
+/// that needs a refresh may first wait out another caller's refresh lease (30 s, and 5 s of
+/// grace) and then call the provider itself (Latchkey gives it 15 s): about 50 s in the worst
+/// case, which a shorter limit would cut short and turn into a retry that waits again.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A client of Latchkey's HTTP API with one bearer token. Cheap to clone (one connection
 /// pool). Which calls succeed depends on the token: organization users manage definitions and
