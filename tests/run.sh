@@ -30,6 +30,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo test"
 cargo test --workspace --locked
 
+echo "==> the client's lambda feature (LambdaClient: lookup through lambda:InvokeFunction)"
+cargo clippy --locked -p latchkey-client --all-targets --features lambda -- -D warnings
+cargo test --locked -p latchkey-client --features lambda
+
 # The test binaries: tests/api (black-box, a module per suite), tests/adapters, and a few more;
 # the suites below are selected by module path within tests/api.
 echo "==> the black-box serve suite again, against the router served in-process"
