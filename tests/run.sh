@@ -51,6 +51,8 @@ echo "==> isolation walk and canaries on the aws backend (moto): the AWS SDK's t
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- isolation::
 echo "==> token import on the aws backend (moto): sealed, scheduled and refreshed like an authorized grant"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api import::
+echo "==> lookup by selector on the aws backend (moto): the customer index query, HTTP and the Lambda payload"
+LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- selector::
 echo "==> tags and Idempotency-Key on the aws backend (moto): the tag FilterExpression's paging, conditional key claims"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- tags:: idempotency::
 

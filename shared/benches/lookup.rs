@@ -59,6 +59,18 @@ async fn main() {
     }
     row("warm lookup, sequential", samples, wall.elapsed());
 
+    // By selector: the customer index query, then the read of the connection chosen.
+    let by_selector =
+        LookupRequest { definition: Some("acme".into()), customer: Some("c-1".into()), ..Default::default() };
+    let mut samples = Vec::with_capacity(n);
+    let wall = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        std::hint::black_box(service.lookup(&org, None, &by_selector).await.unwrap());
+        samples.push(t.elapsed());
+    }
+    row("warm lookup by selector, sequential", samples, wall.elapsed());
+
     let tasks = 8;
     let wall = Instant::now();
     let handles: Vec<_> = (0..tasks)

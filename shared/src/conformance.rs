@@ -63,6 +63,7 @@ pub fn connection(def: &Definition, customer: &str) -> Connection {
         auth: Some(AuthKind::ApiKey),
         oauth: None,
         tags: Default::default(),
+        user: None,
         captured: Default::default(),
         refresh: Default::default(),
         generation: 0,
@@ -142,6 +143,68 @@ pub mod store {
         assert!(store.list_connections(&other, &ConnectionFilter::default(), 10, None).await.unwrap().items.is_empty());
         let got = store.get_connection(&org, &conn.id).await.unwrap().expect("still there");
         assert_eq!(got.version, 1);
+    }
+
+    /// `find_for_selector`: every scope and status of one customer's connections of one
+    /// definition, oldest first; nothing of another customer, definition or organization, and
+    /// nothing deleted.
+    pub async fn selector_candidates_are_one_customers_connections_of_one_definition(store: Arc<dyn Store>) {
+        let org = fresh_org();
+        let def = definition(&org, "acme");
+        let other_def = definition(&org, "beta");
+        store.put_definition(&def, Expect::Absent).await.unwrap();
+        store.put_definition(&other_def, Expect::Absent).await.unwrap();
+        let mut expected = Vec::new();
+        for (scope, instance, user, status) in [
+            (Scope::Organization, None, None, Status::Active),
+            (Scope::Customer, None, None, Status::Error),
+            (Scope::Customer, None, Some("u-1"), Status::Configured),
+            (Scope::Instance, Some("inst-9"), None, Status::Disconnected),
+        ] {
+            let mut c = connection(&def, "c-1");
+            c.scope = scope;
+            c.instance_id = instance.map(|i| crate::domain::InstanceId::parse(i).unwrap());
+            c.user = user.map(|u| crate::domain::UserId::parse(u).unwrap());
+            c.status = status;
+            store.insert_connection(&c).await.unwrap();
+            expected.push(c.id.clone());
+            // Ids carry milliseconds: keep creation order visible in them.
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        store.insert_connection(&connection(&def, "c-2")).await.unwrap();
+        store.insert_connection(&connection(&other_def, "c-1")).await.unwrap();
+        let mut org_wide = connection(&def, "c-1");
+        org_wide.customer = None;
+        org_wide.scope = Scope::Organization;
+        store.insert_connection(&org_wide).await.unwrap();
+        let elsewhere = fresh_org();
+        let foreign = definition(&elsewhere, "acme");
+        store.put_definition(&foreign, Expect::Absent).await.unwrap();
+        store.insert_connection(&connection(&foreign, "c-1")).await.unwrap();
+
+        let customer = CustomerId::parse("c-1").unwrap();
+        let found = store.find_for_selector(&org, &def.key, &customer).await.unwrap();
+        let ids: Vec<_> = found.iter().map(|c| c.id.clone()).collect();
+        assert_eq!(ids, expected, "every scope and status, oldest first, nothing else");
+        assert_eq!(found[2].user.as_ref().map(|u| u.as_str()), Some("u-1"), "the user is stored");
+        assert_eq!(found[3].instance_id.as_ref().map(|i| i.as_str()), Some("inst-9"));
+        // Listings filter on the user too, alone or with the customer's index.
+        for customer in [None, Some(customer.clone())] {
+            let f = ConnectionFilter {
+                user: Some(crate::domain::UserId::parse("u-1").unwrap()),
+                customer,
+                ..Default::default()
+            };
+            let listed = store.list_connections(&org, &f, 10, None).await.unwrap().items;
+            assert_eq!(listed.iter().map(|c| &c.id).collect::<Vec<_>>(), [&expected[2]]);
+        }
+
+        assert!(store.delete_connection(&org, &expected[1]).await.unwrap());
+        let found = store.find_for_selector(&org, &def.key, &customer).await.unwrap();
+        assert_eq!(found.len(), 3, "a deleted connection is no candidate");
+        let nobody = CustomerId::parse("c-404").unwrap();
+        assert!(store.find_for_selector(&org, &def.key, &nobody).await.unwrap().is_empty());
+        assert_eq!(store.find_for_selector(&elsewhere, &def.key, &customer).await.unwrap().len(), 1);
     }
 
     pub async fn updates_are_conditional_on_the_version(store: Arc<dyn Store>) {
@@ -537,6 +600,7 @@ macro_rules! store_conformance_tests {
             definitions_in_use_cannot_be_deleted,
             connections_need_their_definition,
             connections_are_scoped_to_their_org,
+            selector_candidates_are_one_customers_connections_of_one_definition,
             updates_are_conditional_on_the_version,
             listings_filter_and_page_newest_first,
             listings_filter_by_tags_and_page_past_what_does_not_match,

@@ -115,6 +115,10 @@ pub async fn handle_lookup(service: &Service, payload: Value) -> Result<Value, D
 
 /// The `token-lookup` function's handler: `{"org", "connection_id", "min_valid_seconds",
 /// "token"?}`, or `{"action": "report_error", "org", "connection_id", "message", "token"?}`.
+/// Instead of `connection_id` either may name the connection by selector (SPEC section 10):
+/// `"definition", "customer", "instance_id"?, "user"?`, resolved to the instance's connection,
+/// then the user's, then the customer's reusable one, then the organization's for that customer
+/// (`ConnectionNotFound` when none; `customer` may be left out when the token names one).
 ///
 /// With `verifier` (`LATCHKEY_LOOKUP_AUTH=token`) `token` is required: a JWT verified exactly
 /// like an HTTP bearer token, with the `runtime` role, whose `org` must be the payload's (which
@@ -136,7 +140,8 @@ pub async fn handle_lookup_with(
     let req: LookupRequest = serde_json::from_value(payload).map_err(|_| {
         invalid(
             "expected {org, connection_id, min_valid_seconds?, token?} or \
-             {action: report_error, org, connection_id, message, token?}",
+             {action: report_error, org, connection_id, message, token?}, where \
+             {definition, customer, instance_id?, user?} may stand for connection_id",
         )
     })?;
     let (org, customer) = match verifier {

@@ -57,6 +57,8 @@ pub struct ConnectionFilter {
     pub customer: Option<CustomerId>,
     pub definition: Option<DefinitionKey>,
     pub status: Option<Status>,
+    /// Only the connections of this end user (`Connection::user`).
+    pub user: Option<crate::domain::UserId>,
     /// `tag=key:value` conditions: the connection has every one of these tags.
     pub tags: Vec<crate::domain::TagFilter>,
 }
@@ -104,6 +106,16 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         cursor: Option<&ConnectionId>,
     ) -> Result<Page<Connection>, StoreError>;
+    /// The connections of `customer` for `definition`, every scope and status, oldest first: what
+    /// a lookup by selector chooses from ([`crate::domain::Selector`]). One index query on the
+    /// customer's connections, never a scan. The index may lag the latest writes by a moment
+    /// (DynamoDB's are eventually consistent): callers re-read the record they pick.
+    async fn find_for_selector(
+        &self,
+        org: &OrgId,
+        definition: &DefinitionKey,
+        customer: &CustomerId,
+    ) -> Result<Vec<Connection>, StoreError>;
 
     /// How many shards the due index has; [`Store::due_connections`] takes `0..due_shards()`.
     fn due_shards(&self) -> u32 {

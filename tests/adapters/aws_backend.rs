@@ -261,6 +261,10 @@ async fn aws_calls_per_operation() {
     record("lookup, first use (configured -> active)", aws.calls.take());
     service.lookup(&org, None, &req).await.unwrap();
     let warm = record("lookup, warm", aws.calls.take());
+    let by_selector =
+        LookupRequest { definition: Some("acme".into()), customer: Some("c-1".into()), ..Default::default() };
+    service.lookup(&org, None, &by_selector).await.unwrap();
+    let selected = record("lookup by selector, warm", aws.calls.take());
     service.update_connection(&p, &id, &json!({"label": "x"}), None).await.unwrap();
     record("PATCH connection (label)", aws.calls.take());
     service.update_connection(&p, &id, &json!({"values": {"apiKey": "sk2"}}), None).await.unwrap();
@@ -275,4 +279,6 @@ async fn aws_calls_per_operation() {
 
     println!("| operation | AWS calls | which |\n|---|---|---|\n{}", table.join("\n"));
     assert_eq!(warm, ["DynamoDB.GetItem"], "a warm lookup is one read and no KMS call");
+    // A selector adds the index query that finds the connection, and nothing else.
+    assert_eq!(selected, ["DynamoDB.Query", "DynamoDB.GetItem"], "a warm selector lookup: one Query, one read");
 }

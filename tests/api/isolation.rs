@@ -281,6 +281,12 @@ fn success_allowed(
             mine.insert(id);
             ok
         }
+        // A lookup by selector names no id: its answer says which connection it found, and only
+        // one the foreigner created itself may answer.
+        (&Method::POST, None) if op.template == "/v1/token" => {
+            let id = reply.body["connection_id"].as_str().unwrap_or_default();
+            mine.contains(id) && !planted.ids.iter().any(|p| p == id)
+        }
         _ => key.is_some_and(|k| mine.contains(k)),
     }
 }

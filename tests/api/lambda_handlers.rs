@@ -160,6 +160,9 @@ async fn connections_api_serves_a_sample_of_every_route() {
     assert_eq!(patched["label"], "Acme production");
     let token = ok(api.send_for("connections-api/connection-token.json", id).await, 200, "token");
     assert_eq!(token["fields"]["apiKey"], "sk_test_sample_value");
+    // The same connection by selector: customer c-1's reusable `acme-api` connection.
+    let selected = ok(api.send_for("connections-api/lookup-by-selector.json", none).await, 200, "token by selector");
+    assert_eq!(selected["connection_id"], id);
     ok(api.send_for("connections-api/connection-logs.json", id).await, 200, "logs");
     // An API-key connection has no tokens to refresh.
     ok(api.send_for("connections-api/refresh-connection.json", id).await, 409, "refresh");
@@ -405,6 +408,27 @@ async fn token_lookup_serves_the_sample_events() {
     assert!(!red.error_message.contains("sk_test_sample_value"));
 }
 
+/// `lookup-by-selector.json` names no connection id: its selector (instance `inst-9`, user
+/// `u-42`, neither of which has a connection of its own) resolves to customer `c-1`'s reusable
+/// connection, and to nothing once it is gone.
+#[tokio::test]
+async fn token_lookup_serves_the_selector_sample() {
+    let api = Api::new();
+    api.send("connections-api/put-definition.json").await;
+    let (_, _, conn) = api.send("connections-api/create-connection.json").await;
+    let service = &api.app.service;
+    let sample: Value = serde_json::from_str(&event("token-lookup/lookup-by-selector.json")).unwrap();
+    assert!(sample.get("connection_id").is_none(), "a selector, not an id");
+
+    let found = latchkey::lambda::handle_lookup(service, sample.clone()).await.unwrap();
+    assert_eq!(found["connection_id"], conn["id"]);
+    assert_eq!(found["fields"]["apiKey"], "sk_test_sample_value");
+
+    let (status, _) = api.send_for("connections-api/delete-connection.json", conn["id"].as_str().unwrap()).await;
+    assert_eq!(status, 204);
+    let gone = latchkey::lambda::handle_lookup(service, sample).await.unwrap_err();
+    assert_eq!(gone.error_type, "ConnectionNotFound");
+}
 #[tokio::test]
 async fn token_lookup_failures_have_stable_error_types() {
     let api = Api::new();

@@ -23,5 +23,6 @@ mod quirks;
 mod refresh;
 mod revoke;
 mod security;
+mod selector;
 mod serve;
 mod tags;

@@ -31,6 +31,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/connections/{id}"),
     ("GET", "/v1/connections/{id}/logs"),
     ("POST", "/v1/connections/{id}/token"),
+    ("POST", "/v1/token"),
     ("POST", "/v1/connections/{id}/authorize"),
     ("POST", "/v1/connections/{id}/refresh"),
     ("POST", "/v1/connections/{id}/disconnect"),

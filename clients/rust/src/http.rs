@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use url::Url;
 
 use crate::error::{ApiError, Error};
+use crate::selector::Selector;
 use crate::types::{
     Connection, ConnectionFilter, ConnectionPage, Credentials, Definition, NewConnection, Put, ReportedError,
 };
@@ -130,6 +131,39 @@ impl Client {
     pub async fn report_error(&self, connection_id: &str, message: &str) -> Result<ReportedError, Error> {
         let body = json!({"action": "report_error", "message": message});
         let req = self.request(Method::POST, &["v1", "connections", connection_id, "token"])?.json(&body);
+        Ok(self.send(req, "report_error").await?.1)
+    }
+
+    /// `POST /v1/token` (role `runtime`): [`Client::lookup`] of the connection `selector`
+    /// resolves to (the instance's, the user's, the customer's reusable one, the organization's
+    /// for that customer; see [`Selector`]). `Credentials::connection_id` says which.
+    ///
+    /// # Errors
+    /// As [`Client::lookup`]: `NotFound` when nothing matches (or the selector names another
+    /// customer than a customer-bound token's), the chosen connection's own problem when it is
+    /// unusable; `InvalidRequest` for a malformed selector.
+    pub async fn lookup_by_selector(
+        &self,
+        selector: &Selector,
+        min_valid_seconds: Option<u64>,
+    ) -> Result<Credentials, Error> {
+        let mut body = selector.members();
+        if let Some(s) = min_valid_seconds {
+            body.insert("min_valid_seconds".into(), s.into());
+        }
+        let req = self.request(Method::POST, &["v1", "token"])?.json(&body);
+        Ok(self.send(req, "lookup").await?.1)
+    }
+
+    /// [`Client::report_error`] on the connection `selector` resolves to (`POST /v1/token`).
+    ///
+    /// # Errors
+    /// As [`Client::lookup_by_selector`], `InvalidRequest` for an empty or too long message.
+    pub async fn report_error_by_selector(&self, selector: &Selector, message: &str) -> Result<ReportedError, Error> {
+        let mut body = selector.members();
+        body.insert("action".into(), "report_error".into());
+        body.insert("message".into(), message.into());
+        let req = self.request(Method::POST, &["v1", "token"])?.json(&body);
         Ok(self.send(req, "report_error").await?.1)
     }
 

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::error::{ApiError, Error};
+use crate::selector::Selector;
 use crate::types::{Credentials, ReportedError};
 
 /// A client of the `token-lookup` function for one organization.
@@ -64,6 +65,31 @@ impl LambdaClient {
         self.invoke(&payload, "report_error").await
     }
 
+    /// Fresh credentials of the connection `selector` resolves to (see [`Selector`]): no id
+    /// needed. `Credentials::connection_id` says which connection answered.
+    ///
+    /// # Errors
+    /// As [`LambdaClient::lookup`] (`NotFound` when nothing matches).
+    pub async fn lookup_by_selector(
+        &self,
+        selector: &Selector,
+        min_valid_seconds: Option<u64>,
+    ) -> Result<Credentials, Error> {
+        let payload = selector_payload(&self.org, selector, min_valid_seconds, self.token.as_ref());
+        self.invoke(&payload, "lookup").await
+    }
+
+    /// Marks the connection `selector` resolves to red with `message`.
+    ///
+    /// # Errors
+    /// As [`LambdaClient::lookup_by_selector`].
+    pub async fn report_error_by_selector(&self, selector: &Selector, message: &str) -> Result<ReportedError, Error> {
+        let mut payload = selector_payload(&self.org, selector, None, self.token.as_ref());
+        payload["action"] = "report_error".into();
+        payload["message"] = message.into();
+        self.invoke(&payload, "report_error").await
+    }
+
     async fn invoke<T: DeserializeOwned>(&self, payload: &Value, what: &'static str) -> Result<T, Error> {
         let bytes = serde_json::to_vec(payload).map_err(|source| Error::Decode { what, source })?;
         let out = self
@@ -88,6 +114,25 @@ pub fn lookup_payload(
     token: Option<&SecretString>,
 ) -> Value {
     let mut p = json!({"org": org, "connection_id": connection_id});
+    if let Some(s) = min_valid_seconds {
+        p["min_valid_seconds"] = s.into();
+    }
+    if let Some(t) = token {
+        p["token"] = t.expose_secret().into();
+    }
+    p
+}
+
+/// The lookup payload by selector: `{"org", "definition", "customer"?, "instance_id"?, "user"?,
+/// "min_valid_seconds"?, "token"?}`.
+pub fn selector_payload(
+    org: &str,
+    selector: &Selector,
+    min_valid_seconds: Option<u64>,
+    token: Option<&SecretString>,
+) -> Value {
+    let mut p = Value::Object(selector.members());
+    p["org"] = org.into();
     if let Some(s) = min_valid_seconds {
         p["min_valid_seconds"] = s.into();
     }
@@ -141,6 +186,21 @@ mod tests {
         assert_eq!(
             report_error_payload("acme", "con_1", "401 from Acme", None),
             json!({"action": "report_error", "org": "acme", "connection_id": "con_1", "message": "401 from Acme"})
+        );
+    }
+
+    #[test]
+    fn a_selector_payload_names_no_connection_id() {
+        let s = Selector::new("acme-api", "c-1").instance("inst-9").user("u-42");
+        assert_eq!(
+            selector_payload("acme", &s, Some(60), None),
+            json!({"org": "acme", "definition": "acme-api", "customer": "c-1", "instance_id": "inst-9",
+                   "user": "u-42", "min_valid_seconds": 60})
+        );
+        let own = Selector::own_customer("acme-api");
+        assert_eq!(
+            selector_payload("acme", &own, None, Some(&SecretString::from("jwt"))),
+            json!({"org": "acme", "definition": "acme-api", "token": "jwt"})
         );
     }
 

@@ -1,7 +1,8 @@
 //! A typed client of Latchkey for integration code and tools.
 //!
 //! - [`Client`]: the HTTP API. Integration code looks credentials up with a token that has the
-//!   `runtime` role ([`Client::lookup`], [`Client::report_error`]); tools with an organization
+//!   `runtime` role ([`Client::lookup`], [`Client::report_error`], or by [`Selector`] without
+//!   the id: [`Client::lookup_by_selector`]); tools with an organization
 //!   token read connections and definitions and create connections (token import).
 //! - `LambdaClient` (feature `lambda`): the `token-lookup` function invoked directly, as code
 //!   running in AWS does.
@@ -32,12 +33,14 @@ mod error;
 mod http;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+mod selector;
 mod types;
 
 pub use error::{ApiError, Error, ErrorKind, FieldError};
 pub use http::{Client, DEFAULT_TIMEOUT};
 #[cfg(feature = "lambda")]
 pub use lambda::LambdaClient;
+pub use selector::Selector;
 pub use types::{
     AccessToken, Connection, ConnectionFilter, ConnectionPage, Credentials, Definition, Fields, ImportedTokens,
     NewConnection, Put, ReportedError, Status, StatusError,

@@ -104,6 +104,8 @@ pub struct ConnectionFilter {
     pub customer: Option<String>,
     /// `pending`, `configured`, `active`, `error` or `disconnected`.
     pub status: Option<String>,
+    /// Only the connections of this end user.
+    pub user: Option<String>,
     /// Page size (the server caps it).
     pub limit: Option<u32>,
     pub cursor: Option<String>,
@@ -120,6 +122,7 @@ impl ConnectionFilter {
         put("definition", &self.definition);
         put("customer", &self.customer);
         put("status", &self.status);
+        put("user", &self.user);
         put("cursor", &self.cursor);
         if let Some(l) = self.limit {
             q.push(("limit", l.to_string()));

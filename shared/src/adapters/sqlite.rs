@@ -12,7 +12,9 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use time::OffsetDateTime;
 
 use crate::domain::IdempotencyRecord;
-use crate::domain::{Connection, ConnectionId, Definition, DefinitionKey, LogEntry, OAuthState, OrgId, RevocationJob};
+use crate::domain::{
+    Connection, ConnectionId, CustomerId, Definition, DefinitionKey, LogEntry, OAuthState, OrgId, RevocationJob,
+};
 use crate::ports::{ConnectionFilter, DueEntry, Expect, Page, Store, StoreError};
 
 mod idempotency;
@@ -306,12 +308,15 @@ impl Store for SqliteStore {
             filter.tags.iter().map(|t| (format!("$.tags.\"{}\"", t.key), t.value.clone())).collect();
         let tag_sql: String =
             (0..tags.len()).map(|i| format!(" AND json_extract(doc, ?{}) = ?{}", 7 + 2 * i, 8 + 2 * i)).collect();
+        // The end user, from the document too, bound after the tags.
+        let user = filter.user.as_ref().map(ToString::to_string);
+        let user_sql = format!(" AND (?{0} IS NULL OR json_extract(doc, '$.user') = ?{0})", 7 + 2 * tags.len());
         self.run(move |db| {
             let mut stmt = db
                 .prepare(&format!(
                     "SELECT doc FROM connections WHERE org = ?1
                        AND (?2 IS NULL OR customer = ?2) AND (?3 IS NULL OR definition = ?3)
-                       AND (?4 IS NULL OR status = ?4) AND (?5 IS NULL OR id < ?5){tag_sql}
+                       AND (?4 IS NULL OR status = ?4) AND (?5 IS NULL OR id < ?5){tag_sql}{user_sql}
                      ORDER BY id DESC LIMIT ?6"
                 ))
                 .map_err(backend)?;
@@ -327,6 +332,7 @@ impl Store for SqliteStore {
                 bound.push(Box::new(path));
                 bound.push(Box::new(value));
             }
+            bound.push(Box::new(user));
             let docs = stmt
                 .query_map(rusqlite::params_from_iter(bound), |r| r.get::<_, String>(0))
                 .map_err(backend)?
@@ -340,6 +346,28 @@ impl Store for SqliteStore {
                 None
             };
             Ok(Page { items, next })
+        })
+        .await
+    }
+
+    async fn find_for_selector(
+        &self,
+        org: &OrgId,
+        definition: &DefinitionKey,
+        customer: &CustomerId,
+    ) -> Result<Vec<Connection>, StoreError> {
+        let (org, definition, customer) = (org.to_string(), definition.to_string(), customer.to_string());
+        self.run(move |db| {
+            // The customer index (org, customer, id), the definition filtered within it.
+            let mut stmt = db
+                .prepare("SELECT doc FROM connections WHERE org = ?1 AND customer = ?2 AND definition = ?3 ORDER BY id")
+                .map_err(backend)?;
+            let docs = stmt
+                .query_map(params![org, customer, definition], |r| r.get::<_, String>(0))
+                .map_err(backend)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(backend)?;
+            docs.iter().map(|d| from_json(d)).collect()
         })
         .await
     }

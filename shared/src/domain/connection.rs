@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use strum::{EnumString, IntoStaticStr, VariantNames};
 use time::OffsetDateTime;
 
-use super::{AuthKind, ConnectionId, CustomerId, DefinitionKey, InstanceId, OrgId, Sealed};
+use super::{AuthKind, ConnectionId, CustomerId, DefinitionKey, InstanceId, OrgId, Sealed, UserId};
 
 /// Whose connection it is and who manages it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, EnumString, IntoStaticStr, VariantNames)]
@@ -166,6 +166,10 @@ pub struct Connection {
     pub customer: Option<CustomerId>,
     pub scope: Scope,
     pub instance_id: Option<InstanceId>,
+    /// The end user of the customer whose own connection this is, if any: a lookup by
+    /// selector naming this `user` finds it (SPEC section 10), one naming none never does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserId>,
     pub definition: DefinitionKey,
     pub label: Option<String>,
     pub status: Status,

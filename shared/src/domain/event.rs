@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{Connection, ConnectionId, CustomerId, DefinitionKey, OrgId, Status};
+use super::{Connection, ConnectionId, CustomerId, DefinitionKey, OrgId, Status, UserId};
 
 /// Lifecycle events (EventBridge `detail-type`, source `latchkey`).
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -51,6 +51,9 @@ pub struct Event {
     pub connection_id: ConnectionId,
     pub definition: DefinitionKey,
     pub status: Status,
+    /// The end user whose own connection it is, when it is one (never a secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserId>,
     /// The connection's tags (`{}` when it has none): labels, never a secret, so that rules can
     /// route events by them.
     pub tags: BTreeMap<String, String>,
@@ -65,6 +68,7 @@ impl Event {
             connection_id: c.id.clone(),
             definition: c.definition.clone(),
             status: c.status,
+            user: c.user.clone(),
             tags: c.tags.clone(),
         }
     }

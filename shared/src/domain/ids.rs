@@ -68,6 +68,13 @@ string_id!(
     "must be 1-128 characters of letters, digits and - _ . : @"
 );
 string_id!(
+    /// An end user of a customer (a runtime user) whose own connection a lookup by selector
+    /// finds (SPEC section 10). Chosen by the organization, like customer ids.
+    UserId,
+    tenant_id_ok,
+    "must be 1-128 characters of letters, digits and - _ . : @"
+);
+string_id!(
     /// The key of a connection definition, chosen by the organization (`acme-api`).
     DefinitionKey,
     |s| {

@@ -10,6 +10,7 @@ mod oauth;
 mod principal;
 mod provider;
 mod sealed;
+mod selector;
 pub mod tags;
 pub mod validate;
 mod verify;
@@ -20,12 +21,13 @@ pub use connection::{
 pub use definition::{AuthKind, Definition, Input, InputType, OAUTH_APP_SETTINGS, Redirects, Visibility};
 pub use event::{Event, EventType};
 pub use idempotency::{IdempotencyKey, IdempotencyRecord, StoredResponse};
-pub use ids::{ConnectionId, CustomerId, DefinitionKey, IdError, InstanceId, OrgId};
+pub use ids::{ConnectionId, CustomerId, DefinitionKey, IdError, InstanceId, OrgId, UserId};
 pub use log::{LogEntry, LogType};
 pub use oauth::{Capture, OAuthQuirks, RESERVED_TOKEN_PARAMS, Refusal, origin_of, provider_code};
 pub use principal::Principal;
 pub use provider::{ExpiresIn, Provider, ProviderInput, TokenResponse};
 pub use sealed::Sealed;
+pub use selector::{Selector, Tier};
 pub use tags::{TagFilter, Tags};
 pub use validate::FieldError;
 pub use verify::{

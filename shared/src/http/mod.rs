@@ -5,6 +5,7 @@ pub mod auth;
 pub mod idempotency;
 pub mod problem;
 mod providers;
+mod selector;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -70,6 +71,7 @@ pub fn router_for(surface: Surface, state: RouterState) -> Router {
             .route("/v1/connections/{id}", get(get_connection).patch(update_connection).delete(delete_connection))
             .route("/v1/connections/{id}/logs", get(connection_logs))
             .route("/v1/connections/{id}/token", post(token_lookup))
+            .route("/v1/token", post(selector::selector_lookup))
             .route("/v1/connections/{id}/authorize", post(authorize))
             .route("/v1/connections/{id}/refresh", post(force_refresh))
             .route("/v1/connections/{id}/disconnect", post(disconnect));

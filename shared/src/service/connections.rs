@@ -27,6 +27,8 @@ pub struct ListQuery {
     pub status: Option<String>,
     pub limit: Option<String>,
     pub cursor: Option<String>,
+    /// `user=`: only the connections of this end user.
+    pub user: Option<String>,
     /// Every `tag=key:value` parameter, in order (repeatable, so not read by serde: the HTTP
     /// layer fills it from the raw query).
     #[serde(skip)]
@@ -128,7 +130,7 @@ impl Service {
         };
         let mut errors = Vec::new();
         for k in obj.keys() {
-            if !["definition", "scope", "customer", "instance_id", "label", "values", "tokens", "tags"]
+            if !["definition", "scope", "customer", "instance_id", "label", "values", "tokens", "tags", "user"]
                 .contains(&k.as_str())
             {
                 errors.push(FieldError::new(k, "unknown field"));
@@ -190,6 +192,7 @@ impl Service {
             }
             _ => {}
         }
+        let user = super::selector::user_of(obj, customer.as_ref(), &mut errors);
 
         let def = match &definition {
             Some(key) => self.store.get_definition(&p.org, key).await?,
@@ -237,6 +240,7 @@ impl Service {
             customer,
             scope,
             instance_id,
+            user,
             definition: def.key.clone(),
             label,
             status,
@@ -324,6 +328,12 @@ impl Service {
             },
             None => None,
         };
+        if let Some(s) = q.user.as_deref().filter(|s| !s.is_empty()) {
+            match crate::domain::UserId::parse(s) {
+                Ok(u) => filter.user = Some(u),
+                Err(e) => errors.push(FieldError::new("user", e.to_string())),
+            }
+        }
         for s in &q.tag {
             match TagFilter::parse(s) {
                 Ok(f) => filter.tags.push(f),

@@ -22,8 +22,22 @@ pub struct LookupRequest {
     /// Only in the Lambda payload: HTTP takes it from the bearer token.
     #[serde(default)]
     pub org: Option<String>,
+    /// The connection, by id; or leave it out and name it by selector (the four members below,
+    /// SPEC section 10, resolved as [`crate::domain::Selector`] orders).
     #[serde(default)]
     pub connection_id: Option<String>,
+    /// Selector: the definition key (`acme-api`).
+    #[serde(default)]
+    pub definition: Option<String>,
+    /// Selector: the customer; may be left out when the caller's token names one.
+    #[serde(default)]
+    pub customer: Option<String>,
+    /// Selector: the integration instance, whose own connection comes first.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// Selector: the customer's end user, whose own connection comes next.
+    #[serde(default)]
+    pub user: Option<String>,
     /// Refresh first if the access token expires within this many seconds.
     #[serde(default)]
     pub min_valid_seconds: Option<u64>,
@@ -105,26 +119,16 @@ pub struct ReportedError {
 const MAX_REPORT: usize = 1_000;
 
 impl Service {
-    async fn lookup_target(&self, org: &OrgId, customer: Option<&CustomerId>, id: Option<&str>) -> Result<Connection> {
-        let id = id.ok_or_else(|| ServiceError::invalid("connection_id", "is required"))?;
-        let id = ConnectionId::parse(id).map_err(|_| ServiceError::NotFound)?;
-        let c = self.store.get_connection(org, &id).await?.ok_or(ServiceError::NotFound)?;
-        // A runtime principal bound to a customer sees only that customer's connections.
-        if customer.is_some_and(|cu| c.customer.as_ref() != Some(cu)) {
-            return Err(ServiceError::NotFound);
-        }
-        Ok(c)
-    }
-
-    /// Looks a connection up: every value decrypted. A warm lookup of an active connection is
-    /// one store read and no key-provider call (the data key is cached).
+    /// Looks a connection up, by id or by selector: every value decrypted. A warm lookup of an
+    /// active connection by id is one store read and no key-provider call (the data key is
+    /// cached); by selector, an index query more.
     pub async fn lookup(
         &self,
         org: &OrgId,
         customer: Option<&CustomerId>,
         req: &LookupRequest,
     ) -> Result<LookupResponse> {
-        let c = self.lookup_target(org, customer, req.connection_id.as_deref()).await?;
+        let c = self.lookup_target(org, customer, req).await?;
         if let Some(why) = Unusable::of(c.status) {
             return Err(ServiceError::Unusable(why));
         }
@@ -195,7 +199,7 @@ impl Service {
     }
 
     /// `report_error`: the integration tells Latchkey the credentials failed; the connection
-    /// turns red until it is reconfigured.
+    /// (by id, or the one its selector resolves to) turns red until it is reconfigured.
     pub async fn report_error(
         &self,
         org: &OrgId,
@@ -211,7 +215,7 @@ impl Service {
         };
         let mut races = Races::default();
         loop {
-            let c = self.lookup_target(org, customer, req.connection_id.as_deref()).await?;
+            let c = self.lookup_target(org, customer, req).await?;
             // Only credentials that were handed out can have failed (a red connection's too).
             match Unusable::of(c.status) {
                 Some(why @ (Unusable::Pending | Unusable::Disconnected)) => return Err(ServiceError::Unusable(why)),

@@ -9,6 +9,7 @@ pub mod oauth;
 mod refresh;
 mod retry;
 mod revoke;
+mod selector;
 mod views;
 
 use std::sync::Arc;

@@ -72,6 +72,8 @@ pub struct ConnectionView {
     pub scope: Scope,
     pub customer: Option<CustomerId>,
     pub instance_id: Option<InstanceId>,
+    /// The end user whose own connection it is (`null` for none).
+    pub user: Option<crate::domain::UserId>,
     pub label: Option<String>,
     pub status: Status,
     pub error: Option<StatusError>,
@@ -120,6 +122,7 @@ impl ConnectionView {
             scope: c.scope,
             customer: c.customer.clone(),
             instance_id: c.instance_id.clone(),
+            user: c.user.clone(),
             label: c.label.clone(),
             status: c.status,
             error: c.error.clone(),

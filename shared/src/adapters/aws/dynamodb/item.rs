@@ -113,6 +113,10 @@ impl TryFrom<&Connection> for Item {
             let tags = c.tags.iter().map(|(k, v)| (k.clone(), s(v.as_str()))).collect();
             item.insert("tags".into(), AttributeValue::M(tags));
         }
+        // The end user in clear too, for a listing's `?user=` filter.
+        if let Some(user) = &c.user {
+            item.insert("user".into(), s(user.as_str()));
+        }
         item.insert("gsi2pk".into(), s(definition_pk(&c.org, c.definition.as_str())));
         item.insert("gsi2sk".into(), s(con_sk(&c.id)));
         // Sparse: only connections with a due time are in the refresh index. Every write of a

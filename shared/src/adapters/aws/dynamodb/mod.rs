@@ -22,7 +22,9 @@ use aws_sdk_dynamodb::types::{
 use time::OffsetDateTime;
 
 use crate::domain::IdempotencyRecord;
-use crate::domain::{Connection, ConnectionId, Definition, DefinitionKey, LogEntry, OAuthState, OrgId, RevocationJob};
+use crate::domain::{
+    Connection, ConnectionId, CustomerId, Definition, DefinitionKey, LogEntry, OAuthState, OrgId, RevocationJob,
+};
 use crate::ports::{ConnectionFilter, DueEntry, Expect, Page, Store, StoreError};
 
 mod idempotency;
@@ -264,6 +266,12 @@ impl Store for DynamoStore {
             values.insert(":status".into(), s(st.as_str()));
             names.insert("#status".into(), "status".into());
         }
+        // `user` is a reserved word in expressions: always through a name.
+        if let Some(u) = &filter.user {
+            conditions.push("#user = :user");
+            values.insert(":user".into(), s(u.as_str()));
+            names.insert("#user".into(), "user".into());
+        }
         // Tags: a FilterExpression on the item's `tags` map. `query_until` reads on until the
         // page is full or the query ends, so a filter never makes a short page end the listing.
         let tag_conditions: Vec<String> = (0..filter.tags.len()).map(|i| format!("#tags.#tk{i} = :tv{i}")).collect();
@@ -324,6 +332,34 @@ impl Store for DynamoStore {
             None
         };
         Ok(Page { items: conns, next })
+    }
+
+    async fn find_for_selector(
+        &self,
+        org: &OrgId,
+        definition: &DefinitionKey,
+        customer: &CustomerId,
+    ) -> Result<Vec<Connection>, StoreError> {
+        // The customer's index partition, the definition as a filter: one Query (more pages only
+        // past 1 MB of the customer's connections), eventually consistent like every GSI read.
+        let items = self
+            .query_until(
+                || {
+                    self.client
+                        .query()
+                        .table_name(&self.table)
+                        .index_name(BY_CUSTOMER)
+                        .key_condition_expression("gsi1pk = :pk AND begins_with(gsi1sk, :con)")
+                        .filter_expression("#definition = :definition")
+                        .expression_attribute_names("#definition", "definition")
+                        .expression_attribute_values(":pk", s(customer_pk(org, customer.as_str())))
+                        .expression_attribute_values(":con", s("CON#"))
+                        .expression_attribute_values(":definition", s(definition.as_str()))
+                },
+                usize::MAX,
+            )
+            .await?;
+        items.iter().map(doc_of).collect()
     }
 
     fn due_shards(&self) -> u32 {
