@@ -123,13 +123,13 @@ fn parse(text: &str) -> Result<Vec<Record>, Failure> {
     let record = |at: String, value: Result<Value, serde_json::Error>| Record {
         at,
         parsed: value.map_err(|e| unreadable(&e)).and_then(|v| {
-            serde_json::from_value::<NewConnection>(v).map_err(|e| match e.classify() {
+            serde_path_to_error::deserialize::<_, NewConnection>(v).map_err(|e| match e.inner().classify() {
                 serde_json::error::Category::Data => format!(
                     "not a connection record ({}): expected {{definition, customer, values?, tokens?: \
                      {{access_token, refresh_token?, expires_at | expires_in, scopes?, token_type?}}}}",
-                    data_error_shape(&e)
+                    at_path(&e.path().to_string(), &data_error_shape(e.inner()))
                 ),
-                _ => unreadable(&e),
+                _ => unreadable(e.inner()),
             })
         }),
     };
@@ -151,14 +151,30 @@ fn unreadable(e: &serde_json::Error) -> String {
     format!("not JSON (column {})", e.column())
 }
 
-/// serde's data error without the value it quotes: "missing field `definition`" is kept,
-/// "invalid type: string \"...\"" is reduced to its kind.
+/// `tokens.expires_in: invalid type, expected u64`: where in the record (the JSON path of
+/// the member, `.` for the record itself), then what is wrong.
+fn at_path(path: &str, shape: &str) -> String {
+    if path == "." { shape.to_owned() } else { format!("{path}: {shape}") }
+}
+
+/// serde's data error without the value it quotes (a token, maybe): "missing field
+/// `definition`" is kept; "invalid type: string \"...\", expected u64" becomes "invalid type,
+/// expected u64"; a message of another shape (a type's own) is reduced to "a wrong value".
 fn data_error_shape(e: &serde_json::Error) -> String {
     let message = e.to_string();
     if message.starts_with("missing field") || message.starts_with("unknown field") {
-        message.split(" at line").next().unwrap_or_default().to_owned()
-    } else {
-        "a member has the wrong type".to_owned()
+        // `unknown field `x`, expected one of ...` quotes a member's name, never a value.
+        return message.split(" at line").next().unwrap_or_default().to_owned();
+    }
+    const KINDS: [&str; 4] = ["invalid type", "invalid value", "invalid length", "unknown variant"];
+    let Some(kind) = KINDS.into_iter().find(|k| message.starts_with(k)) else {
+        return "a wrong value".to_owned();
+    };
+    // The value is quoted between the kind and the last ", expected ", which serde writes
+    // after it from the type (never from the input).
+    match message.rsplit_once(", expected ") {
+        Some((_, expected)) => format!("{kind}, expected {}", expected.split(" at line").next().unwrap_or_default()),
+        None => kind.to_owned(),
     }
 }
 
@@ -177,7 +193,8 @@ mod tests {
         assert!(records[1].parsed.as_ref().err().unwrap().starts_with("not JSON"));
         assert!(records[2].parsed.as_ref().err().unwrap().contains("missing field `definition`"));
         let wrong_type = records[3].parsed.as_ref().err().unwrap();
-        assert!(wrong_type.contains("wrong type") && !wrong_type.contains("42"), "{wrong_type}");
+        assert!(wrong_type.contains("tokens.access_token: invalid type, expected"), "names the member: {wrong_type}");
+        assert!(!wrong_type.contains("42"), "{wrong_type}");
     }
 
     #[test]
@@ -191,6 +208,16 @@ mod tests {
         let records =
             parse("{\"definition\":\"a\",\"tokens\":{\"access_token\":\"at_canary\",\"expires_in\":\"x\"}}").unwrap();
         let why = records[0].parsed.as_ref().err().unwrap();
+        assert!(why.contains("tokens.expires_in: invalid type"), "names the member: {why}");
+        assert!(!why.contains("canary") && !why.contains("\"x\""), "{why}");
+        // A token where a number belongs: named by its place, never quoted.
+        let records = parse(
+            "[{\"definition\":\"a\",\"customer\":\"c\",\"tokens\":{\"access_token\":\"at\",\
+                             \"expires_in\":\"at_canary, expected u64\"}}]",
+        )
+        .unwrap();
+        let why = records[0].parsed.as_ref().err().unwrap();
+        assert!(why.contains("tokens.expires_in: invalid type, expected"), "{why}");
         assert!(!why.contains("canary"), "{why}");
     }
 }
