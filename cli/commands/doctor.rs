@@ -5,8 +5,13 @@
 //! - embedded: the data directory, the master key, the JWT secret and the database files
 //!   (present, private, the right size);
 //! - aws: the DynamoDB table (DescribeTable: active, the indexes of `infra/`), the KMS key
-//!   (DescribeKey, then a GenerateDataKey/Decrypt round trip: what sealing needs), the
+//!   (DescribeKey: there, enabled, symmetric), its data-key use (a GenerateDataKey/Decrypt round
+//!   trip with an encryption context the key policy of `infra/` allows: what sealing needs), the
 //!   EventBridge bus (DescribeEventBus), and the clock against the `Date` of an AWS answer.
+//!
+//! The deployed key policy lets only the function roles use the key for data, so run by anyone
+//! else (an operator's credentials) the round trip is refused: that is a `warn` saying so, not
+//! a failure, when DescribeKey showed the key is usable.
 
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;
@@ -238,10 +243,20 @@ async fn aws(table: Option<&str>, kms_key_id: Option<&str>, event_bus: &str) -> 
         None => check("dynamodb table", Verdict::Fail, "LATCHKEY_TABLE is not set"),
         Some(t) => dynamodb_check(&aws_sdk_dynamodb::Client::new(&sdk), t).await,
     });
-    checks.push(match kms_key_id {
-        None => check("kms key", Verdict::Fail, "LATCHKEY_KMS_KEY_ID is not set"),
-        Some(k) => kms_check(&aws_sdk_kms::Client::new(&sdk), k).await,
-    });
+    match kms_key_id {
+        None => checks.push(check(KMS_KEY, Verdict::Fail, "LATCHKEY_KMS_KEY_ID is not set")),
+        Some(k) => {
+            let client = aws_sdk_kms::Client::new(&sdk);
+            let described = kms_key_check(&client, k).await;
+            let usable = described.verdict == Verdict::Ok;
+            let refused = described.verdict == Verdict::Warn;
+            checks.push(described);
+            // A key DescribeKey found unusable (disabled, asymmetric, absent) has said it all.
+            if usable || refused {
+                checks.push(kms_data_key_check(&client, k, usable).await);
+            }
+        }
+    }
     checks.push(eventbridge_check(&aws_sdk_eventbridge::Client::new(&sdk), event_bus).await);
     checks.push(clock_check(&sdk).await);
     checks
@@ -264,6 +279,15 @@ where
         source = s.source();
     }
     said
+}
+
+/// The error code of an AWS service's answer (`AccessDeniedException`...); `None` when there was
+/// no answer.
+fn service_code<E, R>(e: &aws_sdk_dynamodb::error::SdkError<E, R>) -> Option<&str>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    e.as_service_error().and_then(|s| s.code())
 }
 
 async fn dynamodb_check(client: &aws_sdk_dynamodb::Client, table: &str) -> Check {
@@ -299,54 +323,101 @@ async fn dynamodb_check(client: &aws_sdk_dynamodb::Client, table: &str) -> Check
     }
 }
 
-async fn kms_check(client: &aws_sdk_kms::Client, key: &str) -> Check {
-    use aws_sdk_kms::types::{DataKeySpec, KeyState};
-    let name = "kms key";
-    // DescribeKey says why a key cannot work; a role may lack it, then the round trip decides.
-    let mut described = String::new();
-    match client.describe_key().key_id(key).send().await {
-        Ok(out) => {
-            if let Some(m) = out.key_metadata() {
-                match m.key_state() {
-                    Some(KeyState::Enabled) => {}
-                    Some(state) => {
-                        return check(name, Verdict::Fail, format!("{key} is {}: enable it", state.as_str()));
-                    }
-                    None => {}
-                }
-                let spec = m.key_spec().map(|s| s.as_str()).unwrap_or("unknown");
-                if spec != "SYMMETRIC_DEFAULT" {
-                    return check(name, Verdict::Fail, format!("{key} is {spec}: Latchkey needs a symmetric key"));
-                }
-                described = format!("{}, enabled; ", m.key_id());
-            }
+const KMS_KEY: &str = "kms key";
+const KMS_DATA_KEY: &str = "kms data key";
+
+/// The encryption context of the round trip: the keys sealing uses (`org` and `connection_id`,
+/// as `latchkey::crypto::EncryptionContext::connection`), which is what the key policy of
+/// `infra/template.yaml` allows (statements `SealSecrets` and `OpenSecrets`: context keys among
+/// `org`, `connection_id`, `definition`, and `org` present). The values are not ids the service
+/// issues: no organization's data is touched.
+pub const DOCTOR_CONTEXT: [(&str, &str); 2] = [("org", "latchkey-doctor"), ("connection_id", "doctor-round-trip")];
+
+/// The data key spec sealing asks for (the key policy requires `AES_256`).
+const DATA_KEY_SPEC: aws_sdk_kms::types::DataKeySpec = aws_sdk_kms::types::DataKeySpec::Aes256;
+
+/// Whether an AWS error code is a refusal by IAM or the key policy.
+fn is_access_denied(code: Option<&str>) -> bool {
+    matches!(code, Some("AccessDeniedException" | "AccessDenied"))
+}
+
+/// DescribeKey: the key exists, is enabled and symmetric. `ok` then; `warn` when this principal
+/// may not call DescribeKey (the function roles may not: the round trip decides); `fail`
+/// otherwise.
+async fn kms_key_check(client: &aws_sdk_kms::Client, key: &str) -> Check {
+    use aws_sdk_kms::types::KeyState;
+    let out = match client.describe_key().key_id(key).send().await {
+        Ok(out) => out,
+        Err(e) if is_access_denied(service_code(&e)) => {
+            return check(
+                KMS_KEY,
+                Verdict::Warn,
+                format!("DescribeKey {key} refused to this principal ({}): the round trip decides", sdk_error(&e)),
+            );
         }
-        Err(e) => described = format!("DescribeKey refused ({}); ", sdk_error(&e)),
+        Err(e) => return check(KMS_KEY, Verdict::Fail, format!("DescribeKey {key}: {}", sdk_error(&e))),
+    };
+    let Some(m) = out.key_metadata() else {
+        return check(KMS_KEY, Verdict::Fail, format!("DescribeKey {key} answered without metadata"));
+    };
+    if let Some(state) = m.key_state().filter(|s| **s != KeyState::Enabled) {
+        return check(KMS_KEY, Verdict::Fail, format!("{key} is {}: enable it", state.as_str()));
     }
-    let context = [("latchkey", "doctor")];
-    let mut generate = client.generate_data_key().key_id(key).key_spec(DataKeySpec::Aes256);
-    for (k, v) in context {
+    let spec = m.key_spec().map(|s| s.as_str()).unwrap_or("unknown");
+    if spec != "SYMMETRIC_DEFAULT" {
+        return check(KMS_KEY, Verdict::Fail, format!("{key} is {spec}: Latchkey needs a symmetric key"));
+    }
+    check(KMS_KEY, Verdict::Ok, format!("{}: enabled, symmetric", m.key_id()))
+}
+
+/// The verdict on a refused data-key call: with DescribeKey's success behind it, AccessDenied
+/// is what the deployed key policy answers any principal but a function role (`warn`); any
+/// other refusal, or AccessDenied with nothing else showing the key works, is `fail`.
+fn data_key_refusal(call: &str, described: bool, code: Option<&str>, said: &str) -> Check {
+    if described && is_access_denied(code) {
+        check(
+            KMS_DATA_KEY,
+            Verdict::Warn,
+            format!(
+                "{call} refused ({said}): only the function roles may use the key for data (key policy \
+                 SealSecrets/OpenSecrets); DescribeKey succeeded. Run doctor as a function role to check sealing"
+            ),
+        )
+    } else {
+        check(KMS_DATA_KEY, Verdict::Fail, format!("{call}: {said}"))
+    }
+}
+
+/// A GenerateDataKey/Decrypt round trip with [`DOCTOR_CONTEXT`]: what sealing and opening a
+/// secret need. `described`: DescribeKey found the key usable.
+async fn kms_data_key_check(client: &aws_sdk_kms::Client, key: &str, described: bool) -> Check {
+    let mut generate = client.generate_data_key().key_id(key).key_spec(DATA_KEY_SPEC);
+    for (k, v) in DOCTOR_CONTEXT {
         generate = generate.encryption_context(k, v);
     }
     let wrapped = match generate.send().await {
         Ok(out) => out.ciphertext_blob().cloned(),
         Err(e) => {
-            return check(name, Verdict::Fail, format!("{described}GenerateDataKey with {key}: {}", sdk_error(&e)));
+            let code = service_code(&e);
+            return data_key_refusal(&format!("GenerateDataKey with {key}"), described, code, &sdk_error(&e));
         }
     };
     let Some(wrapped) = wrapped else {
-        return check(name, Verdict::Fail, format!("{described}GenerateDataKey answered without a ciphertext"));
+        return check(KMS_DATA_KEY, Verdict::Fail, "GenerateDataKey answered without a ciphertext");
     };
     let mut decrypt = client.decrypt().ciphertext_blob(wrapped);
-    for (k, v) in context {
+    for (k, v) in DOCTOR_CONTEXT {
         decrypt = decrypt.encryption_context(k, v);
     }
     match decrypt.send().await {
         Ok(out) if out.plaintext().is_some_and(|p| p.as_ref().len() == 32) => {
-            check(name, Verdict::Ok, format!("{described}GenerateDataKey and Decrypt work"))
+            check(KMS_DATA_KEY, Verdict::Ok, "GenerateDataKey and Decrypt work with a sealing context")
         }
-        Ok(_) => check(name, Verdict::Fail, format!("{described}Decrypt answered without a 32-byte key")),
-        Err(e) => check(name, Verdict::Fail, format!("{described}Decrypt of a fresh data key: {}", sdk_error(&e))),
+        Ok(_) => check(KMS_DATA_KEY, Verdict::Fail, "Decrypt answered without a 32-byte key"),
+        Err(e) => {
+            let code = service_code(&e);
+            data_key_refusal("Decrypt of a fresh data key", described, code, &sdk_error(&e))
+        }
     }
 }
 
@@ -445,5 +516,88 @@ mod tests {
         let key = verdict_of(&embedded(dir.path(), true), "master key").clone();
         assert_eq!(key.verdict, Verdict::Fail);
         assert!(key.why.contains("16 bytes"), "{}", key.why);
+    }
+
+    /// `Resources.Key.Properties.KeyPolicy.Statement` of `infra/template.yaml`, by `Sid`.
+    fn key_policy_statement(sid: &str) -> serde_yaml::Value {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/infra/template.yaml");
+        let template: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let statements = &template["Resources"]["Key"]["Properties"]["KeyPolicy"]["Statement"];
+        let statements = statements.as_sequence().expect("the key policy's statements");
+        statements
+            .iter()
+            .find(|s| s["Sid"].as_str() == Some(sid))
+            .unwrap_or_else(|| panic!("no statement {sid}"))
+            .clone()
+    }
+
+    /// Whether a request with `context` (and, for GenerateDataKey, `spec`) meets every condition
+    /// of `statement` that is about the request; the principal's conditions are the caller's
+    /// (README: doctor's data-key check needs a function role). A condition this test does not
+    /// know fails it, so that a new one is looked at here.
+    fn allows(statement: &serde_yaml::Value, context: &[(&str, &str)], spec: Option<&str>) -> Result<(), String> {
+        let keys: Vec<&str> = context.iter().map(|(k, _)| *k).collect();
+        let conditions = statement["Condition"].as_mapping().expect("conditions");
+        for (operator, tests) in conditions {
+            let operator = operator.as_str().unwrap();
+            for (key, wanted) in tests.as_mapping().unwrap() {
+                let key = key.as_str().unwrap();
+                let strings = |v: &serde_yaml::Value| -> Vec<String> {
+                    match v {
+                        serde_yaml::Value::Sequence(items) => {
+                            items.iter().map(|i| i.as_str().unwrap_or_default().to_owned()).collect()
+                        }
+                        other => vec![other.as_str().unwrap_or_default().to_owned()],
+                    }
+                };
+                match (operator, key) {
+                    ("ArnEquals", "aws:PrincipalArn") => {}
+                    ("ForAllValues:StringEquals", "kms:EncryptionContextKeys") => {
+                        let allowed = strings(wanted);
+                        if let Some(k) = keys.iter().find(|k| !allowed.iter().any(|a| a == *k)) {
+                            return Err(format!("context key {k} is not among {allowed:?}"));
+                        }
+                    }
+                    ("Null", k) if k.starts_with("kms:EncryptionContext:") => {
+                        let member = k.trim_start_matches("kms:EncryptionContext:");
+                        let must_be_present = strings(wanted) == ["false"];
+                        if must_be_present != keys.contains(&member) {
+                            return Err(format!("context key {member} must be present: {must_be_present}"));
+                        }
+                    }
+                    ("StringEquals", "kms:DataKeySpec") => {
+                        if spec.is_some_and(|s| strings(wanted) != [s]) {
+                            return Err(format!("data key spec {spec:?} is not {wanted:?}"));
+                        }
+                    }
+                    _ => panic!("a condition this test does not evaluate: {operator} {key}"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_round_trip_context_is_one_the_deployed_key_policy_allows() {
+        let spec = Some(DATA_KEY_SPEC.as_str());
+        allows(&key_policy_statement("SealSecrets"), &DOCTOR_CONTEXT, spec).expect("GenerateDataKey is allowed");
+        allows(&key_policy_statement("OpenSecrets"), &DOCTOR_CONTEXT, None).expect("Decrypt is allowed");
+        // The evaluation itself refuses what the policy refuses.
+        let refused = allows(&key_policy_statement("SealSecrets"), &[("latchkey", "doctor")], spec);
+        assert!(refused.is_err(), "a context without org, with another key, is refused");
+        assert!(allows(&key_policy_statement("OpenSecrets"), &[("connection_id", "c")], None).is_err());
+    }
+
+    #[test]
+    fn access_denied_after_describe_key_is_a_warning_that_names_the_function_roles() {
+        let denied =
+            data_key_refusal("GenerateDataKey", true, Some("AccessDeniedException"), "AccessDeniedException: no");
+        assert_eq!(denied.verdict, Verdict::Warn);
+        assert!(denied.why.contains("only the function roles") && denied.why.contains("DescribeKey succeeded"));
+        assert_eq!(
+            data_key_refusal("GenerateDataKey", false, Some("AccessDeniedException"), "").verdict,
+            Verdict::Fail
+        );
+        assert_eq!(data_key_refusal("Decrypt", true, Some("InvalidCiphertextException"), "").verdict, Verdict::Fail);
     }
 }
