@@ -55,6 +55,8 @@ echo "==> lookup by selector on the aws backend (moto): the customer index query
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- selector::
 echo "==> tags and Idempotency-Key on the aws backend (moto): the tag FilterExpression's paging, conditional key claims"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- tags:: idempotency::
+echo "==> credential verification on the aws backend (moto): connect-time checks and the sweep's schedule in the due index"
+LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- verify::
 
 echo "==> schemathesis against latchkey serve (tests/schemathesis.sh, pinned in tests/schemathesis-requirements.txt)"
 bash tests/schemathesis.sh

@@ -65,6 +65,7 @@ pub fn connection(def: &Definition, customer: &str) -> Connection {
         tags: Default::default(),
         user: None,
         captured: Default::default(),
+        verify: Default::default(),
         refresh: Default::default(),
         generation: 0,
         version: 1,

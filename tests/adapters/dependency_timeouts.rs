@@ -48,6 +48,7 @@ async fn service_app(table: &str, key: &str, dynamodb: &Moto, side: &Moto) -> Co
             public_url: Some("http://127.0.0.1:9".to_owned()),
             allow_loopback_providers: true,
             refresh: latchkey::service::RefreshPolicy { concurrency: 4, ..Default::default() },
+            ..ServiceOptions::default()
         },
     )
 }

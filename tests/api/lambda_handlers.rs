@@ -166,6 +166,8 @@ async fn connections_api_serves_a_sample_of_every_route() {
     ok(api.send_for("connections-api/connection-logs.json", id).await, 200, "logs");
     // An API-key connection has no tokens to refresh.
     ok(api.send_for("connections-api/refresh-connection.json", id).await, 409, "refresh");
+    // The sample definition has no verify request (tests/api/verify.rs runs one that has).
+    ok(api.send_for("connections-api/verify-connection.json", id).await, 409, "verify");
 
     ok(api.send_for("connections-api/put-oauth-definition.json", none).await, 201, "PUT OAuth definition");
     let oauth = ok(api.send_for("connections-api/create-oauth-connection.json", none).await, 201, "POST connection");
@@ -361,7 +363,7 @@ async fn token_refresh_sweeps_on_the_scheduled_event() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let summary = latchkey::lambda::handle_refresh(&api.app.service, deadline).await.unwrap();
     // Nothing is due on a fresh backend: a real, empty sweep.
-    assert_eq!(summary, json!({"due": 0, "refreshed": 0, "failed": 0, "skipped": 0, "revocations": 0}));
+    assert_eq!(summary, json!({"due": 0, "refreshed": 0, "failed": 0, "skipped": 0, "revocations": 0, "verified": 0}));
 }
 
 #[tokio::test]

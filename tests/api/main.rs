@@ -26,3 +26,4 @@ mod security;
 mod selector;
 mod serve;
 mod tags;
+mod verify;

@@ -34,6 +34,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/token"),
     ("POST", "/v1/connections/{id}/authorize"),
     ("POST", "/v1/connections/{id}/refresh"),
+    ("POST", "/v1/connections/{id}/verify"),
     ("POST", "/v1/connections/{id}/disconnect"),
     ("GET", "/v1/oauth/callback"),
 ];

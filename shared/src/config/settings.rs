@@ -16,7 +16,7 @@ use secrecy::SecretString;
 
 use super::ConfigError;
 use crate::http::auth::{JwtIssuer, MIN_HS256_SECRET_BYTES, Verifier};
-use crate::service::{RefreshPolicy, ServiceOptions};
+use crate::service::{RefreshPolicy, ServiceOptions, VerifyPolicy};
 
 /// Which adapters back the service (`LATCHKEY_BACKEND`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +123,11 @@ pub struct Settings {
     #[arg(value_name = "SECS", default_value = "600", value_parser = Checked(parse_secs))]
     pub refresh_lookahead: Duration,
 
+    /// How often a connection whose definition has a `verify` request is verified, in seconds.
+    #[arg(long = "verify-interval-secs", env = "LATCHKEY_VERIFY_INTERVAL_SECS", global = true)]
+    #[arg(value_name = "SECS", default_value = "86400", value_parser = Checked(parse_positive_secs))]
+    pub verify_interval: Duration,
+
     /// Whether provider endpoints Latchkey calls may be on loopback; default `true` on the
     /// embedded backend, `false` on aws.
     #[arg(long, env = "LATCHKEY_ALLOW_LOOPBACK_PROVIDERS", global = true, value_name = "true|false")]
@@ -226,6 +231,7 @@ impl Settings {
             public_url: self.public_url.clone(),
             allow_loopback_providers: self.loopback_providers_allowed(),
             refresh: RefreshPolicy { lookahead: self.refresh_lookahead, ..RefreshPolicy::default() },
+            verify: VerifyPolicy { interval: self.verify_interval, ..VerifyPolicy::default() },
         }
     }
 
@@ -383,7 +389,7 @@ mod tests {
     fn every_setting_has_a_flag_and_the_variable_named_after_it() {
         let command = Settings::command(BackendKind::Embedded);
         let args: Vec<&Arg> = command.get_arguments().collect();
-        assert_eq!(args.len(), 15, "a new setting: add it to the README's configuration table");
+        assert_eq!(args.len(), 16, "a new setting: add it to the README's configuration table");
         for arg in args {
             let long = arg.get_long().unwrap_or_else(|| panic!("{} has no flag", arg.get_id()));
             let env = arg.get_env().and_then(OsStr::to_str);

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use strum::{EnumString, IntoStaticStr, VariantNames};
 use time::OffsetDateTime;
 
-use super::{AuthKind, ConnectionId, CustomerId, DefinitionKey, InstanceId, OrgId, Sealed, UserId};
+use super::{AuthKind, ConnectionId, CustomerId, DefinitionKey, InstanceId, OrgId, Sealed, UserId, VerifyState};
 
 /// Whose connection it is and who manages it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, EnumString, IntoStaticStr, VariantNames)]
@@ -197,6 +197,9 @@ pub struct Connection {
     pub captured: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     pub refresh: RefreshState,
+    /// Credential verification bookkeeping (SPEC section 10), for definitions with `verify`.
+    #[serde(default)]
+    pub verify: VerifyState,
     /// Incremented by each disconnect: authorizations and refreshes that began before one must
     /// not put tokens back.
     #[serde(default)]

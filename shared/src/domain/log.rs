@@ -17,6 +17,10 @@ pub enum LogType {
     Disconnected,
     Revoked,
     RevokeFailed,
+    /// The definition's verify request was accepted by the provider (SPEC section 10).
+    Verified,
+    /// The verify request was refused (the connection turns red) or could not be confirmed.
+    VerifyFailed,
 }
 
 /// One line of a connection's log.

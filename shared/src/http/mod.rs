@@ -74,6 +74,7 @@ pub fn router_for(surface: Surface, state: RouterState) -> Router {
             .route("/v1/token", post(selector::selector_lookup))
             .route("/v1/connections/{id}/authorize", post(authorize))
             .route("/v1/connections/{id}/refresh", post(force_refresh))
+            .route("/v1/connections/{id}/verify", post(verify_connection))
             .route("/v1/connections/{id}/disconnect", post(disconnect));
     }
     if surface != Surface::ConnectionsApi {
@@ -408,6 +409,16 @@ async fn force_refresh(
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     Ok(with_etag(StatusCode::OK, s.service.force_refresh(&p, &id).await?))
+}
+
+/// `POST /v1/connections/{id}/verify`: runs the definition's verify request now
+/// (organization users and the connection's customer) → `{"ok", "status", "checked_at"}`.
+async fn verify_connection(
+    State(s): State<RouterState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    Ok(axum::Json(s.service.verify_connection(&p, &id).await?).into_response())
 }
 
 /// `POST /v1/connections/{id}/disconnect`.

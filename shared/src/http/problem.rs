@@ -26,6 +26,10 @@ pub mod types {
     pub const TOKEN_EXPIRED: &str = "urn:latchkey:problem:token-expired";
     pub const INTERNAL: &str = "urn:latchkey:problem:internal";
     pub const PROVIDER: &str = "urn:latchkey:problem:provider-error";
+    /// The provider refused the credentials of a verify request (`provider_status` says how).
+    pub const CREDENTIALS_REJECTED: &str = "urn:latchkey:problem:credentials-rejected";
+    /// A verify request got no usable answer from the provider.
+    pub const VERIFICATION_UNAVAILABLE: &str = "urn:latchkey:problem:verification-unavailable";
     /// A dependency (DynamoDB, KMS) did not answer in time or could not be reached: retry
     /// after `Retry-After` seconds.
     pub const UNAVAILABLE: &str = "urn:latchkey:problem:unavailable";
@@ -49,6 +53,9 @@ pub struct Problem {
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<FieldError>>,
+    /// `credentials-rejected` only: the HTTP status the provider answered the verify request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_status: Option<u16>,
     /// Answer with `Connection: close`: the request body was not read to its end, so the
     /// connection cannot carry another request.
     #[serde(skip)]
@@ -66,6 +73,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             errors: None,
+            provider_status: None,
             close_connection: false,
             retry_after: None,
         }
@@ -134,6 +142,14 @@ impl From<ServiceError> for Problem {
                 (StatusCode::CONFLICT, types::TOKEN_EXPIRED, "Token Expired")
             }
             ServiceError::Provider(_) => (StatusCode::BAD_GATEWAY, types::PROVIDER, "Provider Error"),
+            ServiceError::CredentialsRejected { status } => {
+                let title = "Credentials Rejected";
+                let problem = Self::new(StatusCode::UNPROCESSABLE_ENTITY, types::CREDENTIALS_REJECTED, title, detail);
+                return Self { provider_status: Some(status), ..problem };
+            }
+            ServiceError::VerificationUnavailable(_) => {
+                (StatusCode::BAD_GATEWAY, types::VERIFICATION_UNAVAILABLE, "Verification Unavailable")
+            }
             ServiceError::Store(_) | ServiceError::Crypto(_) | ServiceError::Unexpected(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, types::INTERNAL, "Internal Server Error")
             }

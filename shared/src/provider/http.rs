@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use secrecy::ExposeSecret;
 
 use super::destination::PublicOnlyResolver;
-use super::{FormPost, ProviderClient, RawAnswer, Reach, TransportError};
+use super::{ApiMethod, ApiRequest, FormPost, ProviderClient, RawAnswer, Reach, TransportError};
 
 /// The largest answer read; a token answer is a few KiB.
 pub(super) const MAX_ANSWER_BYTES: usize = 256 * 1024;
@@ -69,13 +69,62 @@ fn transport(e: &reqwest::Error) -> TransportError {
     if e.is_timeout() { TransportError::Timeout } else { TransportError::Unreachable }
 }
 
-#[async_trait]
-impl ProviderClient for HttpProviderClient {
-    async fn post_form(&self, post: &FormPost) -> Result<RawAnswer, TransportError> {
-        let client = match post.reach {
+/// Reads an answer: status, content type, `Retry-After`, and the body up to [`MAX_ANSWER_BYTES`].
+async fn read_answer(mut response: reqwest::Response) -> Result<RawAnswer, TransportError> {
+    let status = response.status().as_u16();
+    let content_type =
+        response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let retry_after = retry_after(response.headers());
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| transport(&e))? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(TransportError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(RawAnswer { status, content_type, retry_after, body })
+}
+
+impl HttpProviderClient {
+    fn client(&self, reach: Reach) -> &reqwest::Client {
+        match reach {
             Reach::Any => &self.any,
             Reach::PublicOnly => &self.public_only,
+        }
+    }
+}
+
+#[async_trait]
+impl ProviderClient for HttpProviderClient {
+    async fn send(&self, request: &ApiRequest) -> Result<RawAnswer, TransportError> {
+        let method = match request.method {
+            ApiMethod::Get => reqwest::Method::GET,
+            ApiMethod::Head => reqwest::Method::HEAD,
+            ApiMethod::Post => reqwest::Method::POST,
         };
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers
+            .insert(reqwest::header::ACCEPT, reqwest::header::HeaderValue::from_static("application/json, */*;q=0.1"));
+        for (name, value) in &request.headers {
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| TransportError::Invalid)?;
+            let mut value =
+                reqwest::header::HeaderValue::from_str(value.expose_secret()).map_err(|_| TransportError::Invalid)?;
+            // Kept out of the client's own debug output.
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        let mut builder = self.client(request.reach).request(method, request.url.clone());
+        if let Some(body) = &request.json_body {
+            headers
+                .insert(reqwest::header::CONTENT_TYPE, reqwest::header::HeaderValue::from_static("application/json"));
+            builder = builder.body(body.expose_secret().to_owned());
+        }
+        let response = builder.headers(headers).send().await.map_err(|e| transport(&e))?;
+        read_answer(response).await
+    }
+
+    async fn post_form(&self, post: &FormPost) -> Result<RawAnswer, TransportError> {
+        let client = self.client(post.reach);
         let form: Vec<(&str, &str)> = post.form.iter().map(|(k, v)| (k.as_str(), v.expose_secret())).collect();
         let mut request = client
             .post(post.url.clone())
@@ -84,18 +133,7 @@ impl ProviderClient for HttpProviderClient {
         if let Some((id, secret)) = &post.basic {
             request = request.basic_auth(id, secret.as_ref().map(|s| s.expose_secret()));
         }
-        let mut response = request.send().await.map_err(|e| transport(&e))?;
-        let status = response.status().as_u16();
-        let content_type =
-            response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let retry_after = retry_after(response.headers());
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| transport(&e))? {
-            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-                return Err(TransportError::TooLarge);
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(RawAnswer { status, content_type, retry_after, body })
+        let response = request.send().await.map_err(|e| transport(&e))?;
+        read_answer(response).await
     }
 }

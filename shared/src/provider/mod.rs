@@ -60,6 +60,40 @@ impl FormPost {
     }
 }
 
+/// One request of a definition's own to a provider's API (a `verify` request, SPEC section
+/// 10), already rendered: method, URL, headers and an optional JSON body. Header values, the
+/// URL's query and the body may hold secrets: `Debug` shows the method, origin and header names
+/// only.
+pub struct ApiRequest {
+    pub method: ApiMethod,
+    pub url: url::Url,
+    pub reach: Reach,
+    pub headers: Vec<(String, SecretString)>,
+    /// Serialized JSON, sent as `application/json`.
+    pub json_body: Option<SecretString>,
+}
+
+/// The methods an [`ApiRequest`] may use: none that changes anything at the provider by
+/// convention but POST, which some providers' "who am I" endpoints need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiMethod {
+    Get,
+    Head,
+    Post,
+}
+
+impl fmt::Debug for ApiRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiRequest")
+            .field("method", &self.method)
+            .field("origin", &self.url.origin().ascii_serialization())
+            .field("reach", &self.reach)
+            .field("headers", &self.headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
+            .field("json_body", &self.json_body.is_some())
+            .finish()
+    }
+}
+
 /// A provider's answer as it came: any status, the body unread. `Debug` never shows the body
 /// (it may hold tokens).
 #[derive()]
@@ -91,6 +125,9 @@ pub enum TransportError {
     Unreachable,
     #[error("the provider's answer is larger than {} bytes", http::MAX_ANSWER_BYTES)]
     TooLarge,
+    /// The request could not be built (a header the HTTP client refuses); nothing was sent.
+    #[error("the request could not be built")]
+    Invalid,
 }
 
 impl TransportError {
@@ -100,12 +137,16 @@ impl TransportError {
             Self::Timeout => "timeout",
             Self::Unreachable => "unreachable",
             Self::TooLarge => "answer_too_large",
+            Self::Invalid => "invalid_request",
         }
     }
 }
 
-/// The port: sends one form to a provider endpoint and returns what it answered.
+/// The port: sends one form, or one API request, to a provider and returns what it answered.
 #[async_trait]
 pub trait ProviderClient: Send + Sync + 'static {
     async fn post_form(&self, post: &FormPost) -> Result<RawAnswer, TransportError>;
+    /// Sends an [`ApiRequest`] under the same rules as forms (no redirects followed, bounded
+    /// time and answer size, the reach's resolver).
+    async fn send(&self, request: &ApiRequest) -> Result<RawAnswer, TransportError>;
 }

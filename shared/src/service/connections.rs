@@ -246,18 +246,21 @@ impl Service {
             status,
             error: None,
             secret_names: values.secret_names(),
-            values: values.plain,
+            values: values.plain.clone(),
             secrets: None,
             auth: Some(def.auth),
             oauth: None,
             tags,
             captured: Default::default(),
+            verify: Default::default(),
             refresh: Default::default(),
             generation: 0,
             version: 1,
             created_at: now,
             updated_at: now,
         };
+        // Refused credentials are never stored (SPEC section 10).
+        self.verify_new_values(&def, &mut conn, &values).await?;
         conn.secrets = self.seal_secrets(&conn, &values.secret).await?;
         if let Some(tokens) = imported {
             conn = self.with_imported_tokens(&def, conn, tokens).await?;
@@ -275,6 +278,7 @@ impl Service {
         }
         let who = if p.is_organization() { "the organization" } else { "the customer" };
         self.log(&conn, LogType::Created, format!("connection created by {who}")).await;
+        self.log_connect_time_verification(None, &conn).await;
         self.emit(Event::about(EventType::ConnectionCreated, &conn)).await;
         self.view(p, &conn, Some(&def)).await
     }
@@ -408,6 +412,8 @@ impl Service {
                     validate::apply_values(&def.inputs, &defaults, &inherited_inputs(&def), base, changes, setter(p))
                         .map_err(ServiceError::Invalid)?;
                 self.check_endpoints(values.plain.iter().map(|(k, v)| (k, Some(v))), "values", "")?;
+                // Refused credentials never replace the stored ones (SPEC section 10).
+                self.verify_new_values(&def, &mut next, &values).await?;
                 next.secret_names = values.secret_names();
                 next.values = values.plain;
                 next.secrets = self.seal_secrets(&next, &values.secret).await?;
@@ -441,6 +447,7 @@ impl Service {
                         _ => "connection updated".to_owned(),
                     };
                     self.log(&next, LogType::Updated, what).await;
+                    self.log_connect_time_verification(Some(&current), &next).await;
                     self.emit(Event::about(EventType::ConnectionUpdated, &next)).await;
                     return self.view(p, &next, Some(&def)).await;
                 }

@@ -28,6 +28,7 @@ impl Service {
         let spec = validate::definition_from_json(key.as_str(), body, crate::catalog::provider)
             .map_err(ServiceError::Invalid)?;
         self.check_endpoints(spec.inputs.iter().map(|(k, i)| (k, i.default.as_ref())), "inputs", ".default")?;
+        self.check_verify_destination(spec.verify.as_ref())?;
         let existing = self.store.get_definition(&p.org, &key).await?;
 
         let mut secrets = spec.secret_defaults;
@@ -70,6 +71,9 @@ impl Service {
             Ok(()) => {
                 if let Some(old) = &existing {
                     self.seal_new_password_inputs(old, &def).await;
+                    if def.verify.is_some() && old.verify != def.verify {
+                        self.schedule_verification(&def).await;
+                    }
                     if self.client_settings_changed(old, &def).await {
                         self.rearm_client_rejected(&def).await;
                     }

@@ -58,6 +58,14 @@ pub enum ServiceError {
     /// The provider's token endpoint refused or failed; the OAuth error code.
     #[error("the provider's token endpoint failed: {0}")]
     Provider(String),
+    /// A verify request (SPEC section 10) was refused by the provider (401/403) or answered a
+    /// status that does not confirm the credentials: the provider's HTTP status.
+    #[error("the provider refused the credentials (HTTP {status})")]
+    CredentialsRejected { status: u16 },
+    /// A verify request got no usable answer: the reason's code (`timeout`, `unreachable`,
+    /// `provider_error`, `throttled`...).
+    #[error("the credentials could not be verified now ({0})")]
+    VerificationUnavailable(&'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -83,6 +91,8 @@ pub mod error_types {
     pub const ERRORED: &str = "ConnectionError";
     pub const TOKEN_EXPIRED: &str = "TokenExpired";
     pub const PROVIDER: &str = "ProviderError";
+    pub const CREDENTIALS_REJECTED: &str = "CredentialsRejected";
+    pub const VERIFICATION_UNAVAILABLE: &str = "VerificationUnavailable";
     pub const UNAVAILABLE: &str = "Unavailable";
     pub const INTERNAL: &str = "InternalError";
 }
@@ -131,6 +141,8 @@ impl ServiceError {
             Self::Unusable(Unusable::Error) => ERRORED,
             Self::Unusable(Unusable::TokenExpired) => TOKEN_EXPIRED,
             Self::Provider(_) => PROVIDER,
+            Self::CredentialsRejected { .. } => CREDENTIALS_REJECTED,
+            Self::VerificationUnavailable(_) => VERIFICATION_UNAVAILABLE,
             e if e.is_unavailable() => UNAVAILABLE,
             Self::Store(_) | Self::Crypto(_) | Self::Unexpected(_) => INTERNAL,
         }
@@ -151,6 +163,12 @@ impl ServiceError {
                                                        must authorize the connection again"
                 .to_owned(),
             Self::Provider(code) => format!("the provider's token endpoint failed ({code})"),
+            Self::CredentialsRejected { status } => {
+                format!("the provider refused the credentials (HTTP {status}); nothing was stored")
+            }
+            Self::VerificationUnavailable(code) => {
+                format!("the provider could not be reached to verify the credentials ({code}); nothing was stored")
+            }
             e if e.is_unavailable() => "a storage or key service did not answer in time; retry shortly".to_owned(),
             Self::Store(_) | Self::Crypto(_) | Self::Unexpected(_) => "an internal error occurred".to_owned(),
         }

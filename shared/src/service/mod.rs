@@ -10,6 +10,7 @@ mod refresh;
 mod retry;
 mod revoke;
 mod selector;
+mod verify;
 mod views;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ pub use lookup::{LookupRequest, LookupResponse, ReportedError};
 pub use oauth::{AuthorizeResponse, CallbackOutcome};
 pub use refresh::{RefreshPolicy, SweepSummary};
 pub use revoke::{MAX_REVOKE_ATTEMPTS, RevokeOutcome};
+pub use verify::{CREDENTIALS_REJECTED, VerifyAnswer, VerifyPolicy};
 pub use views::{ConnectionPage, ConnectionView, DefinitionView};
 
 use crate::crypto::Envelope;
@@ -38,6 +40,8 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     /// Every request to a provider's token and revocation endpoints.
     provider: Arc<dyn ProviderClient>,
+    /// Bounds verify requests (in flight, and per provider origin).
+    verify_gate: verify::VerifyGate,
     options: ServiceOptions,
 }
 
@@ -54,13 +58,20 @@ pub struct ServiceOptions {
     pub allow_loopback_providers: bool,
     /// Refresh scheduling and bounds.
     pub refresh: RefreshPolicy,
+    /// Credential verification scheduling and bounds (SPEC section 10).
+    pub verify: VerifyPolicy,
 }
 
 impl Default for ServiceOptions {
     /// No public URL, loopback providers allowed (as on the embedded backend), the default
     /// refresh policy.
     fn default() -> Self {
-        Self { public_url: None, allow_loopback_providers: true, refresh: RefreshPolicy::default() }
+        Self {
+            public_url: None,
+            allow_loopback_providers: true,
+            refresh: RefreshPolicy::default(),
+            verify: VerifyPolicy::default(),
+        }
     }
 }
 
@@ -73,7 +84,8 @@ impl Service {
         mut options: ServiceOptions,
     ) -> Self {
         options.public_url = options.public_url.map(|u| u.trim_end_matches('/').to_owned());
-        Self { store, envelope, events, clock, provider: Arc::new(HttpProviderClient::new()), options }
+        let verify_gate = verify::VerifyGate::new(&options.verify);
+        Self { store, envelope, events, clock, provider: Arc::new(HttpProviderClient::new()), verify_gate, options }
     }
 
     /// Appends a connection log line. A failure is logged, not returned: the change it

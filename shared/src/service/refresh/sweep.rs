@@ -35,6 +35,10 @@ pub struct SweepSummary {
     pub skipped: usize,
     /// Revocation jobs whose retry time had come, attempted by this sweep.
     pub revocations: usize,
+    /// Connections whose credential verification came due and was handled (sent, whatever the
+    /// provider answered, or postponed while its provider backs off) with no refresh due beside
+    /// it (SPEC section 10, [`crate::service::VerifyPolicy`]).
+    pub verified: usize,
 }
 
 /// What the sweep did with one due entry.
@@ -42,6 +46,8 @@ enum Swept {
     Refreshed,
     Failed,
     Skipped,
+    /// Its verification ran; no refresh was due.
+    Verified,
 }
 
 impl Service {
@@ -98,6 +104,7 @@ impl Service {
                         Swept::Refreshed => summary.refreshed += 1,
                         Swept::Failed => summary.failed += 1,
                         Swept::Skipped => summary.skipped += 1,
+                        Swept::Verified => summary.verified += 1,
                     }
                 }
                 if !more {
@@ -124,6 +131,7 @@ impl Service {
             refreshed = summary.refreshed,
             failed = summary.failed,
             skipped = summary.skipped,
+            verified = summary.verified,
             "refresh sweep"
         );
         match failure {
@@ -143,11 +151,21 @@ impl Service {
                 return Swept::Failed;
             }
         };
+        // Its verification, if that came due (see `service::verify`); the refresh may be due too.
+        let checked = c.verify.checked_at;
+        let c = match self.verify_if_due(c).await {
+            Ok(c) => c,
+            Err(ServiceError::NotFound) => return Swept::Skipped,
+            Err(e) => {
+                tracing::warn!(org = %org, connection_id = %id, error = %e, "verifying a due connection failed");
+                return Swept::Failed;
+            }
+        };
         let needed = |c: &Connection, now: OffsetDateTime| c.refresh.due_at.is_some_and(|d| d <= now);
         // The index may lag the record (DynamoDB's is eventually consistent): a record that is
         // no longer due (refreshed, turned red, disconnected meanwhile) is not this sweep's.
         if !needed(&c, self.clock.now()) {
-            return Swept::Skipped;
+            return if c.verify.checked_at == checked { Swept::Skipped } else { Swept::Verified };
         }
         let seen = c.oauth.as_ref().map(|t| t.obtained_at);
         match self.refresh_connection(org, id, seen, needed, false).await {
