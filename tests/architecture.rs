@@ -18,6 +18,72 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A source file's code: without comment lines (doc links are not dependencies) and without
+/// its `#[cfg(test)]` items (a unit test may build its fixtures with another module's helpers:
+/// tests are not the layering). An item's extent is counted by its braces.
+fn code_of(file: &Path) -> String {
+    let mut code = Vec::new();
+    let (mut in_test, mut depth, mut opened) = (false, 0i64, false);
+    let source = std::fs::read_to_string(file).unwrap();
+    for line in source.lines() {
+        if line.trim_start().starts_with("//") {
+            continue;
+        }
+        if line.trim() == "#[cfg(test)]" {
+            (in_test, depth, opened) = (true, 0, false);
+            continue;
+        }
+        if in_test {
+            depth += line.matches('{').count() as i64 - line.matches('}').count() as i64;
+            opened |= line.contains('{');
+            if (opened && depth <= 0) || (!opened && line.trim_end().ends_with(';')) {
+                in_test = false;
+            }
+            continue;
+        }
+        code.push(line);
+    }
+    code.join("\n")
+}
+
+/// The first segment after each `crate::` in `code`, grouped imports included:
+/// `use crate::{service::X, domain}` names `service` and `domain`.
+fn crate_paths(code: &str) -> Vec<String> {
+    fn ident(s: &str) -> String {
+        s.trim_start().chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect()
+    }
+    let mut names = Vec::new();
+    for (i, _) in code.match_indices("crate::") {
+        let rest = code[i + 7..].trim_start();
+        let Some(group) = rest.strip_prefix('{') else {
+            names.push(ident(rest));
+            continue;
+        };
+        // The group's top-level items: split at commas outside nested braces, up to its `}`.
+        let (mut depth, mut item) = (0usize, String::new());
+        for c in group.chars() {
+            match c {
+                '}' if depth == 0 => break,
+                ',' if depth == 0 => names.push(ident(&std::mem::take(&mut item))),
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                _ => {}
+            }
+            if !(c == ',' && depth == 0) {
+                item.push(c);
+            }
+        }
+        names.push(ident(&item));
+    }
+    names
+}
+
+#[test]
+fn grouped_imports_are_read_too() {
+    let code = "use crate::{service::{self, X}, domain};\nlet _ = crate::http::y;\nuse crate::{ ports };";
+    assert_eq!(crate_paths(code), ["service", "domain", "http", "ports"]);
+}
+
 /// Top-level module -> the top-level modules its code names as `crate::<module>`, comments
 /// aside (doc links are not dependencies).
 fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
@@ -34,16 +100,9 @@ fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
         let files = if file.is_file() { vec![file] } else { rust_files(&src.join(module)) };
         let mut uses = BTreeSet::new();
         for f in files {
-            for line in std::fs::read_to_string(&f).unwrap().lines() {
-                if line.trim_start().starts_with("//") {
-                    continue;
-                }
-                for (i, _) in line.match_indices("crate::") {
-                    let name: String =
-                        line[i + 7..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
-                    if modules.contains(&name) && &name != module {
-                        uses.insert(name);
-                    }
+            for name in crate_paths(&code_of(&f)) {
+                if modules.contains(&name) && &name != module {
+                    uses.insert(name);
                 }
             }
         }

@@ -286,8 +286,12 @@ async fn delete_definition(
 
 /// A connection with its version as a strong ETag, for `If-Match`.
 fn with_etag(status: StatusCode, view: ConnectionView) -> Response {
-    // A created connection's id is known only now: the request's span records it.
-    tracing::Span::current().record("connection_id", view.id.as_str());
+    // A created connection's id is known only now: the request's span records it. Other
+    // answers name the id in their path, which the span recorded already (recording it again
+    // would print it twice on text lines).
+    if status == StatusCode::CREATED {
+        tracing::Span::current().record("connection_id", view.id.as_str());
+    }
     let etag = HeaderValue::from_str(&format!("\"{}\"", view.version)).ok();
     let location = HeaderValue::from_str(&format!("/v1/connections/{}", view.id)).ok();
     let mut res = (status, axum::Json(view)).into_response();
