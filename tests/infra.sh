@@ -4,7 +4,7 @@
 #   - cfn-lint on the template and on the expansion; checkov on both;
 #   - `cargo lambda build --release --arm64` of the five functions, their zipped sizes written to
 #     target/lambda/sizes.md (recorded in docs/function-sizes.md), then `sam build` of the
-#     template, which must package those very binaries;
+#     template, which must package those very binaries and write under 51,200 bytes;
 #   - the five binaries under `cargo lambda watch`, invoked with the samples in events/.
 # The template's contents against the code are tested by tests/infra_template.rs (cargo test).
 set -euo pipefail
@@ -68,6 +68,13 @@ for f in "${functions[@]}"; do
 done
 echo "template sizes in bytes (CloudFormation's inline limit is 51,200; see infra/README.md):"
 wc -c infra/template.yaml target/sam-build/template.yaml
+# What sam deploy sends is the built template, not infra/template.yaml.
+built=$(wc -c < target/sam-build/template.yaml)
+if (( built >= 51200 )); then
+    echo "target/sam-build/template.yaml is $built bytes: CloudFormation takes at most 51,200 inline;" \
+        "shorten infra/template.yaml or deploy it by S3 URL (infra/README.md, Size)" >&2
+    exit 1
+fi
 
 echo "==> the five binaries under cargo lambda watch, fed the samples in events/ with cargo lambda invoke"
 python3 tests/lambda_invoke.py embedded
