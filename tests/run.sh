@@ -57,6 +57,8 @@ echo "==> tags and Idempotency-Key on the aws backend (moto): the tag FilterExpr
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- tags:: idempotency::
 echo "==> credential verification on the aws backend (moto): connect-time checks and the sweep's schedule in the due index"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- verify::
+echo "==> reconnect in place and refresh-token lifetime on the aws backend (moto): kept refresh tokens, the warning's conditional write in the due index"
+LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- reconnect:: rt_lifetime::
 
 echo "==> schemathesis against latchkey serve (tests/schemathesis.sh, pinned in tests/schemathesis-requirements.txt)"
 bash tests/schemathesis.sh

@@ -331,6 +331,53 @@ pub mod store {
         assert!(find(t0).await.is_empty());
     }
 
+    /// A connection's place in the due index is the earliest of its refresh due time, its
+    /// refresh token's warning and its lapse (`Connection::due_index_at`), and only while a
+    /// refresh is scheduled: the sweep finds warnings and lapses without a scan.
+    pub async fn the_due_index_holds_the_earliest_of_refresh_warning_and_lapse(store: Arc<dyn Store>) {
+        let org = fresh_org();
+        let def = definition(&org, "acme");
+        store.put_definition(&def, Expect::Absent).await.unwrap();
+        let t0 = now();
+        let hours = time::Duration::hours;
+        let mut c = connection(&def, "c-1");
+        c.oauth = Some(crate::domain::OAuthTokens {
+            sealed: crate::domain::Sealed { key_id: "k".into(), wrapped_key: vec![1; 8], ciphertext: vec![2; 8] },
+            token_type: "Bearer".into(),
+            expires_at: Some(t0 + hours(10)),
+            scopes: Vec::new(),
+            has_refresh_token: true,
+            obtained_at: t0,
+            token_origin: "https://idp.example.com".into(),
+            revoke_origin: None,
+            refresh_token_expires_at: Some(t0 + hours(5)),
+        });
+        c.refresh.due_at = Some(t0 + hours(9));
+        c.refresh.rt_warn_at = Some(t0 + hours(3));
+        store.insert_connection(&c).await.unwrap();
+        let due_times = || {
+            let (store, org) = (store.clone(), org.clone());
+            async move { all_due(&store, &org, t0 + hours(100), 100).await.into_iter().map(|e| e.due).collect::<Vec<_>>() }
+        };
+        assert_eq!(due_times().await, vec![(t0 + hours(3)).unix_timestamp()], "the warning comes first");
+        let mut next = c.clone();
+        next.refresh.rt_warn_at = None;
+        next.version = 2;
+        store.update_connection(&next, 1).await.unwrap();
+        assert_eq!(due_times().await, vec![(t0 + hours(5)).unix_timestamp()], "then the lapse");
+        let mut refreshed = next.clone();
+        refreshed.oauth.as_mut().unwrap().refresh_token_expires_at = Some(t0 + hours(50));
+        refreshed.version = 3;
+        store.update_connection(&refreshed, 2).await.unwrap();
+        assert_eq!(due_times().await, vec![(t0 + hours(9)).unix_timestamp()], "then the refresh");
+        let mut red = refreshed.clone();
+        red.refresh.due_at = None;
+        red.refresh.rt_warn_at = Some(t0 + hours(1));
+        red.version = 4;
+        store.update_connection(&red, 3).await.unwrap();
+        assert!(due_times().await.is_empty(), "no refresh scheduled: out of the index, warning or not");
+    }
+
     /// Every entry of one organization in the due index, shard by shard, paging with the cursor
     /// `page` entries at a time; asserts index order and that no entry comes twice.
     async fn all_due(store: &Arc<dyn Store>, org: &OrgId, until: OffsetDateTime, page: usize) -> Vec<DueEntry> {
@@ -610,6 +657,7 @@ macro_rules! store_conformance_tests {
             logs_are_newest_first_and_go_with_the_connection,
             oauth_states_are_single_use_and_expire,
             the_due_index_finds_what_is_due_and_nothing_else,
+            the_due_index_holds_the_earliest_of_refresh_warning_and_lapse,
             the_due_index_pages_past_stuck_entries_and_forgets_cleared_ones,
             revocation_jobs_are_claimed_once_and_deleted,
         );

@@ -15,7 +15,10 @@
 //   access_token_ttl            3600      seconds, for access tokens and client_credentials tokens
 //   refresh_token_ttl           1209600   seconds (14 days)
 //   issue_refresh_token         true      issue a refresh token on every code exchange and refresh,
-//                                         whether or not offline_access was granted
+//                                         whether or not offline_access was granted;
+//                                         "offline_access": only when offline_access was granted
+//                                         (oidc-provider's own default, and Google's behaviour: a
+//                                         new grant without it answers without a refresh token)
 //   rotate_refresh_token        true      every refresh consumes the presented refresh token and
 //                                         issues a new one; presenting a consumed one again is
 //                                         `invalid_grant` and revokes the whole grant
@@ -173,7 +176,9 @@ const provider = new Provider(issuer, {
     },
   },
   pkce: { required: () => pkceRequired },
-  issueRefreshToken: async (_ctx, client) => issueRefreshToken && client.grantTypeAllowed('refresh_token'),
+  issueRefreshToken: async (_ctx, client, code) =>
+    client.grantTypeAllowed('refresh_token') &&
+    (issueRefreshToken === 'offline_access' ? code.scopes.has('offline_access') : issueRefreshToken === true),
   rotateRefreshToken,
   // Refresh tokens outlive the devInteractions login session (the test's cookie jar).
   expiresWithSession: async () => false,

@@ -594,7 +594,7 @@ impl ConnectionRow {
             status: c.status.as_str(),
             version: c.version as i64,
             doc: to_json(c)?,
-            due_at: c.refresh.due_at.map(OffsetDateTime::unix_timestamp),
+            due_at: c.due_index_at().map(OffsetDateTime::unix_timestamp),
         })
     }
 }
@@ -673,6 +673,7 @@ mod tests {
             obtained_at: OffsetDateTime::now_utc(),
             token_origin: "https://idp.example.com".into(),
             revoke_origin: None,
+            refresh_token_expires_at: None,
         });
         store.put_definition(&def, crate::ports::Expect::Absent).await.unwrap();
         store.insert_connection(&c).await.unwrap();

@@ -123,6 +123,12 @@ pub struct Settings {
     #[arg(value_name = "SECS", default_value = "600", value_parser = Checked(parse_secs))]
     pub refresh_lookahead: Duration,
 
+    /// Days before a refresh token lapses that `Refresh Token Expiring` fires (once per refresh
+    /// token); a decimal number of days (0.5 is 12 hours), at most 365.
+    #[arg(long = "rt-warning-days", env = "LATCHKEY_RT_WARNING_DAYS", global = true)]
+    #[arg(value_name = "DAYS", default_value = "7", value_parser = Checked(parse_days))]
+    pub rt_warning: Duration,
+
     /// How often a connection whose definition has a `verify` request is verified, in seconds.
     #[arg(long = "verify-interval-secs", env = "LATCHKEY_VERIFY_INTERVAL_SECS", global = true)]
     #[arg(value_name = "SECS", default_value = "86400", value_parser = Checked(parse_positive_secs))]
@@ -230,7 +236,11 @@ impl Settings {
         ServiceOptions {
             public_url: self.public_url.clone(),
             allow_loopback_providers: self.loopback_providers_allowed(),
-            refresh: RefreshPolicy { lookahead: self.refresh_lookahead, ..RefreshPolicy::default() },
+            refresh: RefreshPolicy {
+                lookahead: self.refresh_lookahead,
+                rt_warning: self.rt_warning,
+                ..RefreshPolicy::default()
+            },
             verify: VerifyPolicy { interval: self.verify_interval, ..VerifyPolicy::default() },
         }
     }
@@ -352,6 +362,13 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     s.parse::<u64>().map(Duration::from_secs).map_err(|_| "must be a non-negative integer".into())
 }
 
+/// A decimal number of days, `0..=365`, as a duration (whole milliseconds).
+fn parse_days(s: &str) -> Result<Duration, String> {
+    let days = s.trim().parse::<f64>().ok().filter(|d| (0.0..=365.0).contains(d));
+    days.map(|d| Duration::from_millis((d * 86_400_000.0).round() as u64))
+        .ok_or_else(|| "must be a number of days from 0 to 365".into())
+}
+
 fn parse_bool(s: &str) -> Result<bool, String> {
     match s {
         "true" | "1" => Ok(true),
@@ -389,7 +406,7 @@ mod tests {
     fn every_setting_has_a_flag_and_the_variable_named_after_it() {
         let command = Settings::command(BackendKind::Embedded);
         let args: Vec<&Arg> = command.get_arguments().collect();
-        assert_eq!(args.len(), 16, "a new setting: add it to the README's configuration table");
+        assert_eq!(args.len(), 17, "a new setting: add it to the README's configuration table");
         for arg in args {
             let long = arg.get_long().unwrap_or_else(|| panic!("{} has no flag", arg.get_id()));
             let env = arg.get_env().and_then(OsStr::to_str);
@@ -410,6 +427,11 @@ mod tests {
         assert_eq!(embedded.data_dir, PathBuf::from("./.latchkey"));
         assert_eq!(embedded.refresh_interval, Duration::from_secs(60));
         assert_eq!(embedded.refresh_lookahead, Duration::from_secs(600));
+        assert_eq!(embedded.rt_warning, Duration::from_secs(7 * 86_400));
+        assert_eq!(settings(&[("LATCHKEY_RT_WARNING_DAYS", "0.5")]).unwrap().rt_warning, Duration::from_secs(43_200));
+        for bad in ["-1", "366", "soon", "NaN"] {
+            assert!(settings(&[("LATCHKEY_RT_WARNING_DAYS", bad)]).is_err(), "{bad}");
+        }
         assert_eq!(embedded.event_bus, "default");
         assert_eq!(embedded.log_format, LogFormat::Text);
         assert!(embedded.public_url.is_none() && embedded.jwt_secret.is_none() && embedded.table.is_none());

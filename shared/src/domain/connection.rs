@@ -87,6 +87,12 @@ pub struct OAuthTokens {
     /// The origin of the revocation endpoint when the grant was obtained, if it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoke_origin: Option<String>,
+    /// When the refresh token lapses (SPEC section 10): from the answer's
+    /// `refresh_token_expires_in` or the definition's `oauth.refresh_token_lifetime_secs`, set
+    /// when the refresh token was issued and kept with it. `None`: no refresh token, or no known
+    /// lifetime.
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub refresh_token_expires_at: Option<OffsetDateTime>,
 }
 
 /// A worker's claim to refresh a connection: whoever holds an unexpired lease is the only one
@@ -115,6 +121,12 @@ pub struct RefreshState {
     pub day: i64,
     #[serde(default)]
     pub lease: Option<Lease>,
+    /// When `Refresh Token Expiring` is due (`LATCHKEY_RT_WARNING_DAYS` before
+    /// [`OAuthTokens::refresh_token_expires_at`]): armed when a refresh token with a known
+    /// lifetime is stored, `None` once the event fired (so it fires once per refresh token) or
+    /// when there is nothing to warn about.
+    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub rt_warn_at: Option<OffsetDateTime>,
 }
 
 /// Tokens to revoke at the provider after a disconnect or delete (RFC 7009). It holds the
@@ -233,9 +245,24 @@ impl Connection {
             day: self.refresh.day,
             attempts_today: self.refresh.attempts_today,
             lease: self.refresh.lease.clone(),
+            rt_warn_at: self.refresh.rt_warn_at,
             ..Default::default()
         };
         red.version = self.version + 1;
         red
+    }
+
+    /// Its time in the due index, which both stores derive on every write: the earliest of the
+    /// refresh due time and the refresh token's warning and lapse times, and only while a
+    /// refresh is scheduled (`refresh.due_at` set: red, disconnected and unrefreshable
+    /// connections stay out), and its next verification (`verify.due_at`, only while
+    /// `configured` or `active`). The sweep tells which one came due.
+    pub fn due_index_at(&self) -> Option<OffsetDateTime> {
+        let refresh = self.refresh.due_at.map(|due| {
+            let lapse = self.oauth.as_ref().and_then(|t| t.refresh_token_expires_at);
+            [Some(due), self.refresh.rt_warn_at, lapse].into_iter().flatten().min().unwrap_or(due)
+        });
+        let verify = self.verify.due_at.filter(|_| matches!(self.status, Status::Configured | Status::Active));
+        [refresh, verify].into_iter().flatten().min()
     }
 }

@@ -23,6 +23,15 @@ pub enum EventType {
     ConnectionDisconnected,
     #[serde(rename = "Connection Deleted")]
     ConnectionDeleted,
+    /// An authorization of a connection that had been authorized before: same id and values,
+    /// new tokens (SPEC section 10). Emitted after `Connection Authorized`, which every completed
+    /// authorization emits.
+    #[serde(rename = "Connection Reconnected")]
+    ConnectionReconnected,
+    /// The connection's refresh token lapses within `LATCHKEY_RT_WARNING_DAYS` (detail
+    /// `refresh_token_expires_at`); once per refresh token.
+    #[serde(rename = "Refresh Token Expiring")]
+    RefreshTokenExpiring,
 }
 
 impl EventType {
@@ -37,6 +46,8 @@ impl EventType {
             Self::ConnectionError => "Connection Error",
             Self::ConnectionDisconnected => "Connection Disconnected",
             Self::ConnectionDeleted => "Connection Deleted",
+            Self::ConnectionReconnected => "Connection Reconnected",
+            Self::RefreshTokenExpiring => "Refresh Token Expiring",
         }
     }
 }
@@ -57,6 +68,9 @@ pub struct Event {
     /// The connection's tags (`{}` when it has none): labels, never a secret, so that rules can
     /// route events by them.
     pub tags: BTreeMap<String, String>,
+    /// `Refresh Token Expiring` only: when the refresh token lapses (RFC 3339).
+    #[serde(with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub refresh_token_expires_at: Option<time::OffsetDateTime>,
 }
 
 impl Event {
@@ -70,6 +84,9 @@ impl Event {
             status: c.status,
             user: c.user.clone(),
             tags: c.tags.clone(),
+            refresh_token_expires_at: matches!(kind, EventType::RefreshTokenExpiring)
+                .then(|| c.oauth.as_ref().and_then(|t| t.refresh_token_expires_at))
+                .flatten(),
         }
     }
 }

@@ -9,6 +9,8 @@ pub enum LogType {
     Updated,
     AuthorizeStarted,
     Authorized,
+    /// An authorization of a connection that had been authorized before (SPEC section 10).
+    Reconnected,
     AuthorizeFailed,
     Refreshed,
     RefreshFailed,
@@ -17,6 +19,8 @@ pub enum LogType {
     Disconnected,
     Revoked,
     RevokeFailed,
+    /// `Refresh Token Expiring`: the refresh token lapses soon.
+    RefreshTokenExpiring,
     /// The definition's verify request was accepted by the provider (SPEC section 10).
     Verified,
     /// The verify request was refused (the connection turns red) or could not be confirmed.

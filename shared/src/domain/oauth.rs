@@ -45,6 +45,15 @@ pub struct OAuthQuirks {
     /// `scopes_missing`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub required_scopes: Vec<String>,
+    /// How long a refresh token lives, in seconds, when the token answer does not say
+    /// (SPEC section 10): a newly issued refresh token lapses this long after it was issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_lifetime_secs: Option<u64>,
+    /// The member of the token answer (in the `token_path` object) that states the refresh
+    /// token's lifetime in seconds, when the provider does not call it `refresh_token_expires_in`
+    /// (QuickBooks: `x_refresh_token_expires_in`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_expires_in_member: Option<String>,
 }
 
 /// What to keep from an authorization besides the tokens.
@@ -76,6 +85,9 @@ impl OAuthQuirks {
     /// The separator RFC 6749 uses when none is stated.
     pub const DEFAULT_SEPARATOR: &'static str = " ";
     pub const DEFAULT_SCOPE_PARAM: &'static str = "scope";
+    /// The token answer member that states a refresh token's lifetime when the definition names
+    /// no other (Microsoft, GitHub apps, Box).
+    pub const DEFAULT_REFRESH_TOKEN_EXPIRES_IN: &'static str = "refresh_token_expires_in";
 
     /// `self` (a definition's block) over `base` (its catalog provider's): a field set here
     /// wins, parameter maps are merged key by key, and capture lists are joined.
@@ -100,7 +112,17 @@ impl OAuthQuirks {
             } else {
                 self.required_scopes.clone()
             },
+            refresh_token_lifetime_secs: self.refresh_token_lifetime_secs.or(base.refresh_token_lifetime_secs),
+            refresh_token_expires_in_member: self
+                .refresh_token_expires_in_member
+                .clone()
+                .or_else(|| base.refresh_token_expires_in_member.clone()),
         }
+    }
+
+    /// The token answer member stating the refresh token's lifetime.
+    pub fn refresh_token_expires_in_member(&self) -> &str {
+        self.refresh_token_expires_in_member.as_deref().unwrap_or(Self::DEFAULT_REFRESH_TOKEN_EXPIRES_IN)
     }
 
     pub fn separator(&self) -> &str {

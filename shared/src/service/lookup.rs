@@ -132,6 +132,10 @@ impl Service {
         if let Some(why) = Unusable::of(c.status) {
             return Err(ServiceError::Unusable(why));
         }
+        // A lapsed refresh token (SPEC section 10): red `token_expired`, no provider call.
+        if let Some(at) = self.refresh_token_lapse(&c) {
+            return Err(self.refresh_token_lapsed(c, at).await);
+        }
         let mut c = c;
         let mut token = None;
         let mut captured = BTreeMap::new();

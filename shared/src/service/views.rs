@@ -80,6 +80,10 @@ pub struct ConnectionView {
     pub values: Map<String, Value>,
     /// The connection's tags (`{}` when none).
     pub tags: std::collections::BTreeMap<String, String>,
+    /// When the connection's refresh token lapses (SPEC section 10); `null` without a refresh
+    /// token or when its lifetime is unknown.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub refresh_token_expires_at: Option<OffsetDateTime>,
     pub version: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -128,6 +132,11 @@ impl ConnectionView {
             error: c.error.clone(),
             values,
             tags: c.tags.clone(),
+            refresh_token_expires_at: c
+                .oauth
+                .as_ref()
+                .filter(|t| t.has_refresh_token)
+                .and_then(|t| t.refresh_token_expires_at),
             version: c.version,
             created_at: c.created_at,
             updated_at: c.updated_at,

@@ -12,6 +12,9 @@ const RESERVED_AUTHORIZATION_PARAMS: [&str; 6] =
     ["response_type", "client_id", "redirect_uri", "state", "code_challenge", "code_challenge_method"];
 const MAX_QUIRK_ITEMS: usize = 20;
 const MAX_QUIRK_VALUE: usize = 1_024;
+/// The longest `refresh_token_lifetime_secs`: ten years, the longest lifetime the answer reader
+/// believes a provider states.
+const MAX_REFRESH_TOKEN_LIFETIME_SECS: u64 = 10 * 365 * 86_400;
 
 /// A list of short strings (`capture.token`, `required_scopes`).
 fn string_list(v: Option<&Value>, field: &str, errors: &mut Vec<FieldError>) -> Vec<String> {
@@ -93,6 +96,8 @@ pub(super) fn oauth_quirks_from_json(v: &Value, errors: &mut Vec<FieldError>) ->
             "token_path",
             "capture",
             "required_scopes",
+            "refresh_token_lifetime_secs",
+            "refresh_token_expires_in_member",
         ],
         "oauth.",
         errors,
@@ -129,6 +134,31 @@ pub(super) fn oauth_quirks_from_json(v: &Value, errors: &mut Vec<FieldError>) ->
         Some(_) => errors.push(FieldError::new("oauth.capture", "must be an object {token, callback}")),
     }
     let required_scopes = string_list(obj.get("required_scopes"), "oauth.required_scopes", errors);
+    let refresh_token_lifetime_secs = match obj.get("refresh_token_lifetime_secs") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(secs) if (1..=MAX_REFRESH_TOKEN_LIFETIME_SECS).contains(&secs) => Some(secs),
+            _ => {
+                errors.push(FieldError::new(
+                    "oauth.refresh_token_lifetime_secs",
+                    format!(
+                        "must be a whole number of seconds from 1 to {MAX_REFRESH_TOKEN_LIFETIME_SECS} (ten years)"
+                    ),
+                ));
+                None
+            }
+        },
+    };
+    let refresh_token_expires_in_member =
+        optional_string(obj, "refresh_token_expires_in_member", 64, "oauth.refresh_token_expires_in_member", errors);
+    if let Some(m) = &refresh_token_expires_in_member
+        && !valid_param_name(m)
+    {
+        errors.push(FieldError::new(
+            "oauth.refresh_token_expires_in_member",
+            "must be a member name of 1-64 of A-Z a-z 0-9 _ . - (x_refresh_token_expires_in)",
+        ));
+    }
     OAuthQuirks {
         scope_separator,
         scope_param,
@@ -137,5 +167,57 @@ pub(super) fn oauth_quirks_from_json(v: &Value, errors: &mut Vec<FieldError>) ->
         token_path,
         capture,
         required_scopes,
+        refresh_token_lifetime_secs,
+        refresh_token_expires_in_member,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn read(v: Value) -> (OAuthQuirks, Vec<String>) {
+        let mut errors = Vec::new();
+        let q = oauth_quirks_from_json(&v, &mut errors);
+        (q, errors.into_iter().map(|e| e.field).collect())
+    }
+
+    #[test]
+    fn a_refresh_token_lifetime_and_its_answer_member_are_read() {
+        let (q, errors) = read(json!({"refresh_token_lifetime_secs": 8_640_000,
+                                      "refresh_token_expires_in_member": "x_refresh_token_expires_in"}));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(q.refresh_token_lifetime_secs, Some(8_640_000));
+        assert_eq!(q.refresh_token_expires_in_member(), "x_refresh_token_expires_in");
+        assert_eq!(OAuthQuirks::default().refresh_token_expires_in_member(), "refresh_token_expires_in");
+    }
+
+    #[test]
+    fn bad_refresh_token_lifetimes_and_members_are_named() {
+        for bad in [json!(0), json!(-1), json!(1.5), json!("3600"), json!(MAX_REFRESH_TOKEN_LIFETIME_SECS + 1)] {
+            let (q, errors) = read(json!({"refresh_token_lifetime_secs": bad}));
+            assert_eq!(errors, ["oauth.refresh_token_lifetime_secs"], "{bad}");
+            assert_eq!(q.refresh_token_lifetime_secs, None);
+        }
+        for bad in [json!(""), json!("x y"), json!(5), json!("a/b")] {
+            let (_, errors) = read(json!({"refresh_token_expires_in_member": bad}));
+            assert_eq!(errors, ["oauth.refresh_token_expires_in_member"], "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_definition_overrides_the_catalog_lifetime_and_member() {
+        let catalog = OAuthQuirks {
+            refresh_token_lifetime_secs: Some(100),
+            refresh_token_expires_in_member: Some("x_refresh_token_expires_in".into()),
+            ..Default::default()
+        };
+        let own = OAuthQuirks { refresh_token_lifetime_secs: Some(5), ..Default::default() };
+        let q = own.over(&catalog);
+        assert_eq!(q.refresh_token_lifetime_secs, Some(5));
+        assert_eq!(q.refresh_token_expires_in_member(), "x_refresh_token_expires_in");
+        assert_eq!(OAuthQuirks::default().over(&catalog).refresh_token_lifetime_secs, Some(100));
     }
 }

@@ -4,7 +4,8 @@
 //! ```json
 //! "tokens": { "access_token": "…", "refresh_token": "…",
 //!             "expires_at": "2026-12-01T10:00:00Z" | "expires_in": 3600,
-//!             "scopes": ["read", "write"] | "read write", "token_type": "Bearer" }
+//!             "scopes": ["read", "write"] | "read write", "token_type": "Bearer",
+//!             "refresh_token_expires_at": "2027-03-01T10:00:00Z" | "refresh_token_expires_in": 7776000 }
 //! ```
 //!
 //! Only `access_token` is required. Error messages name the member and never repeat a value.
@@ -44,6 +45,10 @@ pub struct ImportedTokens {
     /// definition's separator, white space or commas (read like a provider's `scope`). `None`
     /// when the import names none: the definition's requested scopes are taken.
     pub scopes: Option<Vec<String>>,
+    /// When the refresh token lapses (SPEC section 10): `refresh_token_expires_at` (in the
+    /// future) or `refresh_token_expires_in`, only with a `refresh_token`. `Unknown`: the
+    /// definition's `oauth.refresh_token_lifetime_secs` applies, if it has one.
+    pub refresh_expiry: ImportedExpiry,
 }
 
 impl std::fmt::Debug for ImportedTokens {
@@ -53,6 +58,7 @@ impl std::fmt::Debug for ImportedTokens {
             .field("token_type", &self.token_type)
             .field("expiry", &self.expiry)
             .field("scopes", &self.scopes)
+            .field("refresh_expiry", &self.refresh_expiry)
             .finish_non_exhaustive()
     }
 }
@@ -111,56 +117,75 @@ fn scopes(obj: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<Vec<
     Some(list)
 }
 
+/// A lifetime given as `{prefix}expires_at` or `{prefix}expires_in` (`prefix` is `""` for the
+/// access token, `refresh_token_` for the refresh token). A time in the past is refused with
+/// the message `past_refused` when it is given, else taken.
 fn expiry(
     obj: &Map<String, Value>,
     now: OffsetDateTime,
-    renewable: bool,
+    prefix: &str,
+    past_refused: Option<&str>,
     errors: &mut Vec<FieldError>,
 ) -> ImportedExpiry {
+    let (at_key, in_key) = (format!("{prefix}expires_at"), format!("{prefix}expires_in"));
+    let (at_field, in_field) = (format!("tokens.{at_key}"), format!("tokens.{in_key}"));
     let given = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
     let longest = time::Duration::seconds(MAX_IMPORT_LIFETIME_SECS as i64);
-    match (given("expires_at"), given("expires_in")) {
+    match (given(&at_key), given(&in_key)) {
         (true, true) => {
-            errors.push(FieldError::new("tokens", "give expires_at or expires_in, not both"));
+            errors.push(FieldError::new("tokens", format!("give {at_key} or {in_key}, not both")));
             ImportedExpiry::Unknown
         }
         (false, false) => ImportedExpiry::Unknown,
-        (false, true) => match obj["expires_in"].as_u64() {
+        (false, true) => match obj[&in_key].as_u64() {
             Some(secs) if (1..=MAX_IMPORT_LIFETIME_SECS).contains(&secs) => ImportedExpiry::In(secs),
             Some(secs) if secs > 0 => {
                 errors.push(FieldError::new(
-                    "tokens.expires_in",
+                    in_field,
                     format!("must be at most {MAX_IMPORT_LIFETIME_SECS} seconds (ten years)"),
                 ));
                 ImportedExpiry::Unknown
             }
             _ => {
-                errors.push(FieldError::new("tokens.expires_in", "must be a positive integer (seconds)"));
+                errors.push(FieldError::new(in_field, "must be a positive integer (seconds)"));
                 ImportedExpiry::Unknown
             }
         },
         (true, false) => {
-            let at = obj["expires_at"].as_str().and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok());
+            let at = obj[&at_key].as_str().and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok());
             match at {
                 None => {
-                    errors.push(FieldError::new("tokens.expires_at", "must be an RFC 3339 date-time"));
+                    errors.push(FieldError::new(at_field, "must be an RFC 3339 date-time"));
                     ImportedExpiry::Unknown
                 }
                 Some(at) if at > now + longest => {
-                    errors.push(FieldError::new("tokens.expires_at", "must be at most ten years ahead"));
+                    errors.push(FieldError::new(at_field, "must be at most ten years ahead"));
                     ImportedExpiry::Unknown
                 }
-                Some(at) if at <= now && !renewable => {
-                    errors.push(FieldError::new(
-                        "tokens.expires_at",
-                        "is in the past and there is no refresh_token to renew the access token",
-                    ));
+                Some(at) if at <= now && past_refused.is_some() => {
+                    errors.push(FieldError::new(at_field, past_refused.unwrap_or_default()));
                     ImportedExpiry::Unknown
                 }
                 Some(at) => ImportedExpiry::At(at),
             }
         }
     }
+}
+
+/// The refresh token's lifetime: given only with a refresh token, never already lapsed.
+fn expiry_of_refresh(
+    obj: &Map<String, Value>,
+    now: OffsetDateTime,
+    renewable: bool,
+    lapsed: &str,
+    errors: &mut Vec<FieldError>,
+) -> ImportedExpiry {
+    let stated = expiry(obj, now, "refresh_token_", Some(lapsed), errors);
+    if stated != ImportedExpiry::Unknown && !renewable {
+        errors.push(FieldError::new("tokens", "a refresh token lifetime needs a refresh_token"));
+        return ImportedExpiry::Unknown;
+    }
+    stated
 }
 
 /// Reads the `tokens` member of a new connection at `now`: every problem at once, each naming
@@ -172,7 +197,16 @@ pub fn imported_tokens(v: &Value, now: OffsetDateTime) -> Result<ImportedTokens,
     let mut errors = Vec::new();
     reject_unknown(
         obj,
-        &["access_token", "refresh_token", "expires_at", "expires_in", "scopes", "token_type"],
+        &[
+            "access_token",
+            "refresh_token",
+            "expires_at",
+            "expires_in",
+            "scopes",
+            "token_type",
+            "refresh_token_expires_at",
+            "refresh_token_expires_in",
+        ],
         "tokens.",
         &mut errors,
     );
@@ -183,10 +217,15 @@ pub fn imported_tokens(v: &Value, now: OffsetDateTime) -> Result<ImportedTokens,
     let refresh_token = token(obj, "refresh_token", &mut errors);
     let renewable = refresh_token.is_some() || obj.get("refresh_token").is_some_and(|r| !r.is_null());
     let token_type = token_type(obj, &mut errors);
-    let expiry = expiry(obj, now, renewable, &mut errors);
+    let dead = "is in the past and there is no refresh_token to renew the access token";
+    let expiry = expiry(obj, now, "", (!renewable).then_some(dead), &mut errors);
+    let lapsed = "is in the past: the refresh token has lapsed and cannot renew anything";
+    let refresh_expiry = expiry_of_refresh(obj, now, renewable, lapsed, &mut errors);
     let scopes = scopes(obj, &mut errors);
     match (access_token, errors.is_empty()) {
-        (Some(access_token), true) => Ok(ImportedTokens { access_token, refresh_token, token_type, expiry, scopes }),
+        (Some(access_token), true) => {
+            Ok(ImportedTokens { access_token, refresh_token, token_type, expiry, scopes, refresh_expiry })
+        }
         _ => Err(errors),
     }
 }
@@ -260,6 +299,34 @@ mod tests {
             .map_err(|e| format!("{e:?}"))
             .unwrap();
         assert!(matches!(t.expiry, ImportedExpiry::At(at) if at < now()));
+    }
+
+    #[test]
+    fn a_refresh_token_lifetime_is_taken_with_a_refresh_token_and_never_lapsed() {
+        let t = imported_tokens(&json!({"access_token": "a", "refresh_token": "r", "refresh_token_expires_in": 86_400}), now())
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
+        assert_eq!(t.refresh_expiry, ImportedExpiry::In(86_400));
+        let at = "2026-09-01T12:00:00Z";
+        let t = imported_tokens(&json!({"access_token": "a", "refresh_token": "r", "refresh_token_expires_at": at}), now())
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
+        assert_eq!(t.refresh_expiry, ImportedExpiry::At(OffsetDateTime::parse(at, &Rfc3339).unwrap()));
+        let unknown = imported_tokens(&json!({"access_token": "a", "refresh_token": "r"}), now()).ok().unwrap();
+        assert_eq!(unknown.refresh_expiry, ImportedExpiry::Unknown);
+        let rt = |extra: Value| {
+            let mut v = json!({"access_token": "a", "refresh_token": "r"});
+            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            fields(v)
+        };
+        assert_eq!(rt(json!({"refresh_token_expires_at": "2026-05-01T00:00:00Z"})), ["tokens.refresh_token_expires_at"]);
+        assert_eq!(rt(json!({"refresh_token_expires_at": "soon"})), ["tokens.refresh_token_expires_at"]);
+        assert_eq!(rt(json!({"refresh_token_expires_in": 0})), ["tokens.refresh_token_expires_in"]);
+        assert_eq!(
+            rt(json!({"refresh_token_expires_in": 5, "refresh_token_expires_at": "2026-09-01T12:00:00Z"})),
+            ["tokens"]
+        );
+        assert_eq!(fields(json!({"access_token": "a", "refresh_token_expires_in": 60})), ["tokens"], "no refresh token");
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub struct TokenAnswer {
     pub refresh_token: Option<SecretString>,
     /// The granted scopes as the answer states them; `None` when it says nothing.
     pub scopes: Option<Vec<String>>,
+    /// Seconds the refresh token lives, as the answer states it (`refresh_token_expires_in`, or
+    /// the member the definition names: [`TokenAnswer::read_refresh_token_lifetime`]); `None`
+    /// when it says nothing readable (absent, not positive, beyond ten years).
+    pub refresh_token_expires_in: Option<u64>,
     /// The whole answer, for captured values. Never logged.
     raw: Map<String, Value>,
 }
@@ -53,6 +57,7 @@ impl fmt::Debug for TokenAnswer {
             .field("expires_in", &self.expires_in)
             .field("refresh_token", &self.refresh_token.is_some())
             .field("scopes", &self.scopes)
+            .field("refresh_token_expires_in", &self.refresh_token_expires_in)
             .finish_non_exhaustive()
     }
 }
@@ -81,8 +86,17 @@ impl TokenAnswer {
             expires_in,
             refresh_token,
             scopes,
+            refresh_token_expires_in: None,
             raw: Map::new(),
         }
+    }
+
+    /// Reads the refresh token's lifetime again from `member` of the object at `token_path`
+    /// (the top level when absent, or when a refresh answer lacks it, as the token is read):
+    /// for providers that name it otherwise (QuickBooks: `x_refresh_token_expires_in`).
+    pub fn read_refresh_token_lifetime(&mut self, member: &str, token_path: Option<&str>) {
+        let holder = token_path.and_then(|p| at_path(&self.raw, p)).and_then(Value::as_object).unwrap_or(&self.raw);
+        self.refresh_token_expires_in = lifetime(holder.get(member));
     }
 
     /// The value at a dotted path of the whole answer (`instance_url`, `team.id`), if it is a
@@ -306,6 +320,7 @@ pub fn read_token_answer(
             expires_in: lifetime(holder.get("expires_in")),
             refresh_token: secret_text(holder, "refresh_token"),
             scopes: scopes(holder.get("scope"), split),
+            refresh_token_expires_in: lifetime(holder.get("refresh_token_expires_in")),
             raw: obj.clone(),
         });
     }

@@ -279,3 +279,36 @@ fn revocation_answers() {
     ));
     assert_eq!(read_revoke_answer(&answer(403, "text/html", "no")), RevokeAnswer::Refused("http_403".into()));
 }
+
+#[test]
+fn a_refresh_token_lifetime_is_read_where_the_token_is() {
+    let body = json!({"access_token": "a", "refresh_token": "r", "refresh_token_expires_in": "7776000"}).to_string();
+    let a = read(&answer(200, "application/json", &body), Grant::AuthorizationCode, None).unwrap();
+    assert_eq!(a.refresh_token_expires_in, Some(7_776_000));
+    for unknown in [json!(0), json!(-5), json!(null), json!("soon"), json!(20 * 365 * 86_400)] {
+        let body = json!({"access_token": "a", "refresh_token_expires_in": unknown}).to_string();
+        let a = read(&answer(200, "text/plain", &body), Grant::RefreshToken, None).unwrap();
+        assert_eq!(a.refresh_token_expires_in, None, "{unknown}");
+    }
+    // Slack-style: one object down, with the token.
+    let body = json!({"ok": true, "authed_user": {"access_token": "u", "refresh_token_expires_in": 60},
+                      "refresh_token_expires_in": 99})
+    .to_string();
+    let a = read(&answer(200, "application/json", &body), Grant::AuthorizationCode, Some("authed_user")).unwrap();
+    assert_eq!(a.refresh_token_expires_in, Some(60));
+}
+
+#[test]
+fn a_provider_that_names_the_lifetime_otherwise_is_read_by_the_definitions_member() {
+    // QuickBooks answers `x_refresh_token_expires_in`; the standard name is not there.
+    let body = json!({"access_token": "a", "refresh_token": "r", "expires_in": 3600,
+                      "x_refresh_token_expires_in": 8_726_400})
+    .to_string();
+    let mut a = read(&answer(200, "application/json", &body), Grant::RefreshToken, None).unwrap();
+    assert_eq!(a.refresh_token_expires_in, None);
+    a.read_refresh_token_lifetime("x_refresh_token_expires_in", None);
+    assert_eq!(a.refresh_token_expires_in, Some(8_726_400));
+    // A refresh answer without the token path's object is read at the top level.
+    a.read_refresh_token_lifetime("x_refresh_token_expires_in", Some("authed_user"));
+    assert_eq!(a.refresh_token_expires_in, Some(8_726_400));
+}

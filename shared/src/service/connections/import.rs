@@ -68,13 +68,20 @@ impl Service {
             }
         };
         let scopes = imported.scopes.map(|given| given.iter().flat_map(|s| settings.quirks.split_scopes(s)).collect());
-        let answer = TokenAnswer::imported(
+        let mut answer = TokenAnswer::imported(
             imported.access_token,
             imported.token_type.as_deref(),
             expires_in,
             imported.refresh_token,
             scopes,
         );
+        // The refresh token's lapse time, stated as a lifetime from now like an answer's
+        // (validated: never already lapsed); unstated, the definition's lifetime applies.
+        answer.refresh_token_expires_in = match imported.refresh_expiry {
+            ImportedExpiry::Unknown => None,
+            ImportedExpiry::In(secs) => Some(secs),
+            ImportedExpiry::At(at) => Some(((at - now).as_seconds_f64().ceil() as u64).max(1)),
+        };
         let mut tokens = self.seal_token_answer(&conn, &settings, &answer, None).await?;
         if expired_at.is_some() {
             tokens.expires_at = expired_at;

@@ -213,6 +213,9 @@ impl Service {
         let scopes = done.oauth.as_ref().map(|o| o.scopes.join(" ")).unwrap_or_default();
         self.log(&done, LogType::Authorized, format!("authorized (scopes: {scopes})")).await;
         self.emit(Event::about(EventType::ConnectionAuthorized, &done)).await;
+        if super::reconnect::is_reconnect(c) {
+            self.announce_reconnect(c, &done, answer.refresh_token.is_some()).await;
+        }
         if let Some(error) = done.error.as_ref().filter(|e| e.code == Refusal::ScopesMissing.code()) {
             self.log(&done, LogType::AuthorizeFailed, error.message.clone()).await;
             self.emit(Event::about(EventType::ConnectionError, &done)).await;

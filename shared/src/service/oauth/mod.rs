@@ -5,6 +5,7 @@
 
 mod authorize;
 mod callback;
+mod reconnect;
 mod tokens;
 
 use std::collections::BTreeMap;
@@ -107,9 +108,15 @@ impl Service {
         }
         let post = settings.token_request(grant);
         match self.provider.post_form(&post).await {
-            Ok(raw) => crate::provider::read_token_answer(&raw, kind, settings.quirks.token_path(), &|s| {
-                settings.quirks.split_scopes(s)
-            }),
+            Ok(raw) => {
+                let path = settings.quirks.token_path();
+                let mut answer =
+                    crate::provider::read_token_answer(&raw, kind, path, &|s| settings.quirks.split_scopes(s))?;
+                if let Some(member) = &settings.quirks.refresh_token_expires_in_member {
+                    answer.read_refresh_token_lifetime(member, path);
+                }
+                Ok(answer)
+            }
             Err(e) => Err(TokenFailure::Transient { code: e.code().to_owned(), retry_after: None }),
         }
     }

@@ -45,6 +45,20 @@ impl TokenSecrets {
     }
 }
 
+/// What a new token answer takes from the tokens a connection had.
+#[derive(Clone, Copy)]
+enum Previous<'a> {
+    /// Nothing: a first grant (an authorization, an import, client credentials).
+    Nothing,
+    /// A refresh (RFC 6749 section 6) of these tokens: where the answer is silent, their refresh
+    /// token (with its lapse time), captured values and granted scopes are kept; their origins
+    /// always are.
+    Refresh(&'a OAuthTokens, &'a TokenSecrets),
+    /// A reconnect replacing these tokens: a new grant, which keeps only their refresh token
+    /// (with its lapse time) when the answer has none.
+    Reconnect(&'a OAuthTokens, &'a TokenSecrets),
+}
+
 impl Service {
     /// A connection's red state for `class`, keeping the provider's code beside it.
     pub(crate) fn refusal_error(&self, class: Refusal, provider_code: Option<&str>, detail: &str) -> StatusError {
@@ -67,6 +81,13 @@ impl Service {
     /// another write won (a new authorization or client-credentials token supersedes whatever
     /// was there). Tokens obtained for a connection disconnected or deleted meanwhile are
     /// revoked instead.
+    ///
+    /// A reconnect (SPEC section 10) is this same write on the record as it is: same id and
+    /// values, the answer's tokens and granted scopes in place of the old ones, red reasons
+    /// cleared, the due index rescheduled. An answer without a refresh token keeps the one the
+    /// connection still holds (providers that send one only on first consent), with its
+    /// lifetime, if it was granted by the same token endpoint origin; a disconnected connection
+    /// holds none (its tokens went at the disconnect), so none is ever brought back.
     pub(crate) async fn store_tokens(
         &self,
         c: &Connection,
@@ -75,22 +96,28 @@ impl Service {
         callback_values: BTreeMap<String, Value>,
         status: Status,
     ) -> Result<Connection> {
-        let tokens = self.seal_token_answer(c, settings, answer, None).await?;
-        let error = self.scopes_error(settings, &tokens);
         let mut current = c.clone();
         let mut races = Races::default();
+        let mut tokens = self.seal_for_reconnect(&current, settings, answer).await?;
         loop {
             if current.generation != c.generation {
                 self.revoke_orphaned(&current, tokens).await;
                 return Err(ServiceError::Unusable(Unusable::Disconnected));
             }
-            let next = self.with_tokens(&current, tokens.clone(), &callback_values, status, error.clone());
+            let error = self.scopes_error(settings, &tokens);
+            let next = self.with_tokens(&current, tokens.clone(), &callback_values, status, error);
             match self.store.update_connection(&next, current.version).await {
                 Ok(()) => return Ok(next),
                 Err(StoreError::Conflict) => races.lost()?,
                 Err(e) => return Err(e.into()),
             }
             match self.store.get_connection(&c.org, &c.id).await? {
+                // A refresh token kept from the record is the latest one's: a refresh that
+                // rotated it meanwhile must not be undone.
+                Some(latest) if answer.refresh_token.is_none() && latest.oauth != current.oauth => {
+                    current = latest;
+                    tokens = self.seal_for_reconnect(&current, settings, answer).await?;
+                }
                 Some(latest) => current = latest,
                 None => {
                     self.revoke_orphaned(c, tokens).await;
@@ -98,6 +125,32 @@ impl Service {
                 }
             }
         }
+    }
+
+    /// The answer of a new grant sealed for `c`, keeping the refresh token `c` still holds when
+    /// the answer has none (see [`Service::store_tokens`]).
+    async fn seal_for_reconnect(
+        &self,
+        c: &Connection,
+        settings: &OAuthSettings,
+        answer: &TokenAnswer,
+    ) -> Result<OAuthTokens> {
+        let held = match &c.oauth {
+            Some(t)
+                if answer.refresh_token.is_none()
+                    && t.has_refresh_token
+                    && t.token_origin == settings.token.origin()
+                    && t.refresh_token_expires_at.is_none_or(|lapse| lapse > self.clock.now()) =>
+            {
+                self.open_tokens(c).await?.map(|s| (t, s))
+            }
+            _ => None,
+        };
+        let previous = match &held {
+            Some((t, s)) => Previous::Reconnect(t, s),
+            None => Previous::Nothing,
+        };
+        self.seal_answer(c, settings, answer, previous).await
     }
 
     /// `c` with new tokens: status set (red with `error` if given), lease cleared, due time
@@ -117,11 +170,21 @@ impl Service {
             None if status == Status::Error && c.status == Status::Error => (Status::Error, c.error.clone()),
             None => (status, None),
         };
+        // `Refresh Token Expiring` is armed for a refresh token with a new lifetime (a new one,
+        // or one imported or reconnected with its lifetime); a kept one keeps its state, so the
+        // warning fires once per refresh token.
+        let kept = c.oauth.as_ref().and_then(|t| t.refresh_token_expires_at);
+        let rt_warn_at = match tokens.refresh_token_expires_at {
+            None => None,
+            Some(lapse) if kept == Some(lapse) => c.refresh.rt_warn_at,
+            Some(lapse) => Some(lapse - self.policy().rt_warning),
+        };
         let mut next = c.clone();
         next.refresh = crate::domain::RefreshState {
             due_at: if status == Status::Error { None } else { self.due_at(&tokens) },
             day: c.refresh.day,
             attempts_today: c.refresh.attempts_today,
+            rt_warn_at,
             ..Default::default()
         };
         next.oauth = Some(tokens);
@@ -143,7 +206,34 @@ impl Service {
         answer: &TokenAnswer,
         previous: Option<(&OAuthTokens, &TokenSecrets)>,
     ) -> Result<OAuthTokens> {
-        let mut captured = previous.map(|(_, s)| s.captured.clone()).unwrap_or_default();
+        let previous = match previous {
+            Some((t, s)) => Previous::Refresh(t, s),
+            None => Previous::Nothing,
+        };
+        self.seal_answer(c, settings, answer, previous).await
+    }
+
+    /// Seals a token answer, taking from `previous` what [`Previous`] says.
+    ///
+    /// The refresh token's lapse time: a refresh token in the answer lives for the answer's
+    /// stated lifetime, else the definition's `oauth.refresh_token_lifetime_secs`, from now (a
+    /// rotated refresh token restarts its lifetime); a kept one keeps the lapse time it had.
+    async fn seal_answer(
+        &self,
+        c: &Connection,
+        settings: &OAuthSettings,
+        answer: &TokenAnswer,
+        previous: Previous<'_>,
+    ) -> Result<OAuthTokens> {
+        let refreshed = match previous {
+            Previous::Refresh(t, s) => Some((t, s)),
+            Previous::Nothing | Previous::Reconnect(..) => None,
+        };
+        let kept_refresh = match previous {
+            Previous::Refresh(t, s) | Previous::Reconnect(t, s) => Some((t, s)),
+            Previous::Nothing => None,
+        };
+        let mut captured = refreshed.map(|(_, s)| s.captured.clone()).unwrap_or_default();
         for path in &settings.quirks.capture.token {
             if let Some(v) = answer.captured(path) {
                 captured.insert(path.clone(), v.clone());
@@ -161,12 +251,20 @@ impl Service {
         let scopes = answer
             .scopes
             .clone()
-            .unwrap_or_else(|| previous.map_or_else(|| settings.scopes.clone(), |(tokens, _)| tokens.scopes.clone()));
-        let refresh = answer
-            .refresh_token
-            .as_ref()
-            .map(|r| r.expose_secret().to_owned())
-            .or_else(|| previous.and_then(|(_, s)| s.refresh_token.clone()));
+            .unwrap_or_else(|| refreshed.map_or_else(|| settings.scopes.clone(), |(tokens, _)| tokens.scopes.clone()));
+        let (refresh, refresh_token_expires_at) = match &answer.refresh_token {
+            Some(r) => {
+                let lifetime = answer.refresh_token_expires_in.or(settings.quirks.refresh_token_lifetime_secs);
+                let lapse = lifetime
+                    .and_then(|secs| i64::try_from(secs).ok())
+                    .and_then(|secs| now.checked_add(time::Duration::seconds(secs)));
+                (Some(r.expose_secret().to_owned()), lapse)
+            }
+            None => match kept_refresh {
+                Some((t, s)) if s.refresh_token.is_some() => (s.refresh_token.clone(), t.refresh_token_expires_at),
+                _ => (None, None),
+            },
+        };
         let secrets = TokenSecrets {
             access_token: answer.access_token.expose_secret().to_owned(),
             refresh_token: refresh.clone(),
@@ -181,7 +279,7 @@ impl Service {
             .notify(|e, _| tracing::warn!(connection_id = %c.id, error = %e, "sealing new tokens failed; trying again"))
             .await?;
         // A refresh keeps the origins the grant was first bound to.
-        let (token_origin, revoke_origin) = match previous {
+        let (token_origin, revoke_origin) = match refreshed {
             Some((tokens, _)) => (tokens.token_origin.clone(), tokens.revoke_origin.clone()),
             None => (settings.token.origin(), settings.revoke.as_ref().map(|r| r.origin())),
         };
@@ -194,6 +292,7 @@ impl Service {
             obtained_at: now,
             token_origin,
             revoke_origin,
+            refresh_token_expires_at,
         })
     }
 

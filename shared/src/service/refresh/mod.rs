@@ -20,6 +20,7 @@ use crate::ports::{DueEntry, StoreError};
 use crate::provider::TokenFailure;
 use crate::provider::request::GrantRequest;
 
+mod rt_lifetime;
 mod sweep;
 
 pub use sweep::SweepSummary;
@@ -44,6 +45,9 @@ pub struct RefreshPolicy {
     /// Due entries a sweep reads per index query (and shard); it reads the next page after the
     /// last entry while time is left.
     pub page: usize,
+    /// `Refresh Token Expiring` fires this long before a refresh token lapses
+    /// (`LATCHKEY_RT_WARNING_DAYS`).
+    pub rt_warning: Duration,
 }
 
 impl Default for RefreshPolicy {
@@ -57,6 +61,7 @@ impl Default for RefreshPolicy {
             max_backoff: Duration::from_secs(3600),
             concurrency: 8,
             page: 1_000,
+            rt_warning: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -243,6 +248,10 @@ impl Service {
             return self.refused(leased, error, "not refreshed").await;
         }
         let now = self.clock.now();
+        // A lapsed refresh token is never sent (SPEC section 10): red `token_expired`.
+        if let Some(at) = rt_lifetime::lapsed_at(leased, now).filter(|_| !client_credentials) {
+            return self.refused(leased, self.lapsed_error(at), "not refreshed").await;
+        }
         let day = days(now);
         let attempts = if leased.refresh.day == day { leased.refresh.attempts_today + 1 } else { 1 };
 

@@ -161,7 +161,21 @@ impl Service {
                 return Swept::Failed;
             }
         };
-        let needed = |c: &Connection, now: OffsetDateTime| c.refresh.due_at.is_some_and(|d| d <= now);
+        // Its refresh token's warning, if that is what came due (see `rt_lifetime`).
+        let c = match self.warn_refresh_token(c).await {
+            Ok(c) => c,
+            Err(ServiceError::NotFound) => return Swept::Skipped,
+            Err(e) => {
+                tracing::warn!(org = %org, connection_id = %id, error = %e, "recording a refresh token warning failed");
+                return Swept::Failed;
+            }
+        };
+        // Due for a refresh, or its refresh token has lapsed (which the refresh turns red
+        // without calling the provider).
+        let needed = |c: &Connection, now: OffsetDateTime| {
+            c.refresh.due_at.is_some_and(|d| d <= now)
+                || (c.refresh.due_at.is_some() && rt_lifetime::lapsed_at(c, now).is_some())
+        };
         // The index may lag the record (DynamoDB's is eventually consistent): a record that is
         // no longer due (refreshed, turned red, disconnected meanwhile) is not this sweep's.
         if !needed(&c, self.clock.now()) {

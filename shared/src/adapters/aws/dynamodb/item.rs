@@ -123,7 +123,7 @@ impl TryFrom<&Connection> for Item {
         // connection replaces its whole item (PutItem), so one whose due time was cleared (red,
         // disconnected, refreshed without a refresh token) has no `gsi3*` attributes any more and
         // leaves the index: no stale entry can survive an update.
-        if let Some(due) = c.refresh.due_at {
+        if let Some(due) = c.due_index_at() {
             item.insert("gsi3pk".into(), s(format!("DUE#{}", due_shard(&c.id))));
             item.insert("gsi3sk".into(), s(due_sk(due.unix_timestamp(), &c.org, &c.id)));
         }
