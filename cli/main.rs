@@ -1,6 +1,9 @@
 //! `latchkey`: run every function in one local process (`serve`), create the DynamoDB table
-//! (`bootstrap`), mint dev tokens (`token`). Every subcommand takes the settings of
-//! `latchkey::config::Settings`, as flags or `LATCHKEY_*` variables.
+//! (`bootstrap`), mint dev tokens (`token`), check a backend (`doctor`): these take the server's
+//! settings (`latchkey::config::Settings`, as flags or `LATCHKEY_*` variables). The commands
+//! that talk to a running API (`definitions`, `connections`, `lookup`, `import`) take only
+//! `--url`/`--token` (`LATCHKEY_URL`/`LATCHKEY_TOKEN`): a server setting neither shows in their
+//! help nor stops them. A blank variable counts as unset everywhere.
 
 mod commands;
 mod serve;
@@ -14,30 +17,32 @@ use latchkey::http::auth::{Claims, Verifier, sign_hs256};
 use secrecy::SecretString;
 
 #[derive(Parser)]
-// `long_about = None`: without it clap shows the flattened `Settings` struct's rustdoc as the
-// command's long description.
-#[command(
-    name = "latchkey",
-    version,
-    about = "Latchkey: credentials for your customers' integrations",
-    long_about = None
-)]
+#[command(name = "latchkey", version, about = "Latchkey: credentials for your customers' integrations")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    #[command(flatten)]
-    settings: Settings,
 }
 
+// `long_about = None` on the commands with `Settings`: without it clap shows the flattened
+// struct's rustdoc as the command's long description.
 #[derive(Subcommand)]
 enum Command {
     /// Serve the whole API locally (embedded backend by default), configured by the settings
     /// below.
-    Serve,
+    #[command(long_about = None)]
+    Serve {
+        #[command(flatten)]
+        settings: Settings,
+    },
     /// Create the DynamoDB table LATCHKEY_TABLE (indexes, TTL) if it is missing: for development
     /// and tests against an emulator; production uses infra/.
-    Bootstrap,
+    #[command(long_about = None)]
+    Bootstrap {
+        #[command(flatten)]
+        settings: Settings,
+    },
     /// Print a signed HS256 development token (LATCHKEY_JWT_SECRET, or the data directory's secret).
+    #[command(long_about = None)]
     Token {
         /// The organization (`org` claim).
         #[arg(long)]
@@ -51,6 +56,8 @@ enum Command {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 12 * 3600)]
         ttl: u64,
+        #[command(flatten)]
+        settings: Settings,
     },
     /// Apply definitions from YAML/JSON files (diff, then write only what changed), list or show
     /// them, on the API at --url (LATCHKEY_URL).
@@ -65,8 +72,46 @@ enum Command {
     /// Import connections with existing tokens in bulk from JSON lines or a JSON array.
     Import(commands::import::Import),
     /// Check the backend the settings name (embedded: data directory and key files; aws: table,
-    /// KMS key, event bus, clock) and say ok/warn/fail for each; non-zero exit if one fails.
-    Doctor,
+    /// KMS key and its data-key use, event bus, clock) and say ok/warn/fail for each; non-zero
+    /// exit if one fails.
+    #[command(long_about = None)]
+    Doctor {
+        #[command(flatten)]
+        settings: Settings,
+    },
+}
+
+impl Command {
+    /// The command with its server settings checked ([`Settings::check`]); the API-client
+    /// commands, which take none, as they are.
+    fn checked(self) -> Result<Self, latchkey::config::ConfigError> {
+        Ok(match self {
+            Self::Serve { settings } => Self::Serve { settings: settings.check()? },
+            Self::Bootstrap { settings } => Self::Bootstrap { settings: settings.check()? },
+            Self::Token { org, customer, roles, ttl, settings } => {
+                Self::Token { org, customer, roles, ttl, settings: settings.check()? }
+            }
+            Self::Doctor { settings } => Self::Doctor { settings: settings.check()? },
+            client @ (Self::Definitions(_) | Self::Connections(_) | Self::Lookup(_) | Self::Import(_)) => client,
+        })
+    }
+
+    /// The server settings of the commands that take them.
+    fn settings(&self) -> Option<&Settings> {
+        match self {
+            Self::Serve { settings }
+            | Self::Bootstrap { settings }
+            | Self::Token { settings, .. }
+            | Self::Doctor { settings } => Some(settings),
+            Self::Definitions(_) | Self::Connections(_) | Self::Lookup(_) | Self::Import(_) => None,
+        }
+    }
+}
+
+/// [`ignore_blank_env`] on `command` and every subcommand under it: the settings and
+/// `--url`/`--token` are declared on the subcommands.
+fn ignore_blank_env_everywhere(command: clap::Command) -> clap::Command {
+    ignore_blank_env(command).mut_subcommands(ignore_blank_env_everywhere)
 }
 
 fn unix_now() -> u64 {
@@ -119,21 +164,22 @@ fn doctor_target(settings: &Settings) -> commands::doctor::Target {
 #[tokio::main]
 async fn main() -> ExitCode {
     // A blank LATCHKEY_* variable counts as unset, as it always has.
-    let cli = ignore_blank_env(Cli::command()).get_matches();
+    let cli = ignore_blank_env_everywhere(Cli::command()).get_matches();
     let cli = Cli::from_arg_matches(&cli).unwrap_or_else(|e| e.exit());
-    let settings = match cli.settings.check() {
-        Ok(s) => s,
+    // Only the commands that take the server's settings check them (and may refuse to start).
+    let command = match cli.command.checked() {
+        Ok(command) => command,
         Err(e) => {
             eprintln!("latchkey: {e}");
             return ExitCode::from(2);
         }
     };
-    latchkey::telemetry::init(settings.log_format == LogFormat::Json);
-    let result = match cli.command {
-        Command::Serve => serve::run(settings).await,
-        Command::Bootstrap => bootstrap(&settings).await,
+    latchkey::telemetry::init(command.settings().is_some_and(|s| s.log_format == LogFormat::Json));
+    let result = match command {
+        Command::Serve { settings } => serve::run(settings).await,
+        Command::Bootstrap { settings } => bootstrap(&settings).await,
         // Never a new secret: a token signed with one no server knows would only get a bare 401.
-        Command::Token { org, customer, roles, ttl } => match settings.jwt_secret_existing() {
+        Command::Token { org, customer, roles, ttl, settings } => match settings.jwt_secret_existing() {
             Ok(secret) => token(&secret, org, customer, roles, ttl).await.map(|t| println!("{t}")).map_err(Into::into),
             Err(e) => Err(e.into()),
         },
@@ -141,7 +187,7 @@ async fn main() -> ExitCode {
         Command::Connections(c) => commands::connections::run(c).await,
         Command::Lookup(c) => commands::lookup::run(c).await,
         Command::Import(c) => commands::import::run(c).await,
-        Command::Doctor => commands::doctor::run(doctor_target(&settings)).await,
+        Command::Doctor { settings } => commands::doctor::run(doctor_target(&settings)).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,11 +15,17 @@ use secrecy::SecretString;
 /// What a command's failure is: its message is printed after `latchkey: `.
 pub type Failure = Box<dyn std::error::Error>;
 
-/// Where the API is and who calls it: `--url`/`LATCHKEY_URL`, `--token`/`LATCHKEY_TOKEN`.
+/// The API `--url` names when it is unset or blank: `latchkey serve`'s default address.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+
+/// Where the API is and who calls it: `--url`/`LATCHKEY_URL`, `--token`/`LATCHKEY_TOKEN`, the
+/// only settings of the commands that talk to an API (the server's settings are `serve`'s).
+/// Blank counts as unset: the default URL, and "no token".
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "API")]
 pub struct Remote {
     /// Base URL of the Latchkey API (`latchkey serve`'s address, or the deployed API's URL).
-    #[arg(long, env = "LATCHKEY_URL", default_value = "http://127.0.0.1:8080", value_name = "URL")]
+    #[arg(long, env = "LATCHKEY_URL", default_value = DEFAULT_URL, value_name = "URL")]
     pub url: String,
     /// Bearer token (a JWT): an organization user's for definitions, connections and import, one
     /// with the `runtime` role for lookup. `latchkey token --org ORG [--role runtime]` mints one
@@ -39,7 +45,8 @@ impl Remote {
             "no token: set LATCHKEY_TOKEN or --token (locally: `latchkey token --org ORG`, with \
              `--role runtime` for lookup)",
         )?;
-        Ok(Client::new(&self.url, token)?)
+        let url = if self.url.trim().is_empty() { DEFAULT_URL } else { self.url.trim() };
+        Ok(Client::new(url, token)?)
     }
 }
 

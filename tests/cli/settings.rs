@@ -1,14 +1,9 @@
-//! The `latchkey` command's own behaviour, outside `serve`: `latchkey token` signs with the
-//! secret a server uses, and never invents one; its settings (flags or `LATCHKEY_*` variables)
-//! are documented by `--help` as in the README, checked at start, and blank ones are unset.
+//! The `latchkey` command's settings and `token`: `latchkey token` signs with the secret a
+//! server uses, and never invents one; the server's settings (flags or `LATCHKEY_*` variables)
+//! are documented by `serve --help` as in the README, checked at start, and blank ones are
+//! unset; the commands that talk to an API take only `--url`/`--token`.
 
-use std::process::Command;
-
-fn latchkey() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_latchkey"));
-    cmd.env_clear().env("RUST_LOG", "warn");
-    cmd
-}
+use crate::harness::{Run, Server, latchkey};
 
 #[test]
 fn token_without_a_secret_says_where_it_looked_and_creates_nothing() {
@@ -66,11 +61,8 @@ fn serve_help_documents_every_variable_of_the_readme_and_no_other() {
     for variable in &documented {
         assert!(help.contains(&format!("[env: {variable}")), "`latchkey serve --help` names {variable}:\n{help}");
     }
-    let in_help: std::collections::BTreeSet<String> = help
-        .split("[env: ")
-        .skip(1)
-        .map(|rest| rest.split(['=', ']']).next().unwrap().to_owned())
-        .collect();
+    let in_help: std::collections::BTreeSet<String> =
+        help.split("[env: ").skip(1).map(|rest| rest.split(['=', ']']).next().unwrap().to_owned()).collect();
     assert_eq!(in_help, documented, "every setting is in the README's table");
     assert!(!help.contains(secret), "the secret's value is not shown");
 }
@@ -113,4 +105,63 @@ fn a_bad_value_stops_the_command_naming_its_variable_or_flag() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("LATCHKEY_ADDR is invalid: \"nowhere\" is not host:port"), "{err}");
+}
+
+/// The commands that talk to an API, as a user types them.
+const API_COMMANDS: [&[&str]; 6] = [
+    &["definitions", "apply"],
+    &["definitions", "list"],
+    &["connections", "list"],
+    &["connections", "get"],
+    &["lookup"],
+    &["import"],
+];
+
+#[test]
+fn the_api_commands_document_only_their_url_and_token() {
+    for command in API_COMMANDS {
+        let out = latchkey().args(command).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{command:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let variables: std::collections::BTreeSet<&str> =
+            help.split("[env: ").skip(1).map(|rest| rest.split(['=', ']']).next().unwrap()).collect();
+        assert_eq!(variables, ["LATCHKEY_TOKEN", "LATCHKEY_URL"].into(), "{command:?} --help:\n{help}");
+        assert!(!help.contains("--backend") && !help.contains("Settings ("), "{command:?} --help:\n{help}");
+    }
+    // The group still reads as a list of its commands.
+    let out = latchkey().args(["connections", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("list") && help.contains("get") && !help.contains("[env: "), "{help}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_server_setting_does_not_stop_an_api_command_but_stops_the_server_commands() {
+    let server = Server::start().await;
+    let org = server.token("acme", &[]).await;
+    let bad = [("LATCHKEY_JWT_AUDIENCE", "api://latchkey"), ("LATCHKEY_REFRESH_INTERVAL_SECS", "0")];
+    let run = server.run_with(&org, &["connections", "list"], None, &bad).await;
+    run.ok();
+    assert!(run.stderr.contains("0 connections"), "{run:#?}");
+
+    let doctor = Run::of(latchkey().env("LATCHKEY_JWT_AUDIENCE", "api://latchkey").arg("doctor").output().unwrap());
+    assert_eq!(doctor.code, Some(2), "{doctor:#?}");
+    assert!(
+        doctor.stderr.contains("LATCHKEY_JWT_AUDIENCE is invalid: is set without LATCHKEY_JWT_ISSUER"),
+        "{doctor:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blank_url_or_token_counts_as_unset() {
+    let server = Server::start().await;
+    let org = server.token("acme", &[]).await;
+    // Blank: the default address (where nothing of this test listens, or another server).
+    let run = server.run_with(&org, &["connections", "list"], None, &[("LATCHKEY_URL", "  ")]).await;
+    assert!(!run.stderr.contains("relative URL") && !run.stderr.contains("base URL"), "{run:#?}");
+    let run = server.run_with(&org, &["connections", "list", "--url", " "], None, &[]).await;
+    assert!(!run.stderr.contains("relative URL") && !run.stderr.contains("base URL"), "{run:#?}");
+    // A blank token is no token: the error says how to get one.
+    let run = server.run_with(&org, &["connections", "list"], None, &[("LATCHKEY_TOKEN", " ")]).await;
+    assert_eq!(run.code, Some(1), "{run:#?}");
+    assert!(run.stderr.contains("no token: set LATCHKEY_TOKEN"), "{run:#?}");
 }

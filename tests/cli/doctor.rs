@@ -1,0 +1,105 @@
+//! `latchkey doctor` on both backends: the data directory `latchkey serve` made, and the table,
+//! key, bus and clock of the aws backend on moto (`support::moto`, which ignores key policies:
+//! the data-key context is checked against `infra/template.yaml` by the command's unit tests).
+
+use std::path::Path;
+
+use tokio::process::Command;
+
+use crate::harness::{BIN, Run, Server};
+
+fn mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_passes_a_data_directory_serve_made_and_fails_a_readable_key() {
+    let server = Server::start().await;
+    let data = server.dir.path().join("data");
+    let doctor = || {
+        let data = data.clone();
+        async move {
+            Run::of(
+                Command::new(BIN)
+                    .env_clear()
+                    .env("LATCHKEY_DATA_DIR", &data)
+                    .env("RUST_LOG", "warn")
+                    .arg("doctor")
+                    .output()
+                    .await
+                    .expect("run latchkey doctor"),
+            )
+        }
+    };
+    let run = doctor().await;
+    run.ok();
+    for line in ["ok    data directory", "ok    master key", "ok    database file latchkey.db "] {
+        assert!(run.stdout.contains(line), "{line:?} in {run:#?}");
+    }
+    // serve got its secret from LATCHKEY_JWT_SECRET: no file, a warning that says what to do.
+    assert!(run.stdout.contains("warn  jwt secret"), "{run:#?}");
+
+    mode(&data.join("master.key"), 0o644);
+    let run = doctor().await;
+    assert_eq!(run.code, Some(1), "{run:#?}");
+    assert!(run.stdout.contains("fail  master key") && run.stdout.contains("chmod 600"), "{run:#?}");
+    mode(&data.join("master.key"), 0o600);
+    mode(&data, 0o755);
+    let run = doctor().await;
+    assert_eq!(run.code, Some(1), "{run:#?}");
+    assert!(run.stdout.contains("fail  data directory"), "{run:#?}");
+}
+
+/// `latchkey ARGS` on the aws backend of the shared moto server, with `env` besides.
+async fn on_moto(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let endpoint = tokio::task::spawn_blocking(support::moto::endpoint).await.expect("moto starts");
+    let out = Command::new(BIN)
+        .env_clear()
+        .envs(support::moto::aws_env(endpoint))
+        .env("LATCHKEY_BACKEND", "aws")
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .args(args)
+        .output()
+        .await
+        .expect("run latchkey");
+    Run::of(out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_checks_the_table_key_bus_and_clock_of_the_aws_backend() {
+    let table = support::moto::unique("doctor");
+    on_moto(&["bootstrap"], &[("LATCHKEY_TABLE", &table)]).await.ok();
+    let sdk = support::moto::sdk_config().await;
+    let key = support::moto::create_kms_key(&sdk).await;
+
+    let good = [("LATCHKEY_TABLE", table.as_str()), ("LATCHKEY_KMS_KEY_ID", key.as_str())];
+    let run = on_moto(&["doctor"], &good).await;
+    run.ok();
+    for line in [
+        format!("ok    dynamodb table   {table}: ACTIVE"),
+        "ok    kms key          ".to_owned(),
+        "ok    kms data key     GenerateDataKey and Decrypt work".to_owned(),
+        "ok    eventbridge bus  arn:aws:events:".to_owned(),
+        "ok    clock".to_owned(),
+    ] {
+        assert!(run.stdout.contains(&line), "{line:?} in {run:#?}");
+    }
+
+    let bad = [("LATCHKEY_TABLE", "absent"), ("LATCHKEY_KMS_KEY_ID", "alias/absent"), ("LATCHKEY_EVENT_BUS", "absent")];
+    let run = on_moto(&["doctor"], &bad).await;
+    assert_eq!(run.code, Some(1), "{run:#?}");
+    assert!(run.stdout.contains("fail  dynamodb table   DescribeTable absent: ResourceNotFoundException"), "{run:#?}");
+    assert!(run.stdout.contains("fail  kms key") && run.stdout.contains("fail  eventbridge bus"), "{run:#?}");
+    assert!(!run.stdout.contains("kms data key"), "no round trip with a key DescribeKey did not find: {run:#?}");
+    assert!(run.stderr.contains("3 check(s) failed"), "{run:#?}");
+
+    aws_sdk_kms::Client::new(&sdk).disable_key().key_id(&key).send().await.expect("DisableKey");
+    let run = on_moto(&["doctor"], &good).await;
+    assert_eq!(run.code, Some(1), "{run:#?}");
+    assert!(
+        run.stdout.contains("is Disabled: enable it"),
+        "moto lets a disabled key work: doctor asks DescribeKey: {run:#?}"
+    );
+}
