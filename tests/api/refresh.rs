@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Backend, TestApp, eventually, random_secret};
+use crate::harness::{Backend, ShiftedClock, TestApp, eventually, random_secret};
 use latchkey::service::ServiceOptions;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -272,6 +272,7 @@ async fn a_provider_outage_keeps_the_tokens_and_backs_off() {
 #[tokio::test]
 async fn a_dead_workers_lease_is_taken_over_after_it_expires() {
     use latchkey::domain::{ConnectionId, Lease, OrgId};
+    use latchkey::ports::Clock as _;
 
     let dir = tempfile::tempdir().unwrap();
     let options = ServiceOptions {
@@ -279,7 +280,8 @@ async fn a_dead_workers_lease_is_taken_over_after_it_expires() {
         refresh: latchkey::service::RefreshPolicy { lease: Duration::from_secs(2), ..Default::default() },
         ..ServiceOptions::default()
     };
-    let app = latchkey::config::Components::embedded(dir.path(), options).unwrap();
+    let clock = std::sync::Arc::new(ShiftedClock::default());
+    let app = latchkey::config::Components::embedded_with_clock(dir.path(), options, clock.clone()).unwrap();
     let mock =
         MockServer::start(json!({"rewrites": [{"grant_type": "authorization_code", "set": {"expires_in": 4}}]})).await;
     let org_id = OrgId::parse(ORG).unwrap();
@@ -298,14 +300,12 @@ async fn a_dead_workers_lease_is_taken_over_after_it_expires() {
         latchkey::service::CallbackOutcome::Page { status: 200, .. }
     ));
 
-    // Past half its life, the 4 s token needs a refresh; a worker that will never come back
-    // holds the lease. Time passing is the behaviour: the token ages on the real clock the
-    // service and the provider share.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Past half its life (the service's clock moved on), the 4 s token needs a refresh; a
+    // worker that will never come back holds the lease for 2 s of the service's time.
+    clock.advance(Duration::from_millis(2100));
     let id = ConnectionId::parse(conn.id.as_str()).unwrap();
     let mut held = app.store.get_connection(&org_id, &id).await.unwrap().unwrap();
-    held.refresh.lease =
-        Some(Lease { owner: "dead-worker".into(), until: time::OffsetDateTime::now_utc() + Duration::from_secs(2) });
+    held.refresh.lease = Some(Lease { owner: "dead-worker".into(), until: clock.now() + Duration::from_secs(2) });
     held.version += 1;
     app.store.update_connection(&held, held.version - 1).await.unwrap();
 

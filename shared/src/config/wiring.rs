@@ -56,13 +56,26 @@ impl Components {
     /// The directory or master key cannot be used ([`ConfigError::DataDir`]), or the store
     /// cannot be opened.
     pub fn embedded(dir: &Path, options: ServiceOptions) -> Result<Self, ConfigError> {
+        Self::embedded_with_clock(dir, options, Arc::new(SystemClock))
+    }
+
+    /// [`Components::embedded`] telling the time by `clock` rather than the system clock: what
+    /// tests use to age tokens and leases without waiting.
+    ///
+    /// # Errors
+    /// As [`Components::embedded`].
+    pub fn embedded_with_clock(
+        dir: &Path,
+        options: ServiceOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ConfigError> {
         let unusable = |source| ConfigError::DataDir { path: dir.to_owned(), source };
         secret_file::ensure_private_dir(dir).map_err(unusable)?;
         let keys: Arc<dyn KeyProvider> = Arc::new(LocalKeyProvider::open_or_create(dir).map_err(unusable)?);
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("latchkey.db"))?);
         let events = Arc::new(LogEventSink::default());
         let sink: Arc<dyn EventSink> = events.clone();
-        let service = Self::service(store.clone(), keys, sink, options);
+        let service = Self::service(store.clone(), keys, sink, clock, options);
         Ok(Self { service, store, events: Some(events) })
     }
 
@@ -79,7 +92,7 @@ impl Components {
         let store: Arc<dyn Store> = Arc::new(DynamoStore::new(dynamodb, table));
         let keys: Arc<dyn KeyProvider> = Arc::new(KmsKeyProvider::new(kms, kms_key_id));
         let sink: Arc<dyn EventSink> = Arc::new(EventBridgeSink::new(eventbridge, event_bus));
-        let service = Self::service(store.clone(), keys, sink, options);
+        let service = Self::service(store.clone(), keys, sink, Arc::new(SystemClock), options);
         Self { service, store, events: None }
     }
 
@@ -87,9 +100,9 @@ impl Components {
         store: Arc<dyn Store>,
         keys: Arc<dyn KeyProvider>,
         events: Arc<dyn EventSink>,
+        clock: Arc<dyn Clock>,
         options: ServiceOptions,
     ) -> Arc<Service> {
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         Arc::new(Service::new(store, Arc::new(Envelope::new(keys)), events, clock, options))
     }
 
