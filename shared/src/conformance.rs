@@ -627,6 +627,23 @@ pub mod keys {
         assert!(env.open(&a, &wrapped).await.is_err());
     }
 
+    /// A value that decrypts but is not what its reader expects (not JSON, not UTF-8) is a
+    /// `Format` error, never `Decrypt`: the key and context were right, the content is not.
+    pub async fn opened_values_of_the_wrong_shape_are_format_errors(keys: Arc<dyn KeyProvider>) {
+        let env = Envelope::with_cache(keys, 0, Duration::ZERO);
+        let (a, _) = ctx(&fresh_org());
+        let not_json = env.seal(&a, b"sk_live_not json").await.unwrap();
+        let opened: Result<BTreeMap<String, String>, _> = env.open_json(&a, &not_json).await;
+        assert!(matches!(opened, Err(CryptoError::Format)), "not JSON");
+        assert!(matches!(env.open_secrets(&a, &not_json).await, Err(CryptoError::Format)), "not a secrets map");
+        let not_utf8 = env.seal(&a, &[0xff, 0xfe, 0x00]).await.unwrap();
+        assert!(matches!(env.open_str(&a, &not_utf8).await, Err(CryptoError::Format)), "not UTF-8");
+        let wrong_shape = env.seal_json(&a, &serde_json::json!({"apiKey": 1})).await.unwrap();
+        assert!(matches!(env.open_secrets(&a, &wrong_shape).await, Err(CryptoError::Format)), "not strings");
+        let (b, _) = ctx(&fresh_org());
+        assert!(matches!(env.open_secrets(&b, &wrong_shape).await, Err(CryptoError::Decrypt)), "wrong context");
+    }
+
     pub async fn the_key_cache_never_skips_the_context_check(keys: Arc<dyn KeyProvider>) {
         let env = Envelope::new(keys);
         let org = fresh_org();
@@ -673,6 +690,7 @@ macro_rules! keys_conformance_tests {
             sealed_values_open_only_under_their_context,
             data_keys_unwrap_only_under_their_context,
             tampering_is_detected,
+            opened_values_of_the_wrong_shape_are_format_errors,
             the_key_cache_never_skips_the_context_check,
         );
     };
