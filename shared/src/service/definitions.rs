@@ -1,5 +1,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
+use futures_util::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
@@ -10,7 +11,6 @@ use crate::domain::validate::{self, Values};
 use crate::domain::{Connection, Definition, DefinitionKey, FieldError, LogType, Principal, Refusal};
 use crate::ports::{ConnectionFilter, Expect, StoreError};
 use crate::provider::destination::check_literal_destination;
-use crate::service::MAX_PAGE;
 
 fn require_organization(p: &Principal) -> Result<()> {
     if p.is_organization() {
@@ -147,23 +147,21 @@ impl Service {
             return;
         }
         let filter = ConnectionFilter { definition: Some(new.key.clone()), ..Default::default() };
-        let mut cursor = None;
-        loop {
-            let page = match self.store.list_connections(&new.org, &filter, MAX_PAGE, cursor.as_ref()).await {
-                Ok(page) => page,
+        let mut all = std::pin::pin!(super::walk::connections(self.store.as_ref(), &new.org, &filter));
+        while let Some(found) = all.next().await {
+            let c = match found {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(org = %new.org, definition = %new.key, error = %e, "sealing new password inputs failed");
                     return;
                 }
             };
-            for c in page.items.iter().filter(|c| c.values.keys().any(|k| names.contains(k))) {
-                if let Err(e) = self.seal_plain_secrets(c.clone(), new).await {
-                    tracing::warn!(org = %c.org, connection_id = %c.id, error = %e, "sealing new password inputs failed");
-                }
+            if !c.values.keys().any(|k| names.contains(k)) {
+                continue;
             }
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => return,
+            let (org, id) = (c.org.clone(), c.id.clone());
+            if let Err(e) = self.seal_plain_secrets(c, new).await {
+                tracing::warn!(org = %org, connection_id = %id, error = %e, "sealing new password inputs failed");
             }
         }
     }
@@ -193,46 +191,39 @@ impl Service {
             status: Some(crate::domain::Status::Error),
             ..Default::default()
         };
-        let mut cursor = None;
-        loop {
-            let page = match self.store.list_connections(&def.org, &filter, MAX_PAGE, cursor.as_ref()).await {
-                Ok(page) => page,
+        let rejected = |c: &Connection| {
+            c.status == crate::domain::Status::Error
+                && c.error.as_ref().is_some_and(|e| e.code == Refusal::ClientRejected.code())
+        };
+        let mut all = std::pin::pin!(super::walk::connections(self.store.as_ref(), &def.org, &filter));
+        while let Some(found) = all.next().await {
+            let c = match found {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(org = %def.org, definition = %def.key, error = %e, "re-arming connections failed");
                     return;
                 }
             };
-            let rejected = |c: &Connection| {
-                c.status == crate::domain::Status::Error
-                    && c.error.as_ref().is_some_and(|e| e.code == Refusal::ClientRejected.code())
-            };
-            for c in page.items.iter().filter(|c| rejected(c)) {
-                let mut next = c.clone();
-                next.status = crate::domain::Status::Configured;
-                next.error = None;
-                next.refresh.failures = 0;
-                next.refresh.due_at = c.oauth.as_ref().filter(|t| t.has_refresh_token).map(|_| self.clock.now());
-                next.version = c.version + 1;
-                next.updated_at = self.clock.now();
-                match self.store.update_connection(&next, c.version).await {
-                    Ok(()) => {
-                        self.log(
-                            &next,
-                            LogType::Updated,
-                            "the organization updated the client settings: refreshes resume",
-                        )
-                        .await;
-                    }
-                    // Changed meanwhile: whatever happened to it is newer than this.
-                    Err(StoreError::Conflict) => {}
-                    Err(e) => {
-                        tracing::warn!(org = %c.org, connection_id = %c.id, error = %e, "re-arming a connection failed")
-                    }
-                }
+            if !rejected(&c) {
+                continue;
             }
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => return,
+            let mut next = c.clone();
+            next.status = crate::domain::Status::Configured;
+            next.error = None;
+            next.refresh.failures = 0;
+            next.refresh.due_at = c.oauth.as_ref().filter(|t| t.has_refresh_token).map(|_| self.clock.now());
+            next.version = c.version + 1;
+            next.updated_at = self.clock.now();
+            match self.store.update_connection(&next, c.version).await {
+                Ok(()) => {
+                    self.log(&next, LogType::Updated, "the organization updated the client settings: refreshes resume")
+                        .await;
+                }
+                // Changed meanwhile: whatever happened to it is newer than this.
+                Err(StoreError::Conflict) => {}
+                Err(e) => {
+                    tracing::warn!(org = %c.org, connection_id = %c.id, error = %e, "re-arming a connection failed")
+                }
             }
         }
     }

@@ -12,6 +12,7 @@ mod revoke;
 mod selector;
 mod verify;
 mod views;
+mod walk;
 
 use std::sync::Arc;
 
