@@ -8,12 +8,15 @@ use secrecy::{ExposeSecret, SecretString};
 use super::{FormPost, Reach};
 use crate::domain::RESERVED_TOKEN_PARAMS;
 
-/// How the client authenticates at the token endpoint (RFC 6749 section 2.3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the client authenticates at the token endpoint (RFC 6749 section 2.3.1). Serialized
+/// (in sealed revocation jobs) as its RFC 7591 `token_endpoint_auth_method` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ClientAuthMethod {
     /// `client_secret_basic`: HTTP Basic with the form-encoded id and secret.
+    #[serde(rename = "client_secret_basic")]
     Basic,
     /// `client_secret_post`: `client_id` and `client_secret` in the form.
+    #[serde(rename = "client_secret_post")]
     Post,
 }
 
@@ -24,7 +27,6 @@ impl ClientAuthMethod {
 }
 
 /// The OAuth client: its id, its secret (none for a public client) and how it sends them.
-#[derive()]
 pub struct ClientAuth {
     pub client_id: String,
     pub client_secret: Option<SecretString>,

@@ -22,21 +22,35 @@ pub const MAX_REVOKE_ATTEMPTS: u32 = 12;
 /// A claimed attempt is retried by others after this if its worker died.
 const CLAIM: time::Duration = time::Duration::seconds(60);
 
-/// What a revocation job needs besides the tokens, sealed beside them.
-#[derive(Serialize, Deserialize)]
+/// What a revocation job needs besides the tokens, sealed beside them under the connection's
+/// context ([`RevocationJob::settings`]): `{"revoke_url", "client_id", "client_secret",
+/// "client_auth"}`, the last one `client_secret_basic` or `client_secret_post`. Its `Debug`
+/// redacts the secret.
+#[derive(Debug, Serialize, Deserialize)]
 struct RevokeSettings {
     revoke_url: String,
     client_id: String,
-    client_secret: Option<String>,
-    post_auth: bool,
+    /// Written out only into the envelope that seals these settings.
+    #[serde(serialize_with = "expose_for_sealing")]
+    client_secret: Option<SecretString>,
+    client_auth: ClientAuthMethod,
+}
+
+/// Serializes the client secret in clear: only for [`RevokeSettings`], whose serialization is
+/// sealed at once (`Envelope::seal_json`) and never stored or logged as it is.
+fn expose_for_sealing<S: serde::Serializer>(
+    secret: &Option<SecretString>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    secret.as_ref().map(ExposeSecret::expose_secret).serialize(s)
 }
 
 impl RevokeSettings {
     fn client(&self) -> ClientAuth {
         ClientAuth {
             client_id: self.client_id.clone(),
-            client_secret: self.client_secret.clone().map(SecretString::from),
-            method: if self.post_auth { ClientAuthMethod::Post } else { ClientAuthMethod::Basic },
+            client_secret: self.client_secret.clone(),
+            method: self.client_auth,
         }
     }
 }
@@ -93,8 +107,8 @@ impl Service {
         let plain = RevokeSettings {
             revoke_url: revoke.url.to_string(),
             client_id: settings.client.client_id.clone(),
-            client_secret: settings.client.client_secret.as_ref().map(|s| s.expose_secret().to_owned()),
-            post_auth: settings.client.method == ClientAuthMethod::Post,
+            client_secret: settings.client.client_secret.clone(),
+            client_auth: settings.client.method,
         };
         let ctx = EncryptionContext::connection(&c.org, &c.id);
         let now = self.clock.now();
@@ -341,5 +355,73 @@ impl Service {
             Ok(raw) => read_revoke_answer(&raw),
             Err(e) => RevokeAnswer::Transient { code: e.code().to_owned(), retry_after: None },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::adapters::local_key::LocalKeyProvider;
+    use crate::crypto::Envelope;
+    use crate::domain::DefinitionKey;
+
+    const SECRET: &str = "client-secret-canary-5f0c";
+
+    fn settings(client_secret: Option<&str>, client_auth: ClientAuthMethod) -> RevokeSettings {
+        RevokeSettings {
+            revoke_url: "https://idp.example.com/revoke".into(),
+            client_id: "client".into(),
+            client_secret: client_secret.map(|s| SecretString::from(s.to_owned())),
+            client_auth,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_revocation_job_keeps_the_client_secret_sealed_and_out_of_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        let envelope = Envelope::new(Arc::new(LocalKeyProvider::open_or_create(dir.path()).unwrap()));
+        let (org, id) = (OrgId::parse("acme").unwrap(), ConnectionId::generate());
+        let ctx = EncryptionContext::connection(&org, &id);
+        let sealed = envelope.seal_json(&ctx, &settings(Some(SECRET), ClientAuthMethod::Post)).await.unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let job = RevocationJob {
+            id: "job".into(),
+            org,
+            connection_id: id,
+            definition: DefinitionKey::parse("idp").unwrap(),
+            tokens: sealed.clone(),
+            settings: sealed,
+            attempts: 0,
+            next_attempt_at: now,
+            expires_at: now + JOB_LIFETIME,
+        };
+        assert!(!format!("{job:?}").contains(SECRET), "Debug of the job");
+        // What both stores write (the job's JSON): the secret only inside the seal.
+        assert!(!serde_json::to_string(&job).unwrap().contains(SECRET), "the stored job");
+
+        let opened: RevokeSettings = envelope.open_json(&ctx, &job.settings).await.unwrap();
+        assert!(!format!("{opened:?}").contains(SECRET), "Debug of the opened settings: {opened:?}");
+        assert_eq!(opened.client_secret.as_ref().map(|s| s.expose_secret()), Some(SECRET));
+        assert_eq!(opened.client_auth, ClientAuthMethod::Post);
+    }
+
+    #[test]
+    fn sealed_settings_name_the_client_authentication_method() {
+        let written = serde_json::to_value(settings(Some(SECRET), ClientAuthMethod::Post)).unwrap();
+        assert_eq!(
+            written,
+            json!({"revoke_url": "https://idp.example.com/revoke", "client_id": "client",
+                "client_secret": SECRET, "client_auth": "client_secret_post"})
+        );
+        let public = json!({"revoke_url": "https://idp.example.com/revoke", "client_id": "client",
+            "client_secret": null, "client_auth": "client_secret_basic"});
+        let read: RevokeSettings = serde_json::from_value(public.clone()).unwrap();
+        assert!(read.client_secret.is_none());
+        assert_eq!(read.client().method, ClientAuthMethod::Basic);
+        assert_eq!(serde_json::to_value(read).unwrap(), public);
     }
 }
