@@ -27,8 +27,8 @@ struct Cli {
 // struct's rustdoc as the command's long description.
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the whole API locally (embedded backend by default), configured by the settings
-    /// below.
+    /// Serve the whole API locally (embedded backend by default), configured by the server's
+    /// settings (flags or LATCHKEY_* variables).
     #[command(long_about = None)]
     Serve {
         #[command(flatten)]

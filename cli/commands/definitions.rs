@@ -209,7 +209,7 @@ fn check(origin: &str, doc: Value) -> Result<Desired, Vec<String>> {
 }
 
 /// A checked body in the form a read shows it: the well-known OAuth inputs and the catalog's
-/// defaults filled in, every input complete, secret defaults given in clear as `{"set": true}`
+/// defaults filled in, the verify request in force unless it is the provider's own, every input complete, secret defaults given in clear as `{"set": true}`
 /// (those sent as `{"set": true}` are left to [`with_kept_secrets`]), an empty `oauth` block left
 /// out. Members the validator does not model are kept as written.
 fn shown_of_spec(body: &Value, spec: &DefinitionSpec) -> Result<Value, serde_json::Error> {
@@ -224,12 +224,39 @@ fn shown_of_spec(body: &Value, spec: &DefinitionSpec) -> Result<Value, serde_jso
     shown.insert("provider".into(), spec.provider.clone().into());
     shown.insert("inputs".into(), inputs);
     shown.insert("redirects".into(), serde_json::to_value(&spec.redirects)?);
+    // The verify request in force: written, or the catalog provider's.
+    match &spec.verify {
+        Some(verify) => shown.insert("verify".into(), serde_json::to_value(verify)?),
+        None => shown.remove("verify"),
+    };
     if spec.oauth == Default::default() {
         shown.remove("oauth");
     } else {
         shown.insert("oauth".into(), serde_json::to_value(&spec.oauth)?);
     }
-    Ok(without_nulls(Value::Object(shown)))
+    Ok(without_inherited_verify(without_nulls(Value::Object(shown))))
+}
+
+/// `shown` (a definition with its verify request in force, as reads show it) with `verify`
+/// relative to its catalog provider's (which a definition of the provider's auth inherits by
+/// leaving it out): absent when it is the provider's own, inherited or written out alike,
+/// `null` when the definition turned the provider's off.
+fn without_inherited_verify(mut shown: Value) -> Value {
+    let provider = shown["provider"].as_str().and_then(latchkey::catalog::provider);
+    let provider = provider.filter(|p| serde_json::to_value(p.auth).ok().as_ref() == shown.get("auth"));
+    let inherited = provider.and_then(|p| p.verify.as_ref()).and_then(|v| serde_json::to_value(v).ok());
+    if let (Some(inherited), Some(members)) = (inherited, shown.as_object_mut()) {
+        match members.get("verify") {
+            Some(own) if *own == inherited => {
+                members.remove("verify");
+            }
+            Some(_) => {}
+            None => {
+                members.insert("verify".into(), Value::Null);
+            }
+        }
+    }
+    shown
 }
 
 /// `shown` with the secret defaults of `keep` set where `stored` has them: sending
@@ -253,7 +280,7 @@ fn shown_of_stored(d: &Definition) -> Value {
             m.remove(own);
         }
     }
-    without_nulls(v)
+    without_inherited_verify(without_nulls(v))
 }
 
 /// `null` members removed at every depth: absent and `null` mean the same in a definition.
@@ -323,6 +350,25 @@ mod tests {
         assert_eq!(d.shown["inputs"]["clientSecret"]["default"], json!({"set": true}));
         assert!(!pretty(&d.shown).contains("canary"));
         assert!(d.body.to_string().contains("canary"), "the PUT body carries it");
+    }
+
+    #[test]
+    fn a_provider_verify_request_compares_equal_inherited_or_written_out() {
+        let github = latchkey::catalog::provider("github").expect("github is in the catalog");
+        let verify = serde_json::to_value(github.verify.as_ref().expect("github has a verify request")).unwrap();
+        let short = desired(json!({"key": "crm", "provider": "github"}));
+        let written = desired(json!({"key": "crm", "provider": "github", "verify": verify}));
+        assert_eq!(short.shown, written.shown, "the same request either way");
+        assert!(short.shown.get("verify").is_none(), "{}", short.shown);
+        let mut stored = short.shown.clone();
+        stored["verify"] = verify;
+        assert_eq!(without_inherited_verify(stored), short.shown, "a read showing the inherited request");
+        let off = desired(json!({"key": "crm", "provider": "github", "verify": null}));
+        assert_eq!(off.shown["verify"], Value::Null, "turned off: a change from inheriting it");
+        assert_ne!(off.shown, short.shown);
+        let mut stored_off = off.shown.clone();
+        stored_off.as_object_mut().unwrap().remove("verify");
+        assert_eq!(without_inherited_verify(stored_off), off.shown, "a read of a definition that turned it off");
     }
 
     #[test]
