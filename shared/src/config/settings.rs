@@ -294,19 +294,58 @@ pub fn ignore_blank_env(command: Command) -> Command {
 /// A value parser whose error reads `LATCHKEY_X is invalid: <why>`, naming the variable (the
 /// flag's name in capitals) and quoting nothing but what `why` quotes: clap's own message would
 /// quote the value, and the secret's must appear in no error.
-#[derive(Clone)]
-struct Checked<T>(fn(&str) -> Result<T, String>);
+struct Checked<T, E>(fn(&str) -> Result<T, E>);
 
-impl<T: Clone + Send + Sync + 'static> TypedValueParser for Checked<T> {
+// Not derived: a derive would require `T: Clone, E: Clone`, and a function pointer is always
+// copied.
+impl<T, E> Clone for Checked<T, E> {
+    fn clone(&self) -> Self {
+        Self(self.0)
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static, E: std::fmt::Display + 'static> TypedValueParser for Checked<T, E> {
     type Value = T;
 
     fn parse_ref(&self, cmd: &Command, arg: Option<&Arg>, value: &OsStr) -> Result<T, clap::Error> {
-        let parsed = value.to_str().map_or_else(|| Err("is not UTF-8".to_owned()), self.0);
-        parsed.map_err(|why| {
-            let name = arg.and_then(Arg::get_long).map(variable).unwrap_or_default();
-            clap::Error::raw(ErrorKind::ValueValidation, format!("{name} is invalid: {why}\n")).with_cmd(cmd)
-        })
+        let why = match value.to_str() {
+            None => ValueError::NotUtf8.to_string(),
+            Some(text) => match (self.0)(text) {
+                Ok(parsed) => return Ok(parsed),
+                Err(e) => e.to_string(),
+            },
+        };
+        let name = arg.and_then(Arg::get_long).map(variable).unwrap_or_default();
+        Err(clap::Error::raw(ErrorKind::ValueValidation, format!("{name} is invalid: {why}\n")).with_cmd(cmd))
     }
+}
+
+/// Why a setting's value is refused: the `<why>` of `LATCHKEY_X is invalid: <why>`. Quotes a
+/// value only where it cannot be a secret.
+#[derive(Debug, thiserror::Error)]
+enum ValueError {
+    #[error("is not UTF-8")]
+    NotUtf8,
+    #[error("{0:?} is not one of {1}")]
+    NotOneOf(String, &'static str),
+    #[error("{0:?} is not host:port")]
+    NotHostPort(String),
+    #[error(transparent)]
+    Url(#[from] crate::domain::validate::UrlError),
+    /// The secret's length only, never the secret.
+    #[error(
+        "an HS256 secret needs at least {MIN_HS256_SECRET_BYTES} bytes (256 bits), this one has {0}; \
+         generate one with `openssl rand -hex 32`"
+    )]
+    ShortSecret(usize),
+    #[error("must be a positive integer")]
+    NotPositive,
+    #[error("must be a non-negative integer")]
+    NotNonNegative,
+    #[error("must be a number of days from 0 to 365")]
+    NotDays,
+    #[error("{0:?} is not true or false")]
+    NotBool(String),
 }
 
 /// The variable of the flag `--long`: `LATCHKEY_` and the name in capitals, `-` as `_`.
@@ -314,74 +353,69 @@ fn variable(long: &str) -> String {
     format!("LATCHKEY_{}", long.to_ascii_uppercase().replace('-', "_"))
 }
 
-fn parse_backend(s: &str) -> Result<BackendKind, String> {
+fn parse_backend(s: &str) -> Result<BackendKind, ValueError> {
     match s {
         "embedded" => Ok(BackendKind::Embedded),
         "aws" => Ok(BackendKind::Aws),
-        other => Err(format!("{other:?} is not one of embedded, aws")),
+        other => Err(ValueError::NotOneOf(other.to_owned(), "embedded, aws")),
     }
 }
 
-fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse().map_err(|_| format!("{s:?} is not host:port"))
+fn parse_addr(s: &str) -> Result<SocketAddr, ValueError> {
+    s.parse().map_err(|_| ValueError::NotHostPort(s.to_owned()))
 }
 
-fn parse_public_url(s: &str) -> Result<String, String> {
-    crate::domain::validate::check_secure_url(s).map_err(|e| e.to_string())?;
+fn parse_public_url(s: &str) -> Result<String, ValueError> {
+    crate::domain::validate::check_secure_url(s)?;
     Ok(s.trim_end_matches('/').to_owned())
 }
 
-fn parse_jwt_secret(s: &str) -> Result<SecretString, String> {
+fn parse_jwt_secret(s: &str) -> Result<SecretString, ValueError> {
     if s.len() < MIN_HS256_SECRET_BYTES {
-        return Err(format!(
-            "an HS256 secret needs at least {MIN_HS256_SECRET_BYTES} bytes (256 bits), this one has {}; \
-             generate one with `openssl rand -hex 32`",
-            s.len()
-        ));
+        return Err(ValueError::ShortSecret(s.len()));
     }
     Ok(SecretString::from(s.to_owned()))
 }
 
-fn parse_trimmed(s: &str) -> Result<String, String> {
+fn parse_trimmed(s: &str) -> Result<String, std::convert::Infallible> {
     Ok(s.trim().to_owned())
 }
 
-fn parse_lookup_auth(s: &str) -> Result<LookupAuth, String> {
+fn parse_lookup_auth(s: &str) -> Result<LookupAuth, ValueError> {
     match s {
         "iam" => Ok(LookupAuth::Iam),
         "token" => Ok(LookupAuth::Token),
-        other => Err(format!("{other:?} is not one of iam, token")),
+        other => Err(ValueError::NotOneOf(other.to_owned(), "iam, token")),
     }
 }
 
-fn parse_positive_secs(s: &str) -> Result<Duration, String> {
-    s.parse::<u64>().ok().filter(|n| *n > 0).map(Duration::from_secs).ok_or_else(|| "must be a positive integer".into())
+fn parse_positive_secs(s: &str) -> Result<Duration, ValueError> {
+    s.parse::<u64>().ok().filter(|n| *n > 0).map(Duration::from_secs).ok_or(ValueError::NotPositive)
 }
 
-fn parse_secs(s: &str) -> Result<Duration, String> {
-    s.parse::<u64>().map(Duration::from_secs).map_err(|_| "must be a non-negative integer".into())
+fn parse_secs(s: &str) -> Result<Duration, ValueError> {
+    s.parse::<u64>().map(Duration::from_secs).map_err(|_| ValueError::NotNonNegative)
 }
 
 /// A decimal number of days, `0..=365`, as a duration (whole milliseconds).
-fn parse_days(s: &str) -> Result<Duration, String> {
+fn parse_days(s: &str) -> Result<Duration, ValueError> {
     let days = s.trim().parse::<f64>().ok().filter(|d| (0.0..=365.0).contains(d));
-    days.map(|d| Duration::from_millis((d * 86_400_000.0).round() as u64))
-        .ok_or_else(|| "must be a number of days from 0 to 365".into())
+    days.map(|d| Duration::from_millis((d * 86_400_000.0).round() as u64)).ok_or(ValueError::NotDays)
 }
 
-fn parse_bool(s: &str) -> Result<bool, String> {
+fn parse_bool(s: &str) -> Result<bool, ValueError> {
     match s {
         "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),
-        other => Err(format!("{other:?} is not true or false")),
+        other => Err(ValueError::NotBool(other.to_owned())),
     }
 }
 
-fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+fn parse_log_format(s: &str) -> Result<LogFormat, ValueError> {
     match s {
         "text" => Ok(LogFormat::Text),
         "json" => Ok(LogFormat::Json),
-        other => Err(format!("{other:?} is not one of text, json")),
+        other => Err(ValueError::NotOneOf(other.to_owned(), "text, json")),
     }
 }
 

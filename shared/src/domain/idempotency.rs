@@ -24,18 +24,30 @@ pub const CLAIM_LEASE: Duration = Duration::seconds(60);
 /// Longest key, in characters.
 pub const MAX_KEY_LEN: usize = 255;
 
+/// Why an `Idempotency-Key` header is refused; `Display` is the 400 problem's detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IdempotencyKeyError {
+    #[error("Idempotency-Key must be 1 to 255 characters")]
+    Length,
+    #[error("Idempotency-Key must be printable ASCII")]
+    NotPrintable,
+}
+
 /// The value of an `Idempotency-Key` header: 1-255 printable ASCII characters (space to `~`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
-    /// Parses a header value; `Err` says what is wrong.
-    pub fn parse(raw: &[u8]) -> Result<Self, &'static str> {
+    /// Parses a header value.
+    ///
+    /// # Errors
+    /// [`IdempotencyKeyError`]: what is wrong.
+    pub fn parse(raw: &[u8]) -> Result<Self, IdempotencyKeyError> {
         if raw.is_empty() || raw.len() > MAX_KEY_LEN {
-            return Err("Idempotency-Key must be 1 to 255 characters");
+            return Err(IdempotencyKeyError::Length);
         }
         if !raw.iter().all(|b| (0x20..=0x7e).contains(b)) {
-            return Err("Idempotency-Key must be printable ASCII");
+            return Err(IdempotencyKeyError::NotPrintable);
         }
         // Every byte is ASCII, so this is valid UTF-8.
         Ok(Self(raw.iter().map(|&b| char::from(b)).collect()))
@@ -161,8 +173,14 @@ mod tests {
     fn keys_are_1_to_255_printable_ascii() {
         assert_eq!(IdempotencyKey::parse(b"order-42 retry").unwrap().as_str(), "order-42 retry");
         assert!(IdempotencyKey::parse(&[b'k'; 255]).is_ok());
-        for bad in [&b""[..], &[b'k'; 256], b"tab\there", "caf\u{e9}".as_bytes(), b"nul\0"] {
-            assert!(IdempotencyKey::parse(bad).is_err(), "{bad:?}");
+        for (bad, why) in [
+            (&b""[..], IdempotencyKeyError::Length),
+            (&[b'k'; 256][..], IdempotencyKeyError::Length),
+            (&b"tab\there"[..], IdempotencyKeyError::NotPrintable),
+            ("caf\u{e9}".as_bytes(), IdempotencyKeyError::NotPrintable),
+            (&b"nul\0"[..], IdempotencyKeyError::NotPrintable),
+        ] {
+            assert_eq!(IdempotencyKey::parse(bad), Err(why), "{bad:?}");
         }
     }
 

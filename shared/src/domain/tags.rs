@@ -129,6 +129,18 @@ impl TagChanges {
     }
 }
 
+/// Why a `tag=` filter does not parse; `Display` is the message of a problem naming the `tag`
+/// parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TagFilterError {
+    #[error("must be key:value")]
+    NoColon,
+    #[error("the key must be 1-64 characters of a-z, 0-9, '_', '.', '-'")]
+    BadKey,
+    #[error("the value must be at most 256 characters")]
+    ValueTooLong,
+}
+
 /// One `tag=key:value` condition of a listing: the connection has tag `key` with exactly
 /// `value`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,14 +151,17 @@ pub struct TagFilter {
 
 impl TagFilter {
     /// Parses `key:value` (split at the first `:`, so values may contain `:`; the value may be
-    /// empty). `Err` says what is wrong, for a problem naming the `tag` parameter.
-    pub fn parse(s: &str) -> Result<Self, &'static str> {
-        let (key, value) = s.split_once(':').ok_or("must be key:value")?;
+    /// empty).
+    ///
+    /// # Errors
+    /// [`TagFilterError`]: what is wrong, for a problem naming the `tag` parameter.
+    pub fn parse(s: &str) -> Result<Self, TagFilterError> {
+        let (key, value) = s.split_once(':').ok_or(TagFilterError::NoColon)?;
         if !valid_key(key) {
-            return Err("the key must be 1-64 characters of a-z, 0-9, '_', '.', '-'");
+            return Err(TagFilterError::BadKey);
         }
         if value.chars().count() > MAX_VALUE_CHARS {
-            return Err("the value must be at most 256 characters");
+            return Err(TagFilterError::ValueTooLong);
         }
         Ok(Self { key: key.to_owned(), value: value.to_owned() })
     }
@@ -224,9 +239,17 @@ mod tests {
             TagFilter { key: "url".into(), value: "https://x".into() }
         );
         assert_eq!(TagFilter::parse("env:").unwrap().value, "");
-        for bad in ["env", ":prod", "Env:prod", ""] {
-            assert!(TagFilter::parse(bad).is_err(), "{bad}");
+        for (bad, why) in [
+            ("env", TagFilterError::NoColon),
+            ("", TagFilterError::NoColon),
+            (":prod", TagFilterError::BadKey),
+            ("Env:prod", TagFilterError::BadKey),
+        ] {
+            assert_eq!(TagFilter::parse(bad), Err(why), "{bad}");
         }
+        let long = format!("env:{}", "v".repeat(MAX_VALUE_CHARS + 1));
+        assert_eq!(TagFilter::parse(&long), Err(TagFilterError::ValueTooLong));
+        assert_eq!(TagFilterError::NoColon.to_string(), "must be key:value");
         let f = TagFilter::parse("env:prod").unwrap();
         assert!(f.matches(&Tags::from([("env".into(), "prod".into())])));
         assert!(!f.matches(&Tags::from([("env".into(), "dev".into())])));

@@ -29,7 +29,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::validate::{FieldError, check_secure_url};
+use super::validate::{FieldError, UrlError, check_secure_url};
 
 /// The template name of an OAuth connection's access token.
 pub const ACCESS_TOKEN: &str = "access_token";
@@ -317,8 +317,8 @@ impl Verify {
         if placeholders > MAX_PLACEHOLDERS {
             errors.push(FieldError::new("verify", format!("at most {MAX_PLACEHOLDERS} templates")));
         }
-        if let Err(msg) = check_url_template(&self.url) {
-            errors.push(FieldError::new("verify.url", msg));
+        if let Err(e) = check_url_template(&self.url) {
+            errors.push(FieldError::new("verify.url", e.to_string()));
         }
         if self.headers.len() > MAX_HEADERS {
             errors.push(FieldError::new("verify.headers", format!("at most {MAX_HEADERS} headers")));
@@ -497,16 +497,34 @@ fn valid_header_name(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// Why a `verify.url` template is refused; `Display` is the field message.
+#[derive(Debug, thiserror::Error)]
+enum UrlTemplateError {
+    #[error("must be at most {MAX_URL} bytes")]
+    TooLong,
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// The template with a sample in each placeholder is not a URL Latchkey may call.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    #[error("templates may appear only in the path and query")]
+    InOrigin,
+    #[error("must not hold user info (send credentials in a header)")]
+    UserInfo,
+    #[error("must not have a fragment")]
+    Fragment,
+}
+
 /// The template with every placeholder replaced by `sample`, parsed.
-fn sample_url(template: &str, sample: &str) -> Result<url::Url, String> {
+fn sample_url(template: &str, sample: &str) -> Result<url::Url, UrlTemplateError> {
     let mut s = String::new();
-    for p in pieces(template).map_err(|e| e.to_string())? {
+    for p in pieces(template)? {
         match p {
             Piece::Text(t) => s.push_str(t),
             Piece::Name(_) => s.push_str(sample),
         }
     }
-    check_secure_url(&s).map_err(|e| e.to_string())
+    Ok(check_secure_url(&s)?)
 }
 
 fn same_origin(a: &url::Url, b: &url::Url) -> bool {
@@ -519,20 +537,20 @@ fn same_origin(a: &url::Url, b: &url::Url) -> bool {
 
 /// The URL policy of provider endpoints (https, or http on loopback), with templates only in
 /// path and query: two different samples must give one origin, no user info, no fragment.
-fn check_url_template(template: &str) -> Result<(), String> {
+fn check_url_template(template: &str) -> Result<(), UrlTemplateError> {
     if template.len() > MAX_URL {
-        return Err(format!("must be at most {MAX_URL} bytes"));
+        return Err(UrlTemplateError::TooLong);
     }
     let a = sample_url(template, "x")?;
     let b = sample_url(template, "0")?;
     if !same_origin(&a, &b) {
-        return Err("templates may appear only in the path and query".to_owned());
+        return Err(UrlTemplateError::InOrigin);
     }
     if !a.username().is_empty() || a.password().is_some() {
-        return Err("must not hold user info (send credentials in a header)".to_owned());
+        return Err(UrlTemplateError::UserInfo);
     }
     if template.contains('#') {
-        return Err("must not have a fragment".to_owned());
+        return Err(UrlTemplateError::Fragment);
     }
     Ok(())
 }
@@ -634,6 +652,23 @@ mod tests {
         ] {
             assert_eq!(verify(json!({"method": "GET", "url": url})).is_ok(), ok, "{url}");
         }
+    }
+
+    #[test]
+    fn a_refused_url_template_says_why() {
+        use UrlTemplateError as E;
+        let long = format!("https://a.example/{}", "x".repeat(MAX_URL));
+        assert!(matches!(check_url_template(&long), Err(E::TooLong)));
+        assert!(matches!(check_url_template("https://a.example/{{apiKey"), Err(E::Template(TemplateError::Unclosed))));
+        assert!(matches!(check_url_template("http://api.acme.com/me"), Err(E::Url(UrlError::NotSecure))));
+        assert!(matches!(check_url_template("{{account}}/me"), Err(E::Url(UrlError::NotAbsolute))));
+        assert!(matches!(check_url_template("https://{{account}}.acme.com/me"), Err(E::InOrigin)));
+        assert!(matches!(check_url_template("https://user:pw@api.acme.com/me"), Err(E::UserInfo)));
+        assert!(matches!(check_url_template("https://api.acme.com/me#{{apiKey}}"), Err(E::Fragment)));
+        // The field message is the reason's, the wrapped ones' unchanged.
+        let errs = verify(json!({"method": "GET", "url": "http://api.acme.com/me"})).unwrap_err();
+        assert_eq!(errs[0].message, UrlError::NotSecure.to_string());
+        assert_eq!(E::TooLong.to_string(), "must be at most 2048 bytes");
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub fn key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Problem> {
     if values.next().is_some() {
         return Err(Problem::malformed("send one Idempotency-Key header"));
     }
-    IdempotencyKey::parse(first.as_bytes()).map(Some).map_err(Problem::malformed)
+    IdempotencyKey::parse(first.as_bytes()).map(Some).map_err(|e| Problem::malformed(e.to_string()))
 }
 
 impl From<IdempotencyError> for Problem {

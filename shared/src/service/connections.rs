@@ -341,7 +341,7 @@ impl Service {
         for s in &q.tag {
             match TagFilter::parse(s) {
                 Ok(f) => filter.tags.push(f),
-                Err(e) => errors.push(FieldError::new("tag", e)),
+                Err(e) => errors.push(FieldError::new("tag", e.to_string())),
             }
         }
         if !errors.is_empty() {
