@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use secrecy::SecretString;
 use serde::Serialize;
 use serde_json::Value;
@@ -263,24 +264,21 @@ impl Service {
     pub(crate) async fn schedule_verification(&self, def: &Definition) {
         let filter = ConnectionFilter { definition: Some(def.key.clone()), ..Default::default() };
         let spread = self.verify_policy().interval.mul_f64(0.1);
-        let mut cursor = None;
-        loop {
-            let page = match self.store.list_connections(&def.org, &filter, super::MAX_PAGE, cursor.as_ref()).await {
-                Ok(page) => page,
+        let mut all = std::pin::pin!(super::walk::connections(self.store.as_ref(), &def.org, &filter));
+        while let Some(found) = all.next().await {
+            let c = match found {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(org = %def.org, definition = %def.key, error = %e, "scheduling verification failed");
                     return;
                 }
             };
-            for c in page.items.iter().filter(|c| c.verify.due_at.is_none()) {
-                let at = self.clock.now() + spread.mul_f64(rand::random_range(0.0..1.0));
-                if let Err(e) = self.write_verify_state(c, |next| next.verify.due_at = Some(at)).await {
-                    tracing::warn!(org = %c.org, connection_id = %c.id, error = %e, "scheduling a verification failed");
-                }
+            if c.verify.due_at.is_some() {
+                continue;
             }
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => return,
+            let at = self.clock.now() + spread.mul_f64(rand::random_range(0.0..1.0));
+            if let Err(e) = self.write_verify_state(&c, |next| next.verify.due_at = Some(at)).await {
+                tracing::warn!(org = %c.org, connection_id = %c.id, error = %e, "scheduling a verification failed");
             }
         }
     }
