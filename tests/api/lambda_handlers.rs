@@ -431,6 +431,7 @@ async fn token_lookup_serves_the_selector_sample() {
     let gone = latchkey::lambda::handle_lookup(service, sample).await.unwrap_err();
     assert_eq!(gone.error_type, "ConnectionNotFound");
 }
+
 #[tokio::test]
 async fn token_lookup_failures_have_stable_error_types() {
     let api = Api::new();
