@@ -178,8 +178,8 @@ fn the_table_is_the_one_bootstrap_creates_with_production_settings() {
 fn the_built_template_stays_under_cloudformations_inline_limit() {
     const INLINE_LIMIT: usize = 51_200;
     // `sam build` adds about 180 bytes to what `yaml_dump` writes (each function's
-    // `SamResourceId` and built `CodeUri`); the estimate was 26 bytes under `yaml_dump`'s 48,321
-    // (infra/README.md, Size). The rest of the margin is warning room: about five more routes.
+    // `SamResourceId` and built `CodeUri`); the estimate is 26 bytes under `yaml_dump`'s count
+    // (infra/README.md, Size). The rest of the margin is warning room: about four more routes.
     const MARGIN: usize = 1_024;
     let built = built_size();
     assert!(
