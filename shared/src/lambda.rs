@@ -180,7 +180,7 @@ pub async fn handle_lookup_with(
 }
 
 /// The `token-refresh` handler: one sweep per scheduled event, until `deadline`; the summary
-/// `{due, refreshed, failed, skipped, revocations}`. The event's content does not matter (any schedule).
+/// `{due, refreshed, failed, skipped, revocations, verified}`. The event's content does not matter (any schedule).
 pub async fn handle_refresh(service: &Service, deadline: std::time::Instant) -> Result<Value, Diagnostic> {
     match service.refresh_sweep(deadline).await {
         Ok(summary) => Ok(serde_json::to_value(summary).unwrap_or_default()),
