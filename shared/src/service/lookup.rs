@@ -260,6 +260,14 @@ impl Service {
     /// lookup's error.
     async fn token_expired(&self, c: Connection) -> ServiceError {
         let error = self.refusal_error(Refusal::TokenExpired, None, "");
+        self.turn_red_expired(c, error).await
+    }
+
+    /// Turns `c` red with `error` (a `token_expired` state: an access token nothing renews, or
+    /// a lapsed refresh token), logged and announced once, and returns the lookup's error, the
+    /// `token-expired` problem. A connection renewed, reconfigured or already red meanwhile is
+    /// left as the write that won made it.
+    pub(crate) async fn turn_red_expired(&self, c: Connection, error: StatusError) -> ServiceError {
         let mut current = c;
         let mut races = Races::default();
         loop {
@@ -274,8 +282,7 @@ impl Service {
                 Err(StoreError::Conflict) => break,
                 Err(e) => return e.into(),
             }
-            // Redone only on the same dead token: a connection renewed, reconfigured or already
-            // red meanwhile is left as the write that won made it.
+            // Redone only on the same dead token.
             match self.store.get_connection(&current.org, &current.id).await {
                 Ok(Some(latest)) if latest.status != Status::Error && latest.oauth == current.oauth => current = latest,
                 _ => break,

@@ -81,28 +81,7 @@ impl Service {
     /// `token-expired` problem. No provider is called.
     pub(crate) async fn refresh_token_lapsed(&self, c: Connection, at: OffsetDateTime) -> ServiceError {
         let error = self.lapsed_error(at);
-        let mut current = c;
-        let mut races = Races::default();
-        loop {
-            let red = current.turned_red(error.clone());
-            match self.store.update_connection(&red, current.version).await {
-                Ok(()) => {
-                    self.log(&red, LogType::RefreshFailed, format!("{}: {}", error.code, error.message)).await;
-                    self.emit(Event::about(EventType::ConnectionError, &red)).await;
-                    break;
-                }
-                Err(StoreError::Conflict) if races.lost().is_ok() => {}
-                Err(StoreError::Conflict) => break,
-                Err(e) => return e.into(),
-            }
-            // Redone only while the same lapsed token is there: a connection reconnected or
-            // already red meanwhile is left as the write that won made it.
-            match self.store.get_connection(&current.org, &current.id).await {
-                Ok(Some(latest)) if latest.status != Status::Error && latest.oauth == current.oauth => current = latest,
-                _ => break,
-            }
-        }
-        ServiceError::Unusable(Unusable::TokenExpired)
+        self.turn_red_expired(c, error).await
     }
 
     /// The lookup's check: `Some(at)` when `c`'s refresh token has lapsed.
