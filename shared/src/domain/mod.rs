@@ -31,7 +31,8 @@ pub use selector::{Selector, Tier};
 pub use tags::{TagFilter, Tags};
 pub use validate::FieldError;
 pub use verify::{
-    ACCESS_TOKEN, RenderError, TemplateError, Verdict, Verify, VerifyMethod, VerifyRequest, VerifyState, verify_from_json,
+    ACCESS_TOKEN, RenderError, TemplateError, Verdict, Verify, VerifyMethod, VerifyRequest, VerifyState,
+    verify_from_json,
 };
 
 #[cfg(test)]

@@ -303,14 +303,18 @@ mod tests {
 
     #[test]
     fn a_refresh_token_lifetime_is_taken_with_a_refresh_token_and_never_lapsed() {
-        let t = imported_tokens(&json!({"access_token": "a", "refresh_token": "r", "refresh_token_expires_in": 86_400}), now())
-            .map_err(|e| format!("{e:?}"))
-            .unwrap();
+        let t = imported_tokens(
+            &json!({"access_token": "a", "refresh_token": "r", "refresh_token_expires_in": 86_400}),
+            now(),
+        )
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
         assert_eq!(t.refresh_expiry, ImportedExpiry::In(86_400));
         let at = "2026-09-01T12:00:00Z";
-        let t = imported_tokens(&json!({"access_token": "a", "refresh_token": "r", "refresh_token_expires_at": at}), now())
-            .map_err(|e| format!("{e:?}"))
-            .unwrap();
+        let t =
+            imported_tokens(&json!({"access_token": "a", "refresh_token": "r", "refresh_token_expires_at": at}), now())
+                .map_err(|e| format!("{e:?}"))
+                .unwrap();
         assert_eq!(t.refresh_expiry, ImportedExpiry::At(OffsetDateTime::parse(at, &Rfc3339).unwrap()));
         let unknown = imported_tokens(&json!({"access_token": "a", "refresh_token": "r"}), now()).ok().unwrap();
         assert_eq!(unknown.refresh_expiry, ImportedExpiry::Unknown);
@@ -319,14 +323,21 @@ mod tests {
             v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
             fields(v)
         };
-        assert_eq!(rt(json!({"refresh_token_expires_at": "2026-05-01T00:00:00Z"})), ["tokens.refresh_token_expires_at"]);
+        assert_eq!(
+            rt(json!({"refresh_token_expires_at": "2026-05-01T00:00:00Z"})),
+            ["tokens.refresh_token_expires_at"]
+        );
         assert_eq!(rt(json!({"refresh_token_expires_at": "soon"})), ["tokens.refresh_token_expires_at"]);
         assert_eq!(rt(json!({"refresh_token_expires_in": 0})), ["tokens.refresh_token_expires_in"]);
         assert_eq!(
             rt(json!({"refresh_token_expires_in": 5, "refresh_token_expires_at": "2026-09-01T12:00:00Z"})),
             ["tokens"]
         );
-        assert_eq!(fields(json!({"access_token": "a", "refresh_token_expires_in": 60})), ["tokens"], "no refresh token");
+        assert_eq!(
+            fields(json!({"access_token": "a", "refresh_token_expires_in": 60})),
+            ["tokens"],
+            "no refresh token"
+        );
     }
 
     #[test]
