@@ -131,7 +131,7 @@ mod tests {
     }
 
     #[test]
-    fn api_key_and_basic_entries_have_inputs_and_a_verify_request() {
+    fn api_key_and_basic_entries_have_inputs_and_a_verify_request_or_say_why_not() {
         for p in providers().iter().filter(|p| !p.auth.is_oauth()) {
             assert!(matches!(p.auth, AuthKind::ApiKey | AuthKind::Basic), "{}: auth", p.key);
             assert!(
@@ -149,7 +149,13 @@ mod tests {
                 p.key
             );
             assert!(p.inputs.values().any(|i| i.kind == InputType::Password), "{}: a secret input", p.key);
-            let verify = p.verify.as_ref().unwrap_or_else(|| panic!("{}: verify", p.key));
+            let Some(verify) = p.verify.as_ref() else {
+                // A verify request that refuses some valid keys is worse than none (a 422 at
+                // create): an entry without one says why.
+                let why = p.description.as_deref().unwrap_or_default();
+                assert!(why.starts_with("No verify request: "), "{}: verify, or a description why not", p.key);
+                continue;
+            };
             assert_eq!(p.auth == AuthKind::Basic, verify.basic.is_some(), "{}: basic auth is verify.basic", p.key);
             let used = verify.names();
             for name in p.inputs.keys() {
@@ -188,6 +194,61 @@ mod tests {
                     panic!("{}: the oauth block is one a definition could carry: {e:?}", p.key);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn entries_on_a_regional_host_name_their_region() {
+        // Keys work only on their own site or region: one entry each, labelled with it.
+        let regions: [(&str, &[(&str, &str, &str)]); 3] = [
+            (
+                "datadog",
+                &[
+                    ("datadog", "US1", "api.datadoghq.com"),
+                    ("datadog-us3", "US3", "api.us3.datadoghq.com"),
+                    ("datadog-us5", "US5", "api.us5.datadoghq.com"),
+                    ("datadog-eu", "EU1", "api.datadoghq.eu"),
+                    ("datadog-ap1", "AP1", "api.ap1.datadoghq.com"),
+                ],
+            ),
+            ("posthog", &[("posthog", "US", "us.posthog.com"), ("posthog-eu", "EU", "eu.posthog.com")]),
+            ("honeycomb", &[("honeycomb", "US", "api.honeycomb.io"), ("honeycomb-eu", "EU", "api.eu1.honeycomb.io")]),
+        ];
+        for (family, entries) in regions {
+            let listed: BTreeSet<&str> =
+                providers().iter().map(|p| p.key.as_str()).filter(|k| k.split('-').next() == Some(family)).collect();
+            let expected: BTreeSet<&str> = entries.iter().map(|(key, _, _)| *key).collect();
+            assert_eq!(listed, expected, "{family}: one entry per region");
+            for (key, region, host) in entries {
+                let p = provider(key).unwrap_or_else(|| panic!("{key}"));
+                assert!(p.name.contains(&format!("({region}")), "{key}: the name says {region}: {}", p.name);
+                let why = p.description.as_deref().unwrap_or_default();
+                assert!(why.contains(region), "{key}: the description names {region}: {why}");
+                let verify = p.verify.as_ref().unwrap_or_else(|| panic!("{key}: verify"));
+                let url = url::Url::parse(&verify.url).unwrap_or_else(|e| panic!("{key}: {e}"));
+                assert_eq!(url.host_str(), Some(*host), "{key}: the region's host");
+            }
+        }
+    }
+
+    #[test]
+    fn revocation_urls_are_rfc_7009_endpoints() {
+        // A revokeUrl gets a form POST of token=...; endpoints taking DELETE, a JSON body or
+        // no token (Zendesk's tokens/current.json, Stripe's deauthorize, Dropbox's RPC, Notion's
+        // and Intuit's JSON) would fail every time: such entries have none and say why.
+        for p in providers() {
+            if let Some(url) = &p.revoke_url {
+                let path = url::Url::parse(&filled(url, &p.url_params)).expect("parsed above").path().to_owned();
+                for wrong in [".json", "deauthorize", "/2/auth/token/revoke"] {
+                    assert!(!path.contains(wrong), "{}: {url} is no RFC 7009 endpoint", p.key);
+                }
+            }
+        }
+        for key in ["zendesk", "stripe", "dropbox", "notion", "quickbooks"] {
+            let p = provider(key).unwrap_or_else(|| panic!("{key}"));
+            assert!(p.revoke_url.is_none(), "{key}: no revokeUrl");
+            let why = p.description.as_deref().unwrap_or_default();
+            assert!(why.starts_with("No revokeUrl: "), "{key}: says why: {why}");
         }
     }
 

@@ -36,7 +36,10 @@ async fn providers_are_filtered_by_auth_kind_and_the_kinds_partition_the_catalog
         for p in items {
             assert!(seen.insert(p["key"].as_str().unwrap().to_owned()), "{p}: in one kind only");
             if kind == "api_key" || kind == "basic" {
-                assert!(p["verify"]["url"].as_str().is_some_and(|u| u.starts_with("https://")), "{p}");
+                // A verify request, or a description of why none accepts every valid key.
+                let verified = p["verify"]["url"].as_str().is_some_and(|u| u.starts_with("https://"));
+                let why = p["description"].as_str().is_some_and(|d| d.starts_with("No verify request: "));
+                assert!(verified != why, "{p}");
                 assert!(p["inputs"].as_object().is_some_and(|i| !i.is_empty()), "{p}");
                 assert!(p.get("token_url").is_none(), "{p}: no OAuth member");
             } else if kind != "custom" {
@@ -65,21 +68,22 @@ async fn a_definition_naming_an_api_key_provider_gets_its_inputs_and_verify_requ
     let app = TestApp::spawn().await;
     let org = app.token(ORG, None, &[]).await;
     let listed = app.get("/v1/providers?auth=api_key", &org).await;
-    let openai = listed.body["items"]
+    let anthropic = listed.body["items"]
         .as_array()
-        .and_then(|items| items.iter().find(|p| p["key"] == "openai"))
+        .and_then(|items| items.iter().find(|p| p["key"] == "anthropic"))
         .cloned()
-        .expect("openai is an api_key provider");
+        .expect("anthropic is an api_key provider");
+    assert!(anthropic["verify"]["url"].is_string(), "{anthropic}");
 
-    let def = app.put_definition(&org, "llm", &json!({"label": "OpenAI", "provider": "openai"})).await;
+    let def = app.put_definition(&org, "llm", &json!({"label": "Anthropic", "provider": "anthropic"})).await;
     def.assert_status(StatusCode::CREATED);
     assert_eq!(def.body["auth"], "api_key", "auth comes from the provider");
-    assert_eq!(def.body["verify"], openai["verify"], "the catalog's verify request");
+    assert_eq!(def.body["verify"], anthropic["verify"], "the catalog's verify request");
     let input = &def.body["inputs"]["apiKey"];
     assert_eq!((input["type"].as_str(), input["required"].as_bool()), (Some("password"), Some(true)), "{input}");
 
     // The organization's own input of that name wins, and `verify: null` turns checking off.
-    let own = json!({"provider": "openai", "verify": null,
+    let own = json!({"provider": "anthropic", "verify": null,
                      "inputs": {"apiKey": {"label": "Project key", "type": "password", "required": false}}});
     let replaced = app.put_definition(&org, "llm", &own).await;
     replaced.assert_status(StatusCode::OK);
@@ -91,6 +95,29 @@ async fn a_definition_naming_an_api_key_provider_gets_its_inputs_and_verify_requ
     let unknown = app.create_connection(&customer, &json!({"definition": "llm", "values": {"token": "x"}})).await;
     unknown.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(unknown.error_fields(), ["values.token"]);
+}
+
+#[tokio::test]
+async fn an_entry_without_a_verify_request_says_why_and_its_connections_are_stored_unchecked() {
+    let app = TestApp::spawn().await;
+    let org = app.token(ORG, None, &[]).await;
+    let listed = app.get("/v1/providers?auth=api_key", &org).await;
+    let openai = listed.body["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|p| p["key"] == "openai"))
+        .cloned()
+        .expect("openai is an api_key provider");
+    assert!(openai.get("verify").is_none(), "{openai}");
+    assert!(openai["description"].as_str().is_some_and(|d| d.contains("restricted")), "{openai}");
+
+    let def = app.put_definition(&org, "llm", &json!({"provider": "openai"})).await;
+    def.assert_status(StatusCode::CREATED);
+    assert!(def.body.get("verify").is_none_or(Value::is_null), "{}", def.body);
+    // No provider is called: the connection is stored as given.
+    let customer = app.token(ORG, Some("c-1"), &[]).await;
+    let created =
+        app.create_connection(&customer, &json!({"definition": "llm", "values": {"apiKey": "sk-proj-x"}})).await;
+    created.assert_status(StatusCode::CREATED);
 }
 
 #[tokio::test]

@@ -125,6 +125,10 @@ pub struct Provider {
     pub verify: Option<Verify>,
     /// The public documentation these facts come from (https).
     pub docs_url: String,
+    /// A note for whoever picks the entry: which region or site it is for, or why it has no
+    /// `verify` request or no revocation URL (one sentence or two, plain text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
