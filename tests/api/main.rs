@@ -24,6 +24,7 @@ mod reconnect;
 mod refresh;
 mod revoke;
 mod rt_lifetime;
+mod rt_warning;
 mod security;
 mod selector;
 mod serve;

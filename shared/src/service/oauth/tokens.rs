@@ -9,6 +9,7 @@ use backon::Retryable;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use subtle::ConstantTimeEq;
 
 use super::super::retry::{Races, unavailable_retries};
 use super::super::{Result, Service, ServiceError, Unusable};
@@ -43,6 +44,14 @@ impl TokenSecrets {
     pub fn refresh_token(&self) -> Option<SecretString> {
         self.refresh_token.clone().map(SecretString::from)
     }
+}
+
+/// Whether `secrets` hold `refresh_token`, compared in constant time (the held one is a secret).
+fn holds(secrets: &TokenSecrets, refresh_token: &SecretString) -> bool {
+    secrets
+        .refresh_token
+        .as_ref()
+        .is_some_and(|held| bool::from(held.as_bytes().ct_eq(refresh_token.expose_secret().as_bytes())))
 }
 
 /// What a new token answer takes from the tokens a connection had.
@@ -171,8 +180,9 @@ impl Service {
             None => (status, None),
         };
         // `Refresh Token Expiring` is armed for a refresh token with a new lifetime (a new one,
-        // or one imported or reconnected with its lifetime); a kept one keeps its state, so the
-        // warning fires once per refresh token.
+        // or one imported or reconnected with its lifetime); a kept one (absent from the answer,
+        // or the same one sent back) keeps its lapse time and so its state: the warning fires
+        // once per refresh token.
         let kept = c.oauth.as_ref().and_then(|t| t.refresh_token_expires_at);
         let rt_warn_at = match tokens.refresh_token_expires_at {
             None => None,
@@ -217,7 +227,8 @@ impl Service {
     ///
     /// The refresh token's lapse time: a refresh token in the answer lives for the answer's
     /// stated lifetime, else the definition's `oauth.refresh_token_lifetime_secs`, from now (a
-    /// rotated refresh token restarts its lifetime); a kept one keeps the lapse time it had.
+    /// rotated refresh token restarts its lifetime); a kept one (absent from the answer, or the
+    /// same one sent back) keeps the lapse time it had.
     async fn seal_answer(
         &self,
         c: &Connection,
@@ -254,10 +265,15 @@ impl Service {
             .unwrap_or_else(|| refreshed.map_or_else(|| settings.scopes.clone(), |(tokens, _)| tokens.scopes.clone()));
         let (refresh, refresh_token_expires_at) = match &answer.refresh_token {
             Some(r) => {
+                // The same refresh token sent back (LinkedIn states its remaining lifetime,
+                // counting down) is a kept one: it keeps its lapse time, and so its warning state.
+                let held = kept_refresh.filter(|(_, s)| holds(s, r)).and_then(|(t, _)| t.refresh_token_expires_at);
                 let lifetime = answer.refresh_token_expires_in.or(settings.quirks.refresh_token_lifetime_secs);
-                let lapse = lifetime
-                    .and_then(|secs| i64::try_from(secs).ok())
-                    .and_then(|secs| now.checked_add(time::Duration::seconds(secs)));
+                let lapse = held.or_else(|| {
+                    lifetime
+                        .and_then(|secs| i64::try_from(secs).ok())
+                        .and_then(|secs| now.checked_add(time::Duration::seconds(secs)))
+                });
                 (Some(r.expose_secret().to_owned()), lapse)
             }
             None => match kept_refresh {
