@@ -200,7 +200,9 @@ mod tests {
     #[test]
     fn entries_on_a_regional_host_name_their_region() {
         // Keys work only on their own site or region: one entry each, labelled with it.
-        let regions: [(&str, &[(&str, &str, &str)]); 3] = [
+        /// An entry's key, the region its name and description give, its verify host.
+        type Region = (&'static str, &'static str, &'static str);
+        let regions: [(&str, &[Region]); 3] = [
             (
                 "datadog",
                 &[
