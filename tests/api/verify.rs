@@ -33,6 +33,16 @@ struct ProviderState {
     mode: Mode,
     /// The `Authorization` header and `account` query of every request, in order.
     seen: Vec<(String, Option<String>)>,
+    /// While set, each request is held before it is answered: `arrived` is notified when one
+    /// is, and it is answered once the test notifies `release`.
+    hold: Option<Hold>,
+}
+
+/// A provider's answer held until the test lets it go ([`Provider::hold`]).
+#[derive(Debug, Clone)]
+struct Hold {
+    arrived: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Notify>,
 }
 
 /// A provider's "who am I" endpoint on loopback: `GET /v1/me?account=..` with
@@ -45,16 +55,28 @@ struct Provider {
 
 impl Provider {
     async fn start(accepted: &str) -> Self {
-        let state =
-            Arc::new(Mutex::new(ProviderState { accepted: accepted.to_owned(), mode: Mode::Normal, seen: Vec::new() }));
+        let state = Arc::new(Mutex::new(ProviderState {
+            accepted: accepted.to_owned(),
+            mode: Mode::Normal,
+            seen: Vec::new(),
+            hold: None,
+        }));
         async fn me(
             State(state): State<Arc<Mutex<ProviderState>>>,
             Query(q): Query<std::collections::HashMap<String, String>>,
             headers: HeaderMap,
         ) -> (AxumStatus, &'static str) {
             let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-            let mut s = state.lock().unwrap();
-            s.seen.push((auth.clone(), q.get("account").cloned()));
+            let hold = {
+                let mut s = state.lock().unwrap();
+                s.seen.push((auth.clone(), q.get("account").cloned()));
+                s.hold.clone()
+            };
+            if let Some(hold) = hold {
+                hold.arrived.notify_one();
+                hold.release.notified().await;
+            }
+            let s = state.lock().unwrap();
             match s.mode {
                 Mode::Down => (AxumStatus::SERVICE_UNAVAILABLE, "maintenance"),
                 Mode::Normal if auth == format!("Bearer {}", s.accepted) => (AxumStatus::OK, r#"{"id":"me"}"#),
@@ -76,6 +98,15 @@ impl Provider {
 
     fn set_mode(&self, mode: Mode) {
         self.state.lock().unwrap().mode = mode;
+    }
+
+    /// From now on every request waits for the test: the returned [`Hold`] says when one
+    /// arrived and lets it be answered.
+    fn hold(&self) -> Hold {
+        let hold =
+            Hold { arrived: Arc::new(tokio::sync::Notify::new()), release: Arc::new(tokio::sync::Notify::new()) };
+        self.state.lock().unwrap().hold = Some(hold.clone());
+        hold
     }
 
     fn requests(&self) -> usize {
@@ -223,6 +254,23 @@ async fn create_while_the_provider_cannot_answer_is_502_and_stores_nothing() {
     assert_eq!(count_connections(&app).await, 0);
 }
 
+/// The per-origin breaker holds back only the sweep: once the provider answers again, a
+/// create goes through at once, however many failed before.
+#[tokio::test]
+async fn a_create_after_an_outage_is_not_held_back_by_the_breaker() {
+    let provider = Provider::start("k").await;
+    let app = TestApp::spawn().await;
+    define(&app, "acme", &definition(&provider.base)).await;
+    provider.set_mode(Mode::Down);
+    for _ in 0..5 {
+        create(&app, "acme", "k").await.assert_problem(StatusCode::BAD_GATEWAY);
+    }
+    provider.set_mode(Mode::Normal);
+    let before = provider.requests();
+    create(&app, "acme", "k").await.assert_status(StatusCode::CREATED);
+    assert_eq!(provider.requests(), before + 1, "the create's check reached the provider");
+}
+
 #[tokio::test]
 async fn a_patch_with_a_refused_key_keeps_the_old_values() {
     let old = key();
@@ -328,6 +376,39 @@ async fn the_periodic_check_turns_a_revoked_key_red() {
     app.sweeps_run(2).await;
     assert_eq!(provider.requests(), after_red, "no more requests for a red connection");
     assert!(!app.logs().contains(&good));
+}
+
+/// A verification answered after the connection changed is not applied to it: a slow 401
+/// that outlives a disconnect leaves the connection disconnected, not red, and announces
+/// nothing.
+#[tokio::test]
+async fn a_refusal_that_arrives_after_a_disconnect_is_not_applied() {
+    let good = key();
+    let provider = Provider::start(&good).await;
+    let app = TestApp::spawn_binary(&Backend::fresh().await, &random_secret()).await;
+    define(&app, "acme", &definition(&provider.base)).await;
+    let id = create(&app, "acme", &good).await.body["id"].as_str().unwrap().to_owned();
+    let org = app.token(ORG, None, &[]).await;
+
+    provider.accept_only("someone-revoked-the-key");
+    let hold = provider.hold();
+    let disconnect_meanwhile = async {
+        hold.arrived.notified().await;
+        let path = format!("/v1/connections/{id}/disconnect");
+        app.request(Method::POST, &path, Some(&org), None).await.assert_status(StatusCode::OK);
+        hold.release.notify_one();
+    };
+    let (answer, ()) = tokio::join!(verify_now(&app, &org, &id), disconnect_meanwhile);
+    answer.assert_status(StatusCode::OK);
+    assert_eq!(answer.body["status"], 401, "the provider's answer is still reported: {}", answer.text);
+
+    let conn = app.get_connection(&org, &id).await;
+    assert_eq!(conn.body["status"], "disconnected", "{}", conn.text);
+    assert!(conn.body["error"].is_null(), "{}", conn.text);
+    assert!(!log_types(&app, &id).await.contains(&"verify_failed".to_owned()), "no result written");
+    if !aws_backend() {
+        assert!(!app.logs().contains("Connection Error"), "no event for a result that was not applied");
+    }
 }
 
 /// Connections created before their definition had a verify request are scheduled when it

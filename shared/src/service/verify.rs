@@ -22,8 +22,16 @@
 //! # Not hammering a provider
 //! [`VerifyGate`] bounds the verify requests in flight in this process, and keeps per origin
 //! the transient failures in a row: after [`VerifyPolicy::breaker_threshold`] of them the
-//! origin is left alone for a backoff, and due connections of that origin are postponed
-//! without a request.
+//! origin is left alone for a backoff (doubling, at most [`BREAKER_MAX_BACKOFF`]), and the
+//! sweep's due connections of that origin are postponed without a request. When the backoff
+//! has elapsed one request goes through as a probe (the others wait for its answer). Only the
+//! sweep is held back: a check someone asked for (create, values PATCH, on demand) always goes.
+//!
+//! # A result for the credentials it checked
+//! A verification takes time; a result is written only to a connection that still holds the
+//! credentials that were sent (same sealed values and tokens, same generation) and is still
+//! `configured` or `active` (or, for an accepting answer, red `credentials_rejected`). A
+//! connection disconnected, reconfigured or renewed meanwhile is left as it is.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -48,6 +56,9 @@ use crate::provider::{ApiMethod, ApiRequest, Reach};
 
 /// The `error.code` of a connection whose credentials the provider refused.
 pub const CREDENTIALS_REJECTED: &str = "credentials_rejected";
+
+/// The longest an origin's breaker stays open before a probe may go (5 minutes).
+pub const BREAKER_MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// How verification is scheduled and bounded.
 #[derive(Debug)]
@@ -118,7 +129,25 @@ impl VerifyGate {
             origins: Mutex::new(HashMap::new()),
             threshold: policy.breaker_threshold.max(1),
             base_backoff: policy.base_backoff,
-            max_backoff: policy.interval.max(policy.base_backoff),
+            max_backoff: BREAKER_MAX_BACKOFF.min(policy.interval).max(policy.base_backoff),
+        }
+    }
+
+    /// Whether a periodic request to `origin` may go at `now`: not while its breaker is open.
+    /// Once the backoff has elapsed this lets one request through as a probe and holds the
+    /// others back for another backoff, until [`Self::record`] hears how the probe went.
+    fn admit(&self, origin: &str, now: OffsetDateTime) -> bool {
+        let mut origins = self.origins();
+        let Some(state) = origins.get_mut(origin) else {
+            return true;
+        };
+        match state.open_until {
+            Some(t) if t > now => false,
+            Some(_) => {
+                state.open_until = Some(now + self.max_backoff);
+                true
+            }
+            None => true,
         }
     }
 
@@ -127,6 +156,7 @@ impl VerifyGate {
     }
 
     /// When requests to `origin` may go again, if it is backing off at `now`.
+    #[cfg(test)]
     fn open_until(&self, origin: &str, now: OffsetDateTime) -> Option<OffsetDateTime> {
         self.origins().get(origin).and_then(|s| s.open_until).filter(|t| *t > now)
     }
@@ -189,10 +219,16 @@ impl Service {
         &self.options.verify
     }
 
-    /// Sends `verify` rendered with `value`, through the gate. A template naming a value the
+    /// Sends `verify` rendered with `value`, through the gate: the in-flight limit always, the
+    /// origin's breaker only when `periodic` (the sweep's checks). A template naming a value the
     /// connection lacks, or a value that cannot go into a header, is the caller's to fix: a
     /// validation error naming `values.{name}`.
-    async fn send_verify(&self, verify: &Verify, value: impl Fn(&str) -> Option<SecretString>) -> Result<Checked> {
+    async fn send_verify(
+        &self,
+        verify: &Verify,
+        value: impl Fn(&str) -> Option<SecretString>,
+        periodic: bool,
+    ) -> Result<Checked> {
         let rendered = verify.render(value).map_err(|e| match e {
             RenderError::Missing(ref name) | RenderError::ControlCharacter(ref name) => {
                 ServiceError::Invalid(vec![FieldError::new(format!("values.{name}"), e.to_string())])
@@ -205,7 +241,7 @@ impl Service {
         })?;
         let origin = rendered.url.origin().ascii_serialization();
         let now = self.clock.now();
-        if self.verify_gate.open_until(&origin, now).is_some() {
+        if periodic && !self.verify_gate.admit(&origin, now) {
             return Ok(Checked::Unavailable("origin_backing_off"));
         }
         let allow_loopback = self.allow_loopback_providers();
@@ -277,7 +313,11 @@ impl Service {
                 continue;
             }
             let at = self.clock.now() + spread.mul_f64(rand::random_range(0.0..1.0));
-            if let Err(e) = self.write_verify_state(&c, |next| next.verify.due_at = Some(at)).await {
+            let scheduled = self.write_verify_state(&c, |next| {
+                next.verify.due_at = Some(at);
+                true
+            });
+            if let Err(e) = scheduled.await {
                 tracing::warn!(org = %c.org, connection_id = %c.id, error = %e, "scheduling a verification failed");
             }
         }
@@ -309,7 +349,7 @@ impl Service {
             return Ok(());
         }
         let defaults = self.definition_defaults(def).await?;
-        match self.send_verify(verify, template_source(defaults, values, None)).await? {
+        match self.send_verify(verify, template_source(defaults, values, None), false).await? {
             Checked::Answered(status, Verdict::Accepted) => {
                 conn.verify = VerifyState {
                     due_at: Some(self.next_verify_at()),
@@ -337,15 +377,22 @@ impl Service {
         self.clock.now() + every - every.mul_f64(rand::random_range(0.0..0.1))
     }
 
-    /// Verifies a stored connection with its current values and access token.
-    async fn verify_stored(&self, c: &Connection, def: &Definition, verify: &Verify) -> Result<Checked> {
+    /// Verifies a stored connection with its current values and access token (`periodic`: a
+    /// sweep's check, held back by the origin's breaker).
+    async fn verify_stored(
+        &self,
+        c: &Connection,
+        def: &Definition,
+        verify: &Verify,
+        periodic: bool,
+    ) -> Result<Checked> {
         let own = Values { plain: c.values.clone(), secret: self.open_secrets(c).await? };
         let access_token = self.open_tokens(c).await?.map(|t| SecretString::from(t.access_token));
         if def.auth.is_oauth() && access_token.is_none() && verify.names().contains(&ACCESS_TOKEN) {
             return Err(ServiceError::Unusable(super::Unusable::Pending));
         }
         let defaults = self.definition_defaults(def).await?;
-        self.send_verify(verify, template_source(defaults, &own, access_token)).await
+        self.send_verify(verify, template_source(defaults, &own, access_token), periodic).await
     }
 
     /// `POST /v1/connections/{id}/verify`: sends the definition's verify request now
@@ -366,7 +413,7 @@ impl Service {
         if matches!(c.status, Status::Pending | Status::Disconnected) {
             return Err(ServiceError::Unusable(super::Unusable::of(c.status).unwrap_or(super::Unusable::Error)));
         }
-        let checked = self.verify_stored(&c, &def, verify).await?;
+        let checked = self.verify_stored(&c, &def, verify, false).await?;
         let done = self.record_verification(&c, checked).await?;
         match checked {
             Checked::Answered(status, Verdict::Unavailable) => {
@@ -401,9 +448,14 @@ impl Service {
         let def = self.definition_of(&c).await?;
         let Some(verify) = &def.verify else {
             // The definition lost its verify request: out of the schedule.
-            return self.write_verify_state(&c, |base| base.verify.due_at = None).await;
+            return self
+                .write_verify_state(&c, |base| {
+                    base.verify.due_at = None;
+                    true
+                })
+                .await;
         };
-        let checked = match self.verify_stored(&c, &def, verify).await {
+        let checked = match self.verify_stored(&c, &def, verify, true).await {
             Ok(checked) => checked,
             // Values it cannot be verified with (an input left unset): like an unexpected
             // answer, tried again after the backoff, never turned red for it.
@@ -434,6 +486,9 @@ impl Service {
             }
         };
         let apply = |base: &mut Connection| {
+            if !applies(c, base) {
+                return false;
+            }
             base.verify.checked_at = Some(now);
             match checked {
                 Checked::Answered(status, Verdict::Accepted) => {
@@ -474,28 +529,50 @@ impl Service {
                         Some(now + jittered(exponential(policy.base_backoff, policy.interval, base.verify.failures)));
                 }
             }
+            true
         };
-        let was_red = c.status == Status::Error;
-        let done = self.write_verify_state(c, apply).await?;
+        let before = self.write_verify_state_seen(c, apply).await?;
+        let Some((was, done)) = before else {
+            // The connection changed while the provider was asked: the result is not its own.
+            let current = self.store.get_connection(&c.org, &c.id).await?.ok_or(ServiceError::NotFound)?;
+            tracing::info!(org = %c.org, connection_id = %c.id, "a verification result for credentials replaced meanwhile is dropped");
+            return Ok(current);
+        };
         self.log(&done, kind, message).await;
-        if done.status == Status::Error && !was_red {
+        if done.status == Status::Error && was.status != Status::Error {
             tracing::info!(org = %done.org, connection_id = %done.id, "credentials rejected by the provider");
             self.emit(Event::about(EventType::ConnectionError, &done)).await;
         }
         Ok(done)
     }
 
-    /// Applies `apply` to the latest record and writes it, redone on a lost race.
-    async fn write_verify_state(&self, c: &Connection, apply: impl Fn(&mut Connection)) -> Result<Connection> {
+    /// Applies `apply` to the latest record and writes it, redone on a lost race; when `apply`
+    /// says `false` nothing is written and the latest record is returned.
+    async fn write_verify_state(&self, c: &Connection, apply: impl Fn(&mut Connection) -> bool) -> Result<Connection> {
+        Ok(match self.write_verify_state_seen(c, apply).await? {
+            Some((_, done)) => done,
+            None => self.store.get_connection(&c.org, &c.id).await?.ok_or(ServiceError::NotFound)?,
+        })
+    }
+
+    /// [`Self::write_verify_state`], returning the record `apply` changed and what it became,
+    /// or `None` when `apply` declined the latest record.
+    async fn write_verify_state_seen(
+        &self,
+        c: &Connection,
+        apply: impl Fn(&mut Connection) -> bool,
+    ) -> Result<Option<(Connection, Connection)>> {
         let mut races = Races::default();
         let mut current = c.clone();
         loop {
             let mut next = current.clone();
-            apply(&mut next);
+            if !apply(&mut next) {
+                return Ok(None);
+            }
             next.version = current.version + 1;
             next.updated_at = self.clock.now();
             match self.store.update_connection(&next, current.version).await {
-                Ok(()) => return Ok(next),
+                Ok(()) => return Ok(Some((current, next))),
                 Err(StoreError::Conflict) => {
                     races.lost()?;
                     current = self.store.get_connection(&c.org, &c.id).await?.ok_or(ServiceError::NotFound)?;
@@ -503,6 +580,30 @@ impl Service {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+}
+
+/// Whether `latest` still holds the credentials `checked` was verified with: the same values,
+/// the same sealed secrets and tokens (compared sealed, never opened), the same generation.
+fn same_credentials(checked: &Connection, latest: &Connection) -> bool {
+    checked.generation == latest.generation
+        && checked.values == latest.values
+        && checked.secrets == latest.secrets
+        && checked.oauth.as_ref().map(|t| &t.sealed) == latest.oauth.as_ref().map(|t| &t.sealed)
+}
+
+/// Whether a verification of `checked` may be written to `latest`: the same credentials, and a
+/// state the result speaks to (`configured`/`active`, or red `credentials_rejected`, which an
+/// accepting answer turns back).
+fn applies(checked: &Connection, latest: &Connection) -> bool {
+    if !same_credentials(checked, latest) {
+        return false;
+    }
+    match latest.status {
+        Status::Configured | Status::Active => true,
+        // Red for this very reason: an accepting answer turns it back, any other is recorded.
+        Status::Error => latest.error.as_ref().is_some_and(|e| e.code == CREDENTIALS_REJECTED),
+        Status::Pending | Status::Disconnected => false,
     }
 }
 
@@ -535,10 +636,38 @@ mod tests {
         for _ in 0..20 {
             gate.record(origin, true, t0);
         }
-        assert_eq!(gate.open_until(origin, t0), Some(t0 + Duration::from_secs(3_600)), "at most the interval");
-        assert_eq!(gate.open_until(origin, t0 + Duration::from_secs(3_600)), None, "open again after it");
+        let cap = Duration::from_secs(300);
+        assert_eq!(gate.open_until(origin, t0), Some(t0 + cap), "at most a few minutes, not the interval");
+        assert!(!gate.admit(origin, t0 + cap - Duration::from_secs(1)), "held back while open");
+        assert_eq!(gate.open_until(origin, t0 + cap), None, "open again after it");
         gate.record(origin, false, t0);
         assert_eq!(gate.open_until(origin, t0), None, "an answer resets it");
+    }
+
+    #[test]
+    fn after_the_backoff_one_probe_goes_and_its_answer_decides() {
+        let gate = VerifyGate::new(&VerifyPolicy { interval: Duration::from_secs(86_400), ..policy() });
+        let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let origin = "https://api.acme.com";
+        for _ in 0..30 {
+            gate.record(origin, true, t0);
+        }
+        let cap = Duration::from_secs(300);
+        assert_eq!(gate.open_until(origin, t0), Some(t0 + cap), "a day's interval still waits 5 minutes at most");
+        let later = t0 + cap;
+        assert!(gate.admit(origin, later), "the probe goes");
+        assert!(!gate.admit(origin, later), "the others wait for it");
+        assert!(!gate.admit(origin, later + Duration::from_secs(60)));
+        // The probe failed: open again for the capped backoff, then another single probe.
+        gate.record(origin, true, later);
+        assert!(!gate.admit(origin, later + Duration::from_secs(1)));
+        let again = later + cap;
+        assert!(gate.admit(origin, again));
+        assert!(!gate.admit(origin, again));
+        // The probe was answered: closed, everything goes.
+        gate.record(origin, false, again);
+        assert!(gate.admit(origin, again) && gate.admit(origin, again));
+        assert!(gate.admit("https://other.example", t0), "another origin was never held back");
     }
 
     #[tokio::test]
