@@ -11,7 +11,9 @@ use support::oauth::{MockServer, OidcServer, pkce_s256, pkce_verifier, query_par
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::harness::{Backend, TestApp, contains_bytes, eventually, random_hex, random_secret};
+use latchkey::service::ServiceOptions;
+
+use crate::harness::{Backend, ShiftedClock, TestApp, contains_bytes, eventually, random_hex, random_secret};
 
 const ORG: &str = "acme";
 /// A redirect URI registered at oidc-provider; the test reads the code from the redirect and
@@ -359,4 +361,41 @@ async fn bad_imports_are_refused_and_create_nothing() {
 
     let listed = app.list_connections(&org, "").await;
     assert_eq!(listed.body["items"], json!([]), "nothing was created: {}", listed.text);
+}
+
+/// The daily refresh of a token imported without a lifetime, on the service's own clock moved
+/// forward (in process, embedded store): a sweep right after the import refreshes nothing; a day
+/// later one sweep refreshes it exactly once, and another sweep right away does not again (the
+/// answer states no lifetime either: never a storm); a day after that it is refreshed again.
+/// Counted as token requests at the mock provider.
+#[tokio::test]
+async fn an_import_without_expiry_is_refreshed_once_a_day_on_a_moved_clock() {
+    use latchkey::domain::{OrgId, Principal};
+
+    let dir = tempfile::tempdir().unwrap();
+    let options = ServiceOptions { public_url: Some("http://127.0.0.1:9".to_owned()), ..ServiceOptions::default() };
+    let clock = std::sync::Arc::new(ShiftedClock::default());
+    let app = latchkey::config::Components::embedded_with_clock(dir.path(), options, clock.clone()).unwrap();
+    let mock =
+        MockServer::start(json!({"rewrites": [{"grant_type": "refresh_token", "set": {"expires_in": null}}]})).await;
+    let p = Principal::organization(OrgId::parse(ORG).unwrap());
+    let def = oauth_definition(mock.authorize_endpoint(), mock.token_endpoint(), ("cid", "cs"), json!({}));
+    app.service.put_definition(&p, "mock", &def).await.unwrap();
+    let body = json!({"definition": "mock", "customer": "c-1",
+        "tokens": {"access_token": "at-daily", "refresh_token": "rt-daily"}});
+    app.service.create_connection(&p, &body).await.unwrap();
+    let sweep = || async {
+        let summary = app.service.refresh_sweep(std::time::Instant::now() + Duration::from_secs(30)).await.unwrap();
+        assert_eq!(summary.failed, 0, "{summary:?}");
+        refreshes(&mock.stats().await)
+    };
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    assert_eq!(sweep().await, 0, "not refreshed at once");
+    clock.advance(DAY);
+    assert_eq!(sweep().await, 1, "due within a day: one refresh");
+    assert_eq!(sweep().await, 1, "the refreshed token is not due again at once");
+    clock.advance(DAY);
+    assert_eq!(sweep().await, 2, "and the next day, once more");
+    assert_eq!(sweep().await, 2, "never a storm");
 }
