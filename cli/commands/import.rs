@@ -8,6 +8,7 @@ use clap::Args;
 use futures_util::StreamExt;
 use latchkey_client::{Client, Error as ClientError, NewConnection};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use super::{Failure, Remote};
 
@@ -100,9 +101,45 @@ pub async fn run(args: Import) -> Result<(), Failure> {
 async fn import_one(client: &Client, record: Record) -> Outcome {
     let result = match record.parsed {
         Err(why) => Err(why),
-        Ok(body) => client.create_connection(&body).await.map(|c| c.id).map_err(|e| describe(&e)),
+        Ok(body) => client
+            .create_connection_idempotent(&body, &idempotency_key(&record.at, &body))
+            .await
+            .map(|c| c.id)
+            .map_err(|e| describe(&e)),
     };
     Outcome { at: record.at, result }
+}
+
+/// The `Idempotency-Key` of the record at `at` (`line 3`): `import-` and the hex SHA-256 of
+/// its place and of whom it is for (definition, customer, scope, instance_id, label), each
+/// length-prefixed. Running the same file again within the server's 24 h therefore answers
+/// the connections already made instead of creating them twice; two records of one file never
+/// share a key (their places differ). Values and tokens are left out on purpose: the server
+/// keeps a hash of the key in clear, and a hash of a record's secrets would let a reader of its
+/// table test guesses of a weak one. A record at the same place for the same definition and
+/// customer with other contents is refused (422, the key was used with another body).
+fn idempotency_key(at: &str, record: &NewConnection) -> String {
+    let parts = [
+        Some(at),
+        Some(record.definition.as_str()),
+        record.customer.as_deref(),
+        record.scope.as_deref(),
+        record.instance_id.as_deref(),
+        record.label.as_deref(),
+    ];
+    let mut h = Sha256::new();
+    for part in parts {
+        // Absent and empty differ: a marker byte, then the length and the bytes.
+        match part {
+            None => h.update([0]),
+            Some(p) => {
+                h.update([1]);
+                h.update((p.len() as u64).to_be_bytes());
+                h.update(p.as_bytes());
+            }
+        }
+    }
+    format!("import-{}", hex::encode(h.finalize()))
 }
 
 /// A failure in Latchkey's words (they never carry a secret), with each invalid field.
@@ -195,6 +232,21 @@ mod tests {
         let wrong_type = records[3].parsed.as_ref().err().unwrap();
         assert!(wrong_type.contains("tokens.access_token: invalid type, expected"), "names the member: {wrong_type}");
         assert!(!wrong_type.contains("42"), "{wrong_type}");
+    }
+
+    #[test]
+    fn the_idempotency_key_follows_the_place_and_the_owner_never_the_secrets() {
+        let record = |text: &str| serde_json::from_str::<NewConnection>(text).unwrap();
+        let plain = record(r#"{"definition":"a","customer":"c","tokens":{"access_token":"at-1"}}"#);
+        let key = idempotency_key("line 1", &plain);
+        assert!(key.starts_with("import-") && key.len() == 7 + 64, "{key}");
+        assert_eq!(key, idempotency_key("line 1", &plain), "the same record again: the same key");
+        let other_tokens = record(r#"{"definition":"a","customer":"c","tokens":{"access_token":"at-2"}}"#);
+        assert_eq!(key, idempotency_key("line 1", &other_tokens), "secrets are not in the key");
+        assert_ne!(key, idempotency_key("line 2", &plain), "another place");
+        assert_ne!(key, idempotency_key("line 1", &record(r#"{"definition":"a","customer":"d"}"#)));
+        let labelled = record(r#"{"definition":"a","customer":"c","label":""}"#);
+        assert_ne!(key, idempotency_key("line 1", &labelled), "an empty label is not no label");
     }
 
     #[test]

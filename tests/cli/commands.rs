@@ -1,7 +1,9 @@
 //! The commands that talk to a Latchkey API (`definitions`, `connections`, `lookup`, `import`)
 //! end to end against a real `latchkey serve` (embedded backend).
 
-use latchkey_client::NewConnection;
+use std::collections::BTreeMap;
+
+use latchkey_client::{ConnectionFilter, NewConnection};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
@@ -129,6 +131,37 @@ async fn import_creates_each_record_and_reports_failures_by_line_with_their_prob
     let run = server.run_with_stdin(&org, &["import", "-"], Some(&array.to_string())).await;
     assert_eq!(run.code, Some(1), "{run:#?}");
     assert!(run.stderr.contains("imported 1 of 2") && run.stderr.contains("record 2: "), "{run:#?}");
+}
+
+/// Each record carries an `Idempotency-Key` of its place and owner: a re-run of the same file
+/// (after a timeout, say) answers the connections already made and creates none again.
+#[tokio::test(flavor = "multi_thread")]
+async fn importing_the_same_file_twice_creates_each_connection_once() {
+    let server = Server::start().await;
+    let org = server.token("acme", &[]).await;
+    server.run(&org, &["definitions", "apply", "-f", &server.write("defs.yaml", ACME)]).await.ok();
+    // Two records for one customer and definition, told apart by their lines only.
+    let lines = [
+        json!({"definition": "acme-api", "customer": "c-1", "values": {"apiKey": "sk_canary_1"}}).to_string(),
+        json!({"definition": "acme-api", "customer": "c-1", "values": {"apiKey": "sk_canary_2"}}).to_string(),
+        json!({"definition": "acme-api", "customer": "c-2", "values": {"apiKey": "sk_canary_3"}}).to_string(),
+    ];
+    let file = server.write("import.jsonl", &lines.join("\n"));
+    let ids = |run: &Run| -> BTreeMap<String, String> {
+        run.stdout
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line"))
+            .map(|v| (v["at"].as_str().unwrap().to_owned(), v["connection_id"].as_str().unwrap().to_owned()))
+            .collect()
+    };
+    let first = server.run(&org, &["import", &file]).await;
+    first.ok();
+    let second = server.run(&org, &["import", &file, "--concurrency", "1"]).await;
+    second.ok();
+    assert_eq!(ids(&first).len(), 3, "{first:#?}");
+    assert_eq!(ids(&first), ids(&second), "the same connections answered again");
+    let listed = server.client(&org).list_connections(&ConnectionFilter::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 3, "each record once: {:?}", listed.items);
 }
 
 #[tokio::test(flavor = "multi_thread")]

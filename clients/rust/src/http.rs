@@ -219,6 +219,26 @@ impl Client {
         Ok(self.send(req, "connection").await?.1)
     }
 
+    /// [`Client::create_connection`] with an `Idempotency-Key` (1-255 printable ASCII
+    /// characters): the same key and body within 24 h answer the first connection again and
+    /// create nothing, so a retry after a timeout creates no duplicate.
+    ///
+    /// # Errors
+    /// Those of [`Client::create_connection`]; `IdempotencyKeyReused` (422) when the key came
+    /// with another body, `IdempotencyInProgress` (409) while its first request still runs,
+    /// `InvalidRequest` (400) for a key that is not 1-255 printable ASCII characters.
+    pub async fn create_connection_idempotent(
+        &self,
+        connection: &NewConnection,
+        idempotency_key: &str,
+    ) -> Result<Connection, Error> {
+        let req = self
+            .request(Method::POST, &["v1", "connections"])?
+            .header("Idempotency-Key", idempotency_key)
+            .json(connection);
+        Ok(self.send(req, "connection").await?.1)
+    }
+
     /// `GET /v1/definitions/{key}`; `Ok(None)` when there is none.
     ///
     /// # Errors
