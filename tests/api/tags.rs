@@ -4,12 +4,13 @@
 //! filters and paging. `tests/run.sh` runs this module on the aws backend too.
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::moto;
 
-use crate::harness::{Backend, TestApp, random_secret};
+use crate::harness::{Backend, TestApp, random_hex, random_secret};
 
 const ORG: &str = "acme";
 
@@ -187,9 +188,11 @@ async fn connection_events_carry_the_tags() {
     let backend = Backend::fresh_aws().await;
     let endpoint = backend.aws().unwrap().endpoint.clone();
     let config = moto::sdk_config_for(&endpoint).await;
-    let (queue, _rule) = moto::sqs_queue_for_latchkey_events(&config, "default").await;
+    // An organization of its own: the rule on the shared `default` bus matches only its events.
+    let org_id = format!("acme-{}", &random_hex()[..12]);
+    let (queue, _rule) = moto::sqs_queue_for_org_events(&config, "default", &org_id).await;
     let app = TestApp::spawn_with(&backend, &random_secret()).await;
-    let org = app.token(ORG, None, &[]).await;
+    let org = app.token(&org_id, None, &[]).await;
     let def = json!({"auth": "api_key", "inputs": {"apiKey": {"type": "password", "required": true}}});
     app.put_definition(&org, "acme-api", &def).await.assert_status(StatusCode::CREATED);
 
@@ -199,14 +202,12 @@ async fn connection_events_carry_the_tags() {
         .assert_status(StatusCode::OK);
     app.delete_connection(&org, &id).await.assert_status(StatusCode::NO_CONTENT);
 
-    // The default bus is shared with other tests: keep only this connection's events.
-    let mut mine = Vec::new();
-    for _ in 0..5 {
-        let got = moto::receive_all(&config, &queue, 3).await;
+    // Drain until the three connection events are in, or 20 s have passed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut mine: Vec<Value> = Vec::new();
+    while mine.len() < 3 && Instant::now() < deadline {
+        let got = moto::receive_all(&config, &queue, 1).await;
         mine.extend(got.into_iter().filter(|e| e["detail"]["connection_id"] == id.as_str()));
-        if mine.len() >= 3 {
-            break;
-        }
     }
     let seen: Vec<(String, Value)> =
         mine.iter().map(|e| (e["detail-type"].as_str().unwrap().to_owned(), e["detail"]["tags"].clone())).collect();

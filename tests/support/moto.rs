@@ -213,8 +213,23 @@ pub async fn create_kms_key(config: &SdkConfig) -> String {
 /// `(queue_url, rule_name)`; read the events with [`receive_all`].
 ///
 /// Creates `bus` first unless it is `default` or already exists. moto delivers to SQS targets
-/// synchronously within PutEvents, and does not require a queue policy as AWS does.
+/// synchronously within PutEvents, and does not require a queue policy as AWS does. On a bus
+/// other tests publish to (`default`), prefer [`sqs_queue_for_org_events`].
 pub async fn sqs_queue_for_latchkey_events(config: &SdkConfig, bus: &str) -> (String, String) {
+    sqs_queue_for_pattern(config, bus, &serde_json::json!({"source": ["latchkey"]})).await
+}
+
+/// Like [`sqs_queue_for_latchkey_events`], but the rule only matches events whose
+/// `detail.org` is `org`: a test that uses an organization of its own gets only its own events
+/// on a bus shared with concurrent tests.
+pub async fn sqs_queue_for_org_events(config: &SdkConfig, bus: &str, org: &str) -> (String, String) {
+    let pattern = serde_json::json!({"source": ["latchkey"], "detail": {"org": [org]}});
+    sqs_queue_for_pattern(config, bus, &pattern).await
+}
+
+/// Routes the events on `bus` that match the EventBridge `pattern` to a new SQS queue; returns
+/// `(queue_url, rule_name)`.
+async fn sqs_queue_for_pattern(config: &SdkConfig, bus: &str, pattern: &Value) -> (String, String) {
     let sqs = aws_sdk_sqs::Client::new(config);
     let events = aws_sdk_eventbridge::Client::new(config);
 
@@ -251,7 +266,7 @@ pub async fn sqs_queue_for_latchkey_events(config: &SdkConfig, bus: &str) -> (St
         .put_rule()
         .name(&rule_name)
         .event_bus_name(bus)
-        .event_pattern(r#"{"source": ["latchkey"]}"#)
+        .event_pattern(pattern.to_string())
         .send()
         .await
         .expect("eventbridge PutRule");
@@ -269,22 +284,25 @@ pub async fn sqs_queue_for_latchkey_events(config: &SdkConfig, bus: &str) -> (St
 }
 
 /// Receives (and deletes) messages from `queue_url` until at least `expect_at_least` have arrived
-/// or about ten seconds have passed, and returns their bodies parsed as JSON: for an EventBridge
-/// target, envelopes with `source`, `detail-type` and `detail`. Always polls at least once, so
-/// `expect_at_least = 0` collects whatever is already there.
+/// and a receive comes back empty (the queue is drained), or about ten seconds have passed, and
+/// returns their bodies parsed as JSON: for an EventBridge target, envelopes with `source`,
+/// `detail-type` and `detail`. `expect_at_least = 0` collects whatever is already there.
 pub async fn receive_all(config: &SdkConfig, queue_url: &str, expect_at_least: usize) -> Vec<Value> {
     let sqs = aws_sdk_sqs::Client::new(config);
     let deadline = Instant::now() + RECEIVE_TIMEOUT;
     let mut bodies = Vec::new();
     loop {
+        // Long-poll while short of the expectation; once met, only drain what is already there.
+        let wait = if bodies.len() < expect_at_least { 1 } else { 0 };
         let out = sqs
             .receive_message()
             .queue_url(queue_url)
             .max_number_of_messages(10)
-            .wait_time_seconds(1)
+            .wait_time_seconds(wait)
             .send()
             .await
             .expect("sqs ReceiveMessage");
+        let empty = out.messages().is_empty();
         for message in out.messages() {
             let body = message.body().expect("SQS message has a body");
             bodies
@@ -298,7 +316,7 @@ pub async fn receive_all(config: &SdkConfig, queue_url: &str, expect_at_least: u
                     .expect("sqs DeleteMessage");
             }
         }
-        if bodies.len() >= expect_at_least || Instant::now() >= deadline {
+        if (empty && bodies.len() >= expect_at_least) || Instant::now() >= deadline {
             return bodies;
         }
     }
