@@ -17,6 +17,7 @@ use crate::harness::{Backend, TestApp, aws_backend, eventually, random_hex, rand
 
 const ORG: &str = "acme";
 const KEY_PATH: &str = "/v1/me";
+const TOKEN_PATH: &str = "/oauth/token";
 
 /// What the test provider does with the next requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +37,8 @@ struct ProviderState {
     /// While set, each request is held before it is answered: `arrived` is notified when one
     /// is, and it is answered once the test notifies `release`.
     hold: Option<Hold>,
+    /// Access tokens issued by `POST /oauth/token` (a refresh): each one becomes the accepted key.
+    issued: u32,
 }
 
 /// A provider's answer held until the test lets it go ([`Provider::hold`]).
@@ -60,6 +63,7 @@ impl Provider {
             mode: Mode::Normal,
             seen: Vec::new(),
             hold: None,
+            issued: 0,
         }));
         async fn me(
             State(state): State<Arc<Mutex<ProviderState>>>,
@@ -83,7 +87,19 @@ impl Provider {
                 Mode::Normal => (AxumStatus::UNAUTHORIZED, r#"{"error":"invalid key, echo-this-body"}"#),
             }
         }
-        let router = axum::Router::new().route(KEY_PATH, axum::routing::get(me)).with_state(state.clone());
+        /// A token endpoint that refreshes any refresh token: a new access token for an hour,
+        /// which from then on is the one `me` accepts.
+        async fn token(State(state): State<Arc<Mutex<ProviderState>>>) -> axum::Json<Value> {
+            let mut s = state.lock().unwrap();
+            s.issued += 1;
+            s.accepted = format!("fresh-access-{}-{}", s.issued, random_hex());
+            axum::Json(json!({"access_token": s.accepted, "token_type": "Bearer", "expires_in": 3600,
+                              "refresh_token": format!("rt-{}", s.issued)}))
+        }
+        let router = axum::Router::new()
+            .route(KEY_PATH, axum::routing::get(me))
+            .route(TOKEN_PATH, axum::routing::post(token))
+            .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(async move {
@@ -107,6 +123,10 @@ impl Provider {
             Hold { arrived: Arc::new(tokio::sync::Notify::new()), release: Arc::new(tokio::sync::Notify::new()) };
         self.state.lock().unwrap().hold = Some(hold.clone());
         hold
+    }
+
+    fn refreshes(&self) -> u32 {
+        self.state.lock().unwrap().issued
     }
 
     fn requests(&self) -> usize {
@@ -376,6 +396,60 @@ async fn the_periodic_check_turns_a_revoked_key_red() {
     app.sweeps_run(2).await;
     assert_eq!(provider.requests(), after_red, "no more requests for a red connection");
     assert!(!app.logs().contains(&good));
+}
+
+/// An OAuth definition whose token endpoint and verify request are `base`'s.
+fn oauth_definition(base: &str) -> Value {
+    json!({"auth": "oauth2_authorization_code", "inputs": {
+            "authorizeUrl": {"type": "url", "default": format!("{base}/oauth/authorize")},
+            "tokenUrl": {"type": "url", "default": format!("{base}{TOKEN_PATH}")},
+            "clientId": {"type": "string", "default": "client"},
+            "clientSecret": {"type": "password", "default": "client-secret"}},
+        "verify": {"method": "GET", "url": format!("{base}{KEY_PATH}"),
+                   "headers": {"Authorization": "Bearer {{access_token}}"}}})
+}
+
+/// An OAuth connection is verified with a fresh access token: an expired one is refreshed
+/// first, and one the provider refuses is renewed once and tried again, before a refusal
+/// counts. Neither turns the connection red.
+#[tokio::test]
+async fn oauth_connections_are_verified_with_a_fresh_access_token() {
+    let provider = Provider::start("nothing-issued-yet").await;
+    let app = TestApp::spawn().await;
+    define(&app, "idp", &oauth_definition(&provider.base)).await;
+    let org = app.token(ORG, None, &[]).await;
+    let import = |tokens: Value| {
+        let (app, org) = (&app, &org);
+        async move {
+            let created =
+                app.create_connection(org, &json!({"definition": "idp", "customer": "c-1", "tokens": tokens})).await;
+            created.assert_status(StatusCode::CREATED);
+            created.body["id"].as_str().unwrap().to_owned()
+        }
+    };
+
+    let expired = import(json!({"access_token": "stale-access", "refresh_token": "rt-imported",
+                                "expires_at": "2020-01-01T00:00:00Z"}))
+    .await;
+    let before = provider.requests();
+    let answer = verify_now(&app, &org, &expired).await;
+    answer.assert_status(StatusCode::OK);
+    assert_eq!(answer.body["ok"], true, "{}", answer.text);
+    assert_eq!(provider.refreshes(), 1, "refreshed before the check");
+    assert_eq!(provider.requests(), before + 1, "one check, never sent with the stale token");
+    assert!(provider.last_seen().0.starts_with("Bearer fresh-access-1-"), "never the stale token");
+    assert_eq!(app.get_connection(&org, &expired).await.body["status"], "configured");
+
+    // Valid by its expiry, but revoked at the provider: renewed once, then accepted.
+    let revoked = import(json!({"access_token": "revoked-access", "refresh_token": "rt-imported",
+                                "expires_in": 3600}))
+    .await;
+    let answer = verify_now(&app, &org, &revoked).await;
+    assert_eq!(answer.body["ok"], true, "{}", answer.text);
+    assert_eq!(provider.refreshes(), 2, "one refresh after the refusal");
+    let conn = app.get_connection(&org, &revoked).await;
+    assert_eq!(conn.body["status"], "configured", "{}", conn.text);
+    assert!(!app.logs().contains("stale-access") && !app.logs().contains("fresh-access-"));
 }
 
 /// A verification answered after the connection changed is not applied to it: a slow 401

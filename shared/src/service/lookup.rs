@@ -252,13 +252,13 @@ impl Service {
     }
 
     /// Whether `c`'s access token can be renewed: by a refresh token, or by client credentials.
-    fn renewable(&self, c: &Connection) -> bool {
+    pub(crate) fn renewable(&self, c: &Connection) -> bool {
         c.auth == Some(AuthKind::Oauth2ClientCredentials) || c.oauth.as_ref().is_some_and(|t| t.has_refresh_token)
     }
 
     /// Turns `c` red `token_expired` (its token expired and nothing renews it) and returns the
     /// lookup's error.
-    async fn token_expired(&self, c: Connection) -> ServiceError {
+    pub(crate) async fn token_expired(&self, c: Connection) -> ServiceError {
         let error = self.refusal_error(Refusal::TokenExpired, None, "");
         self.turn_red_expired(c, error).await
     }

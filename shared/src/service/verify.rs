@@ -57,6 +57,10 @@ use crate::provider::{ApiMethod, ApiRequest, Reach};
 /// The `error.code` of a connection whose credentials the provider refused.
 pub const CREDENTIALS_REJECTED: &str = "credentials_rejected";
 
+/// How long an OAuth access token must stay valid to be verified with; one expiring sooner is
+/// refreshed first (60 seconds).
+pub const VERIFY_MIN_VALID: Duration = Duration::from_secs(60);
+
 /// The longest an origin's breaker stays open before a probe may go (5 minutes).
 pub const BREAKER_MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -378,14 +382,65 @@ impl Service {
     }
 
     /// Verifies a stored connection with its current values and access token (`periodic`: a
-    /// sweep's check, held back by the origin's breaker).
+    /// sweep's check, held back by the origin's breaker), and returns the record it verified
+    /// with that answer. An OAuth connection's token is made fresh first the way a lookup does
+    /// (refreshed when it expires within [`VERIFY_MIN_VALID`]; one that nothing renews turns
+    /// red `token_expired`), and an access token the provider refuses is renewed once and
+    /// tried again before the refusal counts.
+    ///
+    /// # Errors
+    /// [`ServiceError::Unusable`] for a connection without a usable token (pending, turned red
+    /// meanwhile, `token_expired`), what a refresh fails with, a validation error for a value
+    /// the request needs and lacks.
     async fn verify_stored(
         &self,
         c: &Connection,
         def: &Definition,
         verify: &Verify,
         periodic: bool,
-    ) -> Result<Checked> {
+    ) -> Result<(Connection, Checked)> {
+        if !def.auth.is_oauth() {
+            let checked = self.verify_with(c, def, verify, periodic).await?;
+            return Ok((c.clone(), checked));
+        }
+        let c = self.fresh_for_verify(c.clone()).await?;
+        let checked = self.verify_with(&c, def, verify, periodic).await?;
+        if !matches!(checked, Checked::Answered(_, Verdict::Rejected)) || !verify.names().contains(&ACCESS_TOKEN) {
+            return Ok((c, checked));
+        }
+        match self.renew_refused_token(&c).await? {
+            Some(renewed) if renewed.status != Status::Error => {
+                let again = self.verify_with(&renewed, def, verify, periodic).await?;
+                Ok((renewed, again))
+            }
+            Some(_) => Err(ServiceError::Unusable(super::Unusable::Error)),
+            None => Ok((c, checked)),
+        }
+    }
+
+    /// An OAuth connection with an access token valid for at least [`VERIFY_MIN_VALID`], by
+    /// the lookup's rules (a lapsed refresh token or an expired token nothing renews: red
+    /// `token_expired`).
+    async fn fresh_for_verify(&self, c: Connection) -> Result<Connection> {
+        if let Some(at) = self.refresh_token_lapse(&c) {
+            return Err(self.refresh_token_lapsed(c, at).await);
+        }
+        let now = self.clock.now();
+        let min_valid = time::Duration::try_from(VERIFY_MIN_VALID).map_err(ServiceError::unexpected)?;
+        let fresh = c.oauth.as_ref().is_some_and(|t| t.expires_at.is_none_or(|e| e > now + min_valid));
+        let c = if fresh { c } else { self.fresh_for_lookup(c, min_valid).await? };
+        if c.status == Status::Error {
+            return Err(ServiceError::Unusable(super::Unusable::Error));
+        }
+        let expired = c.oauth.as_ref().and_then(|t| t.expires_at).is_some_and(|e| e <= self.clock.now());
+        if expired && !self.renewable(&c) {
+            return Err(self.token_expired(c).await);
+        }
+        Ok(c)
+    }
+
+    /// Sends `verify` with `c`'s values and access token.
+    async fn verify_with(&self, c: &Connection, def: &Definition, verify: &Verify, periodic: bool) -> Result<Checked> {
         let own = Values { plain: c.values.clone(), secret: self.open_secrets(c).await? };
         let access_token = self.open_tokens(c).await?.map(|t| SecretString::from(t.access_token));
         if def.auth.is_oauth() && access_token.is_none() && verify.names().contains(&ACCESS_TOKEN) {
@@ -413,7 +468,7 @@ impl Service {
         if matches!(c.status, Status::Pending | Status::Disconnected) {
             return Err(ServiceError::Unusable(super::Unusable::of(c.status).unwrap_or(super::Unusable::Error)));
         }
-        let checked = self.verify_stored(&c, &def, verify, false).await?;
+        let (c, checked) = self.verify_stored(&c, &def, verify, false).await?;
         let done = self.record_verification(&c, checked).await?;
         match checked {
             Checked::Answered(status, Verdict::Unavailable) => {
@@ -455,11 +510,13 @@ impl Service {
                 })
                 .await;
         };
-        let checked = match self.verify_stored(&c, &def, verify, true).await {
-            Ok(checked) => checked,
-            // Values it cannot be verified with (an input left unset): like an unexpected
-            // answer, tried again after the backoff, never turned red for it.
-            Err(ServiceError::Invalid(_) | ServiceError::Unusable(_)) => Checked::Unavailable("not_verifiable"),
+        let (c, checked) = match self.verify_stored(&c, &def, verify, true).await {
+            Ok(done) => done,
+            // Values it cannot be verified with (an input left unset), or a token it cannot
+            // have now: like an unexpected answer, tried again after the backoff, never turned
+            // red for it (a connection turned red meanwhile is not written: see `applies`).
+            Err(ServiceError::Invalid(_) | ServiceError::Unusable(_)) => (c, Checked::Unavailable("not_verifiable")),
+            Err(ServiceError::Provider(_)) => (c, Checked::Unavailable("token_unavailable")),
             Err(e) => return Err(e),
         };
         self.record_verification(&c, checked).await

@@ -516,6 +516,26 @@ impl Service {
         }
     }
 
+    /// For a verification whose access token the provider refused (SPEC section 10): a new
+    /// token once, refreshed (or fetched, for client credentials) unless another was obtained
+    /// after `c`'s meanwhile. `None` when nothing can renew it or another worker holds the
+    /// lease.
+    ///
+    /// # Errors
+    /// What a refresh fails with (a connection the provider refused turns red there).
+    pub(crate) async fn renew_refused_token(&self, c: &Connection) -> Result<Option<Connection>> {
+        let renewable =
+            c.auth == Some(AuthKind::Oauth2ClientCredentials) || c.oauth.as_ref().is_some_and(|t| t.has_refresh_token);
+        if !renewable {
+            return Ok(None);
+        }
+        let seen = c.oauth.as_ref().map(|t| t.obtained_at);
+        Ok(match self.refresh_connection(&c.org, &c.id, seen, |_, _| true, true).await? {
+            Refreshed::Now(done) | Refreshed::Already(done) => Some(done),
+            Refreshed::Busy => None,
+        })
+    }
+
     /// `POST /v1/connections/{id}/refresh`: refresh now (organization users).
     pub async fn force_refresh(&self, p: &crate::domain::Principal, id: &str) -> Result<super::ConnectionView> {
         if !p.is_organization() {
