@@ -440,16 +440,52 @@ async fn oauth_connections_are_verified_with_a_fresh_access_token() {
     assert!(provider.last_seen().0.starts_with("Bearer fresh-access-1-"), "never the stale token");
     assert_eq!(app.get_connection(&org, &expired).await.body["status"], "configured");
 
-    // Valid by its expiry, but revoked at the provider: renewed once, then accepted.
+    // Valid by its expiry, but revoked at the provider after the import: renewed once, then
+    // accepted.
+    provider.accept_only("revoked-access");
     let revoked = import(json!({"access_token": "revoked-access", "refresh_token": "rt-imported",
                                 "expires_in": 3600}))
     .await;
+    provider.accept_only("someone-revoked-it");
     let answer = verify_now(&app, &org, &revoked).await;
     assert_eq!(answer.body["ok"], true, "{}", answer.text);
     assert_eq!(provider.refreshes(), 2, "one refresh after the refusal");
     let conn = app.get_connection(&org, &revoked).await;
     assert_eq!(conn.body["status"], "configured", "{}", conn.text);
     assert!(!app.logs().contains("stale-access") && !app.logs().contains("fresh-access-"));
+}
+
+/// An imported grant's live access token is checked at create like values: refused, 422
+/// `credentials-rejected`; no answer, 502; nothing stored either way.
+#[tokio::test]
+async fn an_imported_token_the_provider_refuses_is_never_stored() {
+    let provider = Provider::start("the-live-token").await;
+    let app = TestApp::spawn().await;
+    define(&app, "idp", &oauth_definition(&provider.base)).await;
+    let org = app.token(ORG, None, &[]).await;
+    let import = |access_token: &str| {
+        let body = json!({"definition": "idp", "customer": "c-1",
+                          "tokens": {"access_token": access_token, "refresh_token": "rt", "expires_in": 3600}});
+        let (app, org) = (&app, &org);
+        async move { app.create_connection(org, &body).await }
+    };
+
+    let refused = import("a-revoked-token").await;
+    refused.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(refused.problem_type(), "urn:latchkey:problem:credentials-rejected");
+    assert!(!refused.text.contains("a-revoked-token"), "{}", refused.text);
+    assert_eq!(provider.last_seen().0, "Bearer a-revoked-token");
+    provider.set_mode(Mode::Down);
+    let down = import("the-live-token").await;
+    down.assert_problem(StatusCode::BAD_GATEWAY);
+    assert_eq!(down.problem_type(), "urn:latchkey:problem:verification-unavailable");
+    assert_eq!(count_connections(&app).await, 0, "nothing stored");
+
+    provider.set_mode(Mode::Normal);
+    let created = import("the-live-token").await;
+    created.assert_status(StatusCode::CREATED);
+    assert_eq!(created.body["status"], "configured");
+    assert_eq!(provider.refreshes(), 0, "checked with the imported token itself");
 }
 
 /// A verification answered after the connection changed is not applied to it: a slow 401

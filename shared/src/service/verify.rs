@@ -353,7 +353,37 @@ impl Service {
             return Ok(());
         }
         let defaults = self.definition_defaults(def).await?;
-        match self.send_verify(verify, template_source(defaults, values, None), false).await? {
+        let checked = self.send_verify(verify, template_source(defaults, values, None), false).await?;
+        self.connect_time_outcome(conn, checked)
+    }
+
+    /// Connect-time verification of an imported grant (SPEC section 10): its access token (and
+    /// `conn`'s values, sealed already) sent with the definition's verify request, before
+    /// anything is stored, with the outcomes of [`Self::verify_new_values`]. Without a verify
+    /// request nothing happens.
+    ///
+    /// # Errors
+    /// As [`Self::verify_new_values`].
+    pub(crate) async fn verify_imported_token(
+        &self,
+        def: &Definition,
+        conn: &mut Connection,
+        access_token: &SecretString,
+    ) -> Result<()> {
+        let Some(verify) = &def.verify else {
+            return Ok(());
+        };
+        let own = Values { plain: conn.values.clone(), secret: self.open_secrets(conn).await? };
+        let defaults = self.definition_defaults(def).await?;
+        let source = template_source(defaults, &own, Some(access_token.clone()));
+        let checked = self.send_verify(verify, source, false).await?;
+        self.connect_time_outcome(conn, checked)
+    }
+
+    /// What a connect-time check came to: accepted is recorded in `conn.verify` (the next one
+    /// scheduled), anything else an error.
+    fn connect_time_outcome(&self, conn: &mut Connection, checked: Checked) -> Result<()> {
+        match checked {
             Checked::Answered(status, Verdict::Accepted) => {
                 conn.verify = VerifyState {
                     due_at: Some(self.next_verify_at()),

@@ -67,6 +67,12 @@ impl Service {
                 (Some(left.clamp(1, validate::MAX_IMPORT_LIFETIME_SECS)), None)
             }
         };
+        // A live token is checked at the provider first, like values (SPEC section 10): one it
+        // refuses is never stored. An expired one cannot be; the sweep refreshes it at once.
+        let mut conn = conn;
+        if expired_at.is_none() {
+            self.verify_imported_token(def, &mut conn, &imported.access_token).await?;
+        }
         let scopes = imported.scopes.map(|given| given.iter().flat_map(|s| settings.quirks.split_scopes(s)).collect());
         let mut answer = TokenAnswer::imported(
             imported.access_token,
