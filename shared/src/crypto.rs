@@ -63,6 +63,12 @@ impl EncryptionContext {
         Self(BTreeMap::from([("org".to_owned(), org.to_string()), ("connection_id".to_owned(), id.to_string())]))
     }
 
+    /// The context of an organization's sealed values that belong to no connection or
+    /// definition (an idempotency record's request hash).
+    pub fn organization(org: &OrgId) -> Self {
+        Self(BTreeMap::from([("org".to_owned(), org.to_string())]))
+    }
+
     /// The context of a definition's secret defaults.
     pub fn definition(org: &OrgId, key: &DefinitionKey) -> Self {
         Self(BTreeMap::from([("org".to_owned(), org.to_string()), ("definition".to_owned(), key.to_string())]))

@@ -5,6 +5,7 @@
 //! customer and route; malformed keys are 400; neither the key nor the body's secrets are
 //! stored. `tests/run.sh` runs this module on the aws backend too.
 
+use latchkey::domain::idempotency::request_hash;
 use reqwest::StatusCode;
 use reqwest::header::HeaderValue;
 use serde_json::{Value, json};
@@ -93,6 +94,28 @@ async fn a_retry_with_the_same_key_and_body_gets_the_first_response_and_creates_
         assert!(!contains_bytes(bytes, secret.as_bytes()), "the secret is in clear in {place}");
         assert!(!contains_bytes(bytes, k.as_bytes()), "the key is in clear in {place}");
     }
+}
+
+/// The body's hash is stored sealed: a plain SHA-256 of a body with a weak secret (a short
+/// basic-auth password) would let a reader of the store test guesses of it offline. A retry
+/// still opens it and matches.
+#[tokio::test]
+async fn the_stored_record_holds_no_plain_hash_of_the_body() {
+    let (app, org) = setup().await;
+    let k = format!("weak-{}", random_hex());
+    let body = r#"{"definition": "acme-api", "customer": "c-1", "values": {"apiKey": "hunter2"}}"#;
+    let first = post(&app, &org, &[key(&k)], body).await;
+    first.assert_status(StatusCode::CREATED);
+    let plain = request_hash(&serde_json::from_str(body).unwrap());
+    let stored = app.stored_data().await;
+    let id = first.body["id"].as_str().unwrap();
+    assert!(stored.iter().any(|(_, bytes)| contains_bytes(bytes, id.as_bytes())), "the search sees stored data");
+    for (place, bytes) in &stored {
+        assert!(!contains_bytes(bytes, plain.as_bytes()), "the body's plain SHA-256 is in {place}");
+    }
+    let again = post(&app, &org, &[key(&k)], body).await;
+    again.assert_status(StatusCode::CREATED);
+    assert_eq!((again.text.as_str(), again.header("idempotent-replayed")), (first.text.as_str(), Some("true")));
 }
 
 #[tokio::test]

@@ -5,8 +5,10 @@
 //! A record is identified by the SHA-256 of the key scoped by organization, the principal's
 //! customer (if any) and route ([`scoped_id`]), so one route's keys never answer for another's,
 //! nor one customer's for another's. Neither the key nor the request body is stored: only the
-//! SHA-256 of the body's canonical JSON ([`request_hash`]), which may hold secrets, and the
-//! response, which never does (connection reads show `{"set": true}` for secret values).
+//! SHA-256 of the body's canonical JSON ([`request_hash`]), sealed (the body may hold a weak
+//! secret, which a plain hash would let a reader of the store test guesses of), and the
+//! response, which never holds a secret (connection reads show `{"set": true}` for secret
+//! values).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -123,7 +125,9 @@ pub struct IdempotencyRecord {
     pub id: String,
     pub org: OrgId,
     pub route: String,
-    /// [`request_hash`] of the body that claimed the key.
+    /// [`request_hash`] of the body that claimed the key, sealed: the JSON of a
+    /// [`super::Sealed`] under the organization's encryption context
+    /// (`crate::crypto::EncryptionContext::organization`). Opaque to the store.
     pub request_hash: String,
     /// A ULID per claim: only its holder completes or releases the record.
     pub claim: String,

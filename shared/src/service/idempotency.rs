@@ -5,16 +5,23 @@
 //! while the first is still running is told to retry later. A request that fails releases the
 //! key, so a retry after a validation error or an outage runs again.
 //!
+//! The body may hold secrets (a basic-auth password), so its hash is stored sealed like a
+//! connection's values (the envelope, under the organization's context): a plain hash would let
+//! whoever reads the table test guesses of a weak secret. It is opened only to compare, when a
+//! key is sent again.
+//!
 //! Written for any creating route: the route is part of the key's scope ([`routes`]), and the
 //! operation is a closure giving the response to store.
 
 use std::future::Future;
 
 use serde_json::Value;
+use subtle::ConstantTimeEq;
 
 use super::{Service, ServiceError};
+use crate::crypto::EncryptionContext;
 use crate::domain::idempotency::{request_hash, scoped_id};
-use crate::domain::{IdempotencyKey, IdempotencyRecord, Principal, StoredResponse};
+use crate::domain::{IdempotencyKey, IdempotencyRecord, Principal, Sealed, StoredResponse};
 
 /// The routes that take an `Idempotency-Key`, as they scope it.
 pub mod routes {
@@ -63,9 +70,13 @@ impl Service {
     {
         let now = self.clock.now();
         let id = scoped_id(&p.org, p.customer.as_ref(), route, key);
-        let claim = IdempotencyRecord::claim(id, &p.org, route, request_hash(body), now);
+        let hash = request_hash(body);
+        let ctx = EncryptionContext::organization(&p.org);
+        let sealed = self.envelope.seal(&ctx, hash.as_bytes()).await.map_err(ServiceError::from)?;
+        let sealed = serde_json::to_string(&sealed).map_err(ServiceError::unexpected)?;
+        let claim = IdempotencyRecord::claim(id, &p.org, route, sealed, now);
         if let Some(existing) = self.store.claim_idempotency(&claim, now).await.map_err(ServiceError::from)? {
-            if existing.request_hash != claim.request_hash {
+            if !self.same_request(&ctx, &existing.request_hash, &hash).await? {
                 return Err(IdempotencyError::Reused);
             }
             return match existing.response {
@@ -89,5 +100,19 @@ impl Service {
                 Err(e.into())
             }
         }
+    }
+
+    /// Whether `stored` (a record's [`IdempotencyRecord::request_hash`]: sealed under `ctx`) is
+    /// `hash`, compared in constant time. A record written before hashes were sealed holds the
+    /// hex hash itself, compared as is (such records are gone 24 h after an upgrade).
+    ///
+    /// # Errors
+    /// The key service's, when the sealed hash cannot be opened.
+    async fn same_request(&self, ctx: &EncryptionContext, stored: &str, hash: &str) -> Result<bool, ServiceError> {
+        let held = match serde_json::from_str::<Sealed>(stored) {
+            Ok(sealed) => self.envelope.open(ctx, &sealed).await?.to_vec(),
+            Err(_) => stored.as_bytes().to_vec(),
+        };
+        Ok(bool::from(held.ct_eq(hash.as_bytes())))
     }
 }
