@@ -18,6 +18,9 @@ pub const ACME: &str = r#"
     endpoint: {label: Endpoint, type: url, default: "https://api.acme.com"}
 - key: crm
   provider: github
+  # No verify request (the catalog's calls api.github.com, out of reach of the tests): imports
+  # with live tokens would be checked at create.
+  verify: null
   inputs:
     clientId: {label: Client ID, type: string, default: client-1}
 "#;
