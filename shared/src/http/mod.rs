@@ -497,15 +497,23 @@ async fn token_lookup(
     if !p.is_runtime() {
         return Err(Problem::forbidden("token lookup needs the runtime role"));
     }
-    let body = body.unwrap_or_else(|| json!({}));
-    let mut req: LookupRequest = serde_json::from_value(body)
-        // serde's message could quote a value of the body: keep it out of the response.
-        .map_err(|_| {
-            Problem::validation(vec![FieldError::new(
-                "",
-                "expected {connection_id?, min_valid_seconds?, action?, message?} with the right types",
-            )])
-        })?;
+    let mut req = lookup_request(
+        body.unwrap_or_else(|| json!({})),
+        "expected {connection_id?, min_valid_seconds?, action?, message?} with the right types",
+    )?;
+    if req.connection_id.as_deref().is_some_and(|c| c != id) {
+        return Err(Problem::validation(vec![FieldError::new("connection_id", "must match the path")]));
+    }
+    req.connection_id = Some(id);
+    answer_lookup(&s, &p, &req).await
+}
+
+/// A token lookup's HTTP body as the Lambda payload it mirrors, `expected` saying its shape when
+/// it does not parse (serde's own message could quote a value of the body: never sent back).
+/// `org` and `token` are refused: they come from the bearer token.
+fn lookup_request(body: Value, expected: &'static str) -> Result<LookupRequest, Problem> {
+    let req: LookupRequest =
+        serde_json::from_value(body).map_err(|_| Problem::validation(vec![FieldError::new("", expected)]))?;
     if req.org.is_some() {
         return Err(Problem::validation(vec![FieldError::new("org", "comes from the bearer token, not the body")]));
     }
@@ -515,16 +523,17 @@ async fn token_lookup(
             "goes in the Authorization header, not the body",
         )]));
     }
-    if req.connection_id.as_deref().is_some_and(|c| c != id) {
-        return Err(Problem::validation(vec![FieldError::new("connection_id", "must match the path")]));
-    }
-    req.connection_id = Some(id);
+    Ok(req)
+}
+
+/// Runs a parsed token lookup's `action`: the lookup (default) or `report_error`.
+async fn answer_lookup(s: &RouterState, p: &Principal, req: &LookupRequest) -> Result<Response, Problem> {
     match req.action.as_deref() {
         None | Some("lookup") => {
-            Ok(axum::Json(s.service.lookup(&p.org, p.customer.as_ref(), &req).await?).into_response())
+            Ok(axum::Json(s.service.lookup(&p.org, p.customer.as_ref(), req).await?).into_response())
         }
         Some("report_error") => {
-            Ok(axum::Json(s.service.report_error(&p.org, p.customer.as_ref(), &req).await?).into_response())
+            Ok(axum::Json(s.service.report_error(&p.org, p.customer.as_ref(), req).await?).into_response())
         }
         Some(_) => Err(Problem::validation(vec![FieldError::new("action", "must be lookup or report_error")])),
     }

@@ -33,8 +33,8 @@
 //! `configured` or `active` (or, for an accepting answer, red `credentials_rejected`). A
 //! connection disconnected, reconfigured or renewed meanwhile is left as it is.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+mod gate;
+
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -53,6 +53,7 @@ use crate::domain::{
 use crate::ports::{ConnectionFilter, StoreError};
 use crate::provider::destination::{DestinationError, check_literal_destination, check_public_destination};
 use crate::provider::{ApiMethod, ApiRequest, Reach};
+pub(crate) use gate::VerifyGate;
 
 /// The `error.code` of a connection whose credentials the provider refused.
 pub const CREDENTIALS_REJECTED: &str = "credentials_rejected";
@@ -106,80 +107,6 @@ enum Checked {
     /// No answer: the transport's code (`timeout`, `unreachable`...), or `origin_backing_off`
     /// when the gate did not let the request go.
     Unavailable(&'static str),
-}
-
-/// Per-origin failure state of the [`VerifyGate`].
-#[derive(Debug, Default, Clone, Copy)]
-struct OriginState {
-    failures: u32,
-    open_until: Option<OffsetDateTime>,
-}
-
-/// Bounds verify requests: a process-wide limit on those in flight, and a breaker per provider
-/// origin (see the module documentation).
-#[derive(Debug)]
-pub(crate) struct VerifyGate {
-    permits: tokio::sync::Semaphore,
-    origins: Mutex<HashMap<String, OriginState>>,
-    threshold: u32,
-    base_backoff: Duration,
-    max_backoff: Duration,
-}
-
-impl VerifyGate {
-    pub(crate) fn new(policy: &VerifyPolicy) -> Self {
-        Self {
-            permits: tokio::sync::Semaphore::new(policy.concurrency.max(1)),
-            origins: Mutex::new(HashMap::new()),
-            threshold: policy.breaker_threshold.max(1),
-            base_backoff: policy.base_backoff,
-            max_backoff: BREAKER_MAX_BACKOFF.min(policy.interval).max(policy.base_backoff),
-        }
-    }
-
-    /// Whether a periodic request to `origin` may go at `now`: not while its breaker is open.
-    /// Once the backoff has elapsed this lets one request through as a probe and holds the
-    /// others back for another backoff, until [`Self::record`] hears how the probe went.
-    fn admit(&self, origin: &str, now: OffsetDateTime) -> bool {
-        let mut origins = self.origins();
-        let Some(state) = origins.get_mut(origin) else {
-            return true;
-        };
-        match state.open_until {
-            Some(t) if t > now => false,
-            Some(_) => {
-                state.open_until = Some(now + self.max_backoff);
-                true
-            }
-            None => true,
-        }
-    }
-
-    fn origins(&self) -> std::sync::MutexGuard<'_, HashMap<String, OriginState>> {
-        self.origins.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// When requests to `origin` may go again, if it is backing off at `now`.
-    #[cfg(test)]
-    fn open_until(&self, origin: &str, now: OffsetDateTime) -> Option<OffsetDateTime> {
-        self.origins().get(origin).and_then(|s| s.open_until).filter(|t| *t > now)
-    }
-
-    /// Records what a request to `origin` came to: a transient failure counts toward the
-    /// breaker, anything else resets it.
-    fn record(&self, origin: &str, transient: bool, now: OffsetDateTime) {
-        let mut origins = self.origins();
-        if !transient {
-            origins.remove(origin);
-            return;
-        }
-        let state = origins.entry(origin.to_owned()).or_default();
-        state.failures += 1;
-        if state.failures >= self.threshold {
-            let n = state.failures - self.threshold + 1;
-            state.open_until = Some(now + exponential(self.base_backoff, self.max_backoff, n));
-        }
-    }
 }
 
 /// The code of a status that means the provider cannot answer now.
@@ -695,114 +622,4 @@ fn applies(checked: &Connection, latest: &Connection) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn policy() -> VerifyPolicy {
-        VerifyPolicy {
-            interval: Duration::from_secs(3_600),
-            base_backoff: Duration::from_secs(60),
-            concurrency: 2,
-            breaker_threshold: 3,
-        }
-    }
-
-    #[test]
-    fn an_origin_that_keeps_failing_is_left_alone_with_a_growing_backoff() {
-        let gate = VerifyGate::new(&policy());
-        let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
-        let origin = "https://api.acme.com";
-        gate.record(origin, true, t0);
-        gate.record(origin, true, t0);
-        assert_eq!(gate.open_until(origin, t0), None, "two failures: still tried");
-        gate.record(origin, true, t0);
-        assert_eq!(gate.open_until(origin, t0), Some(t0 + Duration::from_secs(60)));
-        assert_eq!(gate.open_until("https://other.example", t0), None, "per origin");
-        gate.record(origin, true, t0);
-        assert_eq!(gate.open_until(origin, t0), Some(t0 + Duration::from_secs(120)), "doubles");
-        for _ in 0..20 {
-            gate.record(origin, true, t0);
-        }
-        let cap = Duration::from_secs(300);
-        assert_eq!(gate.open_until(origin, t0), Some(t0 + cap), "at most a few minutes, not the interval");
-        assert!(!gate.admit(origin, t0 + cap - Duration::from_secs(1)), "held back while open");
-        assert_eq!(gate.open_until(origin, t0 + cap), None, "open again after it");
-        gate.record(origin, false, t0);
-        assert_eq!(gate.open_until(origin, t0), None, "an answer resets it");
-    }
-
-    #[test]
-    fn after_the_backoff_one_probe_goes_and_its_answer_decides() {
-        let gate = VerifyGate::new(&VerifyPolicy { interval: Duration::from_secs(86_400), ..policy() });
-        let t0 = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
-        let origin = "https://api.acme.com";
-        for _ in 0..30 {
-            gate.record(origin, true, t0);
-        }
-        let cap = Duration::from_secs(300);
-        assert_eq!(gate.open_until(origin, t0), Some(t0 + cap), "a day's interval still waits 5 minutes at most");
-        let later = t0 + cap;
-        assert!(gate.admit(origin, later), "the probe goes");
-        assert!(!gate.admit(origin, later), "the others wait for it");
-        assert!(!gate.admit(origin, later + Duration::from_secs(60)));
-        // The probe failed: open again for the capped backoff, then another single probe.
-        gate.record(origin, true, later);
-        assert!(!gate.admit(origin, later + Duration::from_secs(1)));
-        let again = later + cap;
-        assert!(gate.admit(origin, again));
-        assert!(!gate.admit(origin, again));
-        // The probe was answered: closed, everything goes.
-        gate.record(origin, false, again);
-        assert!(gate.admit(origin, again) && gate.admit(origin, again));
-        assert!(gate.admit("https://other.example", t0), "another origin was never held back");
-    }
-
-    #[tokio::test]
-    async fn no_more_than_the_concurrency_are_in_flight() {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicUsize, Ordering};
-
-        let gate = Arc::new(VerifyGate::new(&policy()));
-        let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let (release, _) = tokio::sync::broadcast::channel::<()>(1);
-        let mut tasks = Vec::new();
-        for _ in 0..6 {
-            let (gate, now, peak, mut go) = (gate.clone(), now.clone(), peak.clone(), release.subscribe());
-            tasks.push(tokio::spawn(async move {
-                let _permit = gate.permits.acquire().await.unwrap();
-                peak.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
-                let _ = go.recv().await;
-                now.fetch_sub(1, Ordering::SeqCst);
-            }));
-        }
-        // Wait until the permits are all taken, then let them go one round at a time.
-        while gate.permits.available_permits() > 0 {
-            tokio::task::yield_now().await;
-        }
-        while tasks.iter().any(|t| !t.is_finished()) {
-            let _ = release.send(());
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(peak.load(Ordering::SeqCst), 2);
-    }
-
-    #[test]
-    fn template_values_prefer_the_connections_own_and_render_numbers_as_text() {
-        let defaults = Values {
-            plain: [("region".to_owned(), Value::from("eu")), ("n".to_owned(), Value::from(3))].into(),
-            secret: Default::default(),
-        };
-        let own = Values {
-            plain: [("region".to_owned(), Value::from("us"))].into(),
-            secret: [("apiKey".to_owned(), SecretString::from("k".to_owned()))].into(),
-        };
-        let source = template_source(defaults, &own, Some(SecretString::from("at".to_owned())));
-        use secrecy::ExposeSecret;
-        let get = |n: &str| source(n).map(|s| s.expose_secret().to_owned());
-        assert_eq!(get("region").as_deref(), Some("us"));
-        assert_eq!(get("n").as_deref(), Some("3"));
-        assert_eq!(get("apiKey").as_deref(), Some("k"));
-        assert_eq!(get(ACCESS_TOKEN).as_deref(), Some("at"));
-        assert_eq!(get("nope"), None);
-    }
-}
+mod tests;
