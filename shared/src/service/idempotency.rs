@@ -103,16 +103,14 @@ impl Service {
     }
 
     /// Whether `stored` (a record's [`IdempotencyRecord::request_hash`]: sealed under `ctx`) is
-    /// `hash`, compared in constant time. A record written before hashes were sealed holds the
-    /// hex hash itself, compared as is (such records are gone 24 h after an upgrade).
+    /// `hash`, compared in constant time.
     ///
     /// # Errors
-    /// The key service's, when the sealed hash cannot be opened.
+    /// The key service's, when the sealed hash cannot be opened; `Unexpected` when the record
+    /// holds no sealed hash (every record is written sealed).
     async fn same_request(&self, ctx: &EncryptionContext, stored: &str, hash: &str) -> Result<bool, ServiceError> {
-        let held = match serde_json::from_str::<Sealed>(stored) {
-            Ok(sealed) => self.envelope.open(ctx, &sealed).await?.to_vec(),
-            Err(_) => stored.as_bytes().to_vec(),
-        };
-        Ok(bool::from(held.ct_eq(hash.as_bytes())))
+        let sealed: Sealed = serde_json::from_str(stored).map_err(ServiceError::unexpected)?;
+        let held = self.envelope.open(ctx, &sealed).await?;
+        Ok(bool::from(held.as_slice().ct_eq(hash.as_bytes())))
     }
 }
