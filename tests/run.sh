@@ -60,6 +60,9 @@ LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- verify::
 echo "==> reconnect in place and refresh-token lifetime on the aws backend (moto): kept refresh tokens, the warning's conditional write in the due index"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- reconnect:: rt_lifetime::
 
+echo "==> the connect page in a real browser (tests/browser.sh: Debian chromium, Selenium pinned in tests/browser/requirements.txt)"
+bash tests/browser.sh
+
 echo "==> schemathesis against latchkey serve (tests/schemathesis.sh, pinned in tests/schemathesis-requirements.txt)"
 bash tests/schemathesis.sh
 
