@@ -68,6 +68,7 @@ pub fn connection(def: &Definition, customer: &str) -> Connection {
         verify: Default::default(),
         refresh: Default::default(),
         generation: 0,
+        connect_context: None,
         version: 1,
         created_at: now(),
         updated_at: now(),
@@ -531,6 +532,7 @@ pub mod store {
             issuer: None,
             generation: 0,
             expires_at: now() + time::Duration::seconds(ttl),
+            browser: None,
         };
         let live = state(&format!("h-{}", ulid::Ulid::new()), 600);
         store.put_oauth_state(&live).await.unwrap();

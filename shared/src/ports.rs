@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::domain::{
-    Connection, ConnectionId, CustomerId, Definition, DefinitionKey, Event, IdempotencyRecord, LogEntry, OAuthState,
+    ConnectSession, Connection, ConnectionId, CustomerId, Definition, DefinitionKey, Event, IdempotencyRecord, LogEntry, OAuthState,
     OrgId, RevocationJob, Status,
 };
 
@@ -155,6 +155,23 @@ pub trait Store: Send + Sync + 'static {
     /// Atomically removes and returns the pending authorization of `hash`: a second take finds
     /// nothing. An expired one (`expires_at <= now`) is removed and not returned.
     async fn take_oauth_state(&self, hash: &str, now: OffsetDateTime) -> Result<Option<OAuthState>, StoreError>;
+
+    /// Stores a new connect session (SPEC section 9); `Conflict` if its id exists. Sessions
+    /// are forgotten after `expires_at` (DynamoDB TTL; SQLite purges them on writes).
+    async fn put_connect_session(&self, session: &ConnectSession) -> Result<(), StoreError>;
+    /// Trades a session's link, once, in one conditional write: when session `id` has
+    /// `link_hash`, no `browser_hash` yet and `expires_at > now`, sets its `browser_hash` and
+    /// returns it. Anything else (unknown, another hash, traded already, expired) finds nothing
+    /// and changes nothing; of concurrent trades, exactly one gets the session.
+    async fn trade_connect_link(
+        &self,
+        id: &str,
+        link_hash: &str,
+        browser_hash: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<ConnectSession>, StoreError>;
+    /// The session `id`, if it exists and has not expired at `now`.
+    async fn get_connect_session(&self, id: &str, now: OffsetDateTime) -> Result<Option<ConnectSession>, StoreError>;
 
     /// Claims an idempotency key: stores `claim` (no response yet) unless a record with its id
     /// still holds the key at `now` ([`IdempotencyRecord::holds_key`]), in which case nothing is

@@ -11,12 +11,13 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use time::OffsetDateTime;
 
-use crate::domain::IdempotencyRecord;
+use crate::domain::{ConnectSession, IdempotencyRecord};
 use crate::domain::{
     Connection, ConnectionId, CustomerId, Definition, DefinitionKey, LogEntry, OAuthState, OrgId, RevocationJob,
 };
 use crate::ports::{ConnectionFilter, DueEntry, Expect, Page, Store, StoreError};
 
+mod connect;
 mod idempotency;
 
 const SCHEMA: &str = "
@@ -101,6 +102,7 @@ impl SqliteStore {
         db.pragma_update(None, "secure_delete", "ON").map_err(backend)?;
         db.execute_batch(SCHEMA).map_err(backend)?;
         db.execute_batch(idempotency::SCHEMA).map_err(backend)?;
+        db.execute_batch(connect::SCHEMA).map_err(backend)?;
         Ok(Self { db: Arc::new(Mutex::new(db)) })
     }
 
@@ -524,6 +526,27 @@ impl Store for SqliteStore {
             Some((doc, expires)) if expires > now.unix_timestamp() => Ok(Some(from_json(&doc)?)),
             _ => Ok(None),
         }
+    }
+
+    async fn put_connect_session(&self, session: &ConnectSession) -> Result<(), StoreError> {
+        let session = session.clone();
+        self.run(move |db| connect::put(db, &session)).await
+    }
+
+    async fn trade_connect_link(
+        &self,
+        id: &str,
+        link_hash: &str,
+        browser_hash: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<ConnectSession>, StoreError> {
+        let (id, link_hash, browser_hash) = (id.to_owned(), link_hash.to_owned(), browser_hash.to_owned());
+        self.run(move |db| connect::trade(db, &id, &link_hash, &browser_hash, now)).await
+    }
+
+    async fn get_connect_session(&self, id: &str, now: OffsetDateTime) -> Result<Option<ConnectSession>, StoreError> {
+        let id = id.to_owned();
+        self.run(move |db| connect::get(db, &id, now)).await
     }
 
     async fn claim_idempotency(

@@ -168,6 +168,20 @@ pub struct OAuthState {
     pub generation: u32,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+    /// Set when the authorization was started from the connect page: the callback then needs
+    /// that page's session cookie (SPEC section 9), so a forwarded authorize link is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub browser: Option<BrowserBinding>,
+}
+
+/// The browser an authorization is bound to: the connect session whose cookie the callback
+/// must carry, and the hex SHA-256 of that cookie's browser secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrowserBinding {
+    /// The connect session's id.
+    pub session: String,
+    /// Hex SHA-256 of the session's browser secret.
+    pub hash: String,
 }
 
 /// A customer's (or the organization's) credentials for one definition.
@@ -216,6 +230,10 @@ pub struct Connection {
     /// not put tokens back.
     #[serde(default)]
     pub generation: u32,
+    /// What the connect page that created it was for (instance, integration, config variable
+    /// names and ids, SPEC section 9): carried to every event about it and shown in reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_context: Option<super::ConnectContext>,
     /// Incremented by every write; the store's optimistic-concurrency check.
     pub version: u64,
     #[serde(with = "time::serde::rfc3339")]

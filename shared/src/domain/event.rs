@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{Connection, ConnectionId, CustomerId, DefinitionKey, OrgId, Status, UserId};
+use super::{ConnectContext, Connection, ConnectionId, CustomerId, DefinitionKey, OrgId, Status, UserId};
 
 /// Lifecycle events (EventBridge `detail-type`, source `latchkey`).
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -71,6 +71,11 @@ pub struct Event {
     /// `Refresh Token Expiring` only: when the refresh token lapses (RFC 3339).
     #[serde(with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
     pub refresh_token_expires_at: Option<time::OffsetDateTime>,
+    /// The connect page's context of a connection it created: flat members `instance_id`,
+    /// `instance_name`, `integration_id`, `integration_name`, `config_variable_key`,
+    /// `config_variable_name`, each only when set.
+    #[serde(flatten)]
+    pub context: ConnectContext,
 }
 
 impl Event {
@@ -87,6 +92,7 @@ impl Event {
             refresh_token_expires_at: matches!(kind, EventType::RefreshTokenExpiring)
                 .then(|| c.oauth.as_ref().and_then(|t| t.refresh_token_expires_at))
                 .flatten(),
+            context: c.connect_context.clone().unwrap_or_default(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The domain: identifiers, definitions, connections, logs and events. Pure data and rules.
 
+pub mod connect;
 mod connection;
 mod definition;
 mod event;
@@ -15,8 +16,9 @@ pub mod tags;
 pub mod validate;
 mod verify;
 
+pub use connect::{ConnectContext, ConnectSession};
 pub use connection::{
-    Connection, Lease, OAuthState, OAuthTokens, RefreshState, RevocationJob, Scope, Status, StatusError,
+    BrowserBinding, Connection, Lease, OAuthState, OAuthTokens, RefreshState, RevocationJob, Scope, Status, StatusError,
 };
 pub use definition::{AuthKind, Definition, Input, InputType, OAUTH_APP_SETTINGS, Redirects, Visibility};
 pub use event::{Event, EventType};

@@ -125,6 +125,17 @@ impl Service {
 
     /// `POST /v1/connections`.
     pub async fn create_connection(&self, p: &Principal, body: &Value) -> Result<ConnectionView> {
+        self.create_connection_in(p, body, None).await
+    }
+
+    /// `POST /v1/connections`, for the connect page with its session's `context` (kept on the
+    /// connection, carried by its events).
+    pub(crate) async fn create_connection_in(
+        &self,
+        p: &Principal,
+        body: &Value,
+        context: Option<crate::domain::ConnectContext>,
+    ) -> Result<ConnectionView> {
         let Some(obj) = body.as_object() else {
             return Err(ServiceError::invalid("", "must be a JSON object"));
         };
@@ -255,6 +266,7 @@ impl Service {
             verify: Default::default(),
             refresh: Default::default(),
             generation: 0,
+            connect_context: context,
             version: 1,
             created_at: now,
             updated_at: now,

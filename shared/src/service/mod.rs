@@ -1,5 +1,6 @@
 //! The use cases, over the ports. Handlers (HTTP, Lambda) only translate to and from these.
 
+pub mod connect;
 mod connections;
 mod definitions;
 mod error;
@@ -16,6 +17,7 @@ mod walk;
 
 use std::sync::Arc;
 
+pub use connect::{ConnectLink, ConnectPage, PageConnection, PageDefinition, PageInput};
 pub use connections::{ListQuery, MAX_PAGE};
 pub use error::{ServiceError, Unusable, error_types, invalid_summary};
 pub use idempotency::{IdempotencyError, Idempotent};
@@ -61,6 +63,10 @@ pub struct ServiceOptions {
     pub refresh: RefreshPolicy,
     /// Credential verification scheduling and bounds (SPEC section 10).
     pub verify: VerifyPolicy,
+    /// Who may frame the connect page: the CSP `frame-ancestors` source list
+    /// (`LATCHKEY_CONNECT_FRAME_ANCESTORS`, checked by `http::connect::parse_frame_ancestors`),
+    /// `'none'` by default.
+    pub connect_frame_ancestors: String,
 }
 
 impl Default for ServiceOptions {
@@ -72,6 +78,7 @@ impl Default for ServiceOptions {
             allow_loopback_providers: true,
             refresh: RefreshPolicy::default(),
             verify: VerifyPolicy::default(),
+            connect_frame_ancestors: "'none'".to_owned(),
         }
     }
 }
@@ -87,6 +94,11 @@ impl Service {
         options.public_url = options.public_url.map(|u| u.trim_end_matches('/').to_owned());
         let verify_gate = verify::VerifyGate::new(&options.verify);
         Self { store, envelope, events, clock, provider: Arc::new(HttpProviderClient::new()), verify_gate, options }
+    }
+
+    /// The connect page's CSP `frame-ancestors` source list ([`ServiceOptions::connect_frame_ancestors`]).
+    pub fn connect_frame_ancestors(&self) -> &str {
+        &self.options.connect_frame_ancestors
     }
 
     /// Appends a connection log line. A failure is logged, not returned: the change it

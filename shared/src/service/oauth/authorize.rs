@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use super::super::{Result, Service, ServiceError};
 use super::CALLBACK_PATH;
 use crate::crypto::EncryptionContext;
-use crate::domain::{AuthKind, LogType, OAuthState, Principal};
+use crate::domain::{AuthKind, BrowserBinding, LogType, OAuthState, Principal};
 
 /// How long an authorize URL (its state) stays valid.
 pub const STATE_TTL: Duration = Duration::from_secs(600);
@@ -59,6 +59,18 @@ impl Service {
     /// not `oauth2_authorization_code`, `Invalid` for incomplete OAuth settings, and
     /// `Unexpected` (a deployment fault) when `public_url` is `None`.
     pub async fn authorize_at(&self, p: &Principal, id: &str, public_url: Option<&str>) -> Result<AuthorizeResponse> {
+        self.authorize_bound(p, id, public_url, None).await
+    }
+
+    /// [`Service::authorize_at`], its state bound to `browser` when given (the connect page's
+    /// session): the callback then refuses a browser without that session's cookie.
+    pub(crate) async fn authorize_bound(
+        &self,
+        p: &Principal,
+        id: &str,
+        public_url: Option<&str>,
+        browser: Option<BrowserBinding>,
+    ) -> Result<AuthorizeResponse> {
         let c = self.visible_connection(p, id).await?;
         super::super::connections::require_manage(p, &c)?;
         let def = self.definition_of(&c).await?;
@@ -112,6 +124,7 @@ impl Service {
             issuer: settings.issuer,
             expires_at,
             generation: c.generation,
+            browser,
         };
         self.store.put_oauth_state(&record).await?;
         self.log(&c, LogType::AuthorizeStarted, "authorization started").await;

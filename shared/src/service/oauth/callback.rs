@@ -8,7 +8,11 @@ use serde_json::Value;
 
 use super::super::{Service, ServiceError};
 use crate::crypto::EncryptionContext;
-use crate::domain::{Connection, Definition, Event, EventType, LogType, OAuthState, Refusal, Status, provider_code};
+use crate::domain::connect::{SESSION_COOKIE_PREFIX, hash_matches};
+use crate::domain::{
+    BrowserBinding, ConnectContext, Connection, Definition, Event, EventType, LogType, OAuthState, Redirects, Refusal,
+    Status, provider_code,
+};
 use crate::provider::TokenFailure;
 use crate::provider::request::GrantRequest;
 
@@ -84,9 +88,39 @@ fn page(status: u16, title: &'static str, message: &str) -> CallbackOutcome {
     CallbackOutcome::Page { status, title, message: message.to_owned() }
 }
 
+/// Where a callback of a connect page's authorization goes: that session's redirects and
+/// context when it is still there, and its page when no redirect is set.
+struct PageReturn {
+    session: String,
+    /// `{public_url}` of the authorization (its redirect URI without the callback path).
+    base: String,
+    redirects: Option<Redirects>,
+    context: ConnectContext,
+}
+
+impl PageReturn {
+    /// `{base}/connect/{session}?{pairs}`.
+    fn page(&self, pairs: &[(&str, &str)]) -> String {
+        let query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
+        format!("{}/connect/{}?{query}", self.base, self.session)
+    }
+}
+
+/// `url` with the query parameters `pairs` appended.
+fn with_params(mut url: url::Url, pairs: &[(&str, &str)]) -> String {
+    url.query_pairs_mut().extend_pairs(pairs);
+    url.to_string()
+}
+
 impl Service {
-    /// `GET /v1/oauth/callback`: never fails; every outcome is a redirect or a page.
-    pub async fn callback(&self, params: &BTreeMap<String, String>) -> CallbackOutcome {
+    /// `GET /v1/oauth/callback`: never fails; every outcome is a redirect or a page. `cookies`
+    /// are the request's (name to value): an authorization started from the connect page needs
+    /// that page's session cookie, or it is refused and nothing about the connection changes.
+    pub async fn callback(
+        &self,
+        params: &BTreeMap<String, String>,
+        cookies: &BTreeMap<String, String>,
+    ) -> CallbackOutcome {
         let Some(state) = params.get("state").filter(|s| !s.is_empty()) else {
             return page(400, "Authorization failed", "The authorization response has no state.");
         };
@@ -105,6 +139,18 @@ impl Service {
                 "This authorization link is invalid, expired or was already used.",
             );
         };
+        if let Some(binding) = &st.browser {
+            let cookie = cookies.get(&format!("{SESSION_COOKIE_PREFIX}{}", binding.session));
+            if !cookie.is_some_and(|secret| hash_matches(secret, &binding.hash)) {
+                tracing::warn!(org = %st.org, connection_id = %st.connection_id, "OAuth callback without the connect session's cookie");
+                return page(
+                    400,
+                    "Authorization refused",
+                    "This authorization was started in another browser. Start it again from the connect page, in the \
+                     browser you want to use.",
+                );
+            }
+        }
         let loaded = async {
             let c = self.store.get_connection(&st.org, &st.connection_id).await?.ok_or(ServiceError::NotFound)?;
             let def = self.definition_of(&c).await?;
@@ -114,37 +160,69 @@ impl Service {
             Ok(found) => found,
             Err(_) => return page(400, "Authorization failed", "The connection no longer exists."),
         };
+        let back = match &st.browser {
+            Some(binding) => Some(self.page_return(&st, binding, &c).await),
+            None => None,
+        };
+        let redirect = |pick: fn(&Redirects) -> Option<&String>| {
+            let own = back.as_ref().and_then(|b| b.redirects.as_ref()).and_then(pick);
+            own.or_else(|| def.redirects.as_ref().and_then(pick)).and_then(|u| url::Url::parse(u).ok())
+        };
+        let context = back.as_ref().map(|b| b.context.pairs()).unwrap_or_default();
         match self.complete_authorization(&st, &c, &def, params).await {
             Ok(done) => {
-                let target = def.redirects.as_ref().and_then(|r| r.success_url.as_deref());
-                match target.and_then(|u| url::Url::parse(u).ok()) {
-                    Some(mut u) => {
-                        {
-                            let mut q = u.query_pairs_mut();
-                            q.append_pair("connection_id", done.id.as_str());
-                            q.append_pair("definition", done.definition.as_str());
-                            q.append_pair("customer", done.customer.as_ref().map_or("", |c| c.as_str()));
-                            q.append_pair("instance_id", done.instance_id.as_ref().map_or("", |i| i.as_str()));
-                        }
-                        CallbackOutcome::Redirect(u.to_string())
-                    }
-                    None => page(200, "Connected", "The connection is authorized. You can close this window."),
+                let instance = done.instance_id.as_ref().map(|i| i.as_str());
+                let mut pairs = vec![
+                    ("connection_id", done.id.as_str()),
+                    ("definition", done.definition.as_str()),
+                    ("customer", done.customer.as_ref().map_or("", |c| c.as_str())),
+                ];
+                match instance.or_else(|| context.iter().find(|(k, _)| *k == "instance_id").map(|(_, v)| *v)) {
+                    Some(i) => pairs.push(("instance_id", i)),
+                    None => pairs.push(("instance_id", "")),
+                }
+                pairs.extend(context.iter().filter(|(k, _)| *k != "instance_id"));
+                match (redirect(|r| r.success_url.as_ref()), &back) {
+                    (Some(u), _) => CallbackOutcome::Redirect(with_params(u, &pairs)),
+                    (None, Some(b)) => CallbackOutcome::Redirect(b.page(&[("connected", done.id.as_str())])),
+                    (None, None) => page(200, "Connected", "The connection is authorized. You can close this window."),
                 }
             }
             Err(f) => {
                 self.log(&c, LogType::AuthorizeFailed, format!("authorization failed: {}: {}", f.error, f.description))
                     .await;
-                let target = def.redirects.as_ref().and_then(|r| r.failure_url.as_deref());
-                match target.and_then(|u| url::Url::parse(u).ok()) {
-                    Some(mut u) => {
-                        u.query_pairs_mut()
-                            .append_pair("error", &f.error)
-                            .append_pair("error_description", &f.description);
-                        CallbackOutcome::Redirect(u.to_string())
+                let mut pairs = vec![("error", f.error.as_str()), ("error_description", f.description.as_str())];
+                match (redirect(|r| r.failure_url.as_ref()), &back) {
+                    (Some(u), _) => {
+                        pairs.extend(context.iter());
+                        CallbackOutcome::Redirect(with_params(u, &pairs))
                     }
-                    None => page(400, "Authorization failed", &format!("{}: {}", f.error, f.description)),
+                    (None, Some(b)) => CallbackOutcome::Redirect(b.page(&pairs)),
+                    (None, None) => page(400, "Authorization failed", &format!("{}: {}", f.error, f.description)),
                 }
             }
+        }
+    }
+
+    /// Where a bound authorization returns: its session's redirects and context while the
+    /// session lasts (else the connection's own context), and the page's address.
+    async fn page_return(&self, st: &OAuthState, binding: &BrowserBinding, c: &Connection) -> PageReturn {
+        let session = match self.store.get_connect_session(&binding.session, self.clock.now()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(org = %st.org, error = %e, "reading a connect session failed");
+                None
+            }
+        };
+        let base = st.redirect_uri.strip_suffix(super::CALLBACK_PATH).unwrap_or(&st.redirect_uri).to_owned();
+        PageReturn {
+            session: binding.session.clone(),
+            base,
+            redirects: session.as_ref().and_then(|s| s.redirects.clone()),
+            context: match session {
+                Some(s) => s.context,
+                None => c.connect_context.clone().unwrap_or_default(),
+            },
         }
     }
 

@@ -21,12 +21,13 @@ use aws_sdk_dynamodb::types::{
 };
 use time::OffsetDateTime;
 
-use crate::domain::IdempotencyRecord;
+use crate::domain::{ConnectSession, IdempotencyRecord};
 use crate::domain::{
     Connection, ConnectionId, CustomerId, Definition, DefinitionKey, LogEntry, OAuthState, OrgId, RevocationJob,
 };
 use crate::ports::{ConnectionFilter, DueEntry, Expect, Page, Store, StoreError};
 
+mod connect;
 mod idempotency;
 mod item;
 mod write;
@@ -499,6 +500,24 @@ impl Store for DynamoStore {
         };
         let state: OAuthState = doc_of(&item)?;
         Ok((state.expires_at > now).then_some(state))
+    }
+
+    async fn put_connect_session(&self, session: &ConnectSession) -> Result<(), StoreError> {
+        self.put_connect_session_item(session).await
+    }
+
+    async fn trade_connect_link(
+        &self,
+        id: &str,
+        link_hash: &str,
+        browser_hash: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<ConnectSession>, StoreError> {
+        self.trade_connect_link_item(id, link_hash, browser_hash, now).await
+    }
+
+    async fn get_connect_session(&self, id: &str, now: OffsetDateTime) -> Result<Option<ConnectSession>, StoreError> {
+        self.get_connect_session_item(id, now).await
     }
 
     async fn claim_idempotency(

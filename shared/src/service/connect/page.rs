@@ -1,0 +1,312 @@
+//! What the connect page shows and does, as the session's customer: every read and change
+//! goes through the API's own use cases (`list_connections`, `create_connection`,
+//! `update_connection`, `authorize`, `disconnect`, `connection_logs`) with a customer
+//! principal, so the page sees and changes exactly what that customer could over the API, and
+//! only within what the session allows (its definitions, its connection).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use super::super::{AuthorizeResponse, ConnectionView, ListQuery, MAX_PAGE, Result, Service, ServiceError};
+use crate::domain::{
+    AuthKind, BrowserBinding, ConnectContext, ConnectSession, Connection, ConnectionId, Definition, DefinitionKey,
+    InputType, LogEntry, Principal, Scope, Status, StatusError, Visibility, origin_of,
+};
+
+/// How many log lines the page shows per connection, newest first.
+pub const PAGE_LOG_LINES: usize = 10;
+
+/// What the connect page shows: the session's context and, per definition it offers, the
+/// customer's connections.
+#[derive(Debug, Serialize)]
+pub struct ConnectPage {
+    pub context: ConnectContext,
+    /// The `postMessage` target origin, if the session named one.
+    pub parent_origin: Option<String>,
+    /// In the session's order (or the organization's, when it named none).
+    pub definitions: Vec<PageDefinition>,
+}
+
+/// One definition the page offers.
+#[derive(Debug, Serialize)]
+pub struct PageDefinition {
+    pub key: String,
+    pub label: String,
+    pub description: Option<String>,
+    pub auth: AuthKind,
+    /// `oauth2_authorization_code`: a Connect button instead of a form.
+    pub oauth: bool,
+    /// The origin (`scheme://host[:port]`) of an OAuth definition's authorize URL, where the
+    /// Connect button's form ends up (the page's CSP `form-action` lists it). `None` for other
+    /// kinds, and when the URL is per connection (a catalog template with `{placeholders}`, or
+    /// none set on the definition).
+    pub authorize_origin: Option<String>,
+    /// The customer-visible inputs (never `organization` or `embedded` ones), in definition
+    /// order.
+    pub inputs: Vec<PageInput>,
+    /// The customer's connections of this definition, newest first (only the session's
+    /// connection when it names one).
+    pub connections: Vec<PageConnection>,
+}
+
+/// One input of a definition's form.
+#[derive(Debug, Serialize)]
+pub struct PageInput {
+    pub name: String,
+    pub label: String,
+    pub kind: InputType,
+    pub required: bool,
+    /// The default value; never for a `password` input.
+    pub default: Option<Value>,
+    pub description: Option<String>,
+}
+
+/// One of the customer's connections.
+#[derive(Debug, Serialize)]
+pub struct PageConnection {
+    pub id: String,
+    pub label: Option<String>,
+    pub status: Status,
+    /// Why it is red.
+    pub error: Option<StatusError>,
+    /// `false` for organization-scoped connections: the customer cannot change them.
+    pub editable: bool,
+    /// Its customer-visible values, secrets left out (not even a "set" marker).
+    pub values: BTreeMap<String, Value>,
+    /// The newest [`PAGE_LOG_LINES`] log lines, newest first.
+    pub logs: Vec<LogEntry>,
+}
+
+/// The principal the page acts as: the session's customer, no roles.
+fn customer(s: &ConnectSession) -> Principal {
+    Principal { org: s.org.clone(), customer: Some(s.customer.clone()), roles: Vec::new() }
+}
+
+/// The inputs a customer sees and sets on the page.
+fn page_inputs(def: &Definition) -> Vec<PageInput> {
+    def.inputs
+        .iter()
+        .filter(|(_, i)| i.visibility == Visibility::Customer)
+        .map(|(name, i)| PageInput {
+            name: name.clone(),
+            label: i.label.clone(),
+            kind: i.kind,
+            required: i.required,
+            default: if i.kind.is_secret() { None } else { i.default.clone() },
+            description: i.description.clone(),
+        })
+        .collect()
+}
+
+/// The origin of an authorization-code definition's authorize URL: its `authorizeUrl` input's
+/// default, else its catalog provider's URL when that is not a template.
+fn authorize_origin(def: &Definition) -> Option<String> {
+    if def.auth != AuthKind::Oauth2AuthorizationCode {
+        return None;
+    }
+    let own = def.inputs.get("authorizeUrl").and_then(|i| i.default.as_ref()).and_then(Value::as_str);
+    let provider = def.provider.as_deref().and_then(crate::catalog::provider).and_then(|p| p.authorize_url.as_deref());
+    let raw = own.filter(|u| !u.is_empty()).or(provider)?;
+    if raw.contains('{') {
+        return None;
+    }
+    url::Url::parse(raw).ok().map(|u| origin_of(&u))
+}
+
+/// The connection the page acts on: the session's when it names one (a request naming another
+/// finds nothing), else the one the request names, if any.
+fn target(s: &ConnectSession, requested: Option<&str>) -> Result<Option<String>> {
+    match (&s.connection_id, requested.filter(|r| !r.is_empty())) {
+        (Some(own), None) => Ok(Some(own.to_string())),
+        (Some(own), Some(r)) if r == own.as_str() => Ok(Some(r.to_owned())),
+        (Some(_), Some(_)) => Err(ServiceError::NotFound),
+        (None, r) => Ok(r.map(str::to_owned)),
+    }
+}
+
+impl Service {
+    /// What the connect page of session `s` shows.
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn connect_page(&self, s: &ConnectSession) -> Result<ConnectPage> {
+        let p = customer(s);
+        let (defs, only) = match &s.connection_id {
+            Some(id) => match self.visible_connection(&p, id.as_str()).await {
+                Ok(c) => (vec![self.definition_of(&c).await?], Some(c.id)),
+                // Deleted since: nothing to show.
+                Err(ServiceError::NotFound) => (Vec::new(), None),
+                Err(e) => return Err(e),
+            },
+            None if s.definitions.is_empty() => (self.store.list_definitions(&s.org).await?, None),
+            None => {
+                let mut defs = Vec::new();
+                for key in &s.definitions {
+                    defs.extend(self.store.get_definition(&s.org, key).await?);
+                }
+                (defs, None)
+            }
+        };
+        let mut definitions = Vec::with_capacity(defs.len());
+        for def in defs {
+            let mut connections = Vec::new();
+            for view in self.customer_connections(&p, &def.key).await? {
+                if only.as_ref().is_some_and(|id| *id != view.id) {
+                    continue;
+                }
+                connections.push(self.page_connection(&p, &def, view).await?);
+            }
+            definitions.push(PageDefinition {
+                key: def.key.to_string(),
+                label: def.label.clone(),
+                description: def.description.clone(),
+                auth: def.auth,
+                oauth: def.auth == AuthKind::Oauth2AuthorizationCode,
+                authorize_origin: authorize_origin(&def),
+                inputs: page_inputs(&def),
+                connections,
+            });
+        }
+        Ok(ConnectPage { context: s.context.clone(), parent_origin: s.parent_origin.clone(), definitions })
+    }
+
+    /// Every connection of `definition` the customer `p` sees, newest first (every page).
+    async fn customer_connections(&self, p: &Principal, definition: &DefinitionKey) -> Result<Vec<ConnectionView>> {
+        let mut all = Vec::new();
+        let mut cursor = None;
+        loop {
+            let q = ListQuery {
+                definition: Some(definition.to_string()),
+                limit: Some(MAX_PAGE.to_string()),
+                cursor: cursor.take(),
+                ..Default::default()
+            };
+            let page = self.list_connections(p, &q).await?;
+            all.extend(page.items);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    async fn page_connection(&self, p: &Principal, def: &Definition, view: ConnectionView) -> Result<PageConnection> {
+        let secret = |k: &str| def.inputs.get(k).is_none_or(|i| i.kind.is_secret());
+        let values = view.values.into_iter().filter(|(k, _)| !secret(k)).collect();
+        let logs = self.connection_logs(p, view.id.as_str(), PAGE_LOG_LINES).await?;
+        Ok(PageConnection {
+            id: view.id.to_string(),
+            label: view.label,
+            status: view.status,
+            error: view.error,
+            editable: view.scope != Scope::Organization,
+            values,
+            logs,
+        })
+    }
+
+    /// A definition the session offers, by key.
+    async fn offered_definition(&self, s: &ConnectSession, key: &str) -> Result<Definition> {
+        let key = DefinitionKey::parse(key).map_err(|_| ServiceError::NotFound)?;
+        if !s.allows(&key) {
+            return Err(ServiceError::NotFound);
+        }
+        self.store.get_definition(&s.org, &key).await?.ok_or(ServiceError::NotFound)
+    }
+
+    /// A connection of `def` the session's customer sees and the session offers.
+    async fn offered_connection(&self, s: &ConnectSession, id: &str, def: Option<&Definition>) -> Result<Connection> {
+        let c = self.visible_connection(&customer(s), id).await?;
+        let offered = match def {
+            Some(def) => c.definition == def.key,
+            None => s.allows(&c.definition),
+        };
+        if offered { Ok(c) } else { Err(ServiceError::NotFound) }
+    }
+
+    /// A new connection of `def` for the session's customer, with the session's context: scope
+    /// `instance` when the session names an instance, else `customer`.
+    async fn create_for_session(
+        &self,
+        s: &ConnectSession,
+        def: &Definition,
+        values: Map<String, Value>,
+    ) -> Result<ConnectionView> {
+        let mut body = json!({"definition": def.key.as_str(), "values": values});
+        if let Some(instance) = &s.context.instance_id {
+            body["scope"] = json!("instance");
+            body["instance_id"] = json!(instance.as_str());
+        }
+        let context = Some(s.context.clone()).filter(|c| !c.is_empty());
+        self.create_connection_in(&customer(s), &body, context).await
+    }
+
+    /// The form of a definition that is not `oauth2_authorization_code`: creates a connection
+    /// with `values` (the JSON values the API takes, by input name), or, naming one (or when the
+    /// session names one), PATCHes that connection's values: same id, values not sent are kept,
+    /// and a red or disconnected connection becomes `configured` again (as the API's PATCH).
+    ///
+    /// # Errors
+    /// `NotFound` for a definition or connection the session does not offer; `Conflict` for an
+    /// OAuth authorization-code definition; those of create and PATCH: `Invalid` naming
+    /// `values.<input>`, `CredentialsRejected`, `VerificationUnavailable`...
+    pub async fn connect_with_values(
+        &self,
+        s: &ConnectSession,
+        definition: &str,
+        connection_id: Option<&str>,
+        values: Map<String, Value>,
+    ) -> Result<ConnectionView> {
+        let def = self.offered_definition(s, definition).await?;
+        if def.auth == AuthKind::Oauth2AuthorizationCode {
+            return Err(ServiceError::Conflict("OAuth definitions are connected with the Connect button"));
+        }
+        match target(s, connection_id)? {
+            Some(id) => {
+                let c = self.offered_connection(s, &id, Some(&def)).await?;
+                self.update_connection(&customer(s), c.id.as_str(), &json!({"values": values}), None).await
+            }
+            None => self.create_for_session(s, &def, values).await,
+        }
+    }
+
+    /// The Connect button of an `oauth2_authorization_code` definition: creates a pending
+    /// connection (unless the request or the session names one, which is then reconnected in
+    /// place) and an authorize URL whose state is bound to this browser (the session's cookie).
+    ///
+    /// # Errors
+    /// `NotFound` for a definition or connection the session does not offer; `Conflict` for
+    /// another kind of definition; those of authorize.
+    pub async fn connect_authorize(
+        &self,
+        s: &ConnectSession,
+        definition: &str,
+        connection_id: Option<&str>,
+        public_url: Option<&str>,
+    ) -> Result<AuthorizeResponse> {
+        let def = self.offered_definition(s, definition).await?;
+        if def.auth != AuthKind::Oauth2AuthorizationCode {
+            return Err(ServiceError::Conflict("only oauth2_authorization_code definitions are authorized"));
+        }
+        let hash = s.browser_hash.clone().ok_or(ServiceError::NotFound)?;
+        let id: ConnectionId = match target(s, connection_id)? {
+            Some(id) => self.offered_connection(s, &id, Some(&def)).await?.id,
+            None => self.create_for_session(s, &def, Map::new()).await?.id,
+        };
+        let binding = BrowserBinding { session: s.id.clone(), hash };
+        self.authorize_bound(&customer(s), id.as_str(), public_url, Some(binding)).await
+    }
+
+    /// The Disconnect button: the API's disconnect, as the customer.
+    ///
+    /// # Errors
+    /// `NotFound` for a connection the session does not offer; `Forbidden` for an
+    /// organization-scoped one.
+    pub async fn connect_disconnect(&self, s: &ConnectSession, connection_id: &str) -> Result<ConnectionView> {
+        let id = target(s, Some(connection_id))?.ok_or(ServiceError::NotFound)?;
+        let c = self.offered_connection(s, &id, None).await?;
+        self.disconnect(&customer(s), c.id.as_str()).await
+    }
+}
