@@ -140,6 +140,13 @@ pub struct Settings {
     #[arg(value_parser = Checked(parse_bool))]
     pub allow_loopback_providers: Option<bool>,
 
+    /// Who may show the connect page in a frame: a space-separated CSP `frame-ancestors` list
+    /// of origins (`https://app.example.com`, `https://*.example.com`) and `'self'`, or
+    /// `'none'` (default: no one).
+    #[arg(long, env = "LATCHKEY_CONNECT_FRAME_ANCESTORS", global = true, value_name = "SOURCES")]
+    #[arg(default_value = "'none'", value_parser = Checked(crate::http::connect::parse_frame_ancestors))]
+    pub connect_frame_ancestors: String,
+
     /// aws backend: the DynamoDB table.
     #[arg(long, env = "LATCHKEY_TABLE", global = true, value_name = "NAME")]
     pub table: Option<String>,
@@ -242,6 +249,7 @@ impl Settings {
                 ..RefreshPolicy::default()
             },
             verify: VerifyPolicy { interval: self.verify_interval, ..VerifyPolicy::default() },
+            connect_frame_ancestors: self.connect_frame_ancestors.clone(),
         }
     }
 
@@ -440,7 +448,7 @@ mod tests {
     fn every_setting_has_a_flag_and_the_variable_named_after_it() {
         let command = Settings::command(BackendKind::Embedded);
         let args: Vec<&Arg> = command.get_arguments().collect();
-        assert_eq!(args.len(), 17, "a new setting: add it to the README's configuration table");
+        assert_eq!(args.len(), 18, "a new setting: add it to the README's configuration table");
         for arg in args {
             let long = arg.get_long().unwrap_or_else(|| panic!("{} has no flag", arg.get_id()));
             let env = arg.get_env().and_then(OsStr::to_str);
@@ -501,6 +509,8 @@ mod tests {
             ("LATCHKEY_ALLOW_LOOPBACK_PROVIDERS", "yes", "is not true or false"),
             ("LATCHKEY_LOOKUP_AUTH", "none", "is not one of iam, token"),
             ("LATCHKEY_LOG_FORMAT", "xml", "is not one of text, json"),
+            ("LATCHKEY_CONNECT_FRAME_ANCESTORS", "https://app.example.com/path", "is neither an origin"),
+            ("LATCHKEY_CONNECT_FRAME_ANCESTORS", "'none' 'self'", "cannot be combined"),
         ] {
             let message = refused(&[(name, value)]);
             assert!(message.starts_with(&format!("{name} is invalid: ")), "{message}");
@@ -518,6 +528,9 @@ mod tests {
         assert_eq!(options.public_url.as_deref(), Some("https://latchkey.example.com"));
         assert!(options.allow_loopback_providers);
         assert_eq!(options.refresh.lookahead, Duration::ZERO);
+        assert_eq!(options.connect_frame_ancestors, "'none'");
+        let framed = settings(&[("LATCHKEY_CONNECT_FRAME_ANCESTORS", " 'self'  https://app.example.com ")]).unwrap();
+        assert_eq!(framed.service_options().connect_frame_ancestors, "'self' https://app.example.com");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! Lambda alike. Handlers translate HTTP to service calls and back; no business logic here.
 
 pub mod auth;
+pub mod connect;
 pub mod idempotency;
 pub mod problem;
 mod providers;
@@ -75,7 +76,8 @@ pub fn router_for(surface: Surface, state: RouterState) -> Router {
             .route("/v1/connections/{id}/authorize", post(authorize))
             .route("/v1/connections/{id}/refresh", post(force_refresh))
             .route("/v1/connections/{id}/verify", post(verify_connection))
-            .route("/v1/connections/{id}/disconnect", post(disconnect));
+            .route("/v1/connections/{id}/disconnect", post(disconnect))
+            .merge(connect::routes());
     }
     if surface != Surface::ConnectionsApi {
         routes = routes.route("/v1/oauth/callback", get(oauth_callback));
@@ -448,6 +450,7 @@ fn escape_html(s: &str) -> String {
 async fn oauth_callback(
     State(s): State<RouterState>,
     method: axum::http::Method,
+    headers: HeaderMap,
     Query(params): Query<std::collections::BTreeMap<String, String>>,
 ) -> Response {
     // axum answers HEAD with the GET handler; a link prefetcher's HEAD must not spend the state.
@@ -456,7 +459,9 @@ async fn oauth_callback(
         res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
         return res;
     }
-    let mut res = match s.service.callback(&params).await {
+    // A state started from the connect page is honoured only with that page's session cookie.
+    let cookies = connect::request_cookies(&headers);
+    let mut res = match s.service.callback(&params, &cookies).await {
         CallbackOutcome::Redirect(to) => {
             let mut res = StatusCode::FOUND.into_response();
             if let Ok(v) = HeaderValue::from_str(&to) {

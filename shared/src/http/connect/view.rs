@@ -1,0 +1,389 @@
+//! The connect page's HTML (maud: checked at compile time, every interpolation escaped). The
+//! markup follows the contract the browser suite selects by (`/work/notes/issue13-design.md`,
+//! "Markup contract"): `section.definition[data-definition]`, `li.connection[data-status]`,
+//! `.status`, `.error-message`, `details.logs`, `button[data-action]`, `form.values-form`,
+//! `.field-error[data-field]`. No inline script or style: the CSP allows neither.
+
+use std::collections::BTreeMap;
+
+use maud::{DOCTYPE, Markup, html};
+use serde_json::Value;
+use time::format_description::well_known::Rfc3339;
+
+use crate::domain::{InputType, LogEntry, Status};
+use crate::service::{ConnectPage, PageConnection, PageDefinition, PageInput};
+
+/// Where the page's stylesheet and script are served.
+pub const CSS_PATH: &str = "/connect/assets/connect.css";
+pub const JS_PATH: &str = "/connect/assets/connect.js";
+
+/// The message at the top of the page.
+pub enum Banner {
+    /// Green, `role="status"`.
+    Success(String),
+    /// Red, `role="alert"`.
+    Error(String),
+}
+
+/// A form posted back with errors: which form it was, what was typed (never a password's
+/// value) and each field's error, by input name.
+#[derive(Debug, Default)]
+pub struct FormState {
+    pub definition: String,
+    pub connection_id: Option<String>,
+    pub values: BTreeMap<String, String>,
+    pub errors: BTreeMap<String, String>,
+}
+
+impl FormState {
+    fn is_for(&self, definition: &str, connection_id: Option<&str>) -> bool {
+        self.definition == definition && self.connection_id.as_deref() == connection_id
+    }
+}
+
+/// Everything one render of the page needs.
+pub struct PageView<'a> {
+    pub session_id: &'a str,
+    /// The session reconnects this one connection: no forms for new connections.
+    pub reconnect: Option<&'a str>,
+    pub page: &'a ConnectPage,
+    pub csrf: &'a str,
+    pub banner: Option<Banner>,
+    /// The connection that just succeeded (`data-connected`, for connect.js's postMessage).
+    pub connected: Option<&'a str>,
+    pub form: Option<&'a FormState>,
+}
+
+/// The whole document of `title` around `content`, with `body` attributes of the contract.
+fn document(title: &str, session_id: &str, parent_origin: &str, connected: &str, content: Markup) -> String {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="robots" content="noindex";
+                title { (title) }
+                link rel="stylesheet" href=(CSS_PATH);
+                script src=(JS_PATH) defer {}
+            }
+            body data-session=(session_id) data-parent-origin=(parent_origin) data-connected=(connected) {
+                main { (content) }
+            }
+        }
+    }
+    .into_string()
+}
+
+/// A page that only says `title` and `text` (a refused link, a refused form).
+pub fn message_page(title: &str, text: &str) -> String {
+    let content = html! {
+        div.refused {
+            h1 { (title) }
+            p { (text) }
+        }
+    };
+    document(title, "", "", "", content)
+}
+
+/// What the refused and expired links show (HTTP 403).
+pub const INVALID_LINK_TITLE: &str = "This connect link is no longer valid";
+pub const INVALID_LINK_TEXT: &str = "Connect links work once and expire after 30 minutes. Go back to the \
+                                     application that sent you here and open the page again.";
+
+/// The connect page.
+pub fn page(v: &PageView<'_>) -> String {
+    let ctx = &v.page.context;
+    let heading = match ctx.integration_name.as_deref() {
+        Some(name) => format!("Connect {name}"),
+        None => "Connect your accounts".to_owned(),
+    };
+    let content = html! {
+        header.page-header {
+            h1 { (heading) }
+            @if let Some(instance) = ctx.instance_name.as_deref() {
+                p { "For " strong { (instance) } }
+            } @else {
+                p { "Connect the services below. Your credentials are stored encrypted and never shown again." }
+            }
+        }
+        @match &v.banner {
+            Some(Banner::Success(text)) => div.banner.success role="status" { (text) },
+            Some(Banner::Error(text)) => div.banner.error role="alert" { (text) },
+            None => {},
+        }
+        @if v.page.definitions.is_empty() {
+            p.empty { "There is nothing to connect here." }
+        }
+        @for def in &v.page.definitions {
+            (definition(v, def))
+        }
+        footer { "Secured by Latchkey" }
+    };
+    let parent = v.page.parent_origin.as_deref().unwrap_or_default();
+    document(&heading, v.session_id, parent, v.connected.unwrap_or_default(), content)
+}
+
+fn definition(v: &PageView<'_>, def: &PageDefinition) -> Markup {
+    let heading_id = format!("def-{}", def.key);
+    html! {
+        section.definition data-definition=(def.key) aria-labelledby=(heading_id) {
+            h2 id=(heading_id) { (def.label) }
+            @if let Some(d) = def.description.as_deref() {
+                p.description { (d) }
+            }
+            @if def.connections.is_empty() {
+                p.empty { "Not connected yet." }
+            } @else {
+                ul.connections {
+                    @for c in &def.connections {
+                        (connection(v, def, c))
+                    }
+                }
+            }
+            @if v.reconnect.is_none() {
+                div.new-connection {
+                    @if def.oauth {
+                        (authorize_form(v, def, None, if def.connections.is_empty() { "Connect" } else { "Connect another account" }))
+                    } @else {
+                        h3 { @if def.connections.is_empty() { "Connect" } @else { "Add another connection" } }
+                        (values_form(v, def, None, &BTreeMap::new()))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The badge text of a status: never colour alone.
+pub fn status_text(s: Status) -> &'static str {
+    match s {
+        Status::Active => "Active",
+        Status::Configured => "Configured",
+        Status::Error => "Error",
+        Status::Pending => "Pending",
+        Status::Disconnected => "Disconnected",
+    }
+}
+
+fn connection(v: &PageView<'_>, def: &PageDefinition, c: &PageConnection) -> Markup {
+    let status: &'static str = c.status.into();
+    let name = c.label.clone().unwrap_or_else(|| format!("{} connection", def.label));
+    let posted_here = v.form.is_some_and(|f| f.is_for(&def.key, Some(&c.id)));
+    let open_update = posted_here || matches!(c.status, Status::Error | Status::Disconnected);
+    html! {
+        li.connection data-connection-id=(c.id) data-status=(status) {
+            div.connection-head {
+                span.connection-name { (name) }
+                span class={ "status status-" (status) } { (status_text(c.status)) }
+            }
+            @if c.status == Status::Error {
+                p.error-message {
+                    (c.error.as_ref().map_or("This connection stopped working.", |e| e.message.as_str()))
+                }
+            }
+            @if !c.editable {
+                p.meta { "Managed by your administrator." }
+            }
+            @if c.editable {
+                div.actions {
+                    @if def.oauth {
+                        (authorize_form(v, def, Some(&c.id), if c.status == Status::Pending { "Connect" } else { "Reconnect" }))
+                    }
+                    @if c.status != Status::Disconnected {
+                        form.disconnect-form method="post" action=(format!("/connect/{}/disconnect", v.session_id)) {
+                            input type="hidden" name="csrf" value=(v.csrf);
+                            input type="hidden" name="connection_id" value=(c.id);
+                            button.danger type="submit" data-action="disconnect" { "Disconnect" }
+                        }
+                    }
+                }
+                @if !def.oauth && !def.inputs.is_empty() {
+                    details.update open[open_update] {
+                        summary { "Update credentials" }
+                        (values_form(v, def, Some(&c.id), &c.values))
+                    }
+                }
+            }
+            (logs(&c.logs))
+        }
+    }
+}
+
+fn logs(entries: &[LogEntry]) -> Markup {
+    html! {
+        details.logs {
+            summary { "Activity (" (entries.len()) ")" }
+            @if entries.is_empty() {
+                p.meta { "Nothing yet." }
+            } @else {
+                ol {
+                    @for e in entries {
+                        li {
+                            time datetime=(e.at.format(&Rfc3339).unwrap_or_default()) { (when(e.at)) }
+                            span.log-type { (log_type(e)) }
+                            (e.message)
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A log line's type in words: `authorize_failed` -> `authorize failed`.
+fn log_type(e: &LogEntry) -> String {
+    match serde_json::to_value(e.kind) {
+        Ok(Value::String(kind)) => kind.replace('_', " "),
+        _ => String::new(),
+    }
+}
+
+/// `2026-11-30 05:12 UTC`.
+fn when(at: time::OffsetDateTime) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    format!("{:04}-{:02}-{:02} {:02}:{:02} UTC", at.year(), u8::from(at.month()), at.day(), at.hour(), at.minute())
+}
+
+fn authorize_form(v: &PageView<'_>, def: &PageDefinition, connection_id: Option<&str>, label: &str) -> Markup {
+    html! {
+        form.authorize-form method="post" action=(format!("/connect/{}/authorize", v.session_id)) {
+            input type="hidden" name="csrf" value=(v.csrf);
+            input type="hidden" name="definition" value=(def.key);
+            @if let Some(id) = connection_id {
+                input type="hidden" name="connection_id" value=(id);
+            }
+            button type="submit" data-action="connect" class=[connection_id.map(|_| "secondary")] { (label) }
+            p.new-window-note hidden { "Opens in a new window." }
+        }
+    }
+}
+
+/// A JSON value as a form field shows it.
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// The form of `def`'s inputs: a new connection (`connection_id` `None`, prefilled with the
+/// defaults) or an update of one (prefilled with its `current` non-secret values). A password
+/// input never has a value; on an update, blank keeps the current one.
+fn values_form(
+    v: &PageView<'_>,
+    def: &PageDefinition,
+    connection_id: Option<&str>,
+    current: &BTreeMap<String, Value>,
+) -> Markup {
+    let form_id = match connection_id {
+        Some(id) => format!("c-{id}"),
+        None => format!("new-{}", def.key),
+    };
+    let state = v.form.filter(|f| f.is_for(&def.key, connection_id));
+    let update = connection_id.is_some();
+    let any_required = def.inputs.iter().any(|i| i.required && !(update && i.kind == InputType::Password));
+    html! {
+        form.values-form id=(form_id) method="post" action=(format!("/connect/{}/values", v.session_id))
+            data-definition=(def.key) data-connection-id=[connection_id] novalidate {
+            input type="hidden" name="csrf" value=(v.csrf);
+            input type="hidden" name="definition" value=(def.key);
+            @if let Some(id) = connection_id {
+                input type="hidden" name="connection_id" value=(id);
+            }
+            @if any_required {
+                p.meta { "Fields marked " span.required aria-hidden="true" { "*" } " are required." }
+            }
+            @for input in &def.inputs {
+                @let value = match state {
+                    Some(s) => s.values.get(&input.name).cloned(),
+                    None if update => current.get(&input.name).map(shown),
+                    None => input.default.as_ref().map(shown),
+                };
+                (field(&form_id, input, value, state.and_then(|s| s.errors.get(&input.name)), update))
+            }
+            button type="submit" data-action="save" { @if update { "Save" } @else { "Connect" } }
+        }
+    }
+}
+
+fn field(form_id: &str, input: &PageInput, value: Option<String>, error: Option<&String>, update: bool) -> Markup {
+    let id = format!("{form_id}-{}", input.name);
+    let name = format!("{}{}", super::form::VALUE_PREFIX, input.name);
+    let hint_id = format!("{id}-hint");
+    let error_id = format!("{id}-error");
+    let keep_blank = update && input.kind == InputType::Password;
+    let required = input.required && !keep_blank;
+    let described: Vec<&str> = [
+        input.description.as_ref().map(|_| hint_id.as_str()),
+        keep_blank.then_some(hint_id.as_str()),
+        error.map(|_| error_id.as_str()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let described = (!described.is_empty()).then(|| {
+        let mut d = described;
+        d.dedup();
+        d.join(" ")
+    });
+    let invalid = error.map(|_| "true");
+    let label = html! {
+        label for=(id) {
+            (input.label)
+            @if required { span.required aria-hidden="true" { "*" } }
+        }
+    };
+    html! {
+        div class={ "field" @if input.kind == InputType::Boolean { " checkbox" } } {
+            @match input.kind {
+                InputType::Boolean => {
+                    input type="checkbox" id=(id) name=(name) value="true"
+                        checked[value.as_deref() == Some("true")] aria-describedby=[described.as_deref()]
+                        aria-invalid=[invalid];
+                    (label)
+                }
+                InputType::Password => {
+                    (label)
+                    // Never a value: not the stored secret, not even what was just typed.
+                    input type="password" id=(id) name=(name) autocomplete="new-password" required[required]
+                        aria-describedby=[described.as_deref()] aria-invalid=[invalid];
+                }
+                InputType::Text => {
+                    (label)
+                    textarea id=(id) name=(name) rows="4" required[required]
+                        aria-describedby=[described.as_deref()] aria-invalid=[invalid] { (value.unwrap_or_default()) }
+                }
+                InputType::Number => {
+                    (label)
+                    // Text with a numeric keyboard: the server, not the browser, says what is wrong.
+                    input type="text" inputmode="decimal" id=(id) name=(name) value=[value] required[required]
+                        aria-describedby=[described.as_deref()] aria-invalid=[invalid];
+                }
+                InputType::Url => {
+                    (label)
+                    input type="url" id=(id) name=(name) value=[value] required[required] autocomplete="off"
+                        spellcheck="false" aria-describedby=[described.as_deref()] aria-invalid=[invalid];
+                }
+                InputType::String => {
+                    (label)
+                    input type="text" id=(id) name=(name) value=[value] required[required] autocomplete="off"
+                        spellcheck="false" aria-describedby=[described.as_deref()] aria-invalid=[invalid];
+                }
+            }
+            @if input.description.is_some() || keep_blank {
+                p.hint id=(hint_id) {
+                    @if let Some(d) = input.description.as_deref() { (d) }
+                    @if keep_blank {
+                        @if input.description.is_some() { " " }
+                        "Leave blank to keep the current value."
+                    }
+                }
+            }
+            @if let Some(e) = error {
+                p.field-error id=(error_id) data-field=(input.name) { (e) }
+            }
+        }
+    }
+}
