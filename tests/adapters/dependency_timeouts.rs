@@ -85,7 +85,7 @@ async fn the_sweep_gives_up_on_hung_refreshes_and_ends_by_its_deadline() {
             first.service.create_connection(&p, &json!({"definition": "idp", "customer": format!("c-{i}")})).await;
         let id = created.unwrap().id;
         let started = first.service.authorize(&p, id.as_str()).await.unwrap();
-        first.service.callback(&query(&mock.authorize(&started.authorize_url).await)).await;
+        first.service.callback(&query(&mock.authorize(&started.authorize_url).await), &Default::default()).await;
         ids.push(id);
     }
     eventually(Duration::from_secs(20), "every token is due", || async {

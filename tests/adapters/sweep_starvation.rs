@@ -245,7 +245,7 @@ fn query(url: &str) -> BTreeMap<String, String> {
 async fn authorized(backend: &Backend, mock: &oauth::MockServer, p: &Principal, customer: &str) -> ConnectionId {
     let (id, url) = start_authorization(backend.service(), p, customer).await;
     let back = mock.authorize(&url).await;
-    backend.service().callback(&query(&back)).await;
+    backend.service().callback(&query(&back), &Default::default()).await;
     let c = backend.connection(&p.org, &id).await;
     assert!(c.oauth.as_ref().is_some_and(|t| t.has_refresh_token), "authorized with a refresh token");
     id
@@ -413,7 +413,7 @@ async fn authorized_at(backend: &Backend, p: &Principal, customer: &str) -> Conn
     let (id, url) = start_authorization(backend.service(), p, customer).await;
     let state = query(&url).remove("state").expect("a state");
     let params = BTreeMap::from([("code".to_owned(), "any-code".to_owned()), ("state".to_owned(), state)]);
-    backend.service().callback(&params).await;
+    backend.service().callback(&params, &Default::default()).await;
     assert!(backend.connection(&p.org, &id).await.oauth.is_some(), "authorized");
     id
 }

@@ -10,6 +10,7 @@ mod harness;
 
 mod auth;
 mod catalog;
+mod connect_sessions;
 mod dependency_timeouts;
 mod idempotency;
 mod import;

@@ -36,6 +36,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/connections/{id}/refresh"),
     ("POST", "/v1/connections/{id}/verify"),
     ("POST", "/v1/connections/{id}/disconnect"),
+    ("POST", "/v1/connect/sessions"),
     ("GET", "/v1/oauth/callback"),
 ];
 

@@ -296,7 +296,7 @@ async fn a_dead_workers_lease_is_taken_over_after_it_expires() {
     let back = mock.authorize(&started.authorize_url).await;
     let params = url_params(&back);
     assert!(matches!(
-        app.service.callback(&params).await,
+        app.service.callback(&params, &Default::default()).await,
         latchkey::service::CallbackOutcome::Page { status: 200, .. }
     ));
 

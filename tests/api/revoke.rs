@@ -171,7 +171,7 @@ async fn a_replayed_revoke_event_does_nothing() {
     let back = oidc.login_and_consent(&started.authorize_url).await;
     let params: std::collections::BTreeMap<String, String> =
         reqwest::Url::parse(&back).unwrap().query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
-    service.callback(&params).await;
+    service.callback(&params, &Default::default()).await;
     service.disconnect(&p, conn.id.as_str()).await.unwrap();
 
     let event = json!({"source": "latchkey", "detail-type": "Connection Disconnected",
@@ -307,7 +307,7 @@ async fn the_sweep_starts_no_revocation_after_its_deadline() {
     let started = app.service.authorize(&p, conn.id.as_str()).await.unwrap();
     let back = reqwest::Url::parse(&mock.authorize(&started.authorize_url).await).unwrap();
     let params = back.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
-    app.service.callback(&params).await;
+    app.service.callback(&params, &Default::default()).await;
     app.service.disconnect(&p, conn.id.as_str()).await.unwrap();
     let id = ConnectionId::parse(conn.id.as_str()).unwrap();
     assert_eq!(app.store.revocations_of(&org, &id).await.unwrap().len(), 1, "a job, due now");

@@ -95,3 +95,22 @@ pub async fn create_connection(
         .await?;
     Ok(respond(outcome))
 }
+
+/// `POST /v1/connect/sessions` with an `Idempotency-Key`: a retry gets the same link (stored
+/// sealed, [`Service::idempotent_sealed`]).
+pub async fn create_connect_session(
+    service: &Service,
+    p: &Principal,
+    key: &IdempotencyKey,
+    body: &Value,
+    public_url: Option<&str>,
+) -> Result<Response, Problem> {
+    let outcome = service
+        .idempotent_sealed(p, routes::CREATE_CONNECT_SESSION, key, body, || async {
+            let link = service.create_connect_session(p, body, public_url).await?;
+            let body = serde_json::to_string(&link).map_err(ServiceError::unexpected)?;
+            Ok(StoredResponse { status: StatusCode::CREATED.as_u16(), body })
+        })
+        .await?;
+    Ok(respond(outcome))
+}

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod connect;
+mod connect_sessions;
 pub mod idempotency;
 pub mod problem;
 mod providers;
@@ -77,6 +78,7 @@ pub fn router_for(surface: Surface, state: RouterState) -> Router {
             .route("/v1/connections/{id}/refresh", post(force_refresh))
             .route("/v1/connections/{id}/verify", post(verify_connection))
             .route("/v1/connections/{id}/disconnect", post(disconnect))
+            .route("/v1/connect/sessions", post(connect_sessions::create))
             .merge(connect::routes());
     }
     if surface != Surface::ConnectionsApi {

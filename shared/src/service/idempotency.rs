@@ -27,6 +27,9 @@ use crate::domain::{IdempotencyKey, IdempotencyRecord, Principal, Sealed, Stored
 pub mod routes {
     /// `POST /v1/connections`.
     pub const CREATE_CONNECTION: &str = "POST /v1/connections";
+    /// `POST /v1/connect/sessions`: its response holds a secret link, stored sealed
+    /// ([`super::Service::idempotent_sealed`]).
+    pub const CREATE_CONNECT_SESSION: &str = "POST /v1/connect/sessions";
 }
 
 /// What an idempotent request answers.
@@ -100,6 +103,45 @@ impl Service {
                 Err(e.into())
             }
         }
+    }
+
+    /// [`Service::idempotent`] for an operation whose response holds a secret (a connect
+    /// session's link): the response body is stored sealed (the JSON of a [`Sealed`] under the
+    /// organization's encryption context) and opened when it is given again, so the store never
+    /// holds the secret in clear. The first answer is `op`'s own, never re-opened.
+    pub async fn idempotent_sealed<F, Fut>(
+        &self,
+        p: &Principal,
+        route: &'static str,
+        key: &IdempotencyKey,
+        body: &Value,
+        op: F,
+    ) -> Result<Idempotent, IdempotencyError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<StoredResponse, ServiceError>>,
+    {
+        let ctx = EncryptionContext::organization(&p.org);
+        let first = std::sync::Mutex::new(None);
+        let mut outcome = self
+            .idempotent(p, route, key, body, || async {
+                let response = op().await?;
+                let sealed = self.envelope.seal(&ctx, response.body.as_bytes()).await?;
+                let stored = serde_json::to_string(&sealed).map_err(ServiceError::unexpected)?;
+                let status = response.status;
+                *first.lock().unwrap_or_else(|p| p.into_inner()) = Some(response);
+                Ok(StoredResponse { status, body: stored })
+            })
+            .await?;
+        match first.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(response) => outcome.response = response,
+            None => {
+                let sealed: Sealed = serde_json::from_str(&outcome.response.body).map_err(ServiceError::unexpected)?;
+                let opened = self.envelope.open(&ctx, &sealed).await.map_err(ServiceError::from)?;
+                outcome.response.body = String::from_utf8(opened.to_vec()).map_err(ServiceError::unexpected)?;
+            }
+        }
+        Ok(outcome)
     }
 
     /// Whether `stored` (a record's [`IdempotencyRecord::request_hash`]: sealed under `ctx`) is

@@ -84,6 +84,10 @@ pub struct ConnectionView {
     /// token or when its lifetime is unknown.
     #[serde(with = "time::serde::rfc3339::option")]
     pub refresh_token_expires_at: Option<OffsetDateTime>,
+    /// What the connect session that created it named (instance, integration, config
+    /// variable); absent for other connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_context: Option<crate::domain::ConnectContext>,
     pub version: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -137,6 +141,7 @@ impl ConnectionView {
                 .as_ref()
                 .filter(|t| t.has_refresh_token)
                 .and_then(|t| t.refresh_token_expires_at),
+            connect_context: c.connect_context.clone(),
             version: c.version,
             created_at: c.created_at,
             updated_at: c.updated_at,

@@ -291,6 +291,10 @@ impl Service {
             return Err(ServiceError::Conflict("only oauth2_authorization_code definitions are authorized"));
         }
         let hash = s.browser_hash.clone().ok_or(ServiceError::NotFound)?;
+        if public_url.is_none() {
+            // Before a pending connection is created that could never be authorized.
+            return Err(ServiceError::unexpected("no public URL: no OAuth redirect URI for the connect page"));
+        }
         let id: ConnectionId = match target(s, connection_id)? {
             Some(id) => self.offered_connection(s, &id, Some(&def)).await?.id,
             None => self.create_for_session(s, &def, Map::new()).await?.id,
