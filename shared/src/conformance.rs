@@ -75,6 +75,7 @@ pub fn connection(def: &Definition, customer: &str) -> Connection {
     }
 }
 
+mod connect;
 mod idempotency;
 mod tags;
 
@@ -82,6 +83,10 @@ mod tags;
 pub mod store {
     use std::sync::Arc;
 
+    pub use super::connect::{
+        concurrent_trades_of_one_link_have_one_winner, connect_links_are_traded_once,
+        connect_sessions_round_trip_and_expire,
+    };
     pub use super::idempotency::{
         idempotency_claims_are_released_or_lapse, idempotency_keys_are_claimed_once_and_answered_for_a_day,
     };
@@ -675,6 +680,9 @@ macro_rules! store_conformance_tests {
             idempotency_claims_are_released_or_lapse,
             logs_are_newest_first_and_go_with_the_connection,
             oauth_states_are_single_use_and_expire,
+            connect_sessions_round_trip_and_expire,
+            connect_links_are_traded_once,
+            concurrent_trades_of_one_link_have_one_winner,
             the_due_index_finds_what_is_due_and_nothing_else,
             the_due_index_holds_the_earliest_of_refresh_warning_and_lapse,
             the_due_index_pages_past_stuck_entries_and_forgets_cleared_ones,
