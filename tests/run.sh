@@ -59,6 +59,8 @@ echo "==> credential verification on the aws backend (moto): connect-time checks
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- verify::
 echo "==> reconnect in place and refresh-token lifetime on the aws backend (moto): kept refresh tokens, the warning's conditional write in the due index"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- reconnect:: rt_lifetime::
+echo "==> connect sessions on the aws backend (moto): the link's one conditional trade, TTL'd items, the sealed idempotent answer"
+LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- connect_sessions::
 
 echo "==> the connect page in a real browser (tests/browser.sh: Debian chromium, Selenium pinned in tests/browser/requirements.txt)"
 bash tests/browser.sh
