@@ -297,6 +297,17 @@ fn the_http_routes_are_the_openapi_operations() {
             assert_eq!(p["TimeoutInMillis"], 29000, "{name}.{event}");
             assert!(p.get("PayloadFormatVersion").is_none_or(|v| v == "2.0"), "{name}.{event}: payload 2.0");
             let key = format!("{} {}", p["Method"].as_str().unwrap().to_uppercase(), p["Path"].as_str().unwrap());
+            // The connect page's routes under /connect/ share one public catch-all route.
+            if key == "ANY /connect/{proxy+}" {
+                assert_eq!(p["Auth"]["Authorizer"], "NONE", "{name}.{event}: the connect page is public");
+                let served: Vec<_> = documented.keys().filter(|k| k.contains(" /connect/")).cloned().collect();
+                assert!(!served.is_empty(), "{name}.{event}: no documented /connect/ operation");
+                for op in served {
+                    assert!(documented[&op], "{op} is public");
+                    assert!(deployed.insert(op.clone(), true).is_none(), "{name}.{event}: {op} twice");
+                }
+                continue;
+            }
             let public = match p["Auth"]["Authorizer"].as_str() {
                 None => false,
                 Some("NONE") => true,

@@ -11,6 +11,7 @@ mod harness;
 mod auth;
 mod catalog;
 mod connect_sessions;
+mod connect_page;
 mod dependency_timeouts;
 mod idempotency;
 mod import;

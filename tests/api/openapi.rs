@@ -38,6 +38,13 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/connections/{id}/disconnect"),
     ("POST", "/v1/connect/sessions"),
     ("GET", "/v1/oauth/callback"),
+    ("GET", "/connect"),
+    ("GET", "/connect/{id}"),
+    ("POST", "/connect/{id}/values"),
+    ("POST", "/connect/{id}/authorize"),
+    ("POST", "/connect/{id}/disconnect"),
+    ("GET", "/connect/assets/connect.css"),
+    ("GET", "/connect/assets/connect.js"),
 ];
 
 /// The operation keys of an OpenAPI path item.
