@@ -1,6 +1,7 @@
 //! `latchkey`: run every function in one local process (`serve`), create the DynamoDB table
-//! (`bootstrap`), mint dev tokens (`token`), check a backend (`doctor`): these take the server's
-//! settings (`latchkey::config::Settings`, as flags or `LATCHKEY_*` variables). The commands
+//! (`bootstrap`), mint dev tokens (`token`), print a connect link (`connect-link`, which also
+//! takes `--url`), check a backend (`doctor`): these take the server's settings
+//! (`latchkey::config::Settings`, as flags or `LATCHKEY_*` variables). The commands
 //! that talk to a running API (`definitions`, `connections`, `lookup`, `import`) take only
 //! `--url`/`--token` (`LATCHKEY_URL`/`LATCHKEY_TOKEN`): a server setting neither shows in their
 //! help nor stops them. A blank variable counts as unset everywhere.
@@ -59,6 +60,16 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Print a connect session's one-time link (then its expiry) for a customer, from the API at
+    /// --url (LATCHKEY_URL), signing an organization token with the server's JWT secret
+    /// (LATCHKEY_JWT_SECRET, or the data directory's) as `token` does.
+    #[command(long_about = None)]
+    ConnectLink {
+        #[command(flatten)]
+        link: commands::connect_link::Link,
+        #[command(flatten)]
+        settings: Settings,
+    },
     /// Apply definitions from YAML/JSON files (diff, then write only what changed), list or show
     /// them, on the API at --url (LATCHKEY_URL).
     #[command(subcommand)]
@@ -92,6 +103,7 @@ impl Command {
                 Self::Token { org, customer, roles, ttl, settings: settings.check()? }
             }
             Self::Doctor { settings } => Self::Doctor { settings: settings.check()? },
+            Self::ConnectLink { link, settings } => Self::ConnectLink { link, settings: settings.check()? },
             client @ (Self::Definitions(_) | Self::Connections(_) | Self::Lookup(_) | Self::Import(_)) => client,
         })
     }
@@ -102,6 +114,7 @@ impl Command {
             Self::Serve { settings }
             | Self::Bootstrap { settings }
             | Self::Token { settings, .. }
+            | Self::ConnectLink { settings, .. }
             | Self::Doctor { settings } => Some(settings),
             Self::Definitions(_) | Self::Connections(_) | Self::Lookup(_) | Self::Import(_) => None,
         }
@@ -181,6 +194,15 @@ async fn main() -> ExitCode {
         // Never a new secret: a token signed with one no server knows would only get a bare 401.
         Command::Token { org, customer, roles, ttl, settings } => match settings.jwt_secret_existing() {
             Ok(secret) => token(&secret, org, customer, roles, ttl).await.map(|t| println!("{t}")).map_err(Into::into),
+            Err(e) => Err(e.into()),
+        },
+        Command::ConnectLink { link, settings } => match settings.jwt_secret_existing() {
+            Ok(secret) => {
+                match token(&secret, link.org.clone(), None, Vec::new(), commands::connect_link::TOKEN_TTL_SECS).await {
+                    Ok(signed) => commands::connect_link::run(link, SecretString::from(signed)).await,
+                    Err(e) => Err(e.into()),
+                }
+            }
             Err(e) => Err(e.into()),
         },
         Command::Definitions(c) => commands::definitions::run(c).await,

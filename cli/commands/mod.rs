@@ -2,6 +2,7 @@
 //! `import`) through the `latchkey-client` crate, and `doctor`, which checks the local settings.
 //! Results go to stdout, progress and summaries to stderr.
 
+pub mod connect_link;
 pub mod connections;
 pub mod definitions;
 pub mod doctor;

@@ -62,6 +62,11 @@ impl Server {
         Self { url, secret, dir, _child: child }
     }
 
+    /// The server's HS256 secret (`LATCHKEY_JWT_SECRET`), for commands that sign their own token.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
     pub async fn token(&self, org: &str, roles: &[&str]) -> String {
         let mut cmd = Command::new(BIN);
         cmd.env_clear().env("LATCHKEY_JWT_SECRET", &self.secret).args(["token", "--org", org]);

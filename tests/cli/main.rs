@@ -4,6 +4,7 @@
 //!   commands take them, and `latchkey token`;
 //! - [`commands`]: `definitions`, `connections`, `lookup`, `import` against a real `latchkey serve`;
 //! - [`client`]: the `latchkey-client` crate against the same;
+//! - [`connect_link`]: `latchkey connect-link` against the same;
 //! - [`doctor`]: `latchkey doctor` on the embedded backend and on moto.
 //!
 //! The shared harness (a `latchkey serve` on a free port, a finished command) is [`harness`];
@@ -11,6 +12,7 @@
 
 mod client;
 mod commands;
+mod connect_link;
 mod doctor;
 mod harness;
 mod settings;
