@@ -61,6 +61,9 @@ echo "==> reconnect in place and refresh-token lifetime on the aws backend (moto
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- reconnect:: rt_lifetime::
 echo "==> connect sessions on the aws backend (moto): the link's one conditional trade, TTL'd items, the sealed idempotent answer"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- connect_sessions::
+echo "==> the connect page over HTTP in-process, and on the aws backend (moto): its forms and refusals on either store"
+LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test api -- connect_page::
+LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- connect_page::
 
 echo "==> the connect page in a real browser (tests/browser.sh: Debian chromium, Selenium pinned in tests/browser/requirements.txt)"
 bash tests/browser.sh
