@@ -26,6 +26,7 @@ The committed docs/connect/*.png are copies of some of these, reduced with Pillo
         Image.open(sys.argv[1]).convert("RGB").quantize(64).save(sys.argv[2], optimize=True)' SRC DST
 """
 
+import base64
 import glob
 import http.server
 import json
@@ -364,19 +365,49 @@ def browsers():
 
 @pytest.fixture
 def shot(request):
-    """`shot(driver, name)`: screenshots of what `driver` shows, at desktop and phone size."""
+    """`shot(driver, name, focus=None)`: screenshots of the whole page `driver` shows, at
+    desktop width (NN-name.png) and at phone width (NN-name-phone.png); with `focus` (an
+    element, or True for the top of the page), also the window's view with it scrolled to the
+    middle, at desktop and phone size (NN-name-view.png, NN-name-view-phone.png: what
+    docs/connect/ shows)."""
     directory = SCREENSHOTS / request.node.name
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     count = [0]
 
-    def take(driver, name):
+    def full_page(path):
+        metrics = driver_of[0].execute_cdp_cmd("Page.getLayoutMetrics", {})
+        size = metrics["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 8000), "scale": 1}
+        data = driver_of[0].execute_cdp_cmd(
+            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+        )["data"]
+        Path(path).write_bytes(base64.b64decode(data))
+
+    driver_of = [None]
+
+    def take(driver, name, focus=None):
+        driver_of[0] = driver
         count[0] += 1
         stem = directory / f"{count[0]:02d}-{name}"
         size = driver.get_window_size()
-        driver.save_screenshot(f"{stem}.png")
-        driver.set_window_size(*PHONE)
-        driver.save_screenshot(f"{stem}-phone.png")
-        driver.set_window_size(size["width"], size["height"])
+        try:
+            for suffix, (width, height) in (("", DESKTOP), ("-phone", PHONE)):
+                driver.set_window_size(width, height)
+                # The window's frame takes some of it: grow the window until the page itself
+                # (the viewport) has the size.
+                inner = driver.execute_script("return [window.innerWidth, window.innerHeight]")
+                if inner != [width, height]:
+                    driver.set_window_size(2 * width - inner[0], 2 * height - inner[1])
+                full_page(f"{stem}{suffix}.png")
+                if focus is not None:
+                    if focus is True:
+                        driver.execute_script("window.scrollTo(0, 0)")
+                    else:
+                        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", focus)
+                    driver.save_screenshot(f"{stem}-view{suffix}.png")
+                    driver.execute_script("window.scrollTo(0, 0)")
+        finally:
+            driver.set_window_size(size["width"], size["height"])
 
     return take

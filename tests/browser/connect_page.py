@@ -87,9 +87,16 @@ def new_connection_form(driver, key):
 
 
 def connection_form(driver, key, cid):
-    return section(driver, key).find_element(
+    """The values form that updates connection `cid`, opened first if it is folded in a
+    `<details>` (as a customer would, by clicking its summary)."""
+    form = section(driver, key).find_element(
         By.CSS_SELECTOR, f'form.values-form[data-definition="{key}"][data-connection-id="{cid}"]'
     )
+    folded = driver.execute_script("const d = arguments[0].closest('details'); return d && !d.open ? d : null", form)
+    if folded is not None:
+        folded.find_element(By.TAG_NAME, "summary").click()
+        wait(driver).until(lambda d: form.is_displayed())
+    return form
 
 
 def field(form, name):

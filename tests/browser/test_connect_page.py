@@ -126,7 +126,7 @@ def test_api_key_connect_shows_a_field_error_then_connects(org, browsers, shot):
     assert field(form, "apiKey").get_attribute("value") == ""
     assert TYPED_KEY not in driver.page_source
     assert org.connections("c-1") == []
-    shot(driver, "validation-error")
+    shot(driver, "validation-error", focus=error_element)
 
     # Corrected, and sent from the keyboard (Enter in the key field).
     fill(form, {"apiKey": API_KEY, "endpoint": "https://eu.acme.example"})
@@ -171,7 +171,7 @@ def test_oauth_connect_consents_at_the_provider_and_turns_active_after_a_lookup(
     cid = connected_id(driver)
     assert cid and status_of(driver, cid) == ("configured", "Configured")
     assert oidc.code_exchanges() == exchanges + 1
-    shot(driver, "oauth-success")
+    shot(driver, "oauth-success", focus=True)
 
     found = org.lookup(cid, {"min_valid_seconds": 60})
     assert found.status_code == 200, found.text
@@ -261,35 +261,51 @@ def test_reconnect_of_a_red_connection_keeps_its_id(org, browsers, shot):
     assert found.json()["fields"]["apiKey"] == NEW_API_KEY
 
 
-def hsv(css_colour):
-    """(hue in degrees, saturation, value, alpha) of a computed `rgb(...)`/`rgba(...)` colour."""
+def rgba(css_colour):
+    """(r, g, b, alpha) of a computed `rgb(...)`/`rgba(...)` colour, r/g/b in 0..255."""
     parts = [float(x) for x in re.findall(r"[\d.]+", css_colour)]
-    r, g, b = (x / 255 for x in parts[:3])
-    alpha = parts[3] if len(parts) > 3 else 1.0
-    h, s, v = colorsys.rgb_to_hsv(r, g, b)
-    return h * 360, s, v, alpha
+    return (*parts[:3], parts[3] if len(parts) > 3 else 1.0)
 
 
-def badge_colour(driver, cid):
-    """The colour a connection's status badge shows: its background, or its text colour when
-    the background is transparent."""
+def hue_and_spread(colour):
+    """The hue (degrees) of an (r, g, b, a) colour and its chroma (max - min channel, 0..255):
+    under about 40 it reads as grey whatever the hue."""
+    r, g, b, _ = colour
+    return colorsys.rgb_to_hsv(r / 255, g / 255, b / 255)[0] * 360, max(r, g, b) - min(r, g, b)
+
+
+HUES = {"green": (80, 170), "yellow": (30, 65), "red": (-20, 20)}
+
+
+def reads_as(colour, name):
+    """Whether `colour` reads as `name`: one of HUES with some chroma, or "grey"."""
+    hue, spread = hue_and_spread(colour)
+    if name == "grey":
+        return spread < 40
+    low, high = HUES[name]
+    hue = hue - 360 if hue > 180 and low < 0 else hue
+    return spread >= 8 and low <= hue <= high
+
+
+def badge_colours(driver, cid):
+    """(text colour, background colour) of a connection's status badge."""
     badge = item(driver, cid).find_element(By.CSS_SELECTOR, ".status")
-    background = hsv(badge.value_of_css_property("background-color"))
-    return background if background[3] > 0 else hsv(badge.value_of_css_property("color"))
+    return rgba(badge.value_of_css_property("color")), rgba(badge.value_of_css_property("background-color"))
 
 
 def test_list_shows_every_status_with_its_colour_logs_and_labels(org, oidc, browsers, shot):
     org.define("acme-api", ACME)
     org.define("idp", oidc.definition())
     new = {"definition": "acme-api", "customer": "c-1", "values": {"apiKey": API_KEY}}
-    configured = org.create({**new, "label": "Staging"})["id"]
-    active = org.create({**new, "label": "Production"})["id"]
-    assert org.lookup(active).status_code == 200
+    # Created oldest first: the page lists the newest first.
+    grey = org.create({**new, "label": "Old workspace"})["id"]
+    org.server.api(org.token, "POST", f"/v1/connections/{grey}/disconnect")
     red = org.create({**new, "label": "Reporting"})["id"]
     assert org.lookup(red).status_code == 200
     org.report_error(red, "Acme answered 401: invalid API key")
-    grey = org.create({**new, "label": "Old workspace"})["id"]
-    org.server.api(org.token, "POST", f"/v1/connections/{grey}/disconnect")
+    configured = org.create({**new, "label": "Staging"})["id"]
+    active = org.create({**new, "label": "Production"})["id"]
+    assert org.lookup(active).status_code == 200
     pending = org.create({"definition": "idp", "customer": "c-1"})["id"]
     elsewhere = org.create({**new, "customer": "c-2"})["id"]
 
@@ -303,13 +319,17 @@ def test_list_shows_every_status_with_its_colour_logs_and_labels(org, oidc, brow
     assert elsewhere not in driver.page_source, "another customer's connection is shown"
     assert "invalid API key" in item(driver, red).find_element(By.CSS_SELECTOR, ".error-message").text
 
-    # Colours: green, yellow, red, and grey for both pending and disconnected.
-    colours = {status: badge_colour(driver, cid) for cid, status in expected.items()}
-    hue, saturation = (lambda s: colours[s][0]), (lambda s: colours[s][1])
-    assert 80 <= hue("active") <= 170 and saturation("active") > 0.2, colours
-    assert 30 <= hue("configured") <= 65 and saturation("configured") > 0.2, colours
-    assert (hue("error") <= 20 or hue("error") >= 340) and saturation("error") > 0.2, colours
-    assert saturation("disconnected") < 0.2 and saturation("pending") < 0.2, colours
+    # Colours: green, yellow, red, and grey for both pending and disconnected; the badge's text
+    # says it, and its background (unless transparent) is a shade of the same.
+    named = {"active": "green", "configured": "yellow", "error": "red", "pending": "grey", "disconnected": "grey"}
+    for cid, status in expected.items():
+        colour, background = badge_colours(driver, cid)
+        assert reads_as(colour, named[status]) and hue_and_spread(colour)[1] >= (0 if named[status] == "grey" else 60), (
+            f"the {status} badge's text is {colour}, not {named[status]}"
+        )
+        assert background[3] == 0 or reads_as(background, named[status]), (
+            f"the {status} badge's background is {background}, not {named[status]}"
+        )
 
     # The red connection's log, newest lines first, behind a disclosure.
     logs = item(driver, red).find_element(By.CSS_SELECTOR, "details.logs")
@@ -326,8 +346,7 @@ def test_list_shows_every_status_with_its_colour_logs_and_labels(org, oidc, brow
     assert item(driver, pending).find_elements(By.CSS_SELECTOR, 'button[data-action="connect"]')
     for cid in (configured, active, red):
         assert item(driver, cid).find_elements(By.CSS_SELECTOR, 'button[data-action="disconnect"]'), cid
-    driver.execute_script("window.scrollTo(0, 0)")
-    shot(driver, "list")
+    shot(driver, "list", focus=True)
 
 
 def test_page_never_shows_secrets_tokens_or_organization_inputs(org, oidc, browsers):
@@ -417,7 +436,7 @@ def test_expired_links_are_refused(shifted_latchkey, browsers, shot):
     assert heading(driver) == INVALID_TITLE
     driver.get(unopened)
     assert heading(driver) == INVALID_TITLE
-    shot(driver, "expired")
+    shot(driver, "expired", focus=True)
 
 
 def test_popup_posts_the_connection_id_to_its_opener(org, latchkey, host, browsers, shot):
