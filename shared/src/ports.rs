@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::domain::{
-    ConnectSession, Connection, ConnectionId, CustomerId, Definition, DefinitionKey, Event, IdempotencyRecord, LogEntry, OAuthState,
-    OrgId, RevocationJob, Status,
+    ConnectSession, Connection, ConnectionId, CustomerId, Definition, DefinitionKey, Event, IdempotencyRecord,
+    LogEntry, OAuthState, OrgId, RevocationJob, Status,
 };
 
 /// A boxed error from an adapter's backend (SQLite, an AWS SDK...). Never carries secret values:

@@ -67,6 +67,7 @@ impl ConnectContext {
         .collect()
     }
 
+    /// Whether no member is set.
     pub fn is_empty(&self) -> bool {
         self.pairs().is_empty()
     }
