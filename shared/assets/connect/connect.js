@@ -1,28 +1,48 @@
 // Latchkey connect page: the only script the page runs (CSP script-src 'self', no inline code).
 // 1. After a connection succeeds (body[data-connected]), tell the window that opened or frames
 //    the page, at the session's parent origin only (nothing is posted when it has none).
-// 2. In a frame, the OAuth Connect forms open in a new window: providers refuse to be framed.
+// 2. In a frame, the OAuth Connect forms open in a new window (providers refuse to be framed),
+//    with an opener: when the authorization ends there, that window tells this page (same
+//    origin only), which loads its success view and so tells its parent in turn.
 (function () {
   "use strict";
   var body = document.body;
+  var session = body.getAttribute("data-session") || "";
   var origin = body.getAttribute("data-parent-origin") || "";
   var connected = body.getAttribute("data-connected") || "";
   var framed = window.parent && window.parent !== window;
 
-  if (connected && origin) {
+  if (connected) {
     var message = { type: "latchkey:connected", connection_id: connected };
-    if (window.opener && !window.opener.closed) {
-      try { window.opener.postMessage(message, origin); } catch (e) { /* the opener moved on */ }
+    var opener = window.opener;
+    if (opener && !opener.closed) {
+      if (origin) {
+        try { opener.postMessage(message, origin); } catch (e) { /* the opener moved on */ }
+      }
+      // A connect page in a frame that opened this window.
+      try { opener.postMessage(message, window.location.origin); } catch (e) { /* not ours */ }
     }
-    if (framed) {
+    if (framed && origin) {
       try { window.parent.postMessage(message, origin); } catch (e) { /* not our parent's origin */ }
     }
+  }
+
+  if (session) {
+    window.addEventListener("message", function (event) {
+      var data = event.data;
+      if (event.origin !== window.location.origin || event.source === window || !data) { return; }
+      if (data.type !== "latchkey:connected" || typeof data.connection_id !== "string") { return; }
+      if (!/^[A-Za-z0-9_-]{1,64}$/.test(data.connection_id) || data.connection_id === connected) { return; }
+      window.location.replace("/connect/" + encodeURIComponent(session) +
+        "?connected=" + encodeURIComponent(data.connection_id));
+    });
   }
 
   if (framed) {
     var forms = document.querySelectorAll("form.authorize-form");
     for (var i = 0; i < forms.length; i++) {
       forms[i].setAttribute("target", "_blank");
+      forms[i].setAttribute("rel", "opener");
       var note = forms[i].querySelector(".new-window-note");
       if (note) { note.hidden = false; }
     }
