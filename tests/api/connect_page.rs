@@ -357,10 +357,23 @@ async fn the_api_key_form_shows_field_errors_then_connects() {
 async fn labels_and_descriptions_are_escaped() {
     let app = TestApp::spawn().await;
     let org = setup(&app).await;
-    let (_, page) = Browser::new(&app).open(&link(&app, &org, session_body()).await).await;
+    let mut browser = Browser::new(&app);
+    let (id, page) = browser.open(&link(&app, &org, session_body()).await).await;
     assert!(page.html.contains("&lt;script&gt;alert(1)&lt;/script&gt; Acme &amp; &quot;Co&quot;"), "{}", page.html);
     assert!(page.html.contains("from &lt;b&gt;Settings&lt;/b&gt;."));
     assert!(!page.html.contains("<script>alert") && !page.html.contains("<b>Settings"));
+
+    // A failed authorization's banner (the callback sends the browser back with the provider's
+    // words): escaped too.
+    let failed = browser.get(&format!("/connect/{id}?error=access_denied&error_description=%3Cb%3ENo%3C%2Fb%3E")).await;
+    assert_eq!(failed.status, StatusCode::OK);
+    assert!(
+        failed.html.contains(
+            "<div class=\"banner error\" role=\"alert\">The authorization did not complete: &lt;b&gt;No&lt;/b&gt;</div>"
+        ),
+        "{}",
+        failed.html
+    );
 }
 
 /// A form without the page's token, or with another session's, is refused and changes nothing.
