@@ -383,7 +383,8 @@ async fn foreign_principals_reach_nothing_planted_on_any_documented_route() {
 
     // The owner reaches every planted target that can be read (positive control: the walk's
     // paths name real data).
-    for op in ops.iter().filter(|o| o.method == Method::GET && o.template.contains('{')) {
+    // (Public operations are not the bearer's: the connect page's `{id}` is a session's.)
+    for op in ops.iter().filter(|o| o.method == Method::GET && o.template.contains('{') && !o.public) {
         for (path, _) in expand(op, &planted, "-", "-") {
             app.get(&path, &org).await.assert_status(StatusCode::OK);
         }
