@@ -4,7 +4,12 @@
 import json
 from urllib.parse import urlparse
 
-from selenium.common.exceptions import NoAlertPresentException, NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoAlertPresentException,
+    NoSuchElementException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
@@ -23,15 +28,27 @@ BADGES = {
 }
 
 
-def wait(driver, timeout=WAIT):
-    return WebDriverWait(driver, timeout, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+def wait(driver, timeout=WAIT, ignore=()):
+    ignored = (NoSuchElementException, StaleElementReferenceException, *ignore)
+    return WebDriverWait(driver, timeout, ignored_exceptions=ignored)
 
 
 def page_loaded(driver, old_body=None):
     """Waits until a page of the connect app is there (after `old_body`, if given, went stale)."""
     if old_body is not None:
-        wait(driver).until(EC.staleness_of(old_body))
-    wait(driver).until(lambda d: d.execute_script("return document.readyState") == "complete")
+        # While the document changes, chromedriver may answer about the old node with an error
+        # of its own ("Node with given id does not belong to the document"): that is stale too.
+        def gone(_):
+            try:
+                old_body.is_enabled()
+                return False
+            except (StaleElementReferenceException, WebDriverException):
+                return True
+
+        wait(driver).until(gone)
+    wait(driver, ignore=(WebDriverException,)).until(
+        lambda d: d.execute_script("return document.readyState") == "complete"
+    )
     return driver.find_element(By.TAG_NAME, "body")
 
 

@@ -488,3 +488,40 @@ def test_iframe_on_an_allowed_origin_connects_and_tells_its_parent(org, latchkey
     assert received[0].get_attribute("data-origin") == latchkey.url
     assert json.loads(received[0].text) == {"type": "latchkey:connected", "connection_id": cid}
     shot(driver, "iframe")
+
+
+def test_oauth_from_an_iframe_opens_the_provider_in_a_window_and_tells_the_frame_and_its_parent(
+    org, latchkey, oidc, host, browsers, shot
+):
+    org.define("idp", oidc.definition())
+    link = org.connect_link("c-1", definitions=["idp"], parent_origin=host)
+    driver = browsers()
+    driver.get(f"{host}/host.html#mode=frame&link={quote(link, safe='')}")
+    app = driver.current_window_handle
+    driver.switch_to.frame(wait(driver).until(lambda d: d.find_element(By.ID, "connect-frame")))
+    wait(driver).until(lambda d: d.find_elements(By.CSS_SELECTOR, "body[data-session]"))
+    # Providers refuse to be framed: Connect opens a window of its own.
+    new_connect_button(driver, "idp").click()
+    wait(driver).until(lambda d: len(d.window_handles) == 2)
+    [window] = [h for h in driver.window_handles if h != app]
+    driver.switch_to.window(window)
+    provider_login(driver, oidc.issuer)
+    provider_consent(driver, oidc.issuer)
+    wait(driver).until(lambda d: banner(d, "success") is not None)
+    assert banner(driver, "success") == OAUTH_SUCCESS
+    cid = connected_id(driver)
+    assert cid
+
+    # That window told the framed page, which shows the success too and tells the app.
+    driver.switch_to.window(app)
+    received = wait(driver).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#received li.message"))
+    assert received[0].get_attribute("data-origin") == latchkey.url
+    assert json.loads(received[0].text) == {"type": "latchkey:connected", "connection_id": cid}
+    driver.switch_to.frame(driver.find_element(By.ID, "connect-frame"))
+    wait(driver).until(lambda d: banner(d, "success") is not None)
+    assert banner(driver, "success") == OAUTH_SUCCESS
+    assert connected_id(driver) == cid
+    assert status_of(driver, cid) == ("configured", "Configured")
+    driver.switch_to.default_content()
+    shot(driver, "iframe-oauth")
+    assert org.connection(cid)["status"] == "configured"
