@@ -1,8 +1,10 @@
-"""How the tests read and drive the connect page: by the design's markup contract only
-(/work/notes/issue13-design.md "Markup contract"), and the provider's login and consent pages."""
+"""How the tests read and drive the connect page, through its markup contract only (the
+classes and data- attributes listed at the top of shared/src/http/connect/view.rs:
+`body[data-session]`, `section.definition[data-definition]`, `li.connection[data-status]`,
+`.status`, `.error-message`, `details.logs`, `button[data-action]`, `form.values-form`,
+`.field-error[data-field]`, `.banner`), and the provider's login and consent pages."""
 
 import json
-from urllib.parse import urlparse
 
 from selenium.common.exceptions import (
     NoAlertPresentException,
@@ -11,7 +13,6 @@ from selenium.common.exceptions import (
     WebDriverException,
 )
 from selenium.webdriver.common.by import By
-from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -182,11 +183,3 @@ def requested_urls(driver):
             urls.append(message["params"]["request"]["url"])
     return urls
 
-
-def origin(url):
-    parsed = urlparse(url)
-    return f"{parsed.scheme}://{parsed.netloc}"
-
-
-def press_enter(element):
-    element.send_keys(Keys.ENTER)
