@@ -19,8 +19,9 @@ Everything listens on 127.0.0.1, on free ports, and is stopped by the fixture th
 - `shot`: saves a screenshot of a browser at desktop size (1000x700) and at phone size
   (390x844) to target/screenshots/<test>/NN-<name>{,-phone}.png.
 
-The committed docs/connect/*.png are copies of some of these, reduced with Pillow's quantize
-(Pillow is not a dependency of the suite):
+The committed docs/connect/*.png are copies of the -view screenshots (the list's desktop one
+cropped from the whole page, the expired page's trimmed of empty space), reduced with Pillow's
+quantize (Pillow is not a dependency of the suite):
     python3 -m venv /tmp/pil && /tmp/pil/bin/pip install pillow
     /tmp/pil/bin/python -c 'import sys; from PIL import Image; \
         Image.open(sys.argv[1]).convert("RGB").quantize(64).save(sys.argv[2], optimize=True)' SRC DST
