@@ -10,8 +10,8 @@ mod harness;
 
 mod auth;
 mod catalog;
-mod connect_sessions;
 mod connect_page;
+mod connect_sessions;
 mod dependency_timeouts;
 mod idempotency;
 mod import;
