@@ -4,8 +4,15 @@
 // 2. In a frame, the OAuth Connect forms open in a new window (providers refuse to be framed),
 //    with an opener: when the authorization ends there, that window tells this page (same
 //    origin only), which loads its success view and so tells its parent in turn.
+// 3. The Connect button's answer is a page of this origin with a link to the provider
+//    (a[data-continue]), so the page's CSP keeps form-action 'self': go there at once.
 (function () {
   "use strict";
+  var next = document.querySelector("a[data-continue]");
+  if (next) {
+    window.location.replace(next.href);
+    return;
+  }
   var body = document.body;
   var session = body.getAttribute("data-session") || "";
   var origin = body.getAttribute("data-parent-origin") || "";

@@ -65,27 +65,14 @@ fn is_origin_source(s: &str) -> bool {
     port_ok && !host.is_empty() && host.len() <= 253 && host.split('.').all(label)
 }
 
-/// The `form-action` source of an OAuth definition whose authorize URL is only known per
-/// connection (a catalog template): any https origin.
-pub const ANY_HTTPS: &str = "https:";
-
 /// The page's Content-Security-Policy: only this origin's script and style (no inline ones),
-/// forms posted here or to the authorize origins of the page's OAuth definitions (a browser
-/// checks `form-action` against the redirect that answers a form too), framed only by
-/// `frame_ancestors` (checked by [`parse_frame_ancestors`]). A form origin is an origin
-/// ([`is_origin_source`]) or [`ANY_HTTPS`]; anything else is left out, so nothing read from a
-/// definition can add a directive.
-pub fn content_security_policy<'a>(frame_ancestors: &str, form_origins: impl IntoIterator<Item = &'a str>) -> String {
-    let mut form_action = vec!["'self'".to_owned()];
-    for origin in form_origins {
-        if (origin == ANY_HTTPS || is_origin_source(origin)) && !form_action.iter().any(|o| o == origin) {
-            form_action.push(origin.to_owned());
-        }
-    }
+/// forms posted here only (the Connect button's answer is a page of this origin that links to
+/// the provider, not a redirect a browser would check against `form-action`), framed only by
+/// `frame_ancestors` (checked by [`parse_frame_ancestors`]).
+pub fn content_security_policy(frame_ancestors: &str) -> String {
     format!(
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action {}; \
-         base-uri 'none'; frame-ancestors {frame_ancestors}",
-        form_action.join(" ")
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
+         base-uri 'none'; frame-ancestors {frame_ancestors}"
     )
 }
 
@@ -152,12 +139,6 @@ fn is_loopback_http(url: &str) -> bool {
         }
 }
 
-/// The origin (`scheme://host[:port]`) of `url`, if it has one.
-pub fn origin_of(url: &str) -> Option<String> {
-    let origin = url::Url::parse(url).ok()?.origin();
-    origin.is_tuple().then(|| origin.ascii_serialization())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,15 +173,11 @@ mod tests {
     }
 
     #[test]
-    fn the_policy_lists_form_origins_that_are_origins_only() {
-        let csp = content_security_policy(
-            "'none'",
-            ["https://idp.example", "https://idp.example", "x; script-src *", "http:"],
-        );
+    fn forms_are_posted_to_this_origin_only() {
         assert_eq!(
-            csp,
+            content_security_policy("'self' https://app.example.com"),
             "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-             form-action 'self' https://idp.example; base-uri 'none'; frame-ancestors 'none'"
+             form-action 'self'; base-uri 'none'; frame-ancestors 'self' https://app.example.com"
         );
     }
 
@@ -229,12 +206,5 @@ mod tests {
         assert_eq!(cookies.get("b").map(String::as_str), Some("2"));
         assert_eq!(browser_secret(&headers, "01J").map(|s| s.expose_secret().to_owned()).as_deref(), Some("abc"));
         assert!(browser_secret(&headers, "01K").is_none());
-    }
-
-    #[test]
-    fn origins_of_urls() {
-        assert_eq!(origin_of("https://idp.example/authorize?x=1").as_deref(), Some("https://idp.example"));
-        assert_eq!(origin_of("http://127.0.0.1:9000/a").as_deref(), Some("http://127.0.0.1:9000"));
-        assert_eq!(origin_of("data:text/html,x"), None);
     }
 }

@@ -5,7 +5,8 @@
 //! through the service; nothing here decides what the customer may see or change.
 //!
 //! Routes: `GET /connect?session={id}.{secret}` (trade, 303), `GET /connect/{id}` (the page),
-//! `POST /connect/{id}/values|authorize|disconnect` (forms, 303 on success),
+//! `POST /connect/{id}/values|disconnect` (forms, 303 on success), `POST /connect/{id}/authorize`
+//! (200: a page of this origin that goes on to the provider, so `form-action` stays `'self'`),
 //! `GET /connect/assets/connect.css|connect.js`.
 
 mod form;
@@ -55,15 +56,9 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     res
 }
 
-/// An HTML answer with the page headers, framed only by the configured ancestors, whose forms
-/// may go to `form_origins` (besides this origin).
-fn html_response<'a>(
-    s: &RouterState,
-    status: StatusCode,
-    html: String,
-    form_origins: impl IntoIterator<Item = &'a str>,
-) -> Response {
-    let csp = headers::content_security_policy(s.service.connect_frame_ancestors(), form_origins);
+/// An HTML answer with the page headers, framed only by the configured ancestors.
+fn html_response(s: &RouterState, status: StatusCode, html: String) -> Response {
+    let csp = headers::content_security_policy(s.service.connect_frame_ancestors());
     let mut res = (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response();
     headers::set_page_headers(&mut res, &csp);
     res
@@ -71,7 +66,7 @@ fn html_response<'a>(
 
 /// A page saying only `title` and `text`.
 fn message(s: &RouterState, status: StatusCode, title: &str, text: &str) -> Response {
-    html_response(s, status, view::message_page(title, text), [])
+    html_response(s, status, view::message_page(title, text))
 }
 
 /// 403 "This connect link is no longer valid": a link used before, expired, unknown or
@@ -87,15 +82,14 @@ fn failure(s: &RouterState, e: ServiceError) -> Response {
     message(s, status, "Something went wrong", &problem.detail)
 }
 
-/// A 303 to `to` (a path of this origin, or the provider's authorize URL whose origin the CSP's
-/// `form-action` then allows), with the page headers.
-fn see_other(s: &RouterState, to: &str, form_origin: Option<&str>) -> Response {
+/// A 303 to `to`, a path of this origin, with the page headers.
+fn see_other(s: &RouterState, to: &str) -> Response {
     let Ok(location) = HeaderValue::from_str(to) else {
         return message(s, StatusCode::INTERNAL_SERVER_ERROR, "Something went wrong", "an internal error occurred");
     };
     let mut res = StatusCode::SEE_OTHER.into_response();
     res.headers_mut().insert(header::LOCATION, location);
-    let csp = headers::content_security_policy(s.service.connect_frame_ancestors(), form_origin);
+    let csp = headers::content_security_policy(s.service.connect_frame_ancestors());
     headers::set_page_headers(&mut res, &csp);
     res
 }
@@ -123,9 +117,9 @@ async fn open_link(
     };
     match s.service.open_connect_link(&link).await {
         Ok((session, secret)) => {
-            let left = session.seconds_left(time::OffsetDateTime::now_utc());
-            let cookie = headers::session_cookie(&session.id, &secret, left, public_url.as_deref());
-            let mut res = see_other(&s, &format!("/connect/{}", session.id), None);
+            let max_age = s.service.connect_cookie_max_age(&session);
+            let cookie = headers::session_cookie(&session.id, &secret, max_age, public_url.as_deref());
+            let mut res = see_other(&s, &format!("/connect/{}", session.id));
             if let Ok(v) = HeaderValue::from_str(&cookie) {
                 res.headers_mut().insert(header::SET_COOKIE, v);
             }
@@ -182,12 +176,7 @@ fn render(s: &RouterState, b: &Browser, page: &ConnectPage, screen: Screen<'_>) 
         connected: screen.connected,
         form: screen.form,
     });
-    let origins = page
-        .definitions
-        .iter()
-        .filter(|d| d.oauth)
-        .map(|d| d.authorize_origin.as_deref().unwrap_or(headers::ANY_HTTPS));
-    html_response(s, screen.status, html, origins)
+    html_response(s, screen.status, html)
 }
 
 /// `GET /connect/{id}[?connected={cid}][?error={code}&error_description={text}]`: the page, with
@@ -289,16 +278,19 @@ fn form_failed(s: &RouterState, b: &Browser, page: &ConnectPage, mut state: Form
                     None => other.push(err.message),
                 }
             }
-            // An error of an input the form does not show is said in the banner.
+            // An input the form does not show (organization or embedded) is the organization's
+            // to set: the banner says so, never naming it.
             let shown: Vec<&str> = page
                 .definitions
                 .iter()
                 .filter(|d| d.key == state.definition)
                 .flat_map(|d| d.inputs.iter().map(|i| i.name.as_str()))
                 .collect();
-            other.extend(
-                state.errors.iter().filter(|(k, _)| !shown.contains(&k.as_str())).map(|(k, m)| format!("{k}: {m}")),
-            );
+            let before = state.errors.len();
+            state.errors.retain(|k, _| shown.contains(&k.as_str()));
+            if state.errors.len() < before {
+                other.push(HIDDEN_INPUT_ERROR.to_owned());
+            }
             let mut text = "Please correct the fields marked below.".to_owned();
             if !other.is_empty() {
                 text = format!("{text} {}", other.join("; "));
@@ -310,6 +302,9 @@ fn form_failed(s: &RouterState, b: &Browser, page: &ConnectPage, mut state: Form
     let screen = Screen { form: Some(&state), ..Screen::error(status, banner) };
     render(s, b, page, screen)
 }
+
+/// The banner of an error about an input the page does not show.
+const HIDDEN_INPUT_ERROR: &str = "This connection cannot be saved: the organization's settings for it are incomplete";
 
 /// `POST /connect/{id}/values` (`csrf`, `definition`, `connection_id`?, `value.{input}`...):
 /// creates a connection of an api_key/basic/custom/client-credentials definition, or updates
@@ -325,43 +320,55 @@ async fn save_values(
         Ok(found) => found,
         Err(res) => return res,
     };
-    let page = match s.service.connect_page(&b.session).await {
-        Ok(page) => page,
+    let definition = form.get("definition").unwrap_or_default().to_owned();
+    let connection_id = form.get("connection_id").map(str::to_owned);
+    let inputs = match s.service.connect_form_inputs(&b.session, &definition).await {
+        Ok(inputs) => inputs,
+        Err(ServiceError::NotFound | ServiceError::Conflict(_)) => {
+            let e = ServiceError::Invalid(vec![FieldError::new(
+                "definition",
+                "is not a service this page connects with a form",
+            )]);
+            return values_failed(&s, &b, FormState::default(), e).await;
+        }
         Err(e) => return failure(&s, e),
     };
-    let definition = form.get("definition").unwrap_or_default();
-    let connection_id = form.get("connection_id").map(str::to_owned);
-    let Some(def) = page.definitions.iter().find(|d| d.key == definition && !d.oauth) else {
-        let e = ServiceError::Invalid(vec![FieldError::new(
-            "definition",
-            "is not a service this page connects with a form",
-        )]);
-        return form_failed(&s, &b, &page, FormState::default(), e);
-    };
     // What was typed comes back on an error, but never a secret.
-    let kept = def
-        .inputs
+    let kept = inputs
         .iter()
         .filter(|i| i.kind != InputType::Password)
         .filter_map(|i| form.raw_value(&i.name).map(|v| (i.name.clone(), v.to_owned())))
         .collect();
-    let mut state = FormState { definition: def.key.clone(), connection_id, values: kept, errors: Default::default() };
-    let inputs = def.inputs.iter().map(|i| FormInput { name: &i.name, kind: i.kind });
-    let values = match form::values(&form, inputs) {
+    let mut state = FormState { definition, connection_id, values: kept, errors: Default::default() };
+    let values = match form::values(&form, inputs.iter().map(|i| FormInput { name: &i.name, kind: i.kind })) {
         Ok(values) => values,
         Err(errors) => {
             state.errors = errors;
-            return form_failed(&s, &b, &page, state, ServiceError::Invalid(Vec::new()));
+            return values_failed(&s, &b, state, ServiceError::Invalid(Vec::new())).await;
         }
     };
-    match s.service.connect_with_values(&b.session, &def.key, state.connection_id.as_deref(), values).await {
-        Ok(view) => see_other(&s, &format!("/connect/{}?connected={}", b.session.id, view.id.as_str()), None),
-        Err(e) => form_failed(&s, &b, &page, state, e),
+    match s.service.connect_with_values(&b.session, &state.definition, state.connection_id.as_deref(), values).await {
+        Ok(view) => see_other(&s, &format!("/connect/{}?connected={}", b.session.id, view.id.as_str())),
+        Err(e) => values_failed(&s, &b, state, e).await,
+    }
+}
+
+/// The page after the values form `state` failed with `e` ([`form_failed`]): only then is the
+/// whole page read.
+async fn values_failed(s: &RouterState, b: &Browser, state: FormState, e: ServiceError) -> Response {
+    match s.service.connect_page(&b.session).await {
+        Ok(page) => form_failed(s, b, &page, state, e),
+        Err(read) => failure(s, read),
     }
 }
 
 /// `POST /connect/{id}/authorize` (`csrf`, `definition`, `connection_id`?): the Connect button
-/// of an OAuth definition. 303 to the provider's authorize URL, its state bound to this browser.
+/// of an OAuth definition. 200: "Continue to {label}", a page of this origin linking to the
+/// provider's authorize URL (its state bound to this browser), which connect.js follows at once.
+/// A 303 there would need the provider's origin in the page's CSP `form-action` (browsers check
+/// a form's redirects too), and a connection's own authorize URL is known only now.
+/// A device-flow definition answers a page with the user code and the verification links
+/// instead (RFC 8628: the customer approves anywhere; reloading the page shows the status).
 async fn authorize(
     State(s): State<RouterState>,
     Path(id): Path<String>,
@@ -376,10 +383,10 @@ async fn authorize(
     let definition = form.get("definition").unwrap_or_default();
     let connection_id = form.get("connection_id");
     match s.service.connect_authorize(&b.session, definition, connection_id, public_url.as_deref()).await {
-        Ok(started) => {
-            let origin = headers::origin_of(&started.authorize_url);
-            see_other(&s, &started.authorize_url, origin.as_deref())
-        }
+        Ok(started) => match &started.device {
+            Some(device) => html_response(&s, StatusCode::OK, view::device_page(&id, &started.label, device)),
+            None => html_response(&s, StatusCode::OK, view::continue_page(&started.label, &started.authorize_url)),
+        },
         Err(e) => page_with_error(&s, &b, e).await,
     }
 }
@@ -398,7 +405,7 @@ async fn disconnect(
     };
     let connection_id = form.get("connection_id").unwrap_or_default();
     match s.service.connect_disconnect(&b.session, connection_id).await {
-        Ok(_) => see_other(&s, &format!("/connect/{}", b.session.id), None),
+        Ok(_) => see_other(&s, &format!("/connect/{}", b.session.id)),
         Err(e) => page_with_error(&s, &b, e).await,
     }
 }

@@ -11,8 +11,9 @@ use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-pub use page::{ConnectPage, PageConnection, PageDefinition, PageInput};
+pub use page::{ConnectPage, PageAuthorization, PageConnection, PageDefinition, PageInput};
 
+use super::oauth::STATE_TTL;
 use super::{Result, Service, ServiceError};
 use crate::domain::connect::{ConnectRequest, new_secret, parse_link, secret_hash};
 pub use crate::domain::connect::{SESSION_COOKIE_PREFIX, SESSION_TTL};
@@ -123,6 +124,14 @@ impl Service {
         let session = traded.ok_or(ServiceError::NotFound)?;
         tracing::info!(org = %session.org, session = %session.id, "connect link opened");
         Ok((session, browser_secret))
+    }
+
+    /// The `Max-Age` of session `s`'s cookie, in seconds: the session's time left on the
+    /// service's clock plus an OAuth state's lifetime ([`STATE_TTL`]), so that an authorization
+    /// started in the session's last minutes still finds its browser's cookie at the callback
+    /// (the page itself is refused once the session expires, whatever the cookie).
+    pub fn connect_cookie_max_age(&self, s: &ConnectSession) -> i64 {
+        s.seconds_left(self.clock.now()) + i64::try_from(STATE_TTL.as_secs()).unwrap_or(0)
     }
 
     /// The session `id` for a request carrying `browser_secret` in its cookie.

@@ -9,11 +9,13 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use super::super::{AuthorizeResponse, ConnectionView, ListQuery, MAX_PAGE, Result, Service, ServiceError};
+use super::super::{ConnectionView, ListQuery, MAX_PAGE, Result, Service, ServiceError};
 use crate::domain::{
     AuthKind, BrowserBinding, ConnectContext, ConnectSession, Connection, ConnectionId, Definition, DefinitionKey,
-    InputType, LogEntry, Principal, Scope, Status, StatusError, Visibility, origin_of,
+    InputType, LogEntry, Principal, Scope, Status, StatusError, Visibility,
 };
+use super::super::DeviceAuthorizeResponse;
+use crate::ports::StoreError;
 
 /// How many log lines the page shows per connection, newest first.
 pub const PAGE_LOG_LINES: usize = 10;
@@ -22,6 +24,7 @@ pub const PAGE_LOG_LINES: usize = 10;
 /// customer's connections.
 #[derive(Debug, Serialize)]
 pub struct ConnectPage {
+    /// The session's instance, integration and config variable, as its creator named them.
     pub context: ConnectContext,
     /// The `postMessage` target origin, if the session named one.
     pub parent_origin: Option<String>,
@@ -32,17 +35,16 @@ pub struct ConnectPage {
 /// One definition the page offers.
 #[derive(Debug, Serialize)]
 pub struct PageDefinition {
+    /// The definition's key (`acme-api`): the forms' `definition` field.
     pub key: String,
+    /// The organization's label for it, shown as the section's heading.
     pub label: String,
+    /// The organization's description, shown under the heading.
     pub description: Option<String>,
+    /// How its connections authenticate.
     pub auth: AuthKind,
-    /// `oauth2_authorization_code`: a Connect button instead of a form.
+    /// `oauth2_authorization_code` or `oauth2_device_code`: a Connect button instead of a form.
     pub oauth: bool,
-    /// The origin (`scheme://host[:port]`) of an OAuth definition's authorize URL, where the
-    /// Connect button's form ends up (the page's CSP `form-action` lists it). `None` for other
-    /// kinds, and when the URL is per connection (a catalog template with `{placeholders}`, or
-    /// none set on the definition).
-    pub authorize_origin: Option<String>,
     /// The customer-visible inputs (never `organization` or `embedded` ones), in definition
     /// order.
     pub inputs: Vec<PageInput>,
@@ -54,20 +56,28 @@ pub struct PageDefinition {
 /// One input of a definition's form.
 #[derive(Debug, Serialize)]
 pub struct PageInput {
+    /// The input's name in the definition (`apiKey`): the form field is `value.{name}`.
     pub name: String,
+    /// The input's label, shown in the field's `<label>`.
     pub label: String,
+    /// Its type, which decides the field's markup and how the posted text is read.
     pub kind: InputType,
+    /// Whether a new connection needs a value for it.
     pub required: bool,
     /// The default value; never for a `password` input.
     pub default: Option<Value>,
+    /// Help text shown under the field.
     pub description: Option<String>,
 }
 
 /// One of the customer's connections.
 #[derive(Debug, Serialize)]
 pub struct PageConnection {
+    /// The connection's id (`con_…`): the forms' `connection_id` field.
     pub id: String,
+    /// Its label, when it has one.
     pub label: Option<String>,
+    /// Its status, shown in words and colour.
     pub status: Status,
     /// Why it is red.
     pub error: Option<StatusError>,
@@ -77,6 +87,24 @@ pub struct PageConnection {
     pub values: BTreeMap<String, Value>,
     /// The newest [`PAGE_LOG_LINES`] log lines, newest first.
     pub logs: Vec<LogEntry>,
+}
+
+/// What the Connect button starts: where the browser goes next.
+#[derive(Debug)]
+pub struct PageAuthorization {
+    /// The provider's authorize URL, its state bound to the session's browser.
+    pub authorize_url: String,
+    /// The definition's label: "Continue to {label}".
+    pub label: String,
+    /// A device-flow definition's device authorization (then `authorize_url` is empty): the
+    /// page shows its user code and links instead of going on to the provider.
+    pub device: Option<DeviceAuthorizeResponse>,
+}
+
+/// Whether a definition's connections are made with the Connect button (an authorization by
+/// the customer at the provider) rather than a form of values.
+fn connected_by_button(auth: AuthKind) -> bool {
+    matches!(auth, AuthKind::Oauth2AuthorizationCode | AuthKind::Oauth2DeviceCode)
 }
 
 /// The principal the page acts as: the session's customer, no roles.
@@ -98,21 +126,6 @@ fn page_inputs(def: &Definition) -> Vec<PageInput> {
             description: i.description.clone(),
         })
         .collect()
-}
-
-/// The origin of an authorization-code definition's authorize URL: its `authorizeUrl` input's
-/// default, else its catalog provider's URL when that is not a template.
-fn authorize_origin(def: &Definition) -> Option<String> {
-    if def.auth != AuthKind::Oauth2AuthorizationCode {
-        return None;
-    }
-    let own = def.inputs.get("authorizeUrl").and_then(|i| i.default.as_ref()).and_then(Value::as_str);
-    let provider = def.provider.as_deref().and_then(crate::catalog::provider).and_then(|p| p.authorize_url.as_deref());
-    let raw = own.filter(|u| !u.is_empty()).or(provider)?;
-    if raw.contains('{') {
-        return None;
-    }
-    url::Url::parse(raw).ok().map(|u| origin_of(&u))
 }
 
 /// The connection the page acts on: the session's when it names one (a request naming another
@@ -163,8 +176,7 @@ impl Service {
                 label: def.label.clone(),
                 description: def.description.clone(),
                 auth: def.auth,
-                oauth: def.auth == AuthKind::Oauth2AuthorizationCode,
-                authorize_origin: authorize_origin(&def),
+                oauth: connected_by_button(def.auth),
                 inputs: page_inputs(&def),
                 connections,
             });
@@ -243,6 +255,66 @@ impl Service {
         self.create_connection_in(&customer(s), &body, context).await
     }
 
+    /// The customer's pending connection of `def` that a Connect without a connection reuses
+    /// (newest first), so abandoned or denied authorizations do not pile up pending
+    /// connections: one the page could have created for this session, of the session's
+    /// instance when it names one, else customer-scoped, with no end user.
+    async fn pending_for_session(&self, s: &ConnectSession, def: &Definition) -> Result<Option<ConnectionId>> {
+        let instance = s.context.instance_id.as_ref();
+        let reusable = |v: &ConnectionView| {
+            v.status == Status::Pending
+                && v.user.is_none()
+                && match instance {
+                    Some(i) => v.scope == Scope::Instance && v.instance_id.as_ref() == Some(i),
+                    None => v.scope == Scope::Customer,
+                }
+        };
+        let mine = self.customer_connections(&customer(s), &def.key).await?;
+        Ok(mine.into_iter().find(reusable).map(|v| v.id))
+    }
+
+    /// Writes the session's context onto `c` (one the page reconnects or updates), so the
+    /// events about it from now on carry it. Nothing when the session names no context or `c`
+    /// already has it.
+    async fn carry_context(&self, s: &ConnectSession, c: &Connection) -> Result<()> {
+        let Some(context) = Some(&s.context).filter(|ctx| !ctx.is_empty()) else {
+            return Ok(());
+        };
+        let mut current = c.clone();
+        // A few lost races (a refresh writing the same item) are retried on a fresh read.
+        for _ in 0..3 {
+            if current.connect_context.as_ref() == Some(context) {
+                return Ok(());
+            }
+            let mut next = current.clone();
+            next.connect_context = Some(context.clone());
+            next.version = current.version + 1;
+            next.updated_at = self.clock.now();
+            match self.store.update_connection(&next, current.version).await {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Conflict) => {
+                    current = self.store.get_connection(&c.org, &c.id).await?.ok_or(ServiceError::NotFound)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::unexpected("the connection kept changing while the connect page wrote its context"))
+    }
+
+    /// The customer-visible inputs of the form of `definition` (one the session offers that is
+    /// not `oauth2_authorization_code`), in definition order: what a posted form is read by.
+    ///
+    /// # Errors
+    /// `NotFound` for a definition the session does not offer; `Conflict` for an OAuth
+    /// authorization-code definition (connected with the Connect button).
+    pub async fn connect_form_inputs(&self, s: &ConnectSession, definition: &str) -> Result<Vec<PageInput>> {
+        let def = self.offered_definition(s, definition).await?;
+        if connected_by_button(def.auth) {
+            return Err(ServiceError::Conflict("OAuth definitions are connected with the Connect button"));
+        }
+        Ok(page_inputs(&def))
+    }
+
     /// The form of a definition that is not `oauth2_authorization_code`: creates a connection
     /// with `values` (the JSON values the API takes, by input name), or, naming one (or when the
     /// session names one), PATCHes that connection's values: same id, values not sent are kept,
@@ -260,21 +332,25 @@ impl Service {
         values: Map<String, Value>,
     ) -> Result<ConnectionView> {
         let def = self.offered_definition(s, definition).await?;
-        if def.auth == AuthKind::Oauth2AuthorizationCode {
+        if connected_by_button(def.auth) {
             return Err(ServiceError::Conflict("OAuth definitions are connected with the Connect button"));
         }
         match target(s, connection_id)? {
             Some(id) => {
                 let c = self.offered_connection(s, &id, Some(&def)).await?;
+                self.carry_context(s, &c).await?;
                 self.update_connection(&customer(s), c.id.as_str(), &json!({"values": values}), None).await
             }
             None => self.create_for_session(s, &def, values).await,
         }
     }
 
-    /// The Connect button of an `oauth2_authorization_code` definition: creates a pending
-    /// connection (unless the request or the session names one, which is then reconnected in
-    /// place) and an authorize URL whose state is bound to this browser (the session's cookie).
+    /// The Connect button of an `oauth2_authorization_code` definition: reconnects in place the
+    /// connection the request or the session names, else the customer's pending one of `def`
+    /// (an earlier Connect abandoned or denied), else creates a pending connection; the session's
+    /// context is written onto a connection it did not create. Then an authorize URL whose state
+    /// is bound to this browser (the session's cookie), or for an `oauth2_device_code` definition
+    /// a device authorization whose code and links the page shows.
     ///
     /// # Errors
     /// `NotFound` for a definition or connection the session does not offer; `Conflict` for
@@ -285,22 +361,38 @@ impl Service {
         definition: &str,
         connection_id: Option<&str>,
         public_url: Option<&str>,
-    ) -> Result<AuthorizeResponse> {
+    ) -> Result<PageAuthorization> {
         let def = self.offered_definition(s, definition).await?;
-        if def.auth != AuthKind::Oauth2AuthorizationCode {
-            return Err(ServiceError::Conflict("only oauth2_authorization_code definitions are authorized"));
+        if !connected_by_button(def.auth) {
+            return Err(ServiceError::Conflict("only OAuth definitions are authorized"));
         }
+        let device = def.auth == AuthKind::Oauth2DeviceCode;
         let hash = s.browser_hash.clone().ok_or(ServiceError::NotFound)?;
-        if public_url.is_none() {
+        if public_url.is_none() && !device {
             // Before a pending connection is created that could never be authorized.
             return Err(ServiceError::unexpected("no public URL: no OAuth redirect URI for the connect page"));
         }
-        let id: ConnectionId = match target(s, connection_id)? {
-            Some(id) => self.offered_connection(s, &id, Some(&def)).await?.id,
+        let existing = match target(s, connection_id)? {
+            Some(id) => Some(id),
+            None => self.pending_for_session(s, &def).await?.map(|id| id.to_string()),
+        };
+        let id: ConnectionId = match existing {
+            Some(id) => {
+                let c = self.offered_connection(s, &id, Some(&def)).await?;
+                self.carry_context(s, &c).await?;
+                c.id
+            }
             None => self.create_for_session(s, &def, Map::new()).await?.id,
         };
+        if device {
+            // Nothing comes back to this browser: the customer approves the code anywhere, the
+            // sweep polls, and the page shows the status once polled.
+            let started = self.authorize_device(&customer(s), id.as_str()).await?;
+            return Ok(PageAuthorization { authorize_url: String::new(), label: def.label, device: Some(started) });
+        }
         let binding = BrowserBinding { session: s.id.clone(), hash };
-        self.authorize_bound(&customer(s), id.as_str(), public_url, Some(binding)).await
+        let started = self.authorize_bound(&customer(s), id.as_str(), public_url, Some(binding)).await?;
+        Ok(PageAuthorization { authorize_url: started.authorize_url, label: def.label, device: None })
     }
 
     /// The Disconnect button: the API's disconnect, as the customer.

@@ -89,9 +89,12 @@ fn page(status: u16, title: &'static str, message: &str) -> CallbackOutcome {
 }
 
 /// Where a callback of a connect page's authorization goes: that session's redirects and
-/// context when it is still there, and its page when no redirect is set.
+/// context when it is still there, and its page when no redirect is set (while the session
+/// lasts: an expired one's page only says the link is no longer valid).
 struct PageReturn {
     session: String,
+    /// Whether the session was still there (not expired) at the callback.
+    live: bool,
     /// `{public_url}` of the authorization (its redirect URI without the callback path).
     base: String,
     redirects: Option<Redirects>,
@@ -139,6 +142,9 @@ impl Service {
                 "This authorization link is invalid, expired or was already used.",
             );
         };
+        // A bound state needs only its browser's cookie, which outlives the session by the
+        // state's lifetime: an authorization started in the session's last minutes completes
+        // even if the session expires meanwhile. A refused state stays taken (used once).
         if let Some(binding) = &st.browser {
             let cookie = cookies.get(&format!("{SESSION_COOKIE_PREFIX}{}", binding.session));
             if !cookie.is_some_and(|secret| hash_matches(secret, &binding.hash)) {
@@ -184,7 +190,12 @@ impl Service {
                 pairs.extend(context.iter().filter(|(k, _)| *k != "instance_id"));
                 match (redirect(|r| r.success_url.as_ref()), &back) {
                     (Some(u), _) => CallbackOutcome::Redirect(with_params(u, &pairs)),
-                    (None, Some(b)) => CallbackOutcome::Redirect(b.page(&[("connected", done.id.as_str())])),
+                    (None, Some(b)) if b.live => CallbackOutcome::Redirect(b.page(&[("connected", done.id.as_str())])),
+                    (None, Some(_)) => page(
+                        200,
+                        "Authorization completed successfully",
+                        "The connection is authorized. You can close this window.",
+                    ),
                     (None, None) => page(200, "Connected", "The connection is authorized. You can close this window."),
                 }
             }
@@ -197,8 +208,8 @@ impl Service {
                         pairs.extend(context.iter());
                         CallbackOutcome::Redirect(with_params(u, &pairs))
                     }
-                    (None, Some(b)) => CallbackOutcome::Redirect(b.page(&pairs)),
-                    (None, None) => page(400, "Authorization failed", &format!("{}: {}", f.error, f.description)),
+                    (None, Some(b)) if b.live => CallbackOutcome::Redirect(b.page(&pairs)),
+                    (None, _) => page(400, "Authorization failed", &format!("{}: {}", f.error, f.description)),
                 }
             }
         }
@@ -217,6 +228,7 @@ impl Service {
         let base = st.redirect_uri.strip_suffix(super::CALLBACK_PATH).unwrap_or(&st.redirect_uri).to_owned();
         PageReturn {
             session: binding.session.clone(),
+            live: session.is_some(),
             base,
             redirects: session.as_ref().and_then(|s| s.redirects.clone()),
             context: match session {

@@ -6,25 +6,27 @@
 //! callback, and ends at the session's redirect with its context, or back on the page. The
 //! page's own use cases (what it shows, its forms) act as the customer. Over HTTP through the
 //! harness (both transports; `tests/run.sh` runs the module on the aws backend too), the service
-//! in process for the clock and the callback, and the Lambda samples.
+//! in process for the clock and the callback, and the Lambda samples. The callback's cases are
+//! in `callback`, the page's use cases in `page`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
 use latchkey::config::Components;
 use latchkey::domain::{ConnectSession, OrgId, Principal};
-use latchkey::service::{CallbackOutcome, ServiceError, ServiceOptions};
+use latchkey::service::{ServiceError, ServiceOptions};
 use reqwest::StatusCode;
-use secrecy::ExposeSecret;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use support::oauth::MockServer;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tower::ServiceExt;
 
 use crate::harness::{Reply, ShiftedClock, TestApp, contains_bytes, random_hex};
+
+mod callback;
+mod page;
 
 const ORG: &str = "acme";
 const PUBLIC_URL: &str = "http://127.0.0.1:9";
@@ -283,6 +285,7 @@ async fn links_and_sessions_expire_after_thirty_minutes() {
     assert!(matches!(late, Err(ServiceError::NotFound)), "an expired link is refused");
 }
 
+/// An OAuth definition on `mock`, with redirects.
 fn oauth_definition(mock: &MockServer) -> Value {
     json!({"label": "Mock", "auth": "oauth2_authorization_code", "inputs": {
         "authorizeUrl": {"type": "url", "default": mock.authorize_endpoint()},
@@ -290,221 +293,6 @@ fn oauth_definition(mock: &MockServer) -> Value {
         "clientId": {"type": "string", "default": "cid"},
         "clientSecret": {"type": "password", "default": "cs"}},
         "redirects": {"success_url": "https://definition.example/ok", "failure_url": "https://definition.example/ko"}})
-}
-
-fn params_of(url: &str) -> BTreeMap<String, String> {
-    reqwest::Url::parse(url).unwrap().query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
-}
-
-#[tokio::test]
-async fn an_authorization_from_the_page_needs_the_pages_cookie_at_the_callback() {
-    let (app, _dir) = service_on(Arc::new(ShiftedClock::default()));
-    let mock = MockServer::start(json!({})).await;
-    app.service.put_definition(&org(), "mock", &oauth_definition(&mock)).await.unwrap();
-    let mut events = app.events.as_ref().unwrap().subscribe();
-    let (session, browser) = opened(
-        &app,
-        json!({"customer": "c-1", "definitions": ["mock"], "instance": {"id": "inst-1", "name": "Main"},
-            "integration": {"id": "int-1", "name": "Sync"}, "config_variable": {"key": "acme", "name": "Acme account"},
-            "redirects": {"success_url": "https://app.example.com/connected?tab=1"}}),
-    )
-    .await;
-    let started = app.service.connect_authorize(&session, "mock", None, Some(PUBLIC_URL)).await.unwrap();
-    let back = mock.authorize(&started.authorize_url).await;
-    let cookie_name = session.cookie_name();
-
-    // From another browser (no cookie, or another session's): refused, nothing changes.
-    let refused = app.service.callback(&params_of(&back), &BTreeMap::from([(cookie_name.clone(), random_hex())])).await;
-    let CallbackOutcome::Page { status: 400, title, message } = refused else { panic!("{refused:?}") };
-    assert_eq!(title, "Authorization refused");
-    assert!(message.contains("another browser"), "{message}");
-    assert_eq!(mock.stats().await["token_requests"]["authorization_code"], 0, "no code was exchanged");
-    let page = app.service.connect_page(&session).await.unwrap();
-    let pending = &page.definitions[0].connections;
-    assert_eq!(pending.len(), 1);
-    assert_eq!(pending[0].status, latchkey::domain::Status::Pending);
-    let id = pending[0].id.clone();
-
-    // The same browser: reconnects that connection, back to the session's redirect with its
-    // context.
-    let started = app.service.connect_authorize(&session, "mock", Some(&id), Some(PUBLIC_URL)).await.unwrap();
-    let back = mock.authorize(&started.authorize_url).await;
-    let cookies = BTreeMap::from([(cookie_name, browser.expose_secret().to_owned())]);
-    let done = app.service.callback(&params_of(&back), &cookies).await;
-    let CallbackOutcome::Redirect(to) = done else { panic!("{done:?}") };
-    assert!(to.starts_with("https://app.example.com/connected?tab=1&"), "{to}");
-    let got = params_of(&to);
-    for (k, v) in [
-        ("connection_id", id.as_str()),
-        ("definition", "mock"),
-        ("customer", "c-1"),
-        ("instance_id", "inst-1"),
-        ("instance_name", "Main"),
-        ("integration_id", "int-1"),
-        ("integration_name", "Sync"),
-        ("config_variable_key", "acme"),
-        ("config_variable_name", "Acme account"),
-    ] {
-        assert_eq!(got.get(k).map(String::as_str), Some(v), "{k} in {to}");
-    }
-    let view = app.service.get_connection(&org(), &id).await.unwrap();
-    assert_eq!(view.status, latchkey::domain::Status::Configured);
-    assert_eq!(view.instance_id.as_ref().map(|i| i.as_str()), Some("inst-1"), "scope instance for the session's");
-
-    // Every event about it carries the context, flat.
-    let mut seen = Vec::new();
-    while let Ok(e) = events.try_recv() {
-        seen.push(serde_json::to_value(&e).unwrap());
-    }
-    assert!(seen.len() >= 2, "created and authorized: {seen:?}");
-    for e in &seen {
-        assert_eq!(e["instance_id"], "inst-1", "{e}");
-        assert_eq!(e["integration_name"], "Sync", "{e}");
-        assert_eq!(e["config_variable_key"], "acme", "{e}");
-    }
-}
-
-#[tokio::test]
-async fn without_a_redirect_the_callback_returns_to_the_page() {
-    let (app, _dir) = service_on(Arc::new(ShiftedClock::default()));
-    let mock = MockServer::start(json!({})).await;
-    let mut def = oauth_definition(&mock);
-    def.as_object_mut().unwrap().remove("redirects");
-    app.service.put_definition(&org(), "mock", &def).await.unwrap();
-    let (session, browser) = opened(&app, json!({"customer": "c-1"})).await;
-    let cookies = BTreeMap::from([(session.cookie_name(), browser.expose_secret().to_owned())]);
-
-    let unconfigured = app.service.connect_authorize(&session, "mock", None, None).await;
-    assert!(matches!(unconfigured, Err(ServiceError::Unexpected(_))), "{unconfigured:?}");
-    assert!(app.service.connect_page(&session).await.unwrap().definitions[0].connections.is_empty(), "nothing created");
-    let started = app.service.connect_authorize(&session, "mock", None, Some(PUBLIC_URL)).await.unwrap();
-    let back = mock.authorize(&started.authorize_url).await;
-    let CallbackOutcome::Redirect(to) = app.service.callback(&params_of(&back), &cookies).await else { panic!() };
-    let id = &app.service.connect_page(&session).await.unwrap().definitions[0].connections[0].id;
-    assert_eq!(to, format!("{PUBLIC_URL}/connect/{}?connected={id}", session.id));
-
-    let started = app.service.connect_authorize(&session, "mock", Some(id), Some(PUBLIC_URL)).await.unwrap();
-    let denied = format!(
-        "{}&error=access_denied&error_description=The+user+said+no",
-        mock.authorize(&started.authorize_url).await
-    );
-    let mut params = params_of(&denied);
-    params.remove("code");
-    let CallbackOutcome::Redirect(to) = app.service.callback(&params, &cookies).await else { panic!() };
-    assert_eq!(
-        to,
-        format!("{PUBLIC_URL}/connect/{}?error=access_denied&error_description=The+user+said+no", session.id)
-    );
-}
-
-#[tokio::test]
-async fn the_page_shows_what_the_customer_may_see_and_acts_as_the_customer() {
-    let (app, _dir) = service_on(Arc::new(ShiftedClock::default()));
-    app.service.put_definition(&org(), "acme-api", &api_key_definition()).await.unwrap();
-    let mut other = api_key_definition();
-    other["label"] = json!("Other");
-    app.service.put_definition(&org(), "other", &other).await.unwrap();
-    let create = |customer: &str, scope: &str| json!({"definition": "acme-api", "customer": customer, "scope": scope, "values": {"apiKey": "sk_live_planted"}});
-    let managed = app.service.create_connection(&org(), &create("c-1", "organization")).await.unwrap();
-    let theirs = app.service.create_connection(&org(), &create("c-2", "customer")).await.unwrap();
-
-    let (session, _) = opened(
-        &app,
-        json!({"customer": "c-1", "definitions": ["acme-api"], "instance": {"id": "inst-7"}, "integration": {"name": "Sync"}}),
-    )
-    .await;
-    let page = app.service.connect_page(&session).await.unwrap();
-    assert_eq!(page.definitions.len(), 1, "only the session's definitions");
-    let def = &page.definitions[0];
-    assert_eq!((def.label.as_str(), def.description.as_deref(), def.oauth), ("Acme", Some("Acme's REST API"), false));
-    let inputs: Vec<&str> = def.inputs.iter().map(|i| i.name.as_str()).collect();
-    assert_eq!(inputs, ["apiKey", "region"], "never organization or embedded inputs");
-    assert!(def.inputs[0].default.is_none() && def.inputs[0].required);
-    assert_eq!(def.inputs[1].default, Some(json!("eu")));
-    assert_eq!(def.connections.len(), 1, "the customer's own: {:?}", def.connections);
-    assert_eq!((def.connections[0].id.as_str(), def.connections[0].editable), (managed.id.as_str(), false));
-    let shown = serde_json::to_string(&page).unwrap();
-    for hidden in ["sk_live_planted", "t-secret-ish", theirs.id.as_str(), "\"set\""] {
-        assert!(!shown.contains(hidden), "{hidden} in {shown}");
-    }
-
-    // A form: validation errors name values.<input>; then a new connection with the context.
-    let values = |v: Value| -> Map<String, Value> { v.as_object().unwrap().clone() };
-    let bad = app.service.connect_with_values(&session, "acme-api", None, values(json!({"region": "us"}))).await;
-    let Err(ServiceError::Invalid(errors)) = bad else { panic!("{bad:?}") };
-    assert_eq!(errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["values.apiKey"]);
-    let forbidden = app
-        .service
-        .connect_with_values(&session, "acme-api", None, values(json!({"apiKey": "k", "tenant": "x"})))
-        .await;
-    assert!(matches!(forbidden, Err(ServiceError::Invalid(_))), "{forbidden:?}");
-    let made =
-        app.service.connect_with_values(&session, "acme-api", None, values(json!({"apiKey": "k1"}))).await.unwrap();
-    assert_eq!(made.customer.as_ref().map(|c| c.as_str()), Some("c-1"));
-    assert_eq!(made.instance_id.as_ref().map(|i| i.as_str()), Some("inst-7"));
-    let context = serde_json::to_value(&made.connect_context).unwrap();
-    assert_eq!(context, json!({"instance_id": "inst-7", "integration_name": "Sync"}));
-
-    // Outside the session: another definition, another customer's connection, the managed one.
-    for (definition, id) in [("other", None), ("acme-api", Some(theirs.id.as_str()))] {
-        let refused = app.service.connect_with_values(&session, definition, id, values(json!({"apiKey": "k"}))).await;
-        assert!(matches!(refused, Err(ServiceError::NotFound)), "{definition} {id:?}: {refused:?}");
-    }
-    let refused = app.service.connect_disconnect(&session, theirs.id.as_str()).await;
-    assert!(matches!(refused, Err(ServiceError::NotFound)), "{refused:?}");
-    let refused = app.service.connect_disconnect(&session, managed.id.as_str()).await;
-    assert!(matches!(refused, Err(ServiceError::Forbidden(_))), "{refused:?}");
-    assert!(matches!(
-        app.service.connect_authorize(&session, "acme-api", None, Some(PUBLIC_URL)).await,
-        Err(ServiceError::Conflict(_))
-    ));
-
-    // Disconnect, then connect it again in place: same id, configured.
-    let cut = app.service.connect_disconnect(&session, made.id.as_str()).await.unwrap();
-    assert_eq!(cut.status, latchkey::domain::Status::Disconnected);
-    let back = app
-        .service
-        .connect_with_values(&session, "acme-api", Some(made.id.as_str()), values(json!({"apiKey": "k2"})))
-        .await
-        .unwrap();
-    assert_eq!((back.id.as_str(), back.status), (made.id.as_str(), latchkey::domain::Status::Configured));
-    let page = app.service.connect_page(&session).await.unwrap();
-    let shown = page.definitions[0].connections.iter().find(|c| c.id == made.id.as_str()).unwrap();
-    assert!(!shown.logs.is_empty() && shown.logs.len() <= 10, "{:?}", shown.logs);
-    assert!(shown.editable);
-}
-
-#[tokio::test]
-async fn a_red_connection_is_reconnected_in_place_from_a_session_naming_it() {
-    let (app, _dir) = service_on(Arc::new(ShiftedClock::default()));
-    app.service.put_definition(&org(), "acme-api", &api_key_definition()).await.unwrap();
-    let body = json!({"definition": "acme-api", "customer": "c-1", "values": {"apiKey": "old"}});
-    let red = app.service.create_connection(&org(), &body).await.unwrap();
-    let other = app.service.create_connection(&org(), &body).await.unwrap();
-    let report = latchkey::service::LookupRequest {
-        connection_id: Some(red.id.to_string()),
-        action: Some("report_error".into()),
-        message: Some("Acme answered 401".into()),
-        ..Default::default()
-    };
-    app.service.report_error(&OrgId::parse(ORG).unwrap(), None, &report).await.unwrap();
-    assert_eq!(
-        app.service.get_connection(&org(), red.id.as_str()).await.unwrap().status,
-        latchkey::domain::Status::Error
-    );
-
-    let (session, _) = opened(&app, json!({"customer": "c-1", "connection_id": red.id.as_str()})).await;
-    let page = app.service.connect_page(&session).await.unwrap();
-    let ids: Vec<&str> = page.definitions.iter().flat_map(|d| d.connections.iter().map(|c| c.id.as_str())).collect();
-    assert_eq!(ids, [red.id.as_str()], "only the session's connection");
-    assert_eq!(page.definitions[0].connections[0].error.as_ref().unwrap().message, "Acme answered 401");
-
-    let values: Map<String, Value> = json!({"apiKey": "new"}).as_object().unwrap().clone();
-    let refused = app.service.connect_with_values(&session, "acme-api", Some(other.id.as_str()), values.clone()).await;
-    assert!(matches!(refused, Err(ServiceError::NotFound)), "another connection than the session's");
-    let fixed = app.service.connect_with_values(&session, "acme-api", None, values).await.unwrap();
-    assert_eq!((fixed.id.as_str(), fixed.status), (red.id.as_str(), latchkey::domain::Status::Configured));
-    assert!(fixed.error.is_none());
 }
 
 /// The Lambda samples: `connections-api` answers `create-connect-session.json` with a link on
