@@ -153,10 +153,9 @@ async fn bootstrap(settings: &Settings) -> Result<(), Box<dyn std::error::Error>
     let sdk = latchkey::adapters::aws::sdk_config().await;
     let client = aws_sdk_dynamodb::Client::new(&sdk);
     match schema::bootstrap(&client, table).await.map_err(|e| format!("bootstrap of table {table} failed: {e}"))? {
-        Bootstrap::Created => println!("table {table} created"),
-        Bootstrap::AlreadyExisted => println!("table {table} already exists"),
+        Bootstrap::Created => commands::line(format_args!("table {table} created")),
+        Bootstrap::AlreadyExisted => commands::line(format_args!("table {table} already exists")),
     }
-    Ok(())
 }
 
 /// What `latchkey doctor` checks, from the settings.
@@ -193,7 +192,10 @@ async fn main() -> ExitCode {
         Command::Bootstrap { settings } => bootstrap(&settings).await,
         // Never a new secret: a token signed with one no server knows would only get a bare 401.
         Command::Token { org, customer, roles, ttl, settings } => match settings.jwt_secret_existing() {
-            Ok(secret) => token(&secret, org, customer, roles, ttl).await.map(|t| println!("{t}")).map_err(Into::into),
+            Ok(secret) => match token(&secret, org, customer, roles, ttl).await {
+                Ok(t) => commands::line(t),
+                Err(e) => Err(e.into()),
+            },
             Err(e) => Err(e.into()),
         },
         Command::ConnectLink { link, settings } => match settings.jwt_secret_existing() {

@@ -91,7 +91,6 @@ pub async fn run(args: Link, token: SecretString) -> Result<(), Failure> {
     let (Some(url), Some(expires_at)) = (link["url"].as_str(), link["expires_at"].as_str()) else {
         return Err("the API's answer has no url and expires_at".into());
     };
-    println!("{url}");
-    println!("{expires_at}");
-    Ok(())
+    super::line(url)?;
+    super::line(expires_at)
 }

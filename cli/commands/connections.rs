@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use clap::{Args, Subcommand};
 use latchkey_client::{Connection, ConnectionFilter};
 
-use super::{Failure, Remote, print_json};
+use super::{Failure, Remote, line, print_json};
 
 /// `latchkey connections ...`.
 #[derive(Debug, Subcommand)]
@@ -105,7 +105,7 @@ fn print_table(all: &[Connection]) -> Result<(), Failure> {
     }
     for row in std::iter::once(&header).chain(&rows) {
         let cells: Vec<String> = row.iter().zip(widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
-        println!("{}", cells.join("  ").trim_end());
+        line(cells.join("  ").trim_end())?;
     }
     eprintln!("{} connection{}", rows.len(), if rows.len() == 1 { "" } else { "s" });
     Ok(())

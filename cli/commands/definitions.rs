@@ -9,7 +9,7 @@ use latchkey::domain::validate::{DefinitionSpec, definition_from_json};
 use latchkey_client::{Client, Definition, Put};
 use serde_json::{Map, Value, json};
 
-use super::{Failure, Remote, print_json};
+use super::{Failure, Remote, line, print_json, text};
 
 /// `latchkey definitions ...`.
 #[derive(Debug, Subcommand)]
@@ -58,7 +58,7 @@ pub async fn run(command: Definitions) -> Result<(), Failure> {
         Definitions::Apply(apply) => run_apply(apply).await,
         Definitions::List { remote } => {
             for d in remote.client()?.list_definitions().await? {
-                println!("{}\t{}\tv{}\t{}", d.key, d.auth, d.version, d.label);
+                line(format_args!("{}\t{}\tv{}\t{}", d.key, d.auth, d.version, d.label))?;
             }
             Ok(())
         }
@@ -125,7 +125,7 @@ async fn run_apply(apply: Apply) -> Result<(), Failure> {
         match apply_one(&client, d, apply.dry_run).await {
             Ok(change) => counts[change as usize] += 1,
             Err(e) => {
-                println!("! {} ({}): {e}", d.key, d.origin);
+                line(format_args!("! {} ({}): {e}", d.key, d.origin))?;
                 failures.push(d.key.clone());
             }
         }
@@ -151,15 +151,15 @@ async fn apply_one(client: &Client, d: &Desired, dry_run: bool) -> Result<Change
         Some(_) => Change::Update,
     };
     match change {
-        Change::Unchanged => println!("= {} (unchanged)", d.key),
+        Change::Unchanged => line(format_args!("= {} (unchanged)", d.key))?,
         Change::Create | Change::Update => {
             let mark = if change == Change::Create { "+" } else { "~" };
             let what = if change == Change::Create { "new" } else { "changes" };
-            println!("{mark} {} ({what}, from {})", d.key, d.origin);
+            line(format_args!("{mark} {} ({what}, from {})", d.key, d.origin))?;
             let old = before.as_ref().map(pretty).unwrap_or_default();
-            print!("{}", diff(&old, &pretty(&shown), &d.key));
+            text(diff(&old, &pretty(&shown), &d.key))?;
             if d.secret_in_clear && change == Change::Update {
-                println!("  (a secret default is given in clear: it is written again, as it cannot be compared)");
+                line("  (a secret default is given in clear: it is written again, as it cannot be compared)")?;
             }
             if !dry_run {
                 let (_, put) = client.put_definition(&d.key, &d.body).await?;

@@ -82,7 +82,7 @@ pub async fn run(target: Target) -> Result<(), Failure> {
     };
     let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
     for c in &checks {
-        println!("{:<4}  {:<width$}  {}", c.verdict.to_string(), c.name, c.why);
+        super::line(format_args!("{:<4}  {:<width$}  {}", c.verdict.to_string(), c.name, c.why))?;
     }
     let failed = checks.iter().filter(|c| c.verdict == Verdict::Fail).count();
     let warned = checks.iter().filter(|c| c.verdict == Verdict::Warn).count();

@@ -72,7 +72,7 @@ pub async fn run(args: Import) -> Result<(), Failure> {
         .buffer_unordered(usize::from(args.concurrency));
     while let Some(outcome) = results.next().await {
         match &outcome.result {
-            Ok(id) => bar.suspend(|| println!("{}", serde_json::json!({"at": outcome.at, "connection_id": id}))),
+            Ok(id) => bar.suspend(|| super::line(serde_json::json!({"at": outcome.at, "connection_id": id})))?,
             Err(_) => {
                 failed += 1;
                 bar.set_message(format!("{failed} failed"));

@@ -57,6 +57,32 @@ fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
 
 /// Prints `value` as indented JSON on stdout.
 fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
+    line(serde_json::to_string_pretty(value)?)
+}
+
+/// Writes `text` and a newline on stdout: every command's output goes through here (or
+/// [`text`]). A reader that closed the pipe (`latchkey connect-link ... | head -1`) is not a
+/// failure: it has what it wanted, and the rest is dropped (where `println!` would panic).
+///
+/// # Errors
+/// Any other write error of stdout.
+pub fn line(text: impl std::fmt::Display) -> Result<(), Failure> {
+    write_stdout(format_args!("{text}\n"))
+}
+
+/// Writes `text` as it is on stdout, as [`line`] does.
+///
+/// # Errors
+/// Any write error of stdout but a closed pipe.
+pub fn text(text: impl std::fmt::Display) -> Result<(), Failure> {
+    write_stdout(format_args!("{text}"))
+}
+
+fn write_stdout(args: std::fmt::Arguments<'_>) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("writing to stdout failed: {e}").into()),
+        _ => Ok(()),
+    }
 }

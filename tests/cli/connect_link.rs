@@ -43,3 +43,30 @@ async fn connect_link_prints_a_one_time_link_then_its_expiry() {
     assert_eq!(unknown.code, Some(1), "{unknown:#?}");
     assert!(unknown.stderr.contains("HTTP 401"), "{unknown:#?}");
 }
+
+/// `latchkey connect-link ... | head -1`: a reader that closed the pipe before the command wrote
+/// is no failure (exit 0, not the "failed printing to stdout: Broken pipe" panic); the same for
+/// `latchkey token`, whose output goes through the same writer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_stdout_is_not_a_failure() {
+    let server = Server::start().await;
+    for args in [["connect-link", "--org", "acme", "--customer", "c-1"].as_slice(), &["token", "--org", "acme"]] {
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
+        let child = tokio::process::Command::new(crate::harness::BIN)
+            .env_clear()
+            .env("LATCHKEY_URL", &server.url)
+            .env("LATCHKEY_JWT_SECRET", server.secret())
+            .env("RUST_LOG", "warn")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(writer))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run latchkey");
+        let out = child.wait_with_output().await.expect("wait for latchkey");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
