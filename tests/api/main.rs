@@ -11,6 +11,7 @@ mod harness;
 mod auth;
 mod catalog;
 mod connect_page;
+mod connect_page_trial;
 mod connect_sessions;
 mod dependency_timeouts;
 mod idempotency;

@@ -6,6 +6,7 @@
 //    origin only), which loads its success view and so tells its parent in turn.
 // 3. The Connect button's answer is a page of this origin with a link to the provider
 //    (a[data-continue]), so the page's CSP keeps form-action 'self': go there at once.
+// 4. Buttons with data-confirm (Disconnect) ask before their form is posted.
 (function () {
   "use strict";
   var next = document.querySelector("a[data-continue]");
@@ -53,6 +54,15 @@
       var note = forms[i].querySelector(".new-window-note");
       if (note) { note.hidden = false; }
     }
+  }
+
+  // A button with data-confirm (Disconnect) asks first; cancelled, nothing is posted. Without
+  // script the form posts at once.
+  var confirming = document.querySelectorAll("button[data-confirm]");
+  for (var c = 0; c < confirming.length; c++) {
+    confirming[c].addEventListener("click", function (event) {
+      if (!window.confirm(event.currentTarget.getAttribute("data-confirm"))) { event.preventDefault(); }
+    });
   }
 
   // A button that was pressed says so, and is not pressed twice while the next page loads.

@@ -259,7 +259,8 @@ fn named(
 /// An origin a page may post to: `scheme://host[:port]`, https or http on loopback, nothing
 /// else (no path, query, fragment or credentials). Returns its serialization.
 fn origin(s: &str) -> Result<String, &'static str> {
-    let url = check_secure_url(s).map_err(|_| "must be an https origin (http only on loopback)")?;
+    let url = check_secure_url(s)
+        .map_err(|_| "must be an origin such as https://app.example.com (https, or http on a loopback host)")?;
     let bare = url.username().is_empty()
         && url.password().is_none()
         && url.path() == "/"

@@ -157,7 +157,9 @@ impl ServiceError {
             Self::Invalid(errors) => invalid_summary(errors),
             Self::PreconditionFailed => "the connection's version does not match If-Match; read it again".to_owned(),
             Self::Unusable(Unusable::Pending) => "the connection is not authorized yet".to_owned(),
-            Self::Unusable(Unusable::Disconnected) => "the connection was disconnected; authorize it again".to_owned(),
+            Self::Unusable(Unusable::Disconnected) => {
+                "the connection was disconnected; connect it again (OAuth: authorize it again)".to_owned()
+            }
             Self::Unusable(Unusable::Error) => "the connection is in error; reconfigure or re-authorize it".to_owned(),
             Self::Unusable(Unusable::TokenExpired) => "the access token expired and cannot be renewed; the customer \
                                                        must authorize the connection again"

@@ -447,7 +447,7 @@ async fn disconnect_from_the_page() {
 
     let cut = browser.post(&format!("/connect/{id}/disconnect"), &[("csrf", &csrf), ("connection_id", &cid)]).await;
     assert_eq!(cut.status, StatusCode::SEE_OTHER, "{}", cut.html);
-    assert_eq!(cut.location(), format!("/connect/{id}"));
+    assert_eq!(cut.location(), format!("/connect/{id}?disconnected={cid}"));
     assert_eq!(app.get_connection(&org, &cid).await.body["status"], "disconnected");
     let after = browser.get(cut.location()).await;
     assert!(after.html.contains(&format!("data-connection-id=\"{cid}\" data-status=\"disconnected\"")));

@@ -149,7 +149,7 @@ async fn the_connect_page_samples_run_on_the_connections_api_function() {
     assert!(html.contains("href=\"https://auth.acme.example/oauth/authorize?"), "{html}");
     let cut = [ours[0], ours[1], ours[2], ("con_01kahzz7v4m3n2q0000000000a", cid.as_str())];
     let (status, location, _, _, html) = send(sample("connect-page-disconnect.json", &cut)).await;
-    assert_eq!((status, location), (303, format!("/connect/{id}")), "{html}");
+    assert_eq!((status, location), (303, format!("/connect/{id}?disconnected={cid}")), "{html}");
     assert_eq!(app.service.get_connection(&p, &cid).await.unwrap().status, latchkey::domain::Status::Disconnected);
 
     for (name, kind) in [("connect-page-css.json", "text/css"), ("connect-page-js.json", "text/javascript")] {

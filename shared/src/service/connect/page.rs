@@ -4,17 +4,17 @@
 //! principal, so the page sees and changes exactly what that customer could over the API, and
 //! only within what the session allows (its definitions, its connection).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+use super::super::DeviceAuthorizeResponse;
 use super::super::{ConnectionView, ListQuery, MAX_PAGE, Result, Service, ServiceError};
 use crate::domain::{
     AuthKind, BrowserBinding, ConnectContext, ConnectSession, Connection, ConnectionId, Definition, DefinitionKey,
-    InputType, LogEntry, Principal, Scope, Status, StatusError, Visibility,
+    InputType, InstanceId, LogEntry, Principal, Scope, Status, StatusError, Visibility,
 };
-use super::super::DeviceAuthorizeResponse;
 use crate::ports::StoreError;
 
 /// How many log lines the page shows per connection, newest first.
@@ -83,6 +83,16 @@ pub struct PageConnection {
     pub error: Option<StatusError>,
     /// `false` for organization-scoped connections: the customer cannot change them.
     pub editable: bool,
+    /// The instance it is bound to (its name when the connect session that made it named one,
+    /// else its id); `None` for reusable (customer- or organization-scoped) connections.
+    pub instance: Option<String>,
+    /// When it was created: tells apart rows without a label.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: time::OffsetDateTime,
+    /// The customer-visible secret (`password`) inputs it holds a value for: an update form may
+    /// leave those blank to keep them; the others (never set, or wiped by a disconnect) are
+    /// required again when the definition requires them.
+    pub secrets_held: BTreeSet<String>,
     /// Its customer-visible values, secrets left out (not even a "set" marker).
     pub values: BTreeMap<String, Value>,
     /// The newest [`PAGE_LOG_LINES`] log lines, newest first.
@@ -128,6 +138,18 @@ fn page_inputs(def: &Definition) -> Vec<PageInput> {
         .collect()
 }
 
+/// Whether session `s` offers a connection of `scope` bound to `instance`: one bound to the
+/// session's instance, or a reusable one (customer- or organization-scoped, bound to no
+/// instance). A session naming no instance offers the reusable ones only. The one rule of what
+/// the page lists ([`Service::connect_page`]) and acts on (`offered_connection`, used by every
+/// action): a connection it does not offer is unknown to the page.
+fn offers(s: &ConnectSession, scope: Scope, instance: Option<&InstanceId>) -> bool {
+    match instance {
+        Some(i) => s.context.instance_id.as_ref() == Some(i),
+        None => scope != Scope::Instance,
+    }
+}
+
 /// The connection the page acts on: the session's when it names one (a request naming another
 /// finds nothing), else the one the request names, if any.
 fn target(s: &ConnectSession, requested: Option<&str>) -> Result<Option<String>> {
@@ -166,7 +188,7 @@ impl Service {
         for def in defs {
             let mut connections = Vec::new();
             for view in self.customer_connections(&p, &def.key).await? {
-                if only.as_ref().is_some_and(|id| *id != view.id) {
+                if only.as_ref().is_some_and(|id| *id != view.id) || !offers(s, view.scope, view.instance_id.as_ref()) {
                     continue;
                 }
                 connections.push(self.page_connection(&p, &def, view).await?);
@@ -206,7 +228,12 @@ impl Service {
 
     async fn page_connection(&self, p: &Principal, def: &Definition, view: ConnectionView) -> Result<PageConnection> {
         let secret = |k: &str| def.inputs.get(k).is_none_or(|i| i.kind.is_secret());
-        let values = view.values.into_iter().filter(|(k, _)| !secret(k)).collect();
+        // A secret the connection holds shows in the view as its `{"set": true}` marker.
+        let (held, values): (BTreeMap<String, Value>, _) = view.values.into_iter().partition(|(k, _)| secret(k));
+        let instance = view.instance_id.as_ref().map(|id| {
+            let ctx = view.connect_context.as_ref().filter(|c| c.instance_id.as_ref() == Some(id));
+            ctx.and_then(|c| c.instance_name.clone()).unwrap_or_else(|| id.to_string())
+        });
         let logs = self.connection_logs(p, view.id.as_str(), PAGE_LOG_LINES).await?;
         Ok(PageConnection {
             id: view.id.to_string(),
@@ -214,6 +241,9 @@ impl Service {
             status: view.status,
             error: view.error,
             editable: view.scope != Scope::Organization,
+            instance,
+            created_at: view.created_at,
+            secrets_held: held.into_keys().collect(),
             values,
             logs,
         })
@@ -235,7 +265,7 @@ impl Service {
             Some(def) => c.definition == def.key,
             None => s.allows(&c.definition),
         };
-        if offered { Ok(c) } else { Err(ServiceError::NotFound) }
+        if offered && offers(s, c.scope, c.instance_id.as_ref()) { Ok(c) } else { Err(ServiceError::NotFound) }
     }
 
     /// A new connection of `def` for the session's customer, with the session's context: scope

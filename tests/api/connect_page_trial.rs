@@ -1,0 +1,271 @@
+//! What a new user's trial of the connect page found, over HTTP as a browser without JavaScript:
+//! a session lists and acts on only the connections its instance may use (its instance's and the
+//! customer's reusable ones), each row telling its instance and creation apart; a disconnected
+//! API-key connection's form asks for the wiped key again; the activity log reads as sentences,
+//! not internal messages; Disconnect asks first and says "Disconnected" after; and the wording
+//! of a bad `parent_origin` and of a lookup on a disconnected API-key connection.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::TestApp;
+
+const ORG: &str = "acme";
+const CUSTOMER: &str = "c-1";
+
+fn api_key_definition() -> Value {
+    json!({
+        "label": "Acme",
+        "auth": "api_key",
+        "inputs": {
+            "apiKey": {"type": "password", "label": "API key", "required": true, "visibility": "customer"},
+            "region": {"type": "string", "label": "Region", "visibility": "customer"}
+        }
+    })
+}
+
+/// A browser that follows no redirect and keeps its cookies.
+struct Browser {
+    client: reqwest::Client,
+    base: String,
+    cookies: BTreeMap<String, String>,
+}
+
+/// One answer: status, `Location`, body.
+#[derive(Debug)]
+struct Page {
+    status: StatusCode,
+    location: String,
+    html: String,
+}
+
+impl Page {
+    /// The first `name="csrf"` hidden input's value.
+    fn csrf(&self) -> String {
+        let marker = "name=\"csrf\" value=\"";
+        let at = self.html.find(marker).unwrap_or_else(|| panic!("no csrf in {}", self.html));
+        let rest = &self.html[at + marker.len()..];
+        rest[..rest.find('"').unwrap()].to_owned()
+    }
+
+    /// The `li.connection` of `id`, from its opening tag to the next row's (or the list's end).
+    fn row(&self, id: &str) -> &str {
+        let start = self
+            .html
+            .find(&format!("data-connection-id=\"{id}\""))
+            .unwrap_or_else(|| panic!("no row {id} in {}", self.html));
+        let rest = &self.html[start..];
+        let end = rest[1..].find("<li class=\"connection\"").map_or(rest.len(), |e| e + 1);
+        &rest[..end]
+    }
+}
+
+impl Browser {
+    fn new(app: &TestApp) -> Self {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        Browser { client, base: app.url(""), cookies: BTreeMap::new() }
+    }
+
+    async fn send(&mut self, mut req: reqwest::RequestBuilder) -> Page {
+        if !self.cookies.is_empty() {
+            let header: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            req = req.header(COOKIE, header.join("; "));
+        }
+        let res = req.send().await.expect("send");
+        for set in res.headers().get_all(SET_COOKIE) {
+            let (name, value) = set.to_str().unwrap().split(';').next().unwrap().split_once('=').unwrap();
+            self.cookies.insert(name.trim().to_owned(), value.trim().to_owned());
+        }
+        let status = res.status();
+        let location = res.headers().get(LOCATION).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        Page { status, location, html: res.text().await.unwrap() }
+    }
+
+    async fn get(&mut self, url: &str) -> Page {
+        let url = if url.starts_with("http") { url.to_owned() } else { format!("{}{url}", self.base) };
+        let req = self.client.get(url);
+        self.send(req).await
+    }
+
+    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
+        let req = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body);
+        self.send(req).await
+    }
+
+    /// Opens a connect link: the session id and its page.
+    async fn open(&mut self, link: &str) -> (String, Page) {
+        let traded = self.get(link).await;
+        assert_eq!(traded.status, StatusCode::SEE_OTHER, "{}", traded.html);
+        let id = traded.location.strip_prefix("/connect/").unwrap().to_owned();
+        let page = self.get(&traded.location).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+        (id, page)
+    }
+}
+
+async fn setup(app: &TestApp) -> String {
+    let org = app.token(ORG, None, &[]).await;
+    app.put_definition(&org, "acme-api", &api_key_definition()).await.assert_status(StatusCode::CREATED);
+    org
+}
+
+/// An OAuth definition whose authorizations are only started, never completed.
+fn oauth_definition() -> Value {
+    json!({"label": "Cloud", "auth": "oauth2_authorization_code", "inputs": {
+        "authorizeUrl": {"type": "url", "default": "https://auth.cloud.example/authorize"},
+        "tokenUrl": {"type": "url", "default": "https://auth.cloud.example/token"},
+        "clientId": {"type": "string", "default": "cid"},
+        "clientSecret": {"type": "password", "default": "cs"}}})
+}
+
+async fn link(app: &TestApp, org: &str, body: Value) -> String {
+    let reply = app.request(Method::POST, "/v1/connect/sessions", Some(org), Some(&body)).await;
+    reply.assert_status(StatusCode::CREATED);
+    reply.body["url"].as_str().unwrap().to_owned()
+}
+
+/// A connection of the customer made over the API with `extra` (scope, instance, label).
+async fn connection(app: &TestApp, org: &str, extra: Value) -> (String, u64) {
+    let mut body = json!({"definition": "acme-api", "customer": CUSTOMER, "values": {"apiKey": "sk_test_1"}});
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    let reply = app.create_connection(org, &body).await;
+    reply.assert_status(StatusCode::CREATED);
+    (reply.body["id"].as_str().unwrap().to_owned(), reply.body["version"].as_u64().unwrap())
+}
+
+#[tokio::test]
+async fn a_session_offers_only_the_connections_its_instance_may_use() {
+    let app = TestApp::spawn().await;
+    let org = setup(&app).await;
+    let (nine, nine_version) = connection(&app, &org, json!({"scope": "instance", "instance_id": "inst-9"})).await;
+    let (ten, _) = connection(&app, &org, json!({"scope": "instance", "instance_id": "inst-10"})).await;
+    let (reusable, _) = connection(&app, &org, json!({"scope": "customer", "label": "Shared key"})).await;
+    let (managed, _) = connection(&app, &org, json!({"scope": "organization"})).await;
+    app.put_definition(&org, "cloud", &oauth_definition()).await.assert_status(StatusCode::CREATED);
+    let pending = json!({"definition": "cloud", "customer": CUSTOMER, "scope": "instance", "instance_id": "inst-9"});
+    let reply = app.create_connection(&org, &pending).await;
+    reply.assert_status(StatusCode::CREATED);
+    let (nine_oauth, oauth_version) = (reply.body["id"].as_str().unwrap().to_owned(), reply.body["version"].clone());
+
+    let session = json!({"customer": CUSTOMER, "instance": {"id": "inst-10", "name": "Shop ten"}});
+    let mut browser = Browser::new(&app);
+    let (id, page) = browser.open(&link(&app, &org, session).await).await;
+    for shown in [&ten, &reusable, &managed] {
+        assert!(page.html.contains(&format!("data-connection-id=\"{shown}\"")), "{shown}: {}", page.html);
+    }
+    for hidden in [&nine, &nine_oauth] {
+        assert!(!page.html.contains(hidden.as_str()), "inst-9's connection on inst-10's page: {}", page.html);
+    }
+    // Rows are told apart: the instance of a bound one, the label or the creation date.
+    assert!(page.row(&ten).contains("Instance <strong>inst-10</strong>"), "{}", page.row(&ten));
+    assert!(page.row(&reusable).contains("Shared key") && !page.row(&reusable).contains("Instance "));
+    assert!(page.row(&managed).contains("Created <time datetime=\""), "{}", page.row(&managed));
+
+    // Every action refuses inst-9's connection as an unknown one, and changes nothing.
+    let csrf = page.csrf();
+    let tries: [(&str, Vec<(&str, &str)>); 3] = [
+        ("disconnect", vec![("csrf", &csrf), ("connection_id", &nine)]),
+        (
+            "values",
+            vec![("csrf", &csrf), ("definition", "acme-api"), ("connection_id", &nine), ("value.apiKey", "sk_x")],
+        ),
+        ("authorize", vec![("csrf", &csrf), ("definition", "cloud"), ("connection_id", &nine_oauth)]),
+    ];
+    for (action, fields) in tries {
+        let refused = browser.post(&format!("/connect/{id}/{action}"), &fields).await;
+        assert_eq!(refused.status, StatusCode::NOT_FOUND, "{action}: {}", refused.html);
+        assert!(!refused.html.contains(&nine) && !refused.html.contains(&nine_oauth), "{action}: {}", refused.html);
+    }
+    let after = app.get_connection(&org, &nine).await;
+    assert_eq!(after.body["version"].as_u64(), Some(nine_version), "{}", after.body);
+    assert_ne!(after.body["status"], "disconnected");
+    assert_eq!(app.get_connection(&org, &nine_oauth).await.body["version"], oauth_version);
+
+    // A session naming no instance offers the reusable ones only.
+    let mut other = Browser::new(&app);
+    let (other_id, page) = other.open(&link(&app, &org, json!({"customer": CUSTOMER})).await).await;
+    assert!(page.html.contains(&reusable) && page.html.contains(&managed), "{}", page.html);
+    assert!(!page.html.contains(&nine) && !page.html.contains(&ten), "{}", page.html);
+    let csrf = page.csrf();
+    let refused =
+        other.post(&format!("/connect/{other_id}/disconnect"), &[("csrf", &csrf), ("connection_id", &ten)]).await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND, "{}", refused.html);
+    assert_eq!(app.get_connection(&org, &ten).await.body["status"], "configured");
+}
+
+#[tokio::test]
+async fn disconnect_asks_first_says_so_after_and_the_wiped_key_is_required_again() {
+    let app = TestApp::spawn().await;
+    let org = setup(&app).await;
+    let (cid, _) = connection(&app, &org, json!({"label": "Acme prod"})).await;
+    let mut browser = Browser::new(&app);
+    let (id, page) = browser.open(&link(&app, &org, json!({"customer": CUSTOMER})).await).await;
+    let row = page.row(&cid);
+    assert!(row.contains("data-action=\"disconnect\" data-confirm=\"Disconnect Acme prod?"), "{row}");
+    // The key is held: blank keeps it.
+    assert!(row.contains("Leave blank to keep the current value."), "{row}");
+    // The log reads as sentences, the time apart from the text.
+    assert!(row.contains("UTC</time> <span class=\"log-type\">Connection created</span>"), "{row}");
+
+    let cut =
+        browser.post(&format!("/connect/{id}/disconnect"), &[("csrf", &page.csrf()), ("connection_id", &cid)]).await;
+    assert_eq!(cut.status, StatusCode::SEE_OTHER, "{}", cut.html);
+    assert_eq!(cut.location, format!("/connect/{id}?disconnected={cid}"));
+    let after = browser.get(&cut.location).await;
+    assert!(after.html.contains("<div class=\"banner success\" role=\"status\">Disconnected</div>"), "{}", after.html);
+    let row = after.row(&cid);
+    assert!(row.contains("<span class=\"log-type\">Disconnected</span>"), "{row}");
+    assert!(!row.contains("credentials removed") && !row.contains("revokeUrl") && !row.contains("none held"), "{row}");
+    // The key was wiped: the update form marks it required and promises nothing about blank.
+    assert!(!row.contains("Leave blank to keep the current value."), "{row}");
+    let field = format!("id=\"c-{cid}-apiKey\" name=\"value.apiKey\" autocomplete=\"new-password\" required");
+    assert!(row.contains(&field), "{row}");
+    assert!(row.contains("API key<span class=\"required\""), "{row}");
+
+    // A banner only for a connection the page shows, disconnected.
+    let forged = browser.get(&format!("/connect/{id}?disconnected=con_01kahzz7v4m3n2q0000000000a")).await;
+    assert!(!forged.html.contains("banner success"), "{}", forged.html);
+
+    // Blank is refused, a new key brings it back under the same id.
+    let csrf = after.csrf();
+    let fields = [("csrf", csrf.as_str()), ("definition", "acme-api"), ("connection_id", cid.as_str())];
+    let blank = browser.post(&format!("/connect/{id}/values"), &fields).await;
+    assert_eq!(blank.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", blank.html);
+    let with_key = [fields[0], fields[1], fields[2], ("value.apiKey", "sk_test_2")];
+    let saved = browser.post(&format!("/connect/{id}/values"), &with_key).await;
+    assert_eq!(saved.location, format!("/connect/{id}?connected={cid}"), "{}", saved.html);
+}
+
+#[tokio::test]
+async fn wording_of_a_bad_parent_origin_and_of_a_disconnected_api_key_lookup() {
+    let app = TestApp::spawn().await;
+    let org = setup(&app).await;
+    let body = json!({"customer": CUSTOMER, "parent_origin": "notaurl"});
+    let refused = app.request(Method::POST, "/v1/connect/sessions", Some(&org), Some(&body)).await;
+    refused.assert_status(StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(refused.body.to_string().contains("must be an origin such as https://app.example.com"), "{}", refused.body);
+
+    let (cid, _) = connection(&app, &org, json!({})).await;
+    app.request(Method::POST, &format!("/v1/connections/{cid}/disconnect"), Some(&org), None)
+        .await
+        .assert_status(StatusCode::OK);
+    let runtime = app.token(ORG, None, &["runtime"]).await;
+    let lookup = app.lookup(&runtime, &cid, &json!({})).await;
+    lookup.assert_status(StatusCode::CONFLICT);
+    let detail = lookup.body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("connect it again"), "{}", lookup.body);
+}
