@@ -196,11 +196,10 @@ async fn show_page(
         Ok(page) => page,
         Err(e) => return failure(&s, e),
     };
-    let (mut connected, mut error, mut description, mut disconnected) = (None, None, None, None);
+    let (mut connected, mut error, mut description) = (None, None, None);
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match &*k {
             "connected" => connected = Some(v.into_owned()),
-            "disconnected" => disconnected = Some(v.into_owned()),
             "error" => error = Some(v.into_owned()),
             "error_description" => description = Some(v.into_owned()),
             _ => {}
@@ -216,18 +215,10 @@ async fn show_page(
         (Some((true, _)), _) => Some(Banner::Success("Authorization completed successfully".to_owned())),
         (Some((false, _)), _) => Some(Banner::Success("Connected successfully".to_owned())),
         (None, Some(code)) => Some(Banner::Error(authorization_failed(&code, description.as_deref()))),
-        (None, None) => disconnected_banner(&page, disconnected.as_deref()),
+        (None, None) => None,
     };
     let screen = Screen { status: StatusCode::OK, banner, connected: done.map(|(_, cid)| cid), form: None };
     render(&s, &b, &page, screen)
-}
-
-/// The banner after the Disconnect button (`?disconnected={cid}`): only for a connection this
-/// page shows, now disconnected (the query is anyone's to write).
-fn disconnected_banner(page: &ConnectPage, cid: Option<&str>) -> Option<Banner> {
-    let cid = cid?;
-    let shown = page.definitions.iter().flat_map(|d| &d.connections).find(|c| c.id == cid)?;
-    (shown.status == crate::domain::Status::Disconnected).then(|| Banner::Success("Disconnected".to_owned()))
 }
 
 /// The error banner of a failed authorization: the provider's description (shortened) or code.
@@ -376,8 +367,6 @@ async fn values_failed(s: &RouterState, b: &Browser, state: FormState, e: Servic
 /// provider's authorize URL (its state bound to this browser), which connect.js follows at once.
 /// A 303 there would need the provider's origin in the page's CSP `form-action` (browsers check
 /// a form's redirects too), and a connection's own authorize URL is known only now.
-/// A device-flow definition answers a page with the user code and the verification links
-/// instead (RFC 8628: the customer approves anywhere; reloading the page shows the status).
 async fn authorize(
     State(s): State<RouterState>,
     Path(id): Path<String>,
@@ -392,16 +381,13 @@ async fn authorize(
     let definition = form.get("definition").unwrap_or_default();
     let connection_id = form.get("connection_id");
     match s.service.connect_authorize(&b.session, definition, connection_id, public_url.as_deref()).await {
-        Ok(started) => match &started.device {
-            Some(device) => html_response(&s, StatusCode::OK, view::device_page(&id, &started.label, device)),
-            None => html_response(&s, StatusCode::OK, view::continue_page(&started.label, &started.authorize_url)),
-        },
+        Ok(started) => html_response(&s, StatusCode::OK, view::continue_page(&started.label, &started.authorize_url)),
         Err(e) => page_with_error(&s, &b, e).await,
     }
 }
 
 /// `POST /connect/{id}/disconnect` (`csrf`, `connection_id`): disconnects one of the customer's
-/// connections; 303 back to the page, whose banner says "Disconnected".
+/// connections; 303 back to the page.
 async fn disconnect(
     State(s): State<RouterState>,
     Path(id): Path<String>,
@@ -414,7 +400,7 @@ async fn disconnect(
     };
     let connection_id = form.get("connection_id").unwrap_or_default();
     match s.service.connect_disconnect(&b.session, connection_id).await {
-        Ok(view) => see_other(&s, &format!("/connect/{}?disconnected={}", b.session.id, view.id.as_str())),
+        Ok(_) => see_other(&s, &format!("/connect/{}", b.session.id)),
         Err(e) => page_with_error(&s, &b, e).await,
     }
 }
