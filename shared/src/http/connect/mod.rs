@@ -196,10 +196,11 @@ async fn show_page(
         Ok(page) => page,
         Err(e) => return failure(&s, e),
     };
-    let (mut connected, mut error, mut description) = (None, None, None);
+    let (mut connected, mut error, mut description, mut disconnected) = (None, None, None, None);
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match &*k {
             "connected" => connected = Some(v.into_owned()),
+            "disconnected" => disconnected = Some(v.into_owned()),
             "error" => error = Some(v.into_owned()),
             "error_description" => description = Some(v.into_owned()),
             _ => {}
@@ -215,10 +216,18 @@ async fn show_page(
         (Some((true, _)), _) => Some(Banner::Success("Authorization completed successfully".to_owned())),
         (Some((false, _)), _) => Some(Banner::Success("Connected successfully".to_owned())),
         (None, Some(code)) => Some(Banner::Error(authorization_failed(&code, description.as_deref()))),
-        (None, None) => None,
+        (None, None) => disconnected_banner(&page, disconnected.as_deref()),
     };
     let screen = Screen { status: StatusCode::OK, banner, connected: done.map(|(_, cid)| cid), form: None };
     render(&s, &b, &page, screen)
+}
+
+/// The banner after the Disconnect button (`?disconnected={cid}`): only for a connection this
+/// page shows, now disconnected (the query is anyone's to write).
+fn disconnected_banner(page: &ConnectPage, cid: Option<&str>) -> Option<Banner> {
+    let cid = cid?;
+    let shown = page.definitions.iter().flat_map(|d| &d.connections).find(|c| c.id == cid)?;
+    (shown.status == crate::domain::Status::Disconnected).then(|| Banner::Success("Disconnected".to_owned()))
 }
 
 /// The error banner of a failed authorization: the provider's description (shortened) or code.
@@ -387,7 +396,7 @@ async fn authorize(
 }
 
 /// `POST /connect/{id}/disconnect` (`csrf`, `connection_id`): disconnects one of the customer's
-/// connections; 303 back to the page.
+/// connections; 303 back to the page, whose banner says "Disconnected".
 async fn disconnect(
     State(s): State<RouterState>,
     Path(id): Path<String>,
@@ -400,7 +409,7 @@ async fn disconnect(
     };
     let connection_id = form.get("connection_id").unwrap_or_default();
     match s.service.connect_disconnect(&b.session, connection_id).await {
-        Ok(_) => see_other(&s, &format!("/connect/{}", b.session.id)),
+        Ok(view) => see_other(&s, &format!("/connect/{}?disconnected={}", b.session.id, view.id.as_str())),
         Err(e) => page_with_error(&s, &b, e).await,
     }
 }

@@ -4,13 +4,13 @@
 //! `.status`, `.error-message`, `details.logs`, `button[data-action]`, `form.values-form`,
 //! `.field-error[data-field]`. No inline script or style: the CSP allows neither.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use maud::{DOCTYPE, Markup, html};
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 
-use crate::domain::{InputType, LogEntry, Status};
+use crate::domain::{InputType, LogEntry, LogType, Status};
 use crate::service::{ConnectPage, PageConnection, PageDefinition, PageInput};
 
 /// Where the page's stylesheet and script are served.
@@ -162,7 +162,7 @@ fn definition(v: &PageView<'_>, def: &PageDefinition) -> Markup {
                         (authorize_form(v, def, None, if def.connections.is_empty() { "Connect" } else { "Connect another account" }))
                     } @else {
                         h3 { @if def.connections.is_empty() { "Connect" } @else { "Add another connection" } }
-                        (values_form(v, def, None, &BTreeMap::new()))
+                        (values_form(v, def, None, &BTreeMap::new(), &BTreeSet::new()))
                     }
                 }
             }
@@ -192,6 +192,7 @@ fn connection(v: &PageView<'_>, def: &PageDefinition, c: &PageConnection) -> Mar
                 span.connection-name { (name) }
                 span class={ "status status-" (status) } { (status_text(c.status)) }
             }
+            (connection_meta(c))
             @if c.status == Status::Error {
                 p.error-message {
                     (c.error.as_ref().map_or("This connection stopped working.", |e| e.message.as_str()))
@@ -201,26 +202,50 @@ fn connection(v: &PageView<'_>, def: &PageDefinition, c: &PageConnection) -> Mar
                 p.meta { "Managed by your administrator." }
             }
             @if c.editable {
-                div.actions {
-                    @if def.oauth {
+                @if def.oauth {
+                    div.actions {
                         (authorize_form(v, def, Some(&c.id), if c.status == Status::Pending { "Connect" } else { "Reconnect" }))
-                    }
-                    @if c.status != Status::Disconnected {
-                        form.disconnect-form method="post" action=(format!("/connect/{}/disconnect", v.session_id)) {
-                            input type="hidden" name="csrf" value=(v.csrf);
-                            input type="hidden" name="connection_id" value=(c.id);
-                            button.danger type="submit" data-action="disconnect" { "Disconnect" }
-                        }
                     }
                 }
                 @if !def.oauth && !def.inputs.is_empty() {
                     details.update open[open_update] {
                         summary { "Update credentials" }
-                        (values_form(v, def, Some(&c.id), &c.values))
+                        (values_form(v, def, Some(&c.id), &c.values, &c.secrets_held))
                     }
+                }
+                @if c.status != Status::Disconnected {
+                    (disconnect_form(v, c, &name))
                 }
             }
             (logs(&c.logs))
+        }
+    }
+}
+
+/// What tells a connection's row apart from its neighbours: the instance it is bound to, and
+/// when it was created.
+fn connection_meta(c: &PageConnection) -> Markup {
+    html! {
+        p.meta.connection-meta {
+            @if let Some(instance) = c.instance.as_deref() {
+                "Instance " strong { (instance) } " · "
+            }
+            "Created " time datetime=(c.created_at.format(&Rfc3339).unwrap_or_default()) { (when(c.created_at)) }
+        }
+    }
+}
+
+/// The Disconnect button, after the row's main action: connect.js asks `data-confirm` first
+/// (without script the form posts at once).
+fn disconnect_form(v: &PageView<'_>, c: &PageConnection, name: &str) -> Markup {
+    let confirm = format!("Disconnect {name}? Its credentials are removed; you can connect again later.");
+    html! {
+        div.actions.disconnect-actions {
+            form.disconnect-form method="post" action=(format!("/connect/{}/disconnect", v.session_id)) {
+                input type="hidden" name="csrf" value=(v.csrf);
+                input type="hidden" name="connection_id" value=(c.id);
+                button.danger type="submit" data-action="disconnect" data-confirm=(confirm) { "Disconnect" }
+            }
         }
     }
 }
@@ -236,8 +261,11 @@ fn logs(entries: &[LogEntry]) -> Markup {
                     @for e in entries {
                         li {
                             time datetime=(e.at.format(&Rfc3339).unwrap_or_default()) { (when(e.at)) }
-                            span.log-type { (log_type(e)) }
-                            (e.message)
+                            " "
+                            span.log-type { (log_sentence(e.kind)) }
+                            @if shows_details(e.kind) && !e.message.trim().is_empty() {
+                                ": " span.log-detail { (e.message) }
+                            }
                         }
                     }
                 }
@@ -246,12 +274,34 @@ fn logs(entries: &[LogEntry]) -> Markup {
     }
 }
 
-/// A log line's type in words: `authorize_failed` -> `authorize failed`.
-fn log_type(e: &LogEntry) -> String {
-    match serde_json::to_value(e.kind) {
-        Ok(Value::String(kind)) => kind.replace('_', " "),
-        _ => String::new(),
+/// A log line as the customer reads it: a short sentence per type. The stored message is the
+/// organization's wording (which endpoint, which tokens): the page shows it only for the
+/// failures a customer can act on ([`shows_details`]).
+fn log_sentence(kind: LogType) -> &'static str {
+    match kind {
+        LogType::Created => "Connection created",
+        LogType::Updated => "Details updated",
+        LogType::AuthorizeStarted => "Authorization started",
+        LogType::Authorized => "Authorized",
+        LogType::Reconnected => "Connected again",
+        LogType::AuthorizeFailed => "Authorization failed",
+        LogType::Refreshed => "Access renewed",
+        LogType::RefreshFailed => "Access could not be renewed",
+        LogType::Used => "Used by the application",
+        LogType::ErrorReported => "A problem was reported",
+        LogType::Disconnected => "Disconnected",
+        LogType::Revoked => "Access withdrawn at the provider",
+        LogType::RevokeFailed => "Access could not be withdrawn at the provider",
+        LogType::RefreshTokenExpiring => "Access expires soon: connect again to keep it",
+        LogType::Verified => "Credentials checked",
+        LogType::VerifyFailed => "Credentials could not be confirmed",
     }
+}
+
+/// Whether a log line of `kind` shows its message after the sentence: the failures, whose
+/// message says what the provider answered.
+fn shows_details(kind: LogType) -> bool {
+    matches!(kind, LogType::AuthorizeFailed | LogType::RefreshFailed | LogType::ErrorReported | LogType::VerifyFailed)
 }
 
 /// `2026-11-30 05:12 UTC`.
@@ -285,12 +335,14 @@ fn shown(v: &Value) -> String {
 
 /// The form of `def`'s inputs: a new connection (`connection_id` `None`, prefilled with the
 /// defaults) or an update of one (prefilled with its `current` non-secret values). A password
-/// input never has a value; on an update, blank keeps the current one.
+/// input never has a value; on an update, blank keeps the current one when the connection
+/// holds one (`held`), else it is as required as on a new connection.
 fn values_form(
     v: &PageView<'_>,
     def: &PageDefinition,
     connection_id: Option<&str>,
     current: &BTreeMap<String, Value>,
+    held: &BTreeSet<String>,
 ) -> Markup {
     let form_id = match connection_id {
         Some(id) => format!("c-{id}"),
@@ -298,7 +350,8 @@ fn values_form(
     };
     let state = v.form.filter(|f| f.is_for(&def.key, connection_id));
     let update = connection_id.is_some();
-    let any_required = def.inputs.iter().any(|i| i.required && !(update && i.kind == InputType::Password));
+    let keeps = |i: &PageInput| update && i.kind == InputType::Password && held.contains(&i.name);
+    let any_required = def.inputs.iter().any(|i| i.required && !keeps(i));
     html! {
         form.values-form id=(form_id) method="post" action=(format!("/connect/{}/values", v.session_id))
             data-definition=(def.key) data-connection-id=[connection_id] novalidate {
@@ -316,19 +369,19 @@ fn values_form(
                     None if update => current.get(&input.name).map(shown),
                     None => input.default.as_ref().map(shown),
                 };
-                (field(&form_id, input, value, state.and_then(|s| s.errors.get(&input.name)), update))
+                (field(&form_id, input, value, state.and_then(|s| s.errors.get(&input.name)), keeps(input)))
             }
             button type="submit" data-action="save" { @if update { "Save" } @else { "Connect" } }
         }
     }
 }
 
-fn field(form_id: &str, input: &PageInput, value: Option<String>, error: Option<&String>, update: bool) -> Markup {
+/// One input's field; `keep_blank`: a password the connection holds, which blank keeps.
+fn field(form_id: &str, input: &PageInput, value: Option<String>, error: Option<&String>, keep_blank: bool) -> Markup {
     let id = format!("{form_id}-{}", input.name);
     let name = format!("{}{}", super::form::VALUE_PREFIX, input.name);
     let hint_id = format!("{id}-hint");
     let error_id = format!("{id}-error");
-    let keep_blank = update && input.kind == InputType::Password;
     let required = input.required && !keep_blank;
     let described: Vec<&str> = [
         input.description.as_ref().map(|_| hint_id.as_str()),
@@ -433,6 +486,9 @@ mod tests {
                 at: time::OffsetDateTime::UNIX_EPOCH,
             }),
             editable: true,
+            instance: Some("Shop <EU>".into()),
+            created_at: time::OffsetDateTime::UNIX_EPOCH,
+            secrets_held: ["apiKey".to_owned()].into(),
             // A password value in the connection's values must not show even if it got there.
             values: [("apiKey".to_owned(), json!("sk_in_values")), ("region".to_owned(), json!("eu"))].into(),
             logs: Vec::new(),
@@ -524,5 +580,73 @@ mod tests {
         };
         assert!(super::page(&view(None)).contains("id=\"new-acme-api\""));
         assert!(!super::page(&view(Some("con_red"))).contains("id=\"new-acme-api\""));
+    }
+
+    #[test]
+    fn a_wiped_password_is_required_again_on_update() {
+        let mut page = page();
+        let red = &mut page.definitions[0].connections[0];
+        red.status = Status::Disconnected;
+        red.secrets_held.clear();
+        let html = super::page(&PageView {
+            session_id: "01J",
+            reconnect: Some("con_red"),
+            page: &page,
+            csrf: "tok",
+            banner: None,
+            connected: None,
+            form: None,
+        });
+        assert!(!html.contains("Leave blank to keep the current value."), "{html}");
+        assert!(
+            html.contains(
+                "type=\"password\" id=\"c-con_red-apiKey\" name=\"value.apiKey\" autocomplete=\"new-password\" required"
+            ),
+            "{html}"
+        );
+        assert!(html.contains("apiKey label<span class=\"required\""), "{html}");
+    }
+
+    #[test]
+    fn rows_say_their_instance_and_creation_and_log_lines_are_sentences() {
+        let mut page = page();
+        page.definitions[0].connections[0].logs = vec![
+            LogEntry::new(time::OffsetDateTime::UNIX_EPOCH, LogType::Created, "created"),
+            LogEntry::new(
+                time::OffsetDateTime::UNIX_EPOCH,
+                LogType::Revoked,
+                "tokens dropped: the definition has no revokeUrl",
+            ),
+            LogEntry::new(
+                time::OffsetDateTime::UNIX_EPOCH,
+                LogType::AuthorizeFailed,
+                "access_denied: the user said no",
+            ),
+        ];
+        let html = super::page(&PageView {
+            session_id: "01J",
+            reconnect: None,
+            page: &page,
+            csrf: "tok",
+            banner: None,
+            connected: None,
+            form: None,
+        });
+        assert!(html.contains("Instance <strong>Shop &lt;EU&gt;</strong> · Created <time"), "{html}");
+        assert!(
+            html.contains("1970-01-01 00:00 UTC</time> <span class=\"log-type\">Connection created</span></li>"),
+            "{html}"
+        );
+        assert!(!html.contains("revokeUrl"), "{html}");
+        assert!(
+            html.contains(
+                "Authorization failed</span>: <span class=\"log-detail\">access_denied: the user said no</span>"
+            ),
+            "{html}"
+        );
+        assert!(
+            html.contains("data-action=\"disconnect\" data-confirm=\"Disconnect &lt;b&gt;Prod&lt;/b&gt;?"),
+            "{html}"
+        );
     }
 }

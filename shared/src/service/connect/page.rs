@@ -4,7 +4,7 @@
 //! principal, so the page sees and changes exactly what that customer could over the API, and
 //! only within what the session allows (its definitions, its connection).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use super::super::{ConnectionView, ListQuery, MAX_PAGE, Result, Service, ServiceError};
 use crate::domain::{
     AuthKind, BrowserBinding, ConnectContext, ConnectSession, Connection, ConnectionId, Definition, DefinitionKey,
-    InputType, LogEntry, Principal, Scope, Status, StatusError, Visibility,
+    InputType, InstanceId, LogEntry, Principal, Scope, Status, StatusError, Visibility,
 };
 use crate::ports::StoreError;
 
@@ -82,6 +82,16 @@ pub struct PageConnection {
     pub error: Option<StatusError>,
     /// `false` for organization-scoped connections: the customer cannot change them.
     pub editable: bool,
+    /// The instance it is bound to (its name when the connect session that made it named one,
+    /// else its id); `None` for reusable (customer- or organization-scoped) connections.
+    pub instance: Option<String>,
+    /// When it was created: tells apart rows without a label.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: time::OffsetDateTime,
+    /// The customer-visible secret (`password`) inputs it holds a value for: an update form may
+    /// leave those blank to keep them; the others (never set, or wiped by a disconnect) are
+    /// required again when the definition requires them.
+    pub secrets_held: BTreeSet<String>,
     /// Its customer-visible values, secrets left out (not even a "set" marker).
     pub values: BTreeMap<String, Value>,
     /// The newest [`PAGE_LOG_LINES`] log lines, newest first.
@@ -95,6 +105,12 @@ pub struct PageAuthorization {
     pub authorize_url: String,
     /// The definition's label: "Continue to {label}".
     pub label: String,
+}
+
+/// Whether a definition's connections are made with the Connect button (an authorization by
+/// the customer at the provider) rather than a form of values.
+fn connected_by_button(auth: AuthKind) -> bool {
+    matches!(auth, AuthKind::Oauth2AuthorizationCode)
 }
 
 /// The principal the page acts as: the session's customer, no roles.
@@ -116,6 +132,18 @@ fn page_inputs(def: &Definition) -> Vec<PageInput> {
             description: i.description.clone(),
         })
         .collect()
+}
+
+/// Whether session `s` offers a connection of `scope` bound to `instance`: one bound to the
+/// session's instance, or a reusable one (customer- or organization-scoped, bound to no
+/// instance). A session naming no instance offers the reusable ones only. The one rule of what
+/// the page lists ([`Service::connect_page`]) and acts on (`offered_connection`, used by every
+/// action): a connection it does not offer is unknown to the page.
+fn offers(s: &ConnectSession, scope: Scope, instance: Option<&InstanceId>) -> bool {
+    match instance {
+        Some(i) => s.context.instance_id.as_ref() == Some(i),
+        None => scope != Scope::Instance,
+    }
 }
 
 /// The connection the page acts on: the session's when it names one (a request naming another
@@ -156,7 +184,7 @@ impl Service {
         for def in defs {
             let mut connections = Vec::new();
             for view in self.customer_connections(&p, &def.key).await? {
-                if only.as_ref().is_some_and(|id| *id != view.id) {
+                if only.as_ref().is_some_and(|id| *id != view.id) || !offers(s, view.scope, view.instance_id.as_ref()) {
                     continue;
                 }
                 connections.push(self.page_connection(&p, &def, view).await?);
@@ -166,7 +194,7 @@ impl Service {
                 label: def.label.clone(),
                 description: def.description.clone(),
                 auth: def.auth,
-                oauth: def.auth == AuthKind::Oauth2AuthorizationCode,
+                oauth: connected_by_button(def.auth),
                 inputs: page_inputs(&def),
                 connections,
             });
@@ -196,7 +224,12 @@ impl Service {
 
     async fn page_connection(&self, p: &Principal, def: &Definition, view: ConnectionView) -> Result<PageConnection> {
         let secret = |k: &str| def.inputs.get(k).is_none_or(|i| i.kind.is_secret());
-        let values = view.values.into_iter().filter(|(k, _)| !secret(k)).collect();
+        // A secret the connection holds shows in the view as its `{"set": true}` marker.
+        let (held, values): (BTreeMap<String, Value>, _) = view.values.into_iter().partition(|(k, _)| secret(k));
+        let instance = view.instance_id.as_ref().map(|id| {
+            let ctx = view.connect_context.as_ref().filter(|c| c.instance_id.as_ref() == Some(id));
+            ctx.and_then(|c| c.instance_name.clone()).unwrap_or_else(|| id.to_string())
+        });
         let logs = self.connection_logs(p, view.id.as_str(), PAGE_LOG_LINES).await?;
         Ok(PageConnection {
             id: view.id.to_string(),
@@ -204,6 +237,9 @@ impl Service {
             status: view.status,
             error: view.error,
             editable: view.scope != Scope::Organization,
+            instance,
+            created_at: view.created_at,
+            secrets_held: held.into_keys().collect(),
             values,
             logs,
         })
@@ -225,7 +261,7 @@ impl Service {
             Some(def) => c.definition == def.key,
             None => s.allows(&c.definition),
         };
-        if offered { Ok(c) } else { Err(ServiceError::NotFound) }
+        if offered && offers(s, c.scope, c.instance_id.as_ref()) { Ok(c) } else { Err(ServiceError::NotFound) }
     }
 
     /// A new connection of `def` for the session's customer, with the session's context: scope
@@ -299,7 +335,7 @@ impl Service {
     /// authorization-code definition (connected with the Connect button).
     pub async fn connect_form_inputs(&self, s: &ConnectSession, definition: &str) -> Result<Vec<PageInput>> {
         let def = self.offered_definition(s, definition).await?;
-        if def.auth == AuthKind::Oauth2AuthorizationCode {
+        if connected_by_button(def.auth) {
             return Err(ServiceError::Conflict("OAuth definitions are connected with the Connect button"));
         }
         Ok(page_inputs(&def))
@@ -322,7 +358,7 @@ impl Service {
         values: Map<String, Value>,
     ) -> Result<ConnectionView> {
         let def = self.offered_definition(s, definition).await?;
-        if def.auth == AuthKind::Oauth2AuthorizationCode {
+        if connected_by_button(def.auth) {
             return Err(ServiceError::Conflict("OAuth definitions are connected with the Connect button"));
         }
         match target(s, connection_id)? {
@@ -352,8 +388,8 @@ impl Service {
         public_url: Option<&str>,
     ) -> Result<PageAuthorization> {
         let def = self.offered_definition(s, definition).await?;
-        if def.auth != AuthKind::Oauth2AuthorizationCode {
-            return Err(ServiceError::Conflict("only oauth2_authorization_code definitions are authorized"));
+        if !connected_by_button(def.auth) {
+            return Err(ServiceError::Conflict("only OAuth definitions are authorized"));
         }
         let hash = s.browser_hash.clone().ok_or(ServiceError::NotFound)?;
         if public_url.is_none() {
