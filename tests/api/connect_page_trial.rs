@@ -207,6 +207,35 @@ async fn a_session_offers_only_the_connections_its_instance_may_use() {
     assert_eq!(app.get_connection(&org, &ten).await.body["status"], "configured");
 }
 
+/// A session naming a connection offers that one, whatever its instance; one naming another
+/// instance than the connection's is refused at creation.
+#[tokio::test]
+async fn a_session_naming_a_connection_reaches_it_unless_it_names_another_instance() {
+    let app = TestApp::spawn().await;
+    let org = setup(&app).await;
+    let (nine, _) = connection(&app, &org, json!({"scope": "instance", "instance_id": "inst-9"})).await;
+
+    let body = json!({"customer": CUSTOMER, "connection_id": nine, "instance": {"id": "inst-10"}});
+    let refused = app.request(Method::POST, "/v1/connect/sessions", Some(&org), Some(&body)).await;
+    refused.assert_status(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(refused.error_fields(), ["connection_id"], "{}", refused.body);
+
+    // The first session writes its context (the instance's name) onto the connection it updates.
+    for (named, shown) in [(json!({"id": "inst-9", "name": "Shop nine"}), "inst-9"), (Value::Null, "Shop nine")] {
+        let mut body = json!({"customer": CUSTOMER, "connection_id": nine});
+        if !named.is_null() {
+            body["instance"] = named;
+        }
+        let mut browser = Browser::new(&app);
+        let (id, page) = browser.open(&link(&app, &org, body).await).await;
+        assert!(page.row(&nine).contains(&format!("Instance <strong>{shown}</strong>")), "{}", page.html);
+        let fields = [("csrf", page.csrf()), ("definition", "acme-api".into()), ("value.apiKey", "sk_test_9".into())];
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let saved = browser.post(&format!("/connect/{id}/values"), &fields).await;
+        assert_eq!(saved.location, format!("/connect/{id}?connected={nine}"), "{}", saved.html);
+    }
+}
+
 #[tokio::test]
 async fn disconnect_asks_first_says_so_after_and_the_wiped_key_is_required_again() {
     let app = TestApp::spawn().await;

@@ -29,6 +29,12 @@ pub struct ConnectLink {
     pub expires_at: OffsetDateTime,
 }
 
+/// Whether `c` is bound to an instance other than the one `context` names (a session for one
+/// instance never reconnects another's connection; naming no instance, it may).
+fn other_instance(c: &crate::domain::Connection, context: &crate::domain::ConnectContext) -> bool {
+    matches!((&c.instance_id, &context.instance_id), (Some(bound), Some(named)) if bound != named)
+}
+
 impl Service {
     /// `POST /v1/connect/sessions` (organization users): a new session for one customer and its
     /// one-time link under `public_url` (the configured `LATCHKEY_PUBLIC_URL`, or on Lambda the
@@ -38,7 +44,8 @@ impl Service {
     /// `Forbidden` for a customer principal; `Invalid` naming each bad field
     /// ([`ConnectRequest::from_json`]), `definitions[i]` for a definition the organization does
     /// not have, `connection_id` for a connection that is not this customer's (whether it
-    /// exists for another is never told) or that the customer cannot change; `Unexpected` when
+    /// exists for another is never told), that the customer cannot change or that is bound to
+    /// an instance other than `instance.id`; `Unexpected` when
     /// `public_url` is `None`.
     pub async fn create_connect_session(
         &self,
@@ -65,6 +72,9 @@ impl Service {
                     .push(FieldError::new("connection_id", "is organization-scoped: the customer cannot change it")),
                 Some(c) if !req.definitions.is_empty() && !req.definitions.contains(&c.definition) => {
                     errors.push(FieldError::new("connection_id", "its definition is not among definitions"));
+                }
+                Some(c) if other_instance(&c, &req.context) => {
+                    errors.push(FieldError::new("connection_id", "is bound to another instance than instance.id"));
                 }
                 Some(_) => {}
             }

@@ -134,12 +134,17 @@ fn page_inputs(def: &Definition) -> Vec<PageInput> {
         .collect()
 }
 
-/// Whether session `s` offers a connection of `scope` bound to `instance`: one bound to the
-/// session's instance, or a reusable one (customer- or organization-scoped, bound to no
-/// instance). A session naming no instance offers the reusable ones only. The one rule of what
-/// the page lists ([`Service::connect_page`]) and acts on (`offered_connection`, used by every
-/// action): a connection it does not offer is unknown to the page.
-fn offers(s: &ConnectSession, scope: Scope, instance: Option<&InstanceId>) -> bool {
+/// Whether session `s` offers connection `id`, of `scope`, bound to `instance`: a session
+/// naming a connection offers that one only (its creator chose it, whatever its instance);
+/// else one bound to the session's instance, or a reusable one (customer- or
+/// organization-scoped, bound to no instance); a session naming no instance offers the
+/// reusable ones only. The one rule of what the page lists ([`Service::connect_page`]) and acts
+/// on (`offered_connection`, used by every action): a connection it does not offer is unknown
+/// to the page.
+fn offers(s: &ConnectSession, id: &ConnectionId, scope: Scope, instance: Option<&InstanceId>) -> bool {
+    if let Some(own) = &s.connection_id {
+        return own == id;
+    }
     match instance {
         Some(i) => s.context.instance_id.as_ref() == Some(i),
         None => scope != Scope::Instance,
@@ -184,7 +189,9 @@ impl Service {
         for def in defs {
             let mut connections = Vec::new();
             for view in self.customer_connections(&p, &def.key).await? {
-                if only.as_ref().is_some_and(|id| *id != view.id) || !offers(s, view.scope, view.instance_id.as_ref()) {
+                if only.as_ref().is_some_and(|id| *id != view.id)
+                    || !offers(s, &view.id, view.scope, view.instance_id.as_ref())
+                {
                     continue;
                 }
                 connections.push(self.page_connection(&p, &def, view).await?);
@@ -261,7 +268,7 @@ impl Service {
             Some(def) => c.definition == def.key,
             None => s.allows(&c.definition),
         };
-        if offered && offers(s, c.scope, c.instance_id.as_ref()) { Ok(c) } else { Err(ServiceError::NotFound) }
+        if offered && offers(s, &c.id, c.scope, c.instance_id.as_ref()) { Ok(c) } else { Err(ServiceError::NotFound) }
     }
 
     /// A new connection of `def` for the session's customer, with the session's context: scope
