@@ -28,6 +28,7 @@ pub async fn run(mut settings: Settings) -> Result<(), Box<dyn std::error::Error
         spawn_revoker(events, components.service.clone());
     }
     spawn_sweeper(components.service.clone(), settings.refresh_interval);
+    spawn_device_poller(components.service.clone(), settings.refresh_interval);
     tracing::info!(addr = %bound, "latchkey serve ready");
     let router = latchkey::http::router(components.router_state(verifier));
     axum::serve(listener, router).with_graceful_shutdown(shutdown()).await?;
@@ -67,6 +68,29 @@ fn spawn_sweeper(sweeper: Arc<Service>, every: std::time::Duration) {
             tick.tick().await;
             if let Err(e) = sweeper.refresh_sweep(std::time::Instant::now() + every).await {
                 tracing::warn!(error = %e, "refresh sweep failed");
+            }
+        }
+    });
+}
+
+/// How often `latchkey serve` looks for device authorizations due for a poll between its
+/// sweeps: RFC 8628's default interval, so an approval is noticed within seconds even when the
+/// sweep runs every minute.
+const DEVICE_POLL_TICK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Polls due device authorizations every [`DEVICE_POLL_TICK`] when the sweep runs less often
+/// (the sweep polls them too). Never sooner than each code's own interval: the service checks.
+fn spawn_device_poller(service: Arc<Service>, sweep_every: std::time::Duration) {
+    if sweep_every <= DEVICE_POLL_TICK {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(DEVICE_POLL_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = service.poll_due_devices(std::time::Instant::now() + DEVICE_POLL_TICK).await {
+                tracing::warn!(error = %e, "polling device authorizations failed");
             }
         }
     });

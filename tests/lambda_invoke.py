@@ -170,7 +170,7 @@ def run(port, verify_stored):
     ok, error = invoke(port, "token-lookup", "token-lookup/unknown-connection.json")
     check("token-lookup unknown connection", (ok, "ConnectionNotFound" in json.dumps(error)), (False, True))
     ok, summary = invoke(port, "token-refresh", "token-refresh/scheduled.json")
-    check("token-refresh sweep", (ok, sorted(summary)), (True, ["due", "failed", "refreshed", "revocations", "skipped", "verified"]))
+    check("token-refresh sweep", (ok, sorted(summary)), (True, ["device_polls", "due", "failed", "refreshed", "revocations", "skipped", "verified"]))
 
     # Without LATCHKEY_PUBLIC_URL the redirect URI is on the domain API Gateway was called at
     # (the samples' requestContext.domainName).

@@ -83,6 +83,7 @@ mod tests {
         assert!(count(AuthKind::Basic) >= 5, "basic: {}", count(AuthKind::Basic));
         assert!(count(AuthKind::Oauth2AuthorizationCode) >= 30);
         assert!(count(AuthKind::Oauth2ClientCredentials) >= 1);
+        assert!(count(AuthKind::Oauth2DeviceCode) >= 1, "device flow (github-device)");
         assert!(providers_by_auth(AuthKind::ApiKey).all(|p| p.auth == AuthKind::ApiKey));
         for needed in [
             "slack",
@@ -116,8 +117,16 @@ mod tests {
                 "{}: authorize_url",
                 p.key
             );
+            assert_eq!(
+                p.auth == AuthKind::Oauth2DeviceCode,
+                p.device_authorization_url.is_some(),
+                "{}: device_authorization_url",
+                p.key
+            );
             let token_url = p.token_url.as_deref().unwrap_or_else(|| panic!("{}: token_url", p.key));
-            for url in [p.authorize_url.as_deref(), Some(token_url), p.revoke_url.as_deref()].into_iter().flatten() {
+            let device = p.device_authorization_url.as_deref();
+            for url in [p.authorize_url.as_deref(), Some(token_url), p.revoke_url.as_deref(), device].into_iter().flatten()
+            {
                 let u = filled(url, &p.url_params);
                 assert!(!u.contains('{'), "{}: every placeholder is in url_params: {url}", p.key);
                 assert_https(&p.key, &u);

@@ -62,6 +62,7 @@ pub fn connection(def: &Definition, customer: &str) -> Connection {
         secrets: None,
         auth: Some(AuthKind::ApiKey),
         oauth: None,
+        device: None,
         tags: Default::default(),
         user: None,
         captured: Default::default(),

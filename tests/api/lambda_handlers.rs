@@ -363,7 +363,10 @@ async fn token_refresh_sweeps_on_the_scheduled_event() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let summary = latchkey::lambda::handle_refresh(&api.app.service, deadline).await.unwrap();
     // Nothing is due on a fresh backend: a real, empty sweep.
-    assert_eq!(summary, json!({"due": 0, "refreshed": 0, "failed": 0, "skipped": 0, "revocations": 0, "verified": 0}));
+    assert_eq!(
+        summary,
+        json!({"due": 0, "refreshed": 0, "failed": 0, "skipped": 0, "revocations": 0, "verified": 0, "device_polls": 0})
+    );
 }
 
 #[tokio::test]
@@ -476,4 +479,44 @@ async fn connections_api_replays_the_idempotent_sample_and_lists_by_tag() {
     assert_eq!(status, 200, "{page}");
     let ids: Vec<&Value> = page["items"].as_array().unwrap().iter().map(|c| &c["id"]).collect();
     assert_eq!(ids, [&created["id"]]);
+}
+
+/// The device flow (RFC 8628) as deployed: the connections-api samples define an
+/// `oauth2_device_code` definition and connection and start the authorization, and the
+/// token-refresh function's sweep (no long-running invocation) polls the token endpoint until
+/// the user has approved the code.
+#[tokio::test]
+async fn a_device_flow_is_started_by_connections_api_and_completed_by_token_refresh() {
+    let oidc = OidcServer::start(json!({"redirect_uris": ["http://127.0.0.1:9/unused"], "device_flow": true,
+        "device_interval": 1}))
+    .await;
+    let api = Api::new();
+    let definition = json!({"label": "Acme (device flow)", "auth": "oauth2_device_code", "inputs": {
+        "deviceAuthorizationUrl": {"type": "url", "default": oidc.device_authorization_endpoint()},
+        "tokenUrl": {"type": "url", "default": oidc.token_endpoint()},
+        "clientId": {"type": "string", "default": oidc.client.client_id},
+        "clientSecret": {"type": "password", "default": oidc.client.client_secret},
+        "scopes": {"type": "string", "default": "openid offline_access api:read"}}});
+    let (status, _, body) =
+        api.exchange(&with_body("connections-api/put-device-definition.json", SAMPLE_ID, &definition)).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _, conn) = api.send("connections-api/create-device-connection.json").await;
+    assert_eq!((status, conn["status"].as_str()), (201, Some("pending")), "{conn}");
+    let id = conn["id"].as_str().unwrap();
+    let (status, started) = api.send_for("connections-api/authorize-connection.json", id).await;
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(started["verification_uri"], format!("{}/device", oidc.issuer), "{started}");
+    oidc.approve_device(started["user_code"].as_str().unwrap()).await;
+
+    let scheduled: Value = serde_json::from_str(&event("token-refresh/scheduled.json")).unwrap();
+    assert_eq!(scheduled["detail-type"], "Scheduled Event");
+    support::eventually(std::time::Duration::from_secs(20), "the sweep completes the device flow", || async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        latchkey::lambda::handle_refresh(&api.app.service, deadline).await.unwrap();
+        api.send_for("connections-api/get-connection.json", id).await.1["status"] == "configured"
+    })
+    .await;
+    let (status, found) = api.send_for("connections-api/connection-token.json", id).await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(oidc.introspect(found["token"]["access_token"].as_str().unwrap()).await["active"], true);
 }

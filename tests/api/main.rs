@@ -14,6 +14,7 @@ mod connect_page;
 mod connect_page_trial;
 mod connect_sessions;
 mod dependency_timeouts;
+mod device_code;
 mod idempotency;
 mod import;
 mod isolation;

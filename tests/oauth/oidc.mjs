@@ -24,6 +24,18 @@
 //                                         `invalid_grant` and revokes the whole grant
 //   pkce_required               true      PKCE (S256 only) on every authorization request
 //   events_file                 null      a path: every event below is appended there as one JSON line
+//   device_flow                 false     RFC 8628 device authorization: `features.deviceFlow` on, the
+//                                         client allowed the device_code grant; endpoint /device/auth
+//                                         (discovery's device_authorization_endpoint), user page /device
+//   device_code_ttl             600       seconds a device code (and its user code) lives
+//   device_interval             null      seconds: the `interval` member added to device authorization
+//                                         answers (oidc-provider states none, which means 5 s)
+//   device_min_poll_secs        null      seconds: a device_code token request that comes sooner than
+//                                         this after the previous one of the client, while the
+//                                         authorization is pending, answers 400 `slow_down` (RFC 8628
+//                                         section 3.5; oidc-provider itself never says it)
+//   jwt_bearer                  null      an object: the client may also use the RFC 7523 JWT bearer
+//                                         grant (urn:ietf:params:oauth:grant-type:jwt-bearer), see below
 //
 // The client is confidential, with grant types authorization_code, refresh_token and
 // client_credentials. Scopes offered: openid offline_access profile api:read. `api:read` is
@@ -41,6 +53,15 @@
 // Note: without `prompt=consent` in the authorization request, OpenID Connect drops
 // `offline_access` from the requested scopes; refresh tokens are still issued (issue_refresh_token)
 // and do not expire with the login session.
+//
+// Device flow (`device_flow`): POST /device/auth -> {device_code, user_code, verification_uri
+// (ISSUER/device), verification_uri_complete, expires_in[, interval]}. The user: GET /device (a form
+// with `xsrf` and `user_code`), POST /device `xsrf&user_code` -> the confirm form, POST /device
+// `xsrf&user_code&confirm=yes` -> login and consent as above -> 200 "Sign-in Success"; or
+// `abort=yes` instead of `confirm=yes` -> the device code is denied (`access_denied`). Token events
+// of the device grant carry `grant_type: "urn:ietf:params:oauth:grant-type:device_code"`; every
+// token event carries `at` (milliseconds since the epoch); device authorization requests are
+// events of type "device_authorization".
 //
 // Test-only routes: GET /__stats returns
 //   {"token_requests": {"authorization_code": n, "refresh_token": n, "client_credentials": n, ...},
@@ -91,7 +112,14 @@ const {
   pkce_required: pkceRequired = true,
   strict_client_auth: strictClientAuth = true,
   events_file: eventsFile = null,
+  device_flow: deviceFlow = false,
+  device_code_ttl: deviceCodeTtl = 600,
+  device_interval: deviceInterval = null,
+  device_min_poll_secs: deviceMinPollSecs = null,
 } = config;
+const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
+// When the client last polled with the device grant (the slow_down of device_min_poll_secs).
+let lastDevicePoll = null;
 if (!Array.isArray(redirectUris) || redirectUris.length === 0) {
   console.error('oidc.mjs: `redirect_uris` (a non-empty array of URLs) is required');
   process.exit(2);
@@ -147,7 +175,7 @@ const provider = new Provider(issuer, {
       client_secret: clientSecret,
       redirect_uris: redirectUris,
       response_types: ['code'],
-      grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
+      grant_types: ['authorization_code', 'refresh_token', 'client_credentials', ...(deviceFlow ? [DEVICE_GRANT] : [])],
       token_endpoint_auth_method: tokenEndpointAuthMethod,
       scope: SCOPES.join(' '),
     },
@@ -158,6 +186,7 @@ const provider = new Provider(issuer, {
   cookies: { keys: ['latchkey-test-cookie-key'] },
   features: {
     devInteractions: { enabled: true },
+    deviceFlow: { enabled: deviceFlow === true },
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
     revocation: { enabled: true },
@@ -187,6 +216,7 @@ const provider = new Provider(issuer, {
     ClientCredentials: () => accessTokenTtl,
     RefreshToken: () => refreshTokenTtl,
     AuthorizationCode: () => 60,
+    DeviceCode: () => deviceCodeTtl,
     IdToken: () => 3600,
     Interaction: () => 600,
     Session: () => 3600,
@@ -209,7 +239,12 @@ provider.on('grant.error', (ctx, err) => {
 });
 
 // The endpoints where the client authenticates (oidc-provider's default routes).
-const CLIENT_AUTH_ROUTES = { '/token': 'token', '/token/revocation': 'revocation', '/token/introspection': 'introspection' };
+const CLIENT_AUTH_ROUTES = {
+  '/token': 'token',
+  '/token/revocation': 'revocation',
+  '/token/introspection': 'introspection',
+  '/device/auth': 'device_authorization',
+};
 
 async function readForm(req) {
   const chunks = [];
@@ -260,6 +295,7 @@ provider.use(async (ctx, next) => {
       error,
       error_detail: detail,
       refresh_token_reused: detail === 'refresh token already used',
+      at: Date.now(),
     });
   } else {
     record({ type, client_auth: clientAuth, status: ctx.status, error });

@@ -268,6 +268,82 @@ impl OidcServer {
         self.drive(authorize_url, false).await
     }
 
+    /// The device authorization endpoint (`device_flow` in the configuration).
+    pub fn device_authorization_endpoint(&self) -> String {
+        self.process.endpoint("device_authorization_endpoint")
+    }
+
+    /// Plays the user of an RFC 8628 device flow at the provider's user page (`/device`): enters
+    /// `user_code`, confirms it, logs in (as [`TEST_USER`]) and consents. Panics unless the
+    /// provider ends on its "Sign-in Success" page.
+    pub async fn approve_device(&self, user_code: &str) {
+        self.drive_device(user_code, true).await;
+    }
+
+    /// Like [`Self::approve_device`], but the user aborts at the confirmation: the provider marks
+    /// the device code `access_denied`. Panics unless the provider says it was interrupted.
+    pub async fn deny_device(&self, user_code: &str) {
+        self.drive_device(user_code, false).await;
+    }
+
+    async fn drive_device(&self, user_code: &str, approve: bool) {
+        let client = http();
+        let mut jar = CookieJar::default();
+        let mut url = Url::parse(&format!("{}/device", self.issuer)).expect("device page URL");
+        let mut form: Option<Vec<(String, String)>> = None;
+        let mut trail = Vec::new();
+        for _ in 0..MAX_HOPS {
+            trail.push(url.to_string());
+            let request = match form.take() {
+                Some(fields) => client.post(url.clone()).form(&fields),
+                None => client.get(url.clone()),
+            };
+            let request = match jar.header_for(&url) {
+                Some(cookies) => request.header(COOKIE, cookies),
+                None => request,
+            };
+            let response = request.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+            jar.store(&url, &response);
+            let status = response.status();
+            if status.is_redirection() {
+                let location = response
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .unwrap_or_else(|| panic!("{url}: {status} without a Location"));
+                url = url.join(location).unwrap_or_else(|e| panic!("{url}: bad Location {location}: {e}"));
+                continue;
+            }
+            let body = response.text().await.unwrap_or_default();
+            assert!(status.is_success(), "{url}: {status} {body}\nafter {trail:#?}");
+            let xsrf = || {
+                let start = body.find(r#"name="xsrf" value=""#).map(|i| i + r#"name="xsrf" value=""#.len());
+                let start = start.unwrap_or_else(|| panic!("{url}: no xsrf field:\n{body}"));
+                body[start..].split('"').next().unwrap_or_default().to_owned()
+            };
+            let owned = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            if body.contains("Sign-in Success") {
+                assert!(approve, "the provider approved a code the user aborted");
+                return;
+            } else if body.contains("The Sign-in request was interrupted") {
+                assert!(!approve, "the provider says interrupted:\n{body}\nafter {trail:#?}");
+                return;
+            } else if body.contains("op.deviceConfirmForm") {
+                let choice = if approve { "confirm" } else { "abort" };
+                form = Some(owned(&[("xsrf", &xsrf()), ("user_code", user_code), (choice, "yes")]));
+            } else if body.contains("op.deviceInputForm") {
+                form = Some(owned(&[("xsrf", &xsrf()), ("user_code", user_code)]));
+            } else if body.contains(r#"name="prompt" value="login""#) {
+                form = Some(owned(&[("prompt", "login"), ("login", TEST_USER), ("password", "test-password")]));
+            } else if body.contains(r#"name="prompt" value="consent""#) {
+                form = Some(owned(&[("prompt", "consent")]));
+            } else {
+                panic!("{url}: not a page of the device flow:\n{body}\nafter {trail:#?}");
+            }
+        }
+        panic!("the device flow did not end after {MAX_HOPS} steps: {trail:#?}")
+    }
+
     async fn drive(&self, authorize_url: &str, consent: bool) -> String {
         let client = http();
         let mut jar = CookieJar::default();

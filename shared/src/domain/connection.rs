@@ -213,6 +213,11 @@ pub struct Connection {
     /// OAuth 2.0 tokens, once authorized (or fetched, for client credentials).
     #[serde(default)]
     pub oauth: Option<OAuthTokens>,
+    /// A device authorization in progress (`oauth2_device_code`, SPEC section 12): polled by the
+    /// sweep when its `next_poll_at` comes (one of the times of [`Connection::due_index_at`]);
+    /// gone once approved, denied, expired or disconnected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<super::DeviceAuthorization>,
     /// Labels set by whoever manages the connection ([`super::tags`]): at most 20, shown in
     /// reads and events, filtered on by listings. Records from before tags have none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -246,7 +251,7 @@ impl Connection {
     /// Whether a `PATCH` of its values brings a disconnected connection back: credentials that
     /// need no authorization.
     pub fn reconfigurable(&self) -> bool {
-        !matches!(self.auth, Some(AuthKind::Oauth2AuthorizationCode))
+        !matches!(self.auth, Some(AuthKind::Oauth2AuthorizationCode | AuthKind::Oauth2DeviceCode))
     }
 }
 
@@ -273,14 +278,16 @@ impl Connection {
     /// Its time in the due index, which both stores derive on every write: the earliest of the
     /// refresh due time and the refresh token's warning and lapse times, and only while a
     /// refresh is scheduled (`refresh.due_at` set: red, disconnected and unrefreshable
-    /// connections stay out), and its next verification (`verify.due_at`, only while
-    /// `configured` or `active`). The sweep tells which one came due.
+    /// connections stay out), its next verification (`verify.due_at`, only while
+    /// `configured` or `active`), and the next poll of a device authorization in progress
+    /// (`device.next_poll_at`). The sweep tells which one came due.
     pub fn due_index_at(&self) -> Option<OffsetDateTime> {
         let refresh = self.refresh.due_at.map(|due| {
             let lapse = self.oauth.as_ref().and_then(|t| t.refresh_token_expires_at);
             [Some(due), self.refresh.rt_warn_at, lapse].into_iter().flatten().min().unwrap_or(due)
         });
         let verify = self.verify.due_at.filter(|_| matches!(self.status, Status::Configured | Status::Active));
-        [refresh, verify].into_iter().flatten().min()
+        let device = self.device.as_ref().map(|d| d.next_poll_at);
+        [refresh, verify, device].into_iter().flatten().min()
     }
 }

@@ -17,6 +17,9 @@ pub enum AuthKind {
     Oauth2AuthorizationCode,
     Oauth2ClientCredentials,
     Custom,
+    /// RFC 8628 device authorization: the user approves a code shown to them on another
+    /// device; Latchkey polls the token endpoint (SPEC section 12).
+    Oauth2DeviceCode,
 }
 
 impl AuthKind {
@@ -25,7 +28,7 @@ impl AuthKind {
     }
 
     pub fn is_oauth(self) -> bool {
-        matches!(self, Self::Oauth2AuthorizationCode | Self::Oauth2ClientCredentials)
+        matches!(self, Self::Oauth2AuthorizationCode | Self::Oauth2ClientCredentials | Self::Oauth2DeviceCode)
     }
 }
 
@@ -136,8 +139,18 @@ pub struct Definition {
 
 /// The OAuth app settings: the well-known inputs of OAuth definitions that configure the
 /// organization's OAuth app rather than a customer's account.
-pub const OAUTH_APP_SETTINGS: [&str; 9] =
-    ["authorizeUrl", "tokenUrl", "revokeUrl", "scopes", "clientId", "clientSecret", "clientAuth", "pkce", "issuer"];
+pub const OAUTH_APP_SETTINGS: [&str; 10] = [
+    "authorizeUrl",
+    "tokenUrl",
+    "revokeUrl",
+    "scopes",
+    "clientId",
+    "clientSecret",
+    "clientAuth",
+    "pkce",
+    "issuer",
+    "deviceAuthorizationUrl",
+];
 
 impl Definition {
     /// Whether connections read input `name` from this definition at each use rather than from

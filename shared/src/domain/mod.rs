@@ -3,6 +3,7 @@
 pub mod connect;
 mod connection;
 mod definition;
+mod device;
 mod event;
 pub mod idempotency;
 mod ids;
@@ -20,6 +21,7 @@ pub use connect::{ConnectContext, ConnectSession};
 pub use connection::{
     BrowserBinding, Connection, Lease, OAuthState, OAuthTokens, RefreshState, RevocationJob, Scope, Status, StatusError,
 };
+pub use device::DeviceAuthorization;
 pub use definition::{AuthKind, Definition, Input, InputType, OAUTH_APP_SETTINGS, Redirects, Visibility};
 pub use event::{Event, EventType};
 pub use idempotency::{IdempotencyKey, IdempotencyRecord, StoredResponse};
@@ -66,7 +68,7 @@ mod tests {
         same_names::<AuthKind>();
         same_names::<InputType>();
         same_names::<Visibility>();
-        assert_eq!(AuthKind::VARIANTS.len(), 5);
+        assert_eq!(AuthKind::VARIANTS.len(), 6);
         assert_eq!(Refusal::ReauthorizationRequired.code(), "reauthorization_required");
         assert_eq!(Status::parse("nope"), None);
     }

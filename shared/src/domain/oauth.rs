@@ -212,8 +212,17 @@ pub fn provider_code(raw: &str) -> Option<String> {
 
 /// Form fields of token requests that Latchkey sets itself: a definition's `token_params` may
 /// not name them (RFC 6749 sections 2.3.1, 4.1.3, 6; RFC 7636 section 4.5).
-pub const RESERVED_TOKEN_PARAMS: [&str; 8] =
-    ["grant_type", "code", "redirect_uri", "code_verifier", "refresh_token", "client_id", "client_secret", "token"];
+pub const RESERVED_TOKEN_PARAMS: [&str; 9] = [
+    "grant_type",
+    "code",
+    "redirect_uri",
+    "code_verifier",
+    "refresh_token",
+    "client_id",
+    "client_secret",
+    "token",
+    "device_code",
+];
 
 /// `scheme://host[:port]` of a URL: what a grant is bound to.
 pub fn origin_of(url: &url::Url) -> String {

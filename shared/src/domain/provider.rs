@@ -91,6 +91,9 @@ pub struct Provider {
     pub token_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoke_url: Option<String>,
+    /// The RFC 8628 device authorization endpoint (`oauth2_device_code` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_authorization_url: Option<String>,
     /// Inputs the URLs need (customer-settable strings), e.g. `["shop"]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub url_params: Vec<String>,

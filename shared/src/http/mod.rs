@@ -400,14 +400,14 @@ async fn connection_logs(
 }
 
 /// `POST /v1/connections/{id}/authorize`: the URL to send the user's browser to, redirecting
-/// back to the API's [`PublicUrl`].
+/// back to the API's [`PublicUrl`]; for a device-flow connection, the code to show the user.
 async fn authorize(
     State(s): State<RouterState>,
     p: Principal,
     PublicUrl(public_url): PublicUrl,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    Ok(axum::Json(s.service.authorize_at(&p, &id, public_url.as_deref()).await?).into_response())
+    Ok(axum::Json(s.service.start_authorization(&p, &id, public_url.as_deref()).await?).into_response())
 }
 
 /// `POST /v1/connections/{id}/refresh`: refresh now (organization users).

@@ -11,6 +11,7 @@
 
 pub mod answer;
 pub mod destination;
+pub mod device;
 mod http;
 pub mod request;
 

@@ -56,7 +56,12 @@ pub enum GrantRequest<'a> {
     RefreshToken { refresh_token: &'a SecretString },
     /// RFC 6749 section 4.4.2.
     ClientCredentials { scope: Option<String> },
+    /// RFC 8628 section 3.4: a poll of a pending device authorization.
+    DeviceCode { device_code: &'a SecretString },
 }
+
+/// The `grant_type` of RFC 8628 section 3.4.
+pub const DEVICE_CODE_GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 fn text(s: &str) -> SecretString {
     SecretString::from(s.to_owned())
@@ -110,12 +115,23 @@ impl ClientAuth {
                     form.push(("scope".into(), text(&scope)));
                 }
             }
+            GrantRequest::DeviceCode { device_code } => {
+                form.push(("grant_type".into(), text(DEVICE_CODE_GRANT_TYPE)));
+                form.push(("device_code".into(), device_code.clone()));
+            }
         }
         for (k, v) in token_params.iter().filter(|(k, _)| !RESERVED_TOKEN_PARAMS.contains(&k.as_str())) {
             if !form.iter().any(|(f, _)| f == k) {
                 form.push((k.clone(), text(v)));
             }
         }
+        self.authenticate(url, reach, form)
+    }
+
+    /// An RFC 8628 section 3.1 device authorization request: the scopes (if any), then the
+    /// client's authentication (a public client sends its `client_id` in the form).
+    pub fn device_authorization_request(&self, url: url::Url, reach: Reach, scope: Option<&str>) -> FormPost {
+        let form = scope.map(|s| vec![("scope".into(), text(s))]).unwrap_or_default();
         self.authenticate(url, reach, form)
     }
 

@@ -240,7 +240,7 @@ impl Service {
         let now = self.clock.now();
         // Client credentials need no user: the token is fetched at the first lookup.
         let status = match def.auth {
-            AuthKind::Oauth2AuthorizationCode => Status::Pending,
+            AuthKind::Oauth2AuthorizationCode | AuthKind::Oauth2DeviceCode => Status::Pending,
             AuthKind::Oauth2ClientCredentials | AuthKind::ApiKey | AuthKind::Basic | AuthKind::Custom => {
                 Status::Configured
             }
@@ -261,6 +261,7 @@ impl Service {
             secrets: None,
             auth: Some(def.auth),
             oauth: None,
+            device: None,
             tags,
             captured: Default::default(),
             verify: Default::default(),

@@ -22,7 +22,7 @@ pub use connections::{ListQuery, MAX_PAGE};
 pub use error::{ServiceError, Unusable, error_types, invalid_summary};
 pub use idempotency::{IdempotencyError, Idempotent};
 pub use lookup::{LookupRequest, LookupResponse, ReportedError};
-pub use oauth::{AuthorizeResponse, CallbackOutcome};
+pub use oauth::{Authorization, AuthorizeResponse, CallbackOutcome, DeviceAuthorizeResponse};
 pub use refresh::{RefreshPolicy, SweepSummary};
 pub use revoke::{MAX_REVOKE_ATTEMPTS, RevokeOutcome};
 pub use verify::{CREDENTIALS_REJECTED, VerifyAnswer, VerifyPolicy};

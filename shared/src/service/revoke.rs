@@ -151,6 +151,7 @@ impl Service {
             next.status = Status::Disconnected;
             next.error = None;
             next.oauth = None;
+            next.device = None;
             next.refresh = Default::default();
             next.generation = c.generation + 1;
             // Without OAuth, the stored passwords are the credentials (an API key): they leave

@@ -46,6 +46,10 @@ fn oauth_inputs(
         let default = url(provider.and_then(|p| p.authorize_url.as_deref()));
         v.push(("authorizeUrl", InputType::Url, !templated, default, "Authorization URL"));
     }
+    if auth == AuthKind::Oauth2DeviceCode {
+        let default = url(provider.and_then(|p| p.device_authorization_url.as_deref()));
+        v.push(("deviceAuthorizationUrl", InputType::Url, !templated, default, "Device authorization URL"));
+    }
     let scopes = provider
         .filter(|p| !p.default_scopes.is_empty())
         .map(|p| Value::from(p.default_scopes.join(p.oauth.separator())));

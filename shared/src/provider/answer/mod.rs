@@ -29,6 +29,8 @@ pub enum Grant {
     AuthorizationCode,
     RefreshToken,
     ClientCredentials,
+    /// A poll of an RFC 8628 device authorization.
+    DeviceCode,
 }
 
 /// A successful token answer (RFC 6749 section 5.1), read leniently. `Debug` never prints a
@@ -179,7 +181,7 @@ const CLIENT_CODES: [&str; 5] = [
 ];
 
 /// The class of a refusal code, or `None` when it is transient.
-fn class_of(code: &str, grant: Grant) -> Option<Refusal> {
+pub(crate) fn class_of(code: &str, grant: Grant) -> Option<Refusal> {
     let lower = code.to_ascii_lowercase();
     if TRANSIENT_CODES.contains(&lower.as_str()) {
         return None;
@@ -199,7 +201,7 @@ fn class_of(code: &str, grant: Grant) -> Option<Refusal> {
 /// The refusal code of a body: `error` as a string, or the `code`/`type` of an `error` object;
 /// any other `error` member but `null`, `false` and `""` is a refusal too (code `error`);
 /// `{"ok": false}` without one is `ok_false`.
-fn error_code(obj: &Map<String, Value>) -> Option<String> {
+pub(crate) fn error_code(obj: &Map<String, Value>) -> Option<String> {
     let raw = match obj.get("error") {
         None | Some(Value::Null | Value::Bool(false)) => None,
         Some(Value::String(s)) if s.is_empty() => None,
@@ -330,7 +332,7 @@ pub fn read_token_answer(
     let provider_code = None;
     match (grant, status) {
         // SPEC section 8: a 400/401 to a refresh that says nothing readable is a dead grant.
-        (Grant::RefreshToken | Grant::AuthorizationCode, 400 | 401) => {
+        (Grant::RefreshToken | Grant::AuthorizationCode | Grant::DeviceCode, 400 | 401) => {
             Err(TokenFailure::Refused { class: Refusal::GrantRefused, provider_code, status })
         }
         // The endpoint itself is wrong (moved, mistyped) or refuses the client.

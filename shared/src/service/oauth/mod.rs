@@ -5,6 +5,7 @@
 
 mod authorize;
 mod callback;
+mod device;
 mod reconnect;
 mod tokens;
 
@@ -15,6 +16,7 @@ use serde_json::Value;
 
 pub use authorize::{AuthorizeResponse, STATE_TTL, state_hash};
 pub use callback::CallbackOutcome;
+pub use device::{Authorization, DeviceAuthorizeResponse};
 pub(crate) use tokens::TokenSecrets;
 
 use super::{Result, Service, ServiceError};
@@ -48,6 +50,8 @@ impl Endpoint {
 /// (read when used: SPEC section 8), over the catalog provider's.
 pub(crate) struct OAuthSettings {
     pub authorize_url: Option<url::Url>,
+    /// The RFC 8628 device authorization endpoint (`oauth2_device_code` definitions).
+    pub device_authorization: Option<Endpoint>,
     pub token: Endpoint,
     pub revoke: Option<Endpoint>,
     pub client: ClientAuth,
@@ -97,6 +101,7 @@ impl Service {
             GrantRequest::AuthorizationCode { .. } => Grant::AuthorizationCode,
             GrantRequest::RefreshToken { .. } => Grant::RefreshToken,
             GrantRequest::ClientCredentials { .. } => Grant::ClientCredentials,
+            GrantRequest::DeviceCode { .. } => Grant::DeviceCode,
         };
         // The outbound policy, at each call: the address called is the address checked.
         match check_public_destination(&settings.token.url, self.allow_loopback_providers()).await {
@@ -175,6 +180,17 @@ impl Service {
         let authorize = endpoint("authorizeUrl", provider.and_then(|p| p.authorize_url.as_deref()), &mut errors);
         let token = endpoint("tokenUrl", provider.and_then(|p| p.token_url.as_deref()), &mut errors);
         let revoke = endpoint("revokeUrl", provider.and_then(|p| p.revoke_url.as_deref()), &mut errors);
+        let device_authorization = endpoint(
+            "deviceAuthorizationUrl",
+            provider.and_then(|p| p.device_authorization_url.as_deref()),
+            &mut errors,
+        );
+        if def.auth == AuthKind::Oauth2DeviceCode
+            && device_authorization.is_none()
+            && !errors.iter().any(|e| e.field == "values.deviceAuthorizationUrl")
+        {
+            errors.push(FieldError::new("values.deviceAuthorizationUrl", "is required for the device flow"));
+        }
         if token.is_none() && !errors.iter().any(|e| e.field == "values.tokenUrl") {
             errors.push(FieldError::new("values.tokenUrl", "is required for OAuth"));
         }
@@ -200,6 +216,7 @@ impl Service {
             own_secrets.get("clientSecret").or_else(|| def_secrets.get("clientSecret")).cloned();
         Ok(OAuthSettings {
             authorize_url: authorize.map(|e| e.url),
+            device_authorization,
             token,
             revoke,
             client: ClientAuth { client_id, client_secret, method: ClientAuthMethod::parse(text("clientAuth")) },

@@ -114,7 +114,9 @@ impl Service {
                 return Err(ServiceError::Unusable(Unusable::Disconnected));
             }
             let error = self.scopes_error(settings, &tokens);
-            let next = self.with_tokens(&current, tokens.clone(), &callback_values, status, error);
+            let mut next = self.with_tokens(&current, tokens.clone(), &callback_values, status, error);
+            // A new grant ends any device authorization still being polled (SPEC section 12).
+            next.device = None;
             match self.store.update_connection(&next, current.version).await {
                 Ok(()) => return Ok(next),
                 Err(StoreError::Conflict) => races.lost()?,

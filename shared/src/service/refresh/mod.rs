@@ -542,8 +542,10 @@ impl Service {
             return Err(ServiceError::Forbidden("only organization users force a refresh"));
         }
         let c = self.visible_connection(p, id).await?;
-        if c.auth != Some(AuthKind::Oauth2AuthorizationCode) {
-            return Err(ServiceError::Conflict("only oauth2_authorization_code connections are refreshed"));
+        if !matches!(c.auth, Some(AuthKind::Oauth2AuthorizationCode | AuthKind::Oauth2DeviceCode)) {
+            return Err(ServiceError::Conflict(
+                "only oauth2_authorization_code and oauth2_device_code connections are refreshed",
+            ));
         }
         let seen = c.oauth.as_ref().map(|t| t.obtained_at);
         let done = match self.refresh_connection(&c.org, &c.id, seen, |_, _| true, true).await? {

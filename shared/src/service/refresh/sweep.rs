@@ -39,6 +39,9 @@ pub struct SweepSummary {
     /// provider answered, or postponed while its provider backs off) with no refresh due beside
     /// it (SPEC section 10, [`crate::service::VerifyPolicy`]).
     pub verified: usize,
+    /// Device authorizations (SPEC section 12) whose poll time had come: polled, or ended
+    /// because their code lapsed.
+    pub device_polls: usize,
 }
 
 /// What the sweep did with one due entry.
@@ -48,6 +51,8 @@ enum Swept {
     Skipped,
     /// Its verification ran; no refresh was due.
     Verified,
+    /// Its device authorization was polled; no refresh was due.
+    Polled,
 }
 
 impl Service {
@@ -105,6 +110,7 @@ impl Service {
                         Swept::Failed => summary.failed += 1,
                         Swept::Skipped => summary.skipped += 1,
                         Swept::Verified => summary.verified += 1,
+                        Swept::Polled => summary.device_polls += 1,
                     }
                 }
                 if !more {
@@ -132,6 +138,7 @@ impl Service {
             failed = summary.failed,
             skipped = summary.skipped,
             verified = summary.verified,
+            device_polls = summary.device_polls,
             "refresh sweep"
         );
         match failure {
@@ -170,6 +177,15 @@ impl Service {
                 return Swept::Failed;
             }
         };
+        // Its device authorization's poll, if that came due (see `service::oauth::device`).
+        let (c, polled) = match self.poll_device_if_due(c).await {
+            Ok(polled) => polled,
+            Err(ServiceError::NotFound) => return Swept::Skipped,
+            Err(e) => {
+                tracing::warn!(org = %org, connection_id = %id, error = %e, "polling a device authorization failed");
+                return Swept::Failed;
+            }
+        };
         // Due for a refresh, or its refresh token has lapsed (which the refresh turns red
         // without calling the provider).
         let needed = |c: &Connection, now: OffsetDateTime| {
@@ -179,7 +195,13 @@ impl Service {
         // The index may lag the record (DynamoDB's is eventually consistent): a record that is
         // no longer due (refreshed, turned red, disconnected meanwhile) is not this sweep's.
         if !needed(&c, self.clock.now()) {
-            return if c.verify.checked_at == checked { Swept::Skipped } else { Swept::Verified };
+            return if polled {
+                Swept::Polled
+            } else if c.verify.checked_at == checked {
+                Swept::Skipped
+            } else {
+                Swept::Verified
+            };
         }
         let seen = c.oauth.as_ref().map(|t| t.obtained_at);
         match self.refresh_connection(org, id, seen, needed, false).await {
