@@ -283,6 +283,19 @@ provider.use(async (ctx, next) => {
     return;
   }
   await next();
+  if (type === 'device_authorization' && ctx.status === 200 && deviceInterval !== null) {
+    ctx.body = { ...ctx.body, interval: deviceInterval };
+  }
+  if (type === 'token' && ctx.oidc?.params?.grant_type === DEVICE_GRANT) {
+    const now = Date.now();
+    const tooSoon =
+      deviceMinPollSecs !== null && lastDevicePoll !== null && now - lastDevicePoll < deviceMinPollSecs * 1000;
+    lastDevicePoll = now;
+    if (tooSoon && ctx.body?.error === 'authorization_pending') {
+      ctx.status = 400;
+      ctx.body = { error: 'slow_down', error_description: `poll at most every ${deviceMinPollSecs} s` };
+    }
+  }
   const clientAuth = basic ? 'client_secret_basic' : ctx.oidc?.params?.client_secret ? 'client_secret_post' : 'none';
   const error = ctx.status >= 400 ? (ctx.body?.error ?? `http_${ctx.status}`) : null;
   if (type === 'token') {

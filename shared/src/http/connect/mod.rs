@@ -376,6 +376,8 @@ async fn values_failed(s: &RouterState, b: &Browser, state: FormState, e: Servic
 /// provider's authorize URL (its state bound to this browser), which connect.js follows at once.
 /// A 303 there would need the provider's origin in the page's CSP `form-action` (browsers check
 /// a form's redirects too), and a connection's own authorize URL is known only now.
+/// A device-flow definition answers a page with the user code and the verification links
+/// instead (RFC 8628: the customer approves anywhere; reloading the page shows the status).
 async fn authorize(
     State(s): State<RouterState>,
     Path(id): Path<String>,
@@ -390,7 +392,10 @@ async fn authorize(
     let definition = form.get("definition").unwrap_or_default();
     let connection_id = form.get("connection_id");
     match s.service.connect_authorize(&b.session, definition, connection_id, public_url.as_deref()).await {
-        Ok(started) => html_response(&s, StatusCode::OK, view::continue_page(&started.label, &started.authorize_url)),
+        Ok(started) => match &started.device {
+            Some(device) => html_response(&s, StatusCode::OK, view::device_page(&id, &started.label, device)),
+            None => html_response(&s, StatusCode::OK, view::continue_page(&started.label, &started.authorize_url)),
+        },
         Err(e) => page_with_error(&s, &b, e).await,
     }
 }

@@ -11,7 +11,7 @@ use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 
 use crate::domain::{InputType, LogEntry, LogType, Status};
-use crate::service::{ConnectPage, PageConnection, PageDefinition, PageInput};
+use crate::service::{ConnectPage, DeviceAuthorizeResponse, PageConnection, PageDefinition, PageInput};
 
 /// Where the page's stylesheet and script are served.
 pub const CSS_PATH: &str = "/connect/assets/connect.css";
@@ -99,6 +99,39 @@ pub fn continue_page(label: &str, authorize_url: &str) -> String {
         }
     };
     document(&title, "", "", "", content)
+}
+
+/// The answer to the Connect button of a device-flow definition (RFC 8628): the user code, where
+/// to enter it (and the link with the code filled in, when the provider has one), when it
+/// expires, and the way back to the connect page, which shows the connection's status once the
+/// sweep has polled. No `a[data-continue]`: nothing is followed automatically.
+pub fn device_page(session_id: &str, label: &str, d: &DeviceAuthorizeResponse) -> String {
+    let title = format!("Connect {label}");
+    let content = html! {
+        div.device {
+            h1 { (title) }
+            p {
+                "Go to "
+                a.verification href=(d.verification_uri) rel="noreferrer" target="_blank" { (d.verification_uri) }
+                " and enter this code:"
+            }
+            p { code.user-code data-user-code="" { (d.user_code) } }
+            @if let Some(complete) = &d.verification_uri_complete {
+                p {
+                    a.verification-complete href=(complete) rel="noreferrer" target="_blank" {
+                        "Open the page with the code filled in"
+                    }
+                }
+            }
+            p.expires { "The code expires at " (when(d.expires_at)) "." }
+            p {
+                a.back href=(format!("/connect/{session_id}")) {
+                    "Back to the connections (the status shows once you have approved)"
+                }
+            }
+        }
+    };
+    document(&title, session_id, "", "", content)
 }
 
 /// What the refused and expired links show (HTTP 403).

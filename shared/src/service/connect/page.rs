@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+use super::super::DeviceAuthorizeResponse;
 use super::super::{ConnectionView, ListQuery, MAX_PAGE, Result, Service, ServiceError};
 use crate::domain::{
     AuthKind, BrowserBinding, ConnectContext, ConnectSession, Connection, ConnectionId, Definition, DefinitionKey,
@@ -42,7 +43,7 @@ pub struct PageDefinition {
     pub description: Option<String>,
     /// How its connections authenticate.
     pub auth: AuthKind,
-    /// `oauth2_authorization_code`: a Connect button instead of a form.
+    /// `oauth2_authorization_code` or `oauth2_device_code`: a Connect button instead of a form.
     pub oauth: bool,
     /// The customer-visible inputs (never `organization` or `embedded` ones), in definition
     /// order.
@@ -105,12 +106,15 @@ pub struct PageAuthorization {
     pub authorize_url: String,
     /// The definition's label: "Continue to {label}".
     pub label: String,
+    /// A device-flow definition's device authorization (then `authorize_url` is empty): the
+    /// page shows its user code and links instead of going on to the provider.
+    pub device: Option<DeviceAuthorizeResponse>,
 }
 
 /// Whether a definition's connections are made with the Connect button (an authorization by
 /// the customer at the provider) rather than a form of values.
 fn connected_by_button(auth: AuthKind) -> bool {
-    matches!(auth, AuthKind::Oauth2AuthorizationCode)
+    matches!(auth, AuthKind::Oauth2AuthorizationCode | AuthKind::Oauth2DeviceCode)
 }
 
 /// The principal the page acts as: the session's customer, no roles.
@@ -382,7 +386,8 @@ impl Service {
     /// connection the request or the session names, else the customer's pending one of `def`
     /// (an earlier Connect abandoned or denied), else creates a pending connection; the session's
     /// context is written onto a connection it did not create. Then an authorize URL whose state
-    /// is bound to this browser (the session's cookie).
+    /// is bound to this browser (the session's cookie), or for an `oauth2_device_code` definition
+    /// a device authorization whose code and links the page shows.
     ///
     /// # Errors
     /// `NotFound` for a definition or connection the session does not offer; `Conflict` for
@@ -398,8 +403,9 @@ impl Service {
         if !connected_by_button(def.auth) {
             return Err(ServiceError::Conflict("only OAuth definitions are authorized"));
         }
+        let device = def.auth == AuthKind::Oauth2DeviceCode;
         let hash = s.browser_hash.clone().ok_or(ServiceError::NotFound)?;
-        if public_url.is_none() {
+        if public_url.is_none() && !device {
             // Before a pending connection is created that could never be authorized.
             return Err(ServiceError::unexpected("no public URL: no OAuth redirect URI for the connect page"));
         }
@@ -415,9 +421,15 @@ impl Service {
             }
             None => self.create_for_session(s, &def, Map::new()).await?.id,
         };
+        if device {
+            // Nothing comes back to this browser: the customer approves the code anywhere, the
+            // sweep polls, and the page shows the status once polled.
+            let started = self.authorize_device(&customer(s), id.as_str()).await?;
+            return Ok(PageAuthorization { authorize_url: String::new(), label: def.label, device: Some(started) });
+        }
         let binding = BrowserBinding { session: s.id.clone(), hash };
         let started = self.authorize_bound(&customer(s), id.as_str(), public_url, Some(binding)).await?;
-        Ok(PageAuthorization { authorize_url: started.authorize_url, label: def.label })
+        Ok(PageAuthorization { authorize_url: started.authorize_url, label: def.label, device: None })
     }
 
     /// The Disconnect button: the API's disconnect, as the customer.
