@@ -61,6 +61,9 @@ echo "==> reconnect in place and refresh-token lifetime on the aws backend (moto
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- reconnect:: rt_lifetime::
 echo "==> connect sessions on the aws backend (moto): the link's one conditional trade, TTL'd items, the sealed idempotent answer"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- connect_sessions::
+echo "==> JWT bearer service accounts on the aws backend (moto) and in-process: assertions, single flight, the sweep"
+LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- jwt_bearer::
+LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test api -- jwt_bearer::
 echo "==> device authorization (RFC 8628) on the aws backend (moto): the due index polls pending device codes"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- device_code::
 echo "==> the connect page over HTTP in-process, and on the aws backend (moto): its forms and refusals on either store"

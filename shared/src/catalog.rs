@@ -84,6 +84,7 @@ mod tests {
         assert!(count(AuthKind::Oauth2AuthorizationCode) >= 30);
         assert!(count(AuthKind::Oauth2ClientCredentials) >= 1);
         assert!(count(AuthKind::Oauth2DeviceCode) >= 1, "device flow (github-device)");
+        assert!(count(AuthKind::Oauth2JwtBearer) >= 1, "service accounts (google-service-account)");
         assert!(providers_by_auth(AuthKind::ApiKey).all(|p| p.auth == AuthKind::ApiKey));
         for needed in [
             "slack",

@@ -25,9 +25,15 @@ async fn providers_are_filtered_by_auth_kind_and_the_kinds_partition_the_catalog
     assert!(all_keys.len() >= 100, "{} providers", all_keys.len());
 
     let mut seen = BTreeSet::new();
-    for kind in
-        ["api_key", "basic", "oauth2_authorization_code", "oauth2_client_credentials", "oauth2_device_code", "custom"]
-    {
+    for kind in [
+        "api_key",
+        "basic",
+        "oauth2_authorization_code",
+        "oauth2_client_credentials",
+        "oauth2_device_code",
+        "oauth2_jwt_bearer",
+        "custom",
+    ] {
         let reply = app.get(&format!("/v1/providers?auth={kind}"), &customer).await;
         reply.assert_status(StatusCode::OK);
         let items = reply.body["items"].as_array().expect("items");

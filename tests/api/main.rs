@@ -18,6 +18,7 @@ mod device_code;
 mod idempotency;
 mod import;
 mod isolation;
+mod jwt_bearer;
 mod lambda_handlers;
 mod oauth;
 mod oauth_servers;

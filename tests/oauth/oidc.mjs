@@ -46,6 +46,18 @@
 // gets an opaque token for that resource server (scope api:read) instead. Revocation (RFC 7009)
 // and introspection (RFC 7662) are on; authorization responses carry `iss` (RFC 9207).
 //
+// JWT bearer (RFC 7523 section 2.1), when `jwt_bearer` is set:
+//   {"issuer": "svc@test", "public_keys": {"KID": "-----BEGIN PUBLIC KEY-----..."},
+//    "subject": null | "expected sub", "audience": null | "expected aud" (default: the token endpoint
+//    URL), "max_lifetime": 300, "clock_tolerance": 120}
+// The client (which still authenticates as usual) may send `assertion` and `scope`. The assertion
+// must be a JWS signed (RS256 or ES256) by the public key its header's `kid` names, with `iss` the
+// issuer, `aud` the audience, `sub` (the subject, if one is configured), `iat`, `exp` not passed
+// and at most `max_lifetime` seconds after `iat`, and a `jti` never seen before; anything else is
+// 400 invalid_grant (with the reason in `error_detail` and the event). It answers an opaque access
+// token of the client_credentials kind (ttl `access_token_ttl`, the granted scopes); its events
+// carry `assertion`: {"jti", "kid", "alg", "sub", "lifetime"} when the assertion could be read.
+//
 // The devInteractions pages do login and consent: GET /auth -> 303 /interaction/UID (login form),
 // POST /interaction/UID `prompt=login&login=NAME&password=x` -> 303 /auth/UID -> 303
 // /interaction/UID2 (consent form), POST /interaction/UID2 `prompt=consent` -> 303 /auth/UID2 -> 303
@@ -84,6 +96,9 @@
 import { appendFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 
+import { createPublicKey } from 'node:crypto';
+
+import { decodeJwt, decodeProtectedHeader, jwtVerify } from 'jose';
 import Provider, { errors } from 'oidc-provider';
 
 // oidc-provider prints its development-only warnings with console.info/console.warn: keep stdout
@@ -112,6 +127,7 @@ const {
   pkce_required: pkceRequired = true,
   strict_client_auth: strictClientAuth = true,
   events_file: eventsFile = null,
+  jwt_bearer: jwtBearer = null,
   device_flow: deviceFlow = false,
   device_code_ttl: deviceCodeTtl = 600,
   device_interval: deviceInterval = null,
@@ -167,6 +183,7 @@ await new Promise((resolve, reject) => {
 const issuer = `http://127.0.0.1:${server.address().port}`;
 
 const SCOPES = ['openid', 'offline_access', 'profile', 'api:read'];
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
 
 const provider = new Provider(issuer, {
   clients: [
@@ -175,7 +192,13 @@ const provider = new Provider(issuer, {
       client_secret: clientSecret,
       redirect_uris: redirectUris,
       response_types: ['code'],
-      grant_types: ['authorization_code', 'refresh_token', 'client_credentials', ...(deviceFlow ? [DEVICE_GRANT] : [])],
+      grant_types: [
+        'authorization_code',
+        'refresh_token',
+        'client_credentials',
+        ...(jwtBearer ? [JWT_BEARER] : []),
+        ...(deviceFlow ? [DEVICE_GRANT] : []),
+      ],
       token_endpoint_auth_method: tokenEndpointAuthMethod,
       scope: SCOPES.join(' '),
     },
@@ -232,6 +255,62 @@ const provider = new Provider(issuer, {
     ctx.body = { ...out, error_detail: error.error_detail };
   },
 });
+
+if (jwtBearer) {
+  const keys = new Map(Object.entries(jwtBearer.public_keys ?? {}).map(([kid, pem]) => [kid, createPublicKey(pem)]));
+  const audience = jwtBearer.audience ?? `${issuer}/token`;
+  const maxLifetime = jwtBearer.max_lifetime ?? 300;
+  const seenJtis = new Set();
+  provider.registerGrantType(
+    JWT_BEARER,
+    async (ctx) => {
+      const { assertion } = ctx.oidc.params;
+      if (!assertion) throw new errors.InvalidRequest('missing assertion');
+      let header;
+      let claims;
+      try {
+        header = decodeProtectedHeader(assertion);
+        claims = decodeJwt(assertion);
+      } catch {
+        throw new errors.InvalidGrant('the assertion is not a JWT');
+      }
+      ctx.state.latchkeyAssertion = {
+        jti: claims.jti ?? null,
+        kid: header.kid ?? null,
+        alg: header.alg ?? null,
+        sub: claims.sub ?? null,
+        lifetime: typeof claims.exp === 'number' && typeof claims.iat === 'number' ? claims.exp - claims.iat : null,
+      };
+      const key = keys.get(header.kid);
+      if (!key) throw new errors.InvalidGrant(`no key with kid ${JSON.stringify(header.kid ?? null)}`);
+      let payload;
+      try {
+        ({ payload } = await jwtVerify(assertion, key, {
+          algorithms: ['RS256', 'ES256'],
+          issuer: jwtBearer.issuer,
+          audience,
+          subject: jwtBearer.subject ?? undefined,
+          requiredClaims: ['iss', 'sub', 'aud', 'iat', 'exp', 'jti'],
+          clockTolerance: jwtBearer.clock_tolerance ?? 120,
+        }));
+      } catch (err) {
+        throw new errors.InvalidGrant(`assertion refused: ${err.code ?? err.message}`);
+      }
+      if (payload.exp - payload.iat > maxLifetime) {
+        throw new errors.InvalidGrant(`the assertion lives ${payload.exp - payload.iat} s, more than ${maxLifetime} s`);
+      }
+      if (seenJtis.has(payload.jti)) throw new errors.InvalidGrant('jti already used');
+      seenJtis.add(payload.jti);
+      const { client } = ctx.oidc;
+      const requested = (ctx.oidc.params.scope ?? '').split(' ').filter(Boolean);
+      const granted = requested.filter((s) => client.scope.split(' ').includes(s));
+      const token = new provider.ClientCredentials({ client, scope: granted.join(' ') || undefined });
+      const value = await token.save();
+      ctx.body = { access_token: value, token_type: 'Bearer', expires_in: token.expiration, scope: token.scope };
+    },
+    ['assertion', 'scope'],
+  );
+}
 
 // Remember why a grant failed: the response body only says `invalid_grant`.
 provider.on('grant.error', (ctx, err) => {
@@ -309,6 +388,7 @@ provider.use(async (ctx, next) => {
       error_detail: detail,
       refresh_token_reused: detail === 'refresh token already used',
       at: Date.now(),
+      ...(ctx.state.latchkeyAssertion ? { assertion: ctx.state.latchkeyAssertion } : {}),
     });
   } else {
     record({ type, client_auth: clientAuth, status: ctx.status, error });

@@ -20,6 +20,9 @@ pub enum AuthKind {
     /// RFC 8628 device authorization: the user approves a code shown to them on another
     /// device; Latchkey polls the token endpoint (SPEC section 12).
     Oauth2DeviceCode,
+    /// RFC 7523 section 2.1: Latchkey signs a JWT assertion with the definition's private key
+    /// and exchanges it for an access token (service accounts; no user, no refresh token).
+    Oauth2JwtBearer,
 }
 
 impl AuthKind {
@@ -28,7 +31,19 @@ impl AuthKind {
     }
 
     pub fn is_oauth(self) -> bool {
-        matches!(self, Self::Oauth2AuthorizationCode | Self::Oauth2ClientCredentials | Self::Oauth2DeviceCode)
+        matches!(
+            self,
+            Self::Oauth2AuthorizationCode
+                | Self::Oauth2ClientCredentials
+                | Self::Oauth2DeviceCode
+                | Self::Oauth2JwtBearer
+        )
+    }
+
+    /// Whether Latchkey obtains this kind's access tokens itself, with no user and no refresh
+    /// token: client credentials and JWT bearer. A new token is simply requested again.
+    pub fn grants_without_user(self) -> bool {
+        matches!(self, Self::Oauth2ClientCredentials | Self::Oauth2JwtBearer)
     }
 }
 
@@ -139,7 +154,7 @@ pub struct Definition {
 
 /// The OAuth app settings: the well-known inputs of OAuth definitions that configure the
 /// organization's OAuth app rather than a customer's account.
-pub const OAUTH_APP_SETTINGS: [&str; 10] = [
+pub const OAUTH_APP_SETTINGS: [&str; 15] = [
     "authorizeUrl",
     "tokenUrl",
     "revokeUrl",
@@ -150,6 +165,12 @@ pub const OAUTH_APP_SETTINGS: [&str; 10] = [
     "pkce",
     "issuer",
     "deviceAuthorizationUrl",
+    // JWT bearer (RFC 7523): the service account's assertion settings.
+    "subject",
+    "audience",
+    "privateKey",
+    "algorithm",
+    "keyId",
 ];
 
 impl Definition {

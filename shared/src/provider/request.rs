@@ -58,7 +58,12 @@ pub enum GrantRequest<'a> {
     ClientCredentials { scope: Option<String> },
     /// RFC 8628 section 3.4: a poll of a pending device authorization.
     DeviceCode { device_code: &'a SecretString },
+    /// RFC 7523 section 2.1: a signed JWT assertion exchanged for an access token.
+    JwtBearer { assertion: &'a SecretString, scope: Option<String> },
 }
+
+/// The `grant_type` of RFC 7523 section 2.1.
+pub const JWT_BEARER_GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
 /// The `grant_type` of RFC 8628 section 3.4.
 pub const DEVICE_CODE_GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:device_code";
@@ -69,12 +74,15 @@ fn text(s: &str) -> SecretString {
 
 impl ClientAuth {
     /// Adds the client's authentication to a form: Basic when it has a secret and uses
-    /// `client_secret_basic`, otherwise `client_id` (and the secret, if any) in the form.
+    /// `client_secret_basic`, otherwise `client_id` (and the secret, if any) in the form; nothing
+    /// for a client with neither (a JWT bearer grant without client authentication, RFC 7523
+    /// section 3.1).
     fn authenticate(&self, url: url::Url, reach: Reach, mut form: Vec<(String, SecretString)>) -> FormPost {
         let basic = match (self.method, &self.client_secret) {
             (ClientAuthMethod::Basic, Some(secret)) => {
                 Some((form_encode(&self.client_id), Some(SecretString::from(form_encode(secret.expose_secret())))))
             }
+            _ if self.client_id.is_empty() && self.client_secret.is_none() => None,
             _ => {
                 form.push(("client_id".into(), text(&self.client_id)));
                 if let Some(secret) = &self.client_secret {
@@ -118,6 +126,13 @@ impl ClientAuth {
             GrantRequest::DeviceCode { device_code } => {
                 form.push(("grant_type".into(), text(DEVICE_CODE_GRANT_TYPE)));
                 form.push(("device_code".into(), device_code.clone()));
+            }
+            GrantRequest::JwtBearer { assertion, scope } => {
+                form.push(("grant_type".into(), text(JWT_BEARER_GRANT_TYPE)));
+                form.push(("assertion".into(), assertion.clone()));
+                if let Some(scope) = scope {
+                    form.push(("scope".into(), text(&scope)));
+                }
             }
         }
         for (k, v) in token_params.iter().filter(|(k, _)| !RESERVED_TOKEN_PARAMS.contains(&k.as_str())) {

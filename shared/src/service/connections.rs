@@ -231,6 +231,9 @@ impl Service {
         };
         if let Some(def) = &def {
             import::check_importable(def, obj, &mut errors);
+            if let Some(values) = &values {
+                errors.extend(super::oauth::jwt_bearer_value_errors(def, values));
+            }
         }
         let (Some(def), Some(scope), Some(values), true) = (def, scope, values, errors.is_empty()) else {
             return Err(ServiceError::Invalid(errors));
@@ -241,9 +244,11 @@ impl Service {
         // Client credentials need no user: the token is fetched at the first lookup.
         let status = match def.auth {
             AuthKind::Oauth2AuthorizationCode | AuthKind::Oauth2DeviceCode => Status::Pending,
-            AuthKind::Oauth2ClientCredentials | AuthKind::ApiKey | AuthKind::Basic | AuthKind::Custom => {
-                Status::Configured
-            }
+            AuthKind::Oauth2ClientCredentials
+            | AuthKind::Oauth2JwtBearer
+            | AuthKind::ApiKey
+            | AuthKind::Basic
+            | AuthKind::Custom => Status::Configured,
         };
         let mut conn = Connection {
             id: ConnectionId::generate(),
@@ -293,6 +298,8 @@ impl Service {
         self.log(&conn, LogType::Created, format!("connection created by {who}")).await;
         self.log_connect_time_verification(None, &conn).await;
         self.emit(Event::about(EventType::ConnectionCreated, &conn)).await;
+        // JWT bearer: no user to wait for, the first token is obtained now.
+        let conn = self.obtain_at_connect(conn).await;
         self.view(p, &conn, Some(&def)).await
     }
 
@@ -424,6 +431,10 @@ impl Service {
                 let values =
                     validate::apply_values(&def.inputs, &defaults, &inherited_inputs(&def), base, changes, setter(p))
                         .map_err(ServiceError::Invalid)?;
+                let key_errors = super::oauth::jwt_bearer_value_errors(&def, &values);
+                if !key_errors.is_empty() {
+                    return Err(ServiceError::Invalid(key_errors));
+                }
                 self.check_endpoints(values.plain.iter().map(|(k, v)| (k, Some(v))), "values", "")?;
                 // Refused credentials never replace the stored ones (SPEC section 10).
                 self.verify_new_values(&def, &mut next, &values).await?;

@@ -167,17 +167,18 @@ impl Service {
     }
 
     /// Whether a definition change touched the OAuth app's client settings (client id or
-    /// secret, token endpoint, client authentication).
+    /// secret, token endpoint, client authentication; for JWT bearer the assertion's settings
+    /// and private key).
     async fn client_settings_changed(&self, old: &Definition, new: &Definition) -> bool {
         let plain = |d: &Definition, n: &str| d.inputs.get(n).and_then(|i| i.default.clone());
-        if ["clientId", "tokenUrl", "clientAuth"].iter().any(|n| plain(old, n) != plain(new, n)) {
+        let settings = ["clientId", "tokenUrl", "clientAuth", "issuer", "subject", "audience", "algorithm", "keyId"];
+        if settings.iter().any(|n| plain(old, n) != plain(new, n)) {
             return true;
         }
         match (self.definition_secrets(old).await, self.definition_secrets(new).await) {
-            (Ok(o), Ok(n)) => {
-                o.get("clientSecret").map(|s| s.expose_secret().to_owned())
-                    != n.get("clientSecret").map(|s| s.expose_secret().to_owned())
-            }
+            (Ok(o), Ok(n)) => ["clientSecret", "privateKey"].iter().any(|name| {
+                o.get(*name).map(|s| s.expose_secret().to_owned()) != n.get(*name).map(|s| s.expose_secret().to_owned())
+            }),
             _ => true,
         }
     }

@@ -251,9 +251,10 @@ impl Service {
         }
     }
 
-    /// Whether `c`'s access token can be renewed: by a refresh token, or by client credentials.
+    /// Whether `c`'s access token can be renewed: by a refresh token, by client credentials or
+    /// by a new JWT bearer assertion.
     pub(crate) fn renewable(&self, c: &Connection) -> bool {
-        c.auth == Some(AuthKind::Oauth2ClientCredentials) || c.oauth.as_ref().is_some_and(|t| t.has_refresh_token)
+        c.auth.is_some_and(AuthKind::grants_without_user) || c.oauth.as_ref().is_some_and(|t| t.has_refresh_token)
     }
 
     /// Turns `c` red `token_expired` (its token expired and nothing renews it) and returns the

@@ -57,7 +57,9 @@ fn oauth_inputs(
         ("tokenUrl", InputType::Url, !templated, url(provider.and_then(|p| p.token_url.as_deref())), "Token URL"),
         ("revokeUrl", InputType::Url, false, url(provider.and_then(|p| p.revoke_url.as_deref())), "Revocation URL"),
         ("scopes", InputType::String, false, scopes, "Scopes"),
-        ("clientId", InputType::String, true, None, "Client ID"),
+        // A JWT bearer assertion authenticates by itself (RFC 7523 section 3.1); client
+        // authentication beside it is optional.
+        ("clientId", InputType::String, auth != AuthKind::Oauth2JwtBearer, None, "Client ID"),
         ("clientSecret", InputType::Password, false, None, "Client secret"),
         (
             "clientAuth",
@@ -77,6 +79,9 @@ fn oauth_inputs(
         ));
         // RFC 9207: the `iss` a callback must carry when the provider sends one.
         v.push(("issuer", InputType::Url, false, None, "Issuer"));
+    }
+    if auth == AuthKind::Oauth2JwtBearer {
+        v.extend(super::jwt_bearer::assertion_inputs(provider));
     }
     v
 }
@@ -288,6 +293,10 @@ pub fn definition_from_json<'c>(
         Some(v) => verify_from_json(v, known).map_err(|e| errors.extend(e)).ok(),
     };
 
+    if auth == Some(AuthKind::Oauth2JwtBearer) {
+        let plain = inputs.iter().filter_map(|(k, i)| Some((k.clone(), i.default.clone()?))).collect();
+        errors.extend(super::jwt_bearer::check_assertion_values(&plain, &secret_defaults, "inputs.", ".default"));
+    }
     match auth {
         Some(auth) if errors.is_empty() => Ok(DefinitionSpec {
             label,

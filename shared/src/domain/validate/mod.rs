@@ -22,11 +22,13 @@ use super::{
 };
 
 mod definition;
+mod jwt_bearer;
 mod quirks;
 mod tokens;
 mod values;
 
 pub use definition::{DefinitionSpec, definition_from_json};
+pub use jwt_bearer::{AssertionAlgorithm, PRIVATE_KEY_INPUT, check_assertion_values};
 pub use tokens::{ImportedExpiry, ImportedTokens, MAX_IMPORT_LIFETIME_SECS, imported_tokens};
 pub use values::{Setter, Values, apply_values};
 

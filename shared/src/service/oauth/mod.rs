@@ -6,6 +6,7 @@
 mod authorize;
 mod callback;
 mod device;
+mod jwt_bearer;
 mod reconnect;
 mod tokens;
 
@@ -17,11 +18,13 @@ use serde_json::Value;
 pub use authorize::{AuthorizeResponse, STATE_TTL, state_hash};
 pub use callback::CallbackOutcome;
 pub use device::{Authorization, DeviceAuthorizeResponse};
+pub use jwt_bearer::ASSERTION_LIFETIME;
+pub(crate) use jwt_bearer::{AssertionInputs, AssertionSigner, value_errors as jwt_bearer_value_errors};
 pub(crate) use tokens::TokenSecrets;
 
 use super::{Result, Service, ServiceError};
 use crate::catalog::{self, Provider};
-use crate::domain::validate::{check_secure_url, is_loopback_host};
+use crate::domain::validate::{PRIVATE_KEY_INPUT, check_secure_url, is_loopback_host};
 use crate::domain::{AuthKind, Connection, Definition, FieldError, OAuthQuirks, origin_of};
 use crate::provider::destination::{DestinationError, check_public_destination};
 use crate::provider::request::GrantRequest;
@@ -62,6 +65,8 @@ pub(crate) struct OAuthSettings {
     pub quirks: OAuthQuirks,
     pub issuer: Option<String>,
     pub provider: Option<&'static Provider>,
+    /// The assertion signer of `oauth2_jwt_bearer` connections (RFC 7523 section 2.1).
+    pub assertion: Option<AssertionSigner>,
 }
 
 impl OAuthSettings {
@@ -100,7 +105,8 @@ impl Service {
         let kind = match grant {
             GrantRequest::AuthorizationCode { .. } => Grant::AuthorizationCode,
             GrantRequest::RefreshToken { .. } => Grant::RefreshToken,
-            GrantRequest::ClientCredentials { .. } => Grant::ClientCredentials,
+            // No user grant to refuse either: a refused assertion is the service account's.
+            GrantRequest::ClientCredentials { .. } | GrantRequest::JwtBearer { .. } => Grant::ClientCredentials,
             GrantRequest::DeviceCode { .. } => Grant::DeviceCode,
         };
         // The outbound policy, at each call: the address called is the address checked.
@@ -131,7 +137,8 @@ impl Service {
     /// is now, so a rotated client secret reaches every connection at its next use.
     pub(crate) async fn oauth_settings(&self, def: &Definition, c: &Connection) -> Result<OAuthSettings> {
         let own_secrets = self.open_secrets(c).await?;
-        let def_secrets = if def.by_reference("clientSecret") && !own_secrets.contains_key("clientSecret") {
+        let inherits_secret = |name: &str| def.by_reference(name) && !own_secrets.contains_key(name);
+        let def_secrets = if inherits_secret("clientSecret") || inherits_secret(PRIVATE_KEY_INPUT) {
             self.definition_secrets(def).await?
         } else {
             BTreeMap::new()
@@ -200,10 +207,29 @@ impl Service {
         {
             errors.push(FieldError::new("values.authorizeUrl", "is required for OAuth"));
         }
-        let client_id = text("clientId").map(str::to_owned);
+        let jwt_bearer = def.auth == AuthKind::Oauth2JwtBearer;
+        // A JWT bearer assertion authenticates by itself (RFC 7523 section 3.1): no client id
+        // means no client authentication beside it.
+        let client_id = text("clientId").map(str::to_owned).or_else(|| jwt_bearer.then(String::new));
         if client_id.is_none() {
             errors.push(FieldError::new("values.clientId", "is required for OAuth"));
         }
+        let private_key = own_secrets.get(PRIVATE_KEY_INPUT).or_else(|| def_secrets.get(PRIVATE_KEY_INPUT));
+        let assertion = match &token {
+            Some(token) if jwt_bearer => AssertionSigner::resolve(
+                AssertionInputs {
+                    issuer: text(ISSUER_INPUT),
+                    subject: text("subject"),
+                    audience: text("audience"),
+                    algorithm: text("algorithm"),
+                    key_id: text("keyId"),
+                    private_key,
+                    token_url: token.url.as_str(),
+                },
+                &mut errors,
+            ),
+            _ => None,
+        };
         let (Some(token), Some(client_id), true) = (token, client_id, errors.is_empty()) else {
             return Err(ServiceError::Invalid(errors));
         };
@@ -223,8 +249,9 @@ impl Service {
             pkce: value("pkce").and_then(Value::as_bool).unwrap_or(true),
             scopes,
             quirks,
-            issuer: text(ISSUER_INPUT).map(str::to_owned),
+            issuer: text(ISSUER_INPUT).map(str::to_owned).filter(|_| !jwt_bearer),
             provider,
+            assertion,
         })
     }
 

@@ -193,7 +193,7 @@ impl Service {
         };
         let mut next = c.clone();
         next.refresh = crate::domain::RefreshState {
-            due_at: if status == Status::Error { None } else { self.due_at(&tokens) },
+            due_at: if status == Status::Error { None } else { self.due_at(&tokens, c.auth) },
             day: c.refresh.day,
             attempts_today: c.refresh.attempts_today,
             rt_warn_at,

@@ -123,9 +123,10 @@ impl Service {
         &self.options.refresh
     }
 
-    /// When the sweep should refresh these tokens; `None` without a refresh token.
-    pub(crate) fn due_at(&self, tokens: &OAuthTokens) -> Option<OffsetDateTime> {
-        if !tokens.has_refresh_token {
+    /// When the sweep should refresh these tokens; `None` without a refresh token, except for
+    /// JWT bearer connections (`auth`), whose next assertion renews them before they expire.
+    pub(crate) fn due_at(&self, tokens: &OAuthTokens, auth: Option<AuthKind>) -> Option<OffsetDateTime> {
+        if !tokens.has_refresh_token && auth != Some(AuthKind::Oauth2JwtBearer) {
             return None;
         }
         let p = self.policy();
@@ -155,11 +156,12 @@ impl Service {
         let give_up = Instant::now() + self.policy().lease + Duration::from_secs(5);
         loop {
             let c = self.store.get_connection(org, id).await?.ok_or(ServiceError::NotFound)?;
-            let client_credentials = c.auth == Some(AuthKind::Oauth2ClientCredentials);
-            // A pending client-credentials connection is what this call is about to authorize.
+            let without_user = c.auth.is_some_and(AuthKind::grants_without_user);
+            // A client-credentials or JWT bearer connection without a token is what this call
+            // is about to authorize.
             match Unusable::of(c.status) {
                 Some(why @ (Unusable::Error | Unusable::Disconnected)) => return Err(ServiceError::Unusable(why)),
-                _ if c.oauth.is_none() && !client_credentials => return Err(ServiceError::Unusable(Unusable::Pending)),
+                _ if c.oauth.is_none() && !without_user => return Err(ServiceError::Unusable(Unusable::Pending)),
                 _ => {}
             }
             let now = self.clock.now();
@@ -220,13 +222,13 @@ impl Service {
             }
             Err(e) => return Err(e),
         };
-        let client_credentials = def.auth == AuthKind::Oauth2ClientCredentials;
+        let without_user = def.auth.grants_without_user();
         let previous = match &leased.oauth {
-            Some(tokens) if !client_credentials => self.open_tokens(leased).await?.map(|s| (tokens.clone(), s)),
+            Some(tokens) if !without_user => self.open_tokens(leased).await?.map(|s| (tokens.clone(), s)),
             _ => None,
         };
         let refresh_token = previous.as_ref().and_then(|(_, s)| s.refresh_token());
-        if !client_credentials && refresh_token.is_none() {
+        if !without_user && refresh_token.is_none() {
             // Nothing to refresh with: leave the index, keep the token until it expires.
             return self
                 .commit_leased(leased, |base| {
@@ -249,15 +251,25 @@ impl Service {
         }
         let now = self.clock.now();
         // A lapsed refresh token is never sent (SPEC section 10): red `token_expired`.
-        if let Some(at) = rt_lifetime::lapsed_at(leased, now).filter(|_| !client_credentials) {
+        if let Some(at) = rt_lifetime::lapsed_at(leased, now).filter(|_| !without_user) {
             return self.refused(leased, self.lapsed_error(at), "not refreshed").await;
         }
         let day = days(now);
         let attempts = if leased.refresh.day == day { leased.refresh.attempts_today + 1 } else { 1 };
 
-        let grant = match &refresh_token {
-            Some(token) => GrantRequest::RefreshToken { refresh_token: token },
-            None => GrantRequest::ClientCredentials { scope: settings.scope_param() },
+        // JWT bearer: a new assertion (new `jti`, issued now) for every request.
+        let assertion = match settings.assertion.as_ref().map(|a| a.sign(now)) {
+            Some(Err(why)) => {
+                let error = self.refusal_error(Refusal::ClientRejected, None, why);
+                return self.refused(leased, error, "not refreshed").await;
+            }
+            Some(Ok(assertion)) => Some(assertion),
+            None => None,
+        };
+        let grant = match (&refresh_token, &assertion) {
+            (Some(token), _) => GrantRequest::RefreshToken { refresh_token: token },
+            (None, Some(assertion)) => GrantRequest::JwtBearer { assertion, scope: settings.scope_param() },
+            (None, None) => GrantRequest::ClientCredentials { scope: settings.scope_param() },
         };
         match self.request_token(&settings, grant).await {
             Ok(answer) => {
@@ -314,7 +326,7 @@ impl Service {
                 // what was sent); the provider's code is kept beside the class.
                 let detail = format!("HTTP {status}");
                 let class =
-                    if client_credentials && class == Refusal::GrantRefused { Refusal::ClientRejected } else { class };
+                    if without_user && class == Refusal::GrantRefused { Refusal::ClientRejected } else { class };
                 let error = self.refusal_error(class, provider_code.as_deref(), &detail);
                 self.refused(leased, error, "refresh refused").await
             }
@@ -478,8 +490,8 @@ impl Service {
     /// that waited take the token obtained meanwhile even if it is shorter-lived than they
     /// asked). A transient failure returns the old token while it is still valid.
     pub(crate) async fn fresh_for_lookup(&self, c: Connection, min_valid: time::Duration) -> Result<Connection> {
-        let client_credentials = c.auth == Some(AuthKind::Oauth2ClientCredentials);
-        let usable = c.oauth.as_ref().is_some_and(|t| t.has_refresh_token) || client_credentials;
+        let without_user = c.auth.is_some_and(AuthKind::grants_without_user);
+        let usable = c.oauth.as_ref().is_some_and(|t| t.has_refresh_token) || without_user;
         let now = self.clock.now();
         if !usable || !needs_token(&c, now, min_valid) {
             return Ok(c);
@@ -525,7 +537,7 @@ impl Service {
     /// What a refresh fails with (a connection the provider refused turns red there).
     pub(crate) async fn renew_refused_token(&self, c: &Connection) -> Result<Option<Connection>> {
         let renewable =
-            c.auth == Some(AuthKind::Oauth2ClientCredentials) || c.oauth.as_ref().is_some_and(|t| t.has_refresh_token);
+            c.auth.is_some_and(AuthKind::grants_without_user) || c.oauth.as_ref().is_some_and(|t| t.has_refresh_token);
         if !renewable {
             return Ok(None);
         }
