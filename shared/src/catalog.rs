@@ -126,7 +126,8 @@ mod tests {
             );
             let token_url = p.token_url.as_deref().unwrap_or_else(|| panic!("{}: token_url", p.key));
             let device = p.device_authorization_url.as_deref();
-            for url in [p.authorize_url.as_deref(), Some(token_url), p.revoke_url.as_deref(), device].into_iter().flatten()
+            for url in
+                [p.authorize_url.as_deref(), Some(token_url), p.revoke_url.as_deref(), device].into_iter().flatten()
             {
                 let u = filled(url, &p.url_params);
                 assert!(!u.contains('{'), "{}: every placeholder is in url_params: {url}", p.key);

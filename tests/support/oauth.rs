@@ -321,7 +321,8 @@ impl OidcServer {
                 let start = start.unwrap_or_else(|| panic!("{url}: no xsrf field:\n{body}"));
                 body[start..].split('"').next().unwrap_or_default().to_owned()
             };
-            let owned = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            let owned =
+                |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
             if body.contains("Sign-in Success") {
                 assert!(approve, "the provider approved a code the user aborted");
                 return;

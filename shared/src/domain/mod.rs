@@ -21,8 +21,8 @@ pub use connect::{ConnectContext, ConnectSession};
 pub use connection::{
     BrowserBinding, Connection, Lease, OAuthState, OAuthTokens, RefreshState, RevocationJob, Scope, Status, StatusError,
 };
-pub use device::DeviceAuthorization;
 pub use definition::{AuthKind, Definition, Input, InputType, OAUTH_APP_SETTINGS, Redirects, Visibility};
+pub use device::DeviceAuthorization;
 pub use event::{Event, EventType};
 pub use idempotency::{IdempotencyKey, IdempotencyRecord, StoredResponse};
 pub use ids::{ConnectionId, CustomerId, DefinitionKey, IdError, InstanceId, OrgId, UserId};
