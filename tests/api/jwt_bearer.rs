@@ -350,3 +350,29 @@ async fn the_lambda_sample_defines_a_service_account_whose_key_is_never_read_bac
     assert_eq!(body["inputs"]["algorithm"]["default"], "ES256");
     assert!(!body.to_string().contains("PRIVATE KEY"));
 }
+
+#[tokio::test]
+async fn a_private_key_set_on_the_connection_is_never_returned_by_a_lookup() {
+    let app = TestApp::spawn().await;
+    let (private, public) = key_pair("RS256");
+    let oidc = server(json!({"rs-1": public}), 3600).await;
+    // One connection per service account: the key is the connection's own, not a default.
+    let mut def = definition(&oidc, &private, "RS256", "rs-1");
+    def["inputs"]["privateKey"] = json!({"type": "password", "required": true});
+    let org = app.token(ORG, None, &[]).await;
+    app.put_definition(&org, "svc", &def).await.assert_status(StatusCode::CREATED);
+    let created = app
+        .create_connection(
+            &org,
+            &json!({"definition": "svc", "scope": "organization", "values": {"privateKey": private}}),
+        )
+        .await;
+    created.assert_status(StatusCode::CREATED);
+    assert_eq!(created.body["status"], "configured", "{}", created.text);
+    let id = created.body["id"].as_str().unwrap();
+    let found = lookup(&app, id, 60).await;
+    found.assert_status(StatusCode::OK);
+    assert!(found.body["token"]["access_token"].is_string(), "{}", found.text);
+    assert!(!found.text.contains("PRIVATE KEY"), "the key stays inside Latchkey: {}", found.text);
+    assert!(found.body["fields"]["secret"].get("privateKey").is_none(), "{}", found.text);
+}

@@ -173,6 +173,11 @@ impl Service {
             // The integration gets the access token, never the app's client secret.
             secret.remove("clientSecret");
         }
+        if c.auth == Some(AuthKind::Oauth2JwtBearer) {
+            // Nor a service account's private key, wherever it is set (the definition or the
+            // connection): it signs assertions for any token, so it stays inside Latchkey.
+            secret.remove(crate::domain::validate::PRIVATE_KEY_INPUT);
+        }
         let mut plain = c.values.clone();
         plain.extend(c.captured.clone());
         plain.extend(captured);
