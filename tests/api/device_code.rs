@@ -231,6 +231,46 @@ async fn device_definitions_need_their_endpoint() {
     assert!(created.error_fields().iter().any(|f| f == "values.deviceAuthorizationUrl"), "{}", created.text);
 }
 
+/// The device authorization endpoint is a provider endpoint like the token endpoint: https (or
+/// loopback) and a public address, checked when a definition or a connection is written.
+#[tokio::test]
+async fn device_authorization_urls_are_checked_when_written() {
+    let app = TestApp::spawn().await;
+    let org = app.token(ORG, None, &[]).await;
+    let def = |url: &str| {
+        json!({"auth": "oauth2_device_code", "inputs": {
+            "deviceAuthorizationUrl": {"type": "url", "default": url},
+            "tokenUrl": {"type": "url", "default": "https://idp.example.com/token"},
+            "clientId": {"type": "string", "default": "cid"}}})
+    };
+    for url in ["http://idp.example.com/device", "https://10.0.0.1/device"] {
+        let put = app.put_definition(&org, "bad-device-url", &def(url)).await;
+        put.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(put.error_fields(), ["inputs.deviceAuthorizationUrl.default"], "{url}: {}", put.text);
+    }
+    let put = app
+        .put_definition(
+            &org,
+            "device-url-input",
+            &json!({"auth": "oauth2_device_code", "inputs": {
+            "deviceAuthorizationUrl": {"type": "url"},
+            "tokenUrl": {"type": "url", "default": "https://idp.example.com/token"},
+            "clientId": {"type": "string", "default": "cid"}}}),
+        )
+        .await;
+    put.assert_status(StatusCode::CREATED);
+    for url in ["http://idp.example.com/device", "https://10.0.0.1/device"] {
+        let created = app
+            .create_connection(
+                &org,
+                &json!({"definition": "device-url-input", "customer": "c-1", "values": {"deviceAuthorizationUrl": url}}),
+            )
+            .await;
+        created.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(created.error_fields(), ["values.deviceAuthorizationUrl"], "{url}: {}", created.text);
+    }
+}
+
 /// The connect page's Connect button of a device-flow definition answers the user code and the
 /// verification links on a page of its own (nothing to follow, no redirect); once the customer
 /// has approved and the sweep has polled, the page shows the connection configured.

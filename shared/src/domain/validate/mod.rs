@@ -57,7 +57,7 @@ const MAX_INPUTS: usize = 100;
 pub const MAX_VALUES_BYTES: usize = 64 * 1024;
 
 /// Inputs whose values are provider endpoints Latchkey itself calls: https only, except loopback.
-pub const ENDPOINT_INPUTS: [&str; 3] = ["authorizeUrl", "tokenUrl", "revokeUrl"];
+pub const ENDPOINT_INPUTS: [&str; 4] = ["authorizeUrl", "tokenUrl", "revokeUrl", "deviceAuthorizationUrl"];
 /// Accepted values of the `clientAuth` input.
 pub const CLIENT_AUTH_METHODS: [&str; 2] = ["client_secret_basic", "client_secret_post"];
 
