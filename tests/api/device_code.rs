@@ -200,6 +200,31 @@ async fn slow_down_adds_five_seconds_to_the_interval() {
     assert_eq!(connection(&app, &id).await["status"], "pending");
 }
 
+/// RFC 8628 section 3.5: after a failed poll (here a 503) the client polls less often: the
+/// interval doubles for good, and the next poll also waits for the answer's Retry-After.
+#[tokio::test]
+async fn failed_polls_double_the_interval_and_honour_retry_after() {
+    let app = serve().await;
+    // The first two polls answer 503 with Retry-After: 3; the answer says interval 1.
+    let oidc = provider(json!({"device_fail_polls": 2, "device_fail_retry_after": 3})).await;
+    let id = device_connection(&app, &oidc).await;
+    authorize(&app, &id).await;
+    eventually(Duration::from_secs(40), "two polls after the failures", || async { polls(&oidc).await.len() >= 4 })
+        .await;
+    let all = polls(&oidc).await;
+    let errors: Vec<&Value> = all.iter().map(|e| &e["error"]).collect();
+    assert_eq!(
+        errors[..4],
+        [&json!("http_503"), &json!("http_503"), &json!("authorization_pending"), &json!("authorization_pending")],
+        "{all:?}"
+    );
+    let at: Vec<i64> = all.iter().map(|e| e["at"].as_i64().unwrap()).collect();
+    assert!(at[1] - at[0] >= 2950, "Retry-After 3 s, longer than the doubled 2 s: {at:?}");
+    assert!(at[2] - at[1] >= 3950, "the interval doubled again, to 4 s: {at:?}");
+    assert!(at[3] - at[2] >= 3950, "and stays 4 s: {at:?}");
+    assert_eq!(connection(&app, &id).await["status"], "pending");
+}
+
 #[tokio::test]
 async fn a_disconnect_ends_a_pending_device_authorization() {
     let app = serve().await;

@@ -34,6 +34,9 @@
 //                                         this after the previous one of the client, while the
 //                                         authorization is pending, answers 400 `slow_down` (RFC 8628
 //                                         section 3.5; oidc-provider itself never says it)
+//   device_fail_polls           0         the first N device_code token requests answer 503 (a plain
+//                                         text body) whatever oidc-provider made of them: an outage
+//   device_fail_retry_after     null      seconds: the Retry-After header of those 503 answers
 //   jwt_bearer                  null      an object: the client may also use the RFC 7523 JWT bearer
 //                                         grant (urn:ietf:params:oauth:grant-type:jwt-bearer), see below
 //
@@ -132,10 +135,14 @@ const {
   device_code_ttl: deviceCodeTtl = 600,
   device_interval: deviceInterval = null,
   device_min_poll_secs: deviceMinPollSecs = null,
+  device_fail_polls: deviceFailPolls = 0,
+  device_fail_retry_after: deviceFailRetryAfter = null,
 } = config;
 const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
 // When the client last polled with the device grant (the slow_down of device_min_poll_secs).
 let lastDevicePoll = null;
+// How many device_code token requests were answered 503 (device_fail_polls).
+let deviceFailed = 0;
 if (!Array.isArray(redirectUris) || redirectUris.length === 0) {
   console.error('oidc.mjs: `redirect_uris` (a non-empty array of URLs) is required');
   process.exit(2);
@@ -373,6 +380,12 @@ provider.use(async (ctx, next) => {
     if (tooSoon && ctx.body?.error === 'authorization_pending') {
       ctx.status = 400;
       ctx.body = { error: 'slow_down', error_description: `poll at most every ${deviceMinPollSecs} s` };
+    }
+    if (deviceFailed < deviceFailPolls) {
+      deviceFailed += 1;
+      ctx.status = 503;
+      ctx.body = 'service unavailable';
+      if (deviceFailRetryAfter !== null) ctx.set('Retry-After', String(deviceFailRetryAfter));
     }
   }
   const clientAuth = basic ? 'client_secret_basic' : ctx.oidc?.params?.client_secret ? 'client_secret_post' : 'none';

@@ -13,7 +13,9 @@
 //!   device code at once, and never sooner than the interval.
 //! - **Outcomes**: tokens are stored like an authorization code's (`configured`, refreshed by
 //!   the sweep when a refresh token came, `Connection Authorized`); `authorization_pending`
-//!   polls again after the interval; `slow_down` adds 5 s to the interval for good;
+//!   polls again after the interval; `slow_down` adds 5 s to the interval for good; a transient
+//!   or unreadable answer (an outage, a 5xx or 429, a timeout) doubles it for good (up to
+//!   5 min) and the next poll also waits for the answer's `Retry-After`;
 //!   `access_denied` turns a connection without tokens red `access_denied`; an expired device
 //!   code (`expired_token`, or its `expires_in` passed) ends the authorization and leaves the
 //!   connection as it was, `pending` (nobody refused anything: authorizing again shows a new
@@ -43,6 +45,9 @@ use crate::provider::request::GrantRequest;
 
 /// What RFC 8628 section 3.5 adds to the interval at each `slow_down`.
 pub const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
+/// The longest a failed poll's doubling makes the interval (a `slow_down` or the provider's
+/// own interval may be longer, and is kept).
+pub const MAX_BACKED_OFF_INTERVAL: Duration = Duration::from_secs(300);
 
 /// What authorize answers for an `oauth2_device_code` connection: what the user is shown.
 #[derive(Debug, Serialize)]
@@ -261,7 +266,13 @@ impl Service {
         let code = failure.code();
         let ended = match (code.as_str(), &failure) {
             ("authorization_pending", _) => return Ok((claimed, true)),
-            ("slow_down", _) => return Ok((self.slow_down(&claimed).await?, true)),
+            ("slow_down", _) => {
+                let Some(interval) = claimed.device.as_ref().map(|d| d.interval_secs + SLOW_DOWN_STEP.as_secs()) else {
+                    return Ok((claimed, true));
+                };
+                tracing::info!(connection_id = %claimed.id, interval_secs = interval, "device authorization: the provider asked to slow down");
+                return Ok((self.stretch(&claimed, interval, None).await?, true));
+            }
             ("access_denied", _) => Ended::Denied(Some(code.clone())),
             ("expired_token", _) => Ended::Expired,
             (_, TokenFailure::Refused { class, provider_code, .. }) => Ended::Refused(self.refusal_error(
@@ -273,10 +284,15 @@ impl Service {
                 let detail = format!("the token endpoint {why}");
                 Ended::Refused(self.refusal_error(Refusal::ClientRejected, None, &detail))
             }
-            // Transient or unreadable: polled again after the interval until the code lapses.
-            (_, TokenFailure::Transient { .. } | TokenFailure::Unreadable { .. }) => {
-                tracing::warn!(org = %c.org, connection_id = %c.id, code = %code, "polling a device authorization failed; polling again");
-                return Ok((claimed, true));
+            // Transient (an outage, a rate limit, a timeout) or unreadable: polled again until the
+            // code lapses, less often (RFC 8628 section 3.5).
+            (_, TokenFailure::Transient { retry_after, .. }) => {
+                tracing::warn!(org = %c.org, connection_id = %c.id, code = %code, "polling a device authorization failed; polling again, less often");
+                return Ok((self.back_off(&claimed, *retry_after).await?, true));
+            }
+            (_, TokenFailure::Unreadable { .. }) => {
+                tracing::warn!(org = %c.org, connection_id = %c.id, code = %code, "polling a device authorization failed; polling again, less often");
+                return Ok((self.back_off(&claimed, None).await?, true));
             }
         };
         Ok((self.end_device(&claimed, &device, ended).await?, true))
@@ -327,22 +343,31 @@ impl Service {
         Ok(polled)
     }
 
-    /// `slow_down` (RFC 8628 section 3.5): the interval grows by 5 s for the rest of this
-    /// authorization, and the next poll waits for the new interval.
-    async fn slow_down(&self, claimed: &Connection) -> Result<Connection> {
+    /// A failed poll (RFC 8628 section 3.5: a client reduces its polling frequency after a
+    /// connection timeout; here after any transient or unreadable answer): the interval doubles
+    /// for the rest of this authorization (at most [`MAX_BACKED_OFF_INTERVAL`]), and the next
+    /// poll waits for the new interval or the answer's `retry_after`, whichever is longer.
+    async fn back_off(&self, claimed: &Connection, retry_after: Option<Duration>) -> Result<Connection> {
+        let Some(d) = claimed.device.as_ref() else {
+            return Ok(claimed.clone());
+        };
+        let interval = d.interval_secs.saturating_mul(2).min(MAX_BACKED_OFF_INTERVAL.as_secs()).max(d.interval_secs);
+        self.stretch(claimed, interval, retry_after).await
+    }
+
+    /// Sets the interval of `claimed`'s device authorization to `interval_secs` for good, and
+    /// its next poll after that interval, or after `wait` when longer (capped at a day).
+    async fn stretch(&self, claimed: &Connection, interval_secs: u64, wait: Option<Duration>) -> Result<Connection> {
         let mut next = claimed.clone();
         let Some(d) = next.device.as_mut() else {
             return Ok(next);
         };
-        d.interval_secs += SLOW_DOWN_STEP.as_secs();
-        d.next_poll_at = self.clock.now() + secs(d.interval_secs);
-        let interval = d.interval_secs;
+        d.interval_secs = interval_secs;
+        let wait = wait.unwrap_or_default().min(Duration::from_secs(86_400)).as_secs().max(interval_secs);
+        d.next_poll_at = self.clock.now() + secs(wait);
         next.version = claimed.version + 1;
         match self.store.update_connection(&next, claimed.version).await {
-            Ok(()) => {
-                tracing::info!(connection_id = %claimed.id, interval_secs = interval, "device authorization: the provider asked to slow down");
-                Ok(next)
-            }
+            Ok(()) => Ok(next),
             // Changed meanwhile (a disconnect, a new authorization): that write stands.
             Err(StoreError::Conflict) => Ok(claimed.clone()),
             Err(e) => Err(e.into()),
