@@ -372,8 +372,12 @@ async fn serve_polls_device_codes_between_slow_sweeps() {
     let oidc = provider(json!({})).await;
     let id = device_connection(&app, &oidc).await;
     let user_code = authorize(&app, &id).await["user_code"].as_str().unwrap().to_owned();
+    // Approved only once two polls came, so that there is a spacing to look at.
+    eventually(Duration::from_secs(30), "two polls while pending", || async { polls(&oidc).await.len() >= 2 }).await;
     oidc.approve_device(&user_code).await;
     status_becomes(&app, &id, "configured").await;
-    let at: Vec<i64> = polls(&oidc).await.iter().map(|e| e["at"].as_i64().unwrap()).collect();
+    let all = polls(&oidc).await;
+    assert!(all.len() >= 3 && all[..2].iter().all(|e| e["error"] == "authorization_pending"), "{all:?}");
+    let at: Vec<i64> = all.iter().map(|e| e["at"].as_i64().unwrap()).collect();
     assert!(at.windows(2).all(|w| w[1] - w[0] >= 950), "never sooner than the interval: {at:?}");
 }
