@@ -25,7 +25,7 @@ const TOKEN_PAST_HALF_LIFE: Duration = Duration::from_millis(5200);
 
 /// A fresh key pair for `algorithm` (`RS256`: RSA 2048, `ES256`: P-256), as PEM: (private
 /// PKCS#8, public SPKI).
-fn key_pair(algorithm: &str) -> (String, String) {
+pub(crate) fn key_pair(algorithm: &str) -> (String, String) {
     let params: &[&str] = match algorithm {
         "RS256" => &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
         "ES256" => &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],

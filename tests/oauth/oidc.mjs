@@ -76,7 +76,7 @@
 // `abort=yes` instead of `confirm=yes` -> the device code is denied (`access_denied`). Token events
 // of the device grant carry `grant_type: "urn:ietf:params:oauth:grant-type:device_code"`; every
 // token event carries `at` (milliseconds since the epoch); device authorization requests are
-// events of type "device_authorization".
+// events of type "device_authorization", carrying the `device_code` issued when one was.
 //
 // Test-only routes: GET /__stats returns
 //   {"token_requests": {"authorization_code": n, "refresh_token": n, "client_credentials": n, ...},
@@ -404,7 +404,9 @@ provider.use(async (ctx, next) => {
       ...(ctx.state.latchkeyAssertion ? { assertion: ctx.state.latchkeyAssertion } : {}),
     });
   } else {
-    record({ type, client_auth: clientAuth, status: ctx.status, error });
+    // The device code issued: for tests that look for it where it must not be (a canary).
+    const issued = type === 'device_authorization' && ctx.status === 200 ? { device_code: ctx.body?.device_code } : {};
+    record({ type, client_auth: clientAuth, status: ctx.status, error, ...issued });
   }
 });
 
