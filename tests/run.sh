@@ -7,6 +7,13 @@ cd "$(dirname "$0")/.."
 echo "==> toolchain: $(cargo --version)"
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 
+# The JWT bearer tests make their RS256/ES256 keys with the openssl CLI (Debian's ca-certificates
+# brings it; a bare image may lack it).
+if ! command -v openssl > /dev/null && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+  echo "==> apt-get install openssl"
+  apt-get update -q > /dev/null && apt-get install -y -q openssl > /dev/null
+fi
+
 source tests/venv.sh
 echo "==> moto (AWS emulator) in .venv/ from tests/requirements.txt"
 venv .venv tests/requirements.txt
