@@ -5,10 +5,10 @@
 use std::fmt;
 
 use secrecy::SecretString;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::RawAnswer;
-use super::answer::{Grant, TokenFailure, class_of, error_code};
+use super::answer::{Grant, TokenFailure, class_of, error_code, parse_body};
 use crate::domain::validate::check_secure_url;
 
 /// The interval between polls when the answer states none (RFC 8628 section 3.2).
@@ -50,21 +50,6 @@ impl fmt::Debug for DeviceAuthorizationAnswer {
     }
 }
 
-/// The body as an object: JSON whatever the content type says, else a form-encoded body.
-fn parse_body(raw: &RawAnswer) -> Option<Map<String, Value>> {
-    let text = std::str::from_utf8(&raw.body).ok()?.trim_start_matches('\u{feff}').trim();
-    if text.starts_with('{') {
-        return serde_json::from_str::<Map<String, Value>>(text).ok();
-    }
-    if text.is_empty() || text.contains(['<', '\n', ' ']) {
-        return None;
-    }
-    let form: Map<String, Value> = url::form_urlencoded::parse(text.as_bytes())
-        .map(|(k, v)| (k.into_owned(), Value::from(v.into_owned())))
-        .collect();
-    (form.contains_key("device_code") || form.contains_key("error")).then_some(form)
-}
-
 /// A positive number of seconds (a number or a numeric string), at most `max`.
 fn seconds(v: Option<&Value>, max: u64) -> Option<u64> {
     let secs = match v? {
@@ -86,7 +71,7 @@ fn link(v: Option<&Value>) -> Option<String> {
 /// verification URI is an answer Latchkey could not read.
 pub fn read_device_authorization_answer(raw: &RawAnswer) -> Result<DeviceAuthorizationAnswer, TokenFailure> {
     let status = raw.status;
-    let body = parse_body(raw);
+    let body = parse_body(raw, "device_code");
     let code = body.as_ref().and_then(error_code);
     if status == 429 || status >= 500 {
         return Err(TokenFailure::Transient {

@@ -221,8 +221,9 @@ pub(crate) fn error_code(obj: &Map<String, Value>) -> Option<String> {
 }
 
 /// The body as an object: JSON whatever the content type says, else a form-encoded body that
-/// has `access_token` or `error`.
-fn parse_body(raw: &RawAnswer) -> Option<Map<String, Value>> {
+/// has `key` (the member a successful answer must have, `access_token` for token answers) or
+/// `error`.
+pub(crate) fn parse_body(raw: &RawAnswer, key: &str) -> Option<Map<String, Value>> {
     // A byte order mark may open a JSON text (RFC 8259 section 8.1): it is not part of it.
     let text = std::str::from_utf8(&raw.body).ok()?.trim_start_matches('\u{feff}').trim();
     if text.starts_with('{') {
@@ -234,7 +235,7 @@ fn parse_body(raw: &RawAnswer) -> Option<Map<String, Value>> {
     let form: Map<String, Value> = url::form_urlencoded::parse(text.as_bytes())
         .map(|(k, v)| (k.into_owned(), Value::from(v.into_owned())))
         .collect();
-    (form.contains_key("access_token") || form.contains_key("error")).then_some(form)
+    (form.contains_key(key) || form.contains_key("error")).then_some(form)
 }
 
 /// The value at a dotted path (`authed_user.access_token`).
@@ -282,7 +283,7 @@ pub fn read_token_answer(
     split: &dyn Fn(&str) -> Vec<String>,
 ) -> Result<TokenAnswer, TokenFailure> {
     let status = raw.status;
-    let body = parse_body(raw);
+    let body = parse_body(raw, "access_token");
     let busy = status == 429 || status >= 500;
     let code = body.as_ref().and_then(error_code);
     if busy {
@@ -347,7 +348,7 @@ pub fn read_token_answer(
 /// carries an `error`), 429 and 5xx transient, other 4xx refused for good.
 pub fn read_revoke_answer(raw: &RawAnswer) -> RevokeAnswer {
     let status = raw.status;
-    let code = parse_body(raw).as_ref().and_then(error_code);
+    let code = parse_body(raw, "access_token").as_ref().and_then(error_code);
     let transient = |code: String| RevokeAnswer::Transient { code, retry_after: raw.retry_after };
     if status == 429 || status >= 500 {
         return transient(code.unwrap_or_else(|| format!("http_{status}")));
