@@ -231,6 +231,52 @@ async fn keys_that_do_not_parse_for_their_algorithm_are_refused_naming_the_field
 }
 
 #[tokio::test]
+async fn a_new_algorithm_is_checked_against_the_key_it_keeps() {
+    let app = TestApp::spawn().await;
+    let org = app.token(ORG, None, &[]).await;
+    let (rsa, _) = key_pair("RS256");
+    let (ec, ec_public) = key_pair("ES256");
+    let oidc = server(json!({"ec-1": ec_public}), 3600).await;
+    app.put_definition(&org, "svc", &definition(&oidc, &rsa, "RS256", "k")).await.assert_status(StatusCode::CREATED);
+
+    // A re-PUT that keeps the stored RSA key cannot switch to ES256.
+    let mut kept = definition(&oidc, &rsa, "ES256", "k");
+    kept["inputs"]["privateKey"]["default"] = json!({"set": true});
+    let refused = app.put_definition(&org, "svc", &kept).await;
+    refused.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(refused.error_fields(), ["inputs.algorithm.default"]);
+    // Keeping the key and its algorithm is fine; so is a new key with the new algorithm.
+    kept["inputs"]["algorithm"]["default"] = json!("RS256");
+    app.put_definition(&org, "svc", &kept).await.assert_status(StatusCode::OK);
+
+    // A connection that inherits the definition's key cannot switch either.
+    let created = app.create_connection(&org, &json!({"definition": "svc", "scope": "organization"})).await;
+    created.assert_status(StatusCode::CREATED);
+    let id = created.body["id"].as_str().unwrap();
+    let es256 = json!({"values": {"algorithm": "ES256"}});
+    let inherited = app.patch_connection(&org, id, &es256, None).await;
+    inherited.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(inherited.error_fields(), ["values.algorithm"]);
+
+    // Nor one that keeps a key of its own; sending a key that fits is accepted.
+    let mut own = definition(&oidc, &rsa, "RS256", "ec-1");
+    own["inputs"]["privateKey"] = json!({"type": "password", "visibility": "embedded"});
+    app.put_definition(&org, "own", &own).await.assert_status(StatusCode::CREATED);
+    let body = json!({"definition": "own", "scope": "organization", "values": {"privateKey": rsa}});
+    let created = app.create_connection(&org, &body).await;
+    created.assert_status(StatusCode::CREATED);
+    let id = created.body["id"].as_str().unwrap();
+    let kept_own = app.patch_connection(&org, id, &es256, None).await;
+    kept_own.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(kept_own.error_fields(), ["values.algorithm"]);
+    let both = json!({"values": {"algorithm": "ES256", "privateKey": ec}});
+    app.patch_connection(&org, id, &both, None).await.assert_status(StatusCode::OK);
+    for reply in [&refused, &inherited, &kept_own] {
+        assert!(!reply.text.contains("PRIVATE KEY") && !reply.text.contains("MII"), "{}", reply.text);
+    }
+}
+
+#[tokio::test]
 async fn disconnect_drops_the_token_and_revokes_it() {
     // The binary's revoker sends the revocation (under either transport).
     let app = TestApp::spawn_binary(&Backend::fresh().await, &random_secret()).await;

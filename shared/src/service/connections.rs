@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use super::retry::Races;
 use super::{ConnectionPage, ConnectionView, Result, Service, ServiceError};
 use crate::crypto::{EncryptionContext, Sealed};
-use crate::domain::validate::{self, FieldError, Setter, Values};
+use crate::domain::validate::{self, FieldError, PRIVATE_KEY_INPUT, Setter, Values};
 use crate::domain::{
     AuthKind, Connection, ConnectionId, CustomerId, Definition, DefinitionKey, Event, EventType, InstanceId, LogEntry,
     LogType, Principal, Scope, Status, TagFilter, tags,
@@ -212,9 +212,12 @@ impl Service {
         if definition.is_some() && def.is_none() {
             errors.push(FieldError::new("definition", "no such definition"));
         }
-        let values = match &def {
-            Some(def) => {
-                let defaults = self.definition_defaults(def).await?;
+        let defaults = match &def {
+            Some(def) => Some(self.definition_defaults(def).await?),
+            None => None,
+        };
+        let values = match (&def, &defaults) {
+            (Some(def), Some(defaults)) => {
                 let inherited = inherited_inputs(def);
                 // App settings are read from the definition when used, never copied.
                 let mut base = defaults.clone();
@@ -223,16 +226,18 @@ impl Service {
                     base.secret.remove(name);
                 }
                 let changes = obj.get("values").unwrap_or(&Value::Null);
-                validate::apply_values(&def.inputs, &defaults, &inherited, base, changes, setter(p))
+                validate::apply_values(&def.inputs, defaults, &inherited, base, changes, setter(p))
                     .map_err(|e| errors.extend(e))
                     .ok()
             }
-            None => None,
+            _ => None,
         };
         if let Some(def) = &def {
             import::check_importable(def, obj, &mut errors);
-            if let Some(values) = &values {
-                errors.extend(super::oauth::jwt_bearer_value_errors(def, values));
+            if let (Some(values), Some(defaults)) = (&values, &defaults) {
+                let changes = obj.get("values").and_then(|v| v.get(PRIVATE_KEY_INPUT));
+                let key_written = changes.is_some_and(|v| !v.is_null());
+                errors.extend(super::oauth::jwt_bearer_value_errors(def, values, defaults, key_written));
             }
         }
         let (Some(def), Some(scope), Some(values), true) = (def, scope, values, errors.is_empty()) else {
@@ -431,7 +436,8 @@ impl Service {
                 let values =
                     validate::apply_values(&def.inputs, &defaults, &inherited_inputs(&def), base, changes, setter(p))
                         .map_err(ServiceError::Invalid)?;
-                let key_errors = super::oauth::jwt_bearer_value_errors(&def, &values);
+                let key_written = changes.get(PRIVATE_KEY_INPUT).is_some_and(|v| !v.is_null());
+                let key_errors = super::oauth::jwt_bearer_value_errors(&def, &values, &defaults, key_written);
                 if !key_errors.is_empty() {
                     return Err(ServiceError::Invalid(key_errors));
                 }

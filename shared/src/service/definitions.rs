@@ -42,6 +42,16 @@ impl Service {
                 }
             }
         }
+        if spec.keep_secret_defaults.contains(validate::PRIVATE_KEY_INPUT)
+            && let Some(kept) = secrets.get(validate::PRIVATE_KEY_INPUT)
+            && spec.auth == crate::domain::AuthKind::Oauth2JwtBearer
+        {
+            // The stored key was checked for the algorithm of its day; a new one must fit it too.
+            let errors = super::oauth::jwt_bearer_kept_key_errors(&spec.inputs, kept);
+            if !errors.is_empty() {
+                return Err(ServiceError::Invalid(errors));
+            }
+        }
         let ctx = EncryptionContext::definition(&p.org, &key);
         let sealed = if secrets.is_empty() { None } else { Some(self.envelope.seal_secrets(&ctx, &secrets).await?) };
 

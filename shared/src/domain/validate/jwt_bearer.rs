@@ -43,9 +43,10 @@ impl AssertionAlgorithm {
         }
     }
 
-    /// Parses a PEM private key for this algorithm: PKCS#1 or PKCS#8 RSA for `RS256`, PKCS#8
-    /// P-256 for `ES256`. The key is also tried on a throwaway signature, since some keys parse
-    /// and still cannot sign (an RSA key under 2048 bits).
+    /// Parses a PEM private key for this algorithm, without signing anything: PKCS#1 or PKCS#8
+    /// RSA for `RS256`, PKCS#8 P-256 for `ES256` (a key of the other type does not parse). This
+    /// is what each token request does; whether the key can sign is [`Self::check_key`]'s, when
+    /// it is written.
     ///
     /// # Errors
     /// A message for the field, never the key or any part of it.
@@ -57,14 +58,27 @@ impl AssertionAlgorithm {
             Self::Rs256 => EncodingKey::from_rsa_pem(pem.as_bytes()),
             Self::Es256 => EncodingKey::from_ec_pem(pem.as_bytes()),
         };
-        let wrong = match self {
+        parsed.map_err(|_| self.wrong_key())
+    }
+
+    /// Checks a key when it is written: it parses for this algorithm ([`Self::signing_key`]) and
+    /// signs a throwaway assertion, since some keys parse and still cannot sign (an RSA key under
+    /// 2048 bits).
+    ///
+    /// # Errors
+    /// A message for the field, never the key or any part of it.
+    pub fn check_key(self, pem: &str) -> Result<(), &'static str> {
+        let key = self.signing_key(pem)?;
+        let header = jsonwebtoken::Header::new(self.jose());
+        jsonwebtoken::encode(&header, &serde_json::json!({}), &key).map(drop).map_err(|_| self.wrong_key())
+    }
+
+    /// What a key that does not fit this algorithm is told.
+    fn wrong_key(self) -> &'static str {
+        match self {
             Self::Rs256 => "must be a PEM RSA private key (PKCS#1 or PKCS#8, 2048 bits or more) for RS256",
             Self::Es256 => "must be a PEM P-256 EC private key (PKCS#8) for ES256",
-        };
-        let key = parsed.map_err(|_| wrong)?;
-        let header = jsonwebtoken::Header::new(self.jose());
-        jsonwebtoken::encode(&header, &serde_json::json!({}), &key).map_err(|_| wrong)?;
-        Ok(key)
+        }
     }
 }
 
@@ -106,7 +120,7 @@ pub fn check_assertion_values(
         return errors;
     };
     if let Some(pem) = secret.get(PRIVATE_KEY_INPUT)
-        && let Err(message) = algorithm.signing_key(pem.expose_secret())
+        && let Err(message) = algorithm.check_key(pem.expose_secret())
     {
         errors.push(FieldError::new(format!("{prefix}{PRIVATE_KEY_INPUT}{suffix}"), message));
     }

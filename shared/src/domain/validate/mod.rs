@@ -28,7 +28,7 @@ mod tokens;
 mod values;
 
 pub use definition::{DefinitionSpec, definition_from_json};
-pub use jwt_bearer::{AssertionAlgorithm, PRIVATE_KEY_INPUT, check_assertion_values};
+pub use jwt_bearer::{ALGORITHM_INPUT, AssertionAlgorithm, PRIVATE_KEY_INPUT, check_assertion_values};
 pub use tokens::{ImportedExpiry, ImportedTokens, MAX_IMPORT_LIFETIME_SECS, imported_tokens};
 pub use values::{Setter, Values, apply_values};
 

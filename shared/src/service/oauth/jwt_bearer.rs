@@ -19,12 +19,9 @@ use time::OffsetDateTime;
 
 use std::collections::BTreeMap;
 
-use crate::domain::validate::{AssertionAlgorithm, PRIVATE_KEY_INPUT, Values, check_assertion_values};
-use crate::domain::{AuthKind, Connection, Definition, FieldError};
+use crate::domain::validate::{ALGORITHM_INPUT, AssertionAlgorithm, PRIVATE_KEY_INPUT, Values, check_assertion_values};
+use crate::domain::{AuthKind, Connection, Definition, FieldError, Input};
 use crate::service::Service;
-
-/// The input naming the signature algorithm.
-const ALGORITHM_INPUT: &str = "algorithm";
 
 /// How long an assertion is valid: `exp` is this long after `iat`.
 pub const ASSERTION_LIFETIME: time::Duration = time::Duration::minutes(5);
@@ -143,23 +140,54 @@ impl AssertionSigner {
 
 /// The field errors (422) of a JWT bearer connection's new values: an `algorithm` that is not
 /// `RS256` or `ES256`, a `privateKey` of its own that does not parse for the effective algorithm
-/// (its own, else the definition's). Empty for other kinds. The key is never quoted.
-pub(crate) fn value_errors(def: &Definition, values: &Values) -> Vec<FieldError> {
+/// (its own, else the definition's). Empty for other kinds. A key the change did not write
+/// (`key_written` false: the connection's kept key, or the definition's key it inherits, taken
+/// from the unsealed `defaults`) that does not fit a new `algorithm` is that algorithm's error,
+/// `values.algorithm`, so a connection never holds settings it cannot sign with. The key is never
+/// quoted.
+pub(crate) fn value_errors(def: &Definition, values: &Values, defaults: &Values, key_written: bool) -> Vec<FieldError> {
     if def.auth != AuthKind::Oauth2JwtBearer {
         return Vec::new();
     }
-    let algorithm = values
-        .plain
-        .get(ALGORITHM_INPUT)
+    let own_algorithm = values.plain.get(ALGORITHM_INPUT);
+    let algorithm = own_algorithm
         .or_else(|| def.inputs.get(ALGORITHM_INPUT).and_then(|i| i.default.as_ref()))
         .map(|a| (ALGORITHM_INPUT.to_owned(), a.clone()));
-    let key = values.secret.get(PRIVATE_KEY_INPUT).map(|k| (PRIVATE_KEY_INPUT.to_owned(), k.clone()));
-    check_assertion_values(
-        &algorithm.into_iter().collect(),
-        &key.into_iter().collect::<BTreeMap<_, _>>(),
-        "values.",
-        "",
-    )
+    let own_key = values.secret.get(PRIVATE_KEY_INPUT);
+    let inherited_key = own_algorithm
+        .filter(|_| own_key.is_none() && def.by_reference(PRIVATE_KEY_INPUT))
+        .and_then(|_| defaults.secret.get(PRIVATE_KEY_INPUT));
+    let key = own_key.or(inherited_key).map(|k| (PRIVATE_KEY_INPUT.to_owned(), k.clone()));
+    let kept = key.is_some() && !(key_written && own_key.is_some());
+    let mut errors =
+        check_assertion_values(&algorithm.into_iter().collect(), &key.into_iter().collect(), "values.", "");
+    if kept {
+        rename_kept_key_errors(&mut errors, "values.privateKey", "values.algorithm");
+    }
+    errors
+}
+
+/// The field errors (422) of a definition re-PUT that keeps its stored private key (`{"set":
+/// true}`): the kept key, unsealed, must fit the new `algorithm` default (absent: `RS256`), else
+/// every connection would fail at its next token request. Errors name
+/// `inputs.algorithm.default` and never quote the key.
+pub(crate) fn kept_key_errors(inputs: &indexmap::IndexMap<String, Input>, kept: &SecretString) -> Vec<FieldError> {
+    let algorithm = inputs.get(ALGORITHM_INPUT).and_then(|i| i.default.clone());
+    let plain = algorithm.map(|a| (ALGORITHM_INPUT.to_owned(), a)).into_iter().collect();
+    let secret = BTreeMap::from([(PRIVATE_KEY_INPUT.to_owned(), kept.clone())]);
+    let mut errors = check_assertion_values(&plain, &secret, "inputs.", ".default");
+    rename_kept_key_errors(&mut errors, "inputs.privateKey.default", "inputs.algorithm.default");
+    errors
+}
+
+/// A kept key that does not fit is the new algorithm's error: the caller did not send the key.
+fn rename_kept_key_errors(errors: &mut [FieldError], key_field: &str, algorithm_field: &str) {
+    for e in errors.iter_mut().filter(|e| e.field == key_field) {
+        *e = FieldError::new(
+            algorithm_field,
+            format!("does not fit the private key kept (it {}): send a new private key with it", e.message),
+        );
+    }
 }
 
 impl Service {

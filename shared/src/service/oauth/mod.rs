@@ -19,12 +19,15 @@ pub use authorize::{AuthorizeResponse, STATE_TTL, state_hash};
 pub use callback::CallbackOutcome;
 pub use device::{Authorization, DeviceAuthorizeResponse};
 pub use jwt_bearer::ASSERTION_LIFETIME;
-pub(crate) use jwt_bearer::{AssertionInputs, AssertionSigner, value_errors as jwt_bearer_value_errors};
+pub(crate) use jwt_bearer::{
+    AssertionInputs, AssertionSigner, kept_key_errors as jwt_bearer_kept_key_errors,
+    value_errors as jwt_bearer_value_errors,
+};
 pub(crate) use tokens::TokenSecrets;
 
 use super::{Result, Service, ServiceError};
 use crate::catalog::{self, Provider};
-use crate::domain::validate::{PRIVATE_KEY_INPUT, check_secure_url, is_loopback_host};
+use crate::domain::validate::{ALGORITHM_INPUT, PRIVATE_KEY_INPUT, check_secure_url, is_loopback_host};
 use crate::domain::{AuthKind, Connection, Definition, FieldError, OAuthQuirks, origin_of};
 use crate::provider::destination::{DestinationError, check_public_destination};
 use crate::provider::request::GrantRequest;
@@ -221,7 +224,7 @@ impl Service {
                     issuer: text(ISSUER_INPUT),
                     subject: text("subject"),
                     audience: text("audience"),
-                    algorithm: text("algorithm"),
+                    algorithm: text(ALGORITHM_INPUT),
                     key_id: text("keyId"),
                     private_key,
                     token_url: token.url.as_str(),
