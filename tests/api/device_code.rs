@@ -103,7 +103,13 @@ async fn an_approved_device_code_makes_the_connection_configured_and_its_token_u
     assert!(expires_at > time::OffsetDateTime::now_utc() + Duration::from_secs(500), "{started}");
     assert!(started.get("device_code").is_none() && started.get("authorize_url").is_none(), "{started}");
     assert_eq!(oidc.stats().await["events"][0]["type"], "device_authorization");
-    assert!(!connection(&app, &id).await.to_string().contains(&user_code), "reads show no device authorization");
+    let read = connection(&app, &id).await;
+    assert_eq!(read["device"]["user_code"], user_code, "reads show the authorization in progress: {read}");
+    assert_eq!(read["device"]["verification_uri"], started["verification_uri"], "{read}");
+    assert_eq!(read["device"]["verification_uri_complete"], started["verification_uri_complete"], "{read}");
+    assert_eq!(read["device"]["expires_at"], started["expires_at"], "{read}");
+    assert_eq!(read["device"]["interval"], 1, "{read}");
+    assert!(read["device"].get("device_code").is_none(), "the device code stays sealed: {read}");
 
     // Polled while the user has not approved: still pending.
     eventually(Duration::from_secs(20), "a poll while pending", || async { !polls(&oidc).await.is_empty() }).await;
@@ -112,6 +118,8 @@ async fn an_approved_device_code_makes_the_connection_configured_and_its_token_u
 
     oidc.approve_device(&user_code).await;
     status_becomes(&app, &id, "configured").await;
+    let read = connection(&app, &id).await;
+    assert!(read.get("device").is_none(), "no device member once approved: {read}");
     let runtime = app.token(ORG, None, &["runtime"]).await;
     let found = app.lookup(&runtime, &id, &json!({"min_valid_seconds": 0})).await;
     found.assert_status(StatusCode::OK);
@@ -170,6 +178,7 @@ async fn an_expired_device_code_leaves_the_connection_pending_and_says_so() {
     .await;
     let c = connection(&app, &id).await;
     assert_eq!(c["status"], "pending", "{c}");
+    assert!(c.get("device").is_none(), "a lapsed authorization is no longer shown: {c}");
     let polled = polls(&oidc).await.len();
     assert!(polled >= 1, "polled while it lived");
     app.sweeps_run(2).await;
@@ -380,4 +389,105 @@ async fn serve_polls_device_codes_between_slow_sweeps() {
     assert!(all.len() >= 3 && all[..2].iter().all(|e| e["error"] == "authorization_pending"), "{all:?}");
     let at: Vec<i64> = all.iter().map(|e| e["at"].as_i64().unwrap()).collect();
     assert!(at.windows(2).all(|w| w[1] - w[0] >= 950), "never sooner than the interval: {at:?}");
+}
+
+/// A browser on the connect page of a new session of customer `c-2` offering `idp-device`.
+struct ConnectBrowser {
+    client: reqwest::Client,
+    cookie: String,
+    page_path: String,
+}
+
+impl ConnectBrowser {
+    async fn open(app: &TestApp) -> Self {
+        use reqwest::header::{LOCATION, SET_COOKIE};
+        let org = app.token(ORG, None, &[]).await;
+        let body = json!({"customer": "c-2", "definitions": ["idp-device"]});
+        let session = app.request(Method::POST, "/v1/connect/sessions", Some(&org), Some(&body)).await;
+        session.assert_status(StatusCode::CREATED);
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().build().unwrap();
+        let traded = client.get(session.body["url"].as_str().unwrap()).send().await.unwrap();
+        assert_eq!(traded.status(), StatusCode::SEE_OTHER);
+        let cookie = traded.headers()[SET_COOKIE].to_str().unwrap().split(';').next().unwrap().to_owned();
+        let page_path = traded.headers()[LOCATION].to_str().unwrap().to_owned();
+        Self { client, cookie, page_path }
+    }
+
+    async fn page(&self, app: &TestApp) -> String {
+        let request = self.client.get(app.url(&self.page_path)).header(reqwest::header::COOKIE, &self.cookie);
+        request.send().await.unwrap().text().await.unwrap()
+    }
+
+    /// Presses Connect (the new-connection one, or the row of `connection_id`): the answer's
+    /// user code.
+    async fn connect(&self, app: &TestApp, connection_id: Option<&str>) -> String {
+        let html = self.page(app).await;
+        let csrf = html.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_owned();
+        let mut form = vec![("csrf", csrf.as_str()), ("definition", "idp-device")];
+        form.extend(connection_id.map(|id| ("connection_id", id)));
+        let pressed = self
+            .client
+            .post(app.url(&format!("{}/authorize", self.page_path)))
+            .header(reqwest::header::COOKIE, &self.cookie)
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(pressed.status(), StatusCode::OK);
+        user_code_on(&pressed.text().await.unwrap()).unwrap_or_else(|| panic!("no user code after Connect"))
+    }
+}
+
+/// The user code a page shows, if any.
+fn user_code_on(html: &str) -> Option<String> {
+    html.split("data-user-code=\"\">").nth(1).and_then(|r| r.split('<').next()).map(str::to_owned)
+}
+
+/// The customer left the code page and came back: the page still shows the code and links, and
+/// pressing Connect again shows the same code rather than replacing one they may have typed.
+#[tokio::test]
+async fn the_connect_page_keeps_showing_a_pending_code_and_connect_does_not_replace_it() {
+    let app = serve().await;
+    let oidc = provider(json!({})).await;
+    device_connection(&app, &oidc).await;
+    let browser = ConnectBrowser::open(&app).await;
+    let user_code = browser.connect(&app, None).await;
+
+    let html = browser.page(&app).await;
+    assert_eq!(user_code_on(&html).as_deref(), Some(user_code.as_str()), "the code on every load: {html}");
+    assert!(html.contains(&format!("href=\"{}/device\"", oidc.issuer)), "the verification link: {html}");
+    assert!(html.contains(&format!("{}/device?user_code=", oidc.issuer)), "the complete link: {html}");
+    let id = html.split("data-connection-id=\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_owned();
+
+    assert_eq!(browser.connect(&app, None).await, user_code, "the new-connection button reuses the pending one");
+    assert_eq!(browser.connect(&app, Some(&id)).await, user_code, "the row's Connect shows the same code");
+    let asked =
+        oidc.stats().await["events"].as_array().unwrap().iter().filter(|e| e["type"] == "device_authorization").count();
+    assert_eq!(asked, 1, "one device authorization for three presses");
+
+    oidc.approve_device(&user_code).await;
+    eventually(Duration::from_secs(30), "the page shows the connection configured", || async {
+        browser.page(&app).await.contains("data-status=\"configured\"")
+    })
+    .await;
+    assert_eq!(user_code_on(&browser.page(&app).await), None, "no code once approved");
+}
+
+/// Once the code lapsed, the page no longer shows it and Connect starts a new authorization.
+#[tokio::test]
+async fn connect_after_a_lapsed_code_shows_a_new_one() {
+    let app = serve().await;
+    let oidc = provider(json!({"device_code_ttl": 3})).await;
+    device_connection(&app, &oidc).await;
+    let browser = ConnectBrowser::open(&app).await;
+    let first = browser.connect(&app, None).await;
+    eventually(Duration::from_secs(30), "the page no longer shows the lapsed code", || async {
+        let html = browser.page(&app).await;
+        user_code_on(&html).is_none() && html.contains("data-status=\"pending\"")
+    })
+    .await;
+    let second = browser.connect(&app, None).await;
+    assert_ne!(second, first, "a new code once the old one lapsed");
+    let html = browser.page(&app).await;
+    assert_eq!(user_code_on(&html).as_deref(), Some(second.as_str()), "{html}");
 }

@@ -88,6 +88,14 @@ pub struct ConnectionView {
     /// variable); absent for other connections.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_context: Option<crate::domain::ConnectContext>,
+    /// An `oauth2_device_code` connection's device authorization in progress (RFC 8628): the
+    /// user code, where to enter it, when it lapses and the poll interval in seconds, as
+    /// authorize answered them (the device code itself stays sealed, never shown). Absent
+    /// when none is in progress: never started, approved, denied, disconnected, or lapsed (the
+    /// connection then stays `pending` and its log has an `authorize_failed` line saying the
+    /// code expired; authorizing again shows a new code).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<super::DeviceAuthorizeResponse>,
     pub version: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -142,9 +150,23 @@ impl ConnectionView {
                 .filter(|t| t.has_refresh_token)
                 .and_then(|t| t.refresh_token_expires_at),
             connect_context: c.connect_context.clone(),
+            device: c.device.as_ref().map(super::DeviceAuthorizeResponse::from),
             version: c.version,
             created_at: c.created_at,
             updated_at: c.updated_at,
+        }
+    }
+}
+
+/// What a device authorization in progress shows: everything but the sealed device code.
+impl From<&crate::domain::DeviceAuthorization> for super::DeviceAuthorizeResponse {
+    fn from(d: &crate::domain::DeviceAuthorization) -> Self {
+        Self {
+            user_code: d.user_code.clone(),
+            verification_uri: d.verification_uri.clone(),
+            verification_uri_complete: d.verification_uri_complete.clone(),
+            expires_at: d.expires_at,
+            interval: d.interval_secs,
         }
     }
 }

@@ -110,20 +110,7 @@ pub fn device_page(session_id: &str, label: &str, d: &DeviceAuthorizeResponse) -
     let content = html! {
         div.device {
             h1 { (title) }
-            p {
-                "Go to "
-                a.verification href=(d.verification_uri) rel="noreferrer" target="_blank" { (d.verification_uri) }
-                " and enter this code:"
-            }
-            p { code.user-code data-user-code="" { (d.user_code) } }
-            @if let Some(complete) = &d.verification_uri_complete {
-                p {
-                    a.verification-complete href=(complete) rel="noreferrer" target="_blank" {
-                        "Open the page with the code filled in"
-                    }
-                }
-            }
-            p.expires { "The code expires at " (when(d.expires_at)) "." }
+            (device_code(d))
             p {
                 a.back href=(format!("/connect/{session_id}")) {
                     "Back to the connections (the status shows once you have approved)"
@@ -132,6 +119,28 @@ pub fn device_page(session_id: &str, label: &str, d: &DeviceAuthorizeResponse) -
         }
     };
     document(&title, session_id, "", "", content)
+}
+
+/// A device authorization's user code, where to enter it (and the link with the code filled
+/// in, when the provider has one) and when it expires: on the Connect button's answer and in the
+/// row of a connection whose authorization is in progress.
+fn device_code(d: &DeviceAuthorizeResponse) -> Markup {
+    html! {
+        p {
+            "Go to "
+            a.verification href=(d.verification_uri) rel="noreferrer" target="_blank" { (d.verification_uri) }
+            " and enter this code:"
+        }
+        p { code.user-code data-user-code="" { (d.user_code) } }
+        @if let Some(complete) = &d.verification_uri_complete {
+            p {
+                a.verification-complete href=(complete) rel="noreferrer" target="_blank" {
+                    "Open the page with the code filled in"
+                }
+            }
+        }
+        p.expires { "The code expires at " (when(d.expires_at)) "." }
+    }
 }
 
 /// What the refused and expired links show (HTTP 403).
@@ -233,6 +242,9 @@ fn connection(v: &PageView<'_>, def: &PageDefinition, c: &PageConnection) -> Mar
             }
             @if !c.editable {
                 p.meta { "Managed by your administrator." }
+            }
+            @if let Some(d) = &c.device {
+                div.device-pending { (device_code(d)) }
             }
             @if c.editable {
                 @if def.oauth {
@@ -525,6 +537,7 @@ mod tests {
             // A password value in the connection's values must not show even if it got there.
             values: [("apiKey".to_owned(), json!("sk_in_values")), ("region".to_owned(), json!("eu"))].into(),
             logs: Vec::new(),
+            device: None,
         };
         ConnectPage {
             context: ConnectContext::default(),

@@ -97,6 +97,9 @@ pub struct PageConnection {
     pub values: BTreeMap<String, Value>,
     /// The newest [`PAGE_LOG_LINES`] log lines, newest first.
     pub logs: Vec<LogEntry>,
+    /// A device-flow connection's device authorization in progress: the row shows its user
+    /// code and links on every load until it is approved, refused or lapses.
+    pub device: Option<DeviceAuthorizeResponse>,
 }
 
 /// What the Connect button starts: where the browser goes next.
@@ -253,6 +256,8 @@ impl Service {
             secrets_held: held.into_keys().collect(),
             values,
             logs,
+            // A lapsed code is not worth typing (the sweep ends it at its next poll).
+            device: view.device.filter(|d| d.expires_at > self.clock.now()),
         })
     }
 
@@ -423,13 +428,29 @@ impl Service {
         };
         if device {
             // Nothing comes back to this browser: the customer approves the code anywhere, the
-            // sweep polls, and the page shows the status once polled.
+            // sweep polls, and the page shows the status once polled. A code still valid is
+            // shown again (the customer may have typed it already); only a lapsed one is renewed.
+            if let Some(shown) = self.device_in_progress(s, &id).await? {
+                return Ok(PageAuthorization { authorize_url: String::new(), label: def.label, device: Some(shown) });
+            }
             let started = self.authorize_device(&customer(s), id.as_str()).await?;
             return Ok(PageAuthorization { authorize_url: String::new(), label: def.label, device: Some(started) });
         }
         let binding = BrowserBinding { session: s.id.clone(), hash };
         let started = self.authorize_bound(&customer(s), id.as_str(), public_url, Some(binding)).await?;
         Ok(PageAuthorization { authorize_url: started.authorize_url, label: def.label, device: None })
+    }
+
+    /// Connection `id`'s device authorization, when one is in progress and its code has not
+    /// lapsed yet (the sweep ends a lapsed one at its next poll).
+    async fn device_in_progress(
+        &self,
+        s: &ConnectSession,
+        id: &ConnectionId,
+    ) -> Result<Option<DeviceAuthorizeResponse>> {
+        let c = self.store.get_connection(&s.org, id).await?.ok_or(ServiceError::NotFound)?;
+        let now = self.clock.now();
+        Ok(c.device.as_ref().filter(|d| d.expires_at > now).map(DeviceAuthorizeResponse::from))
     }
 
     /// The Disconnect button: the API's disconnect, as the customer.
