@@ -1,5 +1,5 @@
 """How the tests read and drive the connect page, through its markup contract only (the
-classes and data- attributes listed at the top of shared/src/http/connect/view.rs:
+classes and data- attributes listed at the top of shared/src/http/connect/view/mod.rs:
 `body[data-session]`, `section.definition[data-definition]`, `li.connection[data-status]`,
 `.status`, `.error-message`, `details.logs`, `button[data-action]`, `form.values-form`,
 `.field-error[data-field]`, `.banner`), and the provider's login and consent pages."""
