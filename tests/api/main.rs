@@ -11,7 +11,6 @@ mod harness;
 mod auth;
 mod catalog;
 mod connect_page;
-mod connect_page_trial;
 mod connect_sessions;
 mod dependency_timeouts;
 mod device_code;

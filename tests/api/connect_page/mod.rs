@@ -16,6 +16,7 @@ use crate::harness::{Backend, TestApp, random_hex, random_secret};
 
 mod oauth;
 mod samples;
+mod trial;
 
 const ORG: &str = "acme";
 const CUSTOMER: &str = "c-1";
@@ -64,6 +65,17 @@ impl Page {
 
     fn location(&self) -> &str {
         self.header(LOCATION)
+    }
+
+    /// The `li.connection` of `id`, from its opening tag to the next row's (or the list's end).
+    fn row(&self, id: &str) -> &str {
+        let start = self
+            .html
+            .find(&format!("data-connection-id=\"{id}\""))
+            .unwrap_or_else(|| panic!("no row {id} in {}", self.html));
+        let rest = &self.html[start..];
+        let end = rest[1..].find("<li class=\"connection\"").map_or(rest.len(), |e| e + 1);
+        &rest[..end]
     }
 
     /// The value of the first `name="csrf"` hidden input.

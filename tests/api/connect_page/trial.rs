@@ -5,13 +5,10 @@
 //! not internal messages; Disconnect asks first and says "Disconnected" after; and the wording
 //! of a bad `parent_origin` and of a lookup on a disconnected API-key connection.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
-use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use super::Browser;
 use crate::harness::TestApp;
 
 const ORG: &str = "acme";
@@ -26,95 +23,6 @@ fn api_key_definition() -> Value {
             "region": {"type": "string", "label": "Region", "visibility": "customer"}
         }
     })
-}
-
-/// A browser that follows no redirect and keeps its cookies.
-struct Browser {
-    client: reqwest::Client,
-    base: String,
-    cookies: BTreeMap<String, String>,
-}
-
-/// One answer: status, `Location`, body.
-#[derive(Debug)]
-struct Page {
-    status: StatusCode,
-    location: String,
-    html: String,
-}
-
-impl Page {
-    /// The first `name="csrf"` hidden input's value.
-    fn csrf(&self) -> String {
-        let marker = "name=\"csrf\" value=\"";
-        let at = self.html.find(marker).unwrap_or_else(|| panic!("no csrf in {}", self.html));
-        let rest = &self.html[at + marker.len()..];
-        rest[..rest.find('"').unwrap()].to_owned()
-    }
-
-    /// The `li.connection` of `id`, from its opening tag to the next row's (or the list's end).
-    fn row(&self, id: &str) -> &str {
-        let start = self
-            .html
-            .find(&format!("data-connection-id=\"{id}\""))
-            .unwrap_or_else(|| panic!("no row {id} in {}", self.html));
-        let rest = &self.html[start..];
-        let end = rest[1..].find("<li class=\"connection\"").map_or(rest.len(), |e| e + 1);
-        &rest[..end]
-    }
-}
-
-impl Browser {
-    fn new(app: &TestApp) -> Self {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap();
-        Browser { client, base: app.url(""), cookies: BTreeMap::new() }
-    }
-
-    async fn send(&mut self, mut req: reqwest::RequestBuilder) -> Page {
-        if !self.cookies.is_empty() {
-            let header: Vec<String> = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            req = req.header(COOKIE, header.join("; "));
-        }
-        let res = req.send().await.expect("send");
-        for set in res.headers().get_all(SET_COOKIE) {
-            let (name, value) = set.to_str().unwrap().split(';').next().unwrap().split_once('=').unwrap();
-            self.cookies.insert(name.trim().to_owned(), value.trim().to_owned());
-        }
-        let status = res.status();
-        let location = res.headers().get(LOCATION).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-        Page { status, location, html: res.text().await.unwrap() }
-    }
-
-    async fn get(&mut self, url: &str) -> Page {
-        let url = if url.starts_with("http") { url.to_owned() } else { format!("{}{url}", self.base) };
-        let req = self.client.get(url);
-        self.send(req).await
-    }
-
-    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
-        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish();
-        let req = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(body);
-        self.send(req).await
-    }
-
-    /// Opens a connect link: the session id and its page.
-    async fn open(&mut self, link: &str) -> (String, Page) {
-        let traded = self.get(link).await;
-        assert_eq!(traded.status, StatusCode::SEE_OTHER, "{}", traded.html);
-        let id = traded.location.strip_prefix("/connect/").unwrap().to_owned();
-        let page = self.get(&traded.location).await;
-        assert_eq!(page.status, StatusCode::OK, "{}", page.html);
-        (id, page)
-    }
 }
 
 async fn setup(app: &TestApp) -> String {
@@ -232,7 +140,7 @@ async fn a_session_naming_a_connection_reaches_it_unless_it_names_another_instan
         let fields = [("csrf", page.csrf()), ("definition", "acme-api".into()), ("value.apiKey", "sk_test_9".into())];
         let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let saved = browser.post(&format!("/connect/{id}/values"), &fields).await;
-        assert_eq!(saved.location, format!("/connect/{id}?connected={nine}"), "{}", saved.html);
+        assert_eq!(saved.location(), format!("/connect/{id}?connected={nine}"), "{}", saved.html);
     }
 }
 
@@ -253,8 +161,8 @@ async fn disconnect_asks_first_says_so_after_and_the_wiped_key_is_required_again
     let cut =
         browser.post(&format!("/connect/{id}/disconnect"), &[("csrf", &page.csrf()), ("connection_id", &cid)]).await;
     assert_eq!(cut.status, StatusCode::SEE_OTHER, "{}", cut.html);
-    assert_eq!(cut.location, format!("/connect/{id}?disconnected={cid}"));
-    let after = browser.get(&cut.location).await;
+    assert_eq!(cut.location(), format!("/connect/{id}?disconnected={cid}"));
+    let after = browser.get(cut.location()).await;
     assert!(after.html.contains("<div class=\"banner success\" role=\"status\">Disconnected</div>"), "{}", after.html);
     let row = after.row(&cid);
     assert!(row.contains("<span class=\"log-type\">Disconnected</span>"), "{row}");
@@ -276,7 +184,7 @@ async fn disconnect_asks_first_says_so_after_and_the_wiped_key_is_required_again
     assert_eq!(blank.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", blank.html);
     let with_key = [fields[0], fields[1], fields[2], ("value.apiKey", "sk_test_2")];
     let saved = browser.post(&format!("/connect/{id}/values"), &with_key).await;
-    assert_eq!(saved.location, format!("/connect/{id}?connected={cid}"), "{}", saved.html);
+    assert_eq!(saved.location(), format!("/connect/{id}?connected={cid}"), "{}", saved.html);
 }
 
 #[tokio::test]
