@@ -294,35 +294,18 @@ impl OidcServer {
         let mut trail = Vec::new();
         for _ in 0..MAX_HOPS {
             trail.push(url.to_string());
-            let request = match form.take() {
-                Some(fields) => client.post(url.clone()).form(&fields),
-                None => client.get(url.clone()),
+            let body = match hop(&client, &mut jar, &url, form.take(), &trail).await {
+                Hop::Redirect(next) => {
+                    url = next;
+                    continue;
+                }
+                Hop::Page(body) => body,
             };
-            let request = match jar.header_for(&url) {
-                Some(cookies) => request.header(COOKIE, cookies),
-                None => request,
-            };
-            let response = request.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
-            jar.store(&url, &response);
-            let status = response.status();
-            if status.is_redirection() {
-                let location = response
-                    .headers()
-                    .get(LOCATION)
-                    .and_then(|l| l.to_str().ok())
-                    .unwrap_or_else(|| panic!("{url}: {status} without a Location"));
-                url = url.join(location).unwrap_or_else(|e| panic!("{url}: bad Location {location}: {e}"));
-                continue;
-            }
-            let body = response.text().await.unwrap_or_default();
-            assert!(status.is_success(), "{url}: {status} {body}\nafter {trail:#?}");
             let xsrf = || {
                 let start = body.find(r#"name="xsrf" value=""#).map(|i| i + r#"name="xsrf" value=""#.len());
                 let start = start.unwrap_or_else(|| panic!("{url}: no xsrf field:\n{body}"));
                 body[start..].split('"').next().unwrap_or_default().to_owned()
             };
-            let owned =
-                |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
             if body.contains("Sign-in Success") {
                 assert!(approve, "the provider approved a code the user aborted");
                 return;
@@ -349,42 +332,26 @@ impl OidcServer {
         let client = http();
         let mut jar = CookieJar::default();
         let mut url = Url::parse(authorize_url).unwrap_or_else(|e| panic!("bad authorize URL {authorize_url}: {e}"));
-        let mut form: Option<Vec<(&str, &str)>> = None;
+        let mut form: Option<Vec<(String, String)>> = None;
         let mut trail = Vec::new();
         for _ in 0..MAX_HOPS {
             trail.push(url.to_string());
-            let request = match form.take() {
-                Some(fields) => client.post(url.clone()).form(&fields),
-                None => client.get(url.clone()),
-            };
-            let request = match jar.header_for(&url) {
-                Some(cookies) => request.header(COOKIE, cookies),
-                None => request,
-            };
-            let response = request.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
-            jar.store(&url, &response);
-            let status = response.status();
-            if status.is_redirection() {
-                let location = response
-                    .headers()
-                    .get(LOCATION)
-                    .and_then(|l| l.to_str().ok())
-                    .unwrap_or_else(|| panic!("{url}: {status} without a Location"));
-                let next = url.join(location).unwrap_or_else(|e| panic!("{url}: bad Location {location}: {e}"));
-                if !next.as_str().starts_with(&format!("{}/", self.issuer)) {
+            let body = match hop(&client, &mut jar, &url, form.take(), &trail).await {
+                Hop::Redirect(next) if !next.as_str().starts_with(&format!("{}/", self.issuer)) => {
                     return next.to_string();
                 }
-                url = next;
-                continue;
-            }
-            let body = response.text().await.unwrap_or_default();
-            assert!(status.is_success(), "{url}: {status} {body}\nafter {trail:#?}");
+                Hop::Redirect(next) => {
+                    url = next;
+                    continue;
+                }
+                Hop::Page(body) => body,
+            };
             // The devInteractions pages: a login form, then a consent form.
             if body.contains(r#"name="prompt" value="login""#) {
-                form = Some(vec![("prompt", "login"), ("login", TEST_USER), ("password", "test-password")]);
+                form = Some(owned(&[("prompt", "login"), ("login", TEST_USER), ("password", "test-password")]));
             } else if body.contains(r#"name="prompt" value="consent""#) {
                 if consent {
-                    form = Some(vec![("prompt", "consent")]);
+                    form = Some(owned(&[("prompt", "consent")]));
                 } else {
                     url = url.join(&format!("{}/abort", url.path())).expect("abort URL");
                 }
@@ -560,4 +527,51 @@ fn path_matches(request_path: &str, cookie_path: &str) -> bool {
     request_path == cookie_path
         || (request_path.starts_with(cookie_path)
             && (cookie_path.ends_with('/') || request_path[cookie_path.len()..].starts_with('/')))
+}
+
+/// Owned form fields, as [`hop`] posts them.
+fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+/// Where one step of a browser through the provider's pages led.
+enum Hop {
+    /// A redirect, to this absolute URL.
+    Redirect(Url),
+    /// A 2xx page's body.
+    Page(String),
+}
+
+/// One step of a browser through the provider's pages: GET `url` (or POST `form` to it) with
+/// the cookies `jar` holds for it, keeping those it sets. Panics, naming `trail`, on a failure
+/// answer or a redirect without a usable `Location`.
+async fn hop(
+    client: &reqwest::Client,
+    jar: &mut CookieJar,
+    url: &Url,
+    form: Option<Vec<(String, String)>>,
+    trail: &[String],
+) -> Hop {
+    let request = match form {
+        Some(fields) => client.post(url.clone()).form(&fields),
+        None => client.get(url.clone()),
+    };
+    let request = match jar.header_for(url) {
+        Some(cookies) => request.header(COOKIE, cookies),
+        None => request,
+    };
+    let response = request.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+    jar.store(url, &response);
+    let status = response.status();
+    if status.is_redirection() {
+        let location = response
+            .headers()
+            .get(LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .unwrap_or_else(|| panic!("{url}: {status} without a Location"));
+        return Hop::Redirect(url.join(location).unwrap_or_else(|e| panic!("{url}: bad Location {location}: {e}")));
+    }
+    let body = response.text().await.unwrap_or_default();
+    assert!(status.is_success(), "{url}: {status} {body}\nafter {trail:#?}");
+    Hop::Page(body)
 }
