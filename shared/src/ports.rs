@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use crate::domain::{
     ConnectSession, Connection, ConnectionId, CustomerId, Definition, DefinitionKey, Event, IdempotencyRecord,
-    LogEntry, OAuthState, OrgId, RevocationJob, Status,
+    LogEntry, OAuthState, OrgId, RevocationJob, Status, Webhook, WebhookDelivery, WebhookId,
 };
 
 /// A boxed error from an adapter's backend (SQLite, an AWS SDK...). Never carries secret values:
@@ -188,6 +188,39 @@ pub trait Store: Send + Sync + 'static {
     /// Frees a key whose request failed: deletes the record if it still holds `claim.claim` and
     /// has no response; otherwise does nothing.
     async fn release_idempotency(&self, claim: &IdempotencyRecord) -> Result<(), StoreError>;
+
+    /// Writes `hook` (SPEC section 11): `Expect::Absent` creates it (`Conflict` if the id
+    /// exists); `Expect::Version(v)` replaces the stored version `v` (`Conflict` otherwise).
+    /// The caller sets `hook.version` (1 on create, `v + 1` on replace).
+    async fn put_webhook(&self, hook: &Webhook, expect: Expect) -> Result<(), StoreError>;
+    async fn get_webhook(&self, org: &OrgId, id: &WebhookId) -> Result<Option<Webhook>, StoreError>;
+    /// Every webhook of `org`, ordered by id.
+    async fn list_webhooks(&self, org: &OrgId) -> Result<Vec<Webhook>, StoreError>;
+    /// Deletes a webhook and its deliveries; `false` if there was none.
+    async fn delete_webhook(&self, org: &OrgId, id: &WebhookId) -> Result<bool, StoreError>;
+    /// Stores a new delivery unless one with its `(org, webhook_id, id)` exists: `true` when
+    /// written, `false` (nothing changed) when it existed. Of concurrent inserts of one id,
+    /// exactly one gets `true`.
+    async fn insert_delivery(&self, delivery: &WebhookDelivery) -> Result<bool, StoreError>;
+    async fn get_delivery(
+        &self,
+        org: &OrgId,
+        webhook: &WebhookId,
+        id: &str,
+    ) -> Result<Option<WebhookDelivery>, StoreError>;
+    /// The newest `limit` deliveries of a webhook, newest first (`created_at`, then `id`).
+    async fn list_deliveries(
+        &self,
+        org: &OrgId,
+        webhook: &WebhookId,
+        limit: usize,
+    ) -> Result<Vec<WebhookDelivery>, StoreError>;
+    /// Replaces a delivery if the stored one has version `expected_version` (`Conflict`
+    /// otherwise, or if it is gone). The caller sets `delivery.version = expected_version + 1`.
+    async fn update_delivery(&self, delivery: &WebhookDelivery, expected_version: u64) -> Result<(), StoreError>;
+    /// `Pending` deliveries of every organization with `next_attempt_at <= until`, soonest
+    /// first, at most `limit`.
+    async fn due_deliveries(&self, until: OffsetDateTime, limit: usize) -> Result<Vec<WebhookDelivery>, StoreError>;
 
     async fn append_log(&self, org: &OrgId, id: &ConnectionId, entry: &LogEntry) -> Result<(), StoreError>;
     /// The newest `limit` log entries of a connection, newest first.

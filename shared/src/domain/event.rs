@@ -57,6 +57,16 @@ impl EventType {
 pub struct Event {
     #[serde(skip)]
     pub kind: EventType,
+    /// Unique per event (a ULID): the key that makes webhook deliveries idempotent
+    /// ([`super::webhook::delivery_id`]).
+    pub event_id: String,
+    /// When it happened (the service clock; set by `Service::emit`).
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: time::OffsetDateTime,
+    /// Why, for the event types that have reasons (`Connection Expired`: `token_expired`,
+    /// `grant_refused`, `client_rejected`, `scopes_missing`, `credentials_rejected`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub org: OrgId,
     pub customer: Option<CustomerId>,
     pub connection_id: ConnectionId,
@@ -82,6 +92,9 @@ impl Event {
     pub fn about(kind: EventType, c: &Connection) -> Self {
         Self {
             kind,
+            event_id: ulid::Ulid::new().to_string(),
+            occurred_at: time::OffsetDateTime::now_utc(),
+            reason: None,
             org: c.org.clone(),
             customer: c.customer.clone(),
             connection_id: c.id.clone(),

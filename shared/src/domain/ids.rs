@@ -126,3 +126,10 @@ mod tests {
         assert!(ConnectionId::parse("con_123").is_err());
     }
 }
+string_id!(
+    /// A webhook endpoint of an organization, chosen by it (`PUT /v1/webhooks/{id}`, SPEC
+    /// section 11).
+    WebhookId,
+    tenant_id_ok,
+    "must be 1-128 characters of letters, digits and - _ . : @"
+);

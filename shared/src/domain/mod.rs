@@ -16,6 +16,7 @@ mod selector;
 pub mod tags;
 pub mod validate;
 mod verify;
+mod webhook;
 
 pub use connect::{ConnectContext, ConnectSession};
 pub use connection::{
@@ -25,7 +26,7 @@ pub use definition::{AuthKind, Definition, Input, InputType, OAUTH_APP_SETTINGS,
 pub use device::DeviceAuthorization;
 pub use event::{Event, EventType};
 pub use idempotency::{IdempotencyKey, IdempotencyRecord, StoredResponse};
-pub use ids::{ConnectionId, CustomerId, DefinitionKey, IdError, InstanceId, OrgId, UserId};
+pub use ids::{ConnectionId, CustomerId, DefinitionKey, IdError, InstanceId, OrgId, UserId, WebhookId};
 pub use log::{LogEntry, LogType};
 pub use oauth::{Capture, OAuthQuirks, RESERVED_TOKEN_PARAMS, Refusal, origin_of, provider_code};
 pub use principal::Principal;
@@ -38,6 +39,7 @@ pub use verify::{
     ACCESS_TOKEN, RenderError, TemplateError, Verdict, Verify, VerifyMethod, VerifyRequest, VerifyState,
     verify_from_json,
 };
+pub use webhook::{DeliveryAttempt, DeliveryStatus, Webhook, WebhookDelivery, WebhookSecrets, delivery_id};
 
 #[cfg(test)]
 mod tests {

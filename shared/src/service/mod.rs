@@ -111,7 +111,8 @@ impl Service {
     }
 
     /// Publishes an event. Delivery failures are logged, never turned into request failures.
-    async fn emit(&self, event: Event) {
+    async fn emit(&self, mut event: Event) {
+        event.occurred_at = self.clock.now();
         if let Err(e) = self.events.publish(&event).await {
             tracing::warn!(
                 org = %event.org,
