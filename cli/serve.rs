@@ -45,8 +45,9 @@ fn spawn_revoker(events: &latchkey::adapters::LogEventSink, revoker: Arc<Service
         loop {
             match rx.recv().await {
                 Ok(e) if matches!(e.kind, EventType::ConnectionDisconnected | EventType::ConnectionDeleted) => {
-                    if let Err(err) = revoker.revoke_pending(&e.org, &e.connection_id).await {
-                        tracing::warn!(connection_id = %e.connection_id, error = %err, "revocation failed");
+                    let Some(id) = e.connection_id() else { continue };
+                    if let Err(err) = revoker.revoke_pending(&e.org, id).await {
+                        tracing::warn!(connection_id = %id, error = %err, "revocation failed");
                     }
                 }
                 Ok(_) => {}

@@ -30,9 +30,11 @@ impl EventSink for LogEventSink {
         tracing::info!(
             event = event.kind.detail_type(),
             org = %event.org,
-            connection_id = %event.connection_id,
-            definition = %event.definition,
-            status = event.status.as_str(),
+            connection_id = event.connection_id().map(|id| id.as_str()),
+            definition = event.connection.as_ref().map(|c| c.definition.as_str()),
+            status = event.connection.as_ref().map(|c| c.status.as_str()),
+            webhook_id = event.webhook_id.as_ref().map(|id| id.as_str()),
+            reason = event.reason.as_deref(),
             "event published"
         );
         // No subscriber is not an error.

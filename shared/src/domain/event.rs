@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{ConnectContext, Connection, ConnectionId, CustomerId, DefinitionKey, OrgId, Status, UserId};
+use super::{ConnectContext, Connection, ConnectionId, CustomerId, DefinitionKey, OrgId, Status, UserId, WebhookId};
 
 /// Lifecycle events (EventBridge `detail-type`, source `latchkey`).
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -32,6 +32,18 @@ pub enum EventType {
     /// `refresh_token_expires_at`); once per refresh token.
     #[serde(rename = "Refresh Token Expiring")]
     RefreshTokenExpiring,
+    /// The connection turned red for good: it needs a new authorization (or new values) before
+    /// it works again. Detail `reason` ([`ExpiredReason`]). Emitted beside `Connection Error`.
+    #[serde(rename = "Connection Expired")]
+    ConnectionExpired,
+    /// A refresh succeeded after one or more failed tries (the connection had been retrying or
+    /// red and is `active` again). Emitted after `Token Refreshed`.
+    #[serde(rename = "Refresh Recovered")]
+    RefreshRecovered,
+    /// A webhook endpoint was disabled (organization-level: detail `webhook_id` and `reason`,
+    /// no connection members).
+    #[serde(rename = "Webhook Disabled")]
+    WebhookDisabled,
 }
 
 impl EventType {
@@ -48,11 +60,72 @@ impl EventType {
             Self::ConnectionDeleted => "Connection Deleted",
             Self::ConnectionReconnected => "Connection Reconnected",
             Self::RefreshTokenExpiring => "Refresh Token Expiring",
+            Self::ConnectionExpired => "Connection Expired",
+            Self::RefreshRecovered => "Refresh Recovered",
+            Self::WebhookDisabled => "Webhook Disabled",
+        }
+    }
+
+    /// Every event type, in the order the README lists them.
+    pub const ALL: [EventType; 13] = [
+        Self::ConnectionCreated,
+        Self::ConnectionUpdated,
+        Self::ConnectionAuthorized,
+        Self::ConnectionReconnected,
+        Self::TokenRefreshed,
+        Self::TokenRefreshFailed,
+        Self::RefreshRecovered,
+        Self::RefreshTokenExpiring,
+        Self::ConnectionError,
+        Self::ConnectionExpired,
+        Self::ConnectionDisconnected,
+        Self::ConnectionDeleted,
+        Self::WebhookDisabled,
+    ];
+
+    /// The type whose `detail-type` this is (`None` for an unknown one).
+    pub fn from_detail_type(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.detail_type() == name)
+    }
+}
+
+/// Why a connection turned red for good (`Connection Expired`'s `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpiredReason {
+    /// The access token lapsed and there is no way to get another (no refresh token, or the
+    /// refresh token's own lifetime is over).
+    TokenExpired,
+    /// The provider refused the refresh token or assertion (`invalid_grant`: revoked, rotated
+    /// elsewhere, expired).
+    GrantRefused,
+    /// The provider refused the client itself (`invalid_client`, `unauthorized_client`).
+    ClientRejected,
+    /// The provider granted fewer scopes than the definition requires (`invalid_scope`, or an
+    /// answer missing a required scope).
+    ScopesMissing,
+    /// The provider refused the stored values (a verify request answered 401/403, or a report
+    /// from the caller).
+    CredentialsRejected,
+}
+
+impl ExpiredReason {
+    /// The `reason` member's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TokenExpired => "token_expired",
+            Self::GrantRefused => "grant_refused",
+            Self::ClientRejected => "client_rejected",
+            Self::ScopesMissing => "scopes_missing",
+            Self::CredentialsRejected => "credentials_rejected",
         }
     }
 }
 
 /// An event: identifiers and status only, by construction never a secret.
+///
+/// Its JSON is the EventBridge `detail` (and the webhook body's `data`): `event_id`,
+/// `occurred_at`, `reason` (when there is one), `org`, then the connection's members
+/// ([`EventConnection`], flat) for connection events, or `webhook_id` for `Webhook Disabled`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     #[serde(skip)]
@@ -64,10 +137,23 @@ pub struct Event {
     #[serde(with = "time::serde::rfc3339")]
     pub occurred_at: time::OffsetDateTime,
     /// Why, for the event types that have reasons (`Connection Expired`: `token_expired`,
-    /// `grant_refused`, `client_rejected`, `scopes_missing`, `credentials_rejected`).
+    /// `grant_refused`, `client_rejected`, `scopes_missing`, `credentials_rejected`;
+    /// `Token Refresh Failed` and `Connection Error` where the cause is known; `Webhook
+    /// Disabled`: `deliveries_failing`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub org: OrgId,
+    /// The connection it is about (every type but `Webhook Disabled`), flattened into the detail.
+    #[serde(flatten)]
+    pub connection: Option<EventConnection>,
+    /// `Webhook Disabled` only: the endpoint that was disabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_id: Option<WebhookId>,
+}
+
+/// The connection members of a connection event's detail.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventConnection {
     pub customer: Option<CustomerId>,
     pub connection_id: ConnectionId,
     pub definition: DefinitionKey,
@@ -89,23 +175,99 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn about(kind: EventType, c: &Connection) -> Self {
+    fn new(kind: EventType, org: &OrgId) -> Self {
         Self {
             kind,
             event_id: ulid::Ulid::new().to_string(),
             occurred_at: time::OffsetDateTime::now_utc(),
             reason: None,
-            org: c.org.clone(),
-            customer: c.customer.clone(),
-            connection_id: c.id.clone(),
-            definition: c.definition.clone(),
-            status: c.status,
-            user: c.user.clone(),
-            tags: c.tags.clone(),
-            refresh_token_expires_at: matches!(kind, EventType::RefreshTokenExpiring)
-                .then(|| c.oauth.as_ref().and_then(|t| t.refresh_token_expires_at))
-                .flatten(),
-            context: c.connect_context.clone().unwrap_or_default(),
+            org: org.clone(),
+            connection: None,
+            webhook_id: None,
         }
+    }
+
+    /// An event about connection `c` as it is now.
+    pub fn about(kind: EventType, c: &Connection) -> Self {
+        Self {
+            connection: Some(EventConnection {
+                customer: c.customer.clone(),
+                connection_id: c.id.clone(),
+                definition: c.definition.clone(),
+                status: c.status,
+                user: c.user.clone(),
+                tags: c.tags.clone(),
+                refresh_token_expires_at: matches!(kind, EventType::RefreshTokenExpiring)
+                    .then(|| c.oauth.as_ref().and_then(|t| t.refresh_token_expires_at))
+                    .flatten(),
+                context: c.connect_context.clone().unwrap_or_default(),
+            }),
+            ..Self::new(kind, &c.org)
+        }
+    }
+
+    /// `Connection Expired` about `c` (already red), with its reason.
+    pub fn expired(c: &Connection, reason: ExpiredReason) -> Self {
+        Self::about(EventType::ConnectionExpired, c).with_reason(reason.as_str())
+    }
+
+    /// `Webhook Disabled`: organization `org`'s endpoint `webhook` was disabled for `reason`
+    /// (`deliveries_failing`). Detail `{event_id, occurred_at, org, webhook_id, reason}`.
+    pub fn webhook_disabled(org: &OrgId, webhook: &WebhookId, reason: &str) -> Self {
+        Self { webhook_id: Some(webhook.clone()), ..Self::new(EventType::WebhookDisabled, org) }.with_reason(reason)
+    }
+
+    /// The same event with `reason` set.
+    pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// The connection it is about (`None` for organization-level events).
+    pub fn connection_id(&self) -> Option<&ConnectionId> {
+        self.connection.as_ref().map(|c| &c.connection_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_connection_event_keeps_its_flat_detail() {
+        let org = OrgId::parse("acme").unwrap();
+        let c = crate::conformance::connection(&crate::conformance::definition(&org, "acme"), "c-1");
+        let detail = serde_json::to_value(Event::expired(&c, ExpiredReason::GrantRefused)).unwrap();
+        let mut keys: Vec<&str> = detail.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["connection_id", "customer", "definition", "event_id", "occurred_at", "org", "reason", "status", "tags"]
+        );
+        assert_eq!((&detail["reason"], &detail["connection_id"]), (&json!("grant_refused"), &json!(c.id.as_str())));
+    }
+
+    #[test]
+    fn webhook_disabled_is_organization_level() {
+        let org = OrgId::parse("acme").unwrap();
+        let hook = WebhookId::parse("ops").unwrap();
+        let event = Event::webhook_disabled(&org, &hook, "deliveries_failing");
+        assert_eq!(event.connection_id(), None);
+        let detail = serde_json::to_value(&event).unwrap();
+        let mut keys: Vec<&str> = detail.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["event_id", "occurred_at", "org", "reason", "webhook_id"]);
+        assert_eq!((&detail["webhook_id"], &detail["reason"]), (&json!("ops"), &json!("deliveries_failing")));
+    }
+
+    #[test]
+    fn every_type_round_trips_through_its_detail_type() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::from_detail_type(t.detail_type()).map(EventType::detail_type), Some(t.detail_type()));
+            assert_eq!(serde_json::to_value(t).unwrap(), json!(t.detail_type()));
+        }
+        assert!(EventType::from_detail_type("Connection Exploded").is_none());
     }
 }

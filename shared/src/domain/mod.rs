@@ -24,7 +24,7 @@ pub use connection::{
 };
 pub use definition::{AuthKind, Definition, Input, InputType, OAUTH_APP_SETTINGS, Redirects, Visibility};
 pub use device::DeviceAuthorization;
-pub use event::{Event, EventType};
+pub use event::{Event, EventConnection, EventType, ExpiredReason};
 pub use idempotency::{IdempotencyKey, IdempotencyRecord, StoredResponse};
 pub use ids::{ConnectionId, CustomerId, DefinitionKey, IdError, InstanceId, OrgId, UserId, WebhookId};
 pub use log::{LogEntry, LogType};

@@ -116,7 +116,7 @@ impl Service {
         if let Err(e) = self.events.publish(&event).await {
             tracing::warn!(
                 org = %event.org,
-                connection_id = %event.connection_id,
+                connection_id = event.connection_id().map(|id| id.as_str()),
                 event = event.kind.detail_type(),
                 error = %e,
                 "publishing an event failed"
