@@ -1,5 +1,6 @@
 //! `latchkey serve`: every function in one process over the embedded backend (or aws), with the
-//! revoker and the refresh sweep that EventBridge runs in AWS as background tasks.
+//! revoker, the refresh sweep and the webhook worker that EventBridge runs in AWS as background
+//! tasks.
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ pub async fn run(mut settings: Settings) -> Result<(), Box<dyn std::error::Error
     }
     spawn_sweeper(components.service.clone(), settings.refresh_interval);
     spawn_device_poller(components.service.clone(), settings.refresh_interval);
+    spawn_webhook_worker(components.service.clone());
     tracing::info!(addr = %bound, "latchkey serve ready");
     let router = latchkey::http::router(components.router_state(verifier));
     axum::serve(listener, router).with_graceful_shutdown(shutdown()).await?;
@@ -92,6 +94,43 @@ fn spawn_device_poller(service: Arc<Service>, sweep_every: std::time::Duration) 
             tick.tick().await;
             if let Err(e) = service.poll_due_devices(std::time::Instant::now() + DEVICE_POLL_TICK).await {
                 tracing::warn!(error = %e, "polling device authorizations failed");
+            }
+        }
+    });
+}
+
+/// How often the webhook worker looks for due deliveries when no event wakes it.
+const WEBHOOK_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+/// The most deliveries the worker takes from the store at once (attempted
+/// `DELIVERY_CONCURRENCY` at a time); a full batch is followed by another at once.
+const WEBHOOK_BATCH: usize = 64;
+
+/// The webhook worker, as the EventBridge rule, SQS and `webhook-deliver` do it in AWS: every
+/// [`WEBHOOK_TICK`] and whenever an event enqueued deliveries, it attempts the outbox's due
+/// deliveries. They are rows in the store: a restart loses none, and one claimed by a process
+/// that died is due again after the claim's lease (the same `webhook-id`). On the aws backend
+/// events enqueue nothing here (`webhook-deliver` enqueues them from SQS), and the worker only
+/// attempts what is due in the table; a delivery's claim keeps it to one attempt at a time
+/// whoever runs it.
+fn spawn_webhook_worker(service: Arc<Service>) {
+    let wake = service.webhook_wake();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(WEBHOOK_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = wake.notified() => {}
+            }
+            loop {
+                match service.deliver_due(WEBHOOK_BATCH).await {
+                    Ok(n) if n == WEBHOOK_BATCH => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "webhook deliveries failed");
+                        break;
+                    }
+                }
             }
         }
     });

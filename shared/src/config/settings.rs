@@ -147,6 +147,13 @@ pub struct Settings {
     #[arg(default_value = "'none'", value_parser = Checked(crate::http::connect::parse_frame_ancestors))]
     pub connect_frame_ancestors: String,
 
+    /// Seconds between webhook delivery attempts, comma-separated, one entry per retry (blank:
+    /// `5,300,1800,7200,18000,36000,36000`, about 27.5 h); after the last the delivery fails
+    /// and its endpoint is disabled.
+    #[arg(long = "webhook-retry-schedule", env = "LATCHKEY_WEBHOOK_RETRY_SCHEDULE", global = true)]
+    #[arg(value_name = "SECS,...", value_parser = Checked(parse_retry_schedule))]
+    pub webhook_retry_schedule: Option<RetrySchedule>,
+
     /// aws backend: the DynamoDB table.
     #[arg(long, env = "LATCHKEY_TABLE", global = true, value_name = "NAME")]
     pub table: Option<String>,
@@ -250,6 +257,11 @@ impl Settings {
             },
             verify: VerifyPolicy { interval: self.verify_interval, ..VerifyPolicy::default() },
             connect_frame_ancestors: self.connect_frame_ancestors.clone(),
+            webhook_outbox: self.backend == BackendKind::Embedded,
+            webhook_retry_schedule: self
+                .webhook_retry_schedule
+                .as_ref()
+                .map_or_else(crate::service::webhooks::default_retry_schedule, |s| s.0.clone()),
         }
     }
 
@@ -285,6 +297,10 @@ impl Settings {
         self.kms_key_id.as_deref().ok_or(ConfigError::Missing("LATCHKEY_KMS_KEY_ID"))
     }
 }
+
+/// `LATCHKEY_WEBHOOK_RETRY_SCHEDULE`: the waits between webhook delivery attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySchedule(pub Vec<Duration>);
 
 /// Clap reads a variable set to `""` (or to spaces) as that value; Latchkey has always read a
 /// blank variable as unset (a template or compose file often sets one empty). This drops the
@@ -354,6 +370,8 @@ enum ValueError {
     NotDays,
     #[error("{0:?} is not true or false")]
     NotBool(String),
+    #[error("must be comma-separated whole seconds, 1 to 20 entries of at most 86400")]
+    NotSchedule,
 }
 
 /// The variable of the flag `--long`: `LATCHKEY_` and the name in capitals, `-` as `_`.
@@ -419,6 +437,15 @@ fn parse_bool(s: &str) -> Result<bool, ValueError> {
     }
 }
 
+/// `5,300,1800`: 1-20 entries of 0-86400 seconds each.
+fn parse_retry_schedule(s: &str) -> Result<RetrySchedule, ValueError> {
+    let entries: Option<Vec<Duration>> = s
+        .split(',')
+        .map(|e| e.trim().parse::<u64>().ok().filter(|n| *n <= 86_400).map(Duration::from_secs))
+        .collect();
+    entries.filter(|e| (1..=20).contains(&e.len())).map(RetrySchedule).ok_or(ValueError::NotSchedule)
+}
+
 fn parse_log_format(s: &str) -> Result<LogFormat, ValueError> {
     match s {
         "text" => Ok(LogFormat::Text),
@@ -448,7 +475,7 @@ mod tests {
     fn every_setting_has_a_flag_and_the_variable_named_after_it() {
         let command = Settings::command(BackendKind::Embedded);
         let args: Vec<&Arg> = command.get_arguments().collect();
-        assert_eq!(args.len(), 18, "a new setting: add it to the README's configuration table");
+        assert_eq!(args.len(), 19, "a new setting: add it to the README's configuration table");
         for arg in args {
             let long = arg.get_long().unwrap_or_else(|| panic!("{} has no flag", arg.get_id()));
             let env = arg.get_env().and_then(OsStr::to_str);
@@ -511,6 +538,8 @@ mod tests {
             ("LATCHKEY_LOG_FORMAT", "xml", "is not one of text, json"),
             ("LATCHKEY_CONNECT_FRAME_ANCESTORS", "https://app.example.com/path", "is neither an origin"),
             ("LATCHKEY_CONNECT_FRAME_ANCESTORS", "'none' 'self'", "cannot be combined"),
+            ("LATCHKEY_WEBHOOK_RETRY_SCHEDULE", "5,soon", "comma-separated whole seconds"),
+            ("LATCHKEY_WEBHOOK_RETRY_SCHEDULE", "5,,6", "comma-separated whole seconds"),
         ] {
             let message = refused(&[(name, value)]);
             assert!(message.starts_with(&format!("{name} is invalid: ")), "{message}");
@@ -529,6 +558,12 @@ mod tests {
         assert!(options.allow_loopback_providers);
         assert_eq!(options.refresh.lookahead, Duration::ZERO);
         assert_eq!(options.connect_frame_ancestors, "'none'");
+        assert!(!options.webhook_outbox, "aws: the EventBridge rule feeds webhook-deliver");
+        assert_eq!(options.webhook_retry_schedule, crate::service::webhooks::default_retry_schedule());
+        let scheduled = settings(&[("LATCHKEY_WEBHOOK_RETRY_SCHEDULE", "1, 1")]).unwrap().service_options();
+        assert_eq!(scheduled.webhook_retry_schedule, [Duration::from_secs(1); 2]);
+        let embedded = Settings::from_vars(BackendKind::Embedded, |_| None).unwrap();
+        assert!(embedded.service_options().webhook_outbox);
         let framed = settings(&[("LATCHKEY_CONNECT_FRAME_ANCESTORS", " 'self'  https://app.example.com ")]).unwrap();
         assert_eq!(framed.service_options().connect_frame_ancestors, "'self' https://app.example.com");
     }

@@ -66,9 +66,11 @@ impl Components {
     /// As [`Components::embedded`].
     pub fn embedded_with_clock(
         dir: &Path,
-        options: ServiceOptions,
+        mut options: ServiceOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ConfigError> {
+        // Events become webhook deliveries in the embedded store, which serve's worker sends.
+        options.webhook_outbox = true;
         let unusable = |source| ConfigError::DataDir { path: dir.to_owned(), source };
         secret_file::ensure_private_dir(dir).map_err(unusable)?;
         let keys: Arc<dyn KeyProvider> = Arc::new(LocalKeyProvider::open_or_create(dir).map_err(unusable)?);

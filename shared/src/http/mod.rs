@@ -8,6 +8,7 @@ pub mod idempotency;
 pub mod problem;
 mod providers;
 mod selector;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -79,6 +80,7 @@ pub fn router_for(surface: Surface, state: RouterState) -> Router {
             .route("/v1/connections/{id}/verify", post(verify_connection))
             .route("/v1/connections/{id}/disconnect", post(disconnect))
             .route("/v1/connect/sessions", post(connect_sessions::create))
+            .merge(webhooks::routes())
             .merge(connect::routes());
     }
     if surface != Surface::ConnectionsApi {

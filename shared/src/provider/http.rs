@@ -27,8 +27,9 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
 }
 
 /// No proxy (`HTTP(S)_PROXY` would resolve names where the SSRF guard cannot see them), no
-/// redirects.
-fn builder() -> reqwest::ClientBuilder {
+/// redirects. Also the base of the webhook sender's clients (`service::webhooks`), which set
+/// their own total timeout and user agent on it.
+pub(crate) fn builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())

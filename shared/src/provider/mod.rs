@@ -23,6 +23,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 pub use answer::{Grant, RevokeAnswer, TokenAnswer, TokenFailure, read_revoke_answer, read_token_answer};
 pub use http::HttpProviderClient;
+pub(crate) use http::builder as http_client_builder;
 pub use request::{ClientAuth, ClientAuthMethod};
 
 /// Where a request may go: any address (an endpoint the organization set), or public addresses

@@ -5,6 +5,7 @@ mod connections;
 mod definitions;
 mod error;
 pub mod idempotency;
+mod lifecycle;
 mod lookup;
 pub mod oauth;
 mod refresh;
@@ -21,7 +22,7 @@ pub use connect::{ConnectLink, ConnectPage, PageConnection, PageDefinition, Page
 pub use connections::{ListQuery, MAX_PAGE};
 pub use error::{ServiceError, Unusable, error_types, invalid_summary};
 pub use idempotency::{IdempotencyError, Idempotent};
-pub use lookup::{LookupRequest, LookupResponse, ReportedError};
+pub use lookup::{Channel, LookupRequest, LookupResponse, PrincipalKind, ReadOrigin, ReportedError};
 pub use oauth::{Authorization, AuthorizeResponse, CallbackOutcome, DeviceAuthorizeResponse};
 pub use refresh::{RefreshPolicy, SweepSummary};
 pub use revoke::{MAX_REVOKE_ATTEMPTS, RevokeOutcome};
