@@ -37,6 +37,13 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/connections/{id}/verify"),
     ("POST", "/v1/connections/{id}/disconnect"),
     ("POST", "/v1/connect/sessions"),
+    ("GET", "/v1/webhooks"),
+    ("GET", "/v1/webhooks/{id}"),
+    ("PUT", "/v1/webhooks/{id}"),
+    ("DELETE", "/v1/webhooks/{id}"),
+    ("POST", "/v1/webhooks/{id}/rotate-secret"),
+    ("GET", "/v1/webhooks/{id}/deliveries"),
+    ("POST", "/v1/webhooks/{id}/deliveries/{delivery_id}/retry"),
     ("GET", "/v1/oauth/callback"),
     ("GET", "/connect"),
     ("GET", "/connect/{id}"),
@@ -89,7 +96,10 @@ fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
 
 /// A concrete path for a template: placeholders get syntactically valid identifiers.
 fn concrete(template: &str) -> String {
-    template.replace("{key}", "acme-api").replace("{id}", &format!("con_{}", "0".repeat(26)))
+    template
+        .replace("{key}", "acme-api")
+        .replace("{id}", &format!("con_{}", "0".repeat(26)))
+        .replace("{delivery_id}", &format!("msg_{}", "a".repeat(26)))
 }
 
 #[test]
