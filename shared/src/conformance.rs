@@ -79,6 +79,7 @@ pub fn connection(def: &Definition, customer: &str) -> Connection {
 mod connect;
 mod idempotency;
 mod tags;
+mod webhooks;
 
 /// The store port's cases.
 pub mod store {
@@ -92,6 +93,11 @@ pub mod store {
         idempotency_claims_are_released_or_lapse, idempotency_keys_are_claimed_once_and_answered_for_a_day,
     };
     pub use super::tags::listings_filter_by_tags_and_page_past_what_does_not_match;
+    pub use super::webhooks::{
+        concurrent_inserts_of_one_delivery_have_one_winner, deleting_a_webhook_deletes_its_deliveries,
+        deliveries_are_inserted_once_and_listed_newest_first, delivery_updates_are_conditional_on_the_version,
+        due_deliveries_are_pending_soonest_first_across_orgs, webhooks_round_trip_with_conditional_puts,
+    };
 
     use super::*;
     use crate::ports::{ConnectionFilter, DueEntry, Expect, Store, StoreError};
@@ -534,6 +540,7 @@ pub mod store {
             org: org.clone(),
             connection_id: ConnectionId::generate(),
             verifier: None,
+            request_token_secret: None,
             redirect_uri: "http://127.0.0.1:8080/v1/oauth/callback".into(),
             issuer: None,
             generation: 0,
@@ -688,6 +695,12 @@ macro_rules! store_conformance_tests {
             the_due_index_holds_the_earliest_of_refresh_warning_and_lapse,
             the_due_index_pages_past_stuck_entries_and_forgets_cleared_ones,
             revocation_jobs_are_claimed_once_and_deleted,
+            webhooks_round_trip_with_conditional_puts,
+            deliveries_are_inserted_once_and_listed_newest_first,
+            concurrent_inserts_of_one_delivery_have_one_winner,
+            delivery_updates_are_conditional_on_the_version,
+            deleting_a_webhook_deletes_its_deliveries,
+            due_deliveries_are_pending_soonest_first_across_orgs,
         );
     };
 }

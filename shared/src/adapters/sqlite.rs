@@ -20,6 +20,7 @@ use crate::ports::{ConnectionFilter, DueEntry, Expect, Page, Store, StoreError};
 
 mod connect;
 mod idempotency;
+mod webhooks;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS definitions (
@@ -104,6 +105,7 @@ impl SqliteStore {
         db.execute_batch(SCHEMA).map_err(backend)?;
         db.execute_batch(idempotency::SCHEMA).map_err(backend)?;
         db.execute_batch(connect::SCHEMA).map_err(backend)?;
+        db.execute_batch(webhooks::SCHEMA).map_err(backend)?;
         Ok(Self { db: Arc::new(Mutex::new(db)) })
     }
 
@@ -125,34 +127,60 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    // TEMPORARY (issue 16, replaced by the webhook store helper before anything calls them).
-    async fn put_webhook(&self, _: &Webhook, _: Expect) -> Result<(), StoreError> {
-        unimplemented!()
+    async fn put_webhook(&self, hook: &Webhook, expect: Expect) -> Result<(), StoreError> {
+        let hook = hook.clone();
+        self.run(move |db| webhooks::put_webhook(db, &hook, expect)).await
     }
-    async fn get_webhook(&self, _: &OrgId, _: &WebhookId) -> Result<Option<Webhook>, StoreError> {
-        unimplemented!()
+
+    async fn get_webhook(&self, org: &OrgId, id: &WebhookId) -> Result<Option<Webhook>, StoreError> {
+        let (org, id) = (org.to_string(), id.to_string());
+        self.run(move |db| webhooks::get_webhook(db, &org, &id)).await
     }
-    async fn list_webhooks(&self, _: &OrgId) -> Result<Vec<Webhook>, StoreError> {
-        unimplemented!()
+
+    async fn list_webhooks(&self, org: &OrgId) -> Result<Vec<Webhook>, StoreError> {
+        let org = org.to_string();
+        self.run(move |db| webhooks::list_webhooks(db, &org)).await
     }
-    async fn delete_webhook(&self, _: &OrgId, _: &WebhookId) -> Result<bool, StoreError> {
-        unimplemented!()
+
+    async fn delete_webhook(&self, org: &OrgId, id: &WebhookId) -> Result<bool, StoreError> {
+        let (org, id) = (org.to_string(), id.to_string());
+        self.run(move |db| webhooks::delete_webhook(db, &org, &id)).await
     }
-    async fn insert_delivery(&self, _: &WebhookDelivery) -> Result<bool, StoreError> {
-        unimplemented!()
+
+    async fn insert_delivery(&self, delivery: &WebhookDelivery) -> Result<bool, StoreError> {
+        let delivery = delivery.clone();
+        self.run(move |db| webhooks::insert_delivery(db, &delivery)).await
     }
-    async fn get_delivery(&self, _: &OrgId, _: &WebhookId, _: &str) -> Result<Option<WebhookDelivery>, StoreError> {
-        unimplemented!()
+
+    async fn get_delivery(
+        &self,
+        org: &OrgId,
+        webhook: &WebhookId,
+        id: &str,
+    ) -> Result<Option<WebhookDelivery>, StoreError> {
+        let (org, webhook, id) = (org.to_string(), webhook.to_string(), id.to_owned());
+        self.run(move |db| webhooks::get_delivery(db, &org, &webhook, &id)).await
     }
-    async fn list_deliveries(&self, _: &OrgId, _: &WebhookId, _: usize) -> Result<Vec<WebhookDelivery>, StoreError> {
-        unimplemented!()
+
+    async fn list_deliveries(
+        &self,
+        org: &OrgId,
+        webhook: &WebhookId,
+        limit: usize,
+    ) -> Result<Vec<WebhookDelivery>, StoreError> {
+        let (org, webhook) = (org.to_string(), webhook.to_string());
+        self.run(move |db| webhooks::list_deliveries(db, &org, &webhook, limit)).await
     }
-    async fn update_delivery(&self, _: &WebhookDelivery, _: u64) -> Result<(), StoreError> {
-        unimplemented!()
+
+    async fn update_delivery(&self, delivery: &WebhookDelivery, expected_version: u64) -> Result<(), StoreError> {
+        let delivery = delivery.clone();
+        self.run(move |db| webhooks::update_delivery(db, &delivery, expected_version)).await
     }
-    async fn due_deliveries(&self, _: OffsetDateTime, _: usize) -> Result<Vec<WebhookDelivery>, StoreError> {
-        unimplemented!()
+
+    async fn due_deliveries(&self, until: OffsetDateTime, limit: usize) -> Result<Vec<WebhookDelivery>, StoreError> {
+        self.run(move |db| webhooks::due(db, until, limit)).await
     }
+
     async fn get_definition(&self, org: &OrgId, key: &DefinitionKey) -> Result<Option<Definition>, StoreError> {
         let (org, key) = (org.to_string(), key.to_string());
         self.run(move |db| {

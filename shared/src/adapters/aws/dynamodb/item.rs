@@ -24,7 +24,12 @@ pub(super) fn n(v: impl ToString) -> AttributeValue {
 
 /// The due-index shard of a connection: a stable hash (FNV-1a) of its id.
 pub fn due_shard(id: &ConnectionId) -> u32 {
-    let h = id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    shard_of(id.as_str())
+}
+
+/// The due-index shard of any record id: FNV-1a of it, modulo [`DUE_SHARDS`].
+pub(super) fn shard_of(id: &str) -> u32 {
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     (h % u64::from(DUE_SHARDS)) as u32
 }
 

@@ -31,6 +31,7 @@ use crate::ports::{ConnectionFilter, DueEntry, Expect, Page, Store, StoreError};
 mod connect;
 mod idempotency;
 mod item;
+mod webhooks;
 mod write;
 
 pub use item::due_shard;
@@ -125,34 +126,52 @@ impl DynamoStore {
 
 #[async_trait]
 impl Store for DynamoStore {
-    // TEMPORARY (issue 16, replaced by the webhook store helper before anything calls them).
-    async fn put_webhook(&self, _: &Webhook, _: Expect) -> Result<(), StoreError> {
-        unimplemented!()
+    async fn put_webhook(&self, hook: &Webhook, expect: Expect) -> Result<(), StoreError> {
+        self.put_webhook_item(hook, expect).await
     }
-    async fn get_webhook(&self, _: &OrgId, _: &WebhookId) -> Result<Option<Webhook>, StoreError> {
-        unimplemented!()
+
+    async fn get_webhook(&self, org: &OrgId, id: &WebhookId) -> Result<Option<Webhook>, StoreError> {
+        self.get_webhook_item(org, id).await
     }
-    async fn list_webhooks(&self, _: &OrgId) -> Result<Vec<Webhook>, StoreError> {
-        unimplemented!()
+
+    async fn list_webhooks(&self, org: &OrgId) -> Result<Vec<Webhook>, StoreError> {
+        self.list_webhook_items(org).await
     }
-    async fn delete_webhook(&self, _: &OrgId, _: &WebhookId) -> Result<bool, StoreError> {
-        unimplemented!()
+
+    async fn delete_webhook(&self, org: &OrgId, id: &WebhookId) -> Result<bool, StoreError> {
+        self.delete_webhook_item(org, id).await
     }
-    async fn insert_delivery(&self, _: &WebhookDelivery) -> Result<bool, StoreError> {
-        unimplemented!()
+
+    async fn insert_delivery(&self, delivery: &WebhookDelivery) -> Result<bool, StoreError> {
+        self.insert_delivery_item(delivery).await
     }
-    async fn get_delivery(&self, _: &OrgId, _: &WebhookId, _: &str) -> Result<Option<WebhookDelivery>, StoreError> {
-        unimplemented!()
+
+    async fn get_delivery(
+        &self,
+        org: &OrgId,
+        webhook: &WebhookId,
+        id: &str,
+    ) -> Result<Option<WebhookDelivery>, StoreError> {
+        self.get_delivery_item(org, webhook, id).await
     }
-    async fn list_deliveries(&self, _: &OrgId, _: &WebhookId, _: usize) -> Result<Vec<WebhookDelivery>, StoreError> {
-        unimplemented!()
+
+    async fn list_deliveries(
+        &self,
+        org: &OrgId,
+        webhook: &WebhookId,
+        limit: usize,
+    ) -> Result<Vec<WebhookDelivery>, StoreError> {
+        self.list_delivery_items(org, webhook, limit).await
     }
-    async fn update_delivery(&self, _: &WebhookDelivery, _: u64) -> Result<(), StoreError> {
-        unimplemented!()
+
+    async fn update_delivery(&self, delivery: &WebhookDelivery, expected_version: u64) -> Result<(), StoreError> {
+        self.update_delivery_item(delivery, expected_version).await
     }
-    async fn due_deliveries(&self, _: OffsetDateTime, _: usize) -> Result<Vec<WebhookDelivery>, StoreError> {
-        unimplemented!()
+
+    async fn due_deliveries(&self, until: OffsetDateTime, limit: usize) -> Result<Vec<WebhookDelivery>, StoreError> {
+        self.due_delivery_items(until, limit).await
     }
+
     async fn get_definition(&self, org: &OrgId, key_: &DefinitionKey) -> Result<Option<Definition>, StoreError> {
         self.get(key(org_pk(org), def_sk(key_))).await?.as_ref().map(doc_of).transpose()
     }

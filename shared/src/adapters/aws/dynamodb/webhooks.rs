@@ -1,0 +1,323 @@
+//! Webhooks and their deliveries as items (SPEC section 11; docs/dynamodb.md).
+//!
+//! - A webhook: `pk` = `ORG#{org}`, `sk` = `WHK#{id}`, `version`, `doc`. Written with PutItem
+//!   under `attribute_not_exists(pk)` or `version = :expected`; listed by one Query of the
+//!   organization's partition (`begins_with(sk, WHK#)`), which sorts by id.
+//! - A delivery: `pk` = `WHD#{org}#{webhook}`, `sk` = `DLV#{id}`, `version`, `status`, `doc`, the
+//!   table's TTL attribute at its `expires_at` (Unix seconds); in the `by-customer` index under
+//!   `gsi1pk` = its `pk`, `gsi1sk` = `{created_at, Unix ms, 15 digits}#{id}`, so the newest of a
+//!   webhook are one Query read backwards; and, only while `pending`, in the `refresh-due` index
+//!   under `gsi3pk` = `WDUE#{shard}`, `gsi3sk` = `{next_attempt_at, Unix ms, 15 digits}#{org}#{webhook}#{id}`.
+//!   Every write replaces the whole item (PutItem), so a delivery that stops being pending
+//!   leaves the due index with that write.
+//!
+//! A webhook's deliveries share one partition, so deleting the webhook deletes them with a
+//! Query of keys and batch deletes (what a crash leaves behind, TTL removes within 30 days).
+
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use futures_util::future::try_join_all;
+use time::OffsetDateTime;
+
+use super::item::{Item, doc_of, key, n, org_pk, s, shard_of};
+use super::write::{backend, conditional, sdk};
+use super::{BY_CUSTOMER, DUE_SHARDS, DynamoStore, REFRESH_DUE, TTL_ATTRIBUTE};
+use crate::domain::{DeliveryStatus, OrgId, Webhook, WebhookDelivery, WebhookId};
+use crate::ports::{Expect, StoreError};
+
+fn webhook_sk(id: &WebhookId) -> String {
+    format!("WHK#{id}")
+}
+
+/// The partition of a webhook's deliveries (and their `by-customer` index partition).
+fn deliveries_pk(org: &OrgId, webhook: &WebhookId) -> String {
+    format!("WHD#{org}#{webhook}")
+}
+
+fn delivery_sk(id: &str) -> String {
+    format!("DLV#{id}")
+}
+
+fn ms(t: OffsetDateTime) -> i64 {
+    ((t.unix_timestamp_nanos() / 1_000_000) as i64).max(0)
+}
+
+/// The due-index sort key of a delivery due at `due`: zero-padded milliseconds, so that text
+/// order is time order.
+fn due_sk(due: OffsetDateTime, d: &WebhookDelivery) -> String {
+    format!("{:015}#{}#{}#{}", ms(due), d.org, d.webhook_id, d.id)
+}
+
+impl TryFrom<&Webhook> for Item {
+    type Error = StoreError;
+
+    fn try_from(hook: &Webhook) -> Result<Self, StoreError> {
+        let mut item = key(org_pk(&hook.org), webhook_sk(&hook.id));
+        item.insert("kind".into(), s("webhook"));
+        item.insert("version".into(), n(hook.version));
+        item.insert("doc".into(), s(serde_json::to_string(hook).map_err(backend)?));
+        Ok(item)
+    }
+}
+
+impl TryFrom<&WebhookDelivery> for Item {
+    type Error = StoreError;
+
+    fn try_from(d: &WebhookDelivery) -> Result<Self, StoreError> {
+        let pk = deliveries_pk(&d.org, &d.webhook_id);
+        let mut item = key(pk.clone(), delivery_sk(&d.id));
+        item.insert("kind".into(), s("webhook_delivery"));
+        item.insert("version".into(), n(d.version));
+        let status: &str = d.status.into();
+        item.insert("status".into(), s(status));
+        item.insert("doc".into(), s(serde_json::to_string(d).map_err(backend)?));
+        item.insert(TTL_ATTRIBUTE.into(), n(d.expires_at.unix_timestamp()));
+        item.insert("gsi1pk".into(), s(pk));
+        item.insert("gsi1sk".into(), s(format!("{:015}#{}", ms(d.created_at), d.id)));
+        // Sparse: only pending deliveries are in the due index.
+        if d.status == DeliveryStatus::Pending
+            && let Some(due) = d.next_attempt_at
+        {
+            item.insert("gsi3pk".into(), s(format!("WDUE#{}", shard_of(&d.id))));
+            item.insert("gsi3sk".into(), s(due_sk(due, d)));
+        }
+        Ok(item)
+    }
+}
+
+impl DynamoStore {
+    pub(super) async fn put_webhook_item(&self, hook: &Webhook, expect: Expect) -> Result<(), StoreError> {
+        let item = Item::try_from(hook)?;
+        match expect {
+            Expect::Absent => self.put_if(item, "attribute_not_exists(pk)", &[]).await,
+            Expect::Version(v) => self.put_if(item, "#version = :v", &[(":v", n(v))]).await,
+        }
+    }
+
+    pub(super) async fn get_webhook_item(&self, org: &OrgId, id: &WebhookId) -> Result<Option<Webhook>, StoreError> {
+        self.get(key(org_pk(org), webhook_sk(id))).await?.as_ref().map(doc_of).transpose()
+    }
+
+    pub(super) async fn list_webhook_items(&self, org: &OrgId) -> Result<Vec<Webhook>, StoreError> {
+        let items = self
+            .query_until(
+                || {
+                    self.client
+                        .query()
+                        .table_name(&self.table)
+                        .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+                        .expression_attribute_values(":pk", s(org_pk(org)))
+                        .expression_attribute_values(":p", s("WHK#"))
+                        .consistent_read(true)
+                },
+                usize::MAX,
+            )
+            .await?;
+        items.iter().map(doc_of).collect()
+    }
+
+    pub(super) async fn delete_webhook_item(&self, org: &OrgId, id: &WebhookId) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(org_pk(org), webhook_sk(id))))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(sdk)?;
+        // The deliveries go whether or not the webhook was there: none may outlive it.
+        self.delete_deliveries(org, id).await?;
+        Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+    }
+
+    /// Deletes a webhook's deliveries, a page of keys at a time.
+    async fn delete_deliveries(&self, org: &OrgId, id: &WebhookId) -> Result<(), StoreError> {
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(deliveries_pk(org, id)))
+                .projection_expression("pk, sk")
+                .consistent_read(true)
+                .limit(100)
+                .send()
+                .await
+                .map_err(sdk)?;
+            let keys = out.items.unwrap_or_default();
+            if keys.is_empty() {
+                return Ok(());
+            }
+            self.delete_batch(&keys).await?;
+        }
+    }
+
+    pub(super) async fn insert_delivery_item(&self, d: &WebhookDelivery) -> Result<bool, StoreError> {
+        // TTL deletes late: a delivery past its expiry no longer holds its id.
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(Item::try_from(d)?))
+            .condition_expression("attribute_not_exists(pk) OR #ttl <= :now")
+            .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
+            .expression_attribute_values(":now", n(d.created_at.unix_timestamp()))
+            .send()
+            .await;
+        match res.map_err(conditional) {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) async fn get_delivery_item(
+        &self,
+        org: &OrgId,
+        webhook: &WebhookId,
+        id: &str,
+    ) -> Result<Option<WebhookDelivery>, StoreError> {
+        self.get(key(deliveries_pk(org, webhook), delivery_sk(id))).await?.as_ref().map(doc_of).transpose()
+    }
+
+    pub(super) async fn list_delivery_items(
+        &self,
+        org: &OrgId,
+        webhook: &WebhookId,
+        limit: usize,
+    ) -> Result<Vec<WebhookDelivery>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // The index projects every attribute: one Query, read backwards, is the whole listing.
+        let items = self
+            .query_until(
+                || {
+                    self.client
+                        .query()
+                        .table_name(&self.table)
+                        .index_name(BY_CUSTOMER)
+                        .key_condition_expression("gsi1pk = :pk")
+                        .expression_attribute_values(":pk", s(deliveries_pk(org, webhook)))
+                        .scan_index_forward(false)
+                },
+                limit,
+            )
+            .await?;
+        items.iter().take(limit).map(doc_of).collect()
+    }
+
+    pub(super) async fn update_delivery_item(
+        &self,
+        d: &WebhookDelivery,
+        expected_version: u64,
+    ) -> Result<(), StoreError> {
+        self.put_if(Item::try_from(d)?, "#version = :v", &[(":v", n(expected_version))]).await
+    }
+
+    pub(super) async fn due_delivery_items(
+        &self,
+        until: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<WebhookDelivery>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let upper = format!("{:015}#~", ms(until));
+        // The soonest `limit` of each shard, merged: the soonest `limit` of all.
+        let shards = (0..DUE_SHARDS).map(|shard| {
+            let upper = upper.clone();
+            async move {
+                self.query_until(
+                    || {
+                        self.client
+                            .query()
+                            .table_name(&self.table)
+                            .index_name(REFRESH_DUE)
+                            .key_condition_expression("gsi3pk = :p AND gsi3sk <= :u")
+                            .expression_attribute_values(":p", s(format!("WDUE#{shard}")))
+                            .expression_attribute_values(":u", s(upper.clone()))
+                    },
+                    limit,
+                )
+                .await
+            }
+        });
+        let mut entries: Vec<Item> = try_join_all(shards).await?.into_iter().flatten().collect();
+        let sort_key = |i: &Item| match i.get("gsi3sk") {
+            Some(AttributeValue::S(sk)) => sk.clone(),
+            _ => String::new(),
+        };
+        entries.sort_by_cached_key(sort_key);
+        entries.truncate(limit);
+        // The index projects keys only, and lags the table: read each delivery and keep it only
+        // if it is still pending and due.
+        let reads = entries.iter().map(|e| {
+            let k: Item = ["pk", "sk"].iter().filter_map(|a| Some(((*a).to_owned(), e.get(*a)?.clone()))).collect();
+            async move { self.get(k).await?.as_ref().map(doc_of::<WebhookDelivery>).transpose() }
+        });
+        let mut due: Vec<WebhookDelivery> = try_join_all(reads)
+            .await?
+            .into_iter()
+            .flatten()
+            .filter(|d| d.status == DeliveryStatus::Pending && d.next_attempt_at.is_some_and(|t| t <= until))
+            .collect();
+        due.sort_by(|a, b| {
+            (a.next_attempt_at, &a.org, &a.webhook_id, &a.id).cmp(&(b.next_attempt_at, &b.org, &b.webhook_id, &b.id))
+        });
+        Ok(due)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Sealed;
+
+    fn delivery(status: DeliveryStatus) -> WebhookDelivery {
+        let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        WebhookDelivery {
+            org: OrgId::parse("acme").unwrap(),
+            webhook_id: WebhookId::parse("ops").unwrap(),
+            id: "msg_abc".into(),
+            event_id: "evt".into(),
+            event_type: "Connection Created".into(),
+            payload: "{}".into(),
+            status,
+            version: 1,
+            attempts: Vec::new(),
+            next_attempt_at: Some(at + time::Duration::milliseconds(5)),
+            created_at: at,
+            expires_at: at + time::Duration::days(30),
+        }
+    }
+
+    #[test]
+    fn only_pending_deliveries_carry_the_due_index_keys() {
+        let item = Item::try_from(&delivery(DeliveryStatus::Pending)).unwrap();
+        assert_eq!(item["pk"], s("WHD#acme#ops"));
+        assert_eq!(item["sk"], s("DLV#msg_abc"));
+        assert_eq!(item["gsi1sk"], s("001700000000000#msg_abc"));
+        assert_eq!(item["gsi3sk"], s("001700000000005#acme#ops#msg_abc"));
+        assert_eq!(item[TTL_ATTRIBUTE], n(1_700_000_000 + 30 * 86_400));
+        for status in [DeliveryStatus::Delivered, DeliveryStatus::Failed] {
+            let item = Item::try_from(&delivery(status)).unwrap();
+            assert!(!item.contains_key("gsi3pk") && !item.contains_key("gsi3sk"), "{status:?}");
+        }
+        let hook = Webhook {
+            org: OrgId::parse("acme").unwrap(),
+            id: WebhookId::parse("ops").unwrap(),
+            url: "https://hooks.example.com".into(),
+            events: vec!["Connection Created".into()],
+            enabled: true,
+            disabled_reason: None,
+            secrets: Sealed { key_id: "k".into(), wrapped_key: vec![1], ciphertext: vec![2] },
+            version: 3,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            updated_at: OffsetDateTime::UNIX_EPOCH,
+        };
+        let item = Item::try_from(&hook).unwrap();
+        assert_eq!((&item["pk"], &item["sk"], &item["version"]), (&s("ORG#acme"), &s("WHK#ops"), &n(3)));
+    }
+}
