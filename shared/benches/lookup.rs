@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use latchkey::config::Components;
 use latchkey::crypto::{EncryptionContext, Envelope};
 use latchkey::domain::{ConnectionId, OrgId, Principal};
-use latchkey::service::{LookupRequest, ServiceOptions};
+use latchkey::service::{LookupRequest, PrincipalKind, ReadOrigin, ServiceOptions};
 use serde_json::json;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -44,7 +44,8 @@ async fn main() {
         .await
         .unwrap();
     let req = LookupRequest { connection_id: Some(conn.id.to_string()), ..Default::default() };
-    service.lookup(&org, None, &req).await.unwrap(); // configured -> active
+    let origin = ReadOrigin::http(PrincipalKind::Runtime, "bench");
+    service.lookup(&org, None, &req, &origin).await.unwrap(); // configured -> active
 
     println!("| operation | ops | p50 µs | p99 µs | max µs | ops/s |");
     println!("|---|---|---|---|---|---|");
@@ -54,7 +55,7 @@ async fn main() {
     let wall = Instant::now();
     for _ in 0..n {
         let t = Instant::now();
-        std::hint::black_box(service.lookup(&org, None, &req).await.unwrap());
+        std::hint::black_box(service.lookup(&org, None, &req, &origin).await.unwrap());
         samples.push(t.elapsed());
     }
     row("warm lookup, sequential", samples, wall.elapsed());
@@ -66,7 +67,7 @@ async fn main() {
     let wall = Instant::now();
     for _ in 0..n {
         let t = Instant::now();
-        std::hint::black_box(service.lookup(&org, None, &by_selector).await.unwrap());
+        std::hint::black_box(service.lookup(&org, None, &by_selector, &origin).await.unwrap());
         samples.push(t.elapsed());
     }
     row("warm lookup by selector, sequential", samples, wall.elapsed());
@@ -75,12 +76,12 @@ async fn main() {
     let wall = Instant::now();
     let handles: Vec<_> = (0..tasks)
         .map(|_| {
-            let (service, org, req) = (service.clone(), org.clone(), req.clone());
+            let (service, org, req, origin) = (service.clone(), org.clone(), req.clone(), origin.clone());
             tokio::spawn(async move {
                 let mut s = Vec::with_capacity(n / tasks);
                 for _ in 0..n / tasks {
                     let t = Instant::now();
-                    std::hint::black_box(service.lookup(&org, None, &req).await.unwrap());
+                    std::hint::black_box(service.lookup(&org, None, &req, &origin).await.unwrap());
                     s.push(t.elapsed());
                 }
                 s

@@ -15,7 +15,7 @@ use crate::domain::{ConnectionId, OrgId};
 use crate::http::Surface;
 use crate::http::auth::Verifier;
 use crate::http::problem::Problem;
-use crate::service::{LookupRequest, Service, ServiceError, error_types};
+use crate::service::{LookupRequest, PrincipalKind, ReadOrigin, Service, ServiceError, error_types};
 
 pub type Error = lambda_runtime::Error;
 
@@ -136,6 +136,18 @@ pub async fn handle_lookup_with(
     verifier: Option<&Verifier>,
     payload: Value,
 ) -> Result<Value, Diagnostic> {
+    handle_lookup_invocation(service, verifier, payload, &ulid::Ulid::new().to_string()).await
+}
+
+/// [`handle_lookup_with`] for the invocation `request_id` (Lambda's `context.request_id`), the
+/// id its audit line names. A call outside an invocation (as [`handle_lookup_with`] makes)
+/// names a new ULID instead.
+pub async fn handle_lookup_invocation(
+    service: &Service,
+    verifier: Option<&Verifier>,
+    payload: Value,
+    request_id: &str,
+) -> Result<Value, Diagnostic> {
     // serde's message could quote a value of the payload: keep it out of the error.
     let req: LookupRequest = serde_json::from_value(payload).map_err(|_| {
         invalid(
@@ -144,10 +156,10 @@ pub async fn handle_lookup_with(
              {definition, customer, instance_id?, user?} may stand for connection_id",
         )
     })?;
-    let (org, customer) = match verifier {
+    let (org, customer, principal) = match verifier {
         None => {
             let org = req.org.as_deref().ok_or_else(|| invalid("org is required"))?;
-            (OrgId::parse(org).map_err(|_| invalid("org is not a valid organization id"))?, None)
+            (OrgId::parse(org).map_err(|_| invalid("org is not a valid organization id"))?, None, PrincipalKind::Iam)
         }
         Some(verifier) => {
             let token = req.token.as_ref().ok_or_else(|| {
@@ -163,12 +175,14 @@ pub async fn handle_lookup_with(
             if req.org.as_deref().is_some_and(|o| o != principal.org.as_str()) {
                 return Err(diagnostic(error_types::FORBIDDEN, "the token is another organization's"));
             }
-            (principal.org, principal.customer)
+            let kind = PrincipalKind::of(&principal);
+            (principal.org, principal.customer, kind)
         }
     };
+    let origin = ReadOrigin::lambda(principal, request_id);
     record_ids(&org, req.connection_id.as_deref().and_then(|id| ConnectionId::parse(id).ok()).as_ref());
     let result = match req.action.as_deref() {
-        None | Some("lookup") => service.lookup(&org, customer.as_ref(), &req).await.map(serde_json::to_value),
+        None | Some("lookup") => service.lookup(&org, customer.as_ref(), &req, &origin).await.map(serde_json::to_value),
         Some("report_error") => service.report_error(&org, customer.as_ref(), &req).await.map(serde_json::to_value),
         Some(_) => return Err(invalid("action must be lookup or report_error")),
     };
@@ -291,5 +305,7 @@ pub async fn lookup_invocation(
     verifier: Option<&Verifier>,
     event: LambdaEvent<Value>,
 ) -> Result<Value, Diagnostic> {
-    handle_lookup_with(service, verifier, event.payload).instrument(invocation_span(&event.context)).await
+    handle_lookup_invocation(service, verifier, event.payload, &event.context.request_id)
+        .instrument(invocation_span(&event.context))
+        .await
 }

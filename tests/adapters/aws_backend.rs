@@ -176,7 +176,7 @@ async fn sealed_values_copied_onto_another_connection_never_open() {
     ddb.put_item().table_name(&aws.table).set_item(Some(attacker_item)).send().await.unwrap();
 
     let lookup = |id: &str| LookupRequest { connection_id: Some(id.to_owned()), ..Default::default() };
-    let stolen = service.lookup(&org, None, &lookup(attacker.id.as_str())).await;
+    let stolen = service.lookup(&org, None, &lookup(attacker.id.as_str()), &origin()).await;
     let err = stolen.expect_err("a ciphertext bound to another connection must not open");
     assert!(!format!("{err:?} {err}").contains("sk_victim_secret"));
 
@@ -190,8 +190,8 @@ async fn sealed_values_copied_onto_another_connection_never_open() {
         &aws.bus,
         ServiceOptions::default(),
     );
-    assert!(cold.service.lookup(&org, None, &lookup(attacker.id.as_str())).await.is_err());
-    let own = cold.service.lookup(&org, None, &lookup(victim.id.as_str())).await.unwrap();
+    assert!(cold.service.lookup(&org, None, &lookup(attacker.id.as_str()), &origin()).await.is_err());
+    let own = cold.service.lookup(&org, None, &lookup(victim.id.as_str()), &origin()).await.unwrap();
     let fields = serde_json::to_value(&own.fields).unwrap();
     assert_eq!(fields["apiKey"], json!("sk_victim_secret"), "the victim's own record still opens");
 }
@@ -257,13 +257,13 @@ async fn aws_calls_per_operation() {
     service.list_connections(&p, &Default::default()).await.unwrap();
     record("GET connections (one page)", aws.calls.take());
     let req = LookupRequest { connection_id: Some(id.clone()), ..Default::default() };
-    service.lookup(&org, None, &req).await.unwrap();
+    service.lookup(&org, None, &req, &origin()).await.unwrap();
     record("lookup, first use (configured -> active)", aws.calls.take());
-    service.lookup(&org, None, &req).await.unwrap();
+    service.lookup(&org, None, &req, &origin()).await.unwrap();
     let warm = record("lookup, warm", aws.calls.take());
     let by_selector =
         LookupRequest { definition: Some("acme".into()), customer: Some("c-1".into()), ..Default::default() };
-    service.lookup(&org, None, &by_selector).await.unwrap();
+    service.lookup(&org, None, &by_selector, &origin()).await.unwrap();
     let selected = record("lookup by selector, warm", aws.calls.take());
     service.update_connection(&p, &id, &json!({"label": "x"}), None).await.unwrap();
     record("PATCH connection (label)", aws.calls.take());
@@ -281,4 +281,9 @@ async fn aws_calls_per_operation() {
     assert_eq!(warm, ["DynamoDB.GetItem"], "a warm lookup is one read and no KMS call");
     // A selector adds the index query that finds the connection, and nothing else.
     assert_eq!(selected, ["DynamoDB.Query", "DynamoDB.GetItem"], "a warm selector lookup: one Query, one read");
+}
+
+/// The audit origin of this file's service-level lookups (as a runtime token over HTTP).
+fn origin() -> latchkey::service::ReadOrigin {
+    latchkey::service::ReadOrigin::http(latchkey::service::PrincipalKind::Runtime, "test")
 }

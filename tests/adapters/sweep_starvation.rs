@@ -458,7 +458,7 @@ async fn a_report_racing_a_refresh_keeps_its_reason_and_stays_out_of_the_index(b
     let (looker, owner) = (service.clone(), org.clone());
     let req =
         LookupRequest { connection_id: Some(looked.to_string()), min_valid_seconds: Some(60), ..Default::default() };
-    let lookup = tokio::spawn(async move { looker.lookup(&owner, None, &req).await.map(|_| ()) });
+    let lookup = tokio::spawn(async move { looker.lookup(&owner, None, &req, &origin()).await.map(|_| ()) });
     provider.held().await;
     service.report_error(&org, None, &report(&looked, "the app refused the token")).await.expect("report");
     provider.release.add_permits(1);
@@ -478,4 +478,9 @@ async fn a_report_racing_a_refresh_keeps_its_reason_and_stays_out_of_the_index_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_report_racing_a_refresh_keeps_its_reason_and_stays_out_of_the_index_aws() {
     a_report_racing_a_refresh_keeps_its_reason_and_stays_out_of_the_index(Backend::aws().await).await;
+}
+
+/// The audit origin of this file's service-level lookups (as a runtime token over HTTP).
+fn origin() -> latchkey::service::ReadOrigin {
+    latchkey::service::ReadOrigin::http(latchkey::service::PrincipalKind::Runtime, "test")
 }

@@ -315,7 +315,7 @@ async fn a_dead_workers_lease_is_taken_over_after_it_expires() {
         min_valid_seconds: Some(86_400),
         ..Default::default()
     };
-    let found = app.service.lookup(&org_id, None, &req).await.unwrap();
+    let found = app.service.lookup(&org_id, None, &req, &origin()).await.unwrap();
     assert!(before.elapsed() >= Duration::from_millis(1500), "it waited for the lease: {:?}", before.elapsed());
     assert!(found.token.is_some());
     assert_eq!(refreshes(&mock.stats().await), 1, "taken over: one refresh");
@@ -371,4 +371,9 @@ async fn lookups_during_an_outage_do_not_storm_the_provider() {
         found.assert_status(StatusCode::OK);
     }
     assert_eq!(refreshes(&mock.stats().await), 1, "one attempt, then the backoff");
+}
+
+/// The audit origin of this file's service-level lookups (as a runtime token over HTTP).
+fn origin() -> latchkey::service::ReadOrigin {
+    latchkey::service::ReadOrigin::http(latchkey::service::PrincipalKind::Runtime, "test")
 }

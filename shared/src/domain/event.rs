@@ -109,6 +109,23 @@ pub enum ExpiredReason {
 }
 
 impl ExpiredReason {
+    /// The reason a connection red with error class `code` expired: `grant_refused` and
+    /// `reauthorization_required` (the grant is bound to a token endpoint that has since changed)
+    /// are [`Self::GrantRefused`]; `reported` (the caller's `report_error`: the provider refused
+    /// the credentials when used) and `credentials_rejected` are [`Self::CredentialsRejected`];
+    /// `client_rejected`, `scopes_missing` and `token_expired` are themselves. `None` for a
+    /// class that is no expiry (`access_denied`: a device authorization the user denied).
+    pub fn of_code(code: &str) -> Option<Self> {
+        Some(match code {
+            "token_expired" => Self::TokenExpired,
+            "grant_refused" | "reauthorization_required" => Self::GrantRefused,
+            "client_rejected" => Self::ClientRejected,
+            "scopes_missing" => Self::ScopesMissing,
+            "credentials_rejected" | "reported" => Self::CredentialsRejected,
+            _ => return None,
+        })
+    }
+
     /// The `reason` member's value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -187,9 +204,13 @@ impl Event {
         }
     }
 
-    /// An event about connection `c` as it is now.
+    /// An event about connection `c` as it is now. `Connection Error`'s `reason` is the
+    /// connection's error class (`grant_refused`, `reported`...) when it has one.
     pub fn about(kind: EventType, c: &Connection) -> Self {
+        let reason =
+            matches!(kind, EventType::ConnectionError).then(|| c.error.as_ref().map(|e| e.code.clone())).flatten();
         Self {
+            reason,
             connection: Some(EventConnection {
                 customer: c.customer.clone(),
                 connection_id: c.id.clone(),
@@ -260,6 +281,19 @@ mod tests {
         keys.sort_unstable();
         assert_eq!(keys, ["event_id", "occurred_at", "org", "reason", "webhook_id"]);
         assert_eq!((&detail["webhook_id"], &detail["reason"]), (&json!("ops"), &json!("deliveries_failing")));
+    }
+
+    #[test]
+    fn expiry_reasons_are_the_refusal_classes_and_credential_rejections() {
+        use crate::domain::Refusal;
+        let of = |code: &str| ExpiredReason::of_code(code).map(ExpiredReason::as_str);
+        for class in [Refusal::TokenExpired, Refusal::GrantRefused, Refusal::ClientRejected, Refusal::ScopesMissing] {
+            assert_eq!(of(class.code()), Some(class.code()));
+        }
+        assert_eq!(of(Refusal::ReauthorizationRequired.code()), Some("grant_refused"));
+        assert_eq!(of(crate::service::CREDENTIALS_REJECTED), Some("credentials_rejected"));
+        assert_eq!(of("reported"), Some("credentials_rejected"));
+        assert_eq!(of("access_denied"), None, "a denied first authorization is no expiry");
     }
 
     #[test]

@@ -130,15 +130,25 @@ fn request_id(req: &Request) -> String {
         .map_or_else(|| ulid::Ulid::new().to_string(), str::to_owned)
 }
 
+/// The id of the request being answered (see [`request_id`]), an extension every handler can
+/// take (`axum::Extension<RequestId>`): the token lookups name it in their audit line.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestId(pub String);
+
 /// One span per request, so that every line written while handling it carries its ids:
 /// `request_id` (see [`request_id`], echoed as [`REQUEST_ID_HEADER`]), `method`, `route` (the
 /// matched template, `/v1/connections/{id}`, never the raw path or query), `connection_id` (the
 /// path's `{id}` when it is a valid connection id) and `org`, recorded by the [`Principal`]
 /// extractor once the bearer token is verified. Then one line when it is answered: status and
 /// latency. Never a body, header or query string.
-async fn trace_request(params: Result<RawPathParams, RawPathParamsRejection>, req: Request, next: Next) -> Response {
+async fn trace_request(
+    params: Result<RawPathParams, RawPathParamsRejection>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let request_id = request_id(&req);
+    req.extensions_mut().insert(RequestId(request_id.clone()));
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
     let span = tracing::info_span!(
         "request",
@@ -500,6 +510,7 @@ async fn oauth_callback(
 async fn token_lookup(
     State(s): State<RouterState>,
     p: Principal,
+    axum::Extension(request): axum::Extension<RequestId>,
     Path(id): Path<String>,
     OptionalJsonBody(body): OptionalJsonBody,
 ) -> Result<Response, Problem> {
@@ -514,7 +525,7 @@ async fn token_lookup(
         return Err(Problem::validation(vec![FieldError::new("connection_id", "must match the path")]));
     }
     req.connection_id = Some(id);
-    answer_lookup(&s, &p, &req).await
+    answer_lookup(&s, &p, &req, request).await
 }
 
 /// A token lookup's HTTP body as the Lambda payload it mirrors, `expected` saying its shape when
@@ -535,11 +546,18 @@ fn lookup_request(body: Value, expected: &'static str) -> Result<LookupRequest, 
     Ok(req)
 }
 
-/// Runs a parsed token lookup's `action`: the lookup (default) or `report_error`.
-async fn answer_lookup(s: &RouterState, p: &Principal, req: &LookupRequest) -> Result<Response, Problem> {
+/// Runs a parsed token lookup's `action`: the lookup (default) or `report_error`. A lookup's
+/// audit line names `request` and the principal's kind.
+async fn answer_lookup(
+    s: &RouterState,
+    p: &Principal,
+    req: &LookupRequest,
+    request: RequestId,
+) -> Result<Response, Problem> {
     match req.action.as_deref() {
         None | Some("lookup") => {
-            Ok(axum::Json(s.service.lookup(&p.org, p.customer.as_ref(), req).await?).into_response())
+            let origin = crate::service::ReadOrigin::http(crate::service::PrincipalKind::of(p), request.0);
+            Ok(axum::Json(s.service.lookup(&p.org, p.customer.as_ref(), req, &origin).await?).into_response())
         }
         Some("report_error") => {
             Ok(axum::Json(s.service.report_error(&p.org, p.customer.as_ref(), req).await?).into_response())

@@ -21,6 +21,7 @@ use crate::domain::Principal;
 pub(super) async fn selector_lookup(
     State(s): State<RouterState>,
     p: Principal,
+    axum::Extension(request): axum::Extension<super::RequestId>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, Problem> {
     if !p.is_runtime() {
@@ -31,5 +32,5 @@ pub(super) async fn selector_lookup(
         "expected {definition, customer?, instance_id?, user?, min_valid_seconds?, action?, message?} \
          or {connection_id, ...} with the right types",
     )?;
-    super::answer_lookup(&s, &p, &req).await
+    super::answer_lookup(&s, &p, &req, request).await
 }

@@ -10,8 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::retry::Races;
 use super::{Result, Service, ServiceError, Unusable};
 use crate::domain::{
-    AuthKind, Connection, ConnectionId, CustomerId, DefinitionKey, Event, EventType, LogType, OrgId, Refusal, Status,
-    StatusError,
+    AuthKind, Connection, ConnectionId, CustomerId, DefinitionKey, LogType, OrgId, Refusal, Status, StatusError,
 };
 use crate::ports::StoreError;
 
@@ -107,6 +106,9 @@ pub struct LookupResponse {
     pub status: Status,
     pub fields: Fields,
     pub token: Option<TokenView>,
+    /// `oauth1` connections: what an execution signs its requests with (SPEC section 12).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oauth1: Option<super::oauth::Oauth1Credentials>,
 }
 
 #[derive(Debug, Serialize)]
@@ -118,15 +120,100 @@ pub struct ReportedError {
 
 const MAX_REPORT: usize = 1_000;
 
+/// How a credential read reached Latchkey: what its audit line (SPEC section 11) names beside
+/// the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOrigin {
+    pub channel: Channel,
+    pub principal: PrincipalKind,
+    /// The HTTP request's id (the `x-request-id` answered) or the Lambda invocation's
+    /// `request_id`: the id the request's other log lines carry under `span.request_id`.
+    pub request_id: String,
+}
+
+impl ReadOrigin {
+    /// A read over HTTP by `principal` in request `request_id`.
+    pub fn http(principal: PrincipalKind, request_id: impl Into<String>) -> Self {
+        Self { channel: Channel::Http, principal, request_id: request_id.into() }
+    }
+
+    /// A read through the `token-lookup` function by `principal` in invocation `request_id`.
+    pub fn lambda(principal: PrincipalKind, request_id: impl Into<String>) -> Self {
+        Self { channel: Channel::Lambda, principal, request_id: request_id.into() }
+    }
+}
+
+/// The way in of a credential read (the audit line's `channel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+pub enum Channel {
+    /// `POST /v1/connections/{id}/token` or `POST /v1/token`.
+    Http,
+    /// The `token-lookup` function.
+    Lambda,
+}
+
+/// Who read (the audit line's `principal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+pub enum PrincipalKind {
+    /// A runtime-role JWT of the organization (HTTP, or `token-lookup` with
+    /// `LATCHKEY_LOOKUP_AUTH=token`).
+    Runtime,
+    /// A runtime-role JWT bound to one customer (its `customer` claim).
+    CustomerRuntime,
+    /// `token-lookup` with `LATCHKEY_LOOKUP_AUTH=iam`: whoever holds the invoke permission.
+    Iam,
+}
+
+impl PrincipalKind {
+    /// The kind of a verified runtime principal.
+    pub fn of(p: &crate::domain::Principal) -> Self {
+        if p.customer.is_some() { Self::CustomerRuntime } else { Self::Runtime }
+    }
+
+    /// The audit line's value: `runtime`, `customer_runtime` or `iam`.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl Channel {
+    /// The audit line's value: `http` or `lambda`.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// The audit line of a credential read handed out: one `info` line, `audit =
+/// "credentials_read"` with the organization, connection, its definition and customer, who read
+/// and through what, and the request id. Identifiers only, never a value; a log line, not a
+/// store write.
+fn audit_read(c: &Connection, origin: &ReadOrigin) {
+    tracing::info!(
+        audit = "credentials_read",
+        org = %c.org,
+        connection_id = %c.id,
+        definition = %c.definition,
+        customer = c.customer.as_ref().map(CustomerId::as_str),
+        principal = origin.principal.as_str(),
+        channel = origin.channel.as_str(),
+        request_id = %origin.request_id,
+        "credentials read"
+    );
+}
+
 impl Service {
     /// Looks a connection up, by id or by selector: every value decrypted. A warm lookup of an
     /// active connection by id is one store read and no key-provider call (the data key is
-    /// cached); by selector, an index query more.
+    /// cached); by selector, an index query more. A lookup that hands credentials out writes
+    /// the audit line (`audit = "credentials_read"`, naming `origin`); one that fails does not.
     pub async fn lookup(
         &self,
         org: &OrgId,
         customer: Option<&CustomerId>,
         req: &LookupRequest,
+        origin: &ReadOrigin,
     ) -> Result<LookupResponse> {
         let c = self.lookup_target(org, customer, req).await?;
         if let Some(why) = Unusable::of(c.status) {
@@ -139,6 +226,18 @@ impl Service {
         let mut c = c;
         let mut token = None;
         let mut captured = BTreeMap::new();
+        let mut oauth1 = None;
+        if c.auth == Some(AuthKind::Oauth1) {
+            // Nothing expires and nothing refreshes: the stored token and secret, as they are.
+            let (access_token, credentials) = self.oauth1_lookup(&c).await?;
+            token = Some(TokenView {
+                access_token: SecretString::from(access_token),
+                token_type: super::oauth::OAUTH1_TOKEN_TYPE.to_owned(),
+                expires_at: None,
+                scopes: Vec::new(),
+            });
+            oauth1 = Some(credentials);
+        }
         if c.auth.is_some_and(|a| a.is_oauth()) {
             let now = self.clock.now();
             let min_valid = time::Duration::seconds(req.min_valid_seconds.unwrap_or(0).min(86_400) as i64);
@@ -173,6 +272,11 @@ impl Service {
             // The integration gets the access token, never the app's client secret.
             secret.remove("clientSecret");
         }
+        if oauth1.is_some() {
+            // The consumer's secrets are in the `oauth1` member, and only those its method uses.
+            secret.remove(crate::domain::validate::CONSUMER_SECRET_INPUT);
+            secret.remove(crate::domain::validate::PRIVATE_KEY_INPUT);
+        }
         if c.auth == Some(AuthKind::Oauth2JwtBearer) {
             // Nor a service account's private key, wherever it is set (the definition or the
             // connection): it signs assertions for any token, so it stays inside Latchkey.
@@ -198,12 +302,14 @@ impl Service {
                 Err(e) => return Err(e.into()),
             }
         }
+        audit_read(&c, origin);
         Ok(LookupResponse {
             connection_id: c.id,
             definition: c.definition,
             status,
             fields: Fields { plain, secret },
             token,
+            oauth1,
         })
     }
 
@@ -247,7 +353,7 @@ impl Service {
             match self.store.update_connection(&red, c.version).await {
                 Ok(()) => {
                     self.log(&red, LogType::ErrorReported, format!("error reported: {message}")).await;
-                    self.emit(Event::about(EventType::ConnectionError, &red)).await;
+                    self.announce_red(&red).await;
                     return Ok(ReportedError { connection_id: red.id, status: red.status, error });
                 }
                 Err(StoreError::Conflict) => races.lost()?,
@@ -281,7 +387,7 @@ impl Service {
             match self.store.update_connection(&red, current.version).await {
                 Ok(()) => {
                     self.log(&red, LogType::RefreshFailed, format!("{}: {}", error.code, error.message)).await;
-                    self.emit(Event::about(EventType::ConnectionError, &red)).await;
+                    self.announce_red(&red).await;
                     break;
                 }
                 Err(StoreError::Conflict) if races.lost().is_ok() => {}

@@ -300,10 +300,10 @@ impl Service {
                     format!("token refreshed (expires {})", expires.as_deref().unwrap_or("never")),
                 )
                 .await;
-                self.emit(Event::about(EventType::TokenRefreshed, &done)).await;
+                self.announce_refreshed(leased, &done).await;
                 if let Some(error) = &error {
                     self.log(&done, LogType::RefreshFailed, format!("{}: {}", error.code, error.message)).await;
-                    self.emit(Event::about(EventType::ConnectionError, &done)).await;
+                    self.announce_red(&done).await;
                     return Err(ServiceError::Unusable(Unusable::Error));
                 }
                 Ok(Some(done))
@@ -374,7 +374,11 @@ impl Service {
                     ),
                 )
                 .await;
-                self.emit(Event::about(EventType::TokenRefreshFailed, &done)).await;
+                let reason = match failure {
+                    TokenFailure::Unreadable { .. } => "unreadable_answer",
+                    _ => "provider_unavailable",
+                };
+                self.emit(Event::about(EventType::TokenRefreshFailed, &done).with_reason(reason)).await;
                 Err(ServiceError::Provider(failure.code()))
             }
         }
@@ -389,8 +393,9 @@ impl Service {
     }
 
     /// Turns a leased connection red with `error` (a refusal: no further tries until someone
-    /// acts), logs it and emits `Token Refresh Failed` and `Connection Error`. A connection
-    /// reported red meanwhile keeps the reason it was reported with.
+    /// acts), logs it and emits `Token Refresh Failed` (reason: the error class), then
+    /// `Connection Error` and `Connection Expired`. A connection reported red meanwhile keeps the
+    /// reason it was reported with (and was announced by that report).
     async fn refused(
         &self,
         leased: &Connection,
@@ -413,8 +418,11 @@ impl Service {
             return Ok(None);
         };
         self.log(&done, LogType::RefreshFailed, message).await;
-        self.emit(Event::about(EventType::TokenRefreshFailed, &done)).await;
-        self.emit(Event::about(EventType::ConnectionError, &done)).await;
+        self.emit(Event::about(EventType::TokenRefreshFailed, &done).with_reason(error.code.clone())).await;
+        // Red already (reported meanwhile): that report announced it.
+        if done.error.as_ref().is_some_and(|e| (&e.code, &e.message, e.at) == (&error.code, &error.message, error.at)) {
+            self.announce_red(&done).await;
+        }
         Err(ServiceError::Unusable(Unusable::Error))
     }
 

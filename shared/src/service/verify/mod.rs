@@ -47,8 +47,8 @@ use super::retry::{Races, exponential, jittered};
 use super::{Result, Service, ServiceError};
 use crate::domain::validate::{FieldError, Values};
 use crate::domain::{
-    ACCESS_TOKEN, Connection, Definition, Event, EventType, LogType, Principal, RenderError, Status, StatusError,
-    Verdict, Verify, VerifyMethod, VerifyState,
+    ACCESS_TOKEN, Connection, Definition, LogType, Principal, RenderError, Status, StatusError, Verdict, Verify,
+    VerifyMethod, VerifyState,
 };
 use crate::ports::{ConnectionFilter, StoreError};
 use crate::provider::destination::{DestinationError, check_literal_destination, check_public_destination};
@@ -555,7 +555,7 @@ impl Service {
         self.log(&done, kind, message).await;
         if done.status == Status::Error && was.status != Status::Error {
             tracing::info!(org = %done.org, connection_id = %done.id, "credentials rejected by the provider");
-            self.emit(Event::about(EventType::ConnectionError, &done)).await;
+            self.announce_red(&done).await;
         }
         Ok(done)
     }
