@@ -14,6 +14,7 @@ mod connect_page;
 mod connect_sessions;
 mod dependency_timeouts;
 mod device_code;
+mod events;
 mod idempotency;
 mod import;
 mod isolation;
