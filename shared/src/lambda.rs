@@ -19,6 +19,14 @@ use crate::service::{LookupRequest, PrincipalKind, ReadOrigin, Service, ServiceE
 
 pub type Error = lambda_runtime::Error;
 
+mod webhook_deliver;
+/// webhook-deliver's input (an SQS batch of EventBridge envelopes) and answer (the messages to
+/// hand back), and its handler.
+pub use webhook_deliver::{
+    BatchItemFailure, MAX_VISIBILITY, MessageVisibility, SqsBatchResponse, SqsEvent, SqsMessage, SqsVisibility,
+    handle_webhook_messages, queue_url, serve_webhook_deliver, visibility_seconds,
+};
+
 /// The `detail` of Latchkey's own `Connection Disconnected` and `Connection Deleted` events
 /// (`domain::Event`, source `latchkey`) as token-revoke reads it: which connection. Its other
 /// members (`customer`, `definition`, `status`) are ignored.

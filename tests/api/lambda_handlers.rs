@@ -520,3 +520,172 @@ async fn a_device_flow_is_started_by_connections_api_and_completed_by_token_refr
     assert_eq!(status, 200, "{found}");
     assert_eq!(oidc.introspect(found["token"]["access_token"].as_str().unwrap()).await["active"], true);
 }
+
+/// Deployed, API Gateway hands every authorized route to connections-api through its one
+/// catch-all route (`ANY /v1/{proxy+}`, infra/template.yaml): the request then carries that
+/// `routeKey` and a `proxy` path parameter rather than the operation's. The router goes by the
+/// path alone, so every GET sample answers the same either way.
+#[tokio::test]
+async fn connections_api_serves_the_samples_as_the_v1_catch_all_passes_them() {
+    let api = Api::new();
+    assert_eq!(api.send("connections-api/put-definition.json").await.0, 201);
+    let (_, _, conn) = api.send("connections-api/create-connection.json").await;
+    let id = conn["id"].as_str().unwrap();
+    let mut compared = 0;
+    for (path, route) in samples("connections-api") {
+        let Some(rest) = route.strip_prefix("GET /v1/") else { continue };
+        let raw = event(&path).replace(SAMPLE_ID, id);
+        let mut deployed: Value = serde_json::from_str(&raw).unwrap();
+        let proxy = deployed["rawPath"].as_str().unwrap().strip_prefix("/v1/").unwrap().to_owned();
+        deployed["routeKey"] = json!("ANY /v1/{proxy+}");
+        deployed["requestContext"]["routeKey"] = json!("ANY /v1/{proxy+}");
+        deployed["pathParameters"] = json!({"proxy": proxy});
+        let (status, _, body) = api.exchange(&raw).await;
+        let (deployed_status, _, deployed_body) = api.exchange(&deployed.to_string()).await;
+        assert_eq!((deployed_status, &deployed_body), (status, &body), "{path} ({rest})");
+        assert_ne!(status, 404, "{path}: {body}");
+        compared += 1;
+    }
+    assert!(compared >= 5, "{compared} GET samples");
+}
+
+/// A webhook endpoint on loopback: answers the scripted statuses in turn (then 200) and keeps
+/// every request's headers and body.
+#[derive(Clone, Default)]
+struct Endpoint {
+    script: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(http::HeaderMap, axum::body::Bytes)>>>,
+}
+
+impl Endpoint {
+    async fn start(script: &[u16]) -> (String, Self) {
+        let endpoint = Endpoint::default();
+        endpoint.script.lock().unwrap().extend(script.iter().rev());
+        let state = endpoint.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: http::HeaderMap, body: axum::body::Bytes| {
+                let state = state.clone();
+                async move {
+                    state.got.lock().unwrap().push((headers, body));
+                    let status = state.script.lock().unwrap().pop().unwrap_or(200);
+                    http::StatusCode::from_u16(status).unwrap()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, endpoint)
+    }
+
+    fn requests(&self) -> Vec<(http::HeaderMap, axum::body::Bytes)> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+/// [`latchkey::lambda::MessageVisibility`] that records what it was asked.
+#[derive(Default)]
+struct Visibility(std::sync::Mutex<Vec<(String, String, std::time::Duration)>>);
+
+#[async_trait::async_trait]
+impl latchkey::lambda::MessageVisibility for Visibility {
+    async fn delay(&self, queue_arn: &str, receipt_handle: &str, delay: std::time::Duration) -> Result<(), String> {
+        self.0.lock().unwrap().push((queue_arn.to_owned(), receipt_handle.to_owned(), delay));
+        Ok(())
+    }
+}
+
+fn failed_ids(response: &latchkey::lambda::SqsBatchResponse) -> Vec<String> {
+    response.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect()
+}
+
+/// `webhook-deliver`'s sample (an SQS batch of one `Connection Created` envelope, as the rule
+/// queues it): nothing to do without a webhook; with one whose endpoint answers 500, the message
+/// is handed back (a batch item failure) and its visibility moved to the next attempt, a
+/// redelivery before then sends nothing, the one after delivers under the same verified
+/// `webhook-id`, and one more finds the delivery settled. An unreadable body is handed back
+/// as is.
+#[tokio::test]
+async fn webhook_deliver_handles_the_sample_event() {
+    use latchkey::lambda::{SqsEvent, handle_webhook_messages};
+    let dir = tempfile::tempdir().unwrap();
+    let options = ServiceOptions {
+        allow_loopback_providers: true,
+        webhook_retry_schedule: vec![std::time::Duration::from_secs(1)],
+        ..ServiceOptions::default()
+    };
+    let app = Components::embedded(dir.path(), options).unwrap();
+    let router = latchkey::http::router_for(
+        Surface::ConnectionsApi,
+        app.router_state(Verifier::hs256(&SecretString::from(EVENTS_SECRET)).unwrap()),
+    );
+    let raw = event("webhook-deliver/connection-created.json");
+    let sample: SqsEvent = serde_json::from_str(&raw).unwrap();
+    let message_id = sample.records[0].message_id.clone().unwrap();
+    let envelope: Value = serde_json::from_str(sample.records[0].body.as_deref().unwrap()).unwrap();
+    assert_eq!((envelope["source"].as_str(), envelope["detail"]["org"].as_str()), (Some("latchkey"), Some("acme")));
+    let visibility = Visibility::default();
+    let service = &app.service;
+
+    let done = handle_webhook_messages(service, &visibility, sample.clone()).await;
+    assert!(failed_ids(&done).is_empty(), "no webhook: nothing pending");
+
+    let (url, endpoint) = Endpoint::start(&[500]).await;
+    let put: Value = serde_json::from_str(&event("connections-api/put-definition.json")).unwrap();
+    let req = http::Request::builder()
+        .method("PUT")
+        .uri("/v1/webhooks/hook-1")
+        .header("authorization", put["headers"]["authorization"].as_str().unwrap())
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(
+            json!({"url": url, "events": ["Connection Created"], "enabled": true}).to_string(),
+        ))
+        .unwrap();
+    let res = router.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    let created: Value = serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+
+    // 500: handed back, visible again when the next attempt (1 s) is due.
+    let done = handle_webhook_messages(service, &visibility, sample.clone()).await;
+    assert_eq!(failed_ids(&done), [message_id.clone()]);
+    assert_eq!(endpoint.requests().len(), 1);
+    let asked = visibility.0.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    let (arn, handle, delay) = &asked[0];
+    assert_eq!(Some(arn), sample.records[0].event_source_arn.as_ref());
+    assert_eq!(Some(handle), sample.records[0].receipt_handle.as_ref());
+    assert!(*delay <= std::time::Duration::from_secs(1), "{delay:?}");
+
+    // Delivered once due, under the same id.
+    support::eventually(std::time::Duration::from_secs(10), "the second attempt", || async {
+        failed_ids(&handle_webhook_messages(service, &visibility, sample.clone()).await).is_empty()
+    })
+    .await;
+    let got = endpoint.requests();
+    assert_eq!(got.len(), 2, "one request per attempt");
+    let org = latchkey::domain::OrgId::parse("acme").unwrap();
+    let hook = latchkey::domain::WebhookId::parse("hook-1").unwrap();
+    let id = latchkey::domain::delivery_id(&org, &hook, envelope["detail"]["event_id"].as_str().unwrap());
+    let verifier = standardwebhooks::Webhook::new(&secret).unwrap();
+    for (headers, body) in &got {
+        verifier.verify(body, headers).expect("a Standard Webhooks signature");
+        assert_eq!(headers["webhook-id"], id.as_str());
+        let body: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(body["type"], "Connection Created");
+        assert_eq!(body["data"], envelope["detail"]);
+    }
+
+    // A redelivery of a settled message: nothing sent, nothing handed back.
+    let done = handle_webhook_messages(service, &visibility, sample.clone()).await;
+    assert!(failed_ids(&done).is_empty());
+    assert_eq!(endpoint.requests().len(), 2);
+
+    // Not an envelope: handed back for the redrive policy, its visibility left alone.
+    let asked = visibility.0.lock().unwrap().len();
+    let mut bad = sample.clone();
+    bad.records[0].body = Some("not an event".into());
+    assert_eq!(failed_ids(&handle_webhook_messages(service, &visibility, bad).await), [message_id]);
+    assert_eq!(visibility.0.lock().unwrap().len(), asked);
+}

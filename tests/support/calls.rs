@@ -55,6 +55,7 @@ fn iam_actions(service: &str, operation: &str, body: &serde_json::Value) -> Vec<
         "DynamoDB" => "dynamodb",
         "KMS" => "kms",
         "EventBridge" => "events",
+        "SQS" => "sqs",
         other => return vec![format!("{other}:{operation}")],
     };
     match (prefix, operation) {
