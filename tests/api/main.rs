@@ -35,3 +35,4 @@ mod selector;
 mod serve;
 mod tags;
 mod verify;
+mod webhooks;

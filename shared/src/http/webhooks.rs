@@ -92,12 +92,9 @@ async fn retry(
 ) -> Result<Response, Problem> {
     match s.service.retry_delivery(&p, &id, &delivery_id).await {
         Ok(view) => Ok(Json(view).into_response()),
-        Err(ServiceError::Conflict(WEBHOOK_DISABLED)) => Err(Problem::new(
-            StatusCode::CONFLICT,
-            WEBHOOK_DISABLED_PROBLEM,
-            "Webhook Disabled",
-            WEBHOOK_DISABLED,
-        )),
+        Err(ServiceError::Conflict(WEBHOOK_DISABLED)) => {
+            Err(Problem::new(StatusCode::CONFLICT, WEBHOOK_DISABLED_PROBLEM, "Webhook Disabled", WEBHOOK_DISABLED))
+        }
         Err(e) => Err(e.into()),
     }
 }

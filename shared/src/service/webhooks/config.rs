@@ -317,7 +317,8 @@ impl Service {
             let now = self.clock.now();
             let secret = new_secret();
             let until = now + ROTATION_OVERLAP;
-            let secrets = WebhookSecrets { current: secret.clone(), previous: Some(old.current), previous_until: Some(until) };
+            let secrets =
+                WebhookSecrets { current: secret.clone(), previous: Some(old.current), previous_until: Some(until) };
             let sealed = self.envelope.seal_json(&EncryptionContext::organization(&p.org), &secrets).await?;
             let expect = Expect::Version(hook.version);
             let rotated = Webhook { secrets: sealed, version: hook.version + 1, updated_at: now, ..hook };

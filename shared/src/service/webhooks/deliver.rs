@@ -9,9 +9,9 @@ use secrecy::SecretString;
 use time::OffsetDateTime;
 
 use super::super::{Result, Service, ServiceError};
+use super::WebhookMessage;
 use super::config::{DeliveryView, parse_id};
 use super::sender::{Answer, Signed, sign};
-use super::WebhookMessage;
 use crate::domain::{
     DeliveryAttempt, DeliveryStatus, Event, Principal, Webhook, WebhookDelivery, WebhookId, delivery_id,
 };
@@ -40,7 +40,7 @@ impl Service {
         let now = self.clock.now();
         let mut deliveries = Vec::new();
         for hook in self.store.list_webhooks(&message.org).await? {
-            if !hook.enabled || !hook.events.iter().any(|e| *e == message.event_type) {
+            if !hook.enabled || !hook.events.contains(&message.event_type) {
                 continue;
             }
             let delivery = WebhookDelivery {

@@ -19,7 +19,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 pub use config::{DEFAULT_DELIVERIES, DeliveryView, MAX_DELIVERIES, ROTATION_OVERLAP, RotatedSecret, WebhookView};
-pub use deliver::{CLAIM_LEASE, DELIVERIES_FAILING, DELIVERY_CONCURRENCY, DELIVERY_RETENTION, WEBHOOK_DISABLED, next_attempt};
+pub use deliver::{
+    CLAIM_LEASE, DELIVERIES_FAILING, DELIVERY_CONCURRENCY, DELIVERY_RETENTION, WEBHOOK_DISABLED, next_attempt,
+};
 pub use sender::{ATTEMPT_TIMEOUT, MAX_RETRY_AFTER, USER_AGENT, WebhookSender};
 
 use super::Service;
@@ -127,7 +129,10 @@ mod tests {
             "detail": {"event_id": "01JEVENT", "occurred_at": "2026-11-30T08:59:59.5Z", "org": "acme", "connection_id": "c1"}
         });
         let m = WebhookMessage::from_eventbridge(&envelope).unwrap();
-        assert_eq!((m.org.as_str(), m.event_id.as_str(), m.event_type.as_str()), ("acme", "01JEVENT", "Connection Created"));
+        assert_eq!(
+            (m.org.as_str(), m.event_id.as_str(), m.event_type.as_str()),
+            ("acme", "01JEVENT", "Connection Created")
+        );
         let body: Value = serde_json::from_str(&m.payload).unwrap();
         assert_eq!(body["type"], "Connection Created");
         assert_eq!(body["timestamp"], "2026-11-30T08:59:59.5Z");
@@ -146,7 +151,8 @@ mod tests {
         ] {
             assert_eq!(WebhookMessage::from_eventbridge(&broken), Err(WebhookMessageError::Missing(path)));
         }
-        let bad_org = json!({"detail-type": "T", "id": "x", "time": "2026-11-30T09:00:00Z", "detail": {"org": "no such/org"}});
+        let bad_org =
+            json!({"detail-type": "T", "id": "x", "time": "2026-11-30T09:00:00Z", "detail": {"org": "no such/org"}});
         assert_eq!(WebhookMessage::from_eventbridge(&bad_org), Err(WebhookMessageError::Org));
     }
 }

@@ -1,0 +1,186 @@
+//! Deliveries through `latchkey serve`'s worker (retry schedule `1,1`: three attempts a second
+//! apart), to a loopback receiver that verifies each with the `standardwebhooks` crate.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::WebhookApp;
+use super::receiver::Receiver;
+use crate::harness::eventually;
+
+/// Three attempts in all, a second apart.
+const SCHEDULE: (&str, &str) = ("LATCHKEY_WEBHOOK_RETRY_SCHEDULE", "1,1");
+
+/// Polls the webhook's deliveries until one satisfies `done` (30 s at most); that one.
+async fn delivery_when(app: &WebhookApp, hook: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let found = std::sync::Mutex::new(None);
+    eventually(Duration::from_secs(30), what, || async {
+        let hit = app.deliveries(hook).await.into_iter().find(|d| done(d));
+        let ok = hit.is_some();
+        *found.lock().unwrap() = hit;
+        ok
+    })
+    .await;
+    found.into_inner().unwrap().unwrap()
+}
+
+fn statuses(delivery: &Value) -> Vec<Value> {
+    delivery["attempts"].as_array().unwrap().iter().map(|a| a["status_code"].clone()).collect()
+}
+
+#[tokio::test]
+async fn a_receiver_answering_429_then_500_then_200_gets_the_event_on_the_third_attempt_under_one_id() {
+    let app = WebhookApp::spawn(&[SCHEDULE]).await;
+    let receiver = Receiver::start(&[(429, None), (500, None)]).await;
+    let secret = app.create_webhook("ops", &receiver.url, &["Connection Created"]).await;
+    let connection = app.emit_connection_created().await;
+
+    let got = receiver.wait_for(3).await;
+    let ids: BTreeSet<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
+    assert_eq!(ids.len(), 1, "one id for every attempt: {ids:?}");
+    let id = *ids.iter().next().unwrap();
+    assert!(id.starts_with("msg_"), "{id}");
+    for r in &got {
+        r.verify(&secret).unwrap_or_else(|e| panic!("a delivery does not verify: {e}"));
+        assert_eq!(r.header("content-type"), "application/json");
+        assert_eq!(r.header("user-agent"), "Latchkey-Webhooks/1");
+        assert_eq!(r.body, got[0].body, "every attempt sends the same body");
+        assert!(!r.body.contains(&secret) && !r.body.contains("k-1"), "no secret in a body: {}", r.body);
+    }
+    let body = got[0].json();
+    assert_eq!(body["type"], "Connection Created");
+    assert!(body["timestamp"].is_string());
+    assert_eq!(body["data"]["connection_id"], connection.as_str());
+    assert_eq!(body["data"]["org"], app.org_id.as_str());
+
+    let delivered =
+        delivery_when(&app, "ops", "the delivery recorded as delivered", |d| d["status"] == "delivered").await;
+    assert_eq!(delivered["id"], id);
+    assert_eq!(statuses(&delivered), [json!(429), json!(500), json!(200)]);
+    assert_eq!(delivered["payload"], body);
+    assert!(delivered.get("next_attempt_at").is_none());
+    // Nothing more for it: the next event is delivered (at once) while the first is not sent
+    // again, and each event has one delivery.
+    app.emit_connection_created().await;
+    let got = receiver.wait_for(4).await;
+    let second = got[3].header("webhook-id");
+    assert_ne!(second, id);
+    assert_eq!(got.iter().filter(|r| r.header("webhook-id") == id).count(), 3);
+    delivery_when(&app, "ops", "the second delivered", |d| d["id"] == second && d["status"] == "delivered").await;
+    assert_eq!(app.deliveries("ops").await.len(), 2, "one delivery per event");
+    assert!(!app.logs().contains(&secret), "the secret is in the server's logs");
+}
+
+#[tokio::test]
+async fn retry_after_postpones_the_next_attempt() {
+    let app = WebhookApp::spawn(&[SCHEDULE]).await;
+    let receiver = Receiver::start(&[(503, Some("3"))]).await;
+    let secret = app.create_webhook("ops", &receiver.url, &["Connection Created"]).await;
+    app.emit_connection_created().await;
+
+    let got = receiver.wait_for(2).await;
+    let waited = got[1].at - got[0].at;
+    assert!(waited >= Duration::from_millis(2900), "Retry-After: 3 was honoured over the 1 s schedule: {waited:?}");
+    got[1].verify(&secret).unwrap();
+    assert_ne!(got[0].header("webhook-timestamp"), "", "each attempt is timestamped");
+    delivery_when(&app, "ops", "delivered", |d| d["status"] == "delivered").await;
+}
+
+#[tokio::test]
+async fn a_delivery_that_fails_its_whole_schedule_fails_disables_the_endpoint_and_says_so() {
+    let app = WebhookApp::spawn(&[SCHEDULE]).await;
+    let failing = Receiver::start(&[]).await;
+    failing.answer(500);
+    let watcher = Receiver::start(&[]).await;
+    app.create_webhook("ops", &failing.url, &["Connection Created"]).await;
+    let watcher_secret = app.create_webhook("watch", &watcher.url, &["Webhook Disabled"]).await;
+    app.emit_connection_created().await;
+
+    let failed = delivery_when(&app, "ops", "the delivery failed", |d| d["status"] == "failed").await;
+    assert_eq!(statuses(&failed), vec![json!(500); 3], "three attempts (schedule 1,1), then no more");
+    let hook = app.get("/v1/webhooks/ops", &app.org).await;
+    assert_eq!(
+        (hook.body["enabled"].clone(), hook.body["disabled_reason"].clone()),
+        (json!(false), json!("deliveries_failing"))
+    );
+
+    // The Webhook Disabled event, delivered to the endpoint that subscribed to it.
+    let got = watcher.wait_for(1).await;
+    got[0].verify(&watcher_secret).unwrap();
+    let event = got[0].json();
+    assert_eq!(event["type"], "Webhook Disabled");
+    assert_eq!(event["data"]["webhook_id"], "ops");
+    assert_eq!(event["data"]["reason"], "deliveries_failing");
+    assert_eq!(event["data"]["org"], app.org_id.as_str());
+
+    // A manual retry needs the endpoint enabled again.
+    let retry = format!("/v1/webhooks/ops/deliveries/{}/retry", failed["id"].as_str().unwrap());
+    let refused = app.request(Method::POST, &retry, Some(&app.org), None).await;
+    refused.assert_problem(StatusCode::CONFLICT);
+    assert_eq!(refused.problem_type(), "urn:latchkey:problem:webhook-disabled");
+    let enable = json!({"url": failing.url, "events": ["Connection Created"], "enabled": true});
+    let enabled = app.put_webhook("ops", &enable).await;
+    enabled.assert_status(StatusCode::OK);
+    assert!(enabled.body.get("disabled_reason").is_none(), "{}", enabled.text);
+
+    // Still failing: one more attempt, still failed, no new schedule.
+    let again = app.request(Method::POST, &retry, Some(&app.org), None).await;
+    again.assert_status(StatusCode::OK);
+    assert_eq!((again.body["status"].clone(), statuses(&again.body).len()), (json!("failed"), 4));
+    // Fixed: the retry delivers it, under the same id.
+    failing.answer(200);
+    let fixed = app.request(Method::POST, &retry, Some(&app.org), None).await;
+    fixed.assert_status(StatusCode::OK);
+    assert_eq!(fixed.body["status"], "delivered");
+    assert_eq!(statuses(&fixed.body).last(), Some(&json!(200)));
+    let received = failing.received();
+    let ids: BTreeSet<&str> = received.iter().map(|r| r.header("webhook-id")).collect();
+    assert_eq!((ids.len(), received.len()), (1, 5), "five attempts of one delivery");
+    let unknown = "/v1/webhooks/ops/deliveries/msg_aaaaaaaaaaaaaaaaaaaaaaaaaa/retry";
+    app.request(Method::POST, unknown, Some(&app.org), None).await.assert_problem(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn during_a_rotation_every_delivery_carries_signatures_by_the_old_and_the_new_secret() {
+    let app = WebhookApp::spawn(&[SCHEDULE]).await;
+    let receiver = Receiver::start(&[]).await;
+    let old = app.create_webhook("ops", &receiver.url, &["Connection Created"]).await;
+    let rotated = app.request(Method::POST, "/v1/webhooks/ops/rotate-secret", Some(&app.org), None).await;
+    rotated.assert_status(StatusCode::OK);
+    let new = rotated.body["secret"].as_str().unwrap().to_owned();
+    app.emit_connection_created().await;
+
+    let got = receiver.wait_for(1).await;
+    let signatures: Vec<&str> = got[0].header("webhook-signature").split(' ').collect();
+    assert_eq!(signatures.len(), 2, "{signatures:?}");
+    assert!(signatures.iter().all(|s| s.starts_with("v1,")));
+    got[0].verify(&new).expect("verifies with the new secret");
+    got[0].verify(&old).expect("verifies with the old secret");
+    let stranger = "whsec_dGhpcyBpcyBub3QgdGhlIHNlY3JldCBhdCBhbGwh";
+    assert!(got[0].verify(stranger).is_err(), "a signature check that can fail");
+}
+
+/// The outbox is rows in the store: a server killed while a delivery is pending (its receiver
+/// down) delivers it after a restart, under the same id.
+#[tokio::test]
+async fn a_pending_delivery_survives_a_crash_of_the_server() {
+    let mut app = WebhookApp::spawn(&[("LATCHKEY_WEBHOOK_RETRY_SCHEDULE", "2,2,2")]).await;
+    let receiver = Receiver::start(&[]).await;
+    receiver.answer(503);
+    let secret = app.create_webhook("ops", &receiver.url, &["Connection Created"]).await;
+    app.emit_connection_created().await;
+    receiver.wait_for(1).await;
+    let pending = delivery_when(&app, "ops", "the failed attempt recorded", |d| !statuses(d).is_empty()).await;
+    assert_eq!(pending["status"], "pending", "{pending}");
+
+    app.crash_and_restart().await;
+    receiver.answer(200);
+    let delivered = delivery_when(&app, "ops", "delivered after the restart", |d| d["status"] == "delivered").await;
+    let got = receiver.received();
+    assert!(got.len() >= 2);
+    assert!(got.iter().all(|r| r.header("webhook-id") == delivered["id"]), "one id across the restart");
+    got.last().unwrap().verify(&secret).unwrap();
+}
