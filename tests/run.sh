@@ -76,6 +76,8 @@ LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- device_code::
 echo "==> the connect page over HTTP in-process, and on the aws backend (moto): its forms and refusals on either store"
 LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test api -- connect_page::
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- connect_page::
+echo "==> webhooks on the aws backend (moto): EventBridge -> SQS -> enqueued deliveries, the due index, conditional claims"
+LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- webhooks::
 
 echo "==> the connect page in a real browser (tests/browser.sh: Debian chromium, Selenium pinned in tests/browser/requirements.txt)"
 bash tests/browser.sh
