@@ -82,6 +82,9 @@ LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- webhooks::
 echo "==> the connect page in a real browser (tests/browser.sh: Debian chromium, Selenium pinned in tests/browser/requirements.txt)"
 bash tests/browser.sh
 
+echo "==> webhooks as a receiver sees them (tests/webhooks.sh: PyPI standardwebhooks pinned in tests/webhooks/requirements.txt)"
+bash tests/webhooks.sh
+
 echo "==> schemathesis against latchkey serve (tests/schemathesis.sh, pinned in tests/schemathesis-requirements.txt)"
 bash tests/schemathesis.sh
 
