@@ -85,6 +85,7 @@ mod tests {
         assert!(count(AuthKind::Oauth2ClientCredentials) >= 1);
         assert!(count(AuthKind::Oauth2DeviceCode) >= 1, "device flow (github-device)");
         assert!(count(AuthKind::Oauth2JwtBearer) >= 1, "service accounts (google-service-account)");
+        assert!(count(AuthKind::Oauth1) >= 1, "OAuth 1.0a (x-oauth1)");
         assert!(providers_by_auth(AuthKind::ApiKey).all(|p| p.auth == AuthKind::ApiKey));
         for needed in [
             "slack",
@@ -142,8 +143,31 @@ mod tests {
     }
 
     #[test]
+    fn oauth1_entries_have_their_three_endpoints_and_a_signature_method() {
+        for p in providers_by_auth(AuthKind::Oauth1) {
+            for url in [&p.request_token_url, &p.authorize_url, &p.access_token_url] {
+                assert_https(&p.key, url.as_deref().unwrap_or_else(|| panic!("{}: an OAuth 1.0a endpoint", p.key)));
+            }
+            let method = p.signature_method.as_deref().unwrap_or("HMAC-SHA1");
+            assert!(crate::domain::validate::SignatureMethod::parse(method).is_some(), "{}: signature_method", p.key);
+            assert!(
+                p.token_url.is_none() && p.revoke_url.is_none() && p.token_response.is_none() && p.inputs.is_empty(),
+                "{}: no OAuth 2.0 member",
+                p.key
+            );
+        }
+        for p in providers().iter().filter(|p| p.auth != AuthKind::Oauth1) {
+            assert!(
+                p.request_token_url.is_none() && p.access_token_url.is_none() && p.signature_method.is_none(),
+                "{}: OAuth 1.0a members only on oauth1 entries",
+                p.key
+            );
+        }
+    }
+
+    #[test]
     fn api_key_and_basic_entries_have_inputs_and_a_verify_request_or_say_why_not() {
-        for p in providers().iter().filter(|p| !p.auth.is_oauth()) {
+        for p in providers().iter().filter(|p| !p.auth.has_app_settings()) {
             assert!(matches!(p.auth, AuthKind::ApiKey | AuthKind::Basic), "{}: auth", p.key);
             assert!(
                 p.authorize_url.is_none()

@@ -32,6 +32,7 @@ async fn providers_are_filtered_by_auth_kind_and_the_kinds_partition_the_catalog
         "oauth2_client_credentials",
         "oauth2_device_code",
         "oauth2_jwt_bearer",
+        "oauth1",
         "custom",
     ] {
         let reply = app.get(&format!("/v1/providers?auth={kind}"), &customer).await;
@@ -50,6 +51,10 @@ async fn providers_are_filtered_by_auth_kind_and_the_kinds_partition_the_catalog
                 assert!(verified != why, "{p}");
                 assert!(p["inputs"].as_object().is_some_and(|i| !i.is_empty()), "{p}");
                 assert!(p.get("token_url").is_none(), "{p}: no OAuth member");
+            } else if kind == "oauth1" {
+                for url in ["request_token_url", "authorize_url", "access_token_url"] {
+                    assert!(p[url].as_str().is_some_and(|u| u.starts_with("https://")), "{p}: {url}");
+                }
             } else if kind != "custom" {
                 assert!(p["token_url"].as_str().is_some_and(|u| u.starts_with("https://")), "{p}");
             }

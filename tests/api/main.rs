@@ -21,6 +21,7 @@ mod isolation;
 mod jwt_bearer;
 mod lambda_handlers;
 mod oauth;
+mod oauth1;
 mod oauth_servers;
 mod openapi;
 mod providers;

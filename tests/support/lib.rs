@@ -3,6 +3,7 @@
 //! - [`moto`]: the AWS emulator (one per test binary, from `.venv/`), SDK configuration for it and
 //!   the few resources the AWS adapters need;
 //! - [`oauth`]: real OAuth 2.0 servers (`tests/oauth/oidc.mjs`, `tests/oauth/mock.mjs`);
+//! - [`oauth1`]: the OAuth 1.0a provider (`tests/oauth/oauth1_server.py`, oauthlib);
 //! - [`quirks`]: the scripted provider of the real-provider quirk table (`tests/oauth/quirks.mjs`);
 //! - [`calls`]: records every AWS call (and the IAM action it needs) of the clients it is put on;
 //! - [`eventually`]: polls a condition with a deadline, instead of sleeping for it;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 pub mod calls;
 pub mod moto;
 pub mod oauth;
+pub mod oauth1;
 pub mod quirks;
 
 /// The repository root (the root package's directory): `.venv/` and `tests/oauth/` are under it.

@@ -160,6 +160,12 @@ pub struct OAuthState {
     pub connection_id: ConnectionId,
     /// The PKCE verifier, sealed under the connection's context.
     pub verifier: Option<Sealed>,
+    /// OAuth 1.0a (RFC 5849 section 2.1): the request token's secret, sealed under the
+    /// connection's context, which signs the access token request. Such a pending
+    /// authorization is stored under the SHA-256 of the request token (the callback carries
+    /// `oauth_token`, no `state`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_token_secret: Option<Sealed>,
     pub redirect_uri: String,
     /// The issuer expected in an RFC 9207 `iss` parameter, when known.
     pub issuer: Option<String>,
@@ -251,7 +257,7 @@ impl Connection {
     /// Whether a `PATCH` of its values brings a disconnected connection back: credentials that
     /// need no authorization.
     pub fn reconfigurable(&self) -> bool {
-        !matches!(self.auth, Some(AuthKind::Oauth2AuthorizationCode | AuthKind::Oauth2DeviceCode))
+        !matches!(self.auth, Some(AuthKind::Oauth2AuthorizationCode | AuthKind::Oauth2DeviceCode | AuthKind::Oauth1))
     }
 }
 

@@ -23,6 +23,10 @@ pub enum AuthKind {
     /// RFC 7523 section 2.1: Latchkey signs a JWT assertion with the definition's private key
     /// and exchanges it for an access token (service accounts; no user, no refresh token).
     Oauth2JwtBearer,
+    /// RFC 5849 OAuth 1.0a, three-legged: a request token, the user's approval at the provider,
+    /// and an access token with its token secret, which executions sign their requests with
+    /// (SPEC section 12). Tokens do not expire and are never refreshed.
+    Oauth1,
 }
 
 impl AuthKind {
@@ -38,6 +42,13 @@ impl AuthKind {
                 | Self::Oauth2DeviceCode
                 | Self::Oauth2JwtBearer
         )
+    }
+
+    /// Whether definitions of this kind carry the OAuth app settings of an organization (client
+    /// or consumer credentials, provider endpoints), kept on a connection through a disconnect:
+    /// the OAuth 2.0 kinds and OAuth 1.0a.
+    pub fn has_app_settings(self) -> bool {
+        self.is_oauth() || self == Self::Oauth1
     }
 
     /// Whether Latchkey obtains this kind's access tokens itself, with no user and no refresh
@@ -154,7 +165,7 @@ pub struct Definition {
 
 /// The OAuth app settings: the well-known inputs of OAuth definitions that configure the
 /// organization's OAuth app rather than a customer's account.
-pub const OAUTH_APP_SETTINGS: [&str; 15] = [
+pub const OAUTH_APP_SETTINGS: [&str; 20] = [
     "authorizeUrl",
     "tokenUrl",
     "revokeUrl",
@@ -171,6 +182,12 @@ pub const OAUTH_APP_SETTINGS: [&str; 15] = [
     "privateKey",
     "algorithm",
     "keyId",
+    // OAuth 1.0a (RFC 5849): the consumer and its endpoints (authorizeUrl and privateKey above).
+    "requestTokenUrl",
+    "accessTokenUrl",
+    "consumerKey",
+    "consumerSecret",
+    "signatureMethod",
 ];
 
 impl Definition {
@@ -179,7 +196,7 @@ impl Definition {
     /// OAuth app settings of `organization` visibility. A connection that sets one itself
     /// keeps its own value.
     pub fn by_reference(&self, name: &str) -> bool {
-        self.auth.is_oauth()
+        self.auth.has_app_settings()
             && OAUTH_APP_SETTINGS.contains(&name)
             && self.inputs.get(name).is_some_and(|i| i.visibility == Visibility::Organization)
     }

@@ -70,7 +70,7 @@ mod tests {
         same_names::<AuthKind>();
         same_names::<InputType>();
         same_names::<Visibility>();
-        assert_eq!(AuthKind::VARIANTS.len(), 7);
+        assert_eq!(AuthKind::VARIANTS.len(), 8);
         assert_eq!(Refusal::ReauthorizationRequired.code(), "reauthorization_required");
         assert_eq!(Status::parse("nope"), None);
     }

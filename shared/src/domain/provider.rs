@@ -94,6 +94,16 @@ pub struct Provider {
     /// The RFC 8628 device authorization endpoint (`oauth2_device_code` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_authorization_url: Option<String>,
+    /// OAuth 1.0a (`oauth1` only, RFC 5849 section 2): the temporary credential request
+    /// endpoint; `authorize_url` is the resource owner authorization endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_token_url: Option<String>,
+    /// OAuth 1.0a: the token request endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token_url: Option<String>,
+    /// OAuth 1.0a: the `oauth_signature_method` the provider expects (`HMAC-SHA1` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_method: Option<String>,
     /// Inputs the URLs need (customer-settable strings), e.g. `["shop"]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub url_params: Vec<String>,

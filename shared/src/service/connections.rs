@@ -238,6 +238,7 @@ impl Service {
                 let changes = obj.get("values").and_then(|v| v.get(PRIVATE_KEY_INPUT));
                 let key_written = changes.is_some_and(|v| !v.is_null());
                 errors.extend(super::oauth::jwt_bearer_value_errors(def, values, defaults, key_written));
+                errors.extend(super::oauth::oauth1_value_errors(def, values));
             }
         }
         let (Some(def), Some(scope), Some(values), true) = (def, scope, values, errors.is_empty()) else {
@@ -248,7 +249,7 @@ impl Service {
         let now = self.clock.now();
         // Client credentials need no user: the token is fetched at the first lookup.
         let status = match def.auth {
-            AuthKind::Oauth2AuthorizationCode | AuthKind::Oauth2DeviceCode => Status::Pending,
+            AuthKind::Oauth2AuthorizationCode | AuthKind::Oauth2DeviceCode | AuthKind::Oauth1 => Status::Pending,
             AuthKind::Oauth2ClientCredentials
             | AuthKind::Oauth2JwtBearer
             | AuthKind::ApiKey
@@ -437,7 +438,8 @@ impl Service {
                     validate::apply_values(&def.inputs, &defaults, &inherited_inputs(&def), base, changes, setter(p))
                         .map_err(ServiceError::Invalid)?;
                 let key_written = changes.get(PRIVATE_KEY_INPUT).is_some_and(|v| !v.is_null());
-                let key_errors = super::oauth::jwt_bearer_value_errors(&def, &values, &defaults, key_written);
+                let mut key_errors = super::oauth::jwt_bearer_value_errors(&def, &values, &defaults, key_written);
+                key_errors.extend(super::oauth::oauth1_value_errors(&def, &values));
                 if !key_errors.is_empty() {
                     return Err(ServiceError::Invalid(key_errors));
                 }
@@ -452,7 +454,7 @@ impl Service {
                 // An OAuth connection whose grant is dead (refused, expired, lacking scopes, bound
                 // elsewhere) needs a new authorization, not new values.
                 let fixable_red = next.status == Status::Error
-                    && (!next.auth.is_some_and(|a| a.is_oauth())
+                    && (!next.auth.is_some_and(AuthKind::has_app_settings)
                         || next.error.as_ref().is_none_or(|e| {
                             e.code == "reported" || e.code == crate::domain::Refusal::ClientRejected.code()
                         }));

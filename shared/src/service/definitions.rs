@@ -106,9 +106,10 @@ impl Service {
         suffix: &str,
     ) -> Result<()> {
         let mut errors = Vec::new();
-        for (name, value) in
-            values.filter(|(n, _)| ["tokenUrl", "revokeUrl", "deviceAuthorizationUrl"].contains(&n.as_str()))
-        {
+        for (name, value) in values.filter(|(n, _)| {
+            ["tokenUrl", "revokeUrl", "deviceAuthorizationUrl", "requestTokenUrl", "accessTokenUrl"]
+                .contains(&n.as_str())
+        }) {
             let Some(url) = value.and_then(Value::as_str).and_then(|u| url::Url::parse(u).ok()) else {
                 continue;
             };

@@ -11,7 +11,9 @@ use super::retry::{Races, exponential};
 use super::{ConnectionView, Result, Service};
 use crate::crypto::EncryptionContext;
 use crate::domain::validate::is_loopback_host;
-use crate::domain::{Connection, ConnectionId, Event, EventType, LogType, OrgId, Principal, RevocationJob, Status};
+use crate::domain::{
+    AuthKind, Connection, ConnectionId, Event, EventType, LogType, OrgId, Principal, RevocationJob, Status,
+};
 use crate::ports::StoreError;
 use crate::provider::destination::{DestinationError, check_public_destination};
 use crate::provider::{ClientAuth, ClientAuthMethod, Reach, RevokeAnswer, read_revoke_answer};
@@ -74,6 +76,18 @@ impl Service {
         let Some(tokens) = &c.oauth else {
             return Ok(None);
         };
+        if c.auth == Some(AuthKind::Oauth1) {
+            // RFC 5849 defines no revocation: the access token lives at the provider until the
+            // user or the provider revokes it there.
+            self.log(
+                c,
+                LogType::Revoked,
+                "tokens deleted: OAuth 1.0a has no standard revocation; the provider keeps the grant until the \
+                 user revokes it there",
+            )
+            .await;
+            return Ok(None);
+        }
         let def = self.definition_of(c).await?;
         let settings = match self.oauth_settings(&def, c).await {
             Ok(s) => s,
@@ -156,7 +170,7 @@ impl Service {
             next.generation = c.generation + 1;
             // Without OAuth, the stored passwords are the credentials (an API key): they leave
             // too. OAuth connections keep their client settings, to be authorized again.
-            if !c.auth.is_some_and(|a| a.is_oauth()) {
+            if !c.auth.is_some_and(AuthKind::has_app_settings) {
                 next.secrets = None;
                 next.secret_names.clear();
             }

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::harness::{Backend, TestApp, random_hex, random_secret};
 
 mod oauth;
+mod oauth1;
 mod samples;
 mod trial;
 

@@ -32,8 +32,8 @@ fn valid_input_name(s: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
 }
 
-/// The well-known inputs of OAuth 2.0 definitions: (name, type, required, default, label),
-/// with the defaults of a catalog provider when the definition names one.
+/// The well-known inputs of OAuth 2.0 and OAuth 1.0a definitions: (name, type, required,
+/// default, label), with the defaults of a catalog provider when the definition names one.
 fn oauth_inputs(
     auth: AuthKind,
     provider: Option<&Provider>,
@@ -41,6 +41,9 @@ fn oauth_inputs(
     // URLs with `{param}` placeholders are resolved per connection, not stored as defaults.
     let templated = provider.is_some_and(|p| !p.url_params.is_empty());
     let url = |u: Option<&str>| u.filter(|_| !templated).map(Value::from);
+    if auth == AuthKind::Oauth1 {
+        return super::oauth1::consumer_inputs(provider.filter(|_| !templated));
+    }
     let mut v = Vec::new();
     if auth == AuthKind::Oauth2AuthorizationCode {
         let default = url(provider.and_then(|p| p.authorize_url.as_deref()));
@@ -164,7 +167,7 @@ pub fn definition_from_json<'c>(
                 // The OAuth settings steer where Latchkey sends the client secret: unless the
                 // organization says otherwise, customers neither see nor set them.
                 let default_visibility = match auth {
-                    Some(a) if a.is_oauth() && oauth_inputs(a, None).iter().any(|(n, ..)| n == name) => {
+                    Some(a) if a.has_app_settings() && oauth_inputs(a, None).iter().any(|(n, ..)| n == name) => {
                         Visibility::Organization
                     }
                     _ => Visibility::Customer,
@@ -186,7 +189,7 @@ pub fn definition_from_json<'c>(
         Some(_) => errors.push(FieldError::new("inputs", "must be an object of inputs")),
     }
 
-    if let Some(auth) = auth.filter(|a| a.is_oauth()) {
+    if let Some(auth) = auth.filter(|a| a.has_app_settings()) {
         for (name, kind, required, default, label) in oauth_inputs(auth, entry) {
             match inputs.get_mut(name) {
                 Some(existing) if existing.kind != kind => {
@@ -296,6 +299,14 @@ pub fn definition_from_json<'c>(
     if auth == Some(AuthKind::Oauth2JwtBearer) {
         let plain = inputs.iter().filter_map(|(k, i)| Some((k.clone(), i.default.clone()?))).collect();
         errors.extend(super::jwt_bearer::check_assertion_values(&plain, &secret_defaults, "inputs.", ".default"));
+    }
+    if auth == Some(AuthKind::Oauth1) && verify.is_some() {
+        // A check of OAuth 1.0a credentials is a signed request, which a template cannot make.
+        errors.push(FieldError::new("verify", "is not available for oauth1 definitions (their requests are signed)"));
+    }
+    if auth == Some(AuthKind::Oauth1) {
+        let plain = inputs.iter().filter_map(|(k, i)| Some((k.clone(), i.default.clone()?))).collect();
+        errors.extend(super::oauth1::check_consumer_values(&plain, &secret_defaults, "inputs.", ".default"));
     }
     match auth {
         Some(auth) if errors.is_empty() => Ok(DefinitionSpec {

@@ -23,12 +23,16 @@ use super::{
 
 mod definition;
 mod jwt_bearer;
+mod oauth1;
 mod quirks;
 mod tokens;
 mod values;
 
 pub use definition::{DefinitionSpec, definition_from_json};
 pub use jwt_bearer::{ALGORITHM_INPUT, AssertionAlgorithm, PRIVATE_KEY_INPUT, check_assertion_values};
+pub use oauth1::{
+    CONSUMER_SECRET_INPUT, SIGNATURE_METHOD_INPUT, SignatureMethod, check_consumer_values, rsa_signing_key,
+};
 pub use tokens::{ImportedExpiry, ImportedTokens, MAX_IMPORT_LIFETIME_SECS, imported_tokens};
 pub use values::{Setter, Values, apply_values};
 
@@ -57,7 +61,8 @@ const MAX_INPUTS: usize = 100;
 pub const MAX_VALUES_BYTES: usize = 64 * 1024;
 
 /// Inputs whose values are provider endpoints Latchkey itself calls: https only, except loopback.
-pub const ENDPOINT_INPUTS: [&str; 4] = ["authorizeUrl", "tokenUrl", "revokeUrl", "deviceAuthorizationUrl"];
+pub const ENDPOINT_INPUTS: [&str; 6] =
+    ["authorizeUrl", "tokenUrl", "revokeUrl", "deviceAuthorizationUrl", "requestTokenUrl", "accessTokenUrl"];
 /// Accepted values of the `clientAuth` input.
 pub const CLIENT_AUTH_METHODS: [&str; 2] = ["client_secret_basic", "client_secret_post"];
 
@@ -119,6 +124,9 @@ pub enum ValueError {
     /// A `clientAuth` that is not one of [`CLIENT_AUTH_METHODS`].
     #[error("must be one of {}", CLIENT_AUTH_METHODS.join(", "))]
     ClientAuth,
+    /// A `signatureMethod` (OAuth 1.0a) that is not one of [`SignatureMethod::NAMES`].
+    #[error("must be one of {}", SignatureMethod::NAMES.join(", "))]
+    SignatureMethod,
 }
 
 fn reject_unknown(obj: &Map<String, Value>, allowed: &[&str], prefix: &str, errors: &mut Vec<FieldError>) {
@@ -172,6 +180,9 @@ fn check_special_input(name: &str, v: &Value) -> Result<(), ValueError> {
     match (name, v.as_str()) {
         (n, Some(s)) if ENDPOINT_INPUTS.contains(&n) => Ok(check_secure_url(s).map(|_| ())?),
         ("clientAuth", Some(s)) if !CLIENT_AUTH_METHODS.contains(&s) => Err(ValueError::ClientAuth),
+        (SIGNATURE_METHOD_INPUT, Some(s)) if !s.is_empty() && SignatureMethod::parse(s).is_none() => {
+            Err(ValueError::SignatureMethod)
+        }
         _ => Ok(()),
     }
 }

@@ -117,7 +117,7 @@ pub struct PageAuthorization {
 /// Whether a definition's connections are made with the Connect button (an authorization by
 /// the customer at the provider) rather than a form of values.
 fn connected_by_button(auth: AuthKind) -> bool {
-    matches!(auth, AuthKind::Oauth2AuthorizationCode | AuthKind::Oauth2DeviceCode)
+    matches!(auth, AuthKind::Oauth2AuthorizationCode | AuthKind::Oauth2DeviceCode | AuthKind::Oauth1)
 }
 
 /// The principal the page acts as: the session's customer, no roles.

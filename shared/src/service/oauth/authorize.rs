@@ -36,7 +36,8 @@ fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Hex SHA-256 of a state: what is stored, so a store dump reveals no usable state.
+/// Hex SHA-256 of a state (or of an OAuth 1.0a request token): what is stored, so a store dump
+/// reveals no usable state.
 pub fn state_hash(state: &str) -> String {
     hex::encode(Sha256::digest(state.as_bytes()))
 }
@@ -56,7 +57,9 @@ impl Service {
     ///
     /// # Errors
     /// Those of the connection's visibility and permissions, `Conflict` for a connection that is
-    /// not `oauth2_authorization_code`, `Invalid` for incomplete OAuth settings, and
+    /// neither `oauth2_authorization_code` nor `oauth1` (whose authorize URL carries the request
+    /// token instead of a state: [`Service::authorize_oauth1`]), `Invalid` for incomplete OAuth
+    /// settings, `Provider` for a refused OAuth 1.0a request token, and
     /// `Unexpected` (a deployment fault) when `public_url` is `None`.
     pub async fn authorize_at(&self, p: &Principal, id: &str, public_url: Option<&str>) -> Result<AuthorizeResponse> {
         self.authorize_bound(p, id, public_url, None).await
@@ -74,8 +77,13 @@ impl Service {
         let c = self.visible_connection(p, id).await?;
         super::super::connections::require_manage(p, &c)?;
         let def = self.definition_of(&c).await?;
+        if def.auth == AuthKind::Oauth1 {
+            return self.authorize_oauth1(&c, &def, public_url, browser).await;
+        }
         if def.auth != AuthKind::Oauth2AuthorizationCode {
-            return Err(ServiceError::Conflict("only oauth2_authorization_code connections are authorized"));
+            return Err(ServiceError::Conflict(
+                "only oauth2_authorization_code and oauth1 connections are authorized here",
+            ));
         }
         // A deployment fault, not the caller's: a function that authorizes is configured with
         // LATCHKEY_PUBLIC_URL or runs behind API Gateway, which names its domain.
@@ -120,6 +128,7 @@ impl Service {
             org: c.org.clone(),
             connection_id: c.id.clone(),
             verifier,
+            request_token_secret: None,
             redirect_uri,
             issuer: settings.issuer,
             expires_at,

@@ -31,17 +31,17 @@ pub enum CallbackOutcome {
 /// Why an authorization did not complete, as the failure redirect reports it (RFC 6749
 /// section 4.1.2.1): `error` is the provider's code (reduced) or Latchkey's, never free text.
 #[derive(Debug)]
-struct AuthorizationFailure {
+pub(super) struct AuthorizationFailure {
     error: String,
     description: String,
 }
 
 impl AuthorizationFailure {
-    fn new(error: impl Into<String>, description: impl Into<String>) -> Self {
+    pub(super) fn new(error: impl Into<String>, description: impl Into<String>) -> Self {
         Self { error: error.into(), description: description.into() }
     }
 
-    fn internal() -> Self {
+    pub(super) fn internal() -> Self {
         Self::new("server_error", "Latchkey could not complete the authorization")
     }
 
@@ -124,7 +124,10 @@ impl Service {
         params: &BTreeMap<String, String>,
         cookies: &BTreeMap<String, String>,
     ) -> CallbackOutcome {
-        let Some(state) = params.get("state").filter(|s| !s.is_empty()) else {
+        let nonempty = |name: &str| params.get(name).filter(|s| !s.is_empty());
+        // OAuth 1.0a (RFC 5849 section 2.2) sends no state back: the pending authorization is
+        // found by its request token (`oauth_token`; X's refusal names it `denied`).
+        let Some(state) = nonempty("state").or_else(|| nonempty("oauth_token")).or_else(|| nonempty("denied")) else {
             return page(400, "Authorization failed", "The authorization response has no state.");
         };
         let taken = match self.store.take_oauth_state(&super::state_hash(state), self.clock.now()).await {
@@ -251,6 +254,9 @@ impl Service {
                 "access_denied",
                 "the connection was disconnected after this authorization began",
             ));
+        }
+        if let Some(sealed) = &st.request_token_secret {
+            return self.complete_oauth1(st, sealed, c, def, params).await;
         }
         if let Some(error) = params.get("error") {
             let description = params.get("error_description").map_or_else(String::new, |d| safe_description(d));

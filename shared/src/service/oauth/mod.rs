@@ -1,12 +1,13 @@
 //! OAuth 2.0 in the service: a connection's effective settings ([`OAuthSettings`]), the
 //! authorize step ([`authorize`]), the callback ([`callback`]) and the storage of token answers
-//! ([`tokens`]). Requests to providers and the reading of their answers live in
+//! ([`tokens`]); OAuth 1.0a's three legs are [`oauth1`]'s. Requests to providers and the reading of their answers live in
 //! [`crate::provider`].
 
 mod authorize;
 mod callback;
 mod device;
 mod jwt_bearer;
+mod oauth1;
 mod reconnect;
 mod tokens;
 
@@ -23,6 +24,8 @@ pub(crate) use jwt_bearer::{
     AssertionInputs, AssertionSigner, kept_key_errors as jwt_bearer_kept_key_errors,
     value_errors as jwt_bearer_value_errors,
 };
+pub(crate) use oauth1::value_errors as oauth1_value_errors;
+pub use oauth1::{OAUTH1_TOKEN_TYPE, Oauth1Credentials};
 pub(crate) use tokens::TokenSecrets;
 
 use super::{Result, Service, ServiceError};

@@ -29,6 +29,10 @@ pub(crate) struct TokenSecrets {
     /// credentials themselves.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub captured: BTreeMap<String, Value>,
+    /// OAuth 1.0a (RFC 5849 section 2.3): the token secret beside the access token
+    /// (`access_token` then holds `oauth_token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret: Option<String>,
 }
 
 impl std::fmt::Debug for TokenSecrets {
@@ -287,6 +291,7 @@ impl Service {
             access_token: answer.access_token.expose_secret().to_owned(),
             refresh_token: refresh.clone(),
             captured,
+            token_secret: None,
         };
         // The provider has answered: a key service that does not answer now is tried again
         // (a rotated refresh token cannot be asked for twice).
