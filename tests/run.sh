@@ -78,6 +78,8 @@ LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test api -- connect_pag
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- connect_page::
 echo "==> webhooks on the aws backend (moto): EventBridge -> SQS -> enqueued deliveries, the due index, conditional claims"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- webhooks::
+echo "==> events and the audit line on the aws backend (moto): Connection Expired reasons, Refresh Recovered, details as the bus carries them"
+LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- events::
 
 echo "==> the connect page in a real browser (tests/browser.sh: Debian chromium, Selenium pinned in tests/browser/requirements.txt)"
 bash tests/browser.sh
