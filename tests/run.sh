@@ -17,6 +17,8 @@ fi
 source tests/venv.sh
 echo "==> moto (AWS emulator) in .venv/ from tests/requirements.txt"
 venv .venv tests/requirements.txt
+echo "==> the OAuth 1.0a test provider (oauthlib) in .venv-oauth1/ from tests/oauth/oauth1-requirements.txt"
+venv .venv-oauth1 tests/oauth/oauth1-requirements.txt
 
 echo "==> OAuth test servers (oidc-provider, oauth2-mock-server) in tests/oauth/node_modules"
 npm ci --prefix tests/oauth --no-audit --no-fund --loglevel=error
@@ -73,6 +75,9 @@ LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- jwt_bearer::
 LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test api -- jwt_bearer::
 echo "==> device authorization (RFC 8628) on the aws backend (moto): the due index polls pending device codes"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- device_code::
+echo "==> OAuth 1.0a (oauth1) against the oauthlib provider on the aws backend (moto) and in-process: every signature method, replay, disconnect, the connect page"
+LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- oauth1::
+LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test api -- oauth1::
 echo "==> the connect page over HTTP in-process, and on the aws backend (moto): its forms and refusals on either store"
 LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test api -- connect_page::
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- connect_page::
