@@ -2,10 +2,10 @@
 # The deploy path, checked offline (tests/run.sh runs this; it also runs alone):
 #   - infra/template.yaml's parameter patterns, its SAM expansion (tests/infra_check.py);
 #   - cfn-lint on the template and on the expansion; checkov on both;
-#   - `cargo lambda build --release --arm64` of the five functions, their zipped sizes written to
+#   - `cargo lambda build --release --arm64` of the six functions, their zipped sizes written to
 #     target/lambda/sizes.md (recorded in docs/function-sizes.md), then `sam build` of the
 #     template, which must package those very binaries and write under 51,200 bytes;
-#   - the five binaries under `cargo lambda watch`, invoked with the samples in events/.
+#   - the six binaries under `cargo lambda watch`, invoked with the samples in events/.
 # The template's contents against the code are tested by tests/infra_template.rs (cargo test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +35,7 @@ export PATH="$PWD/.venv-sam/bin:$PATH" SAM_CLI_TELEMETRY=0
 
 echo "==> cargo lambda build --release --arm64, each function as sam build builds it"
 rustup target list --installed | grep -q '^aarch64-unknown-linux-gnu$' || rustup target add aarch64-unknown-linux-gnu
-functions=(connections-api oauth-callback token-lookup token-refresh token-revoke)
+functions=(connections-api oauth-callback token-lookup token-refresh token-revoke webhook-deliver)
 for f in "${functions[@]}"; do
     (cd "functions/$f" && cargo lambda build --release --arm64 --locked --bin "$f")
 done
@@ -76,6 +76,6 @@ if (( built >= 51200 )); then
     exit 1
 fi
 
-echo "==> the five binaries under cargo lambda watch, fed the samples in events/ with cargo lambda invoke"
+echo "==> the six binaries under cargo lambda watch, fed the samples in events/ with cargo lambda invoke"
 python3 tests/lambda_invoke.py embedded
 python3 tests/lambda_invoke.py aws

@@ -9,7 +9,10 @@ tests/infra-requirements.txt:
 3. the HTTP routes of an expansion, one JSON line each (route key, authorization, authorizer,
    target function, payload version, timeout, and the invoke permission that admits it), from
    AWS::ApiGatewayV2::Route resources or from the OpenAPI body SAM writes for HttpApi events:
-   two expansions route alike when these lines are equal.
+   two expansions route alike when these lines are equal. Then every operation of
+   shared/openapi.json must reach its function through the route API Gateway picks for it (the
+   most specific: catch-alls like ANY /v1/{proxy+} serve what no explicit route does), public
+   exactly when the operation is (`security: []`).
 
 Usage: python tests/infra_check.py expand OUT.json | patterns | routes EXPANDED.json
 """
@@ -24,6 +27,9 @@ from samtranslator.translator.transform import transform
 from samtranslator.yaml_helper import yaml_parse
 
 TEMPLATE = os.path.join(os.path.dirname(__file__), "..", "infra", "template.yaml")
+OPENAPI = os.path.join(os.path.dirname(__file__), "..", "shared", "openapi.json")
+# The operations the oauth-callback function serves; connections-api serves every other.
+CALLBACK_OPERATIONS = {"GET /v1/oauth/callback"}
 
 
 class NoManagedPolicies:
@@ -161,6 +167,65 @@ def routes(path):
     refused = [r["route"] for r in out if not r["permitted"]]
     if refused:
         sys.exit(f"no invoke permission admits API Gateway to these routes' functions: {refused}")
+    operations_reach_their_functions(out)
+
+
+def _matches(route_key, method, path):
+    """How specifically `route_key` (METHOD /path, ANY spelled as SAM's body spells it too)
+    matches `method path`: None when it does not; else a key that sorts a more specific match
+    higher, as API Gateway prefers it: no greedy variable over a greedy one, then segment by
+    segment a literal over a variable, then a named method over ANY."""
+    route_method, route_path = route_key.split(" ", 1)
+    any_method = route_method in ("ANY", "X-AMAZON-APIGATEWAY-ANY-METHOD")
+    if not any_method and route_method != method:
+        return None
+    want, have = route_path.strip("/").split("/"), path.strip("/").split("/")
+    scores = []
+    for i, segment in enumerate(want):
+        if segment.startswith("{") and segment.endswith("+}"):
+            if i != len(want) - 1 or len(have) <= i:
+                return None
+            return (0, scores, not any_method)
+        if i >= len(have):
+            return None
+        if segment.startswith("{") and segment.endswith("}"):
+            scores.append(1)
+        elif segment == have[i]:
+            scores.append(2)
+        else:
+            return None
+    if len(want) != len(have):
+        return None
+    return (1, scores, not any_method)
+
+
+def operations_reach_their_functions(routes_out):
+    with open(OPENAPI) as f:
+        paths = json.load(f)["paths"]
+    problems, count = [], 0
+    for path, item in paths.items():
+        for method, op in item.items():
+            if method not in ("get", "put", "post", "patch", "delete"):
+                continue
+            count += 1
+            key = f"{method.upper()} {path}"
+            # A concrete request of the operation: each {parameter} a value.
+            concrete = re.sub(r"\{[^}]+\}", "sample", path)
+            candidates = [(m, r) for r in routes_out if (m := _matches(r["route"], method.upper(), concrete))]
+            if not candidates:
+                problems.append(f"{key}: no route")
+                continue
+            route = max(candidates, key=lambda c: c[0])[1]
+            public = op.get("security") == []
+            function = "OauthCallbackFunction" if key in CALLBACK_OPERATIONS else "ConnectionsApiFunction"
+            if (route["authorization"] == "NONE") != public:
+                problems.append(f"{key}: {route['route']} is {route['authorization']}, the operation is "
+                                f"{'public' if public else 'authorized'}")
+            if route["function"] != function or not route["permitted"]:
+                problems.append(f"{key}: {route['route']} reaches {route['function']}, not {function}")
+    if problems:
+        sys.exit("operations the deployed routes do not serve as documented:\n" + "\n".join(problems))
+    print(f"every operation of shared/openapi.json ({count}) reaches its function through its route")
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ fn function_packages() -> Vec<String> {
     let line = WORKSPACE.lines().find(|l| l.starts_with("members")).expect("workspace members");
     let packages: Vec<String> =
         line.split('"').filter_map(|m| m.strip_prefix("functions/")).map(str::to_owned).collect();
-    assert_eq!(packages.len(), 5, "{packages:?}");
+    assert_eq!(packages.len(), 6, "{packages:?}");
     packages
 }
 
@@ -128,7 +128,19 @@ fn every_function_package_is_deployed_as_cargo_lambda_builds_it() {
         assert_eq!(f["Metadata"]["BuildMethod"], "rust-cargolambda", "{package}");
         assert_eq!(f["Metadata"]["BuildProperties"]["Binary"], package.as_str(), "{package}");
         assert_eq!(f["Properties"]["Role"], get_att(&format!("{name}Role"), "Arn"), "{package}: its own role");
-        assert_eq!(f["DependsOn"], format!("{name}Policy"), "{package}: permissions before the first run");
+        // Permissions before the first run: its own policy and every one shared with its role.
+        let mut attached: Vec<String> = of_type(&t, "AWS::IAM::Policy")
+            .into_iter()
+            .filter(|(_, p)| {
+                p["Properties"]["Roles"].as_array().unwrap().contains(&json!({"Ref": format!("{name}Role")}))
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        attached.sort();
+        let mut depends = strings(&f["DependsOn"]);
+        depends.sort();
+        assert_eq!(depends, attached, "{package}: depends on the policies of its role");
+        assert!(attached.contains(&format!("{name}Policy")), "{package}: a policy of its own");
         assert_eq!(f["Properties"]["LoggingConfig"]["LogGroup"], json!({"Ref": format!("{name}Logs")}));
         let manifest =
             std::fs::read_to_string(format!("{}/functions/{package}/Cargo.toml", env!("CARGO_MANIFEST_DIR")))
@@ -182,6 +194,7 @@ fn the_built_template_stays_under_cloudformations_inline_limit() {
     // (infra/README.md, Size). The rest of the margin is warning room: about four more routes.
     const MARGIN: usize = 1_024;
     let built = built_size();
+    println!("estimated built template: {built} bytes");
     assert!(
         built + MARGIN < INLINE_LIMIT,
         "sam build would write about {built} bytes from infra/template.yaml: within {MARGIN} of \
@@ -261,9 +274,67 @@ fn the_size_estimate_folds_long_scalars_as_pyyaml_does() {
     );
 }
 
-/// The routes are SAM `HttpApi` events on the HTTP functions: every OpenAPI operation has exactly
-/// one, on the function that serves it, behind the API's JWT authorizer unless the operation is
-/// public (`security: []`, `Auth: {Authorizer: NONE}`).
+/// How specifically the route `route_method route_path` matches a request `method path`: `None`
+/// when it does not; else a key that orders matches as API Gateway prefers them (its "most
+/// specific" rule): a route without a greedy `{proxy+}` over one with, then segment by segment a
+/// literal over a `{variable}`, then a named method over `ANY`.
+fn route_match(route_method: &str, route_path: &str, method: &str, path: &str) -> Option<(bool, Vec<u8>, bool)> {
+    let any = route_method == "ANY";
+    if !any && route_method != method {
+        return None;
+    }
+    let want: Vec<&str> = route_path.trim_matches('/').split('/').collect();
+    let have: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let mut scores = Vec::new();
+    for (i, segment) in want.iter().enumerate() {
+        let variable = segment.starts_with('{') && segment.ends_with('}');
+        if variable && segment.ends_with("+}") {
+            // Greedy: the last segment, matching one or more.
+            return (i == want.len() - 1 && have.len() > i).then_some((false, scores, !any));
+        }
+        match have.get(i) {
+            Some(_) if variable => scores.push(1),
+            Some(h) if h == segment => scores.push(2),
+            _ => return None,
+        }
+    }
+    (want.len() == have.len()).then_some((true, scores, !any))
+}
+
+#[test]
+fn route_matching_prefers_the_most_specific_route() {
+    let m = |route: &str, request: &str| {
+        let (rm, rp) = route.split_once(' ').unwrap();
+        let (m, p) = request.split_once(' ').unwrap();
+        route_match(rm, rp, m, p)
+    };
+    assert!(m("ANY /v1/{proxy+}", "GET /v1/oauth/callback") < m("GET /v1/oauth/callback", "GET /v1/oauth/callback"));
+    assert!(m("ANY /v1/{proxy+}", "POST /v1/webhooks/w/rotate-secret").is_some());
+    assert!(m("ANY /v1/{proxy+}", "GET /v1").is_none(), "greedy needs a segment");
+    assert!(m("GET /v1/oauth/callback", "POST /v1/oauth/callback").is_none());
+    assert!(m("GET /connect", "GET /connect/x").is_none());
+    assert!(m("GET /v1/{id}", "GET /v1/x") < m("GET /v1/x", "GET /v1/x"));
+    assert!(m("ANY /v1/x", "GET /v1/x") < m("GET /v1/x", "GET /v1/x"));
+}
+
+/// Issue 16's webhook routes: served by connections-api behind the JWT authorizer, whether or
+/// not the OpenAPI document lists them yet.
+const WEBHOOK_OPERATIONS: &[&str] = &[
+    "GET /v1/webhooks",
+    "PUT /v1/webhooks/{id}",
+    "GET /v1/webhooks/{id}",
+    "DELETE /v1/webhooks/{id}",
+    "POST /v1/webhooks/{id}/rotate-secret",
+    "GET /v1/webhooks/{id}/deliveries",
+    "POST /v1/webhooks/{id}/deliveries/{delivery_id}/retry",
+];
+
+/// The routes are SAM `HttpApi` events on the HTTP functions. Every OpenAPI operation (and every
+/// webhook route) reaches the function that serves it through the route API Gateway picks for
+/// it, the most specific that matches ([`route_match`]): explicit routes, or a catch-all
+/// (`ANY /v1/{proxy+}` for the authorized API, `ANY /connect/{proxy+}` for the connect page).
+/// That route is behind the API's JWT authorizer unless the operation is public (`security:
+/// []`, `Auth: {Authorizer: NONE}`), and every route serves at least one operation.
 #[test]
 fn the_http_routes_are_the_openapi_operations() {
     let openapi: Value = serde_json::from_str(OPENAPI).unwrap();
@@ -274,6 +345,11 @@ fn the_http_routes_are_the_openapi_operations() {
                 let public = op.get("security") == Some(&json!([]));
                 documented.insert(format!("{} {path}", method.to_uppercase()), public);
             }
+        }
+    }
+    for op in WEBHOOK_OPERATIONS {
+        if let Some(public) = documented.insert((*op).to_owned(), false) {
+            assert!(!public, "{op} is documented as public");
         }
     }
     let t = template();
@@ -287,7 +363,8 @@ fn the_http_routes_are_the_openapi_operations() {
     assert_eq!(jwt["JwtConfiguration"]["audience"], json!({"Ref": "JwtAudience"}));
     assert!(of_type(&t, "AWS::ApiGatewayV2::Route").is_empty(), "routes are events, not resources");
 
-    let mut deployed = BTreeMap::new();
+    // (method, path, public, function) of every route.
+    let mut deployed: Vec<(String, String, bool, String)> = Vec::new();
     for (name, function) in of_type(&t, "AWS::Serverless::Function") {
         let events = function["Properties"]["Events"].as_object().into_iter().flatten();
         for (event, e) in events.filter(|(_, e)| e["Type"] == "HttpApi") {
@@ -296,30 +373,46 @@ fn the_http_routes_are_the_openapi_operations() {
             // API Gateway answers 503 after 29 s; the function may run on (see Timeout).
             assert_eq!(p["TimeoutInMillis"], 29000, "{name}.{event}");
             assert!(p.get("PayloadFormatVersion").is_none_or(|v| v == "2.0"), "{name}.{event}: payload 2.0");
-            let key = format!("{} {}", p["Method"].as_str().unwrap().to_uppercase(), p["Path"].as_str().unwrap());
-            // The connect page's routes under /connect/ share one public catch-all route.
-            if key == "ANY /connect/{proxy+}" {
-                assert_eq!(p["Auth"]["Authorizer"], "NONE", "{name}.{event}: the connect page is public");
-                let served: Vec<_> = documented.keys().filter(|k| k.contains(" /connect/")).cloned().collect();
-                assert!(!served.is_empty(), "{name}.{event}: no documented /connect/ operation");
-                for op in served {
-                    assert!(documented[&op], "{op} is public");
-                    assert!(deployed.insert(op.clone(), true).is_none(), "{name}.{event}: {op} twice");
-                }
-                continue;
-            }
             let public = match p["Auth"]["Authorizer"].as_str() {
                 None => false,
                 Some("NONE") => true,
                 Some(other) => panic!("{name}.{event}: authorizer {other}, not the API's default {default}"),
             };
-            let serves =
-                if key == "GET /v1/oauth/callback" { "OauthCallbackFunction" } else { "ConnectionsApiFunction" };
-            assert_eq!(name, serves, "{key}");
-            assert!(deployed.insert(key, public).is_none(), "{name}.{event}: a route key twice");
+            let (method, path) = (p["Method"].as_str().unwrap().to_uppercase(), p["Path"].as_str().unwrap());
+            let twice = deployed.iter().any(|(m, p, _, _)| *m == method && p == path);
+            assert!(!twice, "{name}.{event}: {method} {path} twice");
+            deployed.push((method, path.to_owned(), public, name.clone()));
         }
     }
-    assert_eq!(deployed, documented, "routes (and which are public) match shared/openapi.json");
+    let mut used = BTreeSet::new();
+    let mut problems = Vec::new();
+    for (op, public) in &documented {
+        let (method, path) = op.split_once(' ').unwrap();
+        // A request of the operation: each `{parameter}` a value.
+        let concrete: String =
+            path.split('/').map(|s| if s.starts_with('{') { "sample" } else { s }).collect::<Vec<_>>().join("/");
+        let chosen = deployed
+            .iter()
+            .filter_map(|r| route_match(&r.0, &r.1, method, &concrete).map(|score| (score, r)))
+            .max_by(|a, b| a.0.cmp(&b.0));
+        let Some((_, (m, p, route_public, function))) = chosen else {
+            problems.push(format!("{op}: no route"));
+            continue;
+        };
+        used.insert(format!("{m} {p}"));
+        let serves = if op == "GET /v1/oauth/callback" { "OauthCallbackFunction" } else { "ConnectionsApiFunction" };
+        if function != serves || route_public != public {
+            problems
+                .push(format!("{op}: {m} {p} (public: {route_public}) on {function}, not {serves} (public: {public})"));
+        }
+    }
+    assert!(problems.is_empty(), "operations the routes do not serve as documented:\n{}", problems.join("\n"));
+    let unused: Vec<_> = deployed.iter().map(|(m, p, _, _)| format!("{m} {p}")).filter(|k| !used.contains(k)).collect();
+    assert!(unused.is_empty(), "routes that serve no documented operation: {unused:?}");
+    // The authorized API is one catch-all; the explicit routes are the public ones.
+    let catch_all = deployed.iter().find(|(m, p, _, _)| m == "ANY" && p == "/v1/{proxy+}").expect("ANY /v1/{proxy+}");
+    assert!(!catch_all.2, "the /v1/ catch-all is JWT-authorized");
+    assert!(deployed.iter().all(|(m, p, public, _)| *public || (m == "ANY" && p == "/v1/{proxy+}")), "{deployed:?}");
 
     // Each event puts its function's ARN into the API: no function may name the API in turn.
     let variables = &t["Globals"]["Function"]["Environment"]["Variables"];
@@ -412,6 +505,74 @@ fn the_schedule_and_the_revoke_rule_reach_their_functions() {
     assert_eq!(resources(&t)["TokenRefreshFunction"]["Properties"]["ReservedConcurrentExecutions"], 1);
 }
 
+/// Webhooks as the design has them: every Latchkey event on the bus to the webhook queue (14
+/// days, visibility 120 s, 12 receives then the dead-letter queue), which only that rule may send
+/// to; webhook-deliver reads it in batches of 10 with partial batch failures, an alarm watches
+/// the dead letters. (`webhook_events_flow_from_the_bus_through_the_queue_to_a_receiver` runs
+/// this wiring against moto.)
+#[test]
+fn the_webhook_rule_feeds_the_queue_that_webhook_deliver_reads() {
+    let t = template();
+    let rule = &resources(&t)["WebhookRule"]["Properties"];
+    assert_eq!(rule["EventBusName"], json!({"Ref": "EventBus"}));
+    assert_eq!(rule["EventPattern"], json!({"source": [latchkey::adapters::aws::eventbridge::SOURCE]}), "every event");
+    assert_eq!(rule["Targets"].as_array().map(Vec::len), Some(1));
+    assert_eq!(rule["Targets"][0]["Arn"], get_att("WebhookQueue", "Arn"));
+    assert_eq!(rule["Targets"][0]["DeadLetterConfig"]["Arn"], get_att("WebhookDeadLetterQueue", "Arn"));
+
+    let queue = &resources(&t)["WebhookQueue"]["Properties"];
+    assert_eq!(queue["MessageRetentionPeriod"], 14 * 24 * 3600);
+    assert_eq!(queue["VisibilityTimeout"], 120);
+    assert_eq!(queue["SqsManagedSseEnabled"], true);
+    assert_eq!(
+        queue["RedrivePolicy"],
+        json!({"deadLetterTargetArn": get_att("WebhookDeadLetterQueue", "Arn"), "maxReceiveCount": 12})
+    );
+    let function = &resources(&t)["WebhookDeliverFunction"]["Properties"];
+    let timeout = function["Timeout"].as_u64().or(t["Globals"]["Function"]["Timeout"].as_u64()).unwrap();
+    assert!(queue["VisibilityTimeout"].as_u64().unwrap() >= timeout, "Lambda refuses a shorter visibility");
+
+    let events: Vec<&Value> = function["Events"].as_object().unwrap().values().collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["Type"], "SQS");
+    assert_eq!(
+        events[0]["Properties"],
+        json!({"Queue": get_att("WebhookQueue", "Arn"), "BatchSize": 10,
+            "FunctionResponseTypes": ["ReportBatchItemFailures"]})
+    );
+
+    // Only the rule sends to either queue.
+    let policies: Vec<_> = of_type(&t, "AWS::SQS::QueuePolicy")
+        .into_iter()
+        .filter(|(_, p)| p["Properties"]["Queues"].as_array().unwrap().contains(&json!({"Ref": "WebhookQueue"})))
+        .collect();
+    assert_eq!(policies.len(), 1, "one policy for the webhook queue");
+    let p = &policies[0].1["Properties"];
+    assert_eq!(p["Queues"], json!([{"Ref": "WebhookQueue"}, {"Ref": "WebhookDeadLetterQueue"}]));
+    let statements = p["PolicyDocument"]["Statement"].as_array().unwrap();
+    assert_eq!(statements.len(), 1);
+    let s = &statements[0];
+    assert_eq!(
+        (&s["Effect"], &s["Principal"], &s["Action"]),
+        (&json!("Allow"), &json!({"Service": "events.amazonaws.com"}), &json!("sqs:SendMessage"))
+    );
+    assert_eq!(s["Condition"], json!({"ArnEquals": {"aws:SourceArn": get_att("WebhookRule", "Arn")}}));
+    for (name, other) in of_type(&t, "AWS::SQS::QueuePolicy") {
+        let queues = &other["Properties"]["Queues"];
+        if name != policies[0].0 {
+            assert!(!queues.as_array().unwrap().contains(&json!({"Ref": "WebhookQueue"})), "{name}");
+        }
+    }
+
+    let alarms: Vec<_> = of_type(&t, "AWS::CloudWatch::Alarm")
+        .into_iter()
+        .filter(|(_, a)| a["Properties"]["Dimensions"][0]["Value"] == get_att("WebhookDeadLetterQueue", "QueueName"))
+        .collect();
+    assert_eq!(alarms.len(), 1, "an alarm on the webhook dead letters");
+    assert_eq!(alarms[0].1["Properties"]["MetricName"], "ApproximateNumberOfMessagesVisible");
+    assert_eq!(alarms[0].1["Properties"]["Threshold"], 1);
+}
+
 /// The metric filters read fields of the functions' JSON log lines: the sweep's summary line as
 /// the code writes it must match the refresh-failures filter, and every function's log group
 /// counts `kms_throttled` (whose line the KMS adapter's unit test checks).
@@ -465,7 +626,8 @@ fn function_timeouts_leave_room_for_a_refresh_in_flight() {
 
 // --- Least privilege, measured ----------------------------------------------------------------
 
-/// What the template grants `package`'s role, from its one policy: every action, KMS included,
+/// What the template grants `package`'s role, from its policies (its own `<Function>Policy` and
+/// `OpenSecretsPolicy`, shared by every role): every action, KMS included,
 /// except the KMS actions DynamoDB uses on its behalf for the table's encryption at rest
 /// (`kms:ViaService`). Every KMS action the role uses directly must also be allowed to it by a
 /// key-policy statement that names the role (`aws:PrincipalArn`) under the same encryption
@@ -478,10 +640,14 @@ fn granted(t: &Value, package: &str) -> BTreeSet<String> {
         .into_iter()
         .filter(|(_, p)| p["Properties"]["Roles"].as_array().unwrap().contains(&json!({"Ref": format!("{name}Role")})))
         .collect();
-    assert_eq!(policies.len(), 1, "{package}: one policy");
+    let own = format!("{name}Policy");
+    assert!(policies.iter().any(|(n, _)| **n == own), "{package}: a policy of its own");
+    assert!(policies.iter().all(|(n, _)| **n == own || *n == "OpenSecretsPolicy"), "{package}: {policies:?}");
     let key_policy = resources(t)["Key"]["Properties"]["KeyPolicy"]["Statement"].as_array().unwrap().clone();
     let mut through_dynamodb = false;
-    for s in policies[0].1["Properties"]["PolicyDocument"]["Statement"].as_array().unwrap() {
+    let statements =
+        policies.iter().flat_map(|(_, p)| p["Properties"]["PolicyDocument"]["Statement"].as_array().unwrap());
+    for s in statements {
         assert_eq!(s["Effect"], "Allow");
         let actions = strings(&s["Action"]);
         let resources = match &s["Resource"] {
@@ -529,11 +695,16 @@ fn granted(t: &Value, package: &str) -> BTreeSet<String> {
 }
 
 /// The permissions the Lambda platform uses for the function, not its code: writing its logs,
-/// and sending failed asynchronous invocations to its dead-letter queue.
+/// sending failed asynchronous invocations to its dead-letter queue, and an SQS event source's
+/// polling (receiving, deleting, reading the queue's attributes).
 fn platform(t: &Value, package: &str) -> BTreeSet<String> {
     let mut out: BTreeSet<String> = ["logs:CreateLogStream", "logs:PutLogEvents"].map(str::to_owned).into();
-    if resources(t)[&format!("{}Function", logical(package))]["Properties"].get("DeadLetterQueue").is_some() {
+    let f = &resources(t)[&format!("{}Function", logical(package))]["Properties"];
+    if f.get("DeadLetterQueue").is_some() {
         out.insert("sqs:SendMessage".to_owned());
+    }
+    if f["Events"].as_object().into_iter().flatten().any(|(_, e)| e["Type"] == "SQS") {
+        out.extend(["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"].map(str::to_owned));
     }
     out
 }
@@ -670,6 +841,17 @@ async fn each_function_is_granted_exactly_the_aws_actions_its_code_calls() {
     ok(call(&api, Api, "PATCH", &format!("/v1/connections/{keyed_id}"), Some(patch)).await, "PATCH");
     ok(call(&api, Api, "POST", &format!("/v1/connections/{keyed_id}/token"), Some(json!({}))).await, "token");
     ok(call(&api, Api, "GET", &format!("/v1/connections/{keyed_id}/logs"), None).await, "logs");
+    // Its webhook routes (the deliveries themselves are webhook-deliver's: see
+    // webhook_events_flow_from_the_bus_through_the_queue_to_a_receiver).
+    let hook = json!({"url": "http://127.0.0.1:9/hook", "events": ["Connection Created"], "enabled": true});
+    ok(call(&api, Api, "PUT", "/v1/webhooks/hook-1", Some(hook.clone())).await, "PUT webhook");
+    ok(call(&api, Api, "PUT", "/v1/webhooks/hook-1", Some(hook)).await, "PUT webhook again");
+    ok(call(&api, Api, "GET", "/v1/webhooks", None).await, "list webhooks");
+    ok(call(&api, Api, "GET", "/v1/webhooks/hook-1", None).await, "GET webhook");
+    ok(call(&api, Api, "POST", "/v1/webhooks/hook-1/rotate-secret", None).await, "rotate");
+    ok(call(&api, Api, "GET", "/v1/webhooks/hook-1/deliveries", None).await, "deliveries");
+    let (status, _) = call(&api, Api, "DELETE", "/v1/webhooks/hook-1", None).await;
+    assert_eq!(status, 204, "DELETE webhook");
 
     let created = ok(
         call(&api, Api, "POST", "/v1/connections", Some(json!({"definition": "idp", "customer": "c-1"}))).await,
@@ -765,4 +947,237 @@ async fn each_function_is_granted_exactly_the_aws_actions_its_code_calls() {
         }
     }
     assert!(report.is_empty(), "infra/template.yaml is not least privilege:\n{}", report.join("\n"));
+}
+
+/// The webhook path wired as the template declares it, against moto: the queues with the
+/// template's retention, visibility and redrive, the rule with the template's pattern on the
+/// bus and the queue as its target. connections-api creates a webhook and a connection; the
+/// `Connection Created` event goes out through the EventBridge sink, the rule queues it, and
+/// webhook-deliver's handler gets it as the event source mapping hands it over: the endpoint's
+/// 500 hands the message back with its visibility moved to the next attempt (1 s), SQS
+/// redelivers it then, and the second attempt is delivered, verified by the Standard Webhooks
+/// crate, under the same id. What webhook-deliver called is exactly what its role is granted.
+#[tokio::test]
+async fn webhook_events_flow_from_the_bus_through_the_queue_to_a_receiver() {
+    use aws_sdk_sqs::types::QueueAttributeName as Attr;
+    let t = template();
+    let config = moto::sdk_config().await;
+    let table = moto::unique("latchkey");
+    latchkey::adapters::aws::schema::bootstrap(&aws_sdk_dynamodb::Client::new(&config), &table).await.unwrap();
+    let key = moto::create_kms_key(&config).await;
+    let bus = moto::unique("bus");
+    let events = aws_sdk_eventbridge::Client::new(&config);
+    events.create_event_bus().name(&bus).send().await.unwrap();
+    let sqs = aws_sdk_sqs::Client::new(&config);
+
+    // The queues, as declared.
+    let arn_of = |url: String| {
+        let sqs = sqs.clone();
+        async move {
+            let out = sqs.get_queue_attributes().queue_url(&url).attribute_names(Attr::QueueArn).send().await.unwrap();
+            (url, out.attributes().unwrap()[&Attr::QueueArn].clone())
+        }
+    };
+    let number = |v: &Value| v.as_u64().map(|n| n.to_string()).unwrap_or_else(|| panic!("a number: {v}"));
+    let dead = &resources(&t)["WebhookDeadLetterQueue"]["Properties"];
+    let dead_url = sqs
+        .create_queue()
+        .queue_name(moto::unique("webhook-dead-letters"))
+        .attributes(Attr::MessageRetentionPeriod, number(&dead["MessageRetentionPeriod"]))
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    let (_, dead_arn) = arn_of(dead_url).await;
+    let declared = &resources(&t)["WebhookQueue"]["Properties"];
+    let redrive = &declared["RedrivePolicy"];
+    assert_eq!(redrive["deadLetterTargetArn"], get_att("WebhookDeadLetterQueue", "Arn"));
+    let redrive = json!({"deadLetterTargetArn": dead_arn, "maxReceiveCount": redrive["maxReceiveCount"]});
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(moto::unique("webhook-queue"))
+        .attributes(Attr::MessageRetentionPeriod, number(&declared["MessageRetentionPeriod"]))
+        .attributes(Attr::VisibilityTimeout, number(&declared["VisibilityTimeout"]))
+        .attributes(Attr::RedrivePolicy, redrive.to_string())
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_owned();
+    let (queue_url, queue_arn) = arn_of(queue_url).await;
+
+    // The rule, as declared: its pattern on the bus, the queue its one target.
+    let rule = &resources(&t)["WebhookRule"]["Properties"];
+    assert_eq!(rule["EventBusName"], json!({"Ref": "EventBus"}));
+    let rule_name = moto::unique("webhook-rule");
+    events
+        .put_rule()
+        .name(&rule_name)
+        .event_bus_name(&bus)
+        .event_pattern(rule["EventPattern"].to_string())
+        .send()
+        .await
+        .unwrap();
+    let declared_target = &rule["Targets"][0];
+    assert_eq!(declared_target["Arn"], get_att("WebhookQueue", "Arn"));
+    let target = aws_sdk_eventbridge::types::Target::builder()
+        .id(declared_target["Id"].as_str().unwrap())
+        .arn(&queue_arn)
+        .build()
+        .unwrap();
+    let out = events.put_targets().rule(&rule_name).event_bus_name(&bus).targets(target).send().await.unwrap();
+    assert_eq!(out.failed_entry_count(), 0);
+
+    // connections-api, and webhook-deliver with its own recorded clients (SQS too) and a 1 s
+    // retry schedule.
+    let api = function(&config, &table, &key, &bus).await;
+    let calls = calls::Calls::default();
+    let (ddb, kms, eb) = calls.clients(&config);
+    let options = ServiceOptions {
+        allow_loopback_providers: true,
+        webhook_retry_schedule: vec![Duration::from_secs(1)],
+        ..ServiceOptions::default()
+    };
+    let deliver = Components::aws(ddb, kms, eb, &table, &key, &bus, options);
+    let recorded_sqs =
+        aws_sdk_sqs::Client::from_conf(aws_sdk_sqs::config::Builder::from(&config).interceptor(calls.clone()).build());
+    let visibility = latchkey::lambda::SqsVisibility::new(recorded_sqs);
+
+    let (url, endpoint) = Endpoint::start(&[500]).await;
+    use Surface::ConnectionsApi as Api;
+    let hook = json!({"url": url, "events": ["Connection Created"], "enabled": true});
+    let (status, created) = call(&api, Api, "PUT", "/v1/webhooks/hook-1", Some(hook)).await;
+    assert_eq!(status, 201, "{created}");
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    // A second endpoint that always fails: after its two attempts the delivery fails and the
+    // endpoint is disabled, with a `Webhook Disabled` event (PutEvents).
+    let (failing_url, failing) = Endpoint::start(&[500, 500, 500]).await;
+    let hook = json!({"url": failing_url, "events": ["Connection Created"], "enabled": true});
+    assert_eq!(call(&api, Api, "PUT", "/v1/webhooks/hook-2", Some(hook)).await.0, 201);
+    let keyed = json!({"auth": "api_key", "inputs": {"apiKey": {"type": "password", "required": true}}});
+    assert_eq!(call(&api, Api, "PUT", "/v1/definitions/keyed", Some(keyed)).await.0, 201);
+    let conn = json!({"definition": "keyed", "customer": "c-1", "values": {"apiKey": "k-webhook-wiring"}});
+    let (status, conn) = call(&api, Api, "POST", "/v1/connections", Some(conn)).await;
+    assert_eq!(status, 201, "{conn}");
+
+    // The event source mapping's part: receive a batch, invoke, delete what was not handed back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut batches = Vec::new();
+    // Until both endpoints are done with the event, the last batch was settled, and the queue
+    // has nothing more (the `Webhook Disabled` event comes through it too).
+    let mut types = BTreeSet::new();
+    loop {
+        assert!(Instant::now() < deadline, "not delivered: {batches:?}");
+        let got = sqs
+            .receive_message()
+            .queue_url(&queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        if got.messages().is_empty() {
+            let done = endpoint.requests().iter().any(|(status, _, _)| *status == 200)
+                && failing.requests().len() >= 2
+                && batches.last().is_some_and(|(_, _, back)| *back == 0);
+            if done {
+                break;
+            }
+            continue;
+        }
+        for m in got.messages() {
+            let envelope: Value = serde_json::from_str(m.body().unwrap()).unwrap();
+            types.insert(envelope["detail-type"].as_str().unwrap().to_owned());
+        }
+        let records: Vec<Value> = got
+            .messages()
+            .iter()
+            .map(|m| {
+                json!({"messageId": m.message_id(), "receiptHandle": m.receipt_handle(), "body": m.body(),
+                    "eventSource": "aws:sqs", "eventSourceARN": queue_arn, "awsRegion": "us-east-1"})
+            })
+            .collect();
+        let event: latchkey::lambda::SqsEvent = serde_json::from_value(json!({"Records": records})).unwrap();
+        let handed_back: Vec<String> = latchkey::lambda::handle_webhook_messages(&deliver.service, &visibility, event)
+            .await
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.clone())
+            .collect();
+        for m in got.messages() {
+            if !handed_back.iter().any(|id| Some(id.as_str()) == m.message_id()) {
+                sqs.delete_message()
+                    .queue_url(&queue_url)
+                    .receipt_handle(m.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+        batches.push((Instant::now(), got.messages().len(), handed_back.len()));
+    }
+    // First the 500 (handed back), then, once SQS let it be seen again, the 200.
+    let requests = endpoint.requests();
+    assert_eq!(requests.iter().map(|(s, _, _)| *s).collect::<Vec<_>>(), [500, 200], "{batches:?}");
+    assert!(batches.iter().any(|(_, _, back)| *back == 1), "{batches:?}");
+    let verifier = standardwebhooks::Webhook::new(&secret).unwrap();
+    for (_, headers, body) in &requests {
+        verifier.verify(body, headers).expect("a Standard Webhooks signature");
+        let body: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!((&body["type"], &body["data"]["connection_id"]), (&json!("Connection Created"), &conn["id"]));
+        assert!(!body.to_string().contains("k-webhook-wiring"), "no secret in a body");
+    }
+    assert_eq!(requests[0].1["webhook-id"], requests[1].1["webhook-id"], "one id per event");
+    // Nothing is left in the queue or its dead letters.
+    assert!(moto::receive_all(&config, &queue_url, 0).await.is_empty());
+    assert_eq!(failing.requests().len(), 2, "two attempts, then the delivery fails");
+    for t in [EventType::ConnectionCreated, EventType::WebhookDisabled] {
+        assert!(types.contains(t.detail_type()), "{types:?}");
+    }
+    let (_, disabled) = call(&api, Api, "GET", "/v1/webhooks/hook-2", None).await;
+    assert_eq!((&disabled["enabled"], &disabled["disabled_reason"]), (&json!(false), &json!("deliveries_failing")));
+
+    let mut used = calls.actions();
+    used.extend(platform(&t, "webhook-deliver"));
+    assert!(used.contains("sqs:ChangeMessageVisibility"), "{used:?}");
+    let granted = granted(&t, "webhook-deliver");
+    assert_eq!(used, granted, "webhook-deliver's role: what it calls, no more");
+}
+
+/// A webhook endpoint on loopback: answers the scripted statuses in turn (then 200) and keeps
+/// every request's status, headers and body.
+#[derive(Clone, Default)]
+struct Endpoint {
+    script: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(u16, http::HeaderMap, axum::body::Bytes)>>>,
+}
+
+impl Endpoint {
+    async fn start(script: &[u16]) -> (String, Self) {
+        let endpoint = Endpoint::default();
+        endpoint.script.lock().unwrap().extend(script.iter().rev());
+        let state = endpoint.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: http::HeaderMap, body: axum::body::Bytes| {
+                let state = state.clone();
+                async move {
+                    let status = state.script.lock().unwrap().pop().unwrap_or(200);
+                    state.got.lock().unwrap().push((status, headers, body));
+                    http::StatusCode::from_u16(status).unwrap()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, endpoint)
+    }
+
+    fn requests(&self) -> Vec<(u16, http::HeaderMap, axum::body::Bytes)> {
+        self.got.lock().unwrap().clone()
+    }
 }

@@ -1,4 +1,4 @@
-"""The five Lambda binaries under `cargo lambda watch` (the Lambda Runtime API emulator), fed the
+"""The six Lambda binaries under `cargo lambda watch` (the Lambda Runtime API emulator), fed the
 samples in events/ with `cargo lambda invoke`: what events/README.md tells a developer to run.
 Run by tests/infra.sh with cargo-lambda on PATH, once per backend:
 
@@ -191,6 +191,9 @@ def run(port, verify_stored):
     check("token-revoke", (ok, done.get("jobs")), (True, 0))
     check("connections-api DELETE connection",
           http(port, "connections-api", "connections-api/delete-connection.json", cid)[0], 204)
+    # No webhook in this organization: the event has no delivery, the message is settled.
+    ok, answer = invoke(port, "webhook-deliver", "webhook-deliver/connection-created.json", cid)
+    check("webhook-deliver", (ok, answer), (True, {"batchItemFailures": []}))
 
 
 if __name__ == "__main__":

@@ -649,7 +649,7 @@ async fn webhook_deliver_handles_the_sample_event() {
 
     // 500: handed back, visible again when the next attempt (1 s) is due.
     let done = handle_webhook_messages(service, &visibility, sample.clone()).await;
-    assert_eq!(failed_ids(&done), [message_id.clone()]);
+    assert_eq!(failed_ids(&done), std::slice::from_ref(&message_id));
     assert_eq!(endpoint.requests().len(), 1);
     let asked = visibility.0.lock().unwrap().clone();
     assert_eq!(asked.len(), 1, "{asked:?}");

@@ -149,27 +149,24 @@ async fn handle_message(service: &Service, record: &SqsMessage) -> Outcome {
             return Outcome::Pending { delay: None };
         }
     };
+    // Every endpoint's delivery at once: an attempt may take its whole timeout (10 s).
     let now = OffsetDateTime::now_utc();
-    let mut next: Option<OffsetDateTime> = None;
-    let mut unknown = false;
-    for delivery in deliveries {
+    let after = futures_util::future::join_all(deliveries.into_iter().map(|delivery| async move {
         let due = delivery.status == DeliveryStatus::Pending && delivery.next_attempt_at.is_none_or(|at| at <= now);
-        let after = if due {
-            match service.attempt_delivery(delivery).await {
-                Ok(after) => after,
-                Err(error) => {
-                    tracing::warn!(message_id, error = %error, "a delivery attempt could not be recorded");
-                    unknown = true;
-                    continue;
-                }
-            }
-        } else {
-            delivery
-        };
-        if let Some(at) = pending_until(&after) {
-            next = Some(next.map_or(at, |n| n.min(at)));
+        if !due {
+            return Some(delivery);
         }
-    }
+        match service.attempt_delivery(delivery).await {
+            Ok(after) => Some(after),
+            Err(error) => {
+                tracing::warn!(message_id, error = %error, "a delivery attempt could not be recorded");
+                None
+            }
+        }
+    }))
+    .await;
+    let unknown = after.iter().any(Option::is_none);
+    let next = after.iter().flatten().filter_map(pending_until).min();
     match (next, unknown) {
         (_, true) => Outcome::Pending { delay: None },
         (Some(at), false) => {
