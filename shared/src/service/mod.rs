@@ -15,6 +15,7 @@ mod selector;
 mod verify;
 mod views;
 mod walk;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -46,6 +47,10 @@ pub struct Service {
     provider: Arc<dyn ProviderClient>,
     /// Bounds verify requests (in flight, and per provider origin).
     verify_gate: verify::VerifyGate,
+    /// Sends webhook deliveries (its HTTP clients built once).
+    webhook_sender: webhooks::WebhookSender,
+    /// Poked when an event enqueued webhook deliveries ([`ServiceOptions::webhook_outbox`]).
+    webhook_wake: Arc<tokio::sync::Notify>,
     options: ServiceOptions,
 }
 
@@ -68,6 +73,14 @@ pub struct ServiceOptions {
     /// (`LATCHKEY_CONNECT_FRAME_ANCESTORS`, checked by `http::connect::parse_frame_ancestors`),
     /// `'none'` by default.
     pub connect_frame_ancestors: String,
+    /// Whether [`Service::emit`] also enqueues the event's webhook deliveries in the store (the
+    /// outbox `latchkey serve`'s worker delivers): the embedded backend. On AWS the EventBridge
+    /// rule feeds the `webhook-deliver` function instead.
+    pub webhook_outbox: bool,
+    /// The waits between webhook delivery attempts (`LATCHKEY_WEBHOOK_RETRY_SCHEDULE`, default
+    /// [`webhooks::DEFAULT_RETRY_SCHEDULE`]): one retry per entry, then the delivery fails and
+    /// its endpoint is disabled.
+    pub webhook_retry_schedule: Vec<std::time::Duration>,
 }
 
 impl Default for ServiceOptions {
@@ -80,6 +93,8 @@ impl Default for ServiceOptions {
             refresh: RefreshPolicy::default(),
             verify: VerifyPolicy::default(),
             connect_frame_ancestors: "'none'".to_owned(),
+            webhook_outbox: false,
+            webhook_retry_schedule: webhooks::default_retry_schedule(),
         }
     }
 }
@@ -94,7 +109,17 @@ impl Service {
     ) -> Self {
         options.public_url = options.public_url.map(|u| u.trim_end_matches('/').to_owned());
         let verify_gate = verify::VerifyGate::new(&options.verify);
-        Self { store, envelope, events, clock, provider: Arc::new(HttpProviderClient::new()), verify_gate, options }
+        Self {
+            store,
+            envelope,
+            events,
+            clock,
+            provider: Arc::new(HttpProviderClient::new()),
+            verify_gate,
+            webhook_sender: webhooks::WebhookSender::new(),
+            webhook_wake: Arc::new(tokio::sync::Notify::new()),
+            options,
+        }
     }
 
     /// The connect page's CSP `frame-ancestors` source list ([`ServiceOptions::connect_frame_ancestors`]).
@@ -122,6 +147,24 @@ impl Service {
                 error = %e,
                 "publishing an event failed"
             );
+        }
+        if self.options.webhook_outbox {
+            self.enqueue_outbox(&event).await;
+        }
+    }
+
+    /// The outbox of `latchkey serve`: stores the event's webhook deliveries and wakes the
+    /// worker. A failure is logged: the event itself has been published.
+    async fn enqueue_outbox(&self, event: &Event) {
+        match self.enqueue_deliveries(&webhooks::WebhookMessage::from_event(event)).await {
+            Ok(deliveries) if deliveries.is_empty() => {}
+            Ok(_) => self.webhook_wake.notify_one(),
+            Err(e) => tracing::warn!(
+                org = %event.org,
+                event = event.kind.detail_type(),
+                error = %e,
+                "enqueueing webhook deliveries failed"
+            ),
         }
     }
 }
