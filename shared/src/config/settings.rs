@@ -439,10 +439,8 @@ fn parse_bool(s: &str) -> Result<bool, ValueError> {
 
 /// `5,300,1800`: 1-20 entries of 0-86400 seconds each.
 fn parse_retry_schedule(s: &str) -> Result<RetrySchedule, ValueError> {
-    let entries: Option<Vec<Duration>> = s
-        .split(',')
-        .map(|e| e.trim().parse::<u64>().ok().filter(|n| *n <= 86_400).map(Duration::from_secs))
-        .collect();
+    let entries: Option<Vec<Duration>> =
+        s.split(',').map(|e| e.trim().parse::<u64>().ok().filter(|n| *n <= 86_400).map(Duration::from_secs)).collect();
     entries.filter(|e| (1..=20).contains(&e.len())).map(RetrySchedule).ok_or(ValueError::NotSchedule)
 }
 
