@@ -152,8 +152,35 @@ async fn connections_api_serves_a_sample_of_every_route() {
     ok(api.send_for("connections-api/put-definition.json", none).await, 201, "PUT definition");
     ok(api.send_for("connections-api/list-definitions.json", none).await, 200, "definitions");
     ok(api.send_for("connections-api/get-definition.json", none).await, 200, "definition");
+    // A webhook endpoint `ops`: its signing secret is shown on creation and never again.
+    let hook = ok(api.send_for("connections-api/put-webhook.json", none).await, 201, "PUT webhook");
+    let secret = hook["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"), "{hook}");
+    assert_eq!(hook["events"], json!(["Connection Created", "Token Refresh Failed"]));
+    let read = ok(api.send_for("connections-api/get-webhook.json", none).await, 200, "GET webhook");
+    assert_eq!((read["id"].as_str(), read["enabled"].as_bool()), (Some("ops"), Some(true)), "{read}");
+    assert!(read.get("secret").is_none() && !read.to_string().contains(&secret), "{read}");
+    let hooks = ok(api.send_for("connections-api/list-webhooks.json", none).await, 200, "GET webhooks");
+    let ids: Vec<&Value> = hooks["items"].as_array().unwrap().iter().map(|h| &h["id"]).collect();
+    assert_eq!(ids, [&json!("ops")]);
+    assert!(!hooks.to_string().contains(&secret), "{hooks}");
+    let rotated = ok(api.send_for("connections-api/rotate-webhook-secret.json", none).await, 200, "rotate");
+    let new_secret = rotated["secret"].as_str().unwrap();
+    assert!(new_secret.starts_with("whsec_") && new_secret != secret, "{rotated}");
+    assert!(rotated["previous_secret_expires_at"].is_string(), "{rotated}");
+
     let conn = ok(api.send_for("connections-api/create-connection.json", none).await, 201, "POST connection");
     let id = conn["id"].as_str().unwrap();
+    // The embedded backend queues the connection's `Connection Created` for `ops` (no worker
+    // sends it here).
+    let deliveries = ok(api.send_for("connections-api/list-webhook-deliveries.json", none).await, 200, "deliveries");
+    let deliveries = deliveries["items"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+    assert_eq!(deliveries[0]["event_type"], "Connection Created");
+    assert_eq!(deliveries[0]["status"], "pending");
+    assert_eq!(deliveries[0]["payload"]["data"]["connection_id"], id);
+    // The sample names a delivery that does not exist.
+    ok(api.send_for("connections-api/retry-webhook-delivery.json", none).await, 404, "retry unknown delivery");
     ok(api.send_for("connections-api/get-connection.json", id).await, 200, "GET connection");
     ok(api.send_for("connections-api/list-connections.json", id).await, 200, "GET connections");
     let patched = ok(api.send_for("connections-api/update-connection.json", id).await, 200, "PATCH");
@@ -194,6 +221,8 @@ async fn connections_api_serves_a_sample_of_every_route() {
     assert_eq!(cut["status"], "disconnected");
     ok(api.send_for("connections-api/delete-connection.json", id).await, 204, "DELETE connection");
     ok(api.send_for("connections-api/delete-definition.json", none).await, 204, "DELETE definition");
+    ok(api.send_for("connections-api/delete-webhook.json", none).await, 204, "DELETE webhook");
+    ok(api.send_for("connections-api/get-webhook.json", none).await, 404, "deleted webhook");
 }
 
 #[tokio::test]
@@ -529,6 +558,7 @@ async fn a_device_flow_is_started_by_connections_api_and_completed_by_token_refr
 async fn connections_api_serves_the_samples_as_the_v1_catch_all_passes_them() {
     let api = Api::new();
     assert_eq!(api.send("connections-api/put-definition.json").await.0, 201);
+    assert_eq!(api.send("connections-api/put-webhook.json").await.0, 201);
     let (_, _, conn) = api.send("connections-api/create-connection.json").await;
     let id = conn["id"].as_str().unwrap();
     let mut compared = 0;
