@@ -506,9 +506,10 @@ fn the_schedule_and_the_revoke_rule_reach_their_functions() {
 }
 
 /// Webhooks as the design has them: every Latchkey event on the bus to the webhook queue (14
-/// days, visibility 120 s, 12 receives then the dead-letter queue), which only that rule may send
-/// to; webhook-deliver reads it in batches of 10 with partial batch failures, an alarm watches
-/// the dead letters. (`webhook_events_flow_from_the_bus_through_the_queue_to_a_receiver` runs
+/// days, visibility 120 s, 30 receives then the dead-letter queue), which only that rule may send
+/// to; webhook-deliver reads it in batches of 10 with partial batch failures, at most 5
+/// invocations at once, and sweeps what is due every 5 minutes (the backstop for messages in
+/// the dead letters); an alarm watches the dead letters. (`webhook_events_flow_from_the_bus_through_the_queue_to_a_receiver` runs
 /// this wiring against moto.)
 #[test]
 fn the_webhook_rule_feeds_the_queue_that_webhook_deliver_reads() {
@@ -526,20 +527,22 @@ fn the_webhook_rule_feeds_the_queue_that_webhook_deliver_reads() {
     assert_eq!(queue["SqsManagedSseEnabled"], true);
     assert_eq!(
         queue["RedrivePolicy"],
-        json!({"deadLetterTargetArn": get_att("WebhookDeadLetterQueue", "Arn"), "maxReceiveCount": 12})
+        json!({"deadLetterTargetArn": get_att("WebhookDeadLetterQueue", "Arn"), "maxReceiveCount": 30})
     );
     let function = &resources(&t)["WebhookDeliverFunction"]["Properties"];
     let timeout = function["Timeout"].as_u64().or(t["Globals"]["Function"]["Timeout"].as_u64()).unwrap();
     assert!(queue["VisibilityTimeout"].as_u64().unwrap() >= timeout, "Lambda refuses a shorter visibility");
 
-    let events: Vec<&Value> = function["Events"].as_object().unwrap().values().collect();
-    assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0]["Type"], "SQS");
+    let events = function["Events"].as_object().unwrap();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events["Queue"]["Type"], "SQS");
     assert_eq!(
-        events[0]["Properties"],
+        events["Queue"]["Properties"],
         json!({"Queue": get_att("WebhookQueue", "Arn"), "BatchSize": 10,
-            "FunctionResponseTypes": ["ReportBatchItemFailures"]})
+            "FunctionResponseTypes": ["ReportBatchItemFailures"], "ScalingConfig": {"MaximumConcurrency": 5}})
     );
+    // The sweep: the handler tells its event from a batch (WebhookDeliverEvent).
+    assert_eq!(events["Sweep"], json!({"Type": "Schedule", "Properties": {"Schedule": "rate(5 minutes)"}}));
 
     // Only the rule sends to either queue.
     let policies: Vec<_> = of_type(&t, "AWS::SQS::QueuePolicy")
@@ -627,11 +630,13 @@ fn function_timeouts_leave_room_for_a_refresh_in_flight() {
 // --- Least privilege, measured ----------------------------------------------------------------
 
 /// What the template grants `package`'s role, from its policies (its own `<Function>Policy` and
-/// `OpenSecretsPolicy`, shared by every role): every action, KMS included,
-/// except the KMS actions DynamoDB uses on its behalf for the table's encryption at rest
-/// (`kms:ViaService`). Every KMS action the role uses directly must also be allowed to it by a
-/// key-policy statement that names the role (`aws:PrincipalArn`) under the same encryption
-/// context conditions. `dynamodb:Query (index)` stands for the index ARN.
+/// `OpenSecretsPolicy`, shared by the connection roles): every action, KMS included, except the
+/// KMS actions DynamoDB uses on its behalf for the table's encryption at rest
+/// (`kms:ViaService`). Every KMS action the role uses directly must be under Latchkey's
+/// encryption context (`{org}` alone for webhook-deliver, which opens only webhook secrets)
+/// and also be allowed to it by a key-policy statement that names the role
+/// (`aws:PrincipalArn`) under the same conditions. `dynamodb:Query (index)` stands for the
+/// index ARN.
 fn granted(t: &Value, package: &str) -> BTreeSet<String> {
     let name = logical(package);
     let role = get_att(&format!("{name}Role"), "Arn");
@@ -667,7 +672,9 @@ fn granted(t: &Value, package: &str) -> BTreeSet<String> {
             continue;
         }
         let ctx = &s["Condition"]["ForAllValues:StringEquals"]["kms:EncryptionContextKeys"];
-        assert_eq!(ctx, &json!(["org", "connection_id", "definition"]), "{package}: only Latchkey's context");
+        let context =
+            if package == "webhook-deliver" { json!(["org"]) } else { json!(["org", "connection_id", "definition"]) };
+        assert_eq!(ctx, &context, "{package}: only the contexts it opens");
         assert_eq!(s["Condition"]["Null"]["kms:EncryptionContext:org"], "false", "{package}: a context is required");
         for action in actions {
             let allowed = key_policy.iter().any(|k| {
@@ -956,10 +963,13 @@ async fn each_function_is_granted_exactly_the_aws_actions_its_code_calls() {
 /// webhook-deliver's handler gets it as the event source mapping hands it over: the endpoint's
 /// 500 hands the message back with its visibility moved to the next attempt (1 s), SQS
 /// redelivers it then, and the second attempt is delivered, verified by the Standard Webhooks
-/// crate, under the same id. What webhook-deliver called is exactly what its role is granted.
+/// crate, under the same id. Then a delivery whose message goes to the dead-letter queue (every
+/// receive after the first lost, up to the declared `maxReceiveCount`) is delivered by the
+/// scheduled sweep. What webhook-deliver called is exactly what its role is granted.
 #[tokio::test]
 async fn webhook_events_flow_from_the_bus_through_the_queue_to_a_receiver() {
     use aws_sdk_sqs::types::QueueAttributeName as Attr;
+    use support::webhook_receiver::Receiver;
     let t = template();
     let config = moto::sdk_config().await;
     let table = moto::unique("latchkey");
@@ -990,7 +1000,7 @@ async fn webhook_events_flow_from_the_bus_through_the_queue_to_a_receiver() {
         .queue_url()
         .unwrap()
         .to_owned();
-    let (_, dead_arn) = arn_of(dead_url).await;
+    let (dead_url, dead_arn) = arn_of(dead_url).await;
     let declared = &resources(&t)["WebhookQueue"]["Properties"];
     let redrive = &declared["RedrivePolicy"];
     assert_eq!(redrive["deadLetterTargetArn"], get_att("WebhookDeadLetterQueue", "Arn"));
@@ -1046,7 +1056,7 @@ async fn webhook_events_flow_from_the_bus_through_the_queue_to_a_receiver() {
         aws_sdk_sqs::Client::from_conf(aws_sdk_sqs::config::Builder::from(&config).interceptor(calls.clone()).build());
     let visibility = latchkey::lambda::SqsVisibility::new(recorded_sqs);
 
-    let (url, endpoint) = Endpoint::start(&[500]).await;
+    let (url, endpoint) = Receiver::start(&[500]).await;
     use Surface::ConnectionsApi as Api;
     let hook = json!({"url": url, "events": ["Connection Created"], "enabled": true});
     let (status, created) = call(&api, Api, "PUT", "/v1/webhooks/hook-1", Some(hook)).await;
@@ -1054,7 +1064,7 @@ async fn webhook_events_flow_from_the_bus_through_the_queue_to_a_receiver() {
     let secret = created["secret"].as_str().unwrap().to_owned();
     // A second endpoint that always fails: after its two attempts the delivery fails and the
     // endpoint is disabled, with a `Webhook Disabled` event (PutEvents).
-    let (failing_url, failing) = Endpoint::start(&[500, 500, 500]).await;
+    let (failing_url, failing) = Receiver::start(&[500, 500, 500]).await;
     let hook = json!({"url": failing_url, "events": ["Connection Created"], "enabled": true});
     assert_eq!(call(&api, Api, "PUT", "/v1/webhooks/hook-2", Some(hook)).await.0, 201);
     let keyed = json!({"auth": "api_key", "inputs": {"apiKey": {"type": "password", "required": true}}});
@@ -1140,44 +1150,73 @@ async fn webhook_events_flow_from_the_bus_through_the_queue_to_a_receiver() {
     let (_, disabled) = call(&api, Api, "GET", "/v1/webhooks/hook-2", None).await;
     assert_eq!((&disabled["enabled"], &disabled["disabled_reason"]), (&json!(false), &json!("deliveries_failing")));
 
+    // hook-3's endpoint answers the first attempt of a `Connection Disconnected` 500; its
+    // message is handled that once, then every receive of it is lost (an invocation that dies)
+    // until SQS moves it to the dead letters. The scheduled sweep delivers it once due.
+    let (late_url, late) = Receiver::start(&[500]).await;
+    let hook = json!({"url": late_url, "events": ["Connection Disconnected"], "enabled": true});
+    let (status, created) = call(&api, Api, "PUT", "/v1/webhooks/hook-3", Some(hook)).await;
+    assert_eq!(status, 201, "{created}");
+    let late_secret = created["secret"].as_str().unwrap().to_owned();
+    let id = conn["id"].as_str().unwrap();
+    let (status, _) = call(&api, Api, "POST", &format!("/v1/connections/{id}/disconnect"), None).await;
+    assert_eq!(status, 200, "disconnect");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let message = loop {
+        assert!(Instant::now() < deadline, "the Connection Disconnected event never reached the queue");
+        let got = sqs.receive_message().queue_url(&queue_url).wait_time_seconds(1).send().await.unwrap();
+        if let Some(m) = got.messages().first() {
+            break m.clone();
+        }
+    };
+    let envelope: Value = serde_json::from_str(message.body().unwrap()).unwrap();
+    assert_eq!(envelope["detail-type"], "Connection Disconnected");
+    let record = json!({"messageId": message.message_id(), "receiptHandle": message.receipt_handle(),
+        "body": message.body(), "eventSource": "aws:sqs", "eventSourceARN": queue_arn, "awsRegion": "us-east-1"});
+    let event: latchkey::lambda::SqsEvent = serde_json::from_value(json!({"Records": [record]})).unwrap();
+    let answer = latchkey::lambda::handle_webhook_messages(&deliver.service, &visibility, event).await;
+    assert_eq!(answer.batch_item_failures.len(), 1, "handed back");
+    assert_eq!(late.requests().len(), 1);
+    let max_receives = declared["RedrivePolicy"]["maxReceiveCount"].as_u64().unwrap();
+    let (mut receives, mut handle) = (1, message.receipt_handle().unwrap().to_owned());
+    loop {
+        // Visible again at once, as when the invocation that received it died.
+        sqs.change_message_visibility()
+            .queue_url(&queue_url)
+            .receipt_handle(&handle)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .unwrap();
+        let got = sqs.receive_message().queue_url(&queue_url).send().await.unwrap();
+        let Some(m) = got.messages().first() else { break };
+        receives += 1;
+        assert!(receives <= max_receives, "still in the queue after {receives} receives");
+        handle = m.receipt_handle().unwrap().to_owned();
+    }
+    assert_eq!(receives, max_receives, "received as often as the redrive policy allows");
+    let dead_letters = moto::receive_all(&config, &dead_url, 1).await;
+    assert_eq!(dead_letters.len(), 1);
+    assert_eq!(dead_letters[0]["detail-type"], "Connection Disconnected");
+    assert_eq!(late.requests().len(), 1, "nothing more from the queue");
+    support::eventually(Duration::from_secs(20), "the sweep to deliver it", || async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        latchkey::lambda::handle_webhook_sweep(&deliver.service, deadline).await.unwrap();
+        late.requests().iter().any(|(status, _, _)| *status == 200)
+    })
+    .await;
+    let requests = late.requests();
+    assert_eq!(requests.iter().map(|(s, _, _)| *s).collect::<Vec<_>>(), [500, 200]);
+    let verifier = standardwebhooks::Webhook::new(&late_secret).unwrap();
+    for (_, headers, body) in &requests {
+        verifier.verify(body, headers).expect("a Standard Webhooks signature");
+    }
+    assert_eq!(requests[0].1["webhook-id"], requests[1].1["webhook-id"], "one id per event");
+
     let mut used = calls.actions();
     used.extend(platform(&t, "webhook-deliver"));
     assert!(used.contains("sqs:ChangeMessageVisibility"), "{used:?}");
+    assert!(used.contains("dynamodb:Query (index)"), "the sweep: {used:?}");
     let granted = granted(&t, "webhook-deliver");
     assert_eq!(used, granted, "webhook-deliver's role: what it calls, no more");
-}
-
-/// A webhook endpoint on loopback: answers the scripted statuses in turn (then 200) and keeps
-/// every request's status, headers and body.
-#[derive(Clone, Default)]
-struct Endpoint {
-    script: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
-    got: std::sync::Arc<std::sync::Mutex<Vec<(u16, http::HeaderMap, axum::body::Bytes)>>>,
-}
-
-impl Endpoint {
-    async fn start(script: &[u16]) -> (String, Self) {
-        let endpoint = Endpoint::default();
-        endpoint.script.lock().unwrap().extend(script.iter().rev());
-        let state = endpoint.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |headers: http::HeaderMap, body: axum::body::Bytes| {
-                let state = state.clone();
-                async move {
-                    let status = state.script.lock().unwrap().pop().unwrap_or(200);
-                    state.got.lock().unwrap().push((status, headers, body));
-                    http::StatusCode::from_u16(status).unwrap()
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (url, endpoint)
-    }
-
-    fn requests(&self) -> Vec<(u16, http::HeaderMap, axum::body::Bytes)> {
-        self.got.lock().unwrap().clone()
-    }
 }

@@ -20,11 +20,12 @@ use crate::service::{LookupRequest, PrincipalKind, ReadOrigin, Service, ServiceE
 pub type Error = lambda_runtime::Error;
 
 mod webhook_deliver;
-/// webhook-deliver's input (an SQS batch of EventBridge envelopes) and answer (the messages to
-/// hand back), and its handler.
+/// webhook-deliver's inputs (an SQS batch of EventBridge envelopes, or its sweep's schedule) and
+/// answers (the messages to hand back, or the sweep's summary), and its handlers.
 pub use webhook_deliver::{
-    BatchItemFailure, MAX_VISIBILITY, MessageVisibility, SqsBatchResponse, SqsEvent, SqsMessage, SqsVisibility,
-    handle_webhook_messages, queue_url, serve_webhook_deliver, visibility_seconds,
+    BatchItemFailure, DUE_SOON, MAX_VISIBILITY, MessageVisibility, SqsBatchResponse, SqsEvent, SqsMessage,
+    SqsVisibility, VisibilityError, WebhookDeliverEvent, WebhookDeliverResponse, WebhookSweep, handle_webhook_deliver,
+    handle_webhook_messages, handle_webhook_sweep, queue_url, serve_webhook_deliver, visibility_seconds,
 };
 
 /// The `detail` of Latchkey's own `Connection Disconnected` and `Connection Deleted` events

@@ -579,66 +579,61 @@ async fn connections_api_serves_the_samples_as_the_v1_catch_all_passes_them() {
     assert!(compared >= 5, "{compared} GET samples");
 }
 
-/// A webhook endpoint on loopback: answers the scripted statuses in turn (then 200) and keeps
-/// every request's headers and body.
-#[derive(Clone, Default)]
-struct Endpoint {
-    script: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
-    got: std::sync::Arc<std::sync::Mutex<Vec<(http::HeaderMap, axum::body::Bytes)>>>,
-}
-
-impl Endpoint {
-    async fn start(script: &[u16]) -> (String, Self) {
-        let endpoint = Endpoint::default();
-        endpoint.script.lock().unwrap().extend(script.iter().rev());
-        let state = endpoint.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |headers: http::HeaderMap, body: axum::body::Bytes| {
-                let state = state.clone();
-                async move {
-                    state.got.lock().unwrap().push((headers, body));
-                    let status = state.script.lock().unwrap().pop().unwrap_or(200);
-                    http::StatusCode::from_u16(status).unwrap()
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        (url, endpoint)
-    }
-
-    fn requests(&self) -> Vec<(http::HeaderMap, axum::body::Bytes)> {
-        self.got.lock().unwrap().clone()
-    }
-}
-
 /// [`latchkey::lambda::MessageVisibility`] that records what it was asked.
 #[derive(Default)]
 struct Visibility(std::sync::Mutex<Vec<(String, String, std::time::Duration)>>);
 
 #[async_trait::async_trait]
 impl latchkey::lambda::MessageVisibility for Visibility {
-    async fn delay(&self, queue_arn: &str, receipt_handle: &str, delay: std::time::Duration) -> Result<(), String> {
+    async fn delay(
+        &self,
+        queue_arn: &str,
+        receipt_handle: &str,
+        delay: std::time::Duration,
+    ) -> Result<(), latchkey::lambda::VisibilityError> {
         self.0.lock().unwrap().push((queue_arn.to_owned(), receipt_handle.to_owned(), delay));
         Ok(())
     }
 }
 
-fn failed_ids(response: &latchkey::lambda::SqsBatchResponse) -> Vec<String> {
-    response.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect()
+/// webhook-deliver as the runtime invokes it: `raw` read as its event (a queue batch or the
+/// schedule) and handled, with 20 s before the invocation's deadline.
+async fn deliver(
+    service: &latchkey::service::Service,
+    visibility: &Visibility,
+    raw: &str,
+) -> latchkey::lambda::WebhookDeliverResponse {
+    let event: latchkey::lambda::WebhookDeliverEvent = serde_json::from_str(raw).expect("a webhook-deliver event");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    latchkey::lambda::handle_webhook_deliver(service, visibility, event, deadline).await.expect("never fails here")
 }
 
-/// `webhook-deliver`'s sample (an SQS batch of one `Connection Created` envelope, as the rule
+/// `raw` with the sample's event time (`detail.occurred_at` and the envelope's `time`) made now:
+/// an event reaches only the endpoints that existed when it occurred.
+fn occurred_now(raw: &str) -> String {
+    let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
+    let sample_time = "2026-11-22T10:00:00Z";
+    assert!(raw.contains(sample_time), "the sample's event time");
+    raw.replace(sample_time, &now)
+}
+
+/// The `messageId`s a queue batch's answer hands back.
+fn failed_ids(response: &latchkey::lambda::WebhookDeliverResponse) -> Vec<String> {
+    let latchkey::lambda::WebhookDeliverResponse::Queue(batch) = response else {
+        panic!("a batch's answer: {response:?}")
+    };
+    batch.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect()
+}
+
+/// `webhook-deliver`'s samples. The queue batch (one `Connection Created` envelope, as the rule
 /// queues it): nothing to do without a webhook; with one whose endpoint answers 500, the message
-/// is handed back (a batch item failure) and its visibility moved to the next attempt, a
-/// redelivery before then sends nothing, the one after delivers under the same verified
-/// `webhook-id`, and one more finds the delivery settled. An unreadable body is handed back
-/// as is.
+/// is handed back (a batch item failure) and its visibility moved to the next attempt, the
+/// redelivery once it is due delivers under the same verified `webhook-id`, and one more finds
+/// the delivery settled. An unreadable body is handed back as is. The schedule: the sweep
+/// delivers a delivery whose message was never seen again (gone to the dead-letter queue).
 #[tokio::test]
-async fn webhook_deliver_handles_the_sample_event() {
-    use latchkey::lambda::{SqsEvent, handle_webhook_messages};
+async fn webhook_deliver_handles_the_sample_events() {
+    use support::webhook_receiver::Receiver;
     let dir = tempfile::tempdir().unwrap();
     let options = ServiceOptions {
         allow_loopback_providers: true,
@@ -651,34 +646,44 @@ async fn webhook_deliver_handles_the_sample_event() {
         app.router_state(Verifier::hs256(&SecretString::from(EVENTS_SECRET)).unwrap()),
     );
     let raw = event("webhook-deliver/connection-created.json");
-    let sample: SqsEvent = serde_json::from_str(&raw).unwrap();
+    let sample: latchkey::lambda::SqsEvent = serde_json::from_str(&raw).unwrap();
     let message_id = sample.records[0].message_id.clone().unwrap();
     let envelope: Value = serde_json::from_str(sample.records[0].body.as_deref().unwrap()).unwrap();
     assert_eq!((envelope["source"].as_str(), envelope["detail"]["org"].as_str()), (Some("latchkey"), Some("acme")));
     let visibility = Visibility::default();
     let service = &app.service;
 
-    let done = handle_webhook_messages(service, &visibility, sample.clone()).await;
+    let done = deliver(service, &visibility, &raw).await;
     assert!(failed_ids(&done).is_empty(), "no webhook: nothing pending");
 
-    let (url, endpoint) = Endpoint::start(&[500]).await;
-    let put: Value = serde_json::from_str(&event("connections-api/put-definition.json")).unwrap();
-    let req = http::Request::builder()
-        .method("PUT")
-        .uri("/v1/webhooks/hook-1")
-        .header("authorization", put["headers"]["authorization"].as_str().unwrap())
-        .header("content-type", "application/json")
-        .body(axum::body::Body::from(
-            json!({"url": url, "events": ["Connection Created"], "enabled": true}).to_string(),
-        ))
-        .unwrap();
-    let res = router.clone().oneshot(req).await.unwrap();
-    assert_eq!(res.status().as_u16(), 201);
-    let created: Value = serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    let secret = created["secret"].as_str().unwrap().to_owned();
+    let authorization: Value = serde_json::from_str(&event("connections-api/put-definition.json")).unwrap();
+    let authorization = authorization["headers"]["authorization"].as_str().unwrap().to_owned();
+    let put_webhook = |id: &'static str, url: String| {
+        let req = http::Request::builder()
+            .method("PUT")
+            .uri(format!("/v1/webhooks/{id}"))
+            .header("authorization", &authorization)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(
+                json!({"url": url, "events": ["Connection Created"], "enabled": true}).to_string(),
+            ))
+            .unwrap();
+        let router = router.clone();
+        async move {
+            let res = router.oneshot(req).await.unwrap();
+            assert_eq!(res.status().as_u16(), 201);
+            let created: Value = serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+            created["secret"].as_str().unwrap().to_owned()
+        }
+    };
+    let (url, endpoint) = Receiver::start(&[500]).await;
+    let secret = put_webhook("hook-1", url).await;
+    let raw = occurred_now(&raw);
+    let fresh: latchkey::lambda::SqsEvent = serde_json::from_str(&raw).unwrap();
+    let envelope: Value = serde_json::from_str(fresh.records[0].body.as_deref().unwrap()).unwrap();
 
     // 500: handed back, visible again when the next attempt (1 s) is due.
-    let done = handle_webhook_messages(service, &visibility, sample.clone()).await;
+    let done = deliver(service, &visibility, &raw).await;
     assert_eq!(failed_ids(&done), std::slice::from_ref(&message_id));
     assert_eq!(endpoint.requests().len(), 1);
     let asked = visibility.0.lock().unwrap().clone();
@@ -690,25 +695,27 @@ async fn webhook_deliver_handles_the_sample_event() {
 
     // Delivered once due, under the same id.
     support::eventually(std::time::Duration::from_secs(10), "the second attempt", || async {
-        failed_ids(&handle_webhook_messages(service, &visibility, sample.clone()).await).is_empty()
+        failed_ids(&deliver(service, &visibility, &raw).await).is_empty()
     })
     .await;
     let got = endpoint.requests();
-    assert_eq!(got.len(), 2, "one request per attempt");
+    assert_eq!(got.iter().map(|(status, _, _)| *status).collect::<Vec<_>>(), [500, 200], "one request per attempt");
     let org = latchkey::domain::OrgId::parse("acme").unwrap();
-    let hook = latchkey::domain::WebhookId::parse("hook-1").unwrap();
-    let id = latchkey::domain::delivery_id(&org, &hook, envelope["detail"]["event_id"].as_str().unwrap());
+    let delivery_id = |hook: &str, event_id: &str| {
+        latchkey::domain::delivery_id(&org, &latchkey::domain::WebhookId::parse(hook).unwrap(), event_id)
+    };
+    let event_id = envelope["detail"]["event_id"].as_str().unwrap();
     let verifier = standardwebhooks::Webhook::new(&secret).unwrap();
-    for (headers, body) in &got {
+    for (_, headers, body) in &got {
         verifier.verify(body, headers).expect("a Standard Webhooks signature");
-        assert_eq!(headers["webhook-id"], id.as_str());
+        assert_eq!(headers["webhook-id"], delivery_id("hook-1", event_id).as_str());
         let body: Value = serde_json::from_slice(body).unwrap();
         assert_eq!(body["type"], "Connection Created");
         assert_eq!(body["data"], envelope["detail"]);
     }
 
     // A redelivery of a settled message: nothing sent, nothing handed back.
-    let done = handle_webhook_messages(service, &visibility, sample.clone()).await;
+    let done = deliver(service, &visibility, &raw).await;
     assert!(failed_ids(&done).is_empty());
     assert_eq!(endpoint.requests().len(), 2);
 
@@ -716,6 +723,35 @@ async fn webhook_deliver_handles_the_sample_event() {
     let asked = visibility.0.lock().unwrap().len();
     let mut bad = sample.clone();
     bad.records[0].body = Some("not an event".into());
-    assert_eq!(failed_ids(&handle_webhook_messages(service, &visibility, bad).await), [message_id]);
+    let bad = serde_json::to_string(&bad).unwrap();
+    assert_eq!(failed_ids(&deliver(service, &visibility, &bad).await), std::slice::from_ref(&message_id));
     assert_eq!(visibility.0.lock().unwrap().len(), asked);
+
+    // Another event whose second endpoint answers 500; its message is never seen again (it went
+    // to the dead-letter queue): the scheduled sweep delivers it once due, under the same id.
+    let (url, second) = Receiver::start(&[500]).await;
+    let second_secret = put_webhook("hook-2", url).await;
+    let other_event = "01KAHZZ7V4M3N2Q0EVENT00002";
+    let other = occurred_now(&event("webhook-deliver/connection-created.json"))
+        .replace("01KAHZZ7V4M3N2Q0EVENT00001", other_event);
+    assert_eq!(failed_ids(&deliver(service, &visibility, &other).await), [message_id]);
+    assert_eq!(second.requests().len(), 1);
+    let schedule = event("webhook-deliver/scheduled.json");
+    support::eventually(std::time::Duration::from_secs(10), "the sweep's attempt", || async {
+        let swept = deliver(service, &visibility, &schedule).await;
+        let latchkey::lambda::WebhookDeliverResponse::Sweep(summary) = swept else { panic!("a sweep: {swept:?}") };
+        summary.attempted > 0
+    })
+    .await;
+    let got = second.requests();
+    assert_eq!(got.iter().map(|(status, _, _)| *status).collect::<Vec<_>>(), [500, 200]);
+    let verifier = standardwebhooks::Webhook::new(&second_secret).unwrap();
+    for (_, headers, body) in &got {
+        verifier.verify(body, headers).expect("a Standard Webhooks signature");
+        assert_eq!(headers["webhook-id"], delivery_id("hook-2", other_event).as_str());
+    }
+    assert_eq!(endpoint.requests().len(), 3, "hook-1 got the other event once, from its message");
+    // Nothing left to sweep.
+    let swept = deliver(service, &visibility, &schedule).await;
+    assert_eq!(serde_json::to_value(&swept).unwrap(), json!({"attempted": 0}));
 }

@@ -7,7 +7,8 @@
 //! - [`quirks`]: the scripted provider of the real-provider quirk table (`tests/oauth/quirks.mjs`);
 //! - [`calls`]: records every AWS call (and the IAM action it needs) of the clients it is put on;
 //! - [`eventually`]: polls a condition with a deadline, instead of sleeping for it;
-//! - [`random_secret`]: a fresh HS256 secret for a server under test.
+//! - [`random_secret`]: a fresh HS256 secret for a server under test;
+//! - [`webhook_receiver`]: a webhook endpoint on loopback that records what it gets.
 //!
 //! A library rather than modules included into each binary, so that a binary that uses part of
 //! it compiles without dead code.
@@ -21,6 +22,7 @@ pub mod moto;
 pub mod oauth;
 pub mod oauth1;
 pub mod quirks;
+pub mod webhook_receiver;
 
 /// The repository root (the root package's directory): `.venv/` and `tests/oauth/` are under it.
 fn repo_root() -> PathBuf {

@@ -127,6 +127,12 @@ impl Service {
         &self.options.connect_frame_ancestors
     }
 
+    /// The service clock's now (UTC): what the use cases count leases and schedules on, for
+    /// callers that compare against them (the `webhook-deliver` function's due checks).
+    pub fn now(&self) -> time::OffsetDateTime {
+        self.clock.now()
+    }
+
     /// Appends a connection log line. A failure is logged, not returned: the change it
     /// describes has already happened.
     async fn log(&self, c: &Connection, kind: LogType, message: impl Into<String>) {
