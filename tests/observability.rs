@@ -7,7 +7,7 @@ use std::path::Path;
 
 use axum::body::Body;
 use http::Request;
-use lambda_http::lambda_runtime::{Context, LambdaEvent};
+use lambda_http::lambda_runtime::LambdaEvent;
 use latchkey::config::Components;
 use latchkey::http::Surface;
 use latchkey::http::auth::Verifier;
@@ -15,6 +15,7 @@ use latchkey::lambda::{ConnectionEvent, ScheduledEvent};
 use latchkey::telemetry::Captured;
 use secrecy::SecretString;
 use serde_json::{Value, json};
+use support::lambda_context;
 use tower::ServiceExt;
 
 /// The secret the sample events' tokens are signed with (events/README.md).
@@ -162,14 +163,6 @@ async fn a_refused_request_still_has_its_request_id_but_no_org() {
     assert!(request["span"].get("org").is_none(), "nobody was authenticated: {request}");
 }
 
-fn context(request_id: &str) -> Context {
-    let mut context = Context::default();
-    context.request_id = request_id.to_owned();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    context.deadline = (now + std::time::Duration::from_secs(120)).as_millis() as u64;
-    context
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn lambda_invocation_lines_carry_the_request_id_org_and_connection_id() {
     let api = Api::new();
@@ -182,7 +175,7 @@ async fn lambda_invocation_lines_carry_the_request_id_org_and_connection_id() {
     // token-lookup: the error report publishes an event, inside the invocation.
     let mut report: Value = serde_json::from_str(&event("token-lookup/report-error.json")).unwrap();
     report["connection_id"] = json!(id);
-    let invocation = LambdaEvent::new(report, context("inv-lookup"));
+    let invocation = LambdaEvent::new(report, lambda_context("inv-lookup"));
     latchkey::lambda::lookup_invocation(service, None, invocation).await.unwrap();
     let lines = lines_of(&logs, 0, "inv-lookup");
     let published = line(&lines, "event published");
@@ -193,7 +186,7 @@ async fn lambda_invocation_lines_carry_the_request_id_org_and_connection_id() {
     // token-revoke: the sample event, typed.
     let from = logs.lines().len();
     let sample: ConnectionEvent = serde_json::from_str(&event("token-revoke/connection-disconnected.json")).unwrap();
-    let invocation = LambdaEvent::new(sample, context("inv-revoke"));
+    let invocation = LambdaEvent::new(sample, lambda_context("inv-revoke"));
     let done = latchkey::lambda::revoke_invocation(service, invocation).await.unwrap();
     assert_eq!(done["jobs"], 0, "{done}");
     let lines = lines_of(&logs, from, "inv-revoke");
@@ -203,7 +196,7 @@ async fn lambda_invocation_lines_carry_the_request_id_org_and_connection_id() {
     // token-refresh: the sweep's summary line (what the refresh-failure alarm reads) too.
     let from = logs.lines().len();
     let scheduled: ScheduledEvent = serde_json::from_str(&event("token-refresh/scheduled.json")).unwrap();
-    let invocation = LambdaEvent::new(scheduled, context("inv-refresh"));
+    let invocation = LambdaEvent::new(scheduled, lambda_context("inv-refresh"));
     latchkey::lambda::refresh_invocation(service, invocation).await.unwrap();
     let lines = lines_of(&logs, from, "inv-refresh");
     let sweep = line(&lines, "refresh sweep");

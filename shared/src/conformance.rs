@@ -568,6 +568,12 @@ pub mod store {
         let later = now() + time::Duration::seconds(5);
         assert!(store.take_oauth_state(&expired.hash, later).await.unwrap().is_none(), "an expired state is refused");
         assert!(store.take_oauth_state("never-stored", now()).await.unwrap().is_none());
+        // OAuth 1.0a's pending authorization holds the sealed request token secret: read back whole.
+        let mut oauth1 = state(&format!("h-{}", ulid::Ulid::new()), 600);
+        let sealed = crate::domain::Sealed { key_id: "k".into(), wrapped_key: vec![3; 40], ciphertext: vec![4; 40] };
+        oauth1.request_token_secret = Some(sealed);
+        store.put_oauth_state(&oauth1).await.unwrap();
+        assert_eq!(store.take_oauth_state(&oauth1.hash, now()).await.unwrap(), Some(oauth1));
     }
 
     pub async fn logs_are_newest_first_and_go_with_the_connection(store: Arc<dyn Store>) {

@@ -13,10 +13,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use lambda_http::lambda_runtime::{Context, LambdaEvent};
+use lambda_http::lambda_runtime::LambdaEvent;
 use latchkey::domain::{Event, EventType, OrgId, WebhookId};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use support::lambda_context;
 use support::quirks::QuirkServer;
 
 use crate::harness::{mint_token, random_hex};
@@ -27,6 +28,7 @@ const REFRESH_FAILED: &str = "Token Refresh Failed";
 const RECOVERED: &str = "Refresh Recovered";
 const CONNECTION_ERROR: &str = "Connection Error";
 const EXPIRED: &str = "Connection Expired";
+const DISCONNECTED: &str = "Connection Disconnected";
 
 /// The `reason` of the last event of `kind` about `id`: from the event's detail on the aws
 /// backend, from its `event published` line on the embedded one. Call after the tap has seen
@@ -240,6 +242,16 @@ async fn refused_credentials_expire_the_connection_credentials_rejected() {
     lab.events.types_when(&lab.app, &reported, EXPIRED, |t| t.iter().any(|k| k == EXPIRED)).await;
     assert_eq!(reason(&lab, &reported, EXPIRED).await.as_deref(), Some("credentials_rejected"));
     assert_eq!(reason(&lab, &reported, CONNECTION_ERROR).await.as_deref(), Some("reported"));
+    // Reported again while red: the record takes the new message, no event repeats. The
+    // disconnect after it is a marker: once its event is in, one of the report would be too.
+    let again = json!({"action": "report_error", "message": "the API answered 401 again"});
+    lab.app.lookup(&lab.runtime, &reported, &again).await.assert_status(StatusCode::OK);
+    assert_eq!(lab.read(&reported).await["error"]["message"], "the API answered 401 again");
+    let path = format!("/v1/connections/{reported}/disconnect");
+    lab.app.request(Method::POST, &path, Some(&lab.org), None).await.assert_status(StatusCode::OK);
+    let types = lab.events.types_when(&lab.app, &reported, DISCONNECTED, |t| t.iter().any(|k| k == DISCONNECTED)).await;
+    assert_eq!(types.iter().filter(|k| *k == EXPIRED).count(), 1, "announced once: {types:?}");
+    assert_eq!(types.iter().filter(|k| *k == CONNECTION_ERROR).count(), 1, "announced once: {types:?}");
     for id in [&verified, &reported] {
         assert_no_secret_in_events(&lab, id, std::slice::from_ref(&api_key)).await;
     }
@@ -375,18 +387,22 @@ async fn a_lambda_lookup_writes_its_audit_line_with_the_invocation_id() {
     let _guard =
         tracing::subscriber::set_default(latchkey::telemetry::json_subscriber("info".parse().unwrap(), logs.clone()));
     let payload = json!({"org": "acme", "connection_id": id});
-    latchkey::lambda::lookup_invocation(service, None, LambdaEvent::new(payload.clone(), context("inv-iam")))
+    latchkey::lambda::lookup_invocation(service, None, LambdaEvent::new(payload.clone(), lambda_context("inv-iam")))
         .await
         .unwrap();
     let secret = random_hex() + &random_hex();
     let verifier = Verifier::hs256(&secret.clone().into()).unwrap();
     let mut with_token = payload.clone();
     with_token["token"] = json!(mint_token(&secret, "acme", Some("c-1"), &["runtime"]).await);
-    latchkey::lambda::lookup_invocation(service, Some(&verifier), LambdaEvent::new(with_token, context("inv-token")))
-        .await
-        .unwrap();
+    latchkey::lambda::lookup_invocation(
+        service,
+        Some(&verifier),
+        LambdaEvent::new(with_token, lambda_context("inv-token")),
+    )
+    .await
+    .unwrap();
     let unknown = json!({"org": "acme", "connection_id": "con_01kahzz7v4m3n2q0000000000z"});
-    latchkey::lambda::lookup_invocation(service, None, LambdaEvent::new(unknown, context("inv-unknown")))
+    latchkey::lambda::lookup_invocation(service, None, LambdaEvent::new(unknown, lambda_context("inv-unknown")))
         .await
         .unwrap_err();
 
@@ -402,14 +418,6 @@ async fn a_lambda_lookup_writes_its_audit_line_with_the_invocation_id() {
     }
     let everything: String = logs.lines().iter().map(Value::to_string).collect();
     assert!(!everything.contains(&api_key), "no key in any log line");
-}
-
-fn context(request_id: &str) -> Context {
-    let mut context = Context::default();
-    context.request_id = request_id.to_owned();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    context.deadline = (now + std::time::Duration::from_secs(120)).as_millis() as u64;
-    context
 }
 
 /// The members a connection event's detail always has, and those it may have.

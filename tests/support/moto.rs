@@ -9,11 +9,9 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Command};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -115,46 +113,16 @@ fn start() -> Moto {
          `python3 -m venv .venv && .venv/bin/pip install -r tests/requirements.txt`",
         python.display()
     );
-    let mut child = Command::new(&python)
-        .arg(repo.join("tests/moto_server.py"))
-        .current_dir(repo)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", python.display()));
-    let stdin = child.stdin.take().expect("stdin is piped");
-    let stdout = child.stdout.take().expect("stdout is piped");
-
-    // Read on a thread so a hung start is a timeout instead of a test that never ends.
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(url) = line.strip_prefix(READY_PREFIX) {
-                let _ = tx.send(Ok(url.trim().to_owned()));
-                return;
-            }
-            seen.push(line);
-        }
-        let _ = tx.send(Err(seen));
-    });
-    match rx.recv_timeout(START_TIMEOUT) {
-        Ok(Ok(endpoint)) => Moto { endpoint, _stdin: stdin, child },
-        Ok(Err(stdout)) => {
-            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
-            panic!(
-                "moto exited ({status}) before it was ready; its stderr is above, its stdout was {stdout:?}. \
-                 Is .venv up to date? Run `bash tests/run.sh`"
-            )
-        }
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("moto did not report `{READY_PREFIX}URL` within {START_TIMEOUT:?}")
-        }
-    }
+    let mut command = Command::new(&python);
+    command.arg(repo.join("tests/moto_server.py")).current_dir(repo);
+    let (child, stdin, endpoint) = crate::spawn_ready(
+        command,
+        READY_PREFIX,
+        START_TIMEOUT,
+        "moto",
+        "Is .venv up to date? Run `bash tests/run.sh`",
+    );
+    Moto { endpoint, _stdin: stdin, child }
 }
 
 /// SDK configuration for the moto server: its endpoint, [`REGION`], static test credentials.

@@ -5,9 +5,8 @@
 //! never collide. Its stdin is a pipe held open by this process, so it exits with the test
 //! binary however that ends.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Mutex, OnceLock, mpsc};
+use std::process::{Child, ChildStdin, Command};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -91,33 +90,25 @@ fn start() -> Oauth1Server {
         .status()
         .expect("run bash");
     assert!(installed.success(), "installing tests/oauth/oauth1-requirements.txt into .venv-oauth1 failed");
-    let python = venv.join("bin/python");
-    let mut child = Command::new(&python)
-        .arg(repo.join("tests/oauth/oauth1_server.py"))
-        .current_dir(repo)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", python.display()));
-    let stdin = child.stdin.take().expect("stdin is piped");
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(url) = line.strip_prefix(READY_PREFIX) {
-                let _ = tx.send(url.trim().to_owned());
-                return;
-            }
-        }
-    });
-    match rx.recv_timeout(START_TIMEOUT) {
-        Ok(url) => Oauth1Server { url, _stdin: Mutex::new(stdin), _child: Mutex::new(child) },
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("tests/oauth/oauth1_server.py did not report `{READY_PREFIX}URL` (its stderr is above)")
-        }
-    }
+    let mut command = Command::new(venv.join("bin/python"));
+    command.arg(repo.join("tests/oauth/oauth1_server.py")).current_dir(repo);
+    let (child, stdin, url) = crate::spawn_ready(
+        command,
+        READY_PREFIX,
+        START_TIMEOUT,
+        "tests/oauth/oauth1_server.py",
+        "Is .venv-oauth1 complete? Delete it to reinstall",
+    );
+    Oauth1Server { url, _stdin: Mutex::new(stdin), _child: Mutex::new(child) }
+}
+
+/// RFC 3986 percent-encoding of RFC 5849 section 3.6 (what an execution's own signing code
+/// does): every byte but `A-Z a-z 0-9 - . _ ~` as `%XX`, upper-case.
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -39,6 +39,7 @@ pub use verify::{
     ACCESS_TOKEN, RenderError, TemplateError, Verdict, Verify, VerifyMethod, VerifyRequest, VerifyState,
     verify_from_json,
 };
+pub(crate) use verify::percent_encode;
 pub use webhook::{DeliveryAttempt, DeliveryStatus, Webhook, WebhookDelivery, WebhookSecrets, delivery_id};
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod answer;
 pub mod destination;
 pub mod device;
 mod http;
+pub(crate) mod oauth1;
 pub mod request;
 
 use std::fmt;

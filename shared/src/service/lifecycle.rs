@@ -18,12 +18,12 @@ impl Service {
     }
 
     /// Announces a refresh of `before` that wrote `done`: `Token Refreshed`, then `Refresh
-    /// Recovered` when `before` had failed since its last success (transient failures counted,
-    /// or red) and `done` is usable.
+    /// Recovered` when `before` had failed since its last success (transient failures counted)
+    /// and `done` is usable. A red connection stays red through a refresh (only a new
+    /// authorization or new values clear it), so it never recovers here.
     pub(crate) async fn announce_refreshed(&self, before: &Connection, done: &Connection) {
         self.emit(Event::about(EventType::TokenRefreshed, done)).await;
-        let failing = before.refresh.failures > 0 || before.status == crate::domain::Status::Error;
-        if failing && done.error.is_none() {
+        if before.refresh.failures > 0 && done.error.is_none() {
             self.emit(Event::about(EventType::RefreshRecovered, done)).await;
         }
     }

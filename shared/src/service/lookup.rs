@@ -206,7 +206,8 @@ fn audit_read(c: &Connection, origin: &ReadOrigin) {
 impl Service {
     /// Looks a connection up, by id or by selector: every value decrypted. A warm lookup of an
     /// active connection by id is one store read and no key-provider call (the data key is
-    /// cached); by selector, an index query more. A lookup that hands credentials out writes
+    /// cached); by selector, an index query more; of an `oauth1` connection, a read of its
+    /// definition more (the consumer settings it inherits). A lookup that hands credentials out writes
     /// the audit line (`audit = "credentials_read"`, naming `origin`); one that fails does not.
     pub async fn lookup(
         &self,
@@ -227,9 +228,12 @@ impl Service {
         let mut token = None;
         let mut captured = BTreeMap::new();
         let mut oauth1 = None;
+        let mut own_secrets = None;
         if c.auth == Some(AuthKind::Oauth1) {
             // Nothing expires and nothing refreshes: the stored token and secret, as they are.
-            let (access_token, credentials) = self.oauth1_lookup(&c).await?;
+            let opened = self.open_secrets(&c).await?;
+            let (access_token, credentials) = self.oauth1_lookup(&c, &opened).await?;
+            own_secrets = Some(opened);
             token = Some(TokenView {
                 access_token: SecretString::from(access_token),
                 token_type: super::oauth::OAUTH1_TOKEN_TYPE.to_owned(),
@@ -267,7 +271,10 @@ impl Service {
                 scopes: tokens.scopes,
             });
         }
-        let mut secret = self.open_secrets(&c).await?;
+        let mut secret = match own_secrets {
+            Some(opened) => opened,
+            None => self.open_secrets(&c).await?,
+        };
         if token.is_some() {
             // The integration gets the access token, never the app's client secret.
             secret.remove("clientSecret");
@@ -353,7 +360,10 @@ impl Service {
             match self.store.update_connection(&red, c.version).await {
                 Ok(()) => {
                     self.log(&red, LogType::ErrorReported, format!("error reported: {message}")).await;
-                    self.announce_red(&red).await;
+                    // Reported again while red: the message is the latest, the events were sent.
+                    if c.status != red.status {
+                        self.announce_red(&red).await;
+                    }
                     return Ok(ReportedError { connection_id: red.id, status: red.status, error });
                 }
                 Err(StoreError::Conflict) => races.lost()?,

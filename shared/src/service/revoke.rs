@@ -81,9 +81,9 @@ impl Service {
             // user or the provider revokes it there.
             self.log(
                 c,
-                LogType::Revoked,
-                "tokens deleted: OAuth 1.0a has no standard revocation; the provider keeps the grant until the \
-                 user revokes it there",
+                LogType::Disconnected,
+                "tokens deleted, not revoked: OAuth 1.0a has no standard revocation; the provider keeps the \
+                 grant until the user revokes it there",
             )
             .await;
             return Ok(None);
@@ -112,7 +112,8 @@ impl Service {
                 c,
                 LogType::RevokeFailed,
                 format!(
-                    "tokens dropped, not revoked: the revocation endpoint {origin} is not an origin the grant was obtained with"
+                    "tokens dropped, not revoked: the revocation endpoint {origin} is not an origin the grant was \
+                     obtained with"
                 ),
             )
             .await;
@@ -253,7 +254,8 @@ impl Service {
             Ok(opened) => opened,
             // Counted as a failed attempt: retried later, dropped after the last one.
             Err(e) => {
-                tracing::warn!(org = %job.org, connection_id = %job.connection_id, error = %e, "a revocation job cannot be opened");
+                let (org, connection_id) = (&job.org, &job.connection_id);
+                tracing::warn!(%org, %connection_id, error = %e, "a revocation job cannot be opened");
                 if claimed.attempts >= MAX_REVOKE_ATTEMPTS {
                     self.store.delete_revocation(&claimed).await?;
                     return Ok(RevokeOutcome::GaveUp);
@@ -293,7 +295,8 @@ impl Service {
                     let kind = if refused.is_none() { LogType::Revoked } else { LogType::RevokeFailed };
                     self.log(c, kind, message).await;
                 }
-                tracing::info!(org = %job.org, connection_id = %job.connection_id, refused = refused.is_some(), "revocation done");
+                let (org, connection_id, refused_now) = (&job.org, &job.connection_id, refused.is_some());
+                tracing::info!(%org, %connection_id, refused = refused_now, "revocation done");
                 Ok(if refused.is_none() { RevokeOutcome::Revoked } else { RevokeOutcome::GaveUp })
             }
             Some((code, _)) if claimed.attempts >= MAX_REVOKE_ATTEMPTS => {

@@ -170,9 +170,10 @@ fn pieces(template: &str) -> Result<Vec<Piece<'_>>, TemplateError> {
     Ok(out)
 }
 
-/// RFC 3986 unreserved bytes pass; every other byte is `%XX`. Safe in a path segment and in a
-/// query name or value alike: a value can neither add a segment nor a parameter.
-fn percent_encode(s: &str) -> String {
+/// RFC 3986 unreserved bytes pass; every other byte is `%XX` (upper-case hex): RFC 5849 section
+/// 3.6's encoding too (OAuth 1.0a signatures). Safe in a path segment and in a query name or
+/// value alike: a value can neither add a segment nor a parameter.
+pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

@@ -3,30 +3,14 @@
 //! URL with it, and at the callback the `oauth_verifier` exchanged for an access token and its
 //! token secret, sealed on the connection. Tokens do not expire, so nothing is ever refreshed;
 //! RFC 5849 has no revocation, so a disconnect deletes them and the grant stays at the provider.
-//!
-//! Signatures (section 3.4) are built by the `oauth1-request` crate: its signature base string
-//! and HMAC-SHA1. Gaps of the crate (0.6.1) are closed here, through its `SignatureMethod` trait:
-//! its PLAINTEXT puts the signature into the header unencoded (section 3.5.1 wants it encoded,
-//! which matters for secrets with reserved characters), its `ParameterList` writes parameter
-//! names into the base string unencoded (section 3.4.1.3.2 encodes them), it has no HMAC-SHA256,
-//! and its RSA-SHA1 signs unblinded. So [`Plaintext`], [`HmacSha256`] and [`RsaSha1`] (RustCrypto
-//! `rsa`, blinded: aws-lc-rs and ring sign PKCS#1 v1.5 only with SHA-256 and up) are Latchkey's,
-//! and query parameter names are encoded before they are handed over. Requests carry the protocol parameters in the
-//! `Authorization` header (section 3.5.1) and an empty body.
+//! The signing of requests and the reading of answers are [`crate::provider::oauth1`]'s.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
-use hmac::{Hmac, Mac};
-use oauth1_request::signature_method::{Sign, SignatureMethod as Oauth1Method};
-use oauth1_request::{Builder, Credentials, HmacSha1, ParameterList};
-use rsa::RsaPrivateKey;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::Value;
-use sha2::Sha256;
 
 use super::super::retry::Races;
 use super::super::{Result, Service, ServiceError, Unusable};
@@ -43,20 +27,11 @@ use crate::domain::{
 };
 use crate::ports::StoreError;
 use crate::provider::destination::{DestinationError, check_public_destination};
+use crate::provider::oauth1::{Consumer, Oauth1Failure, Signing, Step, authorization, read_answer};
 use crate::provider::{ApiMethod, ApiRequest, Reach};
 
 /// The `token_type` of OAuth 1.0a tokens in reads and lookups.
 pub const OAUTH1_TOKEN_TYPE: &str = "OAuth1";
-
-/// The consumer (RFC 5849 section 1.1's client) and how it signs.
-pub(crate) struct Consumer {
-    pub key: String,
-    /// Empty for `RSA-SHA1`, which does not use it.
-    pub secret: SecretString,
-    pub method: SignatureMethod,
-    /// The `RSA-SHA1` key, parsed.
-    pub rsa: Option<RsaPrivateKey>,
-}
 
 /// A connection's effective OAuth 1.0a settings: its own values over the definition's app
 /// settings (read at each use), like [`super::OAuthSettings`].
@@ -65,8 +40,6 @@ pub(crate) struct Oauth1Settings {
     pub authorize: url::Url,
     pub access_token: Endpoint,
     pub consumer: Consumer,
-    /// The key as the connection or definition holds it (PEM), for lookups of `RSA-SHA1`.
-    pub private_key: Option<SecretString>,
 }
 
 /// What a lookup of an `oauth1` connection returns beside `token`: everything an execution
@@ -107,245 +80,91 @@ fn expose_some<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> std::res
     }
 }
 
-/// Why a request to the provider's request token or access token endpoint gave no credentials.
-#[derive(Debug)]
-pub(crate) enum Oauth1Failure {
-    /// The provider refused (4xx): its `oauth_problem` (the OAuth Problem Reporting extension)
-    /// or `error`, reduced, else Latchkey's code for the status.
-    Refused(String),
-    /// No answer, a 5xx or a 429: `timeout`, `unreachable`, `temporarily_unavailable`...
-    Unavailable(String),
-    /// A 2xx that is not a form with the members RFC 5849 requires.
-    Unreadable(&'static str),
-    /// The endpoint's address is not allowed (the outbound policy).
-    Forbidden,
+/// Where a connection's OAuth 1.0a values come from: its own (secrets opened) over the
+/// definition's defaults that it takes by reference.
+struct Sources<'a> {
+    def: &'a Definition,
+    c: &'a Connection,
+    own_secrets: &'a BTreeMap<String, SecretString>,
+    /// Opened only when the connection inherits a secret.
+    def_secrets: BTreeMap<String, SecretString>,
 }
 
-impl Oauth1Failure {
-    /// The code the authorize error and the logs show.
-    pub fn code(&self) -> String {
-        match self {
-            Self::Refused(code) | Self::Unavailable(code) => code.clone(),
-            Self::Unreadable(code) => (*code).to_owned(),
-            Self::Forbidden => "destination_refused".to_owned(),
+impl Sources<'_> {
+    fn own(&self, name: &str) -> Option<&Value> {
+        self.c.values.get(name).filter(|v| v.as_str() != Some(""))
+    }
+
+    fn inherited(&self, name: &str) -> Option<&Value> {
+        self.def.by_reference(name).then(|| self.def.inputs.get(name)?.default.as_ref()).flatten()
+    }
+
+    fn text(&self, name: &str) -> Option<&str> {
+        self.own(name).or_else(|| self.inherited(name)).and_then(Value::as_str).filter(|s| !s.is_empty())
+    }
+
+    fn secret(&self, name: &str) -> Option<SecretString> {
+        let found = self.own_secrets.get(name).or_else(|| self.def_secrets.get(name));
+        found.filter(|s| !s.expose_secret().is_empty()).cloned()
+    }
+
+    /// The consumer as stored (the RSA key as PEM, not parsed); the errors of what is missing.
+    fn consumer(&self, errors: &mut Vec<FieldError>) -> Option<StoredConsumer> {
+        let key = self.text("consumerKey").map(str::to_owned);
+        if key.is_none() {
+            errors.push(FieldError::new("values.consumerKey", "is required for OAuth 1.0a"));
         }
-    }
-}
-
-/// RFC 3986 percent-encoding of RFC 5849 section 3.6: everything but `A-Z a-z 0-9 - . _ ~`.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// `HMAC-SHA256`: section 3.4.2 with SHA-256, the extension most providers that left SHA-1
-/// behind use (NetSuite, Garmin). The key is `consumer_secret&token_secret`, both encoded.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct HmacSha256;
-
-/// `PLAINTEXT` (section 3.4.4): the signature is `consumer_secret&token_secret`, both encoded,
-/// and encoded once more in the header (section 3.5.1).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Plaintext;
-
-/// `RSA-SHA1` (section 3.4.3): RSASSA-PKCS1-v1_5 with SHA-1 over the base string, under the
-/// consumer's RSA key, blinded with a fresh random value each time (`sign_with_rng`: the
-/// private-key operation's timing says nothing of the key; RUSTSEC-2023-0071).
-#[derive(Clone)]
-pub(crate) struct RsaSha1(pub RsaPrivateKey);
-
-/// The section 3.4.2 key of HMAC and the section 3.4.4 signature of PLAINTEXT.
-fn signing_key(client_secret: &str, token_secret: Option<&str>) -> String {
-    format!("{}&{}", percent_encode(client_secret), percent_encode(token_secret.unwrap_or_default()))
-}
-
-/// What [`HmacSha256`] (and, in tests, the bare base string) does with the signature base string
-/// the crate feeds it piece by piece.
-#[derive(Clone)]
-enum Finish {
-    HmacSha256(Vec<u8>),
-    Plaintext(String),
-    RsaSha1(Box<RsaPrivateKey>),
-    #[cfg(test)]
-    BaseString,
-}
-
-/// Collects the signature base string (section 3.4.1.1) exactly as the crate's own methods
-/// hash it: `METHOD&uri&k%3Dv%26k%3Dv`, the crate having encoded the URI and parameters.
-#[derive(Clone)]
-pub(crate) struct CollectSign {
-    base: String,
-    finish: Finish,
-}
-
-impl Oauth1Method for HmacSha256 {
-    type Sign = CollectSign;
-
-    fn sign_with(self, client_secret: &str, token_secret: Option<&str>) -> CollectSign {
-        let key = signing_key(client_secret, token_secret);
-        CollectSign { base: String::new(), finish: Finish::HmacSha256(key.into_bytes()) }
-    }
-}
-
-impl Oauth1Method for RsaSha1 {
-    type Sign = CollectSign;
-
-    fn sign_with(self, _client_secret: &str, _token_secret: Option<&str>) -> CollectSign {
-        CollectSign { base: String::new(), finish: Finish::RsaSha1(Box::new(self.0)) }
-    }
-}
-
-impl Oauth1Method for Plaintext {
-    type Sign = CollectSign;
-
-    fn sign_with(self, client_secret: &str, token_secret: Option<&str>) -> CollectSign {
-        CollectSign { base: String::new(), finish: Finish::Plaintext(signing_key(client_secret, token_secret)) }
-    }
-}
-
-impl Sign for CollectSign {
-    type Signature = String;
-
-    fn get_signature_method_name(&self) -> &'static str {
-        match self.finish {
-            Finish::HmacSha256(_) => "HMAC-SHA256",
-            Finish::Plaintext(_) => "PLAINTEXT",
-            Finish::RsaSha1(_) => "RSA-SHA1",
-            #[cfg(test)]
-            Finish::BaseString => "HMAC-SHA1",
-        }
-    }
-
-    fn request_method(&mut self, method: &str) {
-        self.base.push_str(method);
-        self.base.push('&');
-    }
-
-    fn uri<T: fmt::Display>(&mut self, uri: T) {
-        self.base.push_str(&format!("{uri}&"));
-    }
-
-    fn parameter<V: fmt::Display>(&mut self, key: &str, value: V) {
-        self.base.push_str(&format!("{key}%3D{value}"));
-    }
-
-    fn delimiter(&mut self) {
-        self.base.push_str("%26");
-    }
-
-    /// The signature as the header carries it: base64, percent-encoded.
-    fn end(self) -> String {
-        match self.finish {
-            Finish::HmacSha256(key) => {
-                // HMAC takes a key of any length.
-                let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC accepts any key length");
-                mac.update(self.base.as_bytes());
-                percent_encode(&STANDARD.encode(mac.finalize().into_bytes()))
+        let method_value = self.own(SIGNATURE_METHOD_INPUT).or_else(|| self.inherited(SIGNATURE_METHOD_INPUT));
+        let method = SignatureMethod::of_value(method_value)
+            .map_err(|m| errors.push(FieldError::new(format!("values.{SIGNATURE_METHOD_INPUT}"), m)))
+            .ok()?;
+        let private_key = self.secret(PRIVATE_KEY_INPUT).filter(|_| method == SignatureMethod::RsaSha1);
+        let secret = self.secret(CONSUMER_SECRET_INPUT).filter(|_| method != SignatureMethod::RsaSha1);
+        match (method, &private_key, &secret) {
+            (SignatureMethod::RsaSha1, None, _) => {
+                errors.push(FieldError::new(format!("values.{PRIVATE_KEY_INPUT}"), "is required for RSA-SHA1"));
             }
-            Finish::Plaintext(key) => percent_encode(&key),
-            Finish::RsaSha1(key) => {
-                use rsa::signature::{RandomizedSigner, SignatureEncoding};
-                let signer = rsa::pkcs1v15::SigningKey::<sha1::Sha1>::new(*key);
-                let signature = signer.sign_with_rng(&mut rsa::rand_core::OsRng, self.base.as_bytes());
-                percent_encode(&STANDARD.encode(signature.to_vec()))
-            }
-            #[cfg(test)]
-            Finish::BaseString => self.base,
+            (SignatureMethod::RsaSha1, Some(_), _) | (_, _, Some(_)) => {}
+            (m, _, None) => errors.push(FieldError::new(
+                format!("values.{CONSUMER_SECRET_INPUT}"),
+                format!("is required for {}", m.name()),
+            )),
         }
+        Some(StoredConsumer {
+            key: key?,
+            secret: secret.unwrap_or_else(|| SecretString::from(String::new())),
+            method,
+            private_key,
+        })
     }
 }
 
-/// The protocol parameters of one request besides the consumer's.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct Step<'a> {
-    /// The token and its secret: the request token (access token request) or the access token.
-    pub token: Option<(&'a str, &'a str)>,
-    pub callback: Option<&'a str>,
-    pub verifier: Option<&'a str>,
-    /// A fixed nonce and timestamp (tests of known signatures); otherwise fresh ones.
-    pub fixed: Option<(&'a str, u64)>,
-}
-
-/// The `Authorization: OAuth ...` header value of a request (RFC 5849 section 3.5.1): `url`'s
-/// query parameters are signed as request parameters (section 3.4.1.3.1), the body is empty.
-pub(crate) fn authorization(method: &str, url: &url::Url, consumer: &Consumer, step: Step<'_>) -> String {
-    let mut base = url.clone();
-    base.set_query(None);
-    base.set_fragment(None);
-    let params = ParameterList::new(query_parameters(url));
-    let client = Credentials::new(consumer.key.as_str(), consumer.secret.expose_secret());
-    match (consumer.method, &consumer.rsa) {
-        (SignatureMethod::HmacSha1, _) => sign_with(client, HmacSha1::new(), step, method, &base, &params),
-        (SignatureMethod::HmacSha256, _) => sign_with(client, HmacSha256, step, method, &base, &params),
-        (SignatureMethod::Plaintext, _) => sign_with(client, Plaintext, step, method, &base, &params),
-        (SignatureMethod::RsaSha1, Some(key)) => sign_with(client, RsaSha1(key.clone()), step, method, &base, &params),
-        // Settings never hold RSA-SHA1 without its key: they refuse to resolve.
-        (SignatureMethod::RsaSha1, None) => String::new(),
-    }
-}
-
-/// The query parameters of `url` as the crate's `ParameterList` must get them: names already
-/// in their base string form (encoded twice: section 3.4.1.3.2, then 3.4.1.1), since the crate
-/// writes names as they are; values as they are (the crate encodes those).
-fn query_parameters(url: &url::Url) -> Vec<(String, String)> {
-    url.query_pairs().map(|(k, v)| (percent_encode(&percent_encode(&k)), v.into_owned())).collect()
-}
-
-/// [`authorization`] with one signature method.
-fn sign_with<SM: Oauth1Method + Clone>(
-    client: Credentials<&str>,
-    method_impl: SM,
-    step: Step<'_>,
-    method: &str,
-    base: &url::Url,
-    params: &ParameterList<String, String>,
-) -> String {
-    let mut b: Builder<'_, SM, &str, &str> = Builder::new(client, method_impl);
-    b.token(step.token.map(|(t, s)| Credentials::new(t, s)));
-    b.callback(step.callback).verifier(step.verifier);
-    if let Some((nonce, at)) = step.fixed {
-        b.nonce(nonce).timestamp(std::num::NonZeroU64::new(at));
-    }
-    b.authorize(method, base.as_str(), params)
-}
-
-/// Reads a token answer (RFC 5849 sections 2.1 and 2.3): `application/x-www-form-urlencoded`
-/// with `oauth_token` and `oauth_token_secret`.
-fn read_answer(
-    status: u16,
-    body: &[u8],
-    refused_as: &str,
-) -> std::result::Result<BTreeMap<String, String>, Oauth1Failure> {
-    let form: BTreeMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
-    match status {
-        200..=299 => {
-            let has = |k: &str| form.get(k).is_some_and(|v| !v.is_empty());
-            if has("oauth_token") && form.contains_key("oauth_token_secret") {
-                Ok(form)
-            } else {
-                Err(Oauth1Failure::Unreadable("unreadable_answer"))
-            }
-        }
-        429 | 500..=599 => Err(Oauth1Failure::Unavailable("temporarily_unavailable".to_owned())),
-        _ => {
-            // Never the provider's free text: its problem code at most.
-            let code = form.get("oauth_problem").or_else(|| form.get("error")).and_then(|c| provider_code(c));
-            Err(Oauth1Failure::Refused(code.unwrap_or_else(|| match status {
-                401 => refused_as.to_owned(),
-                _ => format!("http_{status}"),
-            })))
-        }
-    }
+/// The consumer settings as stored: the RSA key (`RSA-SHA1` only) still PEM.
+struct StoredConsumer {
+    key: String,
+    /// Empty for `RSA-SHA1`.
+    secret: SecretString,
+    method: SignatureMethod,
+    private_key: Option<SecretString>,
 }
 
 impl Service {
+    /// The [`Sources`] of `c`: the definition's secrets opened only when `c` inherits one.
+    async fn oauth1_sources<'a>(
+        &self,
+        def: &'a Definition,
+        c: &'a Connection,
+        own_secrets: &'a BTreeMap<String, SecretString>,
+    ) -> Result<Sources<'a>> {
+        let inherits = |name: &str| def.by_reference(name) && !own_secrets.contains_key(name);
+        let def_secrets = if inherits(CONSUMER_SECRET_INPUT) || inherits(PRIVATE_KEY_INPUT) {
+            self.definition_secrets(def).await?
+        } else {
+            BTreeMap::new()
+        };
+        Ok(Sources { def, c, own_secrets, def_secrets })
+    }
+
     /// Resolves the OAuth 1.0a settings of a connection: its own values over the definition's
     /// app settings as they are now (a rotated consumer secret reaches every connection).
     ///
@@ -354,21 +173,10 @@ impl Service {
     /// consumer secret of an HMAC or PLAINTEXT consumer, the RSA key of an RSA-SHA1 one).
     pub(crate) async fn oauth1_settings(&self, def: &Definition, c: &Connection) -> Result<Oauth1Settings> {
         let own_secrets = self.open_secrets(c).await?;
-        let inherits = |name: &str| def.by_reference(name) && !own_secrets.contains_key(name);
-        let def_secrets = if inherits(CONSUMER_SECRET_INPUT) || inherits(PRIVATE_KEY_INPUT) {
-            self.definition_secrets(def).await?
-        } else {
-            BTreeMap::new()
-        };
-        let own = |name: &str| c.values.get(name).filter(|v| v.as_str() != Some(""));
-        let inherited = |name: &str| def.by_reference(name).then(|| def.inputs.get(name)?.default.as_ref()).flatten();
-        let text = |name: &str| own(name).or_else(|| inherited(name)).and_then(Value::as_str).filter(|s| !s.is_empty());
-        let secret = |name: &str| {
-            own_secrets.get(name).or_else(|| def_secrets.get(name)).filter(|s| !s.expose_secret().is_empty()).cloned()
-        };
+        let sources = self.oauth1_sources(def, c, &own_secrets).await?;
         let mut errors = Vec::new();
         let url = |name: &str, errors: &mut Vec<FieldError>| -> Option<url::Url> {
-            let Some(raw) = text(name) else {
+            let Some(raw) = sources.text(name) else {
                 errors.push(FieldError::new(format!("values.{name}"), "is required for OAuth 1.0a"));
                 return None;
             };
@@ -383,50 +191,23 @@ impl Service {
         let request_token = url("requestTokenUrl", &mut errors).map(endpoint);
         let authorize = url("authorizeUrl", &mut errors);
         let access_token = url("accessTokenUrl", &mut errors).map(endpoint);
-        let key = text("consumerKey").map(str::to_owned);
-        if key.is_none() {
-            errors.push(FieldError::new("values.consumerKey", "is required for OAuth 1.0a"));
-        }
-        let method_value = own(SIGNATURE_METHOD_INPUT).or_else(|| inherited(SIGNATURE_METHOD_INPUT));
-        let method = SignatureMethod::of_value(method_value)
-            .map_err(|m| errors.push(FieldError::new(format!("values.{SIGNATURE_METHOD_INPUT}"), m)))
-            .ok();
-        let private_key = secret(PRIVATE_KEY_INPUT);
-        let consumer_secret = secret(CONSUMER_SECRET_INPUT);
-        let rsa = match (method, &private_key) {
-            (Some(SignatureMethod::RsaSha1), Some(pem)) => rsa_signing_key(pem.expose_secret())
+        let stored = sources.consumer(&mut errors);
+        let signing = stored.as_ref().and_then(|s| match (s.method, &s.private_key) {
+            (SignatureMethod::HmacSha1, _) => Some(Signing::HmacSha1),
+            (SignatureMethod::HmacSha256, _) => Some(Signing::HmacSha256),
+            (SignatureMethod::Plaintext, _) => Some(Signing::Plaintext),
+            (SignatureMethod::RsaSha1, pem) => rsa_signing_key(pem.as_ref()?.expose_secret())
+                .map(|key| Signing::RsaSha1(Box::new(key)))
                 .map_err(|m| errors.push(FieldError::new(format!("values.{PRIVATE_KEY_INPUT}"), m)))
                 .ok(),
-            (Some(SignatureMethod::RsaSha1), None) => {
-                errors.push(FieldError::new(format!("values.{PRIVATE_KEY_INPUT}"), "is required for RSA-SHA1"));
-                None
-            }
-            (Some(m), _) if consumer_secret.is_none() => {
-                errors.push(FieldError::new(
-                    format!("values.{CONSUMER_SECRET_INPUT}"),
-                    format!("is required for {}", m.name()),
-                ));
-                None
-            }
-            _ => None,
-        };
-        let (Some(request_token), Some(authorize), Some(access_token), Some(key), Some(method), true) =
-            (request_token, authorize, access_token, key, method, errors.is_empty())
+        });
+        let (Some(request_token), Some(authorize), Some(access_token), Some(stored), Some(signing), true) =
+            (request_token, authorize, access_token, stored, signing, errors.is_empty())
         else {
             return Err(ServiceError::Invalid(errors));
         };
-        Ok(Oauth1Settings {
-            request_token,
-            authorize,
-            access_token,
-            consumer: Consumer {
-                key,
-                secret: consumer_secret.unwrap_or_else(|| SecretString::from(String::new())),
-                method,
-                rsa,
-            },
-            private_key: private_key.filter(|_| method == SignatureMethod::RsaSha1),
-        })
+        let consumer = Consumer { key: stored.key, secret: stored.secret, signing };
+        Ok(Oauth1Settings { request_token, authorize, access_token, consumer })
     }
 
     /// One signed POST (empty body, parameters in the `Authorization` header) to a token
@@ -553,6 +334,11 @@ impl Service {
                 "the authorization response has no oauth_token or oauth_verifier",
             ));
         };
+        // The pending authorization is the one of this request token (found by it, but checked
+        // here, where its secret is used).
+        if state_hash(token) != st.hash {
+            return Err(AuthorizationFailure::new("invalid_request", "the oauth_token is not this authorization's"));
+        }
         let ctx = EncryptionContext::connection(&c.org, &c.id);
         let secret = self.envelope.open_str(&ctx, sealed_secret).await.map_err(|_| AuthorizationFailure::internal())?;
         let settings = self.oauth1_settings(def, c).await.map_err(|e| match e {
@@ -646,22 +432,32 @@ impl Service {
     }
 
     /// What a lookup of an `oauth1` connection hands out: the access token (as `token`) and the
-    /// signing credentials ([`Oauth1Credentials`]).
+    /// signing credentials ([`Oauth1Credentials`]). `own_secrets` are `c`'s secret values, opened
+    /// by the caller (who hands the others out too). One read of the definition (the consumer
+    /// settings `c` inherits, its secrets opened only then); the RSA key goes out as stored.
     ///
     /// # Errors
-    /// `Unusable(Pending)` without tokens; `Invalid` when the definition's consumer settings
-    /// became incomplete; those of the store and the key service.
-    pub(crate) async fn oauth1_lookup(&self, c: &Connection) -> Result<(String, Oauth1Credentials)> {
+    /// `Unusable(Pending)` without tokens; `Invalid` when the consumer settings became
+    /// incomplete; those of the store and the key service.
+    pub(crate) async fn oauth1_lookup(
+        &self,
+        c: &Connection,
+        own_secrets: &BTreeMap<String, SecretString>,
+    ) -> Result<(String, Oauth1Credentials)> {
         let opened = self.open_tokens(c).await?.ok_or(ServiceError::Unusable(Unusable::Pending))?;
         let def = self.definition_of(c).await?;
-        let settings = self.oauth1_settings(&def, c).await?;
+        let mut errors = Vec::new();
+        let stored = self.oauth1_sources(&def, c, own_secrets).await?.consumer(&mut errors);
+        let Some(stored) = stored.filter(|_| errors.is_empty()) else {
+            return Err(ServiceError::Invalid(errors));
+        };
         let credentials = Oauth1Credentials {
-            consumer_key: settings.consumer.key,
-            consumer_secret: settings.consumer.secret,
+            consumer_key: stored.key,
+            consumer_secret: stored.secret,
             token: SecretString::from(opened.access_token.clone()),
             token_secret: SecretString::from(opened.token_secret.unwrap_or_default()),
-            signature_method: settings.consumer.method.name(),
-            private_key: settings.private_key,
+            signature_method: stored.method.name(),
+            private_key: stored.private_key,
         };
         Ok((opened.access_token, credentials))
     }
@@ -680,135 +476,4 @@ pub(crate) fn value_errors(def: &Definition, values: &Values) -> Vec<FieldError>
         plain.insert(SIGNATURE_METHOD_INPUT.to_owned(), default);
     }
     check_consumer_values(&plain, &values.secret, "values.", "")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn consumer(key: &str, secret: &str, method: SignatureMethod) -> Consumer {
-        Consumer { key: key.to_owned(), secret: SecretString::from(secret.to_owned()), method, rsa: None }
-    }
-
-    /// The `oauth_signature` of an `Authorization` header, decoded.
-    fn signature_of(header: &str) -> String {
-        let raw = header.split("oauth_signature=\"").nth(1).and_then(|s| s.split('"').next()).unwrap();
-        url::form_urlencoded::parse(format!("s={raw}").as_bytes()).next().unwrap().1.into_owned()
-    }
-
-    #[test]
-    fn the_signature_base_string_is_rfc_5849_section_3_4_1_1s() {
-        // RFC 5849 section 3.4.1.1's example, the body parameters (c2, a3=2 q) left out: Latchkey
-        // sends none. The query's b5, a3, c@ and a2 are sorted in among the protocol parameters.
-        let url = url::Url::parse("http://example.com/request?b5=%3D%253D&a3=a&c%40=&a2=r%20b").unwrap();
-        let c = consumer("9djdj82h48djs9d2", "j49sk3j29djd", SignatureMethod::HmacSha1);
-        let mut b: Builder<'_, _, &str, &str> =
-            Builder::new(Credentials::new(c.key.as_str(), "j49sk3j29djd"), BaseString);
-        b.token(Some(Credentials::new("kkk9d7dh3k39sjv7", "dh893hdasih9")));
-        b.nonce("7d8f3e4a").timestamp(std::num::NonZeroU64::new(137131201));
-        let mut base = url.clone();
-        base.set_query(None);
-        let params = ParameterList::new(query_parameters(&url));
-        let header = b.authorize("POST", base.as_str(), &params);
-        // The "signature" is the base string itself, as the header carries it (not encoded again).
-        let raw = header.split("oauth_signature=\"").nth(1).and_then(|s| s.split('"').next()).unwrap();
-        let expected = "POST&http%3A%2F%2Fexample.com%2Frequest&a2%3Dr%2520b%26a3%3Da%26b5%3D%253D%25253D%26c%2540%3D\
-                        %26oauth_consumer_key%3D9djdj82h48djs9d2%26oauth_nonce%3D7d8f3e4a%26oauth_signature_method%3DHMAC-SHA1\
-                        %26oauth_timestamp%3D137131201%26oauth_token%3Dkkk9d7dh3k39sjv7";
-        assert_eq!(raw, expected);
-    }
-
-    /// Test-only method whose "signature" is the base string itself.
-    #[derive(Clone, Copy)]
-    struct BaseString;
-
-    impl Oauth1Method for BaseString {
-        type Sign = CollectSign;
-
-        fn sign_with(self, _: &str, _: Option<&str>) -> CollectSign {
-            CollectSign { base: String::new(), finish: Finish::BaseString }
-        }
-    }
-
-    #[test]
-    fn hmac_sha1_signs_rfc_5849_section_1_2s_example() {
-        // RFC 5849 section 1.2: printer.example.com's request for the vacation photo.
-        let url = url::Url::parse("http://photos.example.net/photos?file=vacation.jpg&size=original").unwrap();
-        let c = consumer("dpf43f3p2l4k3l03", "kd94hf93k423kf44", SignatureMethod::HmacSha1);
-        let step = Step {
-            token: Some(("nnch734d00sl2jdk", "pfkkdhi9sl3r4s00")),
-            fixed: Some(("chapoH", 137131202)),
-            ..Step::default()
-        };
-        let header = authorization("GET", &url, &c, step);
-        assert_eq!(signature_of(&header), "MdpQcU8iPSUjWoN/UDMsK2sui9I=");
-        assert!(header.starts_with("OAuth "), "{header}");
-        assert!(!header.contains("file="), "query parameters are signed, not repeated in the header: {header}");
-    }
-
-    #[test]
-    fn hmac_sha256_and_plaintext_sign_with_both_secrets() {
-        let url = url::Url::parse("http://photos.example.net/photos?file=vacation.jpg&size=original").unwrap();
-        let step = Step {
-            token: Some(("nnch734d00sl2jdk", "pfkkdhi9sl3r4s00")),
-            fixed: Some(("chapoH", 137131202)),
-            ..Step::default()
-        };
-        // HMAC-SHA256 over the same base string as HMAC-SHA1 above, with the method's name.
-        let sha256 = authorization(
-            "GET",
-            &url,
-            &consumer("dpf43f3p2l4k3l03", "kd94hf93k423kf44", SignatureMethod::HmacSha256),
-            step,
-        );
-        let base = "GET&http%3A%2F%2Fphotos.example.net%2Fphotos&file%3Dvacation.jpg%26oauth_consumer_key%3Ddpf43f3p2l4k3l03\
-                    %26oauth_nonce%3DchapoH%26oauth_signature_method%3DHMAC-SHA256%26oauth_timestamp%3D137131202\
-                    %26oauth_token%3Dnnch734d00sl2jdk%26size%3Doriginal";
-        let mut mac = Hmac::<Sha256>::new_from_slice(b"kd94hf93k423kf44&pfkkdhi9sl3r4s00").unwrap();
-        mac.update(base.as_bytes());
-        assert_eq!(signature_of(&sha256), STANDARD.encode(mac.finalize().into_bytes()));
-        assert!(sha256.contains("oauth_signature_method=\"HMAC-SHA256\""), "{sha256}");
-        // PLAINTEXT (section 3.4.4): the encoded secrets joined by `&`.
-        let plain = authorization("GET", &url, &consumer("k", "s&cret", SignatureMethod::Plaintext), step);
-        assert_eq!(signature_of(&plain), "s%26cret&pfkkdhi9sl3r4s00");
-    }
-
-    #[test]
-    fn rsa_sha1_signs_blinded_what_the_crates_unblinded_signer_signs() {
-        // PKCS#1 v1.5 is deterministic: blinding changes the timing, never the signature.
-        let key = RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 1024).unwrap();
-        let url = url::Url::parse("http://photos.example.net/photos?file=vacation.jpg&size=original").unwrap();
-        let mut c = consumer("dpf43f3p2l4k3l03", "", SignatureMethod::RsaSha1);
-        c.rsa = Some(key.clone());
-        let step = Step {
-            token: Some(("nnch734d00sl2jdk", "")),
-            fixed: Some(("13917289812797014437", 1196666512)),
-            ..Step::default()
-        };
-        let ours = authorization("GET", &url, &c, step);
-        let crates = sign_with(
-            Credentials::new("dpf43f3p2l4k3l03", ""),
-            oauth1_request::Rsa09Sha1::new(key),
-            step,
-            "GET",
-            &url::Url::parse("http://photos.example.net/photos").unwrap(),
-            &ParameterList::new(query_parameters(&url)),
-        );
-        assert_eq!(ours, crates);
-        assert!(ours.contains("oauth_signature_method=\"RSA-SHA1\""), "{ours}");
-    }
-
-    #[test]
-    fn answers_are_read_without_echoing_the_provider() {
-        let ok = read_answer(200, b"oauth_token=t&oauth_token_secret=s&oauth_callback_confirmed=true", "x").unwrap();
-        assert_eq!(ok["oauth_token"], "t");
-        assert!(matches!(read_answer(200, b"{\"token\":1}", "x"), Err(Oauth1Failure::Unreadable(_))));
-        assert_eq!(read_answer(401, b"", "consumer_rejected").unwrap_err().code(), "consumer_rejected");
-        assert_eq!(
-            read_answer(400, b"oauth_problem=signature_invalid<script>", "x").unwrap_err().code(),
-            "signature_invalidscript"
-        );
-        assert_eq!(read_answer(503, b"", "x").unwrap_err().code(), "temporarily_unavailable");
-        assert_eq!(read_answer(403, b"nope", "x").unwrap_err().code(), "http_403");
-    }
 }
