@@ -19,6 +19,8 @@ fn webhook(org: &OrgId, id: &str) -> Webhook {
         enabled: true,
         disabled_reason: None,
         secrets: Sealed { key_id: "k".into(), wrapped_key: vec![1; 40], ciphertext: vec![2; 40] },
+        previous_until: None,
+        last_delivered_at: None,
         version: 1,
         created_at: now(),
         updated_at: now(),
@@ -192,6 +194,7 @@ pub async fn delivery_updates_are_conditional_on_the_version(store: Arc<dyn Stor
         status_code: Some(204),
         error: None,
         duration_ms: 42,
+        manual: false,
     });
     assert!(matches!(store.update_delivery(&done, 7).await, Err(StoreError::Conflict)), "a wrong version");
     store.update_delivery(&done, 2).await.expect("record the attempt");

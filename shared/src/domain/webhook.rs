@@ -24,6 +24,15 @@ pub struct Webhook {
     pub disabled_reason: Option<String>,
     /// Sealed [`WebhookSecrets`].
     pub secrets: Sealed,
+    /// Until when the secret replaced by the last rotation still signs (a copy of
+    /// [`WebhookSecrets::previous_until`] in the clear, so views never open the secrets); `None`
+    /// before any rotation.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub previous_until: Option<OffsetDateTime>,
+    /// When a delivery to this endpoint last succeeded (a 2xx answer); `None` before the first.
+    /// An endpoint that succeeded since a failing delivery's first attempt is not disabled by it.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_delivered_at: Option<OffsetDateTime>,
     /// Incremented by every write; conditional writes compare it.
     pub version: u64,
     #[serde(with = "time::serde::rfc3339")]
@@ -105,6 +114,10 @@ pub struct DeliveryAttempt {
     /// `timeout`, `connect`, `refused_destination`, … when no answer came.
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// Made by `POST …/retry` rather than by the retry schedule: it does not count against the
+    /// schedule and never disables the endpoint.
+    #[serde(default)]
+    pub manual: bool,
 }
 
 /// One event for one endpoint. Its id is the Standard Webhooks `webhook-id`: derived from the
@@ -125,7 +138,7 @@ pub struct WebhookDelivery {
     /// Incremented by every write; [`crate::ports::Store::update_delivery`] compares it, so
     /// of two workers claiming one delivery exactly one wins.
     pub version: u64,
-    /// Every attempt so far, oldest first (at most the schedule's length plus manual retries).
+    /// Every attempt so far, oldest first (at most the schedule's length plus the manual ones).
     pub attempts: Vec<DeliveryAttempt>,
     /// When the next attempt is due (`Pending` only).
     #[serde(with = "time::serde::rfc3339::option")]

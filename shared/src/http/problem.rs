@@ -38,6 +38,8 @@ pub mod types {
     /// An `Idempotency-Key` whose first request is still running (409; retry after
     /// `Retry-After`).
     pub const IDEMPOTENCY_IN_PROGRESS: &str = "urn:latchkey:problem:idempotency-in-progress";
+    /// A delivery retry on a disabled webhook endpoint (409): enable it with PUT first.
+    pub const WEBHOOK_DISABLED: &str = "urn:latchkey:problem:webhook-disabled";
 }
 
 /// The `Retry-After` (seconds) of an `unavailable` problem: a dependency that timed out is
@@ -130,6 +132,7 @@ impl From<ServiceError> for Problem {
             ServiceError::NotFound => (StatusCode::NOT_FOUND, types::NOT_FOUND, "Not Found"),
             ServiceError::Forbidden(_) => (StatusCode::FORBIDDEN, types::FORBIDDEN, "Forbidden"),
             ServiceError::Conflict(_) => (StatusCode::CONFLICT, types::CONFLICT, "Conflict"),
+            ServiceError::WebhookDisabled => (StatusCode::CONFLICT, types::WEBHOOK_DISABLED, "Webhook Disabled"),
             ServiceError::PreconditionFailed => {
                 (StatusCode::PRECONDITION_FAILED, types::PRECONDITION, "Precondition Failed")
             }

@@ -13,11 +13,6 @@ use serde_json::{Value, json};
 use super::problem::Problem;
 use super::{JsonBody, RouterState};
 use crate::domain::Principal;
-use crate::service::ServiceError;
-use crate::service::webhooks::WEBHOOK_DISABLED;
-
-/// The `type` of the 409 answered to a retry on a disabled endpoint.
-pub const WEBHOOK_DISABLED_PROBLEM: &str = "urn:latchkey:problem:webhook-disabled";
 
 /// The routes, mounted by [`super::router_for`].
 pub(super) fn routes() -> Router<RouterState> {
@@ -84,17 +79,12 @@ async fn deliveries(
 }
 
 /// `POST /v1/webhooks/{id}/deliveries/{delivery_id}/retry`: one attempt now; the delivery
-/// afterwards. 409 `webhook-disabled` when the endpoint is disabled.
+/// afterwards. 409 `webhook-disabled` ([`super::problem::types::WEBHOOK_DISABLED`]) when the
+/// endpoint is disabled.
 async fn retry(
     State(s): State<RouterState>,
     p: Principal,
     Path((id, delivery_id)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
-    match s.service.retry_delivery(&p, &id, &delivery_id).await {
-        Ok(view) => Ok(Json(view).into_response()),
-        Err(ServiceError::Conflict(WEBHOOK_DISABLED)) => {
-            Err(Problem::new(StatusCode::CONFLICT, WEBHOOK_DISABLED_PROBLEM, "Webhook Disabled", WEBHOOK_DISABLED))
-        }
-        Err(e) => Err(e.into()),
-    }
+    Ok(Json(s.service.retry_delivery(&p, &id, &delivery_id).await?).into_response())
 }

@@ -53,6 +53,10 @@ pub enum ServiceError {
     Conflict(&'static str),
     #[error("the connection's version does not match If-Match")]
     PreconditionFailed,
+    /// A manual delivery retry on a disabled webhook endpoint (409, problem type
+    /// `webhook-disabled`): enable it with PUT first.
+    #[error("the webhook is disabled")]
+    WebhookDisabled,
     #[error("the connection has no usable credentials")]
     Unusable(Unusable),
     /// The provider's token endpoint refused or failed; the OAuth error code.
@@ -134,7 +138,7 @@ impl ServiceError {
             Self::NotFound => NOT_FOUND,
             Self::Forbidden(_) => FORBIDDEN,
             Self::Invalid(_) => INVALID,
-            Self::Conflict(_) => CONFLICT,
+            Self::Conflict(_) | Self::WebhookDisabled => CONFLICT,
             Self::PreconditionFailed => PRECONDITION,
             Self::Unusable(Unusable::Pending) => PENDING,
             Self::Unusable(Unusable::Disconnected) => DISCONNECTED,
@@ -156,6 +160,7 @@ impl ServiceError {
             Self::Forbidden(why) | Self::Conflict(why) => (*why).to_owned(),
             Self::Invalid(errors) => invalid_summary(errors),
             Self::PreconditionFailed => "the connection's version does not match If-Match; read it again".to_owned(),
+            Self::WebhookDisabled => "the webhook is disabled; enable it with PUT before retrying".to_owned(),
             Self::Unusable(Unusable::Pending) => "the connection is not authorized yet".to_owned(),
             Self::Unusable(Unusable::Disconnected) => {
                 "the connection was disconnected; connect it again (OAuth: authorize it again)".to_owned()

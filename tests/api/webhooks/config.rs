@@ -7,6 +7,8 @@ use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::WebhookApp;
+use super::receiver::Receiver;
 use crate::harness::{Backend, TestApp, contains_bytes, random_hex, random_secret};
 
 const HOOK: &str = "https://hooks.example.com/latchkey";
@@ -185,4 +187,29 @@ async fn a_rotation_shows_a_new_secret_once_and_the_old_one_signs_for_a_day() {
     app.request(Method::POST, "/v1/webhooks/nope/rotate-secret", Some(&org), None)
         .await
         .assert_problem(StatusCode::NOT_FOUND);
+}
+
+/// A real delivery id of one organization, tried by another through its own webhook of the
+/// same id: not found, not listed, not sent.
+#[tokio::test]
+async fn another_organization_cannot_retry_or_list_a_real_delivery_through_its_own_webhook_of_that_id() {
+    let app = WebhookApp::spawn(&[]).await;
+    let receiver = Receiver::start(&[]).await;
+    app.create_webhook("ops", &receiver.url, &["Connection Created"]).await;
+    app.emit_connection_created().await;
+    let id = receiver.wait_for(1).await[0].header("webhook-id").to_owned();
+    let retry = format!("/v1/webhooks/ops/deliveries/{id}/retry");
+
+    let other = app.token(&org_id(), None, &[]).await;
+    let theirs = json!({"url": HOOK, "events": ["Connection Created"]});
+    app.request(Method::PUT, "/v1/webhooks/ops", Some(&other), Some(&theirs)).await.assert_status(StatusCode::CREATED);
+    app.request(Method::POST, &retry, Some(&other), None).await.assert_problem(StatusCode::NOT_FOUND);
+    let listed = app.get("/v1/webhooks/ops/deliveries", &other).await;
+    listed.assert_status(StatusCode::OK);
+    assert_eq!(listed.body["items"], json!([]), "{}", listed.text);
+    assert_eq!(receiver.received().len(), 1, "nothing sent for the other organization");
+
+    // The id is real: its organization retries it.
+    app.request(Method::POST, &retry, Some(&app.org), None).await.assert_status(StatusCode::OK);
+    assert_eq!(receiver.received().len(), 2);
 }

@@ -4,12 +4,15 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use latchkey::service::webhooks::WebhookMessage;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
-use super::WebhookApp;
 use super::receiver::Receiver;
-use crate::harness::eventually;
+use super::{WebhookApp, service_on};
+use crate::harness::{Backend, eventually, random_hex};
 
 /// Three attempts in all, a second apart.
 const SCHEDULE: (&str, &str) = ("LATCHKEY_WEBHOOK_RETRY_SCHEDULE", "1,1");
@@ -183,4 +186,134 @@ async fn a_pending_delivery_survives_a_crash_of_the_server() {
     assert!(got.len() >= 2);
     assert!(got.iter().all(|r| r.header("webhook-id") == delivered["id"]), "one id across the restart");
     got.last().unwrap().verify(&secret).unwrap();
+}
+
+fn manual_flags(delivery: &Value) -> Vec<Value> {
+    delivery["attempts"].as_array().unwrap().iter().map(|a| a["manual"].clone()).collect()
+}
+
+/// The EventBridge envelope of a `Connection Created` of the app's organization that occurred
+/// at `at`, as the `webhook-deliver` function receives it.
+fn envelope(org: &str, event_id: &str, at: OffsetDateTime) -> Value {
+    let at = at.format(&Rfc3339).unwrap();
+    json!({
+        "id": event_id,
+        "detail-type": "Connection Created",
+        "source": "latchkey",
+        "time": at,
+        "detail": {"event_id": event_id, "occurred_at": at, "org": org, "connection_id": "c-late"}
+    })
+}
+
+/// A redelivered or late message (SQS redelivers for up to days) carries an event older than a
+/// webhook created since: that webhook never receives it, while an event after its creation
+/// reaches it.
+#[tokio::test]
+async fn an_event_never_reaches_a_webhook_created_after_it_occurred() {
+    let app = WebhookApp::spawn(&[SCHEDULE]).await;
+    let receiver = Receiver::start(&[]).await;
+    let service = app.service().await;
+    let before = OffsetDateTime::now_utc() - time::Duration::minutes(1);
+    app.create_webhook("ops", &receiver.url, &["Connection Created"]).await;
+
+    let late = WebhookMessage::from_eventbridge(&envelope(&app.org_id, "01JLATEEVENT", before)).unwrap();
+    let enqueued = service.enqueue_deliveries(&late).await.unwrap();
+    assert!(enqueued.is_empty(), "an event older than the webhook: {enqueued:?}");
+    let after = OffsetDateTime::now_utc() + time::Duration::seconds(1);
+    let current = WebhookMessage::from_eventbridge(&envelope(&app.org_id, "01JCURRENTEVENT", after)).unwrap();
+    assert_eq!(service.enqueue_deliveries(&current).await.unwrap().len(), 1, "an event after it");
+
+    let delivered = delivery_when(&app, "ops", "the current event delivered", |d| d["status"] == "delivered").await;
+    assert_eq!(delivered["event_id"], "01JCURRENTEVENT");
+    let ids: Vec<Value> = app.deliveries("ops").await.iter().map(|d| d["event_id"].clone()).collect();
+    assert_eq!(ids, [json!("01JCURRENTEVENT")]);
+    assert!(receiver.received().iter().all(|r| r.json()["data"]["event_id"] == "01JCURRENTEVENT"));
+}
+
+/// Manual retries are marked `manual` and do not count against the schedule: with a schedule
+/// of two attempts, two failed manual retries of a pending delivery leave it pending on its
+/// schedule with the endpoint enabled; the second scheduled attempt is what fails it.
+#[tokio::test]
+async fn manual_retries_do_not_count_against_the_schedule_nor_disable_the_endpoint() {
+    let app = WebhookApp::spawn(&[("LATCHKEY_WEBHOOK_RETRY_SCHEDULE", "6")]).await;
+    let receiver = Receiver::start(&[]).await;
+    receiver.answer(500);
+    app.create_webhook("ops", &receiver.url, &["Connection Created"]).await;
+    app.emit_connection_created().await;
+
+    let first = delivery_when(&app, "ops", "the first attempt recorded", |d| statuses(d).len() == 1).await;
+    assert_eq!(first["status"], "pending");
+    let due = first["next_attempt_at"].clone();
+    assert!(due.is_string(), "{first}");
+    let retry = format!("/v1/webhooks/ops/deliveries/{}/retry", first["id"].as_str().unwrap());
+    for n in [2, 3] {
+        let retried = app.request(Method::POST, &retry, Some(&app.org), None).await;
+        retried.assert_status(StatusCode::OK);
+        assert_eq!(retried.body["status"], "pending", "{}", retried.text);
+        assert_eq!(retried.body["next_attempt_at"], due, "the schedule goes on as it was");
+        assert_eq!(statuses(&retried.body).len(), n);
+    }
+    let hook = app.get("/v1/webhooks/ops", &app.org).await;
+    assert_eq!(hook.body["enabled"], true, "{}", hook.text);
+
+    let failed =
+        delivery_when(&app, "ops", "failed by its second scheduled attempt", |d| d["status"] == "failed").await;
+    assert_eq!(manual_flags(&failed), [json!(false), json!(true), json!(true), json!(false)]);
+    assert_eq!(statuses(&failed), vec![json!(500); 4]);
+    let hook = app.get("/v1/webhooks/ops", &app.org).await;
+    assert_eq!(
+        (hook.body["enabled"].clone(), hook.body["disabled_reason"].clone()),
+        (json!(false), json!("deliveries_failing"))
+    );
+}
+
+/// One event the endpoint keeps refusing does not disable it while it takes the others: only a
+/// delivery failing its whole schedule with nothing delivered to the endpoint since its first
+/// attempt does (the other side: `a_delivery_that_fails_its_whole_schedule_…`).
+#[tokio::test]
+async fn a_failing_event_does_not_disable_an_endpoint_that_received_others_meanwhile() {
+    let app = WebhookApp::spawn(&[SCHEDULE]).await;
+    let receiver = Receiver::start(&[]).await;
+    receiver.answer_when(r#""type":"Connection Created""#, 500);
+    app.create_webhook("ops", &receiver.url, &["Connection Created", "Connection Deleted"]).await;
+    let connection = app.emit_connection_created().await;
+    receiver.wait_for(1).await;
+    app.delete_connection(&app.org, &connection).await.assert_status(StatusCode::NO_CONTENT);
+
+    let deleted = |d: &Value| d["event_type"] == "Connection Deleted" && d["status"] == "delivered";
+    delivery_when(&app, "ops", "the deletion delivered", deleted).await;
+    let created = |d: &Value| d["event_type"] == "Connection Created" && d["status"] == "failed";
+    let failed = delivery_when(&app, "ops", "the creation failed", created).await;
+    assert_eq!(statuses(&failed), vec![json!(500); 3], "its whole schedule");
+    let hook = app.get("/v1/webhooks/ops", &app.org).await;
+    assert_eq!(hook.body["enabled"], true, "{}", hook.text);
+    assert!(hook.body.get("disabled_reason").is_none(), "{}", hook.text);
+}
+
+/// What a scheduled run of bounded length calls: every due delivery is attempted before its
+/// deadline, and none is started when the deadline is closer than an attempt's timeout.
+#[tokio::test]
+async fn deliver_due_until_attempts_what_is_due_and_starts_nothing_past_its_deadline() {
+    let backend = Backend::fresh().await;
+    let service = service_on(&backend).await;
+    let receiver = Receiver::start(&[]).await;
+    let org = format!("acme-{}", &random_hex()[..12]);
+    let p = latchkey::domain::Principal::organization(latchkey::domain::OrgId::parse(&org).unwrap());
+    let body = json!({"url": receiver.url, "events": ["Connection Created"]});
+    service.put_webhook(&p, "ops", &body).await.unwrap();
+    let at = OffsetDateTime::now_utc() + time::Duration::seconds(1);
+    for event in ["01JEVENTA", "01JEVENTB", "01JEVENTC"] {
+        let message = WebhookMessage::from_eventbridge(&envelope(&org, event, at)).unwrap();
+        assert_eq!(service.enqueue_deliveries(&message).await.unwrap().len(), 1);
+    }
+
+    let soon = std::time::Instant::now() + Duration::from_secs(1);
+    assert_eq!(service.deliver_due_until(soon).await.unwrap(), 0, "less than an attempt's timeout left");
+    assert!(receiver.received().is_empty());
+    let later = std::time::Instant::now() + Duration::from_secs(60);
+    assert_eq!(service.deliver_due_until(later).await.unwrap(), 3);
+    let ids: BTreeSet<String> = receiver.received().iter().map(|r| r.header("webhook-id").to_owned()).collect();
+    assert_eq!(ids.len(), 3, "each delivered once");
+    assert_eq!(service.deliver_due_until(later).await.unwrap(), 0, "nothing is due any more");
+    assert_eq!(receiver.received().len(), 3);
 }

@@ -7,7 +7,7 @@
 
 mod config;
 mod delivery;
-mod receiver;
+pub mod receiver;
 
 use std::sync::Arc;
 
@@ -100,12 +100,49 @@ impl WebhookApp {
         created.body["id"].as_str().unwrap().to_owned()
     }
 
+    /// A service of this process on the server's backend ([`service_on`]): to play what the
+    /// server does not do on demand, such as a late SQS message.
+    pub async fn service(&self) -> Arc<latchkey::service::Service> {
+        service_on(&self.app.backend).await
+    }
+
     /// The webhook's deliveries, newest first.
     pub async fn deliveries(&self, id: &str) -> Vec<Value> {
         let listed = self.get(&format!("/v1/webhooks/{id}/deliveries"), &self.org).await;
         listed.assert_status(StatusCode::OK);
         listed.body["items"].as_array().unwrap().clone()
     }
+}
+
+/// A service of this process on `backend` (the system clock, default options: loopback
+/// allowed), with no server.
+pub async fn service_on(backend: &Backend) -> Arc<latchkey::service::Service> {
+    match backend.aws() {
+        Some(aws) => {
+            let config = moto::sdk_config_for(&aws.endpoint).await;
+            aws_service(&config, &aws.table, &aws.kms_key_id)
+        }
+        None => {
+            let options = latchkey::service::ServiceOptions::default();
+            latchkey::config::Components::embedded(backend.data_dir(), options)
+                .expect("open the embedded backend")
+                .service
+        }
+    }
+}
+
+/// A service on the aws backend in moto (`config`'s endpoint), events to the `default` bus.
+fn aws_service(config: &aws_config::SdkConfig, table: &str, kms_key_id: &str) -> Arc<latchkey::service::Service> {
+    latchkey::config::Components::aws(
+        aws_sdk_dynamodb::Client::new(config),
+        aws_sdk_kms::Client::new(config),
+        aws_sdk_eventbridge::Client::new(config),
+        table,
+        kms_key_id,
+        "default",
+        latchkey::service::ServiceOptions::default(),
+    )
+    .service
 }
 
 /// What `webhook-deliver` does with each SQS message, in this process: the envelope becomes a
@@ -117,16 +154,7 @@ fn spawn_pump(
     kms_key_id: String,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let components = latchkey::config::Components::aws(
-            aws_sdk_dynamodb::Client::new(&config),
-            aws_sdk_kms::Client::new(&config),
-            aws_sdk_eventbridge::Client::new(&config),
-            &table,
-            &kms_key_id,
-            "default",
-            latchkey::service::ServiceOptions::default(),
-        );
-        let service: Arc<latchkey::service::Service> = components.service;
+        let service = aws_service(&config, &table, &kms_key_id);
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
         loop {
             tick.tick().await;
@@ -137,4 +165,23 @@ fn spawn_pump(
             }
         }
     })
+}
+
+/// The aws backend's stand-in for `webhook-deliver` for `org`'s events (as [`WebhookApp`] runs
+/// it), for suites that spawn their own server; `None` on the embedded backend, whose outbox
+/// needs none. The pump stops when the handle is dropped.
+pub async fn pump_for(backend: &Backend, org: &str) -> Option<Pump> {
+    let aws = backend.aws()?;
+    let config = moto::sdk_config_for(&aws.endpoint).await;
+    let queue = moto::sqs_queue_for_org_events(&config, "default", org).await.0;
+    Some(Pump(spawn_pump(config, queue, aws.table.clone(), aws.kms_key_id.clone())))
+}
+
+/// A running [`pump_for`]; aborted when dropped.
+pub struct Pump(tokio::task::JoinHandle<()>);
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -40,6 +40,8 @@ impl Received {
 struct State {
     script: VecDeque<(u16, Option<String>)>,
     fallback: u16,
+    /// Bodies containing the text are answered with the status, before the script.
+    rules: Vec<(String, u16)>,
     received: Vec<Received>,
 }
 
@@ -62,6 +64,7 @@ impl Receiver {
         let state = Arc::new(Mutex::new(State {
             script: script.iter().map(|(s, r)| (*s, r.map(str::to_owned))).collect(),
             fallback: 200,
+            rules: Vec::new(),
             received: Vec::new(),
         }));
         let shared = state.clone();
@@ -71,8 +74,12 @@ impl Receiver {
                 let state = shared.clone();
                 async move {
                     let mut s = state.lock().unwrap();
+                    let rule = s.rules.iter().find(|(text, _)| body.contains(text.as_str())).map(|(_, status)| *status);
                     s.received.push(Received { headers, body, at: Instant::now() });
-                    let (status, retry_after) = s.script.pop_front().unwrap_or((s.fallback, None));
+                    let (status, retry_after) = match rule {
+                        Some(status) => (status, None),
+                        None => s.script.pop_front().unwrap_or((s.fallback, None)),
+                    };
                     let mut res = StatusCode::from_u16(status).unwrap().into_response();
                     if let Some(r) = retry_after {
                         res.headers_mut().insert("retry-after", HeaderValue::from_str(&r).unwrap());
@@ -92,6 +99,12 @@ impl Receiver {
     /// From now on, answer every request not scripted with `status`.
     pub fn answer(&self, status: u16) {
         self.state.lock().unwrap().fallback = status;
+    }
+
+    /// From now on, answer every request whose body contains `text` with `status` (before the
+    /// script and the fallback): one event failing at an endpoint that takes the others.
+    pub fn answer_when(&self, text: &str, status: u16) {
+        self.state.lock().unwrap().rules.push((text.to_owned(), status));
     }
 
     /// Everything received so far.

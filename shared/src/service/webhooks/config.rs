@@ -194,15 +194,15 @@ impl Service {
         }
     }
 
-    async fn webhook_secrets(&self, hook: &Webhook) -> Result<WebhookSecrets> {
+    /// Opens `hook`'s signing secrets (the key service is called: only to sign or rotate).
+    pub(super) async fn webhook_secrets(&self, hook: &Webhook) -> Result<WebhookSecrets> {
         Ok(self.envelope.open_json(&EncryptionContext::organization(&hook.org), &hook.secrets).await?)
     }
 
-    /// The view of `hook` (opens its secrets for the rotation's end; never shows them).
-    async fn webhook_view(&self, hook: &Webhook) -> Result<WebhookView> {
+    /// The view of `hook`, from its clear fields alone (no secret is opened).
+    fn webhook_view(&self, hook: &Webhook) -> WebhookView {
         let now = self.clock.now();
-        let secrets = self.webhook_secrets(hook).await?;
-        Ok(WebhookView {
+        WebhookView {
             id: hook.id.clone(),
             url: hook.url.clone(),
             events: hook.events.clone(),
@@ -210,8 +210,8 @@ impl Service {
             disabled_reason: hook.disabled_reason.clone(),
             created_at: hook.created_at,
             updated_at: hook.updated_at,
-            previous_secret_expires_at: secrets.previous.as_ref().and(secrets.previous_until).filter(|t| *t > now),
-        })
+            previous_secret_expires_at: hook.previous_until.filter(|t| *t > now),
+        }
     }
 
     /// Creates or replaces a webhook. A creation answers its signing secret (the only time it
@@ -258,6 +258,8 @@ impl Service {
                         enabled: body.enabled,
                         disabled_reason: None,
                         secrets: sealed,
+                        previous_until: None,
+                        last_delivered_at: None,
                         version: 1,
                         created_at: now,
                         updated_at: now,
@@ -266,7 +268,7 @@ impl Service {
                 }
             };
             match self.store.put_webhook(&hook, expect).await {
-                Ok(()) => return Ok((self.webhook_view(&hook).await?, secret)),
+                Ok(()) => return Ok((self.webhook_view(&hook), secret)),
                 Err(StoreError::Conflict) => races.lost()?,
                 Err(e) => return Err(e.into()),
             }
@@ -280,17 +282,13 @@ impl Service {
     pub async fn get_webhook(&self, p: &Principal, id: &str) -> Result<WebhookView> {
         require_organization(p)?;
         let hook = self.store.get_webhook(&p.org, &parse_id(id)?).await?.ok_or(ServiceError::NotFound)?;
-        self.webhook_view(&hook).await
+        Ok(self.webhook_view(&hook))
     }
 
     /// Every webhook of the caller's organization, by id.
     pub async fn list_webhooks(&self, p: &Principal) -> Result<Vec<WebhookView>> {
         require_organization(p)?;
-        let mut views = Vec::new();
-        for hook in self.store.list_webhooks(&p.org).await? {
-            views.push(self.webhook_view(&hook).await?);
-        }
-        Ok(views)
+        Ok(self.store.list_webhooks(&p.org).await?.iter().map(|hook| self.webhook_view(hook)).collect())
     }
 
     /// Deletes a webhook and its deliveries.
@@ -303,7 +301,9 @@ impl Service {
     }
 
     /// A new signing secret; the current one becomes the previous one and keeps signing beside
-    /// it for [`ROTATION_OVERLAP`] (a previous one still in its overlap is dropped).
+    /// it for [`ROTATION_OVERLAP`]. There is one previous secret: a second rotation within the
+    /// overlap drops the first rotation's previous secret at once (the previous secret is always
+    /// the one just replaced).
     ///
     /// # Errors
     /// 404 when there is none of that id in the caller's organization.
@@ -321,7 +321,13 @@ impl Service {
                 WebhookSecrets { current: secret.clone(), previous: Some(old.current), previous_until: Some(until) };
             let sealed = self.envelope.seal_json(&EncryptionContext::organization(&p.org), &secrets).await?;
             let expect = Expect::Version(hook.version);
-            let rotated = Webhook { secrets: sealed, version: hook.version + 1, updated_at: now, ..hook };
+            let rotated = Webhook {
+                secrets: sealed,
+                previous_until: Some(until),
+                version: hook.version + 1,
+                updated_at: now,
+                ..hook
+            };
             match self.store.put_webhook(&rotated, expect).await {
                 Ok(()) => return Ok(RotatedSecret { secret, previous_secret_expires_at: until }),
                 Err(StoreError::Conflict) => races.lost()?,

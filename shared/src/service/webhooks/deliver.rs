@@ -2,7 +2,7 @@
 //! sign, send, record, schedule the next), the worker's batch of due deliveries, and a manual
 //! retry.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use secrecy::SecretString;
@@ -26,11 +26,18 @@ pub const DELIVERY_RETENTION: time::Duration = time::Duration::days(30);
 pub const DELIVERY_CONCURRENCY: usize = 8;
 /// Why Latchkey disables an endpoint whose delivery exhausted its schedule.
 pub const DELIVERIES_FAILING: &str = "deliveries_failing";
+/// How many due deliveries [`Service::deliver_due_until`] lists at a time.
+pub const DUE_BATCH: usize = 4 * DELIVERY_CONCURRENCY;
+/// How often a successful delivery retries recording `last_delivered_at` over concurrent writes
+/// to its webhook before leaving it to them.
+const LAST_DELIVERED_TRIES: usize = 3;
 
 impl Service {
     /// Stores one `pending` delivery of `message` for every enabled webhook of its organization
-    /// that lists its type, due now. Idempotent: a delivery that exists (the same event
-    /// enqueued again, by a redelivered SQS message) is read instead of written.
+    /// that lists its type and existed when the event occurred (`created_at <=
+    /// message.occurred_at`: a late or redelivered message never reaches an endpoint created
+    /// after its event), due now. Idempotent: a delivery that exists (the same event enqueued
+    /// again, by a redelivered SQS message) is read instead of written.
     ///
     /// Returns the organization's deliveries of this event, in webhook order.
     ///
@@ -40,7 +47,7 @@ impl Service {
         let now = self.clock.now();
         let mut deliveries = Vec::new();
         for hook in self.store.list_webhooks(&message.org).await? {
-            if !hook.enabled || !hook.events.contains(&message.event_type) {
+            if !hook.enabled || !hook.events.contains(&message.event_type) || hook.created_at > message.occurred_at {
                 continue;
             }
             let delivery = WebhookDelivery {
@@ -75,7 +82,8 @@ impl Service {
     ///    ([`super::WebhookSender`]);
     /// 4. 2xx: `delivered`. Otherwise the attempt is recorded and, while the retry schedule
     ///    lasts, the next one is due after the schedule's wait or the answer's `Retry-After`
-    ///    (at most 24 h), whichever is longer; after the last one the delivery is `failed`, the
+    ///    (at most 24 h), whichever is longer; after the last one the delivery is `failed` and,
+    ///    unless a delivery to the endpoint succeeded since this one's first attempt, the
     ///    endpoint is disabled (`deliveries_failing`) and `Webhook Disabled` is emitted.
     ///
     /// Returns the delivery as stored afterwards.
@@ -100,6 +108,31 @@ impl Service {
     /// # Errors
     /// The store's, listing the due deliveries; a failed attempt is logged and the rest go on.
     pub async fn deliver_due(&self, limit: usize) -> Result<usize> {
+        self.deliver_due_batch(limit).await
+    }
+
+    /// Attempts deliveries as they come due, [`DUE_BATCH`] at a time, until none is due or
+    /// `deadline` is too close to start another batch (less than an attempt's timeout,
+    /// [`super::ATTEMPT_TIMEOUT`], left): for a run of bounded length such as a scheduled Lambda
+    /// invocation. A delivery whose attempt is cut off by the run's end is due again after its
+    /// claim lease ([`CLAIM_LEASE`]). Returns how many were attempted.
+    ///
+    /// # Errors
+    /// The store's, listing the due deliveries (the count so far is lost with it); a failed
+    /// attempt is logged and the rest go on.
+    pub async fn deliver_due_until(&self, deadline: Instant) -> Result<usize> {
+        let mut total = 0;
+        while Instant::now() + super::ATTEMPT_TIMEOUT < deadline {
+            let n = self.deliver_due_batch(DUE_BATCH).await?;
+            total += n;
+            if n < DUE_BATCH {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    async fn deliver_due_batch(&self, limit: usize) -> Result<usize> {
         let due = self.store.due_deliveries(self.clock.now(), limit).await?;
         let count = due.len();
         futures_util::stream::iter(due)
@@ -120,8 +153,8 @@ impl Service {
     ///
     /// # Errors
     /// 404 when the webhook or delivery is not the caller's organization's; 409
-    /// `webhook_disabled` when the endpoint is disabled; 409 when another worker is attempting
-    /// it right now.
+    /// [`ServiceError::WebhookDisabled`] when the endpoint is disabled; 409 when another worker
+    /// is attempting it right now.
     pub async fn retry_delivery(&self, p: &Principal, id: &str, delivery_id: &str) -> Result<DeliveryView> {
         if !p.is_organization() {
             return Err(ServiceError::Forbidden("only organization users manage webhooks"));
@@ -130,7 +163,7 @@ impl Service {
         let hook = self.store.get_webhook(&p.org, &id).await?.ok_or(ServiceError::NotFound)?;
         let delivery = self.store.get_delivery(&p.org, &id, delivery_id).await?.ok_or(ServiceError::NotFound)?;
         if !hook.enabled {
-            return Err(ServiceError::Conflict(WEBHOOK_DISABLED));
+            return Err(ServiceError::WebhookDisabled);
         }
         match self.attempt(delivery, true).await? {
             Some(after) => Ok(DeliveryView::from(&after)),
@@ -138,12 +171,14 @@ impl Service {
         }
     }
 
-    /// [`Service::attempt_delivery`], also for a manual retry (`manual`: any status, and a
-    /// failure changes the status of a delivery that is not `pending` no further). `None` when
+    /// [`Service::attempt_delivery`], also for a manual retry (`manual`: any status; the attempt
+    /// is marked manual and does not count against the schedule; a failure leaves the status and
+    /// the next scheduled attempt as they were and never disables the endpoint). `None` when
     /// another worker claimed it first.
     async fn attempt(&self, delivery: WebhookDelivery, manual: bool) -> Result<Option<WebhookDelivery>> {
         let now = self.clock.now();
         let expected = delivery.version;
+        let scheduled_next = delivery.next_attempt_at;
         let claimed = WebhookDelivery { version: expected + 1, next_attempt_at: Some(now + CLAIM_LEASE), ..delivery };
         match self.store.update_delivery(&claimed, expected).await {
             Ok(()) => {}
@@ -168,6 +203,7 @@ impl Service {
             status_code: answer.status,
             error: answer.error.map(str::to_owned),
             duration_ms: u64::try_from(answer.duration.as_millis()).unwrap_or(u64::MAX),
+            manual,
         };
         let mut done = claimed.clone();
         done.attempts.push(attempt);
@@ -178,8 +214,12 @@ impl Service {
         } else if !pending {
             // A manual retry of a delivery that had finished: it keeps its status.
             done.next_attempt_at = None;
+        } else if manual {
+            // A manual retry of a pending delivery: its schedule goes on as it was.
+            done.next_attempt_at = scheduled_next;
         } else {
-            match self.next_attempt_after(done.attempts.len(), answer.retry_after) {
+            let scheduled = done.attempts.iter().filter(|a| !a.manual).count();
+            match self.next_attempt_after(scheduled, answer.retry_after) {
                 Some(wait) => done.next_attempt_at = Some(self.clock.now() + wait),
                 None => {
                     done.status = DeliveryStatus::Failed;
@@ -198,8 +238,12 @@ impl Service {
             "webhook delivery attempt"
         );
         let stored = self.finish(done, claimed.version).await?;
+        if answer.delivered() {
+            self.record_delivered(&hook, now).await?;
+        }
         if exhausted && stored.status == DeliveryStatus::Failed {
-            self.disable_webhook(&stored.org, &stored.webhook_id).await?;
+            let since = stored.attempts.first().map_or(now, |a| a.at);
+            self.disable_webhook(&stored.org, &stored.webhook_id, since).await?;
         }
         Ok(Some(stored))
     }
@@ -227,7 +271,7 @@ impl Service {
 
     /// Signs `delivery` with `hook`'s secrets (both during a rotation) and sends it.
     async fn send_delivery(&self, hook: &Webhook, delivery: &WebhookDelivery) -> Result<Answer> {
-        let secrets = self.webhook_secrets_of(hook).await?;
+        let secrets = self.webhook_secrets(hook).await?;
         let now = self.clock.now();
         let mut keys: Vec<&SecretString> = vec![&secrets.current];
         if let (Some(previous), Some(until)) = (&secrets.previous, secrets.previous_until)
@@ -250,18 +294,49 @@ impl Service {
         Ok(self.webhook_sender.send(&request, self.options.allow_loopback_providers).await)
     }
 
-    async fn webhook_secrets_of(&self, hook: &Webhook) -> Result<crate::domain::WebhookSecrets> {
-        let ctx = crate::crypto::EncryptionContext::organization(&hook.org);
-        Ok(self.envelope.open_json(&ctx, &hook.secrets).await?)
+    /// Records on the webhook that a delivery to it succeeded at `at` (`last_delivered_at`), by
+    /// a conditional write retried [`LAST_DELIVERED_TRIES`] times over concurrent writes; then
+    /// left to them (losing that race only matters to an endpoint about to be disabled, and the
+    /// writes that won it were made just now).
+    async fn record_delivered(&self, hook: &Webhook, at: OffsetDateTime) -> Result<()> {
+        let mut hook = hook.clone();
+        for _ in 0..LAST_DELIVERED_TRIES {
+            if hook.last_delivered_at.is_some_and(|t| t >= at) {
+                return Ok(());
+            }
+            let expect = Expect::Version(hook.version);
+            let updated = Webhook { last_delivered_at: Some(at), version: hook.version + 1, ..hook };
+            match self.store.put_webhook(&updated, expect).await {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Conflict) => {}
+                Err(e) => return Err(e.into()),
+            }
+            match self.store.get_webhook(&updated.org, &updated.id).await? {
+                Some(now) => hook = now,
+                None => return Ok(()),
+            }
+        }
+        tracing::info!(org = %hook.org, webhook_id = %hook.id, "last_delivered_at left to concurrent writes");
+        Ok(())
     }
 
-    /// Disables an endpoint whose delivery exhausted its schedule and emits `Webhook Disabled`
-    /// (once: not when it was disabled already).
-    async fn disable_webhook(&self, org: &crate::domain::OrgId, id: &WebhookId) -> Result<()> {
+    /// Disables an endpoint whose delivery, first attempted at `since`, exhausted its schedule,
+    /// and emits `Webhook Disabled` (once: not when it was disabled already), unless a delivery
+    /// to the endpoint succeeded since (`last_delivered_at >= since`): the endpoint works, the
+    /// event did not.
+    async fn disable_webhook(&self, org: &crate::domain::OrgId, id: &WebhookId, since: OffsetDateTime) -> Result<()> {
         let mut races = super::super::retry::Races::default();
         loop {
             let Some(hook) = self.store.get_webhook(org, id).await? else { return Ok(()) };
             if !hook.enabled {
+                return Ok(());
+            }
+            if hook.last_delivered_at.is_some_and(|t| t >= since) {
+                tracing::warn!(
+                    org = %org,
+                    webhook_id = %id,
+                    "a webhook delivery failed its whole schedule; the endpoint stays enabled: it received others since"
+                );
                 return Ok(());
             }
             let expect = Expect::Version(hook.version);
@@ -283,10 +358,6 @@ impl Service {
         Ok(())
     }
 }
-
-/// The 409 detail of a retry on a disabled endpoint (the HTTP layer gives it its own problem
-/// type, `webhook-disabled`).
-pub const WEBHOOK_DISABLED: &str = "the webhook is disabled; enable it with PUT before retrying";
 
 /// When the delivery is due again, for callers that schedule it elsewhere (the
 /// `webhook-deliver` function's SQS visibility): `None` when it is not pending.

@@ -19,9 +19,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 pub use config::{DEFAULT_DELIVERIES, DeliveryView, MAX_DELIVERIES, ROTATION_OVERLAP, RotatedSecret, WebhookView};
-pub use deliver::{
-    CLAIM_LEASE, DELIVERIES_FAILING, DELIVERY_CONCURRENCY, DELIVERY_RETENTION, WEBHOOK_DISABLED, next_attempt,
-};
+pub use deliver::{CLAIM_LEASE, DELIVERIES_FAILING, DELIVERY_CONCURRENCY, DELIVERY_RETENTION, DUE_BATCH, next_attempt};
 pub use sender::{ATTEMPT_TIMEOUT, MAX_RETRY_AFTER, USER_AGENT, WebhookSender};
 
 use super::Service;

@@ -313,6 +313,8 @@ mod tests {
             enabled: true,
             disabled_reason: None,
             secrets: Sealed { key_id: "k".into(), wrapped_key: vec![1], ciphertext: vec![2] },
+            previous_until: None,
+            last_delivered_at: None,
             version: 3,
             created_at: OffsetDateTime::UNIX_EPOCH,
             updated_at: OffsetDateTime::UNIX_EPOCH,
