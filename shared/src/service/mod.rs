@@ -160,7 +160,9 @@ impl Service {
     }
 
     /// The outbox of `latchkey serve`: stores the event's webhook deliveries and wakes the
-    /// worker. A failure is logged: the event itself has been published.
+    /// worker. A failure is logged: the event itself has been published. Not atomic with the
+    /// change that caused the event (already committed): a process that dies in between loses
+    /// this event's deliveries (README, "Webhooks").
     async fn enqueue_outbox(&self, event: &Event) {
         match self.enqueue_deliveries(&webhooks::WebhookMessage::from_event(event)).await {
             Ok(deliveries) if deliveries.is_empty() => {}
