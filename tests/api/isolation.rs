@@ -194,15 +194,39 @@ struct Planted {
     /// Connection ids (API key, OAuth) and definition keys (the same order).
     ids: Vec<String>,
     keys: Vec<String>,
+    /// The owner organization's webhook (subscribed to `Connection Created`) and its delivery
+    /// of each planted connection's creation.
+    webhook: String,
+    deliveries: Vec<String>,
     /// In both labels: planted data that is not a secret, but no foreigner may see.
     marker: String,
     secrets: Vec<String>,
 }
 
+/// A delivery id that never existed (the form of `latchkey::domain::delivery_id`).
+const GHOST_DELIVERY: &str = "msg_aaaaaaaaaaaaaaaaaaaaaaaaaa";
+
 /// The concrete requests of `op` for the planted data: one per planted id or key in its path,
 /// each paired with the same request for an id or key that never existed (a twin).
 fn expand(op: &Operation, planted: &Planted, ghost_id: &str, ghost_key: &str) -> Vec<(String, String)> {
     let names: Vec<&str> = op.template.split('{').skip(1).filter_map(|s| s.split('}').next()).collect();
+    if op.template.starts_with("/v1/webhooks/") {
+        let hook = |t: &str, id: &str| t.replace("{id}", id);
+        return match names.as_slice() {
+            ["id"] => vec![(hook(&op.template, &planted.webhook), hook(&op.template, ghost_key))],
+            // The owner's webhook with one of its deliveries, against the same webhook with a
+            // delivery that never existed.
+            ["id", "delivery_id"] => planted
+                .deliveries
+                .iter()
+                .map(|d| {
+                    let t = hook(&op.template, &planted.webhook);
+                    (t.replace("{delivery_id}", d), t.replace("{delivery_id}", GHOST_DELIVERY))
+                })
+                .collect(),
+            other => panic!("{} {}: path parameters {other:?} this walk cannot fill yet", op.method, op.template),
+        };
+    }
     match names.as_slice() {
         [] => vec![(op.template.clone(), op.template.clone())],
         ["id"] => planted
@@ -263,6 +287,7 @@ fn success_allowed(
         return !items.iter().any(|i| {
             planted.ids.iter().any(|p| i["id"] == json!(p))
                 || planted.keys.iter().any(|p| i["key"] == json!(p) && !mine.contains(p))
+                || (i["id"] == json!(planted.webhook) && !mine.contains(&planted.webhook))
         });
     }
     if !other_org {
@@ -308,6 +333,11 @@ async fn owner_view(app: &TestApp, org: &str, planted: &Planted) -> BTreeMap<Str
         view.insert(format!("GET definition {key}"), read.text);
     }
     view.insert("GET definitions".into(), app.list_definitions(org).await.text);
+    for path in [format!("/v1/webhooks/{}", planted.webhook), format!("/v1/webhooks/{}/deliveries", planted.webhook)] {
+        let read = app.get(&path, org).await;
+        read.assert_status(StatusCode::OK);
+        view.insert(format!("GET {path}"), read.text);
+    }
     view.insert(
         format!("GET connections of {OWNER}"),
         app.list_connections(org, &format!("customer={OWNER}")).await.text,
@@ -330,9 +360,15 @@ async fn owner_lookups(app: &TestApp, runtime: &str, planted: &Planted) -> Vec<V
 async fn foreign_principals_reach_nothing_planted_on_any_documented_route() {
     // About what `latchkey serve` runs (its sweep, revoker, processes): the binary under
     // either transport.
-    let app = TestApp::spawn_binary(&Backend::fresh().await, &random_secret()).await;
-    let org = app.token(ORG, None, &[]).await;
-    let runtime = app.token(ORG, None, &["runtime"]).await;
+    let backend = Backend::fresh().await;
+    let app = TestApp::spawn_binary(&backend, &random_secret()).await;
+    // On the aws backend, the organization's events reach its webhook as webhook-deliver takes them.
+    // An organization of this test's own: on the aws backend its events (and no other test's)
+    // reach its webhook, as webhook-deliver takes them from the bus.
+    let owner = format!("acme-{}", &random_hex()[..12]);
+    let _pump = crate::webhooks::pump_for(&backend, &owner).await;
+    let org = app.token(&owner, None, &[]).await;
+    let runtime = app.token(&owner, None, &["runtime"]).await;
     let marker = format!("planted-{}", random_hex());
     let api_key = format!("sk_live_planted_{}", random_hex());
     let client_secret = format!("cs_planted_{}", random_hex());
@@ -348,6 +384,18 @@ async fn foreign_principals_reach_nothing_planted_on_any_documented_route() {
     app.put_definition(&org, "planted-oauth", &oauth_definition(&q, &marker, &client_secret))
         .await
         .assert_status(StatusCode::CREATED);
+    // The owner's webhook, at a receiver that takes every delivery at once (so the deliveries
+    // stay as they are during the walk).
+    let receiver = crate::webhooks::receiver::Receiver::start(&[]).await;
+    let webhook = "planted-hook".to_owned();
+    app.request(
+        Method::PUT,
+        &format!("/v1/webhooks/{webhook}"),
+        Some(&org),
+        Some(&json!({"url": receiver.url, "events": ["Connection Created"], "enabled": true})),
+    )
+    .await
+    .assert_status(StatusCode::CREATED);
     let api_id = created_id(
         &app,
         &org,
@@ -359,9 +407,19 @@ async fn foreign_principals_reach_nothing_planted_on_any_documented_route() {
         created_id(&app, &org, &json!({"definition": "planted-oauth", "customer": OWNER, "label": marker})).await;
     let authorized = authorize(&app, &org, &q, &oauth_id).await;
     assert!(authorized.location.starts_with(SUCCESS), "authorized: {}", authorized.location);
+    receiver.wait_for(2).await;
+    let deliveries_path = format!("/v1/webhooks/{webhook}/deliveries");
+    let delivered = || async {
+        let items = app.get(&deliveries_path, &org).await.body["items"].as_array().cloned().unwrap_or_default();
+        (items.len() == 2 && items.iter().all(|d| d["status"] == "delivered")).then_some(items)
+    };
+    eventually(Duration::from_secs(30), "both creations delivered", || async { delivered().await.is_some() }).await;
+    let delivered = delivered().await.expect("delivered");
     let planted = Planted {
         ids: vec![api_id, oauth_id],
         keys: vec!["planted-api".into(), "planted-oauth".into()],
+        webhook,
+        deliveries: delivered.iter().map(|d| d["id"].as_str().unwrap().to_owned()).collect(),
         marker,
         secrets: vec![api_key.clone(), client_secret, access.clone(), refresh],
     };
@@ -391,8 +449,8 @@ async fn foreign_principals_reach_nothing_planted_on_any_documented_route() {
     }
 
     let foreigners = [
-        ("another customer (acme/c-2)", "acme", app.token(ORG, Some("c-2"), &[]).await),
-        ("another customer's runtime (acme/c-2)", "acme", app.token(ORG, Some("c-2"), &["runtime"]).await),
+        ("another customer (c-2)", owner.as_str(), app.token(&owner, Some("c-2"), &[]).await),
+        ("another customer's runtime (c-2)", owner.as_str(), app.token(&owner, Some("c-2"), &["runtime"]).await),
         ("another organization (other)", "other", app.token("other", None, &[]).await),
         ("another organization's runtime (other)", "other", app.token("other", None, &["runtime"]).await),
     ];
@@ -417,8 +475,11 @@ async fn foreign_principals_reach_nothing_planted_on_any_documented_route() {
                         let body = body.as_ref().map(|b| aimed(b, definition));
                         // A key that the foreign organization has taken for itself in this walk
                         // names its own definition: no twin to compare with.
-                        let key = path.strip_prefix("/v1/definitions/");
-                        let theirs = *who_org != ORG
+                        // A webhook's id is chosen by its organization like a definition's key.
+                        let key = path
+                            .strip_prefix("/v1/definitions/")
+                            .or_else(|| path.strip_prefix("/v1/webhooks/").and_then(|p| p.split('/').next()));
+                        let theirs = *who_org != owner
                             && key.is_some_and(|k| own.get(*who_org).is_some_and(|mine| mine.contains(k)));
                         let what = format!(
                             "{who}: {} {path} {}",
@@ -445,9 +506,18 @@ async fn foreign_principals_reach_nothing_planted_on_any_documented_route() {
                             // that never existed.
                             if path != twin_path && !theirs {
                                 let twin = app.request(op.method.clone(), &twin_path, Some(token), body.as_ref()).await;
-                                let value =
-                                    path.rsplit('/').find(|s| planted.ids.iter().chain(&planted.keys).any(|p| p == s));
-                                let ghost = twin_path.rsplit('/').find(|s| *s == ghost_id || *s == ghost_key);
+                                let value = path.rsplit('/').find(|s| {
+                                    planted
+                                        .ids
+                                        .iter()
+                                        .chain(&planted.keys)
+                                        .chain(&planted.deliveries)
+                                        .chain([&planted.webhook])
+                                        .any(|p| p == s)
+                                });
+                                let ghost = twin_path
+                                    .rsplit('/')
+                                    .find(|s| *s == ghost_id || *s == ghost_key || *s == GHOST_DELIVERY);
                                 let (Some(value), Some(ghost)) = (value, ghost) else { panic!("{path} / {twin_path}") };
                                 if refusal_shape(&reply, value) != refusal_shape(&twin, ghost) {
                                     failures.push(format!(
@@ -458,7 +528,7 @@ async fn foreign_principals_reach_nothing_planted_on_any_documented_route() {
                             }
                             continue;
                         }
-                        let created = (*who_org != ORG).then(|| own.entry(*who_org).or_default());
+                        let created = (*who_org != owner).then(|| own.entry(*who_org).or_default());
                         let allowed = success_allowed(op, key, definition, &reply, created, &planted);
                         if !allowed {
                             failures.push(format!("{what}: a 2xx about planted data:\n{text}"));
