@@ -194,6 +194,9 @@ def run(port, verify_stored):
     # No webhook in this organization: the event has no delivery, the message is settled.
     ok, answer = invoke(port, "webhook-deliver", "webhook-deliver/connection-created.json", cid)
     check("webhook-deliver", (ok, answer), (True, {"batchItemFailures": []}))
+    # Its schedule: the sweep of deliveries due (none here).
+    ok, swept = invoke(port, "webhook-deliver", "webhook-deliver/scheduled.json")
+    check("webhook-deliver sweep", (ok, swept), (True, {"attempted": 0}))
 
 
 if __name__ == "__main__":

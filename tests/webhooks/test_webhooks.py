@@ -102,10 +102,23 @@ def test_a_receiver_down_across_a_restart_still_gets_the_event(latchkey, receive
     receiver.down()
     latchkey.start()
     assert org.call("GET", "/healthz").status_code == 200
-    receiver.up()
 
-    # The delivery claimed by the killed process comes due again (its lease lapses) and is
-    # retried under the same id: the receiver gets the event.
+    # The delivery claimed by the killed process comes due again (its 60 s lease lapses) and is
+    # attempted while the receiver is still down: the attempt is recorded with the connection
+    # error, the delivery stays pending.
+    def refused():
+        deliveries = org.deliveries(hook)
+        attempts = [a for d in deliveries for a in d["attempts"]]
+        failed = [a for a in attempts if a.get("error") and a.get("status_code") is None]
+        return failed and deliveries[0]["status"] == "pending" and deliveries
+    refused_at = poll(refused, "an attempt refused by the receiver that is down", timeout=120, interval=0.02)
+    assert len(receiver.requests()) == 1, "nothing reached the receiver while it was down"
+    # latchkey serve restarts (before the next attempt, due 1 s later), and the receiver comes up.
+    latchkey.kill()
+    receiver.up()
+    latchkey.start()
+
+    # The pending delivery is retried under the same id: the receiver gets the event.
     got = poll(lambda: [r for r in receiver.requests() if r.status == 200], "the event after the restart",
                timeout=120)
     every = receiver.requests()
@@ -114,7 +127,9 @@ def test_a_receiver_down_across_a_restart_still_gets_the_event(latchkey, receive
     one_id_per_event(every)
     assert len(got) == 1
     delivered = poll(lambda: [d for d in org.deliveries(hook) if d["status"] == "delivered"], "delivered")
-    assert [d["id"] for d in delivered] == [got[0].id]
+    assert [d["id"] for d in delivered] == [got[0].id] == [refused_at[0]["id"]]
+    statuses = [a.get("status_code") for a in delivered[0]["attempts"]]
+    assert statuses[0] is None and statuses[-1] == 200, delivered[0]["attempts"]
 
 
 def test_two_events_two_ids_and_each_event_one(latchkey, receiver):
