@@ -35,11 +35,11 @@ pub use sealed::Sealed;
 pub use selector::{Selector, Tier};
 pub use tags::{TagFilter, Tags};
 pub use validate::FieldError;
+pub(crate) use verify::percent_encode;
 pub use verify::{
     ACCESS_TOKEN, RenderError, TemplateError, Verdict, Verify, VerifyMethod, VerifyRequest, VerifyState,
     verify_from_json,
 };
-pub(crate) use verify::percent_encode;
 pub use webhook::{DeliveryAttempt, DeliveryStatus, Webhook, WebhookDelivery, WebhookSecrets, delivery_id};
 
 #[cfg(test)]
