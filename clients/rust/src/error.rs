@@ -102,6 +102,10 @@ pub enum ErrorKind {
     /// HTTP only (409): the first request with this `Idempotency-Key` is still running; retry
     /// after [`ApiError::retry_after`].
     IdempotencyInProgress,
+    /// HTTP only (409): a retry of a delivery of a disabled webhook
+    /// (`POST /v1/webhooks/{id}/deliveries/{deliveryId}/retry`); enable the webhook with PUT
+    /// first. The Lambda functions answer `Conflict` for it.
+    WebhookDisabled,
     /// A kind this client does not know, as the server named it (an `errorType` or a problem
     /// `type` URI).
     Other(String),
@@ -155,6 +159,7 @@ impl ErrorKind {
             Some("internal") => Self::Internal,
             Some("idempotency-key-reused") => Self::IdempotencyKeyReused,
             Some("idempotency-in-progress") => Self::IdempotencyInProgress,
+            Some("webhook-disabled") => Self::WebhookDisabled,
             Some(_) => Self::Other(problem_type.unwrap_or_default().to_owned()),
             None => match status {
                 400 | 405 | 413 | 422 => Self::InvalidRequest,
@@ -190,6 +195,7 @@ impl ErrorKind {
             Self::Internal => "InternalError",
             Self::IdempotencyKeyReused => "IdempotencyKeyReused",
             Self::IdempotencyInProgress => "IdempotencyInProgress",
+            Self::WebhookDisabled => "WebhookDisabled",
             Self::Other(name) => name,
         }
     }
@@ -343,6 +349,16 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Unavailable);
         assert_eq!(e.retry_after, Some(Duration::from_secs(2)));
         assert!(!e.to_string().contains("canary"), "{e}");
+    }
+
+    #[test]
+    fn a_retry_of_a_disabled_webhook_is_its_own_kind_not_a_generic_conflict() {
+        let body = br#"{"type":"urn:latchkey:problem:webhook-disabled","title":"Webhook Disabled","status":409,
+            "detail":"the webhook is disabled; enable it with PUT before retrying"}"#;
+        let e = ApiError::from_http(409, body, None);
+        assert_eq!(e.kind, ErrorKind::WebhookDisabled);
+        assert_eq!(e.kind.error_type(), "WebhookDisabled");
+        assert!(!Error::Api(e).is_retryable(), "retrying as it is meets the same disabled webhook");
     }
 
     #[test]

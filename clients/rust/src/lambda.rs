@@ -222,7 +222,15 @@ mod tests {
             br#"{"connection_id":"con_1","definition":"acme","status":"active","fields":{"apiKey":"k"},"token":null}"#;
         let c: Credentials = read_answer(None, ok, "lookup").unwrap();
         assert_eq!(c.connection_id, "con_1");
-        assert!(c.token.is_none());
+        assert!(c.token.is_none() && c.oauth1.is_none());
         assert!(matches!(read_answer::<Credentials>(None, b"{}", "lookup"), Err(Error::Decode { what: "lookup", .. })));
+
+        // token-lookup's answer for an `oauth1` connection: what signing needs, kept whole.
+        let oauth1 = br#"{"connection_id":"con_2","definition":"x1","status":"active","fields":{},
+            "token":{"access_token":"tok","token_type":"OAuth1","expires_at":null,"scopes":[]},
+            "oauth1":{"consumerKey":"ck","consumerSecret":"cs","token":"tok","tokenSecret":"ts","signatureMethod":"HMAC-SHA1"}}"#;
+        let c: Credentials = read_answer(None, oauth1, "lookup").unwrap();
+        let o = c.oauth1.expect("the oauth1 member");
+        assert_eq!((o.consumer_secret.expose_secret(), o.token_secret.expose_secret()), ("cs", "ts"));
     }
 }

@@ -43,5 +43,5 @@ pub use lambda::LambdaClient;
 pub use selector::Selector;
 pub use types::{
     AccessToken, Connection, ConnectionFilter, ConnectionPage, Credentials, Definition, Fields, ImportedTokens,
-    NewConnection, Put, ReportedError, Status, StatusError,
+    NewConnection, Oauth1Credentials, Put, ReportedError, Status, StatusError,
 };

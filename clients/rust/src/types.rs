@@ -325,6 +325,54 @@ impl fmt::Debug for AccessToken {
     }
 }
 
+/// What an execution signs its OAuth 1.0a requests with (RFC 5849 section 3): the `oauth1`
+/// member of a lookup of an `oauth1` connection (SPEC section 12), camelCase on the wire.
+/// `Debug` shows only the consumer key and the signature method.
+#[derive(Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Oauth1Credentials {
+    /// The consumer (client) key: `oauth_consumer_key`.
+    pub consumer_key: String,
+    /// The consumer secret, the first half of an HMAC or PLAINTEXT signing key; empty for
+    /// `RSA-SHA1`, which signs with [`Oauth1Credentials::private_key`] instead.
+    pub consumer_secret: SecretString,
+    /// The access token: `oauth_token` (also the lookup's `token.access_token`).
+    pub token: SecretString,
+    /// The token secret, the second half of an HMAC or PLAINTEXT signing key.
+    pub token_secret: SecretString,
+    /// `HMAC-SHA1`, `HMAC-SHA256`, `RSA-SHA1` or `PLAINTEXT`.
+    pub signature_method: String,
+    /// The consumer's RSA private key (PEM, PKCS#1 or PKCS#8): only for `RSA-SHA1`.
+    #[serde(default)]
+    pub private_key: Option<SecretString>,
+}
+
+impl Oauth1Credentials {
+    /// Every member in clear, in the answer's shape (`privateKey` only when present).
+    pub fn expose_json(&self) -> Value {
+        let mut m = serde_json::json!({
+            "consumerKey": self.consumer_key,
+            "consumerSecret": self.consumer_secret.expose_secret(),
+            "token": self.token.expose_secret(),
+            "tokenSecret": self.token_secret.expose_secret(),
+            "signatureMethod": self.signature_method,
+        });
+        if let Some(key) = &self.private_key {
+            m["privateKey"] = Value::from(key.expose_secret());
+        }
+        m
+    }
+}
+
+impl fmt::Debug for Oauth1Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Oauth1Credentials")
+            .field("consumer_key", &self.consumer_key)
+            .field("signature_method", &self.signature_method)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Fresh credentials (SPEC section 5): every value decrypted, and the OAuth token, refreshed
 /// first when it would expire within the lookup's `min_valid_seconds`.
 #[derive(Debug, Clone, Deserialize)]
@@ -333,9 +381,14 @@ pub struct Credentials {
     pub definition: String,
     pub status: Status,
     pub fields: Fields,
-    /// `None` for connections without OAuth tokens (API keys, basic auth).
+    /// `None` for connections without OAuth tokens (API keys, basic auth). For `oauth1`
+    /// connections, the access token with `token_type` `OAuth1` and no expiry.
     #[serde(default)]
     pub token: Option<AccessToken>,
+    /// `oauth1` connections only: what signing needs (the consumer secret and private key are
+    /// here, not in `fields`).
+    #[serde(default)]
+    pub oauth1: Option<Oauth1Credentials>,
 }
 
 impl Credentials {
@@ -349,13 +402,17 @@ impl Credentials {
                 "scopes": t.scopes,
             })
         });
-        serde_json::json!({
+        let mut answer = serde_json::json!({
             "connection_id": self.connection_id,
             "definition": self.definition,
             "status": self.status,
             "fields": self.fields.expose_json(),
             "token": token,
-        })
+        });
+        if let Some(oauth1) = &self.oauth1 {
+            answer["oauth1"] = oauth1.expose_json();
+        }
+        answer
     }
 }
 
@@ -387,6 +444,43 @@ mod tests {
         assert!(!debug.contains("canary"), "{debug}");
         assert!(debug.contains("apiKey"), "names are shown: {debug}");
         assert_eq!(c.expose_json(), answer, "printing on purpose gives the answer back");
+    }
+
+    #[test]
+    fn an_oauth1_lookup_keeps_what_signing_needs_and_debug_shows_no_secret() {
+        let answer = serde_json::json!({
+            "connection_id": "con_1", "definition": "x1", "status": "active",
+            "fields": {"requestTokenUrl": "https://api.x.com/oauth/request_token"},
+            "token": {"access_token": "tok_canary", "token_type": "OAuth1", "expires_at": null, "scopes": []},
+            "oauth1": {"consumerKey": "ck_1", "consumerSecret": "cs_canary", "token": "tok_canary",
+                       "tokenSecret": "ts_canary", "signatureMethod": "HMAC-SHA1"}
+        });
+        let c: Credentials = serde_json::from_value(answer.clone()).unwrap();
+        let o = c.oauth1.as_ref().expect("the oauth1 member");
+        assert_eq!(o.consumer_key, "ck_1");
+        assert_eq!(o.consumer_secret.expose_secret(), "cs_canary");
+        assert_eq!(o.token.expose_secret(), "tok_canary");
+        assert_eq!(o.token_secret.expose_secret(), "ts_canary");
+        assert_eq!(o.signature_method, "HMAC-SHA1");
+        assert!(o.private_key.is_none());
+        let token = c.token.as_ref().unwrap();
+        assert_eq!((token.token_type.as_str(), token.expires_at), ("OAuth1", None));
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("canary"), "{debug}");
+        assert!(debug.contains("ck_1") && debug.contains("HMAC-SHA1"), "{debug}");
+        assert_eq!(c.expose_json(), answer, "printing on purpose gives the answer back");
+
+        // RSA-SHA1: the private key, and an empty consumer secret.
+        let mut rsa = answer;
+        rsa["oauth1"]["consumerSecret"] = Value::from("");
+        rsa["oauth1"]["signatureMethod"] = Value::from("RSA-SHA1");
+        rsa["oauth1"]["privateKey"] =
+            Value::from("-----BEGIN PRIVATE KEY-----\npk_canary\n-----END PRIVATE KEY-----\n");
+        let c: Credentials = serde_json::from_value(rsa.clone()).unwrap();
+        let key = c.oauth1.as_ref().unwrap().private_key.as_ref().expect("the RSA key");
+        assert!(key.expose_secret().contains("pk_canary"));
+        assert!(!format!("{c:?}").contains("canary"), "{c:?}");
+        assert_eq!(c.expose_json(), rsa);
     }
 
     #[test]

@@ -67,6 +67,7 @@ const PROBLEM_TYPES: &[&str] = &[
     problem::UNAVAILABLE,
     problem::IDEMPOTENCY_KEY_REUSED,
     problem::IDEMPOTENCY_IN_PROGRESS,
+    problem::WEBHOOK_DISABLED,
 ];
 
 #[test]
@@ -97,4 +98,27 @@ fn the_default_timeout_outlasts_a_lookup_that_waits_for_a_refresh() {
     let lease = latchkey::service::RefreshPolicy::default().lease;
     let worst = lease + Duration::from_secs(5) + Duration::from_secs(15);
     assert!(DEFAULT_TIMEOUT > worst, "DEFAULT_TIMEOUT {DEFAULT_TIMEOUT:?} cuts a {worst:?} lookup short");
+}
+
+#[test]
+fn the_oauth1_member_the_server_writes_is_read_whole_and_printed_back_the_same() {
+    use latchkey::service::oauth::Oauth1Credentials as Server;
+    use secrecy::{ExposeSecret, SecretString};
+    for (method, private_key) in [("HMAC-SHA1", None), ("RSA-SHA1", Some("-----BEGIN PRIVATE KEY-----\npk\n"))] {
+        let written = serde_json::to_value(Server {
+            consumer_key: "ck".into(),
+            consumer_secret: SecretString::from(if private_key.is_some() { "" } else { "cs" }),
+            token: SecretString::from("tok"),
+            token_secret: SecretString::from("ts"),
+            signature_method: method,
+            private_key: private_key.map(SecretString::from),
+        })
+        .unwrap();
+        let read: latchkey_client::Oauth1Credentials =
+            serde_json::from_value(written.clone()).unwrap_or_else(|e| panic!("{method}: {e}: {written}"));
+        assert_eq!(read.token_secret.expose_secret(), "ts", "{method}");
+        assert_eq!(read.signature_method, method);
+        assert_eq!(read.private_key.as_ref().map(|k| k.expose_secret().to_owned()).as_deref(), private_key);
+        assert_eq!(read.expose_json(), written, "{method}: every member the server writes is kept");
+    }
 }
