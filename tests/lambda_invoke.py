@@ -164,6 +164,8 @@ def run(port, verify_stored):
           http(port, "oauth-callback", "connections-api/list-connections.json")[0], 404)
     check("oauth-callback GET /v1/oauth/callback (a state it never issued)",
           http(port, "oauth-callback", "oauth-callback/callback.json")[0], 400)
+    check("oauth-callback GET /v1/oauth/callback (an OAuth 1.0a request token it never issued)",
+          http(port, "oauth-callback", "oauth-callback/oauth1-callback.json")[0], 400)
 
     ok, found = invoke(port, "token-lookup", "token-lookup/lookup.json", cid)
     check("token-lookup fields", (ok, found.get("fields", {}).get("apiKey")), (True, "sk_test_sample_value"))

@@ -33,9 +33,13 @@ impl Api {
     /// The functions as deployed with `PublicUrl` set to `https://latchkey.acme.example` (a custom
     /// domain) in front of the samples' API Gateway domain.
     fn new() -> Self {
+        Self::with_public_url("https://latchkey.acme.example")
+    }
+
+    /// The functions as deployed with `PublicUrl` set to `public_url`.
+    fn with_public_url(public_url: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let options =
-            ServiceOptions { public_url: Some("https://latchkey.acme.example".into()), ..ServiceOptions::default() };
+        let options = ServiceOptions { public_url: Some(public_url.into()), ..ServiceOptions::default() };
         let app = Components::embedded(dir.path(), options).unwrap();
         let router = latchkey::http::router_for(
             Surface::ConnectionsApi,
@@ -298,8 +302,13 @@ fn with_body(name: &str, id: &str, body: &Value) -> String {
 
 /// The callback sample carrying the query of `url`, the provider's redirect to the callback.
 fn callback_event(url: &str) -> String {
+    callback_sample_with("oauth-callback/callback.json", url)
+}
+
+/// The callback sample `name` with its query replaced by that of `url`.
+fn callback_sample_with(name: &str, url: &str) -> String {
     let url = reqwest::Url::parse(url).unwrap();
-    let mut v: Value = serde_json::from_str(&event("oauth-callback/callback.json")).unwrap();
+    let mut v: Value = serde_json::from_str(&event(name)).unwrap();
     v["rawQueryString"] = json!(url.query().unwrap_or_default());
     v["queryStringParameters"] = url.query_pairs().map(|(k, v)| (k.into_owned(), json!(v))).collect();
     v.to_string()
@@ -372,7 +381,7 @@ async fn oauth_callback_refuses_a_state_it_never_issued() {
     let dir = tempfile::tempdir().unwrap();
     let app = Components::embedded(dir.path(), ServiceOptions::default()).unwrap();
     let deployed = latchkey::http::router_for(Surface::OauthCallback, app.router_state(Verifier::refuse_all()));
-    for name in ["oauth-callback/callback.json", "oauth-callback/denied.json"] {
+    for name in ["oauth-callback/callback.json", "oauth-callback/denied.json", "oauth-callback/oauth1-callback.json"] {
         let req = lambda_http::request::from_str(&event(name)).expect("a valid API Gateway event");
         let res = deployed.clone().oneshot(req).await.unwrap();
         assert_eq!(res.status().as_u16(), 400, "{name}");
@@ -382,6 +391,7 @@ async fn oauth_callback_refuses_a_state_it_never_issued() {
         let page = String::from_utf8_lossy(&body);
         assert!(page.contains("invalid, expired or was already used"), "{page}");
         assert!(!page.contains("SplxlOBeZQQYbYS6WxSbIA"), "the code is not echoed");
+        assert!(!page.contains("sample-verifier-not-real"), "nor an OAuth 1.0a verifier");
     }
 }
 
@@ -548,6 +558,94 @@ async fn a_device_flow_is_started_by_connections_api_and_completed_by_token_refr
     let (status, found) = api.send_for("connections-api/connection-token.json", id).await;
     assert_eq!(status, 200, "{found}");
     assert_eq!(oidc.introspect(found["token"]["access_token"].as_str().unwrap()).await["active"], true);
+}
+
+/// OAuth 1.0a (RFC 5849) as deployed: the connections-api samples define an `oauth1`
+/// definition (the sample's, its URLs and consumer pointed at the oauthlib test provider) and a
+/// connection and start the authorization; the oauth-callback function takes the provider's
+/// redirect (`oauth_token` and `oauth_verifier`, no state) in the shape of `oauth1-callback.json`;
+/// token-lookup then hands out the `oauth1` member an execution signs with, which the client
+/// crate reads whole. The sample callback itself names a request token never issued: refused
+/// like an unknown state (`oauth_callback_refuses_a_state_it_never_issued`).
+#[tokio::test]
+async fn an_oauth1_authorization_runs_through_connections_api_oauth_callback_and_token_lookup() {
+    let provider = support::oauth1::server();
+    let key = format!("consumer{}", crate::harness::random_hex());
+    let secret = format!("s&c+r%t {}", crate::harness::random_hex());
+    provider.register(&key, &secret, None).await;
+    // The test provider sends browsers back to loopback callbacks only; nothing listens there:
+    // the redirect's query becomes the callback function's event.
+    let public_url = "http://127.0.0.1:9";
+    let api = Api::with_public_url(public_url);
+    let callback_router = latchkey::http::router_for(
+        Surface::OauthCallback,
+        api.app.router_state(Verifier::hs256(&SecretString::from(EVENTS_SECRET)).unwrap()),
+    );
+    let callback = |raw: String| {
+        let req = lambda_http::request::from_str(&raw).expect("a valid API Gateway event");
+        let router = callback_router.clone();
+        async move {
+            let res = router.oneshot(req).await.unwrap();
+            let status = res.status().as_u16();
+            let bytes = res.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&bytes).into_owned())
+        }
+    };
+
+    // The sample as written is a valid definition; then its endpoints and consumer are the
+    // provider's.
+    let (status, _, sample) = api.send("connections-api/put-oauth1-definition.json").await;
+    assert_eq!((status, sample["auth"].as_str()), (201, Some("oauth1")), "{sample}");
+    let raw: Value = serde_json::from_str(&event("connections-api/put-oauth1-definition.json")).unwrap();
+    let mut definition: Value = serde_json::from_str(raw["body"].as_str().unwrap()).unwrap();
+    let inputs = &mut definition["inputs"];
+    inputs["requestTokenUrl"]["default"] = json!(provider.request_token_endpoint());
+    inputs["authorizeUrl"]["default"] = json!(provider.authorize_endpoint());
+    inputs["accessTokenUrl"]["default"] = json!(provider.access_token_endpoint());
+    inputs["consumerKey"]["default"] = json!(key);
+    inputs["consumerSecret"]["default"] = json!(secret);
+    let (status, _, body) =
+        api.exchange(&with_body("connections-api/put-oauth1-definition.json", SAMPLE_ID, &definition)).await;
+    assert_eq!(status, 200, "replaced: {body}");
+    let (status, _, conn) = api.send("connections-api/create-oauth1-connection.json").await;
+    assert_eq!((status, conn["status"].as_str()), (201, Some("pending")), "{conn}");
+    let id = conn["id"].as_str().unwrap();
+
+    let (status, started) = api.send_for("connections-api/authorize-connection.json", id).await;
+    assert_eq!(status, 200, "{started}");
+    let authorize_url = started["authorize_url"].as_str().unwrap();
+    assert!(authorize_url.starts_with(&provider.authorize_endpoint()) && authorize_url.contains("oauth_token="));
+    let back = provider.approve(authorize_url).await;
+    // The configured public URL, as for OAuth 2.0.
+    assert!(back.starts_with(&format!("{public_url}/v1/oauth/callback?")), "{back}");
+    let redirect = callback_sample_with("oauth-callback/oauth1-callback.json", &back);
+    let (status, page) = callback(redirect.clone()).await;
+    assert_eq!(status, 200, "the verifier is exchanged: {page}");
+    assert!(page.contains("The connection is authorized"), "{page}");
+    assert_eq!(provider.access_tokens_issued(&key).await, 1);
+    let (status, page) = callback(redirect).await;
+    assert_eq!(status, 400, "a replayed callback: {page}");
+    assert!(page.contains("invalid, expired or was already used"), "{page}");
+    assert_eq!(provider.access_tokens_issued(&key).await, 1, "a replay exchanges nothing");
+
+    let found = latchkey::lambda::handle_lookup(&api.app.service, lookup_payload("token-lookup/lookup.json", id))
+        .await
+        .unwrap();
+    let oauth1 = &found["oauth1"];
+    assert_eq!(oauth1["consumerKey"], key.as_str(), "{oauth1}");
+    assert_eq!(oauth1["consumerSecret"], secret.as_str());
+    assert_eq!(oauth1["signatureMethod"], "HMAC-SHA1");
+    assert!(oauth1.get("privateKey").is_none(), "no RSA key for HMAC-SHA1");
+    assert_eq!(oauth1["token"], found["token"]["access_token"]);
+    assert_eq!(found["token"]["token_type"], "OAuth1");
+    assert!(found["fields"].get("consumerSecret").is_none(), "{}", found["fields"]);
+    let token_secret = oauth1["tokenSecret"].as_str().unwrap();
+    assert!(!token_secret.is_empty());
+    // What `LambdaClient::lookup` reads from that answer: every signing member.
+    let read: latchkey_client::Credentials = serde_json::from_value(found.clone()).unwrap();
+    let read = read.oauth1.expect("the client keeps the oauth1 member");
+    assert_eq!(secrecy::ExposeSecret::expose_secret(&read.token_secret), token_secret);
+    assert_eq!(secrecy::ExposeSecret::expose_secret(&read.consumer_secret), secret);
 }
 
 /// Deployed, API Gateway hands every authorized route to connections-api through its one
