@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::domain::{
-    ConnectSession, Connection, ConnectionId, CustomerId, Definition, DefinitionKey, Event, IdempotencyRecord,
-    LogEntry, OAuthState, OrgId, RevocationJob, Status, Webhook, WebhookDelivery, WebhookId,
+    ConnectSession, Connection, ConnectionId, CustomerId, Definition, DefinitionKey, DeliveryStatus, Event,
+    IdempotencyRecord, LogEntry, OAuthState, OrgId, RevocationJob, Status, Webhook, WebhookDelivery, WebhookId,
 };
 
 /// A boxed error from an adapter's backend (SQLite, an AWS SDK...). Never carries secret values:
@@ -63,11 +63,49 @@ pub struct ConnectionFilter {
     pub tags: Vec<crate::domain::TagFilter>,
 }
 
-/// One page of a listing, newest first; `next` is the cursor of the following page.
+/// One page of a listing, newest first; `next` is the cursor of the following page (a
+/// connection id for connections, a [`DeliveryCursor`] for webhook deliveries).
 #[derive(Debug)]
-pub struct Page<T> {
+pub struct Page<T, C = ConnectionId> {
     pub items: Vec<T>,
-    pub next: Option<ConnectionId>,
+    pub next: Option<C>,
+}
+
+/// Where a listing of a webhook's deliveries resumes ([`Store::list_deliveries`]): the page
+/// after it starts with the next delivery, newest first, after the one created at `created_at`
+/// (milliseconds) with `id`. Its text form, `{created_at Unix ms}.{id}`, is the API's opaque
+/// `cursor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryCursor {
+    pub created_at: OffsetDateTime,
+    pub id: String,
+}
+
+impl DeliveryCursor {
+    /// The cursor after `d`.
+    pub fn after(d: &WebhookDelivery) -> Self {
+        Self { created_at: d.created_at, id: d.id.clone() }
+    }
+
+    /// `created_at` in Unix milliseconds, the precision deliveries are ordered by.
+    pub fn created_ms(&self) -> i64 {
+        (self.created_at.unix_timestamp_nanos() / 1_000_000) as i64
+    }
+
+    /// Reads the text form; `None` for anything [`Display`](std::fmt::Display) did not write.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (ms, id) = s.split_once('.')?;
+        let ms: i64 = ms.parse().ok().filter(|ms| *ms >= 0)?;
+        let valid = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let created_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
+        valid.then(|| Self { created_at, id: id.to_owned() })
+    }
+}
+
+impl std::fmt::Display for DeliveryCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.created_ms(), self.id)
+    }
 }
 
 /// One entry of the refresh-due index: a connection and the due time the index holds for it
@@ -208,13 +246,18 @@ pub trait Store: Send + Sync + 'static {
         webhook: &WebhookId,
         id: &str,
     ) -> Result<Option<WebhookDelivery>, StoreError>;
-    /// The newest `limit` deliveries of a webhook, newest first (`created_at`, then `id`).
+    /// A page of a webhook's deliveries, newest first (`created_at` in milliseconds, then `id`,
+    /// both descending): at most `limit` of them (at least one), only those of `status` when
+    /// given, starting after `cursor`. `next` is set when more may follow; a filtered listing
+    /// reads on until the page is full or the deliveries end.
     async fn list_deliveries(
         &self,
         org: &OrgId,
         webhook: &WebhookId,
+        status: Option<DeliveryStatus>,
         limit: usize,
-    ) -> Result<Vec<WebhookDelivery>, StoreError>;
+        cursor: Option<&DeliveryCursor>,
+    ) -> Result<Page<WebhookDelivery, DeliveryCursor>, StoreError>;
     /// Replaces a delivery if the stored one has version `expected_version` (`Conflict`
     /// otherwise, or if it is gone). The caller sets `delivery.version = expected_version + 1`.
     async fn update_delivery(&self, delivery: &WebhookDelivery, expected_version: u64) -> Result<(), StoreError>;

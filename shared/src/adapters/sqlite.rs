@@ -15,8 +15,8 @@ use crate::domain::{ConnectSession, IdempotencyRecord};
 use crate::domain::{
     Connection, ConnectionId, CustomerId, Definition, DefinitionKey, LogEntry, OAuthState, OrgId, RevocationJob,
 };
-use crate::domain::{Webhook, WebhookDelivery, WebhookId};
-use crate::ports::{ConnectionFilter, DueEntry, Expect, Page, Store, StoreError};
+use crate::domain::{DeliveryStatus, Webhook, WebhookDelivery, WebhookId};
+use crate::ports::{ConnectionFilter, DeliveryCursor, DueEntry, Expect, Page, Store, StoreError};
 
 mod connect;
 mod idempotency;
@@ -166,10 +166,12 @@ impl Store for SqliteStore {
         &self,
         org: &OrgId,
         webhook: &WebhookId,
+        status: Option<DeliveryStatus>,
         limit: usize,
-    ) -> Result<Vec<WebhookDelivery>, StoreError> {
-        let (org, webhook) = (org.to_string(), webhook.to_string());
-        self.run(move |db| webhooks::list_deliveries(db, &org, &webhook, limit)).await
+        cursor: Option<&DeliveryCursor>,
+    ) -> Result<Page<WebhookDelivery, DeliveryCursor>, StoreError> {
+        let (org, webhook, cursor) = (org.to_string(), webhook.to_string(), cursor.cloned());
+        self.run(move |db| webhooks::list_deliveries(db, &org, &webhook, status, limit, cursor.as_ref())).await
     }
 
     async fn update_delivery(&self, delivery: &WebhookDelivery, expected_version: u64) -> Result<(), StoreError> {

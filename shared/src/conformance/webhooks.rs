@@ -7,7 +7,7 @@ use time::{Duration, OffsetDateTime};
 use super::{fresh_org, now};
 use crate::crypto::Sealed;
 use crate::domain::{DeliveryAttempt, DeliveryStatus, OrgId, Webhook, WebhookDelivery, WebhookId, delivery_id};
-use crate::ports::{Expect, Store, StoreError};
+use crate::ports::{DeliveryCursor, Expect, Store, StoreError};
 
 /// A webhook of `org` at version 1.
 fn webhook(org: &OrgId, id: &str) -> Webhook {
@@ -45,6 +45,11 @@ fn delivery(hook: &Webhook, event: &str, created_at: OffsetDateTime, due: Offset
         created_at,
         expires_at: created_at + Duration::days(30),
     }
+}
+
+/// The first page of a webhook's deliveries, every status.
+async fn list(store: &Arc<dyn Store>, org: &OrgId, hook: &WebhookId, limit: usize) -> Vec<WebhookDelivery> {
+    store.list_deliveries(org, hook, None, limit, None).await.expect("list deliveries").items
 }
 
 fn ids(deliveries: &[WebhookDelivery]) -> Vec<&str> {
@@ -136,18 +141,18 @@ pub async fn deliveries_are_inserted_once_and_listed_newest_first(store: Arc<dyn
 
     let mut expected = made.clone();
     expected.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
-    let listed = store.list_deliveries(&org, &hook.id, 50).await.unwrap();
+    let listed = list(&store, &org, &hook.id, 50).await;
     assert_eq!(listed, expected, "newest first, then by id");
-    let top = store.list_deliveries(&org, &hook.id, 3).await.unwrap();
+    let top = list(&store, &org, &hook.id, 3).await;
     assert_eq!(ids(&top), ids(&expected[..3]), "the newest `limit`");
 
     // Another webhook, or another organization, sees none of them.
     let other_hook = webhook(&org, "crm");
     assert!(store.get_delivery(&org, &other_hook.id, &first.id).await.unwrap().is_none());
-    assert!(store.list_deliveries(&org, &other_hook.id, 50).await.unwrap().is_empty());
+    assert!(list(&store, &org, &other_hook.id, 50).await.is_empty());
     let other = fresh_org();
     assert!(store.get_delivery(&other, &hook.id, &first.id).await.unwrap().is_none());
-    assert!(store.list_deliveries(&other, &hook.id, 50).await.unwrap().is_empty());
+    assert!(list(&store, &other, &hook.id, 50).await.is_empty());
 }
 
 pub async fn concurrent_inserts_of_one_delivery_have_one_winner(store: Arc<dyn Store>) {
@@ -168,7 +173,7 @@ pub async fn concurrent_inserts_of_one_delivery_have_one_winner(store: Arc<dyn S
         }
     }
     assert_eq!(written, 1, "exactly one insert writes");
-    assert_eq!(store.list_deliveries(&org, &hook.id, 10).await.unwrap(), vec![d]);
+    assert_eq!(list(&store, &org, &hook.id, 10).await, vec![d]);
 }
 
 pub async fn delivery_updates_are_conditional_on_the_version(store: Arc<dyn Store>) {
@@ -231,16 +236,16 @@ pub async fn deleting_a_webhook_deletes_its_deliveries(store: Arc<dyn Store>) {
     assert!(store.insert_delivery(&kept).await.unwrap());
 
     assert!(store.delete_webhook(&org, &ops.id).await.unwrap());
-    assert!(store.list_deliveries(&org, &ops.id, 100).await.unwrap().is_empty(), "its deliveries are gone");
+    assert!(list(&store, &org, &ops.id, 100).await.is_empty(), "its deliveries are gone");
     assert!(store.get_delivery(&org, &ops.id, &gone[0].id).await.unwrap().is_none());
     let due_now: Vec<_> =
         store.due_deliveries(due, 1_000).await.unwrap().into_iter().filter(|d| d.org == org).collect();
     assert_eq!(due_now, vec![kept.clone()], "only the other webhook's delivery is still due");
-    assert_eq!(store.list_deliveries(&org, &crm.id, 100).await.unwrap(), vec![kept], "another webhook's are kept");
+    assert_eq!(list(&store, &org, &crm.id, 100).await, vec![kept], "another webhook's are kept");
 
     // A webhook created again under the same id starts with no deliveries.
     store.put_webhook(&ops, Expect::Absent).await.unwrap();
-    assert!(store.list_deliveries(&org, &ops.id, 100).await.unwrap().is_empty());
+    assert!(list(&store, &org, &ops.id, 100).await.is_empty());
     assert!(store.insert_delivery(&gone[0]).await.unwrap(), "the id is free again");
 }
 
@@ -305,4 +310,87 @@ pub async fn due_deliveries_are_pending_soonest_first_across_orgs(store: Arc<dyn
     store.update_delivery(&retried, 2).await.unwrap();
     let due = ours(store.due_deliveries(until, 1_000).await.unwrap());
     assert_eq!(ids(&due), vec![retried.id.as_str(), on_time.id.as_str()]);
+}
+
+/// Every page of a listing, following `next` to its end (at most 100 pages).
+async fn all_pages(
+    store: &Arc<dyn Store>,
+    hook: &Webhook,
+    status: Option<DeliveryStatus>,
+    limit: usize,
+) -> Vec<Vec<WebhookDelivery>> {
+    let mut pages = Vec::new();
+    let mut cursor: Option<DeliveryCursor> = None;
+    for _ in 0..100 {
+        let page = store.list_deliveries(&hook.org, &hook.id, status, limit, cursor.as_ref()).await.expect("a page");
+        assert!(page.items.len() <= limit, "a page holds at most `limit`");
+        let last = page.items.last().map(DeliveryCursor::after);
+        pages.push(page.items);
+        match page.next {
+            Some(next) => {
+                assert_eq!(Some(&next), last.as_ref(), "the cursor is after the page's last delivery");
+                cursor = Some(next);
+            }
+            None => return pages,
+        }
+    }
+    panic!("a listing that never ends");
+}
+
+pub async fn webhook_deliveries_page_by_cursor_and_filter_by_status(store: Arc<dyn Store>) {
+    let org = fresh_org();
+    let hook = webhook(&org, "ops");
+    let t0 = now();
+    // Eleven deliveries, three of them sharing one millisecond (the keyset's tie on id), every
+    // third one failed and one delivered.
+    let mut made = Vec::new();
+    for i in 0..11 {
+        let offset = if (4..7).contains(&i) { 4 } else { i };
+        let mut d = delivery(&hook, &format!("evt-{i}"), t0 + Duration::milliseconds(offset), t0);
+        if i % 3 == 0 {
+            d.status = DeliveryStatus::Failed;
+            d.next_attempt_at = None;
+        } else if i == 7 {
+            d.status = DeliveryStatus::Delivered;
+            d.next_attempt_at = None;
+        }
+        assert!(store.insert_delivery(&d).await.unwrap());
+        made.push(d);
+    }
+    made.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+
+    // Pages of 4, then 4, then 3: every delivery once, in order, and no cursor after the last.
+    let pages = all_pages(&store, &hook, None, 4).await;
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 3]);
+    assert_eq!(pages.concat(), made, "the pages are the listing, newest first");
+    // A page that holds exactly the rest says no more follow.
+    let whole = all_pages(&store, &hook, None, 11).await;
+    assert_eq!(whole, [made.clone()]);
+
+    // The filter: only that status, paged past the others (on DynamoDB a FilterExpression, read
+    // on until the page fills).
+    let failed: Vec<_> = made.iter().filter(|d| d.status == DeliveryStatus::Failed).cloned().collect();
+    assert_eq!(failed.len(), 4);
+    let pages = all_pages(&store, &hook, Some(DeliveryStatus::Failed), 3).await;
+    assert_eq!(pages.concat(), failed, "every failed delivery, newest first, and nothing else");
+    assert_eq!(pages[0].len(), 3, "a filtered page fills though others lie between");
+    let delivered = all_pages(&store, &hook, Some(DeliveryStatus::Delivered), 5).await.concat();
+    assert_eq!(ids(&delivered), [made.iter().find(|d| d.status == DeliveryStatus::Delivered).unwrap().id.as_str()]);
+    let pending = all_pages(&store, &hook, Some(DeliveryStatus::Pending), 50).await.concat();
+    assert_eq!(pending.len(), 6);
+    assert!(pending.iter().all(|d| d.status == DeliveryStatus::Pending));
+
+    // A cursor from its text form resumes where it was made; one past the oldest finds nothing.
+    let first = store.list_deliveries(&org, &hook.id, None, 2, None).await.unwrap();
+    let text = first.next.expect("more follow").to_string();
+    let resumed = DeliveryCursor::parse(&text).expect("the cursor reads back");
+    let second = store.list_deliveries(&org, &hook.id, None, 2, Some(&resumed)).await.unwrap();
+    assert_eq!(second.items, made[2..4]);
+    let end = DeliveryCursor::after(made.last().unwrap());
+    let past = store.list_deliveries(&org, &hook.id, None, 5, Some(&end)).await.unwrap();
+    assert!(past.items.is_empty() && past.next.is_none());
+    // Another webhook's cursor position lists only this webhook's deliveries.
+    let other = webhook(&org, "crm");
+    let elsewhere = store.list_deliveries(&org, &other.id, None, 5, Some(&resumed)).await.unwrap();
+    assert!(elsewhere.items.is_empty());
 }

@@ -7,12 +7,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::problem::Problem;
 use super::{JsonBody, RouterState};
 use crate::domain::Principal;
+use crate::service::webhooks::DeliveriesQuery;
 
 /// The routes, mounted by [`super::router_for`].
 pub(super) fn routes() -> Router<RouterState> {
@@ -61,12 +61,8 @@ async fn rotate(State(s): State<RouterState>, p: Principal, Path(id): Path<Strin
     Ok(Json(s.service.rotate_webhook_secret(&p, &id).await?).into_response())
 }
 
-#[derive(Deserialize)]
-struct DeliveriesQuery {
-    limit: Option<String>,
-}
-
-/// `GET /v1/webhooks/{id}/deliveries[?limit=N]`: `{"items": [delivery…]}`, newest first.
+/// `GET /v1/webhooks/{id}/deliveries[?limit=N&status=pending|delivered|failed&cursor=…]`:
+/// `{"items": [delivery…], "next_cursor"}`, newest first.
 async fn deliveries(
     State(s): State<RouterState>,
     p: Principal,
@@ -74,8 +70,7 @@ async fn deliveries(
     q: Result<Query<DeliveriesQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(q) = q.map_err(|_| Problem::malformed("the query string is malformed"))?;
-    let items = s.service.list_webhook_deliveries(&p, &id, q.limit.as_deref()).await?;
-    Ok(Json(json!({"items": items})).into_response())
+    Ok(Json(s.service.list_webhook_deliveries(&p, &id, &q).await?).into_response())
 }
 
 /// `POST /v1/webhooks/{id}/deliveries/{delivery_id}/retry`: one attempt now; the delivery

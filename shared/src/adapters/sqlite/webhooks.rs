@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 
 use super::{backend, from_json, to_json};
 use crate::domain::{DeliveryStatus, Webhook, WebhookDelivery};
-use crate::ports::{Expect, StoreError};
+use crate::ports::{DeliveryCursor, Expect, Page, StoreError};
 
 /// The tables (part of the store's schema). `webhook_deliveries_due` serves `due`
 /// (`status = 'pending' AND next_ms <= ?` in `next_ms` order), `webhook_deliveries_recent`
@@ -163,18 +163,37 @@ pub(super) fn get_delivery(
     doc.as_deref().map(from_json).transpose()
 }
 
+/// A page newest first: a keyset on `(created_ms, id)` after the cursor, the status filter in
+/// the same statement, one row more than the page to know whether another follows.
 pub(super) fn list_deliveries(
     db: &mut rusqlite::Connection,
     org: &str,
     webhook: &str,
+    status: Option<DeliveryStatus>,
     limit: usize,
-) -> Result<Vec<WebhookDelivery>, StoreError> {
-    docs(
+    cursor: Option<&DeliveryCursor>,
+) -> Result<Page<WebhookDelivery, DeliveryCursor>, StoreError> {
+    let limit = limit.max(1);
+    let status: Option<&'static str> = status.map(Into::into);
+    let (after_ms, after_id) = match cursor {
+        Some(c) => (Some(c.created_ms()), Some(c.id.as_str())),
+        None => (None, None),
+    };
+    let mut items: Vec<WebhookDelivery> = docs(
         db,
         "SELECT doc FROM webhook_deliveries WHERE org = ?1 AND webhook_id = ?2
-         ORDER BY created_ms DESC, id DESC LIMIT ?3",
-        params![org, webhook, limit as i64],
-    )
+         AND (?3 IS NULL OR status = ?3)
+         AND (?4 IS NULL OR created_ms < ?4 OR (created_ms = ?4 AND id < ?5))
+         ORDER BY created_ms DESC, id DESC LIMIT ?6",
+        params![org, webhook, status, after_ms, after_id, limit as i64 + 1],
+    )?;
+    let next = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(DeliveryCursor::after)
+    } else {
+        None
+    };
+    Ok(Page { items, next })
 }
 
 pub(super) fn update_delivery(

@@ -17,7 +17,7 @@ use crate::domain::{
     DeliveryAttempt, DeliveryStatus, EventType, FieldError, Principal, Webhook, WebhookDelivery, WebhookId,
     WebhookSecrets,
 };
-use crate::ports::{Expect, StoreError};
+use crate::ports::{DeliveryCursor, Expect, StoreError};
 use crate::provider::destination::{DestinationError, check_public_destination};
 
 /// How long the previous secret keeps signing beside the new one after a rotation.
@@ -76,6 +76,25 @@ pub struct DeliveryView {
     pub created_at: OffsetDateTime,
     /// The body, parsed: `{"type", "timestamp", "data"}`.
     pub payload: Value,
+}
+
+/// The query of `GET /v1/webhooks/{id}/deliveries`, as text: checked by
+/// [`Service::list_webhook_deliveries`].
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct DeliveriesQuery {
+    /// Page size, 1 to [`MAX_DELIVERIES`].
+    pub limit: Option<String>,
+    /// `pending`, `delivered` or `failed`.
+    pub status: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of deliveries: `next_cursor` (opaque) is set when another page may follow.
+#[derive(Debug, Serialize)]
+pub struct DeliveryPage {
+    pub items: Vec<DeliveryView>,
+    pub next_cursor: Option<String>,
 }
 
 impl From<&WebhookDelivery> for DeliveryView {
@@ -336,28 +355,49 @@ impl Service {
         }
     }
 
-    /// The newest `limit` deliveries of a webhook (default [`DEFAULT_DELIVERIES`], at most
-    /// [`MAX_DELIVERIES`]), newest first.
+    /// A page of a webhook's deliveries, newest first: `limit` of them (default
+    /// [`DEFAULT_DELIVERIES`], at most [`MAX_DELIVERIES`]), only those of `status` when given,
+    /// after `cursor` (a `next_cursor` of an earlier page).
     ///
     /// # Errors
-    /// 404 when there is no such webhook in the caller's organization; 422 for a bad limit.
-    pub async fn list_webhook_deliveries(
-        &self,
-        p: &Principal,
-        id: &str,
-        limit: Option<&str>,
-    ) -> Result<Vec<DeliveryView>> {
+    /// 404 when there is no such webhook in the caller's organization; 422 for a bad limit,
+    /// status or cursor.
+    pub async fn list_webhook_deliveries(&self, p: &Principal, id: &str, q: &DeliveriesQuery) -> Result<DeliveryPage> {
         require_organization(p)?;
         let id = parse_id(id)?;
-        let limit = match limit.filter(|l| !l.is_empty()) {
+        let mut errors = Vec::new();
+        let limit = match q.limit.as_deref().filter(|l| !l.is_empty()) {
             None => DEFAULT_DELIVERIES,
-            Some(l) => l.parse::<usize>().ok().filter(|n| (1..=MAX_DELIVERIES).contains(n)).ok_or_else(|| {
-                ServiceError::invalid("limit", &format!("must be an integer from 1 to {MAX_DELIVERIES}"))
-            })?,
+            Some(l) => l.parse::<usize>().ok().filter(|n| (1..=MAX_DELIVERIES).contains(n)).unwrap_or_else(|| {
+                errors.push(FieldError::new("limit", format!("must be an integer from 1 to {MAX_DELIVERIES}")));
+                DEFAULT_DELIVERIES
+            }),
         };
+        let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => s
+                .parse::<DeliveryStatus>()
+                .map_err(|_| {
+                    errors.push(FieldError::new("status", "must be one of pending, delivered, failed"));
+                })
+                .ok(),
+        };
+        let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+            None => None,
+            Some(c) => DeliveryCursor::parse(c).or_else(|| {
+                errors.push(FieldError::new("cursor", "is not a cursor returned by this API"));
+                None
+            }),
+        };
+        if !errors.is_empty() {
+            return Err(ServiceError::Invalid(errors));
+        }
         self.store.get_webhook(&p.org, &id).await?.ok_or(ServiceError::NotFound)?;
-        let deliveries = self.store.list_deliveries(&p.org, &id, limit).await?;
-        Ok(deliveries.iter().map(DeliveryView::from).collect())
+        let page = self.store.list_deliveries(&p.org, &id, status, limit, cursor.as_ref()).await?;
+        Ok(DeliveryPage {
+            items: page.items.iter().map(DeliveryView::from).collect(),
+            next_cursor: page.next.map(|c| c.to_string()),
+        })
     }
 }
 

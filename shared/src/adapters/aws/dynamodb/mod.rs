@@ -25,8 +25,8 @@ use crate::domain::{ConnectSession, IdempotencyRecord};
 use crate::domain::{
     Connection, ConnectionId, CustomerId, Definition, DefinitionKey, LogEntry, OAuthState, OrgId, RevocationJob,
 };
-use crate::domain::{Webhook, WebhookDelivery, WebhookId};
-use crate::ports::{ConnectionFilter, DueEntry, Expect, Page, Store, StoreError};
+use crate::domain::{DeliveryStatus, Webhook, WebhookDelivery, WebhookId};
+use crate::ports::{ConnectionFilter, DeliveryCursor, DueEntry, Expect, Page, Store, StoreError};
 
 mod connect;
 mod idempotency;
@@ -159,9 +159,11 @@ impl Store for DynamoStore {
         &self,
         org: &OrgId,
         webhook: &WebhookId,
+        status: Option<DeliveryStatus>,
         limit: usize,
-    ) -> Result<Vec<WebhookDelivery>, StoreError> {
-        self.list_delivery_items(org, webhook, limit).await
+        cursor: Option<&DeliveryCursor>,
+    ) -> Result<Page<WebhookDelivery, DeliveryCursor>, StoreError> {
+        self.list_delivery_items(org, webhook, status, limit, cursor).await
     }
 
     async fn update_delivery(&self, delivery: &WebhookDelivery, expected_version: u64) -> Result<(), StoreError> {

@@ -22,7 +22,7 @@ use super::item::{Item, doc_of, key, n, org_pk, s, shard_of};
 use super::write::{backend, conditional, sdk};
 use super::{BY_CUSTOMER, DUE_SHARDS, DynamoStore, REFRESH_DUE, TTL_ATTRIBUTE};
 use crate::domain::{DeliveryStatus, OrgId, Webhook, WebhookDelivery, WebhookId};
-use crate::ports::{Expect, StoreError};
+use crate::ports::{DeliveryCursor, Expect, Page, StoreError};
 
 fn webhook_sk(id: &WebhookId) -> String {
     format!("WHK#{id}")
@@ -39,6 +39,12 @@ fn delivery_sk(id: &str) -> String {
 
 fn ms(t: OffsetDateTime) -> i64 {
     ((t.unix_timestamp_nanos() / 1_000_000) as i64).max(0)
+}
+
+/// The `by-customer` index sort key of a delivery: its creation in zero-padded milliseconds,
+/// then its id, so that text order is (creation, id) order.
+fn created_sk(created_ms: i64, id: &str) -> String {
+    format!("{:015}#{id}", created_ms.max(0))
 }
 
 /// The due-index sort key of a delivery due at `due`: zero-padded milliseconds, so that text
@@ -72,7 +78,7 @@ impl TryFrom<&WebhookDelivery> for Item {
         item.insert("doc".into(), s(serde_json::to_string(d).map_err(backend)?));
         item.insert(TTL_ATTRIBUTE.into(), n(d.expires_at.unix_timestamp()));
         item.insert("gsi1pk".into(), s(pk));
-        item.insert("gsi1sk".into(), s(format!("{:015}#{}", ms(d.created_at), d.id)));
+        item.insert("gsi1sk".into(), s(created_sk(ms(d.created_at), &d.id)));
         // Sparse: only pending deliveries are in the due index.
         if d.status == DeliveryStatus::Pending
             && let Some(due) = d.next_attempt_at
@@ -181,31 +187,56 @@ impl DynamoStore {
         self.get(key(deliveries_pk(org, webhook), delivery_sk(id))).await?.as_ref().map(doc_of).transpose()
     }
 
+    /// A page newest first: the webhook's `by-customer` index partition read backwards from
+    /// strictly before the cursor's sort key, `status` as a FilterExpression. `query_until` reads
+    /// on until the page (and one more, to know whether another follows) is full or the
+    /// partition ends, so a filter never makes a short page end the listing.
     pub(super) async fn list_delivery_items(
         &self,
         org: &OrgId,
         webhook: &WebhookId,
+        status: Option<DeliveryStatus>,
         limit: usize,
-    ) -> Result<Vec<WebhookDelivery>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        // The index projects every attribute: one Query, read backwards, is the whole listing.
+        cursor: Option<&DeliveryCursor>,
+    ) -> Result<Page<WebhookDelivery, DeliveryCursor>, StoreError> {
+        let limit = limit.max(1);
+        let key_condition = if cursor.is_some() { "gsi1pk = :pk AND gsi1sk < :after" } else { "gsi1pk = :pk" };
+        let after = cursor.map(|c| s(created_sk(c.created_ms(), &c.id)));
+        let status: Option<&'static str> = status.map(Into::into);
+        // The index projects every attribute: its items are the whole deliveries.
         let items = self
             .query_until(
                 || {
-                    self.client
+                    let mut q = self
+                        .client
                         .query()
                         .table_name(&self.table)
                         .index_name(BY_CUSTOMER)
-                        .key_condition_expression("gsi1pk = :pk")
+                        .key_condition_expression(key_condition)
                         .expression_attribute_values(":pk", s(deliveries_pk(org, webhook)))
-                        .scan_index_forward(false)
+                        .scan_index_forward(false);
+                    if let Some(after) = &after {
+                        q = q.expression_attribute_values(":after", after.clone());
+                    }
+                    if let Some(status) = status {
+                        q = q
+                            .filter_expression("#status = :status")
+                            .expression_attribute_names("#status", "status")
+                            .expression_attribute_values(":status", s(status));
+                    }
+                    q
                 },
-                limit,
+                limit + 1,
             )
             .await?;
-        items.iter().take(limit).map(doc_of).collect()
+        let mut deliveries = items.iter().take(limit + 1).map(doc_of).collect::<Result<Vec<WebhookDelivery>, _>>()?;
+        let next = if deliveries.len() > limit {
+            deliveries.truncate(limit);
+            deliveries.last().map(DeliveryCursor::after)
+        } else {
+            None
+        };
+        Ok(Page { items: deliveries, next })
     }
 
     pub(super) async fn update_delivery_item(
