@@ -262,6 +262,7 @@ impl Settings {
                 .webhook_retry_schedule
                 .as_ref()
                 .map_or_else(crate::service::webhooks::default_retry_schedule, |s| s.0.clone()),
+            webhook_attempt_timeout: crate::service::webhooks::DEFAULT_ATTEMPT_TIMEOUT,
         }
     }
 

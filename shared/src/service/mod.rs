@@ -19,6 +19,8 @@ pub mod webhooks;
 
 use std::sync::Arc;
 
+use backon::Retryable;
+
 pub use connect::{ConnectLink, ConnectPage, PageConnection, PageDefinition, PageInput};
 pub use connections::{ListQuery, MAX_PAGE};
 pub use error::{ServiceError, Unusable, error_types, invalid_summary};
@@ -81,6 +83,10 @@ pub struct ServiceOptions {
     /// [`webhooks::DEFAULT_RETRY_SCHEDULE`]): one retry per entry, then the delivery fails and
     /// its endpoint is disabled.
     pub webhook_retry_schedule: Vec<std::time::Duration>,
+    /// How long one webhook delivery attempt may take, connection and answer included (default
+    /// [`webhooks::DEFAULT_ATTEMPT_TIMEOUT`], 10 s); one cut off is recorded as `timeout` and
+    /// retried on the schedule.
+    pub webhook_attempt_timeout: std::time::Duration,
 }
 
 impl Default for ServiceOptions {
@@ -95,6 +101,7 @@ impl Default for ServiceOptions {
             connect_frame_ancestors: "'none'".to_owned(),
             webhook_outbox: false,
             webhook_retry_schedule: webhooks::default_retry_schedule(),
+            webhook_attempt_timeout: webhooks::DEFAULT_ATTEMPT_TIMEOUT,
         }
     }
 }
@@ -116,7 +123,7 @@ impl Service {
             clock,
             provider: Arc::new(HttpProviderClient::new()),
             verify_gate,
-            webhook_sender: webhooks::WebhookSender::new(),
+            webhook_sender: webhooks::WebhookSender::new(options.webhook_attempt_timeout),
             webhook_wake: Arc::new(tokio::sync::Notify::new()),
             options,
         }
@@ -160,11 +167,21 @@ impl Service {
     }
 
     /// The outbox of `latchkey serve`: stores the event's webhook deliveries and wakes the
-    /// worker. A failure is logged: the event itself has been published. Not atomic with the
-    /// change that caused the event (already committed): a process that dies in between loses
-    /// this event's deliveries (README, "Webhooks").
+    /// worker. A store that does not answer is tried again a few times
+    /// ([`retry::unavailable_retries`], about two seconds; the enqueue is idempotent), then the
+    /// failure is logged: the event itself has been published. Not atomic with the change that
+    /// caused the event (already committed): a process that dies in between, or a store down
+    /// past the retries, loses this event's deliveries (README, "Webhooks").
     async fn enqueue_outbox(&self, event: &Event) {
-        match self.enqueue_deliveries(&webhooks::WebhookMessage::from_event(event)).await {
+        let message = webhooks::WebhookMessage::from_event(event);
+        let enqueued = (|| self.enqueue_deliveries(&message))
+            .retry(retry::unavailable_retries())
+            .when(|e| matches!(e, ServiceError::Store(s) if s.is_unavailable()))
+            .notify(|e, _| {
+                tracing::warn!(org = %event.org, event = event.kind.detail_type(), error = %e, "the store did not take an event's webhook deliveries; trying again");
+            })
+            .await;
+        match enqueued {
             Ok(deliveries) if deliveries.is_empty() => {}
             Ok(_) => self.webhook_wake.notify_one(),
             Err(e) => tracing::warn!(

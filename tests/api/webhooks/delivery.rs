@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::receiver::Receiver;
-use super::{WebhookApp, service_on};
+use super::{WebhookApp, service_on, service_with};
 use crate::harness::{Backend, eventually, random_hex};
 
 /// Three attempts in all, a second apart.
@@ -316,4 +316,53 @@ async fn deliver_due_until_attempts_what_is_due_and_starts_nothing_past_its_dead
     assert_eq!(ids.len(), 3, "each delivered once");
     assert_eq!(service.deliver_due_until(later).await.unwrap(), 0, "nothing is due any more");
     assert_eq!(receiver.received().len(), 3);
+}
+
+/// A receiver slower than the attempt timeout (1 s here, 10 s by default): the attempt is cut
+/// off and recorded as `timeout` with no status, and the next attempt of the schedule delivers
+/// the same event under the same `webhook-id`.
+#[tokio::test]
+async fn an_attempt_held_past_the_timeout_is_recorded_as_a_timeout_and_retried_under_the_same_id() {
+    let backend = Backend::fresh().await;
+    let options = latchkey::service::ServiceOptions {
+        webhook_attempt_timeout: Duration::from_secs(1),
+        webhook_retry_schedule: vec![Duration::from_secs(1)],
+        ..latchkey::service::ServiceOptions::default()
+    };
+    let service = service_with(&backend, options).await;
+    let receiver = Receiver::start(&[]).await;
+    receiver.hold_next(Duration::from_secs(8));
+    let org = format!("acme-{}", &random_hex()[..12]);
+    let p = latchkey::domain::Principal::organization(latchkey::domain::OrgId::parse(&org).unwrap());
+    let body = json!({"url": receiver.url, "events": ["Connection Created"]});
+    let (_, secret) = service.put_webhook(&p, "ops", &body).await.unwrap();
+    let secret = secrecy::ExposeSecret::expose_secret(&secret.expect("a created webhook's secret")).to_owned();
+    let at = OffsetDateTime::now_utc() + time::Duration::seconds(1);
+    let message = WebhookMessage::from_eventbridge(&envelope(&org, "01JSLOWEVENT", at)).unwrap();
+    let enqueued = service.enqueue_deliveries(&message).await.unwrap();
+    assert_eq!(enqueued.len(), 1);
+
+    let first = service.attempt_delivery(enqueued[0].clone()).await.unwrap();
+    assert_eq!(first.status, latchkey::domain::DeliveryStatus::Pending, "{first:?}");
+    let attempt = &first.attempts[0];
+    assert_eq!((attempt.error.as_deref(), attempt.status_code), (Some("timeout"), None), "{attempt:?}");
+    assert!((1_000..8_000).contains(&attempt.duration_ms), "cut off at the timeout: {} ms", attempt.duration_ms);
+
+    let listing = latchkey::service::webhooks::DeliveriesQuery::default();
+    eventually(Duration::from_secs(30), "the second attempt delivers", || async {
+        service.deliver_due(10).await.unwrap();
+        let page = service.list_webhook_deliveries(&p, "ops", &listing).await.unwrap();
+        page.items[0].status == latchkey::domain::DeliveryStatus::Delivered
+    })
+    .await;
+    let delivered = service.list_webhook_deliveries(&p, "ops", &listing).await.unwrap().items.remove(0);
+    let errors: Vec<Option<&str>> = delivered.attempts.iter().map(|a| a.error.as_deref()).collect();
+    let codes: Vec<Option<u16>> = delivered.attempts.iter().map(|a| a.status_code).collect();
+    assert_eq!((errors, codes), (vec![Some("timeout"), None], vec![None, Some(200)]));
+    let got = receiver.received();
+    assert_eq!(got.len(), 2, "the held attempt and the one that delivered");
+    assert!(got.iter().all(|r| r.header("webhook-id") == delivered.id), "one id for both attempts");
+    for r in &got {
+        r.verify(&secret).unwrap_or_else(|e| panic!("a delivery does not verify: {e}"));
+    }
 }

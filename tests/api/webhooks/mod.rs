@@ -7,6 +7,7 @@
 
 mod config;
 mod delivery;
+mod listing;
 pub mod receiver;
 
 use std::sync::Arc;
@@ -117,13 +118,21 @@ impl WebhookApp {
 /// A service of this process on `backend` (the system clock, default options: loopback
 /// allowed), with no server.
 pub async fn service_on(backend: &Backend) -> Arc<latchkey::service::Service> {
+    service_with(backend, latchkey::service::ServiceOptions::default()).await
+}
+
+/// A service of this process on `backend` with `options` (settings the binary does not take,
+/// such as a short webhook attempt timeout), with no server.
+pub async fn service_with(
+    backend: &Backend,
+    options: latchkey::service::ServiceOptions,
+) -> Arc<latchkey::service::Service> {
     match backend.aws() {
         Some(aws) => {
             let config = moto::sdk_config_for(&aws.endpoint).await;
-            aws_service(&config, &aws.table, &aws.kms_key_id)
+            aws_service(&config, &aws.table, &aws.kms_key_id, options)
         }
         None => {
-            let options = latchkey::service::ServiceOptions::default();
             latchkey::config::Components::embedded(backend.data_dir(), options)
                 .expect("open the embedded backend")
                 .service
@@ -132,7 +141,12 @@ pub async fn service_on(backend: &Backend) -> Arc<latchkey::service::Service> {
 }
 
 /// A service on the aws backend in moto (`config`'s endpoint), events to the `default` bus.
-fn aws_service(config: &aws_config::SdkConfig, table: &str, kms_key_id: &str) -> Arc<latchkey::service::Service> {
+fn aws_service(
+    config: &aws_config::SdkConfig,
+    table: &str,
+    kms_key_id: &str,
+    options: latchkey::service::ServiceOptions,
+) -> Arc<latchkey::service::Service> {
     latchkey::config::Components::aws(
         aws_sdk_dynamodb::Client::new(config),
         aws_sdk_kms::Client::new(config),
@@ -140,7 +154,7 @@ fn aws_service(config: &aws_config::SdkConfig, table: &str, kms_key_id: &str) ->
         table,
         kms_key_id,
         "default",
-        latchkey::service::ServiceOptions::default(),
+        options,
     )
     .service
 }
@@ -154,7 +168,7 @@ fn spawn_pump(
     kms_key_id: String,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let service = aws_service(&config, &table, &kms_key_id);
+        let service = aws_service(&config, &table, &kms_key_id, latchkey::service::ServiceOptions::default());
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
         loop {
             tick.tick().await;

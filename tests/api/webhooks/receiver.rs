@@ -42,6 +42,9 @@ struct State {
     fallback: u16,
     /// Bodies containing the text are answered with the status, before the script.
     rules: Vec<(String, u16)>,
+    /// How long to hold the next requests before answering, in turn (a receiver too slow for
+    /// the sender's attempt timeout).
+    holds: VecDeque<Duration>,
     received: Vec<Received>,
 }
 
@@ -65,6 +68,7 @@ impl Receiver {
             script: script.iter().map(|(s, r)| (*s, r.map(str::to_owned))).collect(),
             fallback: 200,
             rules: Vec::new(),
+            holds: VecDeque::new(),
             received: Vec::new(),
         }));
         let shared = state.clone();
@@ -73,13 +77,21 @@ impl Receiver {
             axum::routing::post(move |headers: HeaderMap, body: String| {
                 let state = shared.clone();
                 async move {
-                    let mut s = state.lock().unwrap();
-                    let rule = s.rules.iter().find(|(text, _)| body.contains(text.as_str())).map(|(_, status)| *status);
-                    s.received.push(Received { headers, body, at: Instant::now() });
-                    let (status, retry_after) = match rule {
-                        Some(status) => (status, None),
-                        None => s.script.pop_front().unwrap_or((s.fallback, None)),
+                    let (hold, status, retry_after) = {
+                        let mut s = state.lock().unwrap();
+                        let rule =
+                            s.rules.iter().find(|(text, _)| body.contains(text.as_str())).map(|(_, status)| *status);
+                        s.received.push(Received { headers, body, at: Instant::now() });
+                        let hold = s.holds.pop_front();
+                        let (status, retry_after) = match rule {
+                            Some(status) => (status, None),
+                            None => s.script.pop_front().unwrap_or((s.fallback, None)),
+                        };
+                        (hold, status, retry_after)
                     };
+                    if let Some(hold) = hold {
+                        tokio::time::sleep(hold).await;
+                    }
                     let mut res = StatusCode::from_u16(status).unwrap().into_response();
                     if let Some(r) = retry_after {
                         res.headers_mut().insert("retry-after", HeaderValue::from_str(&r).unwrap());
@@ -105,6 +117,18 @@ impl Receiver {
     /// script and the fallback): one event failing at an endpoint that takes the others.
     pub fn answer_when(&self, text: &str, status: u16) {
         self.state.lock().unwrap().rules.push((text.to_owned(), status));
+    }
+
+    /// Stops answering by body text ([`Receiver::answer_when`]): the script and the fallback
+    /// answer everything again.
+    pub fn forget_rules(&self) {
+        self.state.lock().unwrap().rules.clear();
+    }
+
+    /// Holds the next request `hold` before answering it (the answer it gets then is the usual
+    /// one): a receiver slower than the sender's attempt timeout.
+    pub fn hold_next(&self, hold: Duration) {
+        self.state.lock().unwrap().holds.push_back(hold);
     }
 
     /// Everything received so far.

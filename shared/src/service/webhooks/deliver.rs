@@ -113,7 +113,7 @@ impl Service {
 
     /// Attempts deliveries as they come due, [`DUE_BATCH`] at a time, until none is due or
     /// `deadline` is too close to start another batch (less than an attempt's timeout,
-    /// [`super::ATTEMPT_TIMEOUT`], left): for a run of bounded length such as a scheduled Lambda
+    /// [`crate::service::ServiceOptions::webhook_attempt_timeout`], left): for a run of bounded length such as a scheduled Lambda
     /// invocation. A delivery whose attempt is cut off by the run's end is due again after its
     /// claim lease ([`CLAIM_LEASE`]). Returns how many were attempted.
     ///
@@ -122,7 +122,7 @@ impl Service {
     /// attempt is logged and the rest go on.
     pub async fn deliver_due_until(&self, deadline: Instant) -> Result<usize> {
         let mut total = 0;
-        while Instant::now() + super::ATTEMPT_TIMEOUT < deadline {
+        while Instant::now() + self.options.webhook_attempt_timeout < deadline {
             let n = self.deliver_due_batch(DUE_BATCH).await?;
             total += n;
             if n < DUE_BATCH {

@@ -18,9 +18,12 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-pub use config::{DEFAULT_DELIVERIES, DeliveryView, MAX_DELIVERIES, ROTATION_OVERLAP, RotatedSecret, WebhookView};
+pub use config::{
+    DEFAULT_DELIVERIES, DeliveriesQuery, DeliveryPage, DeliveryView, MAX_DELIVERIES, ROTATION_OVERLAP, RotatedSecret,
+    WebhookView,
+};
 pub use deliver::{CLAIM_LEASE, DELIVERIES_FAILING, DELIVERY_CONCURRENCY, DELIVERY_RETENTION, DUE_BATCH, next_attempt};
-pub use sender::{ATTEMPT_TIMEOUT, MAX_RETRY_AFTER, USER_AGENT, WebhookSender};
+pub use sender::{DEFAULT_ATTEMPT_TIMEOUT, MAX_RETRY_AFTER, USER_AGENT, WebhookSender};
 
 use super::Service;
 use crate::domain::{Event, OrgId};

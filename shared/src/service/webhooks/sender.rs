@@ -1,7 +1,7 @@
 //! The outbound HTTP adapter of webhooks: one signed POST per attempt, under the outbound policy
 //! of provider calls (public addresses only, resolved by the public-only resolver so DNS cannot
 //! be rebound between check and call; http and loopback only where
-//! `LATCHKEY_ALLOW_LOOPBACK_PROVIDERS` allows), no redirects followed, 10 s in all, the answer's
+//! `LATCHKEY_ALLOW_LOOPBACK_PROVIDERS` allows), no redirects followed, 10 s in all by default, the answer's
 //! body read to at most 64 KiB and dropped.
 
 use std::sync::Arc;
@@ -13,8 +13,9 @@ use crate::domain::validate::is_loopback_host;
 use crate::provider::destination::{DestinationError, PublicOnlyResolver, check_public_destination};
 use crate::provider::http_client_builder;
 
-/// Bounds one delivery attempt, connection included.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bounds one delivery attempt, connection included, unless
+/// [`crate::service::ServiceOptions::webhook_attempt_timeout`] says otherwise.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of an answer's body is read (and thrown away) before the connection is dropped.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// The longest `Retry-After` honoured: a receiver cannot push a delivery further than this.
@@ -30,8 +31,9 @@ pub struct WebhookSender {
 }
 
 impl Default for WebhookSender {
+    /// Attempts of [`DEFAULT_ATTEMPT_TIMEOUT`].
     fn default() -> Self {
-        Self::new()
+        Self::new(DEFAULT_ATTEMPT_TIMEOUT)
     }
 }
 
@@ -71,8 +73,10 @@ impl Answer {
 }
 
 impl WebhookSender {
-    pub fn new() -> Self {
-        let builder = || http_client_builder().timeout(ATTEMPT_TIMEOUT).user_agent(USER_AGENT);
+    /// A sender whose attempts each end after `timeout` (connection, request and the answer's
+    /// read together); an attempt cut off is recorded as `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        let builder = || http_client_builder().timeout(timeout).user_agent(USER_AGENT);
         Self {
             any: builder().build().expect("the webhook HTTP client builds with static settings"),
             public_only: builder()
