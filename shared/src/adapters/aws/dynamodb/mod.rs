@@ -82,6 +82,26 @@ impl DynamoStore {
         Ok(out.item)
     }
 
+    /// Every record of `org`'s partition whose sort key starts with `prefix` (`DEF#`, `WHK#`),
+    /// in sort-key order: one strongly consistent Query, paged to the end.
+    async fn org_docs<T: serde::de::DeserializeOwned>(&self, org: &OrgId, prefix: &str) -> Result<Vec<T>, StoreError> {
+        let items = self
+            .query_until(
+                || {
+                    self.client
+                        .query()
+                        .table_name(&self.table)
+                        .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+                        .expression_attribute_values(":pk", s(org_pk(org)))
+                        .expression_attribute_values(":p", s(prefix))
+                        .consistent_read(true)
+                },
+                usize::MAX,
+            )
+            .await?;
+        items.iter().map(doc_of).collect()
+    }
+
     /// Runs a query, page after page, to its end or until it has read at least `want` items.
     async fn query_until(&self, build: impl Fn() -> QueryFluentBuilder, want: usize) -> Result<Vec<Item>, StoreError> {
         let mut items = Vec::new();
@@ -179,21 +199,7 @@ impl Store for DynamoStore {
     }
 
     async fn list_definitions(&self, org: &OrgId) -> Result<Vec<Definition>, StoreError> {
-        let items = self
-            .query_until(
-                || {
-                    self.client
-                        .query()
-                        .table_name(&self.table)
-                        .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
-                        .expression_attribute_values(":pk", s(org_pk(org)))
-                        .expression_attribute_values(":p", s("DEF#"))
-                        .consistent_read(true)
-                },
-                usize::MAX,
-            )
-            .await?;
-        items.iter().map(doc_of).collect()
+        self.org_docs(org, "DEF#").await
     }
 
     async fn put_definition(&self, def: &Definition, expect: Expect) -> Result<(), StoreError> {

@@ -104,21 +104,7 @@ impl DynamoStore {
     }
 
     pub(super) async fn list_webhook_items(&self, org: &OrgId) -> Result<Vec<Webhook>, StoreError> {
-        let items = self
-            .query_until(
-                || {
-                    self.client
-                        .query()
-                        .table_name(&self.table)
-                        .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
-                        .expression_attribute_values(":pk", s(org_pk(org)))
-                        .expression_attribute_values(":p", s("WHK#"))
-                        .consistent_read(true)
-                },
-                usize::MAX,
-            )
-            .await?;
-        items.iter().map(doc_of).collect()
+        self.org_docs(org, "WHK#").await
     }
 
     pub(super) async fn delete_webhook_item(&self, org: &OrgId, id: &WebhookId) -> Result<bool, StoreError> {
