@@ -121,16 +121,18 @@ impl DynamoStore {
         }
     }
 
-    /// Deletes a connection's log lines, a page of keys at a time.
-    async fn delete_logs(&self, org: &OrgId, id: &ConnectionId) -> Result<(), StoreError> {
+    /// Deletes every item of partition `pk` (a connection's log lines, a webhook's deliveries),
+    /// a page of keys at a time.
+    async fn delete_partition(&self, pk: String) -> Result<(), StoreError> {
         loop {
             let out = self
                 .client
                 .query()
                 .table_name(&self.table)
                 .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(log_pk(org, id)))
+                .expression_attribute_values(":pk", s(pk.clone()))
                 .projection_expression("pk, sk")
+                .consistent_read(true)
                 .limit(100)
                 .send()
                 .await
@@ -290,7 +292,7 @@ impl Store for DynamoStore {
             Some(c) if c.condition_failed(0) => return Ok(false),
             Some(c) => return Err(c.into_error()),
         }
-        self.delete_logs(org, id).await?;
+        self.delete_partition(log_pk(org, id)).await?;
         Ok(true)
     }
 

@@ -118,31 +118,8 @@ impl DynamoStore {
             .await
             .map_err(sdk)?;
         // The deliveries go whether or not the webhook was there: none may outlive it.
-        self.delete_deliveries(org, id).await?;
+        self.delete_partition(deliveries_pk(org, id)).await?;
         Ok(out.attributes.is_some_and(|a| !a.is_empty()))
-    }
-
-    /// Deletes a webhook's deliveries, a page of keys at a time.
-    async fn delete_deliveries(&self, org: &OrgId, id: &WebhookId) -> Result<(), StoreError> {
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(deliveries_pk(org, id)))
-                .projection_expression("pk, sk")
-                .consistent_read(true)
-                .limit(100)
-                .send()
-                .await
-                .map_err(sdk)?;
-            let keys = out.items.unwrap_or_default();
-            if keys.is_empty() {
-                return Ok(());
-            }
-            self.delete_batch(&keys).await?;
-        }
     }
 
     pub(super) async fn insert_delivery_item(&self, d: &WebhookDelivery) -> Result<bool, StoreError> {
