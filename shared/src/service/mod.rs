@@ -129,6 +129,15 @@ impl Service {
         }
     }
 
+    /// This service sending every provider request (token, revocation, verify and device
+    /// endpoints) through `provider` instead of the HTTP client: what the scale simulation
+    /// (`bench/`) uses to model a provider's latency without sockets. Call before sharing the
+    /// service.
+    pub fn with_provider_client(mut self, provider: Arc<dyn ProviderClient>) -> Self {
+        self.provider = provider;
+        self
+    }
+
     /// The connect page's CSP `frame-ancestors` source list ([`ServiceOptions::connect_frame_ancestors`]).
     pub fn connect_frame_ancestors(&self) -> &str {
         &self.options.connect_frame_ancestors
