@@ -16,6 +16,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+pub mod branch;
+
+pub use branch::BranchKeyring;
 pub use crate::domain::Sealed;
 use crate::domain::{ConnectionId, DefinitionKey, OrgId};
 use crate::ports::BackendError;

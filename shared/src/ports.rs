@@ -270,6 +270,38 @@ pub trait Store: Send + Sync + 'static {
     async fn list_logs(&self, org: &OrgId, id: &ConnectionId, limit: usize) -> Result<Vec<LogEntry>, StoreError>;
 }
 
+/// One version of an organization's branch key ([`crate::crypto::BranchKeyring`]): a 256-bit
+/// key, generated and wrapped by the key provider (KMS `GenerateDataKey`, or the local master
+/// key) under the encryption context `{org, purpose: "branch-key"}`. Only the wrapped form is
+/// ever stored; it unwraps the data keys of the org's records sealed under this version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchKeyRecord {
+    pub org: OrgId,
+    /// 1, 2, ...: a rotation stores the next version, which becomes the active one.
+    pub version: u32,
+    /// The key provider's key that wrapped it (a KMS key ARN, `local:{fingerprint}`), passed
+    /// back to the provider to unwrap it.
+    pub key_id: String,
+    /// The branch key wrapped by the provider (a KMS ciphertext blob, or `nonce || AES-GCM`).
+    pub wrapped: Vec<u8>,
+    pub created_at: OffsetDateTime,
+}
+
+/// Per-organization branch keys, wrapped by the key provider (AWS's hierarchical keyring): the
+/// store behind [`crate::crypto::BranchKeyring`]. A separate port from [`Store`] so that an
+/// adapter can hold them apart; the SQLite and DynamoDB stores implement both, and both run
+/// the cases of [`crate::conformance::branch_keys`].
+#[async_trait]
+pub trait BranchKeyStore: Send + Sync + 'static {
+    /// The newest version for `org`, if any (a consistent read).
+    async fn active_branch_key(&self, org: &OrgId) -> Result<Option<BranchKeyRecord>, StoreError>;
+    /// Version `version` of `org`'s branch key, if stored.
+    async fn get_branch_key(&self, org: &OrgId, version: u32) -> Result<Option<BranchKeyRecord>, StoreError>;
+    /// Put-if-absent: [`StoreError::Conflict`] if that version of `key.org` exists (two cold
+    /// containers racing to create it: the loser re-reads the winner's).
+    async fn put_branch_key(&self, key: &BranchKeyRecord) -> Result<(), StoreError>;
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("publishing the event failed")]
 pub struct EventError(#[source] pub BackendError);
