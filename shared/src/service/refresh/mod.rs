@@ -20,9 +20,13 @@ use crate::ports::{DueEntry, StoreError};
 use crate::provider::TokenFailure;
 use crate::provider::request::GrantRequest;
 
+mod fanout;
 mod rt_lifetime;
 mod sweep;
 
+pub use fanout::{
+    DispatchSummary, FanoutPolicy, QueueError, RefreshMessage, RefreshOutcome, RefreshQueue, RefreshTick,
+};
 pub use sweep::SweepSummary;
 
 /// How refreshes are scheduled and bounded.

@@ -44,10 +44,13 @@ pub struct SweepSummary {
     pub device_polls: usize,
 }
 
-/// What the sweep did with one due entry.
-enum Swept {
+/// What the sweep did with one due entry (the fan-out's worker reads it too: `super::fanout`).
+pub(super) enum Swept {
     Refreshed,
     Failed,
+    /// Failed because the store or the key service did not answer (`is_unavailable`): worth
+    /// retrying soon, where `Failed` is recorded on the connection (its backoff) or final.
+    Unavailable,
     Skipped,
     /// Its verification ran; no refresh was due.
     Verified,
@@ -107,7 +110,7 @@ impl Service {
                 for outcome in outcomes {
                     match outcome {
                         Swept::Refreshed => summary.refreshed += 1,
-                        Swept::Failed => summary.failed += 1,
+                        Swept::Failed | Swept::Unavailable => summary.failed += 1,
                         Swept::Skipped => summary.skipped += 1,
                         Swept::Verified => summary.verified += 1,
                         Swept::Polled => summary.device_polls += 1,
@@ -148,14 +151,14 @@ impl Service {
     }
 
     /// One due entry of a sweep: refreshed if its record is still due.
-    async fn sweep_one(&self, org: &OrgId, id: &ConnectionId) -> Swept {
+    pub(super) async fn sweep_one(&self, org: &OrgId, id: &ConnectionId) -> Swept {
         let c = match self.store.get_connection(org, id).await {
             Ok(Some(c)) => c,
             // Deleted meanwhile: its index entry went with it.
             Ok(None) => return Swept::Skipped,
             Err(e) => {
                 tracing::warn!(org = %org, connection_id = %id, error = %e, "reading a due connection failed");
-                return Swept::Failed;
+                return if e.is_unavailable() { Swept::Unavailable } else { Swept::Failed };
             }
         };
         // Its verification, if that came due (see `service::verify`); the refresh may be due too.
@@ -165,7 +168,7 @@ impl Service {
             Err(ServiceError::NotFound) => return Swept::Skipped,
             Err(e) => {
                 tracing::warn!(org = %org, connection_id = %id, error = %e, "verifying a due connection failed");
-                return Swept::Failed;
+                return Swept::failure(&e);
             }
         };
         // Its refresh token's warning, if that is what came due (see `rt_lifetime`).
@@ -174,7 +177,7 @@ impl Service {
             Err(ServiceError::NotFound) => return Swept::Skipped,
             Err(e) => {
                 tracing::warn!(org = %org, connection_id = %id, error = %e, "recording a refresh token warning failed");
-                return Swept::Failed;
+                return Swept::failure(&e);
             }
         };
         // Its device authorization's poll, if that came due (see `service::oauth::device`).
@@ -183,7 +186,7 @@ impl Service {
             Err(ServiceError::NotFound) => return Swept::Skipped,
             Err(e) => {
                 tracing::warn!(org = %org, connection_id = %id, error = %e, "polling a device authorization failed");
-                return Swept::Failed;
+                return Swept::failure(&e);
             }
         };
         // Due for a refresh, or its refresh token has lapsed (which the refresh turns red
@@ -207,7 +210,14 @@ impl Service {
         match self.refresh_connection(org, id, seen, needed, false).await {
             Ok(Refreshed::Now(_)) => Swept::Refreshed,
             Ok(Refreshed::Already(_) | Refreshed::Busy) | Err(ServiceError::NotFound) => Swept::Skipped,
-            Err(_) => Swept::Failed,
+            Err(e) => Swept::failure(&e),
         }
+    }
+}
+
+impl Swept {
+    /// A failure's kind: [`Swept::Unavailable`] when a dependency did not answer.
+    fn failure(e: &ServiceError) -> Self {
+        if e.is_unavailable() { Self::Unavailable } else { Self::Failed }
     }
 }
