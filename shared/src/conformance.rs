@@ -5,6 +5,7 @@
 //! ```ignore
 //! latchkey::store_conformance_tests!(make_store());     // async fn make_store() -> (Arc<dyn Store>, Guard)
 //! latchkey::keys_conformance_tests!(make_keys());       // async fn make_keys() -> (Arc<dyn KeyProvider>, Guard)
+//! latchkey::branch_keys_conformance_tests!(make());     // async fn make() -> (Arc<dyn BranchKeyStore>, Guard)
 //! ```
 
 use std::collections::BTreeMap;
@@ -76,6 +77,7 @@ pub fn connection(def: &Definition, customer: &str) -> Connection {
     }
 }
 
+pub mod branch_keys;
 mod connect;
 mod idempotency;
 mod tags;
@@ -724,6 +726,19 @@ macro_rules! keys_conformance_tests {
             tampering_is_detected,
             opened_values_of_the_wrong_shape_are_format_errors,
             the_key_cache_never_skips_the_context_check,
+        );
+    };
+}
+
+/// Generates one `#[tokio::test]` per branch-key store case; `$make` evaluates to a future of
+/// `(Arc<dyn BranchKeyStore>, guard)`.
+#[macro_export]
+macro_rules! branch_keys_conformance_tests {
+    ($make:expr) => {
+        $crate::__conformance_cases!($make, branch_keys;
+            branch_keys_are_put_once_per_version_and_the_newest_is_active,
+            concurrent_puts_of_one_version_have_one_winner,
+            concurrent_puts_of_different_versions_all_land,
         );
     };
 }

@@ -18,6 +18,7 @@ use crate::domain::{
 use crate::domain::{DeliveryStatus, Webhook, WebhookDelivery, WebhookId};
 use crate::ports::{ConnectionFilter, DeliveryCursor, DueEntry, Expect, Page, Store, StoreError};
 
+mod branch_keys;
 mod connect;
 mod idempotency;
 mod webhooks;
@@ -106,6 +107,7 @@ impl SqliteStore {
         db.execute_batch(idempotency::SCHEMA).map_err(backend)?;
         db.execute_batch(connect::SCHEMA).map_err(backend)?;
         db.execute_batch(webhooks::SCHEMA).map_err(backend)?;
+        db.execute_batch(branch_keys::SCHEMA).map_err(backend)?;
         Ok(Self { db: Arc::new(Mutex::new(db)) })
     }
 

@@ -28,6 +28,7 @@ use crate::domain::{
 use crate::domain::{DeliveryStatus, Webhook, WebhookDelivery, WebhookId};
 use crate::ports::{ConnectionFilter, DeliveryCursor, DueEntry, Expect, Page, Store, StoreError};
 
+mod branch_keys;
 mod connect;
 mod idempotency;
 mod item;
