@@ -19,6 +19,13 @@ use crate::service::{LookupRequest, PrincipalKind, ReadOrigin, Service, ServiceE
 
 pub type Error = lambda_runtime::Error;
 
+mod refresh_worker;
+/// token-refresh's inputs (its schedule, or a batch of the refresh queue), answers and handlers,
+/// and the SQS adapter of the fan-out's queue.
+pub use refresh_worker::{
+    SqsRefreshQueue, TokenRefreshEvent, TokenRefreshResponse, handle_refresh_messages, handle_token_refresh,
+    serve_refresh,
+};
 mod webhook_deliver;
 /// webhook-deliver's inputs (an SQS batch of EventBridge envelopes, or its sweep's schedule) and
 /// answers (the messages to hand back, or the sweep's summary), and its handlers.
@@ -214,28 +221,14 @@ pub async fn handle_refresh(service: &Service, deadline: std::time::Instant) -> 
 /// What a sweep leaves of its invocation for the work in flight to finish.
 pub const SWEEP_MARGIN: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// The `token-refresh` function: the EventBridge schedule (`rate(5 minutes)`) runs one sweep,
-/// starting no work in the last [`SWEEP_MARGIN`] of the invocation, so that a refresh in flight
-/// (its provider call times out after 15 s) is stored before Lambda ends the invocation: a
-/// rotated refresh token cut off there would be lost.
-pub async fn serve_refresh(app: Components) -> Result<(), Error> {
-    let service: Arc<Service> = app.service;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<ScheduledEvent>| {
-        let service = service.clone();
-        async move { refresh_invocation(&service, event).await }
-    }))
-    .await
-}
-
-/// One invocation of `token-refresh`: [`handle_refresh`] until [`SWEEP_MARGIN`] before the
-/// invocation's deadline (`context.deadline`, milliseconds since the Unix epoch), in the
-/// invocation's span.
-pub async fn refresh_invocation(service: &Service, event: LambdaEvent<ScheduledEvent>) -> Result<Value, Diagnostic> {
-    let remaining = std::time::Duration::from_millis(event.context.deadline)
+/// [`SWEEP_MARGIN`] before the invocation's deadline (`context.deadline`, milliseconds since the
+/// Unix epoch): a refresh in flight (its provider call times out after 15 s) is stored before
+/// Lambda ends the invocation, as a rotated refresh token cut off there would be lost.
+fn sweep_deadline(context: &lambda_runtime::Context) -> std::time::Instant {
+    let remaining = std::time::Duration::from_millis(context.deadline)
         .checked_sub(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default())
         .unwrap_or_default();
-    let deadline = std::time::Instant::now() + remaining.saturating_sub(SWEEP_MARGIN);
-    handle_refresh(service, deadline).instrument(invocation_span(&event.context)).await
+    std::time::Instant::now() + remaining.saturating_sub(SWEEP_MARGIN)
 }
 
 /// The `token-revoke` handler: an EventBridge event `Connection Disconnected` / `Connection

@@ -123,6 +123,13 @@ pub struct Settings {
     #[arg(value_name = "SECS", default_value = "600", value_parser = Checked(parse_secs))]
     pub refresh_lookahead: Duration,
 
+    /// token-refresh: the SQS queue URL its scheduled invocation hands due connections to when
+    /// more are due than it refreshes inline (its workers read the same queue). Unset, it
+    /// always sweeps inline.
+    #[arg(long = "refresh-queue-url", env = "LATCHKEY_REFRESH_QUEUE_URL", global = true, value_name = "URL")]
+    #[arg(value_parser = Checked(parse_trimmed))]
+    pub refresh_queue_url: Option<String>,
+
     /// Days before a refresh token lapses that `Refresh Token Expiring` fires (once per refresh
     /// token); a decimal number of days (0.5 is 12 hours), at most 365.
     #[arg(long = "rt-warning-days", env = "LATCHKEY_RT_WARNING_DAYS", global = true)]

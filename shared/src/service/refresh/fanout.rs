@@ -147,12 +147,14 @@ pub enum RefreshOutcome {
     Verified,
     /// Its device authorization was polled; no refresh was due.
     Polled,
+    /// Not started: the batch's deadline had come. Hand the message back.
+    Deferred,
 }
 
 impl RefreshOutcome {
     /// Whether the message should come back (SQS: a batch item failure).
     pub fn retry(self) -> bool {
-        self == Self::Unavailable
+        matches!(self, Self::Unavailable | Self::Deferred)
     }
 }
 
@@ -304,12 +306,18 @@ impl Service {
     }
 
     /// A worker's batch: [`Service::refresh_due_entry`] for each, at most the refresh policy's
-    /// `concurrency` at once; the outcomes in the order of `entries`. Logs one `refresh sweep`
-    /// summary line (with `worker: true`), which the deployed stack's refresh-failure alarm
-    /// counts as it counts the inline sweep's.
-    pub async fn refresh_due_entries(&self, entries: &[DueEntry]) -> Vec<RefreshOutcome> {
+    /// `concurrency` at once, none started after `deadline` ([`RefreshOutcome::Deferred`]); the
+    /// outcomes in the order of `entries`. Logs one `refresh sweep` summary line (with `worker:
+    /// true`), which the deployed stack's refresh-failure alarm counts as it counts the inline
+    /// sweep's.
+    pub async fn refresh_due_entries(&self, entries: &[DueEntry], deadline: Instant) -> Vec<RefreshOutcome> {
         let outcomes: Vec<RefreshOutcome> = futures_util::stream::iter(entries)
-            .map(|entry| self.refresh_due_entry(entry))
+            .map(|entry| async move {
+                if Instant::now() >= deadline {
+                    return RefreshOutcome::Deferred;
+                }
+                self.refresh_due_entry(entry).await
+            })
             .buffered(self.policy().concurrency.max(1))
             .collect()
             .await;
@@ -321,7 +329,7 @@ impl Service {
             refreshed = count(RefreshOutcome::Refreshed),
             failed = count(RefreshOutcome::Failed) + count(RefreshOutcome::Unavailable),
             unavailable = count(RefreshOutcome::Unavailable),
-            skipped = count(RefreshOutcome::Skipped),
+            skipped = count(RefreshOutcome::Skipped) + count(RefreshOutcome::Deferred),
             verified = count(RefreshOutcome::Verified),
             device_polls = count(RefreshOutcome::Polled),
             "refresh sweep"
