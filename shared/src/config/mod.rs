@@ -2,12 +2,14 @@
 //! flag, parsed and checked at start), [`Components`] (the adapters those settings name, wired
 //! into one [`Service`](crate::service::Service)), and the HS256 secret of the data directory.
 
+#[cfg(feature = "embedded")]
 mod jwt_secret;
 mod settings;
 mod wiring;
 
 use std::path::PathBuf;
 
+#[cfg(feature = "embedded")]
 pub use jwt_secret::{DEV_ORG, JWT_SECRET_FILE};
 pub use settings::{BackendKind, LogFormat, LookupAuth, Settings, ignore_blank_env};
 pub use wiring::Components;

@@ -1,12 +1,15 @@
 //! The composition root: [`Components`], the adapters a [`Settings`] value names wired into one
 //! [`Service`]. Built once per process (or Lambda container); nothing is adjusted afterwards.
 
+#[cfg(feature = "embedded")]
 use std::path::Path;
 use std::sync::Arc;
 
 use super::{BackendKind, ConfigError, Settings};
+use crate::adapters::LogEventSink;
 use crate::adapters::aws::{DynamoStore, EventBridgeSink, KmsKeyProvider};
-use crate::adapters::{LocalKeyProvider, LogEventSink, SqliteStore, secret_file};
+#[cfg(feature = "embedded")]
+use crate::adapters::{LocalKeyProvider, SqliteStore, secret_file};
 use crate::crypto::{Envelope, KeyProvider};
 use crate::http::RouterState;
 use crate::http::auth::Verifier;
@@ -27,11 +30,21 @@ impl Components {
     /// (`AWS_REGION`, credentials, `AWS_ENDPOINT_URL`).
     ///
     /// # Errors
-    /// aws: `LATCHKEY_TABLE` or `LATCHKEY_KMS_KEY_ID` unset; embedded: as [`Components::embedded`].
+    /// aws: `LATCHKEY_TABLE` or `LATCHKEY_KMS_KEY_ID` unset; embedded: as [`Components::embedded`],
+    /// or [`ConfigError::Invalid`] naming `LATCHKEY_BACKEND` in a build without the `embedded`
+    /// feature (the Lambda functions).
     pub async fn build(settings: &Settings) -> Result<Self, ConfigError> {
         let options = settings.service_options();
         match settings.backend {
+            #[cfg(feature = "embedded")]
             BackendKind::Embedded => Self::embedded(&settings.data_dir, options),
+            #[cfg(not(feature = "embedded"))]
+            BackendKind::Embedded => Err(ConfigError::Invalid {
+                name: "LATCHKEY_BACKEND",
+                why: "embedded is not in this build (built without latchkey's `embedded` feature, as \
+                      the Lambda functions are): use aws"
+                    .into(),
+            }),
             BackendKind::Aws => {
                 let table = settings.require_table()?;
                 let key = settings.require_kms_key_id()?;
@@ -55,6 +68,7 @@ impl Components {
     /// # Errors
     /// The directory or master key cannot be used ([`ConfigError::DataDir`]), or the store
     /// cannot be opened.
+    #[cfg(feature = "embedded")]
     pub fn embedded(dir: &Path, options: ServiceOptions) -> Result<Self, ConfigError> {
         Self::embedded_with_clock(dir, options, Arc::new(SystemClock))
     }
@@ -64,6 +78,7 @@ impl Components {
     ///
     /// # Errors
     /// As [`Components::embedded`].
+    #[cfg(feature = "embedded")]
     pub fn embedded_with_clock(
         dir: &Path,
         mut options: ServiceOptions,
@@ -111,5 +126,27 @@ impl Components {
     /// The HTTP router's state: this service, callers checked by `verifier`.
     pub fn router_state(&self, verifier: Verifier) -> RouterState {
         RouterState { service: self.service.clone(), verifier: Arc::new(verifier) }
+    }
+}
+
+// What a Lambda function does when told to use the embedded backend it was built without. Run
+// with `cargo test -p latchkey --no-default-features --lib config::wiring` (a workspace build
+// always has the feature, through the CLI).
+#[cfg(all(test, not(feature = "embedded")))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_embedded_backend_is_refused_in_a_build_without_it() {
+        let settings = Settings::from_vars(BackendKind::Embedded, |_| None).unwrap();
+        let Err(refused) = Components::build(&settings).await else {
+            panic!("a build without the embedded feature wired the embedded backend");
+        };
+        assert!(matches!(refused, ConfigError::Invalid { name: "LATCHKEY_BACKEND", .. }), "{refused}");
+        assert_eq!(
+            refused.to_string(),
+            "LATCHKEY_BACKEND is invalid: embedded is not in this build (built without latchkey's \
+             `embedded` feature, as the Lambda functions are): use aws"
+        );
     }
 }

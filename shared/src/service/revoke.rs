@@ -376,7 +376,8 @@ impl Service {
     }
 }
 
-#[cfg(test)]
+// The envelope of these tests is the embedded backend's local key.
+#[cfg(all(test, feature = "embedded"))]
 mod tests {
     use std::sync::Arc;
 
