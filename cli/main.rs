@@ -90,6 +90,10 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Manage the key hierarchy on the backend the settings name: `keys rotate --org ORG` stores
+    /// a new version of an organization's branch key (no secret is re-entered or rewritten).
+    #[command(subcommand)]
+    Keys(commands::keys::Keys),
 }
 
 impl Command {
@@ -104,6 +108,7 @@ impl Command {
             }
             Self::Doctor { settings } => Self::Doctor { settings: settings.check()? },
             Self::ConnectLink { link, settings } => Self::ConnectLink { link, settings: settings.check()? },
+            Self::Keys(keys) => Self::Keys(keys.checked()?),
             client @ (Self::Definitions(_) | Self::Connections(_) | Self::Lookup(_) | Self::Import(_)) => client,
         })
     }
@@ -116,6 +121,7 @@ impl Command {
             | Self::Token { settings, .. }
             | Self::ConnectLink { settings, .. }
             | Self::Doctor { settings } => Some(settings),
+            Self::Keys(keys) => Some(keys.settings()),
             Self::Definitions(_) | Self::Connections(_) | Self::Lookup(_) | Self::Import(_) => None,
         }
     }
@@ -212,6 +218,7 @@ async fn main() -> ExitCode {
         Command::Lookup(c) => commands::lookup::run(c).await,
         Command::Import(c) => commands::import::run(c).await,
         Command::Doctor { settings } => commands::doctor::run(doctor_target(&settings)).await,
+        Command::Keys(c) => commands::keys::run(c).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

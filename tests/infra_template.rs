@@ -672,8 +672,12 @@ fn granted(t: &Value, package: &str) -> BTreeSet<String> {
             continue;
         }
         let ctx = &s["Condition"]["ForAllValues:StringEquals"]["kms:EncryptionContextKeys"];
-        let context =
-            if package == "webhook-deliver" { json!(["org"]) } else { json!(["org", "connection_id", "definition"]) };
+        // `purpose`: the branch keys' context, {org, purpose} (crypto/branch.rs).
+        let context = if package == "webhook-deliver" {
+            json!(["org"])
+        } else {
+            json!(["org", "connection_id", "definition", "purpose"])
+        };
         assert_eq!(ctx, &context, "{package}: only the contexts it opens");
         assert_eq!(s["Condition"]["Null"]["kms:EncryptionContext:org"], "false", "{package}: a context is required");
         for action in actions {

@@ -7,6 +7,7 @@ pub mod connections;
 pub mod definitions;
 pub mod doctor;
 pub mod import;
+pub mod keys;
 pub mod lookup;
 
 use clap::Args;

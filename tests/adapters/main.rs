@@ -5,6 +5,7 @@
 //! server, started on first use) except where a test stops one.
 
 mod aws_backend;
+mod branch_keys;
 mod conformance_embedded;
 mod dependency_timeouts;
 mod moto_smoke;

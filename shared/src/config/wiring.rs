@@ -10,7 +10,7 @@ use crate::adapters::LogEventSink;
 use crate::adapters::aws::{DynamoStore, EventBridgeSink, KmsKeyProvider};
 #[cfg(feature = "embedded")]
 use crate::adapters::{LocalKeyProvider, SqliteStore, secret_file};
-use crate::crypto::{Envelope, KeyProvider};
+use crate::crypto::{BranchKeyring, Envelope, KeyProvider};
 use crate::http::RouterState;
 use crate::http::auth::Verifier;
 use crate::ports::{Clock, EventSink, Store, SystemClock};
@@ -22,6 +22,10 @@ pub struct Components {
     pub service: Arc<Service>,
     pub store: Arc<dyn Store>,
     pub events: Option<Arc<LogEventSink>>,
+    /// The key hierarchy the service seals with: per-organization branch keys wrapped by the
+    /// master key (KMS or the local one), kept in the store. [`BranchKeyring::rotate`] is what
+    /// `latchkey keys rotate` calls.
+    pub keys: Arc<BranchKeyring>,
 }
 
 impl Components {
@@ -88,12 +92,14 @@ impl Components {
         options.webhook_outbox = true;
         let unusable = |source| ConfigError::DataDir { path: dir.to_owned(), source };
         secret_file::ensure_private_dir(dir).map_err(unusable)?;
-        let keys: Arc<dyn KeyProvider> = Arc::new(LocalKeyProvider::open_or_create(dir).map_err(unusable)?);
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("latchkey.db"))?);
+        let master: Arc<dyn KeyProvider> = Arc::new(LocalKeyProvider::open_or_create(dir).map_err(unusable)?);
+        let sqlite = Arc::new(SqliteStore::open(&dir.join("latchkey.db"))?);
+        let keys = Arc::new(BranchKeyring::new(master, sqlite.clone()).with_clock(clock.clone()));
+        let store: Arc<dyn Store> = sqlite;
         let events = Arc::new(LogEventSink::default());
         let sink: Arc<dyn EventSink> = events.clone();
-        let service = Self::service(store.clone(), keys, sink, clock, options);
-        Ok(Self { service, store, events: Some(events) })
+        let service = Self::service(store.clone(), keys.clone(), sink, clock, options);
+        Ok(Self { service, store, events: Some(events), keys })
     }
 
     /// The aws backend over the given clients (built once per process or container).
@@ -106,11 +112,13 @@ impl Components {
         event_bus: &str,
         options: ServiceOptions,
     ) -> Self {
-        let store: Arc<dyn Store> = Arc::new(DynamoStore::new(dynamodb, table));
-        let keys: Arc<dyn KeyProvider> = Arc::new(KmsKeyProvider::new(kms, kms_key_id));
+        let dynamo = Arc::new(DynamoStore::new(dynamodb, table));
+        let master: Arc<dyn KeyProvider> = Arc::new(KmsKeyProvider::new(kms, kms_key_id));
+        let keys = Arc::new(BranchKeyring::new(master, dynamo.clone()));
+        let store: Arc<dyn Store> = dynamo;
         let sink: Arc<dyn EventSink> = Arc::new(EventBridgeSink::new(eventbridge, event_bus));
-        let service = Self::service(store.clone(), keys, sink, Arc::new(SystemClock), options);
-        Self { service, store, events: None }
+        let service = Self::service(store.clone(), keys.clone(), sink, Arc::new(SystemClock), options);
+        Self { service, store, events: None, keys }
     }
 
     fn service(
