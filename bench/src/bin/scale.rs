@@ -1,0 +1,98 @@
+//! The scale simulation (docs/scale.md "Simulation"): the real service over in-memory ports that
+//! model DynamoDB's, KMS's and Lambda's quotas, on a simulated clock.
+//!
+//! ```text
+//! cargo run -p latchkey-bench --bin scale -- --connections 10000 --orgs 100 --hours 2 --check
+//! cargo run --release -p latchkey-bench --bin scale -- --connections 1000000 --orgs 2000 --hours 1.5 --svg docs/scale-1m.svg
+//! ```
+//! Prints the summary row and the detail in Markdown; `--check` exits 1 when the design's
+//! bounds break (the test command's 10k run).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use latchkey_bench::sim::report::{self, Bounds, Figures};
+use latchkey_bench::sim::run::{self, Mode, Scenario};
+
+#[derive(Parser, Debug)]
+#[command(about = "Latchkey's scale simulation: the real service over quota-modelling in-memory ports")]
+struct Args {
+    /// Connections (the whole population).
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    /// Organizations they belong to (Zipf-distributed sizes).
+    #[arg(long, default_value_t = 100)]
+    orgs: usize,
+    /// Simulated hours.
+    #[arg(long, default_value_t = 2.0)]
+    hours: f64,
+    /// `inline`: the deployed sweep refreshes due connections itself.
+    #[arg(long, default_value = "inline")]
+    mode: String,
+    /// Simulate one of this many identical slices and multiply (for populations whose records
+    /// do not fit in memory).
+    #[arg(long, default_value_t = 1)]
+    slices: usize,
+    /// Throttle every DynamoDB partition at 1,000 WCU / 3,000 RCU, not only the due index's.
+    #[arg(long)]
+    strict_partitions: bool,
+    /// Write the picture here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Fail (exit 1) when the design's bounds break.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let slices = args.slices.max(1);
+    let mut scn = Scenario::deployed(
+        args.connections / slices,
+        (args.orgs / slices).max(1),
+        Duration::from_secs_f64(args.hours * 3_600.0),
+    );
+    scn.mode = match args.mode.as_str() {
+        "inline" => Mode::Inline,
+        other => {
+            eprintln!("unknown mode {other:?}");
+            return ExitCode::FAILURE;
+        }
+    };
+    scn.slices = slices;
+    scn.limits.strict_all = args.strict_partitions;
+    // A slice gets its share of the account-wide quotas and of each due-index shard (every
+    // shard holds `slices` times the slice's entries in the whole population).
+    scn.limits.kms_rps /= slices as f64;
+    scn.limits.partition_wcu_due = scn.limits.partition_wcu / slices as f64;
+    scn.limits.partition_rcu_due = scn.limits.partition_rcu / slices as f64;
+    let outcome = run::run(&scn);
+    let figures = Figures::of(&outcome);
+    println!("{}", report::SUMMARY_HEADER);
+    println!("{}\n", report::summary_row(&outcome, &figures));
+    println!("{}", report::detail(&outcome, &figures));
+    if let Some(path) = &args.svg {
+        let title =
+            format!("{} connections, {} mode: refreshes, KMS calls and due backlog", args.connections, scn.mode.name());
+        if let Err(e) = report::draw(&outcome, path, &title) {
+            eprintln!("drawing {} failed: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if args.check {
+        // One schedule interval plus a sweep's budget: a due connection waits at most for the
+        // next sweep and its place in it.
+        let interval = scn.schedule.as_secs_f64();
+        let bounds = Bounds { lag_p99: interval + 60.0, lag_max: 2.0 * interval + 60.0, kms_per_org_container: 4.0 };
+        if let Err(broken) = report::check(&outcome, &figures, &bounds) {
+            for b in broken {
+                eprintln!("design bound broken: {b}");
+            }
+            return ExitCode::FAILURE;
+        }
+        eprintln!("design bounds hold");
+    }
+    ExitCode::SUCCESS
+}

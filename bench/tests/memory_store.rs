@@ -1,0 +1,14 @@
+//! The simulation's in-memory store runs the same store conformance suite as the SQLite and
+//! DynamoDB adapters: what the scale simulation measures is the real service over a faithful
+//! store.
+
+use std::sync::Arc;
+
+use latchkey::ports::Store;
+use latchkey_bench::sim::memory::MemoryStore;
+
+async fn make_store() -> (Arc<dyn Store>, ()) {
+    (Arc::new(MemoryStore::new(8)), ())
+}
+
+latchkey::store_conformance_tests!(make_store());
