@@ -9,4 +9,5 @@ mod branch_keys;
 mod conformance_embedded;
 mod dependency_timeouts;
 mod moto_smoke;
+mod sweep_calls;
 mod sweep_starvation;

@@ -207,7 +207,9 @@ impl Service {
             };
         }
         let seen = c.oauth.as_ref().map(|t| t.obtained_at);
-        match self.refresh_connection(org, id, seen, needed, false).await {
+        // The record just read (and written, if a verification or warning was) is the refresh's
+        // first read: one store read per refreshed connection, not two.
+        match self.refresh_connection(org, id, Some(c), seen, needed, false).await {
             Ok(Refreshed::Now(_)) => Swept::Refreshed,
             Ok(Refreshed::Already(_) | Refreshed::Busy) | Err(ServiceError::NotFound) => Swept::Skipped,
             Err(e) => Swept::failure(&e),

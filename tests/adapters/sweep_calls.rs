@@ -1,0 +1,102 @@
+//! What one refresh by the sweep costs on the aws backend (issue 15), counted at the wire (an
+//! SDK interceptor on the DynamoDB, KMS and EventBridge clients) against moto, with a token
+//! endpoint on loopback: the connection is read once (the sweep's read is the refresh's), the
+//! definition once, and three writes (lease, tokens, log line) and one event are made. Counts,
+//! never times: `bench/src/bin/sweep.rs` measures the rate (docs/performance.md, "Sweep").
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use latchkey::config::Components;
+use latchkey::domain::Principal;
+use latchkey::service::ServiceOptions;
+use serde_json::json;
+use support::calls::Calls;
+use support::moto;
+
+/// A token endpoint on loopback answering every request with new tokens (the refresh token
+/// rotated), counting the requests.
+async fn token_endpoint() -> (String, Arc<AtomicU64>) {
+    let hits = Arc::new(AtomicU64::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().route(
+        "/token",
+        axum::routing::post(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                axum::Json(json!({"access_token": format!("at-{n}"), "token_type": "Bearer",
+                    "expires_in": 3600, "refresh_token": format!("rt-{n}")}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, hits)
+}
+
+fn counted(calls: &[String]) -> BTreeMap<&str, usize> {
+    let mut counts = BTreeMap::new();
+    for c in calls {
+        *counts.entry(c.as_str()).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn a_swept_refresh_reads_its_connection_once() {
+    tokio::task::spawn_blocking(moto::endpoint).await.expect("start moto");
+    let config = moto::sdk_config().await;
+    let ddb = aws_sdk_dynamodb::Client::new(&config);
+    let table = moto::unique("latchkey-sweep-calls");
+    latchkey::adapters::aws::schema::bootstrap(&ddb, &table).await.expect("bootstrap the table");
+    let key = moto::create_kms_key(&config).await;
+    let calls = Calls::default();
+    let (ddb, kms, eb) = calls.clients(&config);
+    let options = ServiceOptions { allow_loopback_providers: true, ..ServiceOptions::default() };
+    let app = Components::aws(ddb, kms, eb, &table, &key, "default", options);
+    let service = &app.service;
+    let (base, hits) = token_endpoint().await;
+
+    let p = Principal::organization(latchkey::conformance::fresh_org());
+    let definition = json!({"auth": "oauth2_authorization_code", "inputs": {
+        "authorizeUrl": {"type": "url", "default": format!("{base}/authorize")},
+        "tokenUrl": {"type": "url", "default": format!("{base}/token")},
+        "clientId": {"type": "string", "default": "client"},
+        "clientSecret": {"type": "password", "default": "secret"},
+        "scopes": {"type": "string", "default": "read"}}});
+    service.put_definition(&p, "loopback", &definition).await.expect("put the definition");
+    // An import whose access token has expired: due at once.
+    let created = service
+        .create_connection(
+            &p,
+            &json!({"definition": "loopback", "customer": "c-1", "tokens": {
+            "access_token": "at-imported", "refresh_token": "rt-imported", "expires_at": "2020-01-01T00:00:00Z"}}),
+        )
+        .await
+        .expect("import a connection");
+    calls.take();
+
+    let summary = service.refresh_sweep(Instant::now() + Duration::from_secs(60)).await.expect("the sweep runs");
+    let made = calls.take();
+    let counts = counted(&made);
+    println!("one swept refresh: {counts:?}");
+    assert_eq!((summary.due, summary.refreshed, summary.failed), (1, 1, 0), "{summary:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "one token request");
+    // The sweep's read of the connection is the refresh's first read (it was read twice), and
+    // the definition is read once.
+    assert_eq!(counts.get("DynamoDB.GetItem"), Some(&2), "{made:?}");
+    // The lease, the new tokens, the log line: the single-flight lease is still taken.
+    assert_eq!(counts.get("DynamoDB.PutItem"), Some(&3), "{made:?}");
+    assert_eq!(counts.get("EventBridge.PutEvents"), Some(&1), "Token Refreshed: {made:?}");
+
+    // The refresh token was rotated and stored: the connection left the index until its next
+    // due time, and a lookup returns the new access token.
+    let c = app.store.get_connection(&p.org, &created.id).await.unwrap().expect("the connection exists");
+    assert!(c.refresh.due_at.is_some_and(|d| d > time::OffsetDateTime::now_utc()), "due later: {:?}", c.refresh);
+    assert!(c.refresh.lease.is_none(), "the lease is released");
+    let again = service.refresh_sweep(Instant::now() + Duration::from_secs(60)).await.expect("the sweep runs");
+    assert_eq!((again.due, again.refreshed), (0, 0), "nothing due after the refresh: {again:?}");
+}
