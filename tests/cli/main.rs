@@ -15,4 +15,5 @@ mod commands;
 mod connect_link;
 mod doctor;
 mod harness;
+mod keys;
 mod settings;
