@@ -502,7 +502,50 @@ fn the_schedule_and_the_revoke_rule_reach_their_functions() {
         assert!(f["DeadLetterQueue"]["TargetArn"].is_object(), "{function}: failed invocations are kept");
         assert!(f.get("ReservedConcurrentExecutions").is_some(), "{function}: protects providers");
     }
-    assert_eq!(resources(&t)["TokenRefreshFunction"]["Properties"]["ReservedConcurrentExecutions"], 1);
+}
+
+/// The sweep's fan-out as deployed: token-refresh is told its queue (`LATCHKEY_REFRESH_QUEUE_URL`)
+/// and reads it in batches of 100 with partial batch failures, at most `MaximumConcurrency`
+/// workers, and its reservation is exactly those workers and one tick (what reaches providers is
+/// capped, and a tick is never throttled behind the workers). The queue hides a message longer
+/// than a worker runs and sends one that failed 5 times to token-refresh's dead letters, whose
+/// alarm watches them; the connection stays due in the table meanwhile. The role may send to and
+/// read the queue's counts, and the event source receives and deletes.
+#[test]
+fn the_refresh_queue_feeds_token_refreshs_own_workers() {
+    let t = template();
+    let function = &resources(&t)["TokenRefreshFunction"]["Properties"];
+    assert_eq!(function["Environment"]["Variables"]["LATCHKEY_REFRESH_QUEUE_URL"], json!({"Ref": "RefreshQueue"}));
+    let events = function["Events"].as_object().unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let work = &events["Work"];
+    assert_eq!(work["Type"], "SQS");
+    assert_eq!(
+        work["Properties"],
+        json!({"Queue": get_att("RefreshQueue", "Arn"), "BatchSize": 100, "MaximumBatchingWindowInSeconds": 1,
+            "FunctionResponseTypes": ["ReportBatchItemFailures"], "ScalingConfig": {"MaximumConcurrency": 50}})
+    );
+    assert_eq!(function["ReservedConcurrentExecutions"], 50 + 1, "the workers and one tick");
+
+    let queue = &resources(&t)["RefreshQueue"]["Properties"];
+    assert_eq!(queue["SqsManagedSseEnabled"], true);
+    assert!(queue["VisibilityTimeout"].as_u64().unwrap() >= 6 * function["Timeout"].as_u64().unwrap());
+    assert_eq!(
+        queue["RedrivePolicy"],
+        json!({"deadLetterTargetArn": get_att("TokenRefreshDeadLetterQueue", "Arn"), "maxReceiveCount": 5})
+    );
+    let dead_letters = get_att("TokenRefreshDeadLetterQueue", "QueueName");
+    let alarms = of_type(&t, "AWS::CloudWatch::Alarm");
+    assert!(alarms.iter().any(|(_, a)| a["Properties"]["Dimensions"][0]["Value"] == dead_letters), "watched");
+
+    let policy = &resources(&t)["TokenRefreshPolicy"]["Properties"]["PolicyDocument"]["Statement"];
+    let on_queue: Vec<&Value> =
+        policy.as_array().unwrap().iter().filter(|s| s["Resource"] == get_att("RefreshQueue", "Arn")).collect();
+    assert_eq!(on_queue.len(), 1);
+    assert_eq!(
+        on_queue[0]["Action"],
+        json!(["sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage", "sqs:SendMessage"])
+    );
 }
 
 /// Webhooks as the design has them: every Latchkey event on the bus to the webhook queue (14

@@ -15,6 +15,7 @@ mod connect_sessions;
 mod dependency_timeouts;
 mod device_code;
 mod events;
+mod fanout;
 mod idempotency;
 mod import;
 mod isolation;

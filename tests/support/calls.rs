@@ -73,6 +73,8 @@ fn iam_actions(service: &str, operation: &str, body: &serde_json::Value) -> Vec<
                 })
                 .collect()
         }
+        // A batch of messages is authorized as `SendMessage`.
+        ("sqs", "SendMessageBatch") => vec!["sqs:SendMessage".to_owned()],
         ("dynamodb", "Query") if body.get("IndexName").is_some() => {
             vec!["dynamodb:Query".to_owned(), "dynamodb:Query (index)".to_owned()]
         }

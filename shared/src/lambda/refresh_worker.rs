@@ -72,10 +72,8 @@ impl SqsRefreshQueue {
 impl RefreshQueue for SqsRefreshQueue {
     async fn enqueue(&self, entries: &[DueEntry]) -> Result<(), QueueError> {
         let sends: Vec<_> = entries.chunks(SQS_BATCH).map(|chunk| self.send(chunk)).collect();
-        let sent: Vec<Result<(), QueueError>> = futures_util::stream::iter(sends)
-            .buffer_unordered(SEND_CONCURRENCY)
-            .collect()
-            .await;
+        let sent: Vec<Result<(), QueueError>> =
+            futures_util::stream::iter(sends).buffer_unordered(SEND_CONCURRENCY).collect().await;
         sent.into_iter().collect()
     }
 
