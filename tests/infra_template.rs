@@ -982,6 +982,29 @@ async fn each_function_is_granted_exactly_the_aws_actions_its_code_calls() {
     let (status, _) = call(&api, Api, "DELETE", "/v1/definitions/keyed", None).await;
     assert_eq!(status, 204, "DELETE definition");
 
+    // The key hierarchy (shared/src/crypto/branch.rs): any function that seals may make an
+    // organization's first branch key (KMS GenerateDataKey: an org whose first secret is an OAuth
+    // token arrives through oauth-callback; one whose tokens were sealed before the hierarchy,
+    // through a refresh in token-refresh or token-lookup), and a cold container of any of them
+    // unwraps branch keys that others made (KMS Decrypt). Above, connections-api made the org's
+    // branch key and the others found it: here each makes a new org's first seal, and
+    // connections-api opens one that oauth-callback made.
+    let mut first_seals = Vec::new();
+    for f in [&api, &callback, &lookup, &refresh] {
+        let org = latchkey::conformance::fresh_org();
+        let ctx = latchkey::crypto::EncryptionContext::connection(&org, &latchkey::domain::ConnectionId::generate());
+        first_seals.push((latchkey::crypto::KeyProvider::generate_data_key(&*f.app.keys, &ctx).await.unwrap(), ctx));
+    }
+    let (made_by_callback, ctx) = &first_seals[1];
+    latchkey::crypto::KeyProvider::decrypt_data_key(
+        &*api.app.keys,
+        &made_by_callback.key_id,
+        &made_by_callback.wrapped,
+        ctx,
+    )
+    .await
+    .unwrap();
+
     let t = template();
     let mut report = Vec::new();
     for (package, f) in [
