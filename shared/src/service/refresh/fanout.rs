@@ -98,13 +98,13 @@ pub struct FanoutPolicy {
     pub inline_max: usize,
     /// A tick enqueues nothing while the queue holds more messages than this (module docs).
     pub low_water: u64,
-    /// Shards read and enqueued at once by a dispatch.
+    /// Shards read and enqueued at once by a dispatch (16: every shard of the DynamoDB index).
     pub concurrency: usize,
 }
 
 impl Default for FanoutPolicy {
     fn default() -> Self {
-        Self { inline_max: 1_000, low_water: 1_000, concurrency: 8 }
+        Self { inline_max: 1_000, low_water: 1_000, concurrency: 16 }
     }
 }
 

@@ -52,8 +52,12 @@ pub const TTL_ATTRIBUTE: &str = "expires_at";
 /// The due index: refreshes (`DUE#{shard}`) and revocations (`RDUE#{shard}`) by due time.
 pub const REFRESH_DUE: &str = "refresh-due";
 /// Shards of the due index: a sweep over millions of due connections spreads over this many
-/// partitions instead of one hot key.
-pub const DUE_SHARDS: u32 = 8;
+/// partitions instead of one hot key. Each refresh moves its entry within its shard (2 index
+/// writes): 10M connections on 1-hour tokens are 3,333 refreshes/s, 6,667 WCU/s, and 16 shards
+/// keep each at 42% of a partition's 1,000 WCU/s (docs/scale.md, Design). Raising it is safe
+/// without a backfill: every reader reads shards `0..DUE_SHARDS`, a superset of the old ones, so
+/// an entry under its old shard is still read until its next write moves it. Lowering it is not.
+pub const DUE_SHARDS: u32 = 16;
 /// How long connection logs are kept (DynamoDB TTL deletes them afterwards).
 pub const LOG_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 
