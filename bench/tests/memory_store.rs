@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use latchkey::ports::Store;
+use latchkey::ports::{BranchKeyStore, Store};
 use latchkey_bench::sim::memory::MemoryStore;
 
 async fn make_store() -> (Arc<dyn Store>, ()) {
@@ -12,3 +12,13 @@ async fn make_store() -> (Arc<dyn Store>, ()) {
 }
 
 latchkey::store_conformance_tests!(make_store());
+
+async fn make_branch_keys() -> (Arc<dyn BranchKeyStore>, ()) {
+    (Arc::new(MemoryStore::new(8)), ())
+}
+
+mod branch_keys {
+    use super::*;
+
+    latchkey::branch_keys_conformance_tests!(make_branch_keys());
+}

@@ -15,7 +15,9 @@ use latchkey::domain::{
     ConnectSession, Connection, ConnectionId, CustomerId, Definition, DefinitionKey, DeliveryStatus, IdempotencyRecord,
     LogEntry, LogType, OAuthState, OrgId, RevocationJob, Webhook, WebhookDelivery, WebhookId,
 };
-use latchkey::ports::{ConnectionFilter, DeliveryCursor, DueEntry, Expect, Page, Store, StoreError};
+use latchkey::ports::{
+    BranchKeyRecord, BranchKeyStore, ConnectionFilter, DeliveryCursor, DueEntry, Expect, Page, Store, StoreError,
+};
 use time::OffsetDateTime;
 
 /// The due-index shard of a connection id: FNV-1a of its text modulo `shards`, the hash the
@@ -57,6 +59,7 @@ struct State {
     idempotency: BTreeMap<String, IdempotencyRecord>,
     webhooks: BTreeMap<(OrgId, WebhookId), Webhook>,
     deliveries: BTreeMap<DeliveryKey, WebhookDelivery>,
+    branch_keys: BTreeMap<(OrgId, u32), BranchKeyRecord>,
 }
 
 /// The in-memory store. `shards`: how many due-index shards ([`Store::due_shards`]);
@@ -530,5 +533,27 @@ impl Store for MemoryStore {
         let newest =
             lines.map(|l| l.iter().rev().take(limit).map(|(at, kind, m)| LogEntry::new(*at, *kind, m.clone())));
         Ok(newest.map(Iterator::collect).unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl BranchKeyStore for MemoryStore {
+    async fn active_branch_key(&self, org: &OrgId) -> Result<Option<BranchKeyRecord>, StoreError> {
+        let s = self.state();
+        Ok(s.branch_keys.range((org.clone(), 0)..=(org.clone(), u32::MAX)).next_back().map(|(_, k)| k.clone()))
+    }
+
+    async fn get_branch_key(&self, org: &OrgId, version: u32) -> Result<Option<BranchKeyRecord>, StoreError> {
+        Ok(self.state().branch_keys.get(&(org.clone(), version)).cloned())
+    }
+
+    async fn put_branch_key(&self, key: &BranchKeyRecord) -> Result<(), StoreError> {
+        let mut s = self.state();
+        let k = (key.org.clone(), key.version);
+        if s.branch_keys.contains_key(&k) {
+            return Err(StoreError::Conflict);
+        }
+        s.branch_keys.insert(k, key.clone());
+        Ok(())
     }
 }

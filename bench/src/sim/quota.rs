@@ -30,7 +30,8 @@ use latchkey::domain::{
     IdempotencyRecord, LogEntry, OAuthState, OrgId, RevocationJob, Webhook, WebhookDelivery, WebhookId,
 };
 use latchkey::ports::{
-    ConnectionFilter, DeliveryCursor, DueEntry, EventError, EventSink, Expect, Page, Store, StoreError,
+    BranchKeyRecord, BranchKeyStore, ConnectionFilter, DeliveryCursor, DueEntry, EventError, EventSink, Expect, Page,
+    Store, StoreError,
 };
 use time::OffsetDateTime;
 
@@ -637,6 +638,26 @@ impl Store for MeteredStore {
     async fn list_logs(&self, org: &OrgId, id: &ConnectionId, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
         self.other(true).await?;
         self.inner.list_logs(org, id, limit).await
+    }
+}
+
+/// The branch keys in the table: one item per organization and version in its `ORG#{org}`
+/// partition (a strongly consistent GetItem or Query, a conditional PutItem).
+#[async_trait]
+impl BranchKeyStore for MeteredStore {
+    async fn active_branch_key(&self, org: &OrgId) -> Result<Option<BranchKeyRecord>, StoreError> {
+        self.meter.consume(self.meter.limits.read_latency, &[("table", Self::org_pk(org), 1.0, 0.0)]).await?;
+        self.inner.active_branch_key(org).await
+    }
+
+    async fn get_branch_key(&self, org: &OrgId, version: u32) -> Result<Option<BranchKeyRecord>, StoreError> {
+        self.meter.consume(self.meter.limits.read_latency, &[("table", Self::org_pk(org), 1.0, 0.0)]).await?;
+        self.inner.get_branch_key(org, version).await
+    }
+
+    async fn put_branch_key(&self, key: &BranchKeyRecord) -> Result<(), StoreError> {
+        self.meter.consume(self.meter.limits.write_latency, &[("table", Self::org_pk(&key.org), 0.0, 1.0)]).await?;
+        self.inner.put_branch_key(key).await
     }
 }
 

@@ -248,33 +248,35 @@ pub fn draw(o: &Outcome, path: &Path, title: &str) -> Result<(), Box<dyn std::er
 /// What the test command checks of a run: the design holds (`Err` lists what broke).
 #[derive(Debug, Clone)]
 pub struct Bounds {
-    /// Every refresh within this many seconds of its due time (p99) ...
-    pub lag_p99: f64,
-    /// ... and none later than this.
+    /// No refresh later than this after its due time: the refresh lookahead (600 s), so every
+    /// token is refreshed before it expires.
     pub lag_max: f64,
-    /// KMS calls at most this many per organization and container start.
-    pub kms_per_org_container: f64,
+    /// KMS calls per refresh at most this: one data key per record costs 2 (a `Decrypt` of the
+    /// old tokens' key, a `GenerateDataKey` for the new), branch keys one call per organization
+    /// a container touches per cache lifetime.
+    pub kms_per_refresh: f64,
+    /// Entries still due this long after their time at the end: none.
+    pub stale_after: f64,
 }
 
 pub fn check(o: &Outcome, f: &Figures, b: &Bounds) -> Result<(), Vec<String>> {
     let mut broken = Vec::new();
+    if o.dead_lettered > 0 {
+        broken.push(format!("{} messages dead-lettered", o.dead_lettered));
+    }
     if f.refreshes < o.seeded as u64 {
         broken.push(format!("{} refreshes for {} connections that all came due", f.refreshes, o.seeded));
-    }
-    if f.lag_p99 > b.lag_p99 {
-        broken.push(format!("due lag p99 {:.0} s over the bound of {:.0} s", f.lag_p99, b.lag_p99));
     }
     if f.lag_max > b.lag_max {
         broken.push(format!("due lag max {:.0} s over the bound of {:.0} s", f.lag_max, b.lag_max));
     }
     if o.stale_at_end > 0 {
-        broken.push(format!("{} entries still due a schedule interval after their time", o.stale_at_end));
+        broken.push(format!("{} entries still due {:.0} s after their time at the end", o.stale_at_end, b.stale_after));
     }
-    let kms_bound = b.kms_per_org_container * o.scenario.orgs as f64 * o.cold_starts.max(1) as f64;
-    if f.kms_calls as f64 > kms_bound {
+    if f.kms_per_refresh > b.kms_per_refresh {
         broken.push(format!(
-            "{} KMS calls for {} refreshes: more than {:.0} ({} per organization and container start): KMS calls scale with connections",
-            f.kms_calls, f.refreshes, kms_bound, b.kms_per_org_container
+            "{} KMS calls for {} refreshes ({:.2} each, bound {}): KMS calls scale with connections",
+            f.kms_calls, f.refreshes, f.kms_per_refresh, b.kms_per_refresh
         ));
     }
     if f.store_throttles > 0 || f.kms_throttles > 0 {

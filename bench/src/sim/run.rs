@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use latchkey::adapters::local_key::LocalKeyProvider;
-use latchkey::crypto::{Envelope, KeyProvider};
+use latchkey::crypto::{BranchKeyring, Envelope, KeyProvider};
 use latchkey::domain::{OrgId, Principal};
-use latchkey::ports::Store;
-use latchkey::service::{Service, ServiceOptions};
+use latchkey::ports::{BranchKeyStore, DueEntry, Store};
+use latchkey::service::{FanoutPolicy, QueueError, RefreshOutcome, RefreshQueue, Service, ServiceOptions};
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -23,14 +23,20 @@ use super::quota::{CountingEvents, Limits, Meter, MeterSnapshot, MeteredKeys, Me
 /// How due connections are refreshed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// One `token-refresh` sweep per schedule tick refreshes them itself.
+    /// One `token-refresh` sweep per schedule tick refreshes them itself (the deployment
+    /// before the fan-out).
     Inline,
+    /// Each tick sweeps inline up to 1,000 due entries and above that enqueues them; SQS
+    /// batches of up to 100 go to worker invocations (at most `workers` at once), each
+    /// refreshing 8 at a time (the deployed template).
+    Fanout,
 }
 
 impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Inline => "inline",
+            Mode::Fanout => "fan-out",
         }
     }
 }
@@ -56,6 +62,17 @@ pub struct Scenario {
     pub sweep_margin: Duration,
     /// Lambda memory (MB) of the refresh functions, for GB-seconds.
     pub memory_mb: u32,
+    /// Per-organization branch keys (`BranchKeyring`) between the service and KMS; `false`:
+    /// one KMS data key per sealed record, as before issue 15.
+    pub branch_keys: bool,
+    /// Worker invocations at once (the SQS event source's `MaximumConcurrency`), messages per
+    /// batch, the queue's visibility timeout and receives before the dead-letter queue.
+    pub workers: usize,
+    pub batch: usize,
+    pub visibility: Duration,
+    pub max_receives: u32,
+    /// A Lambda container idle this long is reclaimed (its next invocation starts cold).
+    pub container_idle: Duration,
     pub seed: u64,
     /// The population is `slices` times this scenario: the run simulates one slice (its share
     /// of the organizations and connections) with its share of every account-wide and
@@ -64,6 +81,12 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// How long after its due time an entry may still wait at the end of a run: a schedule
+    /// interval (the next tick) plus a minute for that tick's work.
+    pub fn stale_after(&self) -> Duration {
+        self.schedule + Duration::from_secs(60)
+    }
+
     /// The deployed configuration (infra/template.yaml) for `connections` over `orgs`.
     pub fn deployed(connections: usize, orgs: usize, duration: Duration) -> Self {
         Self {
@@ -79,6 +102,12 @@ impl Scenario {
             sweep_timeout: Duration::from_secs(300),
             sweep_margin: Duration::from_secs(30),
             memory_mb: 256,
+            branch_keys: true,
+            workers: 50,
+            batch: 100,
+            visibility: Duration::from_secs(1_800),
+            max_receives: 5,
+            container_idle: Duration::from_secs(600),
             seed: 15,
             slices: 1,
         }
@@ -101,10 +130,12 @@ pub struct Outcome {
     /// Summed duration of invocations, seconds.
     pub lambda_seconds: f64,
     pub provider_calls: u64,
-    /// Due entries left at the end that were due more than one schedule interval before it.
+    /// Due entries left at the end that were due more than `Scenario::stale_after` before it.
     pub stale_at_end: usize,
-    /// SQS requests (send, receive, delete batches) of the fan-out.
+    /// SQS requests (send, receive, delete batches, attribute reads) of the fan-out.
     pub sqs_requests: u64,
+    /// Messages that failed `max_receives` times (their connections stay due in the index).
+    pub dead_lettered: u64,
     /// How many identical slices this run stands for (1: it is the whole population; see
     /// `Scenario::slices`).
     pub slices: usize,
@@ -170,9 +201,13 @@ fn definition() -> serde_json::Value {
         "scopes": {"type": "string", "default": "read write"}}})
 }
 
-/// The key provider the service seals with: the (metered) KMS stand-in.
-fn key_provider(kms: Arc<dyn KeyProvider>) -> Arc<dyn KeyProvider> {
-    kms
+/// The key provider a process seals with: KMS (metered, in the simulation) behind the
+/// per-organization branch keys, or KMS alone.
+fn key_provider(kms: Arc<dyn KeyProvider>, branch: Option<Arc<dyn BranchKeyStore>>) -> Arc<dyn KeyProvider> {
+    match branch {
+        Some(store) => Arc::new(BranchKeyring::new(kms, store)),
+        None => kms,
+    }
 }
 
 /// One Lambda container: its service (key caches included) lives as long as it does.
@@ -180,8 +215,10 @@ struct Container {
     service: Arc<Service>,
 }
 
+#[derive(Clone)]
 struct World {
     store: Arc<dyn Store>,
+    branch: Option<Arc<dyn BranchKeyStore>>,
     kms: Arc<dyn KeyProvider>,
     events: Arc<CountingEvents>,
     clock: SimClock,
@@ -190,7 +227,7 @@ struct World {
 
 impl World {
     fn container(&self) -> Container {
-        let envelope = Arc::new(Envelope::new(key_provider(self.kms.clone())));
+        let envelope = Arc::new(Envelope::new(key_provider(self.kms.clone(), self.branch.clone())));
         let service = Service::new(
             self.store.clone(),
             envelope,
@@ -207,9 +244,10 @@ impl World {
 /// part of the figures), their tokens expiring spread over the first refresh interval.
 async fn seed(scn: &Scenario, memory: &Arc<MemoryStore>, kms: Arc<dyn KeyProvider>, clock: SimClock) {
     let events = Arc::new(CountingEvents::new(Arc::new(Meter::new(clock, Limits::default()))));
+    let branch = scn.branch_keys.then(|| memory.clone() as Arc<dyn BranchKeyStore>);
     let seeding = Service::new(
         memory.clone(),
-        Arc::new(Envelope::new(key_provider(kms))),
+        Arc::new(Envelope::new(key_provider(kms, branch))),
         events,
         Arc::new(clock),
         ServiceOptions::default(),
@@ -242,7 +280,8 @@ pub fn run(scn: &Scenario) -> Outcome {
         .start_paused(true)
         .build()
         .expect("a tokio runtime");
-    rt.block_on(simulate(scn))
+    // Local tasks: the worker's futures need not be `Send` on one thread.
+    tokio::task::LocalSet::new().block_on(&rt, simulate(scn))
 }
 
 async fn simulate(scn: &Scenario) -> Outcome {
@@ -261,8 +300,10 @@ async fn simulate(scn: &Scenario) -> Outcome {
     // The simulated clock starts now: seeding took no simulated time.
     let clock = SimClock::starting_at(start);
     let meter = Arc::new(Meter::new(clock, scn.limits.clone()));
+    let metered = Arc::new(MeteredStore::new(memory.clone(), meter.clone(), clock));
     let world = World {
-        store: Arc::new(MeteredStore::new(memory.clone(), meter.clone(), clock)),
+        store: metered.clone(),
+        branch: scn.branch_keys.then(|| metered.clone() as Arc<dyn BranchKeyStore>),
         kms: Arc::new(MeteredKeys::new(inner, meter.clone())),
         events: Arc::new(CountingEvents::new(meter.clone())),
         clock,
@@ -288,11 +329,12 @@ async fn simulate(scn: &Scenario) -> Outcome {
 
     let stats = match scn.mode {
         Mode::Inline => inline(scn, &world).await,
+        Mode::Fanout => fanout(scn, world.clone()).await,
     };
     sampler.abort();
 
     let end = latchkey::ports::Clock::now(&clock);
-    let stale_at_end = memory.due_count(end - time::Duration::try_from(scn.schedule).unwrap_or_default());
+    let stale_at_end = memory.due_count(end - time::Duration::try_from(scn.stale_after()).unwrap_or_default());
     Outcome {
         scenario: scn.clone(),
         meter: meter.snapshot(),
@@ -305,6 +347,7 @@ async fn simulate(scn: &Scenario) -> Outcome {
         provider_calls: world.provider.calls(),
         stale_at_end,
         sqs_requests: stats.sqs_requests,
+        dead_lettered: stats.dead_lettered,
         slices: scn.slices.max(1),
         wall_secs: wall.elapsed().as_secs_f64(),
     }
@@ -317,6 +360,7 @@ struct LambdaStats {
     cold_starts: u64,
     lambda_seconds: f64,
     sqs_requests: u64,
+    dead_lettered: u64,
 }
 
 /// The deployed schedule: every `schedule`, one `token-refresh` invocation, unless the previous
@@ -369,5 +413,190 @@ async fn inline(scn: &Scenario, world: &World) -> LambdaStats {
         r.abort();
         stats.lambda_seconds += scn.sweep_timeout.as_secs_f64() / 2.0;
     }
+    stats
+}
+
+/// The refresh queue (SQS standard, modelled): messages visible, in flight (received by a
+/// worker) or delayed (handed back, visible again after the visibility timeout), and the
+/// requests SQS would bill.
+#[derive(Default)]
+struct SimQueue {
+    state: std::sync::Mutex<QueueState>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    visible: std::collections::VecDeque<(DueEntry, u32)>,
+    in_flight: usize,
+    delayed: Vec<(tokio::time::Instant, DueEntry, u32)>,
+    requests: u64,
+    dead_lettered: u64,
+}
+
+/// SendMessageBatch takes 10 messages; the adapter sends 8 batches at once.
+const SQS_BATCH: usize = 10;
+const SQS_SEND_CONCURRENCY: usize = 8;
+const SQS_LATENCY: Duration = Duration::from_millis(10);
+
+impl SimQueue {
+    fn state(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Up to `n` visible messages, received (in flight), after making due delayed ones visible.
+    fn receive(&self, n: usize) -> Vec<(DueEntry, u32)> {
+        let mut s = self.state();
+        let now = tokio::time::Instant::now();
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut s.delayed).into_iter().partition(|(at, _, _)| *at <= now);
+        s.delayed = waiting;
+        s.visible.extend(ready.into_iter().map(|(_, e, r)| (e, r)));
+        let take = n.min(s.visible.len());
+        let got: Vec<_> = s.visible.drain(..take).collect();
+        s.in_flight += got.len();
+        if !got.is_empty() {
+            s.requests += 1;
+        }
+        got
+    }
+
+    /// A worker's batch is done: `back` are handed back (visible again after `visibility`,
+    /// or dead-lettered after `max_receives`), the others deleted.
+    fn finish(&self, received: usize, back: Vec<(DueEntry, u32)>, visibility: Duration, max_receives: u32) {
+        let mut s = self.state();
+        s.in_flight -= received;
+        let deleted = received - back.len();
+        s.requests += deleted.div_ceil(SQS_BATCH) as u64;
+        let at = tokio::time::Instant::now() + visibility;
+        for (e, receives) in back {
+            if receives + 1 >= max_receives {
+                s.dead_lettered += 1;
+            } else {
+                s.delayed.push((at, e, receives + 1));
+            }
+        }
+    }
+
+    fn has_visible(&self) -> bool {
+        let s = self.state();
+        let now = tokio::time::Instant::now();
+        !s.visible.is_empty() || s.delayed.iter().any(|(at, _, _)| *at <= now)
+    }
+}
+
+#[async_trait::async_trait]
+impl RefreshQueue for SimQueue {
+    async fn enqueue(&self, entries: &[DueEntry]) -> Result<(), QueueError> {
+        let batches = entries.len().div_ceil(SQS_BATCH);
+        tokio::time::sleep(SQS_LATENCY * batches.div_ceil(SQS_SEND_CONCURRENCY) as u32).await;
+        let mut s = self.state();
+        s.requests += batches as u64;
+        s.visible.extend(entries.iter().map(|e| (e.clone(), 0)));
+        Ok(())
+    }
+
+    async fn backlog(&self) -> Result<u64, QueueError> {
+        tokio::time::sleep(SQS_LATENCY).await;
+        let mut s = self.state();
+        s.requests += 1;
+        Ok((s.visible.len() + s.in_flight + s.delayed.len()) as u64)
+    }
+}
+
+/// Warm containers of one function, reclaimed after `idle`.
+struct Pool {
+    idle: std::sync::Mutex<Vec<(Arc<Service>, tokio::time::Instant)>>,
+    stats: std::sync::Mutex<LambdaStats>,
+    idle_limit: Duration,
+}
+
+impl Pool {
+    fn take(&self, world: &World) -> Arc<Service> {
+        let now = tokio::time::Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|(_, at)| now.duration_since(*at) < self.idle_limit);
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.invocations += 1;
+        match idle.pop() {
+            Some((s, _)) => s,
+            None => {
+                stats.cold_starts += 1;
+                world.container().service
+            }
+        }
+    }
+
+    fn give_back(&self, service: Arc<Service>, ran: Duration) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push((service, tokio::time::Instant::now()));
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).lambda_seconds += ran.as_secs_f64();
+    }
+}
+
+/// The fan-out deployment: every `schedule` a tick ([`Service::refresh_tick`] with the queue:
+/// inline up to 1,000 due, else dispatch); the SQS event source polls every second and starts
+/// worker invocations ([`Service::refresh_due_entries`]) on batches of up to `batch`, at most
+/// `workers` at once. Handed-back entries come back after the visibility timeout.
+async fn fanout(scn: &Scenario, world: World) -> LambdaStats {
+    let end = tokio::time::Instant::now() + scn.duration;
+    let queue = Arc::new(SimQueue::default());
+    let pool = Arc::new(Pool { idle: Default::default(), stats: Default::default(), idle_limit: scn.container_idle });
+    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let budget = scn.sweep_timeout.saturating_sub(scn.sweep_margin);
+    let policy = FanoutPolicy::default();
+    let mut next_tick = tokio::time::Instant::now();
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        poll.tick().await;
+        let now = tokio::time::Instant::now();
+        if now >= end {
+            break;
+        }
+        if now >= next_tick {
+            next_tick += scn.schedule;
+            let service = pool.take(&world);
+            let (queue, pool, policy) = (queue.clone(), pool.clone(), policy.clone());
+            tokio::task::spawn_local(async move {
+                let began = tokio::time::Instant::now();
+                let far = std::time::Instant::now() + Duration::from_secs(86_400);
+                let q: &dyn RefreshQueue = queue.as_ref();
+                let _ = tokio::time::timeout(budget, service.refresh_tick(Some(q), &policy, far)).await;
+                pool.give_back(service, began.elapsed());
+            });
+        }
+        while active.load(std::sync::atomic::Ordering::SeqCst) < scn.workers && queue.has_visible() {
+            let received = queue.receive(scn.batch);
+            if received.is_empty() {
+                break;
+            }
+            active.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let service = pool.take(&world);
+            let (queue, pool, active) = (queue.clone(), pool.clone(), active.clone());
+            let (visibility, max_receives) = (scn.visibility, scn.max_receives);
+            tokio::task::spawn_local(async move {
+                let began = tokio::time::Instant::now();
+                let entries: Vec<DueEntry> = received.iter().map(|(e, _)| e.clone()).collect();
+                let far = std::time::Instant::now() + Duration::from_secs(86_400);
+                let outcomes = tokio::time::timeout(budget, service.refresh_due_entries(&entries, far)).await;
+                // Batch item failures (unavailable, deferred) go back; a cut-off batch goes back whole.
+                let back: Vec<(DueEntry, u32)> = match outcomes {
+                    Ok(outcomes) => received
+                        .iter()
+                        .zip(&outcomes)
+                        .filter(|(_, o)| matches!(o, RefreshOutcome::Unavailable) || o.retry())
+                        .map(|(r, _)| r.clone())
+                        .collect(),
+                    Err(_) => received.clone(),
+                };
+                queue.finish(received.len(), back, visibility, max_receives);
+                pool.give_back(service, began.elapsed());
+                active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+    }
+    let mut stats = std::mem::take(&mut *pool.stats.lock().unwrap_or_else(|p| p.into_inner()));
+    let q = queue.state();
+    stats.sqs_requests = q.requests;
+    stats.dead_lettered = q.dead_lettered;
     stats
 }
