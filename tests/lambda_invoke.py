@@ -173,6 +173,9 @@ def run(port, verify_stored):
     check("token-lookup unknown connection", (ok, "ConnectionNotFound" in json.dumps(error)), (False, True))
     ok, summary = invoke(port, "token-refresh", "token-refresh/scheduled.json")
     check("token-refresh sweep", (ok, sorted(summary)), (True, ["device_polls", "due", "failed", "refreshed", "revocations", "skipped", "verified"]))
+    # A batch of its refresh queue: the entry names no connection of this deployment.
+    ok, answer = invoke(port, "token-refresh", "token-refresh/queue-batch.json")
+    check("token-refresh worker batch", (ok, answer), (True, {"batchItemFailures": []}))
 
     # Without LATCHKEY_PUBLIC_URL the redirect URI is on the domain API Gateway was called at
     # (the samples' requestContext.domainName).
