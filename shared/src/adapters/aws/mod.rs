@@ -50,9 +50,33 @@ pub fn timeout_config() -> TimeoutConfig {
 }
 
 /// The standard AWS configuration (`AWS_REGION`, credentials, `AWS_ENDPOINT_URL` and the
-/// per-service `AWS_ENDPOINT_URL_<SERVICE>`...) with Latchkey's [`timeout_config`].
+/// per-service `AWS_ENDPOINT_URL_<SERVICE>`...) with Latchkey's [`timeout_config`] and
+/// [`https_client`].
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeout_config()).load().await
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(timeout_config())
+        .http_client(https_client())
+        .load()
+        .await
+}
+
+/// The HTTP client of every AWS call: the SDK's own hyper client with rustls on ring, the TLS
+/// stack reqwest uses for providers and webhooks, so that a function links one (the SDK's
+/// default client is rustls on aws-lc-rs; Latchkey's crate leaves it out). Otherwise as that
+/// default: connector settings (the timeouts) and the sleep from the SDK, proxies from the
+/// environment (`HTTPS_PROXY`, `NO_PROXY`).
+pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    use aws_smithy_http_client::{Builder, ConnectorBuilder, proxy::ProxyConfig};
+    Builder::new().build_with_connector_fn(|settings, components| {
+        let mut connector = ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::Ring));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    })
 }
 
 /// Error codes that mean "not now" rather than "no": throttling past the SDK's retries, and
