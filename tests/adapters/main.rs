@@ -8,6 +8,7 @@ mod aws_backend;
 mod branch_keys;
 mod conformance_embedded;
 mod dependency_timeouts;
+mod due_shards;
 mod moto_smoke;
 mod sweep_calls;
 mod sweep_starvation;
