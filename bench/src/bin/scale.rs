@@ -39,6 +39,9 @@ struct Args {
     /// Throttle every DynamoDB partition at 1,000 WCU / 3,000 RCU, not only the due index's.
     #[arg(long)]
     strict_partitions: bool,
+    /// Worker invocations at once (the SQS event source's MaximumConcurrency; deployed: 50).
+    #[arg(long, default_value_t = 50)]
+    workers: usize,
     /// One KMS data key per sealed record (before the per-organization branch keys).
     #[arg(long)]
     no_branch_keys: bool,
@@ -68,6 +71,8 @@ fn main() -> ExitCode {
     };
     scn.slices = slices;
     scn.branch_keys = !args.no_branch_keys;
+    // Worker concurrency is account-wide too: a slice gets its share (at least one).
+    scn.workers = (args.workers / slices).max(1);
     scn.limits.strict_all = args.strict_partitions;
     // A slice gets its share of the account-wide quotas and of each due-index shard (every
     // shard holds `slices` times the slice's entries in the whole population).

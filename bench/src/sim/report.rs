@@ -128,7 +128,7 @@ pub fn summary_row(o: &Outcome, f: &Figures) -> String {
         "| {} | {} | {} | {:.1} h | {:.1} / {:.1} | {:.0} s / {:.0} s / {:.0} s | {:.2} / {:.1} | {:.4} | {:.0} | {:.0} | {:.0} | {} / {} | {} ({}) | {:.0} | {:.0} s |",
         o.seeded * o.slices,
         s.orgs * o.slices,
-        s.mode.name(),
+        mode(o),
         s.duration.as_secs_f64() / 3600.0,
         f.refreshes_per_s * o.slices as f64,
         f.refreshes_per_s_peak * o.slices as f64,
@@ -150,6 +150,16 @@ pub fn summary_row(o: &Outcome, f: &Figures) -> String {
     )
 }
 
+/// The mode, with the workers' concurrency of a fan-out and the key scheme.
+fn mode(o: &Outcome) -> String {
+    let s = &o.scenario;
+    let keys = if s.branch_keys { "" } else { ", key per record" };
+    match s.mode {
+        super::run::Mode::Fanout => format!("fan-out, {} workers{keys}", s.workers * o.slices),
+        super::run::Mode::Inline => format!("inline{keys}"),
+    }
+}
+
 /// The detail of one run: peaks per partition class, cost lines, memory.
 pub fn detail(o: &Outcome, f: &Figures) -> String {
     let k = o.slices as f64;
@@ -160,7 +170,7 @@ pub fn detail(o: &Outcome, f: &Figures) -> String {
         "{} connections over {} organizations ({} mode{}), {:.1} simulated hours, in {:.0} s of wall time; {:.0} bytes of resident memory per seeded connection.\n",
         o.seeded * o.slices,
         s.orgs * o.slices,
-        s.mode.name(),
+        mode(o),
         if o.slices > 1 {
             format!(", simulated as 1 of {} identical slices, see below", o.slices)
         } else {
@@ -184,7 +194,7 @@ pub fn detail(o: &Outcome, f: &Figures) -> String {
     let c = &f.cost;
     let _ = writeln!(
         out,
-        "\nPer month at on-demand prices: DynamoDB ${:.0}, KMS ${:.0}, Lambda ${:.0}, EventBridge ${:.0}, SQS ${:.0}: **${:.0}** (storage and the KMS key's $1/month not included). Lambda: {} invocations, {} cold, {} dropped behind a running one; provider token requests {} for {} refreshes committed; {} entries still due a schedule interval after their time at the end.",
+        "\nPer month at on-demand prices: DynamoDB ${:.0}, KMS ${:.0}, Lambda ${:.0}, EventBridge ${:.0}, SQS ${:.0}: **${:.0}** (storage and the KMS key's $1/month not included). Lambda: {} invocations, {} cold, {} dropped behind a running one; provider token requests {} for {} refreshes committed; {} entries still due 6 minutes after their time at the end; {} messages dead-lettered.",
         c.dynamodb * k,
         c.kms * k,
         c.lambda * k,
@@ -197,6 +207,7 @@ pub fn detail(o: &Outcome, f: &Figures) -> String {
         o.provider_calls,
         f.refreshes,
         o.stale_at_end,
+        o.dead_lettered,
     );
     out
 }

@@ -454,9 +454,8 @@ impl SimQueue {
         let take = n.min(s.visible.len());
         let got: Vec<_> = s.visible.drain(..take).collect();
         s.in_flight += got.len();
-        if !got.is_empty() {
-            s.requests += 1;
-        }
+        // ReceiveMessage returns at most 10 messages: the poller's requests for one batch.
+        s.requests += got.len().div_ceil(SQS_BATCH) as u64;
         got
     }
 
@@ -542,7 +541,10 @@ async fn fanout(scn: &Scenario, world: World) -> LambdaStats {
     let pool = Arc::new(Pool { idle: Default::default(), stats: Default::default(), idle_limit: scn.container_idle });
     let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let budget = scn.sweep_timeout.saturating_sub(scn.sweep_margin);
-    let policy = FanoutPolicy::default();
+    // A slice's share of the queue's thresholds (the whole queue holds `slices` times its messages).
+    let whole = FanoutPolicy::default();
+    let k = scn.slices.max(1);
+    let policy = FanoutPolicy { inline_max: whole.inline_max / k, low_water: whole.low_water / k as u64, ..whole };
     let mut next_tick = tokio::time::Instant::now();
     let mut poll = tokio::time::interval(Duration::from_secs(1));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
