@@ -21,6 +21,7 @@ use crate::ports::{ConnectionFilter, DeliveryCursor, DueEntry, Expect, Page, Sto
 mod branch_keys;
 mod connect;
 mod idempotency;
+mod readers;
 mod webhooks;
 
 const SCHEMA: &str = "
@@ -56,6 +57,9 @@ CREATE TABLE IF NOT EXISTS oauth_states (
 #[derive()]
 pub struct SqliteStore {
     db: Arc<Mutex<rusqlite::Connection>>,
+    /// Read-only connections for the lookup path's point reads (`get_connection`,
+    /// `get_definition`, `find_for_selector`), one per core: see [`readers`].
+    readers: Arc<readers::Readers>,
 }
 
 fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -108,7 +112,9 @@ impl SqliteStore {
         db.execute_batch(connect::SCHEMA).map_err(backend)?;
         db.execute_batch(webhooks::SCHEMA).map_err(backend)?;
         db.execute_batch(branch_keys::SCHEMA).map_err(backend)?;
-        Ok(Self { db: Arc::new(Mutex::new(db)) })
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let readers = readers::Readers::open(path, cores.max(2), Duration::from_secs(10))?;
+        Ok(Self { db: Arc::new(Mutex::new(db)), readers: Arc::new(readers) })
     }
 
     /// Runs blocking SQLite work off the async runtime.
@@ -187,14 +193,15 @@ impl Store for SqliteStore {
 
     async fn get_definition(&self, org: &OrgId, key: &DefinitionKey) -> Result<Option<Definition>, StoreError> {
         let (org, key) = (org.to_string(), key.to_string());
-        self.run(move |db| {
-            let doc: Option<String> = db
-                .query_row("SELECT doc FROM definitions WHERE org = ?1 AND key = ?2", params![org, key], |r| r.get(0))
-                .optional()
-                .map_err(backend)?;
-            doc.as_deref().map(from_json).transpose()
-        })
-        .await
+        let doc: Option<String> = self
+            .readers
+            .read(move |db| {
+                db.prepare_cached("SELECT doc FROM definitions WHERE org = ?1 AND key = ?2")?
+                    .query_row(params![org, key], |r| r.get(0))
+                    .optional()
+            })
+            .await?;
+        doc.as_deref().map(from_json).transpose()
     }
 
     async fn list_definitions(&self, org: &OrgId) -> Result<Vec<Definition>, StoreError> {
@@ -303,14 +310,15 @@ impl Store for SqliteStore {
 
     async fn get_connection(&self, org: &OrgId, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
         let (org, id) = (org.to_string(), id.to_string());
-        self.run(move |db| {
-            let doc: Option<String> = db
-                .query_row("SELECT doc FROM connections WHERE org = ?1 AND id = ?2", params![org, id], |r| r.get(0))
-                .optional()
-                .map_err(backend)?;
-            doc.as_deref().map(from_json).transpose()
-        })
-        .await
+        let doc: Option<String> = self
+            .readers
+            .read(move |db| {
+                db.prepare_cached("SELECT doc FROM connections WHERE org = ?1 AND id = ?2")?
+                    .query_row(params![org, id], |r| r.get(0))
+                    .optional()
+            })
+            .await?;
+        doc.as_deref().map(from_json).transpose()
     }
 
     async fn update_connection(&self, conn: &Connection, expected_version: u64) -> Result<(), StoreError> {
@@ -420,19 +428,18 @@ impl Store for SqliteStore {
         customer: &CustomerId,
     ) -> Result<Vec<Connection>, StoreError> {
         let (org, definition, customer) = (org.to_string(), definition.to_string(), customer.to_string());
-        self.run(move |db| {
-            // The customer index (org, customer, id), the definition filtered within it.
-            let mut stmt = db
-                .prepare("SELECT doc FROM connections WHERE org = ?1 AND customer = ?2 AND definition = ?3 ORDER BY id")
-                .map_err(backend)?;
-            let docs = stmt
-                .query_map(params![org, customer, definition], |r| r.get::<_, String>(0))
-                .map_err(backend)?
+        let docs = self
+            .readers
+            .read(move |db| {
+                // The customer index (org, customer, id), the definition filtered within it.
+                db.prepare_cached(
+                    "SELECT doc FROM connections WHERE org = ?1 AND customer = ?2 AND definition = ?3 ORDER BY id",
+                )?
+                .query_map(params![org, customer, definition], |r| r.get::<_, String>(0))?
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(backend)?;
-            docs.iter().map(|d| from_json(d)).collect()
-        })
-        .await
+            })
+            .await?;
+        docs.iter().map(|d| from_json(d)).collect()
     }
 
     async fn due_connections(

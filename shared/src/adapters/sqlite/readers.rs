@@ -1,0 +1,179 @@
+//! Read-only connections beside the store's one writer, for the lookup path's point reads.
+//!
+//! In WAL mode a reader never waits for the writer, and each connection sees every transaction
+//! committed before its statement starts (read-your-writes across connections). A point read
+//! by primary key from cached pages takes a few microseconds, far less than handing it to
+//! tokio's blocking pool and back (two thread wake-ups; with every read also queued behind the
+//! writer's mutex, that hand-off was most of an HTTP lookup's CPU time: docs/performance.md,
+//! "Lookups over HTTP"). So a read takes a free reader and runs on the calling thread, without
+//! waiting on a lock: when every reader is taken, or SQLite answers busy (a reader never sleeps
+//! in a busy handler on an async worker), the read goes to the blocking pool with the usual
+//! busy timeout.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::Duration;
+
+use rusqlite::{ErrorCode, OpenFlags};
+
+use crate::ports::StoreError;
+
+/// The most read connections a store opens (one per core up to this).
+pub(super) const MAX_READERS: usize = 16;
+
+/// The read-only connections of one database file.
+pub(super) struct Readers {
+    conns: Vec<Mutex<rusqlite::Connection>>,
+    /// Where the next read starts looking for a free connection (spreads reads over them).
+    next: AtomicUsize,
+    /// The busy timeout of reads that went to the blocking pool.
+    busy_timeout: Duration,
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(Box::new(e))
+}
+
+/// SQLite could not start the read now (recovery or a checkpoint restart of the WAL).
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
+}
+
+impl Readers {
+    /// Opens `count` (1 to [`MAX_READERS`]) read-only connections to `path`, a database the
+    /// writer has already opened in WAL mode with its schema.
+    pub(super) fn open(path: &Path, count: usize, busy_timeout: Duration) -> Result<Self, StoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conns = (0..count.clamp(1, MAX_READERS))
+            .map(|_| {
+                let db = rusqlite::Connection::open_with_flags(path, flags).map_err(backend)?;
+                // No busy handler on the calling thread: a busy read retries in the pool.
+                db.busy_timeout(Duration::ZERO).map_err(backend)?;
+                Ok(Mutex::new(db))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Self { conns, next: AtomicUsize::new(0), busy_timeout })
+    }
+
+    /// How many read connections there are.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// A reader nobody holds, if any.
+    fn try_take(&self) -> Option<MutexGuard<'_, rusqlite::Connection>> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..self.conns.len()).find_map(|i| match self.conns[(start + i) % self.conns.len()].try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        })
+    }
+
+    /// Runs the read `f` (one statement, or several inside its own transaction) on a free
+    /// reader on this thread; on the blocking pool when none is free or SQLite is busy.
+    pub(super) async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        if let Some(db) = self.try_take() {
+            match f(&db) {
+                Err(e) if is_busy(&e) => {}
+                done => return done.map_err(backend),
+            }
+        }
+        let readers = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let start = readers.next.fetch_add(1, Ordering::Relaxed) % readers.conns.len();
+            let db = readers.conns[start].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            db.busy_timeout(readers.busy_timeout)?;
+            let done = f(&db);
+            db.busy_timeout(Duration::ZERO)?;
+            done
+        })
+        .await
+        .map_err(|e| StoreError::Backend(Box::new(e)))?
+        .map_err(backend)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::SqliteStore;
+    use crate::ports::Store;
+
+    async fn store_with_a_connection() -> (tempfile::TempDir, SqliteStore, crate::domain::Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("latchkey.db")).unwrap();
+        let org = crate::conformance::fresh_org();
+        let def = crate::conformance::definition(&org, "acme-api");
+        let c = crate::conformance::connection(&def, "c-1");
+        store.put_definition(&def, crate::ports::Expect::Absent).await.unwrap();
+        store.insert_connection(&c).await.unwrap();
+        (dir, store, c)
+    }
+
+    #[tokio::test]
+    async fn a_point_read_neither_waits_for_a_write_in_progress_nor_sees_it() {
+        let (_dir, store, c) = store_with_a_connection().await;
+        assert!(store.readers.len() >= 2, "one reader per core, at least two");
+        // The writer is taken and inside a write transaction that changed the connection: a
+        // read on the writer's connection would wait for its mutex until the test ends.
+        let writer = store.db.clone();
+        let mut guard = writer.lock().unwrap();
+        let tx = guard.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+        tx.execute("UPDATE connections SET version = version + 1 WHERE id = ?1", [c.id.as_str()]).unwrap();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(30), store.get_connection(&c.org, &c.id))
+            .await
+            .expect("the read does not queue behind the writer")
+            .unwrap()
+            .expect("the committed connection");
+        assert_eq!(read.version, c.version, "only committed writes are read");
+        let def = tokio::time::timeout(std::time::Duration::from_secs(30), store.get_definition(&c.org, &c.definition))
+            .await
+            .expect("the read does not queue behind the writer")
+            .unwrap();
+        assert!(def.is_some());
+        tx.rollback().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_read_sees_every_write_committed_before_it_on_the_writer() {
+        let (_dir, store, c) = store_with_a_connection().await;
+        for round in 1..=3 {
+            let mut next = store.get_connection(&c.org, &c.id).await.unwrap().unwrap();
+            let expected = next.version;
+            next.version += 1;
+            next.label = Some(format!("round {round}"));
+            store.update_connection(&next, expected).await.unwrap();
+            // Every reader, not only the one the last read took.
+            for _ in 0..store.readers.len() * 2 {
+                let read = store.get_connection(&c.org, &c.id).await.unwrap().unwrap();
+                assert_eq!((read.version, &read.label), (next.version, &next.label));
+            }
+        }
+        let found = store.find_for_selector(&c.org, &c.definition, c.customer.as_ref().unwrap()).await.unwrap();
+        assert_eq!(found.iter().map(|f| f.label.as_deref()).collect::<Vec<_>>(), vec![Some("round 3")]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_waits_in_the_blocking_pool_when_every_reader_is_taken() {
+        let (_dir, store, c) = store_with_a_connection().await;
+        let store = std::sync::Arc::new(store);
+        let held: Vec<_> = store.readers.conns.iter().map(|m| m.lock().unwrap()).collect();
+        assert!(store.readers.try_take().is_none());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let reading = store.clone();
+        let (org, id) = (c.org.clone(), c.id.clone());
+        tokio::spawn(async move {
+            let _ = tx.send(reading.get_connection(&org, &id).await);
+        });
+        // The read cannot take a reader on this thread: it waits in the pool until one is free.
+        drop(held);
+        let read = rx.await.unwrap().unwrap().unwrap();
+        assert_eq!(read.id, c.id);
+    }
+}
