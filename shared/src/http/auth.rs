@@ -15,6 +15,7 @@
 //! 401. A verifier with neither kind refuses every token. The claims of API Gateway's JWT
 //! authorizer never authenticate anyone: when present they must agree with the verified token.
 
+mod cache;
 mod jwks;
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
+pub use self::cache::{CAPACITY as VERIFIED_TOKENS_CAPACITY, MAX_AGE as VERIFIED_TOKEN_MAX_AGE};
 pub use self::jwks::{
     CONNECT_TIMEOUT, FAILURE_BACKOFF, FETCH_TIMEOUT, IssuerError, JwtIssuer, KEYS_MAX_AGE, MAX_DOCUMENT_BYTES,
     MAX_KEYS, UNKNOWN_KID_REFETCH_INTERVAL,
@@ -65,6 +67,10 @@ struct TokenClaims {
     customer: Option<Value>,
     #[serde(default, deserialize_with = "present")]
     roles: Option<Value>,
+    /// Checked by jsonwebtoken (a required claim); read here only for how long the token may
+    /// be answered from the cache.
+    #[serde(default)]
+    exp: Option<Value>,
 }
 
 /// `Some` for any value a claim has, `null` included (serde reads `null` as `None` otherwise).
@@ -94,10 +100,13 @@ struct Issuer {
     es256: Validation,
 }
 
-/// How callers are authenticated. Built once per process or container.
+/// How callers are authenticated. Built once per process or container. Tokens it accepted are
+/// remembered (by SHA-256, [`VERIFIED_TOKENS_CAPACITY`] at most) until their `exp` or
+/// [`VERIFIED_TOKEN_MAX_AGE`], whichever comes first; refusals never are.
 pub struct Verifier {
     hs256: Option<Hs256>,
     issuer: Option<Issuer>,
+    verified: cache::VerifiedTokens,
 }
 
 /// Why a token is refused; the reason is logged (debug) and phrased for the caller here.
@@ -190,7 +199,7 @@ impl Verifier {
     /// A verifier that refuses every token: what runs when nothing is configured, rather than
     /// trusting claims nobody verified.
     pub fn refuse_all() -> Self {
-        Self { hs256: None, issuer: None }
+        Self { hs256: None, issuer: None, verified: cache::VerifiedTokens::new(cache::CAPACITY, cache::MAX_AGE) }
     }
 
     /// HS256 tokens signed with `secret` (its bytes as given).
@@ -245,8 +254,22 @@ impl Verifier {
     /// The principal of a valid bearer token: 401 problems for refused tokens, 503 when the
     /// issuer's keys cannot be fetched. The problem's detail never quotes the token.
     pub async fn verify(&self, token: &str) -> Result<Principal, Problem> {
-        let claims = self.verify_claims(token).await?;
-        claims.into_principal()
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Refusal::Malformed.into());
+        }
+        let now = jsonwebtoken::get_current_timestamp();
+        let key = cache::VerifiedTokens::key(token);
+        if let Some(principal) = self.verified.get(&key, now) {
+            return Ok(principal);
+        }
+        let mut claims = self.verify_claims(token).await?;
+        // jsonwebtoken checked `exp` is a number in range; a float is floored.
+        let exp = claims.exp.take().and_then(|e| e.as_u64().or_else(|| e.as_f64().map(|f| f as u64)));
+        let principal = claims.into_principal()?;
+        if let Some(exp) = exp {
+            self.verified.put(key, &principal, exp, now);
+        }
+        Ok(principal)
     }
 
     async fn verify_claims(&self, token: &str) -> Result<TokenClaims, Refusal> {
@@ -398,6 +421,44 @@ mod tests {
         }
         // Within the clock skew.
         assert!(v.verify(&sign(&json!({"org": "acme", "exp": now() - 5, "nbf": now() + 5}))).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn accepted_tokens_are_cached_to_their_own_principal_and_refusals_never_are() {
+        let v = verifier();
+        let exp = now() + 600;
+        let acme = sign(&json!({"org": "acme", "customer": "c-1", "roles": ["runtime"], "exp": exp}));
+        let umbrella = sign(&json!({"org": "umbrella", "roles": ["runtime"], "exp": exp}));
+        for _ in 0..3 {
+            let p = v.verify(&acme).await.unwrap();
+            assert_eq!((p.org.as_str(), p.customer.as_ref().map(|c| c.as_str())), ("acme", Some("c-1")));
+            assert!(p.is_runtime());
+        }
+        assert_eq!(v.verified.len(), 1, "the accepted token is kept once");
+        let p = v.verify(&umbrella).await.unwrap();
+        assert_eq!((p.org.as_str(), p.customer.is_none()), ("umbrella", true), "another organization's token");
+        assert_eq!(v.verified.len(), 2);
+        // The same claims under a broken signature: refused every time, never kept.
+        let (body, signature) = acme.rsplit_once('.').unwrap();
+        let flipped = if signature.starts_with('A') { 'B' } else { 'A' };
+        let forged = format!("{body}.{flipped}{}", &signature[1..]);
+        for _ in 0..2 {
+            assert_eq!(v.verify(&forged).await.unwrap_err().status, 401);
+        }
+        // Claims refused after the signature checked out are not kept either.
+        let bad_claims = sign(&json!({"org": "acme", "customer": 7, "exp": exp}));
+        for _ in 0..2 {
+            assert_eq!(v.verify(&bad_claims).await.unwrap_err().status, 401);
+        }
+        // Accepted within the clock skew after its exp: verified every time, never kept.
+        let lapsed = sign(&json!({"org": "acme", "exp": now() - 5}));
+        assert!(v.verify(&lapsed).await.is_ok());
+        let expired = sign(&json!({"org": "acme", "exp": now() - 120}));
+        assert_eq!(v.verify(&expired).await.unwrap_err().status, 401);
+        assert_eq!(v.verified.len(), 2, "only the two valid tokens are kept");
+        // Another verifier (another secret) never answers from this one's cache.
+        let other = Verifier::hs256(&SecretString::from("another-secret-another-secret-0123456")).unwrap();
+        assert_eq!(other.verify(&acme).await.unwrap_err().status, 401);
     }
 
     #[tokio::test]
