@@ -11,7 +11,7 @@ use lambda_http::lambda_runtime::LambdaEvent;
 use latchkey::config::Components;
 use latchkey::http::Surface;
 use latchkey::http::auth::Verifier;
-use latchkey::lambda::{ConnectionEvent, ScheduledEvent};
+use latchkey::lambda::{ConnectionEvent, TokenRefreshEvent};
 use latchkey::telemetry::Captured;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -195,21 +195,26 @@ async fn lambda_invocation_lines_carry_the_request_id_org_and_connection_id() {
 
     // token-refresh: the sweep's summary line (what the refresh-failure alarm reads) too.
     let from = logs.lines().len();
-    let scheduled: ScheduledEvent = serde_json::from_str(&event("token-refresh/scheduled.json")).unwrap();
+    let scheduled: TokenRefreshEvent = serde_json::from_str(&event("token-refresh/scheduled.json")).unwrap();
     let invocation = LambdaEvent::new(scheduled, lambda_context("inv-refresh"));
-    latchkey::lambda::refresh_invocation(service, invocation).await.unwrap();
+    latchkey::lambda::refresh_invocation(service, None, invocation).await.unwrap();
     let lines = lines_of(&logs, from, "inv-refresh");
     let sweep = line(&lines, "refresh sweep");
     assert!(sweep["failed"].is_u64(), "the metric filter's field stays at the top level: {sweep}");
 }
 
-/// Every sample of the EventBridge functions is their typed event; a detail of the wrong shape
-/// is an error that names the member, as the runtime reports it, never a panic.
+/// Every sample of the EventBridge functions is their typed event (token-refresh's: its schedule,
+/// or a batch of its refresh queue); a detail of the wrong shape is an error that names the
+/// member, as the runtime reports it, never a panic.
 #[test]
 fn eventbridge_samples_are_typed_events_and_a_wrong_detail_is_named() {
     for (name, raw) in samples("token-refresh") {
-        let e: ScheduledEvent = serde_json::from_str(&raw).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!((e.source.as_str(), e.detail_type.as_str()), ("aws.events", "Scheduled Event"), "{name}");
+        match serde_json::from_str(&raw).unwrap_or_else(|e| panic!("{name}: {e}")) {
+            TokenRefreshEvent::Schedule(e) => {
+                assert_eq!((e.source.as_str(), e.detail_type.as_str()), ("aws.events", "Scheduled Event"), "{name}");
+            }
+            TokenRefreshEvent::Queue(batch) => assert_eq!(batch.records.len(), 1, "{name}"),
+        }
     }
     for (name, raw) in samples("token-revoke") {
         let e: ConnectionEvent = serde_json::from_str(&raw).unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -24,7 +24,7 @@ mod refresh_worker;
 /// and the SQS adapter of the fan-out's queue.
 pub use refresh_worker::{
     SqsRefreshQueue, TokenRefreshEvent, TokenRefreshResponse, handle_refresh_messages, handle_token_refresh,
-    serve_refresh,
+    refresh_invocation, serve_refresh,
 };
 mod webhook_deliver;
 /// webhook-deliver's inputs (an SQS batch of EventBridge envelopes, or its sweep's schedule) and

@@ -186,13 +186,24 @@ pub async fn serve_refresh(app: Components, config: &Settings) -> Result<(), sup
     lambda_runtime::run(service_fn(move |event: LambdaEvent<TokenRefreshEvent>| {
         let service = service.clone();
         let queue = queue.clone();
-        async move {
-            let span = super::invocation_span(&event.context);
-            let deadline = super::sweep_deadline(&event.context);
-            handle_token_refresh(&service, queue.as_deref(), event.payload, deadline).instrument(span).await
-        }
+        async move { refresh_invocation(&service, queue.as_deref(), event).await }
     }))
     .await
+}
+
+/// One invocation of `token-refresh`: [`handle_token_refresh`] until [`super::SWEEP_MARGIN`]
+/// before the invocation's deadline (`context.deadline`), in the invocation's span.
+///
+/// # Errors
+/// [`handle_token_refresh`]'s.
+pub async fn refresh_invocation(
+    service: &Service,
+    queue: Option<&dyn RefreshQueue>,
+    event: LambdaEvent<TokenRefreshEvent>,
+) -> Result<TokenRefreshResponse, Diagnostic> {
+    let span = super::invocation_span(&event.context);
+    let deadline = super::sweep_deadline(&event.context);
+    handle_token_refresh(service, queue, event.payload, deadline).instrument(span).await
 }
 
 #[cfg(test)]
