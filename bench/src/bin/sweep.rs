@@ -31,13 +31,13 @@ use clap::Parser;
 use futures_util::StreamExt;
 use latchkey::adapters::aws::{DynamoStore, EventBridgeSink, KmsKeyProvider};
 use latchkey::adapters::{LocalKeyProvider, LogEventSink, SqliteStore};
-use latchkey::crypto::{CryptoError, DataKey, EncryptionContext, Envelope, KeyProvider, PlainKey};
+use latchkey::crypto::{BranchKeyring, CryptoError, DataKey, EncryptionContext, Envelope, KeyProvider, PlainKey};
 use latchkey::domain::{
     ConnectSession, Connection, ConnectionId, CustomerId, Definition, DefinitionKey, DeliveryStatus, Event,
     IdempotencyRecord, LogEntry, OAuthState, OrgId, Principal, RevocationJob, Webhook, WebhookDelivery, WebhookId,
 };
 use latchkey::ports::{
-    ConnectionFilter, DeliveryCursor, DueEntry, EventError, EventSink, Expect, Page, Store, StoreError, SystemClock,
+    BranchKeyStore, ConnectionFilter, DeliveryCursor, DueEntry, EventError, EventSink, Expect, Page, Store, StoreError, SystemClock,
 };
 use latchkey::provider::{ApiRequest, FormPost, HttpProviderClient, ProviderClient, RawAnswer, TransportError};
 use latchkey::service::{Service, ServiceOptions, SweepSummary};
@@ -71,6 +71,10 @@ struct Args {
     /// Requests per operation of the moto rate probe (aws only; 0 skips it).
     #[arg(long, default_value_t = 2_000)]
     moto_probe: usize,
+    /// How long the token endpoint waits before it answers, in milliseconds (0: at once). A
+    /// real provider takes 50 to 300 ms.
+    #[arg(long, default_value_t = 0)]
+    provider_latency_ms: u64,
     /// Draw refreshes over time (one line per backend) into this SVG file.
     #[arg(long)]
     svg: Option<PathBuf>,
@@ -88,11 +92,12 @@ fn main() {
 }
 
 async fn run(args: Args) {
-    let provider = TokenEndpoint::start().await;
+    let provider = TokenEndpoint::start(Duration::from_millis(args.provider_latency_ms)).await;
     println!(
-        "machine: {} cores; load average before: {}",
+        "machine: {} cores; load average before: {}; token endpoint latency {} ms",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        load_average()
+        load_average(),
+        args.provider_latency_ms
     );
     let mut runs = Vec::new();
     for backend in &args.backends {
@@ -177,16 +182,21 @@ fn options(args: &Args) -> ServiceOptions {
     options
 }
 
+/// The service as `Components` wires it (the master key behind per-organization branch keys
+/// kept in the store), each port wrapped by a counter: the master key's calls (KMS on aws) are
+/// the `keys` rows.
 fn wire(
     store: Arc<dyn Store>,
-    keys: Arc<dyn KeyProvider>,
+    branch_keys: Arc<dyn BranchKeyStore>,
+    master: Arc<dyn KeyProvider>,
     events: Arc<dyn EventSink>,
     options: ServiceOptions,
 ) -> Wired {
     let stats = Arc::new(Stats::default());
     let concurrency = options.refresh.concurrency;
     let store: Arc<dyn Store> = Arc::new(Counted { inner: store, stats: stats.clone() });
-    let keys: Arc<dyn KeyProvider> = Arc::new(Counted { inner: keys, stats: stats.clone() });
+    let master: Arc<dyn KeyProvider> = Arc::new(Counted { inner: master, stats: stats.clone() });
+    let keys: Arc<dyn KeyProvider> = Arc::new(BranchKeyring::new(master, branch_keys));
     let events: Arc<dyn EventSink> = Arc::new(Counted { inner: events, stats: stats.clone() });
     let provider: Arc<dyn ProviderClient> = Arc::new(Counted {
         inner: Arc::new(HttpProviderClient::new()) as Arc<dyn ProviderClient>,
@@ -204,7 +214,7 @@ fn embedded(dir: &Path, args: &Args) -> Wired {
     options.webhook_outbox = true;
     let store = Arc::new(SqliteStore::open(&dir.join("latchkey.db")).expect("open SQLite"));
     let keys = Arc::new(LocalKeyProvider::open_or_create(dir).expect("master key"));
-    wire(store, keys, Arc::new(LogEventSink::default()), options)
+    wire(store.clone(), store, keys, Arc::new(LogEventSink::default()), options)
 }
 
 /// As `Components::aws` (the functions): DynamoDB, KMS and EventBridge, here in moto.
@@ -222,13 +232,17 @@ async fn aws(endpoint: &str, args: &Args) -> (Wired, aws_config::SdkConfig) {
     let key = aws_sdk_kms::Client::new(&config).create_key().send().await.expect("kms CreateKey");
     let key_id = key.key_metadata().expect("key metadata").key_id().to_owned();
     let kms = Arc::new(KmsKeyProvider::new(aws_sdk_kms::Client::new(&config), key_id));
+    let dynamo = Arc::new(DynamoStore::new(ddb.clone(), table));
     let mut wired = wire(
-        Arc::new(DynamoStore::new(ddb.clone(), table)),
+        dynamo.clone(),
+        dynamo.clone(),
         kms.clone(),
         Arc::new(EventBridgeSink::new(aws_sdk_eventbridge::Client::new(&config), "default")),
         options(args),
     );
-    wired.copies = Some(AwsSeed { ddb, table: table.to_owned(), envelope: Envelope::new(kms) });
+    // Copies are sealed as the service seals: under the organization's branch key.
+    let envelope = Envelope::new(Arc::new(BranchKeyring::new(kms, dynamo)));
+    wired.copies = Some(AwsSeed { ddb, table: table.to_owned(), envelope });
     (wired, config)
 }
 
@@ -327,8 +341,8 @@ async fn seed_service(
 }
 
 /// aws: `count` copies of the one connection seeded through the service, each with a new id in
-/// the template's due shard and its tokens sealed anew under that id (one KMS GenerateDataKey
-/// each), written 25 at a time with BatchWriteItem (the service's insert is a transaction, which
+/// the template's due shard and its tokens sealed anew under that id (under the organization's
+/// branch key, as the service seals), written 25 at a time with BatchWriteItem (the service's insert is a transaction, which
 /// moto takes tens of milliseconds for). The definition's connection counter is not raised for
 /// the copies: nothing in a sweep reads it.
 async fn seed_copies(seed: &AwsSeed, store: &dyn Store, count: usize, concurrency: usize) -> usize {
@@ -503,15 +517,16 @@ async fn moto_rates(config: &aws_config::SdkConfig, n: usize, concurrency: usize
     println!("  KMS GenerateDataKey: {:.0}/s", rate(started.elapsed()));
 }
 
-/// A token endpoint on loopback that answers every request at once with a new access token and
-/// a rotated refresh token (an hour's lifetime), counting the requests it answered.
+/// A token endpoint on loopback that answers every request after `latency` (at once for zero)
+/// with a new access token and a rotated refresh token (an hour's lifetime), counting the
+/// requests it answered.
 struct TokenEndpoint {
     base: String,
     hits: Arc<AtomicU64>,
 }
 
 impl TokenEndpoint {
-    async fn start() -> Self {
+    async fn start(latency: Duration) -> Self {
         let hits = Arc::new(AtomicU64::new(0));
         let counter = hits.clone();
         let app = axum::Router::new().route(
@@ -519,6 +534,9 @@ impl TokenEndpoint {
             axum::routing::post(move || {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 async move {
+                    if !latency.is_zero() {
+                        tokio::time::sleep(latency).await;
+                    }
                     axum::Json(json!({"access_token": format!("at-{n}"), "token_type": "Bearer",
                         "expires_in": 3600, "refresh_token": format!("rt-{n}")}))
                 }

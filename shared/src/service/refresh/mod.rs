@@ -44,7 +44,10 @@ pub struct RefreshPolicy {
     /// First backoff after a transient failure; doubles per failure up to `max_backoff`.
     pub base_backoff: Duration,
     pub max_backoff: Duration,
-    /// Connections refreshed at once by a sweep.
+    /// Connections refreshed at once by a sweep (64). A refresh mostly waits (on the provider,
+    /// then the store), so this bounds the sweep's rate at about `concurrency / latency`: at 8,
+    /// a provider answering in 50 ms held one sweep to ~150 refreshes/s (10,000 due in over a
+    /// minute); at 64, ~1,000/s (docs/performance.md, "Sweep").
     pub concurrency: usize,
     /// Due entries a sweep reads per index query (and shard); it reads the next page after the
     /// last entry while time is left.
@@ -63,7 +66,7 @@ impl Default for RefreshPolicy {
             max_attempts_per_day: 24,
             base_backoff: Duration::from_secs(30),
             max_backoff: Duration::from_secs(3600),
-            concurrency: 8,
+            concurrency: 64,
             page: 1_000,
             rt_warning: Duration::from_secs(7 * 86_400),
         }
