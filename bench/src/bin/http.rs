@@ -430,9 +430,10 @@ fn main() -> Result<(), Error> {
         return Ok(());
     }
     println!(
-        "| server cores | `/healthz` req/s | lookups/s | ratio | lookup p50 ms | lookup p99 ms | healthz p99 ms |"
+        "| server cores | `/healthz` req/s | lookups/s | ratio | lookup p50 ms | lookup p99 ms | healthz p99 ms \
+         | server CPU µs/healthz | server CPU µs/lookup |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut points = Vec::new();
     for &n in &args.cores {
         if n == 0 || n >= machine {
