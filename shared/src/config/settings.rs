@@ -481,7 +481,7 @@ mod tests {
     fn every_setting_has_a_flag_and_the_variable_named_after_it() {
         let command = Settings::command(BackendKind::Embedded);
         let args: Vec<&Arg> = command.get_arguments().collect();
-        assert_eq!(args.len(), 19, "a new setting: add it to the README's configuration table");
+        assert_eq!(args.len(), 20, "a new setting: add it to the README's configuration table");
         for arg in args {
             let long = arg.get_long().unwrap_or_else(|| panic!("{} has no flag", arg.get_id()));
             let env = arg.get_env().and_then(OsStr::to_str);
