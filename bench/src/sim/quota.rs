@@ -216,6 +216,13 @@ impl Meter {
             }
         });
         if over {
+            if std::env::var_os("SIM_DEBUG").is_some() {
+                let now = s.second;
+                for (index, pk, rcu, wcu) in units {
+                    let (r, w) = s.current.get(&format!("{index} {pk}")).copied().unwrap_or_default();
+                    eprintln!("throttle at {now} s: {index} {pk} has {r}+{rcu} RCU, {w}+{wcu} WCU");
+                }
+            }
             self.this_minute(&mut s).store_throttles += 1;
             s.totals.store_throttles += 1;
             return false;

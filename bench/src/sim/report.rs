@@ -140,7 +140,7 @@ pub fn summary_row(o: &Outcome, f: &Figures) -> String {
         f.kms_per_refresh,
         f.wcu_per_s * o.slices as f64,
         f.rcu_per_s * o.slices as f64,
-        f.due_peak_wcu,
+        f.due_peak_wcu * o.slices as f64,
         f.store_throttles * o.slices as u64,
         f.kms_throttles * o.slices as u64,
         o.invocations,
