@@ -455,6 +455,9 @@ fn main() -> Result<(), Error> {
     Ok(())
 }
 
+/// A line of the cores picture: its name, colour, and the rate it plots.
+type Series = (&'static str, RGBColor, fn(&Round) -> f64);
+
 /// Requests/s of the floor and of lookups against the server's cores.
 fn draw_cores(path: &Path, points: &[(usize, Round)], args: &Args) -> Result<(), Error> {
     let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
@@ -478,7 +481,7 @@ fn draw_cores(path: &Path, points: &[(usize, Round)], args: &Args) -> Result<(),
         .x_label_formatter(&|x| format!("{x:.0}"))
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
-    let series: [(&str, RGBColor, fn(&Round) -> f64); 2] =
+    let series: [Series; 2] =
         [("GET /healthz (floor)", BLUE, |r| r.healthz.rate), ("token lookups", RED, |r| r.lookup.rate)];
     for (name, color, value) in series {
         let data: Vec<(f64, f64)> = points.iter().map(|(n, r)| (*n as f64, value(r))).collect();

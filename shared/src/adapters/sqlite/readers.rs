@@ -120,12 +120,21 @@ mod tests {
     async fn a_point_read_neither_waits_for_a_write_in_progress_nor_sees_it() {
         let (_dir, store, c) = store_with_a_connection().await;
         assert!(store.readers.len() >= 2, "one reader per core, at least two");
-        // The writer is taken and inside a write transaction that changed the connection: a
-        // read on the writer's connection would wait for its mutex until the test ends.
+        // Another thread holds the writer, inside a write transaction that changed the
+        // connection: a read on the writer's connection would wait for its mutex until released.
         let writer = store.db.clone();
-        let mut guard = writer.lock().unwrap();
-        let tx = guard.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
-        tx.execute("UPDATE connections SET version = version + 1 WHERE id = ?1", [c.id.as_str()]).unwrap();
+        let id = c.id.to_string();
+        let (held_tx, held) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let mut db = writer.lock().unwrap();
+            let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+            tx.execute("UPDATE connections SET version = version + 1 WHERE id = ?1", [id.as_str()]).unwrap();
+            held_tx.send(()).unwrap();
+            let _ = released.recv();
+            tx.rollback().unwrap();
+        });
+        held.recv().unwrap();
         let read = tokio::time::timeout(std::time::Duration::from_secs(30), store.get_connection(&c.org, &c.id))
             .await
             .expect("the read does not queue behind the writer")
@@ -137,7 +146,8 @@ mod tests {
             .expect("the read does not queue behind the writer")
             .unwrap();
         assert!(def.is_some());
-        tx.rollback().unwrap();
+        release.send(()).unwrap();
+        holder.join().unwrap();
     }
 
     #[tokio::test]
