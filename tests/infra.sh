@@ -50,6 +50,10 @@ path = f"target/lambda/{f}/bootstrap"
 data = open(path, "rb").read()
 # An arm64 Linux executable: ELF, e_machine 183 (AArch64).
 assert data[:4] == b"\x7fELF" and int.from_bytes(data[18:20], "little") == 183, f"{path}: not an arm64 ELF"
+# Issue 15: under 10 MB and without the embedded backend (SQLite's file header string);
+# docs/function-sizes.md says how.
+assert len(data) < 10_000_000, f"{path}: {len(data):,} bytes, not under 10 MB (docs/function-sizes.md)"
+assert b"SQLite format 3" not in data, f"{path}: links SQLite (latchkey's `embedded` feature is on)"
 buf = io.BytesIO()
 with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
     z.write(path, "bootstrap")
