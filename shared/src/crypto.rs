@@ -18,10 +18,10 @@ use zeroize::Zeroizing;
 
 pub mod branch;
 
-pub use branch::BranchKeyring;
 pub use crate::domain::Sealed;
 use crate::domain::{ConnectionId, DefinitionKey, OrgId};
 use crate::ports::BackendError;
+pub use branch::BranchKeyring;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {

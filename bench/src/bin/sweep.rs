@@ -37,7 +37,8 @@ use latchkey::domain::{
     IdempotencyRecord, LogEntry, OAuthState, OrgId, Principal, RevocationJob, Webhook, WebhookDelivery, WebhookId,
 };
 use latchkey::ports::{
-    BranchKeyStore, ConnectionFilter, DeliveryCursor, DueEntry, EventError, EventSink, Expect, Page, Store, StoreError, SystemClock,
+    BranchKeyStore, ConnectionFilter, DeliveryCursor, DueEntry, EventError, EventSink, Expect, Page, Store, StoreError,
+    SystemClock,
 };
 use latchkey::provider::{ApiRequest, FormPost, HttpProviderClient, ProviderClient, RawAnswer, TransportError};
 use latchkey::service::{Service, ServiceOptions, SweepSummary};
