@@ -85,6 +85,8 @@ echo "==> webhooks on the aws backend (moto): EventBridge -> SQS -> enqueued del
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- webhooks::
 echo "==> events and the audit line on the aws backend (moto): Connection Expired reasons, Refresh Recovered, details as the bus carries them"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- events::
+echo "==> the sweep's fan-out on the aws backend (moto): dispatch to SQS, worker batches, redelivery, batch item failures"
+LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- fanout::
 
 echo "==> the connect page in a real browser (tests/browser.sh: Debian chromium, Selenium pinned in tests/browser/requirements.txt)"
 bash tests/browser.sh
