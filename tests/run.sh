@@ -42,6 +42,8 @@ cargo test --workspace --locked
 echo "==> the client's lambda feature (LambdaClient: lookup through lambda:InvokeFunction)"
 cargo clippy --locked -p latchkey-client --all-targets --features lambda -- -D warnings
 cargo test --locked -p latchkey-client --features lambda
+echo "==> the library as the Lambda functions build it (no embedded feature): it refuses LATCHKEY_BACKEND=embedded"
+cargo test --locked -p latchkey --no-default-features --lib config::wiring
 
 # The test binaries: tests/api (black-box, a module per suite), tests/adapters, and a few more;
 # the suites below are selected by module path within tests/api.
