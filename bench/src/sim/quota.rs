@@ -712,15 +712,26 @@ impl KeyProvider for MeteredKeys {
     }
 }
 
-/// EventBridge, counted: every published event is one `PutEvents` entry.
+/// EventBridge, counted: every published event is one `PutEvents` entry, answered after
+/// [`EVENT_LATENCY`] of simulated time ([`CountingEvents::instant`]: at once, for seeding).
 pub struct CountingEvents {
     meter: Arc<Meter>,
     published: AtomicU64,
+    latency: Duration,
 }
+
+/// How long a `PutEvents` call takes in the simulation.
+pub const EVENT_LATENCY: Duration = Duration::from_millis(10);
 
 impl CountingEvents {
     pub fn new(meter: Arc<Meter>) -> Self {
-        Self { meter, published: AtomicU64::new(0) }
+        Self { meter, published: AtomicU64::new(0), latency: EVENT_LATENCY }
+    }
+
+    /// Events that take no simulated time: seeding publishes one per connection, and 10 ms
+    /// each would move the clock 10,000 s over a million connections before the run starts.
+    pub fn instant(meter: Arc<Meter>) -> Self {
+        Self { latency: Duration::ZERO, ..Self::new(meter) }
     }
 
     pub fn published(&self) -> u64 {
@@ -731,7 +742,9 @@ impl CountingEvents {
 #[async_trait]
 impl EventSink for CountingEvents {
     async fn publish(&self, _event: &Event) -> Result<(), EventError> {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
         self.published.fetch_add(1, Ordering::Relaxed);
         self.meter.event();
         Ok(())
