@@ -523,9 +523,9 @@ fn the_refresh_queue_feeds_token_refreshs_own_workers() {
     assert_eq!(
         work["Properties"],
         json!({"Queue": get_att("RefreshQueue", "Arn"), "BatchSize": 100, "MaximumBatchingWindowInSeconds": 1,
-            "FunctionResponseTypes": ["ReportBatchItemFailures"], "ScalingConfig": {"MaximumConcurrency": 50}})
+            "FunctionResponseTypes": ["ReportBatchItemFailures"], "ScalingConfig": {"MaximumConcurrency": 200}})
     );
-    assert_eq!(function["ReservedConcurrentExecutions"], 50 + 1, "the workers and one tick");
+    assert_eq!(function["ReservedConcurrentExecutions"], 200 + 1, "the workers and one tick");
 
     let queue = &resources(&t)["RefreshQueue"]["Properties"];
     assert_eq!(queue["SqsManagedSseEnabled"], true);
@@ -544,7 +544,13 @@ fn the_refresh_queue_feeds_token_refreshs_own_workers() {
     assert_eq!(on_queue.len(), 1);
     assert_eq!(
         on_queue[0]["Action"],
-        json!(["sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage", "sqs:SendMessage"])
+        json!([
+            "sqs:ChangeMessageVisibility",
+            "sqs:DeleteMessage",
+            "sqs:GetQueueAttributes",
+            "sqs:ReceiveMessage",
+            "sqs:SendMessage"
+        ])
     );
 }
 

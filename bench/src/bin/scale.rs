@@ -39,8 +39,8 @@ struct Args {
     /// Throttle every DynamoDB partition at 1,000 WCU / 3,000 RCU, not only the due index's.
     #[arg(long)]
     strict_partitions: bool,
-    /// Worker invocations at once (the SQS event source's MaximumConcurrency; deployed: 50).
-    #[arg(long, default_value_t = 50)]
+    /// Worker invocations at once (the SQS event source's MaximumConcurrency; deployed: 200).
+    #[arg(long, default_value_t = 200)]
     workers: usize,
     /// One KMS data key per sealed record (before the per-organization branch keys).
     #[arg(long)]
