@@ -951,6 +951,27 @@ async fn each_function_is_granted_exactly_the_aws_actions_its_code_calls() {
     let summary =
         latchkey::lambda::handle_refresh(&refresh.app.service, Instant::now() + Duration::from_secs(20)).await.unwrap();
     assert_eq!((summary["refreshed"].as_u64(), summary["revocations"].as_u64()), (Some(1), Some(1)), "{summary}");
+    // Its worker hands back a message it could not start (the deadline had come) visible again
+    // soon: ChangeMessageVisibility on its queue (here a queue in moto, the message received as
+    // the event source mapping receives it).
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let queue_url = sqs.create_queue().queue_name(moto::unique("refresh")).send().await.unwrap().queue_url.unwrap();
+    let body = json!({"org": ORG, "connection_id": oauth_id, "due": 0}).to_string();
+    sqs.send_message().queue_url(&queue_url).message_body(body).send().await.unwrap();
+    let got = sqs.receive_message().queue_url(&queue_url).send().await.unwrap();
+    let message = &got.messages()[0];
+    let queue_arn = format!("arn:aws:sqs:us-east-1:123456789012:{}", queue_url.rsplit('/').next().unwrap());
+    let batch: latchkey::lambda::SqsEvent = serde_json::from_value(json!({"Records": [{
+        "messageId": message.message_id(), "receiptHandle": message.receipt_handle(), "body": message.body(),
+        "eventSource": "aws:sqs", "eventSourceARN": queue_arn, "awsRegion": "us-east-1"}]}))
+    .unwrap();
+    let recorded_sqs = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(&config).interceptor(refresh.calls.clone()).build(),
+    );
+    let visibility = latchkey::lambda::SqsVisibility::new(recorded_sqs);
+    let back =
+        latchkey::lambda::handle_refresh_messages(&refresh.app.service, &visibility, batch, Instant::now()).await;
+    assert_eq!(back.batch_item_failures.len(), 1, "deferred: handed back");
 
     // token-lookup: a cold lookup that refreshes on demand (once the sweep's token is due: one
     // just issued is handed out as it is), then report_error.

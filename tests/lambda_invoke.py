@@ -176,6 +176,9 @@ def run(port, verify_stored):
     # A batch of its refresh queue: the entry names no connection of this deployment.
     ok, answer = invoke(port, "token-refresh", "token-refresh/queue-batch.json")
     check("token-refresh worker batch", (ok, answer), (True, {"batchItemFailures": []}))
+    # An operator's rotation: acme's branch key (v1, made by the connection above) becomes v2.
+    ok, rotated = invoke(port, "token-refresh", "token-refresh/rotate-branch-keys.json")
+    check("token-refresh rotates a branch key", (ok, rotated), (True, {"rotated": {"acme": 2}}))
 
     # Without LATCHKEY_PUBLIC_URL the redirect URI is on the domain API Gateway was called at
     # (the samples' requestContext.domainName).

@@ -63,6 +63,16 @@ fn line<'a>(lines: &'a [Value], message: &str) -> &'a Value {
     lines.iter().find(|l| l["message"] == message).unwrap_or_else(|| panic!("no {message:?} line in {lines:#?}"))
 }
 
+/// A [`latchkey::lambda::MessageVisibility`] for a tick, which hands no message back.
+struct NoHandBack;
+
+#[async_trait::async_trait]
+impl latchkey::lambda::MessageVisibility for NoHandBack {
+    async fn delay(&self, _: &str, _: &str, _: std::time::Duration) -> Result<(), latchkey::lambda::VisibilityError> {
+        panic!("a tick hands no message back")
+    }
+}
+
 struct Api {
     router: axum::Router,
     app: Components,
@@ -197,7 +207,9 @@ async fn lambda_invocation_lines_carry_the_request_id_org_and_connection_id() {
     let from = logs.lines().len();
     let scheduled: TokenRefreshEvent = serde_json::from_str(&event("token-refresh/scheduled.json")).unwrap();
     let invocation = LambdaEvent::new(scheduled, lambda_context("inv-refresh"));
-    latchkey::lambda::refresh_invocation(service, None, invocation).await.unwrap();
+    let visibility = NoHandBack;
+    let ports = latchkey::lambda::RefreshPorts { queue: None, visibility: &visibility, keys: &api.app.keys };
+    latchkey::lambda::refresh_invocation(service, ports, invocation).await.unwrap();
     let lines = lines_of(&logs, from, "inv-refresh");
     let sweep = line(&lines, "refresh sweep");
     assert!(sweep["failed"].is_u64(), "the metric filter's field stays at the top level: {sweep}");
@@ -214,6 +226,7 @@ fn eventbridge_samples_are_typed_events_and_a_wrong_detail_is_named() {
                 assert_eq!((e.source.as_str(), e.detail_type.as_str()), ("aws.events", "Scheduled Event"), "{name}");
             }
             TokenRefreshEvent::Queue(batch) => assert_eq!(batch.records.len(), 1, "{name}"),
+            TokenRefreshEvent::Rotate(r) => assert!(!r.rotate_branch_keys.orgs.is_empty(), "{name}"),
         }
     }
     for (name, raw) in samples("token-revoke") {

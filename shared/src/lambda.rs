@@ -20,11 +20,12 @@ use crate::service::{LookupRequest, PrincipalKind, ReadOrigin, Service, ServiceE
 pub type Error = lambda_runtime::Error;
 
 mod refresh_worker;
-/// token-refresh's inputs (its schedule, or a batch of the refresh queue), answers and handlers,
-/// and the SQS adapter of the fan-out's queue.
+/// token-refresh's inputs (its schedule, a batch of the refresh queue, or an operator's branch
+/// key rotation), answers and handlers, and the SQS adapter of the fan-out's queue.
 pub use refresh_worker::{
-    SqsRefreshQueue, TokenRefreshEvent, TokenRefreshResponse, handle_refresh_messages, handle_token_refresh,
-    refresh_invocation, serve_refresh,
+    RETRY_VISIBILITY, RefreshPorts, RotateBranchKeys, RotateRequest, RotatedBranchKeys, SqsRefreshQueue,
+    TokenRefreshEvent, TokenRefreshResponse, handle_refresh_messages, handle_token_refresh, refresh_invocation,
+    rotate_branch_keys, serve_refresh,
 };
 mod webhook_deliver;
 /// webhook-deliver's inputs (an SQS batch of EventBridge envelopes, or its sweep's schedule) and

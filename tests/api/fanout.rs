@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use latchkey::config::Components;
 use latchkey::domain::{ConnectionId, OrgId, Principal};
-use latchkey::lambda::{SqsEvent, SqsRefreshQueue, handle_refresh_messages};
+use latchkey::lambda::{
+    MessageVisibility, RETRY_VISIBILITY, SqsEvent, SqsRefreshQueue, SqsVisibility, VisibilityError,
+    handle_refresh_messages,
+};
 use latchkey::ports::DueEntry;
 use latchkey::service::ServiceOptions;
 use latchkey::service::{FanoutPolicy, QueueError, RefreshMessage, RefreshOutcome, RefreshQueue, RefreshTick};
@@ -174,9 +177,63 @@ async fn a_worker_past_its_deadline_hands_its_entries_back() {
     assert!(late.iter().all(|o| o.retry()), "handed back");
     assert_eq!(refreshes(&mock.stats().await), 0);
 
+    // Through the worker's handler: each message handed back is first made visible again
+    // within a minute, not at the queue's 30-minute visibility timeout (during which it would
+    // also hold every tick back); and when SQS refuses that, it is still handed back.
+    let event = entry_batch(&entries, QUEUE_ARN);
+    let handles: BTreeSet<String> = event.records.iter().map(|r| r.receipt_handle.clone().unwrap()).collect();
+    for fail in [false, true] {
+        let visibility = Recording { fail, asked: Mutex::default() };
+        let answer = handle_refresh_messages(&app.service, &visibility, event.clone(), Instant::now()).await;
+        let back: BTreeSet<String> = answer.batch_item_failures.iter().map(|f| f.item_identifier.clone()).collect();
+        assert_eq!(back, ["m-0", "m-1"].map(str::to_owned).into(), "fail: {fail}");
+        let asked = visibility.asked.into_inner().unwrap();
+        assert_eq!(asked.iter().map(|(_, h, _)| h.clone()).collect::<BTreeSet<_>>(), handles, "fail: {fail}");
+        for (arn, _, delay) in &asked {
+            assert_eq!(arn, QUEUE_ARN);
+            assert!(RETRY_VISIBILITY.contains(delay), "{delay:?}");
+        }
+    }
+    assert_eq!(refreshes(&mock.stats().await), 0);
+
     let tick = app.service.refresh_tick(None, &FanoutPolicy::default(), deadline()).await.unwrap();
     let RefreshTick::Inline(summary) = tick else { panic!("no queue: inline, not {tick:?}") };
     assert_eq!((summary.due, summary.refreshed), (2, 2), "{summary:?}");
+}
+
+const QUEUE_ARN: &str = "arn:aws:sqs:us-east-1:123456789012:latchkey-RefreshQueue";
+
+/// A [`MessageVisibility`] that records what it was asked (queue ARN, receipt handle, delay),
+/// and refuses each request when `fail`.
+struct Recording {
+    fail: bool,
+    asked: Mutex<Vec<(String, String, Duration)>>,
+}
+
+#[async_trait]
+impl MessageVisibility for Recording {
+    async fn delay(&self, queue_arn: &str, receipt_handle: &str, delay: Duration) -> Result<(), VisibilityError> {
+        self.asked.lock().unwrap().push((queue_arn.to_owned(), receipt_handle.to_owned(), delay));
+        match self.fail {
+            true => Err(VisibilityError::NotAQueue(queue_arn.to_owned())),
+            false => Ok(()),
+        }
+    }
+}
+
+/// A batch of `entries` as the event source mapping of `queue_arn` would hand them over:
+/// message ids `m-0`, `m-1`..., receipt handles `r-0`...
+fn entry_batch(entries: &[DueEntry], queue_arn: &str) -> SqsEvent {
+    let records: Vec<Value> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            json!({"messageId": format!("m-{i}"), "receiptHandle": format!("r-{i}"),
+                "body": serde_json::to_string(&RefreshMessage::from(e)).unwrap(),
+                "eventSource": "aws:sqs", "eventSourceARN": queue_arn, "awsRegion": "us-east-1"})
+        })
+        .collect();
+    serde_json::from_value(json!({ "Records": records })).unwrap()
 }
 
 /// The batch an event source mapping hands the worker: these messages as it would pass them.
@@ -195,9 +252,9 @@ fn batch(messages: &[aws_sdk_sqs::types::Message], queue_arn: &str) -> SqsEvent 
 /// the backlog counts them (visible, then in flight), each arrives once as a `RefreshMessage`.
 /// A worker whose DynamoDB cannot be reached hands every message back (batch item failures); one
 /// whose store answers finds the entries gone (no such connections) and hands none back, and
-/// drops a body that is not a refresh message. The adapter calls only what token-refresh's
-/// role is granted for it: `sqs:SendMessage` (the batch's IAM action) and
-/// `sqs:GetQueueAttributes`.
+/// drops a body that is not a refresh message. The adapters call only what token-refresh's
+/// role is granted for them: `sqs:SendMessage` (the batch's IAM action),
+/// `sqs:GetQueueAttributes`, and `sqs:ChangeMessageVisibility` for the messages handed back.
 #[tokio::test]
 async fn the_sqs_queue_carries_each_entry_once_and_failures_of_the_store_come_back() {
     use aws_sdk_sqs::types::QueueAttributeName as Attr;
@@ -211,7 +268,7 @@ async fn the_sqs_queue_carries_each_entry_once_and_failures_of_the_store_come_ba
     let client = aws_sdk_sqs::Client::from_conf(
         aws_sdk_sqs::config::Builder::from(&config).interceptor(recorded.clone()).build(),
     );
-    let queue = SqsRefreshQueue::new(client, &url);
+    let queue = SqsRefreshQueue::new(client.clone(), &url);
 
     let org = OrgId::parse(ORG).unwrap();
     let entries: Vec<DueEntry> =
@@ -250,10 +307,16 @@ async fn the_sqs_queue_carries_each_entry_once_and_failures_of_the_store_come_ba
         "default",
         options(),
     );
-    let answer = handle_refresh_messages(&down.service, batch(&first, &arn), deadline()).await;
+    let visibility = SqsVisibility::new(client);
+    let answer = handle_refresh_messages(&down.service, &visibility, batch(&first, &arn), deadline()).await;
     let back: Vec<&str> = answer.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
     let ids: Vec<&str> = first.iter().map(|m| m.message_id().unwrap()).collect();
     assert_eq!(back, ids, "the store did not answer: handed back");
+    assert_eq!(
+        recorded.actions(),
+        ["sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes", "sqs:SendMessage"].map(str::to_owned).into(),
+        "each handed back after a short visibility, as the role allows"
+    );
 
     // A store that answers: the connections do not exist, nothing to do, nothing handed back;
     // an unreadable body is dropped.
@@ -264,6 +327,6 @@ async fn the_sqs_queue_carries_each_entry_once_and_failures_of_the_store_come_ba
     junk.message_id = Some("not-a-refresh-message".into());
     junk.body = Some("{\"hello\": 1}".into());
     event.records.push(junk);
-    let answer = handle_refresh_messages(&up.service, event, deadline()).await;
+    let answer = handle_refresh_messages(&up.service, &visibility, event, deadline()).await;
     assert!(answer.batch_item_failures.is_empty(), "{:?}", answer.batch_item_failures);
 }

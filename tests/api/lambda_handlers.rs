@@ -408,35 +408,46 @@ async fn token_refresh_sweeps_on_the_scheduled_event() {
     );
 }
 
-/// Every sample of `token-refresh` as its handler reads it (one function, two inputs): the
-/// schedule's tick (no queue configured: the inline sweep's summary), and a batch of the refresh
-/// queue, whose entry names no connection of this deployment: nothing to refresh, nothing handed
-/// back.
+/// Every sample of `token-refresh` as its handler reads it (one function, three inputs): the
+/// schedule's tick (no queue configured: the inline sweep's summary), a batch of the refresh
+/// queue, whose entry names no connection of this deployment (nothing to refresh, nothing handed
+/// back), and an operator's rotation of `acme`'s branch key (answered with its new version: v1
+/// from none, then v2).
 #[tokio::test]
 async fn token_refresh_handles_every_sample() {
-    use latchkey::lambda::{TokenRefreshEvent, TokenRefreshResponse, handle_token_refresh};
+    use latchkey::lambda::{RefreshPorts, TokenRefreshEvent, TokenRefreshResponse, handle_token_refresh};
     let api = Api::new();
+    let visibility = Visibility::default();
+    let ports = RefreshPorts { queue: None, visibility: &visibility, keys: &api.app.keys };
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("events/token-refresh");
     let mut names: Vec<String> =
         std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
-    assert_eq!(names, ["queue-batch.json", "scheduled.json"]);
-    for name in names {
+    assert_eq!(names, ["queue-batch.json", "rotate-branch-keys.json", "scheduled.json"]);
+    let mut rotations = 0;
+    for name in names.iter().chain([&"rotate-branch-keys.json".to_owned()]) {
         let event: TokenRefreshEvent = serde_json::from_str(&event(&format!("token-refresh/{name}"))).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let answer = handle_token_refresh(&api.app.service, None, event, deadline).await.unwrap();
+        let answer = handle_token_refresh(&api.app.service, ports, event, deadline).await.unwrap();
         let answer = match (name.as_str(), answer) {
             ("queue-batch.json", a @ TokenRefreshResponse::Queue(_)) => a,
+            ("rotate-branch-keys.json", a @ TokenRefreshResponse::Rotated(_)) => a,
             ("scheduled.json", a @ TokenRefreshResponse::Tick(_)) => a,
             (name, a) => panic!("{name}: {a:?}"),
         };
-        let expected = if name == "scheduled.json" {
-            json!({"due": 0, "refreshed": 0, "failed": 0, "skipped": 0, "revocations": 0, "verified": 0, "device_polls": 0})
-        } else {
-            json!({"batchItemFailures": []})
+        let expected = match name.as_str() {
+            "scheduled.json" => json!({"due": 0, "refreshed": 0, "failed": 0, "skipped": 0, "revocations": 0,
+                "verified": 0, "device_polls": 0}),
+            "rotate-branch-keys.json" => {
+                rotations += 1;
+                json!({"rotated": {"acme": rotations}})
+            }
+            _ => json!({"batchItemFailures": []}),
         };
         assert_eq!(serde_json::to_value(&answer).unwrap(), expected, "{name}");
     }
+    assert_eq!(rotations, 2);
+    assert!(visibility.0.lock().unwrap().is_empty(), "nothing handed back");
 }
 
 #[tokio::test]
