@@ -62,6 +62,16 @@ struct Args {
     /// A label for the table and the picture (the build measured: profile, target).
     #[arg(long, default_value = "release, x86_64")]
     label: String,
+    /// More environment for the functions, `KEY=VALUE`, repeatable: e.g. `SSL_CERT_FILE` and
+    /// `SSL_CERT_DIR`, to start them with the root certificates laid out as on Lambda's image.
+    #[arg(long = "env", value_parser = parse_env)]
+    extra_env: Vec<(String, String)>,
+}
+
+/// `KEY=VALUE` of `--env`.
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;
+    Ok((k.to_owned(), v.to_owned()))
 }
 
 /// One function's binary and its measured init times in milliseconds, sorted.
@@ -79,7 +89,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(args.runs); binaries.len()];
     for round in 0..=args.runs {
         for ((name, path), times) in binaries.iter().zip(&mut samples) {
-            let ms = api.init_ms(name, path)?;
+            let ms = api.init_ms(name, path, &args.extra_env)?;
             if round > 0 {
                 times.push(ms);
             }
@@ -157,12 +167,13 @@ impl StandIn {
     }
 
     /// One run of `path`: milliseconds from just before the spawn to its first poll.
-    fn init_ms(&self, name: &str, path: &Path) -> Result<f64, String> {
+    fn init_ms(&self, name: &str, path: &Path, extra_env: &[(String, String)]) -> Result<f64, String> {
         while self.polls.try_recv().is_ok() {} // anything left from a killed run
         let mut command = Command::new(path);
         command
             .env_clear()
             .envs(lambda_env(name, &self.addr))
+            .envs(extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
