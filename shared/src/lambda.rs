@@ -219,17 +219,35 @@ pub async fn handle_refresh(service: &Service, deadline: std::time::Instant) -> 
     }
 }
 
-/// What a sweep leaves of its invocation for the work in flight to finish.
+/// What a sweep leaves of its invocation for the work in flight to finish (at most half of
+/// what is left, see [`work_budget`]).
 pub const SWEEP_MARGIN: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// [`SWEEP_MARGIN`] before the invocation's deadline (`context.deadline`, milliseconds since the
-/// Unix epoch): a refresh in flight (its provider call times out after 15 s) is stored before
-/// Lambda ends the invocation, as a rotated refresh token cut off there would be lost.
+/// [`work_budget`] from now: the invocation's deadline ([`remaining_until`]) less the margin, so
+/// a refresh in flight (its provider call times out after 15 s) is stored before Lambda ends the
+/// invocation, as a rotated refresh token cut off there would be lost.
 fn sweep_deadline(context: &lambda_runtime::Context) -> std::time::Instant {
-    let remaining = std::time::Duration::from_millis(context.deadline)
-        .checked_sub(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default())
-        .unwrap_or_default();
-    std::time::Instant::now() + remaining.saturating_sub(SWEEP_MARGIN)
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    std::time::Instant::now() + work_budget(remaining_until(context.deadline, now))
+}
+
+/// What is left of an invocation whose `Lambda-Runtime-Deadline-Ms` is `deadline_ms`, at `now`
+/// (since the Unix epoch). Lambda sends the deadline as Unix milliseconds; `cargo lambda watch`
+/// (cargo-lambda 1.9) sends the function's timeout itself (`600000`), which read as a time would
+/// have passed in 1970 and leave no time at all: a value below 10^12 ms (September 2001) is
+/// taken as that timeout, so the functions work under the emulator as they do deployed.
+pub fn remaining_until(deadline_ms: u64, now: std::time::Duration) -> std::time::Duration {
+    const EPOCH_MS_FLOOR: u64 = 1_000_000_000_000;
+    let deadline = std::time::Duration::from_millis(deadline_ms);
+    if deadline_ms < EPOCH_MS_FLOOR { deadline } else { deadline.saturating_sub(now) }
+}
+
+/// How long of `remaining` a sweep, tick or worker batch may start work in: all but
+/// [`SWEEP_MARGIN`], or half of it when it is shorter than twice the margin (a function given a
+/// 30 s timeout, or `cargo lambda watch`'s default deadline, still works for 15 s rather than
+/// handing every entry back).
+pub fn work_budget(remaining: std::time::Duration) -> std::time::Duration {
+    remaining.saturating_sub(SWEEP_MARGIN.min(remaining / 2))
 }
 
 /// The `token-revoke` handler: an EventBridge event `Connection Disconnected` / `Connection
@@ -311,4 +329,32 @@ pub async fn lookup_invocation(
     handle_lookup_invocation(service, verifier, event.payload, &event.context.request_id)
         .instrument(invocation_span(&event.context))
         .await
+}
+
+#[cfg(test)]
+mod work_budget_tests {
+    use std::time::Duration;
+
+    use super::work_budget;
+
+    #[test]
+    fn the_margin_is_thirty_seconds_or_half_of_a_short_invocation() {
+        // token-refresh's 300 s timeout: 270 s of work, 30 s for the refreshes in flight.
+        assert_eq!(work_budget(Duration::from_secs(300)), Duration::from_secs(270));
+        assert_eq!(work_budget(Duration::from_secs(60)), Duration::from_secs(30));
+        // A 30 s deadline (the emulator's): half, not nothing.
+        assert_eq!(work_budget(Duration::from_secs(30)), Duration::from_secs(15));
+        assert_eq!(work_budget(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_deadline_is_unix_milliseconds_or_the_emulators_timeout() {
+        use super::remaining_until;
+        let now = Duration::from_millis(1_796_046_604_116);
+        // Lambda: the deadline as Unix milliseconds.
+        assert_eq!(remaining_until(1_796_046_904_116, now), Duration::from_secs(300));
+        assert_eq!(remaining_until(1_796_046_000_000, now), Duration::ZERO, "passed");
+        // cargo lambda watch: the timeout itself.
+        assert_eq!(remaining_until(600_000, now), Duration::from_secs(600));
+    }
 }
