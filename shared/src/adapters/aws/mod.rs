@@ -62,14 +62,17 @@ pub async fn sdk_config() -> aws_config::SdkConfig {
 
 /// The HTTP client of every AWS call: the SDK's own hyper client with rustls on ring, the TLS
 /// stack reqwest uses for providers and webhooks, so that a function links one (the SDK's
-/// default client is rustls on aws-lc-rs; Latchkey's crate leaves it out). Otherwise as that
-/// default: connector settings (the timeouts) and the sleep from the SDK, proxies from the
-/// environment (`HTTPS_PROXY`, `NO_PROXY`).
+/// default client is rustls on aws-lc-rs; Latchkey's crate leaves it out), trusting the
+/// compiled-in roots of `tls_context` (below) rather than the system's. Otherwise as that default:
+/// connector settings (the timeouts) and the sleep from the SDK, proxies from the environment
+/// (`HTTPS_PROXY`, `NO_PROXY`).
 pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
     use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
     use aws_smithy_http_client::{Builder, ConnectorBuilder, proxy::ProxyConfig};
-    Builder::new().build_with_connector_fn(|settings, components| {
-        let mut connector = ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::Ring));
+    let tls = tls_context();
+    Builder::new().build_with_connector_fn(move |settings, components| {
+        let mut connector =
+            ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::Ring)).tls_context(tls.clone());
         connector.set_connector_settings(settings.cloned());
         if let Some(components) = components {
             connector.set_sleep_impl(components.sleep_impl());
@@ -77,6 +80,34 @@ pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient 
         connector.set_proxy_config(Some(ProxyConfig::from_env()));
         connector.build()
     })
+}
+
+/// The roots every AWS call trusts: Mozilla's set as the `webpki-root-certs` crate compiles it
+/// in (the set reqwest trusts for providers, webhooks and JWKS through webpki-roots), and not the
+/// system's. The SDK's default trust store loads the system's roots with rustls-native-certs
+/// when its first client is built, during a function's init: on Debian that read and parsed the
+/// bundle and then each of the few hundred files of `/etc/ssl/certs`, about half of a
+/// function's init (docs/performance.md, "Function init and binary size"). Every AWS endpoint
+/// Latchkey calls (DynamoDB, KMS, EventBridge, SQS, STS, their FIPS and VPC endpoints) chains to
+/// Amazon's roots, which are in Mozilla's set. What the system's roots would add is a private CA,
+/// such as a TLS-inspecting proxy's, which Latchkey's provider calls do not trust either.
+///
+/// The SDK takes custom roots as PEM only, so each compiled-in DER certificate is wrapped in one
+/// (a base64 line between the markers); the SDK parses them when it builds its connector.
+fn tls_context() -> aws_smithy_http_client::tls::TlsContext {
+    use aws_smithy_http_client::tls::{TlsContext, TrustStore};
+    let mut roots = TrustStore::empty();
+    for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
+        roots.add_pem_certificate(pem(cert));
+    }
+    TlsContext::builder().with_trust_store(roots).build().expect("a TLS context of a trust store alone always builds")
+}
+
+/// One DER certificate as PEM: its base64 on one line (PEM readers take any line length).
+fn pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n")
 }
 
 /// Error codes that mean "not now" rather than "no": throttling past the SDK's retries, and
@@ -144,5 +175,57 @@ mod tests {
         assert!(!transient(Some("AccessDeniedException"), 400));
         assert!(!transient(Some("ConditionalCheckFailedException"), 400));
         assert!(!transient(Some("InvalidCiphertextException"), 400));
+    }
+
+    #[test]
+    fn the_trust_store_is_mozillas_roots_each_a_pem_that_reads_back_as_a_trust_anchor() {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+
+        let roots = webpki_root_certs::TLS_SERVER_ROOT_CERTS;
+        assert!(roots.len() > 100, "Mozilla's set has about 150 roots, got {}", roots.len());
+        for cert in roots {
+            let read: Vec<CertificateDer<'_>> =
+                CertificateDer::pem_slice_iter(pem(cert).as_bytes()).collect::<Result<_, _>>().unwrap();
+            assert_eq!(read, [cert.clone()]);
+            webpki::anchor_from_trusted_cert(&read[0]).expect("a root the SDK can trust");
+        }
+        // Amazon's own roots, to which every AWS endpoint chains, are among them.
+        let amazon = roots.iter().filter(|c| c.windows(b"Amazon Root CA".len()).any(|w| w == b"Amazon Root CA"));
+        assert!(amazon.count() >= 4, "Amazon Root CA 1 to 4");
+    }
+
+    /// The client builds its TLS connector with the compiled-in roots (the SDK parses them then,
+    /// and panics on one it cannot read) and speaks TLS to an `https` endpoint: a server on
+    /// loopback that reads the first bytes and hangs up sees a TLS handshake record, and the
+    /// call fails as unavailable (a broken connection), not as a panic or a refusal.
+    #[tokio::test]
+    async fn the_client_builds_with_the_compiled_in_roots_and_speaks_tls() {
+        use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+        use tokio::io::AsyncReadExt;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 3];
+            conn.read_exact(&mut head).await.unwrap();
+            head
+        });
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .credentials_provider(Credentials::new("AKIDTLSTEST", "not-a-secret", None, None, "test"))
+            .endpoint_url(format!("https://127.0.0.1:{port}"))
+            .http_client(https_client())
+            .timeout_config(timeout_config())
+            .build();
+        let call = aws_sdk_dynamodb::Client::from_conf(config).list_tables().send().await;
+
+        let head = server.await.unwrap();
+        assert_eq!(head[0], 0x16, "a TLS handshake record, not plain HTTP: {head:?}");
+        assert_eq!(head[1], 0x03, "TLS record version 3.x: {head:?}");
+        let err = call.expect_err("the server hung up");
+        assert!(is_unavailable(&err), "{err:?}");
     }
 }
