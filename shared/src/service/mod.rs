@@ -56,6 +56,9 @@ pub struct Service {
     webhook_sender: webhooks::WebhookSender,
     /// Poked when an event enqueued webhook deliveries ([`ServiceOptions::webhook_outbox`]).
     webhook_wake: Arc<tokio::sync::Notify>,
+    /// Refreshes at once, adapted to the store's throttling (`refresh::limit`); kept for the
+    /// container's life, at most `options.refresh.concurrency`.
+    refresh_limit: refresh::RefreshLimit,
     options: ServiceOptions,
 }
 
@@ -128,6 +131,7 @@ impl Service {
             verify_gate,
             webhook_sender: webhooks::WebhookSender::new(options.webhook_attempt_timeout),
             webhook_wake: Arc::new(tokio::sync::Notify::new()),
+            refresh_limit: refresh::RefreshLimit::new(options.refresh.concurrency),
             options,
         }
     }

@@ -53,6 +53,24 @@ pub(crate) fn unavailable_retries() -> ExponentialBuilder {
         .with_jitter()
 }
 
+/// The longest wait between two tries of [`held_retries`]: its 2 s cap plus backon's jitter
+/// (up to as much again).
+pub(crate) const HELD_RETRY_MAX_WAIT: Duration = Duration::from_secs(4);
+
+/// The in-process retry of a write that must land while a lease lasts (a provider's answer,
+/// which may hold a rotated refresh token): from 250 ms, doubling up to 2 s, plus jitter (at
+/// most [`HELD_RETRY_MAX_WAIT`]), and no count: the caller stops when its time is up (its
+/// `when` condition), so the tries spread over the lease instead of the two seconds of
+/// [`unavailable_retries`]. A throttled partition recovers within a second or two; the jitter
+/// keeps workers throttled together from retrying together.
+pub(crate) fn held_retries() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(HELD_RETRY_MAX_WAIT / 2)
+        .without_max_times()
+        .with_jitter()
+}
+
 /// The wait before retry number `n` (from 1) of something scheduled for later: `base`,
 /// doubling with each retry, at most `max`.
 pub(crate) fn exponential(base: Duration, max: Duration, n: u32) -> Duration {
@@ -80,6 +98,15 @@ mod tests {
             let j = jittered(Duration::from_secs(60));
             assert!(j >= Duration::from_secs(30) && j <= Duration::from_secs(60), "{j:?}");
         }
+    }
+
+    #[test]
+    fn held_retries_never_run_out_and_wait_at_most_their_cap() {
+        use backon::BackoffBuilder;
+        let waits: Vec<Duration> = held_retries().build().take(200).collect();
+        assert_eq!(waits.len(), 200, "the caller's deadline ends them, not a count");
+        assert!(waits.iter().all(|w| *w >= Duration::from_millis(250) && *w <= HELD_RETRY_MAX_WAIT), "{waits:?}");
+        assert!(waits[4..].iter().all(|w| *w >= HELD_RETRY_MAX_WAIT / 2), "doubled up to the cap: {waits:?}");
     }
 
     #[test]

@@ -168,6 +168,7 @@ impl From<Swept> for RefreshOutcome {
             Swept::Skipped => Self::Skipped,
             Swept::Verified => Self::Verified,
             Swept::Polled => Self::Polled,
+            Swept::Deferred => Self::Deferred,
         }
     }
 }

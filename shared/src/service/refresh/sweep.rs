@@ -56,6 +56,9 @@ pub(super) enum Swept {
     Verified,
     /// Its device authorization was polled; no refresh was due.
     Polled,
+    /// Not started: the container's adaptive limit ([`super::limit`]) had no place for it in
+    /// time. Still due; hand it back.
+    Deferred,
 }
 
 impl Service {
@@ -114,6 +117,7 @@ impl Service {
                         Swept::Skipped => summary.skipped += 1,
                         Swept::Verified => summary.verified += 1,
                         Swept::Polled => summary.device_polls += 1,
+                        Swept::Deferred => summary.skipped += 1,
                     }
                 }
                 if !more {
@@ -150,8 +154,27 @@ impl Service {
         }
     }
 
-    /// One due entry of a sweep: refreshed if its record is still due.
+    /// One due entry of a sweep: refreshed if its record is still due, under the container's
+    /// adaptive limit on refreshes at once ([`super::limit`]: every refresh of a sweep or a
+    /// worker passes here). An entry that finds no place within [`super::limit::MAX_WAIT`] is
+    /// [`Swept::Deferred`]; one that met a store or KMS that did not answer (or throttled past
+    /// its retries) halves the limit.
     pub(super) async fn sweep_one(&self, org: &OrgId, id: &ConnectionId) -> Swept {
+        let Ok(permit) = tokio::time::timeout(super::limit::MAX_WAIT, self.refresh_limit.acquire()).await else {
+            let limit = self.refresh_limit.current();
+            tracing::debug!(org = %org, connection_id = %id, limit, "no place for a refresh in time; handed back");
+            return Swept::Deferred;
+        };
+        let outcome = self.sweep_one_now(org, id).await;
+        match outcome {
+            Swept::Unavailable => permit.congested(),
+            _ => permit.succeeded(),
+        }
+        outcome
+    }
+
+    /// [`Service::sweep_one`] once it has its place.
+    async fn sweep_one_now(&self, org: &OrgId, id: &ConnectionId) -> Swept {
         let c = match self.store.get_connection(org, id).await {
             Ok(Some(c)) => c,
             // Deleted meanwhile: its index entry went with it.
