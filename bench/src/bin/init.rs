@@ -11,8 +11,18 @@
 //! over the functions (so background load spreads evenly), after one discarded warm-up run each.
 //! A run fails if a function exits before polling, or polls nothing within 5 s.
 //!
-//! Prints a Markdown table (binary size, median, p90, max init in ms) and with `--svg` draws the
-//! distribution of init times per function (`docs/perf-init.svg`).
+//! Beside that wall time, each run takes the function's own CPU time up to its first poll: when
+//! the poll arrives (the function then blocks on it), the sum over its threads of the first field
+//! of `/proc/PID/task/TID/schedstat`, the nanoseconds each thread has run (exec and the dynamic
+//! loader included). Wall time grows with whatever else the machine runs; CPU time much less
+//! (caches and frequency still move it), so it is the figure to compare between runs taken under
+//! different load. `utime + stime` of `/proc/PID/stat` would say the same in clock ticks of
+//! 10 ms, too coarse for an init of a few milliseconds. A thread that ended before the poll
+//! would be missed (the functions' threads live on: tokio's workers and blocking pool).
+//!
+//! Prints a Markdown table (binary size, then median, p90 and max of the wall init in ms, then
+//! median and p90 of the CPU time in ms) and with `--svg` draws the distribution of wall init
+//! times per function (`docs/perf-init.svg`).
 //!
 //! ```sh
 //! cargo build --release -p connections-api -p oauth-callback -p token-lookup -p token-refresh \
@@ -74,11 +84,20 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     Ok((k.to_owned(), v.to_owned()))
 }
 
-/// One function's binary and its measured init times in milliseconds, sorted.
+/// One function's binary and its measured init times in milliseconds, sorted: wall (spawn to
+/// first poll) and the function's CPU time up to its first poll.
 struct Measured {
     name: String,
     bytes: u64,
     sorted_ms: Vec<f64>,
+    sorted_cpu_ms: Vec<f64>,
+}
+
+/// One run: wall milliseconds from just before the spawn to the first poll, and the function's
+/// CPU milliseconds (all its threads) when that poll arrived.
+struct Run {
+    wall_ms: f64,
+    cpu_ms: f64,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -86,35 +105,46 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let binaries: Vec<(String, PathBuf)> =
         args.functions.iter().map(|f| Ok((f.clone(), binary(&args.bin_dir, f)?))).collect::<Result<_, String>>()?;
     let api = StandIn::start()?;
-    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(args.runs); binaries.len()];
+    let mut samples: Vec<Vec<Run>> = binaries.iter().map(|_| Vec::with_capacity(args.runs)).collect();
     for round in 0..=args.runs {
-        for ((name, path), times) in binaries.iter().zip(&mut samples) {
-            let ms = api.init_ms(name, path, &args.extra_env)?;
+        for ((name, path), runs) in binaries.iter().zip(&mut samples) {
+            let run = api.init(name, path, &args.extra_env)?;
             if round > 0 {
-                times.push(ms);
+                runs.push(run);
             }
         }
     }
     let measured: Vec<Measured> = binaries
         .iter()
         .zip(samples)
-        .map(|((name, path), mut ms)| {
-            ms.sort_by(f64::total_cmp);
-            Ok(Measured { name: name.clone(), bytes: std::fs::metadata(path)?.len(), sorted_ms: ms })
+        .map(|((name, path), runs)| {
+            let sorted = |f: fn(&Run) -> f64| {
+                let mut ms: Vec<f64> = runs.iter().map(f).collect();
+                ms.sort_by(f64::total_cmp);
+                ms
+            };
+            Ok(Measured {
+                name: name.clone(),
+                bytes: std::fs::metadata(path)?.len(),
+                sorted_ms: sorted(|r| r.wall_ms),
+                sorted_cpu_ms: sorted(|r| r.cpu_ms),
+            })
         })
         .collect::<Result<_, std::io::Error>>()?;
 
     println!("Init, process spawn to the first `GET {NEXT}` ({} runs each, {}):\n", args.runs, args.label);
-    println!("| function | binary (KiB) | median (ms) | p90 (ms) | max (ms) |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("| function | binary (KiB) | median (ms) | p90 (ms) | max (ms) | CPU median (ms) | CPU p90 (ms) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for m in &measured {
         println!(
-            "| {} | {} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             m.name,
             m.bytes / 1024,
             percentile(&m.sorted_ms, 0.5),
             percentile(&m.sorted_ms, 0.9),
-            percentile(&m.sorted_ms, 1.0)
+            percentile(&m.sorted_ms, 1.0),
+            percentile(&m.sorted_cpu_ms, 0.5),
+            percentile(&m.sorted_cpu_ms, 0.9)
         );
     }
     if let Some(path) = &args.svg {
@@ -166,8 +196,8 @@ impl StandIn {
         Ok(Self { addr, polls })
     }
 
-    /// One run of `path`: milliseconds from just before the spawn to its first poll.
-    fn init_ms(&self, name: &str, path: &Path, extra_env: &[(String, String)]) -> Result<f64, String> {
+    /// One run of `path`: from just before the spawn to its first poll, and its CPU time then.
+    fn init(&self, name: &str, path: &Path, extra_env: &[(String, String)]) -> Result<Run, String> {
         while self.polls.try_recv().is_ok() {} // anything left from a killed run
         let mut command = Command::new(path);
         command
@@ -181,7 +211,12 @@ impl StandIn {
         let mut child = command.spawn().map_err(|e| format!("{name}: cannot start {}: {e}", path.display()))?;
         let waited = loop {
             match self.polls.recv_timeout(Duration::from_millis(50)) {
-                Ok((line, at)) if line.starts_with(&format!("GET {NEXT} ")) => break Ok(at - started),
+                Ok((line, at)) if line.starts_with(&format!("GET {NEXT} ")) => {
+                    // The function now waits for the answer, so its CPU time stands still.
+                    break cpu_ns(child.id())
+                        .map(|ns| Run { wall_ms: (at - started).as_secs_f64() * 1_000.0, cpu_ms: ns as f64 / 1e6 })
+                        .map_err(|e| format!("{name}: its CPU time: {e}"));
+                }
                 Ok((line, _)) => break Err(format!("{name}: first request was `{line}`, not the next poll")),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Ok(Some(status)) = child.try_wait() {
@@ -196,11 +231,27 @@ impl StandIn {
         };
         let _ = child.kill();
         let output = child.wait_with_output().map_err(|e| format!("{name}: {e}"))?;
-        waited.map(|d| d.as_secs_f64() * 1_000.0).map_err(|e| {
+        waited.map_err(|e| {
             let stderr = String::from_utf8_lossy(&output.stderr);
             format!("{e}; its stderr: {}", stderr.chars().take(2_000).collect::<String>())
         })
     }
+}
+
+/// The CPU time of process `pid` so far, in nanoseconds: the sum over its live threads of the
+/// first field of `/proc/PID/task/TID/schedstat` (time spent running, from the scheduler's
+/// clock).
+fn cpu_ns(pid: u32) -> std::io::Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("schedstat"))?;
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse::<u64>().ok())
+            .ok_or_else(|| std::io::Error::other(format!("unreadable schedstat `{}`", stat.trim())))?;
+    }
+    Ok(total)
 }
 
 /// What the template and Lambda give a function (infra/template.yaml's Globals), with AWS
