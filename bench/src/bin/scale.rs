@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use latchkey_bench::sim::answers;
 use latchkey_bench::sim::report::{self, Bounds, Figures};
 use latchkey_bench::sim::run::{self, Mode, Scenario};
 
@@ -55,6 +56,14 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // The service's lines for answers it gave up writing are counted (and nothing else logged).
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        let subscriber = tracing_subscriber::registry().with(answers::give_ups());
+        if tracing::subscriber::set_global_default(subscriber).is_err() {
+            eprintln!("a tracing subscriber was already set: given-up answers are not counted");
+        }
+    }
     let slices = args.slices.max(1);
     let mut scn = Scenario::deployed(
         args.connections / slices,

@@ -5,11 +5,13 @@
 //! - [`memory`]: the in-memory store (passes the store conformance suite);
 //! - [`quota`]: DynamoDB (per-partition capacity, item-size units), KMS (requests per second)
 //!   and the event sink, metered and throttling like the services;
-//! - [`provider`]: a provider token endpoint with a latency distribution;
+//! - [`provider`]: a provider token endpoint with a latency distribution; [`answers`]: what
+//!   became of its answers (committed, or lost as a rotating provider would notice);
 //! - [`clock`]: the simulated clock;
 //! - [`run`]: the scenario (connections, organizations, schedule, Lambda concurrency) and its
 //!   figures; [`report`]: Markdown and SVG.
 
+pub mod answers;
 pub mod clock;
 pub mod memory;
 pub mod provider;

@@ -2,12 +2,14 @@
 //! rotated refresh token) after a latency drawn from a log-normal distribution, on the simulated
 //! clock. No sockets: what is measured is Latchkey's side.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use latchkey::provider::{ApiRequest, FormPost, ProviderClient, RawAnswer, TransportError};
+
+use super::answers::{self, Answers};
 
 /// A small deterministic generator (SplitMix64): runs are repeatable without a dependency.
 #[derive(Debug)]
@@ -47,13 +49,22 @@ pub struct SimProvider {
     expires_in: u64,
     rng: Mutex<Rng>,
     calls: AtomicU64,
+    /// Where each answer is reported ([`SimProvider::recording`]).
+    answers: Option<Arc<Answers>>,
 }
 
 impl SimProvider {
     pub fn new(median: Duration, p99: Duration, expires_in: u64, seed: u64) -> Self {
         // p99 = median * exp(2.326 sigma)
         let sigma = (p99.as_secs_f64() / median.as_secs_f64()).max(1.0).ln() / 2.326;
-        Self { median, sigma, expires_in, rng: Mutex::new(Rng::new(seed)), calls: AtomicU64::new(0) }
+        Self { median, sigma, expires_in, rng: Mutex::new(Rng::new(seed)), calls: AtomicU64::new(0), answers: None }
+    }
+
+    /// This provider reporting each refresh's answer to `answers`, its rotated refresh token
+    /// naming the connection (`answers::refresh_token`), so that lost answers are counted.
+    pub fn recording(mut self, answers: Arc<Answers>) -> Self {
+        self.answers = Some(answers);
+        self
     }
 
     /// Token requests answered so far.
@@ -69,11 +80,19 @@ impl SimProvider {
 
 #[async_trait]
 impl ProviderClient for SimProvider {
-    async fn post_form(&self, _post: &FormPost) -> Result<RawAnswer, TransportError> {
+    async fn post_form(&self, post: &FormPost) -> Result<RawAnswer, TransportError> {
         tokio::time::sleep(self.latency()).await;
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        let connection = post.field("refresh_token").and_then(answers::connection_of);
+        let refresh_token = match (connection, &self.answers) {
+            (Some(i), Some(answers)) => {
+                answers.answered(i);
+                answers::refresh_token(i, n)
+            }
+            _ => format!("sim-rt-{n:016x}-000000000000000000000000000000"),
+        };
         let body = format!(
-            r#"{{"access_token":"sim-at-{n:016x}-padded-to-a-typical-provider-length-000000000000","token_type":"Bearer","expires_in":{},"refresh_token":"sim-rt-{n:016x}-000000000000000000000000000000","scope":"read write"}}"#,
+            r#"{{"access_token":"sim-at-{n:016x}-padded-to-a-typical-provider-length-000000000000","token_type":"Bearer","expires_in":{},"refresh_token":"{refresh_token}","scope":"read write"}}"#,
             self.expires_in
         );
         Ok(RawAnswer {

@@ -35,6 +35,7 @@ use latchkey::ports::{
 };
 use time::OffsetDateTime;
 
+use super::answers::{AnswerTally, Answers, connection_of_customer};
 use super::clock::SimClock;
 use super::memory::{MemoryStore, due_shard};
 
@@ -60,6 +61,9 @@ pub struct Limits {
     pub query_latency: Duration,
     /// Latency of one KMS request.
     pub kms_latency: Duration,
+    /// Every write to the due index throttles for this long from the meter's start (an outage,
+    /// for tests: `bench/tests/commit_retry.rs`); zero in the runs.
+    pub due_outage: Duration,
 }
 
 impl Default for Limits {
@@ -75,6 +79,7 @@ impl Default for Limits {
             write_latency: Duration::from_millis(7),
             query_latency: Duration::from_millis(8),
             kms_latency: Duration::from_millis(8),
+            due_outage: Duration::ZERO,
         }
     }
 }
@@ -121,11 +126,12 @@ struct MeterState {
 }
 
 /// Everything the simulation counts: capacity per partition and second, KMS requests,
-/// refreshes and their due lag, per simulated minute.
+/// refreshes and their due lag, per simulated minute, and what became of the provider's answers.
 pub struct Meter {
     clock: SimClock,
     limits: Limits,
     state: Mutex<MeterState>,
+    answers: Arc<Answers>,
 }
 
 /// The class a partition key is reported under: each due-index shard on its own, the other
@@ -140,7 +146,13 @@ fn class_of(index: &str, pk: &str) -> String {
 
 impl Meter {
     pub fn new(clock: SimClock, limits: Limits) -> Self {
-        Self { clock, limits, state: Mutex::new(MeterState::default()) }
+        Self { clock, limits, state: Mutex::new(MeterState::default()), answers: Arc::new(Answers::new(clock)) }
+    }
+
+    /// The ledger of provider answers, for the provider to report each answer to
+    /// (`SimProvider::recording`); the metered store reports commits.
+    pub fn answers(&self) -> Arc<Answers> {
+        self.answers.clone()
     }
 
     pub fn limits(&self) -> &Limits {
@@ -207,7 +219,11 @@ impl Meter {
         let mut s = self.state();
         self.roll(&mut s);
         let l = &self.limits;
+        let outage = self.clock.elapsed_secs() < l.due_outage.as_secs_f64();
         let over = units.iter().any(|(index, pk, rcu, wcu)| {
+            if outage && *index == "refresh-due" && *wcu > 0.0 {
+                return true;
+            }
             let (r, w) = s.current.get(&format!("{index} {pk}")).copied().unwrap_or_default();
             if *index == "refresh-due" {
                 r + rcu > l.partition_rcu_due || w + wcu > l.partition_wcu_due
@@ -305,12 +321,20 @@ impl Meter {
         self.this_minute(&mut s).backlog = due as u64;
     }
 
-    /// Flushes the current second and returns the figures so far.
+    /// Flushes the current second and returns the figures so far (an answer uncommitted for
+    /// longer than the refresh lease counted as lost).
     pub fn snapshot(&self) -> MeterSnapshot {
+        let answers = self.answers.tally(latchkey::service::RefreshPolicy::default().lease);
         let mut s = self.state();
         s.second = -1;
         self.roll(&mut s);
-        MeterSnapshot { minutes: s.minutes.clone(), peaks: s.peaks.clone(), lags: s.lags.clone(), totals: s.totals }
+        MeterSnapshot {
+            minutes: s.minutes.clone(),
+            peaks: s.peaks.clone(),
+            lags: s.lags.clone(),
+            totals: s.totals,
+            answers,
+        }
     }
 }
 
@@ -321,6 +345,8 @@ pub struct MeterSnapshot {
     pub peaks: BTreeMap<String, Peak>,
     pub lags: Vec<f32>,
     pub totals: Minute,
+    /// The provider's token answers: committed, lost (commit failed), cut off by the run's end.
+    pub answers: AnswerTally,
 }
 
 /// Bytes of a connection's item as the DynamoDB adapter writes it: its JSON document plus the
@@ -448,6 +474,9 @@ impl Store for MeteredStore {
             let due = old.refresh.due_at.unwrap_or_else(|| self.clock.start());
             let lag = (latchkey::ports::Clock::now(&self.clock) - due).as_seconds_f64();
             self.meter.refreshed(lag);
+            if let Some(i) = conn.customer.as_ref().and_then(|c| connection_of_customer(c.as_str())) {
+                self.meter.answers.committed(i);
+            }
         }
         Ok(())
     }

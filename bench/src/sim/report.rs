@@ -53,6 +53,9 @@ pub struct Figures {
     pub rcu_per_s: f64,
     pub store_throttles: u64,
     pub kms_throttles: u64,
+    /// The provider's answers: committed, lost (never committed: a rotated refresh token would
+    /// be lost), cut off by the run's end (`sim::answers`).
+    pub answers: super::answers::AnswerTally,
     pub due_peak_wcu: f64,
     pub cost: Cost,
 }
@@ -112,6 +115,7 @@ impl Figures {
             rcu_per_s: t.rcu / secs,
             store_throttles: t.store_throttles,
             kms_throttles: t.kms_throttles,
+            answers: o.meter.answers,
             due_peak_wcu: o.meter.minutes.iter().map(|m| m.due_shard_peak_wcu).fold(0.0, f64::max),
             cost,
         }
@@ -119,13 +123,13 @@ impl Figures {
 }
 
 /// The header of the summary table.
-pub const SUMMARY_HEADER: &str = "| connections | orgs | mode | simulated | refreshes/s (mean / peak min) | due lag p50 / p99 / max | KMS calls/s (mean / peak min) | KMS per refresh | WCU/s | RCU/s | hottest due shard WCU/s | throttles (store / KMS) | invocations (cold) | $/month | wall |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+pub const SUMMARY_HEADER: &str = "| connections | orgs | mode | simulated | refreshes/s (mean / peak min) | due lag p50 / p99 / max | KMS calls/s (mean / peak min) | KMS per refresh | WCU/s | RCU/s | hottest due shard WCU/s | throttles (store / KMS) | provider answers lost (given up) / cut off by the end | invocations (cold) | $/month | wall |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 /// One row of the summary table.
 pub fn summary_row(o: &Outcome, f: &Figures) -> String {
     let s = &o.scenario;
     format!(
-        "| {} | {} | {} | {:.1} h | {:.1} / {:.1} | {:.0} s / {:.0} s / {:.0} s | {:.2} / {:.1} | {:.4} | {:.0} | {:.0} | {:.0} | {} / {} | {} ({}) | {:.0} | {:.0} s |",
+        "| {} | {} | {} | {:.1} h | {:.1} / {:.1} | {:.0} s / {:.0} s / {:.0} s | {:.2} / {:.1} | {:.4} | {:.0} | {:.0} | {:.0} | {} / {} | {} ({}) / {} | {} ({}) | {:.0} | {:.0} s |",
         o.seeded * o.slices,
         s.orgs * o.slices,
         mode(o),
@@ -143,6 +147,9 @@ pub fn summary_row(o: &Outcome, f: &Figures) -> String {
         f.due_peak_wcu * o.slices as f64,
         f.store_throttles * o.slices as u64,
         f.kms_throttles * o.slices as u64,
+        f.answers.lost * o.slices as u64,
+        f.answers.given_up * o.slices as u64,
+        f.answers.cut_off * o.slices as u64,
         o.invocations,
         o.cold_starts,
         f.cost.total() * o.slices as f64,
@@ -194,7 +201,7 @@ pub fn detail(o: &Outcome, f: &Figures) -> String {
     let c = &f.cost;
     let _ = writeln!(
         out,
-        "\nPer month at on-demand prices: DynamoDB ${:.0}, KMS ${:.0}, Lambda ${:.0}, EventBridge ${:.0}, SQS ${:.0}: **${:.0}** (storage and the KMS key's $1/month not included). Lambda: {} invocations, {} cold, {} dropped behind a running one; provider token requests {} for {} refreshes committed; {} entries still due 6 minutes after their time at the end; {} messages dead-lettered.",
+        "\nPer month at on-demand prices: DynamoDB ${:.0}, KMS ${:.0}, Lambda ${:.0}, EventBridge ${:.0}, SQS ${:.0}: **${:.0}** (storage and the KMS key's $1/month not included). Lambda: {} invocations, {} cold, {} dropped behind a running one; provider token requests {} for {} refreshes committed ({} answers lost, never committed, {} of them given up by the service and logged, the others dropped with an invocation cut off at its timeout; {} cut off by the run's end); {} entries still due 6 minutes after their time at the end; {} messages dead-lettered.",
         c.dynamodb * k,
         c.kms * k,
         c.lambda * k,
@@ -206,6 +213,9 @@ pub fn detail(o: &Outcome, f: &Figures) -> String {
         o.throttled_invocations,
         o.provider_calls,
         f.refreshes,
+        f.answers.lost,
+        f.answers.given_up,
+        f.answers.cut_off,
         o.stale_at_end,
         o.dead_lettered,
     );
@@ -288,6 +298,12 @@ pub fn check(o: &Outcome, f: &Figures, b: &Bounds) -> Result<(), Vec<String>> {
         broken.push(format!(
             "{} KMS calls for {} refreshes ({:.2} each, bound {}): KMS calls scale with connections",
             f.kms_calls, f.refreshes, f.kms_per_refresh, b.kms_per_refresh
+        ));
+    }
+    if f.answers.lost > 0 {
+        broken.push(format!(
+            "{} provider answers lost, never committed ({} given up by the service): a provider that rotates refresh tokens has spent the old ones",
+            f.answers.lost, f.answers.given_up
         ));
     }
     if f.store_throttles > 0 || f.kms_throttles > 0 {

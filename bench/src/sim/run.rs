@@ -312,12 +312,10 @@ async fn simulate(scn: &Scenario) -> Outcome {
         kms: Arc::new(MeteredKeys::new(inner, meter.clone())),
         events: Arc::new(CountingEvents::new(meter.clone())),
         clock,
-        provider: Arc::new(SimProvider::new(
-            scn.provider_median,
-            scn.provider_p99,
-            scn.token_lifetime.as_secs(),
-            scn.seed,
-        )),
+        provider: Arc::new(
+            SimProvider::new(scn.provider_median, scn.provider_p99, scn.token_lifetime.as_secs(), scn.seed)
+                .recording(meter.answers()),
+        ),
     };
 
     // The backlog, sampled at every simulated minute's end.
