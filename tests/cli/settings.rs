@@ -105,6 +105,10 @@ fn a_bad_value_stops_the_command_naming_its_variable_or_flag() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("LATCHKEY_ADDR is invalid: \"nowhere\" is not host:port"), "{err}");
+    let out = latchkey().args(["serve", "--refresh-concurrency", "1025"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("LATCHKEY_REFRESH_CONCURRENCY is invalid: must be a whole number from 1 to 1024"), "{err}");
 }
 
 /// The commands that talk to an API, as a user types them.

@@ -9,14 +9,19 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::builder::TypedValueParser;
-use clap::error::ErrorKind;
-use clap::{Arg, Args, Command, FromArgMatches};
+use clap::{Args, Command, FromArgMatches};
 use secrecy::SecretString;
 
 use super::ConfigError;
-use crate::http::auth::{JwtIssuer, MIN_HS256_SECRET_BYTES, Verifier};
+use crate::http::auth::{JwtIssuer, Verifier};
 use crate::service::{RefreshPolicy, ServiceOptions, VerifyPolicy};
+
+mod values;
+
+use values::{
+    Checked, parse_addr, parse_backend, parse_bool, parse_concurrency, parse_days, parse_jwt_secret, parse_log_format,
+    parse_lookup_auth, parse_positive_secs, parse_public_url, parse_retry_schedule, parse_secs, parse_trimmed,
+};
 
 /// Which adapters back the service (`LATCHKEY_BACKEND`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +134,13 @@ pub struct Settings {
     #[arg(long = "refresh-queue-url", env = "LATCHKEY_REFRESH_QUEUE_URL", global = true, value_name = "URL")]
     #[arg(value_parser = Checked(parse_trimmed))]
     pub refresh_queue_url: Option<String>,
+
+    /// Refreshes in flight at once in one process (a sweep, or a queue worker's batch), 1 to
+    /// 1024: the ceiling of the adaptive limit, which backs off while the store or KMS
+    /// throttles.
+    #[arg(long = "refresh-concurrency", env = "LATCHKEY_REFRESH_CONCURRENCY", global = true, value_name = "N")]
+    #[arg(default_value_t = RefreshPolicy::default().concurrency, value_parser = Checked(parse_concurrency))]
+    pub refresh_concurrency: usize,
 
     /// Days before a refresh token lapses that `Refresh Token Expiring` fires (once per refresh
     /// token); a decimal number of days (0.5 is 12 hours), at most 365.
@@ -252,7 +264,8 @@ impl Settings {
         self.allow_loopback_providers.unwrap_or(self.backend == BackendKind::Embedded)
     }
 
-    /// What the service is built with: the public URL, the loopback rule, the refresh lookahead.
+    /// What the service is built with: the public URL, the loopback rule, the refresh lookahead,
+    /// warning and concurrency, the verify interval, the webhook schedule.
     pub fn service_options(&self) -> ServiceOptions {
         ServiceOptions {
             public_url: self.public_url.clone(),
@@ -260,6 +273,7 @@ impl Settings {
             refresh: RefreshPolicy {
                 lookahead: self.refresh_lookahead,
                 rt_warning: self.rt_warning,
+                concurrency: self.refresh_concurrency,
                 ..RefreshPolicy::default()
             },
             verify: VerifyPolicy { interval: self.verify_interval, ..VerifyPolicy::default() },
@@ -278,7 +292,7 @@ impl Settings {
     /// `latchkey serve` generated). With neither it refuses every token. Fetches nothing yet.
     ///
     /// # Errors
-    /// An HS256 secret shorter than [`MIN_HS256_SECRET_BYTES`], an invalid issuer or no
+    /// An HS256 secret shorter than [`MIN_HS256_SECRET_BYTES`](crate::http::auth::MIN_HS256_SECRET_BYTES), an invalid issuer or no
     /// audience.
     pub fn verifier(&self, hs256_secret: Option<&SecretString>) -> Result<Verifier, ConfigError> {
         let mut verifier = Verifier::refuse_all();
@@ -323,285 +337,5 @@ pub fn ignore_blank_env(command: Command) -> Command {
     })
 }
 
-/// A value parser whose error reads `LATCHKEY_X is invalid: <why>`, naming the variable (the
-/// flag's name in capitals) and quoting nothing but what `why` quotes: clap's own message would
-/// quote the value, and the secret's must appear in no error.
-struct Checked<T, E>(fn(&str) -> Result<T, E>);
-
-// Not derived: a derive would require `T: Clone, E: Clone`, and a function pointer is always
-// copied.
-impl<T, E> Clone for Checked<T, E> {
-    fn clone(&self) -> Self {
-        Self(self.0)
-    }
-}
-
-impl<T: Clone + Send + Sync + 'static, E: std::fmt::Display + 'static> TypedValueParser for Checked<T, E> {
-    type Value = T;
-
-    fn parse_ref(&self, cmd: &Command, arg: Option<&Arg>, value: &OsStr) -> Result<T, clap::Error> {
-        let why = match value.to_str() {
-            None => ValueError::NotUtf8.to_string(),
-            Some(text) => match (self.0)(text) {
-                Ok(parsed) => return Ok(parsed),
-                Err(e) => e.to_string(),
-            },
-        };
-        let name = arg.and_then(Arg::get_long).map(variable).unwrap_or_default();
-        Err(clap::Error::raw(ErrorKind::ValueValidation, format!("{name} is invalid: {why}\n")).with_cmd(cmd))
-    }
-}
-
-/// Why a setting's value is refused: the `<why>` of `LATCHKEY_X is invalid: <why>`. Quotes a
-/// value only where it cannot be a secret.
-#[derive(Debug, thiserror::Error)]
-enum ValueError {
-    #[error("is not UTF-8")]
-    NotUtf8,
-    #[error("{0:?} is not one of {1}")]
-    NotOneOf(String, &'static str),
-    #[error("{0:?} is not host:port")]
-    NotHostPort(String),
-    #[error(transparent)]
-    Url(#[from] crate::domain::validate::UrlError),
-    /// The secret's length only, never the secret.
-    #[error(
-        "an HS256 secret needs at least {MIN_HS256_SECRET_BYTES} bytes (256 bits), this one has {0}; \
-         generate one with `openssl rand -hex 32`"
-    )]
-    ShortSecret(usize),
-    #[error("must be a positive integer")]
-    NotPositive,
-    #[error("must be a non-negative integer")]
-    NotNonNegative,
-    #[error("must be a number of days from 0 to 365")]
-    NotDays,
-    #[error("{0:?} is not true or false")]
-    NotBool(String),
-    #[error("must be comma-separated whole seconds, 1 to 20 entries of at most 86400")]
-    NotSchedule,
-}
-
-/// The variable of the flag `--long`: `LATCHKEY_` and the name in capitals, `-` as `_`.
-fn variable(long: &str) -> String {
-    format!("LATCHKEY_{}", long.to_ascii_uppercase().replace('-', "_"))
-}
-
-fn parse_backend(s: &str) -> Result<BackendKind, ValueError> {
-    match s {
-        "embedded" => Ok(BackendKind::Embedded),
-        "aws" => Ok(BackendKind::Aws),
-        other => Err(ValueError::NotOneOf(other.to_owned(), "embedded, aws")),
-    }
-}
-
-fn parse_addr(s: &str) -> Result<SocketAddr, ValueError> {
-    s.parse().map_err(|_| ValueError::NotHostPort(s.to_owned()))
-}
-
-fn parse_public_url(s: &str) -> Result<String, ValueError> {
-    crate::domain::validate::check_secure_url(s)?;
-    Ok(s.trim_end_matches('/').to_owned())
-}
-
-fn parse_jwt_secret(s: &str) -> Result<SecretString, ValueError> {
-    if s.len() < MIN_HS256_SECRET_BYTES {
-        return Err(ValueError::ShortSecret(s.len()));
-    }
-    Ok(SecretString::from(s.to_owned()))
-}
-
-fn parse_trimmed(s: &str) -> Result<String, std::convert::Infallible> {
-    Ok(s.trim().to_owned())
-}
-
-fn parse_lookup_auth(s: &str) -> Result<LookupAuth, ValueError> {
-    match s {
-        "iam" => Ok(LookupAuth::Iam),
-        "token" => Ok(LookupAuth::Token),
-        other => Err(ValueError::NotOneOf(other.to_owned(), "iam, token")),
-    }
-}
-
-fn parse_positive_secs(s: &str) -> Result<Duration, ValueError> {
-    s.parse::<u64>().ok().filter(|n| *n > 0).map(Duration::from_secs).ok_or(ValueError::NotPositive)
-}
-
-fn parse_secs(s: &str) -> Result<Duration, ValueError> {
-    s.parse::<u64>().map(Duration::from_secs).map_err(|_| ValueError::NotNonNegative)
-}
-
-/// A decimal number of days, `0..=365`, as a duration (whole milliseconds).
-fn parse_days(s: &str) -> Result<Duration, ValueError> {
-    let days = s.trim().parse::<f64>().ok().filter(|d| (0.0..=365.0).contains(d));
-    days.map(|d| Duration::from_millis((d * 86_400_000.0).round() as u64)).ok_or(ValueError::NotDays)
-}
-
-fn parse_bool(s: &str) -> Result<bool, ValueError> {
-    match s {
-        "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
-        other => Err(ValueError::NotBool(other.to_owned())),
-    }
-}
-
-/// `5,300,1800`: 1-20 entries of 0-86400 seconds each.
-fn parse_retry_schedule(s: &str) -> Result<RetrySchedule, ValueError> {
-    let entries: Option<Vec<Duration>> =
-        s.split(',').map(|e| e.trim().parse::<u64>().ok().filter(|n| *n <= 86_400).map(Duration::from_secs)).collect();
-    entries.filter(|e| (1..=20).contains(&e.len())).map(RetrySchedule).ok_or(ValueError::NotSchedule)
-}
-
-fn parse_log_format(s: &str) -> Result<LogFormat, ValueError> {
-    match s {
-        "text" => Ok(LogFormat::Text),
-        "json" => Ok(LogFormat::Json),
-        other => Err(ValueError::NotOneOf(other.to_owned(), "text, json")),
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        Settings::from_vars(BackendKind::Aws, |name| {
-            vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
-        })
-    }
-
-    fn refused(vars: &[(&str, &str)]) -> String {
-        match settings(vars) {
-            Ok(_) => panic!("{vars:?} was accepted"),
-            Err(e) => e.to_string(),
-        }
-    }
-
-    #[test]
-    fn every_setting_has_a_flag_and_the_variable_named_after_it() {
-        let command = Settings::command(BackendKind::Embedded);
-        let args: Vec<&Arg> = command.get_arguments().collect();
-        assert_eq!(args.len(), 20, "a new setting: add it to the README's configuration table");
-        for arg in args {
-            let long = arg.get_long().unwrap_or_else(|| panic!("{} has no flag", arg.get_id()));
-            let env = arg.get_env().and_then(OsStr::to_str);
-            assert_eq!(env, Some(variable(long).as_str()), "--{long}");
-            assert!(arg.is_global_set(), "--{long} is accepted after any subcommand");
-        }
-    }
-
-    #[test]
-    fn defaults_depend_on_the_backend() {
-        let aws = settings(&[]).unwrap();
-        assert_eq!(aws.backend, BackendKind::Aws);
-        assert!(!aws.loopback_providers_allowed());
-        let embedded = Settings::from_vars(BackendKind::Embedded, |_| None).unwrap();
-        assert_eq!(embedded.backend, BackendKind::Embedded);
-        assert!(embedded.loopback_providers_allowed());
-        assert_eq!(embedded.addr, SocketAddr::from(([127, 0, 0, 1], 8080)));
-        assert_eq!(embedded.data_dir, PathBuf::from("./.latchkey"));
-        assert_eq!(embedded.refresh_interval, Duration::from_secs(60));
-        assert_eq!(embedded.refresh_lookahead, Duration::from_secs(600));
-        assert_eq!(embedded.rt_warning, Duration::from_secs(7 * 86_400));
-        assert_eq!(settings(&[("LATCHKEY_RT_WARNING_DAYS", "0.5")]).unwrap().rt_warning, Duration::from_secs(43_200));
-        for bad in ["-1", "366", "soon", "NaN"] {
-            assert!(settings(&[("LATCHKEY_RT_WARNING_DAYS", bad)]).is_err(), "{bad}");
-        }
-        assert_eq!(embedded.event_bus, "default");
-        assert_eq!(embedded.log_format, LogFormat::Text);
-        assert!(embedded.public_url.is_none() && embedded.jwt_secret.is_none() && embedded.table.is_none());
-        let chosen = settings(&[("LATCHKEY_BACKEND", "embedded"), ("LATCHKEY_ALLOW_LOOPBACK_PROVIDERS", "0")]);
-        let chosen = chosen.unwrap();
-        assert_eq!(chosen.backend, BackendKind::Embedded);
-        assert!(!chosen.loopback_providers_allowed());
-    }
-
-    #[test]
-    fn empty_and_blank_values_count_as_unset() {
-        let names = Settings::command(BackendKind::Aws)
-            .get_arguments()
-            .filter_map(|a| a.get_env().and_then(OsStr::to_str).map(str::to_owned))
-            .collect::<Vec<_>>();
-        for blank in ["", "  "] {
-            let vars: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), blank)).collect();
-            let s = settings(&vars).unwrap_or_else(|e| panic!("{blank:?} everywhere: {e}"));
-            assert_eq!(s.backend, BackendKind::Aws, "the default backend");
-            assert_eq!(s.refresh_interval, Duration::from_secs(60));
-            assert!(s.public_url.is_none() && s.jwt_secret.is_none() && s.jwt_audience.is_empty());
-        }
-    }
-
-    #[test]
-    fn each_value_is_checked_with_a_message_naming_its_variable() {
-        for (name, value, why) in [
-            ("LATCHKEY_BACKEND", "gcp", "is not one of embedded, aws"),
-            ("LATCHKEY_ADDR", "localhost", "is not host:port"),
-            ("LATCHKEY_PUBLIC_URL", "http://example.com", "https"),
-            ("LATCHKEY_REFRESH_INTERVAL_SECS", "0", "must be a positive integer"),
-            ("LATCHKEY_REFRESH_LOOKAHEAD_SECS", "-1", "must be a non-negative integer"),
-            ("LATCHKEY_ALLOW_LOOPBACK_PROVIDERS", "yes", "is not true or false"),
-            ("LATCHKEY_LOOKUP_AUTH", "none", "is not one of iam, token"),
-            ("LATCHKEY_LOG_FORMAT", "xml", "is not one of text, json"),
-            ("LATCHKEY_CONNECT_FRAME_ANCESTORS", "https://app.example.com/path", "is neither an origin"),
-            ("LATCHKEY_CONNECT_FRAME_ANCESTORS", "'none' 'self'", "cannot be combined"),
-            ("LATCHKEY_WEBHOOK_RETRY_SCHEDULE", "5,soon", "comma-separated whole seconds"),
-            ("LATCHKEY_WEBHOOK_RETRY_SCHEDULE", "5,,6", "comma-separated whole seconds"),
-        ] {
-            let message = refused(&[(name, value)]);
-            assert!(message.starts_with(&format!("{name} is invalid: ")), "{message}");
-            assert!(message.contains(why), "{message}");
-        }
-        let s = settings(&[
-            ("LATCHKEY_PUBLIC_URL", "https://latchkey.example.com/"),
-            ("LATCHKEY_REFRESH_LOOKAHEAD_SECS", "0"),
-            ("LATCHKEY_ALLOW_LOOPBACK_PROVIDERS", "true"),
-            ("LATCHKEY_ADDR", "0.0.0.0:0"),
-        ])
-        .unwrap();
-        assert_eq!(s.public_url.as_deref(), Some("https://latchkey.example.com"));
-        let options = s.service_options();
-        assert_eq!(options.public_url.as_deref(), Some("https://latchkey.example.com"));
-        assert!(options.allow_loopback_providers);
-        assert_eq!(options.refresh.lookahead, Duration::ZERO);
-        assert_eq!(options.connect_frame_ancestors, "'none'");
-        assert!(!options.webhook_outbox, "aws: the EventBridge rule feeds webhook-deliver");
-        assert_eq!(options.webhook_retry_schedule, crate::service::webhooks::default_retry_schedule());
-        let scheduled = settings(&[("LATCHKEY_WEBHOOK_RETRY_SCHEDULE", "1, 1")]).unwrap().service_options();
-        assert_eq!(scheduled.webhook_retry_schedule, [Duration::from_secs(1); 2]);
-        let embedded = Settings::from_vars(BackendKind::Embedded, |_| None).unwrap();
-        assert!(embedded.service_options().webhook_outbox);
-        let framed = settings(&[("LATCHKEY_CONNECT_FRAME_ANCESTORS", " 'self'  https://app.example.com ")]).unwrap();
-        assert_eq!(framed.service_options().connect_frame_ancestors, "'self' https://app.example.com");
-    }
-
-    #[test]
-    fn bearer_token_settings_are_checked_at_start() {
-        let why = refused(&[("LATCHKEY_JWT_SECRET", "0123456789abcdef0123456789abcde")]);
-        assert!(why.contains("LATCHKEY_JWT_SECRET") && why.contains("at least 32 bytes"), "{why}");
-        assert!(!why.contains("0123456789abcdef"), "the secret is not quoted: {why}");
-        assert!(settings(&[("LATCHKEY_JWT_SECRET", "0123456789abcdef0123456789abcdef")]).is_ok());
-
-        assert!(refused(&[("LATCHKEY_JWT_ISSUER", "https://idp.example.com/")]).contains("audience"));
-        assert!(refused(&[("LATCHKEY_JWT_AUDIENCE", "api")]).contains("LATCHKEY_JWT_ISSUER"));
-        let plain = [("LATCHKEY_JWT_ISSUER", "http://idp.example.com"), ("LATCHKEY_JWT_AUDIENCE", "api")];
-        assert!(refused(&plain).contains("LATCHKEY_JWT_ISSUER"));
-        let ok = settings(&[("LATCHKEY_JWT_ISSUER", " https://idp.example.com/ "), ("LATCHKEY_JWT_AUDIENCE", "a, b,")]);
-        let ok = ok.unwrap();
-        assert_eq!(ok.jwt_issuer.as_deref(), Some("https://idp.example.com/"));
-        assert_eq!(ok.jwt_audience, ["a", "b"]);
-        assert!(ok.verifier(None).unwrap().accepts_any());
-        assert!(!settings(&[]).unwrap().verifier(None).unwrap().accepts_any(), "nothing configured: refuse all");
-
-        assert_eq!(settings(&[]).unwrap().lookup_auth, LookupAuth::Iam);
-        assert_eq!(settings(&[("LATCHKEY_LOOKUP_AUTH", "token")]).unwrap().lookup_auth, LookupAuth::Token);
-    }
-
-    #[test]
-    fn a_value_starting_with_a_dash_is_a_value() {
-        let secret = "-0123456789abcdef0123456789abcdef";
-        let s = settings(&[("LATCHKEY_JWT_SECRET", secret), ("LATCHKEY_TABLE", "--kms-key-id=x")]).unwrap();
-        assert_eq!(secrecy::ExposeSecret::expose_secret(s.jwt_secret.as_ref().unwrap()), secret);
-        assert_eq!(s.table.as_deref(), Some("--kms-key-id=x"));
-        assert!(s.kms_key_id.is_none());
-    }
-}
+mod tests;

@@ -158,3 +158,29 @@ mod tests {
         );
     }
 }
+
+#[cfg(all(test, feature = "embedded"))]
+mod embedded_tests {
+    use super::*;
+
+    /// The embedded backend wired from `vars`, its data directory a fresh one kept alive by the
+    /// returned guard.
+    async fn wired(vars: &[(&str, &str)]) -> (Components, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().display().to_string();
+        let settings = Settings::from_vars(BackendKind::Embedded, |name| {
+            let set = vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned());
+            set.or_else(|| (name == "LATCHKEY_DATA_DIR").then(|| data.clone()))
+        })
+        .unwrap();
+        (Components::build(&settings).await.unwrap(), dir)
+    }
+
+    #[tokio::test]
+    async fn the_refresh_concurrency_setting_is_the_services_refresh_concurrency() {
+        let (set, _dir) = wired(&[("LATCHKEY_REFRESH_CONCURRENCY", "7")]).await;
+        assert_eq!(set.service.policy().concurrency, 7);
+        let (default, _dir) = wired(&[]).await;
+        assert_eq!(default.service.policy().concurrency, 64, "RefreshPolicy's default");
+    }
+}
