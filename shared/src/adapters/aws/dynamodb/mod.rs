@@ -1,14 +1,17 @@
 //! The DynamoDB store: one table, designed in docs/dynamodb.md. Every write that can race is
 //! conditional; listings are Queries on the table or an index, never a Scan.
 //!
-//! - this module: the [`Store`] implementation and its reads (GetItem, paged Queries);
+//! - this module: the [`Store`] implementation, its point reads (GetItem) and paging, and the
+//!   definitions, connections and logs' writes;
+//! - [`queries`]: listings, the selector's candidates and the due index (Queries);
+//! - [`revocations`], [`webhooks`], [`connect`], [`idempotency`], [`branch_keys`]: those
+//!   records' items, reads and writes;
 //! - [`item`]: records as items and back (`TryFrom`), the key layout;
 //! - [`write`]: conditional writes, the counted transaction, batch deletes, and what SDK errors
 //!   mean as [`StoreError`]s.
 //!
 //! SDK types (`AttributeValue`, the builders) never leave this module.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -16,9 +19,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, Delete, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
-};
+use aws_sdk_dynamodb::types::{Delete, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem};
 use time::OffsetDateTime;
 
 use crate::domain::{ConnectSession, IdempotencyRecord};
@@ -32,14 +33,13 @@ mod branch_keys;
 mod connect;
 mod idempotency;
 mod item;
+mod queries;
+mod revocations;
 mod webhooks;
 mod write;
 
 pub use item::due_shard;
-use item::{
-    Item, STATE_SK, con_sk, customer_pk, def_sk, definition_pk, doc_of, due_sk, due_upper, key, log_item, log_pk, n,
-    org_pk, revocation_pk, s, state_pk,
-};
+use item::{Item, STATE_SK, con_sk, def_sk, doc_of, key, log_item, log_pk, n, org_pk, s, state_pk};
 use write::{backend, conditional, sdk};
 
 /// The customer index (`gsi1pk` = `ORG#{org}#CUS#{customer}`, `gsi1sk` = `CON#{id}`).
@@ -308,94 +308,7 @@ impl Store for DynamoStore {
         limit: usize,
         cursor: Option<&ConnectionId>,
     ) -> Result<Page<Connection>, StoreError> {
-        let limit = limit.max(1);
-        // The narrowest key first: the customer's index, the definition's, or the org partition.
-        let (index, pk_name, sk_name, pk) = match (&filter.customer, &filter.definition) {
-            (Some(c), _) => (Some(BY_CUSTOMER), "gsi1pk", "gsi1sk", customer_pk(org, c.as_str())),
-            (None, Some(d)) => (Some(BY_DEFINITION), "gsi2pk", "gsi2sk", definition_pk(org, d.as_str())),
-            (None, None) => (None, "pk", "sk", org_pk(org)),
-        };
-        let mut conditions = Vec::new();
-        let mut values: Item = HashMap::from([(":pk".to_owned(), s(pk))]);
-        let mut names: HashMap<String, String> = HashMap::new();
-        if filter.customer.is_some()
-            && let Some(d) = &filter.definition
-        {
-            conditions.push("#definition = :definition");
-            values.insert(":definition".into(), s(d.as_str()));
-            names.insert("#definition".into(), "definition".into());
-        }
-        if let Some(st) = filter.status {
-            conditions.push("#status = :status");
-            values.insert(":status".into(), s(st.as_str()));
-            names.insert("#status".into(), "status".into());
-        }
-        // `user` is a reserved word in expressions: always through a name.
-        if let Some(u) = &filter.user {
-            conditions.push("#user = :user");
-            values.insert(":user".into(), s(u.as_str()));
-            names.insert("#user".into(), "user".into());
-        }
-        // Tags: a FilterExpression on the item's `tags` map. `query_until` reads on until the
-        // page is full or the query ends, so a filter never makes a short page end the listing.
-        let tag_conditions: Vec<String> = (0..filter.tags.len()).map(|i| format!("#tags.#tk{i} = :tv{i}")).collect();
-        for (i, t) in filter.tags.iter().enumerate() {
-            names.insert("#tags".into(), "tags".into());
-            names.insert(format!("#tk{i}"), t.key.clone());
-            values.insert(format!(":tv{i}"), s(t.value.as_str()));
-        }
-        conditions.extend(tag_conditions.iter().map(String::as_str));
-        // Ids sort by creation; newest first, strictly before the cursor. On the table the sort
-        // key range must also stay inside the connections (`CON#`), so BETWEEN is used and the
-        // cursor item itself skipped.
-        let key_condition = match cursor {
-            Some(c) => {
-                values.insert(":lo".into(), s("CON#"));
-                values.insert(":hi".into(), s(con_sk(c)));
-                format!("{pk_name} = :pk AND {sk_name} BETWEEN :lo AND :hi")
-            }
-            None => {
-                values.insert(":lo".into(), s("CON#"));
-                format!("{pk_name} = :pk AND begins_with({sk_name}, :lo)")
-            }
-        };
-        let filter_expr = (!conditions.is_empty()).then(|| conditions.join(" AND "));
-        let names = (!names.is_empty()).then_some(names);
-        let cursor_sk = cursor.map(con_sk);
-        let build = || {
-            let mut q = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .set_index_name(index.map(str::to_owned))
-                .key_condition_expression(&key_condition)
-                .set_expression_attribute_values(Some(values.clone()))
-                .set_filter_expression(filter_expr.clone())
-                .set_expression_attribute_names(names.clone())
-                .scan_index_forward(false);
-            if index.is_none() {
-                q = q.consistent_read(true);
-            }
-            q
-        };
-        // One more than asked, to know whether a next page exists; one more again for the
-        // cursor item that BETWEEN includes.
-        let want = limit + 1 + usize::from(cursor.is_some());
-        let items = self.query_until(build, want).await?;
-        let mut conns = Vec::with_capacity(items.len());
-        for item in &items {
-            let is_cursor = matches!(item.get("sk"), Some(AttributeValue::S(sk)) if Some(sk) == cursor_sk.as_ref());
-            if !is_cursor {
-                conns.push(doc_of::<Connection>(item)?);
-            }
-        }
-        let next = if conns.len() > limit {
-            conns.truncate(limit);
-            conns.last().map(|c| c.id.clone())
-        } else {
-            None
-        };
-        Ok(Page { items: conns, next })
+        self.list_connection_items(org, filter, limit, cursor).await
     }
 
     async fn find_for_selector(
@@ -404,26 +317,7 @@ impl Store for DynamoStore {
         definition: &DefinitionKey,
         customer: &CustomerId,
     ) -> Result<Vec<Connection>, StoreError> {
-        // The customer's index partition, the definition as a filter: one Query (more pages only
-        // past 1 MB of the customer's connections), eventually consistent like every GSI read.
-        let items = self
-            .query_until(
-                || {
-                    self.client
-                        .query()
-                        .table_name(&self.table)
-                        .index_name(BY_CUSTOMER)
-                        .key_condition_expression("gsi1pk = :pk AND begins_with(gsi1sk, :con)")
-                        .filter_expression("#definition = :definition")
-                        .expression_attribute_names("#definition", "definition")
-                        .expression_attribute_values(":pk", s(customer_pk(org, customer.as_str())))
-                        .expression_attribute_values(":con", s("CON#"))
-                        .expression_attribute_values(":definition", s(definition.as_str()))
-                },
-                usize::MAX,
-            )
-            .await?;
-        items.iter().map(doc_of).collect()
+        self.selector_candidate_items(org, definition, customer).await
     }
 
     fn due_shards(&self) -> u32 {
@@ -437,110 +331,27 @@ impl Store for DynamoStore {
         after: Option<&DueEntry>,
         limit: usize,
     ) -> Result<Vec<DueEntry>, StoreError> {
-        let upper = due_upper(until);
-        // After a cursor: from its own index key (BETWEEN is inclusive, so the cursor entry, if
-        // still there, is read and skipped, as listings do with theirs).
-        let cursor = after.map(|a| due_sk(a.due, &a.org, &a.id));
-        let lower = cursor.clone().unwrap_or_default();
-        let items = self
-            .query_until(
-                || {
-                    let q = self.client.query().table_name(&self.table).index_name(REFRESH_DUE);
-                    let q = q
-                        .expression_attribute_values(":p", s(format!("DUE#{shard}")))
-                        .expression_attribute_values(":u", s(upper.clone()));
-                    if cursor.is_some() {
-                        q.key_condition_expression("gsi3pk = :p AND gsi3sk BETWEEN :l AND :u")
-                            .expression_attribute_values(":l", s(lower.clone()))
-                    } else {
-                        q.key_condition_expression("gsi3pk = :p AND gsi3sk <= :u")
-                    }
-                },
-                limit.max(1) + usize::from(cursor.is_some()),
-            )
-            .await?;
-        let mut entries = Vec::with_capacity(items.len());
-        for item in &items {
-            let is_cursor = matches!(item.get("gsi3sk"), Some(AttributeValue::S(sk)) if Some(sk) == cursor.as_ref());
-            if !is_cursor {
-                entries.push(DueEntry::try_from(item)?);
-            }
-        }
-        entries.truncate(limit);
-        Ok(entries)
+        self.due_connection_entries(shard, until, after, limit).await
     }
 
     async fn put_revocation(&self, job: &RevocationJob) -> Result<(), StoreError> {
-        self.put_if(Item::try_from(job)?, "attribute_not_exists(pk)", &[]).await
+        self.put_revocation_item(job).await
     }
 
     async fn revocations_of(&self, org: &OrgId, id: &ConnectionId) -> Result<Vec<RevocationJob>, StoreError> {
-        let items = self
-            .query_until(
-                || {
-                    self.client
-                        .query()
-                        .table_name(&self.table)
-                        .key_condition_expression("pk = :pk")
-                        .expression_attribute_values(":pk", s(revocation_pk(org, id)))
-                        .consistent_read(true)
-                },
-                usize::MAX,
-            )
-            .await?;
-        items.iter().map(doc_of).collect()
+        self.revocation_items_of(org, id).await
     }
 
     async fn due_revocations(&self, until: OffsetDateTime, limit: usize) -> Result<Vec<RevocationJob>, StoreError> {
-        let upper = due_upper(until);
-        let mut jobs = Vec::new();
-        for shard in 0..DUE_SHARDS {
-            let keys = self
-                .query_until(
-                    || {
-                        self.client
-                            .query()
-                            .table_name(&self.table)
-                            .index_name(REFRESH_DUE)
-                            .key_condition_expression("gsi3pk = :p AND gsi3sk <= :u")
-                            .expression_attribute_values(":p", s(format!("RDUE#{shard}")))
-                            .expression_attribute_values(":u", s(upper.clone()))
-                    },
-                    limit.saturating_sub(jobs.len()).max(1),
-                )
-                .await?;
-            // The index projects keys only: read each job.
-            for k in keys {
-                let (Some(pk), Some(sk)) = (k.get("pk"), k.get("sk")) else { continue };
-                let item =
-                    self.get(HashMap::from([("pk".to_owned(), pk.clone()), ("sk".to_owned(), sk.clone())])).await?;
-                if let Some(item) = item {
-                    jobs.push(doc_of(&item)?);
-                }
-            }
-            if jobs.len() >= limit {
-                break;
-            }
-        }
-        jobs.truncate(limit);
-        Ok(jobs)
+        self.due_revocation_items(until, limit).await
     }
 
     async fn update_revocation(&self, job: &RevocationJob, expected_attempts: u32) -> Result<(), StoreError> {
-        self.put_if(Item::try_from(job)?, "attempts = :a", &[(":a", n(expected_attempts))]).await
+        self.update_revocation_item(job, expected_attempts).await
     }
 
     async fn delete_revocation(&self, job: &RevocationJob) -> Result<bool, StoreError> {
-        let out = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(key(revocation_pk(&job.org, &job.connection_id), job.id.clone())))
-            .return_values(ReturnValue::AllOld)
-            .send()
-            .await
-            .map_err(sdk)?;
-        Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+        self.delete_revocation_item(job).await
     }
 
     async fn put_oauth_state(&self, state: &OAuthState) -> Result<(), StoreError> {
