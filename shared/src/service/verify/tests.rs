@@ -1,4 +1,6 @@
 //! Unit tests of verification: the gate, the verdicts, the scheduling.
+use serde_json::Value;
+
 use super::*;
 
 fn policy() -> VerifyPolicy {
