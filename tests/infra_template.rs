@@ -970,7 +970,7 @@ async fn each_function_is_granted_exactly_the_aws_actions_its_code_calls() {
     );
     let visibility = latchkey::lambda::SqsVisibility::new(recorded_sqs);
     let back =
-        latchkey::lambda::handle_refresh_messages(&refresh.app.service, &visibility, batch, Instant::now()).await;
+        latchkey::lambda::handle_refresh_messages(&refresh.app.service, None, &visibility, batch, Instant::now()).await;
     assert_eq!(back.batch_item_failures.len(), 1, "deferred: handed back");
 
     // token-lookup: a cold lookup that refreshes on demand (once the sweep's token is due: one

@@ -173,7 +173,9 @@ def run(port, verify_stored):
     check("token-lookup unknown connection", (ok, "ConnectionNotFound" in json.dumps(error)), (False, True))
     ok, summary = invoke(port, "token-refresh", "token-refresh/scheduled.json")
     check("token-refresh sweep", (ok, sorted(summary)), (True, ["device_polls", "due", "failed", "refreshed", "revocations", "skipped", "verified"]))
-    # A batch of its refresh queue: the entry names no connection of this deployment.
+    # A batch of its refresh queue: an organization's message of two entries and one in the
+    # single-entry format of earlier releases, naming no connection of this deployment (each
+    # entry re-read, nothing to refresh, nothing sent again or handed back).
     ok, answer = invoke(port, "token-refresh", "token-refresh/queue-batch.json")
     check("token-refresh worker batch", (ok, answer), (True, {"batchItemFailures": []}))
     # An operator's rotation: acme's branch key (v1, made by the connection above) becomes v2.

@@ -10,8 +10,9 @@ use std::time::Duration;
 use latchkey::adapters::local_key::LocalKeyProvider;
 use latchkey::crypto::{BranchKeyring, Envelope, KeyProvider};
 use latchkey::domain::{OrgId, Principal};
-use latchkey::ports::{BranchKeyStore, DueEntry, Store};
-use latchkey::service::{FanoutPolicy, QueueError, RefreshOutcome, RefreshQueue, Service, ServiceOptions};
+use latchkey::lambda::{MessageVisibility, SqsEvent, SqsMessage, VisibilityError, handle_refresh_messages};
+use latchkey::ports::{BranchKeyStore, Store};
+use latchkey::service::{FanoutPolicy, QueueError, RefreshMessage, RefreshQueue, Service, ServiceOptions};
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -26,8 +27,9 @@ pub enum Mode {
     /// One `token-refresh` sweep per schedule tick refreshes them itself (the deployment
     /// before the fan-out).
     Inline,
-    /// Each tick sweeps inline up to 1,000 due entries and above that enqueues them; SQS
-    /// batches of up to 100 go to worker invocations (at most `workers` at once), each
+    /// Each tick sweeps inline up to 1,000 due entries and above that enqueues them, one
+    /// message per organization (up to 100 entries each); SQS batches of up to 100 messages go
+    /// to worker invocations (at most `workers` at once, the real worker's handler), each
     /// refreshing `RefreshPolicy::concurrency` (64) at a time (the deployed template).
     Fanout,
 }
@@ -419,19 +421,28 @@ async fn inline(scn: &Scenario, world: &World) -> LambdaStats {
     stats
 }
 
-/// The refresh queue (SQS standard, modelled): messages visible, in flight (received by a
-/// worker) or delayed (handed back, visible again after the visibility timeout), and the
+/// The refresh queue (SQS standard, modelled): messages (one organization's entries each)
+/// visible, in flight (received by a worker) or delayed (sent with a delay, or handed back:
+/// visible again after the delay the worker asked for, else the visibility timeout), and the
 /// requests SQS would bill.
 #[derive(Default)]
 struct SimQueue {
     state: std::sync::Mutex<QueueState>,
 }
 
+/// A message of the queue and how many times it was received.
+type Queued = (RefreshMessage, u32);
+
 #[derive(Default)]
 struct QueueState {
-    visible: std::collections::VecDeque<(DueEntry, u32)>,
+    visible: std::collections::VecDeque<Queued>,
     in_flight: usize,
-    delayed: Vec<(tokio::time::Instant, DueEntry, u32)>,
+    delayed: Vec<(tokio::time::Instant, Queued)>,
+    /// Receipt handles whose message the worker asked to see again after a delay
+    /// (`ChangeMessageVisibility`).
+    visibility: std::collections::HashMap<String, Duration>,
+    /// Receipt handles given out so far (each receive gets a new one).
+    receipts: u64,
     requests: u64,
     dead_lettered: u64,
 }
@@ -446,35 +457,43 @@ impl SimQueue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Up to `n` visible messages, received (in flight), after making due delayed ones visible.
-    fn receive(&self, n: usize) -> Vec<(DueEntry, u32)> {
+    /// Up to `n` visible messages, received (in flight), after making due delayed ones visible;
+    /// each with its receipt handle.
+    fn receive(&self, n: usize) -> Vec<(String, Queued)> {
         let mut s = self.state();
         let now = tokio::time::Instant::now();
         let (ready, waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut s.delayed).into_iter().partition(|(at, _, _)| *at <= now);
+            std::mem::take(&mut s.delayed).into_iter().partition(|(at, _)| *at <= now);
         s.delayed = waiting;
-        s.visible.extend(ready.into_iter().map(|(_, e, r)| (e, r)));
+        s.visible.extend(ready.into_iter().map(|(_, q)| q));
         let take = n.min(s.visible.len());
-        let got: Vec<_> = s.visible.drain(..take).collect();
+        let got: Vec<Queued> = s.visible.drain(..take).collect();
         s.in_flight += got.len();
         // ReceiveMessage returns at most 10 messages: the poller's requests for one batch.
         s.requests += got.len().div_ceil(SQS_BATCH) as u64;
-        got
+        let first = s.receipts;
+        s.receipts += got.len() as u64;
+        got.into_iter().enumerate().map(|(i, q)| (format!("r-{}", first + i as u64), q)).collect()
     }
 
-    /// A worker's batch is done: `back` are handed back (visible again after `visibility`,
-    /// or dead-lettered after `max_receives`), the others deleted.
-    fn finish(&self, received: usize, back: Vec<(DueEntry, u32)>, visibility: Duration, max_receives: u32) {
+    /// A worker's batch is done: the messages whose receipt handles are in `back` are handed
+    /// back (visible again after the delay the worker asked for, else `visibility`, or
+    /// dead-lettered after `max_receives`), the others deleted.
+    fn finish(&self, received: Vec<(String, Queued)>, back: &[String], visibility: Duration, max_receives: u32) {
         let mut s = self.state();
-        s.in_flight -= received;
-        let deleted = received - back.len();
+        s.in_flight -= received.len();
+        let deleted = received.len() - back.len();
         s.requests += deleted.div_ceil(SQS_BATCH) as u64;
-        let at = tokio::time::Instant::now() + visibility;
-        for (e, receives) in back {
+        let now = tokio::time::Instant::now();
+        for (handle, (message, receives)) in received {
+            let asked = s.visibility.remove(&handle);
+            if !back.contains(&handle) {
+                continue;
+            }
             if receives + 1 >= max_receives {
                 s.dead_lettered += 1;
             } else {
-                s.delayed.push((at, e, receives + 1));
+                s.delayed.push((now + asked.unwrap_or(visibility), (message, receives + 1)));
             }
         }
     }
@@ -482,18 +501,24 @@ impl SimQueue {
     fn has_visible(&self) -> bool {
         let s = self.state();
         let now = tokio::time::Instant::now();
-        !s.visible.is_empty() || s.delayed.iter().any(|(at, _, _)| *at <= now)
+        !s.visible.is_empty() || s.delayed.iter().any(|(at, _)| *at <= now)
     }
 }
 
 #[async_trait::async_trait]
 impl RefreshQueue for SimQueue {
-    async fn enqueue(&self, entries: &[DueEntry]) -> Result<(), QueueError> {
-        let batches = entries.len().div_ceil(SQS_BATCH);
+    async fn enqueue(&self, messages: &[RefreshMessage], delay: Duration) -> Result<(), QueueError> {
+        let batches = messages.len().div_ceil(SQS_BATCH);
         tokio::time::sleep(SQS_LATENCY * batches.div_ceil(SQS_SEND_CONCURRENCY) as u32).await;
         let mut s = self.state();
         s.requests += batches as u64;
-        s.visible.extend(entries.iter().map(|e| (e.clone(), 0)));
+        let queued = messages.iter().map(|m| (m.clone(), 0));
+        if delay.is_zero() {
+            s.visible.extend(queued);
+        } else {
+            let at = tokio::time::Instant::now() + delay;
+            s.delayed.extend(queued.map(|q| (at, q)));
+        }
         Ok(())
     }
 
@@ -504,6 +529,36 @@ impl RefreshQueue for SimQueue {
         Ok((s.visible.len() + s.in_flight + s.delayed.len()) as u64)
     }
 }
+
+#[async_trait::async_trait]
+impl MessageVisibility for SimQueue {
+    async fn delay(&self, _queue_arn: &str, receipt_handle: &str, delay: Duration) -> Result<(), VisibilityError> {
+        tokio::time::sleep(SQS_LATENCY).await;
+        let mut s = self.state();
+        s.requests += 1;
+        s.visibility.insert(receipt_handle.to_owned(), delay);
+        Ok(())
+    }
+}
+
+/// A batch as the event source mapping hands it to the worker: the messages' JSON bodies.
+fn sqs_event(received: &[(String, Queued)]) -> SqsEvent {
+    let mut event = SqsEvent::default();
+    event.records = received
+        .iter()
+        .map(|(handle, (message, _))| {
+            let mut record = SqsMessage::default();
+            record.message_id = Some(handle.clone());
+            record.receipt_handle = Some(handle.clone());
+            record.body = Some(serde_json::to_string(message).expect("a message serializes"));
+            record.event_source_arn = Some(QUEUE_ARN.to_owned());
+            record
+        })
+        .collect();
+    event
+}
+
+const QUEUE_ARN: &str = "arn:aws:sqs:us-east-1:123456789012:latchkey-RefreshQueue";
 
 /// Warm containers of one function, reclaimed after `idle`.
 struct Pool {
@@ -536,8 +591,10 @@ impl Pool {
 
 /// The fan-out deployment: every `schedule` a tick ([`Service::refresh_tick`] with the queue:
 /// inline up to 1,000 due, else dispatch); the SQS event source polls every second and starts
-/// worker invocations ([`Service::refresh_due_entries`]) on batches of up to `batch`, at most
-/// `workers` at once. Handed-back entries come back after the visibility timeout.
+/// worker invocations (`token-refresh`'s own handler, [`handle_refresh_messages`]) on batches of
+/// up to `batch` messages, at most `workers` at once. Entries to retry come back as new delayed
+/// messages; handed-back messages after the delay the worker set, a cut-off batch after the
+/// visibility timeout.
 async fn fanout(scn: &Scenario, world: World) -> LambdaStats {
     let end = tokio::time::Instant::now() + scn.duration;
     let queue = Arc::new(SimQueue::default());
@@ -580,20 +637,15 @@ async fn fanout(scn: &Scenario, world: World) -> LambdaStats {
             let (visibility, max_receives) = (scn.visibility, scn.max_receives);
             tokio::task::spawn_local(async move {
                 let began = tokio::time::Instant::now();
-                let entries: Vec<DueEntry> = received.iter().map(|(e, _)| e.clone()).collect();
                 let far = std::time::Instant::now() + Duration::from_secs(86_400);
-                let outcomes = tokio::time::timeout(budget, service.refresh_due_entries(&entries, far)).await;
-                // Batch item failures (unavailable, deferred) go back; a cut-off batch goes back whole.
-                let back: Vec<(DueEntry, u32)> = match outcomes {
-                    Ok(outcomes) => received
-                        .iter()
-                        .zip(&outcomes)
-                        .filter(|(_, o)| matches!(o, RefreshOutcome::Unavailable) || o.retry())
-                        .map(|(r, _)| r.clone())
-                        .collect(),
-                    Err(_) => received.clone(),
+                let q: &SimQueue = queue.as_ref();
+                let work = handle_refresh_messages(&service, Some(q), q, sqs_event(&received), far);
+                // Batch item failures go back; a cut-off batch goes back whole.
+                let back: Vec<String> = match tokio::time::timeout(budget, work).await {
+                    Ok(answer) => answer.batch_item_failures.into_iter().map(|f| f.item_identifier).collect(),
+                    Err(_) => received.iter().map(|(handle, _)| handle.clone()).collect(),
                 };
-                queue.finish(received.len(), back, visibility, max_receives);
+                queue.finish(received, &back, visibility, max_receives);
                 pool.give_back(service, began.elapsed());
                 active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             });

@@ -1,8 +1,9 @@
 //! `token-refresh` as one function with two inputs: its EventBridge schedule (one tick: the inline
 //! sweep, or above [`FanoutPolicy::inline_max`] due connections the dispatch of every due entry to
-//! the refresh queue), and batches of that queue (the workers: each entry refreshed as the sweep
-//! would, at most the refresh policy's concurrency at once). Why duplicates and redeliveries are
-//! safe, and how they are bounded: `service::refresh::fanout`. A third input, asked for by an
+//! the refresh queue, one message per organization and up to 100 entries), and batches of that
+//! queue (the workers: each entry of each message refreshed as the sweep would, at most the
+//! refresh policy's concurrency at once). Why duplicates and redeliveries are safe, and how they
+//! are bounded: `service::refresh::fanout`. A third input, asked for by an
 //! operator (`aws lambda invoke`), rotates organizations' branch keys: the function's role is
 //! one the KMS key policy lets generate data keys, an operator's usually is not.
 
@@ -22,23 +23,30 @@ use crate::config::{Components, Settings};
 use crate::crypto::BranchKeyring;
 use crate::domain::OrgId;
 use crate::ports::DueEntry;
-use crate::service::{FanoutPolicy, QueueError, RefreshMessage, RefreshQueue, RefreshTick, Service};
+use crate::service::{
+    FanoutPolicy, MAX_SENDS, QueueError, RefreshMessage, RefreshOutcome, RefreshQueue, RefreshTick, Service,
+};
 
-/// Entries per `SendMessageBatch` (SQS's limit).
+/// Messages per `SendMessageBatch` (SQS's limit; ten full messages are under 70 KB of its
+/// 256 KiB).
 const SQS_BATCH: usize = 10;
 /// `SendMessageBatch` requests one [`SqsRefreshQueue::enqueue`] has in flight at once.
 const SEND_CONCURRENCY: usize = 8;
+/// The longest `DelaySeconds` SQS takes: 15 minutes.
+const MAX_DELAY_SECONDS: u64 = 900;
 
-/// How soon a message the worker hands back is seen again: a random delay in this range (so the
-/// messages of one failed batch do not all return at once), set with `ChangeMessageVisibility`
-/// before the batch's answer. Without it SQS would keep the message hidden for the queue's
-/// visibility timeout (1,800 s), and counting in the backlog that holds every tick back, so a
-/// short store or KMS outage would stall refreshes for half an hour.
+/// How soon the entries a worker retries are seen again: a random delay in this range (so the
+/// retries of one failed batch do not all return at once). They go out as a new message with
+/// that `DelaySeconds`; when that send fails, the message they came in is handed back whole,
+/// made visible again after such a delay (`ChangeMessageVisibility`) before the batch's answer.
+/// Left at the queue's visibility timeout (1,800 s), it would count in the backlog that holds
+/// every tick back, so a short store or KMS outage would stall refreshes for half an hour.
 pub const RETRY_VISIBILITY: std::ops::RangeInclusive<Duration> = Duration::from_secs(30)..=Duration::from_secs(60);
 
-/// [`RefreshQueue`] over SQS: one message per entry ([`RefreshMessage`] as JSON), sent ten to a
-/// `SendMessageBatch` request (IAM action `sqs:SendMessage`), entries the queue refused sent once
-/// more; the backlog from `GetQueueAttributes`.
+/// [`RefreshQueue`] over SQS: one SQS message per [`RefreshMessage`] (its JSON as the body), sent
+/// ten to a `SendMessageBatch` request (IAM action `sqs:SendMessage`) with the delay as each
+/// entry's `DelaySeconds` (whole seconds, rounded up, at most 900), messages the queue refused
+/// sent once more; the backlog from `GetQueueAttributes`.
 pub struct SqsRefreshQueue {
     client: aws_sdk_sqs::Client,
     url: String,
@@ -49,17 +57,23 @@ impl SqsRefreshQueue {
         Self { client, url: url.into() }
     }
 
-    /// One `SendMessageBatch` of at most ten entries, then once more for what it refused.
-    async fn send(&self, entries: &[DueEntry]) -> Result<(), QueueError> {
-        let mut pending: Vec<(String, String)> = entries
+    /// One `SendMessageBatch` of at most ten messages, then once more for what it refused.
+    async fn send(&self, messages: &[RefreshMessage], delay_seconds: i32) -> Result<(), QueueError> {
+        let mut pending: Vec<(String, String)> = messages
             .iter()
             .enumerate()
-            .map(|(i, e)| (i.to_string(), serde_json::to_string(&RefreshMessage::from(e)).unwrap_or_default()))
+            .map(|(i, m)| (i.to_string(), serde_json::to_string(m).unwrap_or_default()))
             .collect();
         for _attempt in 0..2 {
             let batch: Vec<SendMessageBatchRequestEntry> = pending
                 .iter()
-                .map(|(id, body)| SendMessageBatchRequestEntry::builder().id(id).message_body(body).build())
+                .map(|(id, body)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(id)
+                        .message_body(body)
+                        .delay_seconds(delay_seconds)
+                        .build()
+                })
                 .collect::<Result<_, _>>()
                 .map_err(|e| QueueError::Unavailable(e.into()))?;
             let out = self
@@ -82,8 +96,10 @@ impl SqsRefreshQueue {
 
 #[async_trait]
 impl RefreshQueue for SqsRefreshQueue {
-    async fn enqueue(&self, entries: &[DueEntry]) -> Result<(), QueueError> {
-        let sends: Vec<_> = entries.chunks(SQS_BATCH).map(|chunk| self.send(chunk)).collect();
+    async fn enqueue(&self, messages: &[RefreshMessage], delay: Duration) -> Result<(), QueueError> {
+        let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+        let delay_seconds = i32::try_from(seconds.min(MAX_DELAY_SECONDS)).unwrap_or_default();
+        let sends: Vec<_> = messages.chunks(SQS_BATCH).map(|chunk| self.send(chunk, delay_seconds)).collect();
         let sent: Vec<Result<(), QueueError>> =
             futures_util::stream::iter(sends).buffer_unordered(SEND_CONCURRENCY).collect().await;
         sent.into_iter().collect()
@@ -160,8 +176,8 @@ pub enum TokenRefreshResponse {
 }
 
 /// What `token-refresh`'s handler works with besides the service: the fan-out's queue (`None`:
-/// always sweep inline), the visibility of the messages it hands back, and the key hierarchy it
-/// rotates on request.
+/// always sweep inline; the workers send their retries to it), the visibility of the messages it
+/// hands back, and the key hierarchy it rotates on request.
 #[derive(Clone, Copy)]
 pub struct RefreshPorts<'a> {
     pub queue: Option<&'a dyn RefreshQueue>,
@@ -184,7 +200,8 @@ pub async fn handle_token_refresh(
 ) -> Result<TokenRefreshResponse, Diagnostic> {
     match event {
         TokenRefreshEvent::Queue(batch) => {
-            Ok(TokenRefreshResponse::Queue(handle_refresh_messages(service, ports.visibility, batch, deadline).await))
+            let answer = handle_refresh_messages(service, ports.queue, ports.visibility, batch, deadline).await;
+            Ok(TokenRefreshResponse::Queue(answer))
         }
         TokenRefreshEvent::Rotate(request) => {
             rotate_branch_keys(ports.keys, &request.rotate_branch_keys).await.map(TokenRefreshResponse::Rotated)
@@ -222,31 +239,67 @@ pub async fn rotate_branch_keys(
     Ok(RotatedBranchKeys { rotated })
 }
 
-/// The worker: each message's entry refreshed if still due ([`Service::refresh_due_entries`],
-/// none started after `deadline`). The answer lists the `messageId`s SQS must hand back: those
-/// whose store or key service did not answer, and those not started before the deadline; each
-/// is first made visible again after a random delay in [`RETRY_VISIBILITY`] (`visibility`), so
-/// it neither waits out the queue's visibility timeout nor holds the next ticks back meanwhile.
-/// If that call fails the message is still handed back (at the queue's timeout). A body that is
-/// not a [`RefreshMessage`] is logged (its message id only) and dropped: the due index, not the
-/// queue, says what is due. Never fails as a whole.
+/// The worker: each entry of each message ([`RefreshMessage::parse`]: grouped, or the
+/// single-entry body of the releases before) refreshed if still due
+/// ([`Service::refresh_due_entries`] over the whole batch, none started after `deadline`). A
+/// message whose entries all settled is done. One with entries to retry
+/// ([`RefreshOutcome::retry`]: the store or key service did not answer, or the
+/// deadline came first) has only those sent again to `queue`, as a new message delayed by a
+/// random [`RETRY_VISIBILITY`], and is done too, so its refreshed entries do not come back with
+/// them. When there is no queue or that send fails, the message is handed back whole: its
+/// `messageId` in the answer (a batch item failure), first made visible again after such a delay
+/// (`visibility`; if that call fails too, at the queue's visibility timeout); its entries
+/// refreshed meanwhile are no longer due and are skipped when it returns. A message already sent
+/// [`MAX_SENDS`] times is not sent again: its entries stay due in the index for the next tick
+/// (logged). A body that is neither format is logged (its message id only) and dropped: the due
+/// index, not the queue, says what is due. Never fails as a whole.
 pub async fn handle_refresh_messages(
     service: &Service,
+    queue: Option<&dyn RefreshQueue>,
     visibility: &dyn MessageVisibility,
     event: SqsEvent,
     deadline: Instant,
 ) -> SqsBatchResponse {
-    let mut read: Vec<(usize, DueEntry)> = Vec::with_capacity(event.records.len());
-    for (i, record) in event.records.iter().enumerate() {
-        match record.body.as_deref().map(serde_json::from_str::<RefreshMessage>) {
-            Some(Ok(message)) => read.push((i, message.into())),
+    let mut read: Vec<(&SqsMessage, RefreshMessage)> = Vec::with_capacity(event.records.len());
+    for record in &event.records {
+        match record.body.as_deref().map(RefreshMessage::parse) {
+            Some(Ok(message)) => read.push((record, message)),
             _ => tracing::error!(message_id = record.message_id.as_deref(), "not a refresh message: dropped"),
         }
     }
-    let entries: Vec<DueEntry> = read.iter().map(|(_, e)| e.clone()).collect();
-    let outcomes = service.refresh_due_entries(&entries, deadline).await;
-    let back: Vec<&SqsMessage> =
-        read.iter().zip(outcomes).filter(|(_, o)| o.retry()).map(|((i, _), _)| &event.records[*i]).collect();
+    let entries: Vec<DueEntry> = read.iter().flat_map(|(_, m)| m.due_entries()).collect();
+    let mut outcomes = service.refresh_due_entries(&entries, deadline).await.into_iter();
+    // Each message's entries to retry, as a message of their own.
+    let mut retries: Vec<(&SqsMessage, RefreshMessage)> = Vec::new();
+    for (record, message) in read {
+        let Some(retry) = to_retry(message, &mut outcomes) else { continue };
+        if retry.attempt >= MAX_SENDS {
+            tracing::error!(
+                message_id = record.message_id.as_deref(),
+                org = retry.org.as_str(),
+                entries = retry.entries.len(),
+                "refresh entries retried too often: left to the next tick"
+            );
+            continue;
+        }
+        retries.push((record, retry));
+    }
+    let back: Vec<Option<&SqsMessage>> = futures_util::stream::iter(retries)
+        .map(|(record, retry)| async move {
+            let Some(queue) = queue else { return Some(record) };
+            match queue.enqueue(std::slice::from_ref(&retry), retry_delay()).await {
+                Ok(()) => None,
+                Err(error) => {
+                    tracing::warn!(message_id = record.message_id.as_deref(), error = %error,
+                        "could not send the entries to retry: the message is handed back");
+                    Some(record)
+                }
+            }
+        })
+        .buffer_unordered(SEND_CONCURRENCY)
+        .collect()
+        .await;
+    let back: Vec<&SqsMessage> = back.into_iter().flatten().collect();
     let delays = futures_util::stream::iter(&back)
         .map(|record| async move {
             let (Some(arn), Some(handle)) = (&record.event_source_arn, &record.receipt_handle) else { return };
@@ -263,6 +316,17 @@ pub async fn handle_refresh_messages(
         response.add_failure(record.message_id.clone().unwrap_or_default());
     }
     response
+}
+
+/// The entries of `message` whose outcomes (the next of `outcomes`, one per entry, in order)
+/// ask for a retry, as the message that sends them again (its `attempt` one more); `None` when
+/// every entry settled.
+fn to_retry(message: RefreshMessage, outcomes: &mut impl Iterator<Item = RefreshOutcome>) -> Option<RefreshMessage> {
+    let retry: Vec<bool> = outcomes.by_ref().take(message.entries.len()).map(RefreshOutcome::retry).collect();
+    let mut retry = retry.into_iter();
+    let RefreshMessage { org, mut entries, attempt } = message;
+    entries.retain(|_| retry.next().unwrap_or(true));
+    (!entries.is_empty()).then(|| RefreshMessage { org, entries, attempt: attempt + 1 })
 }
 
 /// A random delay in [`RETRY_VISIBILITY`].
@@ -314,6 +378,35 @@ pub async fn refresh_invocation(
 mod tests {
     use super::*;
 
+    /// Of a message's entries, only those to retry go out again, in a message of their own whose
+    /// attempt counts the sends; the outcomes of the next message are left to it.
+    #[test]
+    fn only_the_entries_to_retry_are_sent_again() {
+        use crate::domain::ConnectionId;
+        use crate::service::MessageEntry;
+
+        let entry = |n: i64| MessageEntry { connection_id: ConnectionId::generate(), due: n };
+        let message =
+            RefreshMessage { org: OrgId::parse("acme").unwrap(), entries: (0..4).map(entry).collect(), attempt: 1 };
+        let mut outcomes = [
+            RefreshOutcome::Refreshed,
+            RefreshOutcome::Unavailable,
+            RefreshOutcome::Failed,
+            RefreshOutcome::Deferred,
+            RefreshOutcome::Skipped,
+        ]
+        .into_iter();
+        let retry = to_retry(message.clone(), &mut outcomes).unwrap();
+        assert_eq!(retry.org, message.org);
+        assert_eq!(retry.entries, [message.entries[1].clone(), message.entries[3].clone()]);
+        assert_eq!(retry.attempt, 2);
+        assert_eq!(outcomes.next(), Some(RefreshOutcome::Skipped), "the next message's outcome is left");
+
+        let settled =
+            [RefreshOutcome::Refreshed, RefreshOutcome::Failed, RefreshOutcome::Skipped, RefreshOutcome::Polled];
+        assert_eq!(to_retry(message, &mut settled.into_iter()), None);
+    }
+
     #[test]
     fn the_samples_are_told_apart() {
         let read = |name: &str| {
@@ -321,8 +414,10 @@ mod tests {
             serde_json::from_str::<TokenRefreshEvent>(&std::fs::read_to_string(&path).unwrap()).unwrap()
         };
         let TokenRefreshEvent::Queue(batch) = read("queue-batch.json") else { panic!("a batch") };
-        let message: RefreshMessage = serde_json::from_str(batch.records[0].body.as_deref().unwrap()).unwrap();
-        assert_eq!(message.org.as_str(), "acme");
+        let messages: Vec<RefreshMessage> =
+            batch.records.iter().map(|r| RefreshMessage::parse(r.body.as_deref().unwrap()).unwrap()).collect();
+        let shape: Vec<(&str, usize)> = messages.iter().map(|m| (m.org.as_str(), m.entries.len())).collect();
+        assert_eq!(shape, [("acme", 2), ("acme", 1)], "a grouped message, and one of the single-entry format");
         assert!(matches!(read("scheduled.json"), TokenRefreshEvent::Schedule(_)));
         let TokenRefreshEvent::Rotate(rotate) = read("rotate-branch-keys.json") else { panic!("a rotation") };
         assert_eq!(rotate.rotate_branch_keys.orgs.iter().map(OrgId::as_str).collect::<Vec<_>>(), ["acme"]);

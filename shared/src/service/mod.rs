@@ -28,8 +28,8 @@ pub use idempotency::{IdempotencyError, Idempotent};
 pub use lookup::{Channel, LookupRequest, LookupResponse, PrincipalKind, ReadOrigin, ReportedError};
 pub use oauth::{Authorization, AuthorizeResponse, CallbackOutcome, DeviceAuthorizeResponse};
 pub use refresh::{
-    DispatchSummary, FanoutPolicy, QueueError, RefreshMessage, RefreshOutcome, RefreshPolicy, RefreshQueue,
-    RefreshTick, SweepSummary,
+    DispatchSummary, FanoutPolicy, MAX_SENDS, MessageEntry, QueueError, RefreshMessage, RefreshOutcome, RefreshPolicy,
+    RefreshQueue, RefreshTick, SweepSummary,
 };
 pub use revoke::{MAX_REVOKE_ATTEMPTS, RevokeOutcome};
 pub use verify::{CREDENTIALS_REJECTED, VerifyAnswer, VerifyPolicy};

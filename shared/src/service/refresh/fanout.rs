@@ -2,30 +2,50 @@
 //! hands the due entries to a queue ([`RefreshQueue`]: SQS on AWS) and workers refresh them, each
 //! entry exactly as the sweep would ([`Service::refresh_due_entry`]).
 //!
+//! # One message per organization
+//! A tick groups its due entries by organization across every shard of the index: a message
+//! ([`RefreshMessage`]) carries one organization's entries, at most
+//! [`FanoutPolicy::message_entries`] (100) of them. So a worker that takes a message opens that
+//! organization's branch key once (one KMS `Decrypt` per organization per container per 5
+//! minutes, `crypto::BranchKeyring`), and the KMS calls of the whole fleet are bounded by the
+//! messages, which follow organizations, not by containers times organizations (docs/scale.md,
+//! "The bound at 10 million connections"). Why 100: the event source hands a worker up to 100
+//! messages, so at most 10,000 entries an invocation (under a minute at 64 refreshes at once);
+//! a body stays under 7 KB (an id is 30 characters, an organization at most 128), ten of them
+//! well inside `SendMessageBatch`'s 256 KiB, a batch of 100 inside Lambda's 6 MB payload.
+//!
 //! # The index stays the truth
-//! A message is a hint that an entry was due, nothing more. The worker re-reads the connection
-//! and refreshes it only if it is still due (the index may lag the record, and the entry may have
-//! been refreshed since it was enqueued); a refresh takes the connection's lease, so two workers
-//! holding the same entry never both call the provider. What a worker could not do stays due in
-//! the index, so a lost message, one in the dead-letter queue, or a tick that ran out of time
-//! costs lag, never a refresh: the next tick enqueues the entry again.
+//! A message is a hint that its entries were due, nothing more. The worker re-reads each
+//! connection and refreshes it only if it is still due (the index may lag the record, and the
+//! entry may have been refreshed since it was enqueued); a refresh takes the connection's lease,
+//! so two workers holding the same entry never both call the provider. What a worker could not
+//! do stays due in the index, so a lost message, one in the dead-letter queue, or a tick that
+//! ran out of time costs lag, never a refresh: the next tick enqueues the entry again.
 //!
 //! # Duplicates are bounded
 //! An entry stays due until it is refreshed, so a tick could enqueue what an earlier tick
 //! enqueued and no worker has taken yet. A tick therefore enqueues nothing while the queue holds
 //! more than [`FanoutPolicy::low_water`] messages (visible, in flight or delayed, as the queue
-//! counts them): at most that many of its entries can be in the queue twice, and a backlog the
-//! workers cannot drain in one period holds the next ticks back instead of piling up copies. SQS
-//! itself delivers at least once. A duplicate costs one message and one read of the record; the
-//! lease and the re-check keep it from a second provider call.
+//! counts them): at most that many messages, so at most `low_water x message_entries` entries,
+//! can be in the queue twice. The low water is 100 messages: at most 10,000 entries, one
+//! worker's batch, about 1% of a 5-minute tick at 10 million connections; a backlog the workers
+//! cannot drain in one period holds the next ticks back instead of piling up copies. SQS itself
+//! delivers at least once. A duplicate entry costs one read of the record; the lease and the
+//! re-check keep it from a second provider call.
 //!
-//! # Only transient failures come back
-//! A worker hands a message back ([`RefreshOutcome::Unavailable`]) only when the store or the
-//! key service did not answer: worth a retry soon. A provider's failure is recorded on the
-//! connection (its backoff moves the due time) and the message is done, so one failing
-//! provider never fills the queue and holds the other organizations' refreshes back.
+//! # Only transient failures come back, and only those entries
+//! A worker retries an entry ([`RefreshOutcome::retry`]) only when the store or the key service
+//! did not answer, or its invocation's deadline came first: worth a retry soon. A provider's
+//! failure is recorded on the connection (its backoff moves the due time) and the entry is done,
+//! so one failing provider never fills the queue and holds the other organizations' refreshes
+//! back. The entries to retry go out again as a new message of their own, delayed, and the
+//! message they came in is acknowledged, so the refreshed entries beside them are not handed
+//! back with them (`lambda::handle_refresh_messages`). A message is sent at most
+//! [`MAX_SENDS`] times; then its entries are left to the next tick.
 
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -35,29 +55,31 @@ use super::sweep::Swept;
 use super::*;
 use crate::ports::BackendError;
 
-/// Why entries could not be handed to the queue, or its backlog read. Never holds an entry's
+/// Why messages could not be handed to the queue, or its backlog read. Never holds an entry's
 /// content beyond ids.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     /// The queue refused the request or did not answer (the SDK's error as its source).
     #[error("the refresh queue failed")]
     Unavailable(#[source] BackendError),
-    /// Some entries of a batch were refused after a retry: how many.
-    #[error("the refresh queue refused {0} entries")]
+    /// Some messages of a batch were refused after a retry: how many.
+    #[error("the refresh queue refused {0} messages")]
     Refused(usize),
 }
 
-/// Where a sweep in fan-out mode hands due entries: SQS `SendMessageBatch` on AWS
-/// (`lambda::SqsRefreshQueue`), an in-memory queue in the simulation and tests. One message per
-/// entry ([`RefreshMessage`]).
+/// Where a sweep in fan-out mode hands due entries, grouped by organization
+/// ([`RefreshMessage`]), and where a worker sends again what it must retry: SQS
+/// `SendMessageBatch` on AWS (`lambda::SqsRefreshQueue`), an in-memory queue in the simulation
+/// and tests.
 #[async_trait]
 pub trait RefreshQueue: Send + Sync {
-    /// Hands `entries` to the workers, any number (the adapter batches them as its queue
-    /// allows). On an error some may have been sent: duplicates are safe (module docs).
+    /// Hands `messages` to the workers, any number (the adapter batches them as its queue
+    /// allows), each visible `delay` from now (zero: at once; SQS allows up to 15 minutes). On an
+    /// error some may have been sent: duplicates are safe (module docs).
     ///
     /// # Errors
-    /// [`QueueError`]: the queue refused entries or could not be reached.
-    async fn enqueue(&self, entries: &[DueEntry]) -> std::result::Result<(), QueueError>;
+    /// [`QueueError`]: the queue refused messages or could not be reached.
+    async fn enqueue(&self, messages: &[RefreshMessage], delay: Duration) -> std::result::Result<(), QueueError>;
 
     /// Messages the queue holds that no worker has finished: visible, in flight and delayed
     /// (approximate on SQS: `ApproximateNumberOf{Messages,MessagesNotVisible,MessagesDelayed}`).
@@ -67,24 +89,114 @@ pub trait RefreshQueue: Send + Sync {
     async fn backlog(&self) -> std::result::Result<u64, QueueError>;
 }
 
-/// One queued entry, as the message body carries it: `{"org", "connection_id", "due"}` (`due`:
-/// the index's due time, Unix seconds). Ids only, never a secret.
+/// How many times a message's entries are sent (a tick's send and the workers' re-sends of what
+/// they must retry) before a worker leaves them to the next tick: as many as the queue's
+/// receives before its dead-letter queue (5).
+pub const MAX_SENDS: u32 = 5;
+
+/// One message of the refresh queue: one organization's due entries, as the body carries them,
+/// `{"org": "acme", "entries": [{"connection_id": "con_...", "due": 1795341600}, ...],
+/// "attempt": 1}` (`due`: the index's due time, Unix seconds; `attempt`: the sends before this
+/// one, absent when 0). Ids only, never a secret. [`RefreshMessage::parse`] also reads the
+/// single-entry body of the releases before, `{"org", "connection_id", "due"}`, which may still
+/// be in the queue during a deploy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RefreshMessage {
     pub org: OrgId,
+    pub entries: Vec<MessageEntry>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+}
+
+/// One entry of a [`RefreshMessage`]: a connection of its organization and the index's due
+/// time (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageEntry {
     pub connection_id: ConnectionId,
     pub due: i64,
 }
 
-impl From<&DueEntry> for RefreshMessage {
-    fn from(e: &DueEntry) -> Self {
-        Self { org: e.org.clone(), connection_id: e.id.clone(), due: e.due }
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The single-entry body of the releases before organization-grouped messages.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SingleEntry {
+    org: OrgId,
+    connection_id: ConnectionId,
+    due: i64,
+}
+
+/// A body in either format.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Body {
+    Grouped(RefreshMessage),
+    Single(SingleEntry),
+}
+
+impl RefreshMessage {
+    /// Reads a message body: the grouped format, or the single-entry one of the releases before
+    /// (a message of one entry).
+    ///
+    /// # Errors
+    /// The body is neither (the error names no content).
+    pub fn parse(body: &str) -> std::result::Result<Self, serde_json::Error> {
+        Ok(match serde_json::from_str::<Body>(body)? {
+            Body::Grouped(message) => message,
+            Body::Single(e) => Self {
+                org: e.org,
+                entries: vec![MessageEntry { connection_id: e.connection_id, due: e.due }],
+                attempt: 0,
+            },
+        })
+    }
+
+    /// `entries` grouped by organization (in organization order, each organization's in the
+    /// order given), at most `max` entries a message (at least 1).
+    pub fn group(entries: impl IntoIterator<Item = DueEntry>, max: usize) -> Vec<Self> {
+        let mut open = Grouping::new(max);
+        let mut messages: Vec<Self> = entries.into_iter().filter_map(|e| open.add(e)).collect();
+        messages.extend(open.rest());
+        messages
+    }
+
+    /// Its entries as the index's.
+    pub fn due_entries(&self) -> impl Iterator<Item = DueEntry> + '_ {
+        self.entries.iter().map(|e| DueEntry { org: self.org.clone(), id: e.connection_id.clone(), due: e.due })
     }
 }
 
-impl From<RefreshMessage> for DueEntry {
-    fn from(m: RefreshMessage) -> Self {
-        Self { org: m.org, id: m.connection_id, due: m.due }
+/// Due entries being grouped into messages: each organization's open message, sent when full.
+/// Holds at most `max - 1` entries per organization, so never more than what is due.
+struct Grouping {
+    open: BTreeMap<OrgId, Vec<MessageEntry>>,
+    max: usize,
+}
+
+impl Grouping {
+    fn new(max: usize) -> Self {
+        Self { open: BTreeMap::new(), max: max.max(1) }
+    }
+
+    /// Adds `e` to its organization's message; that message if it is now full.
+    fn add(&mut self, e: DueEntry) -> Option<RefreshMessage> {
+        let entries = self.open.entry(e.org.clone()).or_default();
+        entries.push(MessageEntry { connection_id: e.id, due: e.due });
+        if entries.len() < self.max {
+            return None;
+        }
+        let entries = self.open.remove(&e.org).unwrap_or_default();
+        Some(RefreshMessage { org: e.org, entries, attempt: 0 })
+    }
+
+    /// The messages not yet full, in organization order.
+    fn rest(self) -> impl Iterator<Item = RefreshMessage> {
+        self.open.into_iter().map(|(org, entries)| RefreshMessage { org, entries, attempt: 0 })
     }
 }
 
@@ -97,15 +209,18 @@ pub struct FanoutPolicy {
     /// concurrency (`RefreshPolicy::concurrency`, 64) take about 5 s at a 300 ms provider (and
     /// ~30 ms of AWS calls each), well inside an invocation.
     pub inline_max: usize,
-    /// A tick enqueues nothing while the queue holds more messages than this (module docs).
+    /// A tick enqueues nothing while the queue holds more messages than this (module docs: 100,
+    /// so at most 10,000 entries queued twice).
     pub low_water: u64,
-    /// Shards read and enqueued at once by a dispatch (16: every shard of the DynamoDB index).
+    /// Shards read at once by a dispatch (16: every shard of the DynamoDB index).
     pub concurrency: usize,
+    /// Entries one message carries at most (module docs: 100).
+    pub message_entries: usize,
 }
 
 impl Default for FanoutPolicy {
     fn default() -> Self {
-        Self { inline_max: 1_000, low_water: 1_000, concurrency: 16 }
+        Self { inline_max: 1_000, low_water: 100, concurrency: 16, message_entries: 100 }
     }
 }
 
@@ -116,7 +231,9 @@ pub struct DispatchSummary {
     pub due: usize,
     /// Of those, handed to the queue.
     pub enqueued: usize,
-    /// The queue's backlog when the tick began.
+    /// The messages they went in (one organization's entries each).
+    pub messages: usize,
+    /// The queue's backlog (messages) when the tick began.
     pub backlog: u64,
     /// Nothing enqueued: the backlog was above [`FanoutPolicy::low_water`].
     pub held_back: bool,
@@ -140,7 +257,7 @@ pub enum RefreshOutcome {
     Refreshed,
     /// The refresh failed and was recorded (backoff, or the connection turned red): done.
     Failed,
-    /// The store or the key service did not answer: hand the message back.
+    /// The store or the key service did not answer: retry the entry soon.
     Unavailable,
     /// Nothing to do: refreshed, leased, deleted or no longer due meanwhile.
     Skipped,
@@ -148,12 +265,12 @@ pub enum RefreshOutcome {
     Verified,
     /// Its device authorization was polled; no refresh was due.
     Polled,
-    /// Not started: the batch's deadline had come. Hand the message back.
+    /// Not started: the batch's deadline had come. Retry the entry soon.
     Deferred,
 }
 
 impl RefreshOutcome {
-    /// Whether the message should come back (SQS: a batch item failure).
+    /// Whether the entry should be tried again soon (module docs).
     pub fn retry(self) -> bool {
         matches!(self, Self::Unavailable | Self::Deferred)
     }
@@ -170,6 +287,38 @@ impl From<Swept> for RefreshOutcome {
             Swept::Polled => Self::Polled,
             Swept::Deferred => Self::Deferred,
         }
+    }
+}
+
+impl SweepSummary {
+    /// Counts one entry's outcome, as the sweep's summary line reports it (the deployed stack's
+    /// refresh-failure alarm reads `failed`): an unavailable dependency is a failure, an entry
+    /// deferred past the deadline a skip.
+    pub(super) fn tally(&mut self, outcome: RefreshOutcome) {
+        match outcome {
+            RefreshOutcome::Refreshed => self.refreshed += 1,
+            RefreshOutcome::Failed | RefreshOutcome::Unavailable => self.failed += 1,
+            RefreshOutcome::Skipped | RefreshOutcome::Deferred => self.skipped += 1,
+            RefreshOutcome::Verified => self.verified += 1,
+            RefreshOutcome::Polled => self.device_polls += 1,
+        }
+    }
+}
+
+/// What one shard of a dispatch did.
+#[derive(Default)]
+struct Sent {
+    /// Entries read from the index.
+    due: usize,
+    /// Entries and messages handed to the queue.
+    entries: usize,
+    messages: usize,
+}
+
+impl Sent {
+    fn add(&mut self, messages: &[RefreshMessage]) {
+        self.messages += messages.len();
+        self.entries += messages.iter().map(|m| m.entries.len()).sum::<usize>();
     }
 }
 
@@ -209,10 +358,13 @@ impl Service {
     }
 
     /// Reads the due index as [`Service::refresh_sweep`] does (every shard, oldest first, a page
-    /// at a time, [`FanoutPolicy::concurrency`] shards at once) and enqueues each page instead of
-    /// refreshing it, unless the queue's backlog is above [`FanoutPolicy::low_water`] (module
-    /// docs: duplicates are bounded). Starts no read after `deadline`; what is left stays due
-    /// for the next tick. Then runs the due revocation jobs, as the sweep does.
+    /// at a time, [`FanoutPolicy::concurrency`] shards at once) and enqueues its entries grouped
+    /// by organization instead of refreshing them (module docs): an organization's message is
+    /// sent as soon as it holds [`FanoutPolicy::message_entries`], the others once every shard
+    /// is read. Enqueues nothing while the queue's backlog is above [`FanoutPolicy::low_water`]
+    /// (module docs: duplicates are bounded). Starts no read after `deadline` (what is left
+    /// stays due for the next tick; what was read is still sent). Then runs the due revocation
+    /// jobs, as the sweep does.
     ///
     /// # Errors
     /// The store's (reading the index) or the queue's (as [`ServiceError::Unexpected`]): the
@@ -232,19 +384,32 @@ impl Service {
             summary.held_back = true;
         } else {
             let now = self.clock.now();
-            let shards: Vec<(usize, usize, Option<ServiceError>)> =
-                futures_util::stream::iter(0..self.store.due_shards())
-                    .map(|shard| self.dispatch_shard(queue, shard, now, deadline))
-                    .buffer_unordered(fanout.concurrency.max(1))
-                    .collect()
-                    .await;
-            for (due, enqueued, error) in shards {
-                summary.due += due;
-                summary.enqueued += enqueued;
+            let grouping = Mutex::new(Grouping::new(fanout.message_entries));
+            let shards: Vec<(Sent, Option<ServiceError>)> = futures_util::stream::iter(0..self.store.due_shards())
+                .map(|shard| self.dispatch_shard(queue, &grouping, shard, now, deadline))
+                .buffer_unordered(fanout.concurrency.max(1))
+                .collect()
+                .await;
+            let mut sent = Sent::default();
+            for (shard, error) in shards {
+                sent.due += shard.due;
+                sent.entries += shard.entries;
+                sent.messages += shard.messages;
                 if let Some(e) = error {
                     failure.get_or_insert(e);
                 }
             }
+            // What was read is due whatever stopped a shard: the organizations' last messages.
+            let rest: Vec<RefreshMessage> =
+                grouping.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).rest().collect();
+            match queue.enqueue(&rest, Duration::ZERO).await {
+                Ok(()) => sent.add(&rest),
+                Err(e) => {
+                    tracing::warn!(error = %e, messages = rest.len(), "enqueueing due connections failed");
+                    failure.get_or_insert(ServiceError::unexpected(e));
+                }
+            }
+            (summary.due, summary.enqueued, summary.messages) = (sent.due, sent.entries, sent.messages);
         }
         if failure.is_none() && Instant::now() < deadline {
             match self.revoke_due(deadline).await {
@@ -256,6 +421,7 @@ impl Service {
             target: "latchkey::service::refresh",
             due = summary.due,
             enqueued = summary.enqueued,
+            messages = summary.messages,
             backlog = summary.backlog,
             held_back = summary.held_back,
             revocations = summary.revocations,
@@ -267,37 +433,46 @@ impl Service {
         }
     }
 
-    /// One shard of a dispatch: (entries read, entries enqueued, the error that stopped it).
+    /// One shard of a dispatch: its pages read into `grouping`, the messages they fill sent at
+    /// once; what it did and the error that stopped it.
     async fn dispatch_shard(
         &self,
         queue: &dyn RefreshQueue,
+        grouping: &Mutex<Grouping>,
         shard: u32,
         now: OffsetDateTime,
         deadline: Instant,
-    ) -> (usize, usize, Option<ServiceError>) {
+    ) -> (Sent, Option<ServiceError>) {
         let page = self.policy().page.max(1);
-        let (mut due, mut enqueued) = (0, 0);
+        let mut sent = Sent::default();
         let mut after: Option<DueEntry> = None;
         while Instant::now() < deadline {
             let entries = match self.store.due_connections(shard, now, after.as_ref(), page).await {
                 Ok(entries) => entries,
                 Err(e) => {
                     tracing::warn!(shard, error = %e, "reading the refresh index failed");
-                    return (due, enqueued, Some(e.into()));
+                    return (sent, Some(e.into()));
                 }
             };
-            due += entries.len();
-            if let Err(e) = queue.enqueue(&entries).await {
-                tracing::warn!(shard, error = %e, "enqueueing due connections failed");
-                return (due, enqueued, Some(ServiceError::unexpected(e)));
+            sent.due += entries.len();
+            let more = entries.len() >= page;
+            after = entries.last().cloned();
+            let full: Vec<RefreshMessage> = {
+                let mut open = grouping.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                entries.into_iter().filter_map(|e| open.add(e)).collect()
+            };
+            if !full.is_empty() {
+                if let Err(e) = queue.enqueue(&full, Duration::ZERO).await {
+                    tracing::warn!(shard, error = %e, "enqueueing due connections failed");
+                    return (sent, Some(ServiceError::unexpected(e)));
+                }
+                sent.add(&full);
             }
-            enqueued += entries.len();
-            if entries.len() < page {
+            if !more {
                 break;
             }
-            after = entries.last().cloned();
         }
-        (due, enqueued, None)
+        (sent, None)
     }
 
     /// The worker's unit: what the sweep does for one due entry. Re-reads the connection and
@@ -307,35 +482,101 @@ impl Service {
         self.sweep_one(&entry.org, &entry.id).await.into()
     }
 
-    /// A worker's batch: [`Service::refresh_due_entry`] for each, at most the refresh policy's
-    /// `concurrency` at once, none started after `deadline` ([`RefreshOutcome::Deferred`]); the
-    /// outcomes in the order of `entries`. Logs one `refresh sweep` summary line (with `worker:
-    /// true`), which the deployed stack's refresh-failure alarm counts as it counts the inline
-    /// sweep's.
+    /// A worker's batch (the entries of its messages): [`Service::refresh_due_entry`] for each,
+    /// at most the refresh policy's `concurrency` at once (a slow refresh holds only its own
+    /// slot, not the ones after it), none started after `deadline`
+    /// ([`RefreshOutcome::Deferred`]); the outcomes in the order of `entries`. Logs one `refresh
+    /// sweep` summary line (with `worker: true`), which the deployed stack's refresh-failure
+    /// alarm counts as it counts the inline sweep's.
     pub async fn refresh_due_entries(&self, entries: &[DueEntry], deadline: Instant) -> Vec<RefreshOutcome> {
-        let outcomes: Vec<RefreshOutcome> = futures_util::stream::iter(entries)
-            .map(|entry| async move {
+        let mut outcomes: Vec<(usize, RefreshOutcome)> = futures_util::stream::iter(entries.iter().enumerate())
+            .map(|(i, entry)| async move {
                 if Instant::now() >= deadline {
-                    return RefreshOutcome::Deferred;
+                    return (i, RefreshOutcome::Deferred);
                 }
-                self.refresh_due_entry(entry).await
+                (i, self.refresh_due_entry(entry).await)
             })
-            .buffered(self.policy().concurrency.max(1))
+            .buffer_unordered(self.policy().concurrency.max(1))
             .collect()
             .await;
-        let count = |o: RefreshOutcome| outcomes.iter().filter(|x| **x == o).count();
+        outcomes.sort_unstable_by_key(|(i, _)| *i);
+        let outcomes: Vec<RefreshOutcome> = outcomes.into_iter().map(|(_, o)| o).collect();
+        let mut summary = SweepSummary { due: entries.len(), ..SweepSummary::default() };
+        outcomes.iter().for_each(|o| summary.tally(*o));
         tracing::info!(
             target: "latchkey::service::refresh",
             worker = true,
-            due = entries.len(),
-            refreshed = count(RefreshOutcome::Refreshed),
-            failed = count(RefreshOutcome::Failed) + count(RefreshOutcome::Unavailable),
-            unavailable = count(RefreshOutcome::Unavailable),
-            skipped = count(RefreshOutcome::Skipped) + count(RefreshOutcome::Deferred),
-            verified = count(RefreshOutcome::Verified),
-            device_polls = count(RefreshOutcome::Polled),
+            due = summary.due,
+            refreshed = summary.refreshed,
+            failed = summary.failed,
+            unavailable = outcomes.iter().filter(|o| **o == RefreshOutcome::Unavailable).count(),
+            skipped = summary.skipped,
+            verified = summary.verified,
+            device_polls = summary.device_polls,
             "refresh sweep"
         );
         outcomes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(org: &str, n: u8, due: i64) -> DueEntry {
+        let id = format!("con_{:0>26}", n);
+        DueEntry { org: OrgId::parse(org).unwrap(), id: ConnectionId::parse(&id).unwrap(), due }
+    }
+
+    #[test]
+    fn entries_are_grouped_by_organization_in_messages_of_at_most_max() {
+        let entries = [entry("b", 1, 10), entry("a", 2, 11), entry("b", 3, 12), entry("b", 4, 13), entry("a", 5, 14)];
+        let messages = RefreshMessage::group(entries.clone(), 2);
+        let shape: Vec<(&str, Vec<i64>)> =
+            messages.iter().map(|m| (m.org.as_str(), m.entries.iter().map(|e| e.due).collect())).collect();
+        // "b" fills a message first (sent when full); then the open ones in organization order.
+        assert_eq!(shape, [("b", vec![10, 12]), ("a", vec![11, 14]), ("b", vec![13])]);
+        let back: Vec<DueEntry> = messages.iter().flat_map(RefreshMessage::due_entries).collect();
+        assert_eq!(back.len(), entries.len());
+        assert!(entries.iter().all(|e| back.contains(e)), "every entry once, as read");
+        assert_eq!(RefreshMessage::group(entries, 0).len(), 5, "at least one entry a message");
+    }
+
+    #[test]
+    fn a_message_body_is_grouped_and_the_single_entry_body_before_it_still_reads() {
+        let message = RefreshMessage::group([entry("acme", 1, 1_795_341_600)], 100).remove(0);
+        let body = serde_json::to_string(&message).unwrap();
+        assert_eq!(
+            body,
+            r#"{"org":"acme","entries":[{"connection_id":"con_00000000000000000000000001","due":1795341600}]}"#
+        );
+        assert_eq!(RefreshMessage::parse(&body).unwrap(), message);
+        let resent = RefreshMessage { attempt: 2, ..message.clone() };
+        assert_eq!(RefreshMessage::parse(&serde_json::to_string(&resent).unwrap()).unwrap().attempt, 2);
+
+        let old = r#"{"org":"acme","connection_id":"con_00000000000000000000000001","due":1795341600}"#;
+        assert_eq!(RefreshMessage::parse(old).unwrap(), message, "a message of one entry");
+
+        for junk in [
+            r#"{"hello": 1}"#,
+            r#"{"org":"acme","entries":[{"connection_id":"nope","due":1}]}"#,
+            r#"{"org":"acme","connection_id":"con_00000000000000000000000001"}"#,
+            r#"{"org":"acme","entries":[],"extra":1}"#,
+        ] {
+            assert!(RefreshMessage::parse(junk).is_err(), "{junk}");
+        }
+    }
+
+    /// The largest body: 100 entries of an organization id of 128 characters stays under 7 KB,
+    /// so ten fit a `SendMessageBatch` (256 KiB) many times over.
+    #[test]
+    fn a_full_message_stays_small() {
+        let org = "o".repeat(128);
+        let full: Vec<DueEntry> = (0..100).map(|n| entry(&org, n, 1_795_341_600)).collect();
+        let messages = RefreshMessage::group(full, FanoutPolicy::default().message_entries);
+        assert_eq!(messages.len(), 1);
+        let resent = RefreshMessage { attempt: MAX_SENDS, ..messages[0].clone() };
+        let len = serde_json::to_string(&resent).unwrap().len();
+        assert!(len < 7 * 1024, "{len} bytes");
     }
 }

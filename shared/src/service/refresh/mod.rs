@@ -33,7 +33,8 @@ mod rt_lifetime;
 mod sweep;
 
 pub use fanout::{
-    DispatchSummary, FanoutPolicy, QueueError, RefreshMessage, RefreshOutcome, RefreshQueue, RefreshTick,
+    DispatchSummary, FanoutPolicy, MAX_SENDS, MessageEntry, QueueError, RefreshMessage, RefreshOutcome, RefreshQueue,
+    RefreshTick,
 };
 use lease::Persist;
 pub(super) use limit::RefreshLimit;

@@ -110,16 +110,7 @@ impl Service {
                     .buffer_unordered(self.policy().concurrency.max(1))
                     .collect()
                     .await;
-                for outcome in outcomes {
-                    match outcome {
-                        Swept::Refreshed => summary.refreshed += 1,
-                        Swept::Failed | Swept::Unavailable => summary.failed += 1,
-                        Swept::Skipped => summary.skipped += 1,
-                        Swept::Verified => summary.verified += 1,
-                        Swept::Polled => summary.device_polls += 1,
-                        Swept::Deferred => summary.skipped += 1,
-                    }
-                }
+                outcomes.into_iter().for_each(|o| summary.tally(o.into()));
                 if !more {
                     break;
                 }
