@@ -513,6 +513,8 @@ impl Service {
             skipped = summary.skipped,
             verified = summary.verified,
             device_polls = summary.device_polls,
+            // The container's refreshes at once now (`limit`): below the ceiling after throttling.
+            limit = self.refresh_limit.current(),
             "refresh sweep"
         );
         outcomes
