@@ -183,11 +183,11 @@ mod tests {
         use rustls_pki_types::pem::PemObject;
 
         let roots = webpki_root_certs::TLS_SERVER_ROOT_CERTS;
-        assert!(roots.len() > 100, "Mozilla's set has about 150 roots, got {}", roots.len());
+        assert!(roots.len() > 100, "Mozilla's set has over 100 roots (118 in 1.0.11), got {}", roots.len());
         for cert in roots {
             let read: Vec<CertificateDer<'_>> =
                 CertificateDer::pem_slice_iter(pem(cert).as_bytes()).collect::<Result<_, _>>().unwrap();
-            assert_eq!(read, [cert.clone()]);
+            assert_eq!(read, std::slice::from_ref(cert));
             webpki::anchor_from_trusted_cert(&read[0]).expect("a root the SDK can trust");
         }
         // Amazon's own roots, to which every AWS endpoint chains, are among them.
