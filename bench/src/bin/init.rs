@@ -25,9 +25,10 @@
 //! times per function (`docs/perf-init.svg`).
 //!
 //! ```sh
-//! cargo build --release -p connections-api -p oauth-callback -p token-lookup -p token-refresh \
-//!     -p token-revoke -p webhook-deliver
-//! cargo run --release -p latchkey-bench --bin init -- --bin-dir target/release --runs 50 --svg docs/perf-init.svg
+//! # in a function's directory, so that the functions' profile (functions/.cargo/config.toml) applies
+//! cd functions/connections-api && CARGO_TARGET_DIR=$PWD/../../target/size-init cargo build --release \
+//!     -p connections-api -p oauth-callback -p token-lookup -p token-refresh -p token-revoke -p webhook-deliver
+//! cd ../.. && cargo run -p latchkey-bench --bin init -- --bin-dir target/size-init/release --runs 50 --svg docs/perf-init.svg
 //! ```
 
 use std::io::{BufRead, BufReader};
