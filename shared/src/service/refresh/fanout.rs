@@ -265,7 +265,9 @@ pub enum RefreshOutcome {
     Verified,
     /// Its device authorization was polled; no refresh was due.
     Polled,
-    /// Not started: the batch's deadline had come. Retry the entry soon.
+    /// Not started: the batch's deadline had come, or the container's adaptive limit on
+    /// refreshes at once (`refresh::limit`, backing off while the store throttles) had no place
+    /// for it within 5 s. Retry the entry soon.
     Deferred,
 }
 
