@@ -109,6 +109,7 @@ fn main() -> ExitCode {
             lag_max: latchkey::service::RefreshPolicy::default().lookahead.as_secs_f64(),
             kms_per_refresh: 0.5,
             stale_after: scn.stale_after().as_secs_f64(),
+            store_throttles_per_refresh: 0.05,
         };
         if let Err(broken) = report::check(&outcome, &figures, &bounds) {
             for b in broken {
