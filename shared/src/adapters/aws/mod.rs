@@ -83,24 +83,37 @@ pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient 
 }
 
 /// The roots every AWS call trusts: Mozilla's set as the `webpki-root-certs` crate compiles it
-/// in (the set reqwest trusts for providers, webhooks and JWKS through webpki-roots), and not the
-/// system's. The SDK's default trust store loads the system's roots with rustls-native-certs
-/// when its first client is built, during a function's init: on Debian that read and parsed the
-/// bundle and then each of the few hundred files of `/etc/ssl/certs`, about half of a
-/// function's init (docs/performance.md, "Function init and binary size"). Every AWS endpoint
-/// Latchkey calls (DynamoDB, KMS, EventBridge, SQS, STS, their FIPS and VPC endpoints) chains to
-/// Amazon's roots, which are in Mozilla's set. What the system's roots would add is a private CA,
-/// such as a TLS-inspecting proxy's, which Latchkey's provider calls do not trust either.
+/// in (the set reqwest trusts for providers, webhooks and JWKS through webpki-roots), and, off
+/// Lambda only, the system's too ([`trusts_system_roots`]).
+///
+/// The SDK's default trust store loads the system's roots with rustls-native-certs when its
+/// first client is built, during a function's init: on Debian that read and parsed the bundle
+/// and then each of the few hundred files of `/etc/ssl/certs`, about half of a function's init
+/// (docs/performance.md, "Function init and binary size"). Every AWS endpoint Latchkey calls
+/// (DynamoDB, KMS, EventBridge, SQS, STS, their FIPS and VPC endpoints) chains to Amazon's
+/// roots, which are in Mozilla's set, so a function needs no other. On a laptop or a build
+/// agent (`latchkey serve`, `bootstrap`, `doctor`, `keys rotate` against AWS) the system's roots
+/// are added: an operator behind a TLS-inspecting proxy has its CA there (`SSL_CERT_FILE`,
+/// `SSL_CERT_DIR` as rustls-native-certs reads them), and a command's start is not worth
+/// saving milliseconds on.
 ///
 /// The SDK takes custom roots as PEM only, so each compiled-in DER certificate is wrapped in one
 /// (a base64 line between the markers); the SDK parses them when it builds its connector.
 fn tls_context() -> aws_smithy_http_client::tls::TlsContext {
     use aws_smithy_http_client::tls::{TlsContext, TrustStore};
-    let mut roots = TrustStore::empty();
+    let system = trusts_system_roots(std::env::var_os("AWS_LAMBDA_RUNTIME_API").as_deref());
+    let mut roots = TrustStore::empty().with_native_roots(system);
     for cert in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
         roots.add_pem_certificate(pem(cert));
     }
     TlsContext::builder().with_trust_store(roots).build().expect("a TLS context of a trust store alone always builds")
+}
+
+/// Whether the AWS client also trusts the system's roots: everywhere but on Lambda, which
+/// gives every function the Runtime API's address in `AWS_LAMBDA_RUNTIME_API` (as do `cargo
+/// lambda watch` and the init bench's stand-in), `runtime_api` here.
+fn trusts_system_roots(runtime_api: Option<&std::ffi::OsStr>) -> bool {
+    runtime_api.is_none_or(|address| address.is_empty())
 }
 
 /// One DER certificate as PEM: its base64 on one line (PEM readers take any line length).
@@ -175,6 +188,14 @@ mod tests {
         assert!(!transient(Some("AccessDeniedException"), 400));
         assert!(!transient(Some("ConditionalCheckFailedException"), 400));
         assert!(!transient(Some("InvalidCiphertextException"), 400));
+    }
+
+    #[test]
+    fn functions_on_lambda_trust_the_compiled_in_roots_alone_and_other_processes_the_systems_too() {
+        use std::ffi::OsStr;
+        assert!(!trusts_system_roots(Some(OsStr::new("127.0.0.1:9001"))), "a function on Lambda");
+        assert!(trusts_system_roots(None), "latchkey serve, the CLI");
+        assert!(trusts_system_roots(Some(OsStr::new(""))), "a blank variable counts as unset");
     }
 
     #[test]
