@@ -220,12 +220,22 @@ pub async fn handle_refresh(service: &Service, deadline: std::time::Instant) -> 
 }
 
 /// What a sweep leaves of its invocation for the work in flight to finish (at most half of
-/// what is left, see [`work_budget`]).
-pub const SWEEP_MARGIN: std::time::Duration = std::time::Duration::from_secs(30);
+/// what is left, see [`work_budget`]): 40 s, the refresh lease (30 s) and two store calls
+/// ([`crate::adapters::aws::OPERATION_TIMEOUT`], 5 s each).
+///
+/// A sweep or worker takes no refresh lease after its deadline (the invocation's end less this
+/// margin), so every lease it holds ends at most 30 s after the deadline, and a provider's
+/// answer (which may hold a rotated refresh token) is written by then: its retries stop so that
+/// the last try ends with the lease. A try lost to another writer at that moment is read again
+/// (5 s) and written once more (5 s): 30 + 5 + 5 = 40 s. Work before the lease (waiting for a
+/// place under the adaptive limit, reading the record, a verification or device poll due
+/// beside it) only decides whether a lease is taken in time, never how long it lasts.
+pub const SWEEP_MARGIN: std::time::Duration = std::time::Duration::from_secs(40);
 
 /// [`work_budget`] from now: the invocation's deadline ([`remaining_until`]) less the margin, so
-/// a refresh in flight (its provider call times out after 15 s) is stored before Lambda ends the
-/// invocation, as a rotated refresh token cut off there would be lost.
+/// a refresh in flight (its provider call times out after 15 s, its answer is written until its
+/// lease ends) is stored before Lambda ends the invocation, as a rotated refresh token cut off
+/// there would be lost.
 fn sweep_deadline(context: &lambda_runtime::Context) -> std::time::Instant {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     std::time::Instant::now() + work_budget(remaining_until(context.deadline, now))
@@ -338,13 +348,23 @@ mod work_budget_tests {
     use super::work_budget;
 
     #[test]
-    fn the_margin_is_thirty_seconds_or_half_of_a_short_invocation() {
-        // token-refresh's 300 s timeout: 270 s of work, 30 s for the refreshes in flight.
-        assert_eq!(work_budget(Duration::from_secs(300)), Duration::from_secs(270));
+    fn the_margin_is_forty_seconds_or_half_of_a_short_invocation() {
+        // token-refresh's 300 s timeout: 260 s of work, 40 s for the refreshes in flight.
+        assert_eq!(work_budget(Duration::from_secs(300)), Duration::from_secs(260));
+        assert_eq!(work_budget(Duration::from_secs(90)), Duration::from_secs(50));
         assert_eq!(work_budget(Duration::from_secs(60)), Duration::from_secs(30));
         // A 30 s deadline (the emulator's): half, not nothing.
         assert_eq!(work_budget(Duration::from_secs(30)), Duration::from_secs(15));
         assert_eq!(work_budget(Duration::ZERO), Duration::ZERO);
+    }
+
+    /// The margin covers a lease taken just before the deadline and a provider's answer written
+    /// until it ends, then read and written once more after losing to another writer.
+    #[test]
+    fn the_margin_covers_a_lease_taken_at_the_deadline_and_one_more_write() {
+        let lease = crate::service::RefreshPolicy::default().lease;
+        let store_call = crate::adapters::aws::OPERATION_TIMEOUT;
+        assert!(super::SWEEP_MARGIN >= lease + 2 * store_call, "{:?}", super::SWEEP_MARGIN);
     }
 
     #[test]

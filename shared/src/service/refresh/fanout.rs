@@ -265,9 +265,10 @@ pub enum RefreshOutcome {
     Verified,
     /// Its device authorization was polled; no refresh was due.
     Polled,
-    /// Not started: the batch's deadline had come, or the container's adaptive limit on
-    /// refreshes at once (`refresh::limit`, backing off while the store throttles) had no place
-    /// for it within 5 s. Retry the entry soon.
+    /// Not started: the batch's deadline had come (before the entry had its place under the
+    /// container's adaptive limit on refreshes at once, or before it took its lease), or that
+    /// limit (`refresh::limit`, backing off while the store throttles) had no place for it
+    /// within 5 s. Retry the entry soon.
     Deferred,
 }
 
@@ -480,8 +481,10 @@ impl Service {
     /// The worker's unit: what the sweep does for one due entry. Re-reads the connection and
     /// refreshes it only if it is still due (its verification, refresh-token warning and device
     /// poll too, when those came due); the lease makes a redelivered or duplicate entry safe.
-    pub async fn refresh_due_entry(&self, entry: &DueEntry) -> RefreshOutcome {
-        self.sweep_one(&entry.org, &entry.id).await.into()
+    /// [`RefreshOutcome::Deferred`] when it could not start, or take its lease, before
+    /// `deadline` (its invocation's end less [`crate::lambda::SWEEP_MARGIN`]).
+    pub async fn refresh_due_entry(&self, entry: &DueEntry, deadline: Instant) -> RefreshOutcome {
+        self.sweep_one(&entry.org, &entry.id, deadline).await.into()
     }
 
     /// A worker's batch (the entries of its messages): [`Service::refresh_due_entry`] for each,
@@ -496,7 +499,7 @@ impl Service {
                 if Instant::now() >= deadline {
                     return (i, RefreshOutcome::Deferred);
                 }
-                (i, self.refresh_due_entry(entry).await)
+                (i, self.refresh_due_entry(entry, deadline).await)
             })
             .buffer_unordered(self.policy().concurrency.max(1))
             .collect()

@@ -18,6 +18,19 @@ const COMMIT_ATTEMPTS: usize = 25;
 /// lease over, and a try that still came late would fail its version condition anyway.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
+/// How [`Service::refresh_connection`] meets a connection's lease.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Take {
+    /// A lookup's (or a forced refresh's): another holder's lease is waited for (up to the
+    /// lease's length and 5 s) and its result read.
+    Wait,
+    /// The sweep's and the fan-out worker's: a connection leased elsewhere is left
+    /// ([`Refreshed::Busy`]), and no lease is taken at or after this instant, the invocation's
+    /// deadline ([`Refreshed::Late`]): every lease this call takes ends at most the lease's
+    /// length after it, which [`crate::lambda::SWEEP_MARGIN`] covers.
+    Leave(Instant),
+}
+
 /// How hard [`Service::commit_leased`] writes an outcome through a store that throttles or does
 /// not answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +46,7 @@ pub(super) enum Persist {
 
 impl Service {
     /// Refreshes one connection if `needed` says so, so that across every process only one
-    /// caller talks to the provider: the others wait (when `wait`) and read its result.
+    /// caller talks to the provider: the others wait ([`Take::Wait`]) and read its result.
     ///
     /// `seen` is when the token the caller judged insufficient was obtained (`None`: it saw no
     /// token): any token obtained after it is the shared result of a refresh that raced this one.
@@ -48,8 +61,9 @@ impl Service {
         read: Option<Connection>,
         seen: Option<OffsetDateTime>,
         needed: impl Fn(&Connection, OffsetDateTime) -> bool,
-        wait: bool,
+        take: Take,
     ) -> Result<Refreshed> {
+        let wait = matches!(take, Take::Wait);
         let owner = ulid::Ulid::new().to_string();
         let give_up = Instant::now() + self.policy().lease + Duration::from_secs(5);
         let mut read = read.filter(|c| (&c.org, &c.id) == (org, id));
@@ -83,6 +97,11 @@ impl Service {
                 let pause = rand::rng().random_range(40..120);
                 tokio::time::sleep(Duration::from_millis(pause)).await;
                 continue;
+            }
+            if let Take::Leave(deadline) = take
+                && Instant::now() >= deadline
+            {
+                return Ok(Refreshed::Late);
             }
             // Take the lease: a conditional write, so of many contenders exactly one wins.
             let mut leased = c.clone();

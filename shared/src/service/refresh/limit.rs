@@ -36,11 +36,13 @@ use tokio::time::Instant;
 /// throttle report it too, and each report must not halve the limit again.
 pub(crate) const DECREASE_WINDOW: Duration = Duration::from_secs(1);
 
-/// The longest a refresh waits for its place (`sweep_one` hands it back after that). The
-/// caller checked its deadline before the wait, and a refresh's lease (30 s) must end inside
-/// the invocation's 30 s margin after that deadline: a refresh started more than a few seconds
-/// late could be cut off by the invocation's timeout while it writes a provider's answer
-/// (which is retried until shortly before the lease ends).
+/// The longest a refresh waits for its place (`sweep_one` hands it back after that, or at its
+/// deadline if that comes first). Only the wait is bounded here: the invocation's end is kept
+/// by `sweep_one`, which starts nothing whose place came after its deadline, and by the lease,
+/// which is taken before the deadline or not at all ([`crate::lambda::SWEEP_MARGIN`] covers a
+/// lease taken just before it). A place that frees up within seconds is worth waiting for; a
+/// container throttled longer hands its entries back to be retried, by the next sweep or as a
+/// delayed message, rather than holding them.
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(5);
 
 /// A container's adaptive limit on refreshes at once, between 1 and its ceiling.

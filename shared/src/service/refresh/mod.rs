@@ -36,7 +36,7 @@ pub use fanout::{
     DispatchSummary, FanoutPolicy, MAX_SENDS, MessageEntry, QueueError, RefreshMessage, RefreshOutcome, RefreshQueue,
     RefreshTick,
 };
-use lease::Persist;
+use lease::{Persist, Take};
 pub(super) use limit::RefreshLimit;
 pub use sweep::SweepSummary;
 
@@ -92,8 +92,10 @@ enum Refreshed {
     Now(Connection),
     /// Nothing to do: fresh enough, or refreshed by someone else meanwhile.
     Already(Connection),
-    /// Another worker holds the lease (only when not waiting).
+    /// Another worker holds the lease (only when not waiting: [`Take::Leave`]).
     Busy,
+    /// Not refreshed: the time to take a lease had passed ([`Take::Leave`]'s deadline).
+    Late,
 }
 
 /// Whether `c` needs a new token to be valid for `min_valid` from `now`: it expires within
@@ -174,7 +176,7 @@ impl Service {
         }
         let needed = move |c: &Connection, now: OffsetDateTime| needs_token(c, now, min_valid) && !backing_off(c, now);
         let seen = c.oauth.as_ref().map(|t| t.obtained_at);
-        match self.refresh_connection(&c.org, &c.id, None, seen, needed, true).await {
+        match self.refresh_connection(&c.org, &c.id, None, seen, needed, Take::Wait).await {
             Ok(Refreshed::Now(done) | Refreshed::Already(done)) => {
                 if valid(&done, self.clock.now()) {
                     Ok(done)
@@ -182,7 +184,7 @@ impl Service {
                     Err(unavailable())
                 }
             }
-            Ok(Refreshed::Busy) => Ok(c),
+            Ok(Refreshed::Busy | Refreshed::Late) => Ok(c),
             Err(e @ ServiceError::Unusable(_)) => Err(e),
             // Any other failure: the old token while it is valid.
             Err(e) => {
@@ -209,9 +211,9 @@ impl Service {
             return Ok(None);
         }
         let seen = c.oauth.as_ref().map(|t| t.obtained_at);
-        Ok(match self.refresh_connection(&c.org, &c.id, None, seen, |_, _| true, true).await? {
+        Ok(match self.refresh_connection(&c.org, &c.id, None, seen, |_, _| true, Take::Wait).await? {
             Refreshed::Now(done) | Refreshed::Already(done) => Some(done),
-            Refreshed::Busy => None,
+            Refreshed::Busy | Refreshed::Late => None,
         })
     }
 
@@ -227,9 +229,9 @@ impl Service {
             ));
         }
         let seen = c.oauth.as_ref().map(|t| t.obtained_at);
-        let done = match self.refresh_connection(&c.org, &c.id, None, seen, |_, _| true, true).await? {
+        let done = match self.refresh_connection(&c.org, &c.id, None, seen, |_, _| true, Take::Wait).await? {
             Refreshed::Now(done) | Refreshed::Already(done) => done,
-            Refreshed::Busy => c,
+            Refreshed::Busy | Refreshed::Late => c,
         };
         self.get_connection(p, done.id.as_str()).await
     }

@@ -105,7 +105,7 @@ impl Service {
                         if Instant::now() >= deadline {
                             return Swept::Skipped;
                         }
-                        self.sweep_one(&entry.org, &entry.id).await
+                        self.sweep_one(&entry.org, &entry.id, deadline).await
                     })
                     .buffer_unordered(self.policy().concurrency.max(1))
                     .collect()
@@ -149,16 +149,22 @@ impl Service {
 
     /// One due entry of a sweep: refreshed if its record is still due, under the container's
     /// adaptive limit on refreshes at once ([`super::limit`]: every refresh of a sweep or a
-    /// worker passes here). An entry that finds no place within [`super::limit::MAX_WAIT`] is
-    /// [`Swept::Deferred`]; one that met a store or KMS that did not answer (or throttled past
-    /// its retries) halves the limit.
-    pub(super) async fn sweep_one(&self, org: &OrgId, id: &ConnectionId) -> Swept {
-        let Ok(permit) = tokio::time::timeout(super::limit::MAX_WAIT, self.refresh_limit.acquire()).await else {
+    /// worker passes here). An entry that finds no place within [`super::limit::MAX_WAIT`] or
+    /// before `deadline`, or whose place came after `deadline`, is [`Swept::Deferred`], as is one
+    /// whose lease `deadline` passed before it could be taken: no refresh holds a lease that ends
+    /// more than the lease's length after `deadline` ([`crate::lambda::SWEEP_MARGIN`] covers it).
+    /// One that met a store or KMS that did not answer (or throttled past its retries) halves
+    /// the limit.
+    pub(super) async fn sweep_one(&self, org: &OrgId, id: &ConnectionId, deadline: Instant) -> Swept {
+        let wait = super::limit::MAX_WAIT.min(deadline.saturating_duration_since(Instant::now()));
+        let placed = tokio::time::timeout(wait, self.refresh_limit.acquire()).await;
+        // A place taken past the deadline is dropped unreported: nothing ran.
+        let Some(permit) = placed.ok().filter(|_| Instant::now() < deadline) else {
             let limit = self.refresh_limit.current();
             tracing::debug!(org = %org, connection_id = %id, limit, "no place for a refresh in time; handed back");
             return Swept::Deferred;
         };
-        let outcome = self.sweep_one_now(org, id).await;
+        let outcome = self.sweep_one_now(org, id, deadline).await;
         match outcome {
             Swept::Unavailable => permit.congested(),
             _ => permit.succeeded(),
@@ -167,7 +173,7 @@ impl Service {
     }
 
     /// [`Service::sweep_one`] once it has its place.
-    async fn sweep_one_now(&self, org: &OrgId, id: &ConnectionId) -> Swept {
+    async fn sweep_one_now(&self, org: &OrgId, id: &ConnectionId, deadline: Instant) -> Swept {
         let c = match self.store.get_connection(org, id).await {
             Ok(Some(c)) => c,
             // Deleted meanwhile: its index entry went with it.
@@ -225,9 +231,10 @@ impl Service {
         let seen = c.oauth.as_ref().map(|t| t.obtained_at);
         // The record just read (and written, if a verification or warning was) is the refresh's
         // first read: one store read per refreshed connection, not two.
-        match self.refresh_connection(org, id, Some(c), seen, needed, false).await {
+        match self.refresh_connection(org, id, Some(c), seen, needed, Take::Leave(deadline)).await {
             Ok(Refreshed::Now(_)) => Swept::Refreshed,
             Ok(Refreshed::Already(_) | Refreshed::Busy) | Err(ServiceError::NotFound) => Swept::Skipped,
+            Ok(Refreshed::Late) => Swept::Deferred,
             Err(e) => Swept::failure(&e),
         }
     }
@@ -237,5 +244,88 @@ impl Swept {
     /// A failure's kind: [`Swept::Unavailable`] when a dependency did not answer.
     fn failure(e: &ServiceError) -> Self {
         if e.is_unavailable() { Self::Unavailable } else { Self::Failed }
+    }
+}
+
+#[cfg(all(test, feature = "embedded"))]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::adapters::local_key::LocalKeyProvider;
+    use crate::adapters::log_sink::LogEventSink;
+    use crate::adapters::sqlite::SqliteStore;
+    use crate::crypto::Envelope;
+    use crate::domain::Principal;
+    use crate::ports::SystemClock;
+    use crate::service::ServiceOptions;
+
+    /// A service over a fresh SQLite store and local key, refreshing at most `concurrency` at
+    /// once, and one connection of it (its token endpoint refuses connections: a refresh that
+    /// reached it would fail and back off).
+    async fn one_connection(concurrency: usize) -> (Service, OrgId, ConnectionId, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Arc::new(LocalKeyProvider::open_or_create(dir.path()).unwrap());
+        let store = Arc::new(SqliteStore::open(&dir.path().join("latchkey.db")).unwrap());
+        let mut options = ServiceOptions::default();
+        options.refresh.concurrency = concurrency;
+        let service = Service::new(
+            store,
+            Arc::new(Envelope::new(keys)),
+            Arc::new(LogEventSink::default()),
+            Arc::new(SystemClock),
+            options,
+        );
+        let org = OrgId::parse("acme").unwrap();
+        let p = Principal::organization(org.clone());
+        let definition = json!({"auth": "oauth2_authorization_code", "inputs": {
+            "authorizeUrl": {"type": "url", "default": "http://127.0.0.1:9/authorize"},
+            "tokenUrl": {"type": "url", "default": "http://127.0.0.1:9/token"},
+            "clientId": {"type": "string", "default": "client"},
+            "clientSecret": {"type": "password", "default": "client-secret-000000000000"}}});
+        service.put_definition(&p, "idp", &definition).await.unwrap();
+        let body = json!({"definition": "idp", "customer": "c-0", "tokens": {
+            "access_token": "at-0", "refresh_token": "rt-0", "token_type": "Bearer", "expires_in": 60}});
+        let id = service.create_connection(&p, &body).await.unwrap().id;
+        (service, org, id, dir)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_waits_for_its_place_no_longer_than_its_deadline() {
+        let (service, org, id, _dir) = one_connection(1).await;
+        let running = service.refresh_limit.acquire().await;
+        let began = tokio::time::Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let outcome = service.sweep_one(&org, &id, deadline).await;
+        assert!(matches!(outcome, Swept::Deferred), "no place before the deadline: handed back");
+        let waited = began.elapsed();
+        assert!(waited < super::super::limit::MAX_WAIT / 2, "waited {waited:?}, past its 1 s deadline");
+        drop(running);
+    }
+
+    #[tokio::test]
+    async fn a_place_had_past_the_deadline_starts_nothing() {
+        let (service, org, id, _dir) = one_connection(4).await;
+        let before = service.store.get_connection(&org, &id).await.unwrap().unwrap();
+        let outcome = service.sweep_one(&org, &id, Instant::now()).await;
+        assert!(matches!(outcome, Swept::Deferred), "a place free, but the deadline has passed");
+        let after = service.store.get_connection(&org, &id).await.unwrap().unwrap();
+        assert_eq!(after.version, before.version, "nothing was written");
+        assert_eq!(service.refresh_limit.current(), 4, "the limit is as it was");
+    }
+
+    #[tokio::test]
+    async fn no_lease_is_taken_once_the_deadline_has_passed() {
+        let (service, org, id, _dir) = one_connection(4).await;
+        let before = service.store.get_connection(&org, &id).await.unwrap().unwrap();
+        let seen = before.oauth.as_ref().map(|t| t.obtained_at);
+        let late = Take::Leave(Instant::now());
+        let refreshed = service.refresh_connection(&org, &id, Some(before.clone()), seen, |_, _| true, late).await;
+        assert!(matches!(refreshed, Ok(Refreshed::Late)), "too late to take a lease");
+        let after = service.store.get_connection(&org, &id).await.unwrap().unwrap();
+        assert_eq!(after.version, before.version, "no lease written");
+        assert!(after.refresh.lease.is_none() && after.refresh.failures == 0, "the provider was not called");
     }
 }
