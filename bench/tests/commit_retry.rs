@@ -5,7 +5,7 @@
 //! - A store that throttles for 10 s (the SDK-like retries, then `StoreError::Unavailable`,
 //!   again and again): the answer is retried until it lands, so the rotated refresh token is
 //!   kept (the old retry gave up after about two seconds), and the container's adaptive limit
-//!   halves.
+//!   halves, once for the whole commit.
 //! - A store down past the refresh lease: the service gives up shortly before the lease ends,
 //!   logs it as an error that names the connection and holds no secret, and the ledger counts
 //!   the answer lost.
@@ -141,6 +141,9 @@ async fn an_answer_is_written_through_a_store_that_throttles_for_ten_seconds() {
     let logs = logs.text();
     assert!(logs.contains("the store did not take a refresh outcome; trying again"), "{logs}");
     assert!(logs.contains("refreshes at once lowered"), "the adaptive limit halved: {logs}");
+    // Once: one commit retrying for 10 s is one refresh that met throttling, not one per retry.
+    assert_eq!(logs.matches("refreshes at once lowered").count(), 1, "{logs}");
+    assert!(logs.contains("limit=32"), "64 halved once: {logs}");
     for secret in SECRETS {
         assert!(!logs.contains(secret), "{secret} logged");
     }

@@ -137,7 +137,9 @@ impl Service {
     ///
     /// A store that throttles or does not answer is tried again as `persist` says (a provider's
     /// answer until shortly before the lease ends), and tells the container's adaptive limit
-    /// ([`limit`]) to slow down.
+    /// ([`limit`]) to slow down once per commit: one connection retrying for the length of its
+    /// lease is one refresh that met throttling, not one per retry (which would halve the limit
+    /// a window at a time, 64 to 1, on its own).
     ///
     /// # Errors
     /// The store's: a failure other than a lost race, or unavailable past the retries (for a
@@ -151,6 +153,8 @@ impl Service {
         let owner = leased.refresh.lease.as_ref().map(|l| l.owner.clone());
         let stop = (persist == Persist::UntilLeaseEnds).then(|| self.lease_stop(leased));
         let mut base = leased.clone();
+        // An atomic, not a `Cell`: the future stays `Send` while the retries borrow it.
+        let reported = std::sync::atomic::AtomicBool::new(false);
         // While the lease is ours the outcome must land (it may hold a rotated refresh token the
         // provider will not accept twice): other writers' conflicts are re-read and re-applied,
         // a store that does not answer is tried again, each a bounded number of times.
@@ -158,7 +162,9 @@ impl Service {
             let next = apply(&base);
             let write = || self.store.update_connection(&next, base.version);
             let noticed = |e: &StoreError, _| {
-                self.refresh_limit.congested();
+                if !reported.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    self.refresh_limit.congested();
+                }
                 tracing::warn!(connection_id = %leased.id, error = %e, "the store did not take a refresh outcome; trying again");
             };
             let written = match stop {
