@@ -7,4 +7,6 @@ pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> T {
     sorted[((sorted.len() as f64 - 1.0) * p.clamp(0.0, 1.0)).round() as usize]
 }
 
+pub mod counted;
 pub mod sim;
+pub mod store_tap;

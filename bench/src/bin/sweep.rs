@@ -18,7 +18,6 @@
 //! a sink (the formatting is paid, nothing is printed). Seeding goes through
 //! [`Service::create_connection`] with imported, already expired tokens (due at once).
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -26,22 +25,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use clap::Parser;
 use futures_util::StreamExt;
 use latchkey::adapters::aws::{DynamoStore, EventBridgeSink, KmsKeyProvider};
 use latchkey::adapters::{LocalKeyProvider, LogEventSink, SqliteStore};
-use latchkey::crypto::{BranchKeyring, CryptoError, DataKey, EncryptionContext, Envelope, KeyProvider, PlainKey};
-use latchkey::domain::{
-    ConnectSession, Connection, ConnectionId, CustomerId, Definition, DefinitionKey, DeliveryStatus, Event,
-    IdempotencyRecord, LogEntry, OAuthState, OrgId, Principal, RevocationJob, Webhook, WebhookDelivery, WebhookId,
-};
-use latchkey::ports::{
-    BranchKeyStore, ConnectionFilter, DeliveryCursor, DueEntry, EventError, EventSink, Expect, Page, Store, StoreError,
-    SystemClock,
-};
-use latchkey::provider::{ApiRequest, FormPost, HttpProviderClient, ProviderClient, RawAnswer, TransportError};
+use latchkey::crypto::{BranchKeyring, EncryptionContext, Envelope, KeyProvider};
+use latchkey::domain::{ConnectionId, OrgId, Principal};
+use latchkey::ports::{BranchKeyStore, DueEntry, EventSink, Store, SystemClock};
+use latchkey::provider::{HttpProviderClient, ProviderClient};
 use latchkey::service::{Service, ServiceOptions, SweepSummary};
+use latchkey_bench::counted::{Counted, Stats, StoreTimer, print_profile};
+use latchkey_bench::store_tap::Tapped;
 use serde_json::json;
 
 /// The organization every seeded connection belongs to.
@@ -111,7 +105,7 @@ async fn run(args: Args) {
                 let moto = Moto::start();
                 let (wired, config) = aws(moto.endpoint(), &args).await;
                 if args.moto_probe > 0 {
-                    moto_rates(&config, args.moto_probe, args.concurrency.unwrap_or(policy_concurrency())).await;
+                    moto_rates(&config, args.moto_probe, wired.concurrency).await;
                 }
                 (wired, Keep::Moto(moto))
             }
@@ -167,10 +161,6 @@ struct AwsSeed {
     envelope: Envelope,
 }
 
-fn policy_concurrency() -> usize {
-    latchkey::service::RefreshPolicy::default().concurrency
-}
-
 fn options(args: &Args) -> ServiceOptions {
     let mut options = ServiceOptions {
         public_url: Some("http://127.0.0.1:9".to_owned()),
@@ -195,14 +185,12 @@ fn wire(
 ) -> Wired {
     let stats = Arc::new(Stats::default());
     let concurrency = options.refresh.concurrency;
-    let store: Arc<dyn Store> = Arc::new(Counted { inner: store, stats: stats.clone() });
-    let master: Arc<dyn KeyProvider> = Arc::new(Counted { inner: master, stats: stats.clone() });
+    let store: Arc<dyn Store> = Arc::new(Tapped::around(store, StoreTimer(stats.clone())));
+    let master: Arc<dyn KeyProvider> = Arc::new(Counted::new(master, stats.clone()));
     let keys: Arc<dyn KeyProvider> = Arc::new(BranchKeyring::new(master, branch_keys));
-    let events: Arc<dyn EventSink> = Arc::new(Counted { inner: events, stats: stats.clone() });
-    let provider: Arc<dyn ProviderClient> = Arc::new(Counted {
-        inner: Arc::new(HttpProviderClient::new()) as Arc<dyn ProviderClient>,
-        stats: stats.clone(),
-    });
+    let events: Arc<dyn EventSink> = Arc::new(Counted::new(events, stats.clone()));
+    let provider: Arc<dyn ProviderClient> =
+        Arc::new(Counted::new(Arc::new(HttpProviderClient::new()) as Arc<dyn ProviderClient>, stats.clone()));
     let service = Service::new(store.clone(), Arc::new(Envelope::new(keys)), events, Arc::new(SystemClock), options)
         .with_provider_client(provider);
     Wired { service: Arc::new(service), store, stats, concurrency, copies: None }
@@ -436,31 +424,6 @@ async fn due_count(store: &dyn Store) -> usize {
     n
 }
 
-fn print_profile(
-    after: &BTreeMap<&'static str, Op>,
-    before: &BTreeMap<&'static str, Op>,
-    refreshed: usize,
-    wall: Duration,
-) {
-    println!("per refresh (the sweep only; time is summed over concurrent calls, wall {:.2} s):", wall.as_secs_f64());
-    println!("| operation | calls per refresh | mean ms per call | ms per refresh (summed) |");
-    println!("|---|---|---|---|");
-    for (name, op) in after {
-        let base = before.get(name).copied().unwrap_or_default();
-        let calls = op.calls - base.calls;
-        if calls == 0 {
-            continue;
-        }
-        let total = op.total - base.total;
-        println!(
-            "| {name} | {:.2} | {:.3} | {:.3} |",
-            calls as f64 / refreshed as f64,
-            total.as_secs_f64() * 1e3 / calls as f64,
-            total.as_secs_f64() * 1e3 / refreshed as f64
-        );
-    }
-}
-
 /// moto's own request rate at `concurrency` requests in flight: the ceiling of any aws figure.
 async fn moto_rates(config: &aws_config::SdkConfig, n: usize, concurrency: usize) {
     use aws_sdk_dynamodb::types::AttributeValue;
@@ -630,238 +593,4 @@ fn draw(path: &Path, runs: &[Run], connections: usize) {
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().expect("legend");
     root.present().expect("write the SVG");
-}
-
-// ---- Counting ports: every call's count and time, by operation ----
-
-#[derive(Debug, Default, Clone, Copy)]
-struct Op {
-    calls: u64,
-    total: Duration,
-}
-
-#[derive(Default)]
-struct Stats(Mutex<BTreeMap<&'static str, Op>>);
-
-impl Stats {
-    fn add(&self, name: &'static str, took: Duration) {
-        let mut ops = self.0.lock().expect("stats");
-        let op = ops.entry(name).or_default();
-        op.calls += 1;
-        op.total += took;
-    }
-
-    fn snapshot(&self) -> BTreeMap<&'static str, Op> {
-        self.0.lock().expect("stats").clone()
-    }
-}
-
-/// A port wrapped so that every call is counted and timed.
-struct Counted<T: ?Sized> {
-    inner: Arc<T>,
-    stats: Arc<Stats>,
-}
-
-macro_rules! timed {
-    ($self:ident, $name:literal, $call:expr) => {{
-        let started = Instant::now();
-        let out = $call.await;
-        $self.stats.add($name, started.elapsed());
-        out
-    }};
-}
-
-#[async_trait]
-impl Store for Counted<dyn Store> {
-    async fn get_definition(&self, org: &OrgId, key: &DefinitionKey) -> Result<Option<Definition>, StoreError> {
-        timed!(self, "store get_definition", self.inner.get_definition(org, key))
-    }
-    async fn list_definitions(&self, org: &OrgId) -> Result<Vec<Definition>, StoreError> {
-        timed!(self, "store list_definitions", self.inner.list_definitions(org))
-    }
-    async fn put_definition(&self, def: &Definition, expect: Expect) -> Result<(), StoreError> {
-        timed!(self, "store put_definition", self.inner.put_definition(def, expect))
-    }
-    async fn delete_definition(&self, org: &OrgId, key: &DefinitionKey) -> Result<bool, StoreError> {
-        timed!(self, "store delete_definition", self.inner.delete_definition(org, key))
-    }
-    async fn insert_connection(&self, conn: &Connection) -> Result<(), StoreError> {
-        timed!(self, "store insert_connection", self.inner.insert_connection(conn))
-    }
-    async fn get_connection(&self, org: &OrgId, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
-        timed!(self, "store get_connection", self.inner.get_connection(org, id))
-    }
-    async fn update_connection(&self, conn: &Connection, expected_version: u64) -> Result<(), StoreError> {
-        timed!(self, "store update_connection", self.inner.update_connection(conn, expected_version))
-    }
-    async fn delete_connection(&self, org: &OrgId, id: &ConnectionId) -> Result<bool, StoreError> {
-        timed!(self, "store delete_connection", self.inner.delete_connection(org, id))
-    }
-    async fn list_connections(
-        &self,
-        org: &OrgId,
-        filter: &ConnectionFilter,
-        limit: usize,
-        cursor: Option<&ConnectionId>,
-    ) -> Result<Page<Connection>, StoreError> {
-        timed!(self, "store list_connections", self.inner.list_connections(org, filter, limit, cursor))
-    }
-    async fn find_for_selector(
-        &self,
-        org: &OrgId,
-        definition: &DefinitionKey,
-        customer: &CustomerId,
-    ) -> Result<Vec<Connection>, StoreError> {
-        timed!(self, "store find_for_selector", self.inner.find_for_selector(org, definition, customer))
-    }
-    fn due_shards(&self) -> u32 {
-        self.inner.due_shards()
-    }
-    async fn due_connections(
-        &self,
-        shard: u32,
-        until: time::OffsetDateTime,
-        after: Option<&DueEntry>,
-        limit: usize,
-    ) -> Result<Vec<DueEntry>, StoreError> {
-        timed!(self, "store due_connections", self.inner.due_connections(shard, until, after, limit))
-    }
-    async fn put_revocation(&self, job: &RevocationJob) -> Result<(), StoreError> {
-        timed!(self, "store put_revocation", self.inner.put_revocation(job))
-    }
-    async fn revocations_of(&self, org: &OrgId, id: &ConnectionId) -> Result<Vec<RevocationJob>, StoreError> {
-        timed!(self, "store revocations_of", self.inner.revocations_of(org, id))
-    }
-    async fn due_revocations(
-        &self,
-        until: time::OffsetDateTime,
-        limit: usize,
-    ) -> Result<Vec<RevocationJob>, StoreError> {
-        timed!(self, "store due_revocations", self.inner.due_revocations(until, limit))
-    }
-    async fn update_revocation(&self, job: &RevocationJob, expected_attempts: u32) -> Result<(), StoreError> {
-        timed!(self, "store update_revocation", self.inner.update_revocation(job, expected_attempts))
-    }
-    async fn delete_revocation(&self, job: &RevocationJob) -> Result<bool, StoreError> {
-        timed!(self, "store delete_revocation", self.inner.delete_revocation(job))
-    }
-    async fn put_oauth_state(&self, state: &OAuthState) -> Result<(), StoreError> {
-        timed!(self, "store put_oauth_state", self.inner.put_oauth_state(state))
-    }
-    async fn take_oauth_state(&self, hash: &str, now: time::OffsetDateTime) -> Result<Option<OAuthState>, StoreError> {
-        timed!(self, "store take_oauth_state", self.inner.take_oauth_state(hash, now))
-    }
-    async fn put_connect_session(&self, session: &ConnectSession) -> Result<(), StoreError> {
-        timed!(self, "store put_connect_session", self.inner.put_connect_session(session))
-    }
-    async fn trade_connect_link(
-        &self,
-        id: &str,
-        link_hash: &str,
-        browser_hash: &str,
-        now: time::OffsetDateTime,
-    ) -> Result<Option<ConnectSession>, StoreError> {
-        timed!(self, "store trade_connect_link", self.inner.trade_connect_link(id, link_hash, browser_hash, now))
-    }
-    async fn get_connect_session(
-        &self,
-        id: &str,
-        now: time::OffsetDateTime,
-    ) -> Result<Option<ConnectSession>, StoreError> {
-        timed!(self, "store get_connect_session", self.inner.get_connect_session(id, now))
-    }
-    async fn claim_idempotency(
-        &self,
-        claim: &IdempotencyRecord,
-        now: time::OffsetDateTime,
-    ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        timed!(self, "store claim_idempotency", self.inner.claim_idempotency(claim, now))
-    }
-    async fn complete_idempotency(&self, done: &IdempotencyRecord) -> Result<(), StoreError> {
-        timed!(self, "store complete_idempotency", self.inner.complete_idempotency(done))
-    }
-    async fn release_idempotency(&self, claim: &IdempotencyRecord) -> Result<(), StoreError> {
-        timed!(self, "store release_idempotency", self.inner.release_idempotency(claim))
-    }
-    async fn put_webhook(&self, hook: &Webhook, expect: Expect) -> Result<(), StoreError> {
-        timed!(self, "store put_webhook", self.inner.put_webhook(hook, expect))
-    }
-    async fn get_webhook(&self, org: &OrgId, id: &WebhookId) -> Result<Option<Webhook>, StoreError> {
-        timed!(self, "store get_webhook", self.inner.get_webhook(org, id))
-    }
-    async fn list_webhooks(&self, org: &OrgId) -> Result<Vec<Webhook>, StoreError> {
-        timed!(self, "store list_webhooks", self.inner.list_webhooks(org))
-    }
-    async fn delete_webhook(&self, org: &OrgId, id: &WebhookId) -> Result<bool, StoreError> {
-        timed!(self, "store delete_webhook", self.inner.delete_webhook(org, id))
-    }
-    async fn insert_delivery(&self, delivery: &WebhookDelivery) -> Result<bool, StoreError> {
-        timed!(self, "store insert_delivery", self.inner.insert_delivery(delivery))
-    }
-    async fn get_delivery(
-        &self,
-        org: &OrgId,
-        webhook: &WebhookId,
-        id: &str,
-    ) -> Result<Option<WebhookDelivery>, StoreError> {
-        timed!(self, "store get_delivery", self.inner.get_delivery(org, webhook, id))
-    }
-    async fn list_deliveries(
-        &self,
-        org: &OrgId,
-        webhook: &WebhookId,
-        status: Option<DeliveryStatus>,
-        limit: usize,
-        cursor: Option<&DeliveryCursor>,
-    ) -> Result<Page<WebhookDelivery, DeliveryCursor>, StoreError> {
-        timed!(self, "store list_deliveries", self.inner.list_deliveries(org, webhook, status, limit, cursor))
-    }
-    async fn update_delivery(&self, delivery: &WebhookDelivery, expected_version: u64) -> Result<(), StoreError> {
-        timed!(self, "store update_delivery", self.inner.update_delivery(delivery, expected_version))
-    }
-    async fn due_deliveries(
-        &self,
-        until: time::OffsetDateTime,
-        limit: usize,
-    ) -> Result<Vec<WebhookDelivery>, StoreError> {
-        timed!(self, "store due_deliveries", self.inner.due_deliveries(until, limit))
-    }
-    async fn append_log(&self, org: &OrgId, id: &ConnectionId, entry: &LogEntry) -> Result<(), StoreError> {
-        timed!(self, "store append_log", self.inner.append_log(org, id, entry))
-    }
-    async fn list_logs(&self, org: &OrgId, id: &ConnectionId, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
-        timed!(self, "store list_logs", self.inner.list_logs(org, id, limit))
-    }
-}
-
-#[async_trait]
-impl KeyProvider for Counted<dyn KeyProvider> {
-    async fn generate_data_key(&self, ctx: &EncryptionContext) -> Result<DataKey, CryptoError> {
-        timed!(self, "keys generate_data_key", self.inner.generate_data_key(ctx))
-    }
-    async fn decrypt_data_key(
-        &self,
-        key_id: &str,
-        wrapped: &[u8],
-        ctx: &EncryptionContext,
-    ) -> Result<PlainKey, CryptoError> {
-        timed!(self, "keys decrypt_data_key", self.inner.decrypt_data_key(key_id, wrapped, ctx))
-    }
-}
-
-#[async_trait]
-impl EventSink for Counted<dyn EventSink> {
-    async fn publish(&self, event: &Event) -> Result<(), EventError> {
-        timed!(self, "events publish", self.inner.publish(event))
-    }
-}
-
-#[async_trait]
-impl ProviderClient for Counted<dyn ProviderClient> {
-    async fn post_form(&self, post: &FormPost) -> Result<RawAnswer, TransportError> {
-        timed!(self, "provider post_form", self.inner.post_form(post))
-    }
-    async fn send(&self, request: &ApiRequest) -> Result<RawAnswer, TransportError> {
-        timed!(self, "provider send", self.inner.send(request))
-    }
 }

@@ -25,19 +25,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use latchkey::crypto::{CryptoError, DataKey, EncryptionContext, KeyProvider, PlainKey};
-use latchkey::domain::{
-    ConnectSession, Connection, ConnectionId, CustomerId, Definition, DefinitionKey, DeliveryStatus, Event,
-    IdempotencyRecord, LogEntry, OAuthState, OrgId, RevocationJob, Webhook, WebhookDelivery, WebhookId,
-};
-use latchkey::ports::{
-    BranchKeyRecord, BranchKeyStore, ConnectionFilter, DeliveryCursor, DueEntry, EventError, EventSink, Expect, Page,
-    Store, StoreError,
-};
-use time::OffsetDateTime;
+use latchkey::domain::{Connection, Event, OrgId};
+use latchkey::ports::{EventError, EventSink, Store, StoreError};
 
 use super::answers::{AnswerTally, Answers, connection_of_customer};
 use super::clock::SimClock;
 use super::memory::{MemoryStore, due_shard};
+use crate::store_tap::{Call, StoreHook, Tapped};
 
 /// The quotas and latencies of the modelled AWS services.
 #[derive(Debug, Clone)]
@@ -284,17 +278,9 @@ impl Meter {
             return false;
         }
         s.kms_current += 1.0;
-        let m = self.this_minute(&mut s);
-        if generate {
-            m.kms_generate += 1;
-        } else {
-            m.kms_decrypt += 1;
-        }
-        if generate {
-            s.totals.kms_generate += 1;
-        } else {
-            s.totals.kms_decrypt += 1;
-        }
+        let count = |m: &mut Minute| if generate { m.kms_generate += 1 } else { m.kms_decrypt += 1 };
+        count(self.this_minute(&mut s));
+        count(&mut s.totals);
         true
     }
 
@@ -373,21 +359,30 @@ fn read_units(bytes: usize) -> f64 {
     bytes.div_ceil(4096).max(1) as f64
 }
 
-/// The in-memory store, metered and throttled like DynamoDB (see the module documentation).
-pub struct MeteredStore {
-    inner: Arc<MemoryStore>,
+/// The in-memory store, metered and throttled like DynamoDB (see the module documentation):
+/// every call passes through [`DynamoModel`].
+pub type MeteredStore = Tapped<MemoryStore, DynamoModel>;
+
+impl MeteredStore {
+    pub fn new(inner: Arc<MemoryStore>, meter: Arc<Meter>, clock: SimClock) -> Self {
+        let shards = inner.due_shards();
+        Tapped::around(inner.clone(), DynamoModel { memory: inner, meter, clock, shards })
+    }
+}
+
+/// What each store call costs as the DynamoDB adapter makes it: its latency, then the capacity
+/// it consumes on each partition it touches (throttled and retried as the SDK does), and
+/// every committed refresh reported to the meter and the answers ledger.
+pub struct DynamoModel {
+    /// The store the calls go to, read for the size of what a call reads or overwrites.
+    memory: Arc<MemoryStore>,
     meter: Arc<Meter>,
     clock: SimClock,
     /// The due index's shard count as the store reports it.
     shards: u32,
 }
 
-impl MeteredStore {
-    pub fn new(inner: Arc<MemoryStore>, meter: Arc<Meter>, clock: SimClock) -> Self {
-        let shards = inner.due_shards();
-        Self { inner, meter, clock, shards }
-    }
-
+impl DynamoModel {
     fn org_pk(org: &OrgId) -> String {
         format!("ORG#{org}")
     }
@@ -413,59 +408,8 @@ impl MeteredStore {
         units
     }
 
-    async fn other(&self, read: bool) -> Result<(), StoreError> {
-        let (lat, r, w) =
-            if read { (self.meter.limits.read_latency, 1.0, 0.0) } else { (self.meter.limits.write_latency, 0.0, 1.0) };
-        self.meter.consume(lat, &[("table", "OTHER".into(), r, w)]).await
-    }
-}
-
-#[async_trait]
-impl Store for MeteredStore {
-    async fn get_definition(&self, org: &OrgId, key: &DefinitionKey) -> Result<Option<Definition>, StoreError> {
-        self.meter.consume(self.meter.limits.read_latency, &[("table", Self::org_pk(org), 1.0, 0.0)]).await?;
-        self.inner.get_definition(org, key).await
-    }
-
-    async fn list_definitions(&self, org: &OrgId) -> Result<Vec<Definition>, StoreError> {
-        self.meter.consume(self.meter.limits.query_latency, &[("table", Self::org_pk(org), 1.0, 0.0)]).await?;
-        self.inner.list_definitions(org).await
-    }
-
-    async fn put_definition(&self, def: &Definition, expect: Expect) -> Result<(), StoreError> {
-        self.meter.consume(self.meter.limits.write_latency, &[("table", Self::org_pk(&def.org), 0.0, 2.0)]).await?;
-        self.inner.put_definition(def, expect).await
-    }
-
-    async fn delete_definition(&self, org: &OrgId, key: &DefinitionKey) -> Result<bool, StoreError> {
-        self.other(false).await?;
-        self.inner.delete_definition(org, key).await
-    }
-
-    async fn insert_connection(&self, conn: &Connection) -> Result<(), StoreError> {
-        // A transaction: the item and the definition's count, each written twice (2x WCU).
-        let mut units = self.put_units(None, conn);
-        for u in &mut units {
-            u.3 *= 2.0;
-        }
-        self.meter.consume(self.meter.limits.write_latency, &units).await?;
-        self.inner.insert_connection(conn).await
-    }
-
-    async fn get_connection(&self, org: &OrgId, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
-        let found = self.inner.get_connection(org, id).await?;
-        let units = read_units(found.as_ref().map_or(0, connection_item_bytes));
-        self.meter.consume(self.meter.limits.read_latency, &[("table", Self::org_pk(org), units, 0.0)]).await?;
-        // What was read is what the store held when the read completed.
-        self.inner.get_connection(org, id).await
-    }
-
-    async fn update_connection(&self, conn: &Connection, expected_version: u64) -> Result<(), StoreError> {
-        let old = self.inner.peek(&conn.org, &conn.id);
-        self.meter.consume(self.meter.limits.write_latency, &self.put_units(old.as_ref(), conn)).await?;
-        // The item may have changed during the call's latency: the condition decides.
-        let old = self.inner.peek(&conn.org, &conn.id);
-        self.inner.update_connection(conn, expected_version).await?;
+    /// A committed `conn` over `old`: a refresh when it holds tokens obtained anew.
+    fn committed(&self, old: Option<Connection>, conn: &Connection) {
         let obtained = |c: &Connection| c.oauth.as_ref().map(|t| t.obtained_at);
         if let Some(old) = old
             && obtained(&old) != obtained(conn)
@@ -478,222 +422,93 @@ impl Store for MeteredStore {
                 self.meter.answers.committed(i);
             }
         }
-        Ok(())
-    }
-
-    async fn delete_connection(&self, org: &OrgId, id: &ConnectionId) -> Result<bool, StoreError> {
-        self.other(false).await?;
-        self.inner.delete_connection(org, id).await
-    }
-
-    async fn list_connections(
-        &self,
-        org: &OrgId,
-        filter: &ConnectionFilter,
-        limit: usize,
-        cursor: Option<&ConnectionId>,
-    ) -> Result<Page<Connection>, StoreError> {
-        self.other(true).await?;
-        self.inner.list_connections(org, filter, limit, cursor).await
-    }
-
-    async fn find_for_selector(
-        &self,
-        org: &OrgId,
-        definition: &DefinitionKey,
-        customer: &CustomerId,
-    ) -> Result<Vec<Connection>, StoreError> {
-        self.other(true).await?;
-        self.inner.find_for_selector(org, definition, customer).await
-    }
-
-    fn due_shards(&self) -> u32 {
-        self.shards
-    }
-
-    async fn due_connections(
-        &self,
-        shard: u32,
-        until: OffsetDateTime,
-        after: Option<&DueEntry>,
-        limit: usize,
-    ) -> Result<Vec<DueEntry>, StoreError> {
-        let found = self.inner.due_connections(shard, until, after, limit).await?;
-        // KEYS_ONLY entries of about 120 bytes, eventually consistent: half an RCU per 4 KB.
-        let units = (found.len() * 120).div_ceil(4096).max(1) as f64 * 0.5;
-        let pk = format!("DUE#{shard}");
-        self.meter.consume(self.meter.limits.query_latency, &[("refresh-due", pk, units, 0.0)]).await?;
-        Ok(found)
-    }
-
-    async fn put_revocation(&self, job: &RevocationJob) -> Result<(), StoreError> {
-        self.other(false).await?;
-        self.inner.put_revocation(job).await
-    }
-
-    async fn revocations_of(&self, org: &OrgId, id: &ConnectionId) -> Result<Vec<RevocationJob>, StoreError> {
-        self.other(true).await?;
-        self.inner.revocations_of(org, id).await
-    }
-
-    async fn due_revocations(&self, until: OffsetDateTime, limit: usize) -> Result<Vec<RevocationJob>, StoreError> {
-        // One query per shard of the revocations' due index (`RDUE#{shard}`).
-        for shard in 0..self.shards {
-            let units = [("refresh-due", format!("RDUE#{shard}"), 0.5, 0.0)];
-            self.meter.consume(Duration::ZERO, &units).await?;
-        }
-        tokio::time::sleep(self.meter.limits.query_latency).await;
-        self.inner.due_revocations(until, limit).await
-    }
-
-    async fn update_revocation(&self, job: &RevocationJob, expected_attempts: u32) -> Result<(), StoreError> {
-        self.other(false).await?;
-        self.inner.update_revocation(job, expected_attempts).await
-    }
-
-    async fn delete_revocation(&self, job: &RevocationJob) -> Result<bool, StoreError> {
-        self.other(false).await?;
-        self.inner.delete_revocation(job).await
-    }
-
-    async fn put_oauth_state(&self, state: &OAuthState) -> Result<(), StoreError> {
-        self.other(false).await?;
-        self.inner.put_oauth_state(state).await
-    }
-
-    async fn take_oauth_state(&self, hash: &str, now: OffsetDateTime) -> Result<Option<OAuthState>, StoreError> {
-        self.other(false).await?;
-        self.inner.take_oauth_state(hash, now).await
-    }
-
-    async fn put_connect_session(&self, session: &ConnectSession) -> Result<(), StoreError> {
-        self.other(false).await?;
-        self.inner.put_connect_session(session).await
-    }
-
-    async fn trade_connect_link(
-        &self,
-        id: &str,
-        link_hash: &str,
-        browser_hash: &str,
-        now: OffsetDateTime,
-    ) -> Result<Option<ConnectSession>, StoreError> {
-        self.other(false).await?;
-        self.inner.trade_connect_link(id, link_hash, browser_hash, now).await
-    }
-
-    async fn get_connect_session(&self, id: &str, now: OffsetDateTime) -> Result<Option<ConnectSession>, StoreError> {
-        self.other(true).await?;
-        self.inner.get_connect_session(id, now).await
-    }
-
-    async fn claim_idempotency(
-        &self,
-        claim: &IdempotencyRecord,
-        now: OffsetDateTime,
-    ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        self.other(false).await?;
-        self.inner.claim_idempotency(claim, now).await
-    }
-
-    async fn complete_idempotency(&self, done: &IdempotencyRecord) -> Result<(), StoreError> {
-        self.other(false).await?;
-        self.inner.complete_idempotency(done).await
-    }
-
-    async fn release_idempotency(&self, claim: &IdempotencyRecord) -> Result<(), StoreError> {
-        self.other(false).await?;
-        self.inner.release_idempotency(claim).await
-    }
-
-    async fn put_webhook(&self, hook: &Webhook, expect: Expect) -> Result<(), StoreError> {
-        self.other(false).await?;
-        self.inner.put_webhook(hook, expect).await
-    }
-
-    async fn get_webhook(&self, org: &OrgId, id: &WebhookId) -> Result<Option<Webhook>, StoreError> {
-        self.other(true).await?;
-        self.inner.get_webhook(org, id).await
-    }
-
-    async fn list_webhooks(&self, org: &OrgId) -> Result<Vec<Webhook>, StoreError> {
-        self.meter.consume(self.meter.limits.query_latency, &[("table", Self::org_pk(org), 0.5, 0.0)]).await?;
-        self.inner.list_webhooks(org).await
-    }
-
-    async fn delete_webhook(&self, org: &OrgId, id: &WebhookId) -> Result<bool, StoreError> {
-        self.other(false).await?;
-        self.inner.delete_webhook(org, id).await
-    }
-
-    async fn insert_delivery(&self, delivery: &WebhookDelivery) -> Result<bool, StoreError> {
-        self.other(false).await?;
-        self.inner.insert_delivery(delivery).await
-    }
-
-    async fn get_delivery(
-        &self,
-        org: &OrgId,
-        webhook: &WebhookId,
-        id: &str,
-    ) -> Result<Option<WebhookDelivery>, StoreError> {
-        self.other(true).await?;
-        self.inner.get_delivery(org, webhook, id).await
-    }
-
-    async fn list_deliveries(
-        &self,
-        org: &OrgId,
-        webhook: &WebhookId,
-        status: Option<DeliveryStatus>,
-        limit: usize,
-        cursor: Option<&DeliveryCursor>,
-    ) -> Result<Page<WebhookDelivery, DeliveryCursor>, StoreError> {
-        self.other(true).await?;
-        self.inner.list_deliveries(org, webhook, status, limit, cursor).await
-    }
-
-    async fn update_delivery(&self, delivery: &WebhookDelivery, expected_version: u64) -> Result<(), StoreError> {
-        self.other(false).await?;
-        self.inner.update_delivery(delivery, expected_version).await
-    }
-
-    async fn due_deliveries(&self, until: OffsetDateTime, limit: usize) -> Result<Vec<WebhookDelivery>, StoreError> {
-        self.other(true).await?;
-        self.inner.due_deliveries(until, limit).await
-    }
-
-    async fn append_log(&self, org: &OrgId, id: &ConnectionId, entry: &LogEntry) -> Result<(), StoreError> {
-        // pk, sk (a ULID), the entry's JSON, the TTL attribute.
-        let bytes = 100 + entry.message.len() + org.as_str().len() + id.as_str().len();
-        let units = [("table", format!("LOG#{org}#{id}"), 0.0, write_units(bytes))];
-        self.meter.consume(self.meter.limits.write_latency, &units).await?;
-        self.inner.append_log(org, id, entry).await
-    }
-
-    async fn list_logs(&self, org: &OrgId, id: &ConnectionId, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
-        self.other(true).await?;
-        self.inner.list_logs(org, id, limit).await
     }
 }
 
-/// The branch keys in the table: one item per organization and version in its `ORG#{org}`
-/// partition (a strongly consistent GetItem or Query, a conditional PutItem).
 #[async_trait]
-impl BranchKeyStore for MeteredStore {
-    async fn active_branch_key(&self, org: &OrgId) -> Result<Option<BranchKeyRecord>, StoreError> {
-        self.meter.consume(self.meter.limits.read_latency, &[("table", Self::org_pk(org), 1.0, 0.0)]).await?;
-        self.inner.active_branch_key(org).await
+impl StoreHook for DynamoModel {
+    /// `update_connection`: the item as it was just before the write.
+    type Ticket = Option<Connection>;
+
+    async fn before(&self, call: &Call<'_>) -> Result<Option<Connection>, StoreError> {
+        let (l, meter) = (&self.meter.limits, &self.meter);
+        match *call {
+            Call::GetDefinition { org, .. } | Call::ActiveBranchKey { org } | Call::GetBranchKey { org, .. } => {
+                meter.consume(l.read_latency, &[("table", Self::org_pk(org), 1.0, 0.0)]).await?;
+            }
+            Call::ListDefinitions { org } => {
+                meter.consume(l.query_latency, &[("table", Self::org_pk(org), 1.0, 0.0)]).await?;
+            }
+            Call::ListWebhooks { org } => {
+                meter.consume(l.query_latency, &[("table", Self::org_pk(org), 0.5, 0.0)]).await?;
+            }
+            Call::PutDefinition { def, .. } => {
+                meter.consume(l.write_latency, &[("table", Self::org_pk(&def.org), 0.0, 2.0)]).await?;
+            }
+            Call::PutBranchKey { key } => {
+                meter.consume(l.write_latency, &[("table", Self::org_pk(&key.org), 0.0, 1.0)]).await?;
+            }
+            Call::InsertConnection { conn } => {
+                // A transaction: the item and the definition's count, each written twice (2x WCU).
+                let mut units = self.put_units(None, conn);
+                for u in &mut units {
+                    u.3 *= 2.0;
+                }
+                meter.consume(l.write_latency, &units).await?;
+            }
+            Call::GetConnection { org, id } => {
+                // Charged for the item as it was when the read started; what the call returns
+                // is what the store holds when the read completes.
+                let units = read_units(self.memory.peek(org, id).as_ref().map_or(0, connection_item_bytes));
+                meter.consume(l.read_latency, &[("table", Self::org_pk(org), units, 0.0)]).await?;
+            }
+            Call::UpdateConnection { conn, .. } => {
+                let old = self.memory.peek(&conn.org, &conn.id);
+                meter.consume(l.write_latency, &self.put_units(old.as_ref(), conn)).await?;
+                // The item may have changed during the call's latency: the condition decides.
+                return Ok(self.memory.peek(&conn.org, &conn.id));
+            }
+            // Charged after the query, by what it found.
+            Call::DueConnections { .. } => {}
+            Call::DueRevocations { .. } => {
+                // One query per shard of the revocations' due index (`RDUE#{shard}`).
+                for shard in 0..self.shards {
+                    meter.consume(Duration::ZERO, &[("refresh-due", format!("RDUE#{shard}"), 0.5, 0.0)]).await?;
+                }
+                tokio::time::sleep(l.query_latency).await;
+            }
+            Call::AppendLog { org, id, entry } => {
+                // pk, sk (a ULID), the entry's JSON, the TTL attribute.
+                let bytes = 100 + entry.message.len() + org.as_str().len() + id.as_str().len();
+                let units = [("table", format!("LOG#{org}#{id}"), 0.0, write_units(bytes))];
+                meter.consume(l.write_latency, &units).await?;
+            }
+            // Every other call: one item read or written, on a partition of its own.
+            _ if call.writes() => meter.consume(l.write_latency, &[("table", "OTHER".into(), 0.0, 1.0)]).await?,
+            _ => meter.consume(l.read_latency, &[("table", "OTHER".into(), 1.0, 0.0)]).await?,
+        }
+        Ok(None)
     }
 
-    async fn get_branch_key(&self, org: &OrgId, version: u32) -> Result<Option<BranchKeyRecord>, StoreError> {
-        self.meter.consume(self.meter.limits.read_latency, &[("table", Self::org_pk(org), 1.0, 0.0)]).await?;
-        self.inner.get_branch_key(org, version).await
-    }
-
-    async fn put_branch_key(&self, key: &BranchKeyRecord) -> Result<(), StoreError> {
-        self.meter.consume(self.meter.limits.write_latency, &[("table", Self::org_pk(&key.org), 0.0, 1.0)]).await?;
-        self.inner.put_branch_key(key).await
+    async fn after(
+        &self,
+        call: &Call<'_>,
+        old: Option<Connection>,
+        answer: Result<usize, &StoreError>,
+    ) -> Result<(), StoreError> {
+        match (call, answer) {
+            (Call::DueConnections { shard, .. }, Ok(found)) => {
+                // KEYS_ONLY entries of about 120 bytes, eventually consistent: half an RCU per 4 KB.
+                let units = (found * 120).div_ceil(4096).max(1) as f64 * 0.5;
+                let pk = format!("DUE#{shard}");
+                self.meter.consume(self.meter.limits.query_latency, &[("refresh-due", pk, units, 0.0)]).await
+            }
+            (Call::UpdateConnection { conn, .. }, Ok(_)) => {
+                self.committed(old, conn);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 }
 
