@@ -14,11 +14,15 @@ use crate::types::{
     Connection, ConnectionFilter, ConnectionPage, Credentials, Definition, NewConnection, Put, ReportedError,
 };
 
-/// How long one request may take, unless [`Client::with_timeout`] says otherwise: 60 s. A lookup
-/// that needs a refresh may first wait out another caller's refresh lease (30 s, and 5 s of
-/// grace) and then call the provider itself (Latchkey gives it 15 s): about 50 s in the worst
-/// case, which a shorter limit would cut short and turn into a retry that waits again.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one request may take, unless [`Client::with_timeout`] says otherwise: 90 s, the
+/// deployed functions' timeout. A lookup that needs a refresh may first wait out another
+/// caller's refresh lease (30 s, and 5 s of grace), read the record (5 s), then hold its own
+/// lease (30 s: the provider call, at most 15 s, and the write of its answer, retried while the
+/// store throttles until shortly before the lease ends) and write once more after losing to
+/// another writer (10 s): about 80 s in the worst case, which a shorter limit would cut short
+/// and turn into a retry that waits again. Behind API Gateway the gateway answers 503 after 29 s
+/// while the function finishes.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A client of Latchkey's HTTP API with one bearer token. Cheap to clone (one connection
 /// pool). Which calls succeed depends on the token: organization users manage definitions and
