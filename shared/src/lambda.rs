@@ -377,4 +377,18 @@ mod work_budget_tests {
         // cargo lambda watch: the timeout itself.
         assert_eq!(remaining_until(600_000, now), Duration::from_secs(600));
     }
+
+    /// token-refresh and webhook-deliver both sweep until `sweep_deadline`: under `cargo lambda
+    /// watch` (a deadline of 600000, the timeout) that is 560 s of work, not none.
+    #[test]
+    fn the_sweeps_deadline_reads_lambdas_and_the_emulators() {
+        let mut context = lambda_runtime::Context::default();
+        context.deadline = 600_000;
+        let left = super::sweep_deadline(&context).saturating_duration_since(std::time::Instant::now());
+        assert!(left > Duration::from_secs(550) && left <= Duration::from_secs(560), "{left:?}");
+        let in_five_minutes = std::time::SystemTime::now() + Duration::from_secs(300);
+        context.deadline = in_five_minutes.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let left = super::sweep_deadline(&context).saturating_duration_since(std::time::Instant::now());
+        assert!(left > Duration::from_secs(250) && left <= Duration::from_secs(260), "{left:?}");
+    }
 }

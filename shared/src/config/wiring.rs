@@ -26,6 +26,10 @@ pub struct Components {
     /// master key (KMS or the local one), kept in the store. [`BranchKeyring::rotate`] is what
     /// `latchkey keys rotate` calls.
     pub keys: Arc<BranchKeyring>,
+    /// The standard AWS configuration the aws backend was built from by [`Components::build`]
+    /// (`None` otherwise), so a function builds its other clients (SQS) from it rather than
+    /// loading it, and parsing its trust store, a second time at init: [`Components::sdk_config`].
+    pub sdk: Option<aws_config::SdkConfig>,
 }
 
 impl Components {
@@ -53,7 +57,7 @@ impl Components {
                 let table = settings.require_table()?;
                 let key = settings.require_kms_key_id()?;
                 let sdk = crate::adapters::aws::sdk_config().await;
-                Ok(Self::aws(
+                let app = Self::aws(
                     aws_sdk_dynamodb::Client::new(&sdk),
                     aws_sdk_kms::Client::new(&sdk),
                     aws_sdk_eventbridge::Client::new(&sdk),
@@ -61,7 +65,8 @@ impl Components {
                     key,
                     &settings.event_bus,
                     options,
-                ))
+                );
+                Ok(Self { sdk: Some(sdk), ..app })
             }
         }
     }
@@ -99,7 +104,7 @@ impl Components {
         let events = Arc::new(LogEventSink::default());
         let sink: Arc<dyn EventSink> = events.clone();
         let service = Self::service(store.clone(), keys.clone(), sink, clock, options);
-        Ok(Self { service, store, events: Some(events), keys })
+        Ok(Self { service, store, events: Some(events), keys, sdk: None })
     }
 
     /// The aws backend over the given clients (built once per process or container).
@@ -118,7 +123,16 @@ impl Components {
         let store: Arc<dyn Store> = dynamo;
         let sink: Arc<dyn EventSink> = Arc::new(EventBridgeSink::new(eventbridge, event_bus));
         let service = Self::service(store.clone(), keys.clone(), sink, Arc::new(SystemClock), options);
-        Self { service, store, events: None, keys }
+        Self { service, store, events: None, keys, sdk: None }
+    }
+
+    /// The standard AWS configuration ([`crate::adapters::aws::sdk_config`]): the one the
+    /// backend was built from when there is one, else loaded now.
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        match &self.sdk {
+            Some(sdk) => sdk.clone(),
+            None => crate::adapters::aws::sdk_config().await,
+        }
     }
 
     fn service(

@@ -336,14 +336,14 @@ fn retry_delay() -> Duration {
 
 /// The `token-refresh` function: the EventBridge schedule ticks (dispatching to
 /// `LATCHKEY_REFRESH_QUEUE_URL` when it is set, through SQS built from the standard AWS
-/// configuration), the event source mapping of that queue hands it batches (messages handed back
+/// configuration the backend was built from), the event source mapping of that queue hands it batches (messages handed back
 /// with their visibility shortened through the same SQS client), and an operator may ask it to
 /// rotate branch keys; the first two start no work in the last [`super::SWEEP_MARGIN`] of the
 /// invocation.
 pub async fn serve_refresh(app: Components, config: &Settings) -> Result<(), super::Error> {
+    let sqs = aws_sdk_sqs::Client::new(&app.sdk_config().await);
     let service: Arc<Service> = app.service;
     let keys: Arc<BranchKeyring> = app.keys;
-    let sqs = aws_sdk_sqs::Client::new(&crate::adapters::aws::sdk_config().await);
     let queue: Option<Arc<dyn RefreshQueue>> = match &config.refresh_queue_url {
         Some(url) => Some(Arc::new(SqsRefreshQueue::new(sqs.clone(), url))),
         None => None,

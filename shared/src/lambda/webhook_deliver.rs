@@ -302,31 +302,24 @@ fn pending_until(d: &WebhookDelivery, now: OffsetDateTime) -> Option<OffsetDateT
 
 /// The `webhook-deliver` function: the SQS event source mapping of the webhook queue (batches
 /// of up to 10, `ReportBatchItemFailures`), redeliveries delayed with SQS built from the
-/// standard AWS configuration; and the sweep's EventBridge schedule, sweeping until
-/// [`super::SWEEP_MARGIN`] before the invocation's deadline.
+/// standard AWS configuration the backend was built from; and the sweep's EventBridge
+/// schedule, sweeping until [`super::SWEEP_MARGIN`] before the invocation's deadline (or half of
+/// a shorter invocation: `super::sweep_deadline`, which also reads `cargo lambda watch`'s
+/// deadline).
 pub async fn serve_webhook_deliver(app: Components) -> Result<(), super::Error> {
-    let service: Arc<Service> = app.service;
     let visibility: Arc<dyn MessageVisibility> =
-        Arc::new(SqsVisibility::new(aws_sdk_sqs::Client::new(&crate::adapters::aws::sdk_config().await)));
+        Arc::new(SqsVisibility::new(aws_sdk_sqs::Client::new(&app.sdk_config().await)));
+    let service: Arc<Service> = app.service;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<WebhookDeliverEvent>| {
         let service = service.clone();
         let visibility = visibility.clone();
         async move {
             let span = super::invocation_span(&event.context);
-            let deadline = sweep_deadline(&event.context);
+            let deadline = super::sweep_deadline(&event.context);
             handle_webhook_deliver(&service, visibility.as_ref(), event.payload, deadline).instrument(span).await
         }
     }))
     .await
-}
-
-/// [`super::SWEEP_MARGIN`] before the invocation's deadline (`context.deadline`, milliseconds
-/// since the Unix epoch).
-fn sweep_deadline(context: &lambda_runtime::Context) -> Instant {
-    let remaining = Duration::from_millis(context.deadline)
-        .checked_sub(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default())
-        .unwrap_or_default();
-    Instant::now() + remaining.saturating_sub(super::SWEEP_MARGIN)
 }
 
 #[cfg(test)]
