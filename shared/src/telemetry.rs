@@ -1,6 +1,9 @@
 //! Logging setup: `tracing` to stderr, JSON on Lambda (or with `LATCHKEY_LOG_FORMAT=json`),
 //! filtered by `RUST_LOG` (default `info`).
 
+mod lines;
+
+pub use lines::{Destination, GATHER_LIMIT, LineWriter, Lines, Stderr, gathering};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -20,16 +23,17 @@ fn filter() -> EnvFilter {
 }
 
 /// Installs the process's subscriber: JSON lines when `json` (`LATCHKEY_LOG_FORMAT=json`, see
-/// `config::Settings`) or on Lambda, text lines otherwise.
+/// `config::Settings`) or on Lambda, text lines otherwise; written to standard error by
+/// [`Lines`], one `write(2)` a line, or a request's lines together ([`gathering`]).
 pub fn init(json: bool) {
     let json = json || std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
     // A second init (tests) keeps the first subscriber: the error says only that.
     if json {
-        let _ = tracing::subscriber::set_global_default(json_subscriber(filter(), std::io::stderr));
+        let _ = tracing::subscriber::set_global_default(json_subscriber(filter(), Lines::stderr()));
     } else {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter())
-            .with_writer(std::io::stderr)
+            .with_writer(Lines::stderr())
             .with_ansi(false)
             .try_init();
     }

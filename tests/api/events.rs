@@ -358,6 +358,43 @@ async fn every_http_lookup_writes_one_audit_line_without_a_secret() {
     assert!(!logs.contains(&api_key), "no key in any log line");
 }
 
+/// A request's lines are written together when it is answered (`telemetry::gathering`): with
+/// 24 lookups at once, each audit line is followed at once by its own request's `request` line,
+/// never by a line of another request.
+#[tokio::test]
+async fn concurrent_lookups_write_each_requests_lines_together() {
+    let lab = Lab::start(&[("LATCHKEY_LOG_FORMAT", "json")]).await;
+    let provider = VerifyProvider::start().await;
+    let id = api_key_connection(&lab, &provider, "gathered", &format!("sk_live_{}", random_hex())).await;
+    let body = json!({});
+    let answers = futures_util::future::join_all((0..24).map(|_| lab.app.lookup(&lab.runtime, &id, &body))).await;
+    let request_ids: BTreeSet<String> = answers
+        .iter()
+        .map(|a| {
+            a.assert_status(StatusCode::OK);
+            a.header("x-request-id").expect("a request id").to_owned()
+        })
+        .collect();
+    let ours = |logs: &str| -> Vec<Value> {
+        logs.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["span"]["request_id"].as_str().is_some_and(|r| request_ids.contains(r)))
+            .collect()
+    };
+    crate::harness::eventually(std::time::Duration::from_secs(10), "every request line", || async {
+        ours(&lab.app.logs()).iter().filter(|l| l["message"] == "request").count() == request_ids.len()
+    })
+    .await;
+    let lines = ours(&lab.app.logs());
+    let audits: Vec<usize> = (0..lines.len()).filter(|&i| lines[i]["audit"] == "credentials_read").collect();
+    assert_eq!(audits.len(), request_ids.len(), "one audit line per lookup");
+    for i in audits {
+        let (audit, next) = (&lines[i], lines.get(i + 1).expect("a line after the audit line"));
+        assert_eq!(next["message"], "request", "the audit line's request ends right after it: {next}");
+        assert_eq!(next["span"]["request_id"], audit["request_id"], "the same request: {audit} then {next}");
+    }
+}
+
 /// The organization id of `lab` (its tokens name it; reads show it nowhere else).
 async fn org_of(lab: &Lab) -> String {
     let payload = lab.runtime.split('.').nth(1).expect("a JWT");

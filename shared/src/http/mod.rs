@@ -140,7 +140,8 @@ pub(crate) struct RequestId(pub String);
 /// matched template, `/v1/connections/{id}`, never the raw path or query), `connection_id` (the
 /// path's `{id}` when it is a valid connection id) and `org`, recorded by the [`Principal`]
 /// extractor once the bearer token is verified. Then one line when it is answered: status and
-/// latency. Never a body, header or query string.
+/// latency. Never a body, header or query string. The request's lines are written in one piece
+/// when it is answered ([`crate::telemetry::gathering`]).
 async fn trace_request(
     params: Result<RawPathParams, RawPathParamsRejection>,
     mut req: Request,
@@ -164,16 +165,17 @@ async fn trace_request(
     if let Some(id) = connection {
         span.record("connection_id", id.as_str());
     }
-    async move {
+    let answered = async move {
         let mut res = next.run(req).await;
         tracing::info!(status = res.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
         if let Ok(id) = HeaderValue::from_str(&request_id) {
             res.headers_mut().insert(REQUEST_ID_HEADER, id);
         }
         res
-    }
-    .instrument(span)
-    .await
+    };
+    // The request's lines (its audit line among them) are written together, before the answer
+    // is returned to be sent.
+    crate::telemetry::gathering(answered.instrument(span)).await
 }
 
 /// The public origin of the API as this request reached it, the base of the OAuth redirect URI

@@ -19,31 +19,27 @@ use super::{Api, Backend, eventually, in_process, random_secret};
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_latchkey");
 
-/// In-process mode: everything the library logs (at trace level) in this test process.
+/// In-process mode: everything the library logs (at trace level) in this test process, written
+/// as `latchkey serve` writes it (a request's lines together, `telemetry::Lines`).
 fn in_process_logs() -> Arc<Mutex<String>> {
     static LOGS: std::sync::OnceLock<Arc<Mutex<String>>> = std::sync::OnceLock::new();
     LOGS.get_or_init(|| {
         let logs = Arc::new(Mutex::new(String::new()));
-        let sink = logs.clone();
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(RUST_LOG))
             .with_ansi(false)
-            .with_writer(move || LogWriter(sink.clone()))
+            .with_writer(latchkey::telemetry::Lines::new(Arc::new(LogSink(logs.clone()))))
             .try_init();
         logs
     })
     .clone()
 }
 
-struct LogWriter(Arc<Mutex<String>>);
+struct LogSink(Arc<Mutex<String>>);
 
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push_str(&String::from_utf8_lossy(buf));
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
+impl latchkey::telemetry::Destination for LogSink {
+    fn write_lines(&self, lines: &[u8]) -> std::io::Result<()> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push_str(&String::from_utf8_lossy(lines));
         Ok(())
     }
 }
