@@ -3,7 +3,7 @@
 
 mod lines;
 
-pub use lines::{Destination, GATHER_LIMIT, LineWriter, Lines, Stderr, gathering};
+pub use lines::{Destination, GATHER_LIMIT, LineWriter, Lines, PIPE_BUF, Stderr, gathering};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::MakeWriter;

@@ -9,7 +9,8 @@
 //! (4,096 bytes) is atomic. So a line is written as it was formatted, in one call.
 //!
 //! [`gathering`] is the per-request part: the lines written while its future runs, on its task,
-//! are kept in memory and written in one `write(2)` when the future ends, or is dropped (a client
+//! are kept in memory and written in one `write(2)` (pieces of whole lines of at most
+//! [`PIPE_BUF`] bytes, when there are more) when the future ends, or is dropped (a client
 //! that hung up, a panic), or once they pass [`GATHER_LIMIT`]. Nothing is lost and nothing is
 //! written late: the HTTP middleware (`http::trace_request`) answers only once its future has
 //! ended, so the audit line of a lookup is on standard error before the credentials leave. Lines
@@ -46,15 +47,48 @@ impl Stderr {
     }
 }
 
+/// The most bytes one `write(2)` to a pipe keeps whole, whatever other writers do (POSIX
+/// `PIPE_BUF`; Linux's is 4,096).
+pub const PIPE_BUF: usize = 4_096;
+
 impl Destination for Stderr {
+    /// Writes `lines` in pieces of whole lines of at most [`PIPE_BUF`] bytes (one piece for a
+    /// single line or a request's few), each in one `write(2)`: on a pipe (a container's log
+    /// driver, Lambda) a piece is never split by another thread's line. Only a single line longer
+    /// than `PIPE_BUF` can be, and only while the pipe is full.
     fn write_lines(&self, lines: &[u8]) -> io::Result<()> {
-        match self.0.as_ref() {
-            // `Write for &File`: `write_all` retries a short write (only a full disk or a pipe
-            // write over PIPE_BUF makes one) and EINTR.
-            Some(mut fd) => fd.write_all(lines),
-            None => io::stderr().write_all(lines),
+        for piece in pieces(lines, PIPE_BUF) {
+            match self.0.as_ref() {
+                // `Write for &File`: `write_all` retries a short write and EINTR.
+                Some(mut fd) => fd.write_all(piece)?,
+                None => io::stderr().write_all(piece)?,
+            }
         }
+        Ok(())
     }
+}
+
+/// `lines` cut after a `\n` into pieces of at most `max` bytes; a line longer than `max` is a
+/// piece of its own, and so is an unterminated tail.
+fn pieces(lines: &[u8], max: usize) -> impl Iterator<Item = &[u8]> {
+    let mut rest = lines;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let line_end = |from: &[u8]| from.iter().position(|&b| b == b'\n').map_or(from.len(), |i| i + 1);
+        let mut end = line_end(rest);
+        while end < rest.len() {
+            let next = end + line_end(&rest[end..]);
+            if next > max {
+                break;
+            }
+            end = next;
+        }
+        let (piece, after) = rest.split_at(end);
+        rest = after;
+        Some(piece)
+    })
 }
 
 /// A `tracing_subscriber` writer ([`MakeWriter`]) for [`Destination`] `D`: lines written inside
@@ -189,6 +223,24 @@ mod tests {
             .with_target(false)
             .with_level(false)
             .finish()
+    }
+
+    #[test]
+    fn stderr_writes_whole_lines_in_pieces_a_pipe_keeps_whole() {
+        fn cut(lines: &str, max: usize) -> Vec<&str> {
+            pieces(lines.as_bytes(), max).map(|p| std::str::from_utf8(p).unwrap()).collect()
+        }
+        assert_eq!(cut("a\nbb\nccc\n", 100), ["a\nbb\nccc\n"], "a request's few lines: one write");
+        assert_eq!(cut("a\nbb\nccc\n", 5), ["a\nbb\n", "ccc\n"]);
+        assert_eq!(cut("a\nbb\nccc\n", 4), ["a\n", "bb\n", "ccc\n"]);
+        assert_eq!(cut("a\nlonger than max\nb\n", 4), ["a\n", "longer than max\n", "b\n"], "a long line alone");
+        assert_eq!(cut("a\nno newline", 4), ["a\n", "no newline"]);
+        assert!(cut("", 4).is_empty());
+        let many = "x".repeat(99) + "\n";
+        let big = many.repeat(100);
+        let written = cut(&big, PIPE_BUF);
+        assert!(written.iter().all(|p| p.len() <= PIPE_BUF && p.ends_with('\n')), "whole lines under PIPE_BUF");
+        assert_eq!(written.concat(), big, "nothing lost or reordered");
     }
 
     #[tokio::test]
