@@ -1,6 +1,7 @@
 //! The scenario: organizations and their connections seeded through the real service, then
 //! simulated hours of the deployed schedule (EventBridge `rate(5 minutes)` invoking
-//! `token-refresh`, reserved concurrency 1, 300 s timeout, no new work in its last 30 s), each
+//! `token-refresh`, reserved concurrency 1, 300 s timeout, no new work in its last
+//! [`latchkey::lambda::SWEEP_MARGIN`], 40 s), each
 //! invocation in a Lambda container whose [`Service`] (and key caches) live as long as the
 //! container.
 
@@ -102,7 +103,7 @@ impl Scenario {
             limits: Limits::default(),
             schedule: Duration::from_secs(300),
             sweep_timeout: Duration::from_secs(300),
-            sweep_margin: Duration::from_secs(30),
+            sweep_margin: latchkey::lambda::SWEEP_MARGIN,
             memory_mb: 256,
             branch_keys: true,
             workers: 200,
