@@ -30,6 +30,18 @@ async fn delivery_when(app: &WebhookApp, hook: &str, what: &str, done: impl Fn(&
     found.into_inner().unwrap().unwrap()
 }
 
+/// Asserts that endpoint `hook` is disabled for `deliveries_failing`. The delivery is stored
+/// `failed` first and the endpoint disabled right after (two writes): polled for 10 s.
+async fn assert_disabled_for_failing_deliveries(app: &WebhookApp, hook: &str) {
+    let path = format!("/v1/webhooks/{hook}");
+    eventually(Duration::from_secs(10), "the endpoint disabled", || async {
+        app.get(&path, &app.org).await.body["enabled"] == json!(false)
+    })
+    .await;
+    let got = app.get(&path, &app.org).await;
+    assert_eq!((&got.body["enabled"], &got.body["disabled_reason"]), (&json!(false), &json!("deliveries_failing")));
+}
+
 fn statuses(delivery: &Value) -> Vec<Value> {
     delivery["attempts"].as_array().unwrap().iter().map(|a| a["status_code"].clone()).collect()
 }
@@ -104,11 +116,7 @@ async fn a_delivery_that_fails_its_whole_schedule_fails_disables_the_endpoint_an
 
     let failed = delivery_when(&app, "ops", "the delivery failed", |d| d["status"] == "failed").await;
     assert_eq!(statuses(&failed), vec![json!(500); 3], "three attempts (schedule 1,1), then no more");
-    let hook = app.get("/v1/webhooks/ops", &app.org).await;
-    assert_eq!(
-        (hook.body["enabled"].clone(), hook.body["disabled_reason"].clone()),
-        (json!(false), json!("deliveries_failing"))
-    );
+    assert_disabled_for_failing_deliveries(&app, "ops").await;
 
     // The Webhook Disabled event, delivered to the endpoint that subscribed to it.
     let got = watcher.wait_for(1).await;
@@ -260,11 +268,7 @@ async fn manual_retries_do_not_count_against_the_schedule_nor_disable_the_endpoi
         delivery_when(&app, "ops", "failed by its second scheduled attempt", |d| d["status"] == "failed").await;
     assert_eq!(manual_flags(&failed), [json!(false), json!(true), json!(true), json!(false)]);
     assert_eq!(statuses(&failed), vec![json!(500); 4]);
-    let hook = app.get("/v1/webhooks/ops", &app.org).await;
-    assert_eq!(
-        (hook.body["enabled"].clone(), hook.body["disabled_reason"].clone()),
-        (json!(false), json!("deliveries_failing"))
-    );
+    assert_disabled_for_failing_deliveries(&app, "ops").await;
 }
 
 /// One event the endpoint keeps refusing does not disable it while it takes the others: only a
