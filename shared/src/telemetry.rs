@@ -3,7 +3,7 @@
 
 mod lines;
 
-pub use lines::{Destination, GATHER_LIMIT, LineWriter, Lines, PIPE_BUF, Stderr, gathering};
+pub use lines::{Destination, LineWriter, Lines, PIPE_BUF, Stderr, gathering, init_gathering, write_gathered_on_panic};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -24,9 +24,19 @@ fn filter() -> EnvFilter {
 
 /// Installs the process's subscriber: JSON lines when `json` (`LATCHKEY_LOG_FORMAT=json`, see
 /// `config::Settings`) or on Lambda, text lines otherwise; written to standard error by
-/// [`Lines`], one `write(2)` a line, or a request's lines together ([`gathering`]).
+/// [`Lines`], one `write(2)` a line, or a request's lines together ([`gathering`], off on
+/// Lambda). Installs a panic hook that writes the panicking request's gathered lines first.
 pub fn init(json: bool) {
-    let json = json || std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
+    let lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
+    let json = json || lambda;
+    // On Lambda a request cut off at the function's timeout keeps the lines it wrote.
+    init_gathering(!lambda);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // Release builds abort on panic: the panicking request's lines go out before its message.
+        write_gathered_on_panic();
+        previous(info);
+    }));
     // A second init (tests) keeps the first subscriber: the error says only that.
     if json {
         let _ = tracing::subscriber::set_global_default(json_subscriber(filter(), Lines::stderr()));

@@ -572,6 +572,67 @@ async fn answer_lookup(
 mod tests {
     use super::*;
 
+    /// Each write of the log, as written.
+    #[derive(Default)]
+    struct Writes(std::sync::Mutex<Vec<String>>);
+
+    impl crate::telemetry::Destination for Writes {
+        fn write_lines(&self, lines: &[u8]) -> std::io::Result<()> {
+            self.0.lock().unwrap().push(String::from_utf8_lossy(lines).into_owned());
+            Ok(())
+        }
+    }
+
+    /// Two requests forced to interleave (each logs, then waits for the other to have logged):
+    /// each request's lines still come out together, its own `request` line last, and before
+    /// its answer is returned.
+    #[tokio::test]
+    async fn a_requests_lines_are_written_together_when_it_is_answered() {
+        use tower::ServiceExt;
+
+        let writes = Arc::new(Writes::default());
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(crate::telemetry::Lines::new(writes.clone()))
+            .with_ansi(false)
+            .without_time()
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let both = Arc::new(tokio::sync::Barrier::new(2));
+        let app = Router::new()
+            .route(
+                "/{name}",
+                get(move |Path(name): Path<String>| async move {
+                    tracing::info!(%name, "first");
+                    both.wait().await;
+                    tracing::info!(%name, "second");
+                    name
+                }),
+            )
+            .layer(middleware::from_fn(trace_request));
+        let call = |name: &'static str| {
+            let (app, writes) = (app.clone(), writes.clone());
+            async move {
+                let req = axum::http::Request::get(format!("/{name}")).body(axum::body::Body::empty()).unwrap();
+                let res = app.oneshot(req).await.unwrap();
+                let id = res.headers()[REQUEST_ID_HEADER].to_str().unwrap().to_owned();
+                let written = writes.0.lock().unwrap().concat();
+                assert!(written.contains(&format!("name={name}")), "written before the answer: {written}");
+                id
+            }
+        };
+        let (a, b) = tokio::join!(call("a"), call("b"));
+        let writes = writes.0.lock().unwrap().clone();
+        assert_eq!(writes.len(), 2, "one write per request: {writes:#?}");
+        for (id, name) in [(a, "a"), (b, "b")] {
+            let w = writes.iter().find(|w| w.contains(&id)).expect("the request's write");
+            let lines: Vec<&str> = w.lines().collect();
+            assert_eq!(lines.len(), 3, "{w}");
+            assert!(lines[0].ends_with(&format!("first name={name}")), "{w}");
+            assert!(lines[1].ends_with(&format!("second name={name}")), "{w}");
+            assert!(lines[2].contains("status=200"), "{w}");
+        }
+    }
+
     fn parts_from(domain: Option<&str>) -> Parts {
         let mut ctx = aws_lambda_events::apigw::ApiGatewayV2httpRequestContext::default();
         ctx.domain_name = domain.map(str::to_owned);

@@ -1,37 +1,38 @@
 //! Where the log's lines go: standard error, one `write(2)` a line and no lock of our own, and
-//! within an HTTP request one `write(2)` for all the request's lines, made before it is answered.
+//! within an HTTP request of `latchkey serve` one `write(2)` for the request's lines, made before
+//! it is answered.
 //!
 //! Why (`docs/performance.md`, "Log lines"): a token lookup writes two lines, the audit line and
 //! the request line. Through `std::io::stderr()` each took the process-wide stderr lock and made
 //! its own `write(2)`; with two runtime workers the lock was contended, and a worker slept on its
 //! futex while the other wrote. The kernel already keeps one `write(2)` whole: on a regular file
-//! it holds the file's position lock for the write, and on a pipe a write of at most `PIPE_BUF`
-//! (4,096 bytes) is atomic. So a line is written as it was formatted, in one call.
+//! it holds the file's position lock for the write, and on a pipe a write of at most
+//! [`PIPE_BUF`] bytes is atomic. So an event's line(s) are written as formatted, in one call.
 //!
 //! [`gathering`] is the per-request part: the lines written while its future runs, on its task,
-//! are kept in memory and written in one `write(2)` (pieces of whole lines of at most
-//! [`PIPE_BUF`] bytes, when there are more) when the future ends, or is dropped (a client
-//! that hung up, a panic), or once they pass [`GATHER_LIMIT`]. Nothing is lost and nothing is
-//! written late: the HTTP middleware (`http::trace_request`) answers only once its future has
-//! ended, so the audit line of a lookup is on standard error before the credentials leave. Lines
-//! of tasks the request spawns are not gathered (they are not on its task); neither are a Lambda
-//! invocation's (a sweep runs for minutes and its lines should appear as they happen).
+//! are kept in memory and written in one `write(2)` when the future ends or is dropped (a client
+//! that hung up), and whenever the next event would take them past [`PIPE_BUF`] (so every write
+//! of gathered lines is whole events a pipe keeps whole). The HTTP middleware
+//! (`http::trace_request`) answers only once its future has ended, so the audit line of a lookup
+//! is on standard error before the credentials leave. A panic (release builds abort) writes the
+//! panicking task's lines first ([`write_gathered_on_panic`]). Not gathered: lines of tasks the
+//! request spawns (not on its task), and everything on Lambda ([`init_gathering`]): there a
+//! request killed at the function's timeout should leave the lines it wrote.
 
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tracing_subscriber::fmt::MakeWriter;
 
-/// Gathered lines are written once they pass this many bytes, even before the request ends, so
-/// that a request that logs a lot holds at most about this much.
-pub const GATHER_LIMIT: usize = 64 * 1024;
-
-/// Where lines are written: each call gets whole lines (one, or a request's gathered lines).
+/// Where lines are written: each call gets whole events (one event's line, or a request's
+/// gathered events), to write in one piece.
 pub trait Destination: Send + Sync + 'static {
-    /// Writes `lines` (UTF-8, each ending in `\n`) in one piece where the destination allows.
+    /// Writes `lines` (UTF-8, each event ending in `\n`) in one piece where the destination
+    /// allows.
     fn write_lines(&self, lines: &[u8]) -> io::Result<()>;
 }
 
@@ -48,47 +49,19 @@ impl Stderr {
 }
 
 /// The most bytes one `write(2)` to a pipe keeps whole, whatever other writers do (POSIX
-/// `PIPE_BUF`; Linux's is 4,096).
+/// `PIPE_BUF`; Linux's is 4,096). Gathered lines are written in calls of at most this many
+/// bytes, unless one event alone is longer.
 pub const PIPE_BUF: usize = 4_096;
 
 impl Destination for Stderr {
-    /// Writes `lines` in pieces of whole lines of at most [`PIPE_BUF`] bytes (one piece for a
-    /// single line or a request's few), each in one `write(2)`: on a pipe (a container's log
-    /// driver, Lambda) a piece is never split by another thread's line. Only a single line longer
-    /// than `PIPE_BUF` can be, and only while the pipe is full.
+    /// One `write_all` on the duplicated descriptor: `Write for &File` retries a short write
+    /// (a full disk; a pipe write over `PIPE_BUF` while the pipe is full) and EINTR.
     fn write_lines(&self, lines: &[u8]) -> io::Result<()> {
-        for piece in pieces(lines, PIPE_BUF) {
-            match self.0.as_ref() {
-                // `Write for &File`: `write_all` retries a short write and EINTR.
-                Some(mut fd) => fd.write_all(piece)?,
-                None => io::stderr().write_all(piece)?,
-            }
+        match self.0.as_ref() {
+            Some(mut fd) => fd.write_all(lines),
+            None => io::stderr().write_all(lines),
         }
-        Ok(())
     }
-}
-
-/// `lines` cut after a `\n` into pieces of at most `max` bytes; a line longer than `max` is a
-/// piece of its own, and so is an unterminated tail.
-fn pieces(lines: &[u8], max: usize) -> impl Iterator<Item = &[u8]> {
-    let mut rest = lines;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let line_end = |from: &[u8]| from.iter().position(|&b| b == b'\n').map_or(from.len(), |i| i + 1);
-        let mut end = line_end(rest);
-        while end < rest.len() {
-            let next = end + line_end(&rest[end..]);
-            if next > max {
-                break;
-            }
-            end = next;
-        }
-        let (piece, after) = rest.split_at(end);
-        rest = after;
-        Some(piece)
-    })
 }
 
 /// A `tracing_subscriber` writer ([`MakeWriter`]) for [`Destination`] `D`: lines written inside
@@ -144,6 +117,14 @@ tokio::task_local! {
     static GATHERED: Gathered;
 }
 
+/// Whether [`gathering`] gathers (see [`init_gathering`]).
+static GATHER: AtomicBool = AtomicBool::new(true);
+
+/// Turns request gathering on (`latchkey serve`, tests) or off (Lambda), for the process.
+pub fn init_gathering(on: bool) {
+    GATHER.store(on, Ordering::Relaxed);
+}
+
 /// One request's lines, written when it is dropped (see [`gathering`]).
 struct Gathered {
     lines: RefCell<Vec<u8>>,
@@ -151,41 +132,71 @@ struct Gathered {
 }
 
 impl Gathered {
-    /// Keeps `line` for `destination`; false when the lines kept are for another destination
-    /// (two subscribers, in tests), which then writes it itself.
+    /// Keeps the event `line` for `destination`, first writing what is kept when `line` would
+    /// take it past [`PIPE_BUF`]; an event longer than that is written at once. False when the
+    /// lines kept are for another destination (two subscribers, in tests), which then writes
+    /// `line` itself. Never writes while a `RefCell` is borrowed.
     fn push(&self, destination: &Arc<dyn Destination>, line: &[u8]) -> bool {
-        let mut kept = self.destination.borrow_mut();
-        match kept.as_ref() {
-            Some(d) if !Arc::ptr_eq(d, destination) => return false,
-            Some(_) => {}
-            None => *kept = Some(destination.clone()),
+        {
+            let mut kept = self.destination.borrow_mut();
+            match kept.as_ref() {
+                Some(d) if !Arc::ptr_eq(d, destination) => return false,
+                Some(_) => {}
+                None => *kept = Some(destination.clone()),
+            }
         }
-        let mut lines = self.lines.borrow_mut();
-        lines.extend_from_slice(line);
-        if lines.len() >= GATHER_LIMIT {
-            // Best effort, as a line written straight out would be: the log has nowhere to
-            // report its own failure.
-            let _ = destination.write_lines(&lines);
-            lines.clear();
+        let full = {
+            let mut lines = self.lines.borrow_mut();
+            if lines.len() + line.len() <= PIPE_BUF {
+                lines.extend_from_slice(line);
+                return true;
+            }
+            std::mem::take(&mut *lines)
+        };
+        // Best effort, as a line written straight out would be: the log has nowhere to report
+        // its own failure.
+        if !full.is_empty() {
+            let _ = destination.write_lines(&full);
+        }
+        if line.len() > PIPE_BUF {
+            let _ = destination.write_lines(line);
+        } else {
+            self.lines.borrow_mut().extend_from_slice(line);
         }
         true
+    }
+
+    /// What is kept and where it goes, leaving nothing kept (None while a borrow is held: a
+    /// panic inside [`Gathered::push`]).
+    fn take(&self) -> Option<(Vec<u8>, Arc<dyn Destination>)> {
+        let destination = self.destination.try_borrow().ok()?.clone()?;
+        let lines = std::mem::take(&mut *self.lines.try_borrow_mut().ok()?);
+        (!lines.is_empty()).then_some((lines, destination))
     }
 }
 
 impl Drop for Gathered {
     fn drop(&mut self) {
-        let lines = self.lines.get_mut();
-        if let Some(destination) = self.destination.get_mut()
-            && !lines.is_empty()
-        {
-            let _ = destination.write_lines(lines);
+        if let Some((lines, destination)) = self.take() {
+            let _ = destination.write_lines(&lines);
         }
+    }
+}
+
+/// Writes the lines the current task has gathered now, if it is inside [`gathering`]: for a
+/// panic hook, since a release build aborts on panic and would never drop them.
+pub fn write_gathered_on_panic() {
+    if let Ok(Some((lines, destination))) = GATHERED.try_with(Gathered::take) {
+        let _ = destination.write_lines(&lines);
     }
 }
 
 /// Runs `work` with the lines it logs on its own task gathered, and writes them in one piece
 /// when it ends or is dropped (module docs). Returns `work`'s output once the lines are written.
 pub async fn gathering<F: Future>(work: F) -> F::Output {
+    if !GATHER.load(Ordering::Relaxed) {
+        return work.await;
+    }
     let gathered = Gathered { lines: RefCell::new(Vec::new()), destination: RefCell::new(None) };
     // The scope's future, and the `Gathered` in it, is dropped (writing the lines) as this
     // `.await` completes, before the output is returned.
@@ -223,24 +234,6 @@ mod tests {
             .with_target(false)
             .with_level(false)
             .finish()
-    }
-
-    #[test]
-    fn stderr_writes_whole_lines_in_pieces_a_pipe_keeps_whole() {
-        fn cut(lines: &str, max: usize) -> Vec<&str> {
-            pieces(lines.as_bytes(), max).map(|p| std::str::from_utf8(p).unwrap()).collect()
-        }
-        assert_eq!(cut("a\nbb\nccc\n", 100), ["a\nbb\nccc\n"], "a request's few lines: one write");
-        assert_eq!(cut("a\nbb\nccc\n", 5), ["a\nbb\n", "ccc\n"]);
-        assert_eq!(cut("a\nbb\nccc\n", 4), ["a\n", "bb\n", "ccc\n"]);
-        assert_eq!(cut("a\nlonger than max\nb\n", 4), ["a\n", "longer than max\n", "b\n"], "a long line alone");
-        assert_eq!(cut("a\nno newline", 4), ["a\n", "no newline"]);
-        assert!(cut("", 4).is_empty());
-        let many = "x".repeat(99) + "\n";
-        let big = many.repeat(100);
-        let written = cut(&big, PIPE_BUF);
-        assert!(written.iter().all(|p| p.len() <= PIPE_BUF && p.ends_with('\n')), "whole lines under PIPE_BUF");
-        assert_eq!(written.concat(), big, "nothing lost or reordered");
     }
 
     #[tokio::test]
@@ -286,22 +279,49 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_that_logs_a_lot_writes_at_the_limit() {
+    async fn a_request_that_logs_a_lot_writes_whole_events_of_at_most_pipe_buf() {
         let calls = Arc::new(Calls::default());
         let _guard = tracing::subscriber::set_default(subscriber(&calls));
         let probe = calls.clone();
-        let line = "x".repeat(1_000);
+        let short = "x".repeat(99);
+        let long = "y".repeat(PIPE_BUF + 10);
+        let (short_line, long_line) = (format!("{short}\n"), format!("{long}\n"));
         gathering(async move {
-            for _ in 0..GATHER_LIMIT / 1_001 + 1 {
-                tracing::info!("{line}");
+            for _ in 0..100 {
+                tracing::info!("{short}");
             }
-            let early = probe.taken();
-            assert_eq!(early.len(), 1, "one write at the limit");
-            assert!(early[0].len() >= GATHER_LIMIT && early[0].lines().all(|l| l.len() == 1_000));
+            tracing::info!("two lines\nof one event");
+            tracing::info!("{long}");
             tracing::info!("last");
+            let early = probe.0.lock().unwrap().len();
+            assert!(early >= 3, "written while the request runs, as the kept lines reach PIPE_BUF: {early}");
         })
         .await;
-        assert_eq!(calls.taken(), ["last\n"]);
+        let writes = calls.taken();
+        for w in &writes {
+            assert!(w.ends_with('\n'), "whole events only");
+            assert!(w.len() <= PIPE_BUF || *w == long_line, "at most PIPE_BUF unless one event is longer");
+        }
+        let expected = format!("{}two lines\nof one event\n{long_line}last\n", short_line.repeat(100));
+        assert_eq!(writes.concat(), expected, "nothing lost or reordered");
+        assert!(writes.iter().any(|w| w.contains("two lines\nof one event")), "an event is never split");
+    }
+
+    #[tokio::test]
+    async fn the_panic_hook_writes_the_tasks_gathered_lines_at_once() {
+        let calls = Arc::new(Calls::default());
+        let _guard = tracing::subscriber::set_default(subscriber(&calls));
+        let probe = calls.clone();
+        gathering(async move {
+            tracing::info!("before the panic");
+            write_gathered_on_panic();
+            assert_eq!(probe.taken(), ["before the panic\n"], "written by the hook, before the abort");
+            tracing::info!("after");
+        })
+        .await;
+        assert_eq!(calls.taken(), ["after\n"], "not written twice");
+        write_gathered_on_panic();
+        assert!(calls.taken().is_empty(), "outside a request: nothing to write");
     }
 
     #[tokio::test]
