@@ -3,7 +3,9 @@
 
 mod lines;
 
-pub use lines::{Destination, LineWriter, Lines, PIPE_BUF, Stderr, gathering, init_gathering, write_gathered_on_panic};
+pub(crate) use lines::gathering;
+pub use lines::{Destination, LineWriter, Lines, PIPE_BUF, Stderr};
+use lines::{init_gathering, write_gathered_on_panic};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -55,7 +57,7 @@ pub fn init(json: bool) {
 ///
 /// A line written inside a span carries that span under `span`: its `name` and the ids it has
 /// recorded, `{"name": "request", "request_id": "...", "org": "acme", "connection_id":
-/// "con_..."}` for an HTTP request (see `http::trace_request`), `{"name": "invocation",
+/// "con_..."}` for an HTTP request (see `http::trace::trace_request`), `{"name": "invocation",
 /// "request_id": "...", ...}` for a Lambda invocation (see `lambda`). Only the innermost span is
 /// written: Latchkey opens one per request or invocation, and the dependencies' own spans (the
 /// AWS SDK's) are `debug`, so at the default level it is Latchkey's.

@@ -368,7 +368,7 @@ impl FromRequestParts<RouterState> for Principal {
         if let Some(claims) = authorizer_claims(parts) {
             check_authorizer_claims(claims, &principal)?;
         }
-        // The request's span (`http::trace_request`) names the organization from here on.
+        // The request's span (`http::trace::trace_request`) names the organization from here on.
         tracing::Span::current().record("org", principal.org.as_str());
         Ok(principal)
     }

@@ -13,7 +13,7 @@
 //! are kept in memory and written in one `write(2)` when the future ends or is dropped (a client
 //! that hung up), and whenever the next event would take them past [`PIPE_BUF`] (so every write
 //! of gathered lines is whole events a pipe keeps whole). The HTTP middleware
-//! (`http::trace_request`) answers only once its future has ended, so the audit line of a lookup
+//! (`http::trace::trace_request`) answers only once its future has ended, so the audit line of a lookup
 //! is on standard error before the credentials leave. A panic (release builds abort) writes the
 //! panicking task's lines first ([`write_gathered_on_panic`]). Not gathered: lines of tasks the
 //! request spawns (not on its task), and everything on Lambda ([`init_gathering`]): there a
@@ -121,7 +121,7 @@ tokio::task_local! {
 static GATHER: AtomicBool = AtomicBool::new(true);
 
 /// Turns request gathering on (`latchkey serve`, tests) or off (Lambda), for the process.
-pub fn init_gathering(on: bool) {
+pub(super) fn init_gathering(on: bool) {
     GATHER.store(on, Ordering::Relaxed);
 }
 
@@ -185,7 +185,7 @@ impl Drop for Gathered {
 
 /// Writes the lines the current task has gathered now, if it is inside [`gathering`]: for a
 /// panic hook, since a release build aborts on panic and would never drop them.
-pub fn write_gathered_on_panic() {
+pub(super) fn write_gathered_on_panic() {
     if let Ok(Some((lines, destination))) = GATHERED.try_with(Gathered::take) {
         let _ = destination.write_lines(&lines);
     }
@@ -193,7 +193,7 @@ pub fn write_gathered_on_panic() {
 
 /// Runs `work` with the lines it logs on its own task gathered, and writes them in one piece
 /// when it ends or is dropped (module docs). Returns `work`'s output once the lines are written.
-pub async fn gathering<F: Future>(work: F) -> F::Output {
+pub(crate) async fn gathering<F: Future>(work: F) -> F::Output {
     if !GATHER.load(Ordering::Relaxed) {
         return work.await;
     }
