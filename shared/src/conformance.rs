@@ -102,7 +102,7 @@ pub mod store {
         selector_candidates_are_one_customers_connections_of_one_definition, updates_are_conditional_on_the_version,
     };
     pub use super::due_index::{
-        the_due_index_finds_what_is_due_and_nothing_else,
+        the_due_index_finds_what_is_due_and_nothing_else, the_due_index_hands_out_nothing_before_its_time,
         the_due_index_holds_the_earliest_of_refresh_warning_and_lapse,
         the_due_index_pages_past_stuck_entries_and_forgets_cleared_ones,
     };
@@ -141,6 +141,7 @@ macro_rules! store_conformance_tests {
             connect_links_are_traded_once,
             concurrent_trades_of_one_link_have_one_winner,
             the_due_index_finds_what_is_due_and_nothing_else,
+            the_due_index_hands_out_nothing_before_its_time,
             the_due_index_holds_the_earliest_of_refresh_warning_and_lapse,
             the_due_index_pages_past_stuck_entries_and_forgets_cleared_ones,
             revocation_jobs_are_claimed_once_and_deleted,

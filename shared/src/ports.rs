@@ -114,7 +114,8 @@ impl std::fmt::Display for DeliveryCursor {
 pub struct DueEntry {
     pub org: OrgId,
     pub id: ConnectionId,
-    /// `refresh.due_at` as the index orders it: Unix seconds.
+    /// The connection's due time as the index orders it: Unix seconds, rounded up
+    /// ([`crate::domain::due_second`]).
     pub due: i64,
 }
 

@@ -90,7 +90,7 @@ impl MemoryStore {
     }
 
     fn due_key(c: &Connection) -> Option<DueKey> {
-        c.due_index_at().map(|d| (d.unix_timestamp(), c.org.clone(), c.id.clone()))
+        c.due_index_second().map(|d| (d, c.org.clone(), c.id.clone()))
     }
 
     /// The shard a connection's entry lives in.

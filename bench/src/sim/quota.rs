@@ -397,8 +397,8 @@ impl DynamoModel {
             units.push(("by-customer", format!("ORG#{}#CUS#{customer}", next.org), 0.0, write_units(new_bytes)));
         }
         units.push(("by-definition", format!("ORG#{}#DEF#{}", next.org, next.definition), 0.0, write_units(new_bytes)));
-        let old_due = old.and_then(Connection::due_index_at).map(|d| d.unix_timestamp());
-        let new_due = next.due_index_at().map(|d| d.unix_timestamp());
+        let old_due = old.and_then(Connection::due_index_second);
+        let new_due = next.due_index_second();
         if old_due != new_due {
             let shard = format!("DUE#{}", due_shard(next.id.as_str(), self.shards));
             // KEYS_ONLY entries are far under 1 KB: a moved entry is a delete and a put.

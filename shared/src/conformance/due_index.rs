@@ -6,7 +6,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use super::{connection, definition, fresh_org, now};
-use crate::domain::{Connection, OrgId, Status};
+use crate::domain::{Connection, OrgId, Status, due_second};
 use crate::ports::{DueEntry, Expect, Store};
 
 pub async fn the_due_index_finds_what_is_due_and_nothing_else(store: Arc<dyn Store>) {
@@ -54,6 +54,41 @@ pub async fn the_due_index_finds_what_is_due_and_nothing_else(store: Arc<dyn Sto
     assert!(find(t0).await.is_empty());
 }
 
+/// The index never hands out an entry before its time: a connection due a fraction into a
+/// second is filed under the next whole second, so a reader up to any instant of the second it
+/// is due in does not find it, and one at the next second does. (Filed under the second it
+/// falls in, it would come out up to a second early, when its record is not due yet, and the
+/// sweep would pass it by until its next run.)
+pub async fn the_due_index_hands_out_nothing_before_its_time(store: Arc<dyn Store>) {
+    let org = fresh_org();
+    let def = definition(&org, "acme");
+    store.put_definition(&def, Expect::Absent).await.unwrap();
+    let second = OffsetDateTime::from_unix_timestamp(now().unix_timestamp() + 60).unwrap();
+    let ms = time::Duration::milliseconds;
+    let mut fraction = connection(&def, "c-1");
+    fraction.refresh.due_at = Some(second + ms(300));
+    let mut whole = connection(&def, "c-2");
+    whole.refresh.due_at = Some(second);
+    for c in [&fraction, &whole] {
+        store.insert_connection(c).await.unwrap();
+    }
+    let ids = |until| {
+        let (store, org) = (store.clone(), org.clone());
+        async move { all_due(&store, &org, until, 100).await.into_iter().map(|e| e.id).collect::<Vec<_>>() }
+    };
+    assert!(ids(second - ms(1)).await.is_empty(), "nothing is due yet");
+    for until in [second, second + ms(299), second + ms(300), second + ms(999)] {
+        assert_eq!(ids(until).await, vec![whole.id.clone()], "at {until}, only the whole second is due");
+    }
+    let mut both = ids(second + ms(1_000)).await;
+    both.sort();
+    let mut expected = vec![fraction.id.clone(), whole.id.clone()];
+    expected.sort();
+    assert_eq!(both, expected, "a second later, both");
+    let entry = all_due(&store, &org, second + ms(1_000), 100).await.into_iter().find(|e| e.id == fraction.id);
+    assert_eq!(entry.map(|e| e.due), Some(second.unix_timestamp() + 1), "filed under the next second");
+}
+
 /// A connection's place in the due index is the earliest of its refresh due time, its
 /// refresh token's warning and its lapse (`Connection::due_index_at`), and only while a
 /// refresh is scheduled: the sweep finds warnings and lapses without a scan.
@@ -82,17 +117,17 @@ pub async fn the_due_index_holds_the_earliest_of_refresh_warning_and_lapse(store
         let (store, org) = (store.clone(), org.clone());
         async move { all_due(&store, &org, t0 + hours(100), 100).await.into_iter().map(|e| e.due).collect::<Vec<_>>() }
     };
-    assert_eq!(due_times().await, vec![(t0 + hours(3)).unix_timestamp()], "the warning comes first");
+    assert_eq!(due_times().await, vec![due_second(t0 + hours(3))], "the warning comes first");
     let mut next = c.clone();
     next.refresh.rt_warn_at = None;
     next.version = 2;
     store.update_connection(&next, 1).await.unwrap();
-    assert_eq!(due_times().await, vec![(t0 + hours(5)).unix_timestamp()], "then the lapse");
+    assert_eq!(due_times().await, vec![due_second(t0 + hours(5))], "then the lapse");
     let mut refreshed = next.clone();
     refreshed.oauth.as_mut().unwrap().refresh_token_expires_at = Some(t0 + hours(50));
     refreshed.version = 3;
     store.update_connection(&refreshed, 2).await.unwrap();
-    assert_eq!(due_times().await, vec![(t0 + hours(9)).unix_timestamp()], "then the refresh");
+    assert_eq!(due_times().await, vec![due_second(t0 + hours(9))], "then the refresh");
     let mut red = refreshed.clone();
     red.refresh.due_at = None;
     red.refresh.rt_warn_at = Some(t0 + hours(1));
@@ -198,7 +233,7 @@ pub async fn the_due_index_pages_past_stuck_entries_and_forgets_cleared_ones(sto
     assert!(all_due(&store, &org, t0, 1_000).await.is_empty(), "not due at the old time any more");
     let moved = all_due(&store, &org, t0 + time::Duration::hours(1), 1_000).await;
     assert_eq!(moved.iter().map(|e| &e.id).collect::<Vec<_>>(), vec![&healthy.id]);
-    assert_eq!(moved[0].due, (t0 + time::Duration::minutes(10)).unix_timestamp());
+    assert_eq!(moved[0].due, due_second(t0 + time::Duration::minutes(10)));
     // A deleted connection leaves the index with it.
     assert!(store.delete_connection(&org, &healthy.id).await.unwrap());
     assert!(all_due(&store, &org, t0 + time::Duration::hours(1), 1_000).await.is_empty());

@@ -296,4 +296,19 @@ impl Connection {
         let device = self.device.as_ref().map(|d| d.next_poll_at);
         [refresh, verify, device].into_iter().flatten().min()
     }
+
+    /// [`Connection::due_index_at`] as both stores key their due index: Unix seconds, rounded
+    /// up ([`due_second`]).
+    pub fn due_index_second(&self) -> Option<i64> {
+        self.due_index_at().map(due_second)
+    }
+}
+
+/// The whole Unix second a due index files `t` under: the first second at or after `t`. Rounded
+/// up, so that a sweep reading the index up to its own `now` (rounded down) never finds an entry
+/// before its time has come: the record would not be due yet and the sweep would pass it by
+/// until its next run (a device poll made even a fraction of a second early earns a
+/// `slow_down`, RFC 8628 section 3.5). An entry comes out of the index up to a second late.
+pub fn due_second(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp() + i64::from(t.nanosecond() > 0)
 }

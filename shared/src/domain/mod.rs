@@ -20,7 +20,8 @@ mod webhook;
 
 pub use connect::{ConnectContext, ConnectSession};
 pub use connection::{
-    BrowserBinding, Connection, Lease, OAuthState, OAuthTokens, RefreshState, RevocationJob, Scope, Status, StatusError,
+    BrowserBinding, Connection, Lease, OAuthState, OAuthTokens, RefreshState, RevocationJob, Scope, Status,
+    StatusError, due_second,
 };
 pub use definition::{AuthKind, Definition, Input, InputType, OAUTH_APP_SETTINGS, Redirects, Visibility};
 pub use device::DeviceAuthorization;

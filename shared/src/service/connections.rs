@@ -464,7 +464,7 @@ impl Service {
                     // Back in the refresh index: the sweep tries the new settings soon.
                     if next.oauth.as_ref().is_some_and(|t| t.has_refresh_token) {
                         next.refresh.failures = 0;
-                        next.refresh.due_at = Some(self.clock.now());
+                        next.refresh.due_at = Some(self.due_now());
                     }
                 }
             }

@@ -225,7 +225,7 @@ impl Service {
             next.status = crate::domain::Status::Configured;
             next.error = None;
             next.refresh.failures = 0;
-            next.refresh.due_at = c.oauth.as_ref().filter(|t| t.has_refresh_token).map(|_| self.clock.now());
+            next.refresh.due_at = c.oauth.as_ref().filter(|t| t.has_refresh_token).map(|_| self.due_now());
             next.version = c.version + 1;
             next.updated_at = self.clock.now();
             match self.store.update_connection(&next, c.version).await {

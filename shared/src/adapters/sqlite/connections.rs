@@ -2,12 +2,11 @@
 //!
 //! - `connections`: one row per `(org, id)`, with the columns the queries need beside the
 //!   document: `customer`, `definition`, `status`, `version` (the optimistic-concurrency
-//!   check) and `due_at` (Unix seconds, [`Connection::due_index_at`]; `NULL` while nothing is
+//!   check) and `due_at` (Unix seconds rounded up, [`Connection::due_index_second`]; `NULL` while nothing is
 //!   scheduled, which keeps the row out of the partial due index);
 //! - `logs`: a connection's log lines in insertion order (`seq`), deleted with the connection.
 
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
-use time::OffsetDateTime;
 
 use super::{backend, from_json, to_json};
 use crate::domain::{Connection, ConnectionId, LogEntry, OrgId};
@@ -53,7 +52,7 @@ impl ConnectionRow {
             status: c.status.as_str(),
             version: c.version as i64,
             doc: to_json(c)?,
-            due_at: c.due_index_at().map(OffsetDateTime::unix_timestamp),
+            due_at: c.due_index_second(),
         })
     }
 }

@@ -138,6 +138,14 @@ impl Service {
         &self.options.refresh
     }
 
+    /// A refresh due right away, as the due index sees it: the start of the current second, so
+    /// that a sweep reading the index at any instant of this second finds it
+    /// ([`crate::domain::due_second`] files a later instant under the next second).
+    pub(crate) fn due_now(&self) -> OffsetDateTime {
+        let now = self.clock.now();
+        now.replace_nanosecond(0).unwrap_or(now)
+    }
+
     /// When the sweep should refresh these tokens; `None` without a refresh token, except for
     /// JWT bearer connections (`auth`), whose next assertion renews them before they expire.
     pub(crate) fn due_at(&self, tokens: &OAuthTokens, auth: Option<AuthKind>) -> Option<OffsetDateTime> {

@@ -72,8 +72,9 @@ pub(super) fn key(pk: String, sk: String) -> Item {
     HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
 }
 
-/// A connection's sort key in the due index: due time (zero-padded Unix seconds, so that text
-/// order is time order), then organization and id.
+/// A connection's sort key in the due index: due time (zero-padded Unix seconds, rounded up
+/// by [`crate::domain::due_second`], so that text order is time order), then organization and
+/// id.
 pub(super) fn due_sk(due: i64, org: &OrgId, id: &ConnectionId) -> String {
     format!("{:012}#{org}#{id}", due.max(0))
 }
@@ -128,9 +129,9 @@ impl TryFrom<&Connection> for Item {
         // connection replaces its whole item (PutItem), so one whose due time was cleared (red,
         // disconnected, refreshed without a refresh token) has no `gsi3*` attributes any more and
         // leaves the index: no stale entry can survive an update.
-        if let Some(due) = c.due_index_at() {
+        if let Some(due) = c.due_index_second() {
             item.insert("gsi3pk".into(), s(format!("DUE#{}", due_shard(&c.id))));
-            item.insert("gsi3sk".into(), s(due_sk(due.unix_timestamp(), &c.org, &c.id)));
+            item.insert("gsi3sk".into(), s(due_sk(due, &c.org, &c.id)));
         }
         Ok(item)
     }
