@@ -89,6 +89,8 @@ impl Wrk {
 struct Round {
     healthz: Wrk,
     lookup: Wrk,
+    /// The server's peak resident memory so far (`VmHWM` of `/proc/PID/status`), KiB.
+    peak_rss_kib: u64,
 }
 
 impl Round {
@@ -345,7 +347,7 @@ fn measure(args: &Args, server_cpus: Option<&str>, wrk_cpus: Option<&str>) -> Re
             perf.wait()?;
         }
         looked_up += lookup.requests;
-        rounds.push(Round { healthz, lookup });
+        rounds.push(Round { healthz, lookup, peak_rss_kib: peak_rss_kib(server.child.id())? });
     }
     // wrk counts only the answers it read; a lookup answered as wrk stopped still logged a line.
     let audits = server.log_lines("credentials read")? - audits_before;
@@ -365,6 +367,13 @@ fn cpu_ticks(pid: u32) -> Result<u64, Error> {
     Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
 }
 
+/// Peak resident memory of process `pid` so far, KiB (`VmHWM` of `/proc/PID/status`).
+fn peak_rss_kib(pid: u32) -> Result<u64, Error> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).ok_or("no VmHWM in /proc status")?;
+    Ok(line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse()?)
+}
+
 /// Clock ticks per second of `/proc` times (`getconf CLK_TCK`, 100 on Linux).
 fn ticks_per_s() -> f64 {
     Command::new("getconf")
@@ -381,7 +390,7 @@ fn ms(us: f64) -> String {
 
 fn row(label: &str, r: &Round) -> String {
     format!(
-        "| {label} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {:.1} | {:.1} |",
+        "| {label} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {:.1} | {:.1} | {:.1} |",
         r.healthz.rate,
         r.lookup.rate,
         r.ratio(),
@@ -390,6 +399,7 @@ fn row(label: &str, r: &Round) -> String {
         ms(r.healthz.at(99.0)),
         r.healthz.server_cpu_us,
         r.lookup.server_cpu_us,
+        r.peak_rss_kib as f64 / 1024.0,
     )
 }
 
@@ -415,9 +425,9 @@ fn main() -> Result<(), Error> {
     if args.cores.is_empty() {
         let rounds = measure(&args, None, None)?;
         println!(
-            "| build | `/healthz` req/s | lookups/s | ratio | lookup p50 ms | lookup p99 ms | healthz p99 ms | server CPU µs/healthz | server CPU µs/lookup |"
+            "| build | `/healthz` req/s | lookups/s | ratio | lookup p50 ms | lookup p99 ms | healthz p99 ms | server CPU µs/healthz | server CPU µs/lookup | server peak RSS MiB |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
         for r in &rounds {
             println!("{}", row(&args.label, r));
         }
@@ -431,9 +441,9 @@ fn main() -> Result<(), Error> {
     }
     println!(
         "| server cores | `/healthz` req/s | lookups/s | ratio | lookup p50 ms | lookup p99 ms | healthz p99 ms \
-         | server CPU µs/healthz | server CPU µs/lookup |"
+         | server CPU µs/healthz | server CPU µs/lookup | server peak RSS MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut points = Vec::new();
     for &n in &args.cores {
         if n == 0 || n >= machine {
