@@ -161,8 +161,10 @@ pub trait Store: Send + Sync + 'static {
         1
     }
 
-    /// Connections of every organization whose `refresh.due_at` is at or before `until`, from
-    /// one shard of the due index, in index order (due time, then organization, then id),
+    /// Connections of every organization whose due time ([`Connection::due_index_at`], rounded
+    /// up to a whole Unix second by [`crate::domain::due_second`]) is at or before `until`
+    /// (rounded down): never one whose time has not come, one whose time came less than a second
+    /// ago perhaps not yet. From one shard of the due index, in index order (due time, then organization, then id),
     /// strictly after `after` when given: a key query, never a scan. Passing the last entry of a
     /// page as `after` reads the next page, so a sweep can move past entries it had to leave in
     /// the index (a refresh lease held elsewhere) instead of meeting them again.

@@ -425,7 +425,7 @@ fn main() -> Result<(), Error> {
     if args.cores.is_empty() {
         let rounds = measure(&args, None, None)?;
         println!(
-            "| build | `/healthz` req/s | lookups/s | ratio | lookup p50 ms | lookup p99 ms | healthz p99 ms | server CPU µs/healthz | server CPU µs/lookup | server peak RSS MiB |"
+            "| build | `/healthz` req/s | lookups/s | ratio | lookup p50 ms | lookup p99 ms | healthz p99 ms | server CPU µs/healthz | server CPU µs/lookup | server peak RSS so far, MiB |"
         );
         println!("|---|---|---|---|---|---|---|---|---|---|");
         for r in &rounds {
@@ -441,7 +441,7 @@ fn main() -> Result<(), Error> {
     }
     println!(
         "| server cores | `/healthz` req/s | lookups/s | ratio | lookup p50 ms | lookup p99 ms | healthz p99 ms \
-         | server CPU µs/healthz | server CPU µs/lookup | server peak RSS MiB |"
+         | server CPU µs/healthz | server CPU µs/lookup | server peak RSS so far, MiB |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut points = Vec::new();

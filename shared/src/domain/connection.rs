@@ -306,9 +306,10 @@ impl Connection {
 
 /// The whole Unix second a due index files `t` under: the first second at or after `t`. Rounded
 /// up, so that a sweep reading the index up to its own `now` (rounded down) never finds an entry
-/// before its time has come: the record would not be due yet and the sweep would pass it by
-/// until its next run (a device poll made even a fraction of a second early earns a
-/// `slow_down`, RFC 8628 section 3.5). An entry comes out of the index up to a second late.
+/// before its time has come: it re-reads the record, which would not be due yet, and would pass
+/// the entry by until its next run (a refresh, verification, warning or device poll a whole
+/// sweep interval late). An entry comes out of the index up to a second late instead. (Entries
+/// written before this rounding keep their rounded-down key until their record's next write.)
 pub fn due_second(t: OffsetDateTime) -> i64 {
     t.unix_timestamp() + i64::from(t.nanosecond() > 0)
 }
