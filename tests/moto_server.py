@@ -10,13 +10,36 @@ Usage: .venv/bin/python tests/moto_server.py   (see tests/support/moto.rs)
 import logging
 import os
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 
+from moto.dynamodb.responses import DynamoHandler
 from moto.server import ThreadedMotoServer
 
 READY_TIMEOUT_SECONDS = 30
+
+
+def serialize_dynamodb() -> None:
+    """Runs one DynamoDB request at a time, as atomic as DynamoDB's own.
+
+    DynamoDB applies each request atomically: a PutItem conditional on `version = :v` checks
+    and writes as one, so of concurrent writers holding one version exactly one wins. moto's
+    threaded server runs each request on its own thread, and its `Table.put_item` reads the
+    current item, parses the condition, then stores: two requests interleaved there both pass
+    the check (the CI run of commit a697ebc saw two of eight concurrent `If-Match` PATCHes win).
+    Holding one lock around each DynamoDB action closes that window; moto's Python runs one
+    thread at a time under the GIL anyway, so little is lost.
+    """
+    lock = threading.RLock()
+    call_action = DynamoHandler.call_action
+
+    def serialized(self):  # type: ignore[no-untyped-def]
+        with lock:
+            return call_action(self)
+
+    DynamoHandler.call_action = serialized  # type: ignore[method-assign]
 
 
 def wait_until_answering(url: str) -> None:
@@ -40,6 +63,7 @@ def main() -> None:
 
     # Port 0: the OS picks a free port and the server reports the one it bound, so there is no
     # window in which another process can take it.
+    serialize_dynamodb()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
