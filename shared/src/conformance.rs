@@ -109,7 +109,10 @@ pub mod store {
     pub use super::idempotency::{
         idempotency_claims_are_released_or_lapse, idempotency_keys_are_claimed_once_and_answered_for_a_day,
     };
-    pub use super::oauth::{oauth_states_are_single_use_and_expire, revocation_jobs_are_claimed_once_and_deleted};
+    pub use super::oauth::{
+        oauth_states_are_single_use_and_expire, revocation_jobs_are_claimed_once_and_deleted,
+        revocation_jobs_come_due_no_earlier_than_their_time,
+    };
     pub use super::tags::listings_filter_by_tags_and_page_past_what_does_not_match;
     pub use super::webhooks::{
         concurrent_inserts_of_one_delivery_have_one_winner, deleting_a_webhook_deletes_its_deliveries,
@@ -145,6 +148,7 @@ macro_rules! store_conformance_tests {
             the_due_index_holds_the_earliest_of_refresh_warning_and_lapse,
             the_due_index_pages_past_stuck_entries_and_forgets_cleared_ones,
             revocation_jobs_are_claimed_once_and_deleted,
+            revocation_jobs_come_due_no_earlier_than_their_time,
             webhooks_round_trip_with_conditional_puts,
             deliveries_are_inserted_once_and_listed_newest_first,
             concurrent_inserts_of_one_delivery_have_one_winner,

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use latchkey::domain::{
     ConnectSession, Connection, ConnectionId, CustomerId, Definition, DefinitionKey, DeliveryStatus, IdempotencyRecord,
-    LogEntry, LogType, OAuthState, OrgId, RevocationJob, Webhook, WebhookDelivery, WebhookId,
+    LogEntry, LogType, OAuthState, OrgId, RevocationJob, Webhook, WebhookDelivery, WebhookId, due_second,
 };
 use latchkey::ports::{
     BranchKeyRecord, BranchKeyStore, ConnectionFilter, DeliveryCursor, DueEntry, Expect, Page, Store, StoreError,
@@ -304,10 +304,10 @@ impl Store for MemoryStore {
         let mut due: Vec<RevocationJob> = s
             .revocations
             .values()
-            .filter(|j| j.next_attempt_at.unix_timestamp() <= until && j.expires_at.unix_timestamp() > until)
+            .filter(|j| due_second(j.next_attempt_at) <= until && j.expires_at.unix_timestamp() > until)
             .cloned()
             .collect();
-        due.sort_by_key(|j| j.next_attempt_at.unix_timestamp());
+        due.sort_by_key(|j| due_second(j.next_attempt_at));
         due.truncate(limit);
         Ok(due)
     }

@@ -6,26 +6,31 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use super::{fresh_org, now};
-use crate::domain::{ConnectionId, DefinitionKey};
+use crate::crypto::Sealed;
+use crate::domain::{ConnectionId, DefinitionKey, OrgId, RevocationJob};
 use crate::ports::{Store, StoreError};
 
-pub async fn revocation_jobs_are_claimed_once_and_deleted(store: Arc<dyn Store>) {
-    use crate::crypto::Sealed;
-    use crate::domain::RevocationJob;
-    let org = fresh_org();
+/// A job of `org` for connection `conn`, first attempted at `at`, living until `expires_at`
+/// (its tokens and settings stand-in seals: the store never opens them).
+fn revocation_job(org: &OrgId, conn: &ConnectionId, at: OffsetDateTime, expires_at: OffsetDateTime) -> RevocationJob {
     let sealed = Sealed { key_id: "k".into(), wrapped_key: vec![1; 40], ciphertext: vec![2; 40] };
-    let t0 = now();
-    let job = |conn: &ConnectionId, at: OffsetDateTime| RevocationJob {
+    RevocationJob {
         id: ulid::Ulid::new().to_string(),
         org: org.clone(),
         connection_id: conn.clone(),
         definition: DefinitionKey::parse("acme").unwrap(),
         tokens: sealed.clone(),
-        settings: sealed.clone(),
+        settings: sealed,
         attempts: 0,
         next_attempt_at: at,
-        expires_at: t0 + time::Duration::days(7),
-    };
+        expires_at,
+    }
+}
+
+pub async fn revocation_jobs_are_claimed_once_and_deleted(store: Arc<dyn Store>) {
+    let org = fresh_org();
+    let t0 = now();
+    let job = |conn: &ConnectionId, at: OffsetDateTime| revocation_job(&org, conn, at, t0 + time::Duration::days(7));
     let conn = ConnectionId::generate();
     let now_job = job(&conn, t0 - time::Duration::seconds(1));
     let later_job = job(&conn, t0 + time::Duration::hours(1));
@@ -44,6 +49,43 @@ pub async fn revocation_jobs_are_claimed_once_and_deleted(store: Arc<dyn Store>)
     assert!(store.delete_revocation(&claim).await.unwrap());
     assert!(!store.delete_revocation(&claim).await.unwrap(), "deleting twice is harmless");
     assert_eq!(store.revocations_of(&org, &conn).await.unwrap(), vec![later_job]);
+}
+
+/// A revocation job's next attempt is filed under the whole second at or after it, like the
+/// connections' due index: a reader up to any instant of the second it falls in does not find
+/// it (the attempt would be skipped as not due yet, and retried a sweep later), one at the next
+/// second does; a job due on a whole second is found from that second on.
+pub async fn revocation_jobs_come_due_no_earlier_than_their_time(store: Arc<dyn Store>) {
+    let org = fresh_org();
+    let second = OffsetDateTime::from_unix_timestamp(now().unix_timestamp() + 60).unwrap();
+    let ms = time::Duration::milliseconds;
+    let job = |at| revocation_job(&org, &ConnectionId::generate(), at, second + time::Duration::days(3));
+    let (fraction, whole) = (job(second + ms(300)), job(second));
+    store.put_revocation(&fraction).await.unwrap();
+    store.put_revocation(&whole).await.unwrap();
+    let ids = |until| {
+        let (store, org) = (store.clone(), org.clone());
+        async move {
+            let due = store.due_revocations(until, 10_000).await.unwrap();
+            let mut ids: Vec<String> = due.into_iter().filter(|j| j.org == org).map(|j| j.id).collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert!(ids(second - ms(1)).await.is_empty(), "nothing is due yet");
+    for until in [second, second + ms(300), second + ms(999)] {
+        assert_eq!(ids(until).await, vec![whole.id.clone()], "at {until}, only the whole second's job");
+    }
+    let mut both = vec![fraction.id.clone(), whole.id.clone()];
+    both.sort();
+    assert_eq!(ids(second + ms(1_000)).await, both, "a second later, both");
+    // A retry scheduled into a second is filed the same way.
+    let mut retry = whole.clone();
+    retry.attempts = 1;
+    retry.next_attempt_at = second + time::Duration::seconds(4) + ms(1);
+    store.update_revocation(&retry, 0).await.unwrap();
+    assert_eq!(ids(second + time::Duration::seconds(4) + ms(999)).await, vec![fraction.id.clone()]);
+    assert_eq!(ids(second + time::Duration::seconds(5)).await, both);
 }
 
 pub async fn oauth_states_are_single_use_and_expire(store: Arc<dyn Store>) {

@@ -135,7 +135,9 @@ impl Service {
             tokens: tokens.sealed.clone(),
             settings: self.envelope.seal_json(&ctx, &plain).await?,
             attempts: 0,
-            next_attempt_at: now,
+            // The current whole second: the due index rounds up (`domain::due_second`), and a
+            // job stamped with the instant itself would wait for the next second's sweep.
+            next_attempt_at: self.due_now(),
             expires_at: now + JOB_LIFETIME,
         }))
     }

@@ -1,11 +1,12 @@
 //! Revocation jobs in SQLite: one row per job, keyed by its id, with `attempts` (the
-//! condition of an update), `next_at` and `expires_at` (Unix seconds) beside the document.
+//! condition of an update), `next_at` (Unix seconds rounded up, as the connections' due index:
+//! [`due_second`]) and `expires_at` (Unix seconds) beside the document.
 //! There is no TTL in SQLite: every new job first deletes the jobs past their lifetime.
 
 use rusqlite::params;
 
 use super::{backend, from_json, to_json};
-use crate::domain::RevocationJob;
+use crate::domain::{RevocationJob, due_second};
 use crate::ports::StoreError;
 
 /// The table (part of the store's schema). `revocations_due` serves `due`.
@@ -31,7 +32,7 @@ pub(super) fn put(db: &rusqlite::Connection, job: &RevocationJob) -> Result<(), 
                 job.org.as_str(),
                 job.connection_id.as_str(),
                 job.attempts,
-                job.next_attempt_at.unix_timestamp(),
+                due_second(job.next_attempt_at),
                 job.expires_at.unix_timestamp(),
                 doc
             ],
@@ -73,7 +74,7 @@ pub(super) fn update(db: &rusqlite::Connection, job: &RevocationJob, expected_at
     let n = db
         .execute(
             "UPDATE revocations SET attempts = ?2, next_at = ?3, doc = ?4 WHERE id = ?1 AND attempts = ?5",
-            params![job.id, job.attempts, job.next_attempt_at.unix_timestamp(), doc, expected_attempts],
+            params![job.id, job.attempts, due_second(job.next_attempt_at), doc, expected_attempts],
         )
         .map_err(backend)?;
     if n == 1 { Ok(()) } else { Err(StoreError::Conflict) }

@@ -138,8 +138,9 @@ impl Service {
         &self.options.refresh
     }
 
-    /// A refresh due right away, as the due index sees it: the start of the current second, so
-    /// that a sweep reading the index at any instant of this second finds it
+    /// Something due right away (a refresh, a revocation job's first attempt), as the due
+    /// indexes see it: the start of the current second, so that a sweep reading an index at any
+    /// instant of this second finds it
     /// ([`crate::domain::due_second`] files a later instant under the next second).
     pub(crate) fn due_now(&self) -> OffsetDateTime {
         let now = self.clock.now();

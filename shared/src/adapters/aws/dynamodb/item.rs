@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::write::backend;
 use super::{DUE_SHARDS, TTL_ATTRIBUTE};
-use crate::domain::{Connection, ConnectionId, DefinitionKey, LogEntry, OAuthState, OrgId, RevocationJob};
+use crate::domain::{Connection, ConnectionId, DefinitionKey, LogEntry, OAuthState, OrgId, RevocationJob, due_second};
 use crate::ports::{DueEntry, StoreError};
 
 pub(super) type Item = HashMap<String, AttributeValue>;
@@ -149,7 +149,7 @@ impl TryFrom<&RevocationJob> for Item {
         item.insert("doc".into(), doc(job)?);
         item.insert(TTL_ATTRIBUTE.into(), n(job.expires_at.unix_timestamp()));
         item.insert("gsi3pk".into(), s(format!("RDUE#{}", due_shard(&job.connection_id))));
-        let due = job.next_attempt_at.unix_timestamp().max(0);
+        let due = due_second(job.next_attempt_at).max(0);
         item.insert("gsi3sk".into(), s(format!("{due:012}#{}#{}#{}", job.org, job.connection_id, job.id)));
         Ok(item)
     }
