@@ -185,7 +185,7 @@ impl Store for SqliteStore {
 
     async fn get_definition(&self, org: &OrgId, key: &DefinitionKey) -> Result<Option<Definition>, StoreError> {
         let (org, key) = (org.to_string(), key.to_string());
-        let doc = self.readers.read(move |db| definitions::get_doc(db, &org, &key)).await?;
+        let doc = self.readers.read(move |reader| definitions::get_doc(&reader.db, &org, &key)).await?;
         doc.as_deref().map(from_json).transpose()
     }
 
@@ -211,8 +211,7 @@ impl Store for SqliteStore {
 
     async fn get_connection(&self, org: &OrgId, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
         let (org, id) = (org.to_string(), id.to_string());
-        let doc = self.readers.read(move |db| connections::get_doc(db, &org, &id)).await?;
-        doc.as_deref().map(from_json).transpose()
+        self.readers.read(move |reader| connections::get_parsed(reader, &org, &id)).await
     }
 
     async fn update_connection(&self, conn: &Connection, expected_version: u64) -> Result<(), StoreError> {
@@ -243,8 +242,7 @@ impl Store for SqliteStore {
         customer: &CustomerId,
     ) -> Result<Vec<Connection>, StoreError> {
         let (org, definition, customer) = (org.to_string(), definition.to_string(), customer.to_string());
-        let docs = self.readers.read(move |db| connections::selector_docs(db, &org, &definition, &customer)).await?;
-        docs.iter().map(|d| from_json(d)).collect()
+        self.readers.read(move |reader| connections::selector_candidates(reader, &org, &definition, &customer)).await
     }
 
     async fn due_connections(

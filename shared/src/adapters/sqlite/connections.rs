@@ -6,8 +6,10 @@
 //!   scheduled, which keeps the row out of the partial due index);
 //! - `logs`: a connection's log lines in insertion order (`seq`), deleted with the connection.
 
+use rusqlite::types::Type;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
+use super::readers::Reader;
 use super::{backend, from_json, to_json};
 use crate::domain::{Connection, ConnectionId, LogEntry, OrgId};
 use crate::ports::{ConnectionFilter, DueEntry, Page, StoreError};
@@ -84,11 +86,22 @@ pub(super) fn insert(db: &mut rusqlite::Connection, row: &ConnectionRow) -> Resu
     tx.commit().map_err(backend)
 }
 
-/// A connection's document, for a reader connection.
-pub(super) fn get_doc(db: &rusqlite::Connection, org: &str, id: &str) -> rusqlite::Result<Option<String>> {
+/// A connection, read on a reader connection and parsed through its kept parses.
+pub(super) fn get_parsed(reader: &mut Reader, org: &str, id: &str) -> rusqlite::Result<Option<Connection>> {
+    let Reader { db, parsed } = reader;
     db.prepare_cached("SELECT doc FROM connections WHERE org = ?1 AND id = ?2")?
-        .query_row(params![org, id], |r| r.get(0))
+        .query_row(params![org, id], |r| parsed.connection(id, doc_text(r, 0)?).map_err(unreadable))
         .optional()
+}
+
+/// Column `i` of `row` as text, borrowed from SQLite's buffer.
+fn doc_text<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'r str> {
+    row.get_ref(i)?.as_str().map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, Type::Text, Box::new(e)))
+}
+
+/// A stored document that is not a connection record.
+fn unreadable(e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, Type::Text, Box::new(e))
 }
 
 /// Replaces the connection if its stored version is `expected` ([`StoreError::Conflict`] if
@@ -198,17 +211,23 @@ pub(super) fn list(db: &rusqlite::Connection, q: Listing) -> Result<Page<Connect
     Ok(Page { items, next })
 }
 
-/// The documents of one customer's connections of one definition, oldest first, for a reader
-/// connection: the customer index `(org, customer, id)`, the definition filtered within it.
-pub(super) fn selector_docs(
-    db: &rusqlite::Connection,
+/// One customer's connections of one definition, oldest first, read on a reader connection and
+/// parsed through its kept parses: the customer index `(org, customer, id)`, the definition
+/// filtered within it.
+pub(super) fn selector_candidates(
+    reader: &mut Reader,
     org: &str,
     definition: &str,
     customer: &str,
-) -> rusqlite::Result<Vec<String>> {
-    db.prepare_cached("SELECT doc FROM connections WHERE org = ?1 AND customer = ?2 AND definition = ?3 ORDER BY id")?
-        .query_map(params![org, customer, definition], |r| r.get::<_, String>(0))?
-        .collect()
+) -> rusqlite::Result<Vec<Connection>> {
+    let Reader { db, parsed } = reader;
+    db.prepare_cached(
+        "SELECT id, doc FROM connections WHERE org = ?1 AND customer = ?2 AND definition = ?3 ORDER BY id",
+    )?
+    .query_map(params![org, customer, definition], |r| {
+        parsed.connection(doc_text(r, 0)?, doc_text(r, 1)?).map_err(unreadable)
+    })?
+    .collect()
 }
 
 /// Up to `limit` entries of the due index due by `until` (Unix seconds), in index order,

@@ -9,7 +9,13 @@
 //! waiting on a lock: when every reader is taken, or SQLite answers busy (a reader never sleeps
 //! in a busy handler on an async worker), the read goes to the blocking pool with the usual
 //! busy timeout.
+//!
+//! Each reader keeps the connection records it parsed last ([`ParsedConnections`]): a read
+//! whose document is the same text as the one parsed before takes a copy of that parse instead
+//! of parsing it again (`from_json` was the largest share of a lookup's own time:
+//! docs/performance.md, "The parse cache").
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
@@ -17,14 +23,65 @@ use std::time::Duration;
 
 use rusqlite::{ErrorCode, OpenFlags};
 
+use crate::domain::Connection;
 use crate::ports::StoreError;
 
 /// The most read connections a store opens (one per core up to this).
 pub(super) const MAX_READERS: usize = 16;
 
+/// The most connection records one reader keeps parsed ([`ParsedConnections`]): with a
+/// record's document and its parse a few KiB, at most a few MiB a reader.
+pub(super) const PARSED_PER_READER: usize = 256;
+
+/// One read-only connection and what it parsed.
+pub(super) struct Reader {
+    pub(super) db: rusqlite::Connection,
+    pub(super) parsed: ParsedConnections,
+}
+
+/// The connection records a reader parsed last, by id: each beside the exact document text it
+/// was parsed from. A record is only ever handed out for the same text, so a copy of the kept
+/// parse is what parsing the document again would give: any write (a new version, a disconnect,
+/// a rotation of its key, another process's write) changes the text and is parsed afresh.
+/// Only what the document holds is kept: secrets stay sealed (plaintext credentials are never
+/// kept beyond the request that opened them). At most [`PARSED_PER_READER`] records; a new
+/// one past that replaces one of them.
+#[derive(Default)]
+pub(super) struct ParsedConnections {
+    by_id: HashMap<String, (Box<str>, Connection)>,
+}
+
+impl ParsedConnections {
+    /// The connection record `doc` (the document of connection `id`, as read), from the kept
+    /// parse when it was parsed from this very text, else parsed now and kept.
+    pub(super) fn connection(&mut self, id: &str, doc: &str) -> serde_json::Result<Connection> {
+        if let Some((text, c)) = self.by_id.get(id)
+            && **text == *doc
+        {
+            return Ok(c.clone());
+        }
+        let c: Connection = serde_json::from_str(doc)?;
+        if self.by_id.len() >= PARSED_PER_READER
+            && !self.by_id.contains_key(id)
+            && let Some(old) = self.by_id.keys().next().cloned()
+        {
+            // The first in the map's (randomly seeded) order: a random one, at no bookkeeping.
+            self.by_id.remove(&old);
+        }
+        self.by_id.insert(id.to_owned(), (doc.into(), c.clone()));
+        Ok(c)
+    }
+
+    /// How many records are kept.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+}
+
 /// The read-only connections of one database file.
 pub(super) struct Readers {
-    conns: Vec<Mutex<rusqlite::Connection>>,
+    conns: Vec<Mutex<Reader>>,
     /// Where the next read starts looking for a free connection (spreads reads over them).
     next: AtomicUsize,
     /// The busy timeout of reads that went to the blocking pool.
@@ -50,7 +107,7 @@ impl Readers {
                 let db = rusqlite::Connection::open_with_flags(path, flags).map_err(backend)?;
                 // No busy handler on the calling thread: a busy read retries in the pool.
                 db.busy_timeout(Duration::ZERO).map_err(backend)?;
-                Ok(Mutex::new(db))
+                Ok(Mutex::new(Reader { db, parsed: ParsedConnections::default() }))
             })
             .collect::<Result<_, StoreError>>()?;
         Ok(Self { conns, next: AtomicUsize::new(0), busy_timeout })
@@ -63,7 +120,7 @@ impl Readers {
     }
 
     /// A reader nobody holds, if any.
-    fn try_take(&self) -> Option<MutexGuard<'_, rusqlite::Connection>> {
+    fn try_take(&self) -> Option<MutexGuard<'_, Reader>> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..self.conns.len()).find_map(|i| match self.conns[(start + i) % self.conns.len()].try_lock() {
             Ok(guard) => Some(guard),
@@ -77,10 +134,10 @@ impl Readers {
     pub(super) async fn read<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: Fn(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+        F: Fn(&mut Reader) -> rusqlite::Result<T> + Send + 'static,
     {
-        if let Some(db) = self.try_take() {
-            match f(&db) {
+        if let Some(mut reader) = self.try_take() {
+            match f(&mut reader) {
                 Err(e) if is_busy(&e) => {}
                 done => return done.map_err(backend),
             }
@@ -88,10 +145,10 @@ impl Readers {
         let readers = self.clone();
         tokio::task::spawn_blocking(move || {
             let start = readers.next.fetch_add(1, Ordering::Relaxed) % readers.conns.len();
-            let db = readers.conns[start].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            db.busy_timeout(readers.busy_timeout)?;
-            let done = f(&db);
-            db.busy_timeout(Duration::ZERO)?;
+            let mut reader = readers.conns[start].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            reader.db.busy_timeout(readers.busy_timeout)?;
+            let done = f(&mut reader);
+            reader.db.busy_timeout(Duration::ZERO)?;
             done
         })
         .await
@@ -167,6 +224,56 @@ mod tests {
         }
         let found = store.find_for_selector(&c.org, &c.definition, c.customer.as_ref().unwrap()).await.unwrap();
         assert_eq!(found.iter().map(|f| f.label.as_deref()).collect::<Vec<_>>(), vec![Some("round 3")]);
+    }
+
+    #[tokio::test]
+    async fn a_changed_document_is_read_afresh_by_every_reader_even_at_the_same_version() {
+        let (dir, store, c) = store_with_a_connection().await;
+        // Every reader parses (and keeps) the record once.
+        for _ in 0..store.readers.len() * 2 {
+            assert_eq!(store.get_connection(&c.org, &c.id).await.unwrap().unwrap().label, c.label);
+        }
+        // Another process rewrites the document and leaves the version as it was (as a tool
+        // editing the file would): only the text tells the change.
+        let other = rusqlite::Connection::open(dir.path().join("latchkey.db")).unwrap();
+        let changed = other
+            .execute("UPDATE connections SET doc = json_set(doc, '$.label', 'edited') WHERE id = ?1", [c.id.as_str()])
+            .unwrap();
+        assert_eq!(changed, 1);
+        for _ in 0..store.readers.len() * 2 {
+            let read = store.get_connection(&c.org, &c.id).await.unwrap().unwrap();
+            assert_eq!((read.version, read.label.as_deref()), (c.version, Some("edited")));
+            let found = store.find_for_selector(&c.org, &c.definition, c.customer.as_ref().unwrap()).await.unwrap();
+            assert_eq!(found.iter().map(|f| f.label.as_deref()).collect::<Vec<_>>(), vec![Some("edited")]);
+        }
+    }
+
+    #[test]
+    fn a_kept_parse_is_handed_out_only_for_its_own_text_and_the_kept_ones_are_bounded() {
+        let org = crate::conformance::fresh_org();
+        let def = crate::conformance::definition(&org, "acme-api");
+        let mut parsed = super::ParsedConnections::default();
+        let docs: Vec<(String, String)> = (0..super::PARSED_PER_READER + 40)
+            .map(|i| {
+                let c = crate::conformance::connection(&def, &format!("c-{i}"));
+                (c.id.to_string(), serde_json::to_string(&c).unwrap())
+            })
+            .collect();
+        for round in 0..2 {
+            for (id, doc) in &docs {
+                let read = parsed.connection(id, doc).unwrap();
+                assert_eq!(serde_json::to_string(&read).unwrap(), *doc, "round {round}: what parsing gives");
+            }
+        }
+        assert_eq!(parsed.len(), super::PARSED_PER_READER, "bounded");
+        // The same id with another text: the new text's record, never the kept one.
+        let (id, doc) = &docs[docs.len() - 1];
+        let mut edited: crate::domain::Connection = serde_json::from_str(doc).unwrap();
+        edited.label = Some("edited".into());
+        let edited_doc = serde_json::to_string(&edited).unwrap();
+        assert_eq!(parsed.connection(id, &edited_doc).unwrap().label.as_deref(), Some("edited"));
+        assert_eq!(parsed.connection(id, doc).unwrap().label, None, "the first text again: its own record");
+        assert!(parsed.connection(id, "{\"not\": \"a connection\"}").is_err(), "an unreadable document fails");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
