@@ -183,7 +183,10 @@ pub trait Store: Send + Sync + 'static {
     async fn put_revocation(&self, job: &RevocationJob) -> Result<(), StoreError>;
     /// The revocation jobs of a connection.
     async fn revocations_of(&self, org: &OrgId, id: &ConnectionId) -> Result<Vec<RevocationJob>, StoreError>;
-    /// Revocation jobs whose next attempt is at or before `until` (every organization).
+    /// Up to `limit` revocation jobs of every organization due by `until`. A job is filed under
+    /// its next attempt rounded up to the whole second ([`crate::domain::due_second`]) and read
+    /// up to `until` rounded down, so none comes out before its next attempt; one can come out
+    /// up to a second after it.
     async fn due_revocations(&self, until: OffsetDateTime, limit: usize) -> Result<Vec<RevocationJob>, StoreError>;
     /// Replaces a job if it still has `expected_attempts` (claiming an attempt); `Conflict` if
     /// another worker claimed it or it is gone.

@@ -90,18 +90,18 @@ pub(super) fn insert(db: &mut rusqlite::Connection, row: &ConnectionRow) -> Resu
 pub(super) fn get_parsed(reader: &mut Reader, org: &str, id: &str) -> rusqlite::Result<Option<Connection>> {
     let Reader { db, parsed } = reader;
     db.prepare_cached("SELECT doc FROM connections WHERE org = ?1 AND id = ?2")?
-        .query_row(params![org, id], |r| parsed.connection(id, doc_text(r, 0)?).map_err(unreadable))
+        .query_row(params![org, id], |r| parsed.connection(id, text_at(r, 0)?).map_err(unreadable(0)))
         .optional()
 }
 
 /// Column `i` of `row` as text, borrowed from SQLite's buffer.
-fn doc_text<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'r str> {
+fn text_at<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'r str> {
     row.get_ref(i)?.as_str().map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, Type::Text, Box::new(e)))
 }
 
-/// A stored document that is not a connection record.
-fn unreadable(e: serde_json::Error) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(0, Type::Text, Box::new(e))
+/// The error of a document (column `i`) that is not a connection record.
+fn unreadable(i: usize) -> impl Fn(serde_json::Error) -> rusqlite::Error {
+    move |e| rusqlite::Error::FromSqlConversionFailure(i, Type::Text, Box::new(e))
 }
 
 /// Replaces the connection if its stored version is `expected` ([`StoreError::Conflict`] if
@@ -225,7 +225,7 @@ pub(super) fn selector_candidates(
         "SELECT id, doc FROM connections WHERE org = ?1 AND customer = ?2 AND definition = ?3 ORDER BY id",
     )?
     .query_map(params![org, customer, definition], |r| {
-        parsed.connection(doc_text(r, 0)?, doc_text(r, 1)?).map_err(unreadable)
+        parsed.connection(text_at(r, 0)?, text_at(r, 1)?).map_err(unreadable(1))
     })?
     .collect()
 }

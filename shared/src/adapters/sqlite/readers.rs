@@ -29,9 +29,16 @@ use crate::ports::StoreError;
 /// The most read connections a store opens (one per core up to this).
 pub(super) const MAX_READERS: usize = 16;
 
-/// The most connection records one reader keeps parsed ([`ParsedConnections`]): with a
-/// record's document and its parse a few KiB, at most a few MiB a reader.
+/// The most connection records one reader keeps parsed ([`ParsedConnections`]).
 pub(super) const PARSED_PER_READER: usize = 256;
+
+/// The most document text one reader keeps, summed (each record's parse beside its text takes
+/// about as much again): with [`MAX_READERS`] readers, at most 8 MiB of text in all.
+pub(super) const PARSED_TEXT_BUDGET: usize = 512 * 1024;
+
+/// A document longer than this (a connection with tens of KiB of values) is parsed on every
+/// read and never kept, so that a few large records cannot push out the rest.
+pub(super) const MAX_KEPT_TEXT: usize = 32 * 1024;
 
 /// One read-only connection and what it parsed.
 pub(super) struct Reader {
@@ -44,32 +51,61 @@ pub(super) struct Reader {
 /// parse is what parsing the document again would give: any write (a new version, a disconnect,
 /// a rotation of its key, another process's write) changes the text and is parsed afresh.
 /// Only what the document holds is kept: secrets stay sealed (plaintext credentials are never
-/// kept beyond the request that opened them). At most [`PARSED_PER_READER`] records; a new
-/// one past that replaces one of them.
+/// kept beyond the request that opened them); a deleted connection's record stays until it is
+/// pushed out. At most [`PARSED_PER_READER`] records and [`PARSED_TEXT_BUDGET`] bytes of text;
+/// a new record past either pushes out kept ones, in turn through the map's order.
 #[derive(Default)]
 pub(super) struct ParsedConnections {
     by_id: HashMap<String, (Box<str>, Connection)>,
+    /// The lengths of the kept texts, summed.
+    text_bytes: usize,
+    /// Where in the map's order the next record to push out is.
+    turn: usize,
+    /// Reads answered from a kept parse.
+    #[cfg(test)]
+    hits: usize,
 }
 
 impl ParsedConnections {
     /// The connection record `doc` (the document of connection `id`, as read), from the kept
-    /// parse when it was parsed from this very text, else parsed now and kept.
+    /// parse when it was parsed from this very text, else parsed now (and kept, unless longer
+    /// than [`MAX_KEPT_TEXT`]).
     pub(super) fn connection(&mut self, id: &str, doc: &str) -> serde_json::Result<Connection> {
         if let Some((text, c)) = self.by_id.get(id)
             && **text == *doc
         {
+            #[cfg(test)]
+            {
+                self.hits += 1;
+            }
             return Ok(c.clone());
         }
         let c: Connection = serde_json::from_str(doc)?;
-        if self.by_id.len() >= PARSED_PER_READER
-            && !self.by_id.contains_key(id)
-            && let Some(old) = self.by_id.keys().next().cloned()
-        {
-            // The first in the map's (randomly seeded) order: a random one, at no bookkeeping.
-            self.by_id.remove(&old);
+        if let Some((old, _)) = self.by_id.remove(id) {
+            self.text_bytes -= old.len();
         }
+        if doc.len() > MAX_KEPT_TEXT {
+            return Ok(c);
+        }
+        while !self.by_id.is_empty()
+            && (self.by_id.len() >= PARSED_PER_READER || self.text_bytes + doc.len() > PARSED_TEXT_BUDGET)
+        {
+            self.push_out_one();
+        }
+        self.text_bytes += doc.len();
         self.by_id.insert(id.to_owned(), (doc.into(), c.clone()));
         Ok(c)
+    }
+
+    /// Pushes out the kept record at the current turn.
+    fn push_out_one(&mut self) {
+        let at = self.turn % self.by_id.len().max(1);
+        self.turn = self.turn.wrapping_add(1);
+        if let Some(id) = self.by_id.keys().nth(at).cloned()
+            && let Some((text, _)) = self.by_id.remove(&id)
+        {
+            self.text_bytes -= text.len();
+        }
     }
 
     /// How many records are kept.
@@ -240,40 +276,79 @@ mod tests {
             .execute("UPDATE connections SET doc = json_set(doc, '$.label', 'edited') WHERE id = ?1", [c.id.as_str()])
             .unwrap();
         assert_eq!(changed, 1);
+        // Each path on every reader (reads take the readers in turn).
         for _ in 0..store.readers.len() * 2 {
             let read = store.get_connection(&c.org, &c.id).await.unwrap().unwrap();
             assert_eq!((read.version, read.label.as_deref()), (c.version, Some("edited")));
+        }
+        for _ in 0..store.readers.len() * 2 {
             let found = store.find_for_selector(&c.org, &c.definition, c.customer.as_ref().unwrap()).await.unwrap();
             assert_eq!(found.iter().map(|f| f.label.as_deref()).collect::<Vec<_>>(), vec![Some("edited")]);
         }
+        let hits: usize = store.readers.conns.iter().map(|r| r.lock().unwrap().parsed.hits).sum();
+        assert!(hits >= store.readers.len() * 2, "the unchanged text was read from kept parses ({hits} hits)");
+    }
+
+    /// `n` connection records of one definition, as `(id, document)`, each with `pad` bytes
+    /// of values.
+    fn documents(n: usize, pad: usize) -> Vec<(String, String)> {
+        let org = crate::conformance::fresh_org();
+        let def = crate::conformance::definition(&org, "acme-api");
+        (0..n)
+            .map(|i| {
+                let mut c = crate::conformance::connection(&def, &format!("c-{i}"));
+                c.values.insert("pad".into(), serde_json::json!("x".repeat(pad)));
+                (c.id.to_string(), serde_json::to_string(&c).unwrap())
+            })
+            .collect()
     }
 
     #[test]
-    fn a_kept_parse_is_handed_out_only_for_its_own_text_and_the_kept_ones_are_bounded() {
-        let org = crate::conformance::fresh_org();
-        let def = crate::conformance::definition(&org, "acme-api");
+    fn a_kept_parse_is_handed_out_only_for_its_own_text() {
         let mut parsed = super::ParsedConnections::default();
-        let docs: Vec<(String, String)> = (0..super::PARSED_PER_READER + 40)
-            .map(|i| {
-                let c = crate::conformance::connection(&def, &format!("c-{i}"));
-                (c.id.to_string(), serde_json::to_string(&c).unwrap())
-            })
-            .collect();
-        for round in 0..2 {
-            for (id, doc) in &docs {
-                let read = parsed.connection(id, doc).unwrap();
-                assert_eq!(serde_json::to_string(&read).unwrap(), *doc, "round {round}: what parsing gives");
-            }
-        }
-        assert_eq!(parsed.len(), super::PARSED_PER_READER, "bounded");
+        let (id, doc) = documents(1, 0).remove(0);
+        let first = parsed.connection(&id, &doc).unwrap();
+        assert_eq!((parsed.hits, serde_json::to_string(&first).unwrap()), (0, doc.clone()), "parsed");
+        let again = parsed.connection(&id, &doc).unwrap();
+        assert_eq!((parsed.hits, serde_json::to_string(&again).unwrap()), (1, doc.clone()), "kept, what parsing gives");
         // The same id with another text: the new text's record, never the kept one.
-        let (id, doc) = &docs[docs.len() - 1];
-        let mut edited: crate::domain::Connection = serde_json::from_str(doc).unwrap();
+        let mut edited: crate::domain::Connection = serde_json::from_str(&doc).unwrap();
         edited.label = Some("edited".into());
         let edited_doc = serde_json::to_string(&edited).unwrap();
-        assert_eq!(parsed.connection(id, &edited_doc).unwrap().label.as_deref(), Some("edited"));
-        assert_eq!(parsed.connection(id, doc).unwrap().label, None, "the first text again: its own record");
-        assert!(parsed.connection(id, "{\"not\": \"a connection\"}").is_err(), "an unreadable document fails");
+        assert_eq!(parsed.connection(&id, &edited_doc).unwrap().label.as_deref(), Some("edited"));
+        assert_eq!(parsed.connection(&id, &doc).unwrap().label, None, "the first text again: its own record");
+        assert_eq!((parsed.hits, parsed.len()), (1, 1), "one record a connection, the latest text's");
+        assert!(parsed.connection(&id, r#"{"not": "a connection"}"#).is_err(), "an unreadable document fails");
+    }
+
+    #[test]
+    fn the_kept_parses_are_bounded_in_records_and_text() {
+        use super::{MAX_KEPT_TEXT, PARSED_PER_READER, PARSED_TEXT_BUDGET};
+        let mut parsed = super::ParsedConnections::default();
+        let small = documents(PARSED_PER_READER + 40, 0);
+        for (id, doc) in &small {
+            parsed.connection(id, doc).unwrap();
+        }
+        assert_eq!(parsed.len(), PARSED_PER_READER, "bounded in records");
+        // Every one read again is what its text says, kept or pushed out.
+        for (id, doc) in &small {
+            assert_eq!(serde_json::to_string(&parsed.connection(id, doc).unwrap()).unwrap(), *doc);
+        }
+        let large = documents(64, 20 * 1024);
+        for (id, doc) in &large {
+            parsed.connection(id, doc).unwrap();
+            assert!(parsed.text_bytes <= PARSED_TEXT_BUDGET, "bounded in text ({} bytes)", parsed.text_bytes);
+        }
+        let kept: usize = parsed.by_id.values().map(|(text, _)| text.len()).sum();
+        assert_eq!(kept, parsed.text_bytes, "the running sum is the kept texts' lengths");
+        // A document past the per-record limit is parsed every time and never kept.
+        let (id, doc) = documents(1, MAX_KEPT_TEXT).remove(0);
+        let hits = parsed.hits;
+        for _ in 0..2 {
+            assert_eq!(serde_json::to_string(&parsed.connection(&id, &doc).unwrap()).unwrap(), doc);
+        }
+        assert_eq!(parsed.hits, hits, "never answered from a kept parse");
+        assert!(!parsed.by_id.contains_key(&id));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
