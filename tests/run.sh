@@ -31,6 +31,9 @@ if [ ! -x .tools/bin/cargo-deny ]; then
   cargo install --locked --root .tools cargo-deny --version 0.20.2
 fi
 bash ../shared/tools/advisory-db.sh .tools/advisory-db > /dev/null
+# cargo-deny reads `cargo metadata` offline, which needs every locked crate of every target
+# platform in the local registry; builds fetch only this platform's, so fetch them all first.
+cargo fetch --locked
 .tools/bin/cargo-deny --offline check
 
 echo "==> cargo clippy"
