@@ -169,7 +169,10 @@ async fn a_denied_device_code_turns_the_connection_red_access_denied() {
 #[tokio::test]
 async fn an_expired_device_code_leaves_the_connection_pending_and_says_so() {
     let app = serve().await;
-    let oidc = provider(json!({"device_code_ttl": 3})).await;
+    // 6 s: the first poll comes a second after the authorization, rounded up to the due
+    // index's whole second, from a sweep that a loaded machine can hold back for seconds; with
+    // 3 s a busy CI run once saw the code lapse before any poll.
+    let oidc = provider(json!({"device_code_ttl": 6})).await;
     let id = device_connection(&app, &oidc).await;
     authorize(&app, &id).await;
     eventually(Duration::from_secs(30), "the expiry in the connection's log", || async {
