@@ -406,7 +406,7 @@ provider.use(async (ctx, next) => {
   } else {
     // The device code issued: for tests that look for it where it must not be (a canary).
     const issued = type === 'device_authorization' && ctx.status === 200 ? { device_code: ctx.body?.device_code } : {};
-    record({ type, client_auth: clientAuth, status: ctx.status, error, ...issued });
+    record({ type, client_auth: clientAuth, status: ctx.status, error, at: Date.now(), ...issued });
   }
 });
 

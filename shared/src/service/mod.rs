@@ -26,7 +26,7 @@ pub use connections::{ListQuery, MAX_PAGE};
 pub use error::{ServiceError, Unusable, error_types, invalid_summary};
 pub use idempotency::{IdempotencyError, Idempotent};
 pub use lookup::{Channel, LookupRequest, LookupResponse, PrincipalKind, ReadOrigin, ReportedError};
-pub use oauth::{Authorization, AuthorizeResponse, CallbackOutcome, DeviceAuthorizeResponse};
+pub use oauth::{Authorization, AuthorizeResponse, CallbackOutcome, DeviceAuthorizeResponse, DevicePollPass};
 pub use refresh::{
     DispatchSummary, FanoutPolicy, MAX_SENDS, MessageEntry, QueueError, RefreshMessage, RefreshOutcome, RefreshPolicy,
     RefreshQueue, RefreshTick, SweepSummary,
@@ -56,6 +56,8 @@ pub struct Service {
     webhook_sender: webhooks::WebhookSender,
     /// Poked when an event enqueued webhook deliveries ([`ServiceOptions::webhook_outbox`]).
     webhook_wake: Arc<tokio::sync::Notify>,
+    /// Poked when a device authorization starts ([`Service::device_wake`]).
+    device_wake: Arc<tokio::sync::Notify>,
     /// Refreshes at once, adapted to the store's throttling (`refresh::limit`); kept for the
     /// container's life, at most `options.refresh.concurrency`.
     refresh_limit: refresh::RefreshLimit,
@@ -131,6 +133,7 @@ impl Service {
             verify_gate,
             webhook_sender: webhooks::WebhookSender::new(options.webhook_attempt_timeout),
             webhook_wake: Arc::new(tokio::sync::Notify::new()),
+            device_wake: Arc::new(tokio::sync::Notify::new()),
             refresh_limit: refresh::RefreshLimit::new(options.refresh.concurrency),
             options,
         }

@@ -36,6 +36,7 @@ use super::reconnect::is_reconnect;
 use crate::crypto::EncryptionContext;
 use crate::domain::{
     AuthKind, Connection, DeviceAuthorization, Event, EventType, LogType, Principal, Refusal, Status, StatusError,
+    due_second,
 };
 use crate::ports::StoreError;
 use crate::provider::TokenFailure;
@@ -48,6 +49,18 @@ pub const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
 /// The longest a failed poll's doubling makes the interval (a `slow_down` or the provider's
 /// own interval may be longer, and is kept).
 pub const MAX_BACKED_OFF_INTERVAL: Duration = Duration::from_secs(300);
+
+/// What one [`Service::poll_due_devices`] pass did, and when to look again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevicePollPass {
+    /// How many device authorizations it polled (or ended, once lapsed).
+    pub polled: usize,
+    /// How long until the earliest entry of the due index it saw comes due: a device code's
+    /// next poll, or anything else due within the pass's lookahead. `Some(ZERO)` when the pass
+    /// stopped at its deadline with due entries left; `None` when nothing is due within the
+    /// lookahead.
+    pub next_in: Option<Duration>,
+}
 
 /// What authorize answers for an `oauth2_device_code` connection: what the user is shown.
 #[derive(Debug, Serialize)]
@@ -174,6 +187,8 @@ impl Service {
             }
             current = self.store.get_connection(&current.org, &current.id).await?.ok_or(ServiceError::NotFound)?;
         };
+        // `latchkey serve`'s device poller looks again, so that the first poll keeps the interval.
+        self.device_wake.notify_one();
         self.log(
             &started,
             LogType::AuthorizeStarted,
@@ -303,23 +318,40 @@ impl Service {
     /// sweep interval (`LATCHKEY_REFRESH_INTERVAL_SECS`, 60 s by default, against the 5 s RFC
     /// 8628 suggests). It reads the same due index as the sweep; connections due for anything
     /// else are left to the sweep, and no code is polled sooner than its interval (each poll is
-    /// claimed as in the sweep). Starts nothing after `deadline`. Returns how many it polled.
+    /// claimed as in the sweep). Starts nothing after `deadline`.
+    ///
+    /// It also reads the index `lookahead` ahead, without reading those records, and answers
+    /// when the earliest entry it saw comes due ([`DevicePollPass::next_in`]): a caller that
+    /// sleeps that long polls each code when its interval has passed (up to the index's
+    /// rounding to the whole second later), not at the next tick of a fixed timer, which would
+    /// poll a 5 s code every 10 s.
     ///
     /// # Errors
     /// The store's, when the due index cannot be read; a failed poll is logged and skipped.
-    pub async fn poll_due_devices(&self, deadline: std::time::Instant) -> Result<usize> {
+    pub async fn poll_due_devices(&self, deadline: std::time::Instant, lookahead: Duration) -> Result<DevicePollPass> {
         let mut polled = 0;
         let now = self.clock.now();
+        let now_second = now.unix_timestamp();
+        let until = now + secs(lookahead.as_secs());
         let page = self.policy().page.max(1);
+        // The earliest due second seen after `now`: entries not due yet, and the polled codes'
+        // next polls.
+        let mut earliest: Option<i64> = None;
+        let mut saw = |due: i64| earliest = Some(earliest.map_or(due, |e: i64| e.min(due)));
         for shard in 0..self.store.due_shards() {
             let mut after = None;
-            loop {
-                let due = self.store.due_connections(shard, now, after.as_ref(), page).await?;
+            'shard: loop {
+                let due = self.store.due_connections(shard, until, after.as_ref(), page).await?;
                 let more = due.len() >= page;
                 after = due.last().cloned();
                 for entry in due {
+                    if entry.due > now_second {
+                        // In index order: the rest of the shard is later still.
+                        saw(entry.due);
+                        break 'shard;
+                    }
                     if std::time::Instant::now() >= deadline {
-                        return Ok(polled);
+                        return Ok(DevicePollPass { polled, next_in: Some(Duration::ZERO) });
                     }
                     let Some(c) = self.store.get_connection(&entry.org, &entry.id).await? else {
                         continue;
@@ -328,8 +360,12 @@ impl Service {
                         continue;
                     }
                     match self.poll_device_if_due(c).await {
-                        Ok((_, true)) => polled += 1,
-                        Ok((_, false)) => {}
+                        Ok((after_poll, was_polled)) => {
+                            polled += usize::from(was_polled);
+                            if let Some(next) = after_poll.device.as_ref().map(|d| due_second(d.next_poll_at)) {
+                                saw(next);
+                            }
+                        }
                         Err(e) => {
                             tracing::warn!(connection_id = %entry.id, error = %e, "polling a device authorization failed");
                         }
@@ -340,7 +376,18 @@ impl Service {
                 }
             }
         }
-        Ok(polled)
+        let next_in = earliest.map(|second| {
+            let at = OffsetDateTime::from_unix_timestamp(second).unwrap_or(now);
+            Duration::try_from(at - self.clock.now()).unwrap_or_default()
+        });
+        Ok(DevicePollPass { polled, next_in })
+    }
+
+    /// The device poller's wake-up call: poked when a device authorization starts, so that
+    /// `latchkey serve` reads the due index again and polls the new code when its interval has
+    /// passed rather than at its next tick.
+    pub fn device_wake(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.device_wake.clone()
     }
 
     /// A failed poll (RFC 8628 section 3.5: a client reduces its polling frequency after a
@@ -428,5 +475,105 @@ impl Service {
             }
             current = self.store.get_connection(&c.org, &c.id).await?.ok_or(ServiceError::NotFound)?;
         }
+    }
+}
+
+#[cfg(all(test, feature = "embedded"))]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::adapters::local_key::LocalKeyProvider;
+    use crate::adapters::log_sink::LogEventSink;
+    use crate::adapters::sqlite::SqliteStore;
+    use crate::crypto::Envelope;
+    use crate::domain::OrgId;
+    use crate::ports::SystemClock;
+    use crate::service::ServiceOptions;
+
+    /// A service over a fresh SQLite store, and a pending device-flow connection of it whose
+    /// device authorization (interval 2 s) has its next poll at `next_poll_in` from now. Its
+    /// token endpoint refuses connections: a poll fails, and the interval doubles.
+    async fn pending_device(next_poll_in: time::Duration) -> (Service, Connection, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Arc::new(LocalKeyProvider::open_or_create(dir.path()).unwrap());
+        let store = Arc::new(SqliteStore::open(&dir.path().join("latchkey.db")).unwrap());
+        let service = Service::new(
+            store,
+            Arc::new(Envelope::new(keys)),
+            Arc::new(LogEventSink::default()),
+            Arc::new(SystemClock),
+            ServiceOptions::default(),
+        );
+        let org = OrgId::parse("acme").unwrap();
+        let p = Principal::organization(org.clone());
+        let definition = json!({"auth": "oauth2_device_code", "inputs": {
+            "deviceAuthorizationUrl": {"type": "url", "default": "http://127.0.0.1:9/device"},
+            "tokenUrl": {"type": "url", "default": "http://127.0.0.1:9/token"},
+            "clientId": {"type": "string", "default": "client"}}});
+        service.put_definition(&p, "idp-device", &definition).await.unwrap();
+        let id =
+            service.create_connection(&p, &json!({"definition": "idp-device", "customer": "c-0"})).await.unwrap().id;
+        let mut c = service.store.get_connection(&org, &id).await.unwrap().unwrap();
+        assert_eq!(c.due_index_at(), None, "pending, without tokens: not in the due index");
+        let now = service.clock.now();
+        let ctx = EncryptionContext::connection(&org, &id);
+        c.device = Some(DeviceAuthorization {
+            device_code: service.envelope.seal(&ctx, b"device-code-0").await.unwrap(),
+            user_code: "WDJB-MJHT".to_owned(),
+            verification_uri: "http://127.0.0.1:9/activate".to_owned(),
+            verification_uri_complete: None,
+            expires_at: now + time::Duration::minutes(10),
+            interval_secs: 2,
+            next_poll_at: now + next_poll_in,
+        });
+        c.version += 1;
+        service.store.update_connection(&c, c.version - 1).await.unwrap();
+        (service, c, dir)
+    }
+
+    fn deadline() -> Instant {
+        Instant::now() + Duration::from_secs(10)
+    }
+
+    #[tokio::test]
+    async fn a_pass_says_when_a_code_comes_due_and_leaves_it_until_then() {
+        let (service, c, _dir) = pending_device(time::Duration::seconds(3)).await;
+        let pass = service.poll_due_devices(deadline(), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(pass.polled, 0);
+        // Filed under the whole second at or after its time: 3-4 s from now.
+        let next_in = pass.next_in.expect("due within the lookahead");
+        assert!(next_in > Duration::from_secs(2) && next_in <= Duration::from_secs(4), "{next_in:?}");
+        let after = service.store.get_connection(&c.org, &c.id).await.unwrap().unwrap();
+        assert_eq!(after.version, c.version, "neither polled nor claimed before its time");
+
+        let pass = service.poll_due_devices(deadline(), Duration::from_secs(1)).await.unwrap();
+        assert_eq!(pass, DevicePollPass { polled: 0, next_in: None }, "beyond the lookahead: nothing to wait for");
+    }
+
+    #[tokio::test]
+    async fn a_pass_polls_a_due_code_and_says_when_its_next_poll_comes() {
+        let (service, c, _dir) = pending_device(time::Duration::seconds(-1)).await;
+        let pass = service.poll_due_devices(deadline(), Duration::from_secs(30)).await.unwrap();
+        assert_eq!(pass.polled, 1);
+        let after = service.store.get_connection(&c.org, &c.id).await.unwrap().unwrap();
+        let d = after.device.clone().expect("a failed poll keeps the authorization");
+        assert_eq!(d.interval_secs, 4, "the refused connection doubled the interval");
+        // Its next poll, 4 s on and rounded up to the whole second: what the pass waits for.
+        let next_in = pass.next_in.expect("the next poll is within the lookahead");
+        assert!(next_in > Duration::from_secs(3) && next_in <= Duration::from_secs(5), "{next_in:?}");
+        assert_eq!(Some(due_second(d.next_poll_at)), after.due_index_second());
+    }
+
+    #[tokio::test]
+    async fn a_pass_stopped_by_its_deadline_asks_to_look_again_at_once() {
+        let (service, c, _dir) = pending_device(time::Duration::seconds(-1)).await;
+        let pass = service.poll_due_devices(Instant::now(), Duration::from_secs(30)).await.unwrap();
+        assert_eq!(pass, DevicePollPass { polled: 0, next_in: Some(Duration::ZERO) });
+        let after = service.store.get_connection(&c.org, &c.id).await.unwrap().unwrap();
+        assert_eq!(after.version, c.version, "nothing started after the deadline");
     }
 }

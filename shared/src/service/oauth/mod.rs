@@ -18,7 +18,7 @@ use serde_json::Value;
 
 pub use authorize::{AuthorizeResponse, STATE_TTL, state_hash};
 pub use callback::CallbackOutcome;
-pub use device::{Authorization, DeviceAuthorizeResponse};
+pub use device::{Authorization, DeviceAuthorizeResponse, DevicePollPass};
 pub use jwt_bearer::ASSERTION_LIFETIME;
 pub(crate) use jwt_bearer::{
     AssertionInputs, AssertionSigner, kept_key_errors as jwt_bearer_kept_key_errors,
