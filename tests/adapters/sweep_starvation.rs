@@ -184,9 +184,12 @@ impl Backend {
         let mut stale = Vec::new();
         let mut start = None;
         loop {
+            // Pages of 100 items: a whole 1 MB page of these documents once took moto longer
+            // than the client's 5 s operation timeout on a loaded CI machine.
             let out = client
                 .scan()
                 .table_name(table)
+                .limit(100)
                 .consistent_read(true)
                 .set_exclusive_start_key(start)
                 .send()
