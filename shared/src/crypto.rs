@@ -155,42 +155,49 @@ pub fn aead_open(key: &PlainKey, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<
         .map_err(|_| CryptoError::Decrypt)
 }
 
-type CacheKey = (Vec<u8>, EncryptionContext);
+/// An unwrapped data key, the context it was unwrapped under, and when.
+struct CachedKey {
+    key: PlainKey,
+    ctx: EncryptionContext,
+    at: Instant,
+}
 
-/// A bounded, TTL'd cache of unwrapped data keys. The context is part of the key, so a hit
-/// never skips the context check the provider would have made.
+/// A bounded, TTL'd cache of unwrapped data keys, by wrapped key (a wrapped key is unique to
+/// its data key). A hit must also match the context the key was unwrapped under: a lookup
+/// under any other context is a miss and goes to the provider, which refuses it, so the cache
+/// never skips the context check the provider makes. Keyed by the wrapped bytes alone, a
+/// lookup borrows them and the context instead of building an owned key of both.
 struct KeyCache {
-    entries: HashMap<CacheKey, (PlainKey, Instant)>,
+    entries: HashMap<Vec<u8>, CachedKey>,
     capacity: usize,
     ttl: Duration,
 }
 
 impl KeyCache {
-    fn get(&mut self, key: &CacheKey) -> Option<PlainKey> {
-        match self.entries.get(key) {
-            Some((k, at)) if at.elapsed() < self.ttl => Some(k.clone()),
-            Some(_) => {
-                self.entries.remove(key);
-                None
-            }
-            None => None,
+    fn get(&mut self, wrapped: &[u8], ctx: &EncryptionContext) -> Option<PlainKey> {
+        let entry = self.entries.get(wrapped)?;
+        if entry.at.elapsed() >= self.ttl {
+            self.entries.remove(wrapped);
+            return None;
         }
+        (entry.ctx == *ctx).then(|| entry.key.clone())
     }
 
-    fn put(&mut self, key: CacheKey, value: PlainKey) {
+    fn put(&mut self, wrapped: &[u8], ctx: &EncryptionContext, key: PlainKey) {
         if self.capacity == 0 {
             return;
         }
-        if self.entries.len() >= self.capacity {
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(wrapped) {
             let ttl = self.ttl;
-            self.entries.retain(|_, (_, at)| at.elapsed() < ttl);
+            self.entries.retain(|_, e| e.at.elapsed() < ttl);
         }
         if self.entries.len() >= self.capacity
-            && let Some(oldest) = self.entries.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| k.clone())
+            && !self.entries.contains_key(wrapped)
+            && let Some(oldest) = self.entries.iter().min_by_key(|(_, e)| e.at).map(|(k, _)| k.clone())
         {
             self.entries.remove(&oldest);
         }
-        self.entries.insert(key, (value, Instant::now()));
+        self.entries.insert(wrapped.to_vec(), CachedKey { key, ctx: ctx.clone(), at: Instant::now() });
     }
 }
 
@@ -221,19 +228,18 @@ impl Envelope {
     pub async fn seal(&self, ctx: &EncryptionContext, plaintext: &[u8]) -> Result<Sealed, CryptoError> {
         let dk = self.keys.generate_data_key(ctx).await?;
         let ciphertext = aead_seal(&dk.plaintext, plaintext, &ctx.aad());
-        self.cache().put((dk.wrapped.clone(), ctx.clone()), dk.plaintext);
+        self.cache().put(&dk.wrapped, ctx, dk.plaintext);
         Ok(Sealed { key_id: dk.key_id, wrapped_key: dk.wrapped, ciphertext })
     }
 
     /// Opens a sealed record; fails if it was sealed for another context or tampered with.
     pub async fn open(&self, ctx: &EncryptionContext, sealed: &Sealed) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        let cache_key = (sealed.wrapped_key.clone(), ctx.clone());
-        let cached = self.cache().get(&cache_key);
+        let cached = self.cache().get(&sealed.wrapped_key, ctx);
         let key = match cached {
             Some(k) => k,
             None => {
                 let k = self.keys.decrypt_data_key(&sealed.key_id, &sealed.wrapped_key, ctx).await?;
-                self.cache().put(cache_key, k.clone());
+                self.cache().put(&sealed.wrapped_key, ctx, k.clone());
                 k
             }
         };
@@ -285,5 +291,96 @@ impl Envelope {
     ) -> Result<BTreeMap<String, SecretString>, CryptoError> {
         let map: BTreeMap<String, String> = self.open_json(ctx, sealed).await?;
         Ok(map.into_iter().map(|(k, v)| (k, SecretString::from(v))).collect())
+    }
+}
+
+#[cfg(all(test, feature = "embedded"))]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::adapters::LocalKeyProvider;
+
+    /// The local key provider, counting the data keys it unwraps.
+    struct Counting {
+        inner: LocalKeyProvider,
+        unwrapped: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl KeyProvider for Counting {
+        async fn generate_data_key(&self, ctx: &EncryptionContext) -> Result<DataKey, CryptoError> {
+            self.inner.generate_data_key(ctx).await
+        }
+        async fn decrypt_data_key(
+            &self,
+            key_id: &str,
+            wrapped: &[u8],
+            ctx: &EncryptionContext,
+        ) -> Result<PlainKey, CryptoError> {
+            self.unwrapped.fetch_add(1, Ordering::SeqCst);
+            self.inner.decrypt_data_key(key_id, wrapped, ctx).await
+        }
+    }
+
+    fn counting() -> (Arc<Counting>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = LocalKeyProvider::open_or_create(dir.path()).unwrap();
+        (Arc::new(Counting { inner, unwrapped: AtomicUsize::new(0) }), dir)
+    }
+
+    fn context(org: &str) -> EncryptionContext {
+        EncryptionContext::connection(&OrgId::parse(org).unwrap(), &ConnectionId::generate())
+    }
+
+    #[tokio::test]
+    async fn a_cached_key_opens_its_own_context_and_sends_any_other_to_the_provider() {
+        let (keys, _dir) = counting();
+        let env = Envelope::new(keys.clone());
+        let (a, b) = (context("acme"), context("acme"));
+        let sealed = env.seal(&a, b"sk_live_value").await.unwrap();
+        for _ in 0..3 {
+            assert_eq!(env.open(&a, &sealed).await.unwrap().as_slice(), b"sk_live_value");
+        }
+        assert_eq!(keys.unwrapped.load(Ordering::SeqCst), 0, "sealing cached the data key");
+        assert!(matches!(env.open(&b, &sealed).await, Err(CryptoError::Decrypt)));
+        assert_eq!(keys.unwrapped.load(Ordering::SeqCst), 1, "another context is a miss, refused by the provider");
+        assert!(env.open(&a, &sealed).await.is_ok());
+        assert_eq!(keys.unwrapped.load(Ordering::SeqCst), 1, "the refusal left the key cached for its own context");
+
+        // A fresh envelope unwraps once, then answers from the cache.
+        let reader = Envelope::new(keys.clone());
+        for _ in 0..3 {
+            assert!(reader.open(&a, &sealed).await.is_ok());
+        }
+        assert_eq!(keys.unwrapped.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn cached_keys_are_bounded_and_lapse() {
+        let (keys, _dir) = counting();
+        let writer = Envelope::with_cache(keys.clone(), 0, Duration::ZERO);
+        let ctx = context("acme");
+        let mut sealed = Vec::new();
+        for i in 0..3u8 {
+            sealed.push(writer.seal(&ctx, &[i]).await.unwrap());
+        }
+        let unwrapped = || keys.unwrapped.load(Ordering::SeqCst);
+
+        let two = Envelope::with_cache(keys.clone(), 2, Duration::from_secs(300));
+        for s in &sealed {
+            assert!(two.open(&ctx, s).await.is_ok());
+        }
+        assert_eq!(unwrapped(), 3);
+        assert_eq!(two.cache().entries.len(), 2, "at most its capacity");
+        assert!(two.open(&ctx, &sealed[2]).await.is_ok());
+        assert_eq!(unwrapped(), 3, "the latest stayed");
+        assert!(two.open(&ctx, &sealed[0]).await.is_ok());
+        assert_eq!(unwrapped(), 4, "the oldest was pushed out");
+
+        let lapsing = Envelope::with_cache(keys.clone(), 16, Duration::ZERO);
+        assert!(lapsing.open(&ctx, &sealed[0]).await.is_ok());
+        assert!(lapsing.open(&ctx, &sealed[0]).await.is_ok());
+        assert_eq!(unwrapped(), 6, "a key past its lifetime is unwrapped again");
     }
 }
