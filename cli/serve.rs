@@ -77,26 +77,25 @@ fn spawn_sweeper(sweeper: Arc<Service>, every: std::time::Duration) {
 }
 
 /// The longest `latchkey serve` waits between looks for device authorizations due for a poll
-/// between its sweeps (RFC 8628's default interval), and how far ahead each look reads the due
-/// index.
+/// between its sweeps (RFC 8628's default interval): what finds codes it has not polled yet
+/// and did not start itself.
 const DEVICE_POLL_TICK: std::time::Duration = std::time::Duration::from_secs(5);
-/// The least it waits between two looks, however soon the next entry comes due.
+/// The least it waits between two looks, however soon the next poll is due.
 const DEVICE_POLL_MIN_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Polls due device authorizations between sweeps when the sweep runs less often than every
 /// [`DEVICE_POLL_TICK`] (the sweep polls them too): after each look it sleeps until the
-/// earliest entry it saw comes due, at most [`DEVICE_POLL_TICK`], and wakes early when a device
-/// authorization starts ([`Service::device_wake`]). So each code is polled once its interval has
-/// passed (the due index rounds up to the whole second), never sooner: the service checks.
+/// earliest next poll the look knows of (at most [`DEVICE_POLL_TICK`]), and wakes when a device
+/// authorization starts ([`Service::device_started`]). So each code is polled once its interval
+/// has passed (the due index rounds up to the whole second), never sooner: the service checks.
 fn spawn_device_poller(service: Arc<Service>, sweep_every: std::time::Duration) {
     if sweep_every <= DEVICE_POLL_TICK {
         return;
     }
-    let wake = service.device_wake();
     tokio::spawn(async move {
         loop {
             let deadline = std::time::Instant::now() + DEVICE_POLL_TICK;
-            let wait = match service.poll_due_devices(deadline, DEVICE_POLL_TICK).await {
+            let wait = match service.poll_due_devices(deadline).await {
                 Ok(pass) => pass.next_in.unwrap_or(DEVICE_POLL_TICK),
                 Err(e) => {
                     tracing::warn!(error = %e, "polling device authorizations failed");
@@ -105,7 +104,7 @@ fn spawn_device_poller(service: Arc<Service>, sweep_every: std::time::Duration) 
             };
             tokio::select! {
                 () = tokio::time::sleep(wait.clamp(DEVICE_POLL_MIN_WAIT, DEVICE_POLL_TICK)) => {}
-                () = wake.notified() => {}
+                () = service.device_started() => {}
             }
         }
     });

@@ -75,8 +75,9 @@
 // `xsrf&user_code&confirm=yes` -> login and consent as above -> 200 "Sign-in Success"; or
 // `abort=yes` instead of `confirm=yes` -> the device code is denied (`access_denied`). Token events
 // of the device grant carry `grant_type: "urn:ietf:params:oauth:grant-type:device_code"`; every
-// token event carries `at` (milliseconds since the epoch); device authorization requests are
-// events of type "device_authorization", carrying the `device_code` issued when one was.
+// token event, and every other event past the client-authentication check, carries `at` (when
+// the request arrived, milliseconds since the epoch); device authorization requests are events
+// of type "device_authorization", carrying the `device_code` issued when one was.
 //
 // Test-only routes: GET /__stats returns
 //   {"token_requests": {"authorization_code": n, "refresh_token": n, "client_credentials": n, ...},
@@ -349,6 +350,8 @@ provider.use(async (ctx, next) => {
     await next();
     return;
   }
+  // When the request arrived, before the provider's own handling: what timing tests compare.
+  const arrived = Date.now();
   const basic = /^basic /i.test(ctx.get('authorization'));
   if (strictClientAuth && basic !== (tokenEndpointAuthMethod === 'client_secret_basic')) {
     const form = await readForm(ctx.req);
@@ -400,13 +403,13 @@ provider.use(async (ctx, next) => {
       error,
       error_detail: detail,
       refresh_token_reused: detail === 'refresh token already used',
-      at: Date.now(),
+      at: arrived,
       ...(ctx.state.latchkeyAssertion ? { assertion: ctx.state.latchkeyAssertion } : {}),
     });
   } else {
     // The device code issued: for tests that look for it where it must not be (a canary).
     const issued = type === 'device_authorization' && ctx.status === 200 ? { device_code: ctx.body?.device_code } : {};
-    record({ type, client_auth: clientAuth, status: ctx.status, error, at: Date.now(), ...issued });
+    record({ type, client_auth: clientAuth, status: ctx.status, error, at: arrived, ...issued });
   }
 });
 

@@ -56,8 +56,8 @@ pub struct Service {
     webhook_sender: webhooks::WebhookSender,
     /// Poked when an event enqueued webhook deliveries ([`ServiceOptions::webhook_outbox`]).
     webhook_wake: Arc<tokio::sync::Notify>,
-    /// Poked when a device authorization starts ([`Service::device_wake`]).
-    device_wake: Arc<tokio::sync::Notify>,
+    /// When the device authorizations this process started come due ([`Service::device_started`]).
+    device_wake: oauth::DeviceWake,
     /// Refreshes at once, adapted to the store's throttling (`refresh::limit`); kept for the
     /// container's life, at most `options.refresh.concurrency`.
     refresh_limit: refresh::RefreshLimit,
@@ -133,7 +133,7 @@ impl Service {
             verify_gate,
             webhook_sender: webhooks::WebhookSender::new(options.webhook_attempt_timeout),
             webhook_wake: Arc::new(tokio::sync::Notify::new()),
-            device_wake: Arc::new(tokio::sync::Notify::new()),
+            device_wake: oauth::DeviceWake::default(),
             refresh_limit: refresh::RefreshLimit::new(options.refresh.concurrency),
             options,
         }

@@ -55,11 +55,66 @@ pub const MAX_BACKED_OFF_INTERVAL: Duration = Duration::from_secs(300);
 pub struct DevicePollPass {
     /// How many device authorizations it polled (or ended, once lapsed).
     pub polled: usize,
-    /// How long until the earliest entry of the due index it saw comes due: a device code's
-    /// next poll, or anything else due within the pass's lookahead. `Some(ZERO)` when the pass
-    /// stopped at its deadline with due entries left; `None` when nothing is due within the
-    /// lookahead.
+    /// How long until the earliest next poll this process knows of, as the due index files it
+    /// (the whole second at or after it): of the codes it polled, in this pass or an earlier
+    /// one, and of those it started ([`Service::device_started`]). `Some(ZERO)` when the pass
+    /// stopped at its deadline with due entries left; `None` when it knows of none (codes
+    /// another process started are found by the caller's next look).
     pub next_in: Option<Duration>,
+}
+
+/// The due seconds of the next polls this process knows of: the first polls of the device
+/// authorizations it started, and the next polls of those it polled. What wakes `latchkey
+/// serve`'s device poller when a code starts ([`Service::device_started`]) and tells it when to
+/// look next ([`DevicePollPass::next_in`]), so that no code waits for the poller's next tick.
+/// A time whose code was meanwhile polled elsewhere, approved or disconnected costs one look
+/// that finds nothing. At most [`DeviceWake::CAPACITY`] times are kept (the latest give way);
+/// the poller's tick finds what is not kept.
+#[derive(Default)]
+pub(crate) struct DeviceWake {
+    notify: tokio::sync::Notify,
+    /// Unix seconds, as the due index files them (the whole second at or after the time).
+    due: std::sync::Mutex<std::collections::BTreeSet<i64>>,
+}
+
+impl DeviceWake {
+    const CAPACITY: usize = 4_096;
+
+    fn due(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<i64>> {
+        self.due.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps `second`; without a wake-up.
+    fn note(&self, second: i64) {
+        let mut due = self.due();
+        if due.len() >= Self::CAPACITY {
+            match due.last() {
+                Some(&last) if last > second => {
+                    due.pop_last();
+                }
+                _ => return,
+            }
+        }
+        due.insert(second);
+    }
+
+    /// A device authorization started with its first poll due at `second`.
+    fn started(&self, second: i64) {
+        self.note(second);
+        self.notify.notify_one();
+    }
+
+    /// Forgets the seconds up to `now_second`: the pass about to read the due index up to then
+    /// meets their codes there.
+    fn forget_through(&self, now_second: i64) {
+        let mut due = self.due();
+        let later = due.split_off(&(now_second + 1));
+        *due = later;
+    }
+
+    fn earliest(&self) -> Option<i64> {
+        self.due().first().copied()
+    }
 }
 
 /// What authorize answers for an `oauth2_device_code` connection: what the user is shown.
@@ -187,8 +242,10 @@ impl Service {
             }
             current = self.store.get_connection(&current.org, &current.id).await?.ok_or(ServiceError::NotFound)?;
         };
-        // `latchkey serve`'s device poller looks again, so that the first poll keeps the interval.
-        self.device_wake.notify_one();
+        // `latchkey serve`'s device poller learns when the first poll is due.
+        if let Some(d) = &started.device {
+            self.device_wake.started(due_second(d.next_poll_at));
+        }
         self.log(
             &started,
             LogType::AuthorizeStarted,
@@ -320,36 +377,27 @@ impl Service {
     /// else are left to the sweep, and no code is polled sooner than its interval (each poll is
     /// claimed as in the sweep). Starts nothing after `deadline`.
     ///
-    /// It also reads the index `lookahead` ahead, without reading those records, and answers
-    /// when the earliest entry it saw comes due ([`DevicePollPass::next_in`]): a caller that
-    /// sleeps that long polls each code when its interval has passed (up to the index's
-    /// rounding to the whole second later), not at the next tick of a fixed timer, which would
-    /// poll a 5 s code every 10 s.
+    /// It answers when the earliest next poll this process knows of comes due
+    /// ([`DevicePollPass::next_in`]): those of the codes it polled, and the first polls of the
+    /// codes it started. A caller that sleeps that long (and
+    /// wakes on [`Service::device_started`]) polls each code once its interval has passed, up
+    /// to the index's rounding to the whole second later, not at the next tick of a fixed
+    /// timer, which polled a 5 s code every 10 s.
     ///
     /// # Errors
     /// The store's, when the due index cannot be read; a failed poll is logged and skipped.
-    pub async fn poll_due_devices(&self, deadline: std::time::Instant, lookahead: Duration) -> Result<DevicePollPass> {
+    pub async fn poll_due_devices(&self, deadline: std::time::Instant) -> Result<DevicePollPass> {
         let mut polled = 0;
         let now = self.clock.now();
-        let now_second = now.unix_timestamp();
-        let until = now + secs(lookahead.as_secs());
+        self.device_wake.forget_through(now.unix_timestamp());
         let page = self.policy().page.max(1);
-        // The earliest due second seen after `now`: entries not due yet, and the polled codes'
-        // next polls.
-        let mut earliest: Option<i64> = None;
-        let mut saw = |due: i64| earliest = Some(earliest.map_or(due, |e: i64| e.min(due)));
         for shard in 0..self.store.due_shards() {
             let mut after = None;
-            'shard: loop {
-                let due = self.store.due_connections(shard, until, after.as_ref(), page).await?;
+            loop {
+                let due = self.store.due_connections(shard, now, after.as_ref(), page).await?;
                 let more = due.len() >= page;
                 after = due.last().cloned();
                 for entry in due {
-                    if entry.due > now_second {
-                        // In index order: the rest of the shard is later still.
-                        saw(entry.due);
-                        break 'shard;
-                    }
                     if std::time::Instant::now() >= deadline {
                         return Ok(DevicePollPass { polled, next_in: Some(Duration::ZERO) });
                     }
@@ -362,8 +410,8 @@ impl Service {
                     match self.poll_device_if_due(c).await {
                         Ok((after_poll, was_polled)) => {
                             polled += usize::from(was_polled);
-                            if let Some(next) = after_poll.device.as_ref().map(|d| due_second(d.next_poll_at)) {
-                                saw(next);
+                            if let Some(d) = &after_poll.device {
+                                self.device_wake.note(due_second(d.next_poll_at));
                             }
                         }
                         Err(e) => {
@@ -376,18 +424,18 @@ impl Service {
                 }
             }
         }
-        let next_in = earliest.map(|second| {
+        let next_in = self.device_wake.earliest().map(|second| {
             let at = OffsetDateTime::from_unix_timestamp(second).unwrap_or(now);
             Duration::try_from(at - self.clock.now()).unwrap_or_default()
         });
         Ok(DevicePollPass { polled, next_in })
     }
 
-    /// The device poller's wake-up call: poked when a device authorization starts, so that
-    /// `latchkey serve` reads the due index again and polls the new code when its interval has
-    /// passed rather than at its next tick.
-    pub fn device_wake(&self) -> std::sync::Arc<tokio::sync::Notify> {
-        self.device_wake.clone()
+    /// Resolves when this process starts a device authorization (at once when one started
+    /// since the last call while nobody waited): `latchkey serve`'s device poller then looks
+    /// again, and its pass learns when the new code's first poll is due.
+    pub async fn device_started(&self) {
+        self.device_wake.notify.notified().await;
     }
 
     /// A failed poll (RFC 8628 section 3.5: a client reduces its polling frequency after a
@@ -539,25 +587,87 @@ mod tests {
         Instant::now() + Duration::from_secs(10)
     }
 
-    #[tokio::test]
-    async fn a_pass_says_when_a_code_comes_due_and_leaves_it_until_then() {
-        let (service, c, _dir) = pending_device(time::Duration::seconds(3)).await;
-        let pass = service.poll_due_devices(deadline(), Duration::from_secs(5)).await.unwrap();
-        assert_eq!(pass.polled, 0);
-        // Filed under the whole second at or after its time: 3-4 s from now.
-        let next_in = pass.next_in.expect("due within the lookahead");
-        assert!(next_in > Duration::from_secs(2) && next_in <= Duration::from_secs(4), "{next_in:?}");
-        let after = service.store.get_connection(&c.org, &c.id).await.unwrap().unwrap();
-        assert_eq!(after.version, c.version, "neither polled nor claimed before its time");
+    /// A device authorization endpoint answering at once: `interval` 2, ten minutes to live.
+    struct DeviceEndpoint;
 
-        let pass = service.poll_due_devices(deadline(), Duration::from_secs(1)).await.unwrap();
-        assert_eq!(pass, DevicePollPass { polled: 0, next_in: None }, "beyond the lookahead: nothing to wait for");
+    #[async_trait::async_trait]
+    impl crate::provider::ProviderClient for DeviceEndpoint {
+        async fn post_form(
+            &self,
+            _: &crate::provider::FormPost,
+        ) -> std::result::Result<crate::provider::RawAnswer, crate::provider::TransportError> {
+            let body = json!({"device_code": "device-code-1", "user_code": "WDJB-MJHT",
+                "verification_uri": "http://127.0.0.1:9/activate", "expires_in": 600, "interval": 2});
+            Ok(crate::provider::RawAnswer {
+                status: 200,
+                content_type: Some("application/json".to_owned()),
+                retry_after: None,
+                body: body.to_string().into_bytes(),
+            })
+        }
+        async fn send(
+            &self,
+            _: &crate::provider::ApiRequest,
+        ) -> std::result::Result<crate::provider::RawAnswer, crate::provider::TransportError> {
+            Err(crate::provider::TransportError::Unreachable)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_started_authorization_wakes_the_poller_and_says_when_its_first_poll_is_due() {
+        let (service, c, _dir) = pending_device(time::Duration::hours(1)).await;
+        let service = service.with_provider_client(Arc::new(DeviceEndpoint));
+        let pass = service.poll_due_devices(deadline()).await.unwrap();
+        assert_eq!(pass, DevicePollPass { polled: 0, next_in: None }, "nothing due, nothing started");
+        assert!(futures_util::FutureExt::now_or_never(service.device_started()).is_none(), "no wake yet");
+
+        let p = Principal::organization(c.org.clone());
+        let started = service.authorize_device(&p, &c.id.to_string()).await.unwrap();
+        assert_eq!(started.interval, 2);
+        assert!(futures_util::FutureExt::now_or_never(service.device_started()).is_some(), "the start woke the poller");
+        let pass = service.poll_due_devices(deadline()).await.unwrap();
+        assert_eq!(pass.polled, 0, "not before its interval");
+        // The first poll, 2 s on and filed under the whole second at or after it.
+        let next_in = pass.next_in.expect("the new code's first poll");
+        assert!(next_in > Duration::from_secs(1) && next_in <= Duration::from_secs(3), "{next_in:?}");
+        let after = service.store.get_connection(&c.org, &c.id).await.unwrap().unwrap();
+        assert_eq!(after.version, c.version + 1, "started, neither polled nor claimed");
+
+        // A later look before that second still knows it (the poller's tick may come first).
+        let pass = service.poll_due_devices(deadline()).await.unwrap();
+        let again = pass.next_in.expect("kept until its second comes");
+        assert!(again <= next_in && again + Duration::from_secs(1) > next_in, "{again:?} after {next_in:?}");
+    }
+
+    #[test]
+    fn the_wake_keeps_the_earliest_seconds_up_to_its_capacity_and_forgets_the_past() {
+        let wake = DeviceWake::default();
+        assert_eq!(wake.earliest(), None);
+        wake.note(20);
+        wake.started(10);
+        wake.note(10);
+        assert_eq!(wake.earliest(), Some(10));
+        wake.forget_through(10);
+        assert_eq!(wake.earliest(), Some(20), "seconds up to the pass's are its index query's");
+        wake.forget_through(25);
+        assert_eq!(wake.earliest(), None);
+
+        for second in 1_000..1_000 + DeviceWake::CAPACITY as i64 {
+            wake.note(second);
+        }
+        wake.note(5_000_000);
+        assert_eq!(wake.due().len(), DeviceWake::CAPACITY, "full: a later time is not kept");
+        assert!(!wake.due().contains(&5_000_000));
+        wake.note(999);
+        assert_eq!(wake.due().len(), DeviceWake::CAPACITY, "an earlier one replaces the latest");
+        assert_eq!(wake.earliest(), Some(999));
+        assert!(!wake.due().contains(&(1_000 + DeviceWake::CAPACITY as i64 - 1)));
     }
 
     #[tokio::test]
     async fn a_pass_polls_a_due_code_and_says_when_its_next_poll_comes() {
         let (service, c, _dir) = pending_device(time::Duration::seconds(-1)).await;
-        let pass = service.poll_due_devices(deadline(), Duration::from_secs(30)).await.unwrap();
+        let pass = service.poll_due_devices(deadline()).await.unwrap();
         assert_eq!(pass.polled, 1);
         let after = service.store.get_connection(&c.org, &c.id).await.unwrap().unwrap();
         let d = after.device.clone().expect("a failed poll keeps the authorization");
@@ -571,7 +681,7 @@ mod tests {
     #[tokio::test]
     async fn a_pass_stopped_by_its_deadline_asks_to_look_again_at_once() {
         let (service, c, _dir) = pending_device(time::Duration::seconds(-1)).await;
-        let pass = service.poll_due_devices(Instant::now(), Duration::from_secs(30)).await.unwrap();
+        let pass = service.poll_due_devices(Instant::now()).await.unwrap();
         assert_eq!(pass, DevicePollPass { polled: 0, next_in: Some(Duration::ZERO) });
         let after = service.store.get_connection(&c.org, &c.id).await.unwrap().unwrap();
         assert_eq!(after.version, c.version, "nothing started after the deadline");

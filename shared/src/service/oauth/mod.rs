@@ -18,6 +18,7 @@ use serde_json::Value;
 
 pub use authorize::{AuthorizeResponse, STATE_TTL, state_hash};
 pub use callback::CallbackOutcome;
+pub(crate) use device::DeviceWake;
 pub use device::{Authorization, DeviceAuthorizeResponse, DevicePollPass};
 pub use jwt_bearer::ASSERTION_LIFETIME;
 pub(crate) use jwt_bearer::{
