@@ -294,39 +294,41 @@ impl Envelope {
     }
 }
 
-#[cfg(all(test, feature = "embedded"))]
+#[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::adapters::LocalKeyProvider;
 
-    /// The local key provider, counting the data keys it unwraps.
+    /// A key provider wrapping data keys under its own master key with the context as
+    /// associated data (so, like KMS, it unwraps only under the context it wrapped with),
+    /// counting the data keys it unwraps.
     struct Counting {
-        inner: LocalKeyProvider,
+        master: PlainKey,
         unwrapped: AtomicUsize,
     }
 
     #[async_trait]
     impl KeyProvider for Counting {
         async fn generate_data_key(&self, ctx: &EncryptionContext) -> Result<DataKey, CryptoError> {
-            self.inner.generate_data_key(ctx).await
+            let plaintext = PlainKey::generate();
+            let wrapped = aead_seal(&self.master, plaintext.expose(), &ctx.aad());
+            Ok(DataKey { plaintext, wrapped, key_id: "counting".to_owned() })
         }
         async fn decrypt_data_key(
             &self,
-            key_id: &str,
+            _: &str,
             wrapped: &[u8],
             ctx: &EncryptionContext,
         ) -> Result<PlainKey, CryptoError> {
             self.unwrapped.fetch_add(1, Ordering::SeqCst);
-            self.inner.decrypt_data_key(key_id, wrapped, ctx).await
+            let key = aead_open(&self.master, wrapped, &ctx.aad())?;
+            PlainKey::try_from_slice(&key).ok_or(CryptoError::Decrypt)
         }
     }
 
-    fn counting() -> (Arc<Counting>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let inner = LocalKeyProvider::open_or_create(dir.path()).unwrap();
-        (Arc::new(Counting { inner, unwrapped: AtomicUsize::new(0) }), dir)
+    fn counting() -> Arc<Counting> {
+        Arc::new(Counting { master: PlainKey::generate(), unwrapped: AtomicUsize::new(0) })
     }
 
     fn context(org: &str) -> EncryptionContext {
@@ -335,7 +337,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cached_key_opens_its_own_context_and_sends_any_other_to_the_provider() {
-        let (keys, _dir) = counting();
+        let keys = counting();
         let env = Envelope::new(keys.clone());
         let (a, b) = (context("acme"), context("acme"));
         let sealed = env.seal(&a, b"sk_live_value").await.unwrap();
@@ -358,7 +360,7 @@ mod tests {
 
     #[tokio::test]
     async fn cached_keys_are_bounded_and_lapse() {
-        let (keys, _dir) = counting();
+        let keys = counting();
         let writer = Envelope::with_cache(keys.clone(), 0, Duration::ZERO);
         let ctx = context("acme");
         let mut sealed = Vec::new();
