@@ -17,27 +17,27 @@ command -v chromedriver > /dev/null || missing+=(chromium-driver)
 ls /usr/lib/*/faketime/libfaketimeMT.so.1 > /dev/null 2>&1 || missing+=(libfaketime)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
-        echo "==> apt-get install ${missing[*]}"
+        step "apt-get install ${missing[*]}"
         apt-get update -q > /dev/null && apt-get install -y -q "${missing[@]}" > /dev/null
     else
         echo "missing Debian packages: ${missing[*]} (apt-get install -y ${missing[*]})" >&2
         exit 1
     fi
 fi
-echo "==> $(chromium --version 2>/dev/null); $(chromedriver --version | cut -d' ' -f1-2)"
+step "$(chromium --version 2>/dev/null); $(chromedriver --version | cut -d' ' -f1-2)"
 
-echo "==> pytest and Selenium in .venv-browser/ from tests/browser/requirements.txt"
+step "pytest and Selenium in .venv-browser/ from tests/browser/requirements.txt"
 venv .venv-browser tests/browser/requirements.txt
 
 if [ ! -d tests/oauth/node_modules/oidc-provider ]; then
-    echo "==> oidc-provider in tests/oauth/node_modules"
+    step "oidc-provider in tests/oauth/node_modules"
     npm ci --prefix tests/oauth --no-audit --no-fund --loglevel=error
 fi
 
-echo "==> cargo build --bin latchkey"
+step "cargo build --bin latchkey"
 cargo build --locked --quiet --bin latchkey
 export LATCHKEY_BIN="${CARGO_TARGET_DIR:-target}/debug/latchkey"
 export PYTHONDONTWRITEBYTECODE=1
 
-echo "==> pytest tests/browser (screenshots: target/screenshots/)"
+step "pytest tests/browser (screenshots: target/screenshots/)"
 .venv-browser/bin/python -m pytest -p no:cacheprovider -q tests/browser "$@"

@@ -11,29 +11,29 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/venv.sh
 
-echo "==> cfn-lint, aws-sam-translator, checkov in .venv-infra/ from tests/infra-requirements.txt"
+step "cfn-lint, aws-sam-translator, checkov in .venv-infra/ from tests/infra-requirements.txt"
 venv .venv-infra tests/infra-requirements.txt
 bin=.venv-infra/bin
 
-echo "==> template parameters, SAM expansion"
+step "template parameters, SAM expansion"
 "$bin/python" tests/infra_check.py patterns
 "$bin/python" tests/infra_check.py expand target/infra/expanded.json
-echo "==> the expansion's HTTP routes (each admitted by an invoke permission of its function)"
+step "the expansion's HTTP routes (each admitted by an invoke permission of its function)"
 "$bin/python" tests/infra_check.py routes target/infra/expanded.json
 
-echo "==> cfn-lint (the template, then its expansion: cfn-lint does not look inside AWS::Serverless::*)"
+step "cfn-lint (the template, then its expansion: cfn-lint does not look inside AWS::Serverless::*)"
 "$bin/cfn-lint" infra/template.yaml
 "$bin/cfn-lint" target/infra/expanded.json
 
-echo "==> checkov (skips are justified in the template)"
+step "checkov (skips are justified in the template)"
 "$bin/checkov" -f infra/template.yaml --framework cloudformation --skip-download --compact --quiet
 "$bin/checkov" -f target/infra/expanded.json --framework cloudformation --skip-download --compact --quiet
 
-echo "==> aws-sam-cli, cargo-lambda, zig in .venv-sam/ from tests/sam-requirements.txt"
+step "aws-sam-cli, cargo-lambda, zig in .venv-sam/ from tests/sam-requirements.txt"
 venv .venv-sam tests/sam-requirements.txt
 export PATH="$PWD/.venv-sam/bin:$PATH" SAM_CLI_TELEMETRY=0
 
-echo "==> cargo lambda build --release --arm64, each function as sam build builds it"
+step "cargo lambda build --release --arm64, each function as sam build builds it"
 rustup target list --installed | grep -q '^aarch64-unknown-linux-gnu$' || rustup target add aarch64-unknown-linux-gnu
 functions=(connections-api oauth-callback token-lookup token-refresh token-revoke webhook-deliver)
 for f in "${functions[@]}"; do
@@ -63,7 +63,7 @@ PY
 } > target/lambda/sizes.md
 cat target/lambda/sizes.md
 
-echo "==> sam build (the README's deploy build: rust-cargolambda for every function)"
+step "sam build (the README's deploy build: rust-cargolambda for every function)"
 sam build --beta-features --template-file infra/template.yaml --build-dir target/sam-build
 for f in "${functions[@]}"; do
     logical=$(echo "$f" | sed -E 's/(^|-)([a-z])/\U\2/g')Function
@@ -80,6 +80,6 @@ if (( built >= 51200 )); then
     exit 1
 fi
 
-echo "==> the six binaries under cargo lambda watch, fed the samples in events/ with cargo lambda invoke"
+step "the six binaries under cargo lambda watch, fed the samples in events/ with cargo lambda invoke"
 python3 tests/lambda_invoke.py embedded
 python3 tests/lambda_invoke.py aws

@@ -4,29 +4,30 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "==> toolchain: $(cargo --version)"
+source tests/venv.sh
+
+step "toolchain: $(cargo --version)"
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 
 # The JWT bearer tests make their RS256/ES256 keys with the openssl CLI (Debian's ca-certificates
 # brings it; a bare image may lack it).
 if ! command -v openssl > /dev/null && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
-  echo "==> apt-get install openssl"
+  step "apt-get install openssl"
   apt-get update -q > /dev/null && apt-get install -y -q openssl > /dev/null
 fi
 
-source tests/venv.sh
-echo "==> moto (AWS emulator) in .venv/ from tests/requirements.txt"
+step "moto (AWS emulator) in .venv/ from tests/requirements.txt"
 venv .venv tests/requirements.txt
-echo "==> the OAuth 1.0a test provider (oauthlib) in .venv-oauth1/ from tests/oauth/oauth1-requirements.txt"
+step "the OAuth 1.0a test provider (oauthlib) in .venv-oauth1/ from tests/oauth/oauth1-requirements.txt"
 venv .venv-oauth1 tests/oauth/oauth1-requirements.txt
 
-echo "==> OAuth test servers (oidc-provider, oauth2-mock-server) in tests/oauth/node_modules"
+step "OAuth test servers (oidc-provider, oauth2-mock-server) in tests/oauth/node_modules"
 npm ci --prefix tests/oauth --no-audit --no-fund --loglevel=error
 
-echo "==> cargo fmt --check"
+step "cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "==> cargo deny (advisories from the snapshot in ../shared, licenses, bans, sources)"
+step "cargo deny (advisories from the snapshot in ../shared, licenses, bans, sources)"
 if [ ! -x .tools/bin/cargo-deny ]; then
   cargo install --locked --root .tools cargo-deny --version 0.20.2
 fi
@@ -36,71 +37,73 @@ bash ../shared/tools/advisory-db.sh .tools/advisory-db > /dev/null
 cargo fetch --locked
 .tools/bin/cargo-deny --offline check
 
-echo "==> cargo clippy"
+step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "==> cargo test"
+step "cargo test"
 cargo test --workspace --locked
 
-echo "==> the client's lambda feature (LambdaClient: lookup through lambda:InvokeFunction)"
+step "the client's lambda feature (LambdaClient: lookup through lambda:InvokeFunction)"
 cargo clippy --locked -p latchkey-client --all-targets --features lambda -- -D warnings
 cargo test --locked -p latchkey-client --features lambda
-echo "==> the library as the Lambda functions build it (no embedded feature): it refuses LATCHKEY_BACKEND=embedded"
+step "the library as the Lambda functions build it (no embedded feature): it refuses LATCHKEY_BACKEND=embedded"
 cargo test --locked -p latchkey --no-default-features --lib config::wiring
 
 # The test binaries: tests/api (black-box, a module per suite), tests/adapters, and a few more;
 # the suites below are selected by module path within tests/api.
-echo "==> the black-box serve suite again, against the router served in-process"
+step "the black-box serve suite again, against the router served in-process"
 LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test api -- serve::
-echo "==> the black-box serve suite on the aws backend (moto), through the binary, then in-process"
+step "the black-box serve suite on the aws backend (moto), through the binary, then in-process"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- serve::
 LATCHKEY_TEST_BACKEND=aws LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test api -- serve::
 
-echo "==> refresh across processes and restarts on the aws backend (moto)"
+step "refresh across processes and restarts on the aws backend (moto)"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- \
   refresh::concurrent_lookups refresh::two_processes refresh::tokens_survive
-echo "==> the real-provider quirk table (tests/oauth/quirks.mjs) on the aws backend (moto)"
+step "the real-provider quirk table (tests/oauth/quirks.mjs) on the aws backend (moto)"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- quirks::
-echo "==> isolation walk and canaries on the aws backend (moto): the AWS SDK's trace output too"
+step "isolation walk and canaries on the aws backend (moto): the AWS SDK's trace output too"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- isolation::
-echo "==> token import on the aws backend (moto): sealed, scheduled and refreshed like an authorized grant"
+step "token import on the aws backend (moto): sealed, scheduled and refreshed like an authorized grant"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api import::
-echo "==> lookup by selector on the aws backend (moto): the customer index query, HTTP and the Lambda payload"
+step "lookup by selector on the aws backend (moto): the customer index query, HTTP and the Lambda payload"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- selector::
-echo "==> tags and Idempotency-Key on the aws backend (moto): the tag FilterExpression's paging, conditional key claims"
+step "tags and Idempotency-Key on the aws backend (moto): the tag FilterExpression's paging, conditional key claims"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- tags:: idempotency::
-echo "==> credential verification on the aws backend (moto): connect-time checks and the sweep's schedule in the due index"
+step "credential verification on the aws backend (moto): connect-time checks and the sweep's schedule in the due index"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- verify::
-echo "==> reconnect in place and refresh-token lifetime on the aws backend (moto): kept refresh tokens, the warning's conditional write in the due index"
+step "reconnect in place and refresh-token lifetime on the aws backend (moto): kept refresh tokens, the warning's conditional write in the due index"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- reconnect:: rt_lifetime::
-echo "==> connect sessions on the aws backend (moto): the link's one conditional trade, TTL'd items, the sealed idempotent answer"
+step "connect sessions on the aws backend (moto): the link's one conditional trade, TTL'd items, the sealed idempotent answer"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- connect_sessions::
-echo "==> JWT bearer service accounts on the aws backend (moto) and in-process: assertions, single flight, the sweep"
+step "JWT bearer service accounts on the aws backend (moto) and in-process: assertions, single flight, the sweep"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- jwt_bearer::
 LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test api -- jwt_bearer::
-echo "==> device authorization (RFC 8628) on the aws backend (moto): the due index polls pending device codes"
+step "device authorization (RFC 8628) on the aws backend (moto): the due index polls pending device codes"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- device_code::
-echo "==> OAuth 1.0a (oauth1) against the oauthlib provider on the aws backend (moto) and in-process: every signature method, replay, disconnect, the connect page"
+step "OAuth 1.0a (oauth1) against the oauthlib provider on the aws backend (moto) and in-process: every signature method, replay, disconnect, the connect page"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- oauth1::
 LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test api -- oauth1::
-echo "==> the connect page over HTTP in-process, and on the aws backend (moto): its forms and refusals on either store"
+step "the connect page over HTTP in-process, and on the aws backend (moto): its forms and refusals on either store"
 LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test api -- connect_page::
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- connect_page::
-echo "==> webhooks on the aws backend (moto): EventBridge -> SQS -> enqueued deliveries, the due index, conditional claims"
+step "webhooks on the aws backend (moto): EventBridge -> SQS -> enqueued deliveries, the due index, conditional claims"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- webhooks::
-echo "==> events and the audit line on the aws backend (moto): Connection Expired reasons, Refresh Recovered, details as the bus carries them"
+step "events and the audit line on the aws backend (moto): Connection Expired reasons, Refresh Recovered, details as the bus carries them"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- events::
-echo "==> the sweep's fan-out on the aws backend (moto): dispatch to SQS, worker batches, redelivery, batch item failures"
+step "the sweep's fan-out on the aws backend (moto): dispatch to SQS, worker batches, redelivery, batch item failures"
 LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- fanout::
 
-echo "==> the connect page in a real browser (tests/browser.sh: Debian chromium, Selenium pinned in tests/browser/requirements.txt)"
+step "the connect page in a real browser (tests/browser.sh: Debian chromium, Selenium pinned in tests/browser/requirements.txt)"
 bash tests/browser.sh
 
-echo "==> webhooks as a receiver sees them (tests/webhooks.sh: PyPI standardwebhooks pinned in tests/webhooks/requirements.txt)"
+step "webhooks as a receiver sees them (tests/webhooks.sh: PyPI standardwebhooks pinned in tests/webhooks/requirements.txt)"
 bash tests/webhooks.sh
 
-echo "==> schemathesis against latchkey serve (tests/schemathesis.sh, pinned in tests/schemathesis-requirements.txt)"
+step "schemathesis against latchkey serve (tests/schemathesis.sh, pinned in tests/schemathesis-requirements.txt)"
 bash tests/schemathesis.sh
 
-echo "==> the deploy path: template checks (cfn-lint, checkov) and the arm64 Lambda builds"
+step "the deploy path: template checks (cfn-lint, checkov) and the arm64 Lambda builds"
 bash tests/infra.sh
+
+step "all tests passed"

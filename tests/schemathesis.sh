@@ -16,10 +16,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/venv.sh
 
-echo "==> schemathesis in .venv-schemathesis/ from tests/schemathesis-requirements.txt"
+step "schemathesis in .venv-schemathesis/ from tests/schemathesis-requirements.txt"
 venv .venv-schemathesis tests/schemathesis-requirements.txt
 
-echo "==> cargo build --bin latchkey"
+step "cargo build --bin latchkey"
 cargo build --locked --quiet --bin latchkey
 bin="${CARGO_TARGET_DIR:-target}/debug/latchkey"
 py=.venv-schemathesis/bin/python
@@ -43,7 +43,7 @@ stop() {
 }
 trap stop EXIT
 
-echo "==> latchkey serve on a free loopback port (log: $out/server.log)"
+step "latchkey serve on a free loopback port (log: $out/server.log)"
 env -i PATH="$PATH" HOME="$data" LATCHKEY_ADDR=127.0.0.1:0 LATCHKEY_DATA_DIR="$data" \
     LATCHKEY_JWT_SECRET="$secret" RUST_LOG=info \
     "$bin" serve > "$out/server.out" 2> "$out/server.log" < /dev/null &
@@ -145,7 +145,7 @@ include-operation-id = "deleteConnection"
 parameters = { "path.id" = "$doomed" }
 TOML
 
-echo "==> schemathesis run $address/openapi.json"
+step "schemathesis run $address/openapi.json"
 # The checks: no 5xx; every status, content type, header and body as documented; a path the
 # document serves answers 405 (with `Allow`) to a method it does not document; a request without
 # its bearer token is refused; a deleted resource is gone and a created one is there (the

@@ -1,4 +1,12 @@
-# Sourced by tests/run.sh and tests/infra.sh: `venv DIR REQUIREMENTS` creates a Python virtual
+# Sourced by tests/run.sh and the scripts it runs.
+#
+# `step TEXT` prints a step's heading with the seconds since the test command began (since this
+# script began when it runs alone), so a CI log shows where the time went.
+: "${LATCHKEY_TEST_STARTED:=$(date +%s)}"
+export LATCHKEY_TEST_STARTED
+step() { echo "==> [$(( $(date +%s) - LATCHKEY_TEST_STARTED )) s] $*"; }
+
+# `venv DIR REQUIREMENTS` creates a Python virtual
 # environment in the project's DIR (installing python3-venv first if a stock Debian lacks it
 # and we may) and installs the pinned REQUIREMENTS into it.
 venv() {

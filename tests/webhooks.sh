@@ -12,13 +12,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source tests/venv.sh
 
-echo "==> pytest and standardwebhooks in .venv-webhooks/ from tests/webhooks/requirements.txt"
+step "pytest and standardwebhooks in .venv-webhooks/ from tests/webhooks/requirements.txt"
 venv .venv-webhooks tests/webhooks/requirements.txt
 
-echo "==> cargo build --bin latchkey"
+step "cargo build --bin latchkey"
 cargo build --locked --quiet --bin latchkey
 export LATCHKEY_BIN="${CARGO_TARGET_DIR:-target}/debug/latchkey"
 export PYTHONDONTWRITEBYTECODE=1
 
-echo "==> pytest tests/webhooks"
+step "pytest tests/webhooks"
 .venv-webhooks/bin/python -m pytest -p no:cacheprovider -q tests/webhooks "$@"
