@@ -625,23 +625,40 @@ fn the_webhook_rule_feeds_the_queue_that_webhook_deliver_reads() {
     assert_eq!(alarms[0].1["Properties"]["Threshold"], 1);
 }
 
-/// The metric filters read fields of the functions' JSON log lines: the sweep's summary line as
-/// the code writes it must match the refresh-failures filter, and every function's log group
-/// counts `kms_throttled` (whose line the KMS adapter's unit test checks).
+/// The metric filter reads fields of the functions' JSON log lines: the sweep's summary line as
+/// the code writes it must match the refresh-failures filter. What the functions count
+/// themselves (`telemetry::metrics::COUNTED`, embedded-metric-format lines on standard output,
+/// whose lines the metrics module's and the KMS adapter's unit tests check) each has an alarm on
+/// its metric, without dimensions as the lines write it, and no metric filter counts it twice;
+/// no function asks Lambda for the JSON log format, which would wrap the lines.
 #[tokio::test(flavor = "current_thread")]
-async fn the_metric_filters_read_fields_the_code_logs() {
+async fn the_metric_filters_and_alarms_read_what_the_code_logs() {
     let t = template();
     let filter = &resources(&t)["RefreshFailuresMetric"]["Properties"];
     assert_eq!(filter["FilterPattern"], r#"{ $.message = "refresh sweep" && $.failed > 0 }"#);
     assert_eq!(filter["MetricTransformations"][0]["MetricValue"], "$.failed");
     assert_eq!(filter["LogGroupName"], json!({"Ref": "TokenRefreshLogs"}));
-    let throttled: BTreeSet<String> = of_type(&t, "AWS::Logs::MetricFilter")
+    let filtered: Vec<_> = of_type(&t, "AWS::Logs::MetricFilter")
         .iter()
-        .filter(|(_, f)| f["Properties"]["FilterPattern"] == "{ $.kms_throttled IS TRUE }")
-        .map(|(_, f)| f["Properties"]["LogGroupName"]["Ref"].as_str().unwrap().to_owned())
+        .map(|(_, f)| f["Properties"]["MetricTransformations"][0]["MetricName"].as_str().unwrap().to_owned())
         .collect();
-    let every: BTreeSet<String> = function_packages().iter().map(|p| format!("{}Logs", logical(p))).collect();
-    assert_eq!(throttled, every, "KMS throttling is counted in every function's logs");
+    assert_eq!(filtered, ["RefreshFailures"], "only the sweep summary is read by a filter");
+    for counted in latchkey::telemetry::metrics::COUNTED {
+        let alarms: Vec<_> = of_type(&t, "AWS::CloudWatch::Alarm")
+            .into_iter()
+            .filter(|(_, a)| a["Properties"]["MetricName"] == counted.metric)
+            .collect();
+        assert_eq!(alarms.len(), 1, "an alarm on {}", counted.metric);
+        let a = &alarms[0].1["Properties"];
+        assert_eq!(a["Namespace"], latchkey::telemetry::metrics::NAMESPACE, "{}", counted.metric);
+        assert!(a.get("Dimensions").is_none(), "{}: the lines write no dimensions", counted.metric);
+        assert_eq!((&a["Statistic"], &a["Threshold"]), (&json!("Sum"), &json!(1)), "{}", counted.metric);
+    }
+    for package in function_packages() {
+        let f = &resources(&t)[&format!("{}Function", logical(&package))]["Properties"];
+        let format = f["LoggingConfig"].get("LogFormat").and_then(Value::as_str).unwrap_or("Text");
+        assert_eq!(format, "Text", "{package}");
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let app = Components::embedded(dir.path(), ServiceOptions::default()).unwrap();

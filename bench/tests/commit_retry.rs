@@ -109,13 +109,16 @@ async fn sweep(service: &Service) -> SweepSummary {
     service.refresh_sweep(far).await.expect("the index is readable")
 }
 
-/// Log lines (debug and up) captured for this test's thread, and the simulation's count of the
-/// service's give-ups (`answers::give_ups`).
-fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
+/// Log lines (debug and up) captured for this test's thread, the embedded-metric-format lines
+/// the Lambda functions would write for them (`telemetry::metrics`), and the simulation's count
+/// of the service's give-ups (`answers::give_ups`).
+fn capture() -> (Captured, Captured, tracing::subscriber::DefaultGuard) {
     use tracing_subscriber::layer::SubscriberExt;
 
     let captured = Captured::default();
+    let metrics = Captured::default();
     let writer = captured.clone();
+    let metrics_writer = metrics.clone();
     let subscriber = tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
@@ -123,13 +126,14 @@ fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
                 .with_writer(move || writer.clone())
                 .with_filter(tracing_subscriber::filter::LevelFilter::DEBUG),
         )
+        .with(latchkey::telemetry::metrics::EmbeddedMetrics::new(move || metrics_writer.clone()))
         .with(give_ups());
-    (captured, tracing::subscriber::set_default(subscriber))
+    (captured, metrics, tracing::subscriber::set_default(subscriber))
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_answer_is_written_through_a_store_that_throttles_for_ten_seconds() {
-    let (logs, _guard) = capture();
+    let (logs, metrics, _guard) = capture();
     let (service, meter, _keys) = one_due_connection(Duration::from_secs(10)).await;
     let began = tokio::time::Instant::now();
     let summary = sweep(&service).await;
@@ -144,6 +148,7 @@ async fn an_answer_is_written_through_a_store_that_throttles_for_ten_seconds() {
     // Once: one commit retrying for 10 s is one refresh that met throttling, not one per retry.
     assert_eq!(logs.matches("refreshes at once lowered").count(), 1, "{logs}");
     assert!(logs.contains("limit=32"), "64 halved once: {logs}");
+    assert_eq!(metrics.text(), "", "nothing lost, nothing counted");
     for secret in SECRETS {
         assert!(!logs.contains(secret), "{secret} logged");
     }
@@ -159,7 +164,7 @@ async fn an_answer_is_written_through_a_store_that_throttles_for_ten_seconds() {
 
 #[tokio::test(start_paused = true)]
 async fn an_answer_the_store_refuses_past_the_lease_is_given_up_before_it_ends_and_logged() {
-    let (logs, _guard) = capture();
+    let (logs, metrics, _guard) = capture();
     let (service, meter, _keys) = one_due_connection(Duration::from_secs(3_600)).await;
     let began = tokio::time::Instant::now();
     let summary = sweep(&service).await;
@@ -172,6 +177,11 @@ async fn an_answer_the_store_refuses_past_the_lease_is_given_up_before_it_ends_a
         logs.contains("a provider's answer could not be written before its refresh lease ends"),
         "the loss is logged: {logs}"
     );
+    // Counted for the stack's LostAnswersAlarm: one Latchkey/LostAnswers data point.
+    let counted: Vec<serde_json::Value> =
+        metrics.text().lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    assert_eq!(counted.len(), 1, "{counted:?}");
+    assert_eq!(counted[0]["LostAnswers"], 1, "{counted:?}");
     for secret in SECRETS {
         assert!(!logs.contains(secret), "{secret} logged");
     }

@@ -1,7 +1,9 @@
 //! Logging setup: `tracing` to stderr, JSON on Lambda (or with `LATCHKEY_LOG_FORMAT=json`),
-//! filtered by `RUST_LOG` (default `info`).
+//! filtered by `RUST_LOG` (default `info`); on Lambda also the counts CloudWatch extracts from
+//! standard output ([`metrics`]).
 
 mod lines;
+pub mod metrics;
 
 pub(crate) use lines::gathering;
 pub use lines::{Destination, LineWriter, Lines, PIPE_BUF, Stderr};
@@ -27,7 +29,9 @@ fn filter() -> EnvFilter {
 /// Installs the process's subscriber: JSON lines when `json` (`LATCHKEY_LOG_FORMAT=json`, see
 /// `config::Settings`) or on Lambda, text lines otherwise; written to standard error by
 /// [`Lines`], one `write(2)` a line, or a request's lines together ([`gathering`], off on
-/// Lambda). Installs a panic hook that writes the panicking request's gathered lines first.
+/// Lambda). On Lambda, events carrying a counted field ([`metrics::COUNTED`]) also write an
+/// embedded-metric-format line to standard output ([`lambda_subscriber`]). Installs a panic hook
+/// that writes the panicking request's gathered lines first.
 pub fn init(json: bool) {
     let lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
     let json = json || lambda;
@@ -40,7 +44,10 @@ pub fn init(json: bool) {
         previous(info);
     }));
     // A second init (tests) keeps the first subscriber: the error says only that.
-    if json {
+    if lambda {
+        let subscriber = lambda_subscriber(filter(), Lines::stderr(), std::io::stdout);
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    } else if json {
         let _ = tracing::subscriber::set_global_default(json_subscriber(filter(), Lines::stderr()));
     } else {
         let _ = tracing_subscriber::fmt()
@@ -52,8 +59,8 @@ pub fn init(json: bool) {
 }
 
 /// The JSON log lines of the Lambda functions: one object per line, the event's fields at the
-/// top level beside `message`. The deployed stack's metric filters read those fields
-/// (infra/template.yaml: `$.message` and `$.failed` of the sweep summary, `$.kms_throttled`).
+/// top level beside `message`. The deployed stack's metric filter reads those fields
+/// (infra/template.yaml: `$.message` and `$.failed` of the sweep summary).
 ///
 /// A line written inside a span carries that span under `span`: its `name` and the ids it has
 /// recorded, `{"name": "request", "request_id": "...", "org": "acme", "connection_id":
@@ -73,6 +80,23 @@ where
         .with_current_span(true)
         .with_span_list(false)
         .finish()
+}
+
+/// The Lambda functions' subscriber: [`json_subscriber`]'s lines to `writer`, and for every
+/// event it keeps that carries a [`metrics::COUNTED`] field as `true`, one CloudWatch
+/// embedded-metric-format line to `metrics` ([`metrics::EmbeddedMetrics`]; standard output on
+/// Lambda).
+pub fn lambda_subscriber<W, M>(
+    filter: EnvFilter,
+    writer: W,
+    metrics: M,
+) -> impl tracing::Subscriber + Send + Sync + 'static
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+    M: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    use tracing_subscriber::layer::SubscriberExt;
+    json_subscriber(filter, writer).with(metrics::EmbeddedMetrics::new(metrics))
 }
 
 /// Log lines written to memory, for tests of what the code logs (secrets never, the fields the

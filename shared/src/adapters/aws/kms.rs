@@ -47,8 +47,8 @@ fn failure(code: Option<&str>, e: impl Into<BackendError>) -> CryptoError {
             .into(),
         ),
         KmsFailure::Throttled => {
-            // The `kms_throttled` field is what the deployed stack's metric filter and alarm
-            // count (infra/template.yaml, KmsThrottledAlarm).
+            // The `kms_throttled` field is counted on Lambda (telemetry::metrics, an EMF line
+            // for Latchkey/KmsThrottled) and watched by the stack's KmsThrottledAlarm.
             tracing::warn!(kms_throttled = true, "KMS throttled a request after the SDK's retries");
             CryptoError::Unavailable(e.into())
         }
@@ -150,15 +150,19 @@ mod tests {
     }
 
     #[test]
-    fn throttling_is_logged_with_the_field_the_stacks_alarm_counts() {
-        let logs = crate::telemetry::Captured::default();
-        let subscriber = crate::telemetry::json_subscriber("warn".parse().unwrap(), logs.clone());
+    fn throttling_is_logged_and_counted_for_the_stacks_alarm() {
+        let (logs, metrics) = (crate::telemetry::Captured::default(), crate::telemetry::Captured::default());
+        let subscriber = crate::telemetry::lambda_subscriber("warn".parse().unwrap(), logs.clone(), metrics.clone());
         let e = tracing::subscriber::with_default(subscriber, || failure(Some("ThrottlingException"), "slow down"));
         assert!(matches!(e, CryptoError::Unavailable(_)), "retry later: {e:?}");
         let lines = logs.lines();
-        // infra/template.yaml: `{ $.kms_throttled IS TRUE }` on every function's log group.
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert_eq!(lines[0]["kms_throttled"], true, "{lines:?}");
+        // infra/template.yaml: KmsThrottledAlarm watches Latchkey/KmsThrottled.
+        let counts = metrics.lines();
+        assert_eq!(counts.len(), 1, "{counts:?}");
+        assert_eq!(counts[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"], "Latchkey");
+        assert_eq!(counts[0]["KmsThrottled"], 1, "{counts:?}");
     }
 
     #[test]

@@ -193,6 +193,8 @@ impl Service {
                 }
                 Err(e) => {
                     if stop.is_some() && e.is_unavailable() {
+                        // `lost_answer` is counted on Lambda (telemetry::metrics, an EMF line for
+                        // Latchkey/LostAnswers) and watched by the stack's LostAnswersAlarm.
                         tracing::error!(
                             org = %leased.org,
                             connection_id = %leased.id,
