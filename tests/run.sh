@@ -28,8 +28,10 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo deny (advisories from the snapshot in ../shared, licenses, bans, sources)"
+# A debug build: it compiles in about a minute instead of three, and checks this workspace in
+# about 4 s.
 if [ ! -x .tools/bin/cargo-deny ]; then
-  cargo install --locked --root .tools cargo-deny --version 0.20.2
+  cargo install --locked --debug --root .tools cargo-deny --version 0.20.2
 fi
 bash ../shared/tools/advisory-db.sh .tools/advisory-db > /dev/null
 # cargo-deny reads `cargo metadata` offline, which needs every locked crate of every target
@@ -37,62 +39,65 @@ bash ../shared/tools/advisory-db.sh .tools/advisory-db > /dev/null
 cargo fetch --locked
 .tools/bin/cargo-deny --offline check
 
-step "cargo clippy"
+step "cargo clippy, then the client's lambda feature (LambdaClient: lookup through lambda:InvokeFunction)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-
-step "cargo test"
-cargo test --workspace --locked
-
-step "the client's lambda feature (LambdaClient: lookup through lambda:InvokeFunction)"
 cargo clippy --locked -p latchkey-client --all-targets --features lambda -- -D warnings
-cargo test --locked -p latchkey-client --features lambda
+
+# One package selection and feature set for every `cargo test` of the workspace below, the
+# client's `lambda` feature included: cargo resolves features per command, and a command that
+# selected other packages or features would rebuild what the first one built.
+test_flags=(--workspace --locked --features latchkey-client/lambda)
+step "cargo test (the client's lambda feature too)"
+cargo test "${test_flags[@]}"
+
 step "the library as the Lambda functions build it (no embedded feature): it refuses LATCHKEY_BACKEND=embedded"
 cargo test --locked -p latchkey --no-default-features --lib config::wiring
 
 # The test binaries: tests/api (black-box, a module per suite), tests/adapters, and a few more;
-# the suites below are selected by module path within tests/api.
+# the suites below are selected by module path within tests/api: `api FILTER...`.
+api() { cargo test "${test_flags[@]}" --test api -- "$@"; }
 step "the black-box serve suite again, against the router served in-process"
-LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test api -- serve::
+LATCHKEY_TEST_TRANSPORT=in-process api serve::
 step "the black-box serve suite on the aws backend (moto), through the binary, then in-process"
-LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- serve::
-LATCHKEY_TEST_BACKEND=aws LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test api -- serve::
+LATCHKEY_TEST_BACKEND=aws api serve::
+LATCHKEY_TEST_BACKEND=aws LATCHKEY_TEST_TRANSPORT=in-process api serve::
 
 step "refresh across processes and restarts on the aws backend (moto)"
-LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- \
+LATCHKEY_TEST_BACKEND=aws api \
   refresh::concurrent_lookups refresh::two_processes refresh::tokens_survive
 step "the real-provider quirk table (tests/oauth/quirks.mjs) on the aws backend (moto)"
-LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- quirks::
+LATCHKEY_TEST_BACKEND=aws api quirks::
 step "isolation walk and canaries on the aws backend (moto): the AWS SDK's trace output too"
-LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- isolation::
+LATCHKEY_TEST_BACKEND=aws api isolation::
 step "token import on the aws backend (moto): sealed, scheduled and refreshed like an authorized grant"
-LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api import::
+LATCHKEY_TEST_BACKEND=aws api import::
 step "lookup by selector on the aws backend (moto): the customer index query, HTTP and the Lambda payload"
-LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- selector::
+LATCHKEY_TEST_BACKEND=aws api selector::
 step "tags and Idempotency-Key on the aws backend (moto): the tag FilterExpression's paging, conditional key claims"
-LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- tags:: idempotency::
+LATCHKEY_TEST_BACKEND=aws api tags:: idempotency::
 step "credential verification on the aws backend (moto): connect-time checks and the sweep's schedule in the due index"
-LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- verify::
+LATCHKEY_TEST_BACKEND=aws api verify::
 step "reconnect in place and refresh-token lifetime on the aws backend (moto): kept refresh tokens, the warning's conditional write in the due index"
-LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- reconnect:: rt_lifetime::
+LATCHKEY_TEST_BACKEND=aws api reconnect:: rt_lifetime::
 step "connect sessions on the aws backend (moto): the link's one conditional trade, TTL'd items, the sealed idempotent answer"
-LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- connect_sessions::
+LATCHKEY_TEST_BACKEND=aws api connect_sessions::
 step "JWT bearer service accounts on the aws backend (moto) and in-process: assertions, single flight, the sweep"
-LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- jwt_bearer::
-LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test api -- jwt_bearer::
+LATCHKEY_TEST_BACKEND=aws api jwt_bearer::
+LATCHKEY_TEST_TRANSPORT=in-process api jwt_bearer::
 step "device authorization (RFC 8628) on the aws backend (moto): the due index polls pending device codes"
-LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- device_code::
+LATCHKEY_TEST_BACKEND=aws api device_code::
 step "OAuth 1.0a (oauth1) against the oauthlib provider on the aws backend (moto) and in-process: every signature method, replay, disconnect, the connect page"
-LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- oauth1::
-LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test api -- oauth1::
+LATCHKEY_TEST_BACKEND=aws api oauth1::
+LATCHKEY_TEST_TRANSPORT=in-process api oauth1::
 step "the connect page over HTTP in-process, and on the aws backend (moto): its forms and refusals on either store"
-LATCHKEY_TEST_TRANSPORT=in-process cargo test --locked --test api -- connect_page::
-LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- connect_page::
+LATCHKEY_TEST_TRANSPORT=in-process api connect_page::
+LATCHKEY_TEST_BACKEND=aws api connect_page::
 step "webhooks on the aws backend (moto): EventBridge -> SQS -> enqueued deliveries, the due index, conditional claims"
-LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- webhooks::
+LATCHKEY_TEST_BACKEND=aws api webhooks::
 step "events and the audit line on the aws backend (moto): Connection Expired reasons, Refresh Recovered, details as the bus carries them"
-LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- events::
+LATCHKEY_TEST_BACKEND=aws api events::
 step "the sweep's fan-out on the aws backend (moto): dispatch to SQS, worker batches, redelivery, batch item failures"
-LATCHKEY_TEST_BACKEND=aws cargo test --locked --test api -- fanout::
+LATCHKEY_TEST_BACKEND=aws api fanout::
 
 step "the connect page in a real browser (tests/browser.sh: Debian chromium, Selenium pinned in tests/browser/requirements.txt)"
 bash tests/browser.sh
