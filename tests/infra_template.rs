@@ -654,6 +654,8 @@ async fn the_metric_filters_and_alarms_read_what_the_code_logs() {
         assert!(a.get("Dimensions").is_none(), "{}: the lines write no dimensions", counted.metric);
         assert_eq!((&a["Statistic"], &a["Threshold"]), (&json!("Sum"), &json!(1)), "{}", counted.metric);
     }
+    let global = t["Globals"]["Function"]["LoggingConfig"].get("LogFormat").and_then(Value::as_str);
+    assert_eq!(global.unwrap_or("Text"), "Text", "Globals");
     for package in function_packages() {
         let f = &resources(&t)[&format!("{}Function", logical(&package))]["Properties"];
         let format = f["LoggingConfig"].get("LogFormat").and_then(Value::as_str).unwrap_or("Text");

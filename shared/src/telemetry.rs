@@ -99,8 +99,8 @@ where
     json_subscriber(filter, writer).with(metrics::EmbeddedMetrics::new(metrics))
 }
 
-/// Log lines written to memory, for tests of what the code logs (secrets never, the fields the
-/// metric filters read always).
+/// Lines written to memory, for tests of what the code logs (secrets never, the fields the
+/// metric filter and the counted metrics read always) and of the metric lines it writes.
 #[cfg(any(test, feature = "conformance"))]
 #[derive(Clone, Default)]
 pub struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
