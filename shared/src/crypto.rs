@@ -133,11 +133,14 @@ pub struct DataKey {
 
 /// AES-256-GCM encryption of `msg` with associated data; returns `nonce || ciphertext`.
 pub fn aead_seal(key: &PlainKey, msg: &[u8], aad: &[u8]) -> Vec<u8> {
+    seal_with(&key.cipher(), msg, aad)
+}
+
+/// [`aead_seal`] with the key's cipher already built.
+fn seal_with(cipher: &Aes256Gcm, msg: &[u8], aad: &[u8]) -> Vec<u8> {
     let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
-    let ct = key
-        .cipher()
-        .encrypt(&nonce, Payload { msg, aad })
-        .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+    let ct =
+        cipher.encrypt(&nonce, Payload { msg, aad }).expect("AES-GCM encryption of an in-memory buffer cannot fail");
     let mut out = nonce.to_vec();
     out.extend_from_slice(&ct);
     out
@@ -145,19 +148,44 @@ pub fn aead_seal(key: &PlainKey, msg: &[u8], aad: &[u8]) -> Vec<u8> {
 
 /// The inverse of [`aead_seal`].
 pub fn aead_open(key: &PlainKey, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    open_with(&key.cipher(), sealed, aad)
+}
+
+/// [`aead_open`] with the key's cipher already built.
+fn open_with(cipher: &Aes256Gcm, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     if sealed.len() < 12 + 16 {
         return Err(CryptoError::Decrypt);
     }
     let (nonce, ct) = sealed.split_at(12);
-    key.cipher()
+    cipher
         .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
         .map(Zeroizing::new)
         .map_err(|_| CryptoError::Decrypt)
 }
 
-/// An unwrapped data key, the context it was unwrapped under, and when.
+/// What opening a record under a cached data key takes besides the record: the key's AES-GCM
+/// cipher (its key schedule done once, not on every open) and the associated data of the
+/// context the key was unwrapped under ([`EncryptionContext::aad`], serialised once). Shared by
+/// reference count, so a hit copies no key material; the cipher's round keys are wiped when the
+/// last reference goes (the `aes` crate's `Drop`).
+struct Opener {
+    cipher: Aes256Gcm,
+    aad: Vec<u8>,
+}
+
+impl Opener {
+    fn new(key: &PlainKey, ctx: &EncryptionContext) -> Arc<Self> {
+        Arc::new(Self { cipher: key.cipher(), aad: ctx.aad() })
+    }
+
+    fn open(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        open_with(&self.cipher, sealed, &self.aad)
+    }
+}
+
+/// An unwrapped data key, as its [`Opener`], the context it was unwrapped under, and when.
 struct CachedKey {
-    key: PlainKey,
+    opener: Arc<Opener>,
     ctx: EncryptionContext,
     at: Instant,
 }
@@ -174,16 +202,16 @@ struct KeyCache {
 }
 
 impl KeyCache {
-    fn get(&mut self, wrapped: &[u8], ctx: &EncryptionContext) -> Option<PlainKey> {
+    fn get(&mut self, wrapped: &[u8], ctx: &EncryptionContext) -> Option<Arc<Opener>> {
         let entry = self.entries.get(wrapped)?;
         if entry.at.elapsed() >= self.ttl {
             self.entries.remove(wrapped);
             return None;
         }
-        (entry.ctx == *ctx).then(|| entry.key.clone())
+        (entry.ctx == *ctx).then(|| entry.opener.clone())
     }
 
-    fn put(&mut self, wrapped: &[u8], ctx: &EncryptionContext, key: PlainKey) {
+    fn put(&mut self, wrapped: &[u8], ctx: &EncryptionContext, opener: Arc<Opener>) {
         if self.capacity == 0 {
             return;
         }
@@ -197,7 +225,7 @@ impl KeyCache {
         {
             self.entries.remove(&oldest);
         }
-        self.entries.insert(wrapped.to_vec(), CachedKey { key, ctx: ctx.clone(), at: Instant::now() });
+        self.entries.insert(wrapped.to_vec(), CachedKey { opener, ctx: ctx.clone(), at: Instant::now() });
     }
 }
 
@@ -227,23 +255,25 @@ impl Envelope {
     /// Seals `plaintext` under a new data key bound to `ctx`.
     pub async fn seal(&self, ctx: &EncryptionContext, plaintext: &[u8]) -> Result<Sealed, CryptoError> {
         let dk = self.keys.generate_data_key(ctx).await?;
-        let ciphertext = aead_seal(&dk.plaintext, plaintext, &ctx.aad());
-        self.cache().put(&dk.wrapped, ctx, dk.plaintext);
+        let opener = Opener::new(&dk.plaintext, ctx);
+        let ciphertext = seal_with(&opener.cipher, plaintext, &opener.aad);
+        self.cache().put(&dk.wrapped, ctx, opener);
         Ok(Sealed { key_id: dk.key_id, wrapped_key: dk.wrapped, ciphertext })
     }
 
     /// Opens a sealed record; fails if it was sealed for another context or tampered with.
     pub async fn open(&self, ctx: &EncryptionContext, sealed: &Sealed) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let cached = self.cache().get(&sealed.wrapped_key, ctx);
-        let key = match cached {
-            Some(k) => k,
+        let opener = match cached {
+            Some(opener) => opener,
             None => {
-                let k = self.keys.decrypt_data_key(&sealed.key_id, &sealed.wrapped_key, ctx).await?;
-                self.cache().put(&sealed.wrapped_key, ctx, k.clone());
-                k
+                let key = self.keys.decrypt_data_key(&sealed.key_id, &sealed.wrapped_key, ctx).await?;
+                let opener = Opener::new(&key, ctx);
+                self.cache().put(&sealed.wrapped_key, ctx, opener.clone());
+                opener
             }
         };
-        aead_open(&key, &sealed.ciphertext, &ctx.aad())
+        opener.open(&sealed.ciphertext)
     }
 
     pub async fn seal_str(&self, ctx: &EncryptionContext, plaintext: &SecretString) -> Result<Sealed, CryptoError> {

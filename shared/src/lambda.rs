@@ -165,8 +165,10 @@ pub async fn handle_lookup_invocation(
     payload: Value,
     request_id: &str,
 ) -> Result<Value, Diagnostic> {
-    // serde's message could quote a value of the payload: keep it out of the error.
-    let req: LookupRequest = serde_json::from_value(payload).map_err(|_| {
+    // serde's message could quote a value of the payload: keep it out of the error. An object
+    // only: serde would also read a JSON array as the members in order.
+    let object = if payload.is_object() { Ok(payload) } else { Err(()) };
+    let req: LookupRequest = object.and_then(|p| serde_json::from_value(p).map_err(drop)).map_err(|()| {
         invalid(
             "expected {org, connection_id, min_valid_seconds?, token?} or \
              {action: report_error, org, connection_id, message, token?}, where \

@@ -524,7 +524,11 @@ async fn token_lookup_failures_have_stable_error_types() {
     let err = latchkey::lambda::handle_lookup(service, unknown).await.unwrap_err();
     assert_eq!(err.error_type, "ConnectionNotFound");
 
-    for bad in [json!({"connection_id": "con_01kahzz7v4m3n2q0000000000a"}), json!({"org": "acme"}), json!([1, 2])] {
+    for bad in [json!({"connection_id": "con_01kahzz7v4m3n2q0000000000a"}), json!({"org": "acme"}), json!([1, 2])]
+        .into_iter()
+        // The members in order, as serde alone would read an array: still not a lookup.
+        .chain([json!(["acme", "con_01kahzz7v4m3n2q0000000000a"])])
+    {
         let err = latchkey::lambda::handle_lookup(service, bad.clone()).await.unwrap_err();
         assert_eq!(err.error_type, "InvalidRequest", "{bad}");
     }

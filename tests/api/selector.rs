@@ -372,3 +372,32 @@ async fn the_rust_client_looks_up_and_reports_by_selector() {
     let err = own.lookup_by_selector(&Selector::new(DEFINITION, "c-2"), None).await.unwrap_err();
     assert_eq!(err.kind(), Some(&ErrorKind::NotFound));
 }
+
+/// A lookup's body is a JSON object, over both routes: an array, which serde alone would read
+/// as the members in order (`org`, `connection_id`, `definition`, `customer`...), is refused
+/// without being read; a member given twice keeps its last value; `POST /v1/token` needs a body.
+#[tokio::test]
+async fn a_lookup_body_is_an_object_and_reads_as_json_does() {
+    let (app, _) = spawn().await;
+    let id = create(&app, ORG, "key-customer", json!({"customer": "c-1"})).await;
+    let runtime = app.token(ORG, None, &["runtime"]).await;
+    let by_id = format!("/v1/connections/{id}/token");
+
+    for (path, body) in [
+        (by_id.as_str(), json!([null, id])),
+        ("/v1/token", json!([null, null, DEFINITION, "c-1"])),
+        ("/v1/token", json!([null, id])),
+    ] {
+        let reply = app.request(Method::POST, path, Some(&runtime), Some(&body)).await;
+        reply.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(!reply.text.contains("key-customer"), "{path} {body}: {}", reply.text);
+    }
+    let twice = format!(r#"{{"definition": "{DEFINITION}", "customer": "c-9", "customer": "c-1"}}"#);
+    let reply = app.request_raw(Method::POST, "/v1/token", &runtime, twice.into_bytes()).await;
+    reply.assert_status(StatusCode::OK);
+    assert_eq!(reply.body["fields"]["apiKey"], "key-customer", "the last of a member given twice");
+    let reply = app.request_raw(Method::POST, &by_id, &runtime, b" \n".to_vec()).await;
+    reply.assert_status(StatusCode::OK);
+    let reply = app.request_raw(Method::POST, "/v1/token", &runtime, Vec::new()).await;
+    reply.assert_problem(StatusCode::BAD_REQUEST);
+}

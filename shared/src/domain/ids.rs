@@ -29,6 +29,12 @@ macro_rules! string_id {
                 if check(s) { Ok(Self(s.to_owned())) } else { Err(IdError($msg)) }
             }
 
+            /// [`Self::parse`] of a string already owned, kept as it is (no copy).
+            fn parse_owned(s: String) -> Result<Self, IdError> {
+                let check: fn(&str) -> bool = $check;
+                if check(&s) { Ok(Self(s)) } else { Err(IdError($msg)) }
+            }
+
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -42,8 +48,7 @@ macro_rules! string_id {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                Self::parse(&s).map_err(serde::de::Error::custom)
+                Self::parse_owned(String::deserialize(d)?).map_err(serde::de::Error::custom)
             }
         }
     };

@@ -154,8 +154,9 @@ fn gateway_origin(parts: &Parts) -> Option<String> {
 /// name every bad field. Oversized is 413, malformed is 400, both as problem+json.
 pub struct JsonBody(pub Value);
 
-/// Reads a JSON body of at most [`MAX_BODY_BYTES`]; `None` when it is empty.
-async fn read_json(req: Request) -> Result<Option<Value>, Problem> {
+/// Reads a body of at most [`MAX_BODY_BYTES`], unparsed; `None` when it is empty or only
+/// whitespace. Oversized is 413 (problem+json, the connection closed).
+async fn read_body(req: Request) -> Result<Option<axum::body::Bytes>, Problem> {
     let too_large = || Problem {
         close_connection: true,
         ..Problem::new(
@@ -171,12 +172,19 @@ async fn read_json(req: Request) -> Result<Option<Value>, Problem> {
         return Err(too_large());
     }
     let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES).await.map_err(|_| too_large())?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+    Ok((!bytes.iter().all(u8::is_ascii_whitespace)).then_some(bytes))
+}
+
+/// `bytes` as JSON; malformed is 400 naming the line and column (never the text).
+fn parse_json(bytes: &[u8]) -> Result<Value, Problem> {
+    serde_json::from_slice(bytes).map_err(|e| {
         Problem::malformed(format!("the body is not valid JSON (line {}, column {})", e.line(), e.column()))
     })
+}
+
+/// Reads a JSON body of at most [`MAX_BODY_BYTES`]; `None` when it is empty.
+async fn read_json(req: Request) -> Result<Option<Value>, Problem> {
+    read_body(req).await?.map(|bytes| parse_json(&bytes)).transpose()
 }
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
@@ -187,14 +195,33 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
-/// [`JsonBody`] where an empty body is allowed.
-pub struct OptionalJsonBody(pub Option<Value>);
+/// A token lookup's body (`POST /v1/connections/{id}/token`, `POST /v1/token`), read like
+/// [`JsonBody`] (oversized 413, malformed 400) but parsed straight into a [`LookupRequest`]
+/// when it is one: the hot path builds no `Value` on the way. A body that is JSON but not a
+/// lookup is kept as its `Value`, for [`lookup_request`] to say what is wrong (and to read
+/// what `Value` reads: a member given twice keeps its last value).
+pub(crate) enum LookupBody {
+    /// No body, or only whitespace.
+    Empty,
+    /// A lookup, parsed.
+    Parsed(LookupRequest),
+    /// JSON that does not parse as a lookup as it stands.
+    Other(Value),
+}
 
-impl<S: Send + Sync> FromRequest<S> for OptionalJsonBody {
+impl<S: Send + Sync> FromRequest<S> for LookupBody {
     type Rejection = Problem;
 
     async fn from_request(req: Request, _: &S) -> Result<Self, Problem> {
-        read_json(req).await.map(OptionalJsonBody)
+        let Some(bytes) = read_body(req).await? else {
+            return Ok(Self::Empty);
+        };
+        // An object only: serde would also read a JSON array as the members in order.
+        let object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        match serde_json::from_slice::<LookupRequest>(&bytes) {
+            Ok(parsed) if object => Ok(Self::Parsed(parsed)),
+            _ => parse_json(&bytes).map(Self::Other),
+        }
     }
 }
 
@@ -450,15 +477,13 @@ async fn token_lookup(
     p: Principal,
     axum::Extension(request): axum::Extension<RequestId>,
     Path(id): Path<String>,
-    OptionalJsonBody(body): OptionalJsonBody,
+    body: LookupBody,
 ) -> Result<Response, Problem> {
     if !p.is_runtime() {
         return Err(Problem::forbidden("token lookup needs the runtime role"));
     }
-    let mut req = lookup_request(
-        body.unwrap_or_else(|| json!({})),
-        "expected {connection_id?, min_valid_seconds?, action?, message?} with the right types",
-    )?;
+    let mut req =
+        lookup_request(body, "expected {connection_id?, min_valid_seconds?, action?, message?} with the right types")?;
     if req.connection_id.as_deref().is_some_and(|c| c != id) {
         return Err(Problem::validation(vec![FieldError::new("connection_id", "must match the path")]));
     }
@@ -466,12 +491,19 @@ async fn token_lookup(
     answer_lookup(&s, &p, &req, request).await
 }
 
-/// A token lookup's HTTP body as the Lambda payload it mirrors, `expected` saying its shape when
-/// it does not parse (serde's own message could quote a value of the body: never sent back).
-/// `org` and `token` are refused: they come from the bearer token.
-fn lookup_request(body: Value, expected: &'static str) -> Result<LookupRequest, Problem> {
-    let req: LookupRequest =
-        serde_json::from_value(body).map_err(|_| Problem::validation(vec![FieldError::new("", expected)]))?;
+/// A token lookup's HTTP body as the Lambda payload it mirrors (an empty body is `{}`),
+/// `expected` saying its shape when it does not parse (serde's own message could quote a value
+/// of the body: never sent back). `org` and `token` are refused: they come from the bearer
+/// token.
+fn lookup_request(body: LookupBody, expected: &'static str) -> Result<LookupRequest, Problem> {
+    let req = match body {
+        LookupBody::Empty => LookupRequest::default(),
+        LookupBody::Parsed(req) => req,
+        LookupBody::Other(value) => Some(value)
+            .filter(Value::is_object)
+            .and_then(|value| serde_json::from_value(value).ok())
+            .ok_or_else(|| Problem::validation(vec![FieldError::new("", expected)]))?,
+    };
     if req.org.is_some() {
         return Err(Problem::validation(vec![FieldError::new("org", "comes from the bearer token, not the body")]));
     }
@@ -530,5 +562,49 @@ mod tests {
         assert_eq!(gateway_origin(&parts_from(None)), None);
         let outside = axum::http::Request::new(()).into_parts().0;
         assert_eq!(gateway_origin(&outside), None, "no request context: not behind API Gateway");
+    }
+
+    /// A token lookup's body through its extractor and [`lookup_request`], as the handler
+    /// takes it.
+    async fn lookup_body(body: &str) -> Result<LookupRequest, Problem> {
+        let req = axum::http::Request::post("/").body(axum::body::Body::from(body.to_owned())).unwrap();
+        lookup_request(LookupBody::from_request(req, &()).await?, "expected a lookup")
+    }
+
+    /// The body parsed straight into a lookup reads what the `Value` it replaced read, and
+    /// everything else is refused as before: a member twice keeps its last value, the wrong
+    /// shape is 422 without quoting the body (an array too, which serde alone would read as the
+    /// members in order), bad JSON 400, an oversized body 413.
+    #[tokio::test]
+    async fn a_lookup_body_reads_as_its_json_value_did() {
+        for empty in ["", "  \n"] {
+            let req = lookup_body(empty).await.unwrap();
+            assert!(req.connection_id.is_none() && req.min_valid_seconds.is_none() && req.action.is_none());
+        }
+        let req = lookup_body(r#"{"min_valid_seconds": 60, "connection_id": "con_1", "action": null}"#).await.unwrap();
+        assert_eq!((req.min_valid_seconds, req.connection_id.as_deref(), req.action), (Some(60), Some("con_1"), None));
+        let twice = lookup_body(r#"{"min_valid_seconds": 1, "min_valid_seconds": 2}"#).await.unwrap();
+        assert_eq!(twice.min_valid_seconds, Some(2), "the last of a member given twice, as a JSON Value keeps it");
+
+        for (body, field) in [
+            (r#"{"org": "umbrella"}"#, "org"),
+            (r#"{"token": "eyJ-not-here"}"#, "token"),
+            (r#"{"min_valid_seconds": "sk_live_secret"}"#, ""),
+            (r#"{"min_valid_seconds": -1}"#, ""),
+            (r#"{"apiKey": "sk_live_secret"}"#, ""),
+            (r#"["sk_live_secret"]"#, ""),
+            (r#"[null, "con_1"]"#, ""),
+            (r#""con_1""#, ""),
+        ] {
+            let problem = lookup_body(body).await.unwrap_err();
+            assert_eq!(problem.status, 422, "{body}");
+            let text = serde_json::to_string(&problem).unwrap();
+            assert!(text.contains(&format!(r#""field":"{field}""#)), "{body}: {text}");
+            assert!(!text.contains("sk_live_secret") && !text.contains("eyJ"), "never quotes the body: {text}");
+        }
+        let malformed = lookup_body(r#"{"min_valid_seconds": 60"#).await.unwrap_err();
+        assert_eq!((malformed.status, malformed.kind), (400, types::MALFORMED), "{}", malformed.detail);
+        let oversized = lookup_body(&format!(r#"{{"message": "{}"}}"#, "x".repeat(MAX_BODY_BYTES))).await.unwrap_err();
+        assert_eq!(oversized.status, 413);
     }
 }

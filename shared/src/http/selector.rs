@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::response::Response;
 
 use super::problem::Problem;
-use super::{JsonBody, RouterState};
+use super::{LookupBody, RouterState};
 use crate::domain::Principal;
 
 /// The lookup's answer (as `POST /v1/connections/{id}/token`'s) of the connection the selector
@@ -22,8 +22,11 @@ pub(super) async fn selector_lookup(
     State(s): State<RouterState>,
     p: Principal,
     axum::Extension(request): axum::Extension<super::RequestId>,
-    JsonBody(body): JsonBody,
+    body: LookupBody,
 ) -> Result<Response, Problem> {
+    if matches!(body, LookupBody::Empty) {
+        return Err(Problem::malformed("a JSON body is required"));
+    }
     if !p.is_runtime() {
         return Err(Problem::forbidden("token lookup needs the runtime role"));
     }

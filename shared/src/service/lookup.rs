@@ -289,9 +289,6 @@ impl Service {
             // connection): it signs assertions for any token, so it stays inside Latchkey.
             secret.remove(crate::domain::validate::PRIVATE_KEY_INPUT);
         }
-        let mut plain = c.values.clone();
-        plain.extend(c.captured.clone());
-        plain.extend(captured);
         let mut status = c.status;
         if c.status == Status::Configured {
             let mut used = c.clone();
@@ -310,6 +307,10 @@ impl Service {
             }
         }
         audit_read(&c, origin);
+        // The connection is not used past here: its values move into the answer, uncopied.
+        let mut plain = std::mem::take(&mut c.values);
+        plain.extend(std::mem::take(&mut c.captured));
+        plain.extend(captured);
         Ok(LookupResponse {
             connection_id: c.id,
             definition: c.definition,

@@ -561,6 +561,10 @@ fn check_url_template(template: &str) -> Result<(), UrlTemplateError> {
 /// # Errors
 /// Each bad field, named `verify.*`.
 pub fn verify_from_json(v: &Value, known: impl Fn(&str) -> bool) -> Result<Verify, Vec<FieldError>> {
+    // An object only: serde would also read a JSON array as the members in order.
+    if !v.is_object() {
+        return Err(vec![FieldError::new("verify", "must be an object {method, url, ...}")]);
+    }
     let verify: Verify =
         serde_json::from_value(v.clone()).map_err(|e| vec![FieldError::new("verify", e.to_string())])?;
     let errors = verify.check(known);

@@ -111,6 +111,13 @@ fn access_token_is_a_name_only_where_known_allows_it() {
 }
 
 #[test]
+fn a_verify_block_is_an_object_not_its_members_in_order() {
+    let errs = verify(json!(["GET", "https://api.acme.com/me"])).unwrap_err();
+    assert_eq!(fields(&errs), ["verify"]);
+    assert!(verify(json!({"method": "GET", "url": "https://api.acme.com/me"})).is_ok());
+}
+
+#[test]
 fn values_are_percent_encoded_in_the_url_and_cannot_add_parameters_or_segments() {
     let v = verify(json!({"method": "GET", "url": "https://api.acme.com/a/{{account}}?key={{apiKey}}&x=1"})).unwrap();
     let r = v.render(values(&[("account", "../admin?x=1#f"), ("apiKey", "k&admin=true =+%")])).unwrap();
