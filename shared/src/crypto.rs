@@ -163,32 +163,23 @@ fn open_with(cipher: &Aes256Gcm, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<
         .map_err(|_| CryptoError::Decrypt)
 }
 
-/// What opening a record under a cached data key takes besides the record: the key's AES-GCM
-/// cipher (its key schedule done once, not on every open) and the associated data of the
-/// context the key was unwrapped under ([`EncryptionContext::aad`], serialised once). Shared by
-/// reference count, so a hit copies no key material; the cipher's round keys are wiped when the
-/// last reference goes (the `aes` crate's `Drop`).
-struct Opener {
-    cipher: Aes256Gcm,
-    aad: Vec<u8>,
-}
-
-impl Opener {
-    fn new(key: &PlainKey, ctx: &EncryptionContext) -> Arc<Self> {
-        Arc::new(Self { cipher: key.cipher(), aad: ctx.aad() })
-    }
-
-    fn open(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        open_with(&self.cipher, sealed, &self.aad)
-    }
-}
-
-/// An unwrapped data key, as its [`Opener`], the context it was unwrapped under, and when.
+/// An unwrapped data key, as its AES-GCM cipher (the key schedule done once, not on every
+/// open; shared by reference count, so a hit copies no key material), the context it was
+/// unwrapped under, and when. The cipher's round keys are wiped when the last reference goes
+/// (`aes` with its `zeroize` feature, checked below).
 struct CachedKey {
-    opener: Arc<Opener>,
+    cipher: Arc<Aes256Gcm>,
     ctx: EncryptionContext,
     at: Instant,
 }
+
+// Compiles only while the AES key schedule is wiped on drop (the `zeroize` feature of `aes`,
+// asked for in the workspace's `Cargo.toml`): the data-key cache keeps ciphers, not
+// `PlainKey`s, and they must be wiped as a `PlainKey` is.
+const _: () = {
+    const fn wiped<T: zeroize::ZeroizeOnDrop>() {}
+    wiped::<aes_gcm::aes::Aes256>();
+};
 
 /// A bounded, TTL'd cache of unwrapped data keys, by wrapped key (a wrapped key is unique to
 /// its data key). A hit must also match the context the key was unwrapped under: a lookup
@@ -202,16 +193,16 @@ struct KeyCache {
 }
 
 impl KeyCache {
-    fn get(&mut self, wrapped: &[u8], ctx: &EncryptionContext) -> Option<Arc<Opener>> {
+    fn get(&mut self, wrapped: &[u8], ctx: &EncryptionContext) -> Option<Arc<Aes256Gcm>> {
         let entry = self.entries.get(wrapped)?;
         if entry.at.elapsed() >= self.ttl {
             self.entries.remove(wrapped);
             return None;
         }
-        (entry.ctx == *ctx).then(|| entry.opener.clone())
+        (entry.ctx == *ctx).then(|| entry.cipher.clone())
     }
 
-    fn put(&mut self, wrapped: &[u8], ctx: &EncryptionContext, opener: Arc<Opener>) {
+    fn put(&mut self, wrapped: &[u8], ctx: &EncryptionContext, cipher: Arc<Aes256Gcm>) {
         if self.capacity == 0 {
             return;
         }
@@ -225,7 +216,7 @@ impl KeyCache {
         {
             self.entries.remove(&oldest);
         }
-        self.entries.insert(wrapped.to_vec(), CachedKey { opener, ctx: ctx.clone(), at: Instant::now() });
+        self.entries.insert(wrapped.to_vec(), CachedKey { cipher, ctx: ctx.clone(), at: Instant::now() });
     }
 }
 
@@ -255,25 +246,27 @@ impl Envelope {
     /// Seals `plaintext` under a new data key bound to `ctx`.
     pub async fn seal(&self, ctx: &EncryptionContext, plaintext: &[u8]) -> Result<Sealed, CryptoError> {
         let dk = self.keys.generate_data_key(ctx).await?;
-        let opener = Opener::new(&dk.plaintext, ctx);
-        let ciphertext = seal_with(&opener.cipher, plaintext, &opener.aad);
-        self.cache().put(&dk.wrapped, ctx, opener);
+        let cipher = Arc::new(dk.plaintext.cipher());
+        let ciphertext = seal_with(&cipher, plaintext, &ctx.aad());
+        self.cache().put(&dk.wrapped, ctx, cipher);
         Ok(Sealed { key_id: dk.key_id, wrapped_key: dk.wrapped, ciphertext })
     }
 
     /// Opens a sealed record; fails if it was sealed for another context or tampered with.
     pub async fn open(&self, ctx: &EncryptionContext, sealed: &Sealed) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let cached = self.cache().get(&sealed.wrapped_key, ctx);
-        let opener = match cached {
-            Some(opener) => opener,
+        let cipher = match cached {
+            Some(cipher) => cipher,
             None => {
                 let key = self.keys.decrypt_data_key(&sealed.key_id, &sealed.wrapped_key, ctx).await?;
-                let opener = Opener::new(&key, ctx);
-                self.cache().put(&sealed.wrapped_key, ctx, opener.clone());
-                opener
+                let cipher = Arc::new(key.cipher());
+                self.cache().put(&sealed.wrapped_key, ctx, cipher.clone());
+                cipher
             }
         };
-        opener.open(&sealed.ciphertext)
+        // The caller's context as the associated data, not the cached one: a hit has matched
+        // the context already, and the tag checks it again (the module's "twice over").
+        open_with(&cipher, &sealed.ciphertext, &ctx.aad())
     }
 
     pub async fn seal_str(&self, ctx: &EncryptionContext, plaintext: &SecretString) -> Result<Sealed, CryptoError> {

@@ -167,14 +167,14 @@ pub async fn handle_lookup_invocation(
 ) -> Result<Value, Diagnostic> {
     // serde's message could quote a value of the payload: keep it out of the error. An object
     // only: serde would also read a JSON array as the members in order.
-    let object = if payload.is_object() { Ok(payload) } else { Err(()) };
-    let req: LookupRequest = object.and_then(|p| serde_json::from_value(p).map_err(drop)).map_err(|()| {
-        invalid(
-            "expected {org, connection_id, min_valid_seconds?, token?} or \
+    let req: LookupRequest =
+        Some(payload).filter(Value::is_object).and_then(|p| serde_json::from_value(p).ok()).ok_or_else(|| {
+            invalid(
+                "expected {org, connection_id, min_valid_seconds?, token?} or \
              {action: report_error, org, connection_id, message, token?}, where \
              {definition, customer, instance_id?, user?} may stand for connection_id",
-        )
-    })?;
+            )
+        })?;
     let (org, customer, principal) = match verifier {
         None => {
             let org = req.org.as_deref().ok_or_else(|| invalid("org is required"))?;

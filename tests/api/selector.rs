@@ -375,7 +375,8 @@ async fn the_rust_client_looks_up_and_reports_by_selector() {
 
 /// A lookup's body is a JSON object, over both routes: an array, which serde alone would read
 /// as the members in order (`org`, `connection_id`, `definition`, `customer`...), is refused
-/// without being read; a member given twice keeps its last value; `POST /v1/token` needs a body.
+/// (it looked the connection up before); a member given twice keeps its last value; an empty
+/// body is `{}` by id, and refused by `POST /v1/token`.
 #[tokio::test]
 async fn a_lookup_body_is_an_object_and_reads_as_json_does() {
     let (app, _) = spawn().await;

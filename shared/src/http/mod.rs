@@ -5,6 +5,7 @@ pub mod auth;
 pub mod connect;
 mod connect_sessions;
 pub mod idempotency;
+mod lookup;
 pub mod problem;
 mod providers;
 mod selector;
@@ -30,7 +31,7 @@ pub use self::trace::REQUEST_ID_HEADER;
 pub(crate) use self::trace::RequestId;
 use self::trace::trace_request;
 use crate::domain::{FieldError, Principal};
-use crate::service::{CallbackOutcome, ConnectionView, ListQuery, LookupRequest, Service};
+use crate::service::{CallbackOutcome, ConnectionView, ListQuery, Service};
 
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -74,7 +75,7 @@ pub fn router_for(surface: Surface, state: RouterState) -> Router {
             .route("/v1/connections", get(list_connections).post(create_connection))
             .route("/v1/connections/{id}", get(get_connection).patch(update_connection).delete(delete_connection))
             .route("/v1/connections/{id}/logs", get(connection_logs))
-            .route("/v1/connections/{id}/token", post(token_lookup))
+            .route("/v1/connections/{id}/token", post(lookup::token_lookup))
             .route("/v1/token", post(selector::selector_lookup))
             .route("/v1/connections/{id}/authorize", post(authorize))
             .route("/v1/connections/{id}/refresh", post(force_refresh))
@@ -150,10 +151,6 @@ fn gateway_origin(parts: &Parts) -> Option<String> {
     (domain.len() <= 253 && domain.split('.').all(label)).then(|| format!("https://{}", domain.to_ascii_lowercase()))
 }
 
-/// A JSON body of at most [`MAX_BODY_BYTES`], parsed into a `Value` so that the service can
-/// name every bad field. Oversized is 413, malformed is 400, both as problem+json.
-pub struct JsonBody(pub Value);
-
 /// Reads a body of at most [`MAX_BODY_BYTES`], unparsed; `None` when it is empty or only
 /// whitespace. Oversized is 413 (problem+json, the connection closed).
 async fn read_body(req: Request) -> Result<Option<axum::body::Bytes>, Problem> {
@@ -187,41 +184,15 @@ async fn read_json(req: Request) -> Result<Option<Value>, Problem> {
     read_body(req).await?.map(|bytes| parse_json(&bytes)).transpose()
 }
 
+/// A JSON body of at most [`MAX_BODY_BYTES`], parsed into a `Value` so that the service can
+/// name every bad field. Oversized is 413, malformed is 400, both as problem+json.
+pub struct JsonBody(pub Value);
+
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = Problem;
 
     async fn from_request(req: Request, _: &S) -> Result<Self, Problem> {
         read_json(req).await?.map(JsonBody).ok_or_else(|| Problem::malformed("a JSON body is required"))
-    }
-}
-
-/// A token lookup's body (`POST /v1/connections/{id}/token`, `POST /v1/token`), read like
-/// [`JsonBody`] (oversized 413, malformed 400) but parsed straight into a [`LookupRequest`]
-/// when it is one: the hot path builds no `Value` on the way. A body that is JSON but not a
-/// lookup is kept as its `Value`, for [`lookup_request`] to say what is wrong (and to read
-/// what `Value` reads: a member given twice keeps its last value).
-pub(crate) enum LookupBody {
-    /// No body, or only whitespace.
-    Empty,
-    /// A lookup, parsed.
-    Parsed(LookupRequest),
-    /// JSON that does not parse as a lookup as it stands.
-    Other(Value),
-}
-
-impl<S: Send + Sync> FromRequest<S> for LookupBody {
-    type Rejection = Problem;
-
-    async fn from_request(req: Request, _: &S) -> Result<Self, Problem> {
-        let Some(bytes) = read_body(req).await? else {
-            return Ok(Self::Empty);
-        };
-        // An object only: serde would also read a JSON array as the members in order.
-        let object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-        match serde_json::from_slice::<LookupRequest>(&bytes) {
-            Ok(parsed) if object => Ok(Self::Parsed(parsed)),
-            _ => parse_json(&bytes).map(Self::Other),
-        }
     }
 }
 
@@ -470,72 +441,6 @@ async fn oauth_callback(
     res
 }
 
-/// Token lookup over HTTP, for principals with the `runtime` role. The body is the Lambda
-/// payload without `org` (the token says which organization); it may be empty.
-async fn token_lookup(
-    State(s): State<RouterState>,
-    p: Principal,
-    axum::Extension(request): axum::Extension<RequestId>,
-    Path(id): Path<String>,
-    body: LookupBody,
-) -> Result<Response, Problem> {
-    if !p.is_runtime() {
-        return Err(Problem::forbidden("token lookup needs the runtime role"));
-    }
-    let mut req =
-        lookup_request(body, "expected {connection_id?, min_valid_seconds?, action?, message?} with the right types")?;
-    if req.connection_id.as_deref().is_some_and(|c| c != id) {
-        return Err(Problem::validation(vec![FieldError::new("connection_id", "must match the path")]));
-    }
-    req.connection_id = Some(id);
-    answer_lookup(&s, &p, &req, request).await
-}
-
-/// A token lookup's HTTP body as the Lambda payload it mirrors (an empty body is `{}`),
-/// `expected` saying its shape when it does not parse (serde's own message could quote a value
-/// of the body: never sent back). `org` and `token` are refused: they come from the bearer
-/// token.
-fn lookup_request(body: LookupBody, expected: &'static str) -> Result<LookupRequest, Problem> {
-    let req = match body {
-        LookupBody::Empty => LookupRequest::default(),
-        LookupBody::Parsed(req) => req,
-        LookupBody::Other(value) => Some(value)
-            .filter(Value::is_object)
-            .and_then(|value| serde_json::from_value(value).ok())
-            .ok_or_else(|| Problem::validation(vec![FieldError::new("", expected)]))?,
-    };
-    if req.org.is_some() {
-        return Err(Problem::validation(vec![FieldError::new("org", "comes from the bearer token, not the body")]));
-    }
-    if req.token.is_some() {
-        return Err(Problem::validation(vec![FieldError::new(
-            "token",
-            "goes in the Authorization header, not the body",
-        )]));
-    }
-    Ok(req)
-}
-
-/// Runs a parsed token lookup's `action`: the lookup (default) or `report_error`. A lookup's
-/// audit line names `request` and the principal's kind.
-async fn answer_lookup(
-    s: &RouterState,
-    p: &Principal,
-    req: &LookupRequest,
-    request: RequestId,
-) -> Result<Response, Problem> {
-    match req.action.as_deref() {
-        None | Some("lookup") => {
-            let origin = crate::service::ReadOrigin::http(crate::service::PrincipalKind::of(p), request.0);
-            Ok(axum::Json(s.service.lookup(&p.org, p.customer.as_ref(), req, &origin).await?).into_response())
-        }
-        Some("report_error") => {
-            Ok(axum::Json(s.service.report_error(&p.org, p.customer.as_ref(), req).await?).into_response())
-        }
-        Some(_) => Err(Problem::validation(vec![FieldError::new("action", "must be lookup or report_error")])),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -562,49 +467,5 @@ mod tests {
         assert_eq!(gateway_origin(&parts_from(None)), None);
         let outside = axum::http::Request::new(()).into_parts().0;
         assert_eq!(gateway_origin(&outside), None, "no request context: not behind API Gateway");
-    }
-
-    /// A token lookup's body through its extractor and [`lookup_request`], as the handler
-    /// takes it.
-    async fn lookup_body(body: &str) -> Result<LookupRequest, Problem> {
-        let req = axum::http::Request::post("/").body(axum::body::Body::from(body.to_owned())).unwrap();
-        lookup_request(LookupBody::from_request(req, &()).await?, "expected a lookup")
-    }
-
-    /// The body parsed straight into a lookup reads what the `Value` it replaced read, and
-    /// everything else is refused as before: a member twice keeps its last value, the wrong
-    /// shape is 422 without quoting the body (an array too, which serde alone would read as the
-    /// members in order), bad JSON 400, an oversized body 413.
-    #[tokio::test]
-    async fn a_lookup_body_reads_as_its_json_value_did() {
-        for empty in ["", "  \n"] {
-            let req = lookup_body(empty).await.unwrap();
-            assert!(req.connection_id.is_none() && req.min_valid_seconds.is_none() && req.action.is_none());
-        }
-        let req = lookup_body(r#"{"min_valid_seconds": 60, "connection_id": "con_1", "action": null}"#).await.unwrap();
-        assert_eq!((req.min_valid_seconds, req.connection_id.as_deref(), req.action), (Some(60), Some("con_1"), None));
-        let twice = lookup_body(r#"{"min_valid_seconds": 1, "min_valid_seconds": 2}"#).await.unwrap();
-        assert_eq!(twice.min_valid_seconds, Some(2), "the last of a member given twice, as a JSON Value keeps it");
-
-        for (body, field) in [
-            (r#"{"org": "umbrella"}"#, "org"),
-            (r#"{"token": "eyJ-not-here"}"#, "token"),
-            (r#"{"min_valid_seconds": "sk_live_secret"}"#, ""),
-            (r#"{"min_valid_seconds": -1}"#, ""),
-            (r#"{"apiKey": "sk_live_secret"}"#, ""),
-            (r#"["sk_live_secret"]"#, ""),
-            (r#"[null, "con_1"]"#, ""),
-            (r#""con_1""#, ""),
-        ] {
-            let problem = lookup_body(body).await.unwrap_err();
-            assert_eq!(problem.status, 422, "{body}");
-            let text = serde_json::to_string(&problem).unwrap();
-            assert!(text.contains(&format!(r#""field":"{field}""#)), "{body}: {text}");
-            assert!(!text.contains("sk_live_secret") && !text.contains("eyJ"), "never quotes the body: {text}");
-        }
-        let malformed = lookup_body(r#"{"min_valid_seconds": 60"#).await.unwrap_err();
-        assert_eq!((malformed.status, malformed.kind), (400, types::MALFORMED), "{}", malformed.detail);
-        let oversized = lookup_body(&format!(r#"{{"message": "{}"}}"#, "x".repeat(MAX_BODY_BYTES))).await.unwrap_err();
-        assert_eq!(oversized.status, 413);
     }
 }

@@ -6,8 +6,9 @@
 use axum::extract::State;
 use axum::response::Response;
 
+use super::RouterState;
+use super::lookup::LookupBody;
 use super::problem::Problem;
-use super::{LookupBody, RouterState};
 use crate::domain::Principal;
 
 /// The lookup's answer (as `POST /v1/connections/{id}/token`'s) of the connection the selector
@@ -30,10 +31,10 @@ pub(super) async fn selector_lookup(
     if !p.is_runtime() {
         return Err(Problem::forbidden("token lookup needs the runtime role"));
     }
-    let req = super::lookup_request(
+    let req = super::lookup::lookup_request(
         body,
         "expected {definition, customer?, instance_id?, user?, min_valid_seconds?, action?, message?} \
          or {connection_id, ...} with the right types",
     )?;
-    super::answer_lookup(&s, &p, &req, request).await
+    super::lookup::answer_lookup(&s, &p, &req, request).await
 }

@@ -565,6 +565,9 @@ pub fn verify_from_json(v: &Value, known: impl Fn(&str) -> bool) -> Result<Verif
     if !v.is_object() {
         return Err(vec![FieldError::new("verify", "must be an object {method, url, ...}")]);
     }
+    if v.get("basic").is_some_and(|b| !b.is_object() && !b.is_null()) {
+        return Err(vec![FieldError::new("verify.basic", "must be an object {username, password}")]);
+    }
     let verify: Verify =
         serde_json::from_value(v.clone()).map_err(|e| vec![FieldError::new("verify", e.to_string())])?;
     let errors = verify.check(known);

@@ -114,6 +114,9 @@ fn access_token_is_a_name_only_where_known_allows_it() {
 fn a_verify_block_is_an_object_not_its_members_in_order() {
     let errs = verify(json!(["GET", "https://api.acme.com/me"])).unwrap_err();
     assert_eq!(fields(&errs), ["verify"]);
+    let errs =
+        verify(json!({"method": "GET", "url": "https://api.acme.com/me", "basic": ["{{apiKey}}", ""]})).unwrap_err();
+    assert_eq!(fields(&errs), ["verify.basic"]);
     assert!(verify(json!({"method": "GET", "url": "https://api.acme.com/me"})).is_ok());
 }
 
