@@ -165,16 +165,14 @@ pub async fn handle_lookup_invocation(
     payload: Value,
     request_id: &str,
 ) -> Result<Value, Diagnostic> {
-    // serde's message could quote a value of the payload: keep it out of the error. An object
-    // only: serde would also read a JSON array as the members in order.
-    let req: LookupRequest =
-        Some(payload).filter(Value::is_object).and_then(|p| serde_json::from_value(p).ok()).ok_or_else(|| {
-            invalid(
-                "expected {org, connection_id, min_valid_seconds?, token?} or \
+    // serde's message could quote a value of the payload: keep it out of the error.
+    let req = LookupRequest::from_json(payload).ok_or_else(|| {
+        invalid(
+            "expected {org, connection_id, min_valid_seconds?, token?} or \
              {action: report_error, org, connection_id, message, token?}, where \
              {definition, customer, instance_id?, user?} may stand for connection_id",
-            )
-        })?;
+        )
+    })?;
     let (org, customer, principal) = match verifier {
         None => {
             let org = req.org.as_deref().ok_or_else(|| invalid("org is required"))?;

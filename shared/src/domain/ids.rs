@@ -25,8 +25,7 @@ macro_rules! string_id {
         impl $name {
             /// Parses and validates the identifier.
             pub fn parse(s: &str) -> Result<Self, IdError> {
-                let check: fn(&str) -> bool = $check;
-                if check(s) { Ok(Self(s.to_owned())) } else { Err(IdError($msg)) }
+                Self::parse_owned(s.to_owned())
             }
 
             /// [`Self::parse`] of a string already owned, kept as it is (no copy).

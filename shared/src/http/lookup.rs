@@ -71,10 +71,9 @@ pub(super) fn lookup_request(body: LookupBody, expected: &'static str) -> Result
     let req = match body {
         LookupBody::Empty => LookupRequest::default(),
         LookupBody::Parsed(req) => req,
-        LookupBody::Other(value) => Some(value)
-            .filter(Value::is_object)
-            .and_then(|value| serde_json::from_value(value).ok())
-            .ok_or_else(|| Problem::validation(vec![FieldError::new("", expected)]))?,
+        LookupBody::Other(value) => {
+            LookupRequest::from_json(value).ok_or_else(|| Problem::validation(vec![FieldError::new("", expected)]))?
+        }
     };
     if req.org.is_some() {
         return Err(Problem::validation(vec![FieldError::new("org", "comes from the bearer token, not the body")]));

@@ -52,6 +52,16 @@ pub struct LookupRequest {
     pub token: Option<SecretString>,
 }
 
+impl LookupRequest {
+    /// The lookup a JSON payload or body holds, when it is one: a JSON object of these members
+    /// (unknown members refused). `None` otherwise, an array included, which serde alone would
+    /// read as the members in order. The caller says what was expected; serde's message could
+    /// quote a value of the payload (the token).
+    pub fn from_json(value: serde_json::Value) -> Option<Self> {
+        Some(value).filter(serde_json::Value::is_object).and_then(|v| serde_json::from_value(v).ok())
+    }
+}
+
 /// The decrypted values: serialized in clear for the caller, redacted in `Debug`.
 pub struct Fields {
     plain: BTreeMap<String, serde_json::Value>,
