@@ -58,6 +58,9 @@ assert data[:4] == b"\x7fELF" and int.from_bytes(data[18:20], "little") == 183, 
 # docs/function-sizes.md says how.
 assert len(data) < 10_000_000, f"{path}: {len(data):,} bytes, not under 10 MB (docs/function-sizes.md)"
 assert b"SQLite format 3" not in data, f"{path}: links SQLite (latchkey's `embedded` feature is on)"
+# ...and with the refusal of LATCHKEY_BACKEND=embedded that such a build has instead (config/wiring.rs;
+# its text survives LTO only when the branch that returns it is linked).
+assert b"embedded is not in this build" in data, f"{path}: lacks the refusal of LATCHKEY_BACKEND=embedded"
 buf = io.BytesIO()
 with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
     z.write(path, "bootstrap")

@@ -50,8 +50,10 @@ test_flags=(--workspace --locked --features latchkey-client/lambda)
 step "cargo test (the client's lambda feature too)"
 cargo test "${test_flags[@]}"
 
-step "the library as the Lambda functions build it (no embedded feature): it refuses LATCHKEY_BACKEND=embedded"
-cargo test --locked -p latchkey --no-default-features --lib config::wiring
+# The library as the Lambda functions build it (no `embedded` feature) is not tested here: that
+# build recompiled the library and 36 dependencies (130 to 160 s). tests/infra.sh checks the arm64
+# function binaries instead: no SQLite in them, and the refusal of LATCHKEY_BACKEND=embedded
+# linked in; `cargo test -p latchkey --no-default-features --lib config::wiring` runs it.
 
 # The test binaries: tests/api (black-box, a module per suite), tests/adapters, and a few more;
 # the suites below are selected by module path within tests/api: `api FILTER...`.

@@ -153,7 +153,9 @@ impl Components {
 
 // What a Lambda function does when told to use the embedded backend it was built without. Run
 // with `cargo test -p latchkey --no-default-features --lib config::wiring` (a workspace build
-// always has the feature, through the CLI).
+// always has the feature, through the CLI). The test command does not run it (that build
+// recompiles the library and much of its dependencies): tests/infra.sh checks instead that each
+// arm64 function binary holds this refusal's text and no SQLite.
 #[cfg(all(test, not(feature = "embedded")))]
 mod tests {
     use super::*;
