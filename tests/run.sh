@@ -51,9 +51,10 @@ step "cargo test (the client's lambda feature too)"
 cargo test "${test_flags[@]}"
 
 # The library as the Lambda functions build it (no `embedded` feature) is not tested here: that
-# build recompiled the library and 36 dependencies (130 to 160 s). tests/infra.sh checks the arm64
-# function binaries instead: no SQLite in them, and the refusal of LATCHKEY_BACKEND=embedded
-# linked in; `cargo test -p latchkey --no-default-features --lib config::wiring` runs it.
+# build recompiled the library and 36 dependencies (130 to 160 s). `cargo test` above checks the
+# refusal of LATCHKEY_BACKEND=embedded such a build answers (config::wiring), and tests/infra.sh
+# that every arm64 function binary links it and no SQLite; `cargo test -p latchkey
+# --no-default-features --lib config::wiring` runs the library's answer itself.
 
 # The test binaries: tests/api (black-box, a module per suite), tests/adapters, and a few more;
 # the suites below are selected by module path within tests/api: `api FILTER...`.

@@ -47,12 +47,7 @@ impl Components {
             #[cfg(feature = "embedded")]
             BackendKind::Embedded => Self::embedded(&settings.data_dir, options),
             #[cfg(not(feature = "embedded"))]
-            BackendKind::Embedded => Err(ConfigError::Invalid {
-                name: "LATCHKEY_BACKEND",
-                why: "embedded is not in this build (built without latchkey's `embedded` feature, as \
-                      the Lambda functions are): use aws"
-                    .into(),
-            }),
+            BackendKind::Embedded => Err(embedded_not_built()),
             BackendKind::Aws => {
                 let table = settings.require_table()?;
                 let key = settings.require_kms_key_id()?;
@@ -151,11 +146,45 @@ impl Components {
     }
 }
 
-// What a Lambda function does when told to use the embedded backend it was built without. Run
-// with `cargo test -p latchkey --no-default-features --lib config::wiring` (a workspace build
-// always has the feature, through the CLI). The test command does not run it (that build
-// recompiles the library and much of its dependencies): tests/infra.sh checks instead that each
-// arm64 function binary holds this refusal's text and no SQLite.
+/// What [`Components::build`] answers for `LATCHKEY_BACKEND=embedded` in a build without the
+/// `embedded` feature (the Lambda functions): [`ConfigError::Invalid`] naming `LATCHKEY_BACKEND`,
+/// with [`EMBEDDED_NOT_BUILT`] as the reason. Compiled in every build, so that the workspace's
+/// tests check the error that only the functions return.
+#[cfg_attr(feature = "embedded", allow(dead_code))]
+fn embedded_not_built() -> ConfigError {
+    ConfigError::Invalid { name: "LATCHKEY_BACKEND", why: EMBEDDED_NOT_BUILT.into() }
+}
+
+/// The reason of [`embedded_not_built`]. tests/infra.sh looks for this text in each arm64
+/// function binary: it survives LTO only where the branch returning it is linked.
+#[cfg_attr(feature = "embedded", allow(dead_code))]
+const EMBEDDED_NOT_BUILT: &str = concat!(
+    "embedded is not in this build (built without latchkey's `embedded` feature, ",
+    "as the Lambda functions are): use aws",
+);
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_names_the_setting_and_says_what_to_use() {
+        let refused = embedded_not_built();
+        assert!(matches!(refused, ConfigError::Invalid { name: "LATCHKEY_BACKEND", .. }), "{refused}");
+        assert_eq!(
+            refused.to_string(),
+            "LATCHKEY_BACKEND is invalid: embedded is not in this build (built without latchkey's \
+             `embedded` feature, as the Lambda functions are): use aws"
+        );
+    }
+}
+
+// What a Lambda function does when told to use the embedded backend it was built without: that
+// `Components::build` answers `embedded_not_built`. Run with
+// `cargo test -p latchkey --no-default-features --lib config::wiring` (a workspace build always
+// has the feature, through the CLI). The test command does not run it (that build recompiles the
+// library and 36 of its dependencies, 130 to 160 s): tests/infra.sh checks instead that each
+// arm64 function binary holds `EMBEDDED_NOT_BUILT` whole and no SQLite.
 #[cfg(all(test, not(feature = "embedded")))]
 mod tests {
     use super::*;
@@ -166,12 +195,7 @@ mod tests {
         let Err(refused) = Components::build(&settings).await else {
             panic!("a build without the embedded feature wired the embedded backend");
         };
-        assert!(matches!(refused, ConfigError::Invalid { name: "LATCHKEY_BACKEND", .. }), "{refused}");
-        assert_eq!(
-            refused.to_string(),
-            "LATCHKEY_BACKEND is invalid: embedded is not in this build (built without latchkey's \
-             `embedded` feature, as the Lambda functions are): use aws"
-        );
+        assert_eq!(refused.to_string(), embedded_not_built().to_string());
     }
 }
 
