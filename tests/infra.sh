@@ -59,11 +59,11 @@ assert data[:4] == b"\x7fELF" and int.from_bytes(data[18:20], "little") == 183, 
 assert len(data) < 10_000_000, f"{path}: {len(data):,} bytes, not under 10 MB (docs/function-sizes.md)"
 assert b"SQLite format 3" not in data, f"{path}: links SQLite (latchkey's `embedded` feature is on)"
 # ...and with the refusal of LATCHKEY_BACKEND=embedded that such a build has instead: the text of
-# EMBEDDED_NOT_BUILT (shared/src/config/wiring.rs; cargo test checks the error it makes), which
+# embedded_not_built's reason (shared/src/config/wiring.rs; cargo test checks that error), which
 # survives LTO only where the branch returning it is linked.
 refusal = (b"embedded is not in this build (built without latchkey's `embedded` feature, as the Lambda "
            b"functions are): use aws")
-assert refusal in data, f"{path}: lacks the refusal of LATCHKEY_BACKEND=embedded (EMBEDDED_NOT_BUILT)"
+assert refusal in data, f"{path}: lacks the refusal of LATCHKEY_BACKEND=embedded (embedded_not_built)"
 buf = io.BytesIO()
 with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
     z.write(path, "bootstrap")

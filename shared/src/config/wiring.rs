@@ -147,21 +147,18 @@ impl Components {
 }
 
 /// What [`Components::build`] answers for `LATCHKEY_BACKEND=embedded` in a build without the
-/// `embedded` feature (the Lambda functions): [`ConfigError::Invalid`] naming `LATCHKEY_BACKEND`,
-/// with [`EMBEDDED_NOT_BUILT`] as the reason. Compiled in every build, so that the workspace's
-/// tests check the error that only the functions return.
+/// `embedded` feature (the Lambda functions): [`ConfigError::Invalid`] naming `LATCHKEY_BACKEND`.
+/// Compiled in every build, so that the workspace's tests check the error that only the
+/// functions return. tests/infra.sh looks for its reason's text in each arm64 function binary:
+/// the text survives LTO only where the branch returning it is linked.
 #[cfg_attr(feature = "embedded", allow(dead_code))]
 fn embedded_not_built() -> ConfigError {
-    ConfigError::Invalid { name: "LATCHKEY_BACKEND", why: EMBEDDED_NOT_BUILT.into() }
+    let why = concat!(
+        "embedded is not in this build (built without latchkey's `embedded` feature, ",
+        "as the Lambda functions are): use aws",
+    );
+    ConfigError::Invalid { name: "LATCHKEY_BACKEND", why: why.into() }
 }
-
-/// The reason of [`embedded_not_built`]. tests/infra.sh looks for this text in each arm64
-/// function binary: it survives LTO only where the branch returning it is linked.
-#[cfg_attr(feature = "embedded", allow(dead_code))]
-const EMBEDDED_NOT_BUILT: &str = concat!(
-    "embedded is not in this build (built without latchkey's `embedded` feature, ",
-    "as the Lambda functions are): use aws",
-);
 
 #[cfg(test)]
 mod refusal_tests {
@@ -184,7 +181,7 @@ mod refusal_tests {
 // `cargo test -p latchkey --no-default-features --lib config::wiring` (a workspace build always
 // has the feature, through the CLI). The test command does not run it (that build recompiles the
 // library and 36 of its dependencies, 130 to 160 s): tests/infra.sh checks instead that each
-// arm64 function binary holds `EMBEDDED_NOT_BUILT` whole and no SQLite.
+// arm64 function binary holds `embedded_not_built`'s text whole and no SQLite.
 #[cfg(all(test, not(feature = "embedded")))]
 mod tests {
     use super::*;
