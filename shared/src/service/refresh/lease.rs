@@ -84,6 +84,7 @@ impl Service {
             // Obtained by anyone since the caller looked: that result is the caller's too.
             let newer = c.oauth.as_ref().is_some_and(|t| seen.is_none_or(|s| t.obtained_at > s));
             if newer || !needed(&c, now) {
+                tracing::debug!(connection_id = %id, newer, "no refresh needed any more");
                 return Ok(Refreshed::Already(c));
             }
             if let Some(lease) = c.refresh.lease.as_ref().filter(|l| l.until > now && l.owner != owner) {

@@ -172,6 +172,7 @@ impl Service {
         let usable = c.oauth.as_ref().is_some_and(|t| t.has_refresh_token) || without_user;
         let now = self.clock.now();
         if !usable || !needs_token(&c, now, min_valid) {
+            tracing::debug!(connection_id = %c.id, usable, "no refresh for a lookup: nothing renews it, or just issued");
             return Ok(c);
         }
         let valid = |c: &Connection, now: OffsetDateTime| {
@@ -181,6 +182,7 @@ impl Service {
         // After a transient failure, lookups wait for the backoff like the sweep does: an outage
         // must not turn every lookup into a provider call.
         if backing_off(&c, now) {
+            tracing::debug!(connection_id = %c.id, "lookup during a refresh backoff: no provider call");
             return if valid(&c, now) { Ok(c) } else { Err(unavailable()) };
         }
         let needed = move |c: &Connection, now: OffsetDateTime| needs_token(c, now, min_valid) && !backing_off(c, now);
@@ -198,6 +200,7 @@ impl Service {
             // Any other failure: the old token while it is valid.
             Err(e) => {
                 if valid(&c, self.clock.now()) {
+                    tracing::warn!(connection_id = %c.id, error = %e, "a lookup's refresh failed; the current token is still valid and handed out");
                     Ok(c)
                 } else {
                     Err(e)
