@@ -53,7 +53,17 @@ uv_bin() {
 export UV_NATIVE_TLS="${UV_NATIVE_TLS:-1}" UV_PYTHON_DOWNLOADS=never
 [ -n "${PIP_INDEX_URL:-}" ] && export UV_DEFAULT_INDEX="${UV_DEFAULT_INDEX:-$PIP_INDEX_URL}"
 [ -n "${PIP_EXTRA_INDEX_URL:-}" ] && export UV_INDEX="${UV_INDEX:-$PIP_EXTRA_INDEX_URL}"
-[ -n "${PIP_FIND_LINKS:-}" ] && export UV_FIND_LINKS="${UV_FIND_LINKS:-$PIP_FIND_LINKS}"
+# pip skips a local wheels folder that is not there; uv stops on it, so only those present go.
+if [ -n "${PIP_FIND_LINKS:-}" ] && [ -z "${UV_FIND_LINKS:-}" ]; then
+    for link in $PIP_FIND_LINKS; do
+        case "$link" in
+            http://* | https://* | file://*) ;;
+            *) [ -e "$link" ] || continue ;;
+        esac
+        UV_FIND_LINKS="${UV_FIND_LINKS:+$UV_FIND_LINKS,}$link"
+    done
+    [ -n "${UV_FIND_LINKS:-}" ] && export UV_FIND_LINKS
+fi
 [ -n "${PIP_DEFAULT_TIMEOUT:-}" ] && export UV_HTTP_TIMEOUT="${UV_HTTP_TIMEOUT:-$PIP_DEFAULT_TIMEOUT}"
 
 # `venv DIR REQUIREMENTS` creates the virtual environment DIR unless it is there and installs the
