@@ -101,7 +101,8 @@ impl DeviceWake {
         due.insert(second);
     }
 
-    /// A device authorization started with its first poll due at `second`.
+    /// A device authorization started with its first poll due at `second`, or the sweep polled
+    /// one with its next poll due then: kept, and the poller woken to look again.
     fn started(&self, second: i64) {
         self.note(second);
         self.notify.notify_one();
@@ -434,9 +435,18 @@ impl Service {
         Ok(DevicePollPass { polled, next_in })
     }
 
-    /// Resolves when this process starts a device authorization (at once when one started
-    /// since the last call while nobody waited): `latchkey serve`'s device poller then looks
-    /// again, and its pass learns when the new code's first poll is due.
+    /// The sweep polled `c`'s device authorization (the code may be one another process
+    /// started, which this process's device poller does not know): the poller learns when its
+    /// next poll is due, instead of finding it at its next tick, up to that tick late.
+    pub(crate) fn device_polled_by_sweep(&self, c: &Connection) {
+        if let Some(d) = &c.device {
+            self.device_wake.started(due_second(d.next_poll_at));
+        }
+    }
+
+    /// Resolves when this process starts a device authorization or its sweep polls one (at
+    /// once when that happened since the last call while nobody waited): `latchkey serve`'s
+    /// device poller then looks again, and its pass learns when the code's next poll is due.
     pub async fn device_started(&self) {
         self.device_wake.notify.notified().await;
     }

@@ -110,6 +110,24 @@ async fn a_started_authorization_wakes_the_poller_and_says_when_its_first_poll_i
     assert!(again <= next_in && again + Duration::from_secs(1) > next_in, "{again:?} after {next_in:?}");
 }
 
+#[tokio::test]
+async fn a_code_the_sweep_polled_wakes_the_poller_with_its_next_poll() {
+    // Due (2 s ago), and as far as the poller knows started by another process: only the sweep
+    // meets it. Its token endpoint refuses connections, so the poll backs off to 4 s.
+    let (service, c, _dir) = pending_device(time::Duration::seconds(-2)).await;
+    assert!(futures_util::FutureExt::now_or_never(service.device_started()).is_none(), "no wake yet");
+    let summary = service.refresh_sweep(deadline()).await.unwrap();
+    assert_eq!(summary.device_polls, 1, "{summary:?}");
+    let after = service.store.get_connection(&c.org, &c.id).await.unwrap().unwrap();
+    assert_eq!(after.device.as_ref().map(|d| d.interval_secs), Some(4), "backed off");
+    assert!(futures_util::FutureExt::now_or_never(service.device_started()).is_some(), "the sweep woke the poller");
+    // The poller's next pass knows the next poll (filed under the whole second at or after it).
+    let pass = service.poll_due_devices(deadline()).await.unwrap();
+    assert_eq!(pass.polled, 0, "not before its interval");
+    let next_in = pass.next_in.expect("the next poll of the code the sweep polled");
+    assert!(next_in > Duration::from_secs(3) && next_in <= Duration::from_secs(5), "{next_in:?}");
+}
+
 #[test]
 fn the_wake_keeps_the_earliest_seconds_up_to_its_capacity_and_forgets_the_past() {
     let wake = DeviceWake::default();

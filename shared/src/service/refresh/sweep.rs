@@ -204,7 +204,12 @@ impl Service {
         };
         // Its device authorization's poll, if that came due (see `service::oauth::device`).
         let (c, polled) = match self.poll_device_if_due(c).await {
-            Ok(polled) => polled,
+            Ok((c, polled)) => {
+                if polled {
+                    self.device_polled_by_sweep(&c);
+                }
+                (c, polled)
+            }
             Err(ServiceError::NotFound) => return Swept::Skipped,
             Err(e) => {
                 tracing::warn!(org = %org, connection_id = %id, error = %e, "polling a device authorization failed");
