@@ -23,22 +23,19 @@ make_venv() {
 }
 
 # `uv_bin` prints the path of uv (pinned in tests/uv-requirements.txt, installed into .venv-uv/
-# with pip the first time), or nothing where it cannot be installed: then pip installs.
-# The venv is built aside and moved into place, so two scripts starting at once never run a
-# half-installed uv.
+# with pip the first time), or nothing where it cannot be installed: then pip installs (and
+# LATCHKEY_NO_UV, set by `venv`, keeps later calls from trying again). Called by `venv` under
+# its lock.
 uv_bin() {
-    local home=.venv-uv
-    local want
+    [ -z "${LATCHKEY_NO_UV:-}" ] || return 0
+    local home=.venv-uv want
     want=$(sed -n 's/^uv==//p' tests/uv-requirements.txt)
     # `uv --version` prints "uv 0.13.9 (...)".
     if [ "$("$home/bin/uv" --version 2>/dev/null | cut -d' ' -f2)" != "$want" ]; then
-        local aside="$home.$$"
-        rm -rf "$aside"
-        make_venv "$aside"
-        if "$aside/bin/pip" install -q --disable-pip-version-check -r tests/uv-requirements.txt >&2; then
-            rm -rf "$home" && mv -T "$aside" "$home" 2>/dev/null || rm -rf "$aside"
-        else
-            rm -rf "$aside"
+        rm -rf "$home"
+        make_venv "$home"
+        if ! "$home/bin/pip" install -q --disable-pip-version-check -r tests/uv-requirements.txt >&2; then
+            rm -rf "$home"
             echo "tests/venv.sh: uv could not be installed; pip installs instead (slower)" >&2
             return 0
         fi
@@ -46,36 +43,66 @@ uv_bin() {
     echo "$PWD/$home/bin/uv"
 }
 
-# uv does not read pip's configuration: the index, extra index, local wheels and timeout that
-# pip's environment variables name are handed to it, and it trusts the system's certificates
-# (where a proxy's own CA would be installed), as pip does with PIP_CERT.
-# Nor does it ever download a Python build (from GitHub, which these machines cannot reach).
-export UV_NATIVE_TLS="${UV_NATIVE_TLS:-1}" UV_PYTHON_DOWNLOADS=never
+# uv does not read pip's configuration: the index, extra indexes (searched together, as pip
+# does), local wheels, certificate bundle and timeout that pip's environment variables name are
+# handed to it, and it also trusts the system's certificates (where a proxy's own CA would be
+# installed). Nor does it ever download a Python build (from GitHub, which these machines cannot
+# reach).
+export UV_SYSTEM_CERTS="${UV_SYSTEM_CERTS:-1}" UV_PYTHON_DOWNLOADS=never
 [ -n "${PIP_INDEX_URL:-}" ] && export UV_DEFAULT_INDEX="${UV_DEFAULT_INDEX:-$PIP_INDEX_URL}"
-[ -n "${PIP_EXTRA_INDEX_URL:-}" ] && export UV_INDEX="${UV_INDEX:-$PIP_EXTRA_INDEX_URL}"
+if [ -n "${PIP_EXTRA_INDEX_URL:-}" ]; then
+    export UV_INDEX="${UV_INDEX:-$PIP_EXTRA_INDEX_URL}" UV_INDEX_STRATEGY="${UV_INDEX_STRATEGY:-unsafe-best-match}"
+fi
+[ -n "${PIP_CERT:-}" ] && export SSL_CERT_FILE="${SSL_CERT_FILE:-$PIP_CERT}"
+# uv takes whole seconds.
+[ -n "${PIP_DEFAULT_TIMEOUT:-}" ] && export UV_HTTP_TIMEOUT="${UV_HTTP_TIMEOUT:-${PIP_DEFAULT_TIMEOUT%%.*}}"
 # pip skips a local wheels folder that is not there; uv stops on it, so only those present go.
-if [ -n "${PIP_FIND_LINKS:-}" ] && [ -z "${UV_FIND_LINKS:-}" ]; then
-    for link in $PIP_FIND_LINKS; do
+uv_find_links() {
+    local link links=() kept=""
+    read -r -a links <<< "$PIP_FIND_LINKS"
+    for link in "${links[@]}"; do
         case "$link" in
-            http://* | https://* | file://*) ;;
+            http://* | https://*) ;;
+            file://*) [ -e "${link#file://}" ] || continue ;;
             *) [ -e "$link" ] || continue ;;
         esac
-        UV_FIND_LINKS="${UV_FIND_LINKS:+$UV_FIND_LINKS,}$link"
+        kept="${kept:+$kept,}$link"
     done
-    [ -n "${UV_FIND_LINKS:-}" ] && export UV_FIND_LINKS
+    echo "$kept"
+}
+if [ -n "${PIP_FIND_LINKS:-}" ] && [ -z "${UV_FIND_LINKS:-}" ]; then
+    UV_FIND_LINKS=$(uv_find_links)
+    if [ -n "$UV_FIND_LINKS" ]; then export UV_FIND_LINKS; else unset UV_FIND_LINKS; fi
 fi
-[ -n "${PIP_DEFAULT_TIMEOUT:-}" ] && export UV_HTTP_TIMEOUT="${UV_HTTP_TIMEOUT:-$PIP_DEFAULT_TIMEOUT}"
 
 # `venv DIR REQUIREMENTS` creates the virtual environment DIR unless it is there and installs the
-# pinned REQUIREMENTS into it, both with uv (with python3 -m venv and pip where uv is missing). Bytecode is compiled at install,
-# as pip does: these machines set PYTHONDONTWRITEBYTECODE, so a module compiled on import is
-# compiled again on every start (checkov's start took 11 s instead of 5.5). uv compiles on
-# every core; that, more than its downloads, is where pip's time went.
+# pinned REQUIREMENTS into it, both with uv (with python3 -m venv and pip where uv is missing).
+# Bytecode is compiled at install, as pip does: these machines set PYTHONDONTWRITEBYTECODE, so a
+# module compiled on import is compiled again on every start (checkov's start took 11 s instead
+# of 5.5). uv compiles on every core; that, more than its downloads, is where pip's time went.
+# One `venv` at a time (a lock on .venv.lock, where flock exists): two scripts or test binaries
+# starting together neither install uv twice nor make one environment twice.
 venv() {
+    local rc=0
+    if command -v flock > /dev/null; then
+        (flock 9 && venv_locked "$@") 9> .venv.lock || rc=$?
+    else
+        venv_locked "$@" || rc=$?
+    fi
+    # A uv that could not be installed is not tried again for the next environment.
+    [ -x .venv-uv/bin/uv ] || export LATCHKEY_NO_UV=1
+    return "$rc"
+}
+
+# What `venv` does under its lock. Each step's failure is returned explicitly: `set -e` does not
+# apply inside a command whose status is tested.
+venv_locked() {
     local dir=$1 requirements=$2 uv
     uv=$(uv_bin)
     if [ -z "$uv" ]; then
-        make_venv "$dir"
+        # An environment uv made has no pip: made again by python3 -m venv.
+        [ -x "$dir/bin/pip" ] || rm -rf "$dir"
+        make_venv "$dir" || return
         "$dir/bin/pip" install -q --disable-pip-version-check -r "$requirements"
         return
     fi
@@ -84,7 +111,7 @@ venv() {
         # about seven. Without pip (nothing unpinned is fetched): to add a package by hand,
         # `.venv-uv/bin/uv pip install --python DIR/bin/python PACKAGE`.
         rm -rf "$dir"
-        "$uv" venv -q --python "$(command -v python3)" "$dir"
+        "$uv" venv -q --python "$(command -v python3)" "$dir" || return
     fi
     "$uv" pip install -q --compile-bytecode --python "$dir/bin/python" -r "$requirements"
 }
