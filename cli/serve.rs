@@ -77,8 +77,8 @@ fn spawn_sweeper(sweeper: Arc<Service>, every: std::time::Duration) {
 }
 
 /// The longest `latchkey serve` waits between looks for device authorizations due for a poll
-/// between its sweeps (RFC 8628's default interval): what finds codes it has not polled yet
-/// and did not start itself.
+/// between its sweeps (RFC 8628's default interval): what finds codes that neither it nor the
+/// sweep polled yet and that it did not start itself.
 const DEVICE_POLL_TICK: std::time::Duration = std::time::Duration::from_secs(5);
 /// The least it waits between two looks, however soon the next poll is due.
 const DEVICE_POLL_MIN_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
@@ -86,7 +86,7 @@ const DEVICE_POLL_MIN_WAIT: std::time::Duration = std::time::Duration::from_mill
 /// Polls due device authorizations between sweeps when the sweep runs less often than every
 /// [`DEVICE_POLL_TICK`] (the sweep polls them too): after each look it sleeps until the
 /// earliest next poll the look knows of (at most [`DEVICE_POLL_TICK`]), and wakes when a device
-/// authorization starts ([`Service::device_started`]). So each code is polled once its interval
+/// authorization starts or the sweep polls one ([`Service::device_started`]). So each code is polled once its interval
 /// has passed (the due index rounds up to the whole second), never sooner: the service checks.
 fn spawn_device_poller(service: Arc<Service>, sweep_every: std::time::Duration) {
     if sweep_every <= DEVICE_POLL_TICK {

@@ -56,7 +56,8 @@ pub struct Service {
     webhook_sender: webhooks::WebhookSender,
     /// Poked when an event enqueued webhook deliveries ([`ServiceOptions::webhook_outbox`]).
     webhook_wake: Arc<tokio::sync::Notify>,
-    /// When the device authorizations this process started come due ([`Service::device_started`]).
+    /// When the device authorizations this process started or its sweep polled come due
+    /// ([`Service::device_started`]).
     device_wake: oauth::DeviceWake,
     /// Refreshes at once, adapted to the store's throttling (`refresh::limit`); kept for the
     /// container's life, at most `options.refresh.concurrency`.

@@ -56,16 +56,17 @@ pub struct DevicePollPass {
     /// How many device authorizations it polled (or ended, once lapsed).
     pub polled: usize,
     /// How long until the earliest next poll this process knows of, as the due index files it
-    /// (the whole second at or after it): of the codes it polled, in this pass or an earlier
-    /// one, and of those it started ([`Service::device_started`]). `Some(ZERO)` when the pass
-    /// stopped at its deadline with due entries left; `None` when it knows of none (codes
-    /// another process started are found by the caller's next look).
+    /// (the whole second at or after it): of the codes it or the sweep polled, in this pass or
+    /// earlier, and of those it started ([`Service::device_started`]). `Some(ZERO)` when the
+    /// pass stopped at its deadline with due entries left; `None` when it knows of none (codes
+    /// another process started and nobody here polled yet are found by the caller's next look).
     pub next_in: Option<Duration>,
 }
 
 /// The due seconds of the next polls this process knows of: the first polls of the device
-/// authorizations it started, and the next polls of those it polled. What wakes `latchkey
-/// serve`'s device poller when a code starts ([`Service::device_started`]) and tells it when to
+/// authorizations it started, and the next polls of those it or its sweep polled. What wakes
+/// `latchkey serve`'s device poller when a code starts or the sweep polls one
+/// ([`Service::device_started`]) and tells it when to
 /// look next ([`DevicePollPass::next_in`]), so that no code waits for the poller's next tick.
 /// A time whose code was meanwhile polled elsewhere, approved or disconnected costs one look
 /// that finds nothing. At most [`DeviceWake::CAPACITY`] times are kept (the latest give way);
@@ -382,9 +383,9 @@ impl Service {
     /// claimed as in the sweep). Starts nothing after `deadline`.
     ///
     /// It answers when the earliest next poll this process knows of comes due
-    /// ([`DevicePollPass::next_in`]): those of the codes it polled, and the first polls of the
-    /// codes it started. A caller that sleeps that long (and
-    /// wakes on [`Service::device_started`]) polls each code once its interval has passed, up
+    /// ([`DevicePollPass::next_in`]): those of the codes it or the sweep polled, and the first
+    /// polls of the codes it started. A caller that sleeps that long (and wakes on
+    /// [`Service::device_started`]) polls each code once its interval has passed, up
     /// to the index's rounding to the whole second later, not at the next tick of a fixed
     /// timer, which polled a 5 s code every 10 s.
     ///

@@ -172,7 +172,7 @@ impl Service {
         let usable = c.oauth.as_ref().is_some_and(|t| t.has_refresh_token) || without_user;
         let now = self.clock.now();
         if !usable || !needs_token(&c, now, min_valid) {
-            tracing::debug!(connection_id = %c.id, usable, "no refresh for a lookup: nothing renews it, or just issued");
+            tracing::debug!(connection_id = %c.id, usable, "no refresh for a lookup: nothing renews the token, or it needs none (valid long enough, or just issued)");
             return Ok(c);
         }
         let valid = |c: &Connection, now: OffsetDateTime| {
