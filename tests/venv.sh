@@ -44,8 +44,8 @@ uv_bin() {
 }
 
 # uv does not read pip's configuration: the index, extra indexes (searched together, as pip
-# does), local wheels, certificate bundle and timeout that pip's environment variables name are
-# handed to it, and it also trusts the system's certificates (where a proxy's own CA would be
+# does), local wheels, certificate bundle (in `venv_locked`) and timeout that pip's environment
+# variables name are handed to it, and it also trusts the system's certificates (where a proxy's own CA would be
 # installed). Nor does it ever download a Python build (from GitHub, which these machines cannot
 # reach).
 export UV_SYSTEM_CERTS="${UV_SYSTEM_CERTS:-1}" UV_PYTHON_DOWNLOADS=never
@@ -53,9 +53,11 @@ export UV_SYSTEM_CERTS="${UV_SYSTEM_CERTS:-1}" UV_PYTHON_DOWNLOADS=never
 if [ -n "${PIP_EXTRA_INDEX_URL:-}" ]; then
     export UV_INDEX="${UV_INDEX:-$PIP_EXTRA_INDEX_URL}" UV_INDEX_STRATEGY="${UV_INDEX_STRATEGY:-unsafe-best-match}"
 fi
-[ -n "${PIP_CERT:-}" ] && export SSL_CERT_FILE="${SSL_CERT_FILE:-$PIP_CERT}"
 # uv takes whole seconds.
-[ -n "${PIP_DEFAULT_TIMEOUT:-}" ] && export UV_HTTP_TIMEOUT="${UV_HTTP_TIMEOUT:-${PIP_DEFAULT_TIMEOUT%%.*}}"
+pip_timeout=${PIP_DEFAULT_TIMEOUT:-}
+pip_timeout=${pip_timeout%%.*}
+[ -n "$pip_timeout" ] && export UV_HTTP_TIMEOUT="${UV_HTTP_TIMEOUT:-$pip_timeout}"
+unset pip_timeout
 # pip skips a local wheels folder that is not there; uv stops on it, so only those present go.
 uv_find_links() {
     local link links=() kept=""
@@ -87,7 +89,7 @@ venv() {
     if command -v flock > /dev/null; then
         (flock 9 && venv_locked "$@") 9> .venv.lock || rc=$?
     else
-        venv_locked "$@" || rc=$?
+        (venv_locked "$@") || rc=$?
     fi
     # A uv that could not be installed is not tried again for the next environment.
     [ -x .venv-uv/bin/uv ] || export LATCHKEY_NO_UV=1
@@ -98,6 +100,9 @@ venv() {
 # apply inside a command whose status is tested.
 venv_locked() {
     local dir=$1 requirements=$2 uv
+    # pip's certificate bundle, for uv only (this subshell's): exported to the scripts that
+    # source this file, it would replace the bundle of everything they run.
+    [ -n "${PIP_CERT:-}" ] && [ -z "${SSL_CERT_FILE:-}" ] && export SSL_CERT_FILE="$PIP_CERT"
     uv=$(uv_bin)
     if [ -z "$uv" ]; then
         # An environment uv made has no pip: made again by python3 -m venv.
