@@ -86,8 +86,9 @@ const DEVICE_POLL_MIN_WAIT: std::time::Duration = std::time::Duration::from_mill
 /// Polls due device authorizations between sweeps when the sweep runs less often than every
 /// [`DEVICE_POLL_TICK`] (the sweep polls them too): after each look it sleeps until the
 /// earliest next poll the look knows of (at most [`DEVICE_POLL_TICK`]), and wakes when a device
-/// authorization starts or the sweep polls one ([`Service::device_started`]). So each code is polled once its interval
-/// has passed (the due index rounds up to the whole second), never sooner: the service checks.
+/// authorization starts or the sweep polls one ([`Service::device_started`]). So each code is
+/// polled once its interval has passed (the due index rounds up to the whole second), never
+/// sooner: the service checks.
 fn spawn_device_poller(service: Arc<Service>, sweep_every: std::time::Duration) {
     if sweep_every <= DEVICE_POLL_TICK {
         return;

@@ -45,9 +45,9 @@ uv_bin() {
 
 # uv does not read pip's configuration: the index, extra indexes (searched together, as pip
 # does), local wheels, certificate bundle (in `venv_locked`) and timeout that pip's environment
-# variables name are handed to it, and it also trusts the system's certificates (where a proxy's own CA would be
-# installed). Nor does it ever download a Python build (from GitHub, which these machines cannot
-# reach).
+# variables name are handed to it, and it also trusts the system's certificates (where a
+# proxy's own CA would be installed). Nor does it ever download a Python build (from GitHub,
+# which these machines cannot reach).
 export UV_SYSTEM_CERTS="${UV_SYSTEM_CERTS:-1}" UV_PYTHON_DOWNLOADS=never
 [ -n "${PIP_INDEX_URL:-}" ] && export UV_DEFAULT_INDEX="${UV_DEFAULT_INDEX:-$PIP_INDEX_URL}"
 if [ -n "${PIP_EXTRA_INDEX_URL:-}" ]; then

@@ -66,8 +66,8 @@ pub struct DevicePollPass {
 /// The due seconds of the next polls this process knows of: the first polls of the device
 /// authorizations it started, and the next polls of those it or its sweep polled. What wakes
 /// `latchkey serve`'s device poller when a code starts or the sweep polls one
-/// ([`Service::device_started`]) and tells it when to
-/// look next ([`DevicePollPass::next_in`]), so that no code waits for the poller's next tick.
+/// ([`Service::device_started`]) and tells it when to look next ([`DevicePollPass::next_in`]),
+/// so that no code waits for the poller's next tick.
 /// A time whose code was meanwhile polled elsewhere, approved or disconnected costs one look
 /// that finds nothing. At most [`DeviceWake::CAPACITY`] times are kept (the latest give way);
 /// the poller's tick finds what is not kept.
@@ -385,9 +385,9 @@ impl Service {
     /// It answers when the earliest next poll this process knows of comes due
     /// ([`DevicePollPass::next_in`]): those of the codes it or the sweep polled, and the first
     /// polls of the codes it started. A caller that sleeps that long (and wakes on
-    /// [`Service::device_started`]) polls each code once its interval has passed, up
-    /// to the index's rounding to the whole second later, not at the next tick of a fixed
-    /// timer, which polled a 5 s code every 10 s.
+    /// [`Service::device_started`]) polls each code once its interval has passed, up to the
+    /// index's rounding to the whole second later, not at the next tick of a fixed timer, which
+    /// polled a 5 s code every 10 s.
     ///
     /// # Errors
     /// The store's, when the due index cannot be read; a failed poll is logged and skipped.

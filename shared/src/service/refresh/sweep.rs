@@ -204,18 +204,16 @@ impl Service {
         };
         // Its device authorization's poll, if that came due (see `service::oauth::device`).
         let (c, polled) = match self.poll_device_if_due(c).await {
-            Ok((c, polled)) => {
-                if polled {
-                    self.device_polled_by_sweep(&c);
-                }
-                (c, polled)
-            }
+            Ok(polled) => polled,
             Err(ServiceError::NotFound) => return Swept::Skipped,
             Err(e) => {
                 tracing::warn!(org = %org, connection_id = %id, error = %e, "polling a device authorization failed");
                 return Swept::failure(&e);
             }
         };
+        if polled {
+            self.device_polled_by_sweep(&c);
+        }
         // Due for a refresh, or its refresh token has lapsed (which the refresh turns red
         // without calling the provider).
         let needed = |c: &Connection, now: OffsetDateTime| {
