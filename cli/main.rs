@@ -171,6 +171,11 @@ async fn bootstrap(settings: &Settings) -> Result<(), Box<dyn std::error::Error>
     match schema::bootstrap(&client, table).await.map_err(|e| format!("bootstrap of table {table} failed: {e}"))? {
         Bootstrap::Created => commands::line(format_args!("table {table} created")),
         Bootstrap::AlreadyExisted => commands::line(format_args!("table {table} already exists")),
+        Bootstrap::IndexesAdded(added) => commands::line(format_args!(
+            "table {table} already exists; added its index {} (the indexes they replace can be deleted: \
+             infra/README.md, Index migration)",
+            added.join(", ")
+        )),
     }
 }
 

@@ -149,11 +149,111 @@ fn every_function_package_is_deployed_as_cargo_lambda_builds_it() {
     }
 }
 
+/// The template's conditions with its parameters at their defaults, except `parameters`:
+/// `Fn::Equals`, `Fn::Not`, `Fn::Or`, `Fn::And`, `Condition` and `Ref` of a parameter.
+fn conditions(t: &Value, parameters: &[(&str, &str)]) -> BTreeMap<String, bool> {
+    fn value(t: &Value, v: &Value, parameters: &[(&str, &str)]) -> Value {
+        match v.get("Ref").and_then(Value::as_str) {
+            Some(name) => match parameters.iter().find(|(p, _)| *p == name) {
+                Some((_, set)) => json!(set),
+                None => t["Parameters"][name]["Default"].clone(),
+            },
+            None => v.clone(),
+        }
+    }
+    fn eval(t: &Value, c: &Value, parameters: &[(&str, &str)]) -> bool {
+        let (function, args) = c.as_object().and_then(|o| o.iter().next()).expect("a condition function");
+        let all = || args.as_array().expect("a list of conditions").iter().map(|a| eval(t, a, parameters));
+        match function.as_str() {
+            "Fn::Equals" => value(t, &args[0], parameters) == value(t, &args[1], parameters),
+            "Fn::Not" => !eval(t, &args[0], parameters),
+            "Fn::Or" => all().collect::<Vec<_>>().into_iter().any(|b| b),
+            "Fn::And" => all().collect::<Vec<_>>().into_iter().all(|b| b),
+            "Condition" => eval(t, &t["Conditions"][args.as_str().expect("a name")], parameters),
+            other => panic!("condition function {other} is not evaluated here"),
+        }
+    }
+    let names = t["Conditions"].as_object().expect("Conditions");
+    names.iter().map(|(name, c)| (name.clone(), eval(t, c, parameters))).collect()
+}
+
+/// `v` with every `Fn::If` decided by `conditions`, and what `AWS::NoValue` removes removed.
+fn resolved(v: &Value, conditions: &BTreeMap<String, bool>) -> Option<Value> {
+    if let Some(args) = v.get("Fn::If") {
+        let chosen = if conditions[args[0].as_str().expect("a condition name")] { &args[1] } else { &args[2] };
+        return resolved(chosen, conditions);
+    }
+    if v == &json!({"Ref": "AWS::NoValue"}) {
+        return None;
+    }
+    Some(match v {
+        Value::Array(items) => Value::Array(items.iter().filter_map(|i| resolved(i, conditions)).collect()),
+        Value::Object(m) => {
+            Value::Object(m.iter().filter_map(|(k, v)| resolved(v, conditions).map(|v| (k.clone(), v))).collect())
+        }
+        other => other.clone(),
+    })
+}
+
+/// The table's indexes at `IndexMigrationStep` = `step`, by name.
+fn indexes_at(t: &Value, step: &str) -> BTreeMap<String, Value> {
+    let c = conditions(t, &[("IndexMigrationStep", step)]);
+    let indexes = resolved(&resources(t)["Table"]["Properties"]["GlobalSecondaryIndexes"], &c).unwrap();
+    indexes.as_array().unwrap().iter().map(|i| (i["IndexName"].as_str().unwrap().to_owned(), i.clone())).collect()
+}
+
+/// A stack made before the listing indexes projected keys only moves to them one index change per
+/// update, as CloudFormation requires (DynamoDB's UpdateTable creates or deletes one global
+/// secondary index a call), and never reads an index that is gone: 1 adds `by-customer-v2`, 2
+/// `by-definition-v2`, 3 drops `by-customer`, `done` drops `by-definition`. The old indexes stay
+/// exactly as they were meanwhile (a changed projection would be a replacement).
+#[test]
+fn the_index_migration_changes_one_index_per_stack_update() {
+    let t = template();
+    assert_eq!(t["Parameters"]["IndexMigrationStep"]["Default"], "done");
+    let old = |name: &str, k: &str| {
+        json!({"IndexName": name, "Projection": {"ProjectionType": "ALL"}, "KeySchema": [
+            {"AttributeName": format!("{k}pk"), "KeyType": "HASH"},
+            {"AttributeName": format!("{k}sk"), "KeyType": "RANGE"}]})
+    };
+    let mut before = indexes_at(&t, "done");
+    before.retain(|name, _| name == "refresh-due");
+    before.insert("by-customer".into(), old("by-customer", "gsi1"));
+    before.insert("by-definition".into(), old("by-definition", "gsi2"));
+    let mut changes = Vec::new();
+    for step in ["1", "2", "3", "done"] {
+        let now = indexes_at(&t, step);
+        let added: Vec<_> = now.keys().filter(|n| !before.contains_key(*n)).cloned().collect();
+        let dropped: Vec<_> = before.keys().filter(|n| !now.contains_key(*n)).cloned().collect();
+        for (name, index) in &now {
+            if let Some(was) = before.get(name) {
+                assert_eq!(index, was, "step {step}: {name} is unchanged");
+            }
+        }
+        assert_eq!(
+            added.len() + dropped.len(),
+            1,
+            "step {step}: one index change ({added:?} added, {dropped:?} dropped)"
+        );
+        changes.push(format!("{step}: +{added:?} -{dropped:?}"));
+        before = now;
+    }
+    assert_eq!(
+        changes,
+        [
+            "1: +[\"by-customer-v2\"] -[]",
+            "2: +[\"by-definition-v2\"] -[]",
+            "3: +[] -[\"by-customer\"]",
+            "done: +[] -[\"by-definition\"]",
+        ]
+    );
+}
+
 #[test]
 fn the_table_is_the_one_bootstrap_creates_with_production_settings() {
     let t = template();
     let table = &resources(&t)["Table"];
-    let p = &table["Properties"];
+    let p = &resolved(&table["Properties"], &conditions(&t, &[])).unwrap();
     let schema: Value = serde_json::from_str(TABLE).unwrap();
     for field in ["AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes", "BillingMode"] {
         assert_eq!(p[field], schema[field], "{field} differs from infra/dynamodb-table.json");
@@ -1017,6 +1117,15 @@ async fn each_function_is_granted_exactly_the_aws_actions_its_code_calls() {
     .await
     .unwrap();
     assert!(found["token"]["access_token"].is_string(), "{found}");
+    // A lookup by selector (SPEC section 10): a Query of the `by-customer` index, then the
+    // connections it found read from the table.
+    let selected = latchkey::lambda::handle_lookup(
+        &lookup.app.service,
+        json!({"org": ORG, "definition": "keyed", "customer": "c-1"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(selected["connection_id"], json!(keyed_id), "{selected}");
     let reported =
         json!({"action": "report_error", "org": ORG, "connection_id": keyed_id, "message": "401 from the API"});
     latchkey::lambda::handle_lookup(&lookup.app.service, reported).await.unwrap();

@@ -169,6 +169,12 @@ def run(port, verify_stored):
 
     ok, found = invoke(port, "token-lookup", "token-lookup/lookup.json", cid)
     check("token-lookup fields", (ok, found.get("fields", {}).get("apiKey")), (True, "sk_test_sample_value"))
+    # By selector: the customer's index, then the records it found (DynamoDB: Query, BatchGetItem).
+    ok, selected = invoke(port, "token-lookup", "token-lookup/lookup-by-selector.json")
+    check("token-lookup by selector", (ok, selected.get("connection_id")), (True, cid))
+    status, page = http(port, "connections-api", "connections-api/list-connections.json")
+    check("connections-api GET /v1/connections?customer=c-1",
+          (status, [c.get("id") for c in page.get("items", [])] if isinstance(page, dict) else page), (200, [cid]))
     ok, error = invoke(port, "token-lookup", "token-lookup/unknown-connection.json")
     check("token-lookup unknown connection", (ok, "ConnectionNotFound" in json.dumps(error)), (False, True))
     ok, summary = invoke(port, "token-refresh", "token-refresh/scheduled.json")

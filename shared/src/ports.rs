@@ -63,6 +63,18 @@ pub struct ConnectionFilter {
     pub tags: Vec<crate::domain::TagFilter>,
 }
 
+impl ConnectionFilter {
+    /// Whether `c` passes every condition of the filter. Stores whose index may lag a write
+    /// judge the record they read again with it.
+    pub fn matches(&self, c: &Connection) -> bool {
+        self.customer.as_ref().is_none_or(|x| c.customer.as_ref() == Some(x))
+            && self.definition.as_ref().is_none_or(|d| &c.definition == d)
+            && self.status.is_none_or(|s| c.status == s)
+            && self.user.as_ref().is_none_or(|u| c.user.as_ref() == Some(u))
+            && self.tags.iter().all(|t| t.matches(&c.tags))
+    }
+}
+
 /// One page of a listing, newest first; `next` is the cursor of the following page (a
 /// connection id for connections, a [`DeliveryCursor`] for webhook deliveries).
 #[derive(Debug)]
@@ -145,10 +157,12 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         cursor: Option<&ConnectionId>,
     ) -> Result<Page<Connection>, StoreError>;
-    /// The connections of `customer` for `definition`, every scope and status, oldest first: what
-    /// a lookup by selector chooses from ([`crate::domain::Selector`]). One index query on the
-    /// customer's connections, never a scan. The index may lag the latest writes by a moment
-    /// (DynamoDB's are eventually consistent): callers re-read the record they pick.
+    /// The connections of `customer` for `definition`, every scope and status, oldest first, as
+    /// they are now: what a lookup by selector chooses from ([`crate::domain::Selector`]). One
+    /// index query on the customer's connections, never a scan, then the records it found read
+    /// consistently (DynamoDB: one BatchGetItem), so a connection deleted or changed since its
+    /// index entry was written is never answered from the index. The index may lag a connection
+    /// created a moment ago: it may not be found yet.
     async fn find_for_selector(
         &self,
         org: &OrgId,

@@ -256,6 +256,9 @@ async fn aws_calls_per_operation() {
     record("GET connection", aws.calls.take());
     service.list_connections(&p, &Default::default()).await.unwrap();
     record("GET connections (one page)", aws.calls.take());
+    let of_customer = latchkey::service::ListQuery { customer: Some("c-1".into()), ..Default::default() };
+    service.list_connections(&p, &of_customer).await.unwrap();
+    let listed = record("GET connections?customer= (one page)", aws.calls.take());
     let req = LookupRequest { connection_id: Some(id.clone()), ..Default::default() };
     service.lookup(&org, None, &req, &origin()).await.unwrap();
     record("lookup, first use (configured -> active)", aws.calls.take());
@@ -279,8 +282,11 @@ async fn aws_calls_per_operation() {
 
     println!("| operation | AWS calls | which |\n|---|---|---|\n{}", table.join("\n"));
     assert_eq!(warm, ["DynamoDB.GetItem"], "a warm lookup is one read and no KMS call");
-    // A selector adds the index query that finds the connection, and nothing else.
-    assert_eq!(selected, ["DynamoDB.Query", "DynamoDB.GetItem"], "a warm selector lookup: one Query, one read");
+    // A selector: the index query that finds the customer's connections, then one batch read of
+    // them from the table (the index holds keys and listing attributes only), and nothing else.
+    assert_eq!(selected, ["DynamoDB.Query", "DynamoDB.BatchGetItem"], "a warm selector lookup: one Query, one read");
+    // The same for a listing of the customer's (then its definition read, for the views).
+    assert_eq!(listed, ["DynamoDB.Query", "DynamoDB.BatchGetItem", "DynamoDB.GetItem"], "a listing by index");
 }
 
 /// The audit origin of this file's service-level lookups (as a runtime token over HTTP).

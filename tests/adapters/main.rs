@@ -9,6 +9,7 @@ mod branch_keys;
 mod conformance_embedded;
 mod dependency_timeouts;
 mod due_shards;
+mod listing_indexes;
 mod moto_smoke;
 mod sweep_calls;
 mod sweep_starvation;

@@ -289,3 +289,40 @@ pub async fn receive_all(config: &SdkConfig, queue_url: &str, expect_at_least: u
         }
     }
 }
+
+/// A table as `latchkey bootstrap` made it before 2026-12-01: the listing indexes `by-customer`
+/// and `by-definition` projecting ALL (infra/README.md, Index migration), and `refresh-due`.
+pub async fn create_legacy_table(client: &aws_sdk_dynamodb::Client) -> String {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
+        ScalarAttributeType,
+    };
+    let key =
+        |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build().unwrap();
+    let index = |name: &str, keys: &str, projection: ProjectionType| {
+        GlobalSecondaryIndex::builder()
+            .index_name(name)
+            .key_schema(key(&format!("{keys}pk"), KeyType::Hash))
+            .key_schema(key(&format!("{keys}sk"), KeyType::Range))
+            .projection(Projection::builder().projection_type(projection).build())
+            .build()
+            .unwrap()
+    };
+    let table = unique("latchkey-legacy");
+    let mut req = client
+        .create_table()
+        .table_name(&table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .key_schema(key("pk", KeyType::Hash))
+        .key_schema(key("sk", KeyType::Range))
+        .global_secondary_indexes(index("by-customer", "gsi1", ProjectionType::All))
+        .global_secondary_indexes(index("by-definition", "gsi2", ProjectionType::All))
+        .global_secondary_indexes(index("refresh-due", "gsi3", ProjectionType::KeysOnly));
+    for name in ["pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", "gsi3pk", "gsi3sk"] {
+        req = req.attribute_definitions(
+            AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build().unwrap(),
+        );
+    }
+    req.send().await.expect("CreateTable");
+    table
+}

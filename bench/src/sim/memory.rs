@@ -128,15 +128,6 @@ impl MemoryStore {
     }
 }
 
-/// Whether a listing filter selects `c`.
-fn selects(f: &ConnectionFilter, c: &Connection) -> bool {
-    f.customer.as_ref().is_none_or(|x| c.customer.as_ref() == Some(x))
-        && f.definition.as_ref().is_none_or(|d| &c.definition == d)
-        && f.status.is_none_or(|s| c.status == s)
-        && f.user.as_ref().is_none_or(|u| c.user.as_ref() == Some(u))
-        && f.tags.iter().all(|t| t.matches(&c.tags))
-}
-
 #[async_trait]
 impl Store for MemoryStore {
     async fn get_definition(&self, org: &OrgId, key: &DefinitionKey) -> Result<Option<Definition>, StoreError> {
@@ -226,7 +217,7 @@ impl Store for MemoryStore {
             .into_iter()
             .flat_map(|m| m.values().rev())
             .filter(|c| cursor.is_none_or(|after| &c.id < after))
-            .filter(|c| selects(filter, c))
+            .filter(|c| filter.matches(c))
             .take(limit + 1)
             .cloned()
             .collect();

@@ -85,7 +85,7 @@ impl LookupRequest {
 
 impl Service {
     /// The connection a lookup or an error report is about: by `connection_id` (one store read),
-    /// or by selector (an index query, then a read of the connection chosen). `customer` is the
+    /// or by selector (an index query, then one read of the connections it found). `customer` is the
     /// caller's own when its token is bound to one: nothing else is found.
     pub(super) async fn lookup_target(
         &self,
@@ -114,20 +114,14 @@ impl Service {
         }
     }
 
-    /// Resolves `selector` among `org`'s connections: the best ranked candidate of the index
-    /// query that still exists when read again (the read is consistent, the index may lag);
-    /// `NotFound` when none.
+    /// Resolves `selector` among `org`'s connections: the best ranked of the connections the
+    /// store finds for it, as they are now ([`crate::ports::Store::find_for_selector`] reads them
+    /// again after its index query); `NotFound` when none.
     async fn select(&self, org: &OrgId, selector: &Selector) -> Result<Connection> {
         let candidates = self.store.find_for_selector(org, &selector.definition, &selector.customer).await?;
-        for candidate in selector.rank(candidates) {
-            // Deleted since the index was read: the next one in the order answers.
-            let Some(current) = self.store.get_connection(org, &candidate.id).await? else { continue };
-            if selector.tier(&current).is_some() {
-                tracing::Span::current().record("connection_id", current.id.as_str());
-                return Ok(current);
-            }
-        }
-        Err(ServiceError::NotFound)
+        let chosen = selector.rank(candidates).into_iter().next().ok_or(ServiceError::NotFound)?;
+        tracing::Span::current().record("connection_id", chosen.id.as_str());
+        Ok(chosen)
     }
 }
 

@@ -20,7 +20,7 @@ pub mod eventbridge;
 pub mod kms;
 pub mod schema;
 
-pub use dynamodb::DynamoStore;
+pub use dynamodb::{BY_CUSTOMER, BY_DEFINITION, DynamoStore, LEGACY_INDEXES, LISTING_ATTRIBUTES};
 pub use eventbridge::EventBridgeSink;
 pub use kms::KmsKeyProvider;
 

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection, ProjectionType,
-    ScalarAttributeType, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
+    AttributeDefinition, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex,
+    GlobalSecondaryIndexUpdate, IndexStatus, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType, TableDescription, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
 };
 use serde::Deserialize;
 
@@ -51,6 +52,9 @@ pub struct Index {
 #[serde(rename_all = "PascalCase")]
 pub struct IndexProjection {
     pub projection_type: String,
+    /// The attributes an `INCLUDE` projection carries beside the keys.
+    #[serde(default)]
+    pub non_key_attributes: Vec<String>,
 }
 
 /// The parsed schema. The file is part of the build, so a parse failure is a build defect
@@ -71,49 +75,77 @@ fn key_elements(keys: &[Key]) -> Result<Vec<KeySchemaElement>, BackendError> {
 }
 
 /// What bootstrap did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Bootstrap {
     Created,
     AlreadyExisted,
+    /// The table existed without these indexes of the schema (made by an older release), and
+    /// bootstrap created them, in this order.
+    IndexesAdded(Vec<String>),
 }
 
-/// Creates `table` as the schema declares (indexes, on-demand billing, TTL) unless it exists;
-/// on an existing table only makes sure TTL is enabled.
+/// How long bootstrap waits for one index it added to be built (backfilled) before adding the
+/// next: DynamoDB takes one index change at a time.
+const INDEX_BUILD_WAIT: Duration = Duration::from_secs(15 * 60);
+
+fn index_of(i: &Index) -> Result<GlobalSecondaryIndex, BackendError> {
+    let projection = Projection::builder()
+        .projection_type(ProjectionType::from(i.projection.projection_type.as_str()))
+        .set_non_key_attributes(
+            (!i.projection.non_key_attributes.is_empty()).then(|| i.projection.non_key_attributes.clone()),
+        )
+        .build();
+    Ok(GlobalSecondaryIndex::builder()
+        .index_name(&i.index_name)
+        .set_key_schema(Some(key_elements(&i.key_schema)?))
+        .projection(projection)
+        .build()?)
+}
+
+/// Creates `table` as the schema declares (indexes, on-demand billing, TTL) unless it exists.
+/// On an existing table: creates the schema's indexes it lacks (one UpdateTable each, the next
+/// once the last is built; the indexes an older release made are left for the operator to
+/// delete, infra/README.md "Index migration"), and makes sure TTL is enabled.
+///
+/// # Errors
+/// Any DynamoDB call failing, or an added index still being built after 15 minutes (its
+/// creation goes on; running bootstrap again adds the rest once it is built).
 pub async fn bootstrap(client: &Client, table: &str) -> Result<Bootstrap, BackendError> {
     let s = schema();
-    let exists = match client.describe_table().table_name(table).send().await {
-        Ok(_) => true,
-        Err(e) if e.as_service_error().is_some_and(|e| e.is_resource_not_found_exception()) => false,
+    let existing = match client.describe_table().table_name(table).send().await {
+        Ok(d) => Some(index_names(d.table())),
+        Err(e) if e.as_service_error().is_some_and(|e| e.is_resource_not_found_exception()) => None,
         Err(e) => return Err(Box::new(e)),
     };
-    let outcome = if exists {
-        Bootstrap::AlreadyExisted
+    let outcome = if let Some(existing) = existing {
+        let mut added = Vec::new();
+        for i in s.global_secondary_indexes.iter().filter(|i| !existing.contains(&i.index_name)) {
+            wait_built(client, table, INDEX_BUILD_WAIT).await?;
+            let create = CreateGlobalSecondaryIndexAction::builder()
+                .index_name(&i.index_name)
+                .set_key_schema(Some(key_elements(&i.key_schema)?))
+                .set_projection(index_of(i)?.projection)
+                .build()?;
+            client
+                .update_table()
+                .table_name(table)
+                .set_attribute_definitions(Some(attribute_definitions(&s)?))
+                .global_secondary_index_updates(GlobalSecondaryIndexUpdate::builder().create(create).build())
+                .send()
+                .await?;
+            added.push(i.index_name.clone());
+        }
+        wait_built(client, table, INDEX_BUILD_WAIT).await?;
+        if added.is_empty() { Bootstrap::AlreadyExisted } else { Bootstrap::IndexesAdded(added) }
     } else {
         let mut req = client
             .create_table()
             .table_name(table)
             .billing_mode(BillingMode::from(s.billing_mode.as_str()))
             .set_key_schema(Some(key_elements(&s.key_schema)?));
-        for a in &s.attribute_definitions {
-            req = req.attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name(&a.attribute_name)
-                    .attribute_type(ScalarAttributeType::from(a.attribute_type.as_str()))
-                    .build()?,
-            );
-        }
+        req = req.set_attribute_definitions(Some(attribute_definitions(&s)?));
         for i in &s.global_secondary_indexes {
-            req = req.global_secondary_indexes(
-                GlobalSecondaryIndex::builder()
-                    .index_name(&i.index_name)
-                    .set_key_schema(Some(key_elements(&i.key_schema)?))
-                    .projection(
-                        Projection::builder()
-                            .projection_type(ProjectionType::from(i.projection.projection_type.as_str()))
-                            .build(),
-                    )
-                    .build()?,
-            );
+            req = req.global_secondary_indexes(index_of(i)?);
         }
         match req.send().await {
             Ok(_) => Bootstrap::Created,
@@ -143,6 +175,53 @@ pub async fn bootstrap(client: &Client, table: &str) -> Result<Bootstrap, Backen
     Ok(outcome)
 }
 
+fn attribute_definitions(s: &TableSchema) -> Result<Vec<AttributeDefinition>, BackendError> {
+    s.attribute_definitions
+        .iter()
+        .map(|a| {
+            Ok(AttributeDefinition::builder()
+                .attribute_name(&a.attribute_name)
+                .attribute_type(ScalarAttributeType::from(a.attribute_type.as_str()))
+                .build()?)
+        })
+        .collect()
+}
+
+fn index_names(t: Option<&TableDescription>) -> Vec<String> {
+    let indexes = t.map(TableDescription::global_secondary_indexes).unwrap_or_default();
+    indexes.iter().filter_map(|i| i.index_name().map(str::to_owned)).collect()
+}
+
+/// Waits until the table and every index of it are `ACTIVE` and none is backfilling, polling
+/// every 2 seconds, for at most `limit`.
+async fn wait_built(client: &Client, table: &str, limit: Duration) -> Result<(), BackendError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let d = client.describe_table().table_name(table).send().await?;
+        let t = d.table();
+        let table_active = t.and_then(|t| t.table_status()) == Some(&TableStatus::Active);
+        let building: Vec<&str> = t
+            .map(TableDescription::global_secondary_indexes)
+            .unwrap_or_default()
+            .iter()
+            .filter(|i| i.index_status() != Some(&IndexStatus::Active) || i.backfilling() == Some(true))
+            .filter_map(|i| i.index_name())
+            .collect();
+        if table_active && building.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "table {table}: index {} still being built after {} s; run bootstrap again once it is ACTIVE",
+                building.join(", "),
+                limit.as_secs()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 async fn wait_active(client: &Client, table: &str) -> Result<(), BackendError> {
     for _ in 0..120 {
         let d = client.describe_table().table_name(table).send().await?;
@@ -170,5 +249,11 @@ mod tests {
             }
         }
         assert_eq!(s.time_to_live_attribute, super::super::dynamodb::TTL_ATTRIBUTE);
+        // The listing indexes carry what a listing's FilterExpression tests, and nothing that a
+        // refresh changes (a refresh then writes nothing to them).
+        for i in &s.global_secondary_indexes[..2] {
+            assert_eq!(i.projection.projection_type, "INCLUDE");
+            assert_eq!(i.projection.non_key_attributes, super::super::dynamodb::LISTING_ATTRIBUTES);
+        }
     }
 }

@@ -72,6 +72,27 @@ pub(super) fn key(pk: String, sk: String) -> Item {
     HashMap::from([("pk".to_owned(), s(pk)), ("sk".to_owned(), s(sk))])
 }
 
+/// The table key (`pk`, `sk`) of an item read from an index: every projection carries it.
+pub(super) fn table_key(item: &Item) -> Result<Item, StoreError> {
+    ["pk", "sk"]
+        .into_iter()
+        .map(|k| match item.get(k) {
+            Some(v @ AttributeValue::S(_)) => Ok((k.to_owned(), v.clone())),
+            _ => Err(backend("an index entry lacks its table key")),
+        })
+        .collect()
+}
+
+/// The id of the connection whose table or index item this is (its `sk`, `CON#{id}`).
+pub(super) fn connection_id_of(item: &Item) -> Result<ConnectionId, StoreError> {
+    match item.get("sk") {
+        Some(AttributeValue::S(sk)) if sk.starts_with("CON#") => {
+            ConnectionId::parse(&sk["CON#".len()..]).map_err(backend)
+        }
+        _ => Err(backend("a connection item lacks its sort key")),
+    }
+}
+
 /// A connection's sort key in the due index: due time (zero-padded Unix seconds, rounded up
 /// by [`crate::domain::due_second`], so that text order is time order), then organization and
 /// id.

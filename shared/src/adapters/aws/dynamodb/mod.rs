@@ -12,14 +12,21 @@
 //!
 //! SDK types (`AttributeValue`, the builders) never leave this module.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+use aws_sdk_dynamodb::operation::query::QueryError;
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
-use aws_sdk_dynamodb::types::{Delete, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Delete, KeysAndAttributes, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use backon::BackoffBuilder;
 use time::OffsetDateTime;
 
 use crate::domain::{ConnectSession, IdempotencyRecord};
@@ -40,12 +47,24 @@ mod write;
 
 pub use item::due_shard;
 use item::{Item, STATE_SK, con_sk, def_sk, doc_of, key, log_item, log_pk, n, org_pk, s, state_pk};
-use write::{backend, conditional, sdk};
+use write::{backend, conditional, sdk, unprocessed_retries};
 
-/// The customer index (`gsi1pk` = `ORG#{org}#CUS#{customer}`, `gsi1sk` = `CON#{id}`).
-pub const BY_CUSTOMER: &str = "by-customer";
-/// The definition index (`gsi2pk` = `ORG#{org}#DEF#{key}`, `gsi2sk` = `CON#{id}`).
-pub const BY_DEFINITION: &str = "by-definition";
+/// The customer index (`gsi1pk` = `ORG#{org}#CUS#{customer}`, `gsi1sk` = `CON#{id}`; a
+/// webhook's deliveries under `WHD#{org}#{webhook}`). It projects the keys and
+/// [`LISTING_ATTRIBUTES`] only, so a refresh, which changes none of them, writes nothing to it;
+/// the records a Query of it finds are read from the table (BatchGetItem). docs/dynamodb.md.
+pub const BY_CUSTOMER: &str = "by-customer-v2";
+/// The definition index (`gsi2pk` = `ORG#{org}#DEF#{key}`, `gsi2sk` = `CON#{id}`), projected
+/// like [`BY_CUSTOMER`].
+pub const BY_DEFINITION: &str = "by-definition-v2";
+/// What [`BY_CUSTOMER`] and [`BY_DEFINITION`] project beside the keys: the attributes a
+/// listing's FilterExpression tests (`definition`, `status`, `user`, `tags`).
+pub const LISTING_ATTRIBUTES: [&str; 4] = ["definition", "status", "user", "tags"];
+/// The indexes [`BY_CUSTOMER`] and [`BY_DEFINITION`] replace, on the same key attributes but
+/// projecting every attribute (tables made before 2026-12-01). A Query reads them instead
+/// while its index is missing or still being built, which is what a stack in the middle of the
+/// migration has (infra/README.md, "Index migration").
+pub const LEGACY_INDEXES: [(&str, &str); 2] = [(BY_CUSTOMER, "by-customer"), (BY_DEFINITION, "by-definition")];
 /// The attribute DynamoDB's TTL deletes items by (Unix seconds): logs, pending authorizations,
 /// revocation jobs.
 pub const TTL_ATTRIBUTE: &str = "expires_at";
@@ -60,6 +79,19 @@ pub const REFRESH_DUE: &str = "refresh-due";
 pub const DUE_SHARDS: u32 = 16;
 /// How long connection logs are kept (DynamoDB TTL deletes them afterwards).
 pub const LOG_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// Whether a Query failed because the table has no `index`, or has not finished building it:
+/// DynamoDB's `ValidationException` ("The table does not have the specified index: {index}",
+/// "Cannot read from backfilling global secondary index: {index}"), or the
+/// `ResourceNotFoundException` moto answers ("Invalid index: {index} ..."), naming it.
+fn names_unready_index(e: &SdkError<QueryError, HttpResponse>, index: &str) -> bool {
+    e.as_service_error().is_some_and(|e| unready_index(e.code(), e.message(), index))
+}
+
+fn unready_index(code: Option<&str>, message: Option<&str>, index: &str) -> bool {
+    matches!(code, Some("ValidationException" | "ResourceNotFoundException"))
+        && message.is_some_and(|m| m.contains(index))
+}
 
 /// The DynamoDB adapter of the store port.
 pub struct DynamoStore {
@@ -109,6 +141,14 @@ impl DynamoStore {
 
     /// Runs a query, page after page, to its end or until it has read at least `want` items.
     async fn query_until(&self, build: impl Fn() -> QueryFluentBuilder, want: usize) -> Result<Vec<Item>, StoreError> {
+        self.query_pages(build, want).await.map_err(sdk)
+    }
+
+    async fn query_pages(
+        &self,
+        build: impl Fn() -> QueryFluentBuilder,
+        want: usize,
+    ) -> Result<Vec<Item>, SdkError<QueryError, HttpResponse>> {
         let mut items = Vec::new();
         let mut start: Option<Item> = None;
         loop {
@@ -116,14 +156,70 @@ impl DynamoStore {
                 .set_exclusive_start_key(start.take())
                 .limit((want - items.len()).clamp(1, 1_000) as i32)
                 .send()
-                .await
-                .map_err(sdk)?;
+                .await?;
             items.extend(out.items.unwrap_or_default());
             match out.last_evaluated_key {
                 Some(k) if items.len() < want => start = Some(k),
                 _ => return Ok(items),
             }
         }
+    }
+
+    /// [`Self::query_until`] on `index` (`build` names no index). While the table lacks `index`
+    /// or is still building it ([`names_unready_index`]), the same
+    /// Query runs on the index it replaces ([`LEGACY_INDEXES`]), whose items carry every
+    /// attribute: callers read the records by key either way.
+    async fn query_index_until(
+        &self,
+        index: &str,
+        build: impl Fn() -> QueryFluentBuilder,
+        want: usize,
+    ) -> Result<Vec<Item>, StoreError> {
+        match self.query_pages(|| build().index_name(index), want).await {
+            Ok(items) => Ok(items),
+            Err(e) => match LEGACY_INDEXES.iter().find(|(new, _)| *new == index) {
+                Some((_, legacy)) if names_unready_index(&e, index) => {
+                    tracing::debug!(index, legacy, "index missing or backfilling: reading the one it replaces");
+                    self.query_until(|| build().index_name(*legacy), want).await
+                }
+                _ => Err(sdk(e)),
+            },
+        }
+    }
+
+    /// The items of `keys` as they are now, in the order of `keys` (`None` for one that is gone):
+    /// strongly consistent BatchGetItem, 100 keys a call, the keys DynamoDB leaves unprocessed
+    /// asked again with backoff.
+    async fn get_batch(&self, keys: &[Item]) -> Result<Vec<Option<Item>>, StoreError> {
+        let text = |i: &Item, k: &str| match i.get(k) {
+            Some(AttributeValue::S(v)) => v.clone(),
+            _ => String::new(),
+        };
+        let key_of = |i: &Item| (text(i, "pk"), text(i, "sk"));
+        let mut found: HashMap<_, Item> = HashMap::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
+            let mut pending = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(chunk.to_vec()))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(backend)?,
+            );
+            let mut waits = unprocessed_retries().build();
+            while let Some(request) = pending.take() {
+                let out = self.client.batch_get_item().request_items(&self.table, request).send().await.map_err(sdk)?;
+                for item in out.responses.and_then(|mut r| r.remove(&self.table)).unwrap_or_default() {
+                    found.insert(key_of(&item), item);
+                }
+                pending = out.unprocessed_keys.and_then(|mut m| m.remove(&self.table)).filter(|k| !k.keys.is_empty());
+                if pending.is_some() {
+                    let wait =
+                        waits.next().ok_or_else(|| StoreError::Unavailable("a batch read was throttled".into()))?;
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        Ok(keys.iter().map(|k| found.remove(&key_of(k))).collect())
     }
 
     /// Deletes every item of partition `pk` (a connection's log lines, a webhook's deliveries),
@@ -437,5 +533,45 @@ impl Store for DynamoStore {
             )
             .await?;
         items.iter().take(limit).map(doc_of).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(code: &str, message: &str, index: &str) -> bool {
+        unready_index(Some(code), Some(message), index)
+    }
+
+    #[test]
+    fn a_missing_or_backfilling_index_is_told_from_other_failures() {
+        // DynamoDB's answers for an index that is not there, or not built yet.
+        assert!(failed(
+            "ValidationException",
+            "The table does not have the specified index: by-customer-v2",
+            BY_CUSTOMER
+        ));
+        assert!(failed(
+            "ValidationException",
+            "Cannot read from backfilling global secondary index: by-definition-v2",
+            BY_DEFINITION
+        ));
+        // moto's.
+        assert!(failed(
+            "ResourceNotFoundException",
+            "Invalid index: by-customer-v2 for table: t. Available indexes are: x",
+            BY_CUSTOMER
+        ));
+        // Another index, another failure, a missing table.
+        assert!(!failed(
+            "ValidationException",
+            "The table does not have the specified index: by-definition-v2",
+            BY_CUSTOMER
+        ));
+        assert!(!failed("ValidationException", "Invalid FilterExpression", BY_CUSTOMER));
+        assert!(!failed("ResourceNotFoundException", "Requested resource not found: Table: t not found", BY_CUSTOMER));
+        assert!(!failed("ThrottlingException", "by-customer-v2", BY_CUSTOMER));
+        assert!(!unready_index(None, None, BY_CUSTOMER));
     }
 }

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::AttributeValue;
 use time::OffsetDateTime;
 
-use super::item::{Item, con_sk, customer_pk, definition_pk, doc_of, due_sk, due_upper, org_pk, s};
+use super::item::{
+    Item, con_sk, connection_id_of, customer_pk, definition_pk, doc_of, due_sk, due_upper, org_pk, s, table_key,
+};
 use super::{BY_CUSTOMER, BY_DEFINITION, DynamoStore, REFRESH_DUE};
 use crate::domain::{Connection, ConnectionId, CustomerId, DefinitionKey, OrgId};
 use crate::ports::{ConnectionFilter, DueEntry, Page, StoreError};
@@ -15,7 +17,9 @@ use crate::ports::{ConnectionFilter, DueEntry, Page, StoreError};
 impl DynamoStore {
     /// A page of `org`'s connections matching `filter`, newest first, strictly before
     /// `cursor`: one Query of the narrowest key (the customer's index partition, the
-    /// definition's, or the organization's), the other conditions as a filter.
+    /// definition's, or the organization's), the other conditions as a filter. An index Query
+    /// finds keys (its items carry only [`super::LISTING_ATTRIBUTES`]); the page's records are
+    /// then read from the table ([`DynamoStore::current_connections`]).
     pub(super) async fn list_connection_items(
         &self,
         org: &OrgId,
@@ -78,42 +82,41 @@ impl DynamoStore {
         let names = (!names.is_empty()).then_some(names);
         let cursor_sk = cursor.map(con_sk);
         let build = || {
-            let mut q = self
-                .client
+            self.client
                 .query()
                 .table_name(&self.table)
-                .set_index_name(index.map(str::to_owned))
                 .key_condition_expression(&key_condition)
                 .set_expression_attribute_values(Some(values.clone()))
                 .set_filter_expression(filter_expr.clone())
                 .set_expression_attribute_names(names.clone())
-                .scan_index_forward(false);
-            if index.is_none() {
-                q = q.consistent_read(true);
-            }
-            q
+                .scan_index_forward(false)
         };
         // One more than asked, to know whether a next page exists; one more again for the
         // cursor item that BETWEEN includes.
         let want = limit + 1 + usize::from(cursor.is_some());
-        let items = self.query_until(build, want).await?;
-        let mut conns = Vec::with_capacity(items.len());
-        for item in &items {
-            let is_cursor = matches!(item.get("sk"), Some(AttributeValue::S(sk)) if Some(sk) == cursor_sk.as_ref());
-            if !is_cursor {
-                conns.push(doc_of::<Connection>(item)?);
-            }
-        }
-        let next = if conns.len() > limit {
-            conns.truncate(limit);
-            conns.last().map(|c| c.id.clone())
+        let items = match index {
+            Some(index) => self.query_index_until(index, build, want).await?,
+            None => self.query_until(|| build().consistent_read(true), want).await?,
+        };
+        let mut found: Vec<&Item> = items
+            .iter()
+            .filter(|item| !matches!(item.get("sk"), Some(AttributeValue::S(sk)) if Some(sk) == cursor_sk.as_ref()))
+            .collect();
+        let next = if found.len() > limit {
+            found.truncate(limit);
+            found.last().map(|item| connection_id_of(item)).transpose()?
         } else {
             None
+        };
+        let conns = match index {
+            // Read again, a connection whose index entry lagged a write is judged as it is now.
+            Some(_) => self.current_connections(&found).await?.into_iter().filter(|c| filter.matches(c)).collect(),
+            None => found.into_iter().map(doc_of).collect::<Result<_, _>>()?,
         };
         Ok(Page { items: conns, next })
     }
 
-    /// One customer's connections of one definition, oldest first.
+    /// One customer's connections of one definition, oldest first, as they are now.
     pub(super) async fn selector_candidate_items(
         &self,
         org: &OrgId,
@@ -121,14 +124,16 @@ impl DynamoStore {
         customer: &CustomerId,
     ) -> Result<Vec<Connection>, StoreError> {
         // The customer's index partition, the definition as a filter: one Query (more pages only
-        // past 1 MB of the customer's connections), eventually consistent like every GSI read.
+        // past 1 MB of the customer's index entries), then the records it found, read from the
+        // table in one BatchGetItem (strongly consistent: a connection deleted since the index
+        // was written is not found; one created a moment ago may not be in the index yet).
         let items = self
-            .query_until(
+            .query_index_until(
+                BY_CUSTOMER,
                 || {
                     self.client
                         .query()
                         .table_name(&self.table)
-                        .index_name(BY_CUSTOMER)
                         .key_condition_expression("gsi1pk = :pk AND begins_with(gsi1sk, :con)")
                         .filter_expression("#definition = :definition")
                         .expression_attribute_names("#definition", "definition")
@@ -139,7 +144,17 @@ impl DynamoStore {
                 usize::MAX,
             )
             .await?;
-        items.iter().map(doc_of).collect()
+        let found: Vec<&Item> = items.iter().collect();
+        let mut conns = self.current_connections(&found).await?;
+        conns.retain(|c| &c.definition == definition && c.customer.as_ref() == Some(customer));
+        Ok(conns)
+    }
+
+    /// The connections whose index entries are `found`, read from the table as they are now, in
+    /// the same order; one deleted since its entry was read is left out.
+    async fn current_connections(&self, found: &[&Item]) -> Result<Vec<Connection>, StoreError> {
+        let keys: Vec<Item> = found.iter().map(|item| table_key(item)).collect::<Result<_, _>>()?;
+        self.get_batch(&keys).await?.iter().flatten().map(doc_of).collect()
     }
 
     /// Up to `limit` entries of one due shard due by `until`, in index order, after `after`.

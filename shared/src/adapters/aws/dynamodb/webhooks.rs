@@ -6,7 +6,8 @@
 //! - A delivery: `pk` = `WHD#{org}#{webhook}`, `sk` = `DLV#{id}`, `version`, `status`, `doc`, the
 //!   table's TTL attribute at its `expires_at` (Unix seconds); in the `by-customer` index under
 //!   `gsi1pk` = its `pk`, `gsi1sk` = `{created_at, Unix ms, 15 digits}#{id}`, so the newest of a
-//!   webhook are one Query read backwards; and, only while `pending`, in the `refresh-due` index
+//!   webhook are one Query read backwards (keys and `status`; the page's deliveries are then
+//!   read from the table); and, only while `pending`, in the `refresh-due` index
 //!   under `gsi3pk` = `WDUE#{shard}`, `gsi3sk` = `{next_attempt_at, Unix ms, 15 digits}#{org}#{webhook}#{id}`.
 //!   Every write replaces the whole item (PutItem), so a delivery that stops being pending
 //!   leaves the due index with that write.
@@ -18,7 +19,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use futures_util::future::try_join_all;
 use time::OffsetDateTime;
 
-use super::item::{Item, doc_of, key, n, org_pk, s, shard_of};
+use super::item::{Item, doc_of, key, n, org_pk, s, shard_of, table_key};
 use super::write::{backend, conditional, sdk};
 use super::{BY_CUSTOMER, DUE_SHARDS, DynamoStore, REFRESH_DUE, TTL_ATTRIBUTE};
 use crate::domain::{DeliveryStatus, OrgId, Webhook, WebhookDelivery, WebhookId};
@@ -45,6 +46,16 @@ fn ms(t: OffsetDateTime) -> i64 {
 /// then its id, so that text order is (creation, id) order.
 fn created_sk(created_ms: i64, id: &str) -> String {
     format!("{:015}#{id}", created_ms.max(0))
+}
+
+/// The cursor after the delivery whose `by-customer` index entry is `item` (its `gsi1sk`,
+/// [`created_sk`]).
+fn created_cursor(item: &Item) -> Result<DeliveryCursor, StoreError> {
+    let sk = match item.get("gsi1sk") {
+        Some(AttributeValue::S(sk)) => sk,
+        _ => return Err(backend("a delivery's index entry lacks its sort key")),
+    };
+    DeliveryCursor::parse(&sk.replacen('#', ".", 1)).ok_or_else(|| backend("a malformed delivery index key"))
 }
 
 /// The due-index sort key of a delivery due at `due`: zero-padded milliseconds, so that text
@@ -151,9 +162,10 @@ impl DynamoStore {
     }
 
     /// A page newest first: the webhook's `by-customer` index partition read backwards from
-    /// strictly before the cursor's sort key, `status` as a FilterExpression. `query_until` reads
-    /// on until the page (and one more, to know whether another follows) is full or the
-    /// partition ends, so a filter never makes a short page end the listing.
+    /// strictly before the cursor's sort key, `status` as a FilterExpression, then the page's
+    /// deliveries read from the table (the index projects keys and `status` only).
+    /// `query_until` reads on until the page (and one more, to know whether another follows) is
+    /// full or the partition ends, so a filter never makes a short page end the listing.
     pub(super) async fn list_delivery_items(
         &self,
         org: &OrgId,
@@ -165,40 +177,48 @@ impl DynamoStore {
         let limit = limit.max(1);
         let key_condition = if cursor.is_some() { "gsi1pk = :pk AND gsi1sk < :after" } else { "gsi1pk = :pk" };
         let after = cursor.map(|c| s(created_sk(c.created_ms(), &c.id)));
-        let status: Option<&'static str> = status.map(Into::into);
-        // The index projects every attribute: its items are the whole deliveries.
-        let items = self
-            .query_until(
+        let wanted: Option<&'static str> = status.map(Into::into);
+        let mut found = self
+            .query_index_until(
+                BY_CUSTOMER,
                 || {
                     let mut q = self
                         .client
                         .query()
                         .table_name(&self.table)
-                        .index_name(BY_CUSTOMER)
                         .key_condition_expression(key_condition)
                         .expression_attribute_values(":pk", s(deliveries_pk(org, webhook)))
                         .scan_index_forward(false);
                     if let Some(after) = &after {
                         q = q.expression_attribute_values(":after", after.clone());
                     }
-                    if let Some(status) = status {
+                    if let Some(wanted) = wanted {
                         q = q
                             .filter_expression("#status = :status")
                             .expression_attribute_names("#status", "status")
-                            .expression_attribute_values(":status", s(status));
+                            .expression_attribute_values(":status", s(wanted));
                     }
                     q
                 },
                 limit + 1,
             )
             .await?;
-        let mut deliveries = items.iter().take(limit + 1).map(doc_of).collect::<Result<Vec<WebhookDelivery>, _>>()?;
-        let next = if deliveries.len() > limit {
-            deliveries.truncate(limit);
-            deliveries.last().map(DeliveryCursor::after)
+        found.truncate(limit + 1);
+        let next = if found.len() > limit {
+            found.truncate(limit);
+            found.last().map(created_cursor).transpose()?
         } else {
             None
         };
+        let keys: Vec<Item> = found.iter().map(table_key).collect::<Result<_, _>>()?;
+        let mut deliveries = Vec::with_capacity(keys.len());
+        for item in self.get_batch(&keys).await?.iter().flatten() {
+            let d: WebhookDelivery = doc_of(item)?;
+            // Read again: one whose index entry lagged its last attempt is judged as it is now.
+            if status.is_none_or(|st| d.status == st) {
+                deliveries.push(d);
+            }
+        }
         Ok(Page { items: deliveries, next })
     }
 

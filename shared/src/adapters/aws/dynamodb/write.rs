@@ -57,9 +57,9 @@ impl Cancelled {
     }
 }
 
-/// How a batch delete waits for DynamoDB to take the items it left unprocessed: 25 ms, doubling,
+/// How a batch write or read waits for DynamoDB to take the items it left unprocessed: 25 ms, doubling,
 /// with jitter; eight tries in all.
-fn unprocessed_retries() -> ExponentialBuilder {
+pub(super) fn unprocessed_retries() -> ExponentialBuilder {
     ExponentialBuilder::default().with_min_delay(Duration::from_millis(25)).with_max_times(7).with_jitter()
 }
 
