@@ -3,8 +3,8 @@
 //!
 //! - [`MeteredStore`]: every [`Store`] call as the DynamoDB adapter makes it (docs/dynamodb.md):
 //!   the partition keys it touches on the table and its indexes, the capacity units it consumes
-//!   (writes: 1 WCU per started KB of the item, on the table and on each index the item is
-//!   written to; strongly consistent reads 1 RCU per started 4 KB, eventually consistent half),
+//!   (writes: 1 WCU per started KB of the item on the table, and on each index whose entry of
+//!   the item the write changes, 1 WCU per started KB of that entry; strongly consistent reads 1 RCU per started 4 KB, eventually consistent half),
 //!   and a per-partition budget per second (1,000 WCU, 3,000 RCU). A call over a throttled
 //!   partition's budget is retried like the SDK does (3 attempts, 50 ms then 100 ms apart), then
 //!   fails `StoreError::Unavailable`.
@@ -388,15 +388,22 @@ impl DynamoModel {
     }
 
     /// The units of writing `next` over `old` (conditional put of the whole item, index writes
-    /// for every index the item is in).
+    /// for every index whose entry of the item the write changes). The listing indexes project
+    /// keys and `definition`, `status`, `user`, `tags` (`LISTING_ATTRIBUTES`): a write that
+    /// changes none of them, as a refresh, writes nothing to them (DynamoDB developer guide,
+    /// "Provisioned throughput considerations for global secondary indexes"); one that does
+    /// writes an entry of about 200 bytes, 1 WCU.
     fn put_units(&self, old: Option<&Connection>, next: &Connection) -> Vec<(&'static str, String, f64, f64)> {
         let new_bytes = connection_item_bytes(next);
         let old_bytes = old.map_or(0, connection_item_bytes);
         let mut units = vec![("table", Self::org_pk(&next.org), 0.0, write_units(new_bytes.max(old_bytes)))];
-        if let Some(customer) = &next.customer {
-            units.push(("by-customer", format!("ORG#{}#CUS#{customer}", next.org), 0.0, write_units(new_bytes)));
+        let listed = |c: &Connection| (c.definition.clone(), c.status, c.user.clone(), c.tags.clone());
+        if old.is_none_or(|old| listed(old) != listed(next)) {
+            if let Some(customer) = &next.customer {
+                units.push(("by-customer", format!("ORG#{}#CUS#{customer}", next.org), 0.0, 1.0));
+            }
+            units.push(("by-definition", format!("ORG#{}#DEF#{}", next.org, next.definition), 0.0, 1.0));
         }
-        units.push(("by-definition", format!("ORG#{}#DEF#{}", next.org, next.definition), 0.0, write_units(new_bytes)));
         let old_due = old.and_then(Connection::due_index_second);
         let new_due = next.due_index_second();
         if old_due != new_due {
