@@ -106,7 +106,8 @@ async fn doctor_checks_the_table_key_bus_and_clock_of_the_aws_backend() {
 
 /// A table made before the listing indexes projected keys only (infra/README.md, Index
 /// migration): doctor warns that the old indexes serve meanwhile, `latchkey bootstrap` adds the
-/// new ones, and doctor is then content.
+/// new ones, doctor warns that the old ones are still written, and is content once they are
+/// deleted.
 #[tokio::test(flavor = "multi_thread")]
 async fn bootstrap_adds_the_listing_indexes_to_an_older_table_and_doctor_says_so() {
     let sdk = support::moto::sdk_config().await;
@@ -126,6 +127,26 @@ async fn bootstrap_adds_the_listing_indexes_to_an_older_table_and_doctor_says_so
         run.stdout.contains(&format!("table {table} already exists; added its index by-customer-v2, by-definition-v2")),
         "{run:#?}"
     );
+    let run = on_moto(&["doctor"], &env).await;
+    run.ok();
+    let still = format!("warn  dynamodb table   {table} still has by-customer, which this release no longer reads");
+    assert!(run.stdout.contains(&still), "{run:#?}");
+
+    // The old indexes deleted, one UpdateTable each, as infra/README.md says.
+    let client = aws_sdk_dynamodb::Client::new(&sdk);
+    for old in ["by-customer", "by-definition"] {
+        let delete =
+            aws_sdk_dynamodb::types::DeleteGlobalSecondaryIndexAction::builder().index_name(old).build().unwrap();
+        client
+            .update_table()
+            .table_name(&table)
+            .global_secondary_index_updates(
+                aws_sdk_dynamodb::types::GlobalSecondaryIndexUpdate::builder().delete(delete).build(),
+            )
+            .send()
+            .await
+            .expect("delete an old index");
+    }
     let run = on_moto(&["doctor"], &env).await;
     run.ok();
     assert!(run.stdout.contains(&format!("ok    dynamodb table   {table}: ACTIVE")), "{run:#?}");

@@ -118,6 +118,26 @@ async fn dynamodb_check(client: &aws_sdk_dynamodb::Client, table: &str) -> Check
         )
     } else if status != "ACTIVE" {
         check(name, Verdict::Warn, format!("{table} is {status}, not ACTIVE"))
+    } else if let Some(building) = t
+        .global_secondary_indexes()
+        .iter()
+        .find(|i| i.index_status().is_some_and(|s| s.as_str() != "ACTIVE") || i.backfilling() == Some(true))
+    {
+        let index = building.index_name().unwrap_or("an index");
+        check(
+            name,
+            Verdict::Warn,
+            format!("{table}: {index} is being built; listings read the index it replaces meanwhile"),
+        )
+    } else if let Some((_, old)) = latchkey::adapters::aws::LEGACY_INDEXES.iter().find(|(_, old)| have.contains(old)) {
+        check(
+            name,
+            Verdict::Warn,
+            format!(
+                "{table} still has {old}, which this release no longer reads and every refresh still writes in full: \
+                 delete it (infra/README.md, Index migration)"
+            ),
+        )
     } else {
         check(name, Verdict::Ok, format!("{table}: ACTIVE, indexes {}", have.join(", ")))
     }

@@ -57,8 +57,8 @@ impl Selector {
     }
 
     /// The connections of `candidates` this selector selects, best first: by [`Tier`], then
-    /// oldest first. The first is the answer; the rest are what answers if it is gone by the
-    /// time it is read again (a store index may lag a delete).
+    /// oldest first. The first is the answer ([`crate::ports::Store::find_for_selector`] gives
+    /// the candidates as they are now).
     pub fn rank(&self, candidates: Vec<Connection>) -> Vec<Connection> {
         let mut ranked: Vec<(Tier, Connection)> =
             candidates.into_iter().filter_map(|c| self.tier(&c).map(|t| (t, c))).collect();

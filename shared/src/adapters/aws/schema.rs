@@ -126,13 +126,21 @@ pub async fn bootstrap(client: &Client, table: &str) -> Result<Bootstrap, Backen
                 .set_key_schema(Some(key_elements(&i.key_schema)?))
                 .set_projection(index_of(i)?.projection)
                 .build()?;
-            client
+            let created = client
                 .update_table()
                 .table_name(table)
                 .set_attribute_definitions(Some(attribute_definitions(&s)?))
                 .global_secondary_index_updates(GlobalSecondaryIndexUpdate::builder().create(create).build())
                 .send()
-                .await?;
+                .await;
+            if let Err(e) = created {
+                // Another bootstrap may have added it (or be adding another one) meanwhile.
+                let now = client.describe_table().table_name(table).send().await?;
+                if !index_names(now.table()).contains(&i.index_name) {
+                    return Err(Box::new(e));
+                }
+                continue;
+            }
             added.push(i.index_name.clone());
         }
         wait_built(client, table, INDEX_BUILD_WAIT).await?;

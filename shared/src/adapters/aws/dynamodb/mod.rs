@@ -180,7 +180,12 @@ impl DynamoStore {
             Err(e) => match LEGACY_INDEXES.iter().find(|(new, _)| *new == index) {
                 Some((_, legacy)) if names_unready_index(&e, index) => {
                     tracing::debug!(index, legacy, "index missing or backfilling: reading the one it replaces");
-                    self.query_until(|| build().index_name(*legacy), want).await
+                    match self.query_pages(|| build().index_name(*legacy), want).await {
+                        Ok(items) => Ok(items),
+                        // Neither there: the new index is the one to name.
+                        Err(old) if names_unready_index(&old, legacy) => Err(sdk(e)),
+                        Err(old) => Err(sdk(old)),
+                    }
                 }
                 _ => Err(sdk(e)),
             },
@@ -188,38 +193,45 @@ impl DynamoStore {
     }
 
     /// The items of `keys` as they are now, in the order of `keys` (`None` for one that is gone):
-    /// strongly consistent BatchGetItem, 100 keys a call, the keys DynamoDB leaves unprocessed
-    /// asked again with backoff.
+    /// strongly consistent BatchGetItem, each key asked once (DynamoDB refuses a request naming
+    /// one twice), 100 keys a call, the keys DynamoDB leaves unprocessed asked again with
+    /// backoff.
     async fn get_batch(&self, keys: &[Item]) -> Result<Vec<Option<Item>>, StoreError> {
         let text = |i: &Item, k: &str| match i.get(k) {
             Some(AttributeValue::S(v)) => v.clone(),
             _ => String::new(),
         };
         let key_of = |i: &Item| (text(i, "pk"), text(i, "sk"));
-        let mut found: HashMap<_, Item> = HashMap::with_capacity(keys.len());
-        for chunk in keys.chunks(100) {
-            let mut pending = Some(
-                KeysAndAttributes::builder()
-                    .set_keys(Some(chunk.to_vec()))
-                    .consistent_read(true)
-                    .build()
-                    .map_err(backend)?,
-            );
+        let mut seen = std::collections::HashSet::new();
+        let unique: Vec<Item> = keys.iter().filter(|k| seen.insert(key_of(k))).cloned().collect();
+        let mut found: HashMap<_, Item> = HashMap::with_capacity(unique.len());
+        let request = |keys: Vec<Item>| {
+            KeysAndAttributes::builder().set_keys(Some(keys)).consistent_read(true).build().map_err(backend)
+        };
+        for chunk in unique.chunks(100) {
+            let mut pending = chunk.to_vec();
             let mut waits = unprocessed_retries().build();
-            while let Some(request) = pending.take() {
-                let out = self.client.batch_get_item().request_items(&self.table, request).send().await.map_err(sdk)?;
+            loop {
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request(std::mem::take(&mut pending))?)
+                    .send()
+                    .await
+                    .map_err(sdk)?;
                 for item in out.responses.and_then(|mut r| r.remove(&self.table)).unwrap_or_default() {
                     found.insert(key_of(&item), item);
                 }
-                pending = out.unprocessed_keys.and_then(|mut m| m.remove(&self.table)).filter(|k| !k.keys.is_empty());
-                if pending.is_some() {
-                    let wait =
-                        waits.next().ok_or_else(|| StoreError::Unavailable("a batch read was throttled".into()))?;
-                    tokio::time::sleep(wait).await;
+                pending =
+                    out.unprocessed_keys.and_then(|mut m| m.remove(&self.table)).map(|k| k.keys).unwrap_or_default();
+                if pending.is_empty() {
+                    break;
                 }
+                let wait = waits.next().ok_or_else(|| StoreError::Unavailable("a batch read was throttled".into()))?;
+                tokio::time::sleep(wait).await;
             }
         }
-        Ok(keys.iter().map(|k| found.remove(&key_of(k))).collect())
+        Ok(keys.iter().map(|k| found.get(&key_of(k)).cloned()).collect())
     }
 
     /// Deletes every item of partition `pk` (a connection's log lines, a webhook's deliveries),

@@ -64,23 +64,59 @@ impl DynamoStore {
             values.insert(format!(":tv{i}"), s(t.value.as_str()));
         }
         conditions.extend(tag_conditions.iter().map(String::as_str));
+        let filter_expr = (!conditions.is_empty()).then(|| conditions.join(" AND "));
+        let names = (!names.is_empty()).then_some(names);
+        // Through an index, records dropped by the filter's second look (their entries lagged a
+        // write) leave room on the page: the query goes on after the last entry read, so a page
+        // is short only where the listing ends.
+        let mut conns: Vec<Connection> = Vec::with_capacity(limit);
+        let mut after = cursor.cloned();
+        loop {
+            let need = limit - conns.len();
+            let (found, more) = self
+                .listing_entries(index, (pk_name, sk_name), &values, &names, &filter_expr, after.as_ref(), need)
+                .await?;
+            let last = found.last().map(connection_id_of).transpose()?;
+            match index {
+                // Read again, a connection whose index entry lagged a write is judged as it is now.
+                Some(_) => {
+                    let current = self.current_connections(org, &found).await?;
+                    conns.extend(current.into_iter().filter(|c| filter.matches(c)));
+                }
+                None => conns.extend(found.iter().map(doc_of).collect::<Result<Vec<_>, _>>()?),
+            }
+            match last {
+                Some(last) if more && conns.len() < limit => after = Some(last),
+                _ => return Ok(Page { items: conns, next: last.filter(|_| more) }),
+            }
+        }
+    }
+
+    /// Up to `need` entries of a listing's Query (on the table when `index` is `None`), newest
+    /// first, strictly before `after`; and whether more follow.
+    #[allow(clippy::too_many_arguments)]
+    async fn listing_entries(
+        &self,
+        index: Option<&str>,
+        (pk_name, sk_name): (&str, &str),
+        values: &Item,
+        names: &Option<HashMap<String, String>>,
+        filter_expr: &Option<String>,
+        after: Option<&ConnectionId>,
+        need: usize,
+    ) -> Result<(Vec<Item>, bool), StoreError> {
         // Ids sort by creation; newest first, strictly before the cursor. On the table the sort
         // key range must also stay inside the connections (`CON#`), so BETWEEN is used and the
         // cursor item itself skipped.
-        let key_condition = match cursor {
+        let mut values = values.clone();
+        values.insert(":lo".into(), s("CON#"));
+        let key_condition = match after {
             Some(c) => {
-                values.insert(":lo".into(), s("CON#"));
                 values.insert(":hi".into(), s(con_sk(c)));
                 format!("{pk_name} = :pk AND {sk_name} BETWEEN :lo AND :hi")
             }
-            None => {
-                values.insert(":lo".into(), s("CON#"));
-                format!("{pk_name} = :pk AND begins_with({sk_name}, :lo)")
-            }
+            None => format!("{pk_name} = :pk AND begins_with({sk_name}, :lo)"),
         };
-        let filter_expr = (!conditions.is_empty()).then(|| conditions.join(" AND "));
-        let names = (!names.is_empty()).then_some(names);
-        let cursor_sk = cursor.map(con_sk);
         let build = || {
             self.client
                 .query()
@@ -91,29 +127,21 @@ impl DynamoStore {
                 .set_expression_attribute_names(names.clone())
                 .scan_index_forward(false)
         };
-        // One more than asked, to know whether a next page exists; one more again for the
-        // cursor item that BETWEEN includes.
-        let want = limit + 1 + usize::from(cursor.is_some());
+        // One more than asked, to know whether more follow; one more again for the cursor item
+        // that BETWEEN includes.
+        let want = need + 1 + usize::from(after.is_some());
         let items = match index {
             Some(index) => self.query_index_until(index, build, want).await?,
             None => self.query_until(|| build().consistent_read(true), want).await?,
         };
-        let mut found: Vec<&Item> = items
-            .iter()
-            .filter(|item| !matches!(item.get("sk"), Some(AttributeValue::S(sk)) if Some(sk) == cursor_sk.as_ref()))
+        let after_sk = after.map(con_sk);
+        let mut found: Vec<Item> = items
+            .into_iter()
+            .filter(|item| !matches!(item.get("sk"), Some(AttributeValue::S(sk)) if Some(sk) == after_sk.as_ref()))
             .collect();
-        let next = if found.len() > limit {
-            found.truncate(limit);
-            found.last().map(|item| connection_id_of(item)).transpose()?
-        } else {
-            None
-        };
-        let conns = match index {
-            // Read again, a connection whose index entry lagged a write is judged as it is now.
-            Some(_) => self.current_connections(&found).await?.into_iter().filter(|c| filter.matches(c)).collect(),
-            None => found.into_iter().map(doc_of).collect::<Result<_, _>>()?,
-        };
-        Ok(Page { items: conns, next })
+        let more = found.len() > need;
+        found.truncate(need);
+        Ok((found, more))
     }
 
     /// One customer's connections of one definition, oldest first, as they are now.
@@ -144,17 +172,19 @@ impl DynamoStore {
                 usize::MAX,
             )
             .await?;
-        let found: Vec<&Item> = items.iter().collect();
-        let mut conns = self.current_connections(&found).await?;
+        let mut conns = self.current_connections(org, &items).await?;
         conns.retain(|c| &c.definition == definition && c.customer.as_ref() == Some(customer));
         Ok(conns)
     }
 
-    /// The connections whose index entries are `found`, read from the table as they are now, in
-    /// the same order; one deleted since its entry was read is left out.
-    async fn current_connections(&self, found: &[&Item]) -> Result<Vec<Connection>, StoreError> {
-        let keys: Vec<Item> = found.iter().map(|item| table_key(item)).collect::<Result<_, _>>()?;
-        self.get_batch(&keys).await?.iter().flatten().map(doc_of).collect()
+    /// The connections of `org` whose index entries are `found`, read from the table as they
+    /// are now, in the same order; one deleted since its entry was read is left out.
+    async fn current_connections(&self, org: &OrgId, found: &[Item]) -> Result<Vec<Connection>, StoreError> {
+        let keys: Vec<Item> = found.iter().map(table_key).collect::<Result<_, _>>()?;
+        let conns: Vec<Connection> =
+            self.get_batch(&keys).await?.iter().flatten().map(doc_of).collect::<Result<_, _>>()?;
+        // The keys are under `org`'s partitions; a record of another organization is never handed out.
+        Ok(conns.into_iter().filter(|c| &c.org == org).collect())
     }
 
     /// Up to `limit` entries of one due shard due by `until`, in index order, after `after`.

@@ -4,7 +4,7 @@
 //!   under `attribute_not_exists(pk)` or `version = :expected`; listed by one Query of the
 //!   organization's partition (`begins_with(sk, WHK#)`), which sorts by id.
 //! - A delivery: `pk` = `WHD#{org}#{webhook}`, `sk` = `DLV#{id}`, `version`, `status`, `doc`, the
-//!   table's TTL attribute at its `expires_at` (Unix seconds); in the `by-customer` index under
+//!   table's TTL attribute at its `expires_at` (Unix seconds); in the `by-customer-v2` index under
 //!   `gsi1pk` = its `pk`, `gsi1sk` = `{created_at, Unix ms, 15 digits}#{id}`, so the newest of a
 //!   webhook are one Query read backwards (keys and `status`; the page's deliveries are then
 //!   read from the table); and, only while `pending`, in the `refresh-due` index
@@ -29,7 +29,7 @@ fn webhook_sk(id: &WebhookId) -> String {
     format!("WHK#{id}")
 }
 
-/// The partition of a webhook's deliveries (and their `by-customer` index partition).
+/// The partition of a webhook's deliveries (and their `by-customer-v2` index partition).
 fn deliveries_pk(org: &OrgId, webhook: &WebhookId) -> String {
     format!("WHD#{org}#{webhook}")
 }
@@ -42,13 +42,13 @@ fn ms(t: OffsetDateTime) -> i64 {
     ((t.unix_timestamp_nanos() / 1_000_000) as i64).max(0)
 }
 
-/// The `by-customer` index sort key of a delivery: its creation in zero-padded milliseconds,
+/// The `by-customer-v2` index sort key of a delivery: its creation in zero-padded milliseconds,
 /// then its id, so that text order is (creation, id) order.
 fn created_sk(created_ms: i64, id: &str) -> String {
     format!("{:015}#{id}", created_ms.max(0))
 }
 
-/// The cursor after the delivery whose `by-customer` index entry is `item` (its `gsi1sk`,
+/// The cursor after the delivery whose `by-customer-v2` index entry is `item` (its `gsi1sk`,
 /// [`created_sk`]).
 fn created_cursor(item: &Item) -> Result<DeliveryCursor, StoreError> {
     let sk = match item.get("gsi1sk") {
@@ -161,7 +161,7 @@ impl DynamoStore {
         self.get(key(deliveries_pk(org, webhook), delivery_sk(id))).await?.as_ref().map(doc_of).transpose()
     }
 
-    /// A page newest first: the webhook's `by-customer` index partition read backwards from
+    /// A page newest first: the webhook's `by-customer-v2` index partition read backwards from
     /// strictly before the cursor's sort key, `status` as a FilterExpression, then the page's
     /// deliveries read from the table (the index projects keys and `status` only).
     /// `query_until` reads on until the page (and one more, to know whether another follows) is
@@ -175,51 +175,56 @@ impl DynamoStore {
         cursor: Option<&DeliveryCursor>,
     ) -> Result<Page<WebhookDelivery, DeliveryCursor>, StoreError> {
         let limit = limit.max(1);
-        let key_condition = if cursor.is_some() { "gsi1pk = :pk AND gsi1sk < :after" } else { "gsi1pk = :pk" };
-        let after = cursor.map(|c| s(created_sk(c.created_ms(), &c.id)));
         let wanted: Option<&'static str> = status.map(Into::into);
-        let mut found = self
-            .query_index_until(
-                BY_CUSTOMER,
-                || {
-                    let mut q = self
-                        .client
-                        .query()
-                        .table_name(&self.table)
-                        .key_condition_expression(key_condition)
-                        .expression_attribute_values(":pk", s(deliveries_pk(org, webhook)))
-                        .scan_index_forward(false);
-                    if let Some(after) = &after {
-                        q = q.expression_attribute_values(":after", after.clone());
-                    }
-                    if let Some(wanted) = wanted {
-                        q = q
-                            .filter_expression("#status = :status")
-                            .expression_attribute_names("#status", "status")
-                            .expression_attribute_values(":status", s(wanted));
-                    }
-                    q
-                },
-                limit + 1,
-            )
-            .await?;
-        found.truncate(limit + 1);
-        let next = if found.len() > limit {
-            found.truncate(limit);
-            found.last().map(created_cursor).transpose()?
-        } else {
-            None
-        };
-        let keys: Vec<Item> = found.iter().map(table_key).collect::<Result<_, _>>()?;
-        let mut deliveries = Vec::with_capacity(keys.len());
-        for item in self.get_batch(&keys).await?.iter().flatten() {
-            let d: WebhookDelivery = doc_of(item)?;
-            // Read again: one whose index entry lagged its last attempt is judged as it is now.
-            if status.is_none_or(|st| d.status == st) {
-                deliveries.push(d);
+        let mut deliveries = Vec::with_capacity(limit);
+        let mut after = cursor.cloned();
+        // A delivery dropped by the status's second look (its entry lagged an attempt) leaves
+        // room on the page: the query goes on after the last entry read.
+        loop {
+            let need = limit - deliveries.len();
+            let after_sk = after.as_ref().map(|c| s(created_sk(c.created_ms(), &c.id)));
+            let key_condition = if after_sk.is_some() { "gsi1pk = :pk AND gsi1sk < :after" } else { "gsi1pk = :pk" };
+            let mut found = self
+                .query_index_until(
+                    BY_CUSTOMER,
+                    || {
+                        let mut q = self
+                            .client
+                            .query()
+                            .table_name(&self.table)
+                            .key_condition_expression(key_condition)
+                            .expression_attribute_values(":pk", s(deliveries_pk(org, webhook)))
+                            .scan_index_forward(false);
+                        if let Some(after) = &after_sk {
+                            q = q.expression_attribute_values(":after", after.clone());
+                        }
+                        if let Some(wanted) = wanted {
+                            q = q
+                                .filter_expression("#status = :status")
+                                .expression_attribute_names("#status", "status")
+                                .expression_attribute_values(":status", s(wanted));
+                        }
+                        q
+                    },
+                    need + 1,
+                )
+                .await?;
+            let more = found.len() > need;
+            found.truncate(need);
+            let last = found.last().map(created_cursor).transpose()?;
+            let keys: Vec<Item> = found.iter().map(table_key).collect::<Result<_, _>>()?;
+            for item in self.get_batch(&keys).await?.iter().flatten() {
+                let d: WebhookDelivery = doc_of(item)?;
+                // Read again: one whose index entry lagged its last attempt is judged as it is now.
+                if d.org == *org && d.webhook_id == *webhook && status.is_none_or(|st| d.status == st) {
+                    deliveries.push(d);
+                }
+            }
+            match last {
+                Some(last) if more && deliveries.len() < limit => after = Some(last),
+                _ => return Ok(Page { items: deliveries, next: last.filter(|_| more) }),
             }
         }
-        Ok(Page { items: deliveries, next })
     }
 
     pub(super) async fn update_delivery_item(
