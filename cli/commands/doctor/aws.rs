@@ -118,10 +118,8 @@ async fn dynamodb_check(client: &aws_sdk_dynamodb::Client, table: &str) -> Check
         )
     } else if status != "ACTIVE" {
         check(name, Verdict::Warn, format!("{table} is {status}, not ACTIVE"))
-    } else if let Some(building) = t
-        .global_secondary_indexes()
-        .iter()
-        .find(|i| i.index_status().is_some_and(|s| s.as_str() != "ACTIVE") || i.backfilling() == Some(true))
+    } else if let Some(building) =
+        t.global_secondary_indexes().iter().find(|i| !latchkey::adapters::aws::schema::is_built(i))
     {
         let index = building.index_name().unwrap_or("an index");
         check(

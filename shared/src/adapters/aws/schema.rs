@@ -6,8 +6,8 @@ use std::time::Duration;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex,
-    GlobalSecondaryIndexUpdate, IndexStatus, KeySchemaElement, KeyType, Projection, ProjectionType,
-    ScalarAttributeType, TableDescription, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
+    GlobalSecondaryIndexDescription, GlobalSecondaryIndexUpdate, IndexStatus, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, TableDescription, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
 };
 use serde::Deserialize;
 
@@ -164,7 +164,7 @@ pub async fn bootstrap(client: &Client, table: &str) -> Result<Bootstrap, Backen
             Err(e) => return Err(Box::new(e)),
         }
     };
-    wait_active(client, table).await?;
+    wait_built(client, table, Duration::from_secs(60)).await?;
     let ttl = client.describe_time_to_live().table_name(table).send().await?;
     let enabled = ttl
         .time_to_live_description()
@@ -200,6 +200,12 @@ fn index_names(t: Option<&TableDescription>) -> Vec<String> {
     indexes.iter().filter_map(|i| i.index_name().map(str::to_owned)).collect()
 }
 
+/// Whether an index can serve reads: `ACTIVE` and not backfilling (DynamoDB refuses a Query of
+/// an index it is still building).
+pub fn is_built(i: &GlobalSecondaryIndexDescription) -> bool {
+    i.index_status() == Some(&IndexStatus::Active) && i.backfilling() != Some(true)
+}
+
 /// Waits until the table and every index of it are `ACTIVE` and none is backfilling, polling
 /// every 2 seconds, for at most `limit`.
 async fn wait_built(client: &Client, table: &str, limit: Duration) -> Result<(), BackendError> {
@@ -212,7 +218,7 @@ async fn wait_built(client: &Client, table: &str, limit: Duration) -> Result<(),
             .map(TableDescription::global_secondary_indexes)
             .unwrap_or_default()
             .iter()
-            .filter(|i| i.index_status() != Some(&IndexStatus::Active) || i.backfilling() == Some(true))
+            .filter(|i| !is_built(i))
             .filter_map(|i| i.index_name())
             .collect();
         if table_active && building.is_empty() {
@@ -228,17 +234,6 @@ async fn wait_built(client: &Client, table: &str, limit: Duration) -> Result<(),
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-}
-
-async fn wait_active(client: &Client, table: &str) -> Result<(), BackendError> {
-    for _ in 0..120 {
-        let d = client.describe_table().table_name(table).send().await?;
-        if d.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    Err(format!("table {table} did not become ACTIVE within a minute").into())
 }
 
 #[cfg(test)]
