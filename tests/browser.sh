@@ -34,8 +34,8 @@ if [ ! -d tests/oauth/node_modules/oidc-provider ]; then
     npm ci --prefix tests/oauth --no-audit --no-fund --loglevel=error
 fi
 
-step "cargo build --bin latchkey"
-cargo build --locked --quiet --bin latchkey
+step "the latchkey command, as cargo test builds it (build_latchkey, tests/venv.sh)"
+build_latchkey
 export LATCHKEY_BIN="${CARGO_TARGET_DIR:-target}/debug/latchkey"
 export PYTHONDONTWRITEBYTECODE=1
 

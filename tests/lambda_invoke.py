@@ -1,4 +1,4 @@
-"""The six Lambda binaries under `cargo lambda watch` (the Lambda Runtime API emulator), fed the
+"""The six Lambda binaries on `cargo lambda watch` (the Lambda Runtime API emulator), fed the
 samples in events/ with `cargo lambda invoke`: what events/README.md tells a developer to run.
 Run by tests/infra.sh with cargo-lambda on PATH, once per backend:
 
@@ -6,6 +6,13 @@ Run by tests/infra.sh with cargo-lambda on PATH, once per backend:
   aws       the functions as deployed, over DynamoDB, KMS and EventBridge: moto (from .venv/,
             started by tests/moto_server.py), a table made by `latchkey bootstrap`, a KMS key
             and an event bus.
+
+The binaries are the ones in target/debug that the test command's `cargo test` build made
+(tests/infra.sh builds the six functions' with the same flags first, `build_functions` in
+tests/venv.sh), started here with the Runtime API address `cargo lambda watch --only-lambda-apis`
+serves them at, as watch itself would start them. Left to watch, each would be built by `cargo
+run --bin <function>`: features resolved without the dev-dependencies, so the library and most of
+its dependencies compiled a second time (about 200 s of a CI run).
 
 Usage: python3 tests/lambda_invoke.py embedded|aws
 """
@@ -21,6 +28,9 @@ import time
 import urllib.parse
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+BIN_DIR = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "debug")
+FUNCTIONS = ["connections-api", "oauth-callback", "token-lookup", "token-refresh", "token-revoke",
+             "webhook-deliver"]
 SECRET = "latchkey-events-dev-secret-not-for-production"
 SAMPLE_ID = "con_01kahzz7v4m3n2q0000000000a"
 
@@ -54,9 +64,32 @@ def start_moto():
                          env=dict(os.environ, **env)).stdout.strip()
     env.update(LATCHKEY_BACKEND="aws", LATCHKEY_TABLE="latchkey-lambda-invoke", LATCHKEY_KMS_KEY_ID=key,
                LATCHKEY_EVENT_BUS="latchkey-lambda-invoke")
-    subprocess.run(["cargo", "run", "--locked", "-q", "--bin", "latchkey", "--", "bootstrap"], cwd=ROOT, check=True,
-                   env=dict(os.environ, **env))
+    subprocess.run([binary("latchkey"), "bootstrap"], cwd=ROOT, check=True, env=dict(os.environ, **env))
     return moto, env
+
+
+def binary(name):
+    path = os.path.join(BIN_DIR, name)
+    if not os.access(path, os.X_OK):
+        sys.exit(f"{path} is missing: tests/infra.sh builds it (build_functions, tests/venv.sh)")
+    return path
+
+
+# The function processes of the running backend, by name.
+RUNNING = {}
+
+
+def start_functions(port, env, log):
+    """Each function's binary, polling its queue of `cargo lambda watch --only-lambda-apis`
+    (`/.rt/<function>`) with the environment watch gives the functions it starts itself."""
+    processes = {}
+    for name in FUNCTIONS:
+        processes[name] = subprocess.Popen(
+            [binary(name)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=dict(env, AWS_LAMBDA_RUNTIME_API=f"http://127.0.0.1:{port}/.rt/{name}",
+                     AWS_LAMBDA_FUNCTION_NAME=name, AWS_LAMBDA_FUNCTION_VERSION="1",
+                     AWS_LAMBDA_FUNCTION_MEMORY_SIZE="4096"))
+    return processes
 
 
 def main():
@@ -75,7 +108,8 @@ def main():
     print(f"== {backend} backend")
     log = open(os.path.join(data, "watch.log"), "w")
     watch = subprocess.Popen(
-        ["cargo", "lambda", "watch", "--invoke-address", "127.0.0.1", "--invoke-port", str(port), "--ignore-changes"],
+        ["cargo", "lambda", "watch", "--invoke-address", "127.0.0.1", "--invoke-port", str(port), "--ignore-changes",
+         "--only-lambda-apis"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
@@ -87,14 +121,17 @@ def main():
                 if watch.poll() is not None or time.monotonic() > deadline:
                     sys.exit(f"cargo lambda watch did not start: {open(log.name).read()}")
                 time.sleep(0.3)
+        RUNNING.update(start_functions(port, env, log))
         run(port, lambda cid: stored_in_moto(aws, cid) if moto else None)
     except BaseException:
         log.flush()
         print(open(log.name).read()[-4000:], file=sys.stderr)
         raise
     finally:
-        os.killpg(watch.pid, signal.SIGTERM)
-        watch.wait(timeout=30)
+        for process in [*RUNNING.values(), watch]:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+        RUNNING.clear()
         if moto:
             moto.stdin.close()  # moto_server.py exits at EOF
             moto.wait(timeout=30)
@@ -115,6 +152,8 @@ def stored_in_moto(env, connection_id):
 def invoke(port, function, sample, connection_id=SAMPLE_ID):
     """Invokes `function` with events/`sample`: (ok, payload); a function error gives ok False
     and the error payload."""
+    process = RUNNING[function]
+    assert process.poll() is None, f"{function} exited ({process.returncode}) before {sample}"
     with open(os.path.join(ROOT, "events", sample)) as f:
         payload = f.read().replace(SAMPLE_ID, connection_id)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -122,7 +161,7 @@ def invoke(port, function, sample, connection_id=SAMPLE_ID):
     out = subprocess.run(
         ["cargo", "lambda", "invoke", function, "--data-file", f.name, "--invoke-address", "127.0.0.1",
          "--invoke-port", str(port), "--output-format", "json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
     os.unlink(f.name)
     text = out.stdout.strip() or out.stderr.strip()
     start = text.find("{")

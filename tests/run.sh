@@ -43,10 +43,7 @@ step "cargo clippy, then the client's lambda feature (LambdaClient: lookup throu
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --locked -p latchkey-client --all-targets --features lambda -- -D warnings
 
-# One package selection and feature set for every `cargo test` of the workspace below, the
-# client's `lambda` feature included: cargo resolves features per command, and a command that
-# selected other packages or features would rebuild what the first one built.
-test_flags=(--workspace --locked --features latchkey-client/lambda)
+# `test_flags` (tests/venv.sh): one package selection and feature set for every cargo build below.
 step "cargo test (the client's lambda feature too)"
 cargo test "${test_flags[@]}"
 
