@@ -81,7 +81,8 @@ RUNNING = {}
 
 def start_functions(port, env, log):
     """Each function's binary, polling its queue of `cargo lambda watch --only-lambda-apis`
-    (`/.rt/<function>`) with the environment watch gives the functions it starts itself."""
+    (`/.rt/<function>`) with the environment watch gives the functions it starts itself. Their
+    standard output and error go to `log`, as Lambda sends both to CloudWatch Logs."""
     processes = {}
     for name in FUNCTIONS:
         processes[name] = subprocess.Popen(
@@ -107,6 +108,7 @@ def main():
         env.update(aws)
     print(f"== {backend} backend")
     log = open(os.path.join(data, "watch.log"), "w")
+    functions_log = open(os.path.join(data, "functions.log"), "w")
     watch = subprocess.Popen(
         ["cargo", "lambda", "watch", "--invoke-address", "127.0.0.1", "--invoke-port", str(port), "--ignore-changes",
          "--only-lambda-apis"],
@@ -121,20 +123,55 @@ def main():
                 if watch.poll() is not None or time.monotonic() > deadline:
                     sys.exit(f"cargo lambda watch did not start: {open(log.name).read()}")
                 time.sleep(0.3)
-        RUNNING.update(start_functions(port, env, log))
+        RUNNING.update(start_functions(port, env, functions_log))
         run(port, lambda cid: stored_in_moto(aws, cid) if moto else None)
+        for process in RUNNING.values():
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+        check_logs(functions_log.name)
     except BaseException:
-        log.flush()
-        print(open(log.name).read()[-4000:], file=sys.stderr)
+        for f in (log, functions_log):
+            f.flush()
+            print(open(f.name).read()[-4000:], file=sys.stderr)
         raise
     finally:
         for process in [*RUNNING.values(), watch]:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=30)
         RUNNING.clear()
         if moto:
             moto.stdin.close()  # moto_server.py exits at EOF
             moto.wait(timeout=30)
+
+
+def check_logs(path):
+    """What the functions wrote, read as CloudWatch Logs would keep it (the `lambda` branch of
+    `telemetry::init`, README "Logs"): every line one JSON object; the lines of an API Gateway
+    request carry its `requestContext.requestId` as `span.request_id`; the lookups' audit lines
+    are there; and no secret of the samples appears anywhere."""
+    lines = [line for line in open(path).read().splitlines() if line.strip()]
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            raise AssertionError(f"a function wrote a line that is not JSON: {line[:300]!r}")
+    check("the functions' log: every line a JSON object", all(isinstance(r, dict) for r in records), True)
+    with open(os.path.join(ROOT, "events", "connections-api", "healthz.json")) as f:
+        healthz_id = json.load(f)["requestContext"]["requestId"]
+    healthz = [r for r in records if r.get("message") == "request" and r.get("span", {}).get("route") == "/healthz"]
+    check("the functions' log: GET /healthz's line carries API Gateway's request id",
+          [r["span"].get("request_id") for r in healthz], [healthz_id])
+    audits = [r for r in records if r.get("audit") == "credentials_read"]
+    check("the functions' log: an audit line per token lookup (channel lambda)",
+          (len(audits) >= 2, {r.get("channel") for r in audits}), (True, {"lambda"}))
+    with open(os.path.join(ROOT, "events", "connections-api", "create-connection.json")) as f:
+        created = json.loads(json.load(f)["body"])
+    secrets = [v for v in created["values"].values() if isinstance(v, str)] + [SECRET]
+    assert "sk_test_sample_value" in secrets, secrets
+    leaked = [s for s in secrets if any(s in line for line in lines)]
+    check("the functions' log: no secret of the samples in it", leaked, [])
 
 
 def stored_in_moto(env, connection_id):
