@@ -18,8 +18,30 @@ use tracing_subscriber::fmt::MakeWriter;
 /// names phases only.
 const CAPPED: [&str; 3] = ["aws_smithy_runtime=debug", "aws_smithy_runtime_api=debug", "aws_sigv4=debug"];
 
+/// Lines the deployed stack's alarms read, with the least verbose level that keeps them: the
+/// sweep summary (the refresh-failure metric filter reads its `message` and `failed`) and KMS
+/// throttling (counted by [`metrics::EmbeddedMetrics`], which sees only the lines the filter
+/// keeps). Where `RUST_LOG` is a bare level less verbose than one of these, that target is
+/// added at its level; a more verbose level (`debug`) applies to them too.
+const KEPT: [(&str, LevelFilter); 2] =
+    [("latchkey::service::refresh", LevelFilter::INFO), ("latchkey::adapters::aws::kms", LevelFilter::WARN)];
+
 fn filter() -> EnvFilter {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    log_filter(std::env::var("RUST_LOG").ok().as_deref())
+}
+
+/// The log filter of the process whose `RUST_LOG` is `rust_log` (`info` when unset, empty or
+/// invalid): [`KEPT`]'s targets added where it is a bare level (`error`, `warn`) below theirs,
+/// any other filter taken as written (`off` too), and [`CAPPED`]'s where it asks for `trace`.
+/// The deployed stack sets `RUST_LOG` to its `LogLevel` parameter.
+pub fn log_filter(rust_log: Option<&str>) -> EnvFilter {
+    let rust_log = rust_log.map(str::trim).filter(|s| !s.is_empty()).unwrap_or("info");
+    let mut filter = EnvFilter::try_new(rust_log).unwrap_or_else(|_| EnvFilter::new("info"));
+    if let Ok(level) = rust_log.parse::<LevelFilter>() {
+        for (target, kept) in KEPT.iter().filter(|(_, kept)| level != LevelFilter::OFF && level < *kept) {
+            filter = filter.add_directive(format!("{target}={kept}").parse().expect("a valid directive"));
+        }
+    }
     if filter.max_level_hint().is_some_and(|max| max <= LevelFilter::DEBUG) {
         return filter;
     }
@@ -132,5 +154,69 @@ impl<'a> MakeWriter<'a> for Captured {
 
     fn make_writer(&'a self) -> Self::Writer {
         self.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The levels of `target` the filter of `rust_log` keeps, from `error` to `trace`.
+    fn kept(rust_log: Option<&str>, target: &str) -> Vec<&'static str> {
+        let logs = Captured::default();
+        let subscriber = json_subscriber(log_filter(rust_log), logs.clone());
+        tracing::subscriber::with_default(subscriber, || match target {
+            "latchkey::service::refresh" => {
+                tracing::error!(target: "latchkey::service::refresh", "error");
+                tracing::warn!(target: "latchkey::service::refresh", "warn");
+                tracing::info!(target: "latchkey::service::refresh", "info");
+                tracing::debug!(target: "latchkey::service::refresh", "debug");
+                tracing::trace!(target: "latchkey::service::refresh", "trace");
+            }
+            "latchkey::adapters::aws::kms" => {
+                tracing::error!(target: "latchkey::adapters::aws::kms", "error");
+                tracing::warn!(target: "latchkey::adapters::aws::kms", "warn");
+                tracing::info!(target: "latchkey::adapters::aws::kms", "info");
+                tracing::debug!(target: "latchkey::adapters::aws::kms", "debug");
+                tracing::trace!(target: "latchkey::adapters::aws::kms", "trace");
+            }
+            _ => {
+                tracing::error!(target: "latchkey::http", "error");
+                tracing::warn!(target: "latchkey::http", "warn");
+                tracing::info!(target: "latchkey::http", "info");
+                tracing::debug!(target: "latchkey::http", "debug");
+                tracing::trace!(target: "latchkey::http", "trace");
+            }
+        });
+        let lines = logs.lines();
+        ["error", "warn", "info", "debug", "trace"]
+            .into_iter()
+            .filter(|level| lines.iter().any(|l| l["message"] == *level))
+            .collect()
+    }
+
+    #[test]
+    fn the_lines_the_alarms_read_are_kept_at_any_level_and_follow_a_more_verbose_one() {
+        let refresh = "latchkey::service::refresh";
+        let kms = "latchkey::adapters::aws::kms";
+        // The template's LogLevel values: RUST_LOG is the bare level.
+        assert_eq!(kept(Some("error"), refresh), ["error", "warn", "info"]);
+        assert_eq!(kept(Some("error"), kms), ["error", "warn"]);
+        assert_eq!(kept(Some("error"), "other"), ["error"]);
+        assert_eq!(kept(Some("warn"), refresh), ["error", "warn", "info"]);
+        assert_eq!(kept(Some("warn"), kms), ["error", "warn"]);
+        assert_eq!(kept(Some("warn"), "other"), ["error", "warn"]);
+        assert_eq!(kept(Some("info"), refresh), ["error", "warn", "info"]);
+        assert_eq!(kept(Some("info"), kms), ["error", "warn", "info"]);
+        // A pinned `refresh=info` kept these at info even at `debug`.
+        assert_eq!(kept(Some("debug"), refresh), ["error", "warn", "info", "debug"]);
+        assert_eq!(kept(Some("debug"), kms), ["error", "warn", "info", "debug"]);
+        assert_eq!(kept(Some("TRACE"), refresh), ["error", "warn", "info", "debug", "trace"]);
+        assert_eq!(kept(None, refresh), ["error", "warn", "info"]);
+        assert_eq!(kept(Some(""), "other"), ["error", "warn", "info"]);
+        // Anything but a bare level is the operator's own filter, taken as written.
+        assert_eq!(kept(Some("warn,latchkey::http=debug"), refresh), ["error", "warn"]);
+        assert_eq!(kept(Some("warn,latchkey::http=debug"), "other"), ["error", "warn", "info", "debug"]);
+        assert_eq!(kept(Some("off"), refresh), Vec::<&str>::new());
     }
 }

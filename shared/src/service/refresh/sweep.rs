@@ -126,8 +126,9 @@ impl Service {
                 }
             }
         }
-        // The deployed stack's refresh-failure alarm reads this line, and its RUST_LOG keeps
-        // this target at any LogLevel: the target is part of that contract.
+        // The deployed stack's refresh-failure alarm reads this line, and the log filter keeps
+        // this target at info under any less verbose LogLevel (telemetry::KEPT): the target is
+        // part of that contract.
         tracing::info!(
             target: "latchkey::service::refresh",
             revocations = summary.revocations,
