@@ -323,6 +323,20 @@ mod tests {
 
     use super::*;
 
+    /// On x86, `polyval` (aes-gcm's GHASH) picks CLMUL or its software backend at run time by
+    /// default, and that union of backends is never dropped: the CLMUL one's key was never
+    /// wiped. `.cargo/config.toml` builds the software backend alone there, which wipes on drop
+    /// (with the `zeroize` feature the workspace asks for). This fails when `RUSTFLAGS` replaced
+    /// that file's flags. (On arm64, as the functions are built, the software one is the default.)
+    #[test]
+    fn the_ghash_key_is_wiped_on_drop() {
+        let x86 = cfg!(any(target_arch = "x86_64", target_arch = "x86"));
+        assert!(
+            !x86 || cfg!(polyval_force_soft),
+            "built without --cfg polyval_force_soft (.cargo/config.toml): a RUSTFLAGS variable replaces it"
+        );
+    }
+
     /// A key provider wrapping data keys under its own master key with the context as
     /// associated data (so, like KMS, it unwraps only under the context it wrapped with),
     /// counting the data keys it unwraps.
