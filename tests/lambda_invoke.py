@@ -75,6 +75,19 @@ def binary(name):
     return path
 
 
+def stop(process):
+    """Stops `process` and its group (SIGTERM, then SIGKILL after 30 s); never raises."""
+    if process.poll() is not None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(timeout=30)
+            return
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            continue
+
+
 # The function processes of the running backend, by name.
 RUNNING = {}
 
@@ -83,10 +96,11 @@ def start_functions(port, env, log):
     """Each function's binary, polling its queue of `cargo lambda watch --only-lambda-apis`
     (`/.rt/<function>`) with the environment watch gives the functions it starts itself. Their
     standard output and error go to `log`, as Lambda sends both to CloudWatch Logs."""
+    paths = {name: binary(name) for name in FUNCTIONS}
     processes = {}
-    for name in FUNCTIONS:
+    for name, path in paths.items():
         processes[name] = subprocess.Popen(
-            [binary(name)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [path], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env=dict(env, AWS_LAMBDA_RUNTIME_API=f"http://127.0.0.1:{port}/.rt/{name}",
                      AWS_LAMBDA_FUNCTION_NAME=name, AWS_LAMBDA_FUNCTION_VERSION="1",
                      AWS_LAMBDA_FUNCTION_MEMORY_SIZE="4096"))
@@ -100,7 +114,9 @@ def main():
     port = free_port()
     data = tempfile.mkdtemp(prefix="latchkey-watch-")
     # No LATCHKEY_PUBLIC_URL, as the template deploys the functions without PublicUrl.
-    env = dict(os.environ, LATCHKEY_BACKEND="embedded", LATCHKEY_JWT_SECRET=SECRET, LATCHKEY_DATA_DIR=data)
+    # The template's default LogLevel, whatever the caller's RUST_LOG: the log checks read it.
+    env = dict(os.environ, LATCHKEY_BACKEND="embedded", LATCHKEY_JWT_SECRET=SECRET, LATCHKEY_DATA_DIR=data,
+               RUST_LOG="info")
     env.pop("LATCHKEY_PUBLIC_URL", None)
     moto = None
     if backend == "aws":
@@ -126,8 +142,7 @@ def main():
         RUNNING.update(start_functions(port, env, functions_log))
         run(port, lambda cid: stored_in_moto(aws, cid) if moto else None)
         for process in RUNNING.values():
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
+            stop(process)
         check_logs(functions_log.name)
     except BaseException:
         for f in (log, functions_log):
@@ -136,9 +151,7 @@ def main():
         raise
     finally:
         for process in [*RUNNING.values(), watch]:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=30)
+            stop(process)
         RUNNING.clear()
         if moto:
             moto.stdin.close()  # moto_server.py exits at EOF
@@ -166,12 +179,45 @@ def check_logs(path):
     audits = [r for r in records if r.get("audit") == "credentials_read"]
     check("the functions' log: an audit line per token lookup (channel lambda)",
           (len(audits) >= 2, {r.get("channel") for r in audits}), (True, {"lambda"}))
-    with open(os.path.join(ROOT, "events", "connections-api", "create-connection.json")) as f:
-        created = json.loads(json.load(f)["body"])
-    secrets = [v for v in created["values"].values() if isinstance(v, str)] + [SECRET]
-    assert "sk_test_sample_value" in secrets, secrets
-    leaked = [s for s in secrets if any(s in line for line in lines)]
-    check("the functions' log: no secret of the samples in it", leaked, [])
+    secrets = sample_secrets()
+    assert {"sk_test_sample_value", "sample-client-secret-not-real"} <= set(secrets), secrets
+    leaked = [s[:12] + "..." for s in secrets if any(s in line for line in lines)]
+    check(f"the functions' log: none of the samples' {len(secrets)} secrets in it", leaked, [])
+
+
+def sample_secrets():
+    """Every secret the samples in events/ carry: the JWT signing secret, the bearer tokens of
+    their `authorization` headers, the values of connections and the defaults of `password`
+    inputs in their bodies."""
+    found = {SECRET}
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("type") == "password" and isinstance(node.get("default"), str):
+                found.add(node["default"])
+            for key, value in node.items():
+                if key == "values" and isinstance(value, dict):
+                    found.update(v for v in value.values() if isinstance(v, str) and len(v) >= 8)
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    for directory, _, files in os.walk(os.path.join(ROOT, "events")):
+        for name in files:
+            if not name.endswith(".json"):
+                continue
+            with open(os.path.join(directory, name)) as f:
+                sample = json.load(f)
+            auth = (sample.get("headers") or {}).get("authorization", "") if isinstance(sample, dict) else ""
+            if auth.lower().startswith("bearer "):
+                found.add(auth[len("bearer "):])
+            body = sample.get("body") if isinstance(sample, dict) else None
+            try:
+                walk(json.loads(body) if isinstance(body, str) else sample)
+            except ValueError:
+                pass
+    return sorted(found)
 
 
 def stored_in_moto(env, connection_id):

@@ -18,6 +18,10 @@ use tracing_subscriber::fmt::MakeWriter;
 /// names phases only.
 const CAPPED: [&str; 3] = ["aws_smithy_runtime=debug", "aws_smithy_runtime_api=debug", "aws_sigv4=debug"];
 
+/// The target of the audit line every credential read writes (`audit = "credentials_read"`,
+/// SPEC section 11, `service::lookup`): kept at `info` whatever `RUST_LOG` says ([`log_filter`]).
+pub const AUDIT_TARGET: &str = "latchkey::audit";
+
 /// Lines the deployed stack's alarms read, with the least verbose level that keeps them: the
 /// sweep summary (the refresh-failure metric filter reads its `message` and `failed`) and KMS
 /// throttling (counted by [`metrics::EmbeddedMetrics`], which sees only the lines the filter
@@ -32,8 +36,9 @@ fn filter() -> EnvFilter {
 
 /// The log filter of the process whose `RUST_LOG` is `rust_log` (`info` when unset, empty or
 /// invalid): [`KEPT`]'s targets added where it is a bare level (`error`, `warn`) below theirs,
-/// any other filter taken as written (`off` too), and [`CAPPED`]'s where it asks for `trace`.
-/// The deployed stack sets `RUST_LOG` to its `LogLevel` parameter.
+/// any other filter taken as written (`off` too) but for the audit line, which every filter
+/// keeps at `info` ([`AUDIT_TARGET`]), and [`CAPPED`]'s where it asks for `trace`. The deployed
+/// stack sets `RUST_LOG` to its `LogLevel` parameter.
 pub fn log_filter(rust_log: Option<&str>) -> EnvFilter {
     let rust_log = rust_log.map(str::trim).filter(|s| !s.is_empty()).unwrap_or("info");
     let mut filter = EnvFilter::try_new(rust_log).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -42,6 +47,8 @@ pub fn log_filter(rust_log: Option<&str>) -> EnvFilter {
             filter = filter.add_directive(format!("{target}={kept}").parse().expect("a valid directive"));
         }
     }
+    // Last, so that it also overrides a directive of the filter's own for that target.
+    filter = filter.add_directive(format!("{AUDIT_TARGET}=info").parse().expect("a valid directive"));
     if filter.max_level_hint().is_some_and(|max| max <= LevelFilter::DEBUG) {
         return filter;
     }
@@ -161,32 +168,27 @@ impl<'a> MakeWriter<'a> for Captured {
 mod tests {
     use super::*;
 
+    /// One line at each level, `error` to `trace`, each saying its level, under `target`
+    /// (a literal: `tracing` takes a target as a constant).
+    macro_rules! every_level {
+        ($target:literal) => {{
+            tracing::error!(target: $target, "error");
+            tracing::warn!(target: $target, "warn");
+            tracing::info!(target: $target, "info");
+            tracing::debug!(target: $target, "debug");
+            tracing::trace!(target: $target, "trace");
+        }};
+    }
+
     /// The levels of `target` the filter of `rust_log` keeps, from `error` to `trace`.
     fn kept(rust_log: Option<&str>, target: &str) -> Vec<&'static str> {
         let logs = Captured::default();
         let subscriber = json_subscriber(log_filter(rust_log), logs.clone());
         tracing::subscriber::with_default(subscriber, || match target {
-            "latchkey::service::refresh" => {
-                tracing::error!(target: "latchkey::service::refresh", "error");
-                tracing::warn!(target: "latchkey::service::refresh", "warn");
-                tracing::info!(target: "latchkey::service::refresh", "info");
-                tracing::debug!(target: "latchkey::service::refresh", "debug");
-                tracing::trace!(target: "latchkey::service::refresh", "trace");
-            }
-            "latchkey::adapters::aws::kms" => {
-                tracing::error!(target: "latchkey::adapters::aws::kms", "error");
-                tracing::warn!(target: "latchkey::adapters::aws::kms", "warn");
-                tracing::info!(target: "latchkey::adapters::aws::kms", "info");
-                tracing::debug!(target: "latchkey::adapters::aws::kms", "debug");
-                tracing::trace!(target: "latchkey::adapters::aws::kms", "trace");
-            }
-            _ => {
-                tracing::error!(target: "latchkey::http", "error");
-                tracing::warn!(target: "latchkey::http", "warn");
-                tracing::info!(target: "latchkey::http", "info");
-                tracing::debug!(target: "latchkey::http", "debug");
-                tracing::trace!(target: "latchkey::http", "trace");
-            }
+            "latchkey::service::refresh" => every_level!("latchkey::service::refresh"),
+            "latchkey::adapters::aws::kms" => every_level!("latchkey::adapters::aws::kms"),
+            "latchkey::audit" => every_level!("latchkey::audit"),
+            _ => every_level!("latchkey::http"),
         });
         let lines = logs.lines();
         ["error", "warn", "info", "debug", "trace"]
@@ -218,5 +220,17 @@ mod tests {
         assert_eq!(kept(Some("warn,latchkey::http=debug"), refresh), ["error", "warn"]);
         assert_eq!(kept(Some("warn,latchkey::http=debug"), "other"), ["error", "warn", "info", "debug"]);
         assert_eq!(kept(Some("off"), refresh), Vec::<&str>::new());
+    }
+
+    /// SPEC section 11: every credential read writes its audit line, whatever the level.
+    #[test]
+    fn the_audit_line_is_kept_by_every_filter() {
+        assert_eq!(AUDIT_TARGET, "latchkey::audit", "every_level! below names it literally");
+        for rust_log in [None, Some("error"), Some("warn"), Some("off"), Some("warn,latchkey::http=debug")] {
+            assert_eq!(kept(rust_log, AUDIT_TARGET), ["error", "warn", "info"], "{rust_log:?}");
+        }
+        assert_eq!(kept(Some("warn,latchkey::audit=off"), AUDIT_TARGET), ["error", "warn", "info"]);
+        assert_eq!(kept(Some("error"), "other"), ["error"]);
+        assert_eq!(kept(Some("trace"), AUDIT_TARGET), ["error", "warn", "info"]);
     }
 }

@@ -201,6 +201,7 @@ impl Channel {
 /// store write.
 fn audit_read(c: &Connection, origin: &ReadOrigin) {
     tracing::info!(
+        target: crate::telemetry::AUDIT_TARGET,
         audit = "credentials_read",
         org = %c.org,
         connection_id = %c.id,
