@@ -34,8 +34,8 @@ if [ ! -d tests/oauth/node_modules/oidc-provider ]; then
     npm ci --prefix tests/oauth --no-audit --no-fund --loglevel=error
 fi
 
-step "the latchkey command, as cargo test builds it (build_latchkey, tests/venv.sh)"
-build_latchkey
+step "the latchkey command, as cargo test builds it (build_binaries, tests/venv.sh)"
+build_binaries
 export LATCHKEY_BIN="${CARGO_TARGET_DIR:-target}/debug/latchkey"
 export PYTHONDONTWRITEBYTECODE=1
 

@@ -5,7 +5,7 @@
 #   - `cargo lambda build --release --arm64` of the six functions, their zipped sizes written to
 #     target/lambda/sizes.md (recorded in docs/function-sizes.md), then `sam build` of the
 #     template, which must package those very binaries and write under 51,200 bytes;
-#   - the six binaries (debug, as `cargo test` builds them) on `cargo lambda watch`, invoked with the
+#   - the six binaries (debug, with `cargo test`'s features) on `cargo lambda watch`, invoked with the
 #     samples in events/.
 # The template's contents against the code are tested by tests/infra_template.rs (cargo test).
 set -euo pipefail
@@ -92,6 +92,6 @@ if (( built >= 51200 )); then
 fi
 
 step "the six binaries on cargo lambda watch, fed the samples in events/ with cargo lambda invoke"
-build_functions
+build_binaries
 python3 tests/lambda_invoke.py embedded
 python3 tests/lambda_invoke.py aws

@@ -7,10 +7,10 @@ Run by tests/infra.sh with cargo-lambda on PATH, once per backend:
             started by tests/moto_server.py), a table made by `latchkey bootstrap`, a KMS key
             and an event bus.
 
-The binaries are the ones in target/debug that the test command's `cargo test` build made
-(tests/infra.sh builds the six functions' with the same flags first, `build_functions` in
-tests/venv.sh), started here with the Runtime API address `cargo lambda watch --only-lambda-apis`
-serves them at, as watch itself would start them. Left to watch, each would be built by `cargo
+The binaries are debug builds in target/debug with the features the test command's `cargo test`
+resolves (`build_binaries` in tests/venv.sh, run by tests/infra.sh first), started here with the
+Runtime API address `cargo lambda watch --only-lambda-apis` serves them at, as watch itself
+would start them. Left to watch, each would be built by `cargo
 run --bin <function>`: features resolved without the dev-dependencies, so the library and most of
 its dependencies compiled a second time (about 200 s of a CI run).
 
@@ -71,7 +71,7 @@ def start_moto():
 def binary(name):
     path = os.path.join(BIN_DIR, name)
     if not os.access(path, os.X_OK):
-        sys.exit(f"{path} is missing: tests/infra.sh builds it (build_functions, tests/venv.sh)")
+        sys.exit(f"{path} is missing: tests/infra.sh builds it (build_binaries, tests/venv.sh)")
     return path
 
 

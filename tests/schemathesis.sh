@@ -21,8 +21,8 @@ source tests/venv.sh
 step "schemathesis in .venv-schemathesis/ from tests/schemathesis-requirements.txt"
 venv .venv-schemathesis tests/schemathesis-requirements.txt
 
-step "the latchkey command, as cargo test builds it (build_latchkey, tests/venv.sh)"
-build_latchkey
+step "the latchkey command, as cargo test builds it (build_binaries, tests/venv.sh)"
+build_binaries
 bin="${CARGO_TARGET_DIR:-target}/debug/latchkey"
 py=.venv-schemathesis/bin/python
 # Everything here talks to the loopback server: no proxy from the environment.

@@ -11,16 +11,13 @@ step() { echo "==> [$(( $(date +%s) - LATCHKEY_TEST_STARTED )) s] $*"; }
 # other packages or features would rebuild what the first one built.
 test_flags=(--workspace --locked --features latchkey-client/lambda)
 
-# `build_latchkey` builds target/debug/latchkey (the `latchkey` command the scripts serve) as
-# tests/run.sh's `cargo test` builds it, so after that it is already there: by building the small
-# `cli` test, which runs it. A `cargo build --bin latchkey` instead resolves features without the
-# dev-dependencies (latchkey's `conformance`) and compiled the library again: 202 s of a CI run.
-build_latchkey() { cargo test "${test_flags[@]}" --quiet --no-run --test cli; }
-
-# `build_functions` builds the six functions' binaries in target/debug (and the `latchkey`
-# command) with the same features: `--test cli` makes cargo resolve them with the
-# dev-dependencies, as `cargo test` does, so only the six small packages compile.
-build_functions() { cargo build "${test_flags[@]}" --quiet --bins --test cli; }
+# `build_binaries` builds target/debug/latchkey (the `latchkey` command the scripts serve) and the
+# six functions' binaries (tests/lambda_invoke.py) with the features tests/run.sh's `cargo test`
+# resolves: the `cli` test target makes cargo resolve them with the dev-dependencies, so after
+# `cargo test` only the six small function packages compile (about 15 s), once. A `cargo build
+# --bin latchkey` instead resolved features without the dev-dependencies (latchkey's
+# `conformance`, tokio's `test-util`...) and compiled the library again: 202 s of a CI run.
+build_binaries() { cargo build "${test_flags[@]}" --quiet --bins --test cli; }
 
 # `make_venv DIR` creates a Python virtual environment in the project's DIR unless it is there,
 # installing python3-venv first if a stock Debian lacks it and we may: uv's own (.venv-uv/), or

@@ -15,8 +15,8 @@ source tests/venv.sh
 step "pytest and standardwebhooks in .venv-webhooks/ from tests/webhooks/requirements.txt"
 venv .venv-webhooks tests/webhooks/requirements.txt
 
-step "the latchkey command, as cargo test builds it (build_latchkey, tests/venv.sh)"
-build_latchkey
+step "the latchkey command, as cargo test builds it (build_binaries, tests/venv.sh)"
+build_binaries
 export LATCHKEY_BIN="${CARGO_TARGET_DIR:-target}/debug/latchkey"
 export PYTHONDONTWRITEBYTECODE=1
 

@@ -395,6 +395,29 @@ async fn concurrent_lookups_write_each_requests_lines_together() {
     }
 }
 
+/// At `RUST_LOG=warn` (the stack's `LogLevel=warn`) `latchkey serve` drops its `info` lines,
+/// the request lines included, but never the audit line of a credential read (SPEC section 11;
+/// its target `latchkey::audit` is kept by every filter).
+#[tokio::test]
+async fn the_audit_line_is_written_at_rust_log_warn() {
+    let lab = Lab::start(&[("LATCHKEY_LOG_FORMAT", "json"), ("RUST_LOG", "warn")]).await;
+    let provider = VerifyProvider::start().await;
+    let api_key = format!("sk_live_{}", random_hex());
+    let id = api_key_connection(&lab, &provider, "audited-warn", &api_key).await;
+    let found = lab.app.lookup(&lab.runtime, &id, &json!({})).await;
+    found.assert_status(StatusCode::OK);
+    let request_id = found.header("x-request-id").expect("a request id").to_owned();
+    let logs = lab.app.logs();
+    let audits = audit_lines(&logs);
+    assert_eq!(audits.len(), 1, "{logs}");
+    assert_eq!(audits[0]["request_id"], request_id.as_str());
+    assert_eq!(audits[0]["target"], "latchkey::audit");
+    assert!(!logs.contains(&api_key), "the key is never logged");
+    let requests =
+        logs.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|l| l["message"] == "request");
+    assert_eq!(requests.count(), 0, "RUST_LOG=warn applies: no request line (info)\n{logs}");
+}
+
 /// The organization id of `lab` (its tokens name it; reads show it nowhere else).
 async fn org_of(lab: &Lab) -> String {
     let payload = lab.runtime.split('.').nth(1).expect("a JWT");

@@ -115,7 +115,7 @@ class Latchkey:
 
     def __init__(self, name, env_extra=None, preload=None):
         if not BIN.is_file():
-            pytest.fail(f"{BIN} is missing: build it with tests/browser.sh (build_latchkey, tests/venv.sh)")
+            pytest.fail(f"{BIN} is missing: build it with tests/browser.sh (build_binaries, tests/venv.sh)")
         LOGS.mkdir(parents=True, exist_ok=True)
         self.data_dir = tempfile.mkdtemp(prefix="latchkey-browser-")
         self.secret = secrets.token_hex(32)

@@ -67,7 +67,7 @@ class Latchkey:
 
     def __init__(self, name):
         if not BIN.is_file():
-            pytest.fail(f"{BIN} is missing: build it with tests/webhooks.sh (build_latchkey, tests/venv.sh)")
+            pytest.fail(f"{BIN} is missing: build it with tests/webhooks.sh (build_binaries, tests/venv.sh)")
         LOGS.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.data_dir = tempfile.mkdtemp(prefix="latchkey-webhooks-")

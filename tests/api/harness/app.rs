@@ -136,17 +136,17 @@ impl TestApp {
         Self::spawn_binary_with_env(backend, secret, &[]).await
     }
 
-    /// [`TestApp::spawn_binary`] with extra `LATCHKEY_*` settings (`env`, added to the backend's
-    /// and the harness's own).
+    /// [`TestApp::spawn_binary`] with extra settings (`env`, added to the backend's and the
+    /// harness's own; a `RUST_LOG` there replaces the harness's).
     pub async fn spawn_binary_with_env(backend: &Backend, secret: &str, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BIN)
             .arg("serve")
             .env_clear()
             .envs(backend.serve_env())
+            .env("RUST_LOG", RUST_LOG)
             .envs(env.iter().copied())
             .env("LATCHKEY_ADDR", "127.0.0.1:0")
             .env("LATCHKEY_JWT_SECRET", secret)
-            .env("RUST_LOG", RUST_LOG)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
