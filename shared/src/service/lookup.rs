@@ -232,8 +232,11 @@ impl Service {
             return Err(ServiceError::Unusable(why));
         }
         // A lapsed refresh token (SPEC section 10): red `token_expired`, no provider call.
+        // The paths that write or call a provider are boxed (here and below): their futures are
+        // most of a lookup's, which every lookup would otherwise carry and copy
+        // (docs/performance.md, "`opt-level = 3` for `latchkey serve`, and large futures").
         if let Some(at) = self.refresh_token_lapse(&c) {
-            return Err(self.refresh_token_lapsed(c, at).await);
+            return Err(Box::pin(self.refresh_token_lapsed(c, at)).await);
         }
         let mut c = c;
         let mut token = None;
@@ -258,7 +261,7 @@ impl Service {
             let min_valid = time::Duration::seconds(req.min_valid_seconds.unwrap_or(0).min(86_400) as i64);
             let fresh = c.oauth.as_ref().is_some_and(|t| t.expires_at.is_none_or(|e| e > now + min_valid));
             if !fresh {
-                c = self.fresh_for_lookup(c, min_valid).await?;
+                c = Box::pin(self.fresh_for_lookup(c, min_valid)).await?;
                 // Reported red while the refresh ran: the refresh stored its tokens (a rotated
                 // refresh token is never lost) but the connection stays red and unusable.
                 if c.status == Status::Error {
@@ -269,7 +272,7 @@ impl Service {
             // Never hand out a token known to be dead (SPEC section 8): one that expired and
             // that nothing can renew turns the connection red.
             if tokens.expires_at.is_some_and(|e| e <= self.clock.now()) && !self.renewable(&c) {
-                return Err(self.token_expired(c).await);
+                return Err(Box::pin(self.token_expired(c)).await);
             }
             let opened = self.open_tokens(&c).await?.ok_or(ServiceError::Unusable(Unusable::Pending))?;
             captured = opened.captured;
@@ -300,23 +303,10 @@ impl Service {
             // connection): it signs assertions for any token, so it stays inside Latchkey.
             secret.remove(crate::domain::validate::PRIVATE_KEY_INPUT);
         }
-        let mut status = c.status;
-        if c.status == Status::Configured {
-            let mut used = c.clone();
-            used.status = Status::Active;
-            used.version += 1;
-            used.updated_at = self.clock.now();
-            match self.store.update_connection(&used, c.version).await {
-                Ok(()) => {
-                    status = Status::Active;
-                    self.log(&used, LogType::Used, "first successful lookup: connection active").await;
-                }
-                // Someone else changed it meanwhile; the credentials read are still the latest
-                // this caller could have seen, and the next lookup will try again.
-                Err(StoreError::Conflict) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let status = match c.status {
+            Status::Configured => Box::pin(self.first_used(&c)).await?,
+            status => status,
+        };
         audit_read(&c, origin);
         // The connection is not used past here: its values move into the answer, uncopied.
         let mut plain = std::mem::take(&mut c.values);
@@ -330,6 +320,25 @@ impl Service {
             token,
             oauth1,
         })
+    }
+
+    /// A `configured` connection's first lookup turns it `active` (and logs it): the status the
+    /// answer reports, `configured` still where someone else changed the connection meanwhile
+    /// (the credentials read are still the latest this caller could have seen, and the next
+    /// lookup tries again).
+    async fn first_used(&self, c: &Connection) -> Result<Status> {
+        let mut used = c.clone();
+        used.status = Status::Active;
+        used.version += 1;
+        used.updated_at = self.clock.now();
+        match self.store.update_connection(&used, c.version).await {
+            Ok(()) => {
+                self.log(&used, LogType::Used, "first successful lookup: connection active").await;
+                Ok(Status::Active)
+            }
+            Err(StoreError::Conflict) => Ok(c.status),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// `report_error`: the integration tells Latchkey the credentials failed; the connection
@@ -423,5 +432,27 @@ impl Service {
             }
         }
         ServiceError::Unusable(Unusable::TokenExpired)
+    }
+}
+
+#[cfg(all(test, feature = "embedded"))]
+mod tests {
+    use super::*;
+    use crate::service::ServiceOptions;
+
+    /// A lookup's future carries only its warm path: the refresh, the paths that turn a
+    /// connection red and the first use's write are boxed. With the refresh inline it was 24,384
+    /// bytes (this test's unoptimised build; 25,992 for the HTTP handler's in a release build),
+    /// which every lookup over HTTP and in the `token-lookup` function built and copied
+    /// (docs/performance.md, "`opt-level = 3` for `latchkey serve`, and large futures").
+    #[tokio::test]
+    async fn a_lookups_future_carries_only_its_warm_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = Service::on_sqlite(dir.path(), ServiceOptions::default());
+        let org = OrgId::parse("acme").unwrap();
+        let lookup = LookupRequest::default();
+        let origin = ReadOrigin::http(PrincipalKind::Runtime, "req-1");
+        let size = std::mem::size_of_val(&service.lookup(&org, None, &lookup, &origin));
+        assert!(size <= 8 * 1024, "a lookup's future is {size} bytes");
     }
 }

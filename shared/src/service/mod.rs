@@ -116,6 +116,22 @@ impl Default for ServiceOptions {
 }
 
 impl Service {
+    /// A service over a fresh SQLite store (`latchkey.db`) and local key provider in `dir`, its
+    /// events to the log, the system clock: the service's own unit tests.
+    #[cfg(all(test, feature = "embedded"))]
+    pub(crate) fn on_sqlite(dir: &std::path::Path, options: ServiceOptions) -> Self {
+        use crate::adapters::{local_key::LocalKeyProvider, log_sink::LogEventSink, sqlite::SqliteStore};
+        let keys = Arc::new(LocalKeyProvider::open_or_create(dir).expect("a local key"));
+        let store = Arc::new(SqliteStore::open(&dir.join("latchkey.db")).expect("a SQLite store"));
+        Self::new(
+            store,
+            Arc::new(Envelope::new(keys)),
+            Arc::new(LogEventSink::default()),
+            Arc::new(crate::ports::SystemClock),
+            options,
+        )
+    }
+
     pub fn new(
         store: Arc<dyn Store>,
         envelope: Arc<Envelope>,

@@ -6,12 +6,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::*;
-use crate::adapters::local_key::LocalKeyProvider;
-use crate::adapters::log_sink::LogEventSink;
-use crate::adapters::sqlite::SqliteStore;
-use crate::crypto::Envelope;
 use crate::domain::OrgId;
-use crate::ports::SystemClock;
 use crate::service::ServiceOptions;
 
 /// A service over a fresh SQLite store, and a pending device-flow connection of it whose
@@ -19,15 +14,7 @@ use crate::service::ServiceOptions;
 /// token endpoint refuses connections: a poll fails, and the interval doubles.
 async fn pending_device(next_poll_in: time::Duration) -> (Service, Connection, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let keys = Arc::new(LocalKeyProvider::open_or_create(dir.path()).unwrap());
-    let store = Arc::new(SqliteStore::open(&dir.path().join("latchkey.db")).unwrap());
-    let service = Service::new(
-        store,
-        Arc::new(Envelope::new(keys)),
-        Arc::new(LogEventSink::default()),
-        Arc::new(SystemClock),
-        ServiceOptions::default(),
-    );
+    let service = Service::on_sqlite(dir.path(), ServiceOptions::default());
     let org = OrgId::parse("acme").unwrap();
     let p = Principal::organization(org.clone());
     let definition = json!({"auth": "oauth2_device_code", "inputs": {

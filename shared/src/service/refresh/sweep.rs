@@ -253,17 +253,10 @@ impl Swept {
 
 #[cfg(all(test, feature = "embedded"))]
 mod tests {
-    use std::sync::Arc;
-
     use serde_json::json;
 
     use super::*;
-    use crate::adapters::local_key::LocalKeyProvider;
-    use crate::adapters::log_sink::LogEventSink;
-    use crate::adapters::sqlite::SqliteStore;
-    use crate::crypto::Envelope;
     use crate::domain::Principal;
-    use crate::ports::SystemClock;
     use crate::service::ServiceOptions;
 
     /// A service over a fresh SQLite store and local key, refreshing at most `concurrency` at
@@ -271,17 +264,9 @@ mod tests {
     /// reached it would fail and back off).
     async fn one_connection(concurrency: usize) -> (Service, OrgId, ConnectionId, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let keys = Arc::new(LocalKeyProvider::open_or_create(dir.path()).unwrap());
-        let store = Arc::new(SqliteStore::open(&dir.path().join("latchkey.db")).unwrap());
         let mut options = ServiceOptions::default();
         options.refresh.concurrency = concurrency;
-        let service = Service::new(
-            store,
-            Arc::new(Envelope::new(keys)),
-            Arc::new(LogEventSink::default()),
-            Arc::new(SystemClock),
-            options,
-        );
+        let service = Service::on_sqlite(dir.path(), options);
         let org = OrgId::parse("acme").unwrap();
         let p = Principal::organization(org.clone());
         let definition = json!({"auth": "oauth2_authorization_code", "inputs": {
