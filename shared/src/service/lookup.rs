@@ -444,7 +444,8 @@ mod tests {
     /// connection red and the first use's write are boxed. With the refresh inline it was 24,384
     /// bytes (this test's unoptimised build; 25,992 for the HTTP handler's in a release build),
     /// which every lookup over HTTP and in the `token-lookup` function built and copied
-    /// (docs/performance.md, "`opt-level = 3` for `latchkey serve`, and large futures").
+    /// (docs/performance.md, "`opt-level = 3` for `latchkey serve`, and large futures"). The bound
+    /// guards the refresh, the largest; the smaller boxed paths alone would fit under it.
     #[tokio::test]
     async fn a_lookups_future_carries_only_its_warm_path() {
         let dir = tempfile::tempdir().unwrap();
