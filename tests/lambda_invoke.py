@@ -10,9 +10,9 @@ Run by tests/infra.sh with cargo-lambda on PATH, once per backend:
 The binaries are debug builds in target/debug with the features the test command's `cargo test`
 resolves (`build_binaries` in tests/venv.sh, run by tests/infra.sh first), started here with the
 Runtime API address `cargo lambda watch --only-lambda-apis` serves them at, as watch itself
-would start them. Left to watch, each would be built by `cargo
-run --bin <function>`: features resolved without the dev-dependencies, so the library and most of
-its dependencies compiled a second time (about 200 s of a CI run).
+would start them. Left to watch, each would be built by `cargo run --bin <function>`: features
+resolved without the dev-dependencies, so the library and most of its dependencies compiled a
+second time (about 200 s of a CI run).
 
 Usage: python3 tests/lambda_invoke.py embedded|aws
 """
