@@ -4,7 +4,7 @@
 //! copied onto another record fails twice over: the data key does not unwrap under the other
 //! context, and the AEAD tag does not verify.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,11 +17,13 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 pub mod branch;
+mod expiring;
 
 pub use crate::domain::Sealed;
 use crate::domain::{ConnectionId, DefinitionKey, OrgId};
 use crate::ports::BackendError;
 pub use branch::BranchKeyring;
+use expiring::ExpiringMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
@@ -164,13 +166,12 @@ fn open_with(cipher: &Aes256Gcm, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<
 }
 
 /// An unwrapped data key, as its AES-GCM cipher (the key schedule done once, not on every
-/// open; shared by reference count, so a hit copies no key material), the context it was
-/// unwrapped under, and when. The cipher's round keys are wiped when the last reference goes
-/// (`aes` with its `zeroize` feature, checked below).
+/// open; shared by reference count, so a hit copies no key material), and the context it was
+/// unwrapped under. The cipher's round keys are wiped when the last reference goes (`aes` with
+/// its `zeroize` feature, checked below).
 struct CachedKey {
     cipher: Arc<Aes256Gcm>,
     ctx: EncryptionContext,
-    at: Instant,
 }
 
 // Compiles only while the AES key schedule is wiped on drop (the `zeroize` feature of `aes`,
@@ -185,38 +186,18 @@ const _: () = {
 /// its data key). A hit must also match the context the key was unwrapped under: a lookup
 /// under any other context is a miss and goes to the provider, which refuses it, so the cache
 /// never skips the context check the provider makes. Keyed by the wrapped bytes alone, a
-/// lookup borrows them and the context instead of building an owned key of both.
-struct KeyCache {
-    entries: HashMap<Vec<u8>, CachedKey>,
-    capacity: usize,
-    ttl: Duration,
-}
+/// lookup borrows them and the context instead of building an owned key of both. Making room
+/// costs the same whatever the capacity ([`ExpiringMap`]).
+struct KeyCache(ExpiringMap<Vec<u8>, CachedKey, Instant>);
 
 impl KeyCache {
-    fn get(&mut self, wrapped: &[u8], ctx: &EncryptionContext) -> Option<Arc<Aes256Gcm>> {
-        let entry = self.entries.get(wrapped)?;
-        if entry.at.elapsed() >= self.ttl {
-            self.entries.remove(wrapped);
-            return None;
-        }
-        (entry.ctx == *ctx).then(|| entry.cipher.clone())
+    fn get(&self, wrapped: &[u8], ctx: &EncryptionContext) -> Option<Arc<Aes256Gcm>> {
+        self.0.get(wrapped, Instant::now()).filter(|k| k.ctx == *ctx).map(|k| k.cipher.clone())
     }
 
-    fn put(&mut self, wrapped: &[u8], ctx: &EncryptionContext, cipher: Arc<Aes256Gcm>) {
-        if self.capacity == 0 {
-            return;
-        }
-        if self.entries.len() >= self.capacity && !self.entries.contains_key(wrapped) {
-            let ttl = self.ttl;
-            self.entries.retain(|_, e| e.at.elapsed() < ttl);
-        }
-        if self.entries.len() >= self.capacity
-            && !self.entries.contains_key(wrapped)
-            && let Some(oldest) = self.entries.iter().min_by_key(|(_, e)| e.at).map(|(k, _)| k.clone())
-        {
-            self.entries.remove(&oldest);
-        }
-        self.entries.insert(wrapped.to_vec(), CachedKey { cipher, ctx: ctx.clone(), at: Instant::now() });
+    /// Keeps `key` under `wrapped`; both are built by the caller before it takes the lock.
+    fn put(&mut self, wrapped: Vec<u8>, key: CachedKey) {
+        self.0.put(wrapped, key, Instant::now());
     }
 }
 
@@ -236,7 +217,7 @@ impl Envelope {
     }
 
     pub fn with_cache(keys: Arc<dyn KeyProvider>, capacity: usize, ttl: Duration) -> Self {
-        Self { keys, cache: Mutex::new(KeyCache { entries: HashMap::new(), capacity, ttl }) }
+        Self { keys, cache: Mutex::new(KeyCache(ExpiringMap::new(capacity, ttl))) }
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, KeyCache> {
@@ -248,7 +229,9 @@ impl Envelope {
         let dk = self.keys.generate_data_key(ctx).await?;
         let cipher = Arc::new(dk.plaintext.cipher());
         let ciphertext = seal_with(&cipher, plaintext, &ctx.aad());
-        self.cache().put(&dk.wrapped, ctx, cipher);
+        let cached = CachedKey { cipher, ctx: ctx.clone() };
+        let wrapped = dk.wrapped.clone();
+        self.cache().put(wrapped, cached);
         Ok(Sealed { key_id: dk.key_id, wrapped_key: dk.wrapped, ciphertext })
     }
 
@@ -260,7 +243,9 @@ impl Envelope {
             None => {
                 let key = self.keys.decrypt_data_key(&sealed.key_id, &sealed.wrapped_key, ctx).await?;
                 let cipher = Arc::new(key.cipher());
-                self.cache().put(&sealed.wrapped_key, ctx, cipher.clone());
+                let cached = CachedKey { cipher: cipher.clone(), ctx: ctx.clone() };
+                let wrapped = sealed.wrapped_key.clone();
+                self.cache().put(wrapped, cached);
                 cipher
             }
         };
@@ -412,7 +397,7 @@ mod tests {
             assert!(two.open(&ctx, s).await.is_ok());
         }
         assert_eq!(unwrapped(), 3);
-        assert_eq!(two.cache().entries.len(), 2, "at most its capacity");
+        assert_eq!(two.cache().0.len(), 2, "at most its capacity");
         assert!(two.open(&ctx, &sealed[2]).await.is_ok());
         assert_eq!(unwrapped(), 3, "the latest stayed");
         assert!(two.open(&ctx, &sealed[0]).await.is_ok());

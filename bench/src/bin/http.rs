@@ -14,7 +14,8 @@
 //! cargo build --release --bin latchkey
 //! cargo run -p latchkey-bench --bin http -- --server target/release/latchkey
 //! cargo run -p latchkey-bench --bin http -- --server target/release/latchkey --cores 1,2,4,8 --svg-dir docs
-//! cargo run -p latchkey-bench --bin http -- --server target/release/latchkey --perf /tmp/lookup.data
+//! cargo run -p latchkey-bench --bin http -- --server target/release/latchkey --perf /tmp/lookup.data \
+//!     --perf-floor /tmp/healthz.data
 //! ```
 //!
 //! `--cores`: the server pinned with `taskset` to the first N cores and wrk to the others, for
@@ -63,6 +64,11 @@ struct Args {
     /// run into this file.
     #[arg(long)]
     perf: Option<PathBuf>,
+    /// Record the same profile during the first `/healthz` run into this file: beside `--perf`'s,
+    /// what a lookup pays that the floor does not. That round's `/healthz` figures are then
+    /// taken under `perf`, as its lookup figures are with `--perf`.
+    #[arg(long)]
+    perf_floor: Option<PathBuf>,
     /// What the rows' first column says (the build measured).
     #[arg(long, default_value = "latchkey serve")]
     label: String,
@@ -312,6 +318,15 @@ fn start_perf(pid: u32, out: &Path, secs: u64) -> Result<Child, Error> {
         .map_err(|e| format!("cannot run perf: {e}"))?)
 }
 
+/// In the first round, a `perf record` of the server into `out` (when given) for the wrk run
+/// about to start: one second shorter, so that it ends inside the run.
+fn profile(args: &Args, round: u32, out: Option<&Path>, pid: u32) -> Result<Option<Child>, Error> {
+    match (out, round) {
+        (Some(out), 0) => Ok(Some(start_perf(pid, out, args.duration.saturating_sub(1).max(1))?)),
+        _ => Ok(None),
+    }
+}
+
 /// Starts a server (pinned to `server_cpus`), seeds it, and runs `args.rounds` rounds.
 fn measure(args: &Args, server_cpus: Option<&str>, wrk_cpus: Option<&str>) -> Result<Vec<Round>, Error> {
     let server = Server::start(&args.server, server_cpus)?;
@@ -331,14 +346,15 @@ fn measure(args: &Args, server_cpus: Option<&str>, wrk_cpus: Option<&str>) -> Re
     let mut rounds = Vec::new();
     let mut looked_up = 0;
     for round in 0..args.rounds {
+        let perf = profile(args, round, args.perf_floor.as_deref(), server.child.id())?;
         let cpu = cpu_ticks(server.child.id())?;
         let mut healthz = wrk(args, wrk_cpus, &healthz_script, &format!("{base}/healthz"))?;
         healthz.server_cpu_us =
             (cpu_ticks(server.child.id())? - cpu) as f64 * 1e6 / ticks_per_s() / healthz.requests as f64;
-        let perf = match (&args.perf, round) {
-            (Some(out), 0) => Some(start_perf(server.child.id(), out, args.duration.saturating_sub(1).max(1))?),
-            _ => None,
-        };
+        if let Some(mut perf) = perf {
+            perf.wait()?;
+        }
+        let perf = profile(args, round, args.perf.as_deref(), server.child.id())?;
         let cpu = cpu_ticks(server.child.id())?;
         let mut lookup = wrk(args, wrk_cpus, &lookup_script, &format!("{base}{path}"))?;
         lookup.server_cpu_us =

@@ -17,7 +17,6 @@
 //! Rotation ([`BranchKeyring::rotate`]) stores the next version, which becomes the active one;
 //! older versions stay readable, so nothing sealed has to be re-entered or rewritten.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,7 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::{CryptoError, DataKey, EncryptionContext, KeyProvider, PlainKey, aead_open, aead_seal};
+use super::{CryptoError, DataKey, EncryptionContext, ExpiringMap, KeyProvider, PlainKey, aead_open, aead_seal};
 use crate::domain::OrgId;
 use crate::ports::{BranchKeyRecord, BranchKeyStore, Clock, StoreError, SystemClock};
 
@@ -34,7 +33,7 @@ pub const BRANCH_KEY_PURPOSE: &str = "branch-key";
 /// How long an unwrapped branch key (and which version is active) stays cached by default.
 pub const BRANCH_CACHE_TTL: Duration = Duration::from_secs(300);
 /// How many unwrapped branch keys (org and version) are cached at most by default: 32 bytes of
-/// key each, so about 1 MiB with the map's overhead at this bound.
+/// key each, a few MiB at this bound with the org names, the maps and their queues of puts.
 pub const BRANCH_CACHE_CAPACITY: usize = 10_000;
 
 /// Lock stripes for loading branch keys: concurrent misses of one org wait for one load (one
@@ -69,63 +68,28 @@ pub struct BranchKeyring {
 }
 
 /// Unwrapped branch keys by (org, version), and each org's active version, both expiring
-/// after `ttl` and bounded by `capacity` entries each.
+/// after the cache's ttl and bounded by its capacity each ([`ExpiringMap`]).
 struct BranchCache {
-    keys: HashMap<(String, u32), (PlainKey, Instant)>,
-    active: HashMap<String, (u32, Instant)>,
-    capacity: usize,
-    ttl: Duration,
+    keys: ExpiringMap<(String, u32), PlainKey, Instant>,
+    active: ExpiringMap<String, u32, Instant>,
 }
 
 impl BranchCache {
-    fn key(&mut self, org: &OrgId, version: u32) -> Option<PlainKey> {
-        let k = (org.to_string(), version);
-        match self.keys.get(&k) {
-            Some((key, at)) if at.elapsed() < self.ttl => Some(key.clone()),
-            Some(_) => {
-                self.keys.remove(&k);
-                None
-            }
-            None => None,
-        }
+    fn key(&self, org: &OrgId, version: u32) -> Option<PlainKey> {
+        self.keys.get(&(org.to_string(), version), Instant::now()).cloned()
     }
 
-    fn active(&mut self, org: &OrgId) -> Option<(u32, PlainKey)> {
-        let version = match self.active.get(org.as_str()) {
-            Some((v, at)) if at.elapsed() < self.ttl => *v,
-            Some(_) => {
-                self.active.remove(org.as_str());
-                return None;
-            }
-            None => return None,
-        };
+    fn active(&self, org: &OrgId) -> Option<(u32, PlainKey)> {
+        let version = *self.active.get(org.as_str(), Instant::now())?;
         self.key(org, version).map(|k| (version, k))
     }
 
     fn put(&mut self, org: &OrgId, version: u32, key: PlainKey, active: bool) {
-        if self.capacity == 0 {
-            return;
-        }
         let now = Instant::now();
-        evict(&mut self.keys, self.capacity, self.ttl);
-        self.keys.insert((org.to_string(), version), (key, now));
+        self.keys.put((org.to_string(), version), key, now);
         if active {
-            evict(&mut self.active, self.capacity, self.ttl);
-            self.active.insert(org.to_string(), (version, now));
+            self.active.put(org.to_string(), version, now);
         }
-    }
-}
-
-/// Makes room for one more entry: drops the expired ones, then the oldest if still full.
-fn evict<K: Clone + Eq + Hash, V>(map: &mut HashMap<K, (V, Instant)>, capacity: usize, ttl: Duration) {
-    if map.len() < capacity {
-        return;
-    }
-    map.retain(|_, (_, at)| at.elapsed() < ttl);
-    if map.len() >= capacity
-        && let Some(oldest) = map.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| k.clone())
-    {
-        map.remove(&oldest);
     }
 }
 
@@ -161,10 +125,8 @@ impl BranchKeyring {
             store,
             clock: Arc::new(SystemClock),
             cache: Mutex::new(BranchCache {
-                keys: HashMap::new(),
-                active: HashMap::new(),
-                capacity: BRANCH_CACHE_CAPACITY,
-                ttl: BRANCH_CACHE_TTL,
+                keys: ExpiringMap::new(BRANCH_CACHE_CAPACITY, BRANCH_CACHE_TTL),
+                active: ExpiringMap::new(BRANCH_CACHE_CAPACITY, BRANCH_CACHE_TTL),
             }),
             loading: (0..LOAD_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
@@ -173,13 +135,19 @@ impl BranchKeyring {
     /// How long unwrapped branch keys stay cached (and how soon this process sees another's
     /// rotation); zero disables the cache.
     pub fn with_cache_ttl(self, ttl: Duration) -> Self {
-        self.cache().ttl = ttl;
+        let mut cache = self.cache();
+        cache.keys.set_ttl(ttl);
+        cache.active.set_ttl(ttl);
+        drop(cache);
         self
     }
 
     /// How many branch keys stay cached at most; zero disables the cache.
     pub fn with_cache_capacity(self, capacity: usize) -> Self {
-        self.cache().capacity = capacity;
+        let mut cache = self.cache();
+        cache.keys.set_capacity(capacity);
+        cache.active.set_capacity(capacity);
+        drop(cache);
         self
     }
 
