@@ -16,6 +16,14 @@ pub(super) const MAX_ANSWER_BYTES: usize = 256 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounds a whole provider call; the refresh lease (30 s) outlasts it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a kept-alive connection may sit idle and still be reused: under the 5 s after which
+/// Node's and Apache's HTTP servers close one (`keepAliveTimeout`, `KeepAliveTimeout`). A request
+/// sent on a connection the server is closing is reset (`ECONNRESET`) and fails in transport, and
+/// RFC 8628's default polling interval is those same 5 s: device polls reused such connections
+/// just as the provider closed them, and each reset doubled the interval (section 3.5). A
+/// connection idle longer is dropped and a new one opened; a sweep's calls to one token endpoint
+/// come closer together than this and still share one.
+pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// `Retry-After` in its seconds form (the HTTP-date form is not honoured: the backoff applies).
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
@@ -35,6 +43,7 @@ pub(crate) fn builder() -> reqwest::ClientBuilder {
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .user_agent(concat!("latchkey/", env!("CARGO_PKG_VERSION")))
 }
 
@@ -66,7 +75,15 @@ impl HttpProviderClient {
     }
 }
 
+/// Classifies a failed call, and logs why at `debug`: the HTTP client's causes (for example
+/// `connection closed before message completed`), never the URL, which may carry a credential in
+/// its query.
 fn transport(e: &reqwest::Error) -> TransportError {
+    let causes = std::iter::successors(std::error::Error::source(e), |c| c.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ");
+    tracing::debug!(connect = e.is_connect(), timeout = e.is_timeout(), body = e.is_body(), %causes, "a provider call failed in transport");
     if e.is_timeout() { TransportError::Timeout } else { TransportError::Unreachable }
 }
 
@@ -136,5 +153,109 @@ impl ProviderClient for HttpProviderClient {
         }
         let response = request.send().await.map_err(|e| transport(&e))?;
         read_answer(response).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use secrecy::SecretString;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::{HttpProviderClient, POOL_IDLE_TIMEOUT};
+    use crate::provider::{FormPost, ProviderClient, Reach};
+
+    /// How long Node's and Apache's HTTP servers keep an idle connection open by default.
+    const SERVER_KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+    /// A token endpoint on loopback that keeps connections alive as Node's HTTP server does, and
+    /// is late closing them, as Node is under load: a request that comes on a connection idle
+    /// for [`SERVER_KEEP_ALIVE`] or more is not answered, the connection closed under it. Every
+    /// other request gets `authorization_pending`. Its URL, and how many connections it accepted.
+    async fn keep_alive_endpoint() -> (url::Url, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = url::Url::parse(&format!("http://{}/token", listener.local_addr().unwrap())).unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut idle_since = Instant::now();
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = socket.read(&mut buf).await {
+                        if request.is_empty() && idle_since.elapsed() >= SERVER_KEEP_ALIVE {
+                            return;
+                        }
+                        request.extend_from_slice(&buf[..n]);
+                        if !whole_request(&request) {
+                            continue;
+                        }
+                        request.clear();
+                        let body = br#"{"error":"authorization_pending"}"#;
+                        let head = format!(
+                            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        if socket.write_all(&[head.as_bytes(), body].concat()).await.is_err() {
+                            return;
+                        }
+                        idle_since = Instant::now();
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    /// Whether `bytes` hold a whole request: its head and the `content-length` bytes after it.
+    fn whole_request(bytes: &[u8]) -> bool {
+        let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return false;
+        };
+        let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        bytes.len() >= end + 4 + length
+    }
+
+    fn poll(url: &url::Url) -> FormPost {
+        let grant = "urn:ietf:params:oauth:grant-type:device_code";
+        FormPost {
+            url: url.clone(),
+            reach: Reach::Any,
+            basic: None,
+            form: vec![
+                ("grant_type".into(), SecretString::from(grant)),
+                ("device_code".into(), SecretString::from("dc-1")),
+            ],
+        }
+    }
+
+    /// RFC 8628's default polling interval is the 5 s after which Node and Apache close an idle
+    /// connection: a poll that reused one as the provider closed it failed in transport, and the
+    /// back-off doubled the interval (the device flow's black-box test saw a 17 s gap). A call
+    /// after [`POOL_IDLE_TIMEOUT`] goes on a new connection; calls closer together share one.
+    #[tokio::test]
+    async fn a_call_after_the_servers_keep_alive_goes_on_a_new_connection() {
+        assert!(POOL_IDLE_TIMEOUT < SERVER_KEEP_ALIVE);
+        let (url, accepted) = keep_alive_endpoint().await;
+        let client = HttpProviderClient::new();
+        for _ in 0..2 {
+            assert_eq!(client.post_form(&poll(&url)).await.unwrap().status, 400);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "calls close together share a connection");
+
+        tokio::time::sleep(SERVER_KEEP_ALIVE + Duration::from_millis(100)).await;
+        let polled = client.post_form(&poll(&url)).await;
+        assert_eq!(polled.map(|a| a.status).map_err(|e| e.code()), Ok(400), "the poll after 5 s idle is answered");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }
