@@ -5,9 +5,9 @@
 //!
 //! This module opens the file (its modes, pragmas and schema) and implements [`Store`] by
 //! running each call on the one writer connection off the async runtime, or on a reader
-//! ([`readers`]) for the lookup path's point reads. Each table's SQL lives in its own module:
-//! [`definitions`], [`connections`] (and their logs), [`revocations`], [`oauth_states`],
-//! [`connect`], [`idempotency`], [`webhooks`], [`branch_keys`].
+//! ([`readers`], with their [`anchor`]) for the lookup path's point reads. Each table's SQL
+//! lives in its own module: [`definitions`], [`connections`] (and their logs), [`revocations`],
+//! [`oauth_states`], [`connect`], [`idempotency`], [`webhooks`], [`branch_keys`].
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -23,6 +23,7 @@ use crate::domain::{
 use crate::domain::{DeliveryStatus, Webhook, WebhookDelivery, WebhookId};
 use crate::ports::{ConnectionFilter, DeliveryCursor, DueEntry, Expect, Page, Store, StoreError};
 
+mod anchor;
 mod branch_keys;
 mod connect;
 mod connections;

@@ -10,6 +10,9 @@
 //! in a busy handler on an async worker), the read goes to the blocking pool with the usual
 //! busy timeout.
 //!
+//! While reads are hot and the database quiet, the [`Anchor`] (an open read transaction) holds
+//! the readers' WAL read lock for them, so a read makes no `fcntl` call of its own.
+//!
 //! Each reader keeps the connection records it parsed last ([`ParsedConnections`]): a read
 //! whose document is the same text as the one parsed before takes a copy of that parse instead
 //! of parsing it again (`from_json` was the largest share of a lookup's own time:
@@ -23,6 +26,7 @@ use std::time::Duration;
 
 use rusqlite::{ErrorCode, OpenFlags};
 
+use super::anchor::Anchor;
 use crate::domain::Connection;
 use crate::ports::StoreError;
 
@@ -122,6 +126,8 @@ pub(super) struct Readers {
     next: AtomicUsize,
     /// The busy timeout of reads that went to the blocking pool.
     busy_timeout: Duration,
+    /// The read transaction that holds the readers' WAL read lock for them while reads are hot.
+    pub(super) anchor: Arc<Anchor>,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -135,7 +141,7 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 
 impl Readers {
     /// Opens `count` (1 to [`MAX_READERS`]) read-only connections to `path`, a database the
-    /// writer has already opened in WAL mode with its schema.
+    /// writer has already opened in WAL mode with its schema, and their anchor.
     pub(super) fn open(path: &Path, count: usize, busy_timeout: Duration) -> Result<Self, StoreError> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conns = (0..count.clamp(1, MAX_READERS))
@@ -146,7 +152,8 @@ impl Readers {
                 Ok(Mutex::new(Reader { db, parsed: ParsedConnections::default() }))
             })
             .collect::<Result<_, StoreError>>()?;
-        Ok(Self { conns, next: AtomicUsize::new(0), busy_timeout })
+        let anchor = Arc::new(Anchor::open(path).map_err(backend)?);
+        Ok(Self { conns, next: AtomicUsize::new(0), busy_timeout, anchor })
     }
 
     /// How many read connections there are.
@@ -172,6 +179,7 @@ impl Readers {
         T: Send + 'static,
         F: Fn(&mut Reader) -> rusqlite::Result<T> + Send + 'static,
     {
+        self.anchor.note_read();
         if let Some(mut reader) = self.try_take() {
             match f(&mut reader) {
                 Err(e) if is_busy(&e) => {}
@@ -194,11 +202,13 @@ impl Readers {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::SqliteStore;
     use crate::ports::Store;
 
-    async fn store_with_a_connection() -> (tempfile::TempDir, SqliteStore, crate::domain::Connection) {
+    /// A store in a fresh directory holding one connection (and its definition).
+    pub(in super::super) async fn store_with_a_connection()
+    -> (tempfile::TempDir, SqliteStore, crate::domain::Connection) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("latchkey.db")).unwrap();
         let org = crate::conformance::fresh_org();
