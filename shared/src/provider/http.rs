@@ -17,13 +17,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bounds a whole provider call; the refresh lease (30 s) outlasts it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a kept-alive connection may sit idle and still be reused: under the 5 s after which
-/// Node's and Apache's HTTP servers close one (`keepAliveTimeout`, `KeepAliveTimeout`). A request
-/// sent on a connection the server is closing is reset (`ECONNRESET`) and fails in transport, and
-/// RFC 8628's default polling interval is those same 5 s: device polls reused such connections
-/// just as the provider closed them, and each reset doubled the interval (section 3.5). A
-/// connection idle longer is dropped and a new one opened; a sweep's calls to one token endpoint
-/// come closer together than this and still share one.
-pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Apache's and Node's HTTP servers close one by default (`KeepAliveTimeout`; `keepAliveTimeout`
+/// in Node 20, which newer versions give a 1 s grace). A request sent on a connection the server
+/// is closing is reset (`ECONNRESET`) and fails in transport, and RFC 8628's default polling
+/// interval is those same 5 s: device polls reused such connections just as the provider closed
+/// them, and each reset doubled the interval (section 3.5). A connection idle longer is dropped
+/// and a new one opened; a sweep's calls to one token endpoint come closer together than this and
+/// still share one. Webhook deliveries (`service::webhooks`, built on [`builder`]) get the same
+/// rule: one more than 4 s after the last to a receiver opens a new connection.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// `Retry-After` in its seconds form (the HTTP-date form is not honoured: the backoff applies).
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
@@ -83,7 +85,12 @@ fn transport(e: &reqwest::Error) -> TransportError {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(": ");
-    tracing::debug!(connect = e.is_connect(), timeout = e.is_timeout(), body = e.is_body(), %causes, "a provider call failed in transport");
+    tracing::debug!(
+        connect = e.is_connect(),
+        timeout = e.is_timeout(),
+        %causes,
+        "a provider call failed in transport"
+    );
     if e.is_timeout() { TransportError::Timeout } else { TransportError::Unreachable }
 }
 
@@ -160,10 +167,11 @@ impl ProviderClient for HttpProviderClient {
 mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use secrecy::SecretString;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::Instant;
 
     use super::{HttpProviderClient, POOL_IDLE_TIMEOUT};
     use crate::provider::{FormPost, ProviderClient, Reach};
@@ -174,7 +182,8 @@ mod tests {
     /// A token endpoint on loopback that keeps connections alive as Node's HTTP server does, and
     /// is late closing them, as Node is under load: a request that comes on a connection idle
     /// for [`SERVER_KEEP_ALIVE`] or more is not answered, the connection closed under it. Every
-    /// other request gets `authorization_pending`. Its URL, and how many connections it accepted.
+    /// other request gets `authorization_pending`. Idle time is on tokio's clock, as the HTTP
+    /// client's pool measures it. Its URL, and how many connections it accepted.
     async fn keep_alive_endpoint() -> (url::Url, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = url::Url::parse(&format!("http://{}/token", listener.local_addr().unwrap())).unwrap();
@@ -201,6 +210,9 @@ mod tests {
                             "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
                             body.len()
                         );
+                        // One write: the answer arrives whole, so the client's connection is back
+                        // in its pool before the caller sees the answer (two calls in a row then
+                        // share it, which the test counts on).
                         if socket.write_all(&[head.as_bytes(), body].concat()).await.is_err() {
                             return;
                         }
@@ -253,7 +265,11 @@ mod tests {
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "calls close together share a connection");
 
-        tokio::time::sleep(SERVER_KEEP_ALIVE + Duration::from_millis(100)).await;
+        // The idle time passes on tokio's clock, which the pool's idle check and the endpoint
+        // both read; nothing is in flight, so no call's timeout runs meanwhile.
+        tokio::time::pause();
+        tokio::time::advance(SERVER_KEEP_ALIVE + Duration::from_millis(100)).await;
+        tokio::time::resume();
         let polled = client.post_form(&poll(&url)).await;
         assert_eq!(polled.map(|a| a.status).map_err(|e| e.code()), Ok(400), "the poll after 5 s idle is answered");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
