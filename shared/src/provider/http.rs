@@ -174,7 +174,7 @@ mod tests {
     use tokio::time::Instant;
 
     use super::{HttpProviderClient, POOL_IDLE_TIMEOUT};
-    use crate::provider::{FormPost, ProviderClient, Reach};
+    use crate::provider::{ApiMethod, ApiRequest, FormPost, ProviderClient, Reach};
 
     /// How long Node's and Apache's HTTP servers keep an idle connection open by default.
     const SERVER_KEEP_ALIVE: Duration = Duration::from_secs(5);
@@ -272,6 +272,28 @@ mod tests {
         tokio::time::resume();
         let polled = client.post_form(&poll(&url)).await;
         assert_eq!(polled.map(|a| a.status).map_err(|e| e.code()), Ok(400), "the poll after 5 s idle is answered");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// The same for the other calls on this client: a verification request (`send`, the path of
+    /// API-key checks) after the server's keep-alive is answered on a new connection too.
+    #[tokio::test]
+    async fn a_verification_after_the_servers_keep_alive_goes_on_a_new_connection() {
+        let (url, accepted) = keep_alive_endpoint().await;
+        let client = HttpProviderClient::new();
+        let verify = || ApiRequest {
+            method: ApiMethod::Get,
+            url: url.clone(),
+            reach: Reach::Any,
+            headers: vec![],
+            json_body: None,
+        };
+        assert_eq!(client.send(&verify()).await.unwrap().status, 400);
+        tokio::time::pause();
+        tokio::time::advance(SERVER_KEEP_ALIVE + Duration::from_millis(100)).await;
+        tokio::time::resume();
+        let verified = client.send(&verify()).await;
+        assert_eq!(verified.map(|a| a.status).map_err(|e| e.code()), Ok(400), "the call after 5 s idle is answered");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }
