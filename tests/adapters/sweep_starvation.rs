@@ -10,6 +10,8 @@
 //! - `report_error` racing a refresh (from the sweep, or from a lookup) keeps the reported
 //!   reason and leaves the connection out of the index, while the refresh's rotated tokens are
 //!   still stored.
+//! - A refresh its provider holds past the sweep's deadline does not keep the same sweep from
+//!   revoking a disconnected connection's tokens: due revocations run beside the index.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -217,15 +219,19 @@ fn now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
 
-/// Defines `idp` (authorization code) against `authorize`/`token` for a fresh organization.
-async fn define(service: &Service, authorize: &str, token: &str) -> (OrgId, Principal) {
+/// Defines `idp` (authorization code) against `authorize`/`token`, and `revoke` (RFC 7009) when
+/// given, for a fresh organization.
+async fn define(service: &Service, authorize: &str, token: &str, revoke: Option<&str>) -> (OrgId, Principal) {
     let org = latchkey::conformance::fresh_org();
     let p = Principal::organization(org.clone());
-    let def = json!({"auth": "oauth2_authorization_code", "inputs": {
+    let mut def = json!({"auth": "oauth2_authorization_code", "inputs": {
         "authorizeUrl": {"type": "url", "default": authorize},
         "tokenUrl": {"type": "url", "default": token},
         "clientId": {"type": "string", "default": "client"},
         "clientSecret": {"type": "password", "default": "client-secret"}}});
+    if let Some(revoke) = revoke {
+        def["inputs"]["revokeUrl"] = json!({"type": "url", "default": revoke});
+    }
     service.put_definition(&p, "idp", &def).await.expect("define idp");
     (org, p)
 }
@@ -285,7 +291,7 @@ async fn a_thousand_stuck_entries_do_not_keep_one_sweep_from_a_healthy_connectio
         {"grant_type": "authorization_code", "set": {"expires_in": 2}}]}))
     .await;
     let service = backend.service().clone();
-    let (org, p) = define(&service, &mock.authorize_endpoint(), &mock.token_endpoint()).await;
+    let (org, p) = define(&service, &mock.authorize_endpoint(), &mock.token_endpoint(), None).await;
     let healthy = authorized(&backend, &mock, &p, "c-healthy").await;
 
     // What the API can do to a connection takes it out of the index: a reported error (the
@@ -360,11 +366,13 @@ async fn a_thousand_stuck_entries_do_not_keep_one_sweep_from_a_healthy_connectio
 
 /// A token endpoint that holds each refresh until the test lets it go: the window in which
 /// `report_error` races the refresh. Authorization codes get a 2 s token, refreshes a rotated
-/// refresh token and an hour.
+/// refresh token and an hour. Its revocation endpoint (`/revoke`, RFC 7009) answers 200 at once.
 struct GatedProvider {
     url: String,
     /// One message per refresh request that arrived and is now held.
     arrived: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<()>>,
+    /// The `token` of each revocation request, as it arrives.
+    revoked: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>,
     /// One permit lets one held refresh answer.
     release: Arc<tokio::sync::Semaphore>,
     _server: tokio::task::JoinHandle<()>,
@@ -379,13 +387,17 @@ impl GatedProvider {
         struct Gate {
             arrived: tokio::sync::mpsc::UnboundedSender<()>,
             release: Arc<tokio::sync::Semaphore>,
+            revoked: tokio::sync::mpsc::UnboundedSender<String>,
         }
-        async fn token(State(gate): State<Gate>, body: String) -> axum::Json<Value> {
-            let form: BTreeMap<String, String> = reqwest::Url::parse(&format!("http://x/?{body}"))
+        fn form(body: &str) -> BTreeMap<String, String> {
+            reqwest::Url::parse(&format!("http://x/?{body}"))
                 .unwrap()
                 .query_pairs()
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
+                .collect()
+        }
+        async fn token(State(gate): State<Gate>, body: String) -> axum::Json<Value> {
+            let form = form(&body);
             if form.get("grant_type").map(String::as_str) == Some("refresh_token") {
                 let _ = gate.arrived.send(());
                 gate.release.acquire().await.expect("the gate is open").forget();
@@ -395,16 +407,26 @@ impl GatedProvider {
             axum::Json(json!({"access_token": "access-1", "token_type": "Bearer",
                 "refresh_token": "refresh-1", "expires_in": 2}))
         }
+        async fn revoke(State(gate): State<Gate>, body: String) {
+            let _ = gate.revoked.send(form(&body).remove("token").unwrap_or_default());
+        }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (revoked_tx, revoked) = tokio::sync::mpsc::unbounded_channel();
         let release = Arc::new(tokio::sync::Semaphore::new(0));
-        let gate = Gate { arrived: tx, release: release.clone() };
-        let router = axum::Router::new().route("/token", post(token)).with_state(gate);
+        let gate = Gate { arrived: tx, release: release.clone(), revoked: revoked_tx };
+        let router = axum::Router::new().route("/token", post(token)).route("/revoke", post(revoke)).with_state(gate);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
-        Self { url, arrived: tokio::sync::Mutex::new(rx), release, _server: server }
+        Self {
+            url,
+            arrived: tokio::sync::Mutex::new(rx),
+            revoked: tokio::sync::Mutex::new(revoked),
+            release,
+            _server: server,
+        }
     }
 
     /// Waits until a refresh request is held.
@@ -441,7 +463,8 @@ async fn assert_reported_and_kept(backend: &Backend, org: &OrgId, id: &Connectio
 async fn a_report_racing_a_refresh_keeps_its_reason_and_stays_out_of_the_index(backend: Backend) {
     let provider = GatedProvider::start().await;
     let service = backend.service().clone();
-    let (org, p) = define(&service, &format!("{}/authorize", provider.url), &format!("{}/token", provider.url)).await;
+    let (org, p) =
+        define(&service, &format!("{}/authorize", provider.url), &format!("{}/token", provider.url), None).await;
 
     // The sweep's refresh is in flight (lease held) when the integration reports the error.
     let swept = authorized_at(&backend, &p, "c-sweep").await;
@@ -484,6 +507,43 @@ async fn a_report_racing_a_refresh_keeps_its_reason_and_stays_out_of_the_index_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_report_racing_a_refresh_keeps_its_reason_and_stays_out_of_the_index_aws() {
     a_report_racing_a_refresh_keeps_its_reason_and_stays_out_of_the_index(Backend::aws().await).await;
+}
+
+async fn a_refresh_held_past_the_deadline_does_not_keep_the_sweep_from_revoking(backend: Backend) {
+    let provider = GatedProvider::start().await;
+    let service = backend.service().clone();
+    let url = &provider.url;
+    let (authorize, token, revoke) = (format!("{url}/authorize"), format!("{url}/token"), format!("{url}/revoke"));
+    let (org, p) = define(&service, &authorize, &token, Some(&revoke)).await;
+    let held = authorized_at(&backend, &p, "c-held").await;
+    let gone = authorized_at(&backend, &p, "c-gone").await;
+    // No revoker runs here (`latchkey serve` on the aws backend has none either): the job waits
+    // for the sweep.
+    service.disconnect(&p, gone.as_str()).await.expect("disconnect");
+    until_due(&backend, &org, &held).await;
+
+    // The sweep's refresh is held at the provider until past the sweep's deadline (2 s); the
+    // revocation comes meanwhile.
+    let (sweeper, deadline) = (service.clone(), Instant::now() + Duration::from_secs(2));
+    let sweep = tokio::spawn(async move { sweeper.refresh_sweep(deadline).await });
+    provider.held().await;
+    let revoked = tokio::time::timeout(Duration::from_secs(10), provider.revoked.lock().await.recv()).await;
+    tokio::time::sleep_until(deadline.into()).await;
+    provider.release.add_permits(1);
+    let summary = sweep.await.unwrap().expect("the sweep ends");
+    let revoked = revoked.expect("the sweep revoked while its refresh was held").expect("a revocation request");
+    assert!(["access-1", "refresh-1"].contains(&revoked.as_str()), "the disconnected grant's token: {revoked}");
+    assert_eq!((summary.refreshed, summary.revocations), (1, 1), "{summary:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refresh_held_past_the_deadline_does_not_keep_the_sweep_from_revoking_embedded() {
+    a_refresh_held_past_the_deadline_does_not_keep_the_sweep_from_revoking(Backend::embedded().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refresh_held_past_the_deadline_does_not_keep_the_sweep_from_revoking_aws() {
+    a_refresh_held_past_the_deadline_does_not_keep_the_sweep_from_revoking(Backend::aws().await).await;
 }
 
 /// The audit origin of this file's service-level lookups (as a runtime token over HTTP).

@@ -88,6 +88,35 @@ pub async fn revocation_jobs_come_due_no_earlier_than_their_time(store: Arc<dyn 
     assert_eq!(ids(second + time::Duration::seconds(5)).await, both);
 }
 
+/// `due_revocations` hands out at most `limit` jobs however many shards their due entries fall
+/// in (DynamoDB spreads them over 16), every one of them due, and all of them without a limit.
+pub async fn due_revocations_honour_their_limit_across_shards(store: Arc<dyn Store>) {
+    let org = fresh_org();
+    let t0 = now();
+    let jobs: Vec<RevocationJob> = (0..40)
+        .map(|_| {
+            revocation_job(
+                &org,
+                &ConnectionId::generate(),
+                t0 - time::Duration::seconds(1),
+                t0 + time::Duration::days(3),
+            )
+        })
+        .collect();
+    for job in &jobs {
+        store.put_revocation(job).await.unwrap();
+    }
+    let few = store.due_revocations(t0, 5).await.unwrap();
+    assert_eq!(few.len(), 5, "{few:?}");
+    assert!(few.iter().all(|j| j.next_attempt_at <= t0), "only due jobs: {few:?}");
+    let mut ours: Vec<String> =
+        store.due_revocations(t0, 10_000).await.unwrap().into_iter().filter(|j| j.org == org).map(|j| j.id).collect();
+    let mut want: Vec<String> = jobs.into_iter().map(|j| j.id).collect();
+    ours.sort();
+    want.sort();
+    assert_eq!(ours, want, "every due job without a limit");
+}
+
 pub async fn oauth_states_are_single_use_and_expire(store: Arc<dyn Store>) {
     use crate::domain::OAuthState;
     let org = fresh_org();

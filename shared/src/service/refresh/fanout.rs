@@ -366,8 +366,8 @@ impl Service {
     /// sent as soon as it holds [`FanoutPolicy::message_entries`], the others once every shard
     /// is read. Enqueues nothing while the queue's backlog is above [`FanoutPolicy::low_water`]
     /// (module docs: duplicates are bounded). Starts no read after `deadline` (what is left
-    /// stays due for the next tick; what was read is still sent). Then runs the due revocation
-    /// jobs, as the sweep does.
+    /// stays due for the next tick; what was read is still sent). The due revocation jobs run
+    /// beside it under the same deadline, as in the sweep ([`Service::refresh_sweep`]).
     ///
     /// # Errors
     /// The store's (reading the index) or the queue's (as [`ServiceError::Unexpected`]): the
@@ -378,10 +378,38 @@ impl Service {
         fanout: &FanoutPolicy,
         deadline: Instant,
     ) -> Result<DispatchSummary> {
-        let mut summary = DispatchSummary {
-            backlog: queue.backlog().await.map_err(ServiceError::unexpected)?,
-            ..DispatchSummary::default()
-        };
+        let ((mut summary, failure), revocations) =
+            self.beside_due_revocations(self.dispatch_index(queue, fanout, deadline), deadline).await;
+        summary.revocations = revocations;
+        tracing::info!(
+            target: "latchkey::service::refresh",
+            due = summary.due,
+            enqueued = summary.enqueued,
+            messages = summary.messages,
+            backlog = summary.backlog,
+            held_back = summary.held_back,
+            revocations = summary.revocations,
+            "refresh dispatch"
+        );
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(summary),
+        }
+    }
+
+    /// The index part of [`Service::dispatch_due`]: what it enqueued and the first error it met
+    /// (reading the queue's backlog ends it at once).
+    async fn dispatch_index(
+        &self,
+        queue: &dyn RefreshQueue,
+        fanout: &FanoutPolicy,
+        deadline: Instant,
+    ) -> (DispatchSummary, Option<ServiceError>) {
+        let mut summary = DispatchSummary::default();
+        match queue.backlog().await {
+            Ok(backlog) => summary.backlog = backlog,
+            Err(e) => return (summary, Some(ServiceError::unexpected(e))),
+        }
         let mut failure = None;
         if summary.backlog > fanout.low_water {
             summary.held_back = true;
@@ -414,26 +442,7 @@ impl Service {
             }
             (summary.due, summary.enqueued, summary.messages) = (sent.due, sent.entries, sent.messages);
         }
-        if failure.is_none() && Instant::now() < deadline {
-            match self.revoke_due(deadline).await {
-                Ok(done) => summary.revocations = done.len(),
-                Err(e) => failure = Some(e),
-            }
-        }
-        tracing::info!(
-            target: "latchkey::service::refresh",
-            due = summary.due,
-            enqueued = summary.enqueued,
-            messages = summary.messages,
-            backlog = summary.backlog,
-            held_back = summary.held_back,
-            revocations = summary.revocations,
-            "refresh dispatch"
-        );
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(summary),
-        }
+        (summary, failure)
     }
 
     /// One shard of a dispatch: its pages read into `grouping`, the messages they fill sent at

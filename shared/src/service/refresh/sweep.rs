@@ -71,7 +71,62 @@ impl Service {
     /// does not answer fails that connection's refresh and the sweep moves on. When the index
     /// itself cannot be read the sweep stops there, logs its summary and returns the error (the
     /// deployed stack alarms on failed sweeps).
+    ///
+    /// The revocation jobs whose retry time has come ([`Service::revoke_due`]) run beside the
+    /// index, under the same deadline, not after it: a scan that outlasts its deadline (a
+    /// backlog, a slow store, a refresh held by its provider) would otherwise keep them from
+    /// ever running, and on the aws backend of `latchkey serve` the sweep is what runs them.
     pub async fn refresh_sweep(&self, deadline: Instant) -> Result<SweepSummary> {
+        let ((mut summary, failure), revocations) =
+            self.beside_due_revocations(self.sweep_index(deadline), deadline).await;
+        summary.revocations = revocations;
+        // The deployed stack's refresh-failure alarm reads this line, and the log filter keeps
+        // this target at info under any less verbose LogLevel (telemetry::KEPT): the target is
+        // part of that contract.
+        tracing::info!(
+            target: "latchkey::service::refresh",
+            revocations = summary.revocations,
+            due = summary.due,
+            refreshed = summary.refreshed,
+            failed = summary.failed,
+            skipped = summary.skipped,
+            verified = summary.verified,
+            device_polls = summary.device_polls,
+            // The container's refreshes at once now (`limit`): below the ceiling after throttling.
+            limit = self.refresh_limit.current(),
+            "refresh sweep"
+        );
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(summary),
+        }
+    }
+
+    /// Runs `index` (a sweep's or a dispatch's reading of the due index) and the revocation jobs
+    /// whose retry time has come ([`Service::revoke_due`], under `deadline`) at once: what
+    /// `index` returned, its error or else the jobs' (the error reading them is logged), and
+    /// how many jobs were attempted.
+    pub(super) async fn beside_due_revocations<T>(
+        &self,
+        index: impl Future<Output = (T, Option<ServiceError>)>,
+        deadline: Instant,
+    ) -> ((T, Option<ServiceError>), usize) {
+        let ((done, mut failure), revoked) = futures_util::future::join(index, self.revoke_due(deadline)).await;
+        let attempted = match revoked {
+            Ok(outcomes) => outcomes.len(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the due revocations failed");
+                failure.get_or_insert(e);
+                0
+            }
+        };
+        ((done, failure), attempted)
+    }
+
+    /// The index part of [`Service::refresh_sweep`]: every shard, a page at a time, the
+    /// refreshes of a page a bounded number at once, none started after `deadline`; what it did
+    /// and the first store error it met.
+    async fn sweep_index(&self, deadline: Instant) -> (SweepSummary, Option<ServiceError>) {
         use futures_util::StreamExt;
 
         let mut summary = SweepSummary::default();
@@ -116,36 +171,7 @@ impl Service {
                 }
             }
         }
-        // Revocations that failed transiently are retried here, when their time has come.
-        if failure.is_none() && Instant::now() < deadline {
-            match self.revoke_due(deadline).await {
-                Ok(done) => summary.revocations = done.len(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the due revocations failed");
-                    failure = Some(e);
-                }
-            }
-        }
-        // The deployed stack's refresh-failure alarm reads this line, and the log filter keeps
-        // this target at info under any less verbose LogLevel (telemetry::KEPT): the target is
-        // part of that contract.
-        tracing::info!(
-            target: "latchkey::service::refresh",
-            revocations = summary.revocations,
-            due = summary.due,
-            refreshed = summary.refreshed,
-            failed = summary.failed,
-            skipped = summary.skipped,
-            verified = summary.verified,
-            device_polls = summary.device_polls,
-            // The container's refreshes at once now (`limit`): below the ceiling after throttling.
-            limit = self.refresh_limit.current(),
-            "refresh sweep"
-        );
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(summary),
-        }
+        (summary, failure)
     }
 
     /// One due entry of a sweep: refreshed if its record is still due, under the container's

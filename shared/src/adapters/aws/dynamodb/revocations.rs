@@ -41,44 +41,40 @@ impl DynamoStore {
         items.iter().map(doc_of).collect()
     }
 
-    /// Up to `limit` jobs due by `until`, shard by shard of the due index (`RDUE#{shard}`),
-    /// each read from the table (the index holds keys only).
+    /// Up to `limit` jobs due by `until`, from every shard of the due index (`RDUE#{shard}`)
+    /// read at once (one round trip, not [`DUE_SHARDS`] in a row: the sweep reads them beside
+    /// its own index under the same deadline), taken in shard order, each job read from the
+    /// table (the index holds keys only). The first error of any shard fails the read.
     pub(super) async fn due_revocation_items(
         &self,
         until: OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<RevocationJob>, StoreError> {
         let upper = due_upper(until);
+        let shards = futures_util::future::try_join_all((0..DUE_SHARDS).map(|shard| {
+            let upper = &upper;
+            self.query_until(
+                move || {
+                    self.client
+                        .query()
+                        .table_name(&self.table)
+                        .index_name(REFRESH_DUE)
+                        .key_condition_expression("gsi3pk = :p AND gsi3sk <= :u")
+                        .expression_attribute_values(":p", s(format!("RDUE#{shard}")))
+                        .expression_attribute_values(":u", s(upper.clone()))
+                },
+                limit.max(1),
+            )
+        }))
+        .await?;
         let mut jobs = Vec::new();
-        for shard in 0..DUE_SHARDS {
-            let keys = self
-                .query_until(
-                    || {
-                        self.client
-                            .query()
-                            .table_name(&self.table)
-                            .index_name(REFRESH_DUE)
-                            .key_condition_expression("gsi3pk = :p AND gsi3sk <= :u")
-                            .expression_attribute_values(":p", s(format!("RDUE#{shard}")))
-                            .expression_attribute_values(":u", s(upper.clone()))
-                    },
-                    limit.saturating_sub(jobs.len()).max(1),
-                )
-                .await?;
-            // The index projects keys only: read each job.
-            for k in keys {
-                let (Some(pk), Some(sk)) = (k.get("pk"), k.get("sk")) else { continue };
-                let item =
-                    self.get(HashMap::from([("pk".to_owned(), pk.clone()), ("sk".to_owned(), sk.clone())])).await?;
-                if let Some(item) = item {
-                    jobs.push(doc_of(&item)?);
-                }
-            }
-            if jobs.len() >= limit {
-                break;
+        for k in shards.iter().flatten().take(limit) {
+            let (Some(pk), Some(sk)) = (k.get("pk"), k.get("sk")) else { continue };
+            let item = self.get(HashMap::from([("pk".to_owned(), pk.clone()), ("sk".to_owned(), sk.clone())])).await?;
+            if let Some(item) = item {
+                jobs.push(doc_of(&item)?);
             }
         }
-        jobs.truncate(limit);
         Ok(jobs)
     }
 
