@@ -40,6 +40,41 @@ pub const BRANCH_CACHE_CAPACITY: usize = 10_000;
 /// KMS call), while different orgs mostly load in parallel.
 const LOAD_STRIPES: usize = 64;
 
+/// What a load stripe's lock guards: the last load under it that found the key provider (or
+/// the branch key store) unavailable, shared with the loads of that org that were waiting for
+/// it. Without it each waiter, given the lock in turn, tried again and waited its own
+/// operation timeout: with KMS hung, the 12th of 12 refreshes of one org failed after 12
+/// timeouts one after another (a minute) instead of one (5 s), past its sweep's deadline.
+#[derive(Default)]
+struct LoadStripe {
+    /// The org and when its load failed.
+    unavailable: Option<(OrgId, Instant)>,
+}
+
+impl LoadStripe {
+    /// `Err` when a load of `org`'s branch keys found the provider unavailable at or after
+    /// `asked` (when this caller began to wait): its waiters fail with it rather than each
+    /// trying again. A caller that comes after that failure tries again itself.
+    fn shared_failure(&self, org: &OrgId, asked: Instant) -> Result<(), CryptoError> {
+        match &self.unavailable {
+            Some((failed, at)) if failed == org && *at >= asked => Err(CryptoError::Unavailable(
+                "the key provider was unavailable to a load of the same branch key this call waited for".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Keeps what a load of `org`'s branch keys found: an unavailable provider is remembered
+    /// (for the loads waiting now), a success forgets an earlier failure of the same org.
+    fn record<T>(&mut self, org: &OrgId, outcome: &Result<T, CryptoError>) {
+        match outcome {
+            Err(CryptoError::Unavailable(_)) => self.unavailable = Some((org.clone(), Instant::now())),
+            Ok(_) if self.unavailable.as_ref().is_some_and(|(failed, _)| failed == org) => self.unavailable = None,
+            _ => {}
+        }
+    }
+}
+
 /// The key id of data keys wrapped under version `version` of their org's branch key.
 pub fn branch_key_id(version: u32) -> String {
     format!("branch:v{version}")
@@ -64,7 +99,7 @@ pub struct BranchKeyring {
     store: Arc<dyn BranchKeyStore>,
     clock: Arc<dyn Clock>,
     cache: Mutex<BranchCache>,
-    loading: Vec<tokio::sync::Mutex<()>>,
+    loading: Vec<tokio::sync::Mutex<LoadStripe>>,
 }
 
 /// Unwrapped branch keys by (org, version), and each org's active version, both expiring
@@ -128,7 +163,7 @@ impl BranchKeyring {
                 keys: ExpiringMap::new(BRANCH_CACHE_CAPACITY, BRANCH_CACHE_TTL),
                 active: ExpiringMap::new(BRANCH_CACHE_CAPACITY, BRANCH_CACHE_TTL),
             }),
-            loading: (0..LOAD_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            loading: (0..LOAD_STRIPES).map(|_| tokio::sync::Mutex::new(LoadStripe::default())).collect(),
         }
     }
 
@@ -161,7 +196,7 @@ impl BranchKeyring {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn stripe(&self, org: &OrgId) -> &tokio::sync::Mutex<()> {
+    fn stripe(&self, org: &OrgId) -> &tokio::sync::Mutex<LoadStripe> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         org.as_str().hash(&mut h);
         &self.loading[(h.finish() % LOAD_STRIPES as u64) as usize]
@@ -206,10 +241,20 @@ impl BranchKeyring {
         if let Some(hit) = self.cache().active(org) {
             return Ok(hit);
         }
-        let _loading = self.stripe(org).lock().await;
+        let asked = Instant::now();
+        let mut stripe = self.stripe(org).lock().await;
         if let Some(hit) = self.cache().active(org) {
             return Ok(hit);
         }
+        stripe.shared_failure(org, asked)?;
+        let loaded = self.load_active_key(org).await;
+        stripe.record(org, &loaded);
+        loaded
+    }
+
+    /// [`BranchKeyring::active_key`]'s load, under its stripe's lock: the store's record,
+    /// unwrapped (or created).
+    async fn load_active_key(&self, org: &OrgId) -> Result<(u32, PlainKey), CryptoError> {
         match self.store.active_branch_key(org).await.map_err(store_failure)? {
             None => self.create(org, 1).await,
             Some(record) => {
@@ -229,10 +274,19 @@ impl BranchKeyring {
         if let Some(hit) = self.cache().key(org, version) {
             return Ok(hit);
         }
-        let _loading = self.stripe(org).lock().await;
+        let asked = Instant::now();
+        let mut stripe = self.stripe(org).lock().await;
         if let Some(hit) = self.cache().key(org, version) {
             return Ok(hit);
         }
+        stripe.shared_failure(org, asked)?;
+        let loaded = self.load_key(org, version).await;
+        stripe.record(org, &loaded);
+        loaded
+    }
+
+    /// [`BranchKeyring::key`]'s load, under its stripe's lock: the store's record, unwrapped.
+    async fn load_key(&self, org: &OrgId, version: u32) -> Result<PlainKey, CryptoError> {
         let record = self.store.get_branch_key(org, version).await.map_err(store_failure)?;
         let key = self.unwrap(&record.ok_or(CryptoError::Decrypt)?).await?;
         self.cache().put(org, version, key.clone(), false);
@@ -294,11 +348,13 @@ mod tests {
     use crate::crypto::Envelope;
     use crate::domain::ConnectionId;
 
-    /// The local master key, counting what reaches it (KMS calls, on AWS).
+    /// The local master key, counting what reaches it (KMS calls, on AWS); while `hung`, each
+    /// `Decrypt` waits 200 ms and fails as a KMS that did not answer does.
     struct Counting {
         inner: LocalKeyProvider,
         generated: AtomicUsize,
         decrypted: AtomicUsize,
+        hung: std::sync::atomic::AtomicBool,
     }
 
     impl Counting {
@@ -321,6 +377,10 @@ mod tests {
             ctx: &EncryptionContext,
         ) -> Result<PlainKey, CryptoError> {
             self.decrypted.fetch_add(1, Ordering::SeqCst);
+            if self.hung.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return Err(CryptoError::Unavailable("operation timed out".into()));
+            }
             self.inner.decrypt_data_key(key_id, wrapped, ctx).await
         }
     }
@@ -335,7 +395,12 @@ mod tests {
         fn new() -> Self {
             let dir = tempfile::tempdir().unwrap();
             let inner = LocalKeyProvider::open_or_create(dir.path()).unwrap();
-            let master = Arc::new(Counting { inner, generated: AtomicUsize::new(0), decrypted: AtomicUsize::new(0) });
+            let master = Arc::new(Counting {
+                inner,
+                generated: AtomicUsize::new(0),
+                decrypted: AtomicUsize::new(0),
+                hung: Default::default(),
+            });
             let store = Arc::new(SqliteStore::open(&dir.path().join("latchkey.db")).unwrap());
             Self { master, store, _dir: dir }
         }
@@ -437,6 +502,40 @@ mod tests {
             reader.decrypt_data_key(&db.key_id, &db.wrapped, &cb).await.unwrap().expose(),
             db.plaintext.expose()
         );
+    }
+
+    /// Concurrent misses of one org behind a load that finds the master key unavailable fail
+    /// with it: one KMS call and one wait, not one each in turn (12 refreshes of an org with
+    /// KMS hung took 12 operation timeouts one after another). A call after that failure tries
+    /// again, and succeeds once KMS answers.
+    #[tokio::test]
+    async fn waiters_share_a_load_that_found_the_master_key_unavailable() {
+        let f = Fixture::new();
+        let acme = record(&org("acme"));
+        let dk = f.keyring().generate_data_key(&acme).await.unwrap();
+        let cold = Arc::new(f.keyring());
+        f.master.hung.store(true, Ordering::SeqCst);
+        let opens: Vec<_> = (0..8)
+            .map(|_| {
+                let (keys, ctx, wrapped) = (cold.clone(), acme.clone(), dk.wrapped.clone());
+                tokio::spawn(async move { keys.decrypt_data_key("branch:v1", &wrapped, &ctx).await })
+            })
+            .collect();
+        for open in opens {
+            let failed = open.await.unwrap();
+            assert!(matches!(failed, Err(CryptoError::Unavailable(_))), "{:?}", failed.map(|_| ()));
+        }
+        assert_eq!(f.master.counts(), (1, 1), "one Decrypt for the eight who waited");
+
+        // After the failure: tried again (and failed again while KMS hangs), then opened.
+        assert!(matches!(
+            cold.decrypt_data_key("branch:v1", &dk.wrapped, &acme).await,
+            Err(CryptoError::Unavailable(_))
+        ));
+        f.master.hung.store(false, Ordering::SeqCst);
+        let back = cold.decrypt_data_key("branch:v1", &dk.wrapped, &acme).await.unwrap();
+        assert_eq!(back.expose(), dk.plaintext.expose());
+        assert_eq!(f.master.counts(), (1, 3));
     }
 
     #[tokio::test]
