@@ -197,7 +197,9 @@ pub trait Store: Send + Sync + 'static {
     async fn put_revocation(&self, job: &RevocationJob) -> Result<(), StoreError>;
     /// The revocation jobs of a connection.
     async fn revocations_of(&self, org: &OrgId, id: &ConnectionId) -> Result<Vec<RevocationJob>, StoreError>;
-    /// Up to `limit` revocation jobs of every organization due by `until`. A job is filed under
+    /// Up to `limit` revocation jobs of every organization due by `until`, oldest first (by next
+    /// attempt, to the second): however the store spreads them, a full `limit` of due jobs in
+    /// one place does not keep older ones elsewhere waiting. A job is filed under
     /// its next attempt rounded up to the whole second ([`crate::domain::due_second`]) and read
     /// up to `until` rounded down, so none comes out before its next attempt; one can come out
     /// up to a second after it.

@@ -12,6 +12,8 @@
 //!   still stored.
 //! - A refresh its provider holds past the sweep's deadline does not keep the same sweep from
 //!   revoking a disconnected connection's tokens: due revocations run beside the index.
+//! - Nor does a held refresh keep the sweep from the next page of the index: the sweep reads
+//!   on and refreshes up to its bound at once, whatever page or shard the entries came from.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -51,12 +53,20 @@ struct Backend {
 
 impl Backend {
     async fn embedded() -> Self {
+        Self::embedded_with(options()).await
+    }
+
+    async fn embedded_with(options: ServiceOptions) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let app = Components::embedded(dir.path(), options()).expect("open the embedded backend");
+        let app = Components::embedded(dir.path(), options).expect("open the embedded backend");
         Self::configured(app, None, dir)
     }
 
     async fn aws() -> Self {
+        Self::aws_with(options()).await
+    }
+
+    async fn aws_with(options: ServiceOptions) -> Self {
         tokio::task::spawn_blocking(moto::endpoint).await.expect("start moto");
         // As `latchkey serve` and the functions build them: with Latchkey's timeouts.
         let config =
@@ -72,7 +82,7 @@ impl Backend {
             &table,
             &key,
             "default",
-            options(),
+            options,
         );
         Self::configured(app, Some((ddb, table)), tempfile::tempdir().expect("temp dir"))
     }
@@ -522,12 +532,13 @@ async fn a_refresh_held_past_the_deadline_does_not_keep_the_sweep_from_revoking(
     service.disconnect(&p, gone.as_str()).await.expect("disconnect");
     until_due(&backend, &org, &held).await;
 
-    // The sweep's refresh is held at the provider until past the sweep's deadline (2 s); the
-    // revocation comes meanwhile.
-    let (sweeper, deadline) = (service.clone(), Instant::now() + Duration::from_secs(2));
+    // The sweep's refresh is held at the provider until past the sweep's deadline; the
+    // revocation comes meanwhile. 5 s: the revocation must start before it, after the due jobs'
+    // 16 index reads and the job's own read, which a loaded moto has taken seconds to answer.
+    let (sweeper, deadline) = (service.clone(), Instant::now() + Duration::from_secs(5));
     let sweep = tokio::spawn(async move { sweeper.refresh_sweep(deadline).await });
     provider.held().await;
-    let revoked = tokio::time::timeout(Duration::from_secs(10), provider.revoked.lock().await.recv()).await;
+    let revoked = tokio::time::timeout(Duration::from_secs(15), provider.revoked.lock().await.recv()).await;
     tokio::time::sleep_until(deadline.into()).await;
     provider.release.add_permits(1);
     let summary = sweep.await.unwrap().expect("the sweep ends");
@@ -544,6 +555,46 @@ async fn a_refresh_held_past_the_deadline_does_not_keep_the_sweep_from_revoking_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_refresh_held_past_the_deadline_does_not_keep_the_sweep_from_revoking_aws() {
     a_refresh_held_past_the_deadline_does_not_keep_the_sweep_from_revoking(Backend::aws().await).await;
+}
+
+/// The sweep as a pipeline: with pages of one entry and two due connections, the second
+/// connection's refresh reaches the provider while the first one's is still held there. A sweep
+/// that refreshed page after page (or shard after shard) would wait for the first.
+async fn a_held_refresh_does_not_keep_the_sweep_from_the_next_page(backend: Backend) {
+    let provider = GatedProvider::start().await;
+    let service = backend.service().clone();
+    let url = &provider.url;
+    let (org, p) = define(&service, &format!("{url}/authorize"), &format!("{url}/token"), None).await;
+    let first = authorized_at(&backend, &p, "c-first").await;
+    let second = authorized_at(&backend, &p, "c-second").await;
+    until_due(&backend, &org, &first).await;
+    until_due(&backend, &org, &second).await;
+
+    let sweeper = service.clone();
+    let sweep = tokio::spawn(async move { sweeper.refresh_sweep(Instant::now() + Duration::from_secs(60)).await });
+    provider.held().await;
+    let both = tokio::time::timeout(Duration::from_secs(15), provider.arrived.lock().await.recv()).await;
+    provider.release.add_permits(2);
+    assert!(matches!(both, Ok(Some(()))), "the second refresh started while the first was held");
+    let summary = sweep.await.unwrap().expect("the sweep ends");
+    assert_eq!((summary.due, summary.refreshed, summary.skipped), (2, 2, 0), "{summary:?}");
+}
+
+/// Pages of one entry: every due connection on a page of its own.
+fn one_entry_pages() -> ServiceOptions {
+    let mut options = options();
+    options.refresh.page = 1;
+    options
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_held_refresh_does_not_keep_the_sweep_from_the_next_page_embedded() {
+    a_held_refresh_does_not_keep_the_sweep_from_the_next_page(Backend::embedded_with(one_entry_pages()).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_held_refresh_does_not_keep_the_sweep_from_the_next_page_aws() {
+    a_held_refresh_does_not_keep_the_sweep_from_the_next_page(Backend::aws_with(one_entry_pages()).await).await;
 }
 
 /// The audit origin of this file's service-level lookups (as a runtime token over HTTP).

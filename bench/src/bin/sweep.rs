@@ -70,6 +70,14 @@ struct Args {
     /// real provider takes 50 to 300 ms.
     #[arg(long, default_value_t = 0)]
     provider_latency_ms: u64,
+    /// Every Nth token request (the Nth, 2Nth...) is slow (0: none): a provider's tail, which
+    /// a sweep that waited for a whole page before reading the next paid once per page.
+    #[arg(long, default_value_t = 0)]
+    provider_slow_every: u64,
+    /// How long a slow request (`--provider-slow-every`) waits before it answers, in
+    /// milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    provider_slow_ms: u64,
     /// Draw refreshes over time (one line per backend) into this SVG file.
     #[arg(long)]
     svg: Option<PathBuf>,
@@ -87,12 +95,15 @@ fn main() {
 }
 
 async fn run(args: Args) {
-    let provider = TokenEndpoint::start(Duration::from_millis(args.provider_latency_ms)).await;
+    let slow = (args.provider_slow_every > 0)
+        .then(|| (args.provider_slow_every, Duration::from_millis(args.provider_slow_ms)));
+    let provider = TokenEndpoint::start(Duration::from_millis(args.provider_latency_ms), slow).await;
     println!(
-        "machine: {} cores; load average before: {}; token endpoint latency {} ms",
+        "machine: {} cores; load average before: {}; token endpoint latency {} ms{}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_average(),
-        args.provider_latency_ms
+        args.provider_latency_ms,
+        slow.map(|(every, tail)| format!(", every {every}th request {} ms", tail.as_millis())).unwrap_or_default()
     );
     let mut runs = Vec::new();
     for backend in &args.backends {
@@ -481,25 +492,29 @@ async fn moto_rates(config: &aws_config::SdkConfig, n: usize, concurrency: usize
     println!("  KMS GenerateDataKey: {:.0}/s", rate(started.elapsed()));
 }
 
-/// A token endpoint on loopback that answers every request after `latency` (at once for zero)
-/// with a new access token and a rotated refresh token (an hour's lifetime), counting the
-/// requests it answered.
+/// A token endpoint on loopback that answers every request after `latency` (at once for zero),
+/// or every Nth after the `slow` tail's own time, with a new access token and a rotated refresh
+/// token (an hour's lifetime), counting the requests it answered.
 struct TokenEndpoint {
     base: String,
     hits: Arc<AtomicU64>,
 }
 
 impl TokenEndpoint {
-    async fn start(latency: Duration) -> Self {
+    async fn start(latency: Duration, slow: Option<(u64, Duration)>) -> Self {
         let hits = Arc::new(AtomicU64::new(0));
         let counter = hits.clone();
         let app = axum::Router::new().route(
             "/token",
             axum::routing::post(move || {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
+                let wait = match slow {
+                    Some((every, tail)) if (n + 1).is_multiple_of(every) => tail,
+                    _ => latency,
+                };
                 async move {
-                    if !latency.is_zero() {
-                        tokio::time::sleep(latency).await;
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
                     }
                     axum::Json(json!({"access_token": format!("at-{n}"), "token_type": "Bearer",
                         "expires_in": 3600, "refresh_token": format!("rt-{n}")}))

@@ -210,8 +210,17 @@ impl Service {
 
     /// Runs the revocation jobs whose retry time has come (part of the sweep), starting none
     /// after `deadline`: the rest stay due for the next sweep, and an attempt never runs into the
-    /// end of a Lambda invocation.
+    /// end of a Lambda invocation. Up to 100 jobs, oldest first ([`crate::ports::Store::due_revocations`]); a
+    /// deadline already past reads nothing.
+    ///
+    /// # Errors
+    ///
+    /// The store's, when the due jobs cannot be read; a job's own failure is logged and counted
+    /// as [`RevokeOutcome::Retrying`].
     pub async fn revoke_due(&self, deadline: std::time::Instant) -> Result<Vec<RevokeOutcome>> {
+        if std::time::Instant::now() >= deadline {
+            return Ok(Vec::new());
+        }
         let jobs = self.store.due_revocations(self.clock.now(), 100).await?;
         Ok(self.run_jobs(jobs, Some(deadline)).await)
     }

@@ -371,7 +371,9 @@ impl Service {
     ///
     /// # Errors
     /// The store's (reading the index) or the queue's (as [`ServiceError::Unexpected`]): the
-    /// dispatch stops there; what it had enqueued stays enqueued.
+    /// dispatch's index part stops there, and what it had enqueued stays enqueued; or else the
+    /// store's when the due revocation jobs cannot be read (they run beside, whatever the
+    /// index part met).
     pub async fn dispatch_due(
         &self,
         queue: &dyn RefreshQueue,

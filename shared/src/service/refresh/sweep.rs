@@ -2,7 +2,8 @@
 //!
 //! # The due index cannot be starved
 //!
-//! The sweep reads the due index oldest first, a page at a time. One organization must not be
+//! The sweep reads each shard of the due index oldest first, a page at a time (its shards at
+//! once, as a pipeline: `Service::sweep_index`). One organization must not be
 //! able to fill those pages with entries the sweep cannot refresh (reported-red connections,
 //! for instance), which would keep every other organization's tokens from being refreshed. Three
 //! rules together make sure of it:
@@ -61,21 +62,67 @@ pub(super) enum Swept {
     Deferred,
 }
 
+/// One shard of a sweep's walk over the due index ([`Service::sweep_index`]).
+struct ShardWalk {
+    /// Read and not started yet, oldest first.
+    queued: std::collections::VecDeque<DueEntry>,
+    /// Where its next page starts: after this entry, at the start for `Some(None)` (a new
+    /// walk); `None` once its last page is read, or its read failed.
+    next: Option<Option<DueEntry>>,
+    /// A read of its next page is under way.
+    reading: bool,
+}
+
+impl ShardWalk {
+    /// A shard not read yet: its first page is next.
+    fn start() -> Self {
+        Self { queued: std::collections::VecDeque::new(), next: Some(None), reading: false }
+    }
+
+    /// Takes the read of its next page: how many entries it found (queued, oldest first), or
+    /// the store's error (then this shard's walk ends).
+    fn took(&mut self, read: Result<Vec<DueEntry>, StoreError>, page: usize) -> Result<usize, StoreError> {
+        self.reading = false;
+        let due = read?;
+        // A full page: there may be more after its last entry.
+        self.next = (due.len() >= page).then(|| due.last().cloned());
+        let found = due.len();
+        self.queued.extend(due);
+        Ok(found)
+    }
+
+    /// The next entry to start: the first queued one of the next shard in turn that has one
+    /// (`turn` counts the shards passed), so the shards share the places as they come free.
+    fn next_in_turn(shards: &mut [ShardWalk], turn: &mut usize) -> Option<DueEntry> {
+        for _ in 0..shards.len() {
+            let walk = &mut shards[*turn % shards.len()];
+            *turn = turn.wrapping_add(1);
+            if let Some(entry) = walk.queued.pop_front() {
+                return Some(entry);
+            }
+        }
+        None
+    }
+}
+
 impl Service {
-    /// The scheduled sweep: refreshes every connection due now, shard by shard, a page of the
-    /// due index at a time and a bounded number at once, starting nothing after `deadline` (what
-    /// is left is counted as skipped and stays due). Entries it must leave (leased elsewhere) are
-    /// paged past (see the module documentation).
+    /// The scheduled sweep: refreshes every connection due now, every shard of the due index a
+    /// page at a time and a bounded number at once, as a pipeline (`sweep_index`),
+    /// starting nothing after `deadline` (what is left is counted as skipped and stays due).
+    /// Entries it must leave (leased elsewhere) are paged past (see the module documentation).
     ///
     /// Each AWS call is bounded ([`crate::adapters::aws::OPERATION_TIMEOUT`]): a dependency that
-    /// does not answer fails that connection's refresh and the sweep moves on. When the index
-    /// itself cannot be read the sweep stops there, logs its summary and returns the error (the
-    /// deployed stack alarms on failed sweeps).
+    /// does not answer fails that connection's refresh and the sweep moves on.
     ///
     /// The revocation jobs whose retry time has come ([`Service::revoke_due`]) run beside the
     /// index, under the same deadline, not after it: a scan that outlasts its deadline (a
     /// backlog, a slow store, a refresh held by its provider) would otherwise keep them from
     /// ever running, and on the aws backend of `latchkey serve` the sweep is what runs them.
+    ///
+    /// # Errors
+    /// The store's, when the index cannot be read (an unavailable store stops the sweep there;
+    /// another error skips that shard), or else when the due revocation jobs cannot be read:
+    /// the sweep still logs its summary, and the deployed stack alarms on failed sweeps.
     pub async fn refresh_sweep(&self, deadline: Instant) -> Result<SweepSummary> {
         let ((mut summary, failure), revocations) =
             self.beside_due_revocations(self.sweep_index(deadline), deadline).await;
@@ -104,8 +151,8 @@ impl Service {
 
     /// Runs `index` (a sweep's or a dispatch's reading of the due index) and the revocation jobs
     /// whose retry time has come ([`Service::revoke_due`], under `deadline`) at once: what
-    /// `index` returned, its error or else the jobs' (the error reading them is logged), and
-    /// how many jobs were attempted.
+    /// `index` returned, its error or else the error reading the jobs, and how many jobs were
+    /// attempted.
     pub(super) async fn beside_due_revocations<T>(
         &self,
         index: impl Future<Output = (T, Option<ServiceError>)>,
@@ -114,63 +161,92 @@ impl Service {
         let ((done, mut failure), revoked) = futures_util::future::join(index, self.revoke_due(deadline)).await;
         let attempted = match revoked {
             Ok(outcomes) => outcomes.len(),
-            Err(e) => {
+            // Returned unless the index's own error is: then only logged here (the caller logs
+            // what it returns).
+            Err(e) if failure.is_some() => {
                 tracing::warn!(error = %e, "reading the due revocations failed");
-                failure.get_or_insert(e);
+                0
+            }
+            Err(e) => {
+                failure = Some(e);
                 0
             }
         };
         ((done, failure), attempted)
     }
 
-    /// The index part of [`Service::refresh_sweep`]: every shard, a page at a time, the
-    /// refreshes of a page a bounded number at once, none started after `deadline`; what it did
-    /// and the first store error it met.
+    /// The index part of [`Service::refresh_sweep`]: what it did and the first store error it
+    /// met. Every shard is walked oldest first, a page at a time, and its entries are refreshed
+    /// up to [`RefreshPolicy::concurrency`] at once, as a pipeline, not page after page:
+    ///
+    /// - A shard's next page is read while the refreshes of its last one still run (once fewer
+    ///   than `concurrency` of its entries wait), so one slow refresh (a provider's tail, a
+    ///   held lease) never keeps the rest of the index waiting: a page-by-page sweep paid the
+    ///   slowest refresh of every page.
+    /// - The shards are read at once and their entries started in turn, one shard after
+    ///   another, so a sweep cut short by its deadline has reached into every shard, not only
+    ///   the first ones.
+    /// - Nothing starts after `deadline`: neither a read nor a refresh. Entries read and not
+    ///   started are counted as skipped; they stay due.
+    /// - A shard whose read fails ends there; a store that is unavailable ends every shard
+    ///   (each would wait as long), and what was read and not started is skipped.
     async fn sweep_index(&self, deadline: Instant) -> (SweepSummary, Option<ServiceError>) {
-        use futures_util::StreamExt;
+        use futures_util::stream::FuturesUnordered;
+        use futures_util::{FutureExt, StreamExt};
 
-        let mut summary = SweepSummary::default();
-        let mut failure: Option<ServiceError> = None;
         let now = self.clock.now();
         let page = self.policy().page.max(1);
-        'shards: for shard in 0..self.store.due_shards() {
-            let mut after: Option<DueEntry> = None;
-            loop {
-                if Instant::now() >= deadline {
-                    break 'shards;
-                }
-                let due = match self.store.due_connections(shard, now, after.as_ref(), page).await {
-                    Ok(due) => due,
-                    Err(e) => {
-                        tracing::warn!(shard, error = %e, "reading the refresh index failed");
-                        let unavailable = e.is_unavailable();
-                        failure.get_or_insert(e.into());
-                        // An unavailable store would keep the other shards waiting as long.
-                        if unavailable {
-                            break 'shards;
-                        }
-                        continue 'shards;
+        let concurrency = self.policy().concurrency.max(1);
+        let mut summary = SweepSummary::default();
+        let mut failure: Option<ServiceError> = None;
+        let mut shards: Vec<ShardWalk> = (0..self.store.due_shards()).map(|_| ShardWalk::start()).collect();
+        let mut reads = FuturesUnordered::new();
+        let mut refreshes = FuturesUnordered::new();
+        let mut turn = 0;
+        let mut unavailable = false;
+        loop {
+            let open = !unavailable && Instant::now() < deadline;
+            if open {
+                for (shard, walk) in shards.iter_mut().enumerate() {
+                    if walk.reading || walk.queued.len() >= concurrency {
+                        continue;
                     }
-                };
-                summary.due += due.len();
-                let more = due.len() >= page;
-                after = due.last().cloned();
-                let outcomes: Vec<Swept> = futures_util::stream::iter(due)
-                    .map(|entry| async move {
-                        if Instant::now() >= deadline {
-                            return Swept::Skipped;
-                        }
-                        self.sweep_one(&entry.org, &entry.id, deadline).await
-                    })
-                    .buffer_unordered(self.policy().concurrency.max(1))
-                    .collect()
-                    .await;
-                outcomes.into_iter().for_each(|o| summary.tally(o.into()));
-                if !more {
-                    break;
+                    let Some(after) = walk.next.take() else { continue };
+                    walk.reading = true;
+                    let shard = u32::try_from(shard).expect("due_shards is a u32");
+                    reads.push(
+                        async move { (shard, self.store.due_connections(shard, now, after.as_ref(), page).await) },
+                    );
+                }
+                while refreshes.len() < concurrency {
+                    let Some(entry) = ShardWalk::next_in_turn(&mut shards, &mut turn) else { break };
+                    refreshes.push(async move { self.sweep_one(&entry.org, &entry.id, deadline).await });
                 }
             }
+            tokio::select! {
+                Some(outcome) = refreshes.next(), if !refreshes.is_empty() => summary.tally(outcome.into()),
+                Some(first) = reads.next(), if open && !reads.is_empty() => {
+                    // Every read done by now, not only the first: their shards share the free
+                    // places from the start.
+                    let mut done = vec![first];
+                    while let Some(Some(read)) = reads.next().now_or_never() {
+                        done.push(read);
+                    }
+                    for (shard, read) in done {
+                        match shards[shard as usize].took(read, page) {
+                            Ok(read) => summary.due += read,
+                            Err(e) => {
+                                tracing::warn!(shard, error = %e, "reading the refresh index failed");
+                                unavailable |= e.is_unavailable();
+                                failure.get_or_insert(e.into());
+                            }
+                        }
+                    }
+                }
+                else => break,
+            }
         }
+        summary.skipped += shards.iter().map(|w| w.queued.len()).sum::<usize>();
         (summary, failure)
     }
 

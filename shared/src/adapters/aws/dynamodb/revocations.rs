@@ -14,6 +14,10 @@ use super::{DUE_SHARDS, DynamoStore, REFRESH_DUE};
 use crate::domain::{ConnectionId, OrgId, RevocationJob};
 use crate::ports::StoreError;
 
+/// GetItems in flight at once while [`DynamoStore::due_revocation_items`] reads the jobs its
+/// index keys name (in index order; up to this many minus one read past the `limit`th job).
+const JOB_READS: usize = 8;
+
 impl DynamoStore {
     pub(super) async fn put_revocation_item(&self, job: &RevocationJob) -> Result<(), StoreError> {
         self.put_if(Item::try_from(job)?, "attribute_not_exists(pk)", &[]).await
@@ -41,15 +45,20 @@ impl DynamoStore {
         items.iter().map(doc_of).collect()
     }
 
-    /// Up to `limit` jobs due by `until`, from every shard of the due index (`RDUE#{shard}`)
-    /// read at once (one round trip, not [`DUE_SHARDS`] in a row: the sweep reads them beside
-    /// its own index under the same deadline), taken in shard order, each job read from the
-    /// table (the index holds keys only). The first error of any shard fails the read.
+    /// Up to `limit` jobs due by `until`, oldest first (by next attempt), from every shard of the
+    /// due index (`RDUE#{shard}`, each Query up to `limit` keys) read at once: the sweep reads
+    /// them beside its own index under the same deadline. The keys of all shards are merged by
+    /// index key (next attempt first), so a shard with `limit` due jobs does not keep the other
+    /// shards' older ones waiting; then each job is read from the table (the index holds keys
+    /// only; [`JOB_READS`] GetItems at once) until `limit` are found: a key whose item is gone
+    /// (the index lags a delete) takes no place. The first error of any read fails the call.
     pub(super) async fn due_revocation_items(
         &self,
         until: OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<RevocationJob>, StoreError> {
+        use futures_util::{StreamExt, TryStreamExt};
+
         let upper = due_upper(until);
         let shards = futures_util::future::try_join_all((0..DUE_SHARDS).map(|shard| {
             let upper = &upper;
@@ -67,12 +76,24 @@ impl DynamoStore {
             )
         }))
         .await?;
+        // `gsi3sk` starts with the next attempt's 12-digit second: its order is the time order.
+        let index_key = |k: &Item| k.get("gsi3sk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+        let mut keys: Vec<(String, Item)> = shards
+            .into_iter()
+            .flatten()
+            .filter_map(|k| {
+                let (pk, sk) = (k.get("pk")?.clone(), k.get("sk")?.clone());
+                Some((index_key(&k), HashMap::from([("pk".to_owned(), pk), ("sk".to_owned(), sk)])))
+            })
+            .collect();
+        keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut items = futures_util::stream::iter(keys).map(|(_, k)| self.get(k)).buffered(JOB_READS);
         let mut jobs = Vec::new();
-        for k in shards.iter().flatten().take(limit) {
-            let (Some(pk), Some(sk)) = (k.get("pk"), k.get("sk")) else { continue };
-            let item = self.get(HashMap::from([("pk".to_owned(), pk.clone()), ("sk".to_owned(), sk.clone())])).await?;
-            if let Some(item) = item {
-                jobs.push(doc_of(&item)?);
+        while jobs.len() < limit {
+            match items.try_next().await? {
+                Some(Some(item)) => jobs.push(doc_of(&item)?),
+                Some(None) => {}
+                None => break,
             }
         }
         Ok(jobs)
