@@ -7,6 +7,7 @@ the other end of that pipe, so moto goes away with it, even when the tests crash
 Usage: .venv/bin/python tests/moto_server.py   (see tests/support/moto.rs)
 """
 
+import collections
 import logging
 import os
 import sys
@@ -21,6 +22,50 @@ from moto.server import ThreadedMotoServer
 READY_TIMEOUT_SECONDS = 30
 
 
+class FifoLock:
+    """A reentrant lock granted in the order it was asked for.
+
+    Python's own locks let a thread that arrives as the lock is released take it before one
+    that has waited: with a sweep's 64 GetItems in flight (and other tests' requests), an index
+    Query waited past the AWS SDK's 5 s operation timeout on a loaded CI machine. In arrival
+    order a request waits for those ahead of it only.
+    """
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._waiting: collections.deque[threading.Event] = collections.deque()
+        self._held = False
+        self._owner: int | None = None
+        self._depth = 0
+
+    def __enter__(self) -> None:
+        me = threading.get_ident()
+        with self._mutex:
+            if self._owner == me:
+                self._depth += 1
+                return
+            if not self._held:
+                self._held, self._owner, self._depth = True, me, 1
+                return
+            turn = threading.Event()
+            self._waiting.append(turn)
+        # Handed over by `__exit__`, still held: nobody else can take it meanwhile.
+        turn.wait()
+        with self._mutex:
+            self._owner, self._depth = me, 1
+
+    def __exit__(self, *_exc: object) -> None:
+        with self._mutex:
+            self._depth -= 1
+            if self._depth:
+                return
+            self._owner = None
+            if self._waiting:
+                self._waiting.popleft().set()
+            else:
+                self._held = False
+
+
 def serialize_dynamodb() -> None:
     """Runs one DynamoDB request at a time, as atomic as DynamoDB's own.
 
@@ -30,9 +75,10 @@ def serialize_dynamodb() -> None:
     current item, parses the condition, then stores: two requests interleaved there both pass
     the check (the CI run of commit a697ebc saw two of eight concurrent `If-Match` PATCHes win).
     Holding one lock around each DynamoDB action closes that window; moto's Python runs one
-    thread at a time under the GIL anyway, so little is lost.
+    thread at a time under the GIL anyway, so little is lost. The lock is taken in arrival
+    order (`FifoLock`).
     """
-    lock = threading.RLock()
+    lock = FifoLock()
     call_action = DynamoHandler.call_action
 
     def serialized(self):  # type: ignore[no-untyped-def]

@@ -62,6 +62,13 @@ pub(super) enum Swept {
     Deferred,
 }
 
+/// Index reads (a Query of one shard's next page) a sweep has in flight at once. A page of keys
+/// takes DynamoDB milliseconds, so every shard is read within a few round trips of the sweep's
+/// start. Not all 16 together: moto, the emulator the tests run on, serves one DynamoDB action
+/// at a time and walks the whole table for each index Query, and on a loaded CI machine the
+/// last of 16 (beside the due revocations' own) waited past the SDK's 5 s operation timeout.
+const INDEX_READS: usize = 4;
+
 /// One shard of a sweep's walk over the due index ([`Service::sweep_index`]).
 struct ShardWalk {
     /// Read and not started yet, oldest first.
@@ -183,9 +190,9 @@ impl Service {
     ///   than `concurrency` of its entries wait), so one slow refresh (a provider's tail, a
     ///   held lease) never keeps the rest of the index waiting: a page-by-page sweep paid the
     ///   slowest refresh of every page.
-    /// - The shards are read at once and their entries started in turn, one shard after
-    ///   another, so a sweep cut short by its deadline has reached into every shard, not only
-    ///   the first ones.
+    /// - The shards are read together ([`INDEX_READS`] at once) and their entries started in
+    ///   turn, one shard after another, so a sweep cut short by its deadline has reached into
+    ///   every shard, not only the first ones.
     /// - Nothing starts after `deadline`: neither a read nor a refresh. Entries read and not
     ///   started are counted as skipped; they stay due.
     /// - A shard whose read fails ends there; a store that is unavailable ends every shard
@@ -208,6 +215,9 @@ impl Service {
             let open = !unavailable && Instant::now() < deadline;
             if open {
                 for (shard, walk) in shards.iter_mut().enumerate() {
+                    if reads.len() >= INDEX_READS {
+                        break;
+                    }
                     if walk.reading || walk.queued.len() >= concurrency {
                         continue;
                     }

@@ -14,6 +14,12 @@ use super::{DUE_SHARDS, DynamoStore, REFRESH_DUE};
 use crate::domain::{ConnectionId, OrgId, RevocationJob};
 use crate::ports::StoreError;
 
+/// Index Queries (one shard each) in flight at once while [`DynamoStore::due_revocation_items`]
+/// reads the due jobs' keys: as the sweep's own index reads (`service::refresh::sweep`), not all
+/// 16 together, which moto (one DynamoDB action at a time, a walk of the table for each) did not
+/// answer within the SDK's operation timeout on a loaded machine.
+const JOB_INDEX_READS: usize = 4;
+
 /// GetItems in flight at once while [`DynamoStore::due_revocation_items`] reads the jobs its
 /// index keys name (in index order; up to this many minus one read past the `limit`th job).
 const JOB_READS: usize = 8;
@@ -46,8 +52,8 @@ impl DynamoStore {
     }
 
     /// Up to `limit` jobs due by `until`, oldest first (by next attempt), from every shard of the
-    /// due index (`RDUE#{shard}`, each Query up to `limit` keys) read at once: the sweep reads
-    /// them beside its own index under the same deadline. The keys of all shards are merged by
+    /// due index (`RDUE#{shard}`, each Query up to `limit` keys; [`JOB_INDEX_READS`] shards at
+    /// once): the sweep reads them beside its own index under the same deadline. The keys of all shards are merged by
     /// index key (next attempt first), so a shard with `limit` due jobs does not keep the other
     /// shards' older ones waiting; then each job is read from the table (the index holds keys
     /// only; [`JOB_READS`] GetItems at once) until `limit` are found: a key whose item is gone
@@ -60,22 +66,25 @@ impl DynamoStore {
         use futures_util::{StreamExt, TryStreamExt};
 
         let upper = due_upper(until);
-        let shards = futures_util::future::try_join_all((0..DUE_SHARDS).map(|shard| {
-            let upper = &upper;
-            self.query_until(
-                move || {
-                    self.client
-                        .query()
-                        .table_name(&self.table)
-                        .index_name(REFRESH_DUE)
-                        .key_condition_expression("gsi3pk = :p AND gsi3sk <= :u")
-                        .expression_attribute_values(":p", s(format!("RDUE#{shard}")))
-                        .expression_attribute_values(":u", s(upper.clone()))
-                },
-                limit.max(1),
-            )
-        }))
-        .await?;
+        let upper = &upper;
+        let shards: Vec<Vec<Item>> = futures_util::stream::iter(0..DUE_SHARDS)
+            .map(|shard| {
+                self.query_until(
+                    move || {
+                        self.client
+                            .query()
+                            .table_name(&self.table)
+                            .index_name(REFRESH_DUE)
+                            .key_condition_expression("gsi3pk = :p AND gsi3sk <= :u")
+                            .expression_attribute_values(":p", s(format!("RDUE#{shard}")))
+                            .expression_attribute_values(":u", s(upper.clone()))
+                    },
+                    limit.max(1),
+                )
+            })
+            .buffer_unordered(JOB_INDEX_READS)
+            .try_collect()
+            .await?;
         // `gsi3sk` starts with the next attempt's 12-digit second: its order is the time order.
         let index_key = |k: &Item| k.get("gsi3sk").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
         let mut keys: Vec<(String, Item)> = shards
