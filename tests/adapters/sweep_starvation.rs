@@ -534,7 +534,8 @@ async fn a_refresh_held_past_the_deadline_does_not_keep_the_sweep_from_revoking(
 
     // The sweep's refresh is held at the provider until past the sweep's deadline; the
     // revocation comes meanwhile. 5 s: the revocation must start before it, after the due jobs'
-    // 16 index reads and the job's own read, which a loaded moto has taken seconds to answer.
+    // index reads (16 shards, 4 at a time) and the job's own read, which a loaded moto has taken
+    // seconds to answer.
     let (sweeper, deadline) = (service.clone(), Instant::now() + Duration::from_secs(5));
     let sweep = tokio::spawn(async move { sweeper.refresh_sweep(deadline).await });
     provider.held().await;

@@ -18,6 +18,7 @@
 //! older versions stay readable, so nothing sealed has to be re-entered or rewritten.
 
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,38 +41,40 @@ pub const BRANCH_CACHE_CAPACITY: usize = 10_000;
 /// KMS call), while different orgs mostly load in parallel.
 const LOAD_STRIPES: usize = 64;
 
-/// What a load stripe's lock guards: the last load under it that found the key provider (or
-/// the branch key store) unavailable, shared with the loads of that org that were waiting for
-/// it. Without it each waiter, given the lock in turn, tried again and waited its own
-/// operation timeout: with KMS hung, the 12th of 12 refreshes of one org failed after 12
-/// timeouts one after another (a minute) instead of one (5 s), past its sweep's deadline.
+/// A lock stripe for loading branch keys, and what the last load under it found. A load that
+/// found the key provider (or the branch key store) unavailable fails the loads that were
+/// waiting for it, of whatever org of the stripe: KMS and the table serve every org alike.
+/// Without that each waiter, given the lock in turn, tried again and waited its own operation
+/// timeout: with KMS hung, the 12th of 12 refreshes of one org failed after 12 timeouts one
+/// after another (a minute) instead of one (5 s), past its sweep's deadline.
 #[derive(Default)]
 struct LoadStripe {
-    /// The org and when its load failed.
-    unavailable: Option<(OrgId, Instant)>,
+    lock: tokio::sync::Mutex<()>,
+    /// Loads finished under the lock (a generation: read before waiting, compared after).
+    loads: AtomicU64,
+    /// Whether the last of them found the provider unavailable.
+    unavailable: AtomicBool,
 }
 
 impl LoadStripe {
-    /// `Err` when a load of `org`'s branch keys found the provider unavailable at or after
-    /// `asked` (when this caller began to wait): its waiters fail with it rather than each
-    /// trying again. A caller that comes after that failure tries again itself.
-    fn shared_failure(&self, org: &OrgId, asked: Instant) -> Result<(), CryptoError> {
-        match &self.unavailable {
-            Some((failed, at)) if failed == org && *at >= asked => Err(CryptoError::Unavailable(
-                "the key provider was unavailable to a load of the same branch key this call waited for".into(),
-            )),
-            _ => Ok(()),
+    /// `Err` when a load finished since `seen` (this caller's [`LoadStripe::loads`] before it
+    /// began to wait) and found the provider unavailable: its waiters fail with it rather than
+    /// each trying again. A caller that comes after that failure tries again itself, and a
+    /// success since then lets the waiters try. Called under the lock.
+    fn shared_failure(&self, seen: u64) -> Result<(), CryptoError> {
+        if self.loads.load(Ordering::SeqCst) > seen && self.unavailable.load(Ordering::SeqCst) {
+            return Err(CryptoError::Unavailable(
+                "the key provider was unavailable to a branch key load this call waited for".into(),
+            ));
         }
+        Ok(())
     }
 
-    /// Keeps what a load of `org`'s branch keys found: an unavailable provider is remembered
-    /// (for the loads waiting now), a success forgets an earlier failure of the same org.
-    fn record<T>(&mut self, org: &OrgId, outcome: &Result<T, CryptoError>) {
-        match outcome {
-            Err(CryptoError::Unavailable(_)) => self.unavailable = Some((org.clone(), Instant::now())),
-            Ok(_) if self.unavailable.as_ref().is_some_and(|(failed, _)| failed == org) => self.unavailable = None,
-            _ => {}
-        }
+    /// Counts a finished load and keeps whether it found the provider unavailable. Called
+    /// under the lock.
+    fn finished<T>(&self, outcome: &Result<T, CryptoError>) {
+        self.unavailable.store(matches!(outcome, Err(CryptoError::Unavailable(_))), Ordering::SeqCst);
+        self.loads.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -99,7 +102,7 @@ pub struct BranchKeyring {
     store: Arc<dyn BranchKeyStore>,
     clock: Arc<dyn Clock>,
     cache: Mutex<BranchCache>,
-    loading: Vec<tokio::sync::Mutex<LoadStripe>>,
+    loading: Vec<LoadStripe>,
 }
 
 /// Unwrapped branch keys by (org, version), and each org's active version, both expiring
@@ -163,7 +166,7 @@ impl BranchKeyring {
                 keys: ExpiringMap::new(BRANCH_CACHE_CAPACITY, BRANCH_CACHE_TTL),
                 active: ExpiringMap::new(BRANCH_CACHE_CAPACITY, BRANCH_CACHE_TTL),
             }),
-            loading: (0..LOAD_STRIPES).map(|_| tokio::sync::Mutex::new(LoadStripe::default())).collect(),
+            loading: (0..LOAD_STRIPES).map(|_| LoadStripe::default()).collect(),
         }
     }
 
@@ -196,7 +199,7 @@ impl BranchKeyring {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn stripe(&self, org: &OrgId) -> &tokio::sync::Mutex<LoadStripe> {
+    fn stripe(&self, org: &OrgId) -> &LoadStripe {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         org.as_str().hash(&mut h);
         &self.loading[(h.finish() % LOAD_STRIPES as u64) as usize]
@@ -241,14 +244,15 @@ impl BranchKeyring {
         if let Some(hit) = self.cache().active(org) {
             return Ok(hit);
         }
-        let asked = Instant::now();
-        let mut stripe = self.stripe(org).lock().await;
+        let stripe = self.stripe(org);
+        let seen = stripe.loads.load(Ordering::SeqCst);
+        let _loading = stripe.lock.lock().await;
         if let Some(hit) = self.cache().active(org) {
             return Ok(hit);
         }
-        stripe.shared_failure(org, asked)?;
+        stripe.shared_failure(seen)?;
         let loaded = self.load_active_key(org).await;
-        stripe.record(org, &loaded);
+        stripe.finished(&loaded);
         loaded
     }
 
@@ -274,14 +278,15 @@ impl BranchKeyring {
         if let Some(hit) = self.cache().key(org, version) {
             return Ok(hit);
         }
-        let asked = Instant::now();
-        let mut stripe = self.stripe(org).lock().await;
+        let stripe = self.stripe(org);
+        let seen = stripe.loads.load(Ordering::SeqCst);
+        let _loading = stripe.lock.lock().await;
         if let Some(hit) = self.cache().key(org, version) {
             return Ok(hit);
         }
-        stripe.shared_failure(org, asked)?;
+        stripe.shared_failure(seen)?;
         let loaded = self.load_key(org, version).await;
-        stripe.record(org, &loaded);
+        stripe.finished(&loaded);
         loaded
     }
 
@@ -304,10 +309,16 @@ impl BranchKeyring {
     /// The store or the inner provider failed ([`CryptoError::Unavailable`] when retrying
     /// may succeed).
     pub async fn rotate(&self, org: &OrgId) -> Result<u32, CryptoError> {
-        let _loading = self.stripe(org).lock().await;
-        let current = self.store.active_branch_key(org).await.map_err(store_failure)?;
-        let next = current.map_or(1, |r| r.version + 1);
-        self.create(org, next).await.map(|(version, _)| version)
+        let stripe = self.stripe(org);
+        let _loading = stripe.lock.lock().await;
+        let rotated = async {
+            let current = self.store.active_branch_key(org).await.map_err(store_failure)?;
+            let next = current.map_or(1, |r| r.version + 1);
+            self.create(org, next).await.map(|(version, _)| version)
+        }
+        .await;
+        stripe.finished(&rotated);
+        rotated
     }
 }
 
@@ -536,6 +547,36 @@ mod tests {
         let back = cold.decrypt_data_key("branch:v1", &dk.wrapped, &acme).await.unwrap();
         assert_eq!(back.expose(), dk.plaintext.expose());
         assert_eq!(f.master.counts(), (1, 3));
+    }
+
+    /// Two orgs whose loads share a stripe, waiting in turn (A, B, A, B...) behind a hung
+    /// Decrypt: one call for all of them. Remembering the failure per org let each waiter of
+    /// the other org try again, one timeout after another.
+    #[tokio::test]
+    async fn waiters_of_two_orgs_of_one_stripe_share_the_failure() {
+        let f = Fixture::new();
+        let cold = Arc::new(f.keyring());
+        let acme = org("acme");
+        let other = (0..)
+            .map(|i| org(&format!("org-{i}")))
+            .find(|o| std::ptr::eq(cold.stripe(o), cold.stripe(&acme)))
+            .expect("an org of acme's stripe");
+        let (a, b) = (record(&acme), record(&other));
+        let (da, db) =
+            (f.keyring().generate_data_key(&a).await.unwrap(), f.keyring().generate_data_key(&b).await.unwrap());
+        f.master.hung.store(true, Ordering::SeqCst);
+        let opens: Vec<_> = (0..8)
+            .map(|i| {
+                let (ctx, wrapped) =
+                    if i % 2 == 0 { (a.clone(), da.wrapped.clone()) } else { (b.clone(), db.wrapped.clone()) };
+                let keys = cold.clone();
+                tokio::spawn(async move { keys.decrypt_data_key("branch:v1", &wrapped, &ctx).await })
+            })
+            .collect();
+        for open in opens {
+            assert!(matches!(open.await.unwrap(), Err(CryptoError::Unavailable(_))));
+        }
+        assert_eq!(f.master.counts(), (2, 1), "one Decrypt for both orgs' waiters");
     }
 
     #[tokio::test]

@@ -209,20 +209,26 @@ impl Service {
         let mut shards: Vec<ShardWalk> = (0..self.store.due_shards()).map(|_| ShardWalk::start()).collect();
         let mut reads = FuturesUnordered::new();
         let mut refreshes = FuturesUnordered::new();
-        let mut turn = 0;
+        let (mut turn, mut read_from) = (0, 0);
         let mut unavailable = false;
         loop {
             let open = !unavailable && Instant::now() < deadline;
             if open {
-                for (shard, walk) in shards.iter_mut().enumerate() {
+                // From the shard after the last one read: each shard's turn to be read comes
+                // round, whichever of them empty their queues fastest.
+                let first = read_from;
+                for k in 0..shards.len() {
                     if reads.len() >= INDEX_READS {
                         break;
                     }
+                    let shard = (first + k) % shards.len();
+                    let walk = &mut shards[shard];
                     if walk.reading || walk.queued.len() >= concurrency {
                         continue;
                     }
                     let Some(after) = walk.next.take() else { continue };
                     walk.reading = true;
+                    read_from = shard + 1;
                     let shard = u32::try_from(shard).expect("due_shards is a u32");
                     reads.push(
                         async move { (shard, self.store.due_connections(shard, now, after.as_ref(), page).await) },
