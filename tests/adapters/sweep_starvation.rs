@@ -14,6 +14,8 @@
 //!   revoking a disconnected connection's tokens: due revocations run beside the index.
 //! - Nor does a held refresh keep the sweep from the next page of the index: the sweep reads
 //!   on and refreshes up to its bound at once, whatever page or shard the entries came from.
+//! - Nor does a revocation endpoint that holds its answers keep the sweep from the next due
+//!   revocation job: they run side by side.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -376,7 +378,8 @@ async fn a_thousand_stuck_entries_do_not_keep_one_sweep_from_a_healthy_connectio
 
 /// A token endpoint that holds each refresh until the test lets it go: the window in which
 /// `report_error` races the refresh. Authorization codes get a 2 s token, refreshes a rotated
-/// refresh token and an hour. Its revocation endpoint (`/revoke`, RFC 7009) answers 200 at once.
+/// refresh token and an hour. Its revocation endpoint (`/revoke`, RFC 7009) answers 200 at once;
+/// `/revoke-held` holds each revocation like a refresh.
 struct GatedProvider {
     url: String,
     /// One message per refresh request that arrived and is now held.
@@ -420,11 +423,19 @@ impl GatedProvider {
         async fn revoke(State(gate): State<Gate>, body: String) {
             let _ = gate.revoked.send(form(&body).remove("token").unwrap_or_default());
         }
+        async fn revoke_held(State(gate): State<Gate>, body: String) {
+            let _ = gate.revoked.send(form(&body).remove("token").unwrap_or_default());
+            gate.release.acquire().await.expect("the gate is open").forget();
+        }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let (revoked_tx, revoked) = tokio::sync::mpsc::unbounded_channel();
         let release = Arc::new(tokio::sync::Semaphore::new(0));
         let gate = Gate { arrived: tx, release: release.clone(), revoked: revoked_tx };
-        let router = axum::Router::new().route("/token", post(token)).route("/revoke", post(revoke)).with_state(gate);
+        let router = axum::Router::new()
+            .route("/token", post(token))
+            .route("/revoke", post(revoke))
+            .route("/revoke-held", post(revoke_held))
+            .with_state(gate);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let server = tokio::spawn(async move {
@@ -596,6 +607,51 @@ async fn a_held_refresh_does_not_keep_the_sweep_from_the_next_page_embedded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_held_refresh_does_not_keep_the_sweep_from_the_next_page_aws() {
     a_held_refresh_does_not_keep_the_sweep_from_the_next_page(Backend::aws_with(one_entry_pages()).await).await;
+}
+
+/// Revocation jobs run side by side: three disconnected grants whose revocation endpoint holds
+/// its answers all reach it at once. One job after another, a held endpoint (one organization's,
+/// until the HTTP client's 15 s timeout) kept every job queued after its own waiting, other
+/// organizations' included.
+async fn a_held_revocation_does_not_keep_the_sweep_from_the_next_job(backend: Backend) {
+    let provider = GatedProvider::start().await;
+    let service = backend.service().clone();
+    let url = &provider.url;
+    let (authorize, token, revoke) = (format!("{url}/authorize"), format!("{url}/token"), format!("{url}/revoke-held"));
+    let (_, p) = define(&service, &authorize, &token, Some(&revoke)).await;
+    for customer in ["c-1", "c-2", "c-3"] {
+        let id = authorized_at(&backend, &p, customer).await;
+        service.disconnect(&p, id.as_str()).await.expect("disconnect");
+    }
+    // The due index files a job under the next whole second, like a refresh.
+    let store = backend.store().clone();
+    let three_due = || async { store.due_revocations(now(), 10).await.expect("due jobs").len() == 3 };
+    support::eventually(Duration::from_secs(20), "the three revocation jobs are due", three_due).await;
+
+    let sweeper = service.clone();
+    let sweep = tokio::spawn(async move { sweeper.refresh_sweep(Instant::now() + Duration::from_secs(60)).await });
+    let mut revoked = provider.revoked.lock().await;
+    let all = tokio::time::timeout(Duration::from_secs(10), async {
+        for _ in 0..3 {
+            assert_eq!(revoked.recv().await.as_deref(), Some("refresh-1"), "the refresh token first");
+        }
+    })
+    .await;
+    // Each job's refresh token, then its access token.
+    provider.release.add_permits(6);
+    assert!(all.is_ok(), "the three jobs' revocations were held at the provider at once");
+    let summary = sweep.await.unwrap().expect("the sweep ends");
+    assert_eq!(summary.revocations, 3, "{summary:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_held_revocation_does_not_keep_the_sweep_from_the_next_job_embedded() {
+    a_held_revocation_does_not_keep_the_sweep_from_the_next_job(Backend::embedded().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_held_revocation_does_not_keep_the_sweep_from_the_next_job_aws() {
+    a_held_revocation_does_not_keep_the_sweep_from_the_next_job(Backend::aws().await).await;
 }
 
 /// The audit origin of this file's service-level lookups (as a runtime token over HTTP).

@@ -23,6 +23,11 @@ const JOB_LIFETIME: time::Duration = time::Duration::days(3);
 pub const MAX_REVOKE_ATTEMPTS: u32 = 12;
 /// A claimed attempt is retried by others after this if its worker died.
 const CLAIM: time::Duration = time::Duration::seconds(60);
+/// How many revocation jobs one run (a connection's jobs, or a sweep's due ones) attempts at
+/// once. One after another, a single organization's revocation endpoint that held its answers
+/// until the client's timeout held back every job queued after its own, other organizations'
+/// included.
+pub const REVOKE_CONCURRENCY: usize = 16;
 
 /// What a revocation job needs besides the tokens, sealed beside them under the connection's
 /// context ([`RevocationJob::settings`]): `{"revoke_url", "client_id", "client_secret",
@@ -225,22 +230,25 @@ impl Service {
         Ok(self.run_jobs(jobs, Some(deadline)).await)
     }
 
-    /// One job's failure (a store or key error) does not keep the others from running.
+    /// Runs `jobs`, up to [`REVOKE_CONCURRENCY`] at once, starting none after `deadline`; the
+    /// outcomes in the order the attempts ended. One job's failure (a store or key error) does
+    /// not keep the others from running, nor does a revocation endpoint that holds its answer:
+    /// it holds one place until the HTTP client's timeout, not the jobs behind it.
     async fn run_jobs(&self, jobs: Vec<RevocationJob>, deadline: Option<std::time::Instant>) -> Vec<RevokeOutcome> {
-        let mut outcomes = Vec::new();
-        for job in jobs {
-            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-                break;
-            }
-            match self.attempt_revocation(job).await {
-                Ok(o) => outcomes.push(o),
-                Err(e) => {
+        use futures_util::StreamExt;
+        // The stream is pulled as places come free, so the deadline is read as each job starts.
+        let open = move |_: &RevocationJob| std::future::ready(deadline.is_none_or(|d| std::time::Instant::now() < d));
+        futures_util::stream::iter(jobs)
+            .take_while(open)
+            .map(|job| async move {
+                self.attempt_revocation(job).await.unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "a revocation attempt failed");
-                    outcomes.push(RevokeOutcome::Retrying);
-                }
-            }
-        }
-        outcomes
+                    RevokeOutcome::Retrying
+                })
+            })
+            .buffer_unordered(REVOKE_CONCURRENCY)
+            .collect()
+            .await
     }
 
     async fn attempt_revocation(&self, job: RevocationJob) -> Result<RevokeOutcome> {
