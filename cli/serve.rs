@@ -16,7 +16,7 @@ pub async fn run(mut settings: Settings) -> Result<(), Box<dyn std::error::Error
     let listener = tokio::net::TcpListener::bind(settings.addr).await?;
     let bound = listener.local_addr()?;
     let public_url = settings.public_url.get_or_insert_with(|| format!("http://{bound}")).clone();
-    let components = Components::build(&settings).await?;
+    let components = Components::build_serving(&settings).await?;
     // Stdout is for people and the test harness; logs go to stderr.
     println!("latchkey listening on http://{bound}");
     println!("OAuth redirect URI: {public_url}/v1/oauth/callback");
@@ -39,7 +39,9 @@ pub async fn run(mut settings: Settings) -> Result<(), Box<dyn std::error::Error
 }
 
 /// The revoker, as the EventBridge rule runs token-revoke in AWS: on our own disconnect and
-/// delete events (in-process, embedded backend); the sweep retries what it misses.
+/// delete events (in-process, on either backend: [`Components::build_serving`]); the sweep
+/// retries what it misses. On aws, a deployed stack's token-revoke may get the same event: the
+/// attempt's conditional claim lets one of them run it.
 fn spawn_revoker(events: &latchkey::adapters::LogEventSink, revoker: Arc<Service>) {
     let mut rx = events.subscribe();
     tokio::spawn(async move {

@@ -67,6 +67,8 @@ LATCHKEY_TEST_BACKEND=aws api \
   refresh::concurrent_lookups refresh::two_processes refresh::tokens_survive
 step "the real-provider quirk table (tests/oauth/quirks.mjs) on the aws backend (moto)"
 LATCHKEY_TEST_BACKEND=aws api quirks::
+step "disconnect and revocation (RFC 7009) on the aws backend (moto): serve's revoker on its own events beside EventBridge, the sweep's retries"
+LATCHKEY_TEST_BACKEND=aws api revoke::
 step "isolation walk and canaries on the aws backend (moto): the AWS SDK's trace output too"
 LATCHKEY_TEST_BACKEND=aws api isolation::
 step "token import on the aws backend (moto): sealed, scheduled and refreshed like an authorized grant"

@@ -538,8 +538,8 @@ async fn a_refresh_held_past_the_deadline_does_not_keep_the_sweep_from_revoking(
     let (org, p) = define(&service, &authorize, &token, Some(&revoke)).await;
     let held = authorized_at(&backend, &p, "c-held").await;
     let gone = authorized_at(&backend, &p, "c-gone").await;
-    // No revoker runs here (`latchkey serve` on the aws backend has none either): the job waits
-    // for the sweep.
+    // No revoker runs here (`latchkey serve` has one, on its own events): the job waits for the
+    // sweep.
     service.disconnect(&p, gone.as_str()).await.expect("disconnect");
     until_due(&backend, &org, &held).await;
 

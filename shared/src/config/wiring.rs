@@ -17,7 +17,7 @@ use crate::ports::{Clock, EventSink, Store, SystemClock};
 use crate::service::{Service, ServiceOptions};
 
 /// A wired backend: the service, its store (for operational tools and tests), and for the
-/// embedded backend its event sink to subscribe to.
+/// embedded backend (and the aws one in `latchkey serve`) its event sink to subscribe to.
 pub struct Components {
     pub service: Arc<Service>,
     pub store: Arc<dyn Store>,
@@ -42,6 +42,22 @@ impl Components {
     /// or [`ConfigError::Invalid`] naming `LATCHKEY_BACKEND` in a build without the `embedded`
     /// feature (the Lambda functions).
     pub async fn build(settings: &Settings) -> Result<Self, ConfigError> {
+        Self::build_with(settings, false).await
+    }
+
+    /// [`Components::build`] for `latchkey serve`: on the aws backend too, events go to the log
+    /// and to in-process subscribers ([`Components::events`]: serve's revoker, so a disconnect
+    /// is revoked at once rather than at the next sweep) besides EventBridge
+    /// ([`LogEventSink::forwarding`]). A function has no subscriber, and its events only go to
+    /// the bus.
+    ///
+    /// # Errors
+    /// As [`Components::build`].
+    pub async fn build_serving(settings: &Settings) -> Result<Self, ConfigError> {
+        Self::build_with(settings, true).await
+    }
+
+    async fn build_with(settings: &Settings, local_events: bool) -> Result<Self, ConfigError> {
         let options = settings.service_options();
         match settings.backend {
             #[cfg(feature = "embedded")]
@@ -52,15 +68,12 @@ impl Components {
                 let table = settings.require_table()?;
                 let key = settings.require_kms_key_id()?;
                 let sdk = crate::adapters::aws::sdk_config().await;
-                let app = Self::aws(
+                let clients = (
                     aws_sdk_dynamodb::Client::new(&sdk),
                     aws_sdk_kms::Client::new(&sdk),
                     aws_sdk_eventbridge::Client::new(&sdk),
-                    table,
-                    key,
-                    &settings.event_bus,
-                    options,
                 );
+                let app = Self::aws_with(clients, table, key, &settings.event_bus, options, local_events);
                 Ok(Self { sdk: Some(sdk), ..app })
             }
         }
@@ -112,13 +125,28 @@ impl Components {
         event_bus: &str,
         options: ServiceOptions,
     ) -> Self {
+        Self::aws_with((dynamodb, kms, eventbridge), table, kms_key_id, event_bus, options, false)
+    }
+
+    /// [`Components::aws`]; with `local_events`, the bus's sink behind a [`LogEventSink`]
+    /// ([`Components::build_serving`]).
+    fn aws_with(
+        (dynamodb, kms, eventbridge): (aws_sdk_dynamodb::Client, aws_sdk_kms::Client, aws_sdk_eventbridge::Client),
+        table: &str,
+        kms_key_id: &str,
+        event_bus: &str,
+        options: ServiceOptions,
+        local_events: bool,
+    ) -> Self {
         let dynamo = Arc::new(DynamoStore::new(dynamodb, table));
         let master: Arc<dyn KeyProvider> = Arc::new(KmsKeyProvider::new(kms, kms_key_id));
         let keys = Arc::new(BranchKeyring::new(master, dynamo.clone()));
         let store: Arc<dyn Store> = dynamo;
-        let sink: Arc<dyn EventSink> = Arc::new(EventBridgeSink::new(eventbridge, event_bus));
+        let bus: Arc<dyn EventSink> = Arc::new(EventBridgeSink::new(eventbridge, event_bus));
+        let events = local_events.then(|| Arc::new(LogEventSink::forwarding(bus.clone())));
+        let sink = events.clone().map_or(bus, |local| local as Arc<dyn EventSink>);
         let service = Self::service(store.clone(), keys.clone(), sink, Arc::new(SystemClock), options);
-        Self { service, store, events: None, keys, sdk: None }
+        Self { service, store, events, keys, sdk: None }
     }
 
     /// The standard AWS configuration ([`crate::adapters::aws::sdk_config`]): the one the
