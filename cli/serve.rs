@@ -38,21 +38,34 @@ pub async fn run(mut settings: Settings) -> Result<(), Box<dyn std::error::Error
     Ok(())
 }
 
+/// How many connections' revocations `latchkey serve`'s revoker runs at once (each connection's
+/// jobs up to `REVOKE_CONCURRENCY` at once); events beyond wait in its channel, and what it
+/// misses the sweep retries.
+const REVOKER_CONNECTIONS: usize = 16;
+
 /// The revoker, as the EventBridge rule runs token-revoke in AWS: on our own disconnect and
 /// delete events (in-process, on either backend: [`Components::build_serving`]); the sweep
 /// retries what it misses. On aws, a deployed stack's token-revoke may get the same event: the
 /// attempt's conditional claim lets one of them run it.
 fn spawn_revoker(events: &latchkey::adapters::LogEventSink, revoker: Arc<Service>) {
     let mut rx = events.subscribe();
+    // Connections revoked at once: one whose endpoint holds its answers (up to two 15 s
+    // provider calls a job) keeps a place, not the disconnects after it.
+    let places = Arc::new(tokio::sync::Semaphore::new(REVOKER_CONNECTIONS));
     tokio::spawn(async move {
         use latchkey::domain::EventType;
         loop {
             match rx.recv().await {
                 Ok(e) if matches!(e.kind, EventType::ConnectionDisconnected | EventType::ConnectionDeleted) => {
-                    let Some(id) = e.connection_id() else { continue };
-                    if let Err(err) = revoker.revoke_pending(&e.org, id).await {
-                        tracing::warn!(connection_id = %id, error = %err, "revocation failed");
-                    }
+                    let Some(id) = e.connection_id().cloned() else { continue };
+                    let Ok(place) = places.clone().acquire_owned().await else { return };
+                    let revoker = revoker.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = revoker.revoke_pending(&e.org, &id).await {
+                            tracing::warn!(org = %e.org, connection_id = %id, error = %err, "revocation failed");
+                        }
+                        drop(place);
+                    });
                 }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {

@@ -18,6 +18,17 @@ fn browser() -> reqwest::Client {
 /// Defines a connection against `oidc` (with `revoke_url`), authorizes it, and returns its id and
 /// the access token a lookup hands out.
 async fn connected(app: &TestApp, oidc: &OidcServer, revoke_url: &str) -> (String, String) {
+    connected_as(app, oidc, "idp", "c-1", revoke_url).await
+}
+
+/// [`connected`] under definition `key`, for `customer`.
+async fn connected_as(
+    app: &TestApp,
+    oidc: &OidcServer,
+    key: &str,
+    customer: &str,
+    revoke_url: &str,
+) -> (String, String) {
     let org = app.token(ORG, None, &[]).await;
     let def = json!({"auth": "oauth2_authorization_code", "inputs": {
         "authorizeUrl": {"type": "url", "default": oidc.authorize_endpoint()},
@@ -26,9 +37,9 @@ async fn connected(app: &TestApp, oidc: &OidcServer, revoke_url: &str) -> (Strin
         "clientId": {"type": "string", "default": oidc.client.client_id},
         "clientSecret": {"type": "password", "default": oidc.client.client_secret},
         "scopes": {"type": "string", "default": "openid offline_access api:read"}}});
-    let put = app.put_definition(&org, "idp", &def).await;
+    let put = app.put_definition(&org, key, &def).await;
     assert!(put.status.is_success(), "{}", put.text);
-    let created = app.create_connection(&org, &json!({"definition": "idp", "customer": "c-1"})).await;
+    let created = app.create_connection(&org, &json!({"definition": key, "customer": customer})).await;
     let id = created.body["id"].as_str().unwrap().to_owned();
     let token = authorize(app, oidc, &id).await;
     (id, token)
@@ -148,6 +159,34 @@ async fn with_the_provider_down_access_is_cut_and_revocation_retried_later() {
         let bytes = std::fs::read(&f).unwrap_or_default();
         assert!(!contains_bytes(&bytes, token.as_bytes()), "{} holds the token in clear", f.display());
     }
+}
+
+/// `latchkey serve`'s revoker runs disconnects side by side: one whose revocation endpoint
+/// never answers (each call held until the 15 s provider call timeout) does not keep the next
+/// disconnect's tokens alive meanwhile. One event after another, the second waited for it.
+#[tokio::test]
+async fn a_held_revocation_does_not_keep_serves_revoker_from_the_next_disconnect() {
+    // About what `latchkey serve` runs (its sweep, revoker, processes): the binary under
+    // either transport.
+    let app = TestApp::spawn_binary(&Backend::fresh().await, &random_secret()).await;
+    let oidc = start_oidc(&app).await;
+    // Connections wait in its backlog, accepted by the kernel and never answered.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held_url = format!("http://{}/revoke", hole.local_addr().unwrap());
+    let (held, _) = connected_as(&app, &oidc, "idp-held", "c-held", &held_url).await;
+    let (next, token) = connected_as(&app, &oidc, "idp", "c-next", &oidc.revocation_endpoint()).await;
+
+    let org = app.token(ORG, None, &[]).await;
+    for id in [&held, &next] {
+        app.request(Method::POST, &format!("/v1/connections/{id}/disconnect"), Some(&org), None)
+            .await
+            .assert_status(StatusCode::OK);
+    }
+    eventually(Duration::from_secs(10), "the next disconnect's token revoked while the first is held", || async {
+        oidc.introspect(&token).await["active"] == false
+    })
+    .await;
+    drop(hole);
 }
 
 /// A duplicate or replayed revoke event does no harm: the job runs once.

@@ -25,8 +25,8 @@ impl Default for LogEventSink {
 }
 
 impl LogEventSink {
-    /// Publishes each event to `to` (its error is the answer, and the log line is left out),
-    /// and hands it to the subscribers either way: `latchkey serve` on the aws backend, whose
+    /// Hands each event to the subscribers, then publishes it to `to` (its error is the answer,
+    /// and the log line is left out): `latchkey serve` on the aws backend, whose
     /// revoker runs a disconnect's job at once as on the embedded one, whether or not the bus
     /// took the event (the job is stored before the event is published).
     pub fn forwarding(to: Arc<dyn EventSink>) -> Self {
@@ -42,6 +42,10 @@ impl LogEventSink {
 #[async_trait]
 impl EventSink for LogEventSink {
     async fn publish(&self, event: &Event) -> Result<(), EventError> {
+        // The subscribers first: the bus's answer takes up to its budget, and a request dropped
+        // meanwhile (its client gone) would otherwise never reach them. No subscriber is not an
+        // error.
+        let _ = self.tx.send(event.clone());
         let forwarded = match &self.forward {
             Some(to) => to.publish(event).await,
             None => Ok(()),
@@ -58,8 +62,6 @@ impl EventSink for LogEventSink {
                 "event published"
             );
         }
-        // No subscriber is not an error.
-        let _ = self.tx.send(event.clone());
         forwarded
     }
 }

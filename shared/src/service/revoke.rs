@@ -26,7 +26,8 @@ const CLAIM: time::Duration = time::Duration::seconds(60);
 /// How many revocation jobs one run (a connection's jobs, or a sweep's due ones) attempts at
 /// once. One after another, a single organization's revocation endpoint that held its answers
 /// until the client's timeout held back every job queued after its own, other organizations'
-/// included.
+/// included. 16 at once still lets 16 or more stuck jobs of one endpoint fill a run; they back
+/// off (4 s doubling to an hour) and leave the places to others between their attempts.
 pub const REVOKE_CONCURRENCY: usize = 16;
 
 /// What a revocation job needs besides the tokens, sealed beside them under the connection's
@@ -232,8 +233,9 @@ impl Service {
 
     /// Runs `jobs`, up to [`REVOKE_CONCURRENCY`] at once, starting none after `deadline`; the
     /// outcomes in the order the attempts ended. One job's failure (a store or key error) does
-    /// not keep the others from running, nor does a revocation endpoint that holds its answer:
-    /// it holds one place until the HTTP client's timeout, not the jobs behind it.
+    /// not keep the others from running, nor does a revocation endpoint that holds its answers:
+    /// each of its jobs holds one place (up to two provider calls of 15 s), not the jobs behind
+    /// it.
     async fn run_jobs(&self, jobs: Vec<RevocationJob>, deadline: Option<std::time::Instant>) -> Vec<RevokeOutcome> {
         use futures_util::StreamExt;
         // The stream is pulled as places come free, so the deadline is read as each job starts.
@@ -241,8 +243,9 @@ impl Service {
         futures_util::stream::iter(jobs)
             .take_while(open)
             .map(|job| async move {
+                let (org, connection_id) = (job.org.clone(), job.connection_id.clone());
                 self.attempt_revocation(job).await.unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "a revocation attempt failed");
+                    tracing::warn!(%org, %connection_id, error = %e, "a revocation attempt failed");
                     RevokeOutcome::Retrying
                 })
             })

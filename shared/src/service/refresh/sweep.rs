@@ -124,7 +124,7 @@ impl Service {
     /// The revocation jobs whose retry time has come ([`Service::revoke_due`]) run beside the
     /// index, under the same deadline, not after it: a scan that outlasts its deadline (a
     /// backlog, a slow store, a refresh held by its provider) would otherwise keep them from
-    /// ever running, and on the aws backend of `latchkey serve` the sweep is what runs them.
+    /// ever running.
     ///
     /// # Errors
     /// The store's, when the index cannot be read (an unavailable store stops the sweep there;
