@@ -77,14 +77,23 @@ fn spawn_revoker(events: &latchkey::adapters::LogEventSink, revoker: Arc<Service
     });
 }
 
-/// The refresh sweep every `every`, as the EventBridge schedule runs it in AWS.
+/// The least time a sweep of `latchkey serve` may start work in: its interval when longer.
+/// With a short interval (tests run 1 s) and a slow store, a window of the interval alone could
+/// go by in the sweep's reads of the due index and due revocations, leaving it nothing to start
+/// in, sweep after sweep (moto under a loaded test run took over a second for them). Sweeps
+/// never overlap: the next tick waits for the last sweep.
+const SWEEP_MIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The refresh sweep every `every`, as the EventBridge schedule runs it in AWS; each starts
+/// work for `every` or [`SWEEP_MIN_WINDOW`], whichever is longer.
 fn spawn_sweeper(sweeper: Arc<Service>, every: std::time::Duration) {
+    let window = every.max(SWEEP_MIN_WINDOW);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = sweeper.refresh_sweep(std::time::Instant::now() + every).await {
+            if let Err(e) = sweeper.refresh_sweep(std::time::Instant::now() + window).await {
                 tracing::warn!(error = %e, "refresh sweep failed");
             }
         }
