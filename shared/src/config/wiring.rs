@@ -27,8 +27,9 @@ pub struct Components {
     /// `latchkey keys rotate` calls.
     pub keys: Arc<BranchKeyring>,
     /// The standard AWS configuration the aws backend was built from by [`Components::build`]
-    /// or [`Components::build_serving`] (`None` otherwise), so a function builds its other clients (SQS) from it rather than
-    /// loading it, and parsing its trust store, a second time at init: [`Components::sdk_config`].
+    /// or [`Components::build_serving`] (`None` otherwise), so a function builds its other
+    /// clients (SQS) from it rather than loading it, and parsing its trust store, a second time
+    /// at init: [`Components::sdk_config`].
     pub sdk: Option<aws_config::SdkConfig>,
 }
 
