@@ -53,9 +53,9 @@ impl DynamoStore {
 
     /// Up to `limit` jobs due by `until`, oldest first (by next attempt), from every shard of the
     /// due index (`RDUE#{shard}`, each Query up to `limit` keys; [`JOB_INDEX_READS`] shards at
-    /// once): the sweep reads them beside its own index under the same deadline. The keys of all shards are merged by
-    /// index key (next attempt first), so a shard with `limit` due jobs does not keep the other
-    /// shards' older ones waiting; then each job is read from the table (the index holds keys
+    /// once): the sweep reads them beside its own index under the same deadline. The keys of all
+    /// shards are merged by index key (next attempt first), so a shard with `limit` due jobs
+    /// does not keep the other shards' older ones waiting; then each job is read from the table (the index holds keys
     /// only; [`JOB_READS`] GetItems at once) until `limit` are found: a key whose item is gone
     /// (the index lags a delete) takes no place. The first error of any read fails the call.
     pub(super) async fn due_revocation_items(
