@@ -77,6 +77,7 @@ pub enum Call<'a> {
     DueRevocations {
         until: OffsetDateTime,
         limit: usize,
+        per_org: usize,
     },
     UpdateRevocation {
         job: &'a RevocationJob,
@@ -402,8 +403,14 @@ impl<S: Store + ?Sized, H: StoreHook> Store for Tapped<S, H> {
     async fn revocations_of(&self, org: &OrgId, id: &ConnectionId) -> Result<Vec<RevocationJob>, StoreError> {
         self.tap(Call::RevocationsOf { org, id }, self.inner.revocations_of(org, id)).await
     }
-    async fn due_revocations(&self, until: OffsetDateTime, limit: usize) -> Result<Vec<RevocationJob>, StoreError> {
-        self.tap(Call::DueRevocations { until, limit }, self.inner.due_revocations(until, limit)).await
+    async fn due_revocations(
+        &self,
+        until: OffsetDateTime,
+        limit: usize,
+        per_org: usize,
+    ) -> Result<Vec<RevocationJob>, StoreError> {
+        let call = Call::DueRevocations { until, limit, per_org };
+        self.tap(call, self.inner.due_revocations(until, limit, per_org)).await
     }
     async fn update_revocation(&self, job: &RevocationJob, expected_attempts: u32) -> Result<(), StoreError> {
         let call = Call::UpdateRevocation { job, expected_attempts };

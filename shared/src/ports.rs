@@ -198,12 +198,19 @@ pub trait Store: Send + Sync + 'static {
     /// The revocation jobs of a connection.
     async fn revocations_of(&self, org: &OrgId, id: &ConnectionId) -> Result<Vec<RevocationJob>, StoreError>;
     /// Up to `limit` revocation jobs of every organization due by `until`, oldest first (by next
-    /// attempt, to the second): however the store spreads them, a full `limit` of due jobs in
-    /// one place does not keep older ones elsewhere waiting. A job is filed under
-    /// its next attempt rounded up to the whole second ([`crate::domain::due_second`]) and read
-    /// up to `until` rounded down, so none comes out before its next attempt; one can come out
-    /// up to a second after it.
-    async fn due_revocations(&self, until: OffsetDateTime, limit: usize) -> Result<Vec<RevocationJob>, StoreError>;
+    /// attempt, to the second), and at most `per_org` of any one organization: its oldest ones.
+    /// However the store spreads them, a full `limit` of due jobs in one place does not keep
+    /// older ones elsewhere waiting, and one organization's many due jobs (a revocation endpoint
+    /// down for all its grants) do not keep the other organizations' out of the answer. A job
+    /// is filed under its next attempt rounded up to the whole second
+    /// ([`crate::domain::due_second`]) and read up to `until` rounded down, so none comes out
+    /// before its next attempt; one can come out up to a second after it.
+    async fn due_revocations(
+        &self,
+        until: OffsetDateTime,
+        limit: usize,
+        per_org: usize,
+    ) -> Result<Vec<RevocationJob>, StoreError>;
     /// Replaces a job if it still has `expected_attempts` (claiming an attempt); `Conflict` if
     /// another worker claimed it or it is gone.
     async fn update_revocation(&self, job: &RevocationJob, expected_attempts: u32) -> Result<(), StoreError>;

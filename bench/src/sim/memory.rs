@@ -289,7 +289,12 @@ impl Store for MemoryStore {
         Ok(s.revocations.values().filter(|j| &j.org == org && &j.connection_id == id).cloned().collect())
     }
 
-    async fn due_revocations(&self, until: OffsetDateTime, limit: usize) -> Result<Vec<RevocationJob>, StoreError> {
+    async fn due_revocations(
+        &self,
+        until: OffsetDateTime,
+        limit: usize,
+        per_org: usize,
+    ) -> Result<Vec<RevocationJob>, StoreError> {
         let s = self.state();
         let until = until.unix_timestamp();
         let mut due: Vec<RevocationJob> = s
@@ -298,7 +303,13 @@ impl Store for MemoryStore {
             .filter(|j| due_second(j.next_attempt_at) <= until && j.expires_at.unix_timestamp() > until)
             .cloned()
             .collect();
-        due.sort_by_key(|j| due_second(j.next_attempt_at));
+        due.sort_by(|a, b| (due_second(a.next_attempt_at), &a.id).cmp(&(due_second(b.next_attempt_at), &b.id)));
+        let mut taken: BTreeMap<OrgId, usize> = BTreeMap::new();
+        due.retain(|j| {
+            let n = taken.entry(j.org.clone()).or_default();
+            *n += 1;
+            *n <= per_org
+        });
         due.truncate(limit);
         Ok(due)
     }

@@ -267,9 +267,14 @@ impl Store for SqliteStore {
         self.run(move |db| revocations::of(db, &org, &id)).await
     }
 
-    async fn due_revocations(&self, until: OffsetDateTime, limit: usize) -> Result<Vec<RevocationJob>, StoreError> {
+    async fn due_revocations(
+        &self,
+        until: OffsetDateTime,
+        limit: usize,
+        per_org: usize,
+    ) -> Result<Vec<RevocationJob>, StoreError> {
         let until = until.unix_timestamp();
-        self.run(move |db| revocations::due(db, until, limit)).await
+        self.run(move |db| revocations::due(db, until, limit, per_org)).await
     }
 
     async fn update_revocation(&self, job: &RevocationJob, expected_attempts: u32) -> Result<(), StoreError> {

@@ -38,7 +38,8 @@ pub async fn revocation_jobs_are_claimed_once_and_deleted(store: Arc<dyn Store>)
     store.put_revocation(&later_job).await.unwrap();
     assert!(matches!(store.put_revocation(&now_job).await, Err(StoreError::Conflict)));
     assert_eq!(store.revocations_of(&org, &conn).await.unwrap().len(), 2);
-    let due: Vec<_> = store.due_revocations(t0, 10_000).await.unwrap().into_iter().filter(|j| j.org == org).collect();
+    let due: Vec<_> =
+        store.due_revocations(t0, 10_000, usize::MAX).await.unwrap().into_iter().filter(|j| j.org == org).collect();
     assert_eq!(due, vec![now_job.clone()]);
     // Two workers claim the same attempt: one wins.
     let mut claim = now_job.clone();
@@ -66,7 +67,7 @@ pub async fn revocation_jobs_come_due_no_earlier_than_their_time(store: Arc<dyn 
     let ids = |until| {
         let (store, org) = (store.clone(), org.clone());
         async move {
-            let due = store.due_revocations(until, 10_000).await.unwrap();
+            let due = store.due_revocations(until, 10_000, usize::MAX).await.unwrap();
             let mut ids: Vec<String> = due.into_iter().filter(|j| j.org == org).map(|j| j.id).collect();
             ids.sort();
             ids
@@ -111,15 +112,58 @@ pub async fn due_revocations_honour_their_limit_across_shards(store: Arc<dyn Sto
     for job in jobs.iter().rev() {
         store.put_revocation(job).await.unwrap();
     }
-    let few: Vec<String> = store.due_revocations(t0, 5).await.unwrap().into_iter().map(|j| j.id).collect();
+    let few: Vec<String> = store.due_revocations(t0, 5, usize::MAX).await.unwrap().into_iter().map(|j| j.id).collect();
     let want: Vec<String> = jobs[..5].iter().map(|j| j.id.clone()).collect();
     assert_eq!(few, want, "the five oldest due jobs, oldest first");
-    let mut ours: Vec<String> =
-        store.due_revocations(t0, 10_000).await.unwrap().into_iter().filter(|j| j.org == org).map(|j| j.id).collect();
+    let mut ours: Vec<String> = store
+        .due_revocations(t0, 10_000, usize::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|j| j.org == org)
+        .map(|j| j.id)
+        .collect();
     let mut want: Vec<String> = jobs.into_iter().map(|j| j.id).collect();
     ours.sort();
     want.sort();
     assert_eq!(ours, want, "every due job without a limit");
+}
+
+/// `due_revocations` hands out at most `per_org` jobs of one organization (its oldest), so the
+/// jobs of another organization, newer as they are, come out beside a crowd of due jobs of the
+/// first: read past it page after page, however the store spreads the two over its shards.
+pub async fn due_revocations_share_their_limit_among_organizations(store: Arc<dyn Store>) {
+    let (crowd, other) = (fresh_org(), fresh_org());
+    let t0 = now();
+    let oldest = t0 - time::Duration::days(3650);
+    let jobs = |org: &OrgId, from: OffsetDateTime, count: i64| -> Vec<RevocationJob> {
+        (0..count)
+            .map(|i| {
+                let at = from + time::Duration::seconds(10 * i);
+                revocation_job(org, &ConnectionId::generate(), at, t0 + time::Duration::days(3))
+            })
+            .collect()
+    };
+    // 160 of the crowd (about 10 a shard of DynamoDB's 16), every one older than the other's 3.
+    let crowded = jobs(&crowd, oldest, 160);
+    let others = jobs(&other, oldest + time::Duration::seconds(10_000), 3);
+    for job in crowded.iter().chain(&others) {
+        store.put_revocation(job).await.unwrap();
+    }
+    let ids = |jobs: &[RevocationJob]| jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>();
+    let due = |limit, per_org| {
+        let store = store.clone();
+        async move { store.due_revocations(t0, limit, per_org).await.unwrap() }
+    };
+
+    let want: Vec<String> = ids(&crowded[..5]).into_iter().chain(ids(&others)).collect();
+    assert_eq!(ids(&due(8, 5).await), want, "five of the crowd, then the other organization's three, oldest first");
+    // Pages of one or two keys: each shard is read past the crowd's keys to the other's.
+    assert_eq!(ids(&due(2, 1).await), vec![crowded[0].id.clone(), others[0].id.clone()]);
+    let of = |jobs: Vec<RevocationJob>, org: &OrgId| jobs.into_iter().filter(|j| &j.org == org).count();
+    assert_eq!(ids(&due(10_000, 3).await[..3]), ids(&crowded[..3]), "the crowd's three oldest, across shards");
+    assert_eq!(of(due(10_000, 3).await, &crowd), 3, "no more than three of the crowd");
+    assert_eq!(of(due(10_000, usize::MAX).await, &crowd), 160, "all of them without a cap");
 }
 
 pub async fn oauth_states_are_single_use_and_expire(store: Arc<dyn Store>) {

@@ -31,7 +31,10 @@ pub use refresh::{
     DispatchSummary, FanoutPolicy, MAX_SENDS, MessageEntry, QueueError, RefreshMessage, RefreshOutcome, RefreshPolicy,
     RefreshQueue, RefreshTick, SweepSummary,
 };
-pub use revoke::{MAX_REVOKE_ATTEMPTS, RevokeOutcome};
+pub use revoke::{
+    DUE_REVOCATIONS, DUE_REVOCATIONS_PER_ORGANIZATION, MAX_REVOKE_ATTEMPTS, REVOKE_CONCURRENCY,
+    REVOKE_PER_ORGANIZATION, RevokeOutcome,
+};
 pub use verify::{CREDENTIALS_REJECTED, VerifyAnswer, VerifyPolicy};
 pub use views::{ConnectionPage, ConnectionView, DefinitionView};
 

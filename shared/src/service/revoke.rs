@@ -26,9 +26,19 @@ const CLAIM: time::Duration = time::Duration::seconds(60);
 /// How many revocation jobs one run (a connection's jobs, or a sweep's due ones) attempts at
 /// once. One after another, a single organization's revocation endpoint that held its answers
 /// until the client's timeout held back every job queued after its own, other organizations'
-/// included. 16 at once still lets 16 or more stuck jobs of one endpoint fill a run; they back
-/// off (4 s doubling to an hour) and leave the places to others between their attempts.
+/// included.
 pub const REVOKE_CONCURRENCY: usize = 16;
+/// How many of those places one organization's jobs may hold at once: the others are for the
+/// other organizations. Without it, 16 stuck jobs of one organization's endpoint (each up to two
+/// 15 s provider calls) filled a sweep's run, and the jobs behind them waited.
+pub const REVOKE_PER_ORGANIZATION: usize = 4;
+/// How many due revocation jobs one sweep reads ([`crate::ports::Store::due_revocations`]),
+/// oldest first. A job's first attempt is not the sweep's: it runs on its disconnect's event.
+pub const DUE_REVOCATIONS: usize = 100;
+/// At most how many of [`DUE_REVOCATIONS`] one organization's jobs take: an organization whose
+/// endpoint is down for all its grants gets its 25 oldest retried a sweep, and the rest of the
+/// places go to the other organizations' jobs, newer as they may be.
+pub const DUE_REVOCATIONS_PER_ORGANIZATION: usize = 25;
 
 /// What a revocation job needs besides the tokens, sealed beside them under the connection's
 /// context ([`RevocationJob::settings`]): `{"revoke_url", "client_id", "client_secret",
@@ -216,8 +226,9 @@ impl Service {
 
     /// Runs the revocation jobs whose retry time has come (part of the sweep), starting none
     /// after `deadline`: the rest stay due for the next sweep, and an attempt never runs into the
-    /// end of a Lambda invocation. Up to 100 jobs, oldest first ([`crate::ports::Store::due_revocations`]); a
-    /// deadline already past reads nothing.
+    /// end of a Lambda invocation. Up to [`DUE_REVOCATIONS`] jobs, oldest first, at most
+    /// [`DUE_REVOCATIONS_PER_ORGANIZATION`] of one organization
+    /// ([`crate::ports::Store::due_revocations`]); a deadline already past reads nothing.
     ///
     /// # Errors
     ///
@@ -227,31 +238,52 @@ impl Service {
         if std::time::Instant::now() >= deadline {
             return Ok(Vec::new());
         }
-        let jobs = self.store.due_revocations(self.clock.now(), 100).await?;
+        let jobs =
+            self.store.due_revocations(self.clock.now(), DUE_REVOCATIONS, DUE_REVOCATIONS_PER_ORGANIZATION).await?;
         Ok(self.run_jobs(jobs, Some(deadline)).await)
     }
 
-    /// Runs `jobs`, up to [`REVOKE_CONCURRENCY`] at once, starting none after `deadline`; the
-    /// outcomes in the order the attempts ended. One job's failure (a store or key error) does
-    /// not keep the others from running, nor does a revocation endpoint that holds its answers:
-    /// each of its jobs holds one place (up to two provider calls of 15 s), not the jobs behind
-    /// it.
+    /// Runs `jobs`, up to [`REVOKE_CONCURRENCY`] at once and [`REVOKE_PER_ORGANIZATION`] of one
+    /// organization, starting none after `deadline`; the outcomes in the order the attempts
+    /// ended. A place that comes free goes to the first job in `jobs`' order whose organization
+    /// is under its share. One job's failure (a store or key error) does not keep the others from
+    /// running, nor does a revocation endpoint that holds its answers: each of its jobs holds one
+    /// place (up to two provider calls of 15 s), not the jobs behind it, and one organization's
+    /// held jobs leave the other organizations 12 places.
     async fn run_jobs(&self, jobs: Vec<RevocationJob>, deadline: Option<std::time::Instant>) -> Vec<RevokeOutcome> {
         use futures_util::StreamExt;
-        // The stream is pulled as places come free, so the deadline is read as each job starts.
-        let open = move |_: &RevocationJob| std::future::ready(deadline.is_none_or(|d| std::time::Instant::now() < d));
-        futures_util::stream::iter(jobs)
-            .take_while(open)
-            .map(|job| async move {
-                let (org, connection_id) = (job.org.clone(), job.connection_id.clone());
-                self.attempt_revocation(job).await.unwrap_or_else(|e| {
-                    tracing::warn!(%org, %connection_id, error = %e, "a revocation attempt failed");
-                    RevokeOutcome::Retrying
-                })
-            })
-            .buffer_unordered(REVOKE_CONCURRENCY)
-            .collect()
-            .await
+        use futures_util::stream::FuturesUnordered;
+
+        let open = || deadline.is_none_or(|d| std::time::Instant::now() < d);
+        let mut waiting: std::collections::VecDeque<RevocationJob> = jobs.into();
+        let mut in_flight: std::collections::BTreeMap<OrgId, usize> = std::collections::BTreeMap::new();
+        let mut running = FuturesUnordered::new();
+        let mut outcomes = Vec::new();
+        loop {
+            // The deadline is read as each job starts.
+            while running.len() < REVOKE_CONCURRENCY && !waiting.is_empty() && open() {
+                let under_share =
+                    |j: &RevocationJob| in_flight.get(&j.org).copied().unwrap_or(0) < REVOKE_PER_ORGANIZATION;
+                let Some(job) = waiting.iter().position(under_share).and_then(|i| waiting.remove(i)) else {
+                    break;
+                };
+                *in_flight.entry(job.org.clone()).or_default() += 1;
+                running.push(async move {
+                    let (org, connection_id) = (job.org.clone(), job.connection_id.clone());
+                    let outcome = self.attempt_revocation(job).await.unwrap_or_else(|e| {
+                        tracing::warn!(%org, %connection_id, error = %e, "a revocation attempt failed");
+                        RevokeOutcome::Retrying
+                    });
+                    (org, outcome)
+                });
+            }
+            let Some((org, outcome)) = running.next().await else { break };
+            if let Some(n) = in_flight.get_mut(&org) {
+                *n -= 1;
+            }
+            outcomes.push(outcome);
+        }
+        outcomes
     }
 
     async fn attempt_revocation(&self, job: RevocationJob) -> Result<RevokeOutcome> {

@@ -54,13 +54,26 @@ pub(super) fn of(db: &rusqlite::Connection, org: &str, id: &str) -> Result<Vec<R
 }
 
 /// Up to `limit` unexpired jobs whose next attempt is due by `until` (Unix seconds), soonest
-/// first.
-pub(super) fn due(db: &rusqlite::Connection, until: i64, limit: usize) -> Result<Vec<RevocationJob>, StoreError> {
+/// first, at most `per_org` of one organization (its soonest: numbered per organization by a
+/// window function over the due rows).
+pub(super) fn due(
+    db: &rusqlite::Connection,
+    until: i64,
+    limit: usize,
+    per_org: usize,
+) -> Result<Vec<RevocationJob>, StoreError> {
     let mut stmt = db
-        .prepare("SELECT doc FROM revocations WHERE next_at <= ?1 AND expires_at > ?1 ORDER BY next_at LIMIT ?2")
+        .prepare(
+            "SELECT doc FROM (
+                SELECT doc, next_at, id, ROW_NUMBER() OVER (PARTITION BY org ORDER BY next_at, id) AS nth
+                FROM revocations WHERE next_at <= ?1 AND expires_at > ?1
+             ) WHERE nth <= ?3 ORDER BY next_at, id LIMIT ?2",
+        )
         .map_err(backend)?;
+    // `usize::MAX` (no cap) is `i64::MAX` to SQLite, not -1.
+    let (limit, per_org) = (i64::try_from(limit).unwrap_or(i64::MAX), i64::try_from(per_org).unwrap_or(i64::MAX));
     let docs = stmt
-        .query_map(params![until, limit as i64], |r| r.get::<_, String>(0))
+        .query_map(params![until, limit, per_org], |r| r.get::<_, String>(0))
         .map_err(backend)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(backend)?;

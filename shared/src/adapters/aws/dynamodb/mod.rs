@@ -450,8 +450,13 @@ impl Store for DynamoStore {
         self.revocation_items_of(org, id).await
     }
 
-    async fn due_revocations(&self, until: OffsetDateTime, limit: usize) -> Result<Vec<RevocationJob>, StoreError> {
-        self.due_revocation_items(until, limit).await
+    async fn due_revocations(
+        &self,
+        until: OffsetDateTime,
+        limit: usize,
+        per_org: usize,
+    ) -> Result<Vec<RevocationJob>, StoreError> {
+        self.due_revocation_items(until, limit, per_org).await
     }
 
     async fn update_revocation(&self, job: &RevocationJob, expected_attempts: u32) -> Result<(), StoreError> {
