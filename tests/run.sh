@@ -62,9 +62,8 @@ step "the black-box serve suite on the aws backend (moto), through the binary, t
 LATCHKEY_TEST_BACKEND=aws api serve::
 LATCHKEY_TEST_BACKEND=aws LATCHKEY_TEST_TRANSPORT=in-process api serve::
 
-step "refresh across processes and restarts on the aws backend (moto)"
-LATCHKEY_TEST_BACKEND=aws api \
-  refresh::concurrent_lookups refresh::two_processes refresh::tokens_survive
+step "refresh on the aws backend (moto): across processes and restarts, the sweep, outages (backoff, Retry-After, red)"
+LATCHKEY_TEST_BACKEND=aws api refresh::
 step "the real-provider quirk table (tests/oauth/quirks.mjs) on the aws backend (moto)"
 LATCHKEY_TEST_BACKEND=aws api quirks::
 step "disconnect and revocation (RFC 7009) on the aws backend (moto): serve's revoker on its own events beside EventBridge, the sweep's retries"

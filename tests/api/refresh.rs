@@ -217,12 +217,14 @@ async fn the_sweep_refreshes_due_tokens_without_lookups_but_not_on_every_sweep()
         &[("LATCHKEY_REFRESH_INTERVAL_SECS", "1")],
     )
     .await;
-    // A 6 s token is due 3 s after it was issued (half its lifetime, not the 10 min lookahead).
-    let (oidc, id) = with_oidc(&app, 6).await;
-    eventually(Duration::from_secs(20), "a refresh by the sweep", || async { refreshes(&oidc.stats().await) >= 1 })
+    // A 20 s token is due 10 s after it was issued (half its lifetime, not the 10 min
+    // lookahead). Shorter ones (6 s) left too little time on a loaded machine (slow sweeps under
+    // moto) for the two sweeps and the lookup below before the next refresh or the expiry.
+    let (oidc, id) = with_oidc(&app, 20).await;
+    eventually(Duration::from_secs(40), "a refresh by the sweep", || async { refreshes(&oidc.stats().await) >= 1 })
         .await;
     let after_first = refreshes(&oidc.stats().await);
-    // The fresh token is due 3 s later: the next sweeps (every second) leave it alone.
+    // The fresh token is due 10 s later: the next sweeps (every second) leave it alone.
     app.sweeps_run(2).await;
     assert_eq!(refreshes(&oidc.stats().await), after_first, "a fresh token is not refreshed on every sweep");
     assert_eq!(oidc.stats().await["reused_refresh_tokens"], 0);
@@ -284,16 +286,19 @@ async fn a_provider_outage_keeps_the_tokens_and_backs_off() {
         &[("LATCHKEY_REFRESH_INTERVAL_SECS", "1")],
     )
     .await;
+    // The sweep takes the 20 s token at half its life, so the old one is still valid for 10 s
+    // after the failed refresh: time enough for the lookup below on a loaded machine (at 8 s,
+    // slow sweeps and store calls under moto let it expire first).
     let (mock, id) = with_mock(
         &app,
         json!({
-        "rewrites": [{"grant_type": "authorization_code", "set": {"expires_in": 8}}],
+        "rewrites": [{"grant_type": "authorization_code", "set": {"expires_in": 20}}],
         "faults": [{"grant_type": "refresh_token", "status": 503, "body": {"error": "temporarily_unavailable"},
                     "headers": {"Retry-After": "3600"}}]}),
     )
     .await;
     let org = app.token(ORG, None, &[]).await;
-    eventually(Duration::from_secs(15), "a failed refresh", || async { refreshes(&mock.stats().await) >= 1 }).await;
+    eventually(Duration::from_secs(30), "a failed refresh", || async { refreshes(&mock.stats().await) >= 1 }).await;
     // The old token is kept and still served while valid; the connection is not red.
     let found = lookup(&app, &id, 0).await;
     found.assert_status(StatusCode::OK);
@@ -397,12 +402,15 @@ async fn lookups_during_an_outage_do_not_storm_the_provider() {
     let (mock, id) = with_mock(
         &app,
         json!({
-        "rewrites": [{"grant_type": "authorization_code", "set": {"expires_in": 8}}],
+        "rewrites": [{"grant_type": "authorization_code", "set": {"expires_in": 30}}],
         "faults": [{"grant_type": "refresh_token", "status": 503, "body": {"error": "temporarily_unavailable"}}]}),
     )
     .await;
-    // Time passing is the behaviour: past half its life (4 s) the 8 s token needs a refresh.
-    tokio::time::sleep(Duration::from_millis(4200)).await;
+    // Time passing is the behaviour: a token is not refreshed for a lookup in the moment after
+    // it was issued (the smaller of 10 s and half its life); past it, the 30 s token needs a
+    // refresh for a lookup that wants 60 s, and it stays valid for 20 s more, time enough for
+    // the five lookups on a loaded machine (an 8 s token let slow store calls outlive it).
+    tokio::time::sleep(Duration::from_millis(10_200)).await;
     for _ in 0..5 {
         let found = lookup(&app, &id, 60).await;
         found.assert_status(StatusCode::OK);
