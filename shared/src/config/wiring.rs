@@ -250,3 +250,32 @@ mod embedded_tests {
         assert_eq!(default.service.policy().concurrency, 64, "RefreshPolicy's default");
     }
 }
+
+#[cfg(test)]
+mod aws_tests {
+    use super::*;
+
+    /// Clients for one region and no endpoint: building them calls nothing, and no test here
+    /// makes a call.
+    async fn clients() -> (aws_sdk_dynamodb::Client, aws_sdk_kms::Client, aws_sdk_eventbridge::Client) {
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .http_client(crate::adapters::aws::https_client())
+            .load()
+            .await;
+        (aws_sdk_dynamodb::Client::new(&sdk), aws_sdk_kms::Client::new(&sdk), aws_sdk_eventbridge::Client::new(&sdk))
+    }
+
+    /// A function's events go to EventBridge alone: nothing in its container subscribes to
+    /// them, so none is kept for a subscriber or logged a second time. `latchkey serve`'s are
+    /// kept for its revoker as well ([`Components::build_serving`]).
+    #[tokio::test]
+    async fn only_serve_keeps_its_aws_events_in_the_process() {
+        let options = ServiceOptions::default;
+        let (ddb, kms, eb) = clients().await;
+        let function = Components::aws(ddb, kms, eb, "table", "alias/key", "bus", options());
+        assert!(function.events.is_none(), "a function's events go to the bus alone");
+        let serving = Components::aws_with(clients().await, "table", "alias/key", "bus", options(), true);
+        assert!(serving.events.is_some(), "serve's revoker subscribes to its own events");
+    }
+}
