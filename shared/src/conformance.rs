@@ -110,9 +110,9 @@ pub mod store {
         idempotency_claims_are_released_or_lapse, idempotency_keys_are_claimed_once_and_answered_for_a_day,
     };
     pub use super::oauth::{
-        due_revocations_honour_their_limit_across_shards, due_revocations_share_their_limit_among_organizations,
-        oauth_states_are_single_use_and_expire, revocation_jobs_are_claimed_once_and_deleted,
-        revocation_jobs_come_due_no_earlier_than_their_time,
+        due_revocations_go_round_by_round_among_organizations, due_revocations_honour_their_limit_across_shards,
+        due_revocations_share_their_limit_among_organizations, oauth_states_are_single_use_and_expire,
+        revocation_jobs_are_claimed_once_and_deleted, revocation_jobs_come_due_no_earlier_than_their_time,
     };
     pub use super::tags::listings_filter_by_tags_and_page_past_what_does_not_match;
     pub use super::webhooks::{
@@ -152,6 +152,7 @@ macro_rules! store_conformance_tests {
             revocation_jobs_come_due_no_earlier_than_their_time,
             due_revocations_honour_their_limit_across_shards,
             due_revocations_share_their_limit_among_organizations,
+            due_revocations_go_round_by_round_among_organizations,
             webhooks_round_trip_with_conditional_puts,
             deliveries_are_inserted_once_and_listed_newest_first,
             concurrent_inserts_of_one_delivery_have_one_winner,

@@ -197,14 +197,17 @@ pub trait Store: Send + Sync + 'static {
     async fn put_revocation(&self, job: &RevocationJob) -> Result<(), StoreError>;
     /// The revocation jobs of a connection.
     async fn revocations_of(&self, org: &OrgId, id: &ConnectionId) -> Result<Vec<RevocationJob>, StoreError>;
-    /// Up to `limit` revocation jobs of every organization due by `until`, oldest first (by next
-    /// attempt, to the second), and at most `per_org` of any one organization: its oldest ones.
-    /// However the store spreads them, a full `limit` of due jobs in one place does not keep
-    /// older ones elsewhere waiting, and one organization's many due jobs (a revocation endpoint
-    /// down for all its grants) do not keep the other organizations' out of the answer. A job
-    /// is filed under its next attempt rounded up to the whole second
-    /// ([`crate::domain::due_second`]) and read up to `until` rounded down, so none comes out
-    /// before its next attempt; one can come out up to a second after it.
+    /// Up to `limit` revocation jobs of every organization due by `until`, taken round by round:
+    /// each organization's oldest due job (by next attempt, to the second), then each one's
+    /// second oldest, and so on, up to `per_org` of one organization; in that order, and within
+    /// a round oldest first (ties by organization, connection and job id, as DynamoDB's index
+    /// key orders them). So however many organizations have many due jobs (a revocation
+    /// endpoint down for all their grants), every organization with a due job is in the answer
+    /// while fewer than `limit` have one, and however the store spreads jobs, a full `limit` of
+    /// due jobs in one place does not keep older ones elsewhere waiting. A job is filed under
+    /// its next attempt rounded up to the whole second ([`crate::domain::due_second`]) and read
+    /// up to `until` rounded down, so none comes out before its next attempt; one can come out
+    /// up to a second after it.
     async fn due_revocations(
         &self,
         until: OffsetDateTime,

@@ -16,8 +16,9 @@
 //!   on and refreshes up to its bound at once, whatever page or shard the entries came from.
 //! - Nor does a revocation endpoint that holds its answers keep the sweep from the next due
 //!   revocation job: they run side by side.
-//! - Nor do one organization's many due revocation jobs keep the sweep from another
-//!   organization's: a sweep reads and runs a share of each organization's.
+//! - Nor do one or several organizations' many due revocation jobs keep the sweep from another
+//!   organization's: a sweep reads due jobs round by round (each organization's oldest first)
+//!   and runs a share of each organization's.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -667,86 +668,109 @@ async fn a_held_revocation_does_not_keep_the_sweep_from_the_next_job_aws() {
     a_held_revocation_does_not_keep_the_sweep_from_the_next_job(Backend::aws().await).await;
 }
 
-/// One organization's due revocation jobs, however many and however stuck, leave a sweep's run
-/// to the other organizations: a crowd of 121 due jobs whose endpoint holds its answers, every
-/// one older than another organization's job, does not keep that job from its endpoint. A sweep
-/// that read the 100 oldest due jobs read only the crowd's; one that ran its 16 places in order
-/// gave them all to the crowd, until the provider call timeout (15 s) freed them.
-async fn one_organizations_held_revocations_leave_the_sweep_to_the_others(backend: Backend) {
+/// Organizations' due revocation jobs, however many and however stuck, leave a sweep's run to
+/// the other organizations: `crowds` crowds of `copies` due jobs each, every crowd's endpoint
+/// holding its answers and every job older than another organization's, do not keep that job
+/// from its endpoint, nor does any crowd hold more than its places at once. A sweep that read
+/// the 100 oldest due jobs read only the crowds'; one that ran its 16 places in order gave them
+/// all to the crowds, until the provider call timeout (15 s) freed them; one that read 25 of
+/// each organization oldest first read four crowds' 25 and nothing of the others.
+async fn held_revocations_leave_the_sweep_to_the_others(backend: Backend, crowds: usize, copies: usize) {
     use latchkey::service::{DUE_REVOCATIONS, DUE_REVOCATIONS_PER_ORGANIZATION, REVOKE_PER_ORGANIZATION};
 
-    let (held, quick) = (GatedProvider::start().await, GatedProvider::start().await);
     let service = backend.service().clone();
     let store = backend.store().clone();
     let endpoints =
         |url: &str, revoke: &str| (format!("{url}/authorize"), format!("{url}/token"), format!("{url}/{revoke}"));
-    let (authorize, token, revoke) = endpoints(&held.url, "revoke-held");
-    let (crowd_org, crowd) = define(&service, &authorize, &token, Some(&revoke)).await;
+    // The crowds: each one disconnected grant's job of its own organization and endpoint,
+    // copied (same connection, so the copies' seals open), every copy due an hour before the
+    // other's job.
+    let hour_ago = now() - time::Duration::hours(1);
+    let mut held = Vec::new();
+    for c in 0..crowds {
+        let provider = GatedProvider::start().await;
+        let (authorize, token, revoke) = endpoints(&provider.url, "revoke-held");
+        let (crowd_org, crowd) = define(&service, &authorize, &token, Some(&revoke)).await;
+        let crowded = authorized_at(&backend, &crowd, &format!("c-crowd-{c}")).await;
+        service.disconnect(&crowd, crowded.as_str()).await.expect("disconnect");
+        let job = store.revocations_of(&crowd_org, &crowded).await.expect("jobs").pop().expect("a revocation job");
+        for i in 0..copies {
+            let mut copy = job.clone();
+            copy.id = format!("{}-{i:04}", job.id);
+            copy.next_attempt_at = hour_ago + time::Duration::seconds((c * copies + i) as i64);
+            store.put_revocation(&copy).await.expect("a copy");
+        }
+        held.push((crowd_org, provider));
+    }
+    let quick = GatedProvider::start().await;
     let (authorize, token, revoke) = endpoints(&quick.url, "revoke");
     let (_, other) = define(&service, &authorize, &token, Some(&revoke)).await;
-
-    // The crowd: one disconnected grant's job, copied (same connection, so the copies' seals
-    // open) to more than a sweep reads, every copy due an hour before the other's job.
-    let crowded = authorized_at(&backend, &crowd, "c-crowd").await;
-    service.disconnect(&crowd, crowded.as_str()).await.expect("disconnect");
-    let job = store.revocations_of(&crowd_org, &crowded).await.expect("jobs").pop().expect("a revocation job");
-    let hour_ago = now() - time::Duration::hours(1);
-    let copies = DUE_REVOCATIONS + 20;
-    for i in 0..copies {
-        let mut copy = job.clone();
-        copy.id = format!("{}-{i:04}", job.id);
-        copy.next_attempt_at = hour_ago + time::Duration::seconds(i as i64);
-        store.put_revocation(&copy).await.expect("a copy");
-    }
     let id = authorized_at(&backend, &other, "c-other").await;
     service.disconnect(&other, id.as_str()).await.expect("disconnect");
-    // Polled: the due index may lag the jobs.
+    // Polled: the due index may lag the jobs. Each crowd's own job is due too.
+    let all = crowds * (copies + 1) + 1;
     support::eventually(Duration::from_secs(30), "every job is due", || async {
-        store.due_revocations(now(), 1_000, usize::MAX).await.expect("due jobs").len() == copies + 2
+        store.due_revocations(now(), 10_000, usize::MAX).await.expect("due jobs").len() == all
     })
     .await;
 
     let sweeper = service.clone();
     let sweep = tokio::spawn(async move { sweeper.refresh_sweep(Instant::now() + Duration::from_secs(60)).await });
-    let mut crowd_arrivals = held.revoked.lock().await;
     // The first may wait for a loaded moto's index reads; the other organization's job starts
-    // beside the crowd's, well before the 15 s provider call timeout would free a place.
-    let first = tokio::time::timeout(Duration::from_secs(30), crowd_arrivals.recv()).await;
+    // beside the crowds', well before the 15 s provider call timeout would free a place.
+    let first =
+        tokio::time::timeout(Duration::from_secs(30), async { held[0].1.revoked.lock().await.recv().await }).await;
     let others = tokio::time::timeout(Duration::from_secs(10), async { quick.revoked.lock().await.recv().await }).await;
-    let mut held_at_once = usize::from(matches!(first, Ok(Some(_))));
-    while crowd_arrivals.try_recv().is_ok() {
-        held_at_once += 1;
+    let mut held_at_once = Vec::new();
+    for (_, provider) in &held {
+        let mut arrivals = provider.revoked.lock().await;
+        let mut n = 0;
+        while arrivals.try_recv().is_ok() {
+            n += 1;
+        }
+        held_at_once.push(n);
     }
-    held.release.add_permits(1_000);
+    held_at_once[0] += usize::from(matches!(first, Ok(Some(_))));
+    for (_, provider) in &held {
+        provider.release.add_permits(1_000);
+    }
     first.expect("a crowd's revocation reached its endpoint");
     assert_eq!(others.expect("the other organization's revocation reached its endpoint").as_deref(), Some("refresh-1"));
     assert!(
-        held_at_once <= REVOKE_PER_ORGANIZATION,
-        "{held_at_once} of the crowd's revocations held at once, more than its {REVOKE_PER_ORGANIZATION} places"
+        held_at_once.iter().all(|&n| n <= REVOKE_PER_ORGANIZATION),
+        "{held_at_once:?} of the crowds' revocations held at once, more than their {REVOKE_PER_ORGANIZATION} places"
     );
     let summary = sweep.await.unwrap().expect("the sweep ends");
-    assert_eq!(
-        summary.revocations,
-        DUE_REVOCATIONS_PER_ORGANIZATION + 1,
-        "the crowd's share and the other's: {summary:?}"
-    );
-    let left = store.due_revocations(now() + time::Duration::days(1), 1_000, usize::MAX).await.expect("due jobs");
-    assert!(left.iter().all(|j| j.org == crowd_org), "the other's job is done");
-    assert_eq!(
-        left.len(),
-        copies + 1 - DUE_REVOCATIONS_PER_ORGANIZATION,
-        "the rest of the crowd waits for the next sweeps"
-    );
+    let read = (crowds * DUE_REVOCATIONS_PER_ORGANIZATION.min(copies + 1) + 1).min(DUE_REVOCATIONS);
+    assert_eq!(summary.revocations, read, "the crowds' shares and the other's, round by round: {summary:?}");
+    let left = store.due_revocations(now() + time::Duration::days(1), 10_000, usize::MAX).await.expect("due jobs");
+    assert!(left.iter().all(|j| held.iter().any(|(org, _)| &j.org == org)), "the other's job is done");
+    assert_eq!(left.len(), all - read, "the rest of the crowds wait for the next sweeps");
 }
 
+/// One organization with more due jobs than a sweep reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_organizations_held_revocations_leave_the_sweep_to_the_others_embedded() {
-    one_organizations_held_revocations_leave_the_sweep_to_the_others(Backend::embedded().await).await;
+    let copies = latchkey::service::DUE_REVOCATIONS + 20;
+    held_revocations_leave_the_sweep_to_the_others(Backend::embedded().await, 1, copies).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_organizations_held_revocations_leave_the_sweep_to_the_others_aws() {
-    one_organizations_held_revocations_leave_the_sweep_to_the_others(Backend::aws().await).await;
+    let copies = latchkey::service::DUE_REVOCATIONS + 20;
+    held_revocations_leave_the_sweep_to_the_others(Backend::aws().await, 1, copies).await;
+}
+
+/// Five organizations, each with more due jobs than its share of a sweep's read: four of those
+/// shares fill it in due order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_organizations_held_revocations_leave_the_sweep_to_the_others_embedded() {
+    held_revocations_leave_the_sweep_to_the_others(Backend::embedded().await, 5, 30).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_organizations_held_revocations_leave_the_sweep_to_the_others_aws() {
+    held_revocations_leave_the_sweep_to_the_others(Backend::aws().await, 5, 30).await;
 }
 
 /// The audit origin of this file's service-level lookups (as a runtime token over HTTP).

@@ -303,15 +303,23 @@ impl Store for MemoryStore {
             .filter(|j| due_second(j.next_attempt_at) <= until && j.expires_at.unix_timestamp() > until)
             .cloned()
             .collect();
-        due.sort_by(|a, b| (due_second(a.next_attempt_at), &a.id).cmp(&(due_second(b.next_attempt_at), &b.id)));
+        // Round by round (the port's order): each job's place among its organization's due
+        // jobs, then its due second, organization, connection and id.
+        let key =
+            |j: &RevocationJob| (due_second(j.next_attempt_at), j.org.clone(), j.connection_id.clone(), j.id.clone());
+        due.sort_by_key(key);
         let mut taken: BTreeMap<OrgId, usize> = BTreeMap::new();
-        due.retain(|j| {
-            let n = taken.entry(j.org.clone()).or_default();
-            *n += 1;
-            *n <= per_org
-        });
-        due.truncate(limit);
-        Ok(due)
+        let mut ranked: Vec<(usize, RevocationJob)> = due
+            .into_iter()
+            .map(|j| {
+                let n = taken.entry(j.org.clone()).or_default();
+                *n += 1;
+                (*n, j)
+            })
+            .filter(|(n, _)| *n <= per_org)
+            .collect();
+        ranked.sort_by_key(|(n, _)| *n);
+        Ok(ranked.into_iter().take(limit).map(|(_, j)| j).collect())
     }
 
     async fn update_revocation(&self, job: &RevocationJob, expected_attempts: u32) -> Result<(), StoreError> {

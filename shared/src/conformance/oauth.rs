@@ -156,14 +156,69 @@ pub async fn due_revocations_share_their_limit_among_organizations(store: Arc<dy
         async move { store.due_revocations(t0, limit, per_org).await.unwrap() }
     };
 
-    let want: Vec<String> = ids(&crowded[..5]).into_iter().chain(ids(&others)).collect();
-    assert_eq!(ids(&due(8, 5).await), want, "five of the crowd, then the other organization's three, oldest first");
-    // Pages of one or two keys: each shard is read past the crowd's keys to the other's.
+    // Round by round: each organization's oldest, then each one's second oldest...
+    let want: Vec<String> = ids(&[
+        crowded[0].clone(),
+        others[0].clone(),
+        crowded[1].clone(),
+        others[1].clone(),
+        crowded[2].clone(),
+        others[2].clone(),
+        crowded[3].clone(),
+        crowded[4].clone(),
+    ]);
+    assert_eq!(ids(&due(8, 5).await), want, "five of the crowd and the other organization's three, round by round");
+    // One of each: every shard is read past the crowd's keys to the other's.
     assert_eq!(ids(&due(2, 1).await), vec![crowded[0].id.clone(), others[0].id.clone()]);
     let of = |jobs: Vec<RevocationJob>, org: &OrgId| jobs.into_iter().filter(|j| &j.org == org).count();
-    assert_eq!(ids(&due(10_000, 3).await[..3]), ids(&crowded[..3]), "the crowd's three oldest, across shards");
+    let crowds_first: Vec<String> = due(10_000, 3).await.into_iter().filter(|j| j.org == crowd).map(|j| j.id).collect();
+    assert_eq!(crowds_first, ids(&crowded[..3]), "the crowd's three oldest, across shards");
     assert_eq!(of(due(10_000, 3).await, &crowd), 3, "no more than three of the crowd");
     assert_eq!(of(due(10_000, usize::MAX).await, &crowd), 160, "all of them without a cap");
+}
+
+/// `due_revocations` takes its answer round by round, so however many organizations have a
+/// crowd of due jobs, one more organization's single newer job comes out while fewer
+/// organizations than `limit` have jobs due: six crowds of 30 (about 2 a shard of DynamoDB's
+/// 16 each), and a `limit` of 10 with 5 of one organization, which six crowds' oldest five
+/// would fill twice over in due order.
+pub async fn due_revocations_go_round_by_round_among_organizations(store: Arc<dyn Store>) {
+    let t0 = now();
+    // Each case has a store of its own: every due job in it is this case's.
+    let oldest = t0 - time::Duration::days(4000);
+    let crowds: Vec<Vec<RevocationJob>> = (0..6)
+        .map(|c| {
+            let org = fresh_org();
+            (0..30)
+                .map(|i| {
+                    let at = oldest + time::Duration::seconds(1_000 * c + 10 * i);
+                    revocation_job(&org, &ConnectionId::generate(), at, t0 + time::Duration::days(3))
+                })
+                .collect()
+        })
+        .collect();
+    let late = revocation_job(
+        &fresh_org(),
+        &ConnectionId::generate(),
+        oldest + time::Duration::seconds(100_000),
+        t0 + time::Duration::days(3),
+    );
+    for job in crowds.iter().flatten().chain([&late]) {
+        store.put_revocation(job).await.unwrap();
+    }
+    let got: Vec<String> = store.due_revocations(t0, 10, 5).await.unwrap().into_iter().map(|j| j.id).collect();
+    // The first round: each crowd's oldest, then the late organization's one; the second round
+    // begins with the crowds' second oldest, oldest first.
+    let mut want: Vec<String> = crowds.iter().map(|c| c[0].id.clone()).collect();
+    want.push(late.id.clone());
+    want.extend(crowds.iter().take(3).map(|c| c[1].id.clone()));
+    assert_eq!(got, want, "every organization's oldest, then the second oldest of the first three crowds");
+    let got: Vec<String> = store.due_revocations(t0, 3, 5).await.unwrap().into_iter().map(|j| j.id).collect();
+    assert_eq!(
+        got,
+        crowds.iter().take(3).map(|c| c[0].id.clone()).collect::<Vec<_>>(),
+        "a round cut by the limit: its oldest"
+    );
 }
 
 pub async fn oauth_states_are_single_use_and_expire(store: Arc<dyn Store>) {

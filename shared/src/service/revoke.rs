@@ -33,11 +33,14 @@ pub const REVOKE_CONCURRENCY: usize = 16;
 /// 15 s provider calls) filled a sweep's run, and the jobs behind them waited.
 pub const REVOKE_PER_ORGANIZATION: usize = 4;
 /// How many due revocation jobs one sweep reads ([`crate::ports::Store::due_revocations`]),
-/// oldest first. A job's first attempt is not the sweep's: it runs on its disconnect's event.
+/// round by round: each organization's oldest, then each one's second oldest, and so on. So
+/// while fewer organizations than this have jobs due, each one's oldest is read, however many
+/// due jobs the others have. A job's first attempt is not the sweep's: it runs on its
+/// disconnect's event.
 pub const DUE_REVOCATIONS: usize = 100;
 /// At most how many of [`DUE_REVOCATIONS`] one organization's jobs take: an organization whose
-/// endpoint is down for all its grants gets its 25 oldest retried a sweep, and the rest of the
-/// places go to the other organizations' jobs, newer as they may be.
+/// endpoint is down for all its grants gets its 25 oldest retried a sweep (no more calls a
+/// sweep to an endpoint that is down, even when no other organization has a job due).
 pub const DUE_REVOCATIONS_PER_ORGANIZATION: usize = 25;
 
 /// What a revocation job needs besides the tokens, sealed beside them under the connection's

@@ -53,9 +53,10 @@ pub(super) fn of(db: &rusqlite::Connection, org: &str, id: &str) -> Result<Vec<R
     docs.iter().map(|d| from_json(d)).collect()
 }
 
-/// Up to `limit` unexpired jobs whose next attempt is due by `until` (Unix seconds), soonest
-/// first, at most `per_org` of one organization (its soonest: numbered per organization by a
-/// window function over the due rows).
+/// Up to `limit` unexpired jobs whose next attempt is due by `until` (Unix seconds), taken
+/// round by round: each organization's soonest, then each one's second soonest, up to `per_org`
+/// of one organization (numbered per organization by a window function over the due rows);
+/// within a round soonest first, ties by organization, connection and id.
 pub(super) fn due(
     db: &rusqlite::Connection,
     until: i64,
@@ -65,9 +66,10 @@ pub(super) fn due(
     let mut stmt = db
         .prepare(
             "SELECT doc FROM (
-                SELECT doc, next_at, id, ROW_NUMBER() OVER (PARTITION BY org ORDER BY next_at, id) AS nth
+                SELECT doc, next_at, org, connection_id, id,
+                    ROW_NUMBER() OVER (PARTITION BY org ORDER BY next_at, connection_id, id) AS nth
                 FROM revocations WHERE next_at <= ?1 AND expires_at > ?1
-             ) WHERE nth <= ?3 ORDER BY next_at, id LIMIT ?2",
+             ) WHERE nth <= ?3 ORDER BY nth, next_at, org, connection_id, id LIMIT ?2",
         )
         .map_err(backend)?;
     // `usize::MAX` (no cap) is `i64::MAX` to SQLite, not -1.

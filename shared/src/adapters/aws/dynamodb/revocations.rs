@@ -20,11 +20,20 @@ use crate::ports::StoreError;
 /// answer within the SDK's operation timeout on a loaded machine.
 const JOB_INDEX_READS: usize = 4;
 
-/// How many index keys of one shard [`DynamoStore::due_revocation_items`] looks at, at most,
-/// to find `limit` keys within the per-organization cap: one organization with more due jobs
-/// than this in one shard (about 16 times as many in all) can keep newer due jobs of that shard
-/// out of a sweep's answer until its own back off. About 1 MB of keys, one or two pages.
+/// How many index keys of one shard [`DynamoStore::due_revocation_items`] looks at, at most:
+/// about 1.2 MB of keys, ten pages of 1,000. Past it, a shard's newer due jobs are not seen by
+/// that sweep: that takes more than this many due jobs in one shard, about 16 times as many in
+/// all (a very large organization whose revocation endpoint is down, or many of them), and
+/// lasts until enough of the older ones have been attempted and backed off past them (each
+/// sweep attempts up to [`crate::service::revoke::DUE_REVOCATIONS`]), or expired. A shard
+/// keeps at most `per_org` of each organization's keys it looks at: all 10,000 only when 400
+/// organizations have 25 due jobs each in it (about 0.5 KB a key held).
 const JOB_INDEX_SCAN: usize = 10_000;
+
+/// Keys a page of [`DynamoStore::due_revocation_items`]'s index Queries asks for: whatever the
+/// answer's `limit`, since the keys past an organization's cap are read past too (a page sized
+/// to the places left took one Query a key once all but one were taken).
+const JOB_INDEX_PAGE: usize = 1_000;
 
 /// GetItems in flight at once while [`DynamoStore::due_revocation_items`] reads the jobs its
 /// index keys name (in index order; up to this many minus one read past the `limit`th job).
@@ -57,19 +66,21 @@ impl DynamoStore {
         items.iter().map(doc_of).collect()
     }
 
-    /// Up to `limit` jobs due by `until`, oldest first (by next attempt), at most `per_org` of
-    /// one organization, from every shard of the due index (`RDUE#{shard}`; [`JOB_INDEX_READS`]
-    /// shards at once): the sweep reads them beside its own index under the same deadline.
-    /// - Each shard's keys are read page after page until `limit` of them pass the organization
-    ///   cap within that shard ([`due_job_keys`]), so one organization's many due jobs (its
-    ///   revocation endpoint down) are read past, not handed out; at most [`JOB_INDEX_SCAN`]
-    ///   keys of a shard are looked at.
-    /// - The keys of all shards are merged by index key (next attempt first) and capped again
-    ///   per organization, so a shard with `limit` due jobs does not keep the other shards'
-    ///   older ones waiting.
-    /// - Then each job is read from the table (the index holds keys only; [`JOB_READS`]
-    ///   GetItems at once) until `limit` are found: a key whose item is gone (the index lags a
-    ///   delete) takes no place, though it counted against its organization's cap.
+    /// Up to `limit` jobs due by `until`, round by round (each organization's oldest by next
+    /// attempt, then each one's second oldest, up to `per_org` of one organization; the port's
+    /// order, [`crate::ports::Store::due_revocations`]), from every shard of the due index
+    /// (`RDUE#{shard}`; [`JOB_INDEX_READS`] shards at once): the sweep reads them beside its own
+    /// index under the same deadline.
+    /// - Each shard's due keys are read page after page to the end of the due range, at most
+    ///   [`JOB_INDEX_SCAN`] of them, keeping `per_org` of one organization
+    ///   ([`DynamoStore::due_job_keys`]): a key's place among its organization's jobs is known
+    ///   only once every shard's older keys are, so no shard stops at `limit`.
+    /// - The keys of all shards are merged by index key (next attempt first; within a second by
+    ///   organization, connection and id), numbered per organization, kept up to `per_org`, and
+    ///   ordered by that number, then by index key.
+    /// - Then each job is read from the table in that order (the index holds keys only;
+    ///   [`JOB_READS`] GetItems at once) until `limit` are found: a key whose item is gone (the
+    ///   index lags a delete) takes no place, though it took its organization's number.
     ///
     /// The first error of any read fails the call.
     pub(super) async fn due_revocation_items(
@@ -80,17 +91,23 @@ impl DynamoStore {
     ) -> Result<Vec<RevocationJob>, StoreError> {
         use futures_util::{StreamExt, TryStreamExt};
 
+        if limit == 0 || per_org == 0 {
+            return Ok(Vec::new());
+        }
         let upper = due_upper(until);
         let upper = &upper;
         let shards: Vec<Vec<(String, Item)>> = futures_util::stream::iter(0..DUE_SHARDS)
-            .map(|shard| self.due_job_keys(shard, upper, limit, per_org))
+            .map(|shard| self.due_job_keys(shard, upper, per_org))
             .buffer_unordered(JOB_INDEX_READS)
             .try_collect()
             .await?;
         let mut keys: Vec<(String, Item)> = shards.into_iter().flatten().collect();
         keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut cap = OrgCap::new(per_org);
-        keys.retain(|(_, k)| cap.admits(k));
+        let mut keys: Vec<(usize, Item)> =
+            keys.into_iter().filter_map(|(_, k)| cap.number(&k).map(|nth| (nth, k))).collect();
+        // Stable: within a round the index order stays.
+        keys.sort_by_key(|(nth, _)| *nth);
         let mut items = futures_util::stream::iter(keys).map(|(_, k)| self.get(k)).buffered(JOB_READS);
         let mut jobs = Vec::new();
         while jobs.len() < limit {
@@ -104,16 +121,11 @@ impl DynamoStore {
     }
 
     /// One shard's due job keys up to `upper`, in index order, each with its index key (`gsi3sk`,
-    /// which starts with the next attempt's 12-digit second: its order is the time order):
-    /// up to `limit` keys, at most `per_org` of one organization, read page after page past the
-    /// others, looking at no more than [`JOB_INDEX_SCAN`] keys.
-    async fn due_job_keys(
-        &self,
-        shard: u32,
-        upper: &str,
-        limit: usize,
-        per_org: usize,
-    ) -> Result<Vec<(String, Item)>, StoreError> {
+    /// which starts with the next attempt's 12-digit second: its order is the time order): at
+    /// most `per_org` of one organization (a later one cannot be among its `per_org` oldest in
+    /// all), read in pages of [`JOB_INDEX_PAGE`] to the end of the range or to
+    /// [`JOB_INDEX_SCAN`] keys looked at.
+    async fn due_job_keys(&self, shard: u32, upper: &str, per_org: usize) -> Result<Vec<(String, Item)>, StoreError> {
         let mut cap = OrgCap::new(per_org);
         let (mut kept, mut seen) = (Vec::new(), 0);
         let mut start: Option<Item> = None;
@@ -127,7 +139,7 @@ impl DynamoStore {
                 .expression_attribute_values(":p", s(format!("RDUE#{shard}")))
                 .expression_attribute_values(":u", s(upper.to_owned()))
                 .set_exclusive_start_key(start.take())
-                .limit((limit - kept.len()).clamp(1, 1_000) as i32)
+                .limit((JOB_INDEX_SCAN - seen).min(JOB_INDEX_PAGE) as i32)
                 .send()
                 .await
                 .map_err(sdk)?;
@@ -137,12 +149,12 @@ impl DynamoStore {
                     continue;
                 };
                 let key = HashMap::from([("pk".to_owned(), pk.clone()), ("sk".to_owned(), sk.clone())]);
-                if cap.admits(&key) {
+                if cap.number(&key).is_some() {
                     kept.push((index_key.as_s().cloned().unwrap_or_default(), key));
                 }
             }
             match out.last_evaluated_key {
-                Some(k) if kept.len() < limit && seen < JOB_INDEX_SCAN => start = Some(k),
+                Some(k) if seen < JOB_INDEX_SCAN => start = Some(k),
                 _ => return Ok(kept),
             }
         }
@@ -171,9 +183,9 @@ impl DynamoStore {
     }
 }
 
-/// Counts the job keys handed out per organization (the `{org}` of `pk` =
-/// `REVOKE#{org}#{connection}`; an organization id holds no `#`) and admits a key while its
-/// organization has fewer than the cap.
+/// Numbers the job keys it is shown per organization (the `{org}` of `pk` =
+/// `REVOKE#{org}#{connection}`; an organization id holds no `#`): 1 for an organization's
+/// first, and `None` past the cap.
 struct OrgCap {
     per_org: usize,
     taken: HashMap<String, usize>,
@@ -184,13 +196,14 @@ impl OrgCap {
         Self { per_org, taken: HashMap::new() }
     }
 
-    /// Whether `key`'s organization is under the cap, counting it if so. A key whose `pk` is
-    /// not a revocation job's is admitted (reading its item fails the call as any bad item).
-    fn admits(&mut self, key: &Item) -> bool {
+    /// `key`'s number among its organization's keys shown so far, counting it, or `None` once
+    /// that passes the cap. A key whose `pk` is not a revocation job's is numbered 1 (reading
+    /// its item fails the call as any bad item).
+    fn number(&mut self, key: &Item) -> Option<usize> {
         let org = key.get("pk").and_then(|v| v.as_s().ok()).and_then(|pk| pk.split('#').nth(1));
-        let Some(org) = org else { return true };
+        let Some(org) = org else { return Some(1) };
         let n = self.taken.entry(org.to_owned()).or_default();
         *n += 1;
-        *n <= self.per_org
+        (*n <= self.per_org).then_some(*n)
     }
 }
