@@ -16,6 +16,8 @@
 //!   on and refreshes up to its bound at once, whatever page or shard the entries came from.
 //! - Nor does a revocation endpoint that holds its answers keep the sweep from the next due
 //!   revocation job: they run side by side.
+//! - Nor does one organization whose token endpoint holds every refresh keep the sweep from
+//!   the other organizations' refreshes: it holds at most all but an eighth of the places.
 //! - Nor do one or several organizations' many due revocation jobs keep the sweep from another
 //!   organization's: a sweep reads due jobs round by round (each organization's oldest first)
 //!   and runs a share of each organization's.
@@ -610,6 +612,108 @@ async fn a_held_refresh_does_not_keep_the_sweep_from_the_next_page_embedded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_held_refresh_does_not_keep_the_sweep_from_the_next_page_aws() {
     a_held_refresh_does_not_keep_the_sweep_from_the_next_page(Backend::aws_with(one_entry_pages()).await).await;
+}
+
+/// One organization whose token endpoint holds every refresh leaves a sweep's places to the
+/// others: 12 due connections of it, every one due before 4 of another organization, and a
+/// sweep of 8 places. The held organization takes at most all but the reserve (an eighth: 7),
+/// and the other's refreshes all run meanwhile. A sweep that started its entries in due order
+/// gave all 8 places to the held ones until the provider call timeout (15 s) freed them.
+/// `worker`: the same entries as one fan-out worker's batch (`Service::refresh_due_entries`),
+/// the held organization's first, instead of a sweep.
+async fn held_refreshes_leave_the_sweep_to_the_others(backend: Backend, worker: bool) {
+    let (held, quick) = (GatedProvider::start().await, GatedProvider::start().await);
+    quick.release.add_permits(1_000);
+    let service = backend.service().clone();
+    let endpoints = |url: &str| (format!("{url}/authorize"), format!("{url}/token"));
+    let (authorize, token) = endpoints(&held.url);
+    let (held_org, held_p) = define(&service, &authorize, &token, None).await;
+    let (authorize, token) = endpoints(&quick.url);
+    let (other_org, other_p) = define(&service, &authorize, &token, None).await;
+    let mut crowd = Vec::new();
+    for i in 0..12 {
+        crowd.push(authorized_at(&backend, &held_p, &format!("c-held-{i}")).await);
+    }
+    for id in &crowd {
+        until_due(&backend, &held_org, id).await;
+    }
+    let mut others = Vec::new();
+    for i in 0..4 {
+        others.push(authorized_at(&backend, &other_p, &format!("c-other-{i}")).await);
+    }
+    for id in &others {
+        until_due(&backend, &other_org, id).await;
+    }
+
+    let sweeper = service.clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let batch: Vec<DueEntry> = (crowd.iter().map(|id| (&held_org, id)))
+        .chain(others.iter().map(|id| (&other_org, id)))
+        .map(|(org, id)| DueEntry { org: org.clone(), id: id.clone(), due: now().unix_timestamp() })
+        .collect();
+    let sweep = tokio::spawn(async move {
+        if !worker {
+            return sweeper.refresh_sweep(deadline).await.map(|s| (s.due, s.refreshed));
+        }
+        let outcomes = sweeper.refresh_due_entries(&batch, deadline).await;
+        let refreshed = outcomes.iter().filter(|o| **o == latchkey::service::RefreshOutcome::Refreshed).count();
+        Ok((outcomes.len(), refreshed))
+    });
+    let mut refreshed = 0;
+    let all_others = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut arrivals = quick.arrived.lock().await;
+        while refreshed < others.len() && arrivals.recv().await.is_some() {
+            refreshed += 1;
+        }
+    })
+    .await;
+    let mut held_at_once = 0;
+    {
+        let mut arrivals = held.arrived.lock().await;
+        while arrivals.try_recv().is_ok() {
+            held_at_once += 1;
+        }
+    }
+    held.release.add_permits(1_000);
+    assert!(
+        all_others.is_ok(),
+        "{refreshed} of the other organization's 4 refreshes ran while the first one's were held"
+    );
+    assert!(
+        held_at_once <= 7,
+        "{held_at_once} of the held organization's refreshes at once: more than all but the reserve"
+    );
+    let (due, refreshed) = sweep.await.unwrap().expect("the sweep ends");
+    assert_eq!((due, refreshed), (16, 16), "entries and refreshes");
+}
+
+/// A sweep of 8 places, reading pages of one entry: the held organization's entries, read
+/// first, have taken what they may before the other organization's are read (the reserve's
+/// case), not only when both are queued at once.
+fn eight_places() -> ServiceOptions {
+    let mut options = one_entry_pages();
+    options.refresh.concurrency = 8;
+    options
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn held_refreshes_leave_the_sweep_to_the_others_embedded() {
+    held_refreshes_leave_the_sweep_to_the_others(Backend::embedded_with(eight_places()).await, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn held_refreshes_leave_the_sweep_to_the_others_aws() {
+    held_refreshes_leave_the_sweep_to_the_others(Backend::aws_with(eight_places()).await, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn held_refreshes_leave_a_workers_batch_to_the_others_embedded() {
+    held_refreshes_leave_the_sweep_to_the_others(Backend::embedded_with(eight_places()).await, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn held_refreshes_leave_a_workers_batch_to_the_others_aws() {
+    held_refreshes_leave_the_sweep_to_the_others(Backend::aws_with(eight_places()).await, true).await;
 }
 
 /// Revocation jobs run side by side: three disconnected grants whose revocation endpoint holds

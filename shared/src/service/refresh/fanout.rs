@@ -500,23 +500,43 @@ impl Service {
 
     /// A worker's batch (the entries of its messages): [`Service::refresh_due_entry`] for each,
     /// at most the refresh policy's `concurrency` at once (a slow refresh holds only its own
-    /// slot, not the ones after it), none started after `deadline`
-    /// ([`RefreshOutcome::Deferred`]); the outcomes in the order of `entries`. Logs one `refresh
-    /// sweep` summary line (with `worker: true`), which the deployed stack's refresh-failure
-    /// alarm counts as it counts the inline sweep's.
+    /// slot, not the ones after it), shared among organizations as the sweep shares its places
+    /// (`sweep::Shares`: one organization whose token endpoint holds every call leaves an
+    /// eighth of them to the batch's other organizations, whose entries go first into places
+    /// that come free), none started after `deadline` ([`RefreshOutcome::Deferred`]); the
+    /// outcomes in the order of `entries`. Logs one `refresh sweep` summary line (with `worker:
+    /// true`), which the deployed stack's refresh-failure alarm counts as it counts the inline
+    /// sweep's.
     pub async fn refresh_due_entries(&self, entries: &[DueEntry], deadline: Instant) -> Vec<RefreshOutcome> {
-        let mut outcomes: Vec<(usize, RefreshOutcome)> = futures_util::stream::iter(entries.iter().enumerate())
-            .map(|(i, entry)| async move {
-                if Instant::now() >= deadline {
-                    return (i, RefreshOutcome::Deferred);
-                }
-                (i, self.refresh_due_entry(entry, deadline).await)
-            })
-            .buffer_unordered(self.policy().concurrency.max(1))
-            .collect()
-            .await;
-        outcomes.sort_unstable_by_key(|(i, _)| *i);
-        let outcomes: Vec<RefreshOutcome> = outcomes.into_iter().map(|(_, o)| o).collect();
+        use futures_util::stream::FuturesUnordered;
+
+        // Where each entry's outcome goes (a batch may hold one entry twice: a redelivery).
+        let mut slots: BTreeMap<(OrgId, ConnectionId), std::collections::VecDeque<usize>> = BTreeMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            slots.entry((e.org.clone(), e.id.clone())).or_default().push_back(i);
+        }
+        let mut outcomes = vec![RefreshOutcome::Deferred; entries.len()];
+        let mut batch = [super::sweep::ShardWalk::of(entries.to_vec())];
+        let mut shares = super::sweep::Shares::new(self.policy().concurrency.max(1));
+        let mut turn = 0;
+        let mut running = FuturesUnordered::new();
+        loop {
+            while Instant::now() < deadline
+                && let Some(entry) = shares.next(&mut batch, &mut turn)
+            {
+                let i = slots.get_mut(&(entry.org.clone(), entry.id.clone())).and_then(|s| s.pop_front());
+                running.push(async move {
+                    let began = Instant::now();
+                    let outcome = self.refresh_due_entry(&entry, deadline).await;
+                    (i, outcome, entry.org, began.elapsed())
+                });
+            }
+            let Some((i, outcome, org, took)) = running.next().await else { break };
+            shares.ended(&org, took);
+            if let Some(i) = i {
+                outcomes[i] = outcome;
+            }
+        }
         let mut summary = SweepSummary { due: entries.len(), ..SweepSummary::default() };
         outcomes.iter().for_each(|o| summary.tally(*o));
         tracing::info!(

@@ -69,8 +69,9 @@ pub(super) enum Swept {
 /// last of 16 (beside the due revocations' own) waited past the SDK's 5 s operation timeout.
 const INDEX_READS: usize = 4;
 
-/// One shard of a sweep's walk over the due index ([`Service::sweep_index`]).
-struct ShardWalk {
+/// One shard of a sweep's walk over the due index ([`Service::sweep_index`]), or a worker's
+/// batch ([`Service::refresh_due_entries`]).
+pub(super) struct ShardWalk {
     /// Read and not started yet, oldest first.
     queued: std::collections::VecDeque<DueEntry>,
     /// Where its next page starts: after this entry, at the start for `Some(None)` (a new
@@ -86,6 +87,11 @@ impl ShardWalk {
         Self { queued: std::collections::VecDeque::new(), next: Some(None), reading: false }
     }
 
+    /// A walk of `entries` alone, in that order: nothing more to read.
+    pub(super) fn of(entries: Vec<DueEntry>) -> Self {
+        Self { queued: entries.into(), next: None, reading: false }
+    }
+
     /// Takes the read of its next page: how many entries it found (queued, oldest first), or
     /// the store's error (then this shard's walk ends).
     fn took(&mut self, read: Result<Vec<DueEntry>, StoreError>, page: usize) -> Result<usize, StoreError> {
@@ -97,18 +103,151 @@ impl ShardWalk {
         self.queued.extend(due);
         Ok(found)
     }
+}
 
-    /// The next entry to start: the first queued one of the next shard in turn that has one
-    /// (`turn` counts the shards passed), so the shards share the places as they come free.
-    fn next_in_turn(shards: &mut [ShardWalk], turn: &mut usize) -> Option<DueEntry> {
+/// How a sweep shares its places (refreshes at once, [`RefreshPolicy::concurrency`]) among
+/// organizations ([`Service::sweep_index`]), so that one organization whose token endpoint
+/// holds every call (up to the provider call's 15 s timeout) cannot hold the sweep's places
+/// while other organizations' connections wait:
+///
+/// - An organization with fewer than its share in flight (a quarter of the places) starts its
+///   next entry in any free place, and such entries go first.
+/// - One at or over its share starts more only while more than the reserve (an eighth of the
+///   places) stay free, unless its last refreshes in this sweep (as many as its share) each
+///   took under [`QUICK_REFRESH`]: so however many organizations' refreshes hang, the reserve
+///   stays for the others, and an organization alone (no one else due) whose provider answers
+///   still uses every place, once its first refreshes came back.
+/// - An entry that may not start yet waits aside (up to four times the places, in read
+///   order) rather than at the head of its shard's queue, so the shard is read on past it to
+///   the other organizations' entries. Beyond that it waits in its shard's queue, and the
+///   shard's reading waits with it. Entries still waiting at the deadline are skipped (still
+///   due).
+pub(super) struct Shares {
+    places: usize,
+    share: usize,
+    reserve: usize,
+    running: usize,
+    in_flight: std::collections::BTreeMap<OrgId, usize>,
+    /// Per organization, how many of its last refreshes in a row took under [`QUICK_REFRESH`].
+    quick: std::collections::BTreeMap<OrgId, usize>,
+    aside: std::collections::VecDeque<DueEntry>,
+}
+
+/// A refresh (its place, lease, provider call and writes) that ends within this counts toward
+/// its organization's use of the reserve ([`Shares`]); a provider answers in 50 to 300 ms.
+const QUICK_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Which waiting entries [`Shares::next`] may start.
+#[derive(Clone, Copy)]
+enum Pick {
+    /// Only an organization's under its share.
+    UnderShare,
+    /// Also one whose organization's refreshes came back quickly ([`Shares::proven`]).
+    Proven,
+    /// Any.
+    Any,
+}
+
+impl Shares {
+    pub(super) fn new(places: usize) -> Self {
+        Self {
+            places,
+            share: (places / 4).max(1),
+            reserve: places / 8,
+            running: 0,
+            in_flight: std::collections::BTreeMap::new(),
+            quick: std::collections::BTreeMap::new(),
+            aside: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn under_share(&self, org: &OrgId) -> bool {
+        self.in_flight.get(org).copied().unwrap_or(0) < self.share
+    }
+
+    /// Whether `org`'s last refreshes in this sweep, as many as its share, each came back
+    /// within [`QUICK_REFRESH`].
+    fn proven(&self, org: &OrgId) -> bool {
+        self.quick.get(org).copied().unwrap_or(0) >= self.share
+    }
+
+    fn may_start(&self, pick: Pick, org: &OrgId) -> bool {
+        match pick {
+            Pick::UnderShare => self.under_share(org),
+            Pick::Proven => self.under_share(org) || self.proven(org),
+            Pick::Any => true,
+        }
+    }
+
+    /// The next entry to start in a free place, counted as running: an entry aside whose
+    /// organization is under its share; else the next shard's in turn whose is (setting aside
+    /// the entries of organizations at their share met on the way, while there is room); else,
+    /// while a place beyond the reserve is free, the first entry aside or a shard's in turn;
+    /// else the first of those whose organization's refreshes came back quickly.
+    pub(super) fn next(&mut self, shards: &mut [ShardWalk], turn: &mut usize) -> Option<DueEntry> {
+        if self.running >= self.places {
+            return None;
+        }
+        let over = if self.places - self.running > self.reserve { Pick::Any } else { Pick::Proven };
+        let entry = self
+            .take_aside(Pick::UnderShare)
+            .or_else(|| self.take_queued(shards, turn))
+            .or_else(|| self.take_aside(over))
+            .or_else(|| self.take_front(shards, turn, over))?;
+        self.running += 1;
+        *self.in_flight.entry(entry.org.clone()).or_default() += 1;
+        Some(entry)
+    }
+
+    /// The first entry aside that `pick` allows.
+    fn take_aside(&mut self, pick: Pick) -> Option<DueEntry> {
+        let i = self.aside.iter().position(|e| self.may_start(pick, &e.org))?;
+        self.aside.remove(i)
+    }
+
+    /// The first queued entry of the next shard in turn whose first entry `pick` allows.
+    fn take_front(&self, shards: &mut [ShardWalk], turn: &mut usize, pick: Pick) -> Option<DueEntry> {
         for _ in 0..shards.len() {
             let walk = &mut shards[*turn % shards.len()];
             *turn = turn.wrapping_add(1);
-            if let Some(entry) = walk.queued.pop_front() {
-                return Some(entry);
+            if walk.queued.front().is_some_and(|e| self.may_start(pick, &e.org)) {
+                return walk.queued.pop_front();
             }
         }
         None
+    }
+
+    /// The next shard's first queued entry in turn whose organization is under its share;
+    /// the entries before it are set aside while there is room (a shard whose first entry finds
+    /// no room is passed over).
+    fn take_queued(&mut self, shards: &mut [ShardWalk], turn: &mut usize) -> Option<DueEntry> {
+        for _ in 0..shards.len() {
+            let walk = &mut shards[*turn % shards.len()];
+            *turn = turn.wrapping_add(1);
+            while let Some(entry) = walk.queued.front() {
+                if self.under_share(&entry.org) {
+                    return walk.queued.pop_front();
+                }
+                if self.aside.len() >= 4 * self.places {
+                    break;
+                }
+                self.aside.extend(walk.queued.pop_front());
+            }
+        }
+        None
+    }
+
+    /// A refresh of `org`'s ended after `took`: its place is free.
+    pub(super) fn ended(&mut self, org: &OrgId, took: std::time::Duration) {
+        self.running = self.running.saturating_sub(1);
+        if let Some(n) = self.in_flight.get_mut(org) {
+            *n -= 1;
+            if *n == 0 {
+                self.in_flight.remove(org);
+            }
+        }
+        let quick = self.quick.entry(org.clone()).or_default();
+        *quick = if took < QUICK_REFRESH { *quick + 1 } else { 0 };
     }
 }
 
@@ -193,6 +332,10 @@ impl Service {
     /// - The shards are read together ([`INDEX_READS`] at once) and their entries started in
     ///   turn, one shard after another, so a sweep cut short by its deadline has reached into
     ///   every shard, not only the first ones.
+    /// - The places are shared among organizations ([`Shares`]): one whose refreshes hang
+    ///   holds at most all but an eighth of them, and the others' entries go first into
+    ///   places that come free while it holds a quarter or more; one whose refreshes come back
+    ///   quickly may use them all.
     /// - Nothing starts after `deadline`: neither a read nor a refresh. Entries read and not
     ///   started are counted as skipped; they stay due.
     /// - A shard whose read fails ends there; a store that is unavailable ends every shard
@@ -209,6 +352,7 @@ impl Service {
         let mut shards: Vec<ShardWalk> = (0..self.store.due_shards()).map(|_| ShardWalk::start()).collect();
         let mut reads = FuturesUnordered::new();
         let mut refreshes = FuturesUnordered::new();
+        let mut shares = Shares::new(concurrency);
         let (mut turn, mut read_from) = (0, 0);
         let mut unavailable = false;
         loop {
@@ -234,13 +378,18 @@ impl Service {
                         async move { (shard, self.store.due_connections(shard, now, after.as_ref(), page).await) },
                     );
                 }
-                while refreshes.len() < concurrency {
-                    let Some(entry) = ShardWalk::next_in_turn(&mut shards, &mut turn) else { break };
-                    refreshes.push(async move { self.sweep_one(&entry.org, &entry.id, deadline).await });
+                while let Some(entry) = shares.next(&mut shards, &mut turn) {
+                    refreshes.push(async move {
+                        let began = Instant::now();
+                        (self.sweep_one(&entry.org, &entry.id, deadline).await, entry.org, began.elapsed())
+                    });
                 }
             }
             tokio::select! {
-                Some(outcome) = refreshes.next(), if !refreshes.is_empty() => summary.tally(outcome.into()),
+                Some((outcome, org, took)) = refreshes.next(), if !refreshes.is_empty() => {
+                    shares.ended(&org, took);
+                    summary.tally(outcome.into());
+                }
                 Some(first) = reads.next(), if open && !reads.is_empty() => {
                     // Every read done by now, not only the first: their shards share the free
                     // places from the start.
@@ -262,7 +411,7 @@ impl Service {
                 else => break,
             }
         }
-        summary.skipped += shards.iter().map(|w| w.queued.len()).sum::<usize>();
+        summary.skipped += shards.iter().map(|w| w.queued.len()).sum::<usize>() + shares.aside.len();
         (summary, failure)
     }
 
@@ -397,6 +546,73 @@ mod tests {
             "access_token": "at-0", "refresh_token": "rt-0", "token_type": "Bearer", "expires_in": 60}});
         let id = service.create_connection(&p, &body).await.unwrap().id;
         (service, org, id, dir)
+    }
+
+    /// One shard walk whose queue holds `entries` (organization names), in that order.
+    fn walk_of(entries: &[&str]) -> ShardWalk {
+        let mut walk = ShardWalk::start();
+        walk.next = None;
+        walk.queued = entries
+            .iter()
+            .enumerate()
+            .map(|(due, org)| DueEntry {
+                org: OrgId::parse(org).unwrap(),
+                id: ConnectionId::generate(),
+                due: due as i64,
+            })
+            .collect();
+        walk
+    }
+
+    /// Starts entries until [`Shares::next`] has none: their organizations.
+    fn start_all(shares: &mut Shares, shards: &mut [ShardWalk], turn: &mut usize) -> Vec<String> {
+        std::iter::from_fn(|| shares.next(shards, turn)).map(|e| e.org.to_string()).collect()
+    }
+
+    #[test]
+    fn an_organization_alone_keeps_the_reserve_until_its_refreshes_come_back_quickly() {
+        let (mut shares, mut turn) = (Shares::new(8), 0);
+        let mut shards = vec![walk_of(&["alone"; 20])];
+        assert_eq!(start_all(&mut shares, &mut shards, &mut turn).len(), 7, "all but the reserve (1 of 8)");
+        let alone = OrgId::parse("alone").unwrap();
+        shares.ended(&alone, Duration::from_millis(100));
+        assert_eq!(
+            start_all(&mut shares, &mut shards, &mut turn).len(),
+            1,
+            "its place, not the reserve's: one quick of 2"
+        );
+        shares.ended(&alone, Duration::from_millis(100));
+        assert_eq!(start_all(&mut shares, &mut shards, &mut turn).len(), 2, "two quick: its place and the reserve's");
+        assert_eq!(shares.running, 8);
+        shares.ended(&alone, QUICK_REFRESH);
+        assert_eq!(start_all(&mut shares, &mut shards, &mut turn).len(), 0, "a slow one: the reserve is kept again");
+    }
+
+    #[test]
+    fn another_organization_goes_first_into_the_places_that_come_free() {
+        let (mut shares, mut turn) = (Shares::new(8), 0);
+        // Two shards, the held organization's entries first in both: the second shard is read on
+        // past them (set aside) to the other organization's.
+        let mut shards =
+            vec![walk_of(&["held"; 10]), walk_of(&["held", "held", "held", "held", "other", "other", "other"])];
+        let started = start_all(&mut shares, &mut shards, &mut turn);
+        assert_eq!(
+            started,
+            ["held", "held", "other", "other", "held", "held", "held"],
+            "each one's share (2) first, then the held one's up to the reserve (1 of 8 left free)"
+        );
+        assert_eq!(shares.aside.len(), 10, "the other 10 set aside: the shards are read on");
+        assert!(shards.iter().all(|w| w.queued.is_empty()));
+        let (held, other) = (OrgId::parse("held").unwrap(), OrgId::parse("other").unwrap());
+        shares.ended(&other, Duration::from_millis(100));
+        assert_eq!(start_all(&mut shares, &mut shards, &mut turn), ["other"], "under its share again: before the held");
+        shares.ended(&held, Duration::from_secs(15));
+        assert_eq!(
+            start_all(&mut shares, &mut shards, &mut turn),
+            ["held"],
+            "the other at its share: the held one's turn"
+        );
+        assert_eq!(shares.running, 7, "the reserve is free");
     }
 
     #[tokio::test(start_paused = true)]
