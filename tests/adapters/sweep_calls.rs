@@ -101,25 +101,31 @@ async fn a_swept_refresh_reads_its_connection_once() {
     assert_eq!((again.due, again.refreshed), (0, 0), "nothing due after the refresh: {again:?}");
 }
 
-/// A token endpoint that holds each request until `release_at` are in flight at once (or, if
-/// that never happens, until a generous bound passes), recording the most seen in flight.
-async fn holding_token_endpoint(release_at: usize) -> (String, Arc<AtomicU64>) {
+/// A token endpoint that answers its first `answer_first` requests at once and holds each later
+/// one until `release_at` are in flight at once (or, if that never happens, until a generous
+/// bound passes), recording the most seen in flight.
+async fn holding_token_endpoint(answer_first: usize, release_at: usize) -> (String, Arc<AtomicU64>) {
     let in_flight = Arc::new(AtomicU64::new(0));
     let most = Arc::new(AtomicU64::new(0));
     let all_in = Arc::new(tokio::sync::Notify::new());
+    let requests = Arc::new(AtomicU64::new(0));
     let seen = most.clone();
     let app = axum::Router::new().route(
         "/token",
         axum::routing::post(move || {
             let (in_flight, most, all_in) = (in_flight.clone(), most.clone(), all_in.clone());
+            let first = (requests.fetch_add(1, Ordering::SeqCst) as usize) < answer_first;
             async move {
                 let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                 most.fetch_max(now, Ordering::SeqCst);
-                if now as usize >= release_at {
-                    all_in.notify_waiters();
-                } else {
-                    // Not a timing assertion: only what ends the wait when fewer ever arrive.
-                    let _ = tokio::time::timeout(Duration::from_secs(5), all_in.notified()).await;
+                // The first ones are answered at once.
+                if !first {
+                    if now as usize >= release_at {
+                        all_in.notify_waiters();
+                    } else {
+                        // Not a timing assertion: only what ends the wait when fewer ever arrive.
+                        let _ = tokio::time::timeout(Duration::from_secs(5), all_in.notified()).await;
+                    }
                 }
                 in_flight.fetch_sub(1, Ordering::SeqCst);
                 axum::Json(json!({"access_token": format!("at-{now}"), "token_type": "Bearer",
@@ -135,33 +141,29 @@ async fn holding_token_endpoint(release_at: usize) -> (String, Arc<AtomicU64>) {
 
 /// A refresh mostly waits on the provider, so the sweep's rate is its concurrency over the
 /// provider's latency: by default it has 64 refreshes in flight at once (it had 8, which held a
-/// 50 ms provider to ~150 refreshes/s). Every connection is still refreshed exactly once. Four
-/// organizations' connections: each has a quarter of the places as its share, and one
-/// organization alone takes the last eighth only once its refreshes came back, which this
-/// endpoint holds until all 64 are in (the sweep's own tests: `service::refresh::sweep`).
+/// 50 ms provider to ~150 refreshes/s). Every connection is still refreshed exactly once. One
+/// organization: it takes the last eighth of the places once its refreshes come back (the
+/// first 16 answered at once; `service::refresh::sweep`'s own tests for the rest).
 #[tokio::test]
 async fn the_sweep_has_64_refreshes_in_flight_at_once() {
     const DUE: usize = 96;
-    const ORGS: usize = 4;
     let policy = latchkey::service::RefreshPolicy::default();
     assert_eq!(policy.concurrency, 64);
     let dir = tempfile::tempdir().expect("temp dir");
     let app = Components::embedded(dir.path(), ServiceOptions::default()).expect("the embedded backend");
     let service = &app.service;
-    let (base, most) = holding_token_endpoint(policy.concurrency).await;
-    let orgs: Vec<Principal> = (0..ORGS).map(|_| Principal::organization(latchkey::conformance::fresh_org())).collect();
+    let (base, most) = holding_token_endpoint(policy.concurrency / 4, policy.concurrency).await;
+    let p = Principal::organization(latchkey::conformance::fresh_org());
     let definition = json!({"auth": "oauth2_authorization_code", "inputs": {
         "authorizeUrl": {"type": "url", "default": format!("{base}/authorize")},
         "tokenUrl": {"type": "url", "default": format!("{base}/token")},
         "clientId": {"type": "string", "default": "client"},
         "scopes": {"type": "string", "default": "read"}}});
-    for p in &orgs {
-        service.put_definition(p, "loopback", &definition).await.expect("put the definition");
-    }
+    service.put_definition(&p, "loopback", &definition).await.expect("put the definition");
     for i in 0..DUE {
         service
             .create_connection(
-                &orgs[i % ORGS],
+                &p,
                 &json!({"definition": "loopback", "customer": format!("c-{i}"), "tokens": {
                 "access_token": "at", "refresh_token": "rt", "expires_at": "2020-01-01T00:00:00Z"}}),
             )

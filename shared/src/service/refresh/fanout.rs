@@ -501,9 +501,9 @@ impl Service {
     /// A worker's batch (the entries of its messages): [`Service::refresh_due_entry`] for each,
     /// at most the refresh policy's `concurrency` at once (a slow refresh holds only its own
     /// slot, not the ones after it), shared among organizations as the sweep shares its places
-    /// (`sweep::Shares`: one organization whose token endpoint holds every call leaves an
-    /// eighth of them to the batch's other organizations, whose entries go first into places
-    /// that come free), none started after `deadline` ([`RefreshOutcome::Deferred`]); the
+    /// (`sweep::Shares`: one organization whose token endpoint holds every call leaves at least
+    /// an eighth of them to the batch's other organizations, whose entries go first into
+    /// places that come free), none started after `deadline` ([`RefreshOutcome::Deferred`]); the
     /// outcomes in the order of `entries`. Logs one `refresh sweep` summary line (with `worker:
     /// true`), which the deployed stack's refresh-failure alarm counts as it counts the inline
     /// sweep's.
@@ -516,25 +516,27 @@ impl Service {
             slots.entry((e.org.clone(), e.id.clone())).or_default().push_back(i);
         }
         let mut outcomes = vec![RefreshOutcome::Deferred; entries.len()];
+        let concurrency = self.policy().concurrency.max(1);
         let mut batch = [super::sweep::ShardWalk::of(entries.to_vec())];
-        let mut shares = super::sweep::Shares::new(self.policy().concurrency.max(1));
+        // The batch is in memory already: any of it may wait aside.
+        let mut shares = super::sweep::Shares::new(concurrency, entries.len());
         let mut turn = 0;
         let mut running = FuturesUnordered::new();
         loop {
+            shares.set_places(concurrency.min(self.refresh_limit.current()));
             while Instant::now() < deadline
-                && let Some(entry) = shares.next(&mut batch, &mut turn)
+                && let Some((entry, began)) = shares.next(&mut batch, &mut turn)
             {
                 let i = slots.get_mut(&(entry.org.clone(), entry.id.clone())).and_then(|s| s.pop_front());
                 running.push(async move {
-                    let began = Instant::now();
-                    let outcome = self.refresh_due_entry(&entry, deadline).await;
-                    (i, outcome, entry.org, began.elapsed())
+                    let swept = self.sweep_one(&entry.org, &entry.id, deadline).await;
+                    (i, swept, entry.org, began)
                 });
             }
-            let Some((i, outcome, org, took)) = running.next().await else { break };
-            shares.ended(&org, took);
+            let Some((i, swept, org, began)) = running.next().await else { break };
+            shares.ended(&org, began, super::sweep::Ended::from(&swept));
             if let Some(i) = i {
-                outcomes[i] = outcome;
+                outcomes[i] = swept.into();
             }
         }
         let mut summary = SweepSummary { due: entries.len(), ..SweepSummary::default() };

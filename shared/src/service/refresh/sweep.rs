@@ -105,149 +105,234 @@ impl ShardWalk {
     }
 }
 
-/// How a sweep shares its places (refreshes at once, [`RefreshPolicy::concurrency`]) among
-/// organizations ([`Service::sweep_index`]), so that one organization whose token endpoint
-/// holds every call (up to the provider call's 15 s timeout) cannot hold the sweep's places
-/// while other organizations' connections wait:
+/// How a sweep shares its places (refreshes at once: [`RefreshPolicy::concurrency`], or the
+/// container's adaptive limit while that is lower) among organizations
+/// ([`Service::sweep_index`], and a worker's batch: [`Service::refresh_due_entries`]), so that
+/// an organization whose token endpoint holds every call (up to the provider call's 15 s
+/// timeout) cannot hold the places while other organizations' connections wait:
 ///
-/// - An organization with fewer than its share in flight (a quarter of the places) starts its
-///   next entry in any free place, and such entries go first.
-/// - One at or over its share starts more only while more than the reserve (an eighth of the
-///   places) stay free, unless its last refreshes in this sweep (as many as its share) each
-///   took under [`QUICK_REFRESH`]: so however many organizations' refreshes hang, the reserve
-///   stays for the others, and an organization alone (no one else due) whose provider answers
-///   still uses every place, once its first refreshes came back.
-/// - An entry that may not start yet waits aside (up to four times the places, in read
-///   order) rather than at the head of its shard's queue, so the shard is read on past it to
-///   the other organizations' entries. Beyond that it waits in its shard's queue, and the
-///   shard's reading waits with it. Entries still waiting at the deadline are skipped (still
-///   due).
+/// - While more places are free than the reserve (an eighth of them, at least one), any
+///   organization's entry may start, and an organization with fewer than its share in flight
+///   (a quarter of the places) goes first.
+/// - Within the reserve, an entry starts only if its organization has nothing in flight, or
+///   its refreshes come back: its last ones that reached an answer (as many as its share) each
+///   ended within [`QUICK_REFRESH`], and none of its refreshes in flight is older than that.
+///   So each organization whose calls hang takes at most one reserved place, and one alone
+///   (no one else due) whose provider answers still uses every place once its first answers
+///   came back.
+/// - An entry that may not start yet waits aside, in read order per organization, rather than
+///   at the head of its shard's queue, so the shard is read on to the other organizations'
+///   entries. A sweep keeps up to four times the places aside; past that, an entry that may
+///   not start and whose organization has a refresh hanging (in flight for [`QUICK_REFRESH`]
+///   or longer) is passed over (still due: the next sweep has it), and any other waits at the
+///   head of its shard. Entries aside at the deadline are skipped (still due).
 pub(super) struct Shares {
     places: usize,
-    share: usize,
-    reserve: usize,
     running: usize,
-    in_flight: std::collections::BTreeMap<OrgId, usize>,
-    /// Per organization, how many of its last refreshes in a row took under [`QUICK_REFRESH`].
-    quick: std::collections::BTreeMap<OrgId, usize>,
-    aside: std::collections::VecDeque<DueEntry>,
+    orgs: std::collections::BTreeMap<OrgId, OrgShare>,
+    /// Entries set aside, per organization, each with its read order.
+    aside: std::collections::BTreeMap<OrgId, std::collections::VecDeque<(u64, DueEntry)>>,
+    aside_len: usize,
+    aside_cap: usize,
+    read: u64,
+    /// Entries passed over: aside was full and their organization could not start.
+    passed: usize,
+}
+
+/// One organization's refreshes under [`Shares`].
+#[derive(Default)]
+struct OrgShare {
+    /// Start times of its refreshes in flight, with how many started at each.
+    started: std::collections::BTreeMap<tokio::time::Instant, usize>,
+    in_flight: usize,
+    /// How many of its last refreshes that reached an answer ended within [`QUICK_REFRESH`].
+    quick: usize,
 }
 
 /// A refresh (its place, lease, provider call and writes) that ends within this counts toward
 /// its organization's use of the reserve ([`Shares`]); a provider answers in 50 to 300 ms.
 const QUICK_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Which waiting entries [`Shares::next`] may start.
-#[derive(Clone, Copy)]
-enum Pick {
-    /// Only an organization's under its share.
-    UnderShare,
-    /// Also one whose organization's refreshes came back quickly ([`Shares::proven`]).
-    Proven,
-    /// Any.
-    Any,
+/// What an ended refresh tells [`Shares`] of its organization's provider.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Ended {
+    /// It ran to an answer (refreshed, failed, verified, polled): counted by its time.
+    Answered,
+    /// The store or the key service did not answer: its organization proves itself anew.
+    Unavailable,
+    /// Skipped or deferred: it says nothing.
+    Neither,
+}
+
+impl From<&Swept> for Ended {
+    fn from(s: &Swept) -> Self {
+        match s {
+            Swept::Refreshed | Swept::Failed | Swept::Verified | Swept::Polled => Self::Answered,
+            Swept::Unavailable => Self::Unavailable,
+            Swept::Skipped | Swept::Deferred => Self::Neither,
+        }
+    }
 }
 
 impl Shares {
-    pub(super) fn new(places: usize) -> Self {
+    /// Shares for `places` at most, keeping up to `aside_cap` entries aside.
+    pub(super) fn new(places: usize, aside_cap: usize) -> Self {
         Self {
-            places,
-            share: (places / 4).max(1),
-            reserve: places / 8,
+            places: places.max(1),
             running: 0,
-            in_flight: std::collections::BTreeMap::new(),
-            quick: std::collections::BTreeMap::new(),
-            aside: std::collections::VecDeque::new(),
+            orgs: std::collections::BTreeMap::new(),
+            aside: std::collections::BTreeMap::new(),
+            aside_len: 0,
+            aside_cap,
+            read: 0,
+            passed: 0,
         }
     }
 
-    fn under_share(&self, org: &OrgId) -> bool {
-        self.in_flight.get(org).copied().unwrap_or(0) < self.share
+    /// The places now (the adaptive limit may have changed): at least one.
+    pub(super) fn set_places(&mut self, places: usize) {
+        self.places = places.max(1);
     }
 
-    /// Whether `org`'s last refreshes in this sweep, as many as its share, each came back
-    /// within [`QUICK_REFRESH`].
+    fn share(&self) -> usize {
+        (self.places / 4).max(1)
+    }
+
+    fn reserve(&self) -> usize {
+        if self.places >= 2 { (self.places / 8).max(1) } else { 0 }
+    }
+
+    fn in_flight(&self, org: &OrgId) -> usize {
+        self.orgs.get(org).map_or(0, |o| o.in_flight)
+    }
+
+    /// Whether a refresh of `org`'s in flight has gone on for [`QUICK_REFRESH`] or longer.
+    fn hanging(&self, org: &OrgId) -> bool {
+        self.orgs.get(org).and_then(|o| o.started.keys().next()).is_some_and(|t| t.elapsed() >= QUICK_REFRESH)
+    }
+
+    /// Whether `org`'s refreshes come back (see [`Shares`]).
     fn proven(&self, org: &OrgId) -> bool {
-        self.quick.get(org).copied().unwrap_or(0) >= self.share
+        self.orgs.get(org).is_some_and(|o| {
+            o.quick >= self.share() && o.started.keys().next().is_none_or(|t| t.elapsed() < QUICK_REFRESH)
+        })
     }
 
-    fn may_start(&self, pick: Pick, org: &OrgId) -> bool {
-        match pick {
-            Pick::UnderShare => self.under_share(org),
-            Pick::Proven => self.under_share(org) || self.proven(org),
-            Pick::Any => true,
-        }
+    /// Whether an entry of `org` may start in a free place now.
+    fn admits(&self, org: &OrgId) -> bool {
+        self.places.saturating_sub(self.running) > self.reserve() || self.in_flight(org) == 0 || self.proven(org)
     }
 
-    /// The next entry to start in a free place, counted as running: an entry aside whose
-    /// organization is under its share; else the next shard's in turn whose is (setting aside
-    /// the entries of organizations at their share met on the way, while there is room); else,
-    /// while a place beyond the reserve is free, the first entry aside or a shard's in turn;
-    /// else the first of those whose organization's refreshes came back quickly.
-    pub(super) fn next(&mut self, shards: &mut [ShardWalk], turn: &mut usize) -> Option<DueEntry> {
+    /// Whether an entry of `org` may start and goes first: its organization is under its share.
+    fn goes_first(&self, org: &OrgId) -> bool {
+        self.in_flight(org) < self.share() && self.admits(org)
+    }
+
+    /// Entries passed over and still aside: skipped by the sweep (still due).
+    pub(super) fn left(&self) -> usize {
+        self.passed + self.aside_len
+    }
+
+    /// The next entry to start in a free place and when it started, counted as running: one
+    /// that goes first, aside (oldest read first) or at the head of the next shard in turn
+    /// (the entries before it set aside, or passed over); else one that may start, aside or at
+    /// a shard's head.
+    pub(super) fn next(
+        &mut self,
+        shards: &mut [ShardWalk],
+        turn: &mut usize,
+    ) -> Option<(DueEntry, tokio::time::Instant)> {
         if self.running >= self.places {
             return None;
         }
-        let over = if self.places - self.running > self.reserve { Pick::Any } else { Pick::Proven };
         let entry = self
-            .take_aside(Pick::UnderShare)
+            .take_aside(Self::goes_first)
             .or_else(|| self.take_queued(shards, turn))
-            .or_else(|| self.take_aside(over))
-            .or_else(|| self.take_front(shards, turn, over))?;
+            .or_else(|| self.take_aside(Self::admits))
+            .or_else(|| self.take_front(shards, turn))?;
+        let now = tokio::time::Instant::now();
         self.running += 1;
-        *self.in_flight.entry(entry.org.clone()).or_default() += 1;
+        let org = self.orgs.entry(entry.org.clone()).or_default();
+        org.in_flight += 1;
+        *org.started.entry(now).or_default() += 1;
+        Some((entry, now))
+    }
+
+    /// The entry aside read first among the organizations `allows` lets start.
+    fn take_aside(&mut self, allows: fn(&Self, &OrgId) -> bool) -> Option<DueEntry> {
+        let org = self
+            .aside
+            .iter()
+            .filter(|(org, _)| allows(self, org))
+            .filter_map(|(org, queue)| queue.front().map(|(read, _)| (*read, org)))
+            .min()
+            .map(|(_, org)| org.clone())?;
+        let queue = self.aside.get_mut(&org)?;
+        let (_, entry) = queue.pop_front()?;
+        if queue.is_empty() {
+            self.aside.remove(&org);
+        }
+        self.aside_len -= 1;
         Some(entry)
     }
 
-    /// The first entry aside that `pick` allows.
-    fn take_aside(&mut self, pick: Pick) -> Option<DueEntry> {
-        let i = self.aside.iter().position(|e| self.may_start(pick, &e.org))?;
-        self.aside.remove(i)
-    }
-
-    /// The first queued entry of the next shard in turn whose first entry `pick` allows.
-    fn take_front(&self, shards: &mut [ShardWalk], turn: &mut usize, pick: Pick) -> Option<DueEntry> {
+    /// The first queued entry of the next shard in turn that may start.
+    fn take_front(&self, shards: &mut [ShardWalk], turn: &mut usize) -> Option<DueEntry> {
         for _ in 0..shards.len() {
             let walk = &mut shards[*turn % shards.len()];
             *turn = turn.wrapping_add(1);
-            if walk.queued.front().is_some_and(|e| self.may_start(pick, &e.org)) {
+            if walk.queued.front().is_some_and(|e| self.admits(&e.org)) {
                 return walk.queued.pop_front();
             }
         }
         None
     }
 
-    /// The next shard's first queued entry in turn whose organization is under its share;
-    /// the entries before it are set aside while there is room (a shard whose first entry finds
-    /// no room is passed over).
+    /// The next shard's first queued entry in turn that goes first; the entries before it are
+    /// set aside while there is room, then passed over if they may not start and their
+    /// organization has a refresh hanging ([`QUICK_REFRESH`] or longer in flight); a shard
+    /// whose head is neither is left as it is (to [`Shares::take_front`], or until a place or
+    /// room aside comes free).
     fn take_queued(&mut self, shards: &mut [ShardWalk], turn: &mut usize) -> Option<DueEntry> {
         for _ in 0..shards.len() {
             let walk = &mut shards[*turn % shards.len()];
             *turn = turn.wrapping_add(1);
             while let Some(entry) = walk.queued.front() {
-                if self.under_share(&entry.org) {
+                if self.goes_first(&entry.org) {
                     return walk.queued.pop_front();
                 }
-                if self.aside.len() >= 4 * self.places {
+                if self.aside_len < self.aside_cap {
+                    let entry = walk.queued.pop_front()?;
+                    self.read += 1;
+                    self.aside.entry(entry.org.clone()).or_default().push_back((self.read, entry));
+                    self.aside_len += 1;
+                } else if self.admits(&entry.org) || !self.hanging(&entry.org) {
                     break;
+                } else {
+                    walk.queued.pop_front();
+                    self.passed += 1;
                 }
-                self.aside.extend(walk.queued.pop_front());
             }
         }
         None
     }
 
-    /// A refresh of `org`'s ended after `took`: its place is free.
-    pub(super) fn ended(&mut self, org: &OrgId, took: std::time::Duration) {
+    /// A refresh of `org`'s that started at `began` ended: its place is free.
+    pub(super) fn ended(&mut self, org: &OrgId, began: tokio::time::Instant, how: Ended) {
         self.running = self.running.saturating_sub(1);
-        if let Some(n) = self.in_flight.get_mut(org) {
+        let Some(share) = self.orgs.get_mut(org) else { return };
+        share.in_flight = share.in_flight.saturating_sub(1);
+        if let Some(n) = share.started.get_mut(&began) {
             *n -= 1;
             if *n == 0 {
-                self.in_flight.remove(org);
+                share.started.remove(&began);
             }
         }
-        let quick = self.quick.entry(org.clone()).or_default();
-        *quick = if took < QUICK_REFRESH { *quick + 1 } else { 0 };
+        match how {
+            Ended::Answered if began.elapsed() < QUICK_REFRESH => share.quick += 1,
+            Ended::Answered | Ended::Unavailable => share.quick = 0,
+            Ended::Neither => {}
+        }
     }
 }
 
@@ -333,9 +418,9 @@ impl Service {
     ///   turn, one shard after another, so a sweep cut short by its deadline has reached into
     ///   every shard, not only the first ones.
     /// - The places are shared among organizations ([`Shares`]): one whose refreshes hang
-    ///   holds at most all but an eighth of them, and the others' entries go first into
-    ///   places that come free while it holds a quarter or more; one whose refreshes come back
-    ///   quickly may use them all.
+    ///   holds at most all but an eighth of them (each more such organization one of those),
+    ///   and the others' entries go first into places that come free while it holds a quarter
+    ///   or more; one whose refreshes come back may use them all.
     /// - Nothing starts after `deadline`: neither a read nor a refresh. Entries read and not
     ///   started are counted as skipped; they stay due.
     /// - A shard whose read fails ends there; a store that is unavailable ends every shard
@@ -352,7 +437,7 @@ impl Service {
         let mut shards: Vec<ShardWalk> = (0..self.store.due_shards()).map(|_| ShardWalk::start()).collect();
         let mut reads = FuturesUnordered::new();
         let mut refreshes = FuturesUnordered::new();
-        let mut shares = Shares::new(concurrency);
+        let mut shares = Shares::new(concurrency, 4 * concurrency);
         let (mut turn, mut read_from) = (0, 0);
         let mut unavailable = false;
         loop {
@@ -378,16 +463,17 @@ impl Service {
                         async move { (shard, self.store.due_connections(shard, now, after.as_ref(), page).await) },
                     );
                 }
-                while let Some(entry) = shares.next(&mut shards, &mut turn) {
+                shares.set_places(concurrency.min(self.refresh_limit.current()));
+                while let Some((entry, began)) = shares.next(&mut shards, &mut turn) {
                     refreshes.push(async move {
-                        let began = Instant::now();
-                        (self.sweep_one(&entry.org, &entry.id, deadline).await, entry.org, began.elapsed())
+                        let swept = self.sweep_one(&entry.org, &entry.id, deadline).await;
+                        (swept, entry.org, began)
                     });
                 }
             }
             tokio::select! {
-                Some((outcome, org, took)) = refreshes.next(), if !refreshes.is_empty() => {
-                    shares.ended(&org, took);
+                Some((outcome, org, began)) = refreshes.next(), if !refreshes.is_empty() => {
+                    shares.ended(&org, began, Ended::from(&outcome));
                     summary.tally(outcome.into());
                 }
                 Some(first) = reads.next(), if open && !reads.is_empty() => {
@@ -411,7 +497,7 @@ impl Service {
                 else => break,
             }
         }
-        summary.skipped += shards.iter().map(|w| w.queued.len()).sum::<usize>() + shares.aside.len();
+        summary.skipped += shards.iter().map(|w| w.queued.len()).sum::<usize>() + shares.left();
         (summary, failure)
     }
 
@@ -564,55 +650,102 @@ mod tests {
         walk
     }
 
-    /// Starts entries until [`Shares::next`] has none: their organizations.
-    fn start_all(shares: &mut Shares, shards: &mut [ShardWalk], turn: &mut usize) -> Vec<String> {
-        std::iter::from_fn(|| shares.next(shards, turn)).map(|e| e.org.to_string()).collect()
+    /// Starts entries until [`Shares::next`] has none: their organizations and start times.
+    fn start_all(
+        shares: &mut Shares,
+        shards: &mut [ShardWalk],
+        turn: &mut usize,
+    ) -> Vec<(String, tokio::time::Instant)> {
+        std::iter::from_fn(|| shares.next(shards, turn)).map(|(e, began)| (e.org.to_string(), began)).collect()
     }
 
-    #[test]
-    fn an_organization_alone_keeps_the_reserve_until_its_refreshes_come_back_quickly() {
-        let (mut shares, mut turn) = (Shares::new(8), 0);
-        let mut shards = vec![walk_of(&["alone"; 20])];
-        assert_eq!(start_all(&mut shares, &mut shards, &mut turn).len(), 7, "all but the reserve (1 of 8)");
-        let alone = OrgId::parse("alone").unwrap();
-        shares.ended(&alone, Duration::from_millis(100));
-        assert_eq!(
-            start_all(&mut shares, &mut shards, &mut turn).len(),
-            1,
-            "its place, not the reserve's: one quick of 2"
-        );
-        shares.ended(&alone, Duration::from_millis(100));
-        assert_eq!(start_all(&mut shares, &mut shards, &mut turn).len(), 2, "two quick: its place and the reserve's");
+    fn orgs(started: &[(String, tokio::time::Instant)]) -> Vec<&str> {
+        started.iter().map(|(org, _)| org.as_str()).collect()
+    }
+
+    /// Ends the refresh `started[i]` after `took` more of the paused clock, answered.
+    async fn end(shares: &mut Shares, started: &[(String, tokio::time::Instant)], i: usize, took: Duration) {
+        tokio::time::advance(took).await;
+        shares.ended(&OrgId::parse(&started[i].0).unwrap(), started[i].1, Ended::Answered);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_organization_alone_keeps_the_reserve_until_its_refreshes_come_back() {
+        let (mut shares, mut turn) = (Shares::new(8, 32), 0);
+        let mut shards = vec![walk_of(&["alone"; 30])];
+        let first = start_all(&mut shares, &mut shards, &mut turn);
+        assert_eq!(first.len(), 7, "all but the reserve (1 of 8)");
+        let quick = Duration::from_millis(100);
+        end(&mut shares, &first, 0, quick).await;
+        let second = start_all(&mut shares, &mut shards, &mut turn);
+        assert_eq!(second.len(), 1, "its place, not the reserve's: one quick answer of a share of 2");
+        end(&mut shares, &first, 1, quick).await;
+        let third = start_all(&mut shares, &mut shards, &mut turn);
+        assert_eq!(third.len(), 2, "two quick answers: its place and the reserve's");
         assert_eq!(shares.running, 8);
-        shares.ended(&alone, QUICK_REFRESH);
+        // Three seconds on, every refresh in flight hangs: a slow answer, and it proves itself anew.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        shares.ended(&OrgId::parse("alone").unwrap(), third[0].1, Ended::Answered);
         assert_eq!(start_all(&mut shares, &mut shards, &mut turn).len(), 0, "a slow one: the reserve is kept again");
+        shares.ended(&OrgId::parse("alone").unwrap(), first[2].1, Ended::Answered);
+        let new = start_all(&mut shares, &mut shards, &mut turn);
+        assert_eq!(new.len(), 1);
+        end(&mut shares, &new, 0, quick).await;
+        let new = start_all(&mut shares, &mut shards, &mut turn);
+        assert_eq!(new.len(), 1);
+        end(&mut shares, &new, 0, quick).await;
+        // Two quick answers in a row, as many as its share, but 5 of its refreshes in flight
+        // are over 2 s old: still not the reserve.
+        assert_eq!(start_all(&mut shares, &mut shards, &mut turn).len(), 1, "its freed place only");
+        assert_eq!(shares.running, 7);
     }
 
-    #[test]
-    fn another_organization_goes_first_into_the_places_that_come_free() {
-        let (mut shares, mut turn) = (Shares::new(8), 0);
+    #[tokio::test(start_paused = true)]
+    async fn another_organization_goes_first_into_the_places_that_come_free() {
+        let (mut shares, mut turn) = (Shares::new(8, 32), 0);
         // Two shards, the held organization's entries first in both: the second shard is read on
         // past them (set aside) to the other organization's.
         let mut shards =
             vec![walk_of(&["held"; 10]), walk_of(&["held", "held", "held", "held", "other", "other", "other"])];
         let started = start_all(&mut shares, &mut shards, &mut turn);
         assert_eq!(
-            started,
+            orgs(&started),
             ["held", "held", "other", "other", "held", "held", "held"],
             "each one's share (2) first, then the held one's up to the reserve (1 of 8 left free)"
         );
-        assert_eq!(shares.aside.len(), 10, "the other 10 set aside: the shards are read on");
+        assert_eq!(shares.aside_len, 10, "the other 10 set aside: the shards are read on");
         assert!(shards.iter().all(|w| w.queued.is_empty()));
-        let (held, other) = (OrgId::parse("held").unwrap(), OrgId::parse("other").unwrap());
-        shares.ended(&other, Duration::from_millis(100));
-        assert_eq!(start_all(&mut shares, &mut shards, &mut turn), ["other"], "under its share again: before the held");
-        shares.ended(&held, Duration::from_secs(15));
-        assert_eq!(
-            start_all(&mut shares, &mut shards, &mut turn),
-            ["held"],
-            "the other at its share: the held one's turn"
-        );
+        end(&mut shares, &started, 2, Duration::from_millis(100)).await;
+        assert_eq!(orgs(&start_all(&mut shares, &mut shards, &mut turn)), ["other"], "under its share: first");
+        end(&mut shares, &started, 0, Duration::from_secs(15)).await;
+        assert_eq!(orgs(&start_all(&mut shares, &mut shards, &mut turn)), ["held"], "the other at its share");
         assert_eq!(shares.running, 7, "the reserve is free");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_hanging_organization_takes_one_reserved_place_at_most() {
+        let (mut shares, mut turn) = (Shares::new(16, 64), 0);
+        // 16 places, share 4, reserve 2: the first organization takes all but the reserve; of
+        // the reserve, the second and third one place each, the fourth none.
+        let mut shards = vec![walk_of(&["a"; 20])];
+        assert_eq!(start_all(&mut shares, &mut shards, &mut turn).len(), 14, "all but the reserve");
+        // The others' entries read after the first one's took its places.
+        shards[0].queued.extend(walk_of(&[&["b"; 5][..], &["c"; 5], &["d"; 5]].concat()).queued);
+        assert_eq!(orgs(&start_all(&mut shares, &mut shards, &mut turn)), ["b", "c"], "one reserved place each");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_organizations_entries_are_passed_over_once_aside_is_full() {
+        let (mut shares, mut turn) = (Shares::new(8, 4), 0);
+        let mut shards = vec![walk_of(&[&["held"; 20][..], &["other"]].concat())];
+        let started = start_all(&mut shares, &mut shards, &mut turn);
+        assert_eq!(orgs(&started), ["held"; 7], "up to the reserve, some of them set aside and taken back");
+        assert_eq!((shares.aside_len, shares.passed), (4, 0), "aside full; nothing passed over while none hangs");
+        assert_eq!(shards[0].queued.len(), 10, "the rest wait in their shard");
+        tokio::time::advance(QUICK_REFRESH).await;
+        assert_eq!(orgs(&start_all(&mut shares, &mut shards, &mut turn)), ["other"], "read on past the hanging");
+        assert!(shards[0].queued.is_empty());
+        assert_eq!(shares.left(), 13, "4 aside and 9 passed over: skipped by the sweep, still due");
     }
 
     #[tokio::test(start_paused = true)]
