@@ -32,7 +32,8 @@ pub struct SweepSummary {
     pub refreshed: usize,
     pub failed: usize,
     /// Left for later: refreshed, leased or taken out of the index by someone else meanwhile
-    /// (the index read may lag the record), or not reached before the deadline.
+    /// (the index read may lag the record), not reached before the deadline, or passed over
+    /// while its organization's refreshes hung ([`Shares`]).
     pub skipped: usize,
     /// Revocation jobs whose retry time had come, attempted by this sweep.
     pub revocations: usize,
@@ -122,7 +123,7 @@ impl ShardWalk {
 ///   came back.
 /// - An entry that may not start yet waits aside, in read order per organization, rather than
 ///   at the head of its shard's queue, so the shard is read on to the other organizations'
-///   entries. A sweep keeps up to four times the places aside; past that, an entry that may
+///   entries. A sweep keeps up to four times its concurrency aside; past that, an entry that may
 ///   not start and whose organization has a refresh hanging (in flight for [`QUICK_REFRESH`]
 ///   or longer) is passed over (still due: the next sweep has it), and any other waits at the
 ///   head of its shard. Entries aside at the deadline are skipped (still due).
@@ -209,6 +210,20 @@ impl Shares {
     /// Whether a refresh of `org`'s in flight has gone on for [`QUICK_REFRESH`] or longer.
     fn hanging(&self, org: &OrgId) -> bool {
         self.orgs.get(org).and_then(|o| o.started.keys().next()).is_some_and(|t| t.elapsed() >= QUICK_REFRESH)
+    }
+
+    /// When the next refresh in flight turns hanging ([`QUICK_REFRESH`] after it started), if
+    /// one will and entries wait: a sweep may then pass its organization's entries over.
+    pub(super) fn next_hanging(&self) -> Option<tokio::time::Instant> {
+        if self.aside_len == 0 {
+            return None;
+        }
+        let now = tokio::time::Instant::now();
+        self.orgs
+            .values()
+            .filter_map(|o| o.started.keys().next().map(|t| *t + QUICK_REFRESH))
+            .filter(|at| *at > now)
+            .min()
     }
 
     /// Whether `org`'s refreshes come back (see [`Shares`]).
@@ -420,7 +435,8 @@ impl Service {
     /// - The places are shared among organizations ([`Shares`]): one whose refreshes hang
     ///   holds at most all but an eighth of them (each more such organization one of those),
     ///   and the others' entries go first into places that come free while it holds a quarter
-    ///   or more; one whose refreshes come back may use them all.
+    ///   or more; one whose refreshes come back may use them all (so one whose endpoint starts
+    ///   hanging mid-sweep can hold them all until the provider timeout, 15 s, frees them).
     /// - Nothing starts after `deadline`: neither a read nor a refresh. Entries read and not
     ///   started are counted as skipped; they stay due.
     /// - A shard whose read fails ends there; a store that is unavailable ends every shard
@@ -471,7 +487,11 @@ impl Service {
                     });
                 }
             }
+            // When a refresh in flight turns hanging, its organization's entries past a full
+            // aside may be passed over: nothing else may wake the loop for 15 s.
+            let wake = if open { shares.next_hanging() } else { None };
             tokio::select! {
+                () = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {}
                 Some((outcome, org, began)) = refreshes.next(), if !refreshes.is_empty() => {
                     shares.ended(&org, began, Ended::from(&outcome));
                     summary.tally(outcome.into());
@@ -723,7 +743,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn each_hanging_organization_takes_one_reserved_place_at_most() {
+    async fn each_unproven_organization_takes_one_reserved_place_at_most() {
         let (mut shares, mut turn) = (Shares::new(16, 64), 0);
         // 16 places, share 4, reserve 2: the first organization takes all but the reserve; of
         // the reserve, the second and third one place each, the fourth none.
@@ -746,6 +766,52 @@ mod tests {
         assert_eq!(orgs(&start_all(&mut shares, &mut shards, &mut turn)), ["other"], "read on past the hanging");
         assert!(shards[0].queued.is_empty());
         assert_eq!(shares.left(), 13, "4 aside and 9 passed over: skipped by the sweep, still due");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn places_follow_the_adaptive_limit() {
+        let (mut shares, mut turn) = (Shares::new(8, 32), 0);
+        let mut shards = vec![walk_of(&[&["a"; 10][..], &["b"; 10]].concat())];
+        let started = start_all(&mut shares, &mut shards, &mut turn);
+        assert_eq!(started.len(), 7);
+        // The limit halves to 4: nothing starts until fewer than 4 run.
+        shares.set_places(4);
+        assert!(start_all(&mut shares, &mut shards, &mut turn).is_empty());
+        for i in 0..4 {
+            end(&mut shares, &started, i, Duration::from_millis(10)).await;
+        }
+        assert_eq!(start_all(&mut shares, &mut shards, &mut turn).len(), 1, "4 places, reserve 1: 3 running, one more");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unavailable_store_resets_the_count_and_skipped_entries_prove_nothing() {
+        let (mut shares, mut turn) = (Shares::new(8, 32), 0);
+        let mut shards = vec![walk_of(&["a"; 30])];
+        let first = start_all(&mut shares, &mut shards, &mut turn);
+        let a = OrgId::parse("a").unwrap();
+        let quick = Duration::from_millis(10);
+        end(&mut shares, &first, 0, quick).await;
+        assert_eq!(start_all(&mut shares, &mut shards, &mut turn).len(), 1, "one quick answer: its place only");
+        shares.ended(&a, first[1].1, Ended::Unavailable);
+        assert_eq!(start_all(&mut shares, &mut shards, &mut turn).len(), 1);
+        end(&mut shares, &first, 2, quick).await;
+        assert_eq!(start_all(&mut shares, &mut shards, &mut turn).len(), 1, "the count was reset: one, not two");
+        shares.ended(&a, first[3].1, Ended::Neither);
+        shares.ended(&a, first[4].1, Ended::Neither);
+        assert_eq!(start_all(&mut shares, &mut shards, &mut turn).len(), 2, "skipped ones count for nothing");
+        end(&mut shares, &first, 5, quick).await;
+        assert_eq!(start_all(&mut shares, &mut shards, &mut turn).len(), 2, "two quick answers in a row: the reserve");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_is_woken_when_a_refresh_turns_hanging() {
+        let (mut shares, mut turn) = (Shares::new(8, 4), 0);
+        let mut shards = vec![walk_of(&[&["held"; 20][..], &["other"]].concat())];
+        assert!(shares.next_hanging().is_none(), "nothing in flight");
+        let started = start_all(&mut shares, &mut shards, &mut turn);
+        assert_eq!(shares.next_hanging(), Some(started[0].1 + QUICK_REFRESH), "entries wait aside");
+        tokio::time::advance(QUICK_REFRESH).await;
+        assert!(shares.next_hanging().is_none(), "all in flight hang already");
     }
 
     #[tokio::test(start_paused = true)]
