@@ -39,39 +39,83 @@ pub async fn run(mut settings: Settings) -> Result<(), Box<dyn std::error::Error
 }
 
 /// How many connections' revocations `latchkey serve`'s revoker runs at once (each connection's
-/// jobs up to `REVOKE_CONCURRENCY` at once); events beyond wait in its channel, and what it
-/// misses the sweep retries.
+/// jobs up to `REVOKE_CONCURRENCY` at once).
 const REVOKER_CONNECTIONS: usize = 16;
+
+/// How many of those places one organization's connections may hold at once: one whose
+/// revocation endpoint holds its answers (a bulk disconnect) leaves the others 12.
+const REVOKER_PER_ORGANIZATION: usize = 4;
+
+/// Disconnects the revoker holds waiting for a place, at most; past that it leaves them to the
+/// sweep (their jobs are due at once), as it does the events it missed.
+const REVOKER_WAITING: usize = 10_000;
 
 /// The revoker, as the EventBridge rule runs token-revoke in AWS: on our own disconnect and
 /// delete events (in-process, on either backend: [`Components::build_serving`]); the sweep
 /// retries what it misses. On aws, a deployed stack's token-revoke may get the same event: the
 /// attempt's conditional claim lets one of them run it.
+///
+/// Events are taken off the channel as they come and wait in arrival order; a place that comes
+/// free goes to the first waiting connection whose organization holds fewer than
+/// [`REVOKER_PER_ORGANIZATION`] places, so one organization's held revocations (up to two 15 s
+/// provider calls a job) keep neither the disconnects after them nor other organizations'.
 fn spawn_revoker(events: &latchkey::adapters::LogEventSink, revoker: Arc<Service>) {
+    use latchkey::domain::{ConnectionId, EventType, OrgId};
+    use std::collections::{BTreeMap, VecDeque};
+
     let mut rx = events.subscribe();
-    // Connections revoked at once: one whose endpoint holds its answers (up to two 15 s
-    // provider calls a job) keeps a place, not the disconnects after it.
-    let places = Arc::new(tokio::sync::Semaphore::new(REVOKER_CONNECTIONS));
     tokio::spawn(async move {
-        use latchkey::domain::EventType;
+        let mut running = tokio::task::JoinSet::new();
+        let mut places: BTreeMap<OrgId, usize> = BTreeMap::new();
+        let mut waiting: VecDeque<(OrgId, ConnectionId)> = VecDeque::new();
         loop {
-            match rx.recv().await {
-                Ok(e) if matches!(e.kind, EventType::ConnectionDisconnected | EventType::ConnectionDeleted) => {
-                    let Some(id) = e.connection_id().cloned() else { continue };
-                    let Ok(place) = places.clone().acquire_owned().await else { return };
-                    let revoker = revoker.clone();
-                    tokio::spawn(async move {
-                        if let Err(err) = revoker.revoke_pending(&e.org, &id).await {
-                            tracing::warn!(org = %e.org, connection_id = %id, error = %err, "revocation failed");
+            while running.len() < REVOKER_CONNECTIONS {
+                let under_share =
+                    |(org, _): &(OrgId, ConnectionId)| places.get(org).copied().unwrap_or(0) < REVOKER_PER_ORGANIZATION;
+                let Some((org, id)) = waiting.iter().position(under_share).and_then(|i| waiting.remove(i)) else {
+                    break;
+                };
+                *places.entry(org.clone()).or_default() += 1;
+                let revoker = revoker.clone();
+                running.spawn(async move {
+                    if let Err(err) = revoker.revoke_pending(&org, &id).await {
+                        tracing::warn!(org = %org, connection_id = %id, error = %err, "revocation failed");
+                    }
+                    org
+                });
+            }
+            tokio::select! {
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    // A revocation's task does not panic; were it to, its place would stay
+                    // taken, and the sweep would still run that organization's jobs.
+                    if let Ok(org) = done
+                        && let Some(n) = places.get_mut(&org)
+                    {
+                        *n -= 1;
+                        if *n == 0 {
+                            places.remove(&org);
                         }
-                        drop(place);
-                    });
+                    }
                 }
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "the revoker fell behind; the sweep picks up what it missed");
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                received = rx.recv() => match received {
+                    Ok(e) if matches!(e.kind, EventType::ConnectionDisconnected | EventType::ConnectionDeleted) => {
+                        let Some(id) = e.connection_id().cloned() else { continue };
+                        if waiting.len() >= REVOKER_WAITING {
+                            tracing::warn!(org = %e.org, connection_id = %id, "the revoker is full; the sweep revokes this one");
+                            continue;
+                        }
+                        waiting.push_back((e.org, id));
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "the revoker fell behind; the sweep picks up what it missed");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        // The server is stopping: what runs finishes on its own.
+                        running.detach_all();
+                        return;
+                    }
+                },
             }
         }
     });
