@@ -42,69 +42,61 @@ pub async fn run(mut settings: Settings) -> Result<(), Box<dyn std::error::Error
 /// jobs up to `REVOKE_CONCURRENCY` at once).
 const REVOKER_CONNECTIONS: usize = 16;
 
-/// How many of those places one organization's connections may hold at once: one whose
-/// revocation endpoint holds its answers (a bulk disconnect) leaves the others 12.
+/// How many places one organization's connections take first; more only while more than as
+/// many stay free. So one organization whose revocation endpoint holds its answers (a bulk
+/// disconnect) leaves the others 4 places at least, and one alone uses 12.
 const REVOKER_PER_ORGANIZATION: usize = 4;
 
-/// Disconnects the revoker holds waiting for a place, at most; past that it leaves them to the
-/// sweep (their jobs are due at once), as it does the events it missed.
+/// Disconnects the revoker holds waiting for a place, at most, and of one organization; past
+/// either, it leaves them to the sweep (their jobs are due at once), as it does the events it
+/// missed.
 const REVOKER_WAITING: usize = 10_000;
+const REVOKER_WAITING_PER_ORGANIZATION: usize = 1_000;
 
 /// The revoker, as the EventBridge rule runs token-revoke in AWS: on our own disconnect and
 /// delete events (in-process, on either backend: [`Components::build_serving`]); the sweep
 /// retries what it misses. On aws, a deployed stack's token-revoke may get the same event: the
 /// attempt's conditional claim lets one of them run it.
 ///
-/// Events are taken off the channel as they come and wait in arrival order; a place that comes
-/// free goes to the first waiting connection whose organization holds fewer than
-/// [`REVOKER_PER_ORGANIZATION`] places, so one organization's held revocations (up to two 15 s
-/// provider calls a job) keep neither the disconnects after them nor other organizations'.
+/// Events are taken off the channel as they come and wait in arrival order
+/// ([`RevokerQueue`]), so one organization's held revocations (up to two 15 s provider calls a
+/// job) hold places, not the other organizations' disconnects behind them.
 fn spawn_revoker(events: &latchkey::adapters::LogEventSink, revoker: Arc<Service>) {
-    use latchkey::domain::{ConnectionId, EventType, OrgId};
-    use std::collections::{BTreeMap, VecDeque};
+    use latchkey::domain::EventType;
 
     let mut rx = events.subscribe();
     tokio::spawn(async move {
+        let mut queue = RevokerQueue::default();
         let mut running = tokio::task::JoinSet::new();
-        let mut places: BTreeMap<OrgId, usize> = BTreeMap::new();
-        let mut waiting: VecDeque<(OrgId, ConnectionId)> = VecDeque::new();
+        let mut running_orgs = std::collections::HashMap::new(); // by task id
         loop {
-            while running.len() < REVOKER_CONNECTIONS {
-                let under_share =
-                    |(org, _): &(OrgId, ConnectionId)| places.get(org).copied().unwrap_or(0) < REVOKER_PER_ORGANIZATION;
-                let Some((org, id)) = waiting.iter().position(under_share).and_then(|i| waiting.remove(i)) else {
-                    break;
-                };
-                *places.entry(org.clone()).or_default() += 1;
+            while let Some((org, id)) = queue.next(running.len()) {
                 let revoker = revoker.clone();
-                running.spawn(async move {
-                    if let Err(err) = revoker.revoke_pending(&org, &id).await {
-                        tracing::warn!(org = %org, connection_id = %id, error = %err, "revocation failed");
+                let task = running.spawn({
+                    let org = org.clone();
+                    async move {
+                        if let Err(err) = revoker.revoke_pending(&org, &id).await {
+                            tracing::warn!(org = %org, connection_id = %id, error = %err, "revocation failed");
+                        }
                     }
-                    org
                 });
+                running_orgs.insert(task.id(), org);
             }
             tokio::select! {
-                Some(done) = running.join_next(), if !running.is_empty() => {
-                    // A revocation's task does not panic; were it to, its place would stay
-                    // taken, and the sweep would still run that organization's jobs.
-                    if let Ok(org) = done
-                        && let Some(n) = places.get_mut(&org)
-                    {
-                        *n -= 1;
-                        if *n == 0 {
-                            places.remove(&org);
-                        }
+                Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                    let task = match done {
+                        Ok((task, ())) => task,
+                        Err(err) => err.id(),
+                    };
+                    if let Some(org) = running_orgs.remove(&task) {
+                        queue.ended(&org);
                     }
                 }
                 received = rx.recv() => match received {
                     Ok(e) if matches!(e.kind, EventType::ConnectionDisconnected | EventType::ConnectionDeleted) => {
-                        let Some(id) = e.connection_id().cloned() else { continue };
-                        if waiting.len() >= REVOKER_WAITING {
-                            tracing::warn!(org = %e.org, connection_id = %id, "the revoker is full; the sweep revokes this one");
-                            continue;
+                        if let Some(id) = e.connection_id().cloned() {
+                            queue.push(e.org, id);
                         }
-                        waiting.push_back((e.org, id));
                     }
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -119,6 +111,73 @@ fn spawn_revoker(events: &latchkey::adapters::LogEventSink, revoker: Arc<Service
             }
         }
     });
+}
+
+/// The disconnects `latchkey serve`'s revoker has no place for yet, in arrival order, and the
+/// places each organization holds. A place that comes free goes to the first waiting
+/// connection of an organization under [`REVOKER_PER_ORGANIZATION`] places, else, while more
+/// than that many places stay free, to the first waiting one.
+#[derive(Default)]
+struct RevokerQueue {
+    waiting: std::collections::VecDeque<(latchkey::domain::OrgId, latchkey::domain::ConnectionId)>,
+    /// Per organization: waiting connections, places held.
+    orgs: std::collections::BTreeMap<latchkey::domain::OrgId, (usize, usize)>,
+    /// Whether a place or an arrival since the last scan may let a waiting one start.
+    changed: bool,
+    /// Disconnects left to the sweep since the queue was last below its bounds.
+    dropped: usize,
+}
+
+impl RevokerQueue {
+    fn push(&mut self, org: latchkey::domain::OrgId, id: latchkey::domain::ConnectionId) {
+        let waiting = self.orgs.get(&org).map_or(0, |o| o.0);
+        if self.waiting.len() >= REVOKER_WAITING || waiting >= REVOKER_WAITING_PER_ORGANIZATION {
+            if self.dropped == 0 {
+                tracing::warn!(org = %org, connection_id = %id, "the revoker is full; the sweep revokes what comes now");
+            }
+            self.dropped += 1;
+            return;
+        }
+        self.orgs.entry(org.clone()).or_default().0 += 1;
+        self.waiting.push_back((org, id));
+        self.changed = true;
+    }
+
+    /// The next waiting connection to start with `running` places taken, counted as holding one.
+    fn next(&mut self, running: usize) -> Option<(latchkey::domain::OrgId, latchkey::domain::ConnectionId)> {
+        if running >= REVOKER_CONNECTIONS || !std::mem::take(&mut self.changed) {
+            return None;
+        }
+        let i = self
+            .waiting
+            .iter()
+            .position(|(org, _)| self.orgs.get(org).map_or(0, |o| o.1) < REVOKER_PER_ORGANIZATION)
+            .or_else(|| {
+                (REVOKER_CONNECTIONS - running > REVOKER_PER_ORGANIZATION && !self.waiting.is_empty()).then_some(0)
+            })?;
+        let (org, id) = self.waiting.remove(i)?;
+        let entry = self.orgs.entry(org.clone()).or_default();
+        entry.0 -= 1;
+        entry.1 += 1;
+        if self.waiting.len() < REVOKER_WAITING && self.dropped > 0 {
+            tracing::warn!(dropped = self.dropped, "the revoker has room again; the sweep revokes the ones it left");
+            self.dropped = 0;
+        }
+        // Another may start too.
+        self.changed = true;
+        Some((org, id))
+    }
+
+    /// A connection of `org`'s revocations ended: its place is free.
+    fn ended(&mut self, org: &latchkey::domain::OrgId) {
+        if let Some(entry) = self.orgs.get_mut(org) {
+            entry.1 = entry.1.saturating_sub(1);
+            if *entry == (0, 0) {
+                self.orgs.remove(org);
+            }
+        }
+        self.changed = true;
+    }
 }
 
 /// The least time a sweep of `latchkey serve` may start work in: its interval when longer.
@@ -222,5 +281,59 @@ async fn shutdown() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use latchkey::domain::{ConnectionId, OrgId};
+
+    fn org(name: &str) -> OrgId {
+        OrgId::parse(name).unwrap()
+    }
+
+    /// Starts what may start with `running` places taken: their organizations.
+    fn start(queue: &mut RevokerQueue, running: &mut usize) -> Vec<String> {
+        std::iter::from_fn(|| {
+            let (org, _) = queue.next(*running)?;
+            *running += 1;
+            Some(org.to_string())
+        })
+        .collect()
+    }
+
+    #[test]
+    fn one_organization_alone_takes_all_but_the_reserve_and_another_goes_first() {
+        let (mut queue, mut running) = (RevokerQueue::default(), 0);
+        for _ in 0..20 {
+            queue.push(org("held"), ConnectionId::generate());
+        }
+        assert_eq!(start(&mut queue, &mut running), vec!["held"; 12], "12 of 16: 4 stay free");
+        queue.push(org("other"), ConnectionId::generate());
+        queue.push(org("other"), ConnectionId::generate());
+        assert_eq!(start(&mut queue, &mut running), ["other", "other"], "under their 4: into the free places");
+        queue.ended(&org("held"));
+        running -= 1;
+        assert!(start(&mut queue, &mut running).is_empty(), "held is over its 4 and only 3 places are free");
+        queue.ended(&org("other"));
+        queue.ended(&org("other"));
+        running -= 2;
+        assert_eq!(start(&mut queue, &mut running), ["held"], "5 free: one more of the held");
+    }
+
+    #[test]
+    fn one_organization_waits_in_at_most_its_part_of_the_queue() {
+        let mut queue = RevokerQueue::default();
+        for _ in 0..REVOKER_WAITING_PER_ORGANIZATION + 5 {
+            queue.push(org("held"), ConnectionId::generate());
+        }
+        assert_eq!(
+            (queue.waiting.len(), queue.dropped),
+            (REVOKER_WAITING_PER_ORGANIZATION, 5),
+            "the rest to the sweep"
+        );
+        queue.push(org("other"), ConnectionId::generate());
+        assert_eq!(queue.waiting.len(), REVOKER_WAITING_PER_ORGANIZATION + 1, "another organization still waits");
     }
 }

@@ -208,8 +208,9 @@ async fn a_held_revocation_does_not_keep_serves_revoker_from_the_next_disconnect
 
 /// `latchkey serve`'s revoker shares its places among organizations: 17 disconnects of one
 /// organization whose revocation endpoint never answers (more than the revoker's 16 places),
-/// then one of another organization, whose token is revoked meanwhile. With the places given
-/// in arrival order, the held ones took all 16 for the provider call timeout (15 s) and more.
+/// then one of another organization, whose token is revoked meanwhile (the held ones take 12
+/// places at most). With the places given in arrival order, the held ones took all 16 for the
+/// provider call timeout (15 s) and more.
 /// The sweep, which would also revoke it, runs once an hour here.
 #[tokio::test]
 async fn one_organizations_held_revocations_leave_serves_revoker_to_the_others() {
