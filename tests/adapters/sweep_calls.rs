@@ -143,7 +143,7 @@ async fn holding_token_endpoint(answer_first: usize, release_at: usize) -> (Stri
 /// provider's latency: by default it has 64 refreshes in flight at once (it had 8, which held a
 /// 50 ms provider to ~150 refreshes/s). Every connection is still refreshed exactly once. One
 /// organization: it takes the last eighth of the places once its refreshes come back (the
-/// first 16 answered at once; `service::refresh::sweep`'s own tests for the rest).
+/// first 16 answered at once; `service::refresh::shares`' own tests for the rest).
 #[tokio::test]
 async fn the_sweep_has_64_refreshes_in_flight_at_once() {
     const DUE: usize = 96;

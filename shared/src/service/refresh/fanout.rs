@@ -501,7 +501,7 @@ impl Service {
     /// A worker's batch (the entries of its messages): [`Service::refresh_due_entry`] for each,
     /// at most the refresh policy's `concurrency` at once (a slow refresh holds only its own
     /// slot, not the ones after it), shared among organizations as the sweep shares its places
-    /// (`sweep::Shares`: one organization whose token endpoint holds every call leaves at least
+    /// (`shares::Shares`: one organization whose token endpoint holds every call leaves at least
     /// an eighth of them to the batch's other organizations, whose entries go first into
     /// places that come free), none started after `deadline` ([`RefreshOutcome::Deferred`]); the
     /// outcomes in the order of `entries`. Logs one `refresh sweep` summary line (with `worker:
@@ -519,7 +519,7 @@ impl Service {
         let concurrency = self.policy().concurrency.max(1);
         let mut batch = [super::sweep::ShardWalk::of(entries.to_vec())];
         // The batch is in memory already: any of it may wait aside.
-        let mut shares = super::sweep::Shares::new(concurrency, entries.len());
+        let mut shares = super::shares::Shares::new(concurrency, entries.len());
         let mut turn = 0;
         let mut running = FuturesUnordered::new();
         loop {
@@ -534,7 +534,7 @@ impl Service {
                 });
             }
             let Some((i, swept, org, began)) = running.next().await else { break };
-            shares.ended(&org, began, super::sweep::Ended::from(&swept));
+            shares.ended(&org, began, super::shares::Ended::from(&swept));
             if let Some(i) = i {
                 outcomes[i] = swept.into();
             }

@@ -30,6 +30,7 @@ mod fanout;
 mod lease;
 mod limit;
 mod rt_lifetime;
+mod shares;
 mod sweep;
 
 pub use fanout::{
