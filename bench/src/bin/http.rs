@@ -164,16 +164,22 @@ impl Server {
         Ok(sign_hs256(&self.secret, &claims)?)
     }
 
-    /// Lines of the server's log that contain `needle`.
+    /// Lines of the server's log that contain `needle`, counted by `grep -c -F`: the log of an
+    /// 8-core run holds millions of lines, which this debug-built bench took over a minute a
+    /// round to scan itself (2026-12-04, the 16-core machine of docs/performance.md's "Cores").
     fn log_lines(&self, needle: &str) -> Result<u64, Error> {
-        let log = BufReader::new(std::fs::File::open(&self.log)?);
-        let mut n = 0;
-        for line in log.split(b'\n') {
-            if line?.windows(needle.len()).any(|w| w == needle.as_bytes()) {
-                n += 1;
-            }
+        let out = Command::new("grep")
+            .args(["-c", "-F", "--", needle])
+            .arg(&self.log)
+            .output()
+            .map_err(|e| format!("cannot run grep ({e})"))?;
+        // grep -c exits 1 when no line matched, and still prints 0.
+        if !matches!(out.status.code(), Some(0 | 1)) {
+            return Err(
+                format!("grep failed on {}: {}", self.log.display(), String::from_utf8_lossy(&out.stderr)).into()
+            );
         }
-        Ok(n)
+        Ok(String::from_utf8(out.stdout)?.trim().parse()?)
     }
 }
 
