@@ -344,10 +344,11 @@ fn batch(messages: &[aws_sdk_sqs::types::Message], queue_arn: &str) -> SqsEvent 
 /// connections) and neither sends nor hands back anything, and drops a body that is not a
 /// refresh message. The adapters call only what token-refresh's role is granted for them:
 /// `sqs:SendMessage` (the batch's IAM action), `sqs:GetQueueAttributes`, and
-/// `sqs:ChangeMessageVisibility` for the messages handed back.
+/// `sqs:ChangeMessageVisibility` for the messages handed back. Each message's `MessageGroupId`
+/// is its organization (SQS fair queues).
 #[tokio::test]
 async fn the_sqs_queue_carries_each_message_once_and_failures_of_the_store_are_sent_again() {
-    use aws_sdk_sqs::types::QueueAttributeName as Attr;
+    use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName as Attr};
 
     let config = moto::sdk_config().await;
     let sqs = aws_sdk_sqs::Client::new(&config);
@@ -373,9 +374,22 @@ async fn the_sqs_queue_carries_each_message_once_and_failures_of_the_store_are_s
     assert_eq!(queue.backlog().await.unwrap(), 23);
     let mut received = Vec::new();
     while received.len() < 23 {
-        let got = sqs.receive_message().queue_url(&url).max_number_of_messages(10).send().await.unwrap();
+        let got = sqs
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(10)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .send()
+            .await
+            .unwrap();
         assert!(!got.messages().is_empty(), "only {} of 23 arrived", received.len());
         received.extend(got.messages().iter().cloned());
+    }
+    // The organization is each message's group: SQS's fair queues share the workers by it.
+    for m in &received {
+        let group = m.attributes().and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId));
+        let org = RefreshMessage::parse(m.body().unwrap()).unwrap().org;
+        assert_eq!(group.map(String::as_str), Some(org.as_str()), "MessageGroupId of {:?}", m.body());
     }
     assert_eq!(queue.backlog().await.unwrap(), 23, "in flight still counts");
     let bodies: Vec<RefreshMessage> =

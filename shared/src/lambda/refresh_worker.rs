@@ -47,6 +47,15 @@ pub const RETRY_VISIBILITY: std::ops::RangeInclusive<Duration> = Duration::from_
 /// ten to a `SendMessageBatch` request (IAM action `sqs:SendMessage`) with the delay as each
 /// entry's `DelaySeconds` (whole seconds, rounded up, at most 900), messages the queue refused
 /// sent once more; the backlog from `GetQueueAttributes`.
+///
+/// Each message's `MessageGroupId` is its organization, so the standard queue is an SQS *fair
+/// queue* (Amazon SQS Developer Guide, "Amazon SQS fair queues"): an organization whose messages
+/// hold the workers (a token endpoint that stalls every call, a burst of due connections) is
+/// detected by its share of the messages in flight or of the workers' time, and SQS hands the
+/// workers the other organizations' messages first. Nothing else changes for a standard queue:
+/// no ordering, no per-group exclusivity, the same throughput. An [`OrgId`]'s alphabet (1-128
+/// characters of letters, digits and `-_.:@`) is within `MessageGroupId`'s (128 characters,
+/// letters, digits and punctuation).
 pub struct SqsRefreshQueue {
     client: aws_sdk_sqs::Client,
     url: String,
@@ -59,19 +68,20 @@ impl SqsRefreshQueue {
 
     /// One `SendMessageBatch` of at most ten messages, then once more for what it refused.
     async fn send(&self, messages: &[RefreshMessage], delay_seconds: i32) -> Result<(), QueueError> {
-        let mut pending: Vec<(String, String)> = messages
+        let mut pending: Vec<(String, String, &str)> = messages
             .iter()
             .enumerate()
-            .map(|(i, m)| (i.to_string(), serde_json::to_string(m).unwrap_or_default()))
+            .map(|(i, m)| (i.to_string(), serde_json::to_string(m).unwrap_or_default(), m.org.as_str()))
             .collect();
         for _attempt in 0..2 {
             let batch: Vec<SendMessageBatchRequestEntry> = pending
                 .iter()
-                .map(|(id, body)| {
+                .map(|(id, body, org)| {
                     SendMessageBatchRequestEntry::builder()
                         .id(id)
                         .message_body(body)
                         .delay_seconds(delay_seconds)
+                        .message_group_id(*org)
                         .build()
                 })
                 .collect::<Result<_, _>>()
@@ -85,7 +95,7 @@ impl SqsRefreshQueue {
                 .await
                 .map_err(|e| QueueError::Unavailable(e.into()))?;
             let refused: Vec<&str> = out.failed().iter().map(|f| f.id()).collect();
-            pending.retain(|(id, _)| refused.contains(&id.as_str()));
+            pending.retain(|(id, _, _)| refused.contains(&id.as_str()));
             if pending.is_empty() {
                 return Ok(());
             }
