@@ -14,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use latchkey::config::{LogFormat, Settings, ignore_blank_env};
+use latchkey::domain::RUNTIME_ROLE;
 use latchkey::http::auth::{Claims, Verifier, sign_hs256};
 use secrecy::SecretString;
 
@@ -61,11 +62,13 @@ enum Command {
         /// Make it a customer user's token (`customer` claim).
         #[arg(long)]
         customer: Option<String>,
-        /// A role to grant (`runtime` allows token lookup); repeatable.
-        #[arg(long = "role")]
+        /// A role to grant: `runtime` (token lookup), the one role Latchkey reads; repeatable. A
+        /// role it does not read is refused here (a misspelt `runtime` would otherwise mint a
+        /// token whose lookups are 403).
+        #[arg(long = "role", value_parser = [RUNTIME_ROLE])]
         roles: Vec<String>,
-        /// Lifetime in seconds.
-        #[arg(long, default_value_t = 12 * 3600)]
+        /// Lifetime in seconds, at least 1 (the server allows 60 s of clock skew past `exp`).
+        #[arg(long, default_value_t = 12 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
         ttl: u64,
         #[command(flatten)]
         settings: Settings,

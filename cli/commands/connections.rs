@@ -72,7 +72,7 @@ pub async fn run(command: Connections) -> Result<(), Failure> {
             if let Some(p) = progress {
                 p.finish_and_clear();
             }
-            let all = all?;
+            let all = all.map_err(|e| list.remote.listing_failure(e))?;
             if list.json { print_json(&all) } else { print_table(&all) }
         }
     }

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
+use latchkey::domain::DefinitionKey;
 use latchkey::domain::validate::{DefinitionSpec, definition_from_json};
 use latchkey_client::{Client, Definition, Put};
 use serde_json::{Map, Value, json};
@@ -57,7 +58,7 @@ pub async fn run(command: Definitions) -> Result<(), Failure> {
     match command {
         Definitions::Apply(apply) => run_apply(apply).await,
         Definitions::List { remote } => {
-            for d in remote.client()?.list_definitions().await? {
+            for d in remote.client()?.list_definitions().await.map_err(|e| remote.listing_failure(e))? {
                 line(format_args!("{}\t{}\tv{}\t{}", d.key, d.auth, d.version, d.label))?;
             }
             Ok(())
@@ -199,10 +200,18 @@ fn check(origin: &str, doc: Value) -> Result<Desired, Vec<String>> {
         _ => return Err(vec![format!("{origin}: key is required (a string)")]),
     };
     let origin = format!("{origin} ({key})");
+    // The key is the path of `PUT /v1/definitions/{key}`: the server checks it as it does here.
+    let mut problems: Vec<String> =
+        DefinitionKey::parse(&key).err().map(|e| format!("{origin}: key: {e}")).into_iter().collect();
     let body = Value::Object(body);
-    let spec = definition_from_json(&key, &body, latchkey::catalog::provider).map_err(|errs| {
-        errs.into_iter().map(|e| format!("{origin}: {}: {}", e.field, e.message)).collect::<Vec<_>>()
-    })?;
+    let spec = definition_from_json(&key, &body, latchkey::catalog::provider);
+    if let Err(errs) = &spec {
+        problems.extend(errs.iter().map(|e| format!("{origin}: {}: {}", e.field, e.message)));
+    }
+    let spec = match spec {
+        Ok(spec) if problems.is_empty() => spec,
+        _ => return Err(problems),
+    };
     let shown = shown_of_spec(&body, &spec).map_err(|e| vec![format!("{origin}: {e}")])?;
     let keep = spec.keep_secret_defaults.iter().cloned().collect();
     Ok(Desired { key, origin, secret_in_clear: !spec.secret_defaults.is_empty(), keep, body, shown })

@@ -47,8 +47,27 @@ impl Remote {
             "no token: set LATCHKEY_TOKEN or --token (locally: `latchkey token --org ORG`, with \
              `--role runtime` for lookup)",
         )?;
-        let url = if self.url.trim().is_empty() { DEFAULT_URL } else { self.url.trim() };
-        Ok(Client::new(url, token)?)
+        Ok(Client::new(self.base_url(), token)?)
+    }
+
+    /// The base URL the client is given: `--url`, or [`DEFAULT_URL`] when blank.
+    fn base_url(&self) -> &str {
+        if self.url.trim().is_empty() { DEFAULT_URL } else { self.url.trim() }
+    }
+
+    /// A listing's failure, said plainly when it is a 404: a list exists for every caller, so a
+    /// 404 means the URL does not lead to the API (a base URL ending in `/v1`, say), which the
+    /// client's `ConnectionNotFound` alone does not tell.
+    pub fn listing_failure(&self, e: latchkey_client::Error) -> Failure {
+        if e.kind() == Some(&latchkey_client::ErrorKind::NotFound) {
+            return format!(
+                "{e}: the list itself was not found at {}; --url (LATCHKEY_URL) is the API's base URL, the \
+                 server's root without /v1 (locally {DEFAULT_URL})",
+                self.base_url()
+            )
+            .into();
+        }
+        e.into()
     }
 }
 

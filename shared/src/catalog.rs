@@ -76,6 +76,38 @@ mod tests {
         }
     }
 
+    /// The README's "Provider catalog" section counts the catalog by kind and names every kind
+    /// `?auth=` takes. It fell behind once (161 counted, `oauth1` missing from the list).
+    #[test]
+    fn the_readme_counts_the_catalog_as_it_is() {
+        use strum::VariantNames;
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let section = readme.split("\n## Provider catalog\n").nth(1).expect("the section").split("\n## ").next();
+        let flat = section.unwrap_or_default().split_whitespace().collect::<Vec<_>>().join(" ");
+        let n = |a| providers_by_auth(a).count();
+        let kinds = [
+            (AuthKind::Oauth2AuthorizationCode, "OAuth 2.0 authorization code"),
+            (AuthKind::Oauth2ClientCredentials, "client credentials"),
+            (AuthKind::Oauth2JwtBearer, "JWT bearer"),
+            (AuthKind::Oauth2DeviceCode, "device code"),
+            (AuthKind::Oauth1, "OAuth 1.0a"),
+            (AuthKind::ApiKey, "API key"),
+            (AuthKind::Basic, "HTTP Basic"),
+        ];
+        assert_eq!(
+            kinds.iter().map(|&(a, _)| n(a)).sum::<usize>(),
+            providers().len(),
+            "a kind the sentence leaves out"
+        );
+        let counts: Vec<String> = kinds.iter().map(|&(a, name)| format!("{} {name}", n(a))).collect();
+        let sentence = format!("{} providers: {}", providers().len(), counts.join(", "));
+        assert!(flat.contains(&sentence), "README's catalog sentence should read: {sentence}");
+        for kind in AuthKind::VARIANTS {
+            let named = flat.contains(&format!("`{kind}`")) || flat.contains(&format!("?auth={kind}`"));
+            assert!(named, "README's `?auth=` list lacks {kind}");
+        }
+    }
+
     #[test]
     fn every_kind_of_provider_is_there() {
         let count = |a| providers_by_auth(a).count();

@@ -78,7 +78,8 @@ async fn definitions_apply_reads_json_and_refuses_an_invalid_file_before_writing
     let good = json!({"key": "one", "auth": "api_key", "inputs": {"k": {"label": "K", "type": "string"}}});
     let bad = json!([
         {"key": "two", "auth": "api_key"},
-        {"key": "three", "auth": "carrier_pigeon"}
+        {"key": "three", "auth": "carrier_pigeon"},
+        {"key": "Four Keys", "auth": "api_key"}
     ]);
     let good_file = server.write("one.json", &good.to_string());
     let bad_file = server.write("bad.json", &bad.to_string());
@@ -86,6 +87,10 @@ async fn definitions_apply_reads_json_and_refuses_an_invalid_file_before_writing
     assert_eq!(run.code, Some(1), "{run:#?}");
     assert!(run.stderr.contains("nothing was applied"), "{run:#?}");
     assert!(run.stderr.contains("bad.json[1] (three): auth:"), "names the file, entry and field: {run:#?}");
+    // The key is checked as the server checks its path segment, not left to the server.
+    assert!(run.stderr.contains("bad.json[2] (Four Keys): key: must be"), "{run:#?}");
+    let dry = server.run(&org, &["definitions", "apply", "-f", &bad_file, "--dry-run"]).await;
+    assert_eq!(dry.code, Some(1), "a dry run refuses it too: {dry:#?}");
     assert!(server.client(&org).list_definitions().await.unwrap().is_empty(), "not even the valid file");
 
     server.run(&org, &["definitions", "apply", "-f", &good_file]).await.ok();
@@ -204,6 +209,15 @@ async fn connections_list_filters_and_get_shows_no_secret() {
     let missing = server.run(&org, &["connections", "get", "con_00000000000000000000000000"]).await;
     assert_eq!(missing.code, Some(1));
     assert!(missing.stderr.contains("ConnectionNotFound"), "{missing:#?}");
+
+    // A base URL with /v1 in it: every list is a 404, said as a wrong URL, not a missing connection.
+    let wrong = format!("{}/v1", server.url.trim_end_matches('/'));
+    for list in [&["connections", "list"][..], &["definitions", "list"]] {
+        let run = server.run_with(&org, list, None, &[("LATCHKEY_URL", &wrong)]).await;
+        assert_eq!(run.code, Some(1), "{run:#?}");
+        assert!(run.stderr.contains(&format!("the list itself was not found at {wrong}")), "{run:#?}");
+        assert!(run.stderr.contains("without /v1"), "{run:#?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

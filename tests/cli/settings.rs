@@ -42,6 +42,26 @@ fn token_signs_with_the_secret_of_the_data_directory_a_server_made() {
     assert_eq!(verify(&from_env).unwrap(), "acme");
 }
 
+/// Mistakes `latchkey token` refuses instead of printing a token that never works: a role
+/// Latchkey does not read (a misspelt `runtime`: its lookups would be 403) and a lifetime of 0
+/// (already expired).
+#[test]
+fn token_refuses_a_role_latchkey_does_not_read_and_a_lifetime_of_zero() {
+    let secret = "4f9c2a7e1b3d5f6a8c0e2b4d6f8a1c3e5b7d9f0a2c4e6b8d0f1a3c5e7b9d1f3a";
+    let run = |args: &[&str]| latchkey().env("LATCHKEY_JWT_SECRET", secret).args(args).output().unwrap();
+    let typo = run(&["token", "--org", "acme", "--role", "runtme"]);
+    assert_eq!(typo.status.code(), Some(2), "{typo:?}");
+    assert!(typo.stdout.is_empty());
+    let err = String::from_utf8_lossy(&typo.stderr);
+    assert!(err.contains("runtme") && err.contains("possible values: runtime"), "{err}");
+    let zero = run(&["token", "--org", "acme", "--ttl", "0"]);
+    assert_eq!(zero.status.code(), Some(2), "{zero:?}");
+    assert!(zero.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("--ttl"), "{zero:?}");
+    let fine = run(&["token", "--org", "acme", "--role", "runtime", "--ttl", "1"]);
+    assert!(fine.status.success(), "{fine:?}");
+}
+
 /// The `LATCHKEY_*` variables of the README's configuration table.
 fn readme_variables() -> std::collections::BTreeSet<String> {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();

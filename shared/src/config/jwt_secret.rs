@@ -24,8 +24,8 @@ impl Settings {
     /// data directory.
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] naming where it looked when there is none, or when the file is
-    /// open to group or others; [`ConfigError::DataDir`] when it cannot be read.
+    /// [`ConfigError::Unset`] naming where it looked when there is none; [`ConfigError::Invalid`]
+    /// when the file is open to group or others; [`ConfigError::DataDir`] when it cannot be read.
     pub fn jwt_secret_existing(&self) -> Result<SecretString, ConfigError> {
         if let Some(s) = &self.jwt_secret {
             return Ok(s.clone());
@@ -33,10 +33,10 @@ impl Settings {
         let path = self.data_dir.join(JWT_SECRET_FILE);
         if !path.exists() {
             let shown = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
-            return Err(ConfigError::Invalid {
+            return Err(ConfigError::Unset {
                 name: "LATCHKEY_JWT_SECRET",
                 why: format!(
-                    "is unset and {} does not exist: run this where `latchkey serve` runs, or set \
+                    "{} does not exist either: run this where `latchkey serve` runs, or set \
                      LATCHKEY_DATA_DIR to its data directory (or LATCHKEY_JWT_SECRET to its secret)",
                     shown.display()
                 ),

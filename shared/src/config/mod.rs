@@ -26,6 +26,10 @@ pub enum ConfigError {
     Unparsed(String),
     #[error("{0} must be set for the aws backend")]
     Missing(&'static str),
+    /// A setting that is unset where nothing stands in for it: `why` says where else it was
+    /// looked for and how to give it.
+    #[error("{name} is unset: {why}")]
+    Unset { name: &'static str, why: String },
     #[error("the data directory {path} cannot be used: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("the embedded store cannot be opened: {0}")]

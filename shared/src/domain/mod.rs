@@ -30,7 +30,7 @@ pub use idempotency::{IdempotencyKey, IdempotencyRecord, StoredResponse};
 pub use ids::{ConnectionId, CustomerId, DefinitionKey, IdError, InstanceId, OrgId, UserId, WebhookId};
 pub use log::{LogEntry, LogType};
 pub use oauth::{Capture, OAuthQuirks, RESERVED_TOKEN_PARAMS, Refusal, origin_of, provider_code};
-pub use principal::Principal;
+pub use principal::{Principal, RUNTIME_ROLE};
 pub use provider::{ExpiresIn, Provider, ProviderInput, TokenResponse};
 pub use sealed::Sealed;
 pub use selector::{Selector, Tier};
