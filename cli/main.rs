@@ -67,8 +67,9 @@ enum Command {
         /// token whose lookups are 403).
         #[arg(long = "role", value_parser = [RUNTIME_ROLE])]
         roles: Vec<String>,
-        /// Lifetime in seconds, at least 1 (the server allows 60 s of clock skew past `exp`).
-        #[arg(long, default_value_t = 12 * 3600, value_parser = clap::value_parser!(u64).range(1..))]
+        /// Lifetime in seconds, 1 to 31,622,400 (366 days; the server allows 60 s of clock skew
+        /// past `exp`).
+        #[arg(long, default_value_t = 12 * 3600, value_parser = clap::value_parser!(u64).range(1..=31_622_400))]
         ttl: u64,
         #[command(flatten)]
         settings: Settings,

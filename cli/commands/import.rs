@@ -188,15 +188,15 @@ fn unreadable(e: &serde_json::Error) -> String {
     format!("not JSON (column {})", e.column())
 }
 
-/// `tokens.expires_in: invalid type, expected u64`: where in the record (the JSON path of
+/// `tokens.expires_in: invalid type, expected i64`: where in the record (the JSON path of
 /// the member, `.` for the record itself), then what is wrong.
 fn at_path(path: &str, shape: &str) -> String {
     if path == "." { shape.to_owned() } else { format!("{path}: {shape}") }
 }
 
 /// serde's data error without the value it quotes (a token, maybe): "missing field
-/// `definition`" is kept; "invalid type: string \"...\", expected u64" becomes "invalid type,
-/// expected u64"; a message of another shape (a type's own) is reduced to "a wrong value".
+/// `definition`" is kept; "invalid type: string \"...\", expected i64" becomes "invalid type,
+/// expected i64"; a message of another shape (a type's own) is reduced to "a wrong value".
 fn data_error_shape(e: &serde_json::Error) -> String {
     let message = e.to_string();
     if message.starts_with("missing field") || message.starts_with("unknown field") {

@@ -87,10 +87,20 @@ async fn definitions_apply_reads_json_and_refuses_an_invalid_file_before_writing
     assert_eq!(run.code, Some(1), "{run:#?}");
     assert!(run.stderr.contains("nothing was applied"), "{run:#?}");
     assert!(run.stderr.contains("bad.json[1] (three): auth:"), "names the file, entry and field: {run:#?}");
-    // The key is checked as the server checks its path segment, not left to the server.
     assert!(run.stderr.contains("bad.json[2] (Four Keys): key: must be"), "{run:#?}");
-    let dry = server.run(&org, &["definitions", "apply", "-f", &bad_file, "--dry-run"]).await;
-    assert_eq!(dry.code, Some(1), "a dry run refuses it too: {dry:#?}");
+    // A bad key alone: checked as the server checks its path segment, before anything is written
+    // (it used to pass the local check, and the entries before it were written).
+    let bad_key = server.write(
+        "key.json",
+        &json!([{"key": "five", "auth": "api_key"}, {"key": "Four Keys", "auth": "api_key"}]).to_string(),
+    );
+    for args in [&["definitions", "apply", "-f", &bad_key][..], &["definitions", "apply", "-f", &bad_key, "--dry-run"]]
+    {
+        let run = server.run(&org, args).await;
+        assert_eq!(run.code, Some(1), "{run:#?}");
+        assert!(run.stderr.contains("key.json[1] (Four Keys): key: must be"), "{run:#?}");
+    }
+    assert!(server.client(&org).list_definitions().await.unwrap().is_empty(), "not the valid entry either");
     assert!(server.client(&org).list_definitions().await.unwrap().is_empty(), "not even the valid file");
 
     server.run(&org, &["definitions", "apply", "-f", &good_file]).await.ok();

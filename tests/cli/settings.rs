@@ -42,9 +42,10 @@ fn token_signs_with_the_secret_of_the_data_directory_a_server_made() {
     assert_eq!(verify(&from_env).unwrap(), "acme");
 }
 
-/// Mistakes `latchkey token` refuses instead of printing a token that never works: a role
-/// Latchkey does not read (a misspelt `runtime`: its lookups would be 403) and a lifetime of 0
-/// (already expired).
+/// Mistakes `latchkey token` refuses instead of printing a token that does not do what was
+/// asked: a role Latchkey does not read (a misspelt `runtime`: its lookups would be 403), a
+/// lifetime of 0 (expired at once, accepted only within the server's 60 s of clock skew), and
+/// one past 366 days.
 #[test]
 fn token_refuses_a_role_latchkey_does_not_read_and_a_lifetime_of_zero() {
     let secret = "4f9c2a7e1b3d5f6a8c0e2b4d6f8a1c3e5b7d9f0a2c4e6b8d0f1a3c5e7b9d1f3a";
@@ -58,8 +59,12 @@ fn token_refuses_a_role_latchkey_does_not_read_and_a_lifetime_of_zero() {
     assert_eq!(zero.status.code(), Some(2), "{zero:?}");
     assert!(zero.stdout.is_empty());
     assert!(String::from_utf8_lossy(&zero.stderr).contains("--ttl"), "{zero:?}");
-    let fine = run(&["token", "--org", "acme", "--role", "runtime", "--ttl", "1"]);
-    assert!(fine.status.success(), "{fine:?}");
+    let huge = run(&["token", "--org", "acme", "--ttl", "18446744073709551615"]);
+    assert_eq!(huge.status.code(), Some(2), "{huge:?}");
+    for ttl in ["1", "31622400"] {
+        let fine = run(&["token", "--org", "acme", "--role", "runtime", "--ttl", ttl]);
+        assert!(fine.status.success(), "{fine:?}");
+    }
 }
 
 /// The `LATCHKEY_*` variables of the README's configuration table.

@@ -49,10 +49,10 @@ pub const RETRY_VISIBILITY: std::ops::RangeInclusive<Duration> = Duration::from_
 /// sent once more; the backlog from `GetQueueAttributes`.
 ///
 /// Each message's `MessageGroupId` is its organization, so the standard queue is an SQS *fair
-/// queue* (Amazon SQS Developer Guide, "Amazon SQS fair queues"): an organization whose messages
-/// hold the workers (a token endpoint that stalls every call, a burst of due connections) is
-/// detected by its share of the messages in flight or of the workers' time, and SQS hands the
-/// workers the other organizations' messages first. Nothing else changes for a standard queue:
+/// queue* (Amazon SQS Developer Guide, "Amazon SQS fair queues"): an organization with many
+/// messages in flight (a token endpoint that stalls every call of thousands of due connections)
+/// is detected by its share of them, and SQS hands the workers the other organizations' messages
+/// first (docs/scale.md: where this helps and where it does not). Nothing else changes for a standard queue:
 /// no ordering, no per-group exclusivity, the same throughput. An [`OrgId`]'s alphabet (1-128
 /// characters of letters, digits and `-_.:@`) is within `MessageGroupId`'s (128 characters,
 /// letters, digits and punctuation).

@@ -174,10 +174,7 @@ impl ServiceError {
                 format!("the provider refused the credentials (HTTP {status}); nothing was stored")
             }
             Self::VerificationUnavailable(code) => {
-                format!(
-                    "the provider did not verify the credentials: no answer, or a 408, 429 or 5xx ({code}); \
-                     nothing was stored, retry later"
-                )
+                format!("the credentials could not be verified with the provider ({code}); nothing was stored")
             }
             e if e.is_unavailable() => "a storage or key service did not answer in time; retry shortly".to_owned(),
             Self::Store(_) | Self::Crypto(_) | Self::Unexpected(_) => "an internal error occurred".to_owned(),
