@@ -118,8 +118,8 @@ pub mod store {
     pub use super::webhooks::{
         concurrent_inserts_of_one_delivery_have_one_winner, deleting_a_webhook_deletes_its_deliveries,
         deliveries_are_inserted_once_and_listed_newest_first, delivery_updates_are_conditional_on_the_version,
-        due_deliveries_are_pending_soonest_first_across_orgs, webhook_deliveries_page_by_cursor_and_filter_by_status,
-        webhooks_round_trip_with_conditional_puts,
+        due_deliveries_are_pending_soonest_first_across_orgs, due_deliveries_go_round_by_round_among_organizations,
+        webhook_deliveries_page_by_cursor_and_filter_by_status, webhooks_round_trip_with_conditional_puts,
     };
 }
 
@@ -159,6 +159,7 @@ macro_rules! store_conformance_tests {
             delivery_updates_are_conditional_on_the_version,
             deleting_a_webhook_deletes_its_deliveries,
             due_deliveries_are_pending_soonest_first_across_orgs,
+            due_deliveries_go_round_by_round_among_organizations,
             webhook_deliveries_page_by_cursor_and_filter_by_status,
         );
     };

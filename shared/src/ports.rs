@@ -293,8 +293,11 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces a delivery if the stored one has version `expected_version` (`Conflict`
     /// otherwise, or if it is gone). The caller sets `delivery.version = expected_version + 1`.
     async fn update_delivery(&self, delivery: &WebhookDelivery, expected_version: u64) -> Result<(), StoreError>;
-    /// `Pending` deliveries of every organization with `next_attempt_at <= until`, soonest
-    /// first, at most `limit`.
+    /// `Pending` deliveries of every organization with `next_attempt_at <= until`, at most
+    /// `limit`, round by round among organizations: each one's soonest, then each one's second
+    /// soonest..., within a round soonest first (ties by organization, webhook, id). So one
+    /// organization's backlog (an endpoint that holds every attempt to its timeout) cannot fill a
+    /// read that other organizations' due deliveries wait behind.
     async fn due_deliveries(&self, until: OffsetDateTime, limit: usize) -> Result<Vec<WebhookDelivery>, StoreError>;
 
     async fn append_log(&self, org: &OrgId, id: &ConnectionId, entry: &LogEntry) -> Result<(), StoreError>;

@@ -522,7 +522,18 @@ impl Store for MemoryStore {
                 |d: &WebhookDelivery| (d.next_attempt_at.map(ms), d.org.clone(), d.webhook_id.clone(), d.id.clone());
             key(a).cmp(&key(b))
         });
-        Ok(due.into_iter().take(limit).cloned().collect())
+        // Round by round (the port's order): each delivery's place among its organization's.
+        let mut taken: BTreeMap<OrgId, usize> = BTreeMap::new();
+        let mut ranked: Vec<(usize, &WebhookDelivery)> = due
+            .into_iter()
+            .map(|d| {
+                let n = taken.entry(d.org.clone()).or_default();
+                *n += 1;
+                (*n, d)
+            })
+            .collect();
+        ranked.sort_by_key(|(n, _)| *n);
+        Ok(ranked.into_iter().take(limit).map(|(_, d)| d.clone()).collect())
     }
 
     async fn append_log(&self, org: &OrgId, id: &ConnectionId, entry: &LogEntry) -> Result<(), StoreError> {

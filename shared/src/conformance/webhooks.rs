@@ -301,8 +301,12 @@ pub async fn due_deliveries_are_pending_soonest_first_across_orgs(store: Arc<dyn
     let due = ours(store.due_deliveries(until, 1_000).await.unwrap());
     assert_eq!(ids(&due), vec![on_time.id.as_str()], "claimed, delivered and failed ones are not due");
     let due = ours(store.due_deliveries(at(60_000), 1_000).await.unwrap());
-    assert_eq!(ids(&due), vec![on_time.id.as_str(), later.id.as_str(), claimed.id.as_str()], "the claim's lease ends");
-    assert_eq!(due[2], claimed);
+    assert_eq!(
+        ids(&due),
+        vec![on_time.id.as_str(), claimed.id.as_str(), later.id.as_str()],
+        "the claim's lease ends (round by round: each organization's soonest, then a's second)"
+    );
+    assert_eq!(due[1], claimed);
     let mut retried = gave_up.clone();
     retried.version = 3;
     retried.status = DeliveryStatus::Pending;
@@ -310,6 +314,40 @@ pub async fn due_deliveries_are_pending_soonest_first_across_orgs(store: Arc<dyn
     store.update_delivery(&retried, 2).await.unwrap();
     let due = ours(store.due_deliveries(until, 1_000).await.unwrap());
     assert_eq!(ids(&due), vec![retried.id.as_str(), on_time.id.as_str()]);
+}
+
+/// Due deliveries come round by round among organizations (the port's order): one
+/// organization's crowd of older deliveries (an endpoint that holds every attempt) does not fill
+/// a read that another organization's later delivery waits behind.
+pub async fn due_deliveries_go_round_by_round_among_organizations(store: Arc<dyn Store>) {
+    let (crowd, other, third) = (fresh_org(), fresh_org(), fresh_org());
+    let (hook_a, hook_b, hook_c) = (webhook(&crowd, "ops"), webhook(&other, "ops"), webhook(&third, "ops"));
+    // A moment of this case's own, long ago: nothing else in a shared store is due before it.
+    let until = now() - Duration::days(500) - Duration::milliseconds(i64::from(rand::random::<u16>()));
+    let at = |ms: i64| until + Duration::milliseconds(ms);
+    let crowded: Vec<WebhookDelivery> =
+        (0..6).map(|i| delivery(&hook_a, &format!("evt-a{i}"), now(), at(-6_000 + i * 1_000))).collect();
+    let late = delivery(&hook_b, "evt-b0", now(), at(-500));
+    let thirds = [delivery(&hook_c, "evt-c0", now(), at(-5_500)), delivery(&hook_c, "evt-c1", now(), at(-200))];
+    for d in crowded.iter().chain([&late]).chain(&thirds) {
+        assert!(store.insert_delivery(d).await.unwrap());
+    }
+    let ours = |ds: Vec<WebhookDelivery>| -> Vec<WebhookDelivery> {
+        ds.into_iter().filter(|d| [&crowd, &other, &third].contains(&&d.org)).collect()
+    };
+    let due = ours(store.due_deliveries(until, 1_000).await.unwrap());
+    let a = |i: usize| crowded[i].id.as_str();
+    assert_eq!(
+        ids(&due),
+        vec![a(0), thirds[0].id.as_str(), late.id.as_str(), a(1), thirds[1].id.as_str(), a(2), a(3), a(4), a(5)],
+        "each organization's soonest, then each one's second..., soonest first within a round"
+    );
+    let three = store.due_deliveries(until, 3).await.unwrap();
+    assert_eq!(
+        ids(&three),
+        vec![a(0), thirds[0].id.as_str(), late.id.as_str()],
+        "a read of three is every organization's soonest, not the crowd's three oldest"
+    );
 }
 
 /// Every page of a listing, following `next` to its end (at most 100 pages).

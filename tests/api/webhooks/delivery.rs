@@ -322,6 +322,53 @@ async fn deliver_due_until_attempts_what_is_due_and_starts_nothing_past_its_dead
     assert_eq!(receiver.received().len(), 3);
 }
 
+/// An organization whose endpoint holds every attempt to the timeout, with a crowd of deliveries
+/// due before another organization's one, does not keep that one waiting: the worker reads due
+/// deliveries round by round among organizations, so the other's goes out with the first
+/// attempts, not after the crowd's (which here would be two rounds of 8 attempts of 5 s).
+#[tokio::test]
+async fn a_held_organizations_crowd_of_deliveries_leaves_the_worker_to_the_others() {
+    let backend = Backend::fresh().await;
+    let options = latchkey::service::ServiceOptions {
+        webhook_attempt_timeout: Duration::from_secs(5),
+        webhook_retry_schedule: vec![Duration::from_secs(3_600)],
+        ..latchkey::service::ServiceOptions::default()
+    };
+    let service = service_with(&backend, options).await;
+    let (held, quick) = (Receiver::start(&[]).await, Receiver::start(&[]).await);
+    for _ in 0..12 {
+        held.hold_next(Duration::from_secs(30));
+    }
+    let suffix = &random_hex()[..12];
+    let (crowd, other) = (format!("crowd-{suffix}"), format!("other-{suffix}"));
+    for (org, url) in [(&crowd, &held.url), (&other, &quick.url)] {
+        let p = latchkey::domain::Principal::organization(latchkey::domain::OrgId::parse(org).unwrap());
+        service.put_webhook(&p, "ops", &json!({"url": url, "events": ["Connection Created"]})).await.unwrap();
+    }
+    // The crowd's twelve are enqueued first, so they are due first.
+    let at = OffsetDateTime::now_utc();
+    for i in 0..12 {
+        let message = WebhookMessage::from_eventbridge(&envelope(&crowd, &format!("01JCROWD{i:04}"), at)).unwrap();
+        assert_eq!(service.enqueue_deliveries(&message).await.unwrap().len(), 1);
+    }
+    let message = WebhookMessage::from_eventbridge(&envelope(&other, "01JOTHER0000", at)).unwrap();
+    assert_eq!(service.enqueue_deliveries(&message).await.unwrap().len(), 1);
+
+    let started = std::time::Instant::now();
+    let worker = tokio::spawn({
+        let service = service.clone();
+        async move { service.deliver_due(12).await }
+    });
+    eventually(Duration::from_secs(30), "the other organization's delivery arrives", || async {
+        !quick.received().is_empty()
+    })
+    .await;
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(4), "it waited {waited:?}, behind the crowd's held attempts");
+    assert_eq!(worker.await.unwrap().unwrap(), 12, "a read of twelve: the other's and eleven of the crowd's");
+    assert_eq!(held.received().len(), 11);
+}
+
 /// A receiver slower than the attempt timeout (1 s here, 10 s by default): the attempt is cut
 /// off and recorded as `timeout` with no status, and the next attempt of the schedule delivers
 /// the same event under the same `webhook-id`.

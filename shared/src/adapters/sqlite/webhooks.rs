@@ -222,7 +222,9 @@ pub(super) fn update_delivery(
     if n == 1 { Ok(()) } else { Err(StoreError::Conflict) }
 }
 
-/// Pending deliveries due at or before `until`, soonest first (then organization, webhook, id).
+/// Pending deliveries due at or before `until`, round by round among organizations (the port's
+/// order): each one's soonest, then each one's second soonest..., within a round soonest first
+/// (then organization, webhook, id).
 pub(super) fn due(
     db: &mut rusqlite::Connection,
     until: OffsetDateTime,
@@ -231,8 +233,12 @@ pub(super) fn due(
     let pending: &str = DeliveryStatus::Pending.into();
     docs(
         db,
-        "SELECT doc FROM webhook_deliveries WHERE status = ?1 AND next_ms <= ?2
-         ORDER BY next_ms, org, webhook_id, id LIMIT ?3",
+        "SELECT doc FROM (
+             SELECT doc, next_ms, org, webhook_id, id,
+                    ROW_NUMBER() OVER (PARTITION BY org ORDER BY next_ms, webhook_id, id) AS nth
+             FROM webhook_deliveries WHERE status = ?1 AND next_ms <= ?2)
+         WHERE nth <= ?3
+         ORDER BY nth, next_ms, org, webhook_id, id LIMIT ?3",
         params![pending, ms(until), limit as i64],
     )
 }

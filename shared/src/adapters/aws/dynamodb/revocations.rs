@@ -94,21 +94,8 @@ impl DynamoStore {
         if limit == 0 || per_org == 0 {
             return Ok(Vec::new());
         }
-        let upper = due_upper(until);
-        let upper = &upper;
-        let shards: Vec<Vec<(String, Item)>> = futures_util::stream::iter(0..DUE_SHARDS)
-            .map(|shard| self.due_job_keys(shard, upper, per_org))
-            .buffer_unordered(JOB_INDEX_READS)
-            .try_collect()
-            .await?;
-        let mut keys: Vec<(String, Item)> = shards.into_iter().flatten().collect();
-        keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut cap = OrgCap::new(per_org);
-        let mut keys: Vec<(usize, Item)> =
-            keys.into_iter().filter_map(|(_, k)| cap.number(&k).map(|nth| (nth, k))).collect();
-        // Stable: within a round the index order stays.
-        keys.sort_by_key(|(nth, _)| *nth);
-        let mut items = futures_util::stream::iter(keys).map(|(_, k)| self.get(k)).buffered(JOB_READS);
+        let keys = self.due_keys_round_by_round("RDUE", &due_upper(until), per_org).await?;
+        let mut items = futures_util::stream::iter(keys).map(|k| self.get(k)).buffered(JOB_READS);
         let mut jobs = Vec::new();
         while jobs.len() < limit {
             match items.try_next().await? {
@@ -120,12 +107,46 @@ impl DynamoStore {
         Ok(jobs)
     }
 
-    /// One shard's due job keys up to `upper`, in index order, each with its index key (`gsi3sk`,
-    /// which starts with the next attempt's 12-digit second: its order is the time order): at
-    /// most `per_org` of one organization (a later one cannot be among its `per_org` oldest in
-    /// all), read in pages of [`JOB_INDEX_PAGE`] to the end of the range or to
+    /// The table keys (`pk`, `sk`) of the due index partitions `{partition}#{shard}` up to
+    /// `upper`, round by round: every shard's keys read ([`JOB_INDEX_READS`] shards at once, each
+    /// by [`DynamoStore::due_job_keys`]), merged by index key, numbered per organization (the
+    /// `{org}` of `pk`), kept up to `per_org`, ordered by that number, then by index key. Shared
+    /// by revocation jobs (`RDUE`) and webhook deliveries (`WDUE`).
+    pub(super) async fn due_keys_round_by_round(
+        &self,
+        partition: &str,
+        upper: &str,
+        per_org: usize,
+    ) -> Result<Vec<Item>, StoreError> {
+        use futures_util::{StreamExt, TryStreamExt};
+
+        let shards: Vec<Vec<(String, Item)>> = futures_util::stream::iter(0..DUE_SHARDS)
+            .map(|shard| self.due_job_keys(partition, shard, upper, per_org))
+            .buffer_unordered(JOB_INDEX_READS)
+            .try_collect()
+            .await?;
+        let mut keys: Vec<(String, Item)> = shards.into_iter().flatten().collect();
+        keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut cap = OrgCap::new(per_org);
+        let mut keys: Vec<(usize, Item)> =
+            keys.into_iter().filter_map(|(_, k)| cap.number(&k).map(|nth| (nth, k))).collect();
+        // Stable: within a round the index order stays.
+        keys.sort_by_key(|(nth, _)| *nth);
+        Ok(keys.into_iter().map(|(_, k)| k).collect())
+    }
+
+    /// One shard's due keys up to `upper` (`gsi3pk` = `{partition}#{shard}`), in index order,
+    /// each with its index key (`gsi3sk`, which starts with the due time: its order is the time
+    /// order): at most `per_org` of one organization (a later one cannot be among its `per_org`
+    /// oldest in all), read in pages of [`JOB_INDEX_PAGE`] to the end of the range or to
     /// [`JOB_INDEX_SCAN`] keys looked at.
-    async fn due_job_keys(&self, shard: u32, upper: &str, per_org: usize) -> Result<Vec<(String, Item)>, StoreError> {
+    async fn due_job_keys(
+        &self,
+        partition: &str,
+        shard: u32,
+        upper: &str,
+        per_org: usize,
+    ) -> Result<Vec<(String, Item)>, StoreError> {
         let mut cap = OrgCap::new(per_org);
         let (mut kept, mut seen) = (Vec::new(), 0);
         let mut start: Option<Item> = None;
@@ -136,7 +157,7 @@ impl DynamoStore {
                 .table_name(&self.table)
                 .index_name(REFRESH_DUE)
                 .key_condition_expression("gsi3pk = :p AND gsi3sk <= :u")
-                .expression_attribute_values(":p", s(format!("RDUE#{shard}")))
+                .expression_attribute_values(":p", s(format!("{partition}#{shard}")))
                 .expression_attribute_values(":u", s(upper.to_owned()))
                 .set_exclusive_start_key(start.take())
                 .limit((JOB_INDEX_SCAN - seen).min(JOB_INDEX_PAGE) as i32)
@@ -183,9 +204,9 @@ impl DynamoStore {
     }
 }
 
-/// Numbers the job keys it is shown per organization (the `{org}` of `pk` =
-/// `REVOKE#{org}#{connection}`; an organization id holds no `#`): 1 for an organization's
-/// first, and `None` past the cap.
+/// Numbers the keys it is shown per organization (the `{org}` of `pk`: a revocation job's
+/// `REVOKE#{org}#{connection}`, a webhook delivery's `WHD#{org}#{webhook}`; an organization id
+/// holds no `#`): 1 for an organization's first, and `None` past the cap.
 struct OrgCap {
     per_org: usize,
     taken: HashMap<String, usize>,
@@ -197,8 +218,8 @@ impl OrgCap {
     }
 
     /// `key`'s number among its organization's keys shown so far, counting it, or `None` once
-    /// that passes the cap. A key whose `pk` is not a revocation job's is numbered 1 (reading
-    /// its item fails the call as any bad item).
+    /// that passes the cap. A key whose `pk` has no organization is numbered 1 (reading its item
+    /// fails the call as any bad item).
     fn number(&mut self, key: &Item) -> Option<usize> {
         let org = key.get("pk").and_then(|v| v.as_s().ok()).and_then(|pk| pk.split('#').nth(1));
         let Some(org) = org else { return Some(1) };

@@ -16,14 +16,16 @@
 //! Query of keys and batch deletes (what a crash leaves behind, TTL removes within 30 days).
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
-use futures_util::future::try_join_all;
 use time::OffsetDateTime;
 
 use super::item::{Item, doc_of, key, n, org_pk, s, shard_of, table_key};
 use super::write::{backend, conditional, sdk};
-use super::{BY_CUSTOMER, DUE_SHARDS, DynamoStore, REFRESH_DUE, TTL_ATTRIBUTE};
+use super::{BY_CUSTOMER, DynamoStore, TTL_ATTRIBUTE};
 use crate::domain::{DeliveryStatus, OrgId, Webhook, WebhookDelivery, WebhookId};
 use crate::ports::{DeliveryCursor, Expect, Page, StoreError};
+
+/// Due deliveries read from the table at once (GetItem) by [`DynamoStore::due_delivery_items`].
+const DELIVERY_READS: usize = 8;
 
 fn webhook_sk(id: &WebhookId) -> String {
     format!("WHK#{id}")
@@ -235,56 +237,38 @@ impl DynamoStore {
         self.put_if(Item::try_from(d)?, "#version = :v", &[(":v", n(expected_version))]).await
     }
 
+    /// Up to `limit` pending deliveries due by `until`, round by round among organizations (the
+    /// port's order, [`crate::ports::Store::due_deliveries`]): the keys of every shard of the due
+    /// index (`WDUE#{shard}`) read to the end of their due range and ordered by
+    /// [`DynamoStore::due_keys_round_by_round`] (at most `limit` of one organization), then each
+    /// delivery read from the table in that order, kept only if it is still pending and due (the
+    /// index projects keys only, and lags the table), until `limit` are found.
     pub(super) async fn due_delivery_items(
         &self,
         until: OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<WebhookDelivery>, StoreError> {
+        use futures_util::{StreamExt, TryStreamExt};
+
         if limit == 0 {
             return Ok(Vec::new());
         }
         let upper = format!("{:015}#~", ms(until));
-        // The soonest `limit` of each shard, merged: the soonest `limit` of all.
-        let shards = (0..DUE_SHARDS).map(|shard| {
-            let upper = upper.clone();
-            async move {
-                self.query_until(
-                    || {
-                        self.client
-                            .query()
-                            .table_name(&self.table)
-                            .index_name(REFRESH_DUE)
-                            .key_condition_expression("gsi3pk = :p AND gsi3sk <= :u")
-                            .expression_attribute_values(":p", s(format!("WDUE#{shard}")))
-                            .expression_attribute_values(":u", s(upper.clone()))
-                    },
-                    limit,
-                )
-                .await
+        let keys = self.due_keys_round_by_round("WDUE", &upper, limit).await?;
+        let mut items = futures_util::stream::iter(keys).map(|k| self.get(k)).buffered(DELIVERY_READS);
+        let mut due = Vec::new();
+        while due.len() < limit {
+            match items.try_next().await? {
+                Some(Some(item)) => {
+                    let d: WebhookDelivery = doc_of(&item)?;
+                    if d.status == DeliveryStatus::Pending && d.next_attempt_at.is_some_and(|t| t <= until) {
+                        due.push(d);
+                    }
+                }
+                Some(None) => {}
+                None => break,
             }
-        });
-        let mut entries: Vec<Item> = try_join_all(shards).await?.into_iter().flatten().collect();
-        let sort_key = |i: &Item| match i.get("gsi3sk") {
-            Some(AttributeValue::S(sk)) => sk.clone(),
-            _ => String::new(),
-        };
-        entries.sort_by_cached_key(sort_key);
-        entries.truncate(limit);
-        // The index projects keys only, and lags the table: read each delivery and keep it only
-        // if it is still pending and due.
-        let reads = entries.iter().map(|e| {
-            let k: Item = ["pk", "sk"].iter().filter_map(|a| Some(((*a).to_owned(), e.get(*a)?.clone()))).collect();
-            async move { self.get(k).await?.as_ref().map(doc_of::<WebhookDelivery>).transpose() }
-        });
-        let mut due: Vec<WebhookDelivery> = try_join_all(reads)
-            .await?
-            .into_iter()
-            .flatten()
-            .filter(|d| d.status == DeliveryStatus::Pending && d.next_attempt_at.is_some_and(|t| t <= until))
-            .collect();
-        due.sort_by(|a, b| {
-            (a.next_attempt_at, &a.org, &a.webhook_id, &a.id).cmp(&(b.next_attempt_at, &b.org, &b.webhook_id, &b.id))
-        });
+        }
         Ok(due)
     }
 }
