@@ -17,7 +17,8 @@ use crate::domain::{DeliveryStatus, Webhook, WebhookDelivery};
 use crate::ports::{DeliveryCursor, Expect, Page, StoreError};
 
 /// The tables (part of the store's schema). `webhook_deliveries_due` serves `due`
-/// (`status = 'pending' AND next_ms <= ?` in `next_ms` order), `webhook_deliveries_recent`
+/// (`status = 'pending' AND next_ms <= ?`, then numbered per organization and ordered round by
+/// round), `webhook_deliveries_recent`
 /// serves `list_deliveries` (newest first), `webhook_deliveries_expiry` the purge.
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS webhooks (
@@ -239,6 +240,8 @@ pub(super) fn due(
              FROM webhook_deliveries WHERE status = ?1 AND next_ms <= ?2)
          WHERE nth <= ?3
          ORDER BY nth, next_ms, org, webhook_id, id LIMIT ?3",
-        params![pending, ms(until), limit as i64],
+        // Past i64 (usize::MAX: no limit) reads as i64::MAX, not as -1 (which `nth <= ?3` would
+        // match nothing by).
+        params![pending, ms(until), i64::try_from(limit).unwrap_or(i64::MAX)],
     )
 }
