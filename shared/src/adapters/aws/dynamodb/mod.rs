@@ -5,7 +5,8 @@
 //!   definitions, connections and logs' writes;
 //! - [`queries`]: listings, the selector's candidates and the due index (Queries);
 //! - [`revocations`], [`webhooks`], [`connect`], [`idempotency`], [`branch_keys`]: those
-//!   records' items, reads and writes;
+//!   records' items, reads and writes; [`due_rounds`]: the due index read round by round among
+//!   organizations, for revocation jobs and webhook deliveries;
 //! - [`item`]: records as items and back (`TryFrom`), the key layout;
 //! - [`write`]: conditional writes, the counted transaction, batch deletes, and what SDK errors
 //!   mean as [`StoreError`]s.
@@ -38,6 +39,7 @@ use crate::ports::{ConnectionFilter, DeliveryCursor, DueEntry, Expect, Page, Sto
 
 mod branch_keys;
 mod connect;
+mod due_rounds;
 mod idempotency;
 mod item;
 mod queries;
