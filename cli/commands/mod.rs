@@ -60,10 +60,17 @@ impl Remote {
     /// client's `ConnectionNotFound` alone does not tell.
     pub fn listing_failure(&self, e: latchkey_client::Error) -> Failure {
         if e.kind() == Some(&latchkey_client::ErrorKind::NotFound) {
+            // Shown without any user name or password the URL may carry.
+            let shown = reqwest::Url::parse(self.base_url()).map_or_else(
+                |_| self.base_url().to_owned(),
+                |mut u| {
+                    let _ = (u.set_username(""), u.set_password(None));
+                    u.to_string().trim_end_matches('/').to_owned()
+                },
+            );
             return format!(
-                "{e}: the list itself was not found at {}; --url (LATCHKEY_URL) is the API's base URL, the \
-                 server's root without /v1 (locally {DEFAULT_URL})",
-                self.base_url()
+                "{e}: the list itself was not found at {shown}; --url (LATCHKEY_URL) is the API's base URL, \
+                 the server's root without /v1 (locally {DEFAULT_URL})"
             )
             .into();
         }

@@ -228,6 +228,11 @@ async fn connections_list_filters_and_get_shows_no_secret() {
         assert!(run.stderr.contains(&format!("the list itself was not found at {wrong}")), "{run:#?}");
         assert!(run.stderr.contains("without /v1"), "{run:#?}");
     }
+    // A password in the URL is not repeated.
+    let with_password = wrong.replacen("http://", "http://me:pw_canary@", 1);
+    let run = server.run_with(&org, &["connections", "list"], None, &[("LATCHKEY_URL", &with_password)]).await;
+    assert!(run.stderr.contains(&format!("the list itself was not found at {wrong}")), "{run:#?}");
+    assert!(!run.stderr.contains("pw_canary"), "{run:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
